@@ -1,0 +1,38 @@
+"""Shared command-line plumbing: one clear error line and exit code 2 for bad input."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+
+class UsageError(ValueError):
+    """Bad command-line input; reported as one line on stderr with exit code 2."""
+
+
+def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
+    """Runs ``main(argv)``; a ValueError or OSError becomes ``error: ...`` on stderr and exit 2.
+
+    Keyboard interrupts exit with 130 and no traceback. Anything else is a bug and keeps its
+    traceback.
+    """
+    try:
+        return main(argv)
+    except (ValueError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as err:
+        msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """INFO-level logging to stderr in a compact format (DEBUG with ``verbose``)."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname).1s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )

@@ -1,0 +1,212 @@
+"""Frozen dataclass configs merged from defaults, YAML files and dotted CLI overrides.
+
+Every module defines ``@dataclass(frozen=True, kw_only=True) class Config``. This module
+turns plain mappings (from YAML) and ``key.sub=value`` strings into those dataclasses,
+type-checking every field and rejecting unknown keys, so a typo fails loudly instead of
+being silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tempfile
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar, get_args, get_origin, get_type_hints
+
+import yaml
+
+T = TypeVar("T")
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Checks ``value`` against the annotation ``tp`` and converts lists to tuples."""
+    origin = get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for arm in get_args(tp):
+            try:
+                return _coerce(value, arm, where)
+            except ValueError as err:
+                errors.append(str(err))
+        raise ValueError(f"{where}: {value!r} does not match {_type_name(tp)}")
+    if tp is type(None):
+        if value is None:
+            return None
+        raise ValueError(f"{where}: expected null, got {value!r}")
+    if origin is typing.Literal:
+        if value in get_args(tp):
+            return value
+        raise ValueError(f"{where}: {value!r} is not one of {list(get_args(tp))}")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{where}: expected a list, got {value!r}")
+        args = get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
+        if len(args) != len(value):
+            raise ValueError(f"{where}: expected {len(args)} items, got {len(value)}")
+        return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(args, value)))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"{where}: expected a mapping, got {value!r}")
+        k_tp, v_tp = get_args(tp)
+        return {_coerce(k, k_tp, where): _coerce(v, v_tp, f"{where}.{k}") for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ValueError(f"{where}: expected a mapping for {tp.__name__}, got {value!r}")
+        return from_dict(tp, value, where)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ValueError(f"{where}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ValueError(f"{where}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ValueError(f"{where}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ValueError(f"{where}: expected a string, got {value!r}")
+    raise ValueError(f"{where}: unsupported config type {_type_name(tp)}")
+
+
+def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
+    """Builds the dataclass ``cls`` from a mapping; unknown keys and bad types raise ValueError."""
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(
+            f"{where}: unknown key(s) {unknown} for {cls.__name__}; valid keys are {sorted(names)}"
+        )
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as err:  # a required field is missing
+        raise ValueError(f"{where}: {err}") from None
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Converts a (nested) config dataclass to plain YAML-safe Python data."""
+
+    def plain(v: Any) -> Any:
+        if dataclasses.is_dataclass(v):
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+
+    return plain(cfg)
+
+
+def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in update.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def parse_override(item: str) -> dict[str, Any]:
+    """Turns ``"model.depth=8"`` into ``{"model": {"depth": 8}}``; the value is parsed as YAML."""
+    if "=" not in item:
+        raise ValueError(f"override {item!r} is not of the form key.sub=value")
+    key, raw = item.split("=", 1)
+    if not key or any(not part for part in key.split(".")):
+        raise ValueError(f"override {item!r} has an empty key")
+    value = yaml.safe_load(raw) if raw.strip() else ""
+    node: dict[str, Any] = {}
+    cur = node
+    parts = key.split(".")
+    for part in parts[:-1]:
+        cur[part] = {}
+        cur = cur[part]
+    cur[parts[-1]] = value
+    return node
+
+
+def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    """Reads a YAML mapping with ``yaml.safe_load``; an empty file is an empty mapping."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"config file {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ValueError(f"config file {str(path)!r} is not valid YAML: {err}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {str(path)!r} must hold a mapping at the top level")
+    return data
+
+
+def build_config(
+    cls: type[T],
+    files: typing.Sequence[str | os.PathLike] = (),
+    overrides: typing.Sequence[str] = (),
+    base: T | None = None,
+) -> T:
+    """Merges ``base`` (or the defaults), then each YAML file, then dotted overrides.
+
+    Args:
+        cls: the config dataclass.
+        files: YAML files applied in order.
+        overrides: strings like ``"encoder.base_channels=64"``.
+        base: a starting config instead of the class defaults.
+
+    Returns:
+        The resolved, validated config.
+    """
+    data: dict[str, Any] = to_dict(base) if base is not None else {}
+    for f in files:
+        data = _deep_merge(data, load_yaml(f))
+    for item in overrides:
+        data = _deep_merge(data, parse_override(item))
+    return from_dict(cls, data)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Writes ``text`` to a temp file in the same folder, then renames it over ``path``."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file normal permissions
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_config(cfg: Any, path: str | os.PathLike) -> None:
+    """Writes the resolved config as YAML, atomically."""
+    atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -1,0 +1,97 @@
+"""Safetensors weights plus a YAML config: the only on-disk model format tokvid reads.
+
+Nothing here unpickles: weights go through ``safetensors`` and configs through
+``yaml.safe_load``. Files are written to a temp name and renamed, weights before the
+config, so a directory whose config exists always has complete weights next to it.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from core.config import from_dict, load_yaml, save_config
+
+T = TypeVar("T")
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.yaml"
+
+
+def save_state(state: dict[str, torch.Tensor], path: str | os.PathLike) -> None:
+    """Writes a state dict to ``path`` as safetensors, atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        os.chmod(tmp, 0o644)
+        # safetensors refuses shared storage and non-contiguous views: store plain copies.
+        plain = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
+        save_file(plain, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Reads a safetensors file; a missing or corrupt file is a ValueError."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"weights file {str(path)!r} does not exist")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ValueError(f"weights file {str(path)!r} is not a readable safetensors file: {err}") from None
+
+
+def load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str = "model") -> None:
+    """Loads ``state`` into ``module``; any missing, unexpected or mis-shaped key is a ValueError.
+
+    The message lists every offending key with both shapes, so a user can see at once whether
+    the config or the weights are wrong.
+    """
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    mismatched = [
+        f"{k}: weights {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in sorted(set(own) & set(state))
+        if tuple(own[k].shape) != tuple(state[k].shape)
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing keys {missing}")
+    if unexpected:
+        problems.append(f"unexpected keys {unexpected}")
+    if mismatched:
+        problems.append(f"shape mismatches [{'; '.join(mismatched)}]")
+    if problems:
+        raise ValueError(f"{what} weights do not match its config: " + ", ".join(problems))
+    module.load_state_dict(state, strict=True)
+
+
+def save_pretrained(module: torch.nn.Module, config: Any, directory: str | os.PathLike) -> None:
+    """Writes ``model.safetensors`` then ``config.yaml`` into ``directory``."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_state(module.state_dict(), directory / WEIGHTS_NAME)
+    save_config(config, directory / CONFIG_NAME)
+
+
+def load_config(config_cls: type[T], directory: str | os.PathLike) -> T:
+    """Reads and validates ``config.yaml`` from a pretrained directory."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ValueError(f"model directory {str(directory)!r} does not exist")
+    cfg_path = directory / CONFIG_NAME
+    if not cfg_path.is_file():
+        raise ValueError(f"model directory {str(directory)!r} has no {CONFIG_NAME}")
+    return from_dict(config_cls, load_yaml(cfg_path), where=str(cfg_path))

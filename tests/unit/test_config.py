@@ -1,0 +1,62 @@
+"""Config loading: defaults < YAML < dotted overrides, with typos and wrong types rejected."""
+
+from dataclasses import dataclass, field
+
+import pytest
+import yaml
+
+from core.config import build_config, from_dict, save_config, to_dict
+
+
+@dataclass(frozen=True, kw_only=True)
+class Inner:
+    depth: int = 2
+    widths: tuple[int, ...] = (1, 2)
+    name: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Outer:
+    lr: float = 1e-3
+    use_ema: bool = False
+    model: Inner = field(default_factory=Inner)
+
+
+def test_yaml_then_overrides_win(tmp_path):
+    f = tmp_path / "a.yaml"
+    f.write_text("lr: 0.5\nmodel:\n  depth: 4\n  widths: [3, 4, 5]\n")
+    cfg = build_config(Outer, [f], ["model.depth=8", "use_ema=true", "model.name=big"])
+    assert cfg == Outer(lr=0.5, use_ema=True, model=Inner(depth=8, widths=(3, 4, 5), name="big"))
+
+
+@pytest.mark.parametrize(
+    "override,match",
+    [
+        ("model.dpeth=3", r"unknown key\(s\) \['dpeth'\]"),
+        ("lrr=0.1", r"unknown key\(s\) \['lrr'\]"),
+        ("model.depth=abc", "expected an integer"),
+        ("use_ema=1", "expected true/false"),
+        ("model.widths=5", "expected a list"),
+        ("model=3", "expected a mapping"),
+        ("novalue", "key.sub=value"),
+    ],
+)
+def test_typos_and_wrong_types_fail(override, match):
+    with pytest.raises(ValueError, match=match):
+        build_config(Outer, [], [override])
+
+
+def test_round_trip_through_yaml(tmp_path):
+    cfg = Outer(lr=0.25, model=Inner(depth=3, widths=(7,)))
+    save_config(cfg, tmp_path / "c.yaml")
+    assert from_dict(Outer, yaml.safe_load((tmp_path / "c.yaml").read_text())) == cfg
+    assert to_dict(cfg)["model"]["widths"] == [7]
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_missing_or_non_mapping_file(tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        build_config(Outer, [tmp_path / "missing.yaml"])
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(ValueError, match="mapping"):
+        build_config(Outer, [tmp_path / "list.yaml"])

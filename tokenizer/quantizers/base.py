@@ -1,0 +1,83 @@
+"""The quantizer interface shared by VQ, FSQ, LFQ and BSQ.
+
+A quantizer maps a continuous latent ``z`` of shape (B, D, t, h, w) to discrete ids of shape
+(B, t, h, w) and back to codes of shape (B, D, t, h, w). During training the codes carry a
+straight-through gradient to ``z``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+
+@dataclass
+class QuantizerOutput:
+    """What every quantizer returns.
+
+    Attributes:
+        codes: (B, D, t, h, w) quantized latent, straight-through to the input.
+        ids: (B, t, h, w) long code indices in [0, codebook_size).
+        losses: named scalar losses, already weighted (e.g. ``commit``, ``entropy``).
+        stats: named scalar diagnostics, detached (``usage``, ``perplexity``, ...).
+    """
+
+    codes: torch.Tensor
+    ids: torch.Tensor
+    losses: dict[str, torch.Tensor] = field(default_factory=dict)
+    stats: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def usage_stats(ids: torch.Tensor, codebook_size: int) -> dict[str, torch.Tensor]:
+    """Codebook usage and perplexity of a batch of ids.
+
+    Args:
+        ids: long tensor of any shape with values in [0, codebook_size).
+        codebook_size: number of codes.
+
+    Returns:
+        ``usage``: fraction of codes hit at least once; ``perplexity``: exp of the entropy of
+        the empirical code distribution (equals codebook_size when use is uniform).
+    """
+    counts = torch.bincount(ids.detach().reshape(-1), minlength=codebook_size).float()
+    probs = counts / counts.sum().clamp_min(1.0)
+    entropy = -(probs * torch.log(probs.clamp_min(1e-12))).sum()
+    return {
+        "usage": (counts > 0).float().mean(),
+        "perplexity": entropy.exp(),
+    }
+
+
+def check_latent(z: torch.Tensor, dim: int, name: str) -> None:
+    """Raises ValueError unless ``z`` is (B, dim, t, h, w)."""
+    if z.ndim != 5 or z.shape[1] != dim:
+        raise ValueError(f"{name} expects a latent of shape (B, {dim}, t, h, w), got {tuple(z.shape)}")
+
+
+def check_ids(ids: torch.Tensor, codebook_size: int, name: str) -> None:
+    """Raises ValueError unless ``ids`` is an integer (B, t, h, w) tensor within the codebook."""
+    if ids.ndim != 4:
+        raise ValueError(f"{name} expects ids of shape (B, t, h, w), got {tuple(ids.shape)}")
+    if ids.dtype.is_floating_point or ids.dtype == torch.bool:
+        raise ValueError(f"{name} expects integer ids, got {ids.dtype}")
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= codebook_size):
+        raise ValueError(
+            f"{name}: ids must lie in [0, {codebook_size}), got range [{int(ids.min())}, {int(ids.max())}]"
+        )
+
+
+class Quantizer(nn.Module):
+    """Base class: subclasses set ``dim`` and ``codebook_size`` and implement the three methods."""
+
+    dim: int
+    codebook_size: int
+
+    def forward(self, z: torch.Tensor) -> QuantizerOutput:  # pragma: no cover - interface
+        """Quantizes a (B, D, t, h, w) latent."""
+        raise NotImplementedError
+
+    def ids_to_codes(self, ids: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
+        """Maps (B, t, h, w) ids to (B, D, t, h, w) codes."""
+        raise NotImplementedError

@@ -1,0 +1,102 @@
+"""In-memory clip sampling for tokenizer training from a folder of videos and/or images.
+
+Every file is decoded once (decord, with fallbacks in :mod:`tools.video_io`), resized so its
+short side equals ``size``, and kept as uint8. Batches are random windows of ``num_frames``
+frames with random ``size``x``size`` crops; a fraction of batches are single frames, so the
+tokenizer learns images (1-frame videos) and videos in one token space.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tools.video_io import list_media, read_video, resize_center_crop
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClipDataConfig:
+    """Where clips come from and what they look like.
+
+    Attributes:
+        paths: folders (scanned recursively) and/or media files.
+        num_frames: frames per training clip (1 + k*ct).
+        size: square crop size in pixels.
+        stride: take every ``stride``-th frame.
+        image_ratio: fraction of batches made of single frames (joint image-video training).
+        max_frames_per_video: decode at most this many frames of each file (memory bound).
+    """
+
+    paths: tuple[str, ...] = ()
+    num_frames: int = 17
+    size: int = 64
+    stride: int = 1
+    image_ratio: float = 0.0
+    max_frames_per_video: int = 300
+
+
+class ClipPool:
+    """All decoded media of a dataset, sampled into (B, 3, T, size, size) batches in [-1, 1]."""
+
+    def __init__(self, cfg: ClipDataConfig) -> None:
+        files: list[Path] = []
+        for p in cfg.paths:
+            path = Path(p)
+            if path.is_dir():
+                files.extend(list_media(path))
+            elif path.is_file():
+                files.append(path)
+            else:
+                raise ValueError(f"data path {p!r} does not exist")
+        if not files:
+            raise ValueError(f"no videos or images found under {list(cfg.paths)}")
+        self.cfg = cfg
+        self.videos: list[np.ndarray] = []  # each (T, H, W, 3) uint8, short side = size
+        self.skipped: list[tuple[str, str]] = []
+        for f in files:
+            try:
+                frames = read_video(f, num_frames=None, stride=cfg.stride)[: cfg.max_frames_per_video]
+                frames = _resize_short_side(frames, cfg.size)
+            except ValueError as err:
+                self.skipped.append((str(f), str(err)))
+                log.warning("skipping %s: %s", f, err)
+                continue
+            self.videos.append(frames)
+        self.clip_videos = [i for i, v in enumerate(self.videos) if len(v) >= cfg.num_frames]
+        if not self.videos:
+            raise ValueError(f"none of the {len(files)} media files could be decoded")
+        if not self.clip_videos and cfg.image_ratio < 1.0:
+            raise ValueError(f"no video has the {cfg.num_frames} frames a training clip needs")
+        log.info("clip pool: %d files (%d long enough for clips), %d skipped", len(self.videos), len(self.clip_videos), len(self.skipped))
+
+    def sample(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+        """A random batch: (B, 3, T, size, size) float in [-1, 1], T = 1 for image batches."""
+        cfg = self.cfg
+        images = cfg.image_ratio > 0 and torch.rand((), generator=generator).item() < cfg.image_ratio
+        T = 1 if images else cfg.num_frames
+        pool = range(len(self.videos)) if images else self.clip_videos
+        clips = []
+        for _ in range(batch_size):
+            v = self.videos[pool[int(torch.randint(len(pool), (), generator=generator))]]
+            t0 = int(torch.randint(len(v) - T + 1, (), generator=generator))
+            y0 = int(torch.randint(v.shape[1] - cfg.size + 1, (), generator=generator))
+            x0 = int(torch.randint(v.shape[2] - cfg.size + 1, (), generator=generator))
+            clips.append(torch.from_numpy(v[t0 : t0 + T, y0 : y0 + cfg.size, x0 : x0 + cfg.size]))
+        batch = torch.stack(clips)  # (B, T, H, W, C) uint8
+        return batch.permute(0, 4, 1, 2, 3).float().div(127.5).sub(1.0)  # (B, C, T, H, W)
+
+
+def _resize_short_side(frames: np.ndarray, size: int) -> np.ndarray:
+    """Resizes (T, H, W, 3) so min(H, W) == size, keeping the aspect ratio (no crop)."""
+    T, H, W, _ = frames.shape
+    scale = size / min(H, W)
+    h, w = max(size, round(H * scale)), max(size, round(W * scale))
+    if (h, w) == (H, W):
+        return frames
+    return resize_center_crop(frames, (h, w))

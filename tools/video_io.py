@@ -1,0 +1,423 @@
+"""Reading, resizing and writing video clips as uint8 (T, H, W, 3) arrays.
+
+This is the only place tokvid touches video files. Readers return RGB uint8 frames; models
+see float (3, T, H, W) tensors in [-1, 1] made by :func:`frames_to_tensor`.
+
+Decoding tries decord first (fast random access) and falls back to PyAV when decord is
+missing or fails. Images and GIFs (and other formats Pillow reads, such as animated WebP)
+are read with Pillow; a still image is a 1-frame clip. Every write goes to a temp file in
+the target folder that is then renamed over the target, so a crash never leaves a
+half-written file under the real name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import secrets
+import subprocess
+from collections.abc import Iterator
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps, ImageSequence, UnidentifiedImageError
+
+try:  # decord has no wheels for some platforms; PyAV covers those.
+    import decord
+except ImportError:  # pragma: no cover - depends on the platform
+    decord = None
+
+log = logging.getLogger(__name__)
+
+VIDEO_EXTS: frozenset[str] = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm", ".gif"})
+IMAGE_EXTS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"})
+# Formats read with Pillow rather than a video decoder.
+_PIL_EXTS = IMAGE_EXTS | {".gif"}
+_WRITE_EXTS = (".mp4", ".gif")
+
+
+class _DecodeError(Exception):
+    """A backend could not decode the file; the next backend may still succeed."""
+
+
+def list_media(root: str | os.PathLike) -> list[Path]:
+    """Lists video and image files under ``root``, recursively, in sorted order.
+
+    Args:
+        root: a folder, or a single media file (returned as a one-item list).
+
+    Returns:
+        Paths whose lower-cased suffix is in ``VIDEO_EXTS | IMAGE_EXTS``, sorted by their
+        path relative to ``root`` so the order is the same on every machine. Hidden files
+        and folders (names starting with ".", e.g. temps of an unfinished write) are skipped.
+    """
+    root = Path(root)
+    exts = VIDEO_EXTS | IMAGE_EXTS
+    if root.is_file():
+        if root.suffix.lower() not in exts:
+            raise ValueError(f"{str(root)!r} is not a video or image file (known: {sorted(exts)})")
+        return [root]
+    if not root.is_dir():
+        raise ValueError(f"{str(root)!r} does not exist")
+    rel = sorted(p.relative_to(root) for p in root.rglob("*") if p.suffix.lower() in exts and p.is_file())
+    return [root / r for r in rel if not any(part.startswith(".") for part in r.parts)]
+
+
+def _needed_frames(num_frames: int | None, stride: int, start: int) -> int:
+    """Validates the clip arguments; returns how many frames the file must have."""
+    if num_frames is not None and (isinstance(num_frames, bool) or num_frames < 1):
+        raise ValueError(f"num_frames must be a positive integer or None, got {num_frames!r}")
+    if stride < 1:
+        raise ValueError(f"stride must be >= 1, got {stride}")
+    if start < 0:
+        raise ValueError(f"start must be >= 0, got {start}")
+    return start + 1 if num_frames is None else start + (num_frames - 1) * stride + 1
+
+
+class _Pick:
+    """Which frame indices a read wants: ``start, start + stride, ...``, ``count`` of them."""
+
+    def __init__(self, start: int, stride: int, count: int | None) -> None:
+        self.start, self.stride = start, stride
+        # Index of the last wanted frame; None = read to the end.
+        self.last = None if count is None else start + (count - 1) * stride
+
+    def __contains__(self, i: int) -> bool:
+        return i >= self.start and (i - self.start) % self.stride == 0 and (self.last is None or i <= self.last)
+
+    def indices(self, total: int) -> list[int]:
+        stop = total if self.last is None else min(total, self.last + 1)
+        return list(range(self.start, stop, self.stride))
+
+
+def _read_pil(path: Path, pick: _Pick) -> tuple[list[np.ndarray], int]:
+    """Decodes frames with Pillow. Returns the wanted frames and the number of frames seen."""
+    frames, total = [], 0
+    try:
+        with Image.open(path) as im:
+            for i, frame in enumerate(ImageSequence.Iterator(im)):
+                total = i + 1
+                if i in pick:
+                    # EXIF rotation only applies to stills (frame 0 of a 1-frame file).
+                    rgb = ImageOps.exif_transpose(frame) if i == 0 else frame
+                    frames.append(np.asarray(rgb.convert("RGB"), dtype=np.uint8))
+                if pick.last is not None and i >= pick.last:
+                    break
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise _DecodeError(f"Pillow: {err}") from None
+    return frames, total
+
+
+def _read_decord(path: Path, pick: _Pick) -> tuple[list[np.ndarray], int]:
+    if decord is None:
+        raise _DecodeError("decord: not installed")
+    try:
+        vr = decord.VideoReader(str(path))
+        total = len(vr)
+        indices = pick.indices(total)
+        if not indices or (pick.last is not None and pick.last >= total):
+            return [], total  # too short: the caller reports it
+        batch = vr.get_batch(indices).asnumpy()  # (T, H, W, 3)
+    except (RuntimeError, decord.DECORDError) as err:  # DECORDError is not a RuntimeError
+        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise _DecodeError(f"decord: {first_line}") from None
+    if batch.ndim != 4 or batch.shape[0] != len(indices) or batch.shape[-1] != 3:
+        raise _DecodeError(f"decord: returned frames of shape {batch.shape}")
+    return list(batch), total
+
+
+def _read_pyav(path: Path, pick: _Pick) -> tuple[list[np.ndarray], int]:
+    import av  # only needed on the fallback path
+
+    frames, total = [], 0
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise _DecodeError("PyAV: the file has no video stream")
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            for i, frame in enumerate(container.decode(stream)):
+                total = i + 1
+                if i in pick:
+                    frames.append(frame.to_ndarray(format="rgb24"))
+                if pick.last is not None and i >= pick.last:
+                    break
+    except av.FFmpegError as err:
+        raise _DecodeError(f"PyAV: {err}") from None
+    return frames, total
+
+
+def read_video(
+    path: str | os.PathLike, *, num_frames: int | None = None, stride: int = 1, start: int = 0
+) -> np.ndarray:
+    """Reads frames ``start, start + stride, ...`` of a video, GIF or image.
+
+    Args:
+        path: a video file (decord, then PyAV) or an image/GIF (Pillow; a still image is a
+            1-frame clip).
+        num_frames: frames to return; None reads every ``stride``-th frame to the end.
+        stride: step between returned frames.
+        start: index of the first returned frame.
+
+    Returns:
+        (T, H, W, 3) uint8 RGB frames, T = num_frames when given.
+
+    Raises:
+        ValueError: the file is missing, empty, cannot be decoded, or has fewer than
+            ``start + (num_frames - 1) * stride + 1`` frames; or the arguments are invalid.
+    """
+    path = Path(path)
+    needed = _needed_frames(num_frames, stride, start)
+    if not path.is_file():
+        raise ValueError(f"{str(path)!r} does not exist or is not a file")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{str(path)!r} is empty (0 bytes)")
+    pick = _Pick(start, stride, num_frames)
+    backends = [_read_pil] if path.suffix.lower() in _PIL_EXTS else [_read_decord, _read_pyav]
+    reasons = []
+    for backend in backends:
+        name = backend.__name__.removeprefix("_read_")
+        try:
+            frames, total = backend(path, pick)
+        except _DecodeError as err:
+            reasons.append(str(err))
+            continue
+        if total == 0:
+            reasons.append(f"{name}: no frames decoded")
+        elif total < needed:
+            want = f"num_frames={num_frames}, stride={stride}, start={start}"
+            raise ValueError(f"{str(path)!r} is too short: it has {total} frames, {want} needs {needed}")
+        elif num_frames is not None and len(frames) != num_frames:
+            reasons.append(f"{name}: decoded {len(frames)} of {num_frames} frames")
+        else:
+            return np.stack(frames)
+    raise ValueError(f"cannot decode {str(path)!r}: " + "; ".join(reasons))
+
+
+def video_fps(path: str | os.PathLike) -> float:
+    """Average frame rate of a video or animated GIF.
+
+    Raises:
+        ValueError: the file is missing, cannot be decoded, or is a still image.
+    """
+    path = Path(path)
+    if not path.is_file() or path.stat().st_size == 0:
+        raise ValueError(f"{str(path)!r} does not exist or is empty")
+    if path.suffix.lower() in _PIL_EXTS:
+        try:
+            with Image.open(path) as im:
+                durations = [f.info.get("duration", 0) for f in ImageSequence.Iterator(im)]
+        except (UnidentifiedImageError, OSError, SyntaxError) as err:
+            raise ValueError(f"cannot decode {str(path)!r}: {err}") from None
+        if len(durations) < 2 or sum(durations) <= 0:
+            raise ValueError(f"{str(path)!r} is a still image and has no frame rate")
+        return 1000.0 * len(durations) / sum(durations)
+    if decord is not None:
+        try:
+            return float(decord.VideoReader(str(path)).get_avg_fps())
+        except (RuntimeError, decord.DECORDError):
+            pass
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            if container.streams.video:
+                rate = container.streams.video[0].average_rate or container.streams.video[0].guessed_rate
+                if rate:
+                    return float(rate)
+    except av.FFmpegError as err:
+        raise ValueError(f"cannot decode {str(path)!r}: {err}") from None
+    raise ValueError(f"{str(path)!r} has no video stream with a frame rate")
+
+
+def _check_frames(frames: np.ndarray, name: str = "frames") -> None:
+    if not isinstance(frames, np.ndarray) or frames.dtype != np.uint8:
+        raise ValueError(f"{name} must be a uint8 numpy array, got {type(frames).__name__} {getattr(frames, 'dtype', '')}")
+    if frames.ndim != 4 or frames.shape[-1] != 3 or 0 in frames.shape:
+        raise ValueError(f"{name} must have shape (T, H, W, 3) with T, H, W > 0, got {frames.shape}")
+
+
+def resize_center_crop(frames: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+    """Resizes so the clip covers ``size``, keeping the aspect ratio, then crops the center.
+
+    With an int the short side becomes ``size`` and the result is square. Resizing is
+    bilinear with antialiasing (``torch.nn.functional.interpolate``).
+
+    Args:
+        frames: (T, H, W, 3) uint8.
+        size: output side, or (h, w).
+
+    Returns:
+        (T, h, w, 3) uint8.
+    """
+    _check_frames(frames)
+    h, w = (size, size) if isinstance(size, int) else tuple(size)
+    if not (isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0):
+        raise ValueError(f"size must be a positive int or (h, w) of positive ints, got {size!r}")
+    T, H, W, _ = frames.shape
+    scale = max(h / H, w / W)
+    new_h, new_w = max(h, round(H * scale)), max(w, round(W * scale))
+    if (new_h, new_w) != (H, W):
+        out = np.empty((T, new_h, new_w, 3), dtype=np.uint8)
+        for i in range(0, T, 16):  # chunks bound the float32 copy of long clips
+            x = torch.from_numpy(frames[i : i + 16]).permute(0, 3, 1, 2).float()  # (t, 3, H, W)
+            x = F.interpolate(x, size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False)
+            out[i : i + 16] = x.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        frames = out
+    top, left = (new_h - h) // 2, (new_w - w) // 2
+    return np.ascontiguousarray(frames[:, top : top + h, left : left + w])
+
+
+def frames_to_tensor(frames: np.ndarray) -> torch.Tensor:
+    """(T, H, W, 3) uint8 frames -> (3, T, H, W) float32 tensor in [-1, 1]."""
+    _check_frames(frames)
+    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2)  # (3, T, H, W)
+    return x.float().div_(127.5).sub_(1.0)
+
+
+def tensor_to_frames(video: torch.Tensor) -> np.ndarray:
+    """Float video in [-1, 1] -> uint8 frames (values are clamped, then rounded).
+
+    Args:
+        video: (3, T, H, W) or (B, 3, T, H, W), any float dtype and device.
+
+    Returns:
+        (T, H, W, 3) or (B, T, H, W, 3) uint8 numpy array.
+    """
+    if not isinstance(video, torch.Tensor) or video.ndim not in (4, 5) or video.shape[-4] != 3:
+        shape = tuple(video.shape) if isinstance(video, torch.Tensor) else type(video).__name__
+        raise ValueError(f"video must be a (3, T, H, W) or (B, 3, T, H, W) tensor, got {shape}")
+    x = ((video.detach().float() + 1.0) * 127.5).clamp_(0, 255).round_().to(torch.uint8).cpu()
+    return x.movedim(-4, -1).numpy()  # (..., T, H, W, 3)
+
+
+@contextlib.contextmanager
+def _atomic_path(path: Path) -> Iterator[Path]:
+    """Yields a fresh temp path next to ``path`` (same extension); renames it on success.
+
+    The temp file is created with mode 0o666 minus the umask, like a normal file, so the
+    result is as readable as one written in place.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(100):
+        tmp = path.with_name(f".{path.stem}.tmp{secrets.token_hex(4)}{path.suffix}")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            break
+        except FileExistsError:
+            continue
+    else:  # pragma: no cover - 100 collisions of a random 32-bit name
+        raise OSError(f"cannot create a temp file next to {str(path)!r}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _write_mp4(tmp: Path, frames: np.ndarray, fps: float, crf: int) -> None:
+    import imageio_ffmpeg
+
+    T, H, W, _ = frames.shape
+    if H % 2 or W % 2:
+        # yuv420p needs even sides: repeat the last row/column rather than rescale the content.
+        frames = np.pad(frames, ((0, 0), (0, H % 2), (0, W % 2), (0, 0)), mode="edge")
+        log.debug("padded %dx%d frames to %dx%d for yuv420p", W, H, frames.shape[2], frames.shape[1])
+    rate = Fraction(fps).limit_denominator(100_000)
+    cmd = [
+        imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-hide_banner", "-loglevel", "error",
+        "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{frames.shape[2]}x{frames.shape[1]}",
+        "-r", f"{rate.numerator}/{rate.denominator}", "-i", "-", "-an",
+        "-c:v", "libx264", "-preset", "medium", "-crf", str(crf), "-pix_fmt", "yuv420p",
+        "-movflags", "+faststart", "-f", "mp4", str(tmp),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, input=np.ascontiguousarray(frames).tobytes(), capture_output=True, check=False)
+    if proc.returncode != 0:
+        msg = proc.stderr.decode(errors="replace").strip().splitlines()
+        raise OSError(f"ffmpeg could not write {str(tmp)!r}: {msg[-1] if msg else f'exit {proc.returncode}'}")
+
+
+def _write_gif(tmp: Path, frames: np.ndarray, fps: float) -> None:
+    # GIF delays are whole centiseconds: choose them so frame i ends at round(100 * (i + 1) / fps)
+    # cs, which keeps the average rate right (e.g. 30 fps -> 3, 4, 3 cs, ...).
+    ends = [round(100 * (i + 1) / fps) for i in range(len(frames))]
+    durations_ms = [10 * max(1, e - s) for s, e in zip([0, *ends[:-1]], ends)]
+    if fps > 50:
+        log.warning("GIF at %.1f fps: many players slow down frames shorter than 20 ms", fps)
+    images = [Image.fromarray(f) for f in frames]
+    # Pillow folds a frame identical to its predecessor into it (adding the delays), so
+    # timing is kept but such a GIF reads back with fewer frames.
+    images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=durations_ms, loop=0)
+
+
+def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float, *, crf: int = 18) -> None:
+    """Writes frames as an H.264 (yuv420p) ``.mp4`` or an animated ``.gif``, atomically.
+
+    Odd heights/widths are padded by one repeated row/column for yuv420p, so an mp4 of odd
+    size reads back one pixel larger. Missing parent folders are created.
+
+    Args:
+        path: destination; the extension picks the format.
+        frames: (T, H, W, 3) uint8 RGB.
+        fps: frames per second, > 0.
+        crf: x264 constant rate factor for mp4 (0 = lossless luma, 18 = visually lossless).
+
+    Raises:
+        ValueError: bad frames, fps or extension.
+        OSError: the file cannot be written (the target is then left untouched).
+    """
+    path = Path(path)
+    ext = path.suffix.lower()
+    if ext not in _WRITE_EXTS:
+        raise ValueError(f"cannot write {str(path)!r}: the extension must be one of {list(_WRITE_EXTS)}")
+    _check_frames(frames)
+    if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not math.isfinite(fps) or fps <= 0:
+        raise ValueError(f"fps must be a positive finite number, got {fps!r}")
+    with _atomic_path(path) as tmp:
+        if ext == ".mp4":
+            _write_mp4(tmp, frames, float(fps), crf)
+        else:
+            _write_gif(tmp, frames, float(fps))
+
+
+def write_contact_sheet(
+    path: str | os.PathLike, rows: list[np.ndarray], *, pad: int = 2, background: int = 255
+) -> None:
+    """Writes a PNG with one row per clip, its frames side by side (e.g. original over recon).
+
+    Rows may differ in frame count and frame size; cells are top-left aligned and the rest is
+    ``background``. There are ``pad`` pixels between cells and around the border.
+
+    Args:
+        path: destination ``.png``.
+        rows: clips, each (T_i, H_i, W_i, 3) uint8.
+        pad: gap in pixels, >= 0.
+        background: gray level of the gaps, 0..255.
+    """
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise ValueError(f"contact sheet {str(path)!r} must be a .png file")
+    if not rows:
+        raise ValueError("write_contact_sheet needs at least one row")
+    if pad < 0 or not 0 <= background <= 255:
+        raise ValueError(f"pad must be >= 0 and background in [0, 255], got {pad}, {background}")
+    for i, row in enumerate(rows):
+        _check_frames(row, f"rows[{i}]")
+    width = max(r.shape[0] * (r.shape[2] + pad) for r in rows) + pad
+    height = sum(r.shape[1] + pad for r in rows) + pad
+    sheet = np.full((height, width, 3), background, dtype=np.uint8)
+    y = pad
+    for row in rows:
+        T, H, W, _ = row.shape
+        for t in range(T):
+            x = pad + t * (W + pad)
+            sheet[y : y + H, x : x + W] = row[t]
+        y += H + pad
+    with _atomic_path(path) as tmp:
+        Image.fromarray(sheet).save(tmp, format="PNG")
