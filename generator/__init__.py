@@ -1,0 +1,22 @@
+"""Video generators over discrete tokens: one block-causal transformer for GPT-style and
+MaskGIT-style generation, with token, cube, frame or clip units and class/text conditioning."""
+
+from generator.conditioning import Condition, ConditionEmbedder
+from generator.layers import KVCache
+from generator.objectives import LossOutput, ObjectiveConfig, generator_loss
+from generator.transformer import Generator, GeneratorConfig
+from generator.units import ORDERS, UnitLayout, make_layout
+
+__all__ = [
+    "Condition",
+    "ConditionEmbedder",
+    "Generator",
+    "GeneratorConfig",
+    "KVCache",
+    "LossOutput",
+    "ORDERS",
+    "ObjectiveConfig",
+    "UnitLayout",
+    "generator_loss",
+    "make_layout",
+]

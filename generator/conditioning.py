@@ -1,0 +1,130 @@
+"""Conditions and their prefix embeddings: class labels or frozen text-encoder features.
+
+A condition becomes a short sequence of prefix tokens that every video token attends to:
+one token for a class label, ``max_text_len`` projected tokens for text. Text goes in as a
+prefix (not cross-attention) so that one attention mask and one KV cache serve both styles,
+and the prefix is prefilled once. Classifier-free guidance replaces a dropped condition with a
+learned null: the extra class id ``num_classes`` or a learned null text sequence.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass
+class Condition:
+    """What a batch is conditioned on. Exactly one of ``labels`` / ``text`` for conditional
+    models; ``drop`` marks rows replaced by the null condition (CFG's unconditional branch).
+
+    Attributes:
+        labels: (B,) long class ids.
+        text: (B, L, D_text) float text-encoder features.
+        text_mask: (B, L) bool, True on real text tokens.
+        drop: (B,) bool, rows to replace by the null condition.
+    """
+
+    labels: torch.Tensor | None = None
+    text: torch.Tensor | None = None
+    text_mask: torch.Tensor | None = None
+    drop: torch.Tensor | None = None
+
+    @property
+    def batch_size(self) -> int:
+        for t in (self.labels, self.text, self.drop):
+            if t is not None:
+                return t.shape[0]
+        raise ValueError("an empty Condition has no batch size; pass drop=torch.ones(B, dtype=torch.bool)")
+
+    def with_null(self) -> "Condition":
+        """The same batch followed by its unconditional copy: 2B rows (for CFG)."""
+        B = self.batch_size
+        drop = self.drop if self.drop is not None else torch.zeros(B, dtype=torch.bool, device=self._device())
+        cat = lambda t: None if t is None else torch.cat([t, t], dim=0)  # noqa: E731
+        return Condition(
+            labels=cat(self.labels),
+            text=cat(self.text),
+            text_mask=cat(self.text_mask),
+            drop=torch.cat([drop, torch.ones_like(drop)]),
+        )
+
+    def _device(self) -> torch.device:
+        for t in (self.labels, self.text, self.drop):
+            if t is not None:
+                return t.device
+        return torch.device("cpu")
+
+
+class ConditionEmbedder(nn.Module):
+    """Maps a :class:`Condition` to prefix tokens (B, P, D) and their validity (B, P).
+
+    Args:
+        kind: "class", "text" or "none" (unconditional: one learned start-of-video token).
+        dim: model width.
+        num_classes: number of real classes; id ``num_classes`` is the null class.
+        text_dim: width of the text-encoder features.
+        max_text_len: prefix length for text.
+    """
+
+    def __init__(self, kind: str, dim: int, num_classes: int, text_dim: int, max_text_len: int) -> None:
+        super().__init__()
+        self.kind = kind
+        self.num_classes = num_classes
+        self.max_text_len = max_text_len
+        if kind == "class":
+            self.class_emb = nn.Embedding(num_classes + 1, dim)
+        elif kind == "text":
+            self.text_proj = nn.Sequential(nn.Linear(text_dim, dim), nn.GELU(approximate="tanh"), nn.Linear(dim, dim))
+            self.null_text = nn.Parameter(torch.randn(max_text_len, dim) * 0.02)
+            self.text_pos = nn.Parameter(torch.randn(max_text_len, dim) * 0.02)
+        elif kind == "none":
+            self.start = nn.Parameter(torch.randn(1, dim) * 0.02)
+        else:
+            raise ValueError(f"condition kind must be 'class', 'text' or 'none', got {kind!r}")
+
+    @property
+    def prefix_len(self) -> int:
+        return self.max_text_len if self.kind == "text" else 1
+
+    def forward(self, cond: Condition) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns prefix embeddings (B, P, D) and key validity (B, P) bool."""
+        B = cond.batch_size
+        if self.kind == "none":
+            emb = self.start[None].expand(B, -1, -1)
+            return emb, torch.ones(B, 1, dtype=torch.bool, device=emb.device)
+        drop = cond.drop
+        if self.kind == "class":
+            if cond.labels is None:
+                if drop is None or not bool(drop.all()):
+                    raise ValueError("this generator is class-conditional: pass labels")
+                labels = torch.full((B,), self.num_classes, dtype=torch.long, device=drop.device)
+            else:
+                labels = cond.labels
+                if labels.ndim != 1 or labels.dtype not in (torch.int32, torch.int64):
+                    raise ValueError(f"labels must be a (B,) integer tensor, got {labels.dtype} {tuple(labels.shape)}")
+                bad = (labels < 0) | (labels >= self.num_classes)
+                if bool(bad.any()):
+                    raise ValueError(f"unknown class id {int(labels[bad][0])}: valid ids are 0..{self.num_classes - 1}")
+                if drop is not None:
+                    labels = torch.where(drop, torch.full_like(labels, self.num_classes), labels)
+            emb = self.class_emb(labels)[:, None]  # (B, 1, D)
+            return emb, torch.ones(B, 1, dtype=torch.bool, device=emb.device)
+        # text
+        null = self.null_text[None].expand(B, -1, -1)
+        if cond.text is None:
+            if drop is None or not bool(drop.all()):
+                raise ValueError("this generator is text-conditional: pass text features")
+            return null, torch.ones(B, self.max_text_len, dtype=torch.bool, device=null.device)
+        text, mask = cond.text, cond.text_mask
+        if text.ndim != 3 or text.shape[1] != self.max_text_len:
+            raise ValueError(f"text features must be (B, {self.max_text_len}, D), got {tuple(text.shape)}")
+        if mask is None:
+            mask = torch.ones(text.shape[:2], dtype=torch.bool, device=text.device)
+        emb = self.text_proj(text.to(null.dtype)) + self.text_pos[None]
+        if drop is not None:
+            emb = torch.where(drop[:, None, None], null, emb)
+            mask = mask | drop[:, None]
+        return emb, mask

@@ -1,0 +1,91 @@
+"""MaskGIT-style sampling: units in order, each filled in by iterative parallel decoding.
+
+Inside a unit every step predicts all masked tokens at once, keeps the most confident ones
+and re-masks the rest, following the shared mask schedule so that the last step leaves
+nothing masked. Confidences get Gumbel noise scaled by ``choice_temperature`` and annealed to
+zero over the steps. A finished unit is committed to the KV cache (one clean pass) and
+becomes context for the next unit.
+"""
+
+from __future__ import annotations
+
+import torch
+from tqdm import tqdm
+
+from generator.conditioning import Condition
+from generator.sampling.ar import check_order
+from generator.sampling.context import DecodeContext
+from generator.sampling.filtering import SamplingConfig, sample_logits
+from generator.sampling.schedules import num_masked_after_step
+from generator.transformer import Generator
+from generator.units import make_layout
+
+
+def sample_maskgit(
+    model: Generator,
+    cond: Condition,
+    grid: tuple[int, int, int],
+    *,
+    order: str = "clip",
+    sampling: SamplingConfig = SamplingConfig(),
+    generator: torch.Generator | None = None,
+    use_cache: bool = True,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Samples a (B, t, h, w) token grid by MaskGIT decoding unit by unit.
+
+    Args:
+        model: a generator with style "maskgit".
+        cond: B-row condition.
+        grid: (t, h, w) to generate.
+        order: 'token', 'cube', 'frame' or 'clip'; must be one the model supports.
+        sampling: steps per unit, schedule, temperatures, top-k/p and CFG.
+        generator: RNG for token draws and Gumbel noise.
+        use_cache: cache completed units (False recomputes the context every step).
+        progress: show a progress bar.
+
+    Returns:
+        ids: (B, t, h, w) long.
+    """
+    if model.config.style != "maskgit":
+        raise ValueError("sample_maskgit needs a generator with style 'maskgit'")
+    check_order(model, order)
+    model.check_grid(grid, order)
+    layout = make_layout(grid, order, model.config.cube_size)
+    B, L = cond.batch_size, layout.num_tokens
+    device = model.head.weight.device
+    max_tokens = min(L, model.config.max_grid[0] * grid[1] * grid[2])
+    ctx = DecodeContext(model, cond, sampling, max_tokens=max_tokens, use_cache=use_cache)
+    mask_id = model.config.mask_id
+    seq = torch.empty(B, L, dtype=torch.long, device=device)
+    steps = sampling.steps
+    bar = tqdm(total=layout.num_units * steps, desc="sampling (maskgit)", disable=not progress, leave=False)
+    for u, (a, b) in enumerate(layout.bounds):
+        n, coords = b - a, layout.coords[a:b]
+        ctx.ensure_window(int(coords[:, 0].max()))
+        cur = torch.full((B, n), mask_id, dtype=torch.long, device=device)
+        for s in range(steps):
+            masked = cur == mask_id
+            num_masked = int(masked[0].sum())
+            if num_masked == 0:
+                bar.update(1)
+                continue
+            logits = ctx.logits(cur, coords, keep=False, progress=(u + s / steps) / layout.num_units)
+            sampled = sample_logits(logits, sampling, generator)
+            conf = torch.log_softmax(logits, -1).gather(-1, sampled[..., None])[..., 0]
+            anneal = sampling.choice_temperature * (1.0 - (s + 1) / steps)
+            if anneal > 0:
+                u01 = torch.rand(conf.shape, generator=generator, device=conf.device).clamp(1e-20, 1 - 1e-7)
+                conf = conf + anneal * -torch.log(-torch.log(u01))
+            conf = conf.masked_fill(~masked, float("inf"))  # fixed tokens are never re-masked
+            cur = torch.where(masked, sampled, cur)
+            keep_masked = min(num_masked_after_step(s, steps, n, sampling.mask_schedule), num_masked - 1)
+            if keep_masked > 0:
+                lowest = torch.topk(conf, keep_masked, dim=-1, largest=False).indices
+                cur = cur.scatter(1, lowest, mask_id)
+            bar.update(1)
+        seq[:, a:b] = cur
+        if u + 1 < layout.num_units:
+            ctx.logits(cur, coords, keep=True, progress=(u + 1) / layout.num_units)
+    bar.close()
+    return layout.to_grid(seq)

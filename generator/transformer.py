@@ -1,0 +1,223 @@
+"""The block-causal video transformer shared by GPT-style and MaskGIT-style generation.
+
+One model class; the style and the unit orders are config fields. The model maps token ids
+laid out in sequence order (see :mod:`generator.units`) plus a condition prefix to logits
+over the tokenizer's codebook. What may attend to what is given by the caller as a mask, so
+the same weights serve training (full sequences) and cached sampling (a few new tokens).
+Losses live in :mod:`generator.objectives`, samplers in :mod:`generator.sampling`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from core.weights import WEIGHTS_NAME, load_config, load_state, load_strict, save_pretrained
+from generator.conditioning import Condition, ConditionEmbedder
+from generator.layers import Attention, KVCache, RMSNorm, Rope3d, SwiGLU
+from generator.units import ORDERS, unit_extent
+
+
+@dataclass(frozen=True, kw_only=True)
+class GeneratorConfig:
+    """Architecture and token space of a :class:`Generator`; it alone rebuilds the model.
+
+    Attributes:
+        style: "ar" (next-token, causal inside units) or "maskgit" (masked tokens, bidirectional
+            inside units, iterative parallel decoding).
+        orders: unit orders the model supports (trained on); the first is the default.
+        cube_size: (ct, ch, cw) of a cube unit, in tokens.
+        vocab_size: tokenizer codebook size; ids ``vocab_size`` (mask) and ``vocab_size + 1``
+            (start of video) are the two special tokens.
+        max_grid: the largest (t, h, w) token grid; longer videos need order="frame" and a
+            sliding window.
+        cond: "class", "text" or "none".
+    """
+
+    style: Literal["ar", "maskgit"] = "ar"
+    orders: tuple[str, ...] = ("token",)
+    cube_size: tuple[int, int, int] = (1, 2, 2)
+    vocab_size: int = 1000
+    max_grid: tuple[int, int, int] = (5, 8, 8)
+    dim: int = 256
+    depth: int = 8
+    num_heads: int = 8
+    mlp_ratio: float = 8 / 3
+    cond: Literal["class", "text", "none"] = "class"
+    num_classes: int = 72
+    text_dim: int = 384
+    max_text_len: int = 16
+    rope_base: float = 10000.0
+    attention_backend: Literal["sdpa", "xformers"] = "sdpa"
+    activation_checkpointing: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.orders or any(o not in ORDERS for o in self.orders):
+            raise ValueError(f"orders must be a non-empty subset of {list(ORDERS)}, got {list(self.orders)}")
+        if self.style == "ar" and "clip" in self.orders:
+            raise ValueError("order 'clip' is one unit of parallel decoding: it needs style 'maskgit'")
+        if "cube" in self.orders:
+            unit_extent("cube", self.max_grid, self.cube_size)
+        if self.dim % self.num_heads or (self.dim // self.num_heads) % 2:
+            raise ValueError(f"dim {self.dim} / num_heads {self.num_heads} must give an even head size")
+
+    @property
+    def mask_id(self) -> int:
+        return self.vocab_size
+
+    @property
+    def start_id(self) -> int:
+        return self.vocab_size + 1
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: RMSNorm -> attention, RMSNorm -> SwiGLU."""
+
+    def __init__(self, cfg: GeneratorConfig) -> None:
+        super().__init__()
+        self.norm1 = RMSNorm(cfg.dim)
+        self.attn = Attention(cfg.dim, cfg.num_heads, cfg.attention_backend)
+        self.norm2 = RMSNorm(cfg.dim)
+        self.mlp = SwiGLU(cfg.dim, int(cfg.mlp_ratio * cfg.dim))
+
+    def forward(self, x, cos, sin, mask, cache=None, layer=0, span=None):  # noqa: D102 - shapes as Attention
+        x = x + self.attn(self.norm1(x), cos, sin, mask, cache, layer, span)
+        return x + self.mlp(self.norm2(x))
+
+
+class Generator(nn.Module):
+    """Block-causal transformer over video tokens with a condition prefix."""
+
+    def __init__(self, config: GeneratorConfig) -> None:
+        super().__init__()
+        self.config = c = config
+        self.tok_emb = nn.Embedding(c.vocab_size + 2, c.dim)
+        self.cond_emb = ConditionEmbedder(c.cond, c.dim, c.num_classes, c.text_dim, c.max_text_len)
+        self.rope = Rope3d(c.dim // c.num_heads, c.rope_base)
+        self.blocks = nn.ModuleList(Block(c) for _ in range(c.depth))
+        self.norm = RMSNorm(c.dim)
+        self.head = nn.Linear(c.dim, c.vocab_size, bias=False)
+        self.apply(self._init)
+        for block in self.blocks:  # scale residual outputs by depth (GPT-2)
+            nn.init.normal_(block.attn.proj.weight, std=0.02 / math.sqrt(2 * c.depth))
+            nn.init.normal_(block.mlp.w2.weight, std=0.02 / math.sqrt(2 * c.depth))
+
+    @staticmethod
+    def _init(m: nn.Module) -> None:
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=0.02)
+            if getattr(m, "bias", None) is not None:
+                nn.init.zeros_(m.bias)
+
+    # ----------------------------------------------------------------- helpers
+    @property
+    def prefix_len(self) -> int:
+        return self.cond_emb.prefix_len
+
+    def num_params(self, exclude_embeddings: bool = False) -> int:
+        """Parameter count (optionally without the token embedding table)."""
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.tok_emb.weight.numel() if exclude_embeddings else n
+
+    def flops_per_token(self, context: int, training: bool = True) -> float:
+        """Approximate FLOPs per token: 6N + 12*depth*dim*context for training, a third of it
+        for a forward pass (Kaplan et al. 2020, with attention over ``context`` keys)."""
+        n = self.num_params(exclude_embeddings=True)
+        fwd = 2 * n + 2 * self.config.depth * self.config.dim * context * 2
+        return 3 * fwd if training else fwd
+
+    def new_cache(self, batch: int, max_len: int, dtype: torch.dtype | None = None) -> KVCache:
+        """A static KV cache for ``batch`` rows and ``max_len`` positions (prefix included)."""
+        p = self.head.weight
+        c = self.config
+        return KVCache(c.depth, batch, c.num_heads, max_len, c.dim // c.num_heads, dtype or p.dtype, p.device)
+
+    def check_grid(self, grid: tuple[int, int, int], order: str) -> None:
+        """ValueError if ``grid`` exceeds ``max_grid`` (time may exceed it for frame-wise orders)."""
+        mt, mh, mw = self.config.max_grid
+        t, h, w = grid
+        if h > mh or w > mw or (t > mt and order in ("cube", "clip")):
+            raise ValueError(
+                f"token grid {tuple(grid)} is larger than the model's maximum {self.config.max_grid}"
+                + (" (longer videos need order 'frame' or 'token')" if h <= mh and w <= mw else "")
+            )
+
+    # ----------------------------------------------------------------- forward
+    def forward(
+        self,
+        ids: torch.Tensor,
+        cond: Condition,
+        cache: KVCache | None = None,
+        *,
+        coords: torch.Tensor,
+        mask: torch.Tensor,
+    ) -> torch.Tensor:
+        """Logits for ``N`` new token positions.
+
+        Without a cache (or with an empty one) the condition prefix is embedded first and every
+        new token attends to it. With a non-empty cache the new tokens attend to every valid
+        cached position and, among themselves, as ``mask`` allows; their keys and values are
+        appended to the cache.
+
+        Args:
+            ids: (B, N) token ids (codes, ``mask_id`` or ``start_id``).
+            cond: the condition (B rows).
+            cache: optional static KV cache.
+            coords: (N, 3) long (t, h, w) position of each new token (for 3D RoPE).
+            mask: (N, N) bool, True where new token i may attend new token j.
+
+        Returns:
+            logits: (B, N, vocab_size).
+        """
+        B, N = ids.shape
+        if coords.shape != (N, 3) or mask.shape != (N, N):
+            raise ValueError(f"coords must be ({N}, 3) and mask ({N}, {N}), got {tuple(coords.shape)} and {tuple(mask.shape)}")
+        if int(ids.min()) < 0 or int(ids.max()) > self.config.start_id:
+            raise ValueError(f"token ids must lie in [0, {self.config.start_id}]")
+        x = self.tok_emb(ids)
+        dev = x.device
+        coords, mask = coords.to(dev), mask.to(dev)
+        new_valid = torch.ones(B, N, dtype=torch.bool, device=dev)
+        if cache is None or cache.length == 0:
+            prefix, p_valid = self.cond_emb(cond)
+            if prefix.shape[0] != B:
+                raise ValueError(f"condition has {prefix.shape[0]} rows but ids have {B}")
+            P = prefix.shape[1]
+            x = torch.cat([prefix.to(x.dtype), x], dim=1)  # (B, P + N, D)
+            coords = torch.cat([torch.full((P, 3), -1, dtype=coords.dtype, device=dev), coords])
+            new_valid = torch.cat([p_valid, new_valid], dim=1)
+            top = torch.cat([torch.ones(P, P, dtype=torch.bool, device=dev), torch.zeros(P, N, dtype=torch.bool, device=dev)], 1)
+            bottom = torch.cat([torch.ones(N, P, dtype=torch.bool, device=dev), mask], 1)
+            full = torch.cat([top, bottom])[None, None] & new_valid[:, None, None, :]  # (B, 1, P+N, P+N)
+            past_valid = None
+        else:
+            past_valid = cache.valid[:, : cache.length]
+            full = torch.cat([past_valid[:, None, None, :].expand(B, 1, N, -1), mask[None, None].expand(B, 1, N, N)], dim=-1)
+        span = cache.reserve(x.shape[1], new_valid) if cache is not None else None
+        ang = self.rope.angles(coords)
+        cos, sin = ang.cos(), ang.sin()
+        for i, block in enumerate(self.blocks):
+            if self.config.activation_checkpointing and self.training and cache is None:
+                x = checkpoint(block, x, cos, sin, full, use_reentrant=False)
+            else:
+                x = block(x, cos, sin, full, cache, i, span)
+        return self.head(self.norm(x[:, -N:]))
+
+    # ----------------------------------------------------------------- files
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Writes ``model.safetensors`` and ``config.yaml`` (atomically, weights first)."""
+        save_pretrained(self, self.config, directory)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike) -> "Generator":
+        """Rebuilds from ``config.yaml`` and loads weights strictly (no unpickling)."""
+        config = load_config(GeneratorConfig, directory)
+        model = cls(config)
+        load_strict(model, load_state(os.path.join(directory, WEIGHTS_NAME)), what="generator")
+        return model.eval()

@@ -1,0 +1,234 @@
+"""The block-causal generator: causality, KV cache, coverage, schedules, CFG, determinism, bad input."""
+
+import math
+
+import pytest
+import torch
+
+from generator import Condition, Generator, GeneratorConfig, ObjectiveConfig, generator_loss, make_layout
+from generator.sampling import DecodeContext, SamplingConfig, gamma, num_masked_after_step, sample_ar, sample_maskgit, training_mask
+from generator.units import causal_mask, two_stream_mask
+
+GRID = (3, 4, 4)
+AR_ORDERS = ("token", "cube", "frame")
+MG_ORDERS = ("token", "cube", "frame", "clip")
+
+
+def tiny(style: str, **kw) -> Generator:
+    orders = AR_ORDERS if style == "ar" else MG_ORDERS
+    cfg = GeneratorConfig(style=style, orders=orders, vocab_size=64, max_grid=GRID, dim=32, depth=2, num_heads=2,
+                          num_classes=5, cube_size=(1, 2, 2), **kw)
+    torch.manual_seed(0)
+    return Generator(cfg).eval()
+
+
+def cond2():
+    return Condition(labels=torch.tensor([1, 4]))
+
+
+def sampler(style):
+    return sample_ar if style == "ar" else sample_maskgit
+
+
+# ---------------------------------------------------------------- layouts
+@pytest.mark.parametrize("order", MG_ORDERS)
+def test_every_position_is_generated_exactly_once(order):
+    layout = make_layout(GRID, order, (1, 2, 2))
+    assert sorted(layout.perm.tolist()) == list(range(48))
+    assert layout.bounds[0][0] == 0 and layout.bounds[-1][1] == 48
+    assert all(a[1] == b[0] for a, b in zip(layout.bounds, layout.bounds[1:]))
+    grid = torch.arange(48).view(1, *GRID)
+    assert torch.equal(layout.to_grid(layout.to_sequence(grid)), grid)
+    t, h, w = layout.coords.unbind(1)
+    assert torch.equal(t * 16 + h * 4 + w, layout.perm)
+
+
+@pytest.mark.parametrize("style,order", [("ar", o) for o in AR_ORDERS] + [("maskgit", o) for o in MG_ORDERS])
+def test_samplers_fill_every_position_with_a_code(style, order):
+    m = tiny(style)
+    ids = sampler(style)(m, cond2(), GRID, order=order, sampling=SamplingConfig(steps=3), generator=torch.Generator().manual_seed(0))
+    assert ids.shape == (2, *GRID) and ids.dtype == torch.long
+    assert int(ids.min()) >= 0 and int(ids.max()) < 64  # no mask or start ids left
+
+
+def test_cube_order_visits_cubes_in_raster_order():
+    layout = make_layout((2, 4, 4), "cube", (2, 2, 2))
+    assert layout.num_units == 4
+    first = layout.coords[:8]
+    assert set(map(tuple, first.tolist())) == {(t, h, w) for t in range(2) for h in range(2) for w in range(2)}
+
+
+# ---------------------------------------------------------------- causality
+@pytest.mark.parametrize("order", AR_ORDERS)
+def test_ar_training_pass_is_causal(order):
+    m = tiny("ar")
+    layout = make_layout(GRID, order, (1, 2, 2))
+    L = layout.num_tokens
+    ids = torch.randint(0, 64, (2, L))
+    kw = dict(coords=layout.coords, mask=causal_mask(L))
+    base = m(ids, cond2(), **kw)
+    for p in (5, 17, 40):
+        other = ids.clone()
+        other[:, p] = (other[:, p] + 1) % 64
+        out = m(other, cond2(), **kw)
+        assert torch.equal(out[:, :p], base[:, :p])
+        assert not torch.allclose(out[:, p:], base[:, p:])
+
+
+@pytest.mark.parametrize("order", ["cube", "frame", "token"])
+def test_maskgit_unit_causality(order):
+    """A change in unit j (clean or masked stream) never reaches predictions of units before j."""
+    m = tiny("maskgit")
+    layout = make_layout(GRID, order, (1, 2, 2))
+    L = layout.num_tokens
+    clean = torch.randint(0, 64, (1, L))
+    noisy = clean.masked_fill(torch.rand(1, L) < 0.5, 64)
+    kw = dict(coords=torch.cat([layout.coords] * 2), mask=two_stream_mask(layout.unit_of))
+    base = m(torch.cat([clean, noisy], 1), Condition(labels=torch.tensor([2])), **kw)[:, L:]
+    for j in (1, layout.num_units // 2, layout.num_units - 1):
+        a, b = layout.bounds[j]
+        for stream in (0, 1):
+            x = torch.cat([clean, noisy], 1).clone()
+            x[:, stream * L + a] = (x[:, stream * L + a] + 3) % 64
+            out = m(x, Condition(labels=torch.tensor([2])), **kw)[:, L:]
+            assert torch.equal(out[:, :a], base[:, :a]), (j, stream)
+            changed_from = a if stream == 1 else b  # clean unit j is context only for later units
+            if changed_from < L:
+                assert not torch.allclose(out[:, changed_from:], base[:, changed_from:])
+
+
+# ---------------------------------------------------------------- KV cache
+@pytest.mark.parametrize("style,order", [("ar", o) for o in AR_ORDERS] + [("maskgit", o) for o in MG_ORDERS])
+@pytest.mark.parametrize("cfg_scale", [1.0, 3.0])
+def test_cached_logits_equal_recomputation(style, order, cfg_scale):
+    m = tiny(style)
+    layout = make_layout(GRID, order, (1, 2, 2))
+    sc = SamplingConfig(cfg_scale=cfg_scale)
+    cached = DecodeContext(m, cond2(), sc, max_tokens=49, use_cache=True)
+    plain = DecodeContext(m, cond2(), sc, max_tokens=49, use_cache=False)
+    g = torch.Generator().manual_seed(1)
+    if style == "ar":
+        calls = [(torch.full((2, 1), 65), torch.tensor([[-1, -1, -1]]), True)]
+        calls += [(torch.randint(0, 64, (2, 1), generator=g), layout.coords[i : i + 1], True) for i in range(layout.num_tokens - 1)]
+    else:
+        calls = []
+        for a, b in layout.bounds:
+            calls.append((torch.randint(0, 65, (2, b - a), generator=g), layout.coords[a:b], False))
+            calls.append((torch.randint(0, 64, (2, b - a), generator=g), layout.coords[a:b], True))
+    for ids, coords, keep in calls:
+        x = cached.logits(ids, coords, keep=keep, progress=0.5)
+        y = plain.logits(ids, coords, keep=keep, progress=0.5)
+        assert (x - y).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("style,order", [("ar", "token"), ("ar", "frame"), ("maskgit", "frame")])
+def test_sliding_window_cache_equals_recomputation(style, order):
+    m = tiny(style)
+    sc = SamplingConfig(temperature=0.0, steps=3)
+    kw = dict(order=order, sampling=sc)
+    a = sampler(style)(m, cond2(), (5, 4, 4), generator=torch.Generator().manual_seed(0), **kw)
+    b = sampler(style)(m, cond2(), (5, 4, 4), generator=torch.Generator().manual_seed(0), use_cache=False, **kw)
+    assert a.shape == (2, 5, 4, 4)
+    assert torch.equal(a, b)
+    # the first max_grid frames are generated exactly as without any window
+    c = sampler(style)(m, cond2(), GRID, generator=torch.Generator().manual_seed(0), **kw)
+    assert torch.equal(a[:, :3], c)
+
+
+@pytest.mark.parametrize("style,order", [("ar", "cube"), ("maskgit", "cube"), ("maskgit", "clip")])
+def test_samplers_with_and_without_cache_agree(style, order):
+    m = tiny(style)
+    sc = SamplingConfig(temperature=1.0, steps=4, cfg_scale=2.0, top_k=20)
+    a = sampler(style)(m, cond2(), GRID, order=order, sampling=sc, generator=torch.Generator().manual_seed(3))
+    b = sampler(style)(m, cond2(), GRID, order=order, sampling=sc, generator=torch.Generator().manual_seed(3), use_cache=False)
+    assert torch.equal(a, b)
+
+
+# ---------------------------------------------------------------- schedules
+@pytest.mark.parametrize("schedule", ["cosine", "linear", "square"])
+@pytest.mark.parametrize("steps,n", [(1, 16), (8, 16), (12, 48), (20, 4)])
+def test_schedule_is_monotone_and_ends_unmasked(schedule, steps, n):
+    rs = [i / 50 for i in range(51)]
+    values = [gamma(r, schedule) for r in rs]
+    assert values[0] == pytest.approx(1.0) and values[-1] == pytest.approx(0.0, abs=1e-12)
+    assert all(a >= b for a, b in zip(values, values[1:]))
+    left = [num_masked_after_step(s, steps, n, schedule) for s in range(steps)]
+    assert left[-1] == 0 and all(a >= b for a, b in zip(left, left[1:])) and left[0] <= n
+
+
+def test_training_mask_masks_every_unit_and_follows_schedule():
+    layout = make_layout(GRID, "frame")
+    m = training_mask(layout.unit_of, 4000, "cosine", torch.Generator().manual_seed(0))
+    per_unit = m.view(4000, 3, 16).sum(-1)
+    assert int(per_unit.min()) >= 1
+    # E[ceil(cos(pi/2 r) * 16)] / 16 is about 2/pi + 1/32
+    assert float(per_unit.float().mean() / 16) == pytest.approx(2 / math.pi + 1 / 32, abs=0.02)
+
+
+# ---------------------------------------------------------------- CFG and determinism
+@pytest.mark.parametrize("style", ["ar", "maskgit"])
+def test_guidance_scale_one_equals_conditional(style):
+    m = tiny(style)
+    layout = make_layout(GRID, "frame")
+    ids = torch.randint(0, 64, (2, 16))
+    plain = DecodeContext(m, cond2(), SamplingConfig(cfg_scale=1.0), 49, use_cache=False)
+    # linear schedule at progress 0 has scale 1, but runs the batched cond+uncond path
+    guided = DecodeContext(m, cond2(), SamplingConfig(cfg_scale=5.0, cfg_schedule="linear"), 49, use_cache=False)
+    assert guided.guided and not plain.guided
+    a = plain.logits(ids, layout.coords[:16], keep=False, progress=0.0)
+    b = guided.logits(ids, layout.coords[:16], keep=False, progress=0.0)
+    assert (a - b).abs().max() < 1e-5
+    c = guided.logits(ids, layout.coords[:16], keep=False, progress=1.0)
+    assert (a - c).abs().max() > 1e-3  # and guidance does act at scale 5
+
+
+@pytest.mark.parametrize("style", ["ar", "maskgit"])
+def test_fixed_seed_gives_identical_tokens(style):
+    m = tiny(style)
+    sc = SamplingConfig(temperature=1.0, cfg_scale=2.0, steps=4, top_p=0.9)
+    run = lambda seed: sampler(style)(m, cond2(), GRID, order="frame", sampling=sc, generator=torch.Generator().manual_seed(seed))  # noqa: E731
+    assert torch.equal(run(7), run(7))
+    assert not torch.equal(run(7), run(8))
+
+
+# ---------------------------------------------------------------- bad input
+def test_unknown_class_id():
+    m = tiny("ar")
+    with pytest.raises(ValueError, match="unknown class id 5"):
+        sample_ar(m, Condition(labels=torch.tensor([5])), GRID)
+    with pytest.raises(ValueError, match="unknown class id -1"):
+        sample_ar(m, Condition(labels=torch.tensor([-1])), GRID)
+
+
+def test_grid_larger_than_model_maximum():
+    m = tiny("maskgit")
+    with pytest.raises(ValueError, match="larger than the model's maximum"):
+        sample_maskgit(m, cond2(), (3, 8, 4), order="frame")
+    with pytest.raises(ValueError, match="larger than the model's maximum"):
+        sample_maskgit(m, cond2(), (5, 4, 4), order="clip")
+
+
+def test_cube_that_does_not_divide_grid():
+    with pytest.raises(ValueError, match=r"cube size \(2, 2, 2\) does not divide the token grid \(3, 4, 4\)"):
+        make_layout(GRID, "cube", (2, 2, 2))
+    with pytest.raises(ValueError, match="does not divide"):
+        GeneratorConfig(orders=("cube",), max_grid=(3, 4, 4), cube_size=(1, 3, 2))
+
+
+def test_unsupported_order_and_style():
+    with pytest.raises(ValueError, match="supports orders"):
+        sample_ar(tiny("ar"), cond2(), GRID, order="clip")
+    with pytest.raises(ValueError, match="needs style 'maskgit'"):
+        GeneratorConfig(style="ar", orders=("clip",))
+
+
+def test_objective_runs_for_every_order_and_gradients_flow():
+    for style, orders in (("ar", AR_ORDERS), ("maskgit", MG_ORDERS)):
+        m = tiny(style).train()
+        for order in orders:
+            m.zero_grad()
+            out = generator_loss(m, torch.randint(0, 64, (2, *GRID)), cond2(), ObjectiveConfig(orders=(order,)), torch.Generator().manual_seed(0))
+            out.loss.backward()
+            loss = float(out.loss.detach())
+            assert math.isfinite(loss) and abs(loss - math.log(64)) < 0.5
+            assert m.tok_emb.weight.grad.abs().sum() > 0 and m.cond_emb.class_emb.weight.grad.abs().sum() > 0
