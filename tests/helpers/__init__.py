@@ -1,0 +1,1 @@
+"""Small builders shared by tests (tiny models and data written to a tmp dir)."""
