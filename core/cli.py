@@ -23,6 +23,9 @@ def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | N
         msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         print(f"error: {msg}", file=sys.stderr)
         return 2
+    except FloatingPointError as err:  # a training run stopped on a non-finite loss
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

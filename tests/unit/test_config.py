@@ -60,3 +60,17 @@ def test_missing_or_non_mapping_file(tmp_path):
     (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
     with pytest.raises(ValueError, match="mapping"):
         build_config(Outer, [tmp_path / "list.yaml"])
+
+
+@dataclass(frozen=True, kw_only=True)
+class Fixed:
+    grid: tuple[int, int, int] = (1, 2, 3)
+    pair: tuple[float, float] = (0.9, 0.99)
+
+
+def test_fixed_length_tuples():
+    assert build_config(Fixed, [], ["grid=[4, 5, 6]", "pair=[0.5, 1]"]) == Fixed(grid=(4, 5, 6), pair=(0.5, 1.0))
+    with pytest.raises(ValueError, match="expected 3 items"):
+        build_config(Fixed, [], ["grid=[1, 2]"])
+    with pytest.raises(ValueError, match=r"grid\[1\]: expected an integer"):
+        build_config(Fixed, [], ["grid=[1, x, 2]"])

@@ -1,0 +1,96 @@
+"""Training checkpoints: DeepSpeed engine state plus our own per-rank state, made visible
+only once complete, pruned to the last K; and export to a plain safetensors directory.
+
+Layout under ``<run>/checkpoints``::
+
+    step_00000500/            DeepSpeed's files for that tag (model, optimizer, ZeRO shards)
+        rank00000.json        per-rank state: step, data position, RNG states (JSON)
+        rank00000.safetensors per-rank tensors: RNG byte states, EMA weights (rank 0)
+        COMPLETE              written last, by rank 0, after every rank finished
+
+A directory without ``COMPLETE`` is ignored by :func:`latest_complete` (a run killed while
+saving resumes from the previous checkpoint) and removed at the next save.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from core.config import atomic_write_text, save_config
+from core.weights import load_state, save_state
+from tools import distributed
+
+log = logging.getLogger(__name__)
+
+MARKER = "COMPLETE"
+_TAG = re.compile(r"^step_(\d{8})$")
+
+
+def tag_for(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+def complete_tags(ckpt_dir: Path) -> list[str]:
+    """Tags with a ``COMPLETE`` marker, oldest first."""
+    if not ckpt_dir.is_dir():
+        return []
+    tags = [p.name for p in ckpt_dir.iterdir() if _TAG.match(p.name) and (p / MARKER).is_file()]
+    return sorted(tags)
+
+
+def latest_complete(ckpt_dir: Path) -> str | None:
+    tags = complete_tags(ckpt_dir)
+    return tags[-1] if tags else None
+
+
+def save(engine, ckpt_dir: Path, step: int, rank: int, state: dict[str, Any], tensors: dict[str, torch.Tensor],
+         keep_last: int, config: Any) -> str:
+    """Saves a checkpoint collectively; every rank must call it. Returns the tag."""
+    tag = tag_for(step)
+    if rank == 0 and (ckpt_dir / tag).exists():  # a leftover incomplete save of the same step
+        shutil.rmtree(ckpt_dir / tag)
+    distributed.barrier()
+    engine.save_checkpoint(str(ckpt_dir), tag=tag, save_latest=False)
+    folder = ckpt_dir / tag
+    save_state(tensors, folder / f"rank{rank:05d}.safetensors")
+    atomic_write_text(folder / f"rank{rank:05d}.json", json.dumps(state))
+    if os.environ.get("TOKVID_TEST_EXIT_IN_SAVE") == str(step):  # test hook: die mid-save
+        os._exit(17)
+    distributed.barrier()
+    if rank == 0:
+        save_config(config, folder / "train_config.yaml")
+        atomic_write_text(folder / MARKER, f"{tag}\n")
+        _prune(ckpt_dir, keep_last)
+    distributed.barrier()
+    return tag
+
+
+def _prune(ckpt_dir: Path, keep_last: int) -> None:
+    complete = complete_tags(ckpt_dir)
+    newest = complete[-1]
+    for p in ckpt_dir.iterdir():
+        if not _TAG.match(p.name):
+            continue
+        stale = p.name not in complete and p.name < newest  # an older, incomplete save
+        if stale or (p.name in complete[:-keep_last] if keep_last > 0 else False):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def load(engine, ckpt_dir: Path, tag: str, rank: int) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Loads engine state (module, optimizer, ZeRO shards) and this rank's own state."""
+    path, _ = engine.load_checkpoint(str(ckpt_dir), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=False)
+    if path is None:
+        raise ValueError(f"DeepSpeed could not load checkpoint {ckpt_dir / tag}")
+    folder = ckpt_dir / tag
+    state_file = folder / f"rank{rank:05d}.json"
+    if not state_file.is_file():
+        raise ValueError(f"checkpoint {folder} has no state for rank {rank}: was it saved with another world size?")
+    return json.loads(state_file.read_text()), load_state(folder / f"rank{rank:05d}.safetensors")

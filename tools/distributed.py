@@ -1,0 +1,191 @@
+"""The only module that imports deepspeed: process-group setup, engine construction and
+DeepSpeed's checkpoint files.
+
+Works under ``deepspeed``'s launcher, ``torchrun`` / ``python -m torch.distributed.run`` (one or
+many nodes) and a bare ``python tools/train.py`` (one process, no MPI needed). Without CUDA it
+runs on the CPU over gloo.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process sits: global rank, world size, local rank, and its device."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_distributed() -> DistInfo:
+    """Initialises torch.distributed through DeepSpeed (gloo on CPU, nccl on CUDA).
+
+    A bare single process gets RANK=0, WORLD_SIZE=1, LOCAL_RANK=0 and a free localhost port,
+    so DeepSpeed never looks for MPI.
+    """
+    if "RANK" not in os.environ:
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    cuda = torch.cuda.is_available()
+    if not cuda:
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    import deepspeed  # noqa: PLC0415 - kept out of import time of every other module
+    import deepspeed.ops
+
+    # DeepSpeed's shared-memory CPU all-reduce needs a ~30 s g++ build; gloo is fine for us.
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    if not torch.distributed.is_initialized():
+        deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
+    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device("cuda", local) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    return DistInfo(rank, world, local, device)
+
+
+def deepspeed_config(
+    engine_json: str | None,
+    *,
+    micro_batch: int,
+    grad_accum: int,
+    grad_clip: float,
+    precision: str,
+    zero_stage: int | None,
+) -> dict[str, Any]:
+    """Engine JSON (engine keys only) + values filled from the training config.
+
+    The JSON may set ZeRO stage, offload and bucket sizes; batch size, accumulation, clipping
+    and precision always come from the training config, so there is one source of truth. A
+    JSON that sets any of those is refused.
+    """
+    cfg: dict[str, Any] = {}
+    if engine_json:
+        path = Path(engine_json)
+        if not path.is_file():
+            raise ValueError(f"DeepSpeed config {engine_json!r} does not exist")
+        try:
+            cfg = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"DeepSpeed config {engine_json!r} is not valid JSON: {err}") from None
+    owned = {"train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
+             "gradient_clipping", "bf16", "fp16", "optimizer", "scheduler"}
+    clash = sorted(owned & set(cfg))
+    if clash:
+        raise ValueError(f"DeepSpeed config {engine_json!r} sets {clash}; those come from the training config")
+    if precision not in ("fp32", "bf16", "fp16"):
+        raise ValueError(f"precision must be fp32, bf16 or fp16, got {precision!r}")
+    cfg["train_micro_batch_size_per_gpu"] = micro_batch
+    cfg["gradient_accumulation_steps"] = grad_accum
+    cfg["gradient_clipping"] = grad_clip
+    cfg["bf16"] = {"enabled": precision == "bf16"}
+    cfg["fp16"] = {"enabled": precision == "fp16", "initial_scale_power": 12}
+    if zero_stage is not None:
+        cfg.setdefault("zero_optimization", {})["stage"] = zero_stage
+    cfg.setdefault("zero_optimization", {}).setdefault("stage", 0)
+    cfg.setdefault("steps_per_print", 10**9)
+    cfg.setdefault("wall_clock_breakdown", False)
+    return cfg
+
+
+def build_engine(model: torch.nn.Module, optimizer: torch.optim.Optimizer, config: dict[str, Any]):
+    """``deepspeed.initialize`` with our own torch optimizer; returns the engine.
+
+    Checkpoint loading is switched to ``torch.load(weights_only=True)`` (see
+    :class:`SafeCheckpointEngine`), so resuming never unpickles arbitrary objects.
+    """
+    import deepspeed
+
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
+    engine.checkpoint_engine = SafeCheckpointEngine()
+    return engine
+
+
+def _allow_deepspeed_globals() -> None:
+    """Registers the few plain classes DeepSpeed stores in its checkpoints as safe to load."""
+    import collections
+
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    safe = [collections.OrderedDict, ZeroStageEnum, LossScaler, DynamicLossScaler, fragment_address]
+    torch.serialization.add_safe_globals(safe)
+
+
+class SafeCheckpointEngine:
+    """DeepSpeed's torch checkpoint engine, but loading with ``weights_only=True``."""
+
+    def __init__(self) -> None:
+        from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
+
+        self._inner = TorchCheckpointEngine()
+        _allow_deepspeed_globals()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def load(self, path: str, map_location=None):  # noqa: ANN001 - DeepSpeed's signature
+        return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def barrier() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def all_reduce_max(value: float, device: torch.device) -> float:
+    """The max of a scalar over all ranks (the value itself on one process)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return float(t.item())
+
+
+def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
+    """Mean of a tensor over all ranks."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return values
+    out = values.clone()
+    torch.distributed.all_reduce(out)
+    return out / torch.distributed.get_world_size()
+
+
+def shutdown() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+def full_state_dict(engine, model: torch.nn.Module, zero_stage: int) -> dict[str, torch.Tensor]:
+    """The model's complete fp32 CPU state dict; ZeRO-3 shards are gathered (collective call)."""
+    if zero_stage == 3:
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
+            return {k: v.detach().float().cpu().clone() for k, v in model.state_dict().items()}
+    return {k: v.detach().float().cpu().clone() for k, v in model.state_dict().items()}
