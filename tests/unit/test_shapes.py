@@ -1,0 +1,320 @@
+"""tools/make_shapes.py: rendered clips match their attributes, determinism, labels and
+captions, holdout, the analyzer's accuracy (in memory and through mp4), and the CLI."""
+
+import colorsys
+import json
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import tools.make_shapes as ms
+from core.cli import run_cli
+from tools.make_shapes import (
+    COLORS,
+    MOTIONS,
+    NUM_CLASSES,
+    NUM_FRAMES,
+    SHAPES,
+    SIZE,
+    analyze,
+    attributes_of,
+    caption_for,
+    class_of,
+    clip_spec,
+    label_of,
+    load_clip,
+    main,
+    parse_holdout,
+    render_clip,
+    render_dataset,
+)
+
+HOLDOUT = "green triangle up, blue circle left"
+
+
+def chroma(frames: np.ndarray) -> np.ndarray:
+    f = frames.astype(np.int16)
+    return f.max(axis=-1) - f.min(axis=-1)  # (T, H, W)
+
+
+def blur(frames: np.ndarray, sigma: float) -> np.ndarray:
+    """Separable Gaussian blur of each frame (edges clamped)."""
+    r = int(3 * sigma)
+    k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
+    k /= k.sum()
+    x = np.pad(frames.astype(np.float64), ((0, 0), (r, r), (r, r), (0, 0)), mode="edge")
+    x = sum(w * x[:, i : i + frames.shape[1]] for i, w in enumerate(k))  # rows
+    x = sum(w * x[:, :, i : i + frames.shape[2]] for i, w in enumerate(k))  # columns
+    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
+
+
+# ------------------------------------------------------------------ rendering
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_rendered_clips_match_their_attributes(seed):
+    """Analyzer-independent: in frame, moving the right way, right hue, right size."""
+    labels = []
+    for i in range(NUM_CLASSES):
+        spec, _ = clip_spec(i, seed)
+        label = class_of(i, seed)
+        color, shape, motion = attributes_of(label)
+        assert (spec.color, spec.shape, spec.motion, spec.label) == (color, shape, motion, label)
+        labels.append(label)
+        frames = render_clip(spec)
+        assert frames.shape == (NUM_FRAMES, SIZE, SIZE, 3) and frames.dtype == np.uint8
+        c = chroma(frames)
+        border = np.concatenate([c[:, 0], c[:, -1], c[:, :, 0], c[:, :, -1]], axis=1)
+        assert border.max() < 30, "the object must stay inside the frame"
+        mask = c > 0.5 * c.max(axis=(1, 2), keepdims=True)  # (T, H, W)
+        assert mask.any(axis=(1, 2)).all()
+        # Size: mask area near the ideal area, and the size drawn in range.
+        assert 10 <= spec.size <= 18 and 1.0 <= spec.speed <= 2.5
+        ideal = {"circle": np.pi / 4, "square": 1.0, "triangle": np.sqrt(3) / 4}[shape] * spec.size**2
+        area = mask.sum(axis=(1, 2))
+        assert np.all(np.abs(area / ideal - 1) < 0.2), (label, area.min(), area.max(), ideal)
+        # Motion: centroid displacement along the right axis and sign, about speed * 16.
+        ys, xs = np.mgrid[0:SIZE, 0:SIZE]
+        cx = (mask * xs).sum(axis=(1, 2)) / area
+        cy = (mask * ys).sum(axis=(1, 2)) / area
+        d = np.array([cx[-1] - cx[0], cy[-1] - cy[0]])
+        step = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}[motion]
+        np.testing.assert_allclose(d, np.array(step) * spec.speed * (NUM_FRAMES - 1), atol=1.0)
+        assert np.all(np.diff(cx if step[0] else cy) * (step[0] or step[1]) > 0), "monotone motion"
+        # Color: hue of the object's interior within 8 degrees of the named hue.
+        rgb = frames[mask].astype(np.float64).mean(axis=0) / 255
+        hue = 360 * colorsys.rgb_to_hsv(*rgb)[0]
+        target = 60 * COLORS.index(color)
+        assert abs((hue - target + 180) % 360 - 180) < 8, (color, hue)
+        if shape == "triangle":  # upright: more mass in the lower half of its rows
+            rows = np.flatnonzero(mask[0].any(axis=1))
+            mid = (rows[0] + rows[-1] + 1) / 2
+            assert mask[0, : int(mid)].sum() < mask[0, int(np.ceil(mid)) :].sum()
+        # Near-black background.
+        assert np.median(frames[~mask]) < 15
+    assert sorted(labels) == list(range(NUM_CLASSES))
+
+
+def test_classes_are_balanced_in_every_block_of_72():
+    labels = [class_of(i, 0) for i in range(3 * NUM_CLASSES)]
+    assert np.bincount(labels, minlength=NUM_CLASSES).tolist() == [3] * NUM_CLASSES
+    assert len(set(labels[:24])) == 24 and len({attributes_of(x)[0] for x in labels[:24]}) > 2  # not all red
+    assert labels[:NUM_CLASSES] != [class_of(i, 1) for i in range(NUM_CLASSES)]  # the order follows the seed
+
+
+def test_labels_round_trip_and_reject_bad_input():
+    seen = set()
+    for label in range(NUM_CLASSES):
+        attrs = attributes_of(label)
+        assert label_of(*attrs) == label
+        seen.add(attrs)
+    assert len(seen) == 72 == len(COLORS) * len(SHAPES) * len(MOTIONS)
+    assert ms.ATTRIBUTES["color"] == COLORS and ms.ATTRIBUTES["motion"] == MOTIONS
+    for bad in (-1, 72, 3.0, True):
+        with pytest.raises(ValueError):
+            attributes_of(bad)
+    with pytest.raises(ValueError, match="purple"):
+        label_of("purple", "circle", "left")
+
+
+def test_captions_name_color_shape_and_one_direction():
+    rng = np.random.default_rng(0)
+    captions = set()
+    for label in range(NUM_CLASSES):
+        color, shape, motion = attributes_of(label)
+        for _ in range(8):
+            cap = caption_for(color, shape, motion, rng)
+            words = re.findall(r"[a-z]+", cap)
+            assert color in words and shape in words, cap
+            assert [m for m in MOTIONS if m in cap] == [motion], cap
+            captions.add(cap.replace(color, "C").replace(shape, "S"))
+    assert len(captions) >= 24  # several templates x verbs x direction phrases
+    with pytest.raises(ValueError):
+        caption_for("red", "hexagon", "up", rng)
+
+
+def test_parse_holdout():
+    assert parse_holdout(HOLDOUT) == (("green", "triangle", "up"), ("blue", "circle", "left"))
+    assert parse_holdout(["up triangle green", "green triangle up"]) == (("green", "triangle", "up"),)
+    assert parse_holdout(None) == parse_holdout("") == ()
+    for bad in ("purple circle left", "red circle", "red blue circle left", "red circle left up"):
+        with pytest.raises(ValueError):
+            parse_holdout(bad)
+
+
+# ------------------------------------------------------------------ dataset files
+
+
+def tree_bytes(root):
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_render_is_deterministic_and_independent_of_workers(tmp_path):
+    render_dataset(tmp_path / "a", 6, seed=7, format="png", num_workers=1)
+    render_dataset(tmp_path / "b", 6, seed=7, format="png", num_workers=2)
+    render_dataset(tmp_path / "c", 6, seed=8, format="png")
+    a, b, c = (tree_bytes(tmp_path / n) for n in "abc")
+    assert a == b, "same seed must give the same manifests and frames"
+    assert a["manifest.jsonl"] != c["manifest.jsonl"], "captions depend on the seed"
+    assert all(a[f"clips/{i:06d}/00.png"] != c[f"clips/{i:06d}/00.png"] for i in range(6)), "frames depend on the seed"
+    frames = load_clip(tmp_path / "a" / "clips" / "000002")
+    np.testing.assert_array_equal(frames, render_clip(clip_spec(2, 7)[0]))  # PNG is lossless
+    assert not [p for p in (tmp_path / "a").rglob("*") if ".tmp" in p.name]
+    for name in ("m1", "m2"):  # mp4: same manifest and the same decoded frames
+        render_dataset(tmp_path / name, 2, seed=7)
+    assert (tmp_path / "m1" / "manifest.jsonl").read_bytes() == (tmp_path / "m2" / "manifest.jsonl").read_bytes()
+    for i in range(2):
+        np.testing.assert_array_equal(*(load_clip(tmp_path / m / f"clips/{i:06d}.mp4") for m in ("m1", "m2")))
+
+
+def test_partial_render_leaves_no_manifest(tmp_path, monkeypatch):
+    out = tmp_path / "d"
+    render_dataset(out, 3, format="png")
+    with pytest.raises(ValueError, match="overwrite"):
+        render_dataset(out, 3, format="png")
+    real = ms._write_png_folder
+
+    def failing(folder, frames):
+        if folder.name == "000002":
+            raise OSError("disk full")
+        real(folder, frames)
+
+    monkeypatch.setattr(ms, "_write_png_folder", failing)
+    with pytest.raises(OSError, match="disk full"):
+        render_dataset(out, 4, format="png", overwrite=True)
+    assert not (out / "manifest.jsonl").exists() and not (out / "manifest.csv").exists()
+
+
+@pytest.fixture(scope="module")
+def mp4_dataset(tmp_path_factory):
+    """72 clips, one per class, rendered to mp4 through the CLI, with two held-out classes."""
+    out = tmp_path_factory.mktemp("shapes") / "data"
+    rc = main(["render", "--out", str(out), "--num-clips", "72", "--seed", "3", "--holdout", HOLDOUT, "--num-workers", "2"])
+    assert rc == 0
+    return out
+
+
+def test_manifests_and_holdout(mp4_dataset):
+    rows = [json.loads(line) for line in (mp4_dataset / "manifest.jsonl").read_text().splitlines()]
+    held = [json.loads(line) for line in (mp4_dataset / "holdout.jsonl").read_text().splitlines()]
+    combos = {("green", "triangle", "up"), ("blue", "circle", "left")}
+    assert len(rows) == 70 and len(held) == 2
+    assert {(r["color"], r["shape"], r["motion"]) for r in held} == combos
+    assert not combos & {(r["color"], r["shape"], r["motion"]) for r in rows}
+    assert sorted(r["label"] for r in rows + held) == list(range(72))  # balanced: one per class
+    for r in rows + held:
+        assert set(r) == {"path", "caption", "label", "color", "shape", "motion", "split"}
+        assert r["split"] == ("holdout" if r in held else "train")
+        assert label_of(r["color"], r["shape"], r["motion"]) == r["label"]
+        assert r["color"] in r["caption"] and r["shape"] in r["caption"]
+        assert (mp4_dataset / r["path"]).is_file() and r["path"].endswith(".mp4")
+    csv_lines = (mp4_dataset / "manifest.csv").read_text().splitlines()
+    assert csv_lines[0] == "path,caption,label,color,shape,motion,split" and len(csv_lines) == 71
+    assert json.loads((mp4_dataset / "dataset.json").read_text())["num_holdout"] == 2
+
+
+# ------------------------------------------------------------------ analyzer
+
+
+def test_analyzer_accuracy_in_memory():
+    right = 0
+    for i in range(300):
+        spec, _ = clip_spec(i, 11)
+        a = analyze(render_clip(spec))
+        right += a.matches(spec.color, spec.shape, spec.motion)
+        assert a.label in (None, *range(NUM_CLASSES)) and 0.0 <= a.confidence <= 1.0
+    assert right / 300 >= 0.99, right
+
+
+def test_analyzer_accuracy_after_mp4(mp4_dataset):
+    rows = [json.loads(line) for name in ("manifest.jsonl", "holdout.jsonl") for line in (mp4_dataset / name).read_text().splitlines()]
+    results = [analyze(load_clip(mp4_dataset / r["path"])) for r in rows]
+    right = sum(a.matches(r["color"], r["shape"], r["motion"]) for a, r in zip(results, rows))
+    assert len(rows) == 72 and right / 72 >= 0.99, right
+    assert np.median([a.confidence for a in results]) > 0.7
+
+
+def test_analyzer_is_robust_to_blur_noise_color_shift_and_garbage_frames():
+    rng = np.random.default_rng(0)
+    right = 0
+    for i in range(0, 72, 3):
+        spec, _ = clip_spec(i, 5)
+        f = blur(render_clip(spec), 1.0).astype(np.float64)
+        f = f * rng.uniform(0.8, 1.05, size=3) + rng.uniform(-5, 12, size=3)  # per-channel shift
+        f = f + rng.normal(0, 8, size=f.shape)
+        f = np.clip(f, 0, 255).astype(np.uint8)
+        f[rng.choice(NUM_FRAMES, 2, replace=False)] = rng.integers(0, 256, size=(2, SIZE, SIZE, 3))  # garbage
+        a = analyze(f)
+        right += a.matches(spec.color, spec.shape, spec.motion)
+    assert right >= 23, right  # of 24
+
+
+def test_analyzer_without_an_object_returns_none():
+    rng = np.random.default_rng(0)
+    videos = {
+        "black": np.zeros((NUM_FRAMES, SIZE, SIZE, 3), np.uint8),
+        "uniform noise": rng.integers(0, 256, (NUM_FRAMES, SIZE, SIZE, 3)).astype(np.uint8),
+        "dark noise": np.clip(rng.normal(10, 8, (NUM_FRAMES, SIZE, SIZE, 3)), 0, 255).astype(np.uint8),
+        "gray": np.full((NUM_FRAMES, SIZE, SIZE, 3), 128, np.uint8),
+    }
+    for name, frames in videos.items():
+        a = analyze(frames)
+        assert (a.color, a.shape, a.motion, a.label) == (None, None, None, None), name
+        assert a.confidence < 0.1, name
+    # A still object: color and shape are read, motion is not.
+    spec, _ = clip_spec(5, 0)
+    a = analyze(np.repeat(render_clip(spec)[:1], NUM_FRAMES, axis=0))
+    assert (a.color, a.shape, a.motion) == (spec.color, spec.shape, None) and a.confidence == 0.0
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [np.zeros((4, 16, 16), np.uint8), np.zeros((4, 16, 16, 4), np.uint8), np.zeros((4, 16, 16, 3), np.float32),
+     np.zeros((0, 16, 16, 3), np.uint8), [[[[0, 0, 0]]]]],
+)  # fmt: skip
+def test_analyzer_rejects_bad_input(bad):
+    with pytest.raises(ValueError):
+        analyze(bad)
+
+
+# ------------------------------------------------------------------ CLI
+
+
+def test_cli_analyze(mp4_dataset, capsys):
+    row = json.loads((mp4_dataset / "manifest.jsonl").read_text().splitlines()[0])
+    clip = mp4_dataset / row["path"]
+    assert main(["analyze", str(clip)]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    words = f"{row['color']} {row['shape']} {row['motion']}"
+    assert out == [f"{clip}  {words}  confidence={analyze(load_clip(clip)).confidence:.3f}"]
+    assert main(["analyze", "--json", "--manifest", str(mp4_dataset / "holdout.jsonl")]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["correct"] for r in lines[:-1]] == [True, True]
+    assert lines[-1]["accuracy"]["all"] == 1.0
+
+
+def test_cli_bad_args_exit_2_with_one_line(tmp_path, capsys, repo_root):
+    cases = [
+        ["render", "--out", str(tmp_path / "a"), "--num-clips", "0"],
+        ["render", "--out", str(tmp_path / "b"), "--num-clips", "4", "--num-workers", "0"],
+        ["analyze", str(tmp_path / "missing.mp4")],
+        ["analyze"],
+        ["render", "--out", str(tmp_path / "e"), "--num-clips", "many"],
+        ["render", "--num-clips", "4"],
+    ]
+    for argv in cases:
+        assert run_cli(main, argv) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error:"), (argv, err)
+    assert not (tmp_path / "a" / "manifest.jsonl").exists()
+    proc = subprocess.run(
+        [sys.executable, str(repo_root / "tools/make_shapes.py"), "render", "--out", str(tmp_path / "c"),
+         "--num-clips", "4", "--holdout", "purple circle left"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "purple" in errors[0] and "Traceback" not in proc.stderr, proc.stderr
