@@ -1,0 +1,57 @@
+"""Writing pipeline outputs: mp4 (H.264), gif and a PNG contact sheet, all atomically."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pipelines.video import VideoOutput
+from tools.video_io import write_contact_sheet, write_video
+
+VIDEO_SUFFIXES = (".mp4", ".gif")
+
+
+def output_paths(out: str | os.PathLike, num_videos: int) -> list[Path]:
+    """Video paths for ``num_videos`` videos: ``out`` itself for one video (an .mp4 or .gif file),
+    ``out/video_000.mp4`` ... when ``out`` is a directory or several videos are asked for."""
+    out = Path(out)
+    if num_videos == 1 and out.suffix.lower() in VIDEO_SUFFIXES:
+        return [out]
+    if out.suffix.lower() in VIDEO_SUFFIXES:
+        raise ValueError(f"{num_videos} videos need a directory for --out, not the file {str(out)!r}")
+    return [out / f"video_{i:03d}.mp4" for i in range(num_videos)]
+
+
+def check_writable(paths: list[Path]) -> None:
+    """Fails before any work when an output folder cannot be created or written."""
+    for folder in {p.parent for p in paths}:
+        probe = folder
+        while not probe.exists():
+            probe = probe.parent
+        if not probe.is_dir():
+            raise ValueError(f"cannot write to {str(folder)!r}: {str(probe)!r} is not a directory")
+        if not os.access(probe, os.W_OK | os.X_OK):
+            raise ValueError(f"cannot write to {str(folder)!r}: permission denied")
+    for p in paths:
+        if p.is_dir():
+            raise ValueError(f"cannot write video {str(p)!r}: a directory is in the way")
+
+
+def save_output(output: VideoOutput, paths: list[Path], gif: bool = False) -> list[Path]:
+    """Writes each video to its path, a ``.png`` contact sheet beside it, and optionally a ``.gif``.
+
+    Returns:
+        Every file written.
+    """
+    written = []
+    for frames, path in zip(output.frames, paths):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_video(path, frames, output.fps)
+        written.append(path)
+        if gif and path.suffix.lower() != ".gif":
+            write_video(path.with_suffix(".gif"), frames, output.fps)
+            written.append(path.with_suffix(".gif"))
+        sheet = path.with_suffix(".png")
+        write_contact_sheet(sheet, [frames])
+        written.append(sheet)
+    return written

