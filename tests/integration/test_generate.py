@@ -10,39 +10,17 @@ import pytest
 import torch
 import yaml
 
-from core.config import build_config
-from generator import Generator, GeneratorConfig
-from generator.sampling import SamplingConfig
-from generator.text_encoders import TextEncoderConfig, load_text_encoder
-from pipelines import PipelineConfig, VideoPipeline
+from pipelines import VideoPipeline
 from pipelines.cli import main
-from tests.helpers.tiny_text import make_tiny_t5
-from tokenizer import TokenizerConfig, VideoTokenizer
+from tests.helpers.tiny_pipeline import make_tiny_pipeline
 from tools.video_io import read_video
 
 ROOT = Path(__file__).resolve().parents[2]
-CLASSES = ("a red circle moving left", "a blue square moving up", "a green triangle moving down")
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pipe")
-    make_tiny_t5(root / "text_encoder")
-    te_cfg = TextEncoderConfig(kind="t5", path="text_encoder", max_length=24)
-    torch.manual_seed(0)
-    tok = VideoTokenizer(build_config(TokenizerConfig, [ROOT / "configs/tiny/tokenizer.yaml"]))
-    common = dict(vocab_size=64, max_grid=(3, 4, 4), cube_size=(1, 2, 2), dim=32, depth=2, num_heads=2, cond="text",
-                  text_dim=32, max_text_len=24)
-    gens = {
-        "ar": Generator(GeneratorConfig(style="ar", orders=("token", "cube", "frame"), **common)),
-        "maskgit": Generator(GeneratorConfig(style="maskgit", orders=("clip", "frame", "cube"), **common)),
-    }
-    cfg = PipelineConfig(generators={"ar": "generator_ar", "maskgit": "generator_maskgit"}, default_mode="maskgit",
-                         num_frames=9, fps=8, class_names=CLASSES, text_encoder=te_cfg,
-                         sampling={"maskgit": SamplingConfig(steps=4, cfg_scale=2.0), "ar": SamplingConfig(top_k=20)})
-    te = load_text_encoder(TextEncoderConfig(kind="t5", path=str(root / "text_encoder"), max_length=24))
-    VideoPipeline(tok, gens, te, cfg).save_pretrained(root)
-    return root
+    return make_tiny_pipeline(tmp_path_factory.mktemp("pipe"))
 
 
 def run_cli(*args, cwd=None):
@@ -100,7 +78,7 @@ def test_bad_inputs_exit_2_with_one_line_and_no_file(model_dir, tmp_path):
     base = ["--model", str(model_dir), "--out", str(out), "--quiet"]
     _one_error_line(run_cli(*base, "--prompt", "   "), "prompt is empty")
     _one_error_line(run_cli(*base, "--prompt", ""), "prompt is empty")
-    _one_error_line(run_cli(*base, "--prompt", " ".join(["red circle"] * 40)), "more than max_length=24")
+    _one_error_line(run_cli(*base, "--prompt", " ".join(["red circle"] * 40)), "more than max_length=48")
     _one_error_line(run_cli(*base, "--label", "7"), "unknown class 7")
     _one_error_line(run_cli(*base, "--label", "purple star"), "unknown class 'purple star'")
     _one_error_line(run_cli(*base, "--num-frames", "8"), "num_frames=8 is not reachable")

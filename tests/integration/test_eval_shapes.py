@@ -1,0 +1,42 @@
+"""tools/eval_shapes.py: request planning, scoring with the analyzer, and the report."""
+
+import json
+
+import numpy as np
+
+from tests.helpers.tiny_pipeline import make_tiny_pipeline
+from tools.eval_shapes import main, plan, score, summarize
+from tools.make_shapes import label_of, render_clip, sample_spec
+
+
+def test_plan_is_balanced_and_skips_holdout():
+    rows = plan(140, [("green", "triangle", "up"), ("red", "circle", "left")], seed=0)
+    labels = [label_of(r["color"], r["shape"], r["motion"]) for r in rows]
+    assert label_of("green", "triangle", "up") not in labels and label_of("red", "circle", "left") not in labels
+    assert len(set(labels)) == 70 and np.bincount(labels, minlength=72).max() == 2
+    assert all(r["color"] in r["caption"] and r["shape"] in r["caption"] for r in rows)
+
+
+def test_score_on_rendered_clips():
+    rng = np.random.default_rng(0)
+    combos = [("red", "circle", "left"), ("blue", "square", "up"), ("yellow", "triangle", "down"), ("cyan", "circle", "right")]
+    frames = np.stack([render_clip(sample_spec(*c, rng)) for c in combos])
+    rows = [{"caption": "", "color": c, "shape": s, "motion": m} for c, s, m in combos]
+    good = summarize(score(frames, rows))
+    assert good == {"n": 4, "all": 1.0, "color": 1.0, "shape": 1.0, "motion": 1.0}
+    wrong = [dict(r, motion="up" if r["motion"] != "up" else "down") for r in rows]
+    bad = summarize(score(frames, wrong))
+    assert bad["motion"] == 0.0 and bad["all"] == 0.0 and bad["color"] == 1.0
+
+
+def test_cli_writes_report(tmp_path):
+    model = make_tiny_pipeline(tmp_path / "model")
+    out = tmp_path / "report"
+    rc = main(["--model", str(model), "--num-videos", "4", "--holdout-videos", "2", "--holdout", "green triangle down",
+               "--batch", "2", "--modes", "maskgit", "--steps", "2", "--out", str(out)])
+    assert rc == 0
+    res = json.loads((out / "results.json").read_text())
+    assert set(res["summary"]) == {"maskgit/clip/in-distribution", "maskgit/clip/held-out"}
+    assert res["summary"]["maskgit/clip/in-distribution"]["n"] == 4 and res["summary"]["maskgit/clip/held-out"]["n"] == 2
+    md = (out / "report.md").read_text()
+    assert "| maskgit | clip | held-out | 2 |" in md and (out / "sheet_maskgit_clip.png").is_file()
