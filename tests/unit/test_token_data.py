@@ -1,0 +1,166 @@
+"""tools/token_data.py: random access into a token cache, expectations, and resumable shuffling."""
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tools.cache_sources import ClipSpec, Source, discover_sources, plan_starts, rank_slice
+from tools.cache_writer import RankWriter, merge_manifest, prepare_cache_dir
+from tools.token_data import ShuffledSampler, TokenCache
+from tools.token_format import token_dtype
+
+GRID = (2, 3, 3)
+FINGERPRINT = "ab" * 32
+
+
+def make_cache(out: Path, num_clips: int = 7, shard_size: int = 3, world_size: int = 1, codebook_size: int = 100) -> np.ndarray:
+    """Writes a cache of ``num_clips`` clips (source i, clip 0) through the real writer; returns the ids."""
+    ids = np.random.default_rng(0).integers(0, codebook_size, (num_clips, *GRID))
+    spec = {
+        "identity": {
+            "tokenizer_fingerprint": FINGERPRINT, "codebook_size": codebook_size, "grid": list(GRID),
+            "dtype": token_dtype(codebook_size).name, "clip_spec": ClipSpec(num_frames=5, size=24).to_dict(),
+            "shard_size": shard_size, "world_size": world_size, "sources_sha256": "0" * 64,
+        },
+        "tokenizer": {"path": "tok", "config": {}},
+        "data": "data",
+        "sources": [{"path": f"s{i}.mp4", "caption": f"caption {i}", "label": i % 3} for i in range(num_clips)],
+    }  # fmt: skip
+    prepare_cache_dir(out, spec)
+    for rank in range(world_size):
+        dtype = token_dtype(codebook_size)
+        writer = RankWriter(out, rank=rank, world_size=world_size, shard_size=shard_size, dtype=dtype, grid=GRID)
+        for i in rank_slice(num_clips, rank, world_size):
+            writer.add(ids[i], source=i, clip=0, start=2 * i, stride=1, label=i % 3, caption=f"caption {i}", last_of_source=True)
+        writer.finish()
+    merge_manifest(out, spec, world_size=world_size, wait_timeout_s=1, elapsed_s=0.0)
+    return ids
+
+
+def test_random_access_returns_every_clip_in_order(tmp_path):
+    ids = make_cache(tmp_path / "c")
+    cache = TokenCache(tmp_path / "c")
+    assert len(cache) == 7 and cache.grid == GRID and cache.codebook_size == 100 and cache.fingerprint == FINGERPRINT
+    for i in [*range(7), -1, -7]:
+        sample = cache[i]
+        j = i % 7
+        assert sample.ids.dtype == torch.long and tuple(sample.ids.shape) == GRID
+        assert torch.equal(sample.ids, torch.from_numpy(ids[j]))
+        assert (sample.label, sample.caption, sample.source, sample.start) == (j % 3, f"caption {j}", j, 2 * j)
+    for bad in (7, -8):
+        with pytest.raises(IndexError):
+            cache[bad]
+    # Shards are memory-mapped on first use only, and a pickled copy (DataLoader worker) reopens them.
+    fresh = TokenCache(tmp_path / "c")
+    assert not fresh._tokens
+    fresh[4]
+    assert list(fresh._tokens) == [1] and isinstance(fresh._tokens[1], np.memmap)
+    clone = pickle.loads(pickle.dumps(fresh))
+    assert not clone._tokens and torch.equal(clone[4].ids, cache[4].ids)
+
+
+def test_global_index_is_the_same_for_one_and_two_ranks(tmp_path):
+    make_cache(tmp_path / "one", world_size=1)
+    make_cache(tmp_path / "two", world_size=2)
+    one, two = TokenCache(tmp_path / "one"), TokenCache(tmp_path / "two")
+    assert [s["name"] for s in two.shards] == ["shard-r000-00000", "shard-r001-00000", "shard-r001-00001"]
+    assert len(one) == len(two) == 7
+    for i in range(7):
+        assert torch.equal(one[i].ids, two[i].ids) and one[i].source == two[i].source == i
+
+
+def test_wide_codebooks_use_int32(tmp_path):
+    assert token_dtype(65_536) == np.uint16 and token_dtype(65_537) == np.int32
+    ids = make_cache(tmp_path / "c", codebook_size=70_000)
+    cache = TokenCache(tmp_path / "c")
+    assert cache._arrays(0)[0].dtype == np.int32
+    assert torch.equal(cache[5].ids, torch.from_numpy(ids[5]))
+
+
+def test_mismatched_expectations_are_refused_naming_both_values(tmp_path):
+    make_cache(tmp_path / "c")
+    TokenCache(tmp_path / "c", expect_fingerprint=FINGERPRINT, expect_codebook_size=100, expect_grid=GRID)
+    cases = [
+        ({"expect_fingerprint": "cd" * 32}, [FINGERPRINT, "cd" * 32]),
+        ({"expect_codebook_size": 64}, ["100", "64"]),
+        ({"expect_grid": (3, 3, 3)}, ["(2, 3, 3)", "(3, 3, 3)"]),
+    ]
+    for kwargs, values in cases:
+        with pytest.raises(ValueError) as err:
+            TokenCache(tmp_path / "c", **kwargs)
+        assert all(v in str(err.value) for v in values), str(err.value)
+    with pytest.raises(ValueError, match="has no manifest.json"):
+        TokenCache(tmp_path)
+    with pytest.raises(ValueError, match="does not exist"):
+        TokenCache(tmp_path / "missing")
+
+
+def test_shuffle_is_deterministic_and_split_across_ranks():
+    a, b = ShuffledSampler(10, seed=3), ShuffledSampler(10, seed=3)
+    first, second = list(a), list(a)  # the second pass is epoch 1
+    assert first == list(b) and sorted(first) == list(range(10)) and first != second
+    assert first != list(ShuffledSampler(10, seed=4))
+    ranks = [list(ShuffledSampler(10, seed=3, rank=r, world_size=3)) for r in range(3)]
+    assert [len(r) for r in ranks] == [4, 4, 4]  # padded with the permutation's head
+    assert set(sum(ranks, [])) == set(range(10))
+    assert [len(ShuffledSampler(10, seed=3, rank=r, world_size=3, drop_last=True)) for r in range(3)] == [3, 3, 3]
+    with pytest.raises(ValueError):
+        ShuffledSampler(10, seed=0, rank=2, world_size=2)
+
+
+@pytest.mark.parametrize("stop", [0, 3, 7, 10, 13])
+def test_shuffle_resumes_at_exactly_the_same_sample(stop):
+    """Consume ``stop`` samples (across an epoch boundary for 13), save, resume in a new sampler."""
+    uninterrupted = ShuffledSampler(7, seed=11, rank=1, world_size=2)
+    expected = [i for _ in range(4) for i in uninterrupted]  # 4 epochs of 4 samples
+    run = ShuffledSampler(7, seed=11, rank=1, world_size=2)
+    got, it = [], iter(run)
+    while len(got) < stop:
+        try:
+            got.append(next(it))
+        except StopIteration:
+            it = iter(run)
+    state = run.state_dict()
+    assert set(state) == {"epoch", "position", "seed"}
+    resumed = ShuffledSampler(7, seed=0, rank=1, world_size=2)
+    resumed.load_state_dict(state)
+    while len(got) < len(expected):
+        got.extend(resumed)
+    assert got == expected
+    with pytest.raises(ValueError):
+        resumed.load_state_dict({"epoch": 0, "position": 99, "seed": 11})
+
+
+def test_clip_planning_and_rank_slices():
+    spec = ClipSpec(num_frames=9, clips_per_video=3)
+    assert plan_starts(31, spec, stride=1) == [(0, 0), (1, 11), (2, 22)]
+    assert plan_starts(9, spec, stride=1) == [(0, 0)]  # repeated starts are dropped
+    assert plan_starts(16, spec, stride=2) == []  # 9 frames at stride 2 span 17
+    explicit = ClipSpec(num_frames=9, clips_per_video=2, start_offsets=(4, 20))
+    assert plan_starts(25, explicit, stride=1) == [(0, 4)]
+    blocks = [rank_slice(10, r, 3) for r in range(3)]
+    assert [list(b) for b in blocks] == [[0, 1, 2], [3, 4, 5], [6, 7, 8, 9]]
+
+
+def test_manifest_sources_csv_and_jsonl(tmp_path):
+    (tmp_path / "m.csv").write_text('path,caption,label\nb.mp4,"a, caption",2\na.mp4,,\n')
+    root, sources = discover_sources(tmp_path / "m.csv")
+    assert root == tmp_path
+    assert sources == [Source(path="a.mp4"), Source(path="b.mp4", caption="a, caption", label=2)]
+    (tmp_path / "m.jsonl").write_text('{"path": "/abs/x.mp4", "label": 1}\n\n{"path": "y.png", "caption": "c"}\n')
+    _, sources = discover_sources(tmp_path / "m.jsonl")
+    assert sources == [Source(path="/abs/x.mp4", label=1), Source(path="y.png", caption="c")]
+    for text, message in [
+        ('{"path": "a.mp4", "label": "x"}\n', "line 1: label 'x' is not an integer"),
+        ('{"caption": "no path"}\n', "line 1: needs a non-empty 'path'"),
+        ("[1, 2]\n", "line 1: expected a JSON object"),
+    ]:
+        (tmp_path / "bad.jsonl").write_text(text)
+        with pytest.raises(ValueError, match=message):
+            discover_sources(tmp_path / "bad.jsonl")
+    (tmp_path / "bad.csv").write_text("file,caption\na.mp4,x\n")
+    with pytest.raises(ValueError, match="'path' column"):
+        discover_sources(tmp_path / "bad.csv")

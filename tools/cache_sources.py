@@ -1,0 +1,360 @@
+"""What a token cache is made of: its sources, the clip spec, and decoding one source into clips.
+
+Sources come from a folder scanned recursively, a single media file, or a manifest CSV /
+JSONL with a ``path`` column (relative to the manifest's folder, or absolute) and optional
+``caption`` and ``label`` (int; -1 or empty when absent). They are sorted by path, so the
+work items ``(source index, clip index)`` are fixed by the data and the clip spec alone.
+
+:func:`decode_source` runs in decode worker processes: it probes the frame count, plans the
+clip starts, reads and resizes every clip of one source, and raises :class:`SourceError`
+with a short reason (``missing``, ``empty``, ``too_short``, ``undecodable``) for a bad file.
+An image is a 1-frame clip: it is cached when ``num_frames == 1`` and quarantined as
+``too_short`` otherwise.
+
+Test-only hooks: the environment variable ``TOKVID_CACHE_TEST_HOOKS`` (read once by
+``tools/cache_tokens.py`` and passed down explicitly) holds comma-separated ``key=value``
+pairs: ``hang=GLOB`` makes a worker sleep forever on a file whose name matches GLOB,
+``crash=GLOB`` makes it die of SIGSEGV, and ``exit_after_writes=N`` makes the writer
+``os._exit(3)`` right after its N-th file write (a kill at a chosen moment). They exist so
+tests can prove that a hung or crashing decoder and a killed run are survived.
+"""
+
+from __future__ import annotations
+
+import csv
+import fnmatch
+import hashlib
+import json
+import os
+import re
+import signal
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from tools.video_io import IMAGE_EXTS, list_media, read_video, resize_center_crop, video_fps
+
+try:  # decord is optional (see tools/video_io.py)
+    import decord
+except ImportError:  # pragma: no cover - depends on the platform
+    decord = None
+
+TEST_HOOKS_ENV = "TOKVID_CACHE_TEST_HOOKS"
+_HOOK_KEYS = {"hang", "crash", "exit_after_writes"}
+MANIFEST_EXTS = (".csv", ".jsonl")
+_PIL_FRAME_EXTS = IMAGE_EXTS | {".gif"}
+_LOG_TIME = re.compile(r"\[\d{2}:\d{2}:\d{2}\] ")
+
+
+class SourceError(ValueError):
+    """A source cannot give clips; ``kind`` is the short quarantine reason."""
+
+    def __init__(self, kind: str, detail: str) -> None:
+        detail = _LOG_TIME.sub("", detail)  # decord's "[12:34:56] " prefixes would make reruns differ
+        super().__init__(f"{kind}: {detail}")
+        self.kind, self.detail = kind, detail
+
+
+@dataclass(frozen=True, kw_only=True)
+class Source:
+    """One input file. ``path`` is relative to the data root (or absolute, from a manifest)."""
+
+    path: str
+    caption: str = ""
+    label: int = -1
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClipSpec:
+    """How clips are cut from a source.
+
+    Attributes:
+        num_frames: frames per clip (1 + k*ct for the tokenizer).
+        size: short side resized to ``size``, then center-cropped to ``size`` x ``size``.
+        stride: step between clip frames in source frames (used when ``fps`` is None).
+        fps: target frame rate; the per-source stride is ``max(1, round(source_fps / fps))``.
+        clips_per_video: clips wanted per source.
+        start_offsets: explicit start frames (one clip each), or None to spread
+            ``clips_per_video`` starts evenly from the first frame to the last possible one.
+    """
+
+    num_frames: int = 17
+    size: int = 128
+    stride: int = 1
+    fps: float | None = None
+    clips_per_video: int = 1
+    start_offsets: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.num_frames < 1 or self.size < 1 or self.stride < 1 or self.clips_per_video < 1:
+            raise ValueError(f"num_frames, size, stride and clips_per_video must be >= 1 in {self}")
+        if self.fps is not None and not (self.fps > 0 and np.isfinite(self.fps)):
+            raise ValueError(f"fps must be a positive number, got {self.fps}")
+        if self.start_offsets is not None:
+            if len(self.start_offsets) != self.clips_per_video or min(self.start_offsets) < 0:
+                raise ValueError(f"start_offsets {self.start_offsets} must be {self.clips_per_video} frames >= 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["start_offsets"] = list(self.start_offsets) if self.start_offsets is not None else "even"
+        return d
+
+
+@dataclass(frozen=True, kw_only=True)
+class DecodeTask:
+    """Work for a decode worker: one source, and the first clip index still wanted."""
+
+    index: int
+    file: str
+    spec: ClipSpec
+    min_clip: int = 0
+    hooks: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class DecodedSource:
+    """Clips of one source. ``frames``: (n, T, size, size, 3) uint8; lists have n items.
+
+    ``num_planned`` counts every clip the source gives (including those below ``min_clip``)
+    and ``last_clip`` is the index of its last one.
+    """
+
+    index: int
+    frames: np.ndarray
+    clips: list[int]
+    starts: list[int]
+    stride: int
+    num_planned: int
+    last_clip: int
+
+
+# ----------------------------------------------------------------------------- sources
+def discover_sources(data: str | os.PathLike) -> tuple[Path, list[Source]]:
+    """Finds the sources of a dataset, sorted by path.
+
+    Args:
+        data: a folder (scanned recursively), a media file, or a ``.csv`` / ``.jsonl`` manifest.
+
+    Returns:
+        (root, sources): the folder that relative source paths are joined to, and the sources.
+
+    Raises:
+        ValueError: missing path, malformed manifest, or no sources at all.
+    """
+    data = Path(data)
+    if not data.exists():
+        raise ValueError(f"--data {str(data)!r} does not exist")
+    if data.is_file() and data.suffix.lower() in MANIFEST_EXTS:
+        root, sources = data.parent, _read_manifest(data)
+    elif data.is_dir():
+        root, sources = data, [Source(path=p.relative_to(data).as_posix()) for p in list_media(data)]
+    else:
+        root, sources = data.parent, [Source(path=p.name) for p in list_media(data)]
+    if not sources:
+        raise ValueError(f"no videos or images found under {str(data)!r}")
+    order = sorted(range(len(sources)), key=lambda i: (sources[i].path, i))
+    return root, [sources[i] for i in order]
+
+
+def _parse_label(value: Any, where: str) -> int:
+    if value is None or value == "":
+        return -1
+    if isinstance(value, str):
+        try:
+            value = int(value.strip())
+        except ValueError:
+            raise ValueError(f"{where}: label {value!r} is not an integer") from None
+    if isinstance(value, bool) or not isinstance(value, int) or value < -1:
+        raise ValueError(f"{where}: label must be an integer >= 0 (or -1 / empty for none), got {value!r}")
+    return value
+
+
+def _source(row: dict[str, Any], where: str) -> Source:
+    path, caption = row.get("path"), row.get("caption")
+    if not isinstance(path, str) or not path.strip():
+        raise ValueError(f"{where}: needs a non-empty 'path'")
+    if caption is not None and not isinstance(caption, str):
+        raise ValueError(f"{where}: caption must be a string, got {caption!r}")
+    return Source(path=path.strip(), caption=caption or "", label=_parse_label(row.get("label"), where))
+
+
+def _read_manifest(path: Path) -> list[Source]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"manifest {str(path)!r} is not UTF-8 text: {err}") from None
+    sources = []
+    if path.suffix.lower() == ".csv":
+        reader = csv.DictReader(text.splitlines())
+        if reader.fieldnames is None or "path" not in reader.fieldnames:
+            raise ValueError(f"manifest {str(path)!r} needs a header row with a 'path' column")
+        for i, row in enumerate(reader, start=2):
+            sources.append(_source(row, f"{path.name} line {i}"))
+        return sources
+    for i, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path.name} line {i}: not valid JSON: {err}") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{path.name} line {i}: expected a JSON object, got {type(row).__name__}")
+        sources.append(_source(row, f"{path.name} line {i}"))
+    return sources
+
+
+def sources_sha256(sources: list[Source]) -> str:
+    """sha256 over the sorted source list (path, caption, label): the identity of the work list."""
+    blob = json.dumps([[s.path, s.caption, s.label] for s in sources], ensure_ascii=False)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def rank_slice(num_sources: int, rank: int, world_size: int) -> range:
+    """The contiguous block of source indices a rank owns (sizes differ by at most one).
+
+    Contiguous blocks keep the concatenation of all ranks' shards in work-item order, so a
+    global clip index means the same clip whatever the world size.
+    """
+    return range(num_sources * rank // world_size, num_sources * (rank + 1) // world_size)
+
+
+# ----------------------------------------------------------------------------- test hooks
+def parse_test_hooks(value: str | None) -> tuple[tuple[str, str], ...]:
+    """Parses ``TOKVID_CACHE_TEST_HOOKS`` (see the module docstring); empty means none."""
+    hooks = []
+    for item in filter(None, (part.strip() for part in (value or "").split(","))):
+        key, sep, arg = item.partition("=")
+        if not sep or key not in _HOOK_KEYS or not arg:
+            raise ValueError(f"{TEST_HOOKS_ENV}: bad item {item!r}; use hang=GLOB, crash=GLOB or exit_after_writes=N")
+        hooks.append((key, arg))
+    return tuple(hooks)
+
+
+def _apply_worker_hooks(task: DecodeTask) -> None:
+    name = Path(task.file).name
+    for key, pattern in task.hooks:
+        if key == "hang" and fnmatch.fnmatch(name, pattern):
+            while True:
+                time.sleep(3600)
+        if key == "crash" and fnmatch.fnmatch(name, pattern):
+            os.kill(os.getpid(), signal.SIGSEGV)
+
+
+# ----------------------------------------------------------------------------- decoding
+def worker_init() -> None:
+    """Decode workers: one torch thread each, and Ctrl-C is left to the parent."""
+    torch.set_num_threads(1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def count_frames(path: Path) -> int:
+    """Number of frames in a video, GIF or image, from its headers (no full decode).
+
+    Raises:
+        SourceError: ``undecodable`` when no backend can open the file.
+    """
+    reasons = []
+    if path.suffix.lower() in _PIL_FRAME_EXTS:
+        try:
+            with Image.open(path) as im:
+                return int(getattr(im, "n_frames", 1))
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+            raise SourceError("undecodable", f"Pillow: {err}") from None
+    if decord is not None:
+        try:
+            return len(decord.VideoReader(str(path)))
+        except (RuntimeError, decord.DECORDError) as err:
+            reasons.append("decord: " + (str(err).strip().splitlines() or [type(err).__name__])[0])
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise SourceError("undecodable", "PyAV: the file has no video stream")
+            stream = container.streams.video[0]
+            if stream.frames:
+                return int(stream.frames)
+            return sum(1 for packet in container.demux(stream) if packet.size)
+    except av.FFmpegError as err:
+        reasons.append(f"PyAV: {err}")
+    raise SourceError("undecodable", "; ".join(reasons))
+
+
+def plan_starts(total: int, spec: ClipSpec, stride: int) -> list[tuple[int, int]]:
+    """(clip index, start frame) of every clip that fits in ``total`` frames.
+
+    Even spreading puts clip k at ``round(k * (total - span) / (n - 1))``; starts that repeat
+    an earlier one (a video too short for n distinct clips) are dropped, so no clip is cached
+    twice. Explicit offsets that do not fit are dropped.
+    """
+    span = (spec.num_frames - 1) * stride + 1
+    if total < span:
+        return []
+    if spec.start_offsets is not None:
+        return [(k, s) for k, s in enumerate(spec.start_offsets) if s + span <= total]
+    n, last = spec.clips_per_video, total - span
+    planned, seen = [], set()
+    for k in range(n):
+        start = round(k * last / (n - 1)) if n > 1 else 0
+        if start not in seen:
+            seen.add(start)
+            planned.append((k, start))
+    return planned
+
+
+def _source_stride(path: Path, spec: ClipSpec, total: int) -> int:
+    if spec.fps is None or total == 1:
+        return spec.stride
+    try:
+        native = video_fps(path)
+    except ValueError as err:
+        raise SourceError("undecodable", f"frame rate: {err}") from None
+    return max(1, round(native / spec.fps))
+
+
+def decode_source(task: DecodeTask) -> DecodedSource:
+    """Reads, resizes and center-crops every planned clip of one source (runs in a worker).
+
+    Returns:
+        The clips with index >= ``task.min_clip``: frames (n, T, size, size, 3) uint8.
+
+    Raises:
+        SourceError: the file is missing, empty, too short, or cannot be decoded.
+    """
+    _apply_worker_hooks(task)
+    path, spec = Path(task.file), task.spec
+    if not path.is_file():
+        raise SourceError("missing", f"{str(path)!r} does not exist")
+    if path.stat().st_size == 0:
+        raise SourceError("empty", f"{str(path)!r} is 0 bytes")
+    total = count_frames(path)
+    stride = _source_stride(path, spec, total)
+    planned = plan_starts(total, spec, stride)
+    if not planned:
+        span = (spec.num_frames - 1) * stride + 1
+        raise SourceError("too_short", f"has {total} frame(s); {spec.num_frames} frames at stride {stride} need {span}")
+    wanted = [(k, s) for k, s in planned if k >= task.min_clip]
+    clips = []
+    for _, start in wanted:
+        try:
+            frames = read_video(path, num_frames=spec.num_frames, stride=stride, start=start)
+        except ValueError as err:
+            kind = "too_short" if "too short" in str(err) else "undecodable"
+            raise SourceError(kind, str(err)) from None
+        clips.append(resize_center_crop(frames, spec.size))  # (T, size, size, 3)
+    shape = (0, spec.num_frames, spec.size, spec.size, 3)
+    return DecodedSource(
+        index=task.index,
+        frames=np.stack(clips) if clips else np.zeros(shape, np.uint8),  # (n, T, size, size, 3)
+        clips=[k for k, _ in wanted],
+        starts=[s for _, s in wanted],
+        stride=stride,
+        num_planned=len(planned),
+        last_clip=planned[-1][0],
+    )

@@ -1,0 +1,298 @@
+"""Writing a token cache: the spec check, one rank's resumable shard writer, and the manifest merge.
+
+Completion is marked by files written last: a shard is complete once its ``.done.json``
+exists (written after its tokens, meta and captions), a rank once its ``rank-RRR.done.json``
+exists, and the cache once rank 0 has written ``manifest.json``. Every file is written to a
+temp name and renamed, so a kill at any moment leaves only complete files under real names.
+
+Resuming: a rank reads its contiguous run of complete shards; the last one records where the
+work continues (``resume``: the next source and the first clip index still wanted). Quarantine
+entries are stored with the first shard completed after them, or in the rank's done file, so
+every entry is written exactly once however often a run is killed and resumed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tools.token_format import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    MANIFEST_NAME,
+    META_DTYPE,
+    SHARD_FILES,
+    SPEC_NAME,
+    atomic_write_bytes,
+    json_bytes,
+    npy_bytes,
+    rank_done_name,
+    read_json,
+    sha256_bytes,
+    shard_file,
+    shard_name,
+)
+
+log = logging.getLogger(__name__)
+
+
+def prepare_cache_dir(out: Path, spec: dict[str, Any]) -> bool:
+    """Creates the cache folder and its ``spec.json``, or checks an existing one matches.
+
+    Args:
+        out: cache folder.
+        spec: ``{"identity": {...}, ...}``; only ``identity`` must match to resume.
+
+    Returns:
+        True when an earlier run's spec was found (a resume).
+
+    Raises:
+        ValueError: the folder holds a cache made with another tokenizer, clip spec, source
+            list or world size (every differing field is named with both values), or it is
+            a non-empty folder that is not a token cache.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / SPEC_NAME
+    if not path.is_file():
+        # Hidden names are temps (e.g. another rank's spec.json being written right now).
+        if any(not p.name.startswith(".") for p in out.iterdir()):
+            raise ValueError(f"--out {str(out)!r} is a non-empty folder without {SPEC_NAME}: not a token cache")
+        atomic_write_bytes(path, json_bytes(spec))
+        return False
+    old = read_json(path, "cache spec")
+    old_id, new_id = old.get("identity", {}) if isinstance(old, dict) else {}, spec["identity"]
+    diffs = [
+        f"{key} {json.dumps(old_id.get(key))} but this run has {json.dumps(new_id.get(key))}"
+        for key in sorted(set(old_id) | set(new_id))
+        if old_id.get(key) != new_id.get(key)
+    ]
+    if diffs:
+        raise ValueError(
+            f"cannot resume into {str(out)!r}: it was made with " + "; ".join(diffs) + " (use a new --out folder)"
+        )
+    return True
+
+
+class RankWriter:
+    """Collects one rank's encoded clips into shards of ``shard_size`` and writes them.
+
+    Args:
+        out: cache folder (already prepared).
+        rank: this rank; shards are ``shard-r{rank:03d}-{i:05d}``.
+        world_size: number of ranks (recorded in the rank's done file).
+        shard_size: clips per shard; the last shard of a rank may hold fewer.
+        dtype: token dtype (uint16 or int32).
+        grid: (t, h, w) of every clip.
+        exit_after_writes: test hook; ``os._exit(3)`` right after this many file writes.
+    """
+
+    def __init__(
+        self,
+        out: Path,
+        *,
+        rank: int,
+        world_size: int,
+        shard_size: int,
+        dtype: np.dtype,
+        grid: tuple[int, int, int],
+        exit_after_writes: int | None = None,
+    ) -> None:
+        self.out, self.rank, self.world_size = out, rank, world_size
+        self.shard_size, self.dtype, self.grid = shard_size, np.dtype(dtype), tuple(grid)
+        self.exit_after_writes, self.num_writes = exit_after_writes, 0
+        self.shards: list[dict[str, Any]] = []
+        self.pending_quarantine: list[dict[str, Any]] = []
+        self.complete = False
+        self.resume_from: tuple[int, int] | None = None  # (source index, first clip index)
+        self._tokens: list[np.ndarray] = []
+        self._meta: list[tuple[int, ...]] = []
+        self._captions: list[str] = []
+        self._last_of_source = False
+        self._scan()
+
+    # ----------------------------------------------------------------- resume
+    def _scan(self) -> None:
+        prefix = shard_name(self.rank, 0).rsplit("-", 1)[0]  # shard-rRRR
+        done_path = self.out / rank_done_name(self.rank)
+        index = 0
+        while (self.out / shard_file(shard_name(self.rank, index), "done")).is_file():
+            try:
+                record = read_json(self.out / shard_file(shard_name(self.rank, index), "done"), "shard record")
+            except ValueError:  # a damaged record: redo the shard
+                record = None
+            if not self._intact(record):
+                log.warning("shard %s is incomplete or damaged; redoing it", shard_name(self.rank, index))
+                break
+            self.shards.append(record)
+            index += 1
+        if done_path.is_file():
+            record = read_json(done_path, "rank record")
+            if isinstance(record, dict) and (record.get("world_size"), record.get("num_shards")) == (
+                self.world_size,
+                len(self.shards),
+            ):
+                self.complete = True
+                return
+        done_path.unlink(missing_ok=True)
+        # Everything at or after the first missing shard is from an unfinished run: remove it.
+        pattern = re.compile(rf"^\.?{prefix}-(\d{{5}})\.")
+        for p in self.out.iterdir():
+            m = pattern.match(p.name)
+            if m and (p.name.startswith(".") or int(m.group(1)) >= index):
+                p.unlink(missing_ok=True)
+        if self.shards:
+            self.resume_from = tuple(self.shards[-1]["resume"])
+            log.info("rank %d: resuming after %d complete shard(s) at source %d, clip %d", self.rank, index, *self.resume_from)
+
+    def _intact(self, record: Any) -> bool:
+        try:
+            files = record["files"]
+            return all((self.out / files[k]["file"]).stat().st_size == files[k]["bytes"] for k in SHARD_FILES)
+        except (KeyError, TypeError, OSError):
+            return False
+
+    # ----------------------------------------------------------------- writing
+    @property
+    def num_clips(self) -> int:
+        return sum(s["num_clips"] for s in self.shards) + len(self._tokens)
+
+    def add(
+        self, ids: np.ndarray, *, source: int, clip: int, start: int, stride: int, label: int, caption: str, last_of_source: bool
+    ) -> None:
+        """Appends one clip's tokens; writes a shard when ``shard_size`` clips are held.
+
+        Args:
+            ids: (t, h, w) token ids of the clip.
+            source, clip, start, stride, label, caption: the clip's meta row and caption.
+            last_of_source: no later clip of this source follows (fixes the resume point).
+        """
+        if tuple(ids.shape) != self.grid:
+            raise ValueError(f"token grid {tuple(ids.shape)} does not match the cache grid {self.grid}")
+        self._tokens.append(ids.astype(self.dtype, copy=False))
+        self._meta.append((source, clip, start, stride, label))
+        self._captions.append(caption)
+        self._last_of_source = last_of_source
+        if len(self._tokens) == self.shard_size:
+            self._write_shard()
+
+    def quarantine(self, entry: dict[str, Any]) -> None:
+        """Records a skipped source: ``{"source", "path", "reason", "detail"}``."""
+        self.pending_quarantine.append(entry)
+
+    def finish(self) -> None:
+        """Writes the last (partial) shard, then the rank's done file."""
+        if self._tokens:
+            self._write_shard()
+        record = {
+            "rank": self.rank,
+            "world_size": self.world_size,
+            "num_shards": len(self.shards),
+            "num_clips": self.num_clips,
+            "quarantine": self.pending_quarantine,
+        }
+        self._write(rank_done_name(self.rank), json_bytes(record))
+        self.pending_quarantine = []
+        self.complete = True
+
+    def _write(self, name: str, data: bytes) -> dict[str, Any]:
+        atomic_write_bytes(self.out / name, data)
+        self.num_writes += 1
+        if self.exit_after_writes is not None and self.num_writes >= self.exit_after_writes:
+            log.warning("test hook: exiting after %d file writes", self.num_writes)
+            os._exit(3)
+        return {"file": name, "bytes": len(data), "sha256": sha256_bytes(data)}
+
+    def _write_shard(self) -> None:
+        name = shard_name(self.rank, len(self.shards))
+        tokens = np.stack(self._tokens)  # (N, t, h, w)
+        meta = np.array(self._meta, dtype=META_DTYPE)  # (N,)
+        (s_last, c_last), (s_first, c_first) = self._meta[-1][:2], self._meta[0][:2]
+        resume = [s_last + 1, 0] if self._last_of_source else [s_last, c_last + 1]
+        # Entries of sources before the resume point belong here; later ones are redone on resume.
+        mine = [q for q in self.pending_quarantine if q["source"] < resume[0]]
+        self.pending_quarantine = [q for q in self.pending_quarantine if q["source"] >= resume[0]]
+        files = {
+            "tokens": self._write(shard_file(name, "tokens"), npy_bytes(tokens)),
+            "meta": self._write(shard_file(name, "meta"), npy_bytes(meta)),
+            "captions": self._write(shard_file(name, "captions"), json_bytes(self._captions)),
+        }
+        record = {
+            "name": name,
+            "rank": self.rank,
+            "index": len(self.shards),
+            "num_clips": len(tokens),
+            "first_item": [s_first, c_first],
+            "last_item": [s_last, c_last],
+            "resume": resume,
+            "files": files,
+            "quarantine": mine,
+        }
+        self._write(shard_file(name, "done"), json_bytes(record))
+        self.shards.append(record)
+        self._tokens, self._meta, self._captions = [], [], []
+        log.debug("wrote %s (%d clips)", name, len(tokens))
+
+
+def merge_manifest(
+    out: Path, spec: dict[str, Any], *, world_size: int, wait_timeout_s: float, elapsed_s: float, poll_s: float = 0.5
+) -> dict[str, Any]:
+    """Waits until every rank's done file exists, then writes ``manifest.json`` (rank 0's job).
+
+    Shards are listed in (rank, index) order, which is work-item order (see
+    :func:`tools.cache_sources.rank_slice`); quarantine entries are sorted by source index.
+
+    Raises:
+        ValueError: a rank did not finish within ``wait_timeout_s``.
+    """
+    deadline = time.monotonic() + wait_timeout_s
+    missing = list(range(world_size))
+    while missing:
+        missing = [r for r in missing if not (out / rank_done_name(r)).is_file()]
+        if missing and time.monotonic() > deadline:
+            raise ValueError(f"rank(s) {missing} did not finish within {wait_timeout_s:g} s; rerun to resume")
+        if missing:
+            time.sleep(poll_s)
+    shards, quarantine = [], []
+    for r in range(world_size):
+        rank_record = read_json(out / rank_done_name(r), "rank record")
+        for i in range(rank_record["num_shards"]):
+            record = read_json(out / shard_file(shard_name(r, i), "done"), "shard record")
+            quarantine.extend(record.pop("quarantine"))
+            record.pop("resume")
+            shards.append(record)
+        quarantine.extend(rank_record["quarantine"])
+    identity = spec["identity"]
+    manifest = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "tokenizer": {
+            "fingerprint": identity["tokenizer_fingerprint"],
+            "codebook_size": identity["codebook_size"],
+            **spec["tokenizer"],
+        },
+        "codebook_size": identity["codebook_size"],
+        "grid": identity["grid"],
+        "dtype": identity["dtype"],
+        "clip_spec": identity["clip_spec"],
+        "shard_size": identity["shard_size"],
+        "world_size": world_size,
+        "num_clips": sum(s["num_clips"] for s in shards),
+        "num_shards": len(shards),
+        "text_features": None,  # hook: a text-encoder stage records its model and shapes here
+        "data": spec["data"],
+        "sources_sha256": identity["sources_sha256"],
+        "sources": spec["sources"],
+        "quarantine": sorted(quarantine, key=lambda q: q["source"]),
+        "shards": shards,
+        "run": {"elapsed_s": round(elapsed_s, 3), "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")},
+    }
+    atomic_write_bytes(out / MANIFEST_NAME, json_bytes(manifest))
+    return manifest

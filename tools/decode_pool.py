@@ -1,0 +1,267 @@
+"""A process pool for decoding that survives hung and crashing decoders.
+
+``concurrent.futures.ProcessPoolExecutor`` breaks as a whole when one worker segfaults and
+cannot stop a single hung task, so this pool keeps one pipe per worker and hands out one task
+at a time. While waiting it watches every busy worker's pipe and process sentinel:
+
+- a result (or a ValueError raised by the task) comes back through the pipe;
+- a worker that dies mid-task (segfault, ``os._exit``, OOM kill) gives ``Failure("crashed")``
+  and is replaced;
+- a task running longer than ``timeout_s`` has its worker killed (SIGKILL) and replaced, and
+  gives ``Failure("timeout")``.
+
+:meth:`DecodePool.imap` streams results in task order with at most ``window`` tasks in flight,
+so memory stays bounded however long the task list is. Workers start from the ``forkserver``
+context when the platform has it (fast replacement: the server has already imported the
+decode modules), else ``spawn``; never ``fork``, which is unsafe after torch has started threads.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import multiprocessing as mp
+import os
+import signal
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from multiprocessing import forkserver
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1  # from <sys/prctl.h>
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A task that gave no result. ``kind``: ``error`` (it raised), ``timeout`` or ``crashed``."""
+
+    kind: str
+    detail: str
+    error_kind: str | None = None  # for ``error``: the task exception's ``kind`` attribute, if any
+
+
+def _die_with_parent() -> None:
+    """Linux: have the kernel SIGKILL this worker when the run dies.
+
+    A killed run must not leave a hung decoder behind: an idle worker sees EOF on its pipe
+    and exits, but one stuck inside a decoder never reads its pipe again. The worker's parent
+    is the forkserver, which exits once no process holds its "alive" pipe; forkserver children
+    inherit that pipe (so they could start processes themselves), which would keep the server,
+    and so the hung worker, alive forever. Workers start no processes, so they close it.
+    """
+    server = getattr(forkserver, "_forkserver", None)
+    alive_fd = getattr(server, "_forkserver_alive_fd", None)
+    if alive_fd is not None:
+        os.close(alive_fd)
+        server._forkserver_alive_fd = None
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):  # pragma: no cover - no prctl
+        return
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def _worker_main(conn: Connection, fn: Callable[[Any], Any], initializer: Callable[[], None] | None) -> None:
+    _die_with_parent()
+    if initializer is not None:
+        initializer()
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            return
+        if msg is None:
+            return
+        idx, task = msg
+        try:
+            reply = (idx, True, fn(task))
+        except ValueError as err:  # a bad input file: the expected failure
+            reply = (idx, False, Failure("error", getattr(err, "detail", str(err)), getattr(err, "kind", None)))
+        except Exception as err:  # noqa: BLE001 - any decoder bug must not end the run
+            reply = (idx, False, Failure("error", f"{type(err).__name__}: {err}", "undecodable"))
+        conn.send(reply)
+
+
+def _exit_description(code: int | None) -> str:
+    if code is None:
+        return "the decoder process stopped responding"
+    if code < 0:
+        try:
+            return f"the decoder process died of {signal.Signals(-code).name}"
+        except ValueError:
+            return f"the decoder process died of signal {-code}"
+    return f"the decoder process exited with code {code}"
+
+
+class _Worker:
+    def __init__(self, ctx: Any, fn: Callable, initializer: Callable | None) -> None:
+        self.conn, child = ctx.Pipe(duplex=True)
+        self.proc = ctx.Process(target=_worker_main, args=(child, fn, initializer), daemon=True)
+        self.proc.start()
+        child.close()
+        self.idx: int | None = None
+        self.started = 0.0
+
+    def assign(self, idx: int, task: Any) -> None:
+        self.conn.send((idx, task))
+        self.idx, self.started = idx, time.monotonic()
+
+    def stop(self, kill: bool) -> None:
+        if kill:
+            self.proc.kill()
+        else:
+            try:
+                self.conn.send(None)
+            except OSError:
+                pass
+        self.proc.join(timeout=5)
+        if self.proc.is_alive():  # pragma: no cover - a worker ignoring the stop message
+            self.proc.kill()
+            self.proc.join()
+        self.conn.close()
+
+
+class DecodePool:
+    """Runs ``fn(task)`` in worker processes with a hard per-task timeout.
+
+    Args:
+        fn: a picklable top-level function. Its ValueError becomes ``Failure("error", str(err))``.
+        num_workers: worker processes; 0 runs ``fn`` in this process (no timeout, no crash
+            protection; for debugging).
+        timeout_s: seconds one task may take before its worker is killed.
+        initializer: run once in every new worker.
+        preload: modules the forkserver imports once, so replacement workers start fast.
+    """
+
+    def __init__(
+        self,
+        fn: Callable[[Any], Any],
+        *,
+        num_workers: int,
+        timeout_s: float,
+        initializer: Callable[[], None] | None = None,
+        preload: Sequence[str] = (),
+    ) -> None:
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        if not timeout_s > 0:
+            raise ValueError(f"the decode timeout must be > 0 seconds, got {timeout_s}")
+        self.fn, self.timeout_s, self.initializer = fn, float(timeout_s), initializer
+        self.num_replaced = 0
+        self._workers: list[_Worker] = []
+        if num_workers:
+            method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
+            self._ctx = mp.get_context(method)
+            if method == "forkserver" and preload:
+                self._ctx.set_forkserver_preload(list(preload))
+            self._workers = [_Worker(self._ctx, fn, initializer) for _ in range(num_workers)]
+
+    def __enter__(self) -> "DecodePool":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close(kill=exc[0] is not None)
+
+    def close(self, kill: bool = False) -> None:
+        """Stops every worker (kills busy ones, or all with ``kill``)."""
+        for w in self._workers:
+            w.stop(kill=kill or w.idx is not None)
+        self._workers = []
+
+    def imap(self, tasks: Iterable[Any], window: int) -> Iterator[tuple[Any, Any]]:
+        """Yields ``(task, result_or_Failure)`` in task order, at most ``window`` tasks in flight.
+
+        Args:
+            tasks: any iterable; it is consumed lazily.
+            window: tasks submitted but not yet yielded (bounds memory); >= 1.
+        """
+        if not self._workers:
+            yield from self._imap_inline(tasks)
+            return
+        it, exhausted = iter(tasks), False
+        submitted = next_out = 0
+        queued: deque[tuple[int, Any]] = deque()
+        by_idx: dict[int, Any] = {}
+        results: dict[int, Any] = {}
+        while True:
+            while not exhausted and submitted - next_out < max(1, window):
+                try:
+                    task = next(it)
+                except StopIteration:
+                    exhausted = True
+                    break
+                queued.append((submitted, task))
+                by_idx[submitted] = task
+                submitted += 1
+            for i, w in enumerate(self._workers):
+                if w.idx is None and queued:
+                    self._assign(i, *queued.popleft())
+            if next_out in results:
+                yield by_idx.pop(next_out), results.pop(next_out)
+                next_out += 1
+                continue
+            if exhausted and next_out == submitted:
+                return
+            self._collect(results)
+
+    def _assign(self, i: int, idx: int, task: Any) -> None:
+        """Sends a task to idle worker ``i``, first replacing it if it has died since its last task."""
+        if not self._workers[i].proc.is_alive():
+            self._replace(i, kill=True)
+        try:
+            self._workers[i].assign(idx, task)
+        except OSError:  # it died between the check and the send
+            self._replace(i, kill=True)
+            self._workers[i].assign(idx, task)
+
+    def _imap_inline(self, tasks: Iterable[Any]) -> Iterator[tuple[Any, Any]]:
+        for task in tasks:
+            try:
+                result = self.fn(task)
+            except ValueError as err:
+                result = Failure("error", getattr(err, "detail", str(err)), getattr(err, "kind", None))
+            yield task, result
+
+    def _collect(self, results: dict[int, Any]) -> None:
+        """Waits for a result, a dead worker or the next deadline; records what happened."""
+        busy = [w for w in self._workers if w.idx is not None]
+        deadline = min(w.started for w in busy) + self.timeout_s
+        wait([w.conn for w in busy] + [w.proc.sentinel for w in busy], timeout=max(0.0, deadline - time.monotonic()))
+        for i, w in enumerate(self._workers):
+            if w.idx is None:
+                continue
+            idx = w.idx
+            if w.conn.poll():  # a reply, or EOF from a dead worker
+                try:
+                    got_idx, ok, value = w.conn.recv()
+                except Exception:  # noqa: BLE001 - EOF or a torn message: the worker died
+                    w.proc.join(timeout=5)
+                    results[idx] = Failure("crashed", _exit_description(w.proc.exitcode))
+                    self._replace(i, kill=True)
+                    continue
+                results[got_idx] = value
+                w.idx = None
+            elif not w.proc.is_alive():
+                results[idx] = Failure("crashed", _exit_description(w.proc.exitcode))
+                self._replace(i, kill=True)
+            elif time.monotonic() - w.started > self.timeout_s:
+                results[idx] = Failure("timeout", f"decoding took longer than {self.timeout_s:g} s; the worker was killed")
+                self._replace(i, kill=True)
+
+    def _replace(self, i: int, kill: bool) -> None:
+        old = self._workers[i]
+        old.idx = None
+        old.stop(kill=kill)
+        self.num_replaced += 1
+        log.debug("replacing decode worker %d (pid %s, exit code %s)", i, old.proc.pid, old.proc.exitcode)
+        self._workers[i] = _Worker(self._ctx, self.fn, self.initializer)

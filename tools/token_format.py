@@ -1,0 +1,196 @@
+"""On-disk format of a token cache: names, dtypes, hashing, atomic writes and verification.
+
+A cache folder written by ``tools/cache_tokens.py`` holds::
+
+    spec.json                          what the cache is made of (tokenizer, clip spec, sources,
+                                       world size); a resumed run must match it exactly
+    shard-r{rank:03d}-{i:05d}.tokens.npy   (N, t, h, w) uint16 (codebook <= 65,536) else int32
+    shard-r{rank:03d}-{i:05d}.meta.npy     (N,) structured int64: source, clip, start, stride, label
+    shard-r{rank:03d}-{i:05d}.captions.json  JSON list of N strings ("" when absent)
+    shard-r{rank:03d}-{i:05d}.done.json    written last: counts, sha256 of every file, quarantine
+    rank-{rank:03d}.done.json          written when a rank has finished its slice
+    manifest.json                      written by rank 0 once every rank is done
+
+A shard exists only once its ``.done.json`` does, so a killed run never lists a partial
+shard. ``manifest.json`` lists shards in (rank, index) order; because every rank owns a
+contiguous block of the sorted sources, that order is the order of the work items
+(source, clip) whatever the world size.
+
+Text-encoder hook: a later stage may add ``shard-...text.npy`` (cached text features) to a
+shard's ``files`` mapping and set the manifest's ``text_features`` field; verification
+covers every file listed, and readers ignore file kinds they do not know.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from core.weights import CONFIG_NAME, WEIGHTS_NAME
+
+FORMAT_NAME = "tokvid-token-cache"
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+SPEC_NAME = "spec.json"
+SHARD_FILES = ("tokens", "meta", "captions")  # kinds every shard has; "text" is the optional hook
+META_DTYPE = np.dtype([("source", "<i8"), ("clip", "<i8"), ("start", "<i8"), ("stride", "<i8"), ("label", "<i8")])
+UINT16_MAX_CODEBOOK = 65_536
+
+
+def shard_name(rank: int, index: int) -> str:
+    """``shard-r{rank:03d}-{index:05d}``: the stem shared by a shard's files."""
+    return f"shard-r{rank:03d}-{index:05d}"
+
+
+def shard_file(name: str, kind: str) -> str:
+    """File name of one kind (tokens, meta, captions, text, done) of shard ``name``."""
+    ext = {"tokens": "npy", "meta": "npy", "text": "npy", "captions": "json", "done": "json"}[kind]
+    return f"{name}.{kind}.{ext}"
+
+
+def rank_done_name(rank: int) -> str:
+    return f"rank-{rank:03d}.done.json"
+
+
+def token_dtype(codebook_size: int) -> np.dtype:
+    """uint16 when every id fits (codebook <= 65,536), else int32."""
+    if codebook_size < 1:
+        raise ValueError(f"codebook_size must be >= 1, got {codebook_size}")
+    return np.dtype(np.uint16) if codebook_size <= UINT16_MAX_CODEBOOK else np.dtype(np.int32)
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """sha256 of a file's bytes, read in chunks (memory stays flat for large shards)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def tokenizer_fingerprint(directory: str | os.PathLike) -> str:
+    """sha256 identifying an exported tokenizer: its ``config.yaml`` bytes, then its weights.
+
+    Each file contributes its name, a NUL byte, its size as 8 little-endian bytes and its
+    bytes, so the two files cannot be confused by moving bytes between them.
+
+    Raises:
+        ValueError: the folder or one of the two files is missing.
+    """
+    directory = Path(directory)
+    h = hashlib.sha256()
+    for name in (CONFIG_NAME, WEIGHTS_NAME):
+        path = directory / name
+        if not path.is_file():
+            raise ValueError(f"tokenizer folder {str(directory)!r} has no {name}")
+        h.update(name.encode() + b"\0" + path.stat().st_size.to_bytes(8, "little"))
+        with open(path, "rb") as fh:
+            while block := fh.read(1 << 20):
+                h.update(block)
+    return h.hexdigest()
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    """The ``.npy`` serialisation of a non-object array (no pickling)."""
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
+    return buf.getvalue()
+
+
+def json_bytes(data: Any) -> bytes:
+    return (json.dumps(data, indent=1, allow_nan=False, ensure_ascii=False) + "\n").encode()
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Writes ``data`` to a hidden temp file next to ``path``, fsyncs it, then renames it over ``path``."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_json(path: str | os.PathLike, what: str) -> Any:
+    """``json.loads`` of a file; a missing or malformed file is a ValueError naming ``what``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{what} {str(path)!r} does not exist")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{what} {str(path)!r} is not valid JSON: {err}") from None
+
+
+def load_manifest(cache_dir: str | os.PathLike) -> dict[str, Any]:
+    """Reads and sanity-checks ``manifest.json`` of a finished cache.
+
+    Raises:
+        ValueError: no manifest (the cache is unfinished or the path is wrong), another format,
+            or a newer format version.
+    """
+    cache_dir = Path(cache_dir)
+    if not cache_dir.is_dir():
+        raise ValueError(f"token cache {str(cache_dir)!r} does not exist")
+    if not (cache_dir / MANIFEST_NAME).is_file():
+        raise ValueError(f"token cache {str(cache_dir)!r} has no {MANIFEST_NAME} (unfinished or not a cache)")
+    manifest = read_json(cache_dir / MANIFEST_NAME, "manifest")
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
+        raise ValueError(f"{str(cache_dir / MANIFEST_NAME)!r} is not a {FORMAT_NAME} manifest")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise ValueError(
+            f"{str(cache_dir / MANIFEST_NAME)!r} has format version {manifest.get('format_version')!r}; "
+            f"this code reads version {FORMAT_VERSION}"
+        )
+    return manifest
+
+
+def verify_cache(cache_dir: str | os.PathLike) -> tuple[list[str], int]:
+    """Recomputes the size and sha256 of every file the manifest lists.
+
+    Args:
+        cache_dir: a finished token cache.
+
+    Returns:
+        (problems, num_files): one line per missing or mismatching file, naming its shard,
+        and how many files were checked. No problems means every byte matches.
+
+    Raises:
+        ValueError: the manifest is missing or unreadable.
+    """
+    cache_dir = Path(cache_dir)
+    manifest = load_manifest(cache_dir)
+    problems, num_files = [], 0
+    for shard in manifest["shards"]:
+        for kind, entry in sorted(shard["files"].items()):
+            num_files += 1
+            path = cache_dir / entry["file"]
+            where = f"shard {shard['name']}: {kind} file {entry['file']}"
+            if not path.is_file():
+                problems.append(f"{where} is missing")
+                continue
+            size = path.stat().st_size
+            if size != entry["bytes"]:
+                problems.append(f"{where} has {size} bytes, the manifest says {entry['bytes']}")
+                continue
+            digest = sha256_file(path)
+            if digest != entry["sha256"]:
+                problems.append(f"{where} has sha256 {digest}, the manifest says {entry['sha256']}")
+    return problems, num_files
