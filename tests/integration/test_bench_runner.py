@@ -1,0 +1,41 @@
+"""bench/run.py: the table and JSON format, skipped peers, and (slow) a real quick run."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from bench import run as runner  # noqa: E402
+
+
+def test_table_and_skip_records(monkeypatch, tmp_path):
+    monkeypatch.setattr(runner, "VENV_PYTHON", tmp_path / "no-venv" / "python")
+    records = runner.collect(["tokenizer"], quick=True)
+    assert records[0]["name"] == "tokenizer: skipped" and "bench/setup_env.sh" in records[0]["note"]
+    rows = [{"name": "x", "ours": 2.0, "peer": 1.0, "unit": "it/s", "ratio": 2.0, "goal": ">= 1.0", "met": True}]
+    text = runner.table(rows)
+    assert "x" in text.splitlines()[2] and "yes" in text and "2" in text
+
+
+def test_unknown_benchmark_exits_2():
+    proc = subprocess.run([sys.executable, str(ROOT / "bench/run.py"), "--only", "nope"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "unknown benchmark" in proc.stderr
+
+
+@pytest.mark.slow
+def test_quick_run_writes_json(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "bench/run.py"), "--quick", "--json", str(out)],
+                          capture_output=True, text=True, timeout=1800, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = json.loads(out.read_text())
+    assert {"cpu", "cores", "torch", "gpu"} <= set(data["machine"])
+    names = {r["bench"] for r in data["records"]}
+    assert names == set(runner.BENCHES)
+    for r in data["records"]:
+        assert {"name", "ours", "peer", "ratio", "goal", "met"} <= set(r)
