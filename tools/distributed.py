@@ -112,16 +112,33 @@ def deepspeed_config(
     return cfg
 
 
-def build_engine(model: torch.nn.Module, optimizer: torch.optim.Optimizer, config: dict[str, Any]):
+def build_engine(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, config: dict[str, Any], *, caller_fills_grads: bool = False
+):
     """``deepspeed.initialize`` with our own torch optimizer; returns the engine.
 
     Checkpoint loading is switched to ``torch.load(weights_only=True)`` (see
     :class:`SafeCheckpointEngine`), so resuming never unpickles arbitrary objects.
+
+    Args:
+        model: the module whose forward returns the loss.
+        optimizer: a torch optimizer over its parameters.
+        config: the engine config from :func:`deepspeed_config`.
+        caller_fills_grads: the caller gives every trainable parameter without a gradient a
+            zero one before each boundary ``engine.step()``, as DeepSpeed's gradient all-reduce
+            does. On one process with ZeRO-0 in fp32 that all-reduce is then skipped.
     """
     import deepspeed
 
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
     engine.checkpoint_engine = SafeCheckpointEngine()
+    fp32 = not (config.get("bf16", {}).get("enabled") or config.get("fp16", {}).get("enabled"))
+    if caller_fills_grads and fp32 and engine.zero_optimization_stage() == 0 and not _multi_process():
+        # Over one rank DeepSpeed's all-reduce is an identity that still costs several passes
+        # over the gradients per step: flatten them into one buffer, scale it by 1/1,
+        # all-reduce it, copy it back. Its own pipeline engine turns it off the same way; the
+        # one other thing it does, zero gradients for parameters without one, is the caller's.
+        engine.enable_backward_allreduce = False
     return engine
 
 
@@ -153,14 +170,20 @@ class SafeCheckpointEngine:
         return torch.load(path, map_location=map_location, weights_only=True)
 
 
+def _multi_process() -> bool:
+    """Whether a process group of more than one process is initialised."""
+    dist = torch.distributed
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
 def barrier() -> None:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
 
 
 def all_reduce_max(value: float, device: torch.device) -> float:
-    """The max of a scalar over all ranks (the value itself on one process)."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+    """The max of a scalar over all ranks (the value itself on one process, without a collective)."""
+    if not _multi_process():
         return value
     t = torch.tensor([value], dtype=torch.float64, device=device)
     torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
@@ -168,8 +191,8 @@ def all_reduce_max(value: float, device: torch.device) -> float:
 
 
 def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
-    """Mean of a tensor over all ranks."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+    """Mean of a tensor over all ranks (the tensor itself on one process, without a collective)."""
+    if not _multi_process():
         return values
     out = values.clone()
     torch.distributed.all_reduce(out)

@@ -135,20 +135,48 @@ class Trainer:
             grad_clip=o.grad_clip, precision=run.precision, zero_stage=run.zero_stage,
         )
         self.zero_stage = ds_cfg["zero_optimization"]["stage"]
-        self.engine = distributed.build_engine(TrainTask(self.model, cfg.objective), opt, ds_cfg)
+        # ZeRO-0 in fp32 leaves every full gradient in p.grad until engine.step(), so the NaN
+        # guard and the gradient norm read them once per step, in one pass (which also gives
+        # parameters without a gradient a zero one). Otherwise ZeRO-1+ reduces and partitions
+        # gradients during backward (and DeepSpeed's fp16/bf16 wrappers move them), so a hook
+        # checks each gradient as it is made.
+        self.grads_in_params = self.zero_stage == 0 and run.precision == "fp32"
+        self.engine = distributed.build_engine(
+            TrainTask(self.model, cfg.objective), opt, ds_cfg, caller_fills_grads=self.grads_in_params
+        )
         self.ema = EMA(self.model, run.ema_decay) if run.ema_decay > 0 else None
         if self.ema is not None and self.zero_stage == 3:
             raise ValueError("run.ema_decay needs ZeRO stage 0-2 (ZeRO-3 partitions the weights)")
         self.rng = torch.Generator().manual_seed(run.seed * 1000 + self.dist.rank)
         self.bad_grad = torch.zeros((), dtype=torch.bool, device=self.dist.device)
-        for p in self.model.parameters():
-            p.register_hook(self._watch_grad)
+        if not self.grads_in_params:
+            for p in self.model.parameters():
+                p.register_hook(self._watch_grad)
         self.step = 0
         self._poisoned = False
         self._skipped_in_a_row = 0
 
     def _watch_grad(self, grad: torch.Tensor) -> None:
         self.bad_grad |= ~torch.isfinite(grad).all()
+
+    def _local_grad_norm(self) -> tuple[torch.Tensor, bool]:
+        """(2-norm of all gradients before clipping, whether any gradient element is non-finite),
+        read from ``p.grad`` (ZeRO-0, fp32).
+
+        A trainable parameter without a gradient first gets a zero one, as DeepSpeed's gradient
+        all-reduce gives it (so AdamW still decays it): on one process that all-reduce is
+        skipped (``build_engine(caller_fills_grads=True)``); elsewhere there is nothing to fill.
+        """
+        grads = []
+        for p in self.model.parameters():
+            if p.requires_grad and p.grad is None and p.numel():
+                p.grad = torch.zeros_like(p)
+            if p.grad is not None:
+                grads.append(p.grad.detach())
+        norm = torch.nn.utils.get_total_norm(grads)  # foreach norms, then the norm of those
+        # A non-finite total means a non-finite element, unless the sum of squares overflowed.
+        bad = not bool(torch.isfinite(norm)) and not all(bool(torch.isfinite(g).all()) for g in grads)
+        return norm, bad
 
     def _check_conditions(self) -> None:
         cfg = self.cfg.model
@@ -214,22 +242,27 @@ class Trainer:
             self.engine.backward(loss)
             gnorm = None
             if self.engine.is_gradient_accumulation_boundary():
-                if distributed.all_reduce_max(float(self.bad_grad), self.dist.device) > 0:
+                if self.grads_in_params:  # the norm before clipping, and the NaN guard, in one pass
+                    gnorm, bad = self._local_grad_norm()
+                else:
+                    bad = bool(self.bad_grad)
+                    if self.zero_stage == 0:  # full local grads: the norm before clipping
+                        grads = [p.grad.detach().float().norm() for p in self.model.parameters() if p.grad is not None]
+                        gnorm = torch.stack(grads).norm() if grads else 0.0
+                if distributed.all_reduce_max(float(bad), self.dist.device) > 0:
                     self.bad_grad.zero_()
                     self.engine.zero_grad()
                     return self._nonfinite("gradient")
-                if self.zero_stage == 0:  # full local grads: the norm before clipping
-                    grads = [p.grad.detach().float().norm() for p in self.model.parameters() if p.grad is not None]
-                    gnorm = float(torch.stack(grads).norm()) if grads else 0.0
             self.engine.step()
-            losses.append(float(loss.detach()))
-            accs.append(float(stats["acc"]))
+            losses.append(loss.detach())  # read back once per step, not after each engine.step()
+            accs.append(stats["acc"])
         self.step += 1
         self._skipped_in_a_row = 0
         if self.ema is not None:
             self.ema.update(self.model)
         if gnorm is None:
             gnorm = self.engine.get_global_grad_norm()
+        losses, accs = [float(x) for x in losses], [float(x) for x in accs]
         return {"loss": float(np.mean(losses)), "acc": float(np.mean(accs)), "lr": lr,
                 "grad_norm": float(gnorm) if gnorm is not None else float("nan")}
 
