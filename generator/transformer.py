@@ -20,7 +20,7 @@ from torch.utils.checkpoint import checkpoint
 
 from core.weights import WEIGHTS_NAME, load_config, load_state, load_strict, save_pretrained
 from generator.conditioning import Condition, ConditionEmbedder
-from generator.layers import Attention, KVCache, RMSNorm, Rope3d, SwiGLU
+from generator.layers import Attention, KVCache, RMSNorm, Rope3d, SwiGLU, linear_weights_column_major_
 from generator.units import ORDERS, unit_extent
 
 
@@ -86,8 +86,8 @@ class Block(nn.Module):
         self.norm2 = RMSNorm(cfg.dim)
         self.mlp = SwiGLU(cfg.dim, int(cfg.mlp_ratio * cfg.dim))
 
-    def forward(self, x, cos, sin, mask, cache=None, layer=0, span=None):  # noqa: D102 - shapes as Attention
-        x = x + self.attn(self.norm1(x), cos, sin, mask, cache, layer, span)
+    def forward(self, x, freqs, mask, cache=None, layer=0, span=None):  # noqa: D102 - shapes as Attention
+        x = x + self.attn(self.norm1(x), freqs, mask, cache, layer, span)
         return x + self.mlp(self.norm2(x))
 
 
@@ -131,6 +131,14 @@ class Generator(nn.Module):
         n = self.num_params(exclude_embeddings=True)
         fwd = 2 * n + 2 * self.config.depth * self.config.dim * context * 2
         return 3 * fwd if training else fwd
+
+    def decoding_layout_(self) -> "Generator":
+        """Stores the linear weights column-major, in place, for ~25% faster batch-1 decoding
+        on CPU; returns self. Values, shapes and the state dict are unchanged (see
+        :func:`generator.layers.linear_weights_column_major_`). For inference: DeepSpeed's
+        engine needs row-major parameters, so training builds the model without it.
+        :meth:`from_pretrained` applies it."""
+        return linear_weights_column_major_(self)
 
     def new_cache(self, batch: int, max_len: int, dtype: torch.dtype | None = None) -> KVCache:
         """A static KV cache for ``batch`` rows and ``max_len`` positions (prefix included)."""
@@ -178,12 +186,13 @@ class Generator(nn.Module):
         B, N = ids.shape
         if coords.shape != (N, 3) or mask.shape != (N, N):
             raise ValueError(f"coords must be ({N}, 3) and mask ({N}, {N}), got {tuple(coords.shape)} and {tuple(mask.shape)}")
-        if int(ids.min()) < 0 or int(ids.max()) > self.config.start_id:
+        lo, hi = torch.aminmax(ids)
+        if int(lo) < 0 or int(hi) > self.config.start_id:
             raise ValueError(f"token ids must lie in [0, {self.config.start_id}]")
         x = self.tok_emb(ids)
         dev = x.device
         coords, mask = coords.to(dev), mask.to(dev)
-        new_valid = torch.ones(B, N, dtype=torch.bool, device=dev)
+        key_valid = None  # (B, P + N) validity of the keys written now; None = all valid
         if cache is None or cache.length == 0:
             prefix, p_valid = self.cond_emb(cond)
             if prefix.shape[0] != B:
@@ -191,22 +200,28 @@ class Generator(nn.Module):
             P = prefix.shape[1]
             x = torch.cat([prefix.to(x.dtype), x], dim=1)  # (B, P + N, D)
             coords = torch.cat([torch.full((P, 3), -1, dtype=coords.dtype, device=dev), coords])
-            new_valid = torch.cat([p_valid, new_valid], dim=1)
+            # The prefix never sees the video tokens, so this mask is never all True. It gets a
+            # batch dimension only when some prefix key is padding.
             top = torch.cat([torch.ones(P, P, dtype=torch.bool, device=dev), torch.zeros(P, N, dtype=torch.bool, device=dev)], 1)
             bottom = torch.cat([torch.ones(N, P, dtype=torch.bool, device=dev), mask], 1)
-            full = torch.cat([top, bottom])[None, None] & new_valid[:, None, None, :]  # (B, 1, P+N, P+N)
-            past_valid = None
+            full = torch.cat([top, bottom])[None, None]  # (1, 1, P+N, P+N)
+            if not bool(p_valid.all()):
+                key_valid = torch.cat([p_valid, torch.ones(B, N, dtype=torch.bool, device=dev)], dim=1)  # (B, P + N)
+                full = full & key_valid[:, None, None, :]  # (B, 1, P+N, P+N)
+        elif cache.all_valid and bool(mask.all()):
+            # Every cached key is real and the new tokens see each other (a decoding step):
+            # no mask, so SDPA skips building and applying one in every layer.
+            full = None
         else:
             past_valid = cache.valid[:, : cache.length]
             full = torch.cat([past_valid[:, None, None, :].expand(B, 1, N, -1), mask[None, None].expand(B, 1, N, N)], dim=-1)
-        span = cache.reserve(x.shape[1], new_valid) if cache is not None else None
-        ang = self.rope.angles(coords)
-        cos, sin = ang.cos(), ang.sin()
+        span = cache.reserve(x.shape[1], key_valid) if cache is not None else None
+        freqs = self.rope.freqs(coords)  # (P + N or N, hd/2) complex
         for i, block in enumerate(self.blocks):
             if self.config.activation_checkpointing and self.training and cache is None:
-                x = checkpoint(block, x, cos, sin, full, use_reentrant=False)
+                x = checkpoint(block, x, freqs, full, use_reentrant=False)
             else:
-                x = block(x, cos, sin, full, cache, i, span)
+                x = block(x, freqs, full, cache, i, span)
         return self.head(self.norm(x[:, -N:]))
 
     # ----------------------------------------------------------------- files
@@ -216,8 +231,9 @@ class Generator(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike) -> "Generator":
-        """Rebuilds from ``config.yaml`` and loads weights strictly (no unpickling)."""
+        """Rebuilds from ``config.yaml`` and loads weights strictly (no unpickling); returns the
+        model in eval mode with :meth:`decoding_layout_` applied."""
         config = load_config(GeneratorConfig, directory)
         model = cls(config)
         load_strict(model, load_state(os.path.join(directory, WEIGHTS_NAME)), what="generator")
-        return model.eval()
+        return model.decoding_layout_().eval()

@@ -54,14 +54,18 @@ def sample_ar(
     frame_tokens = grid[1] * grid[2]
     max_tokens = 1 + min(L, model.config.max_grid[0] * frame_tokens)
     ctx = DecodeContext(model, cond, sampling, max_tokens=max_tokens, use_cache=use_cache)
-    seq = torch.empty(B, L, dtype=torch.long, device=device)
-    prev = torch.full((B, 1), model.config.start_id, dtype=torch.long, device=device)
-    prev_coords = torch.tensor([START_COORDS])
-    for i in tqdm(range(L), desc="sampling (ar)", disable=not progress, leave=False):
-        ctx.ensure_window(int(layout.coords[i, 0]))
-        logits = ctx.logits(prev, prev_coords, keep=True, progress=i / L)[:, -1]
-        seq[:, i] = sample_logits(logits, sampling, generator)
-        prev, prev_coords = seq[:, i : i + 1], layout.coords[i : i + 1]
+    frame_of = layout.coords[:, 0].tolist()  # latent frame of each position, read once
+    # inference_mode: no autograd bookkeeping in the ~L * depth * 20 small ops of the loop. The
+    # returned grid is built outside it, so it is an ordinary tensor.
+    with torch.inference_mode():
+        seq = torch.empty(B, L, dtype=torch.long, device=device)
+        prev = torch.full((B, 1), model.config.start_id, dtype=torch.long, device=device)
+        prev_coords = torch.tensor([START_COORDS])
+        for i in tqdm(range(L), desc="sampling (ar)", disable=not progress, leave=False):
+            ctx.ensure_window(frame_of[i])
+            logits = ctx.logits(prev, prev_coords, keep=True, progress=i / L)[:, -1]
+            seq[:, i] = sample_logits(logits, sampling, generator)
+            prev, prev_coords = seq[:, i : i + 1], layout.coords[i : i + 1]
     return layout.to_grid(seq)
 
 

@@ -42,11 +42,14 @@ class DecodeContext:
         self.window = model.config.max_grid[0]
         self.t_shift = 0
         self.cache = model.new_cache(2 * self.batch if self.guided else self.batch, model.prefix_len + max_tokens) if use_cache else None
+        self._inner_masks: dict[tuple[int, torch.device], torch.Tensor] = {}  # built once per unit size
 
     def _inner_mask(self, n: int, device: torch.device) -> torch.Tensor:
-        if self.causal_inside:
-            return causal_mask(n, device)
-        return torch.ones(n, n, dtype=torch.bool, device=device)
+        key = (n, device)
+        if key not in self._inner_masks:
+            mask = causal_mask(n, device) if self.causal_inside else torch.ones(n, n, dtype=torch.bool, device=device)
+            self._inner_masks[key] = mask
+        return self._inner_masks[key]
 
     def _shifted(self, coords: torch.Tensor) -> torch.Tensor:
         if self.t_shift == 0:

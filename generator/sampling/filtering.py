@@ -71,7 +71,8 @@ def sample_logits(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Ge
     """Draws ids (...,) from logits (..., V) with temperature, top-k and top-p; greedy at T=0."""
     if cfg.temperature == 0:
         return logits.argmax(-1)
-    logits = filter_logits(logits.float() / cfg.temperature, cfg.top_k, cfg.top_p)
+    logits = logits.float() if cfg.temperature == 1.0 else logits.float() / cfg.temperature  # x / 1 == x
+    logits = filter_logits(logits, cfg.top_k, cfg.top_p)
     probs = logits.softmax(-1)
     flat = probs.reshape(-1, probs.shape[-1])
     return torch.multinomial(flat, 1, generator=generator).view(probs.shape[:-1])

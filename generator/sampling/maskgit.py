@@ -55,37 +55,41 @@ def sample_maskgit(
     B, L = cond.batch_size, layout.num_tokens
     device = model.head.weight.device
     max_tokens = min(L, model.config.max_grid[0] * grid[1] * grid[2])
+    # A single unit (order 'clip') is never context for a later one: a cache would only be
+    # written and rewound every step. Without it the step is one plain forward pass.
+    use_cache = use_cache and layout.num_units > 1
     ctx = DecodeContext(model, cond, sampling, max_tokens=max_tokens, use_cache=use_cache)
     mask_id = model.config.mask_id
-    seq = torch.empty(B, L, dtype=torch.long, device=device)
     steps = sampling.steps
     bar = tqdm(total=layout.num_units * steps, desc="sampling (maskgit)", disable=not progress, leave=False)
-    for u, (a, b) in enumerate(layout.bounds):
-        n, coords = b - a, layout.coords[a:b]
-        ctx.ensure_window(int(coords[:, 0].max()))
-        cur = torch.full((B, n), mask_id, dtype=torch.long, device=device)
-        for s in range(steps):
-            masked = cur == mask_id
-            num_masked = int(masked[0].sum())
-            if num_masked == 0:
+    with torch.inference_mode():  # the grid returned is built outside it: an ordinary tensor
+        seq = torch.empty(B, L, dtype=torch.long, device=device)
+        for u, (a, b) in enumerate(layout.bounds):
+            n, coords = b - a, layout.coords[a:b]
+            ctx.ensure_window(int(coords[:, 0].max()))
+            cur = torch.full((B, n), mask_id, dtype=torch.long, device=device)
+            for s in range(steps):
+                masked = cur == mask_id
+                num_masked = int(masked[0].sum())
+                if num_masked == 0:
+                    bar.update(1)
+                    continue
+                logits = ctx.logits(cur, coords, keep=False, progress=(u + s / steps) / layout.num_units)
+                sampled = sample_logits(logits, sampling, generator)
+                conf = torch.log_softmax(logits, -1).gather(-1, sampled[..., None])[..., 0]
+                anneal = sampling.choice_temperature * (1.0 - (s + 1) / steps)
+                if anneal > 0:
+                    u01 = torch.rand(conf.shape, generator=generator, device=conf.device).clamp(1e-20, 1 - 1e-7)
+                    conf = conf + anneal * -torch.log(-torch.log(u01))
+                conf = conf.masked_fill(~masked, float("inf"))  # fixed tokens are never re-masked
+                cur = torch.where(masked, sampled, cur)
+                keep_masked = min(num_masked_after_step(s, steps, n, sampling.mask_schedule), num_masked - 1)
+                if keep_masked > 0:
+                    lowest = torch.topk(conf, keep_masked, dim=-1, largest=False).indices
+                    cur = cur.scatter(1, lowest, mask_id)
                 bar.update(1)
-                continue
-            logits = ctx.logits(cur, coords, keep=False, progress=(u + s / steps) / layout.num_units)
-            sampled = sample_logits(logits, sampling, generator)
-            conf = torch.log_softmax(logits, -1).gather(-1, sampled[..., None])[..., 0]
-            anneal = sampling.choice_temperature * (1.0 - (s + 1) / steps)
-            if anneal > 0:
-                u01 = torch.rand(conf.shape, generator=generator, device=conf.device).clamp(1e-20, 1 - 1e-7)
-                conf = conf + anneal * -torch.log(-torch.log(u01))
-            conf = conf.masked_fill(~masked, float("inf"))  # fixed tokens are never re-masked
-            cur = torch.where(masked, sampled, cur)
-            keep_masked = min(num_masked_after_step(s, steps, n, sampling.mask_schedule), num_masked - 1)
-            if keep_masked > 0:
-                lowest = torch.topk(conf, keep_masked, dim=-1, largest=False).indices
-                cur = cur.scatter(1, lowest, mask_id)
-            bar.update(1)
-        seq[:, a:b] = cur
-        if u + 1 < layout.num_units:
-            ctx.logits(cur, coords, keep=True, progress=(u + 1) / layout.num_units)
+            seq[:, a:b] = cur
+            if u + 1 < layout.num_units:
+                ctx.logits(cur, coords, keep=True, progress=(u + 1) / layout.num_units)
     bar.close()
     return layout.to_grid(seq)
