@@ -83,9 +83,20 @@ def collect(names: list[str], quick: bool) -> list[dict]:
                      "goal": None, "met": None, "note": str(err)}]
         for r in rows:
             r.setdefault("bench", name)
+            normalize_goal(r)
         records += rows
         print(f"[{name}] {len(rows)} record(s) in {time.time() - t0:.0f} s", file=sys.stderr)
     return records
+
+
+def normalize_goal(record: dict) -> dict:
+    """Writes a numeric goal as text with its direction (``goal_op``, ">=" unless given), e.g.
+    ``{"goal": 1.0, "goal_op": "<="}`` -> ``"<= 1"``; the JSON then reads the same as the table."""
+    goal = record.get("goal")
+    op = record.pop("goal_op", ">=")
+    if isinstance(goal, (int, float)) and not isinstance(goal, bool):
+        record["goal"] = f"{op} {goal:g}"
+    return record
 
 
 def fmt(v) -> str:

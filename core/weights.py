@@ -24,8 +24,12 @@ WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.yaml"
 
 
-def save_state(state: dict[str, torch.Tensor], path: str | os.PathLike) -> None:
-    """Writes a state dict to ``path`` as safetensors, atomically."""
+def save_state(state: dict[str, torch.Tensor], path: str | os.PathLike, dtype: torch.dtype | None = None) -> None:
+    """Writes a state dict to ``path`` as safetensors, atomically.
+
+    ``dtype`` (e.g. ``torch.float16``) stores every floating-point tensor in that precision to
+    halve the file; loading copies the values back into the model's own (fp32) parameters.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -34,6 +38,8 @@ def save_state(state: dict[str, torch.Tensor], path: str | os.PathLike) -> None:
         os.chmod(tmp, 0o644)
         # safetensors refuses shared storage and non-contiguous views: store plain copies.
         plain = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
+        if dtype is not None:
+            plain = {k: v.to(dtype) if v.is_floating_point() else v for k, v in plain.items()}
         save_file(plain, tmp)
         os.replace(tmp, path)
     except BaseException:
@@ -78,11 +84,11 @@ def load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], what: s
     module.load_state_dict(state, strict=True)
 
 
-def save_pretrained(module: torch.nn.Module, config: Any, directory: str | os.PathLike) -> None:
-    """Writes ``model.safetensors`` then ``config.yaml`` into ``directory``."""
+def save_pretrained(module: torch.nn.Module, config: Any, directory: str | os.PathLike, dtype: torch.dtype | None = None) -> None:
+    """Writes ``model.safetensors`` (floats stored as ``dtype`` if given) then ``config.yaml``."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    save_state(module.state_dict(), directory / WEIGHTS_NAME)
+    save_state(module.state_dict(), directory / WEIGHTS_NAME, dtype)
     save_config(config, directory / CONFIG_NAME)
 
 

@@ -225,9 +225,10 @@ class Generator(nn.Module):
         return self.head(self.norm(x[:, -N:]))
 
     # ----------------------------------------------------------------- files
-    def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Writes ``model.safetensors`` and ``config.yaml`` (atomically, weights first)."""
-        save_pretrained(self, self.config, directory)
+    def save_pretrained(self, directory: str | os.PathLike, dtype: torch.dtype | None = None) -> None:
+        """Writes ``model.safetensors`` and ``config.yaml`` (atomically, weights first); ``dtype``
+        stores the float weights in that precision (e.g. fp16 to ship half-size files)."""
+        save_pretrained(self, self.config, directory, dtype)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike) -> "Generator":

@@ -121,13 +121,14 @@ class VideoPipeline:
         path = Path(config.text_encoder.path)
         return path if path.is_absolute() else directory / path
 
-    def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Writes tokenizer, generators and ``pipeline.yaml`` (last) into ``directory``."""
+    def save_pretrained(self, directory: str | os.PathLike, dtype: torch.dtype | None = None) -> None:
+        """Writes tokenizer, generators and ``pipeline.yaml`` (last) into ``directory``; ``dtype``
+        stores the float weights in that precision (loading restores the models' own dtype)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        self.tokenizer.save_pretrained(directory / "tokenizer")
+        self.tokenizer.save_pretrained(directory / "tokenizer", dtype)
         for mode, sub in self.config.generators.items():
-            self.generators[mode].save_pretrained(directory / sub)
+            self.generators[mode].save_pretrained(directory / sub, dtype)
         save_config(self.config, directory / PIPELINE_CONFIG)
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "VideoPipeline":

@@ -197,9 +197,10 @@ class VideoTokenizer(nn.Module):
         return TokenizerOutput(recon=self.decoder(q.codes), ids=q.ids, losses=q.losses, stats=q.stats)
 
     # ----------------------------------------------------------------- files
-    def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Writes ``model.safetensors`` and ``config.yaml`` (atomically, weights first)."""
-        save_pretrained(self, self.config, directory)
+    def save_pretrained(self, directory: str | os.PathLike, dtype: torch.dtype | None = None) -> None:
+        """Writes ``model.safetensors`` and ``config.yaml`` (atomically, weights first); ``dtype``
+        stores the float weights in that precision (e.g. fp16 to ship half-size files)."""
+        save_pretrained(self, self.config, directory, dtype)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike) -> "VideoTokenizer":

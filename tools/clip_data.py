@@ -25,7 +25,8 @@ class ClipDataConfig:
     """Where clips come from and what they look like.
 
     Attributes:
-        paths: folders (scanned recursively) and/or media files.
+        paths: folders (scanned recursively), media files and/or ``.csv`` / ``.jsonl`` manifests
+            (a ``path`` column, relative to the manifest's folder or absolute).
         num_frames: frames per training clip (1 + k*ct).
         size: square crop size in pixels.
         stride: take every ``stride``-th frame.
@@ -45,11 +46,16 @@ class ClipPool:
     """All decoded media of a dataset, sampled into (B, 3, T, size, size) batches in [-1, 1]."""
 
     def __init__(self, cfg: ClipDataConfig) -> None:
+        from tools.cache_sources import MANIFEST_EXTS, discover_sources
+
         files: list[Path] = []
         for p in cfg.paths:
             path = Path(p)
             if path.is_dir():
                 files.extend(list_media(path))
+            elif path.is_file() and path.suffix.lower() in MANIFEST_EXTS:
+                root, sources = discover_sources(path)
+                files.extend(root / s.path for s in sources)
             elif path.is_file():
                 files.append(path)
             else:

@@ -79,6 +79,27 @@ def evaluate(pipe, mode: str, order: str, rows: list[dict], batch: int, seed: in
     return results, shown
 
 
+@torch.no_grad()
+def reconstruction_results(tokenizer, manifest: str, num_videos: int, batch: int) -> tuple[list[dict], list[np.ndarray]]:
+    """The analyzer on the tokenizer's reconstructions of real clips (an upper bound for what
+    generated tokens can show): encode, decode, analyze, compare with the manifest's labels."""
+    from tools.make_shapes import load_clip, read_manifest
+
+    rows = read_manifest(manifest)[:num_videos]
+    results, shown = [], []
+    for start in tqdm(range(0, len(rows), batch), desc="reconstruction", leave=False):
+        chunk = rows[start : start + batch]
+        clips = np.stack([load_clip(r["path"]) for r in chunk])  # (B, T, H, W, C) uint8
+        video = torch.from_numpy(clips).permute(0, 4, 1, 2, 3).float() / 127.5 - 1  # (B, C, T, H, W)
+        recon = tokenizer.decode(tokenizer.encode(video)).clamp(-1, 1)
+        frames = ((recon.permute(0, 2, 3, 4, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
+        results += score(frames, [{"caption": r.get("caption", ""), "color": r["color"], "shape": r["shape"], "motion": r["motion"]}
+                                  for r in chunk])
+        if len(shown) < 12:
+            shown += list(frames[: 12 - len(shown)])
+    return results, shown
+
+
 def report_markdown(summary: dict, model: str, seconds: float) -> str:
     lines = [f"# Prompt adherence on shapes\n", f"Model `{model}`; judged by `tools/make_shapes.py`'s analyzer; {seconds:.0f} s.\n",
              "| mode | order | split | videos | all three | color | shape | motion |",
@@ -91,6 +112,8 @@ def report_markdown(summary: dict, model: str, seconds: float) -> str:
         mode, order, split = key.split("/")
         if split == "in-distribution":
             lines.append(f"![{mode} {order}](sheet_{mode}_{order}.png)\n")
+        elif mode == "tokenizer":
+            lines.append("![tokenizer reconstructions](sheet_tokenizer_reconstruction.png)\n")
     return "\n".join(lines)
 
 
@@ -108,6 +131,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--steps", type=int, default=None, help="MaskGIT steps (default from the model)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--recon-data", default=None, help="a shapes manifest (.jsonl): also judge the tokenizer's reconstructions of its clips")
+    p.add_argument("--recon-videos", type=int, default=240, help="clips of --recon-data to reconstruct")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     if args.num_videos < 1 or args.batch < 1:
@@ -121,6 +146,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     start = time.time()
     summary, everything = {}, {}
+    if args.recon_data:
+        results, shown = reconstruction_results(pipe.tokenizer, args.recon_data, args.recon_videos, args.batch)
+        summary["tokenizer/reconstruction/" + Path(args.recon_data).stem] = summarize(results)
+        everything["tokenizer/reconstruction/" + Path(args.recon_data).stem] = results
+        write_contact_sheet(out / "sheet_tokenizer_reconstruction.png", shown)
     for mode in modes:
         orders = [o for o in args.orders.split(",") if o] or [pipe.resolve_mode_order(mode, None)[1]]
         for order in orders:

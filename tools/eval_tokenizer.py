@@ -167,7 +167,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="eval_tokenizer.py", description="Tokenizer reconstruction PSNR/SSIM/LPIPS.")
     p.add_argument("--tokenizer", required=True, type=Path, help="exported tokenizer folder (from_pretrained)")
-    p.add_argument("--data", required=True, type=Path, help="a video/image file or a folder searched recursively")
+    p.add_argument("--data", required=True, type=Path, help="a video/image file, a folder searched recursively, or a .csv/.jsonl manifest")
     p.add_argument("--num-frames", type=int, default=17, help="frames per clip, 1 + k*ct (default 17)")
     p.add_argument("--size", type=int, default=128, help="square crop side, a multiple of cs (default 128)")
     p.add_argument("--stride", type=int, default=1, help="step between clip frames (default 1)")
@@ -204,7 +204,14 @@ def run(args: argparse.Namespace) -> int:
     tokenizer = VideoTokenizer.from_pretrained(args.tokenizer).to(device).eval()
     check_clip_shape(tokenizer, args.num_frames, args.size)
     lpips = LPIPS(args.lpips) if args.lpips is not None else None
-    paths = list_media(args.data)[: args.max_videos]
+    manifest = args.data.is_file() and args.data.suffix.lower() in (".csv", ".jsonl")
+    if manifest:
+        from tools.cache_sources import discover_sources
+
+        root, sources = discover_sources(args.data)
+        paths = [root / s.path for s in sources][: args.max_videos]
+    else:
+        paths = list_media(args.data)[: args.max_videos]
     if not paths:
         raise ValueError(f"no videos or images found under {str(args.data)!r}")
     on_video = _preview_writer(args.previews, paths) if args.previews is not None else None
@@ -215,7 +222,7 @@ def run(args: argparse.Namespace) -> int:
         size=args.size,
         stride=args.stride,
         lpips=lpips,
-        skip_unreadable=args.data.is_dir(),  # one bad file in a folder should not end the run
+        skip_unreadable=args.data.is_dir() or manifest,  # one bad file in a folder should not end the run
         on_video=on_video,
     )
     if not results:

@@ -62,6 +62,7 @@ from tools.shapes_render import (
     ClipSpec,
     attributes_of,
     caption_for,
+    class_caption,
     label_of,
     render_clip,
     sample_spec,
@@ -70,7 +71,7 @@ from tools.video_io import IMAGE_EXTS, read_video, write_video
 
 __all__ = [
     "ATTRIBUTES", "COLORS", "FPS", "MOTIONS", "NUM_CLASSES", "NUM_FRAMES", "SHAPES", "SIZE",
-    "Analysis", "ClipSpec", "RenderSummary", "analyze", "attributes_of", "caption_for", "class_of", "clip_spec",
+    "Analysis", "ClipSpec", "RenderSummary", "analyze", "attributes_of", "caption_for", "class_caption", "class_of", "clip_spec",
     "label_of", "load_clip", "main", "parse_holdout", "read_manifest", "render_clip", "render_dataset", "sample_spec",
 ]  # fmt: skip
 

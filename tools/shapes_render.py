@@ -117,6 +117,12 @@ def caption_for(color: str, shape: str, motion: str, rng: np.random.Generator) -
     return template.format(color=color, shape=shape, ing=ing, s=s, dir=phrases[rng.integers(len(phrases))])
 
 
+def class_caption(label: int) -> str:
+    """The canonical caption of a class, "a {color} {shape} moving {direction}"."""
+    color, shape, motion = attributes_of(label)
+    return f"a {color} {shape} moving {motion}"
+
+
 @dataclass(frozen=True)
 class ClipSpec:
     """Everything that determines one rendered clip.

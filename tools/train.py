@@ -305,9 +305,13 @@ class Trainer:
         flops_tok = self.model.flops_per_token(math.prod(self.cache.grid) * (2 if cfg.model.style == "maskgit" else 1))
         bar = tqdm(total=run.steps, initial=self.step, desc="train", unit="step", disable=not main, dynamic_ncols=True)
         self.model.train()
+        start = time.time()
         while self.step < run.steps:
             if os.environ.get("TOKVID_TEST_EXIT_AT_STEP") == str(self.step):  # test hook: hard kill
                 os._exit(17)
+            if run.max_minutes and self._out_of_time(start):
+                log.info("time budget of %.1f min reached at step %d", run.max_minutes, self.step)
+                break
             t0 = time.perf_counter()
             logs = self.train_step()
             if logs is None:
@@ -331,6 +335,11 @@ class Trainer:
             self.save()
         metrics.close()
         self.export(self.out / "export")
+
+    def _out_of_time(self, start: float) -> bool:
+        """Whether ``run.max_minutes`` has passed, decided by all ranks together."""
+        over = time.time() - start > 60 * self.cfg.run.max_minutes
+        return distributed.all_reduce_max(float(over), self.dist.device) > 0
 
     def save(self) -> None:
         state, tensors = self._state()

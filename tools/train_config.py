@@ -52,7 +52,9 @@ class RunConfig:
     """Length, precision, engine, checkpoints and logging of a run.
 
     Attributes:
-        steps: optimizer steps.
+        steps: optimizer steps (the LR schedule spans them).
+        max_minutes: also stop once this much wall time has passed, decided by all ranks
+            together (0 = no time limit); the run then saves and exports as at the last step.
         precision: "fp32", "bf16" or "fp16" (DeepSpeed's mixed precision).
         deepspeed: engine JSON holding engine keys only (ZeRO stage, offload, buckets).
         zero_stage: overrides the JSON's ZeRO stage when set.
@@ -66,6 +68,7 @@ class RunConfig:
     """
 
     steps: int = 1000
+    max_minutes: float = 0.0
     seed: int = 0
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     deepspeed: str = ""

@@ -22,6 +22,13 @@ def test_table_and_skip_records(monkeypatch, tmp_path):
     assert "x" in text.splitlines()[2] and "yes" in text and "2" in text
 
 
+def test_numeric_goals_carry_their_direction():
+    assert runner.normalize_goal({"goal": 1.1, "goal_op": "<="})["goal"] == "<= 1.1"
+    assert runner.normalize_goal({"goal": 2.0})["goal"] == ">= 2"
+    assert runner.normalize_goal({"goal": ">= 0.8"})["goal"] == ">= 0.8"
+    assert "goal_op" not in runner.normalize_goal({"goal": None, "goal_op": "<="})
+
+
 def test_unknown_benchmark_exits_2():
     proc = subprocess.run([sys.executable, str(ROOT / "bench/run.py"), "--only", "nope"], capture_output=True, text=True)
     assert proc.returncode == 2 and "unknown benchmark" in proc.stderr

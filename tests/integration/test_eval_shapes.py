@@ -40,3 +40,27 @@ def test_cli_writes_report(tmp_path):
     assert res["summary"]["maskgit/clip/in-distribution"]["n"] == 4 and res["summary"]["maskgit/clip/held-out"]["n"] == 2
     md = (out / "report.md").read_text()
     assert "| maskgit | clip | held-out | 2 |" in md and (out / "sheet_maskgit_clip.png").is_file()
+
+
+def test_reconstruction_check_scores_a_lossless_tokenizer_perfectly(tmp_path):
+    from tools.eval_shapes import reconstruction_results
+    from tools.make_shapes import render_dataset
+
+    render_dataset(tmp_path / "data", 6, seed=1, num_workers=1)
+
+    class Identity:  # encode/decode as a lossless tokenizer would
+        def encode(self, video):
+            return video
+
+        def decode(self, ids):
+            return ids
+
+    results, shown = reconstruction_results(Identity(), str(tmp_path / "data" / "manifest.jsonl"), 4, batch=3)
+    assert summarize(results) == {"n": 4, "all": 1.0, "color": 1.0, "shape": 1.0, "motion": 1.0}
+    assert len(shown) == 4 and shown[0].shape == (17, 64, 64, 3)
+
+    class Dark(Identity):  # loses everything: nothing can be detected
+        def decode(self, ids):
+            return ids * 0 - 1
+
+    assert summarize(reconstruction_results(Dark(), str(tmp_path / "data" / "manifest.jsonl"), 4, batch=4)[0])["all"] == 0.0

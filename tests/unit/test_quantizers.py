@@ -326,3 +326,16 @@ def test_registry_builds_default_quantizers_from_yaml_style_dicts() -> None:
         assert isinstance(q, Quantizer) and (q.dim, q.codebook_size) == expected[name]
     fsq = FSQ(from_dict(FSQConfig, {"levels": [4, 4]}))
     assert fsq.config.levels == (4, 4) and fsq.codebook_size == 16
+
+
+def test_fsq_bound_loss_penalizes_only_saturated_latents():
+    from tokenizer.quantizers.fsq import FSQ, FSQConfig
+
+    q = FSQ(FSQConfig(levels=(7, 5), bound_loss_weight=1.0))
+    calm = torch.full((1, 2, 1, 2, 2), 0.5)
+    assert float(q(calm).losses["bound"]) == 0.0
+    hot = torch.full((1, 2, 1, 2, 2), 6.0, requires_grad=True)
+    loss = q(hot).losses["bound"]
+    loss.backward()
+    assert float(loss) > 10 and float(hot.grad.min()) > 0  # pushes |z| back towards tanh's range
+    assert FSQ(FSQConfig(levels=(7, 5))).forward(hot).losses == {}

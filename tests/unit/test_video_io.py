@@ -260,3 +260,21 @@ def test_list_media_is_recursive_sorted_and_skips_hidden(tmp_path):
     assert list_media(tmp_path / "b.mp4") == [tmp_path / "b.mp4"]
     with pytest.raises(ValueError, match="does not exist"):
         list_media(tmp_path / "nope")
+
+
+def test_clip_pool_reads_a_jsonl_manifest(tmp_path):
+    import json
+
+    import numpy as np
+
+    from tools.clip_data import ClipDataConfig, ClipPool
+    from tools.video_io import write_video
+
+    frames = np.zeros((9, 32, 32, 3), np.uint8)
+    (tmp_path / "clips").mkdir()
+    for name in ("a.mp4", "b.mp4", "c.mp4"):
+        write_video(tmp_path / "clips" / name, frames, fps=8)
+    rows = [{"path": "clips/a.mp4"}, {"path": str(tmp_path / "clips" / "b.mp4")}]
+    (tmp_path / "train.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    pool = ClipPool(ClipDataConfig(paths=(str(tmp_path / "train.jsonl"),), num_frames=9, size=32))
+    assert len(pool.videos) == 2  # c.mp4 is not in the manifest

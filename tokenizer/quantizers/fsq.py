@@ -3,7 +3,7 @@
 Channel i is bounded to ``levels[i]`` integer values with the paper's tanh formula, rounded
 with a straight-through estimator and rescaled to [-1, 1]. The implicit codebook is the
 product grid, ``codebook_size = prod(levels)``, and ids are its mixed-radix numbers with
-channel 0 the least significant digit. There are no parameters and no losses.
+channel 0 the least significant digit. There are no parameters; an optional bound loss keeps channels alive.
 
 Bound (paper, appendix A.1), with ``eps = 1e-3`` and L = levels[i]:
 ``half_l = (L - 1) * (1 - eps) / 2``, ``offset = 0.5 if L is even else 0``,
@@ -33,13 +33,22 @@ class FSQConfig:
 
     Attributes:
         levels: number of values per latent channel; D = len(levels), each >= 2.
+        bound_loss_weight: weight of ``mean(relu(|z + shift| - bound_range)^2)``, which keeps the
+            latent where tanh still has a gradient (0 = off, the paper's plain FSQ). Without it a
+            channel can drift to |z| >> 1, where tanh is flat: its level then never changes
+            again and the channel is dead (seen on mostly-black data at lr 2e-3).
+        bound_range: |z| above which the bound loss starts (tanh(2) = 0.96).
     """
 
     levels: tuple[int, ...] = (8, 5, 5, 5)
+    bound_loss_weight: float = 0.0
+    bound_range: float = 2.0
 
     def __post_init__(self) -> None:
         if len(self.levels) == 0 or any(level < 2 for level in self.levels):
             raise ValueError(f"FSQConfig.levels must be a non-empty tuple of ints >= 2, got {self.levels}")
+        if self.bound_loss_weight < 0 or self.bound_range <= 0:
+            raise ValueError("FSQConfig.bound_loss_weight must be >= 0 and bound_range > 0")
         if math.prod(self.levels) >= 2**62:
             raise ValueError(f"FSQConfig.levels {self.levels} give a codebook too large for int64 ids")
 
@@ -99,8 +108,12 @@ class FSQ(Quantizer):
         rounded = bounded.round()
         ids = self._digits_to_ids(rounded.long() + _per_channel(self.half_width))
         codes = (bounded + (rounded - bounded).detach()) / _per_channel(self.half_width)
+        losses = {}
+        if self.config.bound_loss_weight > 0:
+            excess = ((z.float() + _per_channel(self.shift.float())).abs() - self.config.bound_range).clamp_min(0)
+            losses["bound"] = self.config.bound_loss_weight * excess.square().mean()
         return QuantizerOutput(
-            codes=codes.to(z.dtype), ids=ids, losses={}, stats=usage_stats(ids, self.codebook_size)
+            codes=codes.to(z.dtype), ids=ids, losses=losses, stats=usage_stats(ids, self.codebook_size)
         )
 
     def codes_to_ids(self, codes: torch.Tensor) -> torch.Tensor:

