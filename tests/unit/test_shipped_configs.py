@@ -52,3 +52,11 @@ def test_deepspeed_json_may_not_set_batch_size(tmp_path):
     (tmp_path / "bad.json").write_text('{"train_micro_batch_size_per_gpu": 8}')
     with pytest.raises(ValueError, match="come from the training config"):
         deepspeed_config(str(tmp_path / "bad.json"), micro_batch=4, grad_accum=1, grad_clip=1.0, precision="fp32", zero_stage=None)
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs/pipeline").glob("*.yaml")), ids=lambda p: p.name)
+def test_pipeline_configs(path):
+    from pipelines import PipelineConfig
+
+    cfg = build_config(PipelineConfig, [path])
+    assert cfg.default_mode in cfg.default_orders and cfg.sampling
