@@ -11,14 +11,17 @@ import argparse
 import json
 import os
 import re
-import resource
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.measure import run_measured  # noqa: E402
+
 DEFAULT_MODEL = ROOT / "models" / "shapes"
 
 
@@ -26,18 +29,14 @@ def measure(model: Path, extra: list[str]) -> dict:
     """Runs generate.py once in a fresh process; returns wall seconds, peak RSS (MB) and the split."""
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, str(ROOT / "generate.py"), "--model", str(model), "--quiet", "--out", f"{tmp}/v.mp4", *extra]
-        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-        t0 = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
-        wall = time.perf_counter() - t0
-        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        m = run_measured(cmd, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        proc, wall = m.proc, m.seconds
         if proc.returncode != 0:
             raise RuntimeError(proc.stderr.strip().splitlines()[-1])
         if not Path(f"{tmp}/v.mp4").is_file():
             raise RuntimeError("generate.py wrote no mp4")
-    m = re.search(r"([\d.]+) s sampling, ([\d.]+) s decoding", proc.stdout)
-    # ru_maxrss of children is the max over all children so far: valid when this is the largest run
-    return {"wall": wall, "rss_mb": max(peak, before) / 1024, "sampling": float(m.group(1)), "decoding": float(m.group(2))}
+    split = re.search(r"([\d.]+) s sampling, ([\d.]+) s decoding", proc.stdout)
+    return {"wall": wall, "rss_mb": m.peak_rss_mb, "sampling": float(split.group(1)), "decoding": float(split.group(2))}
 
 
 def run(quick: bool, model: Path = DEFAULT_MODEL) -> list[dict]:

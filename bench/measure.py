@@ -1,0 +1,63 @@
+"""Runs a command in a child process and measures its wall time and the peak memory of its
+whole process tree (the child plus its worker processes), sampled with psutil.
+
+``resource.getrusage(RUSAGE_CHILDREN).ru_maxrss`` is not used: it is the maximum over every
+child this process ever waited for, so an earlier, larger child (a renderer, another
+benchmark) would be reported instead of the command being measured. The sum of RSS counts pages
+that forked workers still share with their parent once per process, so it errs high.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from dataclasses import dataclass
+
+import psutil
+
+
+@dataclass
+class Measured:
+    """What :func:`run_measured` returns: the finished process, wall seconds, peak tree RSS in MB,
+    and every (seconds since start, tree RSS MB) sample."""
+
+    proc: subprocess.CompletedProcess
+    seconds: float
+    peak_rss_mb: float
+    samples: list[tuple[float, float]]
+
+    def peak_between(self, start: float, stop: float) -> float:
+        """Peak RSS (MB) among samples taken in [start, stop) fractions of the run."""
+        picked = [mb for t, mb in self.samples if start * self.seconds <= t < stop * self.seconds]
+        return max(picked, default=0.0)
+
+
+def tree_rss(process: psutil.Process) -> int:
+    """Resident bytes of ``process`` and all its descendants (processes that vanish are skipped)."""
+    total = 0
+    for p in [process, *process.children(recursive=True)]:
+        try:
+            total += p.memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
+def run_measured(cmd: list[str], env: dict | None = None, cwd: str | None = None, interval: float = 0.05) -> Measured:
+    """Runs ``cmd`` to completion, sampling the tree's RSS every ``interval`` seconds."""
+    t0 = time.perf_counter()
+    popen = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd)
+    samples: list[tuple[float, float]] = []
+    try:
+        ps = psutil.Process(popen.pid)
+        while popen.poll() is None:
+            try:
+                samples.append((time.perf_counter() - t0, tree_rss(ps) / 2**20))
+            except psutil.Error:
+                break
+            time.sleep(interval)
+    finally:
+        out, err = popen.communicate()
+    seconds = time.perf_counter() - t0
+    proc = subprocess.CompletedProcess(cmd, popen.returncode, out, err)
+    return Measured(proc, seconds, max((mb for _, mb in samples), default=0.0), samples)
