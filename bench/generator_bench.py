@@ -44,6 +44,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:  # `python bench/generator_bench.py` from anywhere
     sys.path.insert(0, REPO)
 
+from bench.table import format_table  # noqa: E402
 from generator import Condition, Generator, GeneratorConfig, make_layout  # noqa: E402
 from generator.sampling import SamplingConfig, sample_ar, sample_maskgit  # noqa: E402
 
@@ -237,21 +238,6 @@ def run(quick: bool = False, batches: tuple[int, ...] = BATCHES, decoding_layout
     details["torch"], details["num_threads"], details["repeats"] = torch.__version__, torch.get_num_threads(), repeats
     run.last_details = details  # type: ignore[attr-defined]  # raw timings for --json
     return records
-
-
-def format_table(records: list[dict]) -> str:
-    def num(x: float) -> str:
-        return f"{x:,.3f}" if abs(x) < 10 else f"{x:,.1f}"
-
-    rows = [("metric", "ours", "peer", "unit", "ours/peer", "goal", "met")]
-    for r in records:
-        goal = f"{r.get('goal_op', '>=')} {r['goal']:.2f}x" if r["goal"] is not None else "-"
-        met = {True: "yes", False: "NO", None: "-"}[r["met"]]
-        rows.append((r["name"], num(r["ours"]), num(r["peer"]), r["unit"], f"{r['ratio']:.3f}x", goal, met))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in rows]
-    lines.insert(1, "-" * len(lines[0]))
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

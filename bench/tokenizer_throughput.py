@@ -38,6 +38,11 @@ PARAM_TOLERANCE = 0.15  # the fps comparison is only meaningful with parameter c
 FPS_GOAL = 1.0  # ours / peer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:  # `python bench/tokenizer_throughput.py` from anywhere
+    sys.path.insert(0, REPO)
+
+from bench.table import format_table  # noqa: E402
+
 SETUP_HINT = "run `bash bench/setup_env.sh`, then `.bench-venv/bin/python bench/tokenizer_throughput.py`"
 
 # The peer's modules that are not encoder, quantizer or decoder: GAN discriminators and the
@@ -359,21 +364,6 @@ def run_detailed(quick: bool = False, ours: str = "default") -> tuple[list[dict]
         ours_mib, peer_mib = (mem[side, phase]["peak_rss_growth_mib"] for side in ("ours", "peer"))
         records.append(_record(f"peak RSS growth, {phase}", ours_mib, peer_mib, "MiB", None))
     return records, [*timing.values(), *mem.values()]
-
-
-def format_table(records: list[dict]) -> str:
-    def num(x: float) -> str:
-        return f"{x:,.3f}" if abs(x) < 10 else f"{x:,.1f}"
-
-    rows = [("metric", "ours", "peer", "unit", "ours/peer", "goal", "met")]
-    for r in records:
-        goal = f">= {r['goal']:.2f}x" if r["goal"] is not None else "-"
-        met = {True: "yes", False: "NO", None: "-"}[r["met"]]
-        rows.append((r["name"], num(r["ours"]), num(r["peer"]), r["unit"], f"{r['ratio']:.3f}x", goal, met))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in rows]
-    lines.insert(1, "-" * len(lines[0]))
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -58,6 +58,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from core.config import build_config  # noqa: E402
+from bench.table import format_table  # noqa: E402
 from generator import Generator, generator_loss  # noqa: E402
 from tools import distributed  # noqa: E402
 from tools.cache_writer import RankWriter, merge_manifest, prepare_cache_dir  # noqa: E402
@@ -270,21 +271,6 @@ def run(quick: bool = False, style: str = "maskgit", peak_tflops: float = 0.0, p
         "load_avg_1min": load, "num_threads": torch.get_num_threads(), "torch": torch.__version__, "profiles": profiles,
     }  # fmt: skip
     return records
-
-
-def format_table(records: list[dict]) -> str:
-    def num(x: float) -> str:
-        return f"{x:,.3f}" if abs(x) < 10 else f"{x:,.1f}"
-
-    rows = [("metric", "ours", "peer", "unit", "ours/peer", "goal", "met")]
-    for r in records:
-        goal = f"{r.get('goal_op', '>=')} {r['goal']:.2f}x" if r["goal"] is not None else "-"
-        met = {True: "yes", False: "NO", None: "-"}[r["met"]]
-        rows.append((r["name"], num(r["ours"]), num(r["peer"]), r["unit"], f"{r['ratio']:.3f}x", goal, met))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in rows]
-    lines.insert(1, "-" * len(lines[0]))
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
