@@ -185,10 +185,11 @@ def run(quick: bool = False, batches: tuple[int, ...] = BATCHES, decoding_layout
 
     Args:
         quick: the 2x8x8 grid (128 tokens) for (a), (c), (d) and 1x4x4 for (b), one timed call
-            each (instead of 5x16x16 and 2x8x8, three timed calls).
+            each (instead of 5x16x16 and 2x8x8, two timed calls: the pair ABBA-alternates, and
+            a third would push bench/run.py's full run past its 20-minute budget).
         batches: batch sizes to run.
         decoding_layout: our models with ``Generator.decoding_layout_`` (as loaded for inference).
-        repeats: timed calls per measurement (default 1 with ``quick``, else 3).
+        repeats: timed calls per measurement (default 1 with ``quick``, else 2).
 
     Returns:
         Records ``{"name", "ours", "peer", "unit", "ratio", "goal", "met", "goal_op"}``.
@@ -196,7 +197,7 @@ def run(quick: bool = False, batches: tuple[int, ...] = BATCHES, decoding_layout
         GPT-style; (d) ms per MaskGIT step vs per plain forward, goal <= 1.15; parameter counts.
     """
     grid, nc_grid = (QUICK_GRID, QUICK_NOCACHE_GRID) if quick else (GRID, NOCACHE_GRID)
-    repeats = repeats or (1 if quick else 3)
+    repeats = repeats or (1 if quick else 2)
     L, L_nc = grid[0] * grid[1] * grid[2], nc_grid[0] * nc_grid[1] * nc_grid[2]
     tag = f"{'quick ' if quick else ''}{_fmt_grid(grid)}"
     ar, mg, peer = build_ours("ar", decoding_layout), build_ours("maskgit", decoding_layout), build_peer()
@@ -246,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", metavar="PATH", help="also write the records, configs and raw timings as JSON")
     parser.add_argument("--batch", type=int, nargs="+", default=list(BATCHES), help="batch sizes (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
-    parser.add_argument("--repeats", type=int, default=None, help="timed calls per measurement (default: 1 quick, 3 full)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed calls per measurement (default: 1 quick, 2 full)")
     parser.add_argument("--row-major-weights", action="store_true", help="skip Generator.decoding_layout_ (to measure what it buys)")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")

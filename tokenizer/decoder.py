@@ -29,6 +29,8 @@ class Decoder(nn.Module):
         num_res_blocks: residual blocks per stage (may exceed the encoder's for a stronger decoder).
         plan: the encoder's resampling plan.
         attention: add per-frame self-attention at the bottleneck.
+        spatial_only_stages: the last this many stages (and the output conv) convolve each
+            frame alone (1x3x3), mirroring the encoder.
     """
 
     def __init__(
@@ -43,6 +45,7 @@ class Decoder(nn.Module):
         attention: bool,
         norm_groups: int,
         num_heads: int,
+        spatial_only_stages: int = 0,
     ) -> None:
         super().__init__()
         widths = [base_channels * m for m in channel_mult]
@@ -52,7 +55,7 @@ class Decoder(nn.Module):
         layers: list[nn.Module] = []
         for i in reversed(range(len(widths))):
             for _ in range(num_res_blocks):
-                layers.append(ResBlock3d(ch, widths[i], norm_groups))
+                layers.append(ResBlock3d(ch, widths[i], norm_groups, temporal=i >= spatial_only_stages))
                 ch = widths[i]
             if i > 0:
                 prev = widths[i - 1]
@@ -64,7 +67,7 @@ class Decoder(nn.Module):
                 ch = prev
         self.up = Stack(*layers)
         self.norm_out = make_norm(ch, norm_groups)
-        self.conv_out = CausalConv3d(ch, out_channels, 3)
+        self.conv_out = CausalConv3d(ch, out_channels, (1 if spatial_only_stages else 3, 3, 3))
 
     def forward(self, z: torch.Tensor, state: StreamState | None = None) -> torch.Tensor:
         """(B, D, t, h, w) -> (B, C, T, H, W)."""

@@ -75,6 +75,8 @@ class Encoder(nn.Module):
         base_channels, channel_mult, num_res_blocks: width and depth of the stages.
         plan: the resampling after each stage.
         attention: add per-frame self-attention at the bottleneck.
+        spatial_only_stages: the first this many stages (and the stem) convolve each frame
+            alone (1x3x3): the full-resolution stages cost the most, and time is mixed deeper.
     """
 
     def __init__(
@@ -89,15 +91,16 @@ class Encoder(nn.Module):
         attention: bool,
         norm_groups: int,
         num_heads: int,
+        spatial_only_stages: int = 0,
     ) -> None:
         super().__init__()
         widths = [base_channels * m for m in channel_mult]
-        self.conv_in = CausalConv3d(in_channels, widths[0], 3)
+        self.conv_in = CausalConv3d(in_channels, widths[0], (1 if spatial_only_stages else 3, 3, 3))
         layers: list[nn.Module] = []
         ch = widths[0]
         for i, width in enumerate(widths):
             for _ in range(num_res_blocks):
-                layers.append(ResBlock3d(ch, width, norm_groups))
+                layers.append(ResBlock3d(ch, width, norm_groups, temporal=i >= spatial_only_stages))
                 ch = width
             if i < len(widths) - 1:
                 nxt = widths[i + 1]

@@ -77,14 +77,16 @@ class CausalConv3d(nn.Module):
 
 
 class ResBlock3d(nn.Module):
-    """Pre-activation residual block of two causal 3x3x3 convolutions."""
+    """Pre-activation residual block of two causal convolutions: 3x3x3, or 1x3x3 (per frame)
+    when ``temporal`` is False."""
 
-    def __init__(self, in_channels: int, out_channels: int, norm_groups: int) -> None:
+    def __init__(self, in_channels: int, out_channels: int, norm_groups: int, temporal: bool = True) -> None:
         super().__init__()
+        kernel = (3, 3, 3) if temporal else (1, 3, 3)
         self.norm1 = make_norm(in_channels, norm_groups)
-        self.conv1 = CausalConv3d(in_channels, out_channels, 3)
+        self.conv1 = CausalConv3d(in_channels, out_channels, kernel)
         self.norm2 = make_norm(out_channels, norm_groups)
-        self.conv2 = CausalConv3d(out_channels, out_channels, 3)
+        self.conv2 = CausalConv3d(out_channels, out_channels, kernel)
         self.skip = nn.Conv3d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
 
     def forward(self, x: torch.Tensor, state: StreamState | None = None) -> torch.Tensor:

@@ -21,13 +21,16 @@ class LossConfig:
     ``foreground_weight`` multiplies the reconstruction error of pixels that differ from the
     clip's per-channel median colour by more than ``foreground_threshold`` (in [-1, 1] units):
     on mostly-background data (small objects on flat backgrounds) a plain mean error lets the
-    model ignore the objects. 1.0 disables it.
+    model ignore the objects. 1.0 disables it. ``foreground_dilation`` grows that mask by this
+    many pixels in H and W, so the background just around an object is weighted too and a
+    blurred edge costs as much as a wrong object pixel.
     """
 
     l1_weight: float = 1.0
     l2_weight: float = 1.0
     foreground_weight: float = 1.0
     foreground_threshold: float = 0.1
+    foreground_dilation: int = 0
     perceptual_weight: float = 0.0
     adversarial_weight: float = 0.0
     adversarial_start_step: int = 0
@@ -38,8 +41,8 @@ class LossConfig:
     discriminator_layers: int = 3
 
 
-def foreground_mask(video: torch.Tensor, threshold: float) -> torch.Tensor:
-    """Pixels that stand out from the clip's median colour.
+def foreground_mask(video: torch.Tensor, threshold: float, dilation: int = 0) -> torch.Tensor:
+    """Pixels that stand out from the clip's median colour, grown by ``dilation`` pixels.
 
     Args:
         video: (B, C, T, H, W) target in [-1, 1].
@@ -48,14 +51,18 @@ def foreground_mask(video: torch.Tensor, threshold: float) -> torch.Tensor:
         (B, 1, T, H, W) float mask in {0, 1}.
     """
     background = video.flatten(2).median(dim=2).values[:, :, None, None, None]  # (B, C, 1, 1, 1)
-    return ((video - background).abs().amax(dim=1, keepdim=True) > threshold).float()
+    mask = ((video - background).abs().amax(dim=1, keepdim=True) > threshold).float()
+    if dilation > 0:
+        k = 2 * dilation + 1
+        mask = F.max_pool3d(mask, (1, k, k), stride=1, padding=(0, dilation, dilation))
+    return mask
 
 
 def reconstruction_loss(recon: torch.Tensor, target: torch.Tensor, cfg: LossConfig) -> dict[str, torch.Tensor]:
     """Weighted L1 and L2 between (B, C, T, H, W) videos; returns the weighted terms."""
     weight = 1.0
     if cfg.foreground_weight != 1.0:
-        weight = 1.0 + (cfg.foreground_weight - 1.0) * foreground_mask(target, cfg.foreground_threshold)
+        weight = 1.0 + (cfg.foreground_weight - 1.0) * foreground_mask(target, cfg.foreground_threshold, cfg.foreground_dilation)
     diff = recon - target
     losses = {}
     if cfg.l1_weight:

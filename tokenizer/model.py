@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
+from einops import rearrange
 from torch import nn
 
 from core.weights import load_config, load_state, load_strict, save_pretrained, WEIGHTS_NAME
@@ -27,7 +28,10 @@ SPATIAL_COMPRESSIONS = (4, 8, 16)
 class TokenizerConfig:
     """Architecture of a :class:`VideoTokenizer`; it alone rebuilds the model.
 
-    ``channel_mult`` has one entry per stage and needs ``max(log2 cs, log2 ct) + 1`` entries.
+    ``patch_size`` p folds each p x p pixel block into channels before the first convolution
+    (and unfolds the decoder's output), a lossless 2D space-to-depth that moves the costly
+    full-resolution layers to H/p x W/p. ``channel_mult`` has one entry per stage and needs
+    ``max(log2 (cs/p), log2 ct) + 1`` entries.
     Only the sub-config named by ``quantizer`` is used.
     """
 
@@ -36,6 +40,8 @@ class TokenizerConfig:
     channel_mult: tuple[int, ...] = (1, 2, 2, 4)
     num_res_blocks: int = 2
     decoder_res_blocks: int | None = None
+    spatial_only_stages: int = 0
+    patch_size: int = 1
     temporal_compression: int = 4
     spatial_compression: int = 8
     attention: bool = False
@@ -54,7 +60,11 @@ class TokenizerConfig:
             raise ValueError(f"spatial_compression must be one of {SPATIAL_COMPRESSIONS}, got {self.spatial_compression}")
         if self.quantizer not in QUANTIZERS:
             raise ValueError(f"quantizer must be one of {sorted(QUANTIZERS)}, got {self.quantizer!r}")
-        StagePlan.build(len(self.channel_mult), self.spatial_compression, self.temporal_compression)
+        if self.patch_size not in (1, 2, 4) or self.patch_size >= self.spatial_compression:
+            raise ValueError(f"patch_size must be 1, 2 or 4 and below spatial_compression, got {self.patch_size}")
+        StagePlan.build(len(self.channel_mult), self.spatial_compression // self.patch_size, self.temporal_compression)
+        if not 0 <= self.spatial_only_stages < len(self.channel_mult):
+            raise ValueError(f"spatial_only_stages must be in [0, {len(self.channel_mult) - 1}], got {self.spatial_only_stages}")
 
 
 @dataclass
@@ -82,7 +92,8 @@ class VideoTokenizer(nn.Module):
         self.config = config
         quant_cls, _ = QUANTIZERS[config.quantizer]
         self.quantizer = quant_cls(getattr(config, config.quantizer))
-        plan = StagePlan.build(len(config.channel_mult), config.spatial_compression, config.temporal_compression)
+        plan = StagePlan.build(len(config.channel_mult), config.spatial_compression // config.patch_size, config.temporal_compression)
+        pixels = config.in_channels * config.patch_size**2  # channels after space-to-depth
         common = dict(
             latent_dim=self.quantizer.dim,
             base_channels=config.base_channels,
@@ -91,10 +102,11 @@ class VideoTokenizer(nn.Module):
             attention=config.attention,
             norm_groups=config.norm_groups,
             num_heads=config.num_heads,
+            spatial_only_stages=config.spatial_only_stages,
         )
-        self.encoder = Encoder(in_channels=config.in_channels, num_res_blocks=config.num_res_blocks, **common)
+        self.encoder = Encoder(in_channels=pixels, num_res_blocks=config.num_res_blocks, **common)
         dec_blocks = config.decoder_res_blocks if config.decoder_res_blocks is not None else config.num_res_blocks
-        self.decoder = Decoder(out_channels=config.in_channels, num_res_blocks=dec_blocks, **common)
+        self.decoder = Decoder(out_channels=pixels, num_res_blocks=dec_blocks, **common)
 
     # ----------------------------------------------------------------- shapes and checks
     @property
@@ -132,10 +144,22 @@ class VideoTokenizer(nn.Module):
             raise ValueError("video contains NaN or infinite values")
 
     # ----------------------------------------------------------------- encode / decode
+    def _latents(self, video: torch.Tensor, state: StreamState | None = None) -> torch.Tensor:
+        """Encoder on (B, C, T, H, W) pixels -> (B, D, t, h, w) continuous latents."""
+        p = self.config.patch_size
+        x = rearrange(video, "b c t (h p1) (w p2) -> b (c p1 p2) t h w", p1=p, p2=p)  # (B, C*p*p, T, H/p, W/p)
+        return self.encoder(x, state)
+
+    def _pixels(self, codes: torch.Tensor, state: StreamState | None = None) -> torch.Tensor:
+        """Decoder on (B, D, t, h, w) codes -> (B, C, T, H, W) pixels."""
+        p = self.config.patch_size
+        x = self.decoder(codes, state)  # (B, C*p*p, T, H/p, W/p)
+        return rearrange(x, "b (c p1 p2) t h w -> b c t (h p1) (w p2)", p1=p, p2=p)
+
     def quantize(self, video: torch.Tensor) -> QuantizerOutput:
         """Encodes and quantizes a checked video: (B, C, T, H, W) -> QuantizerOutput."""
         self.check_video(video)
-        return self.quantizer(self.encoder(video))
+        return self.quantizer(self._latents(video))
 
     @torch.no_grad()
     def encode(self, video: torch.Tensor, chunk_frames: int | None = None) -> torch.Tensor:
@@ -151,14 +175,14 @@ class VideoTokenizer(nn.Module):
         """
         self.check_video(video)
         if chunk_frames is None:
-            return self.quantizer(self.encoder(video)).ids
+            return self.quantizer(self._latents(video)).ids
         ct = self.config.temporal_compression
         if chunk_frames < ct or chunk_frames % ct:
             raise ValueError(f"chunk_frames must be a positive multiple of {ct}, got {chunk_frames}")
         state, latents, start = StreamState(), [], 0
         while start < video.shape[2]:
             stop = min(video.shape[2], start + chunk_frames + (1 if start == 0 else 0))
-            latents.append(self.encoder(video[:, :, start:stop], state))
+            latents.append(self._latents(video[:, :, start:stop], state))
             start = stop
         return self.quantizer(torch.cat(latents, dim=2)).ids
 
@@ -176,13 +200,13 @@ class VideoTokenizer(nn.Module):
         """
         codes = self.quantizer.ids_to_codes(ids)
         if chunk_latents is None:
-            return self.decoder(codes)
+            return self._pixels(codes)
         if chunk_latents < 1:
             raise ValueError(f"chunk_latents must be >= 1, got {chunk_latents}")
         state, frames, start = StreamState(), [], 0
         while start < codes.shape[2]:
             stop = min(codes.shape[2], start + chunk_latents + (1 if start == 0 else 0))
-            frames.append(self.decoder(codes[:, :, start:stop], state))
+            frames.append(self._pixels(codes[:, :, start:stop], state))
             start = stop
         return torch.cat(frames, dim=2)
 
@@ -194,7 +218,7 @@ class VideoTokenizer(nn.Module):
     def forward(self, video: torch.Tensor) -> TokenizerOutput:
         """Training pass: (B, C, T, H, W) -> TokenizerOutput with a differentiable reconstruction."""
         q = self.quantize(video)
-        return TokenizerOutput(recon=self.decoder(q.codes), ids=q.ids, losses=q.losses, stats=q.stats)
+        return TokenizerOutput(recon=self._pixels(q.codes), ids=q.ids, losses=q.losses, stats=q.stats)
 
     # ----------------------------------------------------------------- files
     def save_pretrained(self, directory: str | os.PathLike, dtype: torch.dtype | None = None) -> None:

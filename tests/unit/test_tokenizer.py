@@ -41,6 +41,38 @@ def test_compression_factors(repo_root, ct, cs, mult):
 def test_channel_mult_must_match_compression(repo_root):
     with pytest.raises(ValueError, match="needs exactly 4"):
         tiny(repo_root, "channel_mult=[1, 2]")
+    with pytest.raises(ValueError, match="needs exactly 3"):  # patch 2 leaves 4x spatial for the stages
+        tiny(repo_root, "patch_size=2")
+
+
+def test_patch_size_and_spatial_only_stages(repo_root):
+    tok = tiny(repo_root, *FACTORIZED)
+    assert tok.encoder.conv_in.conv.in_channels == 12  # 3 colours x 2 x 2 pixels
+    assert tok.encoder.conv_in.conv.kernel_size == (1, 3, 3)
+    assert tok.decoder.conv_out.conv.kernel_size == (1, 3, 3)
+    x = video(T=9)
+    ids = tok.encode(x)
+    assert ids.shape == (2, 3, 4, 4)
+    assert tok.decode(ids).shape == x.shape
+    for bad, match in [("patch_size=3", "patch_size must be"), ("spatial_only_stages=3", "spatial_only_stages must be")]:
+        with pytest.raises(ValueError, match=match):
+            tiny(repo_root, "patch_size=2", "channel_mult=[1, 2, 2]", bad)
+
+
+class PassThrough(torch.nn.Module):
+    def forward(self, x, state=None):
+        return x
+
+
+def test_space_to_depth_is_lossless_and_aligned(repo_root):
+    """Pixel (i, j) of channel c must come back at (i, j) of channel c: decoding what an
+    identity network would pass through has to invert the encoder's folding exactly."""
+    tok = tiny(repo_root, *FACTORIZED)
+    x = video(T=1)
+    folded = x.reshape(2, 3, 1, 16, 2, 16, 2).permute(0, 1, 4, 6, 2, 3, 5).reshape(2, 12, 1, 16, 16)
+    tok.encoder = tok.decoder = PassThrough()  # the latents are the folded pixels themselves
+    assert torch.equal(tok._latents(x), folded)
+    assert torch.equal(tok._pixels(folded), x)
 
 
 @pytest.mark.parametrize("quantizer", ["vq", "fsq", "lfq", "bsq"])
@@ -56,22 +88,28 @@ def test_every_quantizer_plugs_in(repo_root, quantizer):
     assert tok.decode(ids).shape == x.shape
 
 
-def test_encoder_is_causal(repo_root):
-    tok = tiny(repo_root)
+# Space-to-depth input and per-frame full-resolution stages: the cheap layout of the shapes model.
+FACTORIZED = ("patch_size=2", "channel_mult=[1, 2, 2]", "spatial_only_stages=1")
+
+
+@pytest.mark.parametrize("layout", [(), FACTORIZED], ids=["plain", "factorized"])
+def test_encoder_is_causal(repo_root, layout):
+    tok = tiny(repo_root, *layout)
     x = video(T=17)
     with torch.no_grad():
-        base = tok.encoder(x)
+        base = tok._latents(x)
         for k in (1, 4, 5, 12, 16):
             y = x.clone()
             y[:, :, k] += 0.5
-            z = tok.encoder(y)
+            z = tok._latents(y)
             first_affected = (k + 3) // 4  # frame 0 -> latent 0, frames 1..4 -> latent 1, ...
             assert torch.equal(z[:, :, :first_affected], base[:, :, :first_affected]), k
             assert not torch.allclose(z[:, :, first_affected], base[:, :, first_affected])
 
 
-def test_decoder_is_causal(repo_root):
-    tok = tiny(repo_root)
+@pytest.mark.parametrize("layout", [(), FACTORIZED], ids=["plain", "factorized"])
+def test_decoder_is_causal(repo_root, layout):
+    tok = tiny(repo_root, *layout)
     ids = torch.randint(0, 64, (1, 5, 4, 4))
     base = tok.decode(ids)
     for j in (1, 3, 4):
@@ -83,9 +121,10 @@ def test_decoder_is_causal(repo_root):
         assert not torch.allclose(out[:, :, first_frame], base[:, :, first_frame])
 
 
+@pytest.mark.parametrize("layout", [(), FACTORIZED], ids=["plain", "factorized"])
 @pytest.mark.parametrize("chunk", [4, 8])
-def test_chunked_encode_and_decode_equal_one_pass(repo_root, chunk):
-    tok = tiny(repo_root, "attention=true")
+def test_chunked_encode_and_decode_equal_one_pass(repo_root, chunk, layout):
+    tok = tiny(repo_root, "attention=true", *layout)
     x = video(T=25, B=1)
     full = tok.encode(x)
     assert torch.equal(tok.encode(x, chunk_frames=chunk), full)
