@@ -40,6 +40,10 @@ class LossConfig:
     discriminator_channels: int = 32
     discriminator_layers: int = 3
 
+    def __post_init__(self) -> None:
+        if self.foreground_dilation < 0:
+            raise ValueError(f"foreground_dilation must be >= 0 pixels, got {self.foreground_dilation}")
+
 
 def foreground_mask(video: torch.Tensor, threshold: float, dilation: int = 0) -> torch.Tensor:
     """Pixels that stand out from the clip's median colour, grown by ``dilation`` pixels.

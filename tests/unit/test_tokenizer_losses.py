@@ -1,5 +1,6 @@
 """Tokenizer losses: the foreground mask and its weight, hinge losses."""
 
+import pytest
 import torch
 
 from tokenizer.losses import LossConfig, foreground_mask, hinge_d_loss, hinge_g_loss, reconstruction_loss
@@ -45,3 +46,8 @@ def test_hinge_losses():
     real, fake = torch.tensor([2.0, 0.5]), torch.tensor([-2.0, 0.0])
     assert torch.isclose(hinge_d_loss(real, fake), torch.tensor(0.25 + 0.5))
     assert torch.isclose(hinge_g_loss(fake), torch.tensor(1.0))
+
+
+def test_negative_dilation_is_refused():
+    with pytest.raises(ValueError, match="foreground_dilation must be >= 0"):
+        LossConfig(foreground_dilation=-1)
