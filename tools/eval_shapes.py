@@ -61,13 +61,19 @@ def summarize(results: list[dict]) -> dict[str, float]:
                                   for k in ("all", "color", "shape", "motion")}}
 
 
-def evaluate(pipe, mode: str, order: str, rows: list[dict], batch: int, seed: int, steps: int | None) -> tuple[list[dict], list[np.ndarray]]:
-    """Generates one video per row in batches; returns scored rows and the first frames for a sheet."""
-    from dataclasses import replace
+def evaluate(pipe, mode: str, order: str, rows: list[dict], batch: int, seed: int,
+             overrides: dict | None = None) -> tuple[list[dict], list[np.ndarray]]:
+    """Generates one video per row in batches; returns scored rows and the first frames for a sheet.
+
+    ``overrides`` replaces fields of the model's sampling settings for ``mode`` (e.g. ``cfg_scale``);
+    a field the mode's sampler does not have (``steps`` for GPT-style) is left out.
+    """
+    from dataclasses import fields, replace
 
     sampling = pipe.config.sampling.get(mode)
-    if sampling is not None and steps is not None:
-        sampling = replace(sampling, steps=steps)
+    if sampling is not None and overrides:
+        known = {f.name for f in fields(sampling)}
+        sampling = replace(sampling, **{k: v for k, v in overrides.items() if k in known and v is not None})
     results, shown = [], []
     for start in tqdm(range(0, len(rows), batch), desc=f"{mode}/{order}", leave=False):
         chunk = rows[start : start + batch]
@@ -130,6 +136,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--holdout", default=None, help='held-out combinations, e.g. "green triangle up" (default: from the model card)')
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--steps", type=int, default=None, help="MaskGIT steps (default from the model)")
+    p.add_argument("--cfg", type=float, default=None, help="guidance scale for every mode (default from the model)")
+    p.add_argument("--temperature", type=float, default=None, help="sampling temperature for every mode (default from the model)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--recon-data", default=None, help="a shapes manifest (.jsonl): also judge the tokenizer's reconstructions of its clips")
     p.add_argument("--recon-videos", type=int, default=240, help="clips of --recon-data to reconstruct")
@@ -138,6 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.num_videos < 1 or args.batch < 1:
         raise ValueError("--num-videos and --batch must be >= 1")
     pipe = VideoPipeline.from_pretrained(args.model)
+    overrides = {"steps": args.steps, "cfg_scale": args.cfg, "temperature": args.temperature}
     card = Path(args.model) / "holdout.json"
     holdout_text = args.holdout if args.holdout is not None else (",".join(json.loads(card.read_text())) if card.is_file() else "")
     holdout = parse_holdout(holdout_text or None)
@@ -156,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for order in orders:
             pipe.resolve_mode_order(mode, order)
             rows = plan(args.num_videos, holdout, args.seed)
-            results, shown = evaluate(pipe, mode, order, rows, args.batch, args.seed, args.steps)
+            results, shown = evaluate(pipe, mode, order, rows, args.batch, args.seed, overrides)
             summary[f"{mode}/{order}/in-distribution"] = summarize(results)
             write_contact_sheet(out / f"sheet_{mode}_{order}.png", shown)
             everything[f"{mode}/{order}/in-distribution"] = results
@@ -165,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 hrows = [{"caption": caption_for(*holdout[i % len(holdout)], rng), "color": holdout[i % len(holdout)][0],
                           "shape": holdout[i % len(holdout)][1], "motion": holdout[i % len(holdout)][2]}
                          for i in range(args.holdout_videos)]
-                hres, _ = evaluate(pipe, mode, order, hrows, args.batch, args.seed + 10_000, args.steps)
+                hres, _ = evaluate(pipe, mode, order, hrows, args.batch, args.seed + 10_000, overrides)
                 summary[f"{mode}/{order}/held-out"] = summarize(hres)
                 everything[f"{mode}/{order}/held-out"] = hres
     seconds = time.time() - start

@@ -64,3 +64,29 @@ def test_reconstruction_check_scores_a_lossless_tokenizer_perfectly(tmp_path):
             return ids * 0 - 1
 
     assert summarize(reconstruction_results(Dark(), str(tmp_path / "data" / "manifest.jsonl"), 4, batch=4)[0])["all"] == 0.0
+
+
+def test_sampling_overrides_reach_the_pipeline_and_skip_fields_a_mode_lacks():
+    from dataclasses import dataclass
+
+    from tools.eval_shapes import evaluate
+
+    @dataclass(frozen=True)
+    class ArSampling:  # a GPT-style sampler's settings: no 'steps'
+        temperature: float = 1.0
+        cfg_scale: float = 3.0
+
+    seen = []
+
+    class FakePipe:
+        class config:
+            sampling = {"ar": ArSampling()}
+
+        def __call__(self, prompts, *, mode, order, sampling, generator):
+            seen.append(sampling)
+            from types import SimpleNamespace
+            return SimpleNamespace(frames=np.zeros((len(prompts), 17, 64, 64, 3), np.uint8))
+
+    rows = [{"caption": "a red circle moving left", "color": "red", "shape": "circle", "motion": "left"}]
+    results, _ = evaluate(FakePipe(), "ar", "frame", rows, 1, 0, {"steps": 24, "cfg_scale": 5.0, "temperature": None})
+    assert seen == [ArSampling(temperature=1.0, cfg_scale=5.0)] and results[0]["ok"] is False

@@ -1,0 +1,56 @@
+"""The shipped default model (models/shapes): generate.py with no --model, end to end."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipelines.cli import DEFAULT_MODEL
+from tools.video_io import read_video
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def generate(*args, cwd):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, str(ROOT / "generate.py"), *args, "--quiet"], capture_output=True, text=True,
+                          timeout=600, env=env, cwd=cwd)
+
+
+def test_shipped_model_is_complete_and_small():
+    assert (DEFAULT_MODEL / "pipeline.yaml").is_file() and (DEFAULT_MODEL / "MODEL_CARD.md").is_file()
+    assert json.loads((DEFAULT_MODEL / "holdout.json").read_text())
+    total = sum(p.stat().st_size for p in DEFAULT_MODEL.rglob("*.safetensors"))
+    assert total <= 40e6
+
+
+def test_default_prompt_writes_a_17_frame_64px_mp4_and_repeats_with_the_seed(tmp_path):
+    first = generate("--prompt", "a red circle moving left", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    video = tmp_path / "outputs" / "video.mp4"
+    a = read_video(video)
+    assert a.shape == (17, 64, 64, 3) and (tmp_path / "outputs" / "video.png").is_file()
+    assert "sampling" in first.stdout and "decoding" in first.stdout
+    again = generate("--prompt", "a red circle moving left", "--out", str(tmp_path / "again.mp4"), cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert np.array_equal(a, read_video(tmp_path / "again.mp4"))
+
+
+@pytest.mark.parametrize("args", [("--mode", "ar", "--order", "frame", "--prompt", "a blue square moving up"),
+                                  ("--mode", "maskgit", "--order", "cube", "--label", "5")])
+def test_both_modes_and_labels(tmp_path, args):
+    proc = generate(*args, "--out", str(tmp_path / "v.mp4"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert read_video(tmp_path / "v.mp4").shape == (17, 64, 64, 3)
+
+
+def test_unsupported_combination_and_too_long_prompt_are_refused(tmp_path):
+    for args, needle in [(("--mode", "ar", "--order", "clip"), "supports orders"),
+                         (("--prompt", "a red circle moving left " * 6), "max_length=16")]:
+        proc = generate(*args, "--out", str(tmp_path / "v.mp4"), cwd=tmp_path)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr and needle in proc.stderr, proc.stderr
+    assert not (tmp_path / "v.mp4").exists()
