@@ -50,7 +50,9 @@ def test_both_modes_and_labels(tmp_path, args):
 
 def test_unsupported_combination_and_too_long_prompt_are_refused(tmp_path):
     for args, needle in [(("--mode", "ar", "--order", "clip"), "supports orders"),
-                         (("--prompt", "a red circle moving left " * 6), "max_length=16")]:
+                         (("--prompt", "a red circle moving left " * 6), "max_length=16"),
+                         (("--label", "72"), "valid class ids are 0..71")]:
         proc = generate(*args, "--out", str(tmp_path / "v.mp4"), cwd=tmp_path)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr and needle in proc.stderr, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr  # one line: no loading bars before it
     assert not (tmp_path / "v.mp4").exists()
