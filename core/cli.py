@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -15,8 +16,9 @@ def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | N
     """Runs ``main(argv)``; a ValueError or OSError becomes ``error: ...`` on stderr and exit 2.
 
     Keyboard interrupts exit with 130 and no traceback. Anything else is a bug and keeps its
-    traceback.
+    traceback. Hugging Face progress bars are turned off first (see :func:`quiet_hub_progress`).
     """
+    quiet_hub_progress()
     try:
         return main(argv)
     except (ValueError, FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as err:
@@ -29,6 +31,27 @@ def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | N
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def quiet_hub_progress() -> None:
+    """Turns off huggingface_hub / transformers progress bars for a command-line run.
+
+    Loading the frozen text encoder draws a "Loading weights" bar on stderr, which would precede
+    every result or error line. ``HF_HUB_DISABLE_PROGRESS_BARS`` set by the user wins. Both
+    libraries read that variable once, on import, so an already imported one is told directly;
+    neither is imported here.
+    """
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if os.environ["HF_HUB_DISABLE_PROGRESS_BARS"].strip().lower() not in ("1", "true", "yes", "on"):
+        return
+    if "huggingface_hub" in sys.modules:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    if "transformers" in sys.modules:
+        import transformers.utils.logging as hf_logging
+
+        hf_logging.disable_progress_bar()
 
 
 def setup_logging(verbose: bool = False) -> None:

@@ -77,9 +77,6 @@ def _main(argv: Sequence[str] | None) -> int:
         raise ValueError(f"unknown device {args.device!r}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda was asked for, but CUDA is not available")
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # its weight-loading bar is noise here, and would precede an error line
     pipe = VideoPipeline.from_pretrained(args.model).to(device)
     labels = _parse_label(args.label, pipe) if args.label is not None else None
     mode, order = pipe.resolve_mode_order(args.mode, args.order)

@@ -138,6 +138,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=None, help="MaskGIT steps (default from the model)")
     p.add_argument("--cfg", type=float, default=None, help="guidance scale for every mode (default from the model)")
     p.add_argument("--temperature", type=float, default=None, help="sampling temperature for every mode (default from the model)")
+    p.add_argument("--choice-temperature", type=float, default=None,
+                   help="MaskGIT Gumbel noise on confidences (default from the model)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--recon-data", default=None, help="a shapes manifest (.jsonl): also judge the tokenizer's reconstructions of its clips")
     p.add_argument("--recon-videos", type=int, default=240, help="clips of --recon-data to reconstruct")
@@ -146,7 +148,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.num_videos < 1 or args.batch < 1:
         raise ValueError("--num-videos and --batch must be >= 1")
     pipe = VideoPipeline.from_pretrained(args.model)
-    overrides = {"steps": args.steps, "cfg_scale": args.cfg, "temperature": args.temperature}
+    overrides = {"steps": args.steps, "cfg_scale": args.cfg, "temperature": args.temperature,
+                 "choice_temperature": args.choice_temperature}
     card = Path(args.model) / "holdout.json"
     holdout_text = args.holdout if args.holdout is not None else (",".join(json.loads(card.read_text())) if card.is_file() else "")
     holdout = parse_holdout(holdout_text or None)

@@ -90,3 +90,22 @@ def test_sampling_overrides_reach_the_pipeline_and_skip_fields_a_mode_lacks():
     rows = [{"caption": "a red circle moving left", "color": "red", "shape": "circle", "motion": "left"}]
     results, _ = evaluate(FakePipe(), "ar", "frame", rows, 1, 0, {"steps": 24, "cfg_scale": 5.0, "temperature": None})
     assert seen == [ArSampling(temperature=1.0, cfg_scale=5.0)] and results[0]["ok"] is False
+
+
+def test_cli_passes_every_sampling_flag_as_an_override(tmp_path, monkeypatch):
+    import tools.eval_shapes as eval_shapes
+
+    model = make_tiny_pipeline(tmp_path / "model")
+    seen = []
+
+    def fake_evaluate(pipe, mode, order, rows, batch, seed, overrides=None):
+        seen.append(overrides)
+        return [], []
+
+    monkeypatch.setattr(eval_shapes, "evaluate", fake_evaluate)
+    monkeypatch.setattr(eval_shapes, "summarize", lambda results: {"n": 0, "all": 0, "color": 0, "shape": 0, "motion": 0})
+    monkeypatch.setattr(eval_shapes, "write_contact_sheet", lambda path, frames: None)
+    rc = main(["--model", str(model), "--num-videos", "2", "--holdout-videos", "0", "--holdout", "", "--modes", "maskgit",
+               "--steps", "7", "--cfg", "2.5", "--temperature", "0.8", "--choice-temperature", "6", "--out", str(tmp_path / "r")])
+    assert rc == 0
+    assert seen == [{"steps": 7, "cfg_scale": 2.5, "temperature": 0.8, "choice_temperature": 6.0}]

@@ -1,0 +1,43 @@
+"""core/cli.py: one error line and exit 2, and no Hugging Face progress bars in CLI runs."""
+
+import os
+import subprocess
+import sys
+
+from core.cli import run_cli
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+PROBE = """
+import sys
+import transformers.utils.logging as hf_logging
+from core.cli import run_cli
+before = hf_logging.is_progress_bar_enabled()
+run_cli(lambda argv: 0, [])
+print(before, hf_logging.is_progress_bar_enabled())
+"""
+
+
+def _probe(env_value):
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_DISABLE_PROGRESS_BARS"}
+    if env_value is not None:
+        env["HF_HUB_DISABLE_PROGRESS_BARS"] = env_value
+    out = subprocess.run([sys.executable, "-c", PROBE], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    return out.stdout.split()
+
+
+def test_run_cli_turns_off_an_already_imported_transformers_progress_bar():
+    assert _probe(None) == ["True", "False"]
+
+
+def test_a_user_setting_keeps_the_progress_bar():
+    assert _probe("0") == ["True", "True"]
+
+
+def test_value_error_is_one_line_and_exit_2(capsys):
+    def bad(argv):
+        raise ValueError("num_frames 18 cannot be reached\nsecond line")
+
+    assert run_cli(bad, []) == 2
+    err = capsys.readouterr().err
+    assert err == "error: num_frames 18 cannot be reached\n"
