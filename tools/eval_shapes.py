@@ -147,6 +147,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.num_videos < 1 or args.batch < 1:
         raise ValueError("--num-videos and --batch must be >= 1")
+    if args.holdout_videos < 0:
+        raise ValueError("--holdout-videos must be >= 0 (0 skips the held-out combinations)")
     pipe = VideoPipeline.from_pretrained(args.model)
     overrides = {"steps": args.steps, "cfg_scale": args.cfg, "temperature": args.temperature,
                  "choice_temperature": args.choice_temperature}
@@ -172,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             summary[f"{mode}/{order}/in-distribution"] = summarize(results)
             write_contact_sheet(out / f"sheet_{mode}_{order}.png", shown)
             everything[f"{mode}/{order}/in-distribution"] = results
-            if holdout:
+            if holdout and args.holdout_videos > 0:
                 rng = np.random.default_rng(args.seed + 1)
                 hrows = [{"caption": caption_for(*holdout[i % len(holdout)], rng), "color": holdout[i % len(holdout)][0],
                           "shape": holdout[i % len(holdout)][1], "motion": holdout[i % len(holdout)][2]}

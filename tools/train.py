@@ -31,7 +31,8 @@ from tqdm import tqdm
 
 from core.cli import run_cli, setup_logging
 from core.config import build_config, save_config
-from generator import Condition, Generator, ObjectiveConfig, generator_loss
+from core.weights import WEIGHTS_NAME, load_config, load_state, load_strict
+from generator import Condition, Generator, GeneratorConfig, ObjectiveConfig, generator_loss
 from tools import checkpoint, distributed
 from tools.ema import EMA
 from tools.token_data import ShuffledSampler, TokenCache, tokenizer_fingerprint
@@ -106,6 +107,8 @@ class Trainer:
         self.cache = TokenCache(cfg.data.cache, expect_fingerprint=fp, expect_codebook_size=cfg.model.vocab_size)
         torch.manual_seed(run.seed)
         self.model = Generator(cfg.model)
+        if run.init_from:
+            self._init_from(run.init_from)
         self.model.check_grid(self.cache.grid, "clip")
         self._check_conditions()
         n = len(self.cache)
@@ -155,6 +158,19 @@ class Trainer:
         self.step = 0
         self._poisoned = False
         self._skipped_in_a_row = 0
+
+    def _init_from(self, directory: str) -> None:
+        """Loads an exported generator's weights into the fresh model (see ``run.init_from``)."""
+        from dataclasses import fields
+
+        src = load_config(GeneratorConfig, directory)
+        arch = [f.name for f in fields(GeneratorConfig) if f.name not in ("style", "orders", "cube_size", "attention_backend",
+                                                                           "activation_checkpointing")]
+        diff = [f"{k}: {getattr(src, k)} vs {getattr(self.cfg.model, k)}" for k in arch if getattr(src, k) != getattr(self.cfg.model, k)]
+        if diff:
+            raise ValueError(f"run.init_from {directory} has another architecture ({'; '.join(diff)})")
+        load_strict(self.model, load_state(os.path.join(directory, WEIGHTS_NAME)), what="generator")
+        log.info("initialized from %s (%s-style, orders %s)", directory, src.style, list(src.orders))
 
     def _watch_grad(self, grad: torch.Tensor) -> None:
         self.bad_grad |= ~torch.isfinite(grad).all()

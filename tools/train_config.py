@@ -65,6 +65,10 @@ class RunConfig:
         eval_every / eval_batches: periodic held-out loss.
         sample_every / num_samples: sample videos decoded with the tokenizer, plus a PNG sheet.
         peak_tflops: the device's peak for the MFU estimate (0 = unknown, MFU not logged).
+        init_from: an exported generator folder (``config.yaml`` + ``model.safetensors``) whose
+            weights start the run instead of a random init: fine-tuning, or warm-starting one
+            style from the other (the architecture must match; style and orders may differ).
+            A run that resumes from its own checkpoint ignores it.
     """
 
     steps: int = 1000
@@ -87,6 +91,7 @@ class RunConfig:
     tensorboard: bool = False
     peak_tflops: float = 0.0
     num_threads: int = 0
+    init_from: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 
 from tests.helpers.tiny_pipeline import make_tiny_pipeline
 from tools.eval_shapes import main, plan, score, summarize
@@ -109,3 +110,14 @@ def test_cli_passes_every_sampling_flag_as_an_override(tmp_path, monkeypatch):
                "--steps", "7", "--cfg", "2.5", "--temperature", "0.8", "--choice-temperature", "6", "--out", str(tmp_path / "r")])
     assert rc == 0
     assert seen == [{"steps": 7, "cfg_scale": 2.5, "temperature": 0.8, "choice_temperature": 6.0}]
+
+
+def test_zero_holdout_videos_leaves_the_held_out_row_out(tmp_path):
+    model = make_tiny_pipeline(tmp_path / "model")
+    out = tmp_path / "report"
+    rc = main(["--model", str(model), "--num-videos", "2", "--holdout-videos", "0", "--holdout", "green triangle down",
+               "--batch", "2", "--modes", "maskgit", "--steps", "1", "--out", str(out)])
+    assert rc == 0
+    assert set(json.loads((out / "results.json").read_text())["summary"]) == {"maskgit/clip/in-distribution"}
+    with pytest.raises(ValueError, match="--holdout-videos must be >= 0"):
+        main(["--model", str(model), "--holdout-videos", "-1", "--out", str(tmp_path / "bad")])

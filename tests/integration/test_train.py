@@ -189,3 +189,19 @@ def test_mismatched_cache_is_refused(data, tmp_path):
     assert proc.returncode == 2 and "codebook size 64" in proc.stderr
     proc = train(data, tmp_path / "c", "model.max_grid=[3, 2, 2]", "model.orders=[clip]", check=False)
     assert proc.returncode == 2 and "larger than the model's maximum" in proc.stderr
+
+
+def test_init_from_starts_from_exported_weights_across_styles(data, tmp_path):
+    from safetensors.torch import load_file
+
+    train(data, tmp_path / "a", "run.steps=1", "run.eval_every=0")
+    src = tmp_path / "a" / "export"
+    # lr 0: the run changes nothing, so its export must equal the weights it started from,
+    # even as the other style.
+    train(data, tmp_path / "b", "run.steps=1", "run.eval_every=0", "optim.lr=0", "model.style=ar",
+          "model.orders=[frame]", f"run.init_from={src}")
+    a, b = load_file(src / "model.safetensors"), load_file(tmp_path / "b" / "export" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert Generator.from_pretrained(tmp_path / "b" / "export").config.style == "ar"
+    proc = train(data, tmp_path / "c", "run.steps=1", "model.depth=1", f"run.init_from={src}", check=False)
+    assert proc.returncode == 2 and "has another architecture (depth" in proc.stderr and "Traceback" not in proc.stderr
