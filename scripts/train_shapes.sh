@@ -2,8 +2,8 @@
 # Builds the default model (shipped in models/shapes) from nothing with this repository's tools:
 # render the shapes dataset -> train the tokenizer -> cache tokens -> train the GPT-style
 # generator, then the MaskGIT-style one from its weights -> assemble the pipeline -> measure
-# prompt adherence. About three and a half hours on 2 CPU cores (tokenizer 70 min, GPT-style
-# ~94 min, MaskGIT ~41 min); models/shapes/MODEL_CARD.md records how the shipped copy was
+# prompt adherence. About four and a quarter hours on 2 CPU cores (tokenizer 70 min, GPT-style
+# ~94 min, MaskGIT ~90 min); models/shapes/MODEL_CARD.md records how the shipped copy was
 # trained and measured.
 #   RUN=runs/shapes OUT=runs/shapes/model bash scripts/train_shapes.sh
 set -euo pipefail
