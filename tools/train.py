@@ -241,23 +241,32 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def train_step(self) -> dict[str, float] | None:
-        """One optimizer step (grad_accum micro-batches); None if it was skipped."""
+        """One optimizer step (``optim.grad_accum`` micro-batches); None if it was skipped.
+
+        A micro-batch whose loss is non-finite on any rank is dropped before its backward and the
+        next batch takes its place, so it changes no weight, optimizer state or EMA. A non-finite
+        gradient at the accumulation boundary skips the whole step (gradients discarded). This
+        loop, not DeepSpeed's micro-step counter, marks the boundary, so a dropped batch or a
+        skipped step never shifts the accumulation window of later steps.
+        """
         cfg = self.cfg
+        gas = cfg.optim.grad_accum
         lr = lr_at(self.step, cfg)
         for group in self.engine.optimizer.param_groups:
             group["lr"] = lr
-        losses, accs = [], []
-        for _ in range(cfg.optim.grad_accum):
+        losses, accs, gnorm = [], [], None
+        while len(losses) < gas:
             ids, cond = self.batch(self.stream.take(cfg.data.micro_batch))
             loss, stats = self.engine(ids, cond, self.rng)
-            if os.environ.get("TOKVID_TEST_NAN_AT_STEP") == str(self.step) and not self._poisoned:  # test hook
-                self._poisoned = True
+            if self._test_poison(len(losses)):
                 loss = loss * float("nan")
             if distributed.all_reduce_max(0.0 if torch.isfinite(loss) else 1.0, self.dist.device) > 0:
-                return self._nonfinite("loss")
+                self._nonfinite("loss")  # raises under run.nonfinite=stop or after 10 in a row
+                continue
+            boundary = len(losses) == gas - 1
+            self.engine.set_gradient_accumulation_boundary(boundary)
             self.engine.backward(loss)
-            gnorm = None
-            if self.engine.is_gradient_accumulation_boundary():
+            if boundary:
                 if self.grads_in_params:  # the norm before clipping, and the NaN guard, in one pass
                     gnorm, bad = self._local_grad_norm()
                 else:
@@ -268,7 +277,8 @@ class Trainer:
                 if distributed.all_reduce_max(float(bad), self.dist.device) > 0:
                     self.bad_grad.zero_()
                     self.engine.zero_grad()
-                    return self._nonfinite("gradient")
+                    self._nonfinite("gradient")
+                    return None
             self.engine.step()
             losses.append(loss.detach())  # read back once per step, not after each engine.step()
             accs.append(stats["acc"])
@@ -282,13 +292,23 @@ class Trainer:
         return {"loss": float(np.mean(losses)), "acc": float(np.mean(accs)), "lr": lr,
                 "grad_norm": float(gnorm) if gnorm is not None else float("nan")}
 
+    def _test_poison(self, micro: int) -> bool:
+        """Test hook: one NaN loss at ``TOKVID_TEST_NAN_AT_STEP`` = "step" or "step.micro"."""
+        want = os.environ.get("TOKVID_TEST_NAN_AT_STEP")
+        if want is None or self._poisoned:
+            return False
+        step, _, at = want.partition(".")
+        hit = step == str(self.step) and (at or "0") == str(micro)
+        self._poisoned |= hit
+        return hit
+
     def _nonfinite(self, what: str) -> None:
         self._skipped_in_a_row += 1
         if self.cfg.run.nonfinite == "stop" or self._skipped_in_a_row > 10:
-            why = "run.nonfinite=stop" if self.cfg.run.nonfinite == "stop" else f"{self._skipped_in_a_row} skipped steps in a row"
+            why = "run.nonfinite=stop" if self.cfg.run.nonfinite == "stop" else f"{self._skipped_in_a_row} non-finite in a row"
             raise FloatingPointError(f"non-finite {what} at step {self.step}; stopped before the optimizer step ({why})")
-        log.warning("non-finite %s at step %d: step skipped, parameters unchanged", what, self.step)
-        return None
+        done = "micro-batch dropped, the next one takes its place" if what == "loss" else "step skipped, parameters unchanged"
+        log.warning("non-finite %s at step %d: %s", what, self.step, done)
 
     @torch.no_grad()
     def eval_loss(self) -> float:

@@ -59,7 +59,8 @@ class RunConfig:
         deepspeed: engine JSON holding engine keys only (ZeRO stage, offload, buckets).
         zero_stage: overrides the JSON's ZeRO stage when set.
         deterministic: ``torch.use_deterministic_algorithms`` for bit-exact resume tests.
-        nonfinite: what a non-finite loss or gradient does: "skip" the step or "stop" the run.
+        nonfinite: "skip": a non-finite loss drops its micro-batch (the next one takes its place)
+            and a non-finite gradient skips the step; "stop": either ends the run.
         ema_decay: EMA of the weights (0 = off); exported instead of the raw weights when on.
         checkpoint_every / keep_last: DeepSpeed checkpoints under ``<out>/checkpoints``.
         eval_every / eval_batches: periodic held-out loss.

@@ -109,43 +109,75 @@ from pathlib import Path
 from core.config import build_config
 from tools.train import Trainer
 from tools.train_config import TrainConfig
-cfg = build_config(TrainConfig, [sys.argv[1]], sys.argv[3:])
-t = Trainer(cfg, Path(sys.argv[2]))
-before = {k: v.clone() for k, v in t.model.state_dict().items()}
-os.environ["TOKVID_TEST_NAN_AT_STEP"] = "0"
-assert t.train_step() is None, "the poisoned step was not skipped"
-assert all(torch.equal(before[k], v) for k, v in t.model.state_dict().items()), "parameters changed"
-assert not t.engine.optimizer.state, "the optimizer stepped"
-assert t.step == 0
-del os.environ["TOKVID_TEST_NAN_AT_STEP"]
-assert t.train_step() is not None and t.step == 1
-assert any(not torch.equal(before[k], v) for k, v in t.model.state_dict().items())
-t.export(Path(sys.argv[2]) / "export")
+out, mode = Path(sys.argv[2]), sys.argv[3]
+cfg = build_config(TrainConfig, [sys.argv[1]], sys.argv[4:])
+t = Trainer(cfg, out)
+calls = []  # "b" per engine.backward, "s" per optimizer step
+backward, opt_step = t.engine.backward, t.engine.optimizer.step
+t.engine.backward = lambda *a, **k: (calls.append("b"), backward(*a, **k))[1]
+t.engine.optimizer.step = lambda *a, **k: (calls.append("s"), opt_step(*a, **k))[1]
+if mode == "reference":  # the poisoned run's first batch, forward only: the same random draws
+    ids, cond = t.batch(t.stream.take(cfg.data.micro_batch))
+    t.engine(ids, cond, t.rng)
+else:
+    os.environ["TOKVID_TEST_NAN_AT_STEP"] = mode
+for step in range(3):
+    logs = t.train_step()
+    assert logs is not None and t.step == step + 1, (step, logs)
+    assert all(torch.isfinite(torch.tensor(v)) for k, v in logs.items()), logs
+print("CALLS", "".join(calls))
+torch.save(t.model.state_dict(), out / "params.pt")
+t.export(out / "export")
 ids, cond = t.batch([0, 1])
 t.model.eval()
-from generator.units import make_layout, causal_mask
+from generator.units import make_layout
 lay = make_layout(t.cache.grid, "clip")
 with torch.no_grad():
     logits = t.model(lay.to_sequence(ids), cond, coords=lay.coords, mask=torch.ones(48, 48, dtype=torch.bool))
-torch.save({"ids": ids, "labels": cond.labels, "logits": logits}, Path(sys.argv[2]) / "probe.pt")
+torch.save({"ids": ids, "labels": cond.labels, "logits": logits}, out / "probe.pt")
 print("PROBE OK")
 """
 
 
-def test_nan_is_caught_before_any_parameter_changes_and_export_matches_engine(data, tmp_path):
-    proc = subprocess.run([sys.executable, "-c", PROBE, CFG, str(tmp_path), f"data.cache={data / 'cache'}",
-                           f"data.tokenizer={data / 'tok'}"], env=ENV, capture_output=True, text=True, timeout=300, cwd=ROOT)
+def probe(data, out, mode, *overrides):
+    out.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run([sys.executable, "-c", PROBE, CFG, str(out), mode, f"data.cache={data / 'cache'}",
+                           f"data.tokenizer={data / 'tok'}", "run.deterministic=true", *overrides],
+                          env=ENV, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert "PROBE OK" in proc.stdout, proc.stderr[-3000:]
-    probe = torch.load(tmp_path / "probe.pt", weights_only=True)  # our own test artefact
+    return proc
+
+
+def test_nan_loss_batch_is_dropped_without_a_trace_and_export_matches_engine(data, tmp_path):
+    """A NaN loss drops its micro-batch before backward: the run equals one that never trained
+    on that batch (same random draws), and the export reproduces the engine's logits."""
+    poisoned = probe(data, tmp_path / "poisoned", "0")
+    assert "non-finite loss at step 0: micro-batch dropped" in poisoned.stderr
+    reference = probe(data, tmp_path / "reference", "reference")
+    assert "non-finite" not in reference.stderr
+    a = torch.load(tmp_path / "poisoned" / "params.pt", weights_only=True)  # our own test artefacts
+    b = torch.load(tmp_path / "reference" / "params.pt", weights_only=True)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    probe_out = torch.load(tmp_path / "poisoned" / "probe.pt", weights_only=True)
     from generator import Condition
     from generator.units import make_layout
 
-    model = Generator.from_pretrained(tmp_path / "export")
-    lay = make_layout(tuple(probe["ids"].shape[1:]), "clip")
+    model = Generator.from_pretrained(tmp_path / "poisoned" / "export")
+    lay = make_layout(tuple(probe_out["ids"].shape[1:]), "clip")
     with torch.no_grad():
-        logits = model(lay.to_sequence(probe["ids"]), Condition(labels=probe["labels"]), coords=lay.coords,
+        logits = model(lay.to_sequence(probe_out["ids"]), Condition(labels=probe_out["labels"]), coords=lay.coords,
                        mask=torch.ones(48, 48, dtype=torch.bool))
-    assert torch.allclose(logits, probe["logits"], atol=1e-6)
+    assert torch.allclose(logits, probe_out["logits"], atol=1e-6)
+
+
+def test_nan_loss_inside_gradient_accumulation_keeps_the_window(data, tmp_path):
+    """grad_accum=2 with a NaN on the second micro-batch of step 0: every step still makes one
+    optimizer step after exactly two backward passes, and nothing non-finite reaches the weights."""
+    proc = probe(data, tmp_path / "run", "0.1", "optim.grad_accum=2")
+    assert "non-finite loss at step 0: micro-batch dropped" in proc.stderr
+    assert "CALLS bbsbbsbbs" in proc.stdout, proc.stdout[-500:]
+    params = torch.load(tmp_path / "run" / "params.pt", weights_only=True)
+    assert all(torch.isfinite(v).all() for v in params.values() if v.is_floating_point())
 
 
 def test_nan_stop_policy_exits_with_one_line(data, tmp_path):
