@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 from pipelines.video import VideoOutput
@@ -32,6 +33,11 @@ def check_writable(paths: list[Path]) -> None:
             raise ValueError(f"cannot write to {str(folder)!r}: {str(probe)!r} is not a directory")
         if not os.access(probe, os.W_OK | os.X_OK):
             raise ValueError(f"cannot write to {str(folder)!r}: permission denied")
+        try:  # permission bits are not the whole story (root, read-only mounts, /proc): try a file
+            with tempfile.NamedTemporaryFile(dir=probe, prefix=".tokvid-probe-"):
+                pass
+        except OSError as err:
+            raise ValueError(f"cannot write to {str(folder)!r}: {err.strerror or err}") from None
     for p in paths:
         if p.is_dir():
             raise ValueError(f"cannot write video {str(p)!r}: a directory is in the way")
@@ -45,13 +51,17 @@ def save_output(output: VideoOutput, paths: list[Path], gif: bool = False) -> li
     """
     written = []
     for frames, path in zip(output.frames, paths):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_video(path, frames, output.fps)
-        written.append(path)
+        _written(written, path, lambda p: (p.parent.mkdir(parents=True, exist_ok=True), write_video(p, frames, output.fps)))
         if gif and path.suffix.lower() != ".gif":
-            write_video(path.with_suffix(".gif"), frames, output.fps)
-            written.append(path.with_suffix(".gif"))
-        sheet = path.with_suffix(".png")
-        write_contact_sheet(sheet, [frames])
-        written.append(sheet)
+            _written(written, path.with_suffix(".gif"), lambda p: write_video(p, frames, output.fps))
+        _written(written, path.with_suffix(".png"), lambda p: write_contact_sheet(p, [frames]))
     return written
+
+
+def _written(written: list[Path], path: Path, write) -> None:
+    """Runs ``write(path)``; an OS error names the user's path, not the temporary file."""
+    try:
+        write(path)
+    except OSError as err:
+        raise ValueError(f"cannot write {str(path)!r}: {err.strerror or err}") from None
+    written.append(path)

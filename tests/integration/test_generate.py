@@ -90,6 +90,10 @@ def test_bad_inputs_exit_2_with_one_line_and_no_file(model_dir, tmp_path):
     blocker.write_text("not a directory")
     _one_error_line(run_cli("--model", str(model_dir), "--out", str(blocker / "v.mp4")), "is not a directory")
     assert list(tmp_path.iterdir()) == [blocker]
+    if Path("/proc/self").is_dir():  # writable by permission bits (as root), yet no file can be made there
+        proc = run_cli("--model", str(model_dir), "--out", "/proc/v.mp4")
+        _one_error_line(proc, "cannot write to '/proc'")
+        assert "sampling" not in proc.stderr  # refused before any work
 
 
 def test_corrupt_model_directory(model_dir, tmp_path):

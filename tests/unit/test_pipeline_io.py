@@ -1,0 +1,46 @@
+"""pipelines.io: output paths, the up-front writability check, and write errors that name the
+user's path (not the temporary file)."""
+
+import errno
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import pipelines.io as pio
+from pipelines.video import VideoOutput
+
+
+def _output(batch: int = 1) -> VideoOutput:
+    frames = np.zeros((batch, 5, 16, 16, 3), dtype=np.uint8)
+    frames[:, :, 4:8, 4:8, 0] = 255
+    return VideoOutput(frames=frames, fps=8.0, ids=torch.zeros(batch, 2, 2, 2, dtype=torch.long), timings={})
+
+
+def test_output_paths_file_or_directory(tmp_path):
+    assert pio.output_paths(tmp_path / "a.mp4", 1) == [tmp_path / "a.mp4"]
+    assert pio.output_paths(tmp_path / "many", 2) == [tmp_path / "many" / "video_000.mp4", tmp_path / "many" / "video_001.mp4"]
+    with pytest.raises(ValueError, match="need a directory"):
+        pio.output_paths(tmp_path / "a.mp4", 2)
+
+
+def test_check_writable_leaves_no_probe_file(tmp_path):
+    pio.check_writable([tmp_path / "new" / "v.mp4"])
+    assert list(tmp_path.iterdir()) == []  # nothing created, the probe file is gone
+
+
+def test_save_writes_video_and_sheet(tmp_path):
+    written = pio.save_output(_output(), [tmp_path / "out" / "v.mp4"], gif=True)
+    assert written == [tmp_path / "out" / "v.mp4", tmp_path / "out" / "v.gif", tmp_path / "out" / "v.png"]
+    assert all(p.stat().st_size > 0 for p in written)
+
+
+def test_a_failing_write_names_the_users_path(tmp_path, monkeypatch):
+    def full_disk(path, frames):
+        raise OSError(errno.ENOSPC, "No space left on device", str(Path(path).parent / ".v.tmp123.png"))
+
+    monkeypatch.setattr(pio, "write_contact_sheet", full_disk)
+    with pytest.raises(ValueError, match=r"cannot write '.*v\.png': No space left on device"):
+        pio.save_output(_output(), [tmp_path / "v.mp4"])
+    assert (tmp_path / "v.mp4").is_file()  # what was already written is kept
