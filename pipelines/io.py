@@ -49,19 +49,21 @@ def save_output(output: VideoOutput, paths: list[Path], gif: bool = False) -> li
     Returns:
         Every file written.
     """
-    written = []
-    for frames, path in zip(output.frames, paths):
-        _written(written, path, lambda p: (p.parent.mkdir(parents=True, exist_ok=True), write_video(p, frames, output.fps)))
-        if gif and path.suffix.lower() != ".gif":
-            _written(written, path.with_suffix(".gif"), lambda p: write_video(p, frames, output.fps))
-        _written(written, path.with_suffix(".png"), lambda p: write_contact_sheet(p, [frames]))
-    return written
-
-
-def _written(written: list[Path], path: Path, write) -> None:
-    """Runs ``write(path)``; an OS error names the user's path, not the temporary file."""
-    try:
-        write(path)
+    written: list[Path] = []
+    target = None
+    try:  # an OS error names the user's path, not the temporary file it was being written to
+        for frames, path in zip(output.frames, paths):
+            target = path
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_video(path, frames, output.fps)
+            written.append(path)
+            if gif and path.suffix.lower() != ".gif":
+                target = path.with_suffix(".gif")
+                write_video(target, frames, output.fps)
+                written.append(target)
+            target = path.with_suffix(".png")
+            write_contact_sheet(target, [frames])
+            written.append(target)
     except OSError as err:
-        raise ValueError(f"cannot write {str(path)!r}: {err.strerror or err}") from None
-    written.append(path)
+        raise ValueError(f"cannot write {str(target)!r}: {err.strerror or err}") from None
+    return written
