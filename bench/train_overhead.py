@@ -60,10 +60,10 @@ import torch  # noqa: E402
 from core.config import build_config  # noqa: E402
 from bench.table import format_table  # noqa: E402
 from generator import Generator, generator_loss  # noqa: E402
-from tools import distributed  # noqa: E402
-from tools.cache_writer import RankWriter, merge_manifest, prepare_cache_dir  # noqa: E402
-from tools.token_data import ShuffledSampler  # noqa: E402
-from tools.token_format import FORMAT_NAME, FORMAT_VERSION, token_dtype  # noqa: E402
+from videotrain import distributed  # noqa: E402
+from videodata.cache.writer import RankWriter, merge_manifest, prepare_cache_dir  # noqa: E402
+from videodata.cache.reader import ShuffledSampler  # noqa: E402
+from videodata.cache.format import FORMAT_NAME, FORMAT_VERSION, token_dtype  # noqa: E402
 from tools.train import BatchStream, Trainer  # noqa: E402
 from tools.train_config import TrainConfig  # noqa: E402
 

@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 
 from pipelines.video import VideoOutput
-from tools.video_io import write_contact_sheet, write_video
+from core.video_io import write_contact_sheet, write_video
 
 VIDEO_SUFFIXES = (".mp4", ".gif")
 

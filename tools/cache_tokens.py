@@ -11,7 +11,7 @@ Usage::
 with ``path`` and optional ``caption`` and ``label`` columns. Sources are sorted by path and
 each gives up to ``--clips-per-video`` clips (evenly spread, or at ``--start-offsets``), so
 the work items (source, clip) are fixed by the data and the clip spec. The file format is
-described in :mod:`tools.token_format`; training reads caches with :mod:`tools.token_data`.
+described in :mod:`videodata.cache.format`; training reads caches with :mod:`videodata.cache.reader`.
 
 Distribution: RANK / WORLD_SIZE / LOCAL_RANK come from the environment (torchrun, the
 deepspeed launcher); no process group is created. Each rank owns a contiguous block of the
@@ -19,14 +19,14 @@ sorted sources and writes its own shards to the shared ``--out`` folder; rank 0 
 every rank's done file and writes ``manifest.json``. Global clip order is work-item order for
 any world size.
 
-Robustness: decoding runs in worker processes (see :mod:`tools.decode_pool`) with a hard
+Robustness: decoding runs in worker processes (see :mod:`videodata.cache.decode_pool`) with a hard
 per-file ``--decode-timeout``; a hung or crashed worker is killed and replaced and its file is
 quarantined, as are missing, empty, too-short and undecodable files. Killing the run at any
 moment and rerunning the same command continues from the completed shards and gives the same
 cache; a rerun with another tokenizer, clip spec, source list or world size is refused.
 
 Test-only hooks (a hanging or crashing decoder, a kill after N file writes) are read from
-``TOKVID_CACHE_TEST_HOOKS``; see :mod:`tools.cache_sources`.
+``TOKVID_CACHE_TEST_HOOKS``; see :mod:`videodata.cache.sources`.
 
 Determinism: tokens are computed in fp32 with TF32 off and deterministic cuDNN. On CPU the
 tokens of a clip do not depend on what else is in its batch; on GPU a different batch
@@ -58,7 +58,7 @@ from tqdm import tqdm
 from core.cli import UsageError, run_cli, setup_logging
 from core.config import to_dict
 from tokenizer import VideoTokenizer
-from tools.cache_sources import (
+from videodata.cache.sources import (
     TEST_HOOKS_ENV,
     ClipSpec,
     DecodedSource,
@@ -71,10 +71,10 @@ from tools.cache_sources import (
     sources_sha256,
     worker_init,
 )
-from tools.cache_writer import RankWriter, merge_manifest, prepare_cache_dir
-from tools.decode_pool import DecodePool, Failure
+from videodata.cache.writer import RankWriter, merge_manifest, prepare_cache_dir
+from videodata.cache.decode_pool import DecodePool, Failure
 from tools.eval_tokenizer import check_clip_shape
-from tools.token_format import FORMAT_NAME, FORMAT_VERSION, MANIFEST_NAME, token_dtype, tokenizer_fingerprint, verify_cache
+from videodata.cache.format import FORMAT_NAME, FORMAT_VERSION, MANIFEST_NAME, token_dtype, tokenizer_fingerprint, verify_cache
 
 log = logging.getLogger("tools.cache_tokens")
 
@@ -279,7 +279,7 @@ def run_build(args: argparse.Namespace) -> int:
         num_workers = args.num_workers if args.num_workers is not None else _default_num_workers(local_world)
         pool = DecodePool(
             decode_source, num_workers=num_workers, timeout_s=args.decode_timeout,
-            initializer=worker_init, preload=["tools.cache_sources", "av"],
+            initializer=worker_init, preload=["videodata.cache.sources", "av"],
         )  # fmt: skip
         with pool:
             quarantined = _encode_slice(

@@ -29,7 +29,7 @@ from tqdm import tqdm
 from core.cli import run_cli
 from core.config import atomic_write_text
 from tools.make_shapes import ATTRIBUTES, NUM_CLASSES, analyze, attributes_of, caption_for, label_of, parse_holdout
-from tools.video_io import write_contact_sheet
+from core.video_io import write_contact_sheet
 
 
 def plan(num_videos: int, holdout: Sequence[tuple[str, str, str]], seed: int) -> list[dict]:

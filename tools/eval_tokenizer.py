@@ -35,8 +35,8 @@ from torch import nn
 
 from core.config import atomic_write_text
 from tokenizer import VideoTokenizer
-from tools.metrics import LPIPS, psnr, ssim
-from tools.video_io import frames_to_tensor, list_media, read_video, resize_center_crop, tensor_to_frames, write_contact_sheet
+from videoeval.metrics import LPIPS, psnr, ssim
+from core.video_io import frames_to_tensor, list_media, read_video, resize_center_crop, tensor_to_frames, write_contact_sheet
 
 log = logging.getLogger("tools.eval_tokenizer")
 
@@ -206,7 +206,7 @@ def run(args: argparse.Namespace) -> int:
     lpips = LPIPS(args.lpips) if args.lpips is not None else None
     manifest = args.data.is_file() and args.data.suffix.lower() in (".csv", ".jsonl")
     if manifest:
-        from tools.cache_sources import discover_sources
+        from videodata.cache.sources import discover_sources
 
         root, sources = discover_sources(args.data)
         paths = [root / s.path for s in sources][: args.max_videos]

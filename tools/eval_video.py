@@ -47,7 +47,7 @@ How a clip reaches I3D (all presets)
   StyleGAN-V lets the network resize uint8 input and takes random clip offsets; its
   covariance divides by N where tokvid's divides by N - 1 (a 1/N effect).
 * The Fréchet distance is computed in float64 from an eigendecomposition (see
-  :func:`tools.fvd.frechet_distance`), robust to rank-deficient covariances.
+  :func:`videoeval.fvd.frechet_distance`), robust to rank-deficient covariances.
 
 ``--save-stats OUT.npz`` stores the real set's mean, covariance, count, protocol and I3D
 SHA-256 (read back with ``allow_pickle=False``); ``--real OUT.npz`` reuses them and is refused
@@ -84,7 +84,7 @@ import torch
 from core.cli import UsageError, run_cli, setup_logging
 from core.config import atomic_write_text
 from tools.eval_tokenizer import format_table, summarize
-from tools.fvd import (
+from videoeval.fvd import (
     KINETICS_CLASSES,
     FeatureStats,
     FVDProtocol,
@@ -98,8 +98,8 @@ from tools.fvd import (
     iter_clips,
     resolve_i3d_path,
 )
-from tools.metrics import LPIPS, psnr, ssim
-from tools.video_io import frames_to_tensor
+from videoeval.metrics import LPIPS, psnr, ssim
+from core.video_io import frames_to_tensor
 
 __all__ = ["PROTOCOLS", "FVDProtocol", "evaluate_fvd", "evaluate_recon", "main"]
 
@@ -302,7 +302,7 @@ def evaluate_recon(
     Args:
         real_root: folder of real videos (or one video).
         fake_root: folder of reconstructions with the same relative paths.
-        lpips: optional LPIPS network (``tools.metrics.LPIPS``).
+        lpips: optional LPIPS network (``videoeval.metrics.LPIPS``).
         num_frames: compare only the first N frames (both videos need at least N).
 
     Returns:

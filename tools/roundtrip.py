@@ -21,8 +21,8 @@ import torch
 
 from core.cli import run_cli
 from tokenizer import VideoTokenizer
-from tools.metrics import psnr, ssim
-from tools.video_io import frames_to_tensor, read_video, resize_center_crop, tensor_to_frames, video_fps, write_contact_sheet, write_video
+from videoeval.metrics import psnr, ssim
+from core.video_io import frames_to_tensor, read_video, resize_center_crop, tensor_to_frames, video_fps, write_contact_sheet, write_video
 
 
 def main(argv: Sequence[str] | None = None) -> int:

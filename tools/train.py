@@ -33,11 +33,11 @@ from core.cli import run_cli, setup_logging
 from core.config import build_config, save_config
 from core.weights import WEIGHTS_NAME, load_config, load_state, load_strict
 from generator import Condition, Generator, GeneratorConfig, ObjectiveConfig, generator_loss
-from tools import checkpoint, distributed
-from tools.ema import EMA
-from tools.token_data import ShuffledSampler, TokenCache, tokenizer_fingerprint
+from videotrain import checkpoint, distributed
+from videotrain.ema import EMA
+from videodata.cache.reader import ShuffledSampler, TokenCache, tokenizer_fingerprint
 from tools.train_config import TrainConfig
-from tools.train_outputs import MetricsLog, export_generator, write_samples
+from videotrain.outputs import MetricsLog, export_generator, write_samples
 
 log = logging.getLogger("train")
 

@@ -5,7 +5,7 @@
     deepspeed tools/train_tokenizer.py --config ... --out runs/tok
 
 The same infrastructure as the generator trainer (``tools/train.py``): process groups from
-:mod:`tools.distributed`, the tokenizer inside a DeepSpeed engine (ZeRO 0-2, or 3 without the
+:mod:`videotrain.distributed`, the tokenizer inside a DeepSpeed engine (ZeRO 0-2, or 3 without the
 adversarial loss) and, when ``loss.adversarial_weight > 0``, the discriminator inside a second
 engine. Every rank samples its own clips. Checkpoints go to ``<out>/checkpoints`` (both engines
 under one tag, made visible by a ``COMPLETE`` marker) and a run resumes automatically from the
@@ -51,12 +51,12 @@ from tokenizer.losses import (
     perceptual_loss,
     reconstruction_loss,
 )
-from tools import checkpoint, distributed
-from tools.clip_data import ClipDataConfig, ClipPool
-from tools.metrics import psnr
-from tools.run_state import EngineGroup, average_buffers, persistent_buffers, restored_env
-from tools.train_outputs import MetricsLog
-from tools.video_io import tensor_to_frames, write_contact_sheet
+from videotrain import checkpoint, distributed
+from videodata.clips import ClipDataConfig, ClipPool
+from videoeval.metrics import psnr
+from videotrain.engines import EngineGroup, average_buffers, persistent_buffers, restored_env
+from videotrain.outputs import MetricsLog
+from core.video_io import tensor_to_frames, write_contact_sheet
 
 log = logging.getLogger("train_tokenizer")
 
@@ -434,7 +434,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = build_config(TokenizerTrainConfig, args.config, overrides)
     perceptual = None
     if args.perceptual:
-        from tools.metrics import LPIPS
+        from videoeval.metrics import LPIPS
 
         perceptual = LPIPS(args.perceptual)
     launched = "RANK" in os.environ

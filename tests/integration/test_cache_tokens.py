@@ -15,11 +15,11 @@ from PIL import Image
 
 from core.config import build_config
 from tokenizer import TokenizerConfig, VideoTokenizer
-from tools.cache_sources import TEST_HOOKS_ENV
+from videodata.cache.sources import TEST_HOOKS_ENV
 from tools.cache_tokens import main
-from tools.token_data import TokenCache
-from tools.token_format import MANIFEST_NAME, tokenizer_fingerprint
-from tools.video_io import frames_to_tensor, read_video, resize_center_crop, write_video
+from videodata.cache.reader import TokenCache
+from videodata.cache.format import MANIFEST_NAME, tokenizer_fingerprint
+from core.video_io import frames_to_tensor, read_video, resize_center_crop, write_video
 
 # 20, 25, ... 40 frames: two 9-frame clips each. Names sort so both of two ranks get good files.
 GOOD = ["a0.mp4", "a1.mp4", "a2.mp4", "w3.mp4", "w4.mp4"]

@@ -15,7 +15,7 @@ from PIL import Image
 from core.config import build_config
 from tokenizer import TokenizerConfig, VideoTokenizer
 from tools.eval_tokenizer import evaluate, main
-from tools.metrics import PSNR_MAX_DB
+from videoeval.metrics import PSNR_MAX_DB
 
 
 @pytest.fixture(scope="module")

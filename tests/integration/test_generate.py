@@ -13,7 +13,7 @@ import yaml
 from pipelines import VideoPipeline
 from pipelines.cli import main
 from tests.helpers.tiny_pipeline import make_tiny_pipeline
-from tools.video_io import read_video
+from core.video_io import read_video
 
 ROOT = Path(__file__).resolve().parents[2]
 

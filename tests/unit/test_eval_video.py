@@ -14,7 +14,7 @@ from PIL import Image
 from torch import nn
 
 from tools.eval_video import PROTOCOLS, FVDProtocol, evaluate_fvd, evaluate_recon, main
-from tools.fvd import (
+from videoeval.fvd import (
     I3D_ENV,
     FeatureStats,
     I3DNetwork,
@@ -25,8 +25,8 @@ from tools.fvd import (
     inception_score,
     iter_clips,
 )
-from tools.metrics import PSNR_MAX_DB
-from tools.video_io import write_video
+from videoeval.metrics import PSNR_MAX_DB
+from core.video_io import write_video
 
 NUM = 6  # videos per set in the CLI tests (--num-videos 6)
 

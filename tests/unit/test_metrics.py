@@ -5,7 +5,7 @@ import pytest
 import torch
 from scipy import ndimage
 
-from tools.metrics import LPIPS, PSNR_MAX_DB, psnr, ssim
+from videoeval.metrics import LPIPS, PSNR_MAX_DB, psnr, ssim
 
 
 def videos(B=2, T=3, H=24, W=20, noise=0.2, seed=0):

@@ -8,7 +8,7 @@ import torch
 from core.config import build_config
 from generator import Generator
 from tokenizer import VideoTokenizer
-from tools.distributed import deepspeed_config
+from videotrain.distributed import deepspeed_config
 from tools.train_config import TrainConfig
 from tools.train_tokenizer import TokenizerTrainConfig
 

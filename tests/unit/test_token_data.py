@@ -1,4 +1,4 @@
-"""tools/token_data.py: random access into a token cache, expectations, and resumable shuffling."""
+"""videodata/cache/reader.py: random access into a token cache, expectations, and resumable shuffling."""
 
 import pickle
 from pathlib import Path
@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from tools.cache_sources import ClipSpec, Source, discover_sources, plan_starts, rank_slice
-from tools.cache_writer import RankWriter, merge_manifest, prepare_cache_dir
-from tools.token_data import ShuffledSampler, TokenCache
-from tools.token_format import token_dtype
+from videodata.cache.sources import ClipSpec, Source, discover_sources, plan_starts, rank_slice
+from videodata.cache.writer import RankWriter, merge_manifest, prepare_cache_dir
+from videodata.cache.reader import ShuffledSampler, TokenCache
+from videodata.cache.format import token_dtype
 
 GRID = (2, 3, 3)
 FINGERPRINT = "ab" * 32

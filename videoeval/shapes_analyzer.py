@@ -44,7 +44,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from tools.shapes_render import COLORS, DIRECTIONS, HUES, SHAPES, label_of
+from videodata.shapes.render import COLORS, DIRECTIONS, HUES, SHAPES, label_of
 
 # Thresholds, in units that do not depend on the frame size.
 MIN_CONTRAST = 48.0  # chroma (0..255) the object must stand out from the background by

@@ -37,9 +37,9 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from tools.video_io import IMAGE_EXTS, list_media, read_video, resize_center_crop, video_fps
+from core.video_io import IMAGE_EXTS, list_media, read_video, resize_center_crop, video_fps
 
-try:  # decord is optional (see tools/video_io.py)
+try:  # decord is optional (see core/video_io.py)
     import decord
 except ImportError:  # pragma: no cover - depends on the platform
     decord = None

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from tools.token_format import META_DTYPE, load_manifest, read_json, tokenizer_fingerprint
+from videodata.cache.format import META_DTYPE, load_manifest, read_json, tokenizer_fingerprint
 
 __all__ = ["ShuffledSampler", "TokenCache", "TokenSample", "tokenizer_fingerprint"]
 

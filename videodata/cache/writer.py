@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from tools.token_format import (
+from videodata.cache.format import (
     FORMAT_NAME,
     FORMAT_VERSION,
     MANIFEST_NAME,
@@ -247,7 +247,7 @@ def merge_manifest(
     """Waits until every rank's done file exists, then writes ``manifest.json`` (rank 0's job).
 
     Shards are listed in (rank, index) order, which is work-item order (see
-    :func:`tools.cache_sources.rank_slice`); quarantine entries are sorted by source index.
+    :func:`videodata.cache.sources.rank_slice`); quarantine entries are sorted by source index.
 
     Raises:
         ValueError: a rank did not finish within ``wait_timeout_s``.

@@ -1,6 +1,6 @@
 """In-memory clip sampling for tokenizer training from a folder of videos and/or images.
 
-Every file is decoded once (decord, with fallbacks in :mod:`tools.video_io`), resized so its
+Every file is decoded once (decord, with fallbacks in :mod:`core.video_io`), resized so its
 short side equals ``size``, and kept as uint8. Batches are random windows of ``num_frames``
 frames with random ``size``x``size`` crops; a fraction of batches are single frames, so the
 tokenizer learns images (1-frame videos) and videos in one token space.
@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tools.video_io import list_media, read_video, resize_center_crop
+from core.video_io import list_media, read_video, resize_center_crop
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ class ClipPool:
     """All decoded media of a dataset, sampled into (B, 3, T, size, size) batches in [-1, 1]."""
 
     def __init__(self, cfg: ClipDataConfig) -> None:
-        from tools.cache_sources import MANIFEST_EXTS, discover_sources
+        from videodata.cache.sources import MANIFEST_EXTS, discover_sources
 
         files: list[Path] = []
         for p in cfg.paths:
