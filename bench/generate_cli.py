@@ -13,7 +13,6 @@ import os
 import re
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import yaml

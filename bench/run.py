@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     records = collect(names, args.quick)
     print(table(records))
     if args.json:
-        from core.config import atomic_write_text
+        from core.files import atomic_write_text
 
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         payload = {"machine": machine_facts(), "quick": args.quick, "seconds": time.time() - start, "records": records}

@@ -1,15 +1,51 @@
-"""Shared command-line plumbing: one clear error line and exit code 2 for bad input."""
+"""Shared command-line plumbing: one clear error line and exit code 2 for bad input.
+
+Every CLI builds its parser with :class:`CliParser`, reads ``--device`` with :func:`parse_device`
+and runs its ``main`` under :func:`run_cli`.
+"""
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 
 class UsageError(ValueError):
     """Bad command-line input; reported as one line on stderr with exit code 2."""
+
+
+class CliParser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors raise :class:`UsageError`: one line and exit 2 under :func:`run_cli`."""
+
+    def error(self, message: str):  # no usage dump, no SystemExit from inside a library call
+        raise UsageError(message)
+
+
+def parse_device(name: str) -> torch.device:
+    """``--device`` text (``cpu``, ``cuda``, ``cuda:1``) to a device that exists here.
+
+    Raises:
+        ValueError: an unknown device name, or CUDA asked for on a machine without it.
+    """
+    import torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {name!r}: use cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {name} was asked for, but CUDA is not available")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
 
 
 def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:

@@ -12,13 +12,10 @@ half-written file under the real name.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
-import secrets
 import subprocess
-from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
 
@@ -26,6 +23,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, ImageSequence, UnidentifiedImageError
+
+from core.files import atomic_path
 
 try:  # decord has no wheels for some platforms; PyAV covers those.
     import decord
@@ -296,31 +295,6 @@ def tensor_to_frames(video: torch.Tensor) -> np.ndarray:
     return x.movedim(-4, -1).numpy()  # (..., T, H, W, 3)
 
 
-@contextlib.contextmanager
-def _atomic_path(path: Path) -> Iterator[Path]:
-    """Yields a fresh temp path next to ``path`` (same extension); renames it on success.
-
-    The temp file is created with mode 0o666 minus the umask, like a normal file, so the
-    result is as readable as one written in place.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for _ in range(100):
-        tmp = path.with_name(f".{path.stem}.tmp{secrets.token_hex(4)}{path.suffix}")
-        try:
-            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-            break
-        except FileExistsError:
-            continue
-    else:  # pragma: no cover - 100 collisions of a random 32-bit name
-        raise OSError(f"cannot create a temp file next to {str(path)!r}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _write_mp4(tmp: Path, frames: np.ndarray, fps: float, crf: int) -> None:
     import imageio_ffmpeg
 
@@ -379,7 +353,7 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float, *, crf:
     _check_frames(frames)
     if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not math.isfinite(fps) or fps <= 0:
         raise ValueError(f"fps must be a positive finite number, got {fps!r}")
-    with _atomic_path(path) as tmp:
+    with atomic_path(path) as tmp:
         if ext == ".mp4":
             _write_mp4(tmp, frames, float(fps), crf)
         else:
@@ -419,5 +393,5 @@ def write_contact_sheet(
             x = pad + t * (W + pad)
             sheet[y : y + H, x : x + W] = row[t]
         y += H + pad
-    with _atomic_path(path) as tmp:
+    with atomic_path(path) as tmp:
         Image.fromarray(sheet).save(tmp, format="PNG")

@@ -27,8 +27,8 @@ import torch
 from tqdm import tqdm
 
 from core.cli import run_cli
-from core.config import atomic_write_text
-from tools.make_shapes import ATTRIBUTES, NUM_CLASSES, analyze, attributes_of, caption_for, label_of, parse_holdout
+from core.files import atomic_write_text
+from tools.make_shapes import NUM_CLASSES, analyze, attributes_of, caption_for, label_of, parse_holdout
 from core.video_io import write_contact_sheet
 
 

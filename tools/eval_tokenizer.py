@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from core.config import atomic_write_text
+from core.files import atomic_write_text
 from tokenizer import VideoTokenizer
 from videoeval.metrics import LPIPS, psnr, ssim
 from core.video_io import frames_to_tensor, list_media, read_video, resize_center_crop, tensor_to_frames, write_contact_sheet

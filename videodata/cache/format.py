@@ -27,12 +27,12 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from core.files import atomic_write_bytes, sha256_bytes, sha256_file  # noqa: F401 - re-exported for the cache modules
 from core.weights import CONFIG_NAME, WEIGHTS_NAME
 
 FORMAT_NAME = "tokvid-token-cache"
@@ -66,19 +66,6 @@ def token_dtype(codebook_size: int) -> np.dtype:
     return np.dtype(np.uint16) if codebook_size <= UINT16_MAX_CODEBOOK else np.dtype(np.int32)
 
 
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """sha256 of a file's bytes, read in chunks (memory stays flat for large shards)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def tokenizer_fingerprint(directory: str | os.PathLike) -> str:
     """sha256 identifying an exported tokenizer: its ``config.yaml`` bytes, then its weights.
 
@@ -110,22 +97,6 @@ def npy_bytes(array: np.ndarray) -> bytes:
 
 def json_bytes(data: Any) -> bytes:
     return (json.dumps(data, indent=1, allow_nan=False, ensure_ascii=False) + "\n").encode()
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Writes ``data`` to a hidden temp file next to ``path``, fsyncs it, then renames it over ``path``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def read_json(path: str | os.PathLike, what: str) -> Any:
