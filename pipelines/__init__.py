@@ -1,5 +1,5 @@
 """End-to-end pipelines: prompt or class label -> generator -> tokenizer decoder -> video."""
 
-from pipelines.video import PipelineConfig, VideoOutput, VideoPipeline
+from pipelines.video import DEFAULT_MODEL_DIR, PipelineConfig, VideoOutput, VideoPipeline
 
-__all__ = ["PipelineConfig", "VideoOutput", "VideoPipeline"]
+__all__ = ["DEFAULT_MODEL_DIR", "PipelineConfig", "VideoOutput", "VideoPipeline"]

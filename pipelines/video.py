@@ -27,6 +27,8 @@ from tokenizer import VideoTokenizer
 log = logging.getLogger(__name__)
 
 PIPELINE_CONFIG = "pipeline.yaml"
+# The shipped shapes model: the default --model of generate.py, eval_shapes and report.
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "models" / "shapes"
 
 
 @dataclass(frozen=True, kw_only=True)
