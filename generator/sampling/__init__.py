@@ -2,7 +2,8 @@
 
 from generator.sampling.ar import sample_ar
 from generator.sampling.context import DecodeContext
-from generator.sampling.filtering import SamplingConfig, filter_logits, sample_logits
+from generator.sampling.config import SamplingConfig
+from generator.sampling.filtering import filter_logits, sample_logits
 from generator.sampling.maskgit import sample_maskgit
 from generator.sampling.schedules import SCHEDULES, gamma, num_masked_after_step, training_mask
 

@@ -7,7 +7,8 @@ from tqdm import tqdm
 
 from generator.conditioning import Condition
 from generator.sampling.context import DecodeContext
-from generator.sampling.filtering import SamplingConfig, sample_logits
+from generator.sampling.config import SamplingConfig
+from generator.sampling.filtering import sample_logits
 from generator.transformer import Generator
 from generator.units import make_layout
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from generator.conditioning import Condition
-from generator.sampling.filtering import SamplingConfig
+from generator.sampling.config import SamplingConfig
 from generator.transformer import Generator
 from generator.units import block_causal_mask, causal_mask
 

@@ -2,54 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-
-@dataclass(frozen=True, kw_only=True)
-class SamplingConfig:
-    """How tokens are drawn from logits.
-
-    Attributes:
-        temperature: softmax temperature; 0 means greedy (argmax).
-        top_k: keep the k most likely tokens (0 = off).
-        top_p: keep the smallest set with cumulative probability >= p (1.0 = off).
-        cfg_scale: classifier-free guidance scale; 1.0 = plain conditional sampling.
-        cfg_schedule: "constant", or "linear" (scale ramps from 1 to cfg_scale over generation).
-        steps: MaskGIT decoding steps per unit.
-        mask_schedule: MaskGIT schedule ("cosine", "linear", "square").
-        choice_temperature: MaskGIT Gumbel noise on confidences, annealed to 0 over the steps.
-    """
-
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    cfg_scale: float = 1.0
-    cfg_schedule: str = "constant"
-    steps: int = 8
-    mask_schedule: str = "cosine"
-    choice_temperature: float = 4.5
-
-    def __post_init__(self) -> None:
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.cfg_scale < 0:
-            raise ValueError(f"cfg_scale must be >= 0, got {self.cfg_scale}")
-        if self.cfg_schedule not in ("constant", "linear"):
-            raise ValueError(f"cfg_schedule must be 'constant' or 'linear', got {self.cfg_schedule!r}")
-        if self.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {self.steps}")
-
-    def guidance(self, progress: float) -> float:
-        """The CFG scale at ``progress`` in [0, 1]."""
-        if self.cfg_schedule == "linear":
-            return 1.0 + (self.cfg_scale - 1.0) * progress
-        return self.cfg_scale
+from generator.sampling.config import SamplingConfig
 
 
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:

@@ -15,7 +15,8 @@ from tqdm import tqdm
 from generator.conditioning import Condition
 from generator.sampling.ar import check_order
 from generator.sampling.context import DecodeContext
-from generator.sampling.filtering import SamplingConfig, sample_logits
+from generator.sampling.config import SamplingConfig
+from generator.sampling.filtering import sample_logits
 from generator.sampling.schedules import num_masked_after_step
 from generator.transformer import Generator
 from generator.units import make_layout
