@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from generator.conditioning import Condition
-from generator.sampling.schedules import training_mask
+from generator.schedules import training_mask
 from generator.transformer import Generator
 from generator.units import causal_mask, make_layout, two_stream_mask
 

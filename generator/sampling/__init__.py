@@ -5,7 +5,7 @@ from generator.sampling.context import DecodeContext
 from generator.sampling.config import SamplingConfig
 from generator.sampling.filtering import filter_logits, sample_logits
 from generator.sampling.maskgit import sample_maskgit
-from generator.sampling.schedules import SCHEDULES, gamma, num_masked_after_step, training_mask
+from generator.schedules import SCHEDULES, gamma, num_masked_after_step, training_mask
 
 __all__ = [
     "DecodeContext",

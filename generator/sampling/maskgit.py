@@ -17,7 +17,7 @@ from generator.sampling.ar import check_order
 from generator.sampling.context import DecodeContext
 from generator.sampling.config import SamplingConfig
 from generator.sampling.filtering import sample_logits
-from generator.sampling.schedules import num_masked_after_step
+from generator.schedules import num_masked_after_step
 from generator.transformer import Generator
 from generator.units import make_layout
 

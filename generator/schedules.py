@@ -1,5 +1,8 @@
 """Mask schedules shared by MaskGIT training and sampling.
 
+One schedule, two users: :mod:`generator.objectives` draws training masks from it and
+:mod:`generator.sampling.maskgit` unmasks by it, so it lives beside both, not inside either.
+
 ``gamma(r)`` is the fraction of a unit's tokens still masked at progress ``r`` in [0, 1]:
 gamma(0) = 1 (all masked) and gamma(1) = 0 (nothing masked), decreasing in between. Training
 draws r ~ U(0, 1) and masks ceil(gamma(r) * n) tokens (at least one); sampling after step s of
