@@ -84,6 +84,18 @@ def unit_extent(order: str, grid: tuple[int, int, int], cube: tuple[int, int, in
     raise ValueError(f"unknown order {order!r}; choose from {list(ORDERS)}")
 
 
+def check_order(order: str, supported: tuple[str, ...], style: str) -> None:
+    """ValueError unless ``order`` is one of the ``supported`` orders of a ``style`` generator.
+
+    Args:
+        order: the order asked for.
+        supported: the orders the generator was configured (trained) for.
+        style: "ar" or "maskgit", named in the error.
+    """
+    if order not in supported:
+        raise ValueError(f"this {style} generator supports orders {list(supported)}, not {order!r}")
+
+
 def make_layout(grid: tuple[int, int, int], order: str, cube: tuple[int, int, int] = (1, 2, 2)) -> UnitLayout:
     """Builds the :class:`UnitLayout` of a grid for an order (``cube`` is used by order='cube')."""
     t, h, w = grid

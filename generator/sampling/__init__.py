@@ -1,8 +1,8 @@
 """Samplers: GPT-style and MaskGIT-style decoding over a shared logits function."""
 
 from generator.sampling.ar import sample_ar
-from generator.sampling.context import DecodeContext
 from generator.sampling.config import SamplingConfig
+from generator.sampling.context import DecodeContext
 from generator.sampling.filtering import filter_logits, sample_logits
 from generator.sampling.maskgit import sample_maskgit
 from generator.schedules import SCHEDULES, gamma, num_masked_after_step, training_mask

@@ -6,11 +6,11 @@ import torch
 from tqdm import tqdm
 
 from generator.conditioning import Condition
-from generator.sampling.context import DecodeContext
 from generator.sampling.config import SamplingConfig
+from generator.sampling.context import DecodeContext
 from generator.sampling.filtering import sample_logits
 from generator.transformer import Generator
-from generator.units import make_layout
+from generator.units import check_order, make_layout
 
 START_COORDS = (-1, -1, -1)  # the start token sits with the prefix: unrotated
 
@@ -47,7 +47,7 @@ def sample_ar(
     """
     if model.config.style != "ar":
         raise ValueError("sample_ar needs a generator with style 'ar'")
-    check_order(model, order)
+    check_order(order, model.config.orders, model.config.style)
     model.check_grid(grid, order)
     layout = make_layout(grid, order, model.config.cube_size)
     B, L = cond.batch_size, layout.num_tokens
@@ -68,11 +68,3 @@ def sample_ar(
             seq[:, i] = sample_logits(logits, sampling, generator)
             prev, prev_coords = seq[:, i : i + 1], layout.coords[i : i + 1]
     return layout.to_grid(seq)
-
-
-def check_order(model: Generator, order: str) -> None:
-    """ValueError unless the model was configured for ``order``."""
-    if order not in model.config.orders:
-        raise ValueError(
-            f"this {model.config.style} generator supports orders {list(model.config.orders)}, not {order!r}"
-        )

@@ -13,13 +13,12 @@ import torch
 from tqdm import tqdm
 
 from generator.conditioning import Condition
-from generator.sampling.ar import check_order
-from generator.sampling.context import DecodeContext
 from generator.sampling.config import SamplingConfig
+from generator.sampling.context import DecodeContext
 from generator.sampling.filtering import sample_logits
 from generator.schedules import num_masked_after_step
 from generator.transformer import Generator
-from generator.units import make_layout
+from generator.units import check_order, make_layout
 
 
 def sample_maskgit(
@@ -50,7 +49,7 @@ def sample_maskgit(
     """
     if model.config.style != "maskgit":
         raise ValueError("sample_maskgit needs a generator with style 'maskgit'")
-    check_order(model, order)
+    check_order(order, model.config.orders, model.config.style)
     model.check_grid(grid, order)
     layout = make_layout(grid, order, model.config.cube_size)
     B, L = cond.batch_size, layout.num_tokens
