@@ -2,7 +2,7 @@
 MaskGIT-style generation, with token, cube, frame or clip units and class/text conditioning."""
 
 from generator.conditioning import Condition, ConditionEmbedder
-from generator.layers import KVCache
+from generator.kv_cache import KVCache
 from generator.objectives import LossOutput, ObjectiveConfig, generator_loss
 from generator.transformer import Generator, GeneratorConfig
 from generator.units import ORDERS, UnitLayout, make_layout

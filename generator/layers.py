@@ -1,4 +1,4 @@
-"""Transformer layers: RMSNorm, SwiGLU, 3D rotary embeddings, attention with a static KV cache.
+"""Transformer layers: RMSNorm, SwiGLU, 3D rotary embeddings, attention that can use a KV cache.
 
 Attention runs through ``torch.nn.functional.scaled_dot_product_attention`` with an explicit
 boolean mask. xformers is an optional backend used only when it is installed and the tensors
@@ -12,6 +12,8 @@ import importlib.util
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from generator.kv_cache import KVCache
 
 _HAS_XFORMERS = importlib.util.find_spec("xformers") is not None
 
@@ -102,58 +104,6 @@ class Rope3d(nn.Module):
         """
         y = torch.view_as_complex(x.float().unflatten(-1, (-1, 2))) * freqs  # (..., hd/2) complex
         return torch.view_as_real(y).flatten(-2).type_as(x)
-
-
-class KVCache(nn.Module):
-    """A preallocated key/value cache for every layer: (layers, B, nh, max_len, hd) buffers.
-
-    ``length`` is how many positions are filled. A forward pass writes its new keys and values
-    at ``[length, length + n)`` and advances ``length``; a sampler that only probes (MaskGIT
-    steps) calls :meth:`rewind` afterwards. ``valid`` marks real positions (text padding is
-    False) and is the key mask every later query uses.
-    """
-
-    def __init__(self, num_layers: int, batch: int, num_heads: int, max_len: int, head_dim: int,
-                 dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> None:
-        super().__init__()
-        shape = (num_layers, batch, num_heads, max_len, head_dim)
-        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-        self.register_buffer("valid", torch.zeros(batch, max_len, dtype=torch.bool, device=device), persistent=False)
-        self.max_len = max_len
-        self.length = 0
-        self._padded_until = 0  # positions >= this are all valid (a bound kept without reading `valid`)
-
-    @property
-    def all_valid(self) -> bool:
-        """True when every filled position is a valid key, so queries need no key mask."""
-        return self._padded_until == 0
-
-    def reset(self) -> None:
-        self.length = 0
-        self._padded_until = 0
-
-    def rewind(self, length: int) -> None:
-        """Forgets every position from ``length`` on."""
-        if not 0 <= length <= self.length:
-            raise ValueError(f"cannot rewind a cache of length {self.length} to {length}")
-        self.length = length
-        self._padded_until = min(self._padded_until, length)
-
-    def reserve(self, n: int, valid: torch.Tensor | None = None) -> tuple[int, int]:
-        """Claims ``n`` positions whose key validity is ``valid`` (B, n), None = all valid;
-        returns (start, stop)."""
-        start, stop = self.length, self.length + n
-        if stop > self.max_len:
-            raise ValueError(f"KV cache overflow: {stop} positions needed, {self.max_len} allocated")
-        if valid is None:
-            self.valid[:, start:stop] = True
-        else:
-            self.valid[:, start:stop] = valid
-            if not bool(valid.all()):
-                self._padded_until = stop
-        self.length = stop
-        return start, stop
 
 
 class Attention(nn.Module):

@@ -20,7 +20,8 @@ from torch.utils.checkpoint import checkpoint
 
 from core.weights import WEIGHTS_NAME, load_config, load_state, load_strict, save_pretrained
 from generator.conditioning import Condition, ConditionEmbedder
-from generator.layers import Attention, KVCache, RMSNorm, Rope3d, SwiGLU, linear_weights_column_major_
+from generator.kv_cache import KVCache
+from generator.layers import Attention, RMSNorm, Rope3d, SwiGLU, linear_weights_column_major_
 from generator.units import ORDERS, unit_extent
 
 
