@@ -12,20 +12,25 @@ benchmark plus the machine's facts.
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import json
+import logging
 import os
 import platform
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
+from bench.table import format_table, goal_text
+from core.cli import CliParser, run_cli, setup_logging
+from core.files import atomic_write_text
+
+log = logging.getLogger("bench.run")
+
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 # name -> (module, needs the bench venv)
 BENCHES: dict[str, tuple[str, bool]] = {
@@ -39,6 +44,7 @@ VENV_PYTHON = ROOT / ".bench-venv" / "bin" / "python"
 
 
 def machine_facts() -> dict:
+    """CPU model, core count, torch version, GPU name (or None), Python version and load average."""
     import torch
 
     cpu = platform.processor() or platform.machine()
@@ -55,11 +61,12 @@ def machine_facts() -> dict:
 
 
 def run_in_venv(module: str, quick: bool) -> list[dict]:
+    """Runs one benchmark module as a script in the bench venv; returns its records."""
     script = ROOT / (module.replace(".", "/") + ".py")
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "records.json"
         cmd = [str(VENV_PYTHON), str(script), "--json", str(out)] + (["--quick"] if quick else [])
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+        proc = subprocess.run(cmd, check=False, capture_output=True, text=True, cwd=ROOT)
         if proc.returncode != 0:
             raise RuntimeError(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}")
         data = json.loads(out.read_text())
@@ -67,6 +74,7 @@ def run_in_venv(module: str, quick: bool) -> list[dict]:
 
 
 def collect(names: list[str], quick: bool) -> list[dict]:
+    """Runs the named benchmarks in order; a benchmark that cannot run gives one "skipped" record with the reason."""
     records = []
     for name in names:
         module, venv = BENCHES[name]
@@ -85,58 +93,52 @@ def collect(names: list[str], quick: bool) -> list[dict]:
             r.setdefault("bench", name)
             normalize_goal(r)
         records += rows
-        print(f"[{name}] {len(rows)} record(s) in {time.time() - t0:.0f} s", file=sys.stderr)
+        log.info("[%s] %d record(s) in %.0f s", name, len(rows), time.time() - t0)
     return records
 
 
 def normalize_goal(record: dict) -> dict:
     """Writes a numeric goal as text with its direction (``goal_op``, ">=" unless given), e.g.
     ``{"goal": 1.0, "goal_op": "<="}`` -> ``"<= 1"``; the JSON then reads the same as the table."""
-    goal = record.get("goal")
-    op = record.pop("goal_op", ">=")
-    if isinstance(goal, (int, float)) and not isinstance(goal, bool):
-        record["goal"] = f"{op} {goal:g}"
+    if record.get("goal") is not None:
+        record["goal"] = goal_text(record)
+    record.pop("goal_op", None)
     return record
 
 
-def fmt(v) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.3g}" if abs(v) < 1000 else f"{v:,.0f}"
-    return str(v)
+def run_benchmarks(names: Sequence[str], quick: bool, json_path: str | os.PathLike | None = None) -> list[dict]:
+    """Runs the named benchmarks (all of ``BENCHES`` when empty) and optionally writes records plus machine facts.
+
+    Raises:
+        ValueError: an unknown benchmark name.
+    """
+    names = list(names) or list(BENCHES)
+    unknown = sorted(set(names) - set(BENCHES))
+    if unknown:
+        raise ValueError(f"unknown benchmark(s) {unknown}; choose from {sorted(BENCHES)}")
+    start = time.time()
+    records = collect(names, quick)
+    if json_path is not None:
+        payload = {"machine": machine_facts(), "quick": quick, "seconds": time.time() - start, "records": records}
+        atomic_write_text(json_path, json.dumps(payload, indent=1))
+    return records
 
 
-def table(records: list[dict]) -> str:
-    head = ["benchmark", "ours", "peer/floor", "unit", "ratio", "goal", "met"]
-    rows = [[r["name"], fmt(r.get("ours")), fmt(r.get("peer")), r.get("unit", ""), fmt(r.get("ratio")),
-             r.get("goal") or "-", {True: "yes", False: "NO", None: "-"}[r.get("met")]] for r in records]
-    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
-    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths))  # noqa: E731
-    return "\n".join([line(head), line(["-" * w for w in widths]), *map(line, rows)])
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def _main(argv: Sequence[str] | None) -> int:
+    p = CliParser(prog="bench/run.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="small sizes and few repeats (about 2 minutes)")
     p.add_argument("--only", default="", help=f"comma-separated subset of {sorted(BENCHES)}")
     p.add_argument("--json", help="write records and machine facts here")
     args = p.parse_args(argv)
-    names = [n for n in args.only.split(",") if n] or list(BENCHES)
-    unknown = sorted(set(names) - set(BENCHES))
-    if unknown:
-        print(f"error: unknown benchmark(s) {unknown}; choose from {sorted(BENCHES)}", file=sys.stderr)
-        return 2
-    start = time.time()
-    records = collect(names, args.quick)
-    print(table(records))
-    if args.json:
-        from core.files import atomic_write_text
-
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        payload = {"machine": machine_facts(), "quick": args.quick, "seconds": time.time() - start, "records": records}
-        atomic_write_text(args.json, json.dumps(payload, indent=1))
+    setup_logging()
+    records = run_benchmarks([n for n in args.only.split(",") if n], args.quick, args.json)
+    print(format_table(records))
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the benchmarks and prints the table; 2 with one ``error:`` line on bad input."""
+    return run_cli(_main, argv)
 
 
 if __name__ == "__main__":

@@ -1,20 +1,39 @@
-"""The per-benchmark table printed by the bench scripts (bench/run.py prints the combined one)."""
+"""The benchmark table: one row per record, printed by every bench script and by ``bench/run.py``.
+
+A record is a dict with ``name``, ``ours``, ``peer``, ``unit``, ``ratio`` (ours/peer), ``goal``
+(text such as ``">= 1"``, or a number with its direction in ``goal_op``, ``">="`` by default),
+``met`` (True, False or None) and optionally ``note``.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
 
-def format_table(records: list[dict]) -> str:
-    """One row per record: metric, ours, peer, unit, ours/peer, goal (with its direction), met."""
+from core.tables import format_number, is_number, records_table
 
-    def num(x: float) -> str:
-        return f"{x:,.3f}" if abs(x) < 10 else f"{x:,.1f}"
+MET = {True: "yes", False: "NO", None: "-"}
 
-    rows = [("metric", "ours", "peer", "unit", "ours/peer", "goal", "met")]
-    for r in records:
-        goal = f"{r.get('goal_op', '>=')} {r['goal']:.2f}x" if r["goal"] is not None else "-"
-        met = {True: "yes", False: "NO", None: "-"}[r["met"]]
-        rows.append((r["name"], num(r["ours"]), num(r["peer"]), r["unit"], f"{r['ratio']:.3f}x", goal, met))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))) for row in rows]
-    lines.insert(1, "-" * len(lines[0]))
-    return "\n".join(lines)
+
+def goal_text(record: Mapping[str, Any]) -> str:
+    """The goal with its direction: ``{"goal": 1.0, "goal_op": "<="}`` -> ``"<= 1"``; ``"-"`` for none."""
+    goal = record.get("goal")
+    if is_number(goal):
+        return f"{record.get('goal_op', '>=')} {goal:g}"
+    return goal or "-"
+
+
+def format_table(records: list[dict], *, first: str = "benchmark", notes: bool = False) -> str:
+    """The records as a Markdown table: ``first`` (name), ours, peer/floor, unit, ratio, goal, met (and note)."""
+    columns = [
+        (first, "name"),
+        ("ours", "ours"),
+        ("peer/floor", "peer"),
+        ("unit", lambda r: r.get("unit") or ""),
+        ("ratio", lambda r: format_number(r.get("ratio"))),
+        ("goal", goal_text),
+        ("met", lambda r: MET[r.get("met")]),
+    ]
+    if notes:
+        columns.append(("note", lambda r: r.get("note") or ""))
+    return records_table(records, columns)

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
+from bench import run as runner
+from bench.table import format_table
 
-from bench import run as runner  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_table_and_skip_records(monkeypatch, tmp_path):
@@ -18,8 +18,18 @@ def test_table_and_skip_records(monkeypatch, tmp_path):
     records = runner.collect(["tokenizer"], quick=True)
     assert records[0]["name"] == "tokenizer: skipped" and "bench/setup_env.sh" in records[0]["note"]
     rows = [{"name": "x", "ours": 2.0, "peer": 1.0, "unit": "it/s", "ratio": 2.0, "goal": ">= 1.0", "met": True}]
-    text = runner.table(rows)
-    assert "x" in text.splitlines()[2] and "yes" in text and "2" in text
+    text = format_table(rows)
+    head = ["benchmark", "ours", "peer/floor", "unit", "ratio", "goal", "met"]
+    assert [c.strip() for c in text.splitlines()[0].split("|")[1:-1]] == head
+    assert [c.strip() for c in text.splitlines()[2].split("|")[1:-1]] == ["x", "2", "1", "it/s", "2", ">= 1.0", "yes"]
+
+
+def test_one_number_format_and_right_aligned_numbers():
+    rows = [{"name": "encode", "ours": 12345.6, "peer": 0.01234, "unit": "", "ratio": None, "goal": 1.5, "goal_op": "<=",
+             "met": False}]
+    head, rule, row = format_table(rows).splitlines()
+    assert [c.strip() for c in row.split("|")[1:-1]] == ["encode", "12,346", "0.0123", "", "-", "<= 1.5", "NO"]
+    assert rule.split("|")[2].endswith(":") and not rule.split("|")[1].endswith(":")  # numbers right, names left
 
 
 def test_numeric_goals_carry_their_direction():
@@ -31,7 +41,8 @@ def test_numeric_goals_carry_their_direction():
 
 def test_unknown_benchmark_exits_2():
     proc = subprocess.run([sys.executable, str(ROOT / "bench/run.py"), "--only", "nope"], capture_output=True, text=True)
-    assert proc.returncode == 2 and "unknown benchmark" in proc.stderr
+    assert proc.returncode == 2 and proc.stderr.startswith("error: unknown benchmark"), proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.slow
