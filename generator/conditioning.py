@@ -39,10 +39,18 @@ class Condition:
                 return t.shape[0]
         raise ValueError("an empty Condition has no batch size; pass drop=torch.ones(B, dtype=torch.bool)")
 
+    @property
+    def device(self) -> torch.device:
+        """The device of the first tensor set (labels, text, then drop); CPU for an empty condition."""
+        for t in (self.labels, self.text, self.drop):
+            if t is not None:
+                return t.device
+        return torch.device("cpu")
+
     def with_null(self) -> "Condition":
         """The same batch followed by its unconditional copy: 2B rows (for CFG)."""
         B = self.batch_size
-        drop = self.drop if self.drop is not None else torch.zeros(B, dtype=torch.bool, device=self._device())
+        drop = self.drop if self.drop is not None else torch.zeros(B, dtype=torch.bool, device=self.device)
         cat = lambda t: None if t is None else torch.cat([t, t], dim=0)  # noqa: E731
         return Condition(
             labels=cat(self.labels),
@@ -51,11 +59,6 @@ class Condition:
             drop=torch.cat([drop, torch.ones_like(drop)]),
         )
 
-    def _device(self) -> torch.device:
-        for t in (self.labels, self.text, self.drop):
-            if t is not None:
-                return t.device
-        return torch.device("cpu")
 
 
 class ConditionEmbedder(nn.Module):

@@ -54,8 +54,7 @@ def drop_condition(cond: Condition, p: float, generator: torch.Generator | None)
         return cond
     B = cond.batch_size
     drop = torch.rand(B, generator=generator) < p
-    device = cond._device()
-    drop = drop.to(device)
+    drop = drop.to(cond.device)
     if cond.drop is not None:
         drop = drop | cond.drop
     return Condition(labels=cond.labels, text=cond.text, text_mask=cond.text_mask, drop=drop)
