@@ -121,6 +121,11 @@ class Generator(nn.Module):
     def prefix_len(self) -> int:
         return self.cond_emb.prefix_len
 
+    @property
+    def device(self) -> torch.device:
+        """The device the weights are on; samplers put new tokens there."""
+        return self.head.weight.device
+
     def num_params(self, exclude_embeddings: bool = False) -> int:
         """Parameter count (optionally without the token embedding table)."""
         n = sum(p.numel() for p in self.parameters())

@@ -108,11 +108,13 @@ class VideoPipeline:
         generators = {mode: Generator.from_pretrained(directory / sub) for mode, sub in config.generators.items()}
         text_encoder = None
         if config.text_encoder is not None:
-            text_encoder = load_text_encoder(replace(config.text_encoder, path=str(cls._text_encoder_path(config, directory))))
+            text_encoder = load_text_encoder(replace(config.text_encoder, path=str(cls.text_encoder_path(config, directory))))
         return cls(tokenizer, generators, text_encoder, config)
 
     @staticmethod
-    def _text_encoder_path(config: PipelineConfig, directory: Path) -> Path:
+    def text_encoder_path(config: PipelineConfig, directory: Path) -> Path:
+        """The text encoder folder of the pipeline in ``directory``: from ``text_encoder_package``
+        if set, else ``text_encoder.path`` (relative to ``directory`` unless absolute)."""
         if config.text_encoder_package:
             try:
                 module = importlib.import_module(config.text_encoder_package)
@@ -122,6 +124,9 @@ class VideoPipeline:
             return Path(module.get_model_path())
         path = Path(config.text_encoder.path)
         return path if path.is_absolute() else directory / path
+
+    # The old private name, still called by tools/make_pipeline.py; drop it once that uses text_encoder_path.
+    _text_encoder_path = text_encoder_path
 
     def save_pretrained(self, directory: str | os.PathLike, dtype: torch.dtype | None = None) -> None:
         """Writes tokenizer, generators and ``pipeline.yaml`` (last) into ``directory``; ``dtype``
@@ -143,7 +148,8 @@ class VideoPipeline:
 
     @property
     def device(self) -> torch.device:
-        return self.tokenizer.decoder.conv_out.conv.weight.device
+        """The device of the parts (:meth:`to` moves them together)."""
+        return self.tokenizer.device
 
     # ----------------------------------------------------------------- checks
     def resolve_mode_order(self, mode: str | None, order: str | None) -> tuple[str, str]:

@@ -113,6 +113,17 @@ class VideoTokenizer(nn.Module):
     def codebook_size(self) -> int:
         return self.quantizer.codebook_size
 
+    @property
+    def device(self) -> torch.device:
+        """The device the weights are on (every part moves together with ``.to()``)."""
+        return next(self.parameters()).device
+
+    @property
+    def last_decoder_weight(self) -> torch.Tensor:
+        """The weight of the decoder's output convolution, the layer VQGAN's adaptive GAN weight
+        differentiates the losses against (a parameter: gradients flow to it)."""
+        return self.decoder.conv_out.conv.weight
+
     def latent_shape(self, T: int, H: int, W: int) -> tuple[int, int, int]:
         """Token grid (t, h, w) for a (T, H, W) video; raises ValueError for unreachable sizes."""
         ct, cs = self.config.temporal_compression, self.config.spatial_compression

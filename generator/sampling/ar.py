@@ -51,7 +51,7 @@ def sample_ar(
     model.check_grid(grid, order)
     layout = make_layout(grid, order, model.config.cube_size)
     B, L = cond.batch_size, layout.num_tokens
-    device = model.head.weight.device
+    device = model.device
     frame_tokens = grid[1] * grid[2]
     max_tokens = 1 + min(L, model.config.max_grid[0] * frame_tokens)
     ctx = DecodeContext(model, cond, sampling, max_tokens=max_tokens, use_cache=use_cache)

@@ -53,7 +53,7 @@ def sample_maskgit(
     model.check_grid(grid, order)
     layout = make_layout(grid, order, model.config.cube_size)
     B, L = cond.batch_size, layout.num_tokens
-    device = model.head.weight.device
+    device = model.device
     max_tokens = min(L, model.config.max_grid[0] * grid[1] * grid[2])
     # A single unit (order 'clip') is never context for a later one: a cache would only be
     # written and rewound every step. Without it the step is one plain forward pass.

@@ -218,6 +218,10 @@ def test_cube_that_does_not_divide_grid():
 def test_unsupported_order_and_style():
     with pytest.raises(ValueError, match="supports orders"):
         sample_ar(tiny("ar"), cond2(), GRID, order="clip")
+    frame_only = Generator(GeneratorConfig(style="maskgit", orders=("frame",), vocab_size=64, max_grid=GRID, dim=32, depth=2,
+                                           num_heads=2, num_classes=5))
+    with pytest.raises(ValueError, match=r"this maskgit generator supports orders \['frame'\], not 'clip'"):
+        sample_maskgit(frame_only, cond2(), GRID, order="clip")
     with pytest.raises(ValueError, match="needs style 'maskgit'"):
         GeneratorConfig(style="ar", orders=("clip",))
 
@@ -232,3 +236,13 @@ def test_objective_runs_for_every_order_and_gradients_flow():
             loss = float(out.loss.detach())
             assert math.isfinite(loss) and abs(loss - math.log(64)) < 0.5
             assert m.tok_emb.weight.grad.abs().sum() > 0 and m.cond_emb.class_emb.weight.grad.abs().sum() > 0
+
+
+# ---------------------------------------------------------------- devices
+def test_condition_and_generator_report_their_device():
+    assert Condition().device == torch.device("cpu") and cond2().device == torch.device("cpu")
+    on_meta = Condition(labels=torch.tensor([1, 4], device="meta"))
+    assert on_meta.device.type == "meta"
+    assert on_meta.with_null().drop.device.type == "meta"  # the null rows land where the labels are
+    m = tiny("ar")
+    assert m.device == torch.device("cpu") and m.to("meta").device.type == "meta"

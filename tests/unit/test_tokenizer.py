@@ -29,6 +29,17 @@ def test_shapes_images_and_videos(repo_root, T):
     assert tok.latent_shape(T, 32, 32) == tuple(ids.shape[1:])
 
 
+def test_device_and_last_decoder_weight(repo_root):
+    tok = tiny(repo_root)
+    assert tok.device == torch.device("cpu")
+    last = tok.last_decoder_weight
+    assert any(p is last for p in tok.decoder.parameters())
+    recon = tok(video(T=5, B=1)).recon
+    (grad,) = torch.autograd.grad(recon.square().sum(), last)  # what VQGAN's adaptive weight needs
+    assert grad.shape == last.shape and grad.abs().sum() > 0
+    assert tok.to("meta").device.type == "meta"
+
+
 @pytest.mark.parametrize("ct,cs,mult", [(1, 4, (1, 2, 2)), (2, 4, (1, 2, 2)), (8, 4, (1, 1, 2, 2)), (2, 16, (1, 1, 2, 2, 2))])
 def test_compression_factors(repo_root, ct, cs, mult):
     tok = tiny(repo_root, f"temporal_compression={ct}", f"spatial_compression={cs}", f"channel_mult={list(mult)}")
