@@ -16,6 +16,7 @@ Two families, picked by ``TextEncoderConfig.kind`` through ``TEXT_ENCODERS``:
 Everything is read with ``local_files_only=True`` and ``use_safetensors=True``: nothing is
 downloaded and nothing is unpickled. Weights load in float32; ``.to(device, dtype)`` afterwards
 moves the encoder like any module (prefer bfloat16 over float16 for T5, which overflows in fp16).
+Reading the directory (checks, strict loading, hashing) lives in :mod:`generator.text_encoder_files`.
 """
 
 from __future__ import annotations
@@ -29,28 +30,22 @@ from typing import TYPE_CHECKING, Literal
 import torch
 from torch import nn
 
+from generator.text_encoder_files import (
+    check_directory,
+    check_spiece,
+    check_vocab,
+    hash_files,
+    load_model,
+    load_tokenizer,
+)
+
 if TYPE_CHECKING:  # transformers is imported only when an encoder is loaded
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
 
-CONFIG_FILE = "config.json"
-# Files that define how text becomes ids. Only those present are read; which one a tokenizer
-# actually uses is up to transformers, so the fingerprint hashes all of them.
-TOKENIZER_FILES = (
-    "spiece.model",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "vocab.txt",
-    "vocab.json",
-    "merges.txt",
-)
 # config.json model_type values that T5TextEncoder loads (T5/MT5/UMT5EncoderModel in its load()).
 T5_MODEL_TYPES = ("t5", "mt5", "umt5")
-# Plain ASCII text on which the tokenizer must agree with ``spiece.model`` (see _check_spiece).
-_SPIECE_PROBES = ("a red circle moving left", "two small squares bounce on a blue background")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -230,7 +225,7 @@ class TextEncoder(nn.Module):
         Files changed on disk after that first call are not seen.
         """
         if self._files_digest is None:
-            self._files_digest = _hash_files(Path(self.config.path))
+            self._files_digest = hash_files(Path(self.config.path))
         dtype = next(self.model.parameters()).dtype
         h = hashlib.sha256()
         for part in (self.config.kind, str(self.max_length), self._files_digest, str(dtype)):
@@ -255,18 +250,18 @@ class T5TextEncoder(TextEncoder):
         from transformers import AutoConfig, MT5EncoderModel, T5EncoderModel, UMT5EncoderModel
 
         models = {"t5": T5EncoderModel, "mt5": MT5EncoderModel, "umt5": UMT5EncoderModel}
-        path = _check_directory(config.path, ("spiece.model", "tokenizer.json"))
+        path = check_directory(config.path, ("spiece.model", "tokenizer.json"))
         model_type = AutoConfig.from_pretrained(path, local_files_only=True).model_type
         if model_type not in models:
             raise ValueError(
                 f"text encoder kind 't5' expects a config.json with model_type in {sorted(models)}, "
                 f"got {model_type!r} in {str(path)!r}; use kind 'bert' for encoder-only models"
             )
-        model = _load_model(models[model_type], path)
-        tokenizer = _load_tokenizer(path)
+        model = load_model(models[model_type], path)
+        tokenizer = load_tokenizer(path)
         if (path / "spiece.model").is_file():
-            _check_spiece(tokenizer, path / "spiece.model")
-        _check_vocab(tokenizer, model, path)
+            check_spiece(tokenizer, path / "spiece.model")
+        check_vocab(tokenizer, model, path)
         return cls(model, tokenizer, config)
 
 
@@ -278,7 +273,7 @@ class BertTextEncoder(TextEncoder):
         """Loads an encoder-only checkpoint from ``config.path``; its last hidden state is the output."""
         from transformers import AutoConfig, AutoModel
 
-        path = _check_directory(config.path, ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model"))
+        path = check_directory(config.path, ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model"))
         hf_config = AutoConfig.from_pretrained(path, local_files_only=True)
         # A saved T5EncoderModel has is_encoder_decoder=False, so check the family by name too.
         if hf_config.model_type in T5_MODEL_TYPES or getattr(hf_config, "is_encoder_decoder", False):
@@ -292,9 +287,9 @@ class BertTextEncoder(TextEncoder):
             raise ValueError(
                 f"max_length={config.max_length} exceeds the {max_positions} positions of the model in {str(path)!r}"
             )
-        model = _load_model(AutoModel, path, optional_prefixes=("pooler.",))
-        tokenizer = _load_tokenizer(path)
-        _check_vocab(tokenizer, model, path)
+        model = load_model(AutoModel, path, optional_prefixes=("pooler.",))
+        tokenizer = load_tokenizer(path)
+        check_vocab(tokenizer, model, path)
         return cls(model, tokenizer, config)
 
 
@@ -319,90 +314,3 @@ def check_prompts(prompts: list[str]) -> None:
             raise ValueError(
                 f"prompt {i} is empty or whitespace-only; use the generator's null condition for unconditional samples"
             )
-
-
-# --------------------------------------------------------------------- loading helpers
-def _check_directory(path: str, tokenizer_files: tuple[str, ...]) -> Path:
-    """Checks that ``path`` holds a config, safetensors weights and one of ``tokenizer_files``."""
-    directory = Path(path)
-    expected = f"config.json, *.safetensors and one of {', '.join(tokenizer_files)}"
-    if not directory.is_dir():
-        raise ValueError(f"text encoder directory {path!r} does not exist (expected a local directory with {expected})")
-    if not (directory / CONFIG_FILE).is_file():
-        raise ValueError(f"text encoder directory {path!r} has no config.json (expected {expected})")
-    if not any(directory.glob("*.safetensors")):
-        hint = "; convert the .bin weights to safetensors" if any(directory.glob("*.bin")) else ""
-        raise ValueError(f"text encoder directory {path!r} has no *.safetensors weights{hint} (expected {expected})")
-    if not any((directory / name).is_file() for name in tokenizer_files):
-        names = ", ".join(tokenizer_files)
-        raise ValueError(f"text encoder directory {path!r} has no tokenizer file (expected one of {names})")
-    return directory
-
-
-def _load_model(model_cls: type, path: Path, optional_prefixes: tuple[str, ...] = ()) -> PreTrainedModel:
-    """``from_pretrained`` offline, float32, safetensors only; missing weights are an error.
-
-    transformers only logs missing keys and leaves them randomly initialised, which for a frozen
-    encoder would silently produce noise features. Keys under ``optional_prefixes`` (the BERT
-    pooler, never used here) may be missing.
-    """
-    model, info = model_cls.from_pretrained(
-        path, local_files_only=True, use_safetensors=True, dtype=torch.float32, output_loading_info=True
-    )
-    missing = sorted(k for k in info["missing_keys"] if not k.startswith(optional_prefixes))
-    if missing:
-        shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
-        what = type(model).__name__
-        raise ValueError(f"the weights in {str(path)!r} lack {len(missing)} tensor(s) of {what}: {shown}")
-    return model
-
-
-def _load_tokenizer(path: Path) -> PreTrainedTokenizerBase:
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(path, local_files_only=True)
-
-
-def _check_spiece(tokenizer: PreTrainedTokenizerBase, spiece_path: Path) -> None:
-    """Raises ValueError unless ``tokenizer`` splits probe text into the ids of ``spiece.model``.
-
-    Guards against a tokenizer that did not come from this directory's SentencePiece model (a
-    stale ``tokenizer.json``, or a default vocabulary picked up instead of the file).
-    """
-    import sentencepiece as spm
-
-    sp = spm.SentencePieceProcessor(model_file=str(spiece_path))
-    for probe in _SPIECE_PROBES:
-        ours = tokenizer(probe, add_special_tokens=False)["input_ids"]
-        theirs = sp.encode(probe)
-        if ours != theirs:
-            raise ValueError(
-                f"the tokenizer loaded from {str(spiece_path.parent)!r} does not match its spiece.model: "
-                f"{probe!r} -> {ours} vs {theirs}; regenerate tokenizer.json from spiece.model"
-            )
-
-
-def _check_vocab(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel, path: Path) -> None:
-    """Every id the tokenizer can emit must index a row of the model's embedding table."""
-    num_rows = model.get_input_embeddings().num_embeddings
-    if len(tokenizer) > num_rows:
-        raise ValueError(
-            f"the tokenizer in {str(path)!r} has {len(tokenizer)} tokens but the model embeds only {num_rows}; "
-            "they do not belong together"
-        )
-
-
-def _hash_files(directory: Path) -> str:
-    """sha256 over the names and contents of the config, tokenizer and safetensors files."""
-    names = [CONFIG_FILE, *TOKENIZER_FILES, "model.safetensors.index.json"]
-    files = [directory / n for n in names if (directory / n).is_file()]
-    files += sorted(directory.glob("*.safetensors"))
-    h = hashlib.sha256()
-    for file in files:
-        h.update(file.name.encode() + b"\0")
-        file_hash = hashlib.sha256()
-        with open(file, "rb") as f:
-            while chunk := f.read(1 << 24):
-                file_hash.update(chunk)
-        h.update(file_hash.digest())
-    return h.hexdigest()

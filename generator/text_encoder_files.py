@@ -1,0 +1,119 @@
+"""Reading a Hugging Face text-encoder directory: layout checks, strict offline loading and the
+content hash behind :meth:`generator.text_encoders.TextEncoder.fingerprint`.
+
+Split from :mod:`generator.text_encoders` (the encoder classes) so each file has one job:
+this one knows the files on disk and nothing of prompts or features.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:  # transformers is imported only when an encoder is loaded
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+CONFIG_FILE = "config.json"
+# Files that define how text becomes ids. Only those present are read; which one a tokenizer
+# actually uses is up to transformers, so the fingerprint hashes all of them.
+TOKENIZER_FILES = (
+    "spiece.model",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+)
+# Plain ASCII text on which the tokenizer must agree with ``spiece.model`` (see check_spiece).
+SPIECE_PROBES = ("a red circle moving left", "two small squares bounce on a blue background")
+
+
+def check_directory(path: str, tokenizer_files: tuple[str, ...]) -> Path:
+    """Checks that ``path`` holds a config, safetensors weights and one of ``tokenizer_files``."""
+    directory = Path(path)
+    expected = f"config.json, *.safetensors and one of {', '.join(tokenizer_files)}"
+    if not directory.is_dir():
+        raise ValueError(f"text encoder directory {path!r} does not exist (expected a local directory with {expected})")
+    if not (directory / CONFIG_FILE).is_file():
+        raise ValueError(f"text encoder directory {path!r} has no config.json (expected {expected})")
+    if not any(directory.glob("*.safetensors")):
+        hint = "; convert the .bin weights to safetensors" if any(directory.glob("*.bin")) else ""
+        raise ValueError(f"text encoder directory {path!r} has no *.safetensors weights{hint} (expected {expected})")
+    if not any((directory / name).is_file() for name in tokenizer_files):
+        names = ", ".join(tokenizer_files)
+        raise ValueError(f"text encoder directory {path!r} has no tokenizer file (expected one of {names})")
+    return directory
+
+
+def load_model(model_cls: type, path: Path, optional_prefixes: tuple[str, ...] = ()) -> PreTrainedModel:
+    """``from_pretrained`` offline, float32, safetensors only; missing weights are an error.
+
+    transformers only logs missing keys and leaves them randomly initialised, which for a frozen
+    encoder would silently produce noise features. Keys under ``optional_prefixes`` (the BERT
+    pooler, never used here) may be missing.
+    """
+    model, info = model_cls.from_pretrained(
+        path, local_files_only=True, use_safetensors=True, dtype=torch.float32, output_loading_info=True
+    )
+    missing = sorted(k for k in info["missing_keys"] if not k.startswith(optional_prefixes))
+    if missing:
+        shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
+        what = type(model).__name__
+        raise ValueError(f"the weights in {str(path)!r} lack {len(missing)} tensor(s) of {what}: {shown}")
+    return model
+
+
+def load_tokenizer(path: Path) -> PreTrainedTokenizerBase:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path, local_files_only=True)
+
+
+def check_spiece(tokenizer: PreTrainedTokenizerBase, spiece_path: Path) -> None:
+    """Raises ValueError unless ``tokenizer`` splits probe text into the ids of ``spiece.model``.
+
+    Guards against a tokenizer that did not come from this directory's SentencePiece model (a
+    stale ``tokenizer.json``, or a default vocabulary picked up instead of the file).
+    """
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_file=str(spiece_path))
+    for probe in SPIECE_PROBES:
+        ours = tokenizer(probe, add_special_tokens=False)["input_ids"]
+        theirs = sp.encode(probe)
+        if ours != theirs:
+            raise ValueError(
+                f"the tokenizer loaded from {str(spiece_path.parent)!r} does not match its spiece.model: "
+                f"{probe!r} -> {ours} vs {theirs}; regenerate tokenizer.json from spiece.model"
+            )
+
+
+def check_vocab(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel, path: Path) -> None:
+    """Every id the tokenizer can emit must index a row of the model's embedding table."""
+    num_rows = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > num_rows:
+        raise ValueError(
+            f"the tokenizer in {str(path)!r} has {len(tokenizer)} tokens but the model embeds only {num_rows}; "
+            "they do not belong together"
+        )
+
+
+def hash_files(directory: Path) -> str:
+    """sha256 over the names and contents of the config, tokenizer and safetensors files."""
+    names = [CONFIG_FILE, *TOKENIZER_FILES, "model.safetensors.index.json"]
+    files = [directory / n for n in names if (directory / n).is_file()]
+    files += sorted(directory.glob("*.safetensors"))
+    h = hashlib.sha256()
+    for file in files:
+        h.update(file.name.encode() + b"\0")
+        file_hash = hashlib.sha256()
+        with open(file, "rb") as f:
+            while chunk := f.read(1 << 24):
+                file_hash.update(chunk)
+        h.update(file_hash.digest())
+    return h.hexdigest()
