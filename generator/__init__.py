@@ -1,5 +1,11 @@
 """Video generators over discrete tokens: one block-causal transformer for GPT-style and
-MaskGIT-style generation, with token, cube, frame or clip units and class/text conditioning."""
+MaskGIT-style generation, with token, cube, frame or clip units and class/text conditioning.
+
+One job: the generator model and what defines it (layers, KV cache, units and orders,
+conditions, frozen text encoders, the mask schedule, the training objective); sampling is
+:mod:`generator.sampling`. May import only :mod:`core` from this repository (and third-party
+libraries); never the tokenizer, pipelines, training, data or evaluation packages, nor tools/.
+"""
 
 from generator.conditioning import Condition, ConditionEmbedder
 from generator.kv_cache import KVCache

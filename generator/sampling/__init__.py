@@ -1,4 +1,10 @@
-"""Samplers: GPT-style and MaskGIT-style decoding over a shared logits function."""
+"""Samplers: GPT-style and MaskGIT-style decoding over a shared logits function.
+
+One job: turn a generator and a condition into a token grid (settings in :mod:`.config`, the
+logits function with CFG and the KV cache in :mod:`.context`, logit filtering, ``ar`` and
+``maskgit``). A sampler never changes the model. May import only :mod:`core` and its parent
+package :mod:`generator` from this repository.
+"""
 
 from generator.sampling.ar import sample_ar
 from generator.sampling.config import SamplingConfig
