@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import subprocess
+from collections.abc import Iterable
 from fractions import Fraction
 from pathlib import Path
 
@@ -35,8 +36,9 @@ log = logging.getLogger(__name__)
 
 VIDEO_EXTS: frozenset[str] = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".avi", ".webm", ".gif"})
 IMAGE_EXTS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"})
+MEDIA_EXTS: frozenset[str] = VIDEO_EXTS | IMAGE_EXTS
 # Formats read with Pillow rather than a video decoder.
-_PIL_EXTS = IMAGE_EXTS | {".gif"}
+PIL_EXTS: frozenset[str] = IMAGE_EXTS | {".gif"}
 _WRITE_EXTS = (".mp4", ".gif")
 
 
@@ -44,22 +46,27 @@ class _DecodeError(Exception):
     """A backend could not decode the file; the next backend may still succeed."""
 
 
-def list_media(root: str | os.PathLike) -> list[Path]:
-    """Lists video and image files under ``root``, recursively, in sorted order.
+def list_media(root: str | os.PathLike, exts: Iterable[str] | None = None) -> list[Path]:
+    """Lists media files under ``root``, recursively, in sorted order: tokvid's one media lister.
 
     Args:
         root: a folder, or a single media file (returned as a one-item list).
+        exts: the suffixes to keep, lower-case with the dot (e.g. ``VIDEO_EXTS``); default
+            ``VIDEO_EXTS | IMAGE_EXTS``.
 
     Returns:
-        Paths whose lower-cased suffix is in ``VIDEO_EXTS | IMAGE_EXTS``, sorted by their
-        path relative to ``root`` so the order is the same on every machine. Hidden files
-        and folders (names starting with ".", e.g. temps of an unfinished write) are skipped.
+        Paths whose lower-cased suffix is in ``exts``, sorted by their path relative to
+        ``root`` so the order is the same on every machine. Hidden files and folders (names
+        starting with ".", e.g. temps of an unfinished write) are skipped.
+
+    Raises:
+        ValueError: ``root`` does not exist, or is a file whose suffix is not in ``exts``.
     """
     root = Path(root)
-    exts = VIDEO_EXTS | IMAGE_EXTS
+    exts = MEDIA_EXTS if exts is None else frozenset(exts)
     if root.is_file():
         if root.suffix.lower() not in exts:
-            raise ValueError(f"{str(root)!r} is not a video or image file (known: {sorted(exts)})")
+            raise ValueError(f"{str(root)!r} is not a media file of a known type (known: {sorted(exts)})")
         return [root]
     if not root.is_dir():
         raise ValueError(f"{str(root)!r} does not exist")
@@ -177,7 +184,7 @@ def read_video(
     if path.stat().st_size == 0:
         raise ValueError(f"{str(path)!r} is empty (0 bytes)")
     pick = _Pick(start, stride, num_frames)
-    backends = [_read_pil] if path.suffix.lower() in _PIL_EXTS else [_read_decord, _read_pyav]
+    backends = [_read_pil] if path.suffix.lower() in PIL_EXTS else [_read_decord, _read_pyav]
     reasons = []
     for backend in backends:
         name = backend.__name__.removeprefix("_read_")
@@ -207,7 +214,7 @@ def video_fps(path: str | os.PathLike) -> float:
     path = Path(path)
     if not path.is_file() or path.stat().st_size == 0:
         raise ValueError(f"{str(path)!r} does not exist or is empty")
-    if path.suffix.lower() in _PIL_EXTS:
+    if path.suffix.lower() in PIL_EXTS:
         try:
             with Image.open(path) as im:
                 durations = [f.info.get("duration", 0) for f in ImageSequence.Iterator(im)]
@@ -298,7 +305,7 @@ def tensor_to_frames(video: torch.Tensor) -> np.ndarray:
 def _write_mp4(tmp: Path, frames: np.ndarray, fps: float, crf: int) -> None:
     import imageio_ffmpeg
 
-    T, H, W, _ = frames.shape
+    H, W = frames.shape[1:3]  # frames: (T, H, W, 3)
     if H % 2 or W % 2:
         # yuv420p needs even sides: repeat the last row/column rather than rescale the content.
         frames = np.pad(frames, ((0, 0), (0, H % 2), (0, W % 2), (0, 0)), mode="edge")

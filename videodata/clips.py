@@ -1,6 +1,7 @@
-"""In-memory clip sampling for tokenizer training from a folder of videos and/or images.
+"""Clips for a tokenizer: the shape check, and in-memory clip sampling for tokenizer training.
 
-Every file is decoded once (decord, with fallbacks in :mod:`core.video_io`), resized so its
+:func:`check_clip_shape` tells whether a tokenizer accepts clips of a given length and size.
+:class:`ClipPool` holds a dataset of videos and/or images in memory. Every file is decoded once (decord, with fallbacks in :mod:`core.video_io`), resized so its
 short side equals ``size``, and kept as uint8. Batches are random windows of ``num_frames``
 frames with random ``size``x``size`` crops; a fraction of batches are single frames, so the
 tokenizer learns images (1-frame videos) and videos in one token space.
@@ -11,13 +12,41 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from core.video_io import list_media, read_video, resize_center_crop
+from core.video_io import read_video, resize_center_crop
+from videodata.cache.sources import discover_sources
+
+if TYPE_CHECKING:
+    from tokenizer import VideoTokenizer
 
 log = logging.getLogger(__name__)
+
+
+def check_clip_shape(tokenizer: VideoTokenizer, num_frames: int, size: int | tuple[int, int]) -> None:
+    """Checks that the tokenizer accepts clips of ``num_frames`` frames of ``size`` pixels.
+
+    Args:
+        tokenizer: anything with ``config.temporal_compression`` (ct) and
+            ``config.spatial_compression`` (cs).
+        num_frames: T, which must be ``1 + k * ct``.
+        size: H = W, or (H, W); each a positive multiple of cs.
+
+    Raises:
+        ValueError: naming the offending ``--num-frames`` or ``--size`` and a value that works.
+    """
+    ct, cs = tokenizer.config.temporal_compression, tokenizer.config.spatial_compression
+    if num_frames < 1 or (num_frames - 1) % ct:
+        lo = 1 + max(0, (num_frames - 1) // ct) * ct
+        raise ValueError(
+            f"--num-frames {num_frames} is not of the form 1 + k*{ct} for this tokenizer; use e.g. {lo} or {lo + ct}"
+        )
+    h, w = (size, size) if isinstance(size, int) else size
+    if h < cs or w < cs or h % cs or w % cs:
+        raise ValueError(f"--size {h}x{w} must be a positive multiple of the spatial compression {cs}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -46,22 +75,12 @@ class ClipPool:
     """All decoded media of a dataset, sampled into (B, 3, T, size, size) batches in [-1, 1]."""
 
     def __init__(self, cfg: ClipDataConfig) -> None:
-        from videodata.cache.sources import MANIFEST_EXTS, discover_sources
-
         files: list[Path] = []
-        for p in cfg.paths:
-            path = Path(p)
-            if path.is_dir():
-                files.extend(list_media(path))
-            elif path.is_file() and path.suffix.lower() in MANIFEST_EXTS:
-                root, sources = discover_sources(path)
-                files.extend(root / s.path for s in sources)
-            elif path.is_file():
-                files.append(path)
-            else:
-                raise ValueError(f"data path {p!r} does not exist")
+        for p in cfg.paths:  # a folder, a media file or a manifest: the token cache's source rules
+            root, sources = discover_sources(p)
+            files.extend(root / s.path for s in sources)
         if not files:
-            raise ValueError(f"no videos or images found under {list(cfg.paths)}")
+            raise ValueError(f"no data paths given (paths={list(cfg.paths)})")
         self.cfg = cfg
         self.videos: list[np.ndarray] = []  # each (T, H, W, 3) uint8, short side = size
         self.skipped: list[tuple[str, str]] = []
@@ -109,7 +128,7 @@ class ClipPool:
 
 def _resize_short_side(frames: np.ndarray, size: int) -> np.ndarray:
     """Resizes (T, H, W, 3) so min(H, W) == size, keeping the aspect ratio (no crop)."""
-    T, H, W, _ = frames.shape
+    H, W = frames.shape[1:3]
     scale = size / min(H, W)
     h, w = max(size, round(H * scale)), max(size, round(W * scale))
     if (h, w) == (H, W):

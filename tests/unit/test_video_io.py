@@ -260,6 +260,10 @@ def test_list_media_is_recursive_sorted_and_skips_hidden(tmp_path):
     assert list_media(tmp_path / "b.mp4") == [tmp_path / "b.mp4"]
     with pytest.raises(ValueError, match="does not exist"):
         list_media(tmp_path / "nope")
+    videos = [p.relative_to(tmp_path).as_posix() for p in list_media(tmp_path, exts={".mp4", ".gif"})]
+    assert videos == ["a/c.gif", "b.mp4"]
+    with pytest.raises(ValueError, match="known"):
+        list_media(tmp_path / "b.mp4", exts={".png"})
 
 
 def test_clip_pool_reads_a_jsonl_manifest(tmp_path):
