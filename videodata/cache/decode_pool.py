@@ -10,10 +10,18 @@ at a time. While waiting it watches every busy worker's pipe and process sentine
 - a task running longer than ``timeout_s`` has its worker killed (SIGKILL) and replaced, and
   gives ``Failure("timeout")``.
 
+The ``timeout_s`` clock of a task starts when its worker reports that it has begun the task,
+not when the task was sent: a new worker first has to start (a fork of the server, unpickling
+the task function, the initializer), which on a loaded machine can take longer than a decode.
+A worker that has not begun its task within ``startup_timeout_s`` of receiving it is treated
+as hung (``Failure("timeout")``), so a worker stuck while starting cannot stall the run forever.
+
 :meth:`DecodePool.imap` streams results in task order with at most ``window`` tasks in flight,
 so memory stays bounded however long the task list is. Workers start from the ``forkserver``
 context when the platform has it (fast replacement: the server has already imported the
 decode modules), else ``spawn``; never ``fork``, which is unsafe after torch has started threads.
+The task function is pickled by reference, so it must be a module-level function that the
+workers can import.
 """
 
 from __future__ import annotations
@@ -71,6 +79,10 @@ def _die_with_parent() -> None:
         os._exit(1)
 
 
+# Messages from a worker: (_STARTED, idx) when it begins task idx, then (_DONE, idx, result_or_Failure).
+_STARTED, _DONE = "started", "done"
+
+
 def _worker_main(conn: Connection, fn: Callable[[Any], Any], initializer: Callable[[], None] | None) -> None:
     _die_with_parent()
     if initializer is not None:
@@ -83,13 +95,14 @@ def _worker_main(conn: Connection, fn: Callable[[Any], Any], initializer: Callab
         if msg is None:
             return
         idx, task = msg
+        conn.send((_STARTED, idx))  # starts the task's timeout clock in the parent
         try:
-            reply = (idx, True, fn(task))
+            result = fn(task)
         except ValueError as err:  # a bad input file: the expected failure
-            reply = (idx, False, Failure("error", getattr(err, "detail", str(err)), getattr(err, "kind", None)))
+            result = Failure("error", getattr(err, "detail", str(err)), getattr(err, "kind", None))
         except Exception as err:  # noqa: BLE001 - any decoder bug must not end the run
-            reply = (idx, False, Failure("error", f"{type(err).__name__}: {err}", "undecodable"))
-        conn.send(reply)
+            result = Failure("error", f"{type(err).__name__}: {err}", "undecodable")
+        conn.send((_DONE, idx, result))
 
 
 def _exit_description(code: int | None) -> str:
@@ -109,12 +122,17 @@ class _Worker:
         self.proc = ctx.Process(target=_worker_main, args=(child, fn, initializer), daemon=True)
         self.proc.start()
         child.close()
-        self.idx: int | None = None
-        self.started = 0.0
+        self.idx: int | None = None  # the task in progress, or None when idle
+        self.sent = 0.0  # when that task was sent (monotonic seconds)
+        self.started: float | None = None  # when the worker reported beginning it
 
     def assign(self, idx: int, task: Any) -> None:
         self.conn.send((idx, task))
-        self.idx, self.started = idx, time.monotonic()
+        self.idx, self.sent, self.started = idx, time.monotonic(), None
+
+    def deadline(self, timeout_s: float, startup_timeout_s: float) -> float:
+        """When the busy worker's task times out: ``timeout_s`` after it began, or a start-up limit."""
+        return self.started + timeout_s if self.started is not None else self.sent + startup_timeout_s
 
     def stop(self, kill: bool) -> None:
         if kill:
@@ -138,7 +156,10 @@ class DecodePool:
         fn: a picklable top-level function. Its ValueError becomes ``Failure("error", str(err))``.
         num_workers: worker processes; 0 runs ``fn`` in this process (no timeout, no crash
             protection; for debugging).
-        timeout_s: seconds one task may take before its worker is killed.
+        timeout_s: seconds one task may run, counted from when its worker begins it, before
+            the worker is killed.
+        startup_timeout_s: seconds a worker may take to begin a task it was sent (its own
+            start-up included) before it is treated as hung.
         initializer: run once in every new worker.
         preload: modules the forkserver imports once, so replacement workers start fast.
     """
@@ -149,6 +170,7 @@ class DecodePool:
         *,
         num_workers: int,
         timeout_s: float,
+        startup_timeout_s: float = 300.0,
         initializer: Callable[[], None] | None = None,
         preload: Sequence[str] = (),
     ) -> None:
@@ -156,7 +178,10 @@ class DecodePool:
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
         if not timeout_s > 0:
             raise ValueError(f"the decode timeout must be > 0 seconds, got {timeout_s}")
-        self.fn, self.timeout_s, self.initializer = fn, float(timeout_s), initializer
+        if not startup_timeout_s > 0:
+            raise ValueError(f"the worker start-up timeout must be > 0 seconds, got {startup_timeout_s}")
+        self.fn, self.initializer = fn, initializer
+        self.timeout_s, self.startup_timeout_s = float(timeout_s), float(startup_timeout_s)
         self.num_replaced = 0
         self._workers: list[_Worker] = []
         if num_workers:
@@ -166,11 +191,11 @@ class DecodePool:
                 self._ctx.set_forkserver_preload(list(preload))
             self._workers = [_Worker(self._ctx, fn, initializer) for _ in range(num_workers)]
 
-    def __enter__(self) -> "DecodePool":
+    def __enter__(self) -> DecodePool:  # noqa: PYI034 - typing.Self needs Python 3.11
         return self
 
-    def __exit__(self, *exc: Any) -> None:
-        self.close(kill=exc[0] is not None)
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        self.close(kill=exc_type is not None)
 
     def close(self, kill: bool = False) -> None:
         """Stops every worker (kills busy ones, or all with ``kill``)."""
@@ -233,29 +258,39 @@ class DecodePool:
             yield task, result
 
     def _collect(self, results: dict[int, Any]) -> None:
-        """Waits for a result, a dead worker or the next deadline; records what happened."""
+        """Waits for a message, a dead worker or the next deadline; records what happened."""
         busy = [w for w in self._workers if w.idx is not None]
-        deadline = min(w.started for w in busy) + self.timeout_s
+        deadline = min(w.deadline(self.timeout_s, self.startup_timeout_s) for w in busy)
         wait([w.conn for w in busy] + [w.proc.sentinel for w in busy], timeout=max(0.0, deadline - time.monotonic()))
         for i, w in enumerate(self._workers):
             if w.idx is None:
                 continue
             idx = w.idx
-            if w.conn.poll():  # a reply, or EOF from a dead worker
-                try:
-                    got_idx, ok, value = w.conn.recv()
-                except Exception:  # noqa: BLE001 - EOF or a torn message: the worker died
-                    w.proc.join(timeout=5)
-                    results[idx] = Failure("crashed", _exit_description(w.proc.exitcode))
-                    self._replace(i, kill=True)
-                    continue
-                results[got_idx] = value
-                w.idx = None
-            elif not w.proc.is_alive():
+            try:
+                while w.idx is not None and w.conn.poll():  # a message, or EOF from a dead worker
+                    msg = w.conn.recv()
+                    if msg[0] == _STARTED:
+                        w.started = time.monotonic()
+                    else:
+                        _, got_idx, value = msg
+                        results[got_idx] = value
+                        w.idx = None
+            except Exception:  # noqa: BLE001 - EOF or a torn message: the worker died
+                w.proc.join(timeout=5)
                 results[idx] = Failure("crashed", _exit_description(w.proc.exitcode))
                 self._replace(i, kill=True)
-            elif time.monotonic() - w.started > self.timeout_s:
+                continue
+            if w.idx is None:
+                continue
+            if not w.proc.is_alive():
+                results[idx] = Failure("crashed", _exit_description(w.proc.exitcode))
+                self._replace(i, kill=True)
+            elif w.started is not None and time.monotonic() - w.started > self.timeout_s:
                 results[idx] = Failure("timeout", f"decoding took longer than {self.timeout_s:g} s; the worker was killed")
+                self._replace(i, kill=True)
+            elif w.started is None and time.monotonic() - w.sent > self.startup_timeout_s:
+                detail = f"the decode worker did not begin the task within {self.startup_timeout_s:g} s; it was killed"
+                results[idx] = Failure("timeout", detail)
                 self._replace(i, kill=True)
 
     def _replace(self, i: int, kill: bool) -> None:
