@@ -1,5 +1,8 @@
 """tools/cache_tokens.py end to end: a corpus with every kind of bad file, kill-and-resume,
-two ranks under torchrun, manifest verification, and tokens equal to a direct encode."""
+two ranks under torchrun, manifest verification, and tokens equal to a direct encode.
+
+Faults are injected by tests.helpers.cache_faults: a decoder that hangs on ``hang_*`` files and
+segfaults on ``crash_*`` files, and a kill after N file writes."""
 
 import json
 import os
@@ -14,12 +17,12 @@ import torch
 from PIL import Image
 
 from core.config import build_config
-from tokenizer import TokenizerConfig, VideoTokenizer
-from videodata.cache.sources import TEST_HOOKS_ENV
-from tools.cache_tokens import main
-from videodata.cache.reader import TokenCache
-from videodata.cache.format import MANIFEST_NAME, tokenizer_fingerprint
 from core.video_io import frames_to_tensor, read_video, resize_center_crop, write_video
+from tests.helpers.cache_faults import inject_decode_faults
+from tokenizer import TokenizerConfig, VideoTokenizer
+from tools.cache_tokens import main
+from videodata.cache.format import MANIFEST_NAME, tokenizer_fingerprint
+from videodata.cache.reader import TokenCache
 
 # 20, 25, ... 40 frames: two 9-frame clips each. Names sort so both of two ranks get good files.
 GOOD = ["a0.mp4", "a1.mp4", "a2.mp4", "w3.mp4", "w4.mp4"]
@@ -33,8 +36,11 @@ BAD = {  # file -> quarantine reason
     "trunc.mp4": "undecodable",
     "zero.mp4": "empty",
 }
-HOOKS = "hang=hang_*,crash=crash_*"
-TIMEOUT_S = "3"
+# The timeout clock starts when a worker begins a file (not at worker start-up), and a good file
+# decodes in well under 0.1 s, so 5 s leaves a wide margin on a loaded machine.
+TIMEOUT_S = "5"
+# The CLI with the faulty decoder, for subprocess runs (the repo root must be importable: PYTHONPATH).
+FAULTY_CLI = ["-c", "import sys; from tests.helpers.cache_faults import main; sys.exit(main())"]
 
 
 def wave_clip(T: int, seed: int, H: int = 40, W: int = 48) -> np.ndarray:
@@ -53,7 +59,8 @@ def wave_clip(T: int, seed: int, H: int = 40, W: int = 48) -> np.ndarray:
 def corpus(tmp_path_factory, repo_root) -> Path:
     root = tmp_path_factory.mktemp("cache_tokens")
     torch.manual_seed(0)
-    VideoTokenizer(build_config(TokenizerConfig, [repo_root / "configs/tiny/tokenizer.yaml"])).save_pretrained(root / "tok")
+    config = build_config(TokenizerConfig, [repo_root / "configs/tiny/tokenizer.yaml"])
+    VideoTokenizer(config).save_pretrained(root / "tok")
     data = root / "data"
     for i, name in enumerate(GOOD):
         write_video(data / name, wave_clip(20 + 5 * i, i), fps=10)
@@ -82,9 +89,10 @@ def build_args(corpus: Path, out: Path, data: Path | None = None, *extra: str) -
     ]  # fmt: skip
 
 
-def run_in_process(argv: list[str], monkeypatch, hooks: str = HOOKS) -> int:
+def run_in_process(argv: list[str], monkeypatch, faults: bool = True) -> int:
     threads = torch.get_num_threads()
-    monkeypatch.setenv(TEST_HOOKS_ENV, hooks)
+    if faults:
+        inject_decode_faults(monkeypatch)
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
         monkeypatch.delenv(name, raising=False)
     try:
@@ -93,11 +101,10 @@ def run_in_process(argv: list[str], monkeypatch, hooks: str = HOOKS) -> int:
         torch.set_num_threads(threads)
 
 
-def run_script(repo_root: Path, argv: list[str], hooks: str, launcher: list[str] | None = None) -> subprocess.CompletedProcess:
+def faulty_cli_env(repo_root: Path, **extra: str) -> dict[str, str]:
+    """The environment for a FAULTY_CLI subprocess: no launcher variables but ``extra``."""
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")}
-    env[TEST_HOOKS_ENV] = hooks
-    cmd = [sys.executable, *(launcher or []), str(repo_root / "tools" / "cache_tokens.py"), *argv]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    return {**env, "PYTHONPATH": os.pathsep.join(filter(None, [str(repo_root), env.get("PYTHONPATH")])), **extra}
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +155,10 @@ def test_cached_tokens_equal_a_direct_encode(reference, corpus):
     cache = TokenCache(reference)
     samples = [cache[i] for i in range(len(cache))]
     paths = [corpus / "data" / cache.sources[s.source]["path"] for s in samples]
-    clips = [frames_to_tensor(resize_center_crop(read_video(p, num_frames=9, start=s.start), 32)) for p, s in zip(paths, samples)]
+    clips = [
+        frames_to_tensor(resize_center_crop(read_video(p, num_frames=9, start=s.start), 32))
+        for p, s in zip(paths, samples, strict=True)
+    ]
     expected = tokenizer.encode(torch.stack(clips))  # (N, t, h, w): one batch, not the cache's batches of 2
     cached = torch.stack([s.ids for s in samples])
     assert cached.dtype == torch.long and torch.equal(cached, expected)
@@ -174,7 +184,8 @@ def test_kill_and_resume_equals_an_uninterrupted_run(reference, corpus, tmp_path
     out = tmp_path / "cache"
     argv = build_args(corpus, out)
     # Killed mid-shard: after shard 0 (4 files) and the tokens and meta files of shard 1.
-    proc = run_script(repo_root, argv, f"{HOOKS},exit_after_writes=6")
+    cmd = [sys.executable, *FAULTY_CLI, "--exit-after-writes", "6", *argv]
+    proc = subprocess.run(cmd, env=faulty_cli_env(repo_root), capture_output=True, text=True, timeout=180)
     assert proc.returncode == 3, proc.stderr
     assert (out / "shard-r000-00001.meta.npy").is_file() and not (out / "shard-r000-00001.done.json").exists()
     assert not (out / MANIFEST_NAME).exists()
@@ -192,12 +203,11 @@ def test_two_ranks_equal_one_rank(reference, corpus, tmp_path, repo_root, monkey
     """Rank 1 runs as a separate process while rank 0 runs here, waits for it, and merges."""
     out = tmp_path / "cache2"
     argv = build_args(corpus, out, corpus / "data" / "list.jsonl")
-    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "LOCAL_WORLD_SIZE")}
-    env.update({TEST_HOOKS_ENV: HOOKS, "RANK": "1", "WORLD_SIZE": "2"})
-    cmd = [sys.executable, str(repo_root / "tools" / "cache_tokens.py"), *argv]
+    env = faulty_cli_env(repo_root, RANK="1", WORLD_SIZE="2")
+    cmd = [sys.executable, *FAULTY_CLI, *argv]
     rank1 = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        monkeypatch.setenv(TEST_HOOKS_ENV, HOOKS)
+        inject_decode_faults(monkeypatch)
         monkeypatch.setenv("RANK", "0")
         monkeypatch.setenv("WORLD_SIZE", "2")
         threads = torch.get_num_threads()
@@ -248,7 +258,7 @@ def test_images_are_one_frame_clips(corpus, tmp_path, monkeypatch):
     shutil.copy(corpus / "data" / GOOD[0], data / "b.mp4")
     argv = build_args(corpus, tmp_path / "c", data, "--num-workers", "0")
     argv[argv.index("--num-frames") + 1] = "1"
-    assert run_in_process(argv, monkeypatch, hooks="") == 0
+    assert run_in_process(argv, monkeypatch, faults=False) == 0
     cache = TokenCache(tmp_path / "c", expect_grid=(1, 4, 4))
     assert [(cache.sources[s.source]["path"], s.start) for s in map(cache.__getitem__, range(len(cache)))] == [
         ("a.png", 0), ("b.mp4", 0), ("b.mp4", 19),
@@ -262,7 +272,7 @@ def test_target_fps_sets_the_stride(corpus, tmp_path, monkeypatch):
     shutil.copy(corpus / "data" / GOOD[0], data / "b.mp4")  # 20 frames at 10 fps
     argv = build_args(corpus, tmp_path / "c", data, "--num-workers", "0", "--fps", "5", "--start-offsets", "0,3,15")
     argv[argv.index("--clips-per-video") : argv.index("--clips-per-video") + 2] = []
-    assert run_in_process(argv, monkeypatch, hooks="") == 0
+    assert run_in_process(argv, monkeypatch, faults=False) == 0
     cache = TokenCache(tmp_path / "c")
     meta = np.load(tmp_path / "c" / cache.shards[0]["files"]["meta"]["file"], allow_pickle=False)
     assert meta["stride"].tolist() == [2, 2] and meta["start"].tolist() == [0, 3]  # start 15 + 16 > 20 frames

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from videodata.cache.sources import ClipSpec, Source, discover_sources, plan_starts, rank_slice
+from videodata.cache.sources import ClipWindow, Source, discover_sources, plan_starts, rank_slice
 from videodata.cache.writer import RankWriter, merge_manifest, prepare_cache_dir
 from videodata.cache.reader import ShuffledSampler, TokenCache
 from videodata.cache.format import token_dtype
@@ -22,7 +22,7 @@ def make_cache(out: Path, num_clips: int = 7, shard_size: int = 3, world_size: i
     spec = {
         "identity": {
             "tokenizer_fingerprint": FINGERPRINT, "codebook_size": codebook_size, "grid": list(GRID),
-            "dtype": token_dtype(codebook_size).name, "clip_spec": ClipSpec(num_frames=5, size=24).to_dict(),
+            "dtype": token_dtype(codebook_size).name, "clip_spec": ClipWindow(num_frames=5, size=24).to_dict(),
             "shard_size": shard_size, "world_size": world_size, "sources_sha256": "0" * 64,
         },
         "tokenizer": {"path": "tok", "config": {}},
@@ -135,11 +135,11 @@ def test_shuffle_resumes_at_exactly_the_same_sample(stop):
 
 
 def test_clip_planning_and_rank_slices():
-    spec = ClipSpec(num_frames=9, clips_per_video=3)
+    spec = ClipWindow(num_frames=9, clips_per_video=3)
     assert plan_starts(31, spec, stride=1) == [(0, 0), (1, 11), (2, 22)]
     assert plan_starts(9, spec, stride=1) == [(0, 0)]  # repeated starts are dropped
     assert plan_starts(16, spec, stride=2) == []  # 9 frames at stride 2 span 17
-    explicit = ClipSpec(num_frames=9, clips_per_video=2, start_offsets=(4, 20))
+    explicit = ClipWindow(num_frames=9, clips_per_video=2, start_offsets=(4, 20))
     assert plan_starts(25, explicit, stride=1) == [(0, 4)]
     blocks = [rank_slice(10, r, 3) for r in range(3)]
     assert [list(b) for b in blocks] == [[0, 1, 2], [3, 4, 5], [6, 7, 8, 9]]

@@ -1,34 +1,25 @@
-"""What a token cache is made of: its sources, the clip spec, and decoding one source into clips.
+"""What a token cache is made of: its sources, the clip window, and decoding one source into clips.
 
 Sources come from a folder scanned recursively, a single media file, or a manifest CSV /
 JSONL with a ``path`` column (relative to the manifest's folder, or absolute) and optional
 ``caption`` and ``label`` (int; -1 or empty when absent). They are sorted by path, so the
-work items ``(source index, clip index)`` are fixed by the data and the clip spec alone.
+work items ``(source index, clip index)`` are fixed by the data and the clip window alone.
 
 :func:`decode_source` runs in decode worker processes: it probes the frame count, plans the
 clip starts, reads and resizes every clip of one source, and raises :class:`SourceError`
 with a short reason (``missing``, ``empty``, ``too_short``, ``undecodable``) for a bad file.
 An image is a 1-frame clip: it is cached when ``num_frames == 1`` and quarantined as
 ``too_short`` otherwise.
-
-Test-only hooks: the environment variable ``TOKVID_CACHE_TEST_HOOKS`` (read once by
-``tools/cache_tokens.py`` and passed down explicitly) holds comma-separated ``key=value``
-pairs: ``hang=GLOB`` makes a worker sleep forever on a file whose name matches GLOB,
-``crash=GLOB`` makes it die of SIGSEGV, and ``exit_after_writes=N`` makes the writer
-``os._exit(3)`` right after its N-th file write (a kill at a chosen moment). They exist so
-tests can prove that a hung or crashing decoder and a killed run are survived.
 """
 
 from __future__ import annotations
 
 import csv
-import fnmatch
-import hashlib
 import json
 import os
 import re
 import signal
-import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -37,17 +28,15 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from core.video_io import IMAGE_EXTS, list_media, read_video, resize_center_crop, video_fps
+from core.files import sha256_bytes
+from core.video_io import PIL_EXTS, list_media, read_video, resize_center_crop, video_fps
 
 try:  # decord is optional (see core/video_io.py)
     import decord
 except ImportError:  # pragma: no cover - depends on the platform
     decord = None
 
-TEST_HOOKS_ENV = "TOKVID_CACHE_TEST_HOOKS"
-_HOOK_KEYS = {"hang", "crash", "exit_after_writes"}
 MANIFEST_EXTS = (".csv", ".jsonl")
-_PIL_FRAME_EXTS = IMAGE_EXTS | {".gif"}
 _LOG_TIME = re.compile(r"\[\d{2}:\d{2}:\d{2}\] ")
 
 
@@ -70,8 +59,11 @@ class Source:
 
 
 @dataclass(frozen=True, kw_only=True)
-class ClipSpec:
-    """How clips are cut from a source.
+class ClipWindow:
+    """How clips are cut from a source: frames per clip, frame rate, crop size and start frames.
+
+    Not to be confused with :class:`videodata.shapes.render.ClipSpec` (one rendered shapes clip).
+    Cache files record a window under the key ``clip_spec`` (see :meth:`to_dict`).
 
     Attributes:
         num_frames: frames per clip (1 + k*ct for the tokenizer).
@@ -91,15 +83,54 @@ class ClipSpec:
     start_offsets: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
-        if self.num_frames < 1 or self.size < 1 or self.stride < 1 or self.clips_per_video < 1:
-            raise ValueError(f"num_frames, size, stride and clips_per_video must be >= 1 in {self}")
+        for name in ("num_frames", "size", "stride", "clips_per_video"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.fps is not None and not (self.fps > 0 and np.isfinite(self.fps)):
             raise ValueError(f"fps must be a positive number, got {self.fps}")
-        if self.start_offsets is not None:
-            if len(self.start_offsets) != self.clips_per_video or min(self.start_offsets) < 0:
-                raise ValueError(f"start_offsets {self.start_offsets} must be {self.clips_per_video} frames >= 0")
+        offsets = self.start_offsets
+        if offsets is not None and (
+            len(offsets) != self.clips_per_video or min(offsets) < 0 or len(set(offsets)) != len(offsets)
+        ):
+            raise ValueError(f"start_offsets {list(offsets)} must be {self.clips_per_video} distinct frames >= 0")
+
+    @classmethod
+    def from_options(
+        cls,
+        *,
+        num_frames: int,
+        size: int,
+        stride: int | None = None,
+        fps: float | None = None,
+        clips_per_video: int | None = None,
+        start_offsets: Sequence[int] | None = None,
+    ) -> ClipWindow:
+        """A window from command-line style options, where unset ones take their defaults.
+
+        Args:
+            num_frames, size: frames per clip and crop size (both >= 1).
+            stride: step between frames (default 1); excludes ``fps``.
+            fps: target frame rate; the stride is derived per source.
+            clips_per_video: clips per source (default 1, or ``len(start_offsets)``).
+            start_offsets: explicit start frames, distinct and >= 0; they fix the number of clips.
+
+        Raises:
+            ValueError: a value out of range, both ``stride`` and ``fps``, or ``clips_per_video``
+                disagreeing with ``start_offsets``.
+        """
+        if stride is not None and fps is not None:
+            raise ValueError("stride and fps exclude each other: give one")
+        offsets = tuple(start_offsets) if start_offsets is not None else None
+        if offsets is not None and clips_per_video not in (None, len(offsets)):
+            raise ValueError(f"clips_per_video {clips_per_video} disagrees with {len(offsets)} start offsets")
+        clips = len(offsets) if offsets is not None else (clips_per_video if clips_per_video is not None else 1)
+        return cls(
+            num_frames=num_frames, size=size, stride=1 if stride is None else stride, fps=fps,
+            clips_per_video=clips, start_offsets=offsets,
+        )  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields; ``start_offsets`` is a list, or ``"even"`` when None."""
         d = asdict(self)
         d["start_offsets"] = list(self.start_offsets) if self.start_offsets is not None else "even"
         return d
@@ -111,9 +142,8 @@ class DecodeTask:
 
     index: int
     file: str
-    spec: ClipSpec
+    window: ClipWindow
     min_clip: int = 0
-    hooks: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -204,7 +234,8 @@ def _read_manifest(path: Path) -> list[Source]:
         except json.JSONDecodeError as err:
             raise ValueError(f"{path.name} line {i}: not valid JSON: {err}") from None
         if not isinstance(row, dict):
-            raise ValueError(f"{path.name} line {i}: expected a JSON object, got {type(row).__name__}")
+            # A malformed manifest is bad input (ValueError: one error line), not a caller's type bug.
+            raise ValueError(f"{path.name} line {i}: expected a JSON object, got {type(row).__name__}")  # noqa: TRY004
         sources.append(_source(row, f"{path.name} line {i}"))
     return sources
 
@@ -212,7 +243,7 @@ def _read_manifest(path: Path) -> list[Source]:
 def sources_sha256(sources: list[Source]) -> str:
     """sha256 over the sorted source list (path, caption, label): the identity of the work list."""
     blob = json.dumps([[s.path, s.caption, s.label] for s in sources], ensure_ascii=False)
-    return hashlib.sha256(blob.encode()).hexdigest()
+    return sha256_bytes(blob.encode())
 
 
 def rank_slice(num_sources: int, rank: int, world_size: int) -> range:
@@ -222,28 +253,6 @@ def rank_slice(num_sources: int, rank: int, world_size: int) -> range:
     global clip index means the same clip whatever the world size.
     """
     return range(num_sources * rank // world_size, num_sources * (rank + 1) // world_size)
-
-
-# ----------------------------------------------------------------------------- test hooks
-def parse_test_hooks(value: str | None) -> tuple[tuple[str, str], ...]:
-    """Parses ``TOKVID_CACHE_TEST_HOOKS`` (see the module docstring); empty means none."""
-    hooks = []
-    for item in filter(None, (part.strip() for part in (value or "").split(","))):
-        key, sep, arg = item.partition("=")
-        if not sep or key not in _HOOK_KEYS or not arg:
-            raise ValueError(f"{TEST_HOOKS_ENV}: bad item {item!r}; use hang=GLOB, crash=GLOB or exit_after_writes=N")
-        hooks.append((key, arg))
-    return tuple(hooks)
-
-
-def _apply_worker_hooks(task: DecodeTask) -> None:
-    name = Path(task.file).name
-    for key, pattern in task.hooks:
-        if key == "hang" and fnmatch.fnmatch(name, pattern):
-            while True:
-                time.sleep(3600)
-        if key == "crash" and fnmatch.fnmatch(name, pattern):
-            os.kill(os.getpid(), signal.SIGSEGV)
 
 
 # ----------------------------------------------------------------------------- decoding
@@ -260,7 +269,7 @@ def count_frames(path: Path) -> int:
         SourceError: ``undecodable`` when no backend can open the file.
     """
     reasons = []
-    if path.suffix.lower() in _PIL_FRAME_EXTS:
+    if path.suffix.lower() in PIL_EXTS:
         try:
             with Image.open(path) as im:
                 return int(getattr(im, "n_frames", 1))
@@ -286,19 +295,19 @@ def count_frames(path: Path) -> int:
     raise SourceError("undecodable", "; ".join(reasons))
 
 
-def plan_starts(total: int, spec: ClipSpec, stride: int) -> list[tuple[int, int]]:
+def plan_starts(total: int, window: ClipWindow, stride: int) -> list[tuple[int, int]]:
     """(clip index, start frame) of every clip that fits in ``total`` frames.
 
     Even spreading puts clip k at ``round(k * (total - span) / (n - 1))``; starts that repeat
     an earlier one (a video too short for n distinct clips) are dropped, so no clip is cached
     twice. Explicit offsets that do not fit are dropped.
     """
-    span = (spec.num_frames - 1) * stride + 1
+    span = (window.num_frames - 1) * stride + 1
     if total < span:
         return []
-    if spec.start_offsets is not None:
-        return [(k, s) for k, s in enumerate(spec.start_offsets) if s + span <= total]
-    n, last = spec.clips_per_video, total - span
+    if window.start_offsets is not None:
+        return [(k, s) for k, s in enumerate(window.start_offsets) if s + span <= total]
+    n, last = window.clips_per_video, total - span
     planned, seen = [], set()
     for k in range(n):
         start = round(k * last / (n - 1)) if n > 1 else 0
@@ -308,14 +317,14 @@ def plan_starts(total: int, spec: ClipSpec, stride: int) -> list[tuple[int, int]
     return planned
 
 
-def _source_stride(path: Path, spec: ClipSpec, total: int) -> int:
-    if spec.fps is None or total == 1:
-        return spec.stride
+def _source_stride(path: Path, window: ClipWindow, total: int) -> int:
+    if window.fps is None or total == 1:
+        return window.stride
     try:
         native = video_fps(path)
     except ValueError as err:
         raise SourceError("undecodable", f"frame rate: {err}") from None
-    return max(1, round(native / spec.fps))
+    return max(1, round(native / window.fps))
 
 
 def decode_source(task: DecodeTask) -> DecodedSource:
@@ -327,28 +336,27 @@ def decode_source(task: DecodeTask) -> DecodedSource:
     Raises:
         SourceError: the file is missing, empty, too short, or cannot be decoded.
     """
-    _apply_worker_hooks(task)
-    path, spec = Path(task.file), task.spec
+    path, window = Path(task.file), task.window
     if not path.is_file():
         raise SourceError("missing", f"{str(path)!r} does not exist")
     if path.stat().st_size == 0:
         raise SourceError("empty", f"{str(path)!r} is 0 bytes")
     total = count_frames(path)
-    stride = _source_stride(path, spec, total)
-    planned = plan_starts(total, spec, stride)
+    stride = _source_stride(path, window, total)
+    planned = plan_starts(total, window, stride)
     if not planned:
-        span = (spec.num_frames - 1) * stride + 1
-        raise SourceError("too_short", f"has {total} frame(s); {spec.num_frames} frames at stride {stride} need {span}")
+        span = (window.num_frames - 1) * stride + 1
+        raise SourceError("too_short", f"has {total} frame(s); {window.num_frames} frames at stride {stride} need {span}")
     wanted = [(k, s) for k, s in planned if k >= task.min_clip]
     clips = []
     for _, start in wanted:
         try:
-            frames = read_video(path, num_frames=spec.num_frames, stride=stride, start=start)
+            frames = read_video(path, num_frames=window.num_frames, stride=stride, start=start)
         except ValueError as err:
             kind = "too_short" if "too short" in str(err) else "undecodable"
             raise SourceError(kind, str(err)) from None
-        clips.append(resize_center_crop(frames, spec.size))  # (T, size, size, 3)
-    shape = (0, spec.num_frames, spec.size, spec.size, 3)
+        clips.append(resize_center_crop(frames, window.size))  # (T, size, size, 3)
+    shape = (0, window.num_frames, window.size, window.size, 3)
     return DecodedSource(
         index=task.index,
         frames=np.stack(clips) if clips else np.zeros(shape, np.uint8),  # (n, T, size, size, 3)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import time
 from datetime import datetime, timezone
@@ -91,7 +90,6 @@ class RankWriter:
         shard_size: clips per shard; the last shard of a rank may hold fewer.
         dtype: token dtype (uint16 or int32).
         grid: (t, h, w) of every clip.
-        exit_after_writes: test hook; ``os._exit(3)`` right after this many file writes.
     """
 
     def __init__(
@@ -103,11 +101,9 @@ class RankWriter:
         shard_size: int,
         dtype: np.dtype,
         grid: tuple[int, int, int],
-        exit_after_writes: int | None = None,
     ) -> None:
         self.out, self.rank, self.world_size = out, rank, world_size
         self.shard_size, self.dtype, self.grid = shard_size, np.dtype(dtype), tuple(grid)
-        self.exit_after_writes, self.num_writes = exit_after_writes, 0
         self.shards: list[dict[str, Any]] = []
         self.pending_quarantine: list[dict[str, Any]] = []
         self.complete = False
@@ -203,11 +199,8 @@ class RankWriter:
         self.complete = True
 
     def _write(self, name: str, data: bytes) -> dict[str, Any]:
+        """Writes one file atomically; every file of the rank goes through here. Returns its record."""
         atomic_write_bytes(self.out / name, data)
-        self.num_writes += 1
-        if self.exit_after_writes is not None and self.num_writes >= self.exit_after_writes:
-            log.warning("test hook: exiting after %d file writes", self.num_writes)
-            os._exit(3)
         return {"file": name, "bytes": len(data), "sha256": sha256_bytes(data)}
 
     def _write_shard(self) -> None:
