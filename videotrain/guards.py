@@ -1,0 +1,86 @@
+"""Guards of a training step: the non-finite policy, and the gradient check at an accumulation boundary."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteGuard:
+    """The ``run.nonfinite`` policy: what a non-finite loss or gradient does to the run.
+
+    Under "skip" each event is logged and the caller drops the micro-batch (loss) or the step
+    (gradient); ``run.max_nonfinite`` events in a row, or any event under "stop", raise
+    ``FloatingPointError`` before the optimizer step. A successful step resets the count.
+    """
+
+    def __init__(self, policy: str, max_in_a_row: int) -> None:
+        self.policy, self.max_in_a_row = policy, max_in_a_row
+        self.in_a_row = 0
+
+    def record(self, what: str, step: int) -> None:
+        """Counts one non-finite ``what`` ("loss" or "gradient") at ``step``; raises when the run must stop."""
+        self.in_a_row += 1
+        if self.policy == "stop" or self.in_a_row >= self.max_in_a_row:
+            why = "run.nonfinite=stop" if self.policy == "stop" else f"{self.in_a_row} non-finite in a row"
+            raise FloatingPointError(f"non-finite {what} at step {step}; stopped before the optimizer step ({why})")
+        done = "micro-batch dropped, the next one takes its place" if what == "loss" else "step skipped"
+        log.warning("non-finite %s at step %d: %s", what, step, done)
+
+    def reset(self) -> None:
+        self.in_a_row = 0
+
+
+class GradientCheck:
+    """Reads the gradients at an accumulation boundary: their norm before clipping, and whether any is non-finite.
+
+    ZeRO-0 in fp32 leaves every full gradient in ``p.grad`` until ``engine.step()``, so one pass
+    reads the norm and the non-finite flag (and gives parameters without a gradient a zero one, as
+    DeepSpeed's all-reduce would). Otherwise ZeRO-1+ reduces and partitions gradients during the
+    backward, and DeepSpeed's fp16/bf16 wrappers move them, so a hook checks each gradient as it is
+    made; the norm is then DeepSpeed's own (None here).
+    """
+
+    def __init__(self, model: nn.Module, zero_stage: int, precision: str, device: torch.device) -> None:
+        self.model, self.zero_stage = model, zero_stage
+        self.in_params = self.reads_params(zero_stage, precision)
+        self.bad = torch.zeros((), dtype=torch.bool, device=device)
+        if not self.in_params:
+            for p in model.parameters():
+                if p.requires_grad:
+                    p.register_hook(self._watch)
+
+    @staticmethod
+    def reads_params(zero_stage: int, precision: str) -> bool:
+        """Whether the gradients can be read from ``p.grad`` at the boundary."""
+        return zero_stage == 0 and precision == "fp32"
+
+    def _watch(self, grad: torch.Tensor) -> None:
+        self.bad |= ~torch.isfinite(grad).all()
+
+    def read(self) -> tuple[torch.Tensor | None, bool]:
+        """(the local gradient norm before clipping or None, whether any gradient element is non-finite)."""
+        if not self.in_params:
+            norm = None
+            if self.zero_stage == 0:  # full local gradients, moved by a mixed-precision wrapper
+                grads = [p.grad.detach().float().norm() for p in self.model.parameters() if p.grad is not None]
+                norm = torch.stack(grads).norm() if grads else None
+            return norm, bool(self.bad)
+        grads = []
+        for p in self.model.parameters():
+            if p.requires_grad and p.grad is None and p.numel():
+                p.grad = torch.zeros_like(p)
+            if p.grad is not None:
+                grads.append(p.grad.detach())
+        norm = torch.nn.utils.get_total_norm(grads)  # foreach norms, then the norm of those
+        # A non-finite total means a non-finite element, unless the sum of squares overflowed.
+        bad = not bool(torch.isfinite(norm)) and not all(bool(torch.isfinite(g).all()) for g in grads)
+        return norm, bad
+
+    def clear(self) -> None:
+        """Forgets a non-finite gradient once the step that had it was skipped."""
+        self.bad.zero_()

@@ -1,0 +1,298 @@
+"""Tokenizer training: a :class:`~tokenizer.VideoTokenizer` on clips and images, with an optional GAN.
+
+``tools/train_tokenizer.py`` builds a :class:`TokenizerTrainer` from a :class:`TokenizerTrainConfig`
+and calls ``fit()``. The tokenizer trains inside one DeepSpeed engine (ZeRO 0-2, or 3 without the
+adversarial loss) and, when ``loss.adversarial_weight > 0``, the 3D patch discriminator inside a
+second one; both are checkpointed under one tag. Every rank samples its own clips; whether a step
+is an image or a clip step is shared, so every rank runs the same kind of batch (and collectives).
+Every checkpoint also refreshes ``<out>/tokenizer`` (``save_pretrained``: safetensors + config.yaml).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from core.video_io import tensor_to_frames, write_contact_sheet
+from core.weights import load_strict
+from tokenizer import TokenizerConfig, VideoTokenizer
+from tokenizer.losses import (
+    LeCam,
+    LossConfig,
+    PatchDiscriminator3d,
+    adaptive_weight,
+    hinge_d_loss,
+    hinge_g_loss,
+    perceptual_loss,
+    reconstruction_loss,
+)
+from videodata.clips import ClipDataConfig, ClipPool
+from videoeval.metrics import psnr
+from videotrain import distributed
+from videotrain.config import RENAMED, RunConfig
+from videotrain.engines import EngineGroup, average_buffers, persistent_buffers
+from videotrain.optim import OptimConfig, build_adamw, lr_at
+from videotrain.trainer import Trainer, run_training
+
+
+def _tokenizer_optim() -> OptimConfig:
+    return OptimConfig(lr=1e-3, betas=(0.9, 0.99), weight_decay=0.0, warmup_steps=100)
+
+
+def _discriminator_optim() -> OptimConfig:
+    return OptimConfig(lr=2e-4, betas=(0.5, 0.9), weight_decay=0.0, warmup_steps=0, schedule="constant", grad_clip=0.0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TokenizerTrainConfig:
+    """Everything a tokenizer training run needs; saved as ``train_config.yaml``.
+
+    ``disc_optim`` is the discriminator's optimizer (constant learning rate by default); its
+    ``grad_accum`` is ignored: both engines accumulate ``optim.grad_accum`` micro-batches.
+    """
+
+    RENAMED: ClassVar[dict[str, str]] = RENAMED
+
+    model: TokenizerConfig = field(default_factory=TokenizerConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    data: ClipDataConfig = field(default_factory=ClipDataConfig)
+    optim: OptimConfig = field(default_factory=_tokenizer_optim)
+    disc_optim: OptimConfig = field(default_factory=_discriminator_optim)
+    run: RunConfig = field(default_factory=lambda: RunConfig(steps=2000, micro_batch=4, sample_every=200))
+
+
+class TokenizerTask(nn.Module):
+    """The tokenizer and its objective as one module, so the engine's forward returns the loss.
+
+    The discriminator and the perceptual network are arguments of each call, not submodules:
+    the engine owns (casts, broadcasts, checkpoints) the tokenizer's weights only.
+    """
+
+    def __init__(self, tokenizer: VideoTokenizer, loss: LossConfig) -> None:
+        super().__init__()
+        self.tokenizer = tokenizer
+        self.loss = loss
+
+    def forward(
+        self, video: torch.Tensor, disc: nn.Module | None = None, perceptual: nn.Module | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+        """The tokenizer-side loss of one batch.
+
+        Args:
+            video: (B, C, T, H, W) in [-1, 1], in the engine's dtype.
+            disc: the discriminator when the adversarial term is on.
+            perceptual: network (x, y) -> distance when ``loss.perceptual_weight > 0``.
+
+        Returns:
+            the total loss (scalar; the only output with a graph, so DeepSpeed's backward hooks
+            sit on it alone), detached loss terms and stats (0-dim tensors), and the detached
+            reconstruction (B, C, T, H, W).
+        """
+        cfg = self.loss
+        out = self.tokenizer(video)
+        recon, target = out.recon.float(), video.float()
+        losses = dict(reconstruction_loss(recon, target, cfg))
+        if perceptual is not None and cfg.perceptual_weight > 0:
+            losses["perceptual"] = cfg.perceptual_weight * perceptual_loss(recon, target, perceptual)
+        stats = {k: v.detach().float() for k, v in out.stats.items()}
+        if disc is not None:
+            disc.requires_grad_(False)  # this graph must not reach D's weights (nor the D engine's grad hooks)
+            try:
+                g = hinge_g_loss(disc(out.recon).float())
+            finally:
+                disc.requires_grad_(True)
+            # VQGAN's balance needs d(loss)/d(last decoder layer) before the engine's backward:
+            # autograd.grad on the bare module accumulates nothing and fires no ZeRO hook.
+            weight = adaptive_weight(sum(losses.values()), g, self.tokenizer.last_decoder_weight,
+                                     cfg.adaptive_weight_max)
+            losses["gan"] = cfg.adversarial_weight * weight * g
+            stats["adaptive_weight"] = weight.float()
+        losses.update(out.losses)
+        total = sum(losses.values())
+        with torch.no_grad():
+            stats["psnr"] = psnr(recon.clamp(-1, 1), target).mean()
+        terms = {k: v.detach().float() for k, v in losses.items()}
+        return total, {**terms, **stats, "loss": total.detach().float()}, out.recon.detach()
+
+
+class TokenizerTrainer(Trainer):
+    """Trains a tokenizer (and its discriminator) on media files (see :class:`~videotrain.trainer.Trainer`).
+
+    Args:
+        cfg: the run's config.
+        out: the run directory.
+        perceptual: TorchScript network (x, y) -> distance, needed when ``loss.perceptual_weight > 0``.
+    """
+
+    task = "tokenizer"
+    unsupported = ("eval_every", "eval_batches", "sample_steps", "init_from", "peak_tflops")
+
+    def __init__(self, cfg: TokenizerTrainConfig, out: str | Path, perceptual: nn.Module | None = None) -> None:
+        self.perceptual = perceptual
+        super().__init__(cfg, out)
+
+    def validate(self) -> None:
+        cfg = self.cfg
+        if cfg.loss.perceptual_weight > 0 and self.perceptual is None:
+            raise ValueError("loss.perceptual_weight > 0 needs a perceptual network (--perceptual PATH)")
+        VideoTokenizer(cfg.model).latent_shape(cfg.data.num_frames, cfg.data.size, cfg.data.size)  # validates
+        stage = distributed.deepspeed_config(
+            self.run.deepspeed or None, micro_batch=self.run.micro_batch, grad_accum=self.optim.grad_accum,
+            grad_clip=0.0, precision=self.run.precision, zero_stage=self.run.zero_stage,
+        )["zero_optimization"]["stage"]
+        if cfg.loss.adversarial_weight > 0 and stage == 3:
+            raise ValueError("loss.adversarial_weight > 0 needs ZeRO stage 0-2: the adaptive weight takes the gradient "
+                             "of the decoder's last layer, which ZeRO-3 partitions")
+        self.pool = ClipPool(cfg.data)
+
+    def build(self) -> None:
+        cfg, lc, device = self.cfg, self.cfg.loss, self.dist.device
+        self.model = VideoTokenizer(cfg.model).to(device)
+        if self.perceptual is not None:
+            self.perceptual = self.perceptual.to(device)
+        opt = build_adamw(self.model, self.optim)
+        self.engine = self.make_engine(TokenizerTask(self.model, lc), opt, self.optim.grad_clip)
+        self.dtype = next(self.model.parameters()).dtype  # the engine casts for bf16 / fp16
+        self.disc = self.disc_engine = self.lecam = None
+        extras = {}
+        if lc.adversarial_weight > 0:
+            self.disc = PatchDiscriminator3d(cfg.model.in_channels, lc.discriminator_channels, lc.discriminator_layers)
+            self.disc.to(device)
+            disc_cfg = distributed.deepspeed_config(
+                self.run.deepspeed or None, micro_batch=self.run.micro_batch, grad_accum=self.optim.grad_accum,
+                grad_clip=cfg.disc_optim.grad_clip, precision=self.run.precision, zero_stage=self.run.zero_stage,
+            )
+            disc_opt = build_adamw(self.disc, cfg.disc_optim)
+            self.disc_engine = extras["discriminator"] = distributed.build_engine(self.disc, disc_opt, disc_cfg)
+            self.lecam = LeCam(lc.lecam_decay).to(device)  # per-rank EMAs, averaged every step
+        self.checkpointed = EngineGroup(self.engine, **extras)
+        self.model_state = persistent_buffers(self.model)  # updated by the forward (VQ codebook EMAs)
+        self.rng = torch.Generator().manual_seed(self.run.seed + 1_000_003 * self.dist.rank)
+        self.kind_rng = torch.Generator().manual_seed(self.run.seed + 2)
+        self.preview_batch = self.pool.sample(self.run.num_samples, torch.Generator().manual_seed(self.run.seed + 1))
+
+    # ------------------------------------------------------------------ the step
+    def set_disc_lr(self) -> None:
+        lr = lr_at(self.step, self.cfg.disc_optim, self.run.steps)
+        for group in self.disc_engine.optimizer.param_groups:
+            group["lr"] = lr
+
+    def train_step(self) -> dict[str, float] | None:
+        """One optimizer step of both engines (``optim.grad_accum`` micro-batches); None if it was skipped.
+
+        A micro-batch whose tokenizer or discriminator loss is non-finite on any rank is dropped
+        before its backward, its buffer updates (VQ codebook EMAs) undone, and the next batch takes
+        its place. A non-finite gradient skips the whole step and restores the buffers of the step.
+        """
+        cfg, gas = self.cfg, self.optim.grad_accum
+        lr = self.set_lr()
+        images = cfg.data.image_ratio > 0 and torch.rand((), generator=self.kind_rng).item() < cfg.data.image_ratio
+        # The 3D discriminator needs several frames: image steps train the tokenizer alone.
+        use_gan = self.disc is not None and self.step >= cfg.loss.adversarial_start_step and not images
+        if use_gan:
+            self.set_disc_lr()
+        rows, step_start = [], [b.clone() for b in self.model_state]
+        self.grad_norm = None
+        while len(rows) < gas:
+            kept = [b.clone() for b in self.model_state]
+            video = self.pool.sample(self.run.micro_batch, self.rng, images=images).to(self.dist.device, self.dtype)
+            total, logs, recon = self.engine(video, self.disc if use_gan else None, self.perceptual)
+            d_loss = real = fake = None
+            if use_gan:
+                logits = self.disc_engine(torch.cat([video, recon])).float()  # (2B, 1, t', h', w'), one forward
+                real, fake = logits.chunk(2)
+                d_loss = hinge_d_loss(real, fake)
+            if self.any_nonfinite(total, d_loss):
+                self._restore(kept)
+                self.guard.record("loss", self.step)
+                continue
+            boundary = len(rows) == gas - 1
+            if not self.backward(total, boundary):
+                self._restore(step_start)
+                if self.disc_engine is not None:
+                    self.disc_engine.zero_grad()
+                return None
+            self.engine.step()
+            if use_gan:
+                if cfg.loss.lecam_weight > 0:
+                    d_loss = d_loss + cfg.loss.lecam_weight * self.lecam(real, fake)
+                self.disc_engine.set_gradient_accumulation_boundary(boundary)
+                self.disc_engine.backward(d_loss)
+                self.disc_engine.step()
+                logs["d_loss"] = d_loss.detach()
+            rows.append(logs)
+        average_buffers(self.model, *([self.lecam] if self.lecam is not None else []))
+        self.finished_step()
+        logs = {k: float(torch.stack([r[k] for r in rows]).mean()) for k in rows[0]}
+        logs.update(grad_norm=self.grad_norm_value(), lr=lr, frames=video.shape[2])
+        return logs
+
+    def _restore(self, buffers: list[torch.Tensor]) -> None:
+        for b, old in zip(self.model_state, buffers):
+            b.copy_(old)
+
+    def throughput(self, seconds: float) -> dict[str, float]:
+        return {"clips_per_s": self.run.micro_batch * self.optim.grad_accum * self.dist.world_size / seconds}
+
+    # ------------------------------------------------------------------ state and outputs
+    def task_state(self) -> tuple[dict, dict[str, torch.Tensor]]:
+        tensors = {"clip_rng": self.rng.get_state(), "kind_rng": self.kind_rng.get_state()}
+        if self.lecam is not None:
+            tensors.update({f"lecam.{k}": v for k, v in self.lecam.state_dict().items()})
+        return {"adversarial": self.disc is not None}, tensors
+
+    def load_task_state(self, state: dict, tensors: dict[str, torch.Tensor]) -> None:
+        self.rng.set_state(tensors["clip_rng"])
+        self.kind_rng.set_state(tensors["kind_rng"])
+        if self.lecam is not None and "lecam.ema_real" in tensors:
+            self.lecam.load_state_dict({k.removeprefix("lecam."): v for k, v in tensors.items() if k.startswith("lecam.")})
+
+    def save(self) -> None:
+        """A checkpoint of both engines, then a refreshed ``<out>/tokenizer`` (collective)."""
+        super().save()
+        self.export()
+
+    def export(self) -> Path:
+        """``save_pretrained`` of the (EMA) fp32 weights into ``<out>/tokenizer`` on rank 0 (collective)."""
+        directory = self.out / "tokenizer"
+        if self._exported_step == self.step and directory.is_dir():
+            return directory
+        state = self.export_state()
+        if self.dist.is_main:
+            tok = VideoTokenizer(self.cfg.model)
+            load_strict(tok, state, "tokenizer")
+            tok.save_pretrained(directory)
+        distributed.barrier()
+        self._exported_step = self.step
+        return directory
+
+    def write_samples(self) -> None:
+        """Originals over reconstructions of the fixed preview clips, as ``previews/step_N.png`` (rank 0)."""
+        if not (self.dist.is_main or self.zero_stage == 3):  # ZeRO-3's forward is collective
+            return
+        self.model.eval()
+        with torch.no_grad():
+            recon = self.model.reconstruct(self.preview_batch.to(self.dist.device, self.dtype))
+        self.model.train()
+        if self.dist.is_main:
+            rows = []
+            for orig, rec in zip(tensor_to_frames(self.preview_batch), tensor_to_frames(recon)):
+                rows += [orig, rec]
+            path = self.out / "previews" / f"step_{self.step:06d}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_contact_sheet(path, rows)
+
+    def fit(self) -> dict[str, float]:
+        """The shared loop, then a last preview of the final weights."""
+        logs = super().fit()
+        self.write_samples()
+        return logs
+
+
+def train_tokenizer(cfg: TokenizerTrainConfig, out: str | Path, perceptual: nn.Module | None = None) -> TokenizerTrainer:
+    """Builds a :class:`TokenizerTrainer`, runs it to the end and returns it (see :func:`run_training`)."""
+    return run_training(lambda: TokenizerTrainer(cfg, out, perceptual))

@@ -1,0 +1,290 @@
+"""The training loop that every task builds on.
+
+A task (:mod:`videotrain.generator_task`, :mod:`videotrain.tokenizer_task`) subclasses
+:class:`Trainer` and supplies what differs: how it builds its data, model and engines, one
+optimizer step (``train_step``), what it samples and how it exports. Everything else lives here
+once: the process group, seeding and threads, the learning-rate schedule, the non-finite and
+time-budget guards, EMA, metrics, checkpoints and exact resume.
+
+Like torchtitan's ``train.py`` over ``trainer.py``, the command-line programs only parse a config,
+build a trainer and call :meth:`Trainer.fit`; tests and benchmarks drive the same class directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+from tqdm import tqdm
+
+from core.config import save_config
+from videotrain import checkpoint, distributed
+from videotrain.config import RunConfig, check_supported
+from videotrain.ema import EMA
+from videotrain.engines import restored_env
+from videotrain.guards import GradientCheck, NonFiniteGuard
+from videotrain.optim import OptimConfig, lr_at
+from videotrain.outputs import MetricsLog
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T", bound="Trainer")
+
+
+class Trainer:
+    """One training run: config in, checkpoints, metrics and an exported model out.
+
+    Subclasses set ``task`` (a name for messages), ``unsupported`` (``run.*`` fields they cannot
+    honour) and implement :meth:`build`, :meth:`train_step` and :meth:`export`; they may override
+    :meth:`validate`, :meth:`eval_logs`, :meth:`write_samples`, :meth:`throughput` and the
+    ``task_state`` pair. After :meth:`build`, ``self.model`` is the trained ``nn.Module`` and
+    ``self.engine`` its DeepSpeed engine; ``self.checkpointed`` is what checkpoints save (the
+    engine, or an :class:`~videotrain.engines.EngineGroup` of several).
+
+    Args:
+        cfg: the task's config; it has ``run`` (:class:`RunConfig`) and ``optim`` (:class:`OptimConfig`).
+        out: the run directory.
+    """
+
+    task = "training"
+    unsupported: tuple[str, ...] = ()
+
+    def __init__(self, cfg: Any, out: str | Path) -> None:
+        self.cfg, self.out = cfg, Path(out)
+        self.run: RunConfig = cfg.run
+        self.optim: OptimConfig = cfg.optim
+        self.ckpt_dir = self.out / "checkpoints"
+        check_supported(self.run, self.unsupported, self.task)
+        self.validate()  # before the process group, so bad input fails fast
+        self.dist = distributed.init_distributed()
+        if self.run.num_threads:
+            torch.set_num_threads(self.run.num_threads)
+        if self.run.deterministic:
+            torch.use_deterministic_algorithms(True)
+        torch.manual_seed(self.run.seed)
+        self.step = 0
+        self.guard = NonFiniteGuard(self.run.nonfinite, self.run.max_nonfinite)
+        self._saved_step: int | None = None
+        self._exported_step: int | None = None
+        self.grad_norm: torch.Tensor | float | None = None
+        self.build()
+        self.grads = GradientCheck(self.model, self.zero_stage, self.run.precision, self.dist.device)
+        self.checkpointed = getattr(self, "checkpointed", self.engine)
+        self.ema = EMA(self.model, self.run.ema_decay) if self.run.ema_decay > 0 else None
+        if self.ema is not None and self.zero_stage == 3:
+            raise ValueError("run.ema_decay needs ZeRO stage 0-2 (ZeRO-3 partitions the weights)")
+
+    # ------------------------------------------------------------------ what a task supplies
+    def validate(self) -> None:
+        """Checks that need no process group (bad input fails before any engine starts)."""
+
+    def build(self) -> None:
+        """Builds data, ``self.model``, ``self.engine`` (see :meth:`make_engine`) and ``self.zero_stage``."""
+        raise NotImplementedError
+
+    def train_step(self) -> dict[str, float] | None:
+        """One optimizer step; its logs, or None if a non-finite gradient skipped it."""
+        raise NotImplementedError
+
+    def export(self) -> Path:
+        """Writes the model that pipelines load; returns its folder (collective)."""
+        raise NotImplementedError
+
+    def eval_logs(self) -> dict[str, float]:
+        """Held-out metrics every ``run.eval_every`` steps."""
+        return {}
+
+    def write_samples(self) -> None:
+        """Sample outputs every ``run.sample_every`` steps."""
+
+    def throughput(self, seconds: float) -> dict[str, float]:
+        """Throughput figures of one step that took ``seconds`` (not averaged over ranks)."""
+        return {}
+
+    def task_state(self) -> tuple[dict, dict[str, torch.Tensor]]:
+        """This rank's task-specific checkpoint state: JSON-able values and tensors."""
+        return {}, {}
+
+    def load_task_state(self, state: dict, tensors: dict[str, torch.Tensor]) -> None:
+        """Restores what :meth:`task_state` saved."""
+
+    # ------------------------------------------------------------------ shared pieces of a step
+    def make_engine(self, module: torch.nn.Module, optimizer: torch.optim.Optimizer, grad_clip: float) -> Any:
+        """A DeepSpeed engine for ``module`` (whose forward returns the loss) with this run's batch and precision.
+
+        Sets ``self.zero_stage``. On one process with ZeRO-0 in fp32 the gradient check reads and
+        completes the gradients itself, so DeepSpeed skips its identity all-reduce.
+        """
+        ds_cfg = distributed.deepspeed_config(
+            self.run.deepspeed or None, micro_batch=self.run.micro_batch, grad_accum=self.optim.grad_accum,
+            grad_clip=grad_clip, precision=self.run.precision, zero_stage=self.run.zero_stage,
+        )
+        self.zero_stage = ds_cfg["zero_optimization"]["stage"]
+        fills = GradientCheck.reads_params(self.zero_stage, self.run.precision)
+        return distributed.build_engine(module, optimizer, ds_cfg, caller_fills_grads=fills)
+
+
+    def set_lr(self, *engines: Any) -> float:
+        """Sets the scheduled learning rate of this step on ``engines`` (default: the main one); returns it."""
+        lr = lr_at(self.step, self.optim, self.run.steps)
+        for engine in engines or (self.engine,):
+            for group in engine.optimizer.param_groups:
+                group["lr"] = lr
+        return lr
+
+    def any_nonfinite(self, *values: torch.Tensor | None) -> bool:
+        """Whether any of ``values`` is non-finite on any rank (one collective)."""
+        bad = any(v is not None and not bool(torch.isfinite(v).all()) for v in values)
+        return distributed.all_reduce_max(float(bad), self.dist.device) > 0
+
+    def backward(self, loss: torch.Tensor, boundary: bool) -> bool:
+        """Backward of one micro-batch; at the accumulation boundary, the gradient check.
+
+        This loop, not DeepSpeed's micro-step counter, marks the boundary, so a dropped batch or
+        a skipped step never shifts the accumulation window of later steps. A non-finite gradient
+        on any rank discards the accumulated gradients (recorded by the guard).
+
+        Returns:
+            False if the step must be skipped; ``self.grad_norm`` holds the norm before clipping.
+        """
+        self.engine.set_gradient_accumulation_boundary(boundary)
+        self.engine.backward(loss)
+        if not boundary:
+            return True
+        self.grad_norm, bad = self.grads.read()
+        if distributed.all_reduce_max(float(bad), self.dist.device) > 0:
+            self.grads.clear()
+            self.engine.zero_grad()
+            self.guard.record("gradient", self.step)
+            return False
+        return True
+
+    def grad_norm_value(self) -> float:
+        """The last boundary's gradient norm before clipping (DeepSpeed's global norm where we could not read it)."""
+        norm = self.grad_norm if self.grad_norm is not None else self.engine.get_global_grad_norm()
+        return float(norm) if norm is not None else float("nan")
+
+    def finished_step(self) -> None:
+        """Bookkeeping after a successful optimizer step: the step count, the guard, the EMA."""
+        self.step += 1
+        self.guard.reset()
+        if self.ema is not None:
+            self.ema.update(self.model)
+
+    def export_state(self) -> dict[str, torch.Tensor]:
+        """The full fp32 weights to export (EMA weights when on); gathers ZeRO-3 shards (collective)."""
+        state = distributed.full_state_dict(self.engine, self.model, self.zero_stage)
+        if self.ema is not None and self.dist.is_main:
+            state = self.ema.weights(self.model)
+        return state
+
+    # ------------------------------------------------------------------ checkpoints
+    def save(self) -> None:
+        """A checkpoint of every engine and every rank's state (collective)."""
+        state, tensors = self.task_state()
+        state = {"step": self.step, "world_size": self.dist.world_size, **state}
+        tensors = {"torch_rng": torch.get_rng_state(), **tensors}
+        if self.dist.device.type == "cuda":
+            tensors["cuda_rng"] = torch.cuda.get_rng_state(self.dist.device)
+        if self.ema is not None and self.dist.is_main:
+            tensors.update(self.ema.state_dict())
+        checkpoint.save(self.checkpointed, self.ckpt_dir, self.step, self.dist.rank, state, tensors,
+                        self.run.keep_last, self.cfg)
+        self._saved_step = self.step
+
+    def resume(self) -> None:
+        """Loads the newest complete checkpoint under ``<out>/checkpoints``, if any."""
+        tag = checkpoint.latest_complete(self.ckpt_dir)
+        if tag is None:
+            return
+        state, tensors = checkpoint.load(self.checkpointed, self.ckpt_dir, tag, self.dist.rank)
+        if state["world_size"] != self.dist.world_size:
+            raise ValueError(f"checkpoint {tag} was written by {state['world_size']} processes, "
+                             f"this run has {self.dist.world_size}")
+        self.step = self._saved_step = int(state["step"])
+        torch.set_rng_state(tensors["torch_rng"])
+        if "cuda_rng" in tensors and self.dist.device.type == "cuda":
+            torch.cuda.set_rng_state(tensors["cuda_rng"], self.dist.device)
+        if self.ema is not None:
+            own = tensors if self.dist.is_main else {f"ema.{k}": v for k, v in self.ema.shadow.items()}
+            self.ema.load_state_dict(own)
+        self.load_task_state(state, tensors)
+        log.info("resumed from %s at step %d", tag, self.step)
+
+    # ------------------------------------------------------------------ the loop
+    def _out_of_time(self, start: float) -> bool:
+        """Whether ``run.max_minutes`` has passed, decided by all ranks together."""
+        over = time.time() - start > 60 * self.run.max_minutes
+        return distributed.all_reduce_max(float(over), self.dist.device) > 0
+
+    def _mean_over_ranks(self, logs: dict[str, float]) -> dict[str, float]:
+        keys = sorted(logs)  # the same on every rank: same config, same kind of batch
+        values = torch.tensor([logs[k] for k in keys], dtype=torch.float64, device=self.dist.device)
+        return dict(zip(keys, distributed.all_reduce_mean(values).cpu().tolist()))
+
+    def _due(self, every: int) -> bool:
+        return bool(every) and self.step % every == 0
+
+    def fit(self) -> dict[str, float]:
+        """Runs until ``run.steps`` or ``run.max_minutes``, checkpoints, exports; returns the last logs."""
+        run, main = self.run, self.dist.is_main
+        if main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            save_config(self.cfg, self.out / "train_config.yaml")
+        self.resume()
+        metrics = MetricsLog(self.out, enabled=main, tensorboard=run.tensorboard)
+        bar = tqdm(total=run.steps, initial=self.step, desc=self.task, unit="step", disable=not main, dynamic_ncols=True)
+        self.model.train()
+        start, logs = time.time(), {}
+        while self.step < run.steps:
+            if run.max_minutes and self._out_of_time(start):
+                log.info("time budget of %.1f min reached at step %d", run.max_minutes, self.step)
+                break
+            t0 = time.perf_counter()
+            step_logs = self.train_step()
+            if step_logs is None:
+                continue
+            speed = self.throughput(time.perf_counter() - t0)
+            bar.update(1)
+            if self._due(run.log_every) or self.step == 1:
+                logs = {**self._mean_over_ranks(step_logs), **speed}
+                bar.set_postfix({k: f"{logs[k]:.4g}" for k in ("loss", "psnr", "lr") if k in logs})
+                metrics.write(self.step, {"time": time.time() - start, **logs})
+            if self._due(run.eval_every):
+                metrics.write(self.step, self.eval_logs())
+            if self._due(run.sample_every):
+                self.write_samples()
+            if self._due(run.checkpoint_every):
+                self.save()
+        bar.close()
+        if run.checkpoint_every and self._saved_step != self.step:
+            self.save()  # the final state, so a time-limited run can be continued
+        metrics.close()
+        folder = self.export()
+        if main:
+            log.info("exported %s at step %d (%.1f min)", folder, self.step, (time.time() - start) / 60)
+        return logs
+
+
+def run_training(make_trainer: Callable[[], T]) -> T:
+    """Builds a trainer, runs :meth:`Trainer.fit` and returns the trainer.
+
+    An in-process call leaves no RANK / MASTER_PORT behind. A process started by a launcher
+    (torchrun, deepspeed) shuts its process group down at the end; a bare process keeps its
+    one-rank group, because DeepSpeed caches groups and a second in-process run (tests,
+    notebooks) could not initialise after a teardown.
+    """
+    launched = "RANK" in os.environ
+    with restored_env():
+        try:
+            trainer = make_trainer()
+            trainer.fit()
+        finally:
+            if launched:
+                distributed.shutdown()
+    return trainer
