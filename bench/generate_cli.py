@@ -18,10 +18,8 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-from bench.measure import run_measured  # noqa: E402
+from bench.measure import run_measured
 
 DEFAULT_MODEL = ROOT / "models" / "shapes"
 

@@ -41,12 +41,10 @@ from dataclasses import asdict
 import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:  # `python bench/generator_bench.py` from anywhere
-    sys.path.insert(0, REPO)
 
-from bench.table import format_table  # noqa: E402
-from generator import Condition, Generator, GeneratorConfig, make_layout  # noqa: E402
-from generator.sampling import SamplingConfig, sample_ar, sample_maskgit  # noqa: E402
+from bench.table import format_table
+from generator import Condition, Generator, GeneratorConfig, make_layout
+from generator.sampling import SamplingConfig, sample_ar, sample_maskgit
 
 DIM, DEPTH, NUM_HEADS, VOCAB = 448, 8, 7, 1000  # ~20M parameters on both sides
 GRID = (5, 16, 16)  # 1280 tokens: a 17x128x128 clip at 4x8x8

@@ -38,10 +38,8 @@ PARAM_TOLERANCE = 0.15  # the fps comparison is only meaningful with parameter c
 FPS_GOAL = 1.0  # ours / peer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:  # `python bench/tokenizer_throughput.py` from anywhere
-    sys.path.insert(0, REPO)
 
-from bench.table import format_table  # noqa: E402
+from bench.table import format_table
 
 SETUP_HINT = "run `bash bench/setup_env.sh`, then `.bench-venv/bin/python bench/tokenizer_throughput.py`"
 

@@ -6,20 +6,18 @@ A run that collects no test (a typo in ``-k``, a marker that selects nothing) ke
 
 import os
 import random
-import sys
 from pathlib import Path
 
+import numpy as np
+import pytest
+import torch
+
+# Read when huggingface_hub, transformers and deepspeed are first imported, which is after this.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
