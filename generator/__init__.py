@@ -14,13 +14,13 @@ from generator.transformer import Generator, GeneratorConfig
 from generator.units import ORDERS, UnitLayout, make_layout
 
 __all__ = [
+    "ORDERS",
     "Condition",
     "ConditionEmbedder",
     "Generator",
     "GeneratorConfig",
     "KVCache",
     "LossOutput",
-    "ORDERS",
     "ObjectiveConfig",
     "UnitLayout",
     "generator_loss",

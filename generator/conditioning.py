@@ -47,11 +47,14 @@ class Condition:
                 return t.device
         return torch.device("cpu")
 
-    def with_null(self) -> "Condition":
+    def with_null(self) -> Condition:
         """The same batch followed by its unconditional copy: 2B rows (for CFG)."""
         B = self.batch_size
         drop = self.drop if self.drop is not None else torch.zeros(B, dtype=torch.bool, device=self.device)
-        cat = lambda t: None if t is None else torch.cat([t, t], dim=0)  # noqa: E731
+
+        def cat(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else torch.cat([t, t], dim=0)
+
         return Condition(
             labels=cat(self.labels),
             text=cat(self.text),

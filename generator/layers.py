@@ -155,7 +155,9 @@ class Attention(nn.Module):
         return self.proj(out.transpose(1, 2).reshape(B, N, -1))  # (B, N, nh * hd)
 
 
-def _xformers_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:  # pragma: no cover
+def _xformers_attention(  # pragma: no cover
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
+) -> torch.Tensor:
     import xformers.ops as xops
 
     bias = None

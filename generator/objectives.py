@@ -75,7 +75,12 @@ def ar_loss(model: Generator, ids: torch.Tensor, cond: Condition, order: str, cf
 
 
 def maskgit_loss(
-    model: Generator, ids: torch.Tensor, cond: Condition, order: str, cfg: ObjectiveConfig, generator: torch.Generator | None
+    model: Generator,
+    ids: torch.Tensor,
+    cond: Condition,
+    order: str,
+    cfg: ObjectiveConfig,
+    generator: torch.Generator | None,
 ) -> LossOutput:
     """Masked-token cross-entropy for a (B, t, h, w) grid with units of ``order``."""
     layout = make_layout(tuple(ids.shape[1:]), order, model.config.cube_size)

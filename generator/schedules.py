@@ -38,10 +38,12 @@ def num_masked_after_step(step: int, num_steps: int, num_tokens: int, schedule: 
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
     r = (step + 1) / num_steps
-    return 0 if step + 1 >= num_steps else int(math.floor(gamma(r, schedule) * num_tokens))
+    return 0 if step + 1 >= num_steps else math.floor(gamma(r, schedule) * num_tokens)
 
 
-def training_mask(unit_of: torch.Tensor, batch: int, schedule: str, generator: torch.Generator | None = None) -> torch.Tensor:
+def training_mask(
+    unit_of: torch.Tensor, batch: int, schedule: str, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Draws a MaskGIT training mask, one ratio per (row, unit).
 
     Args:

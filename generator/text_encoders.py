@@ -131,11 +131,11 @@ class TextEncoder(nn.Module):
         self.eval()
 
     @classmethod
-    def load(cls, config: TextEncoderConfig) -> "TextEncoder":
+    def load(cls, config: TextEncoderConfig) -> TextEncoder:
         """Loads the encoder named by ``config`` from its local directory."""
         raise NotImplementedError
 
-    def train(self, mode: bool = True) -> "TextEncoder":
+    def train(self, mode: bool = True) -> TextEncoder:
         """Ignores ``mode``: a frozen encoder is always in eval mode."""
         return super().train(False)
 
@@ -238,7 +238,7 @@ class T5TextEncoder(TextEncoder):
     """T5 / Flan-T5 / mT5 / UMT5 encoder with its SentencePiece tokenizer."""
 
     @classmethod
-    def load(cls, config: TextEncoderConfig) -> "T5TextEncoder":
+    def load(cls, config: TextEncoderConfig) -> T5TextEncoder:
         """Loads the encoder stack of a T5-family checkpoint from ``config.path``.
 
         The model class follows ``model_type`` in ``config.json`` (``t5``, ``mt5``, ``umt5``).
@@ -269,7 +269,7 @@ class BertTextEncoder(TextEncoder):
     """A BERT-style encoder (BERT, MiniLM, RoBERTa, ...) through ``AutoModel`` + ``AutoTokenizer``."""
 
     @classmethod
-    def load(cls, config: TextEncoderConfig) -> "BertTextEncoder":
+    def load(cls, config: TextEncoderConfig) -> BertTextEncoder:
         """Loads an encoder-only checkpoint from ``config.path``; its last hidden state is the output."""
         from transformers import AutoConfig, AutoModel
 
@@ -302,7 +302,10 @@ def load_text_encoder(config: TextEncoderConfig) -> TextEncoder:
 
 
 def check_prompts(prompts: list[str]) -> None:
-    """Raises ValueError unless ``prompts`` is a non-empty list of non-blank strings."""
+    """Raises ValueError unless ``prompts`` is a non-empty list of non-blank strings.
+
+    A wrong type is a ValueError too, not a TypeError: the CLIs report ValueError as a user error.
+    """
     if isinstance(prompts, str) or not isinstance(prompts, (list, tuple)):
         raise ValueError(f"prompts must be a list of strings, got {type(prompts).__name__}")
     if not prompts:

@@ -87,7 +87,8 @@ class Block(nn.Module):
         self.norm2 = RMSNorm(cfg.dim)
         self.mlp = SwiGLU(cfg.dim, int(cfg.mlp_ratio * cfg.dim))
 
-    def forward(self, x, freqs, mask, cache=None, layer=0, span=None):  # noqa: D102 - shapes as Attention
+    def forward(self, x, freqs, mask, cache=None, layer=0, span=None):
+        """Shapes and arguments as :meth:`generator.layers.Attention.forward`."""
         x = x + self.attn(self.norm1(x), freqs, mask, cache, layer, span)
         return x + self.mlp(self.norm2(x))
 
@@ -138,7 +139,7 @@ class Generator(nn.Module):
         fwd = 2 * n + 2 * self.config.depth * self.config.dim * context * 2
         return 3 * fwd if training else fwd
 
-    def decoding_layout_(self) -> "Generator":
+    def decoding_layout_(self) -> Generator:
         """Stores the linear weights column-major, in place, for ~25% faster batch-1 decoding
         on CPU; returns self. Values, shapes and the state dict are unchanged (see
         :func:`generator.layers.linear_weights_column_major_`). For inference: DeepSpeed's
@@ -191,7 +192,9 @@ class Generator(nn.Module):
         """
         B, N = ids.shape
         if coords.shape != (N, 3) or mask.shape != (N, N):
-            raise ValueError(f"coords must be ({N}, 3) and mask ({N}, {N}), got {tuple(coords.shape)} and {tuple(mask.shape)}")
+            raise ValueError(
+                f"coords must be ({N}, 3) and mask ({N}, {N}), got {tuple(coords.shape)} and {tuple(mask.shape)}"
+            )
         lo, hi = torch.aminmax(ids)
         if int(lo) < 0 or int(hi) > self.config.start_id:
             raise ValueError(f"token ids must lie in [0, {self.config.start_id}]")
@@ -208,7 +211,9 @@ class Generator(nn.Module):
             coords = torch.cat([torch.full((P, 3), -1, dtype=coords.dtype, device=dev), coords])
             # The prefix never sees the video tokens, so this mask is never all True. It gets a
             # batch dimension only when some prefix key is padding.
-            top = torch.cat([torch.ones(P, P, dtype=torch.bool, device=dev), torch.zeros(P, N, dtype=torch.bool, device=dev)], 1)
+            top = torch.cat(
+                [torch.ones(P, P, dtype=torch.bool, device=dev), torch.zeros(P, N, dtype=torch.bool, device=dev)], 1
+            )
             bottom = torch.cat([torch.ones(N, P, dtype=torch.bool, device=dev), mask], 1)
             full = torch.cat([top, bottom])[None, None]  # (1, 1, P+N, P+N)
             if not bool(p_valid.all()):
@@ -220,7 +225,9 @@ class Generator(nn.Module):
             full = None
         else:
             past_valid = cache.valid[:, : cache.length]
-            full = torch.cat([past_valid[:, None, None, :].expand(B, 1, N, -1), mask[None, None].expand(B, 1, N, N)], dim=-1)
+            full = torch.cat(
+                [past_valid[:, None, None, :].expand(B, 1, N, -1), mask[None, None].expand(B, 1, N, N)], dim=-1
+            )  # (B, 1, N, past + N)
         span = cache.reserve(x.shape[1], key_valid) if cache is not None else None
         freqs = self.rope.freqs(coords)  # (P + N or N, hd/2) complex
         for i, block in enumerate(self.blocks):
@@ -237,7 +244,7 @@ class Generator(nn.Module):
         save_pretrained(self, self.config, directory, dtype)
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike) -> "Generator":
+    def from_pretrained(cls, directory: str | os.PathLike) -> Generator:
         """Rebuilds from ``config.yaml`` and loads weights strictly (no unpickling); returns the
         model in eval mode with :meth:`decoding_layout_` applied."""
         config = load_config(GeneratorConfig, directory)

@@ -56,7 +56,8 @@ class UnitLayout:
     def to_sequence(self, ids: torch.Tensor) -> torch.Tensor:
         """(B, t, h, w) grid -> (B, L) in sequence order."""
         if tuple(ids.shape[1:]) != self.grid:
-            raise ValueError(f"expected a token grid of shape (B, {', '.join(map(str, self.grid))}), got {tuple(ids.shape)}")
+            expected = ", ".join(map(str, self.grid))
+            raise ValueError(f"expected a token grid of shape (B, {expected}), got {tuple(ids.shape)}")
         return ids.flatten(1)[:, self.perm]
 
     def to_grid(self, seq: torch.Tensor) -> torch.Tensor:

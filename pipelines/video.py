@@ -86,7 +86,10 @@ class VideoPipeline:
             if gen.config.style != mode:
                 raise ValueError(f"generator for mode {mode!r} has style {gen.config.style!r}")
             if gen.config.vocab_size != tokenizer.codebook_size:
-                raise ValueError(f"{mode} generator has vocabulary {gen.config.vocab_size}, tokenizer codebook {tokenizer.codebook_size}")
+                raise ValueError(
+                    f"{mode} generator has vocabulary {gen.config.vocab_size}, "
+                    f"tokenizer codebook {tokenizer.codebook_size}"
+                )
             if gen.config.cond == "text" and text_encoder is None:
                 raise ValueError(f"the {mode} generator is text-conditional but the pipeline has no text encoder")
         self.tokenizer = tokenizer.eval()
@@ -96,19 +99,21 @@ class VideoPipeline:
 
     # ----------------------------------------------------------------- files
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike) -> "VideoPipeline":
+    def from_pretrained(cls, directory: str | os.PathLike) -> VideoPipeline:
         """Loads every part strictly from a pipeline directory (no unpickling, no downloads)."""
         directory = Path(directory)
         if not directory.is_dir():
             raise ValueError(f"model directory {str(directory)!r} does not exist")
         if not (directory / PIPELINE_CONFIG).is_file():
             raise ValueError(f"model directory {str(directory)!r} has no {PIPELINE_CONFIG}: is it a tokvid pipeline?")
-        config = from_dict(PipelineConfig, load_yaml(directory / PIPELINE_CONFIG), where=str(directory / PIPELINE_CONFIG))
+        config_path = directory / PIPELINE_CONFIG
+        config = from_dict(PipelineConfig, load_yaml(config_path), where=str(config_path))
         tokenizer = VideoTokenizer.from_pretrained(directory / "tokenizer")
         generators = {mode: Generator.from_pretrained(directory / sub) for mode, sub in config.generators.items()}
         text_encoder = None
         if config.text_encoder is not None:
-            text_encoder = load_text_encoder(replace(config.text_encoder, path=str(cls.text_encoder_path(config, directory))))
+            path = cls.text_encoder_path(config, directory)
+            text_encoder = load_text_encoder(replace(config.text_encoder, path=str(path)))
         return cls(tokenizer, generators, text_encoder, config)
 
     @staticmethod
@@ -138,7 +143,7 @@ class VideoPipeline:
             self.generators[mode].save_pretrained(directory / sub, dtype)
         save_config(self.config, directory / PIPELINE_CONFIG)
 
-    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "VideoPipeline":
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> VideoPipeline:
         """Moves every part; ``dtype`` applies to the generators and tokenizer (fp32 is the CPU default)."""
         for module in (self.tokenizer, *self.generators.values()):
             module.to(device=device, dtype=dtype)
@@ -166,7 +171,10 @@ class VideoPipeline:
     def latent_frames(self, num_frames: int) -> int:
         ct = self.tokenizer.config.temporal_compression
         if not isinstance(num_frames, int) or num_frames < 1 or (num_frames - 1) % ct:
-            raise ValueError(f"num_frames={num_frames} is not reachable: the tokenizer needs 1 + k*{ct} frames (e.g. 1, {1 + ct}, {1 + 4 * ct})")
+            raise ValueError(
+                f"num_frames={num_frames} is not reachable: the tokenizer needs 1 + k*{ct} frames "
+                f"(e.g. 1, {1 + ct}, {1 + 4 * ct})"
+            )
         return 1 + (num_frames - 1) // ct
 
     def condition(self, gen: Generator, prompt: str | list[str] | None, labels: int | list[int] | None,
@@ -189,7 +197,9 @@ class VideoPipeline:
             prompt = [self.config.class_names[lab] for lab in labels]
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
         if gen.config.cond != "text":
-            raise ValueError(f"the {gen.config.style} generator is {gen.config.cond}-conditional and takes labels, not prompts")
+            raise ValueError(
+                f"the {gen.config.style} generator is {gen.config.cond}-conditional and takes labels, not prompts"
+            )
         feats = self.text_encoder.encode(_repeat(prompts, batch))
         return Condition(text=feats.features.to(device), text_mask=feats.mask.to(device))
 
@@ -242,9 +252,11 @@ class VideoPipeline:
         ids = fn(gen, cond, grid, order=order, sampling=sampling, generator=generator, progress=progress)
         t1 = time.perf_counter()
         video = self.tokenizer.decode(ids, chunk_latents=None).clamp(-1, 1)
-        frames = ((video.float().permute(0, 2, 3, 4, 1) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
+        pixels = (video.float().permute(0, 2, 3, 4, 1) + 1) * 127.5  # (B, T, H, W, C) in [0, 255]
+        frames = pixels.round().clamp(0, 255).to(torch.uint8).cpu().numpy()
         t2 = time.perf_counter()
-        return VideoOutput(frames=frames, fps=self.config.fps, ids=ids.cpu(), timings={"sampling": t1 - t0, "decoding": t2 - t1})
+        timings = {"sampling": t1 - t0, "decoding": t2 - t1}
+        return VideoOutput(frames=frames, fps=self.config.fps, ids=ids.cpu(), timings=timings)
 
 
 def _repeat(items: list, batch: int) -> list:

@@ -33,7 +33,7 @@ class StagePlan:
     time: tuple[bool, ...]
 
     @staticmethod
-    def build(num_stages: int, spatial_compression: int, temporal_compression: int) -> "StagePlan":
+    def build(num_stages: int, spatial_compression: int, temporal_compression: int) -> StagePlan:
         s_levels = spatial_compression.bit_length() - 1
         t_levels = temporal_compression.bit_length() - 1
         n = num_stages - 1

@@ -110,7 +110,7 @@ class FrameAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, state: StreamState | None = None) -> torch.Tensor:
         """(B, C, T, H, W) -> (B, C, T, H, W)."""
-        B, C, T, H, W = x.shape
+        B, _, _, H, _ = x.shape  # (B, C, T, H, W)
         h = rearrange(frame_group_norm(x, self.norm), "b c t h w -> (b t) (h w) c")
         q, k, v = rearrange(self.qkv(h), "n s (three nh d) -> three n nh s d", three=3, nh=self.num_heads)
         h = F.scaled_dot_product_attention(q, k, v)  # (B*T, nh, H*W, d)

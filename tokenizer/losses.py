@@ -66,7 +66,8 @@ def reconstruction_loss(recon: torch.Tensor, target: torch.Tensor, cfg: LossConf
     """Weighted L1 and L2 between (B, C, T, H, W) videos; returns the weighted terms."""
     weight = 1.0
     if cfg.foreground_weight != 1.0:
-        weight = 1.0 + (cfg.foreground_weight - 1.0) * foreground_mask(target, cfg.foreground_threshold, cfg.foreground_dilation)
+        fg = foreground_mask(target, cfg.foreground_threshold, cfg.foreground_dilation)
+        weight = 1.0 + (cfg.foreground_weight - 1.0) * fg
     diff = recon - target
     losses = {}
     if cfg.l1_weight:
@@ -126,7 +127,9 @@ def hinge_g_loss(logits_fake: torch.Tensor) -> torch.Tensor:
     return -logits_fake.mean()
 
 
-def adaptive_weight(rec_loss: torch.Tensor, g_loss: torch.Tensor, last_layer: torch.Tensor, max_weight: float) -> torch.Tensor:
+def adaptive_weight(
+    rec_loss: torch.Tensor, g_loss: torch.Tensor, last_layer: torch.Tensor, max_weight: float
+) -> torch.Tensor:
     """VQGAN's balance ||grad rec|| / ||grad g|| at the decoder's last layer (detached)."""
     rec_grad = torch.autograd.grad(rec_loss, last_layer, retain_graph=True)[0]
     g_grad = torch.autograd.grad(g_loss, last_layer, retain_graph=True)[0]

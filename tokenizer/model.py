@@ -14,7 +14,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from core.weights import load_config, load_state, load_strict, save_pretrained, WEIGHTS_NAME
+from core.weights import WEIGHTS_NAME, load_config, load_state, load_strict, save_pretrained
 from tokenizer.decoder import Decoder
 from tokenizer.encoder import Encoder, StagePlan
 from tokenizer.layers import StreamState
@@ -55,16 +55,22 @@ class TokenizerConfig:
 
     def __post_init__(self) -> None:
         if self.temporal_compression not in TEMPORAL_COMPRESSIONS:
-            raise ValueError(f"temporal_compression must be one of {TEMPORAL_COMPRESSIONS}, got {self.temporal_compression}")
+            raise ValueError(
+                f"temporal_compression must be one of {TEMPORAL_COMPRESSIONS}, got {self.temporal_compression}"
+            )
         if self.spatial_compression not in SPATIAL_COMPRESSIONS:
-            raise ValueError(f"spatial_compression must be one of {SPATIAL_COMPRESSIONS}, got {self.spatial_compression}")
+            raise ValueError(
+                f"spatial_compression must be one of {SPATIAL_COMPRESSIONS}, got {self.spatial_compression}"
+            )
         if self.quantizer not in QUANTIZERS:
             raise ValueError(f"quantizer must be one of {sorted(QUANTIZERS)}, got {self.quantizer!r}")
         if self.patch_size not in (1, 2, 4) or self.patch_size >= self.spatial_compression:
             raise ValueError(f"patch_size must be 1, 2 or 4 and below spatial_compression, got {self.patch_size}")
         StagePlan.build(len(self.channel_mult), self.spatial_compression // self.patch_size, self.temporal_compression)
         if not 0 <= self.spatial_only_stages < len(self.channel_mult):
-            raise ValueError(f"spatial_only_stages must be in [0, {len(self.channel_mult) - 1}], got {self.spatial_only_stages}")
+            raise ValueError(
+                f"spatial_only_stages must be in [0, {len(self.channel_mult) - 1}], got {self.spatial_only_stages}"
+            )
 
 
 @dataclass
@@ -92,18 +98,20 @@ class VideoTokenizer(nn.Module):
         self.config = config
         quant_cls, _ = QUANTIZERS[config.quantizer]
         self.quantizer = quant_cls(getattr(config, config.quantizer))
-        plan = StagePlan.build(len(config.channel_mult), config.spatial_compression // config.patch_size, config.temporal_compression)
-        pixels = config.in_channels * config.patch_size**2  # channels after space-to-depth
-        common = dict(
-            latent_dim=self.quantizer.dim,
-            base_channels=config.base_channels,
-            channel_mult=config.channel_mult,
-            plan=plan,
-            attention=config.attention,
-            norm_groups=config.norm_groups,
-            num_heads=config.num_heads,
-            spatial_only_stages=config.spatial_only_stages,
+        plan = StagePlan.build(
+            len(config.channel_mult), config.spatial_compression // config.patch_size, config.temporal_compression
         )
+        pixels = config.in_channels * config.patch_size**2  # channels after space-to-depth
+        common = {
+            "latent_dim": self.quantizer.dim,
+            "base_channels": config.base_channels,
+            "channel_mult": config.channel_mult,
+            "plan": plan,
+            "attention": config.attention,
+            "norm_groups": config.norm_groups,
+            "num_heads": config.num_heads,
+            "spatial_only_stages": config.spatial_only_stages,
+        }
         self.encoder = Encoder(in_channels=pixels, num_res_blocks=config.num_res_blocks, **common)
         dec_blocks = config.decoder_res_blocks if config.decoder_res_blocks is not None else config.num_res_blocks
         self.decoder = Decoder(out_channels=pixels, num_res_blocks=dec_blocks, **common)
@@ -238,7 +246,7 @@ class VideoTokenizer(nn.Module):
         save_pretrained(self, self.config, directory, dtype)
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike) -> "VideoTokenizer":
+    def from_pretrained(cls, directory: str | os.PathLike) -> VideoTokenizer:
         """Rebuilds the model from ``config.yaml`` and loads the weights strictly (no unpickling)."""
         config = load_config(TokenizerConfig, directory)
         model = cls(config)

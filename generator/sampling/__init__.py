@@ -14,8 +14,8 @@ from generator.sampling.maskgit import sample_maskgit
 from generator.schedules import SCHEDULES, gamma, num_masked_after_step, training_mask
 
 __all__ = [
-    "DecodeContext",
     "SCHEDULES",
+    "DecodeContext",
     "SamplingConfig",
     "filter_logits",
     "gamma",

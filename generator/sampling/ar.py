@@ -21,7 +21,7 @@ def sample_ar(
     grid: tuple[int, int, int],
     *,
     order: str = "token",
-    sampling: SamplingConfig = SamplingConfig(),
+    sampling: SamplingConfig | None = None,
     generator: torch.Generator | None = None,
     use_cache: bool = True,
     progress: bool = False,
@@ -37,7 +37,7 @@ def sample_ar(
         cond: B-row condition.
         grid: (t, h, w) to generate.
         order: unit order ('token', 'cube' or 'frame'); must be one the model supports.
-        sampling: temperature, top-k/p and CFG settings.
+        sampling: temperature, top-k/p and CFG settings (None: ``SamplingConfig()``).
         generator: RNG for sampling.
         use_cache: use the static KV cache (False recomputes the context every step).
         progress: show a progress bar.
@@ -47,6 +47,7 @@ def sample_ar(
     """
     if model.config.style != "ar":
         raise ValueError("sample_ar needs a generator with style 'ar'")
+    sampling = SamplingConfig() if sampling is None else sampling
     check_order(order, model.config.orders, model.config.style)
     model.check_grid(grid, order)
     layout = make_layout(grid, order, model.config.cube_size)

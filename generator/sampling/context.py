@@ -31,7 +31,9 @@ class DecodeContext:
         use_cache: static KV cache (True) or full recomputation (False).
     """
 
-    def __init__(self, model: Generator, cond: Condition, sampling: SamplingConfig, max_tokens: int, use_cache: bool = True) -> None:
+    def __init__(
+        self, model: Generator, cond: Condition, sampling: SamplingConfig, max_tokens: int, use_cache: bool = True
+    ) -> None:
         self.model = model
         self.sampling = sampling
         self.guided = sampling.cfg_scale != 1.0
@@ -41,7 +43,8 @@ class DecodeContext:
         self.history: list[tuple[torch.Tensor, torch.Tensor]] = []  # kept (ids (rows, n), coords (n, 3))
         self.window = model.config.max_grid[0]
         self.t_shift = 0
-        self.cache = model.new_cache(2 * self.batch if self.guided else self.batch, model.prefix_len + max_tokens) if use_cache else None
+        rows = 2 * self.batch if self.guided else self.batch
+        self.cache = model.new_cache(rows, model.prefix_len + max_tokens) if use_cache else None
         self._inner_masks: dict[tuple[int, torch.device], torch.Tensor] = {}  # built once per unit size
 
     def _inner_mask(self, n: int, device: torch.device) -> torch.Tensor:
@@ -78,7 +81,8 @@ class DecodeContext:
         n = ids.shape[1]
         if self.cache is not None:
             start = self.cache.length
-            out = self.model(rows, self.cond, self.cache, coords=self._shifted(coords), mask=self._inner_mask(n, device))
+            mask = self._inner_mask(n, device)
+            out = self.model(rows, self.cond, self.cache, coords=self._shifted(coords), mask=mask)
             if not keep:
                 self.cache.rewind(start)
         else:

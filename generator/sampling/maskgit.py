@@ -27,7 +27,7 @@ def sample_maskgit(
     grid: tuple[int, int, int],
     *,
     order: str = "clip",
-    sampling: SamplingConfig = SamplingConfig(),
+    sampling: SamplingConfig | None = None,
     generator: torch.Generator | None = None,
     use_cache: bool = True,
     progress: bool = False,
@@ -39,7 +39,7 @@ def sample_maskgit(
         cond: B-row condition.
         grid: (t, h, w) to generate.
         order: 'token', 'cube', 'frame' or 'clip'; must be one the model supports.
-        sampling: steps per unit, schedule, temperatures, top-k/p and CFG.
+        sampling: steps per unit, schedule, temperatures, top-k/p and CFG (None: ``SamplingConfig()``).
         generator: RNG for token draws and Gumbel noise.
         use_cache: cache completed units (False recomputes the context every step).
         progress: show a progress bar.
@@ -49,6 +49,7 @@ def sample_maskgit(
     """
     if model.config.style != "maskgit":
         raise ValueError("sample_maskgit needs a generator with style 'maskgit'")
+    sampling = SamplingConfig() if sampling is None else sampling
     check_order(order, model.config.orders, model.config.style)
     model.check_grid(grid, order)
     layout = make_layout(grid, order, model.config.cube_size)
