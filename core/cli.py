@@ -90,10 +90,21 @@ def quiet_hub_progress() -> None:
         hf_logging.disable_progress_bar()
 
 
+def add_config_args(parser: argparse.ArgumentParser, example: str) -> None:
+    """``--config`` files, dotted ``overrides`` (``example`` shows one) and the DeepSpeed launcher's ``--local_rank``."""
+    parser.add_argument("--config", action="append", default=[], help="YAML config file(s), merged in order")
+    parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # deepspeed launcher
+    parser.add_argument("overrides", nargs="*", help=f"dotted overrides such as {example}")
+
+
 def setup_logging(verbose: bool = False) -> None:
-    """INFO-level logging to stderr in a compact format (DEBUG with ``verbose``)."""
+    """INFO-level logging to stderr in a compact format (DEBUG with ``verbose``).
+
+    Under a launcher, ranks other than 0 log warnings only, so one run prints one progress story.
+    """
+    main_rank = int(os.environ.get("RANK", "0")) == 0
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
+        level=(logging.DEBUG if verbose else logging.INFO) if main_rank else logging.WARNING,
         format="%(asctime)s %(levelname).1s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
         stream=sys.stderr,

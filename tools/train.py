@@ -12,13 +12,10 @@ exports the plain safetensors directory that pipelines load to ``<out>/export``.
 
 from __future__ import annotations
 
-import argparse
-import logging
-import os
 import sys
 from collections.abc import Sequence
 
-from core.cli import CliParser, run_cli, setup_logging
+from core.cli import CliParser, add_config_args, run_cli, setup_logging
 from core.config import build_config
 from videotrain.generator_task import GeneratorTrainConfig, train_generator
 
@@ -29,14 +26,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(argv: Sequence[str] | None) -> int:
     parser = CliParser(prog="train.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", action="append", default=[], help="YAML config file(s), merged in order")
     parser.add_argument("--out", required=True, help="run directory (checkpoints, metrics, samples, export)")
-    parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # deepspeed launcher
-    parser.add_argument("overrides", nargs="*", help="dotted overrides such as optim.lr=1e-4")
+    add_config_args(parser, example="optim.lr=1e-4")
     args = parser.parse_intermixed_args(argv)  # overrides may come before or after options
     setup_logging()
-    if int(os.environ.get("RANK", "0")) != 0:
-        logging.getLogger().setLevel(logging.WARNING)
     cfg = build_config(GeneratorTrainConfig, args.config, args.overrides)
     trainer = train_generator(cfg, args.out)
     if trainer.dist.is_main:

@@ -12,14 +12,11 @@ writes previews (originals over reconstructions) and saves the model with ``save
 
 from __future__ import annotations
 
-import argparse
 import json
-import logging
-import os
 import sys
 from collections.abc import Sequence
 
-from core.cli import CliParser, run_cli, setup_logging
+from core.cli import CliParser, add_config_args, run_cli, setup_logging
 from core.config import build_config
 from videotrain.tokenizer_task import TokenizerTrainConfig, train_tokenizer
 
@@ -30,17 +27,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(argv: Sequence[str] | None) -> int:
     parser = CliParser(prog="train_tokenizer.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", action="append", default=[], help="YAML config file(s), merged in order")
     parser.add_argument("--data", action="append", default=[],
                         help="video/image folder, file or CSV/JSONL manifest (repeatable); overrides data.paths")
     parser.add_argument("--out", required=True, help="run directory (checkpoints, metrics, previews, tokenizer)")
     parser.add_argument("--perceptual", help="TorchScript perceptual network (x, y) -> distance, e.g. a traced LPIPS")
-    parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # deepspeed launcher
-    parser.add_argument("overrides", nargs="*", help="dotted overrides such as run.steps=100")
+    add_config_args(parser, example="run.steps=100")
     args = parser.parse_intermixed_args(argv)  # overrides may come before or after options
     setup_logging()
-    if int(os.environ.get("RANK", "0")) != 0:
-        logging.getLogger().setLevel(logging.WARNING)
     overrides = list(args.overrides)
     if args.data:
         overrides.append("data.paths=" + json.dumps(args.data))
