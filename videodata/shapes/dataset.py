@@ -1,0 +1,309 @@
+"""The shapes dataset on disk: rendering it with its manifests, and reading its clips and manifests back.
+
+Each clip shows one saturated circle, square or upright triangle (6 colors) moving left, right,
+up or down on a near-black background: 17 frames of 64x64 at 8 fps (see
+:mod:`videodata.shapes.render`), as an H.264 mp4 or a folder of PNG frames. Every block of 72
+consecutive clips holds each class once, in an order shuffled by the seed, and all of clip
+``i``'s randomness comes from ``numpy.random.default_rng([seed, i])``, so the output does not
+depend on the number of workers.
+
+:func:`render_dataset` writes, under its ``out`` folder: ``clips/`` (``000000.mp4`` ... or
+``000000/00.png`` ...), ``holdout.jsonl`` / ``holdout.csv`` when holdout combinations are given
+(for measuring compositional generalization), ``dataset.json`` (the parameters), then
+``manifest.csv`` and, last of all, ``manifest.jsonl``: a folder without ``manifest.jsonl`` is an
+unfinished render. Manifest rows hold ``path`` (relative to the manifest), ``caption``,
+``label``, ``color``, ``shape``, ``motion`` and ``split`` (``train`` or ``holdout``).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import secrets
+import shutil
+import time
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from core.files import atomic_write_text
+from core.video_io import IMAGE_EXTS, list_media, read_video, write_video
+from videodata.shapes.render import (
+    ATTRIBUTES,
+    FPS,
+    NUM_CLASSES,
+    NUM_FRAMES,
+    SIZE,
+    ClipSpec,
+    attributes_of,
+    caption_for,
+    label_of,
+    render_clip,
+    sample_spec,
+)
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.jsonl"  # the training rows; written last, so it marks a finished render
+HOLDOUT_MANIFEST = "holdout.jsonl"
+FORMATS = ("mp4", "png")
+COLUMNS = ("path", "caption", "label", "color", "shape", "motion", "split")
+
+
+def parse_holdout(holdout: str | Iterable[str] | None) -> tuple[tuple[str, str, str], ...]:
+    """Parses held-out combinations such as ``"green triangle up,blue circle left"``.
+
+    Each combination names one color, one shape and one motion, separated by spaces, in any
+    order. Duplicates are dropped; the result is sorted by class label.
+
+    Args:
+        holdout: a comma-separated string, an iterable of combination strings, or None.
+
+    Returns:
+        ``(color, shape, motion)`` tuples.
+
+    Raises:
+        ValueError: a combination has an unknown word or does not name exactly one of each.
+    """
+    if holdout is None:
+        return ()
+    items = holdout.split(",") if isinstance(holdout, str) else list(holdout)
+    combos = set()
+    for item in items:
+        if not isinstance(item, str):
+            raise ValueError(f"holdout combinations must be strings, got {item!r}")
+        words = item.lower().split()
+        if not words:
+            continue
+        found = {}
+        for word in words:
+            kind = next((k for k, values in ATTRIBUTES.items() if word in values), None)
+            if kind is None or kind in found:
+                why = f"{word!r} is not a known color, shape or motion" if kind is None else f"it names two {kind}s"
+                raise ValueError(
+                    f"unknown holdout combination {item.strip()!r}: {why} (expected e.g. 'green triangle up')"
+                )
+            found[kind] = word
+        if len(found) != 3:
+            raise ValueError(f"holdout combination {item.strip()!r} must name a color, a shape and a motion")
+        combos.add((found["color"], found["shape"], found["motion"]))
+    return tuple(sorted(combos, key=lambda c: label_of(*c)))
+
+
+def class_of(index: int, seed: int) -> int:
+    """Class of clip ``index``: each block of 72 clips holds every class once, shuffled by ``seed``.
+
+    So the first ``72 k`` clips are exactly balanced, and a shorter prefix is a random subset
+    of classes without repeats (not, say, only the red ones).
+    """
+    if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+        raise ValueError(f"index must be a non-negative int, got {index!r}")
+    block, position = divmod(index, NUM_CLASSES)
+    return int(np.random.default_rng([seed, block, 1]).permutation(NUM_CLASSES)[position])
+
+
+def clip_spec(index: int, seed: int) -> tuple[ClipSpec, str]:
+    """Spec and caption of clip ``index`` of the dataset made with ``seed``."""
+    color, shape, motion = attributes_of(class_of(index, seed))
+    rng = np.random.default_rng([seed, index])
+    spec = sample_spec(color, shape, motion, rng)
+    return spec, caption_for(color, shape, motion, rng)
+
+
+@dataclass(frozen=True)
+class RenderSummary:
+    """What :func:`render_dataset` wrote.
+
+    Attributes:
+        manifest: path of the training manifest (``manifest.jsonl``).
+        holdout_manifest: path of ``holdout.jsonl``, or None without holdout combinations.
+        num_train, num_holdout: rows in each manifest.
+        seconds: wall time of the render.
+    """
+
+    manifest: Path
+    holdout_manifest: Path | None
+    num_train: int
+    num_holdout: int
+    seconds: float
+
+
+def _write_png_folder(folder: Path, frames: np.ndarray) -> None:
+    """Writes frames as ``00.png, 01.png, ...`` into a temp folder, then renames it to ``folder``."""
+    tmp = folder.with_name(f".{folder.name}.tmp{secrets.token_hex(4)}")
+    tmp.mkdir(parents=True)
+    try:
+        for t, frame in enumerate(frames):
+            Image.fromarray(frame).save(tmp / f"{t:02d}.png", format="PNG")
+        if folder.exists():
+            shutil.rmtree(folder)  # a rename cannot replace a non-empty folder
+        os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _render_one(index: int, seed: int, out: Path, fmt: str, held: frozenset) -> dict:
+    spec, caption = clip_spec(index, seed)
+    rel = f"clips/{index:06d}" + (".mp4" if fmt == "mp4" else "")
+    frames = render_clip(spec)
+    if fmt == "mp4":
+        write_video(out / rel, frames, FPS)
+    else:
+        _write_png_folder(out / rel, frames)
+    split = "holdout" if (spec.color, spec.shape, spec.motion) in held else "train"
+    values = (rel, caption, spec.label, spec.color, spec.shape, spec.motion, split)
+    return dict(zip(COLUMNS, values))
+
+
+def _jsonl(rows: list[dict]) -> str:
+    return "".join(json.dumps(row) + "\n" for row in rows)
+
+
+def _csv(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def render_dataset(
+    out: str | os.PathLike,
+    num_clips: int,
+    *,
+    seed: int = 0,
+    holdout: str | Iterable[str] | None = None,
+    format: str = "mp4",
+    num_workers: int = 1,
+    overwrite: bool = False,
+) -> RenderSummary:
+    """Renders the dataset into ``out`` and writes its manifests, ``manifest.jsonl`` last.
+
+    Args:
+        out: output folder (created if missing).
+        num_clips: clips to render in all, >= 1; see :func:`class_of`. A clip goes to the
+            held-out manifest when its (color, shape, motion) is a holdout combination.
+        seed: seeds every clip (``default_rng([seed, i])``); same seed, same bytes.
+        holdout: combinations to leave out of training, see :func:`parse_holdout`.
+        format: ``"mp4"`` (H.264 via ``write_video``) or ``"png"`` (a folder of frames per clip).
+        num_workers: threads rendering and encoding clips in parallel, >= 1.
+        overwrite: replace a finished dataset already in ``out``.
+
+    Returns:
+        The manifests written and their row counts.
+
+    Raises:
+        ValueError: bad arguments, or ``out`` already holds a dataset and ``overwrite`` is False.
+        OSError: a file cannot be written.
+    """
+    if isinstance(num_clips, bool) or not isinstance(num_clips, int) or num_clips < 1:
+        raise ValueError(f"num_clips must be a positive integer, got {num_clips!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {list(FORMATS)}, got {format!r}")
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 1:
+        raise ValueError(f"num_workers must be a positive integer, got {num_workers!r}")
+    combos = parse_holdout(holdout)
+    if len(combos) == NUM_CLASSES:
+        raise ValueError("the holdout combinations cover all 72 classes: nothing is left to train on")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {str(out)!r} exists and is not a folder")
+    finished = [out / name for name in (MANIFEST, HOLDOUT_MANIFEST, "manifest.csv", "holdout.csv", "dataset.json")]
+    if (out / MANIFEST).exists() and not overwrite:
+        raise ValueError(
+            f"{str(out)!r} already holds a dataset ({MANIFEST}); pass overwrite=True / --overwrite to replace it"
+        )
+    for path in finished:  # manifest.jsonl first: from here on the folder reads as unfinished
+        path.unlink(missing_ok=True)
+    (out / "clips").mkdir(parents=True, exist_ok=True)
+
+    start = time.perf_counter()
+    held = frozenset(combos)
+    log.info("rendering %d %s clips into %s with %d worker(s)", num_clips, format, out, num_workers)
+    pool = ThreadPoolExecutor(max_workers=num_workers)
+    rows = []
+    try:
+        for row in pool.map(lambda i: _render_one(i, seed, out, format, held), range(num_clips)):
+            rows.append(row)
+            if len(rows) % max(1, num_clips // 10) == 0 or len(rows) == num_clips:
+                log.info("rendered %d/%d clips", len(rows), num_clips)
+    finally:  # on an error, drop the clips not yet started rather than render them all
+        pool.shutdown(wait=True, cancel_futures=True)
+    train = [r for r in rows if r["split"] == "train"]
+    held_rows = [r for r in rows if r["split"] == "holdout"]
+    got = {(r["color"], r["shape"], r["motion"]) for r in held_rows}
+    missing = sorted(set(combos) - got, key=lambda c: label_of(*c))
+    if missing:
+        names = [" ".join(c) for c in missing]
+        log.warning("%d holdout combination(s) got no clip (num_clips < 72?): %s", len(missing), names)
+    if combos:
+        atomic_write_text(out / "holdout.csv", _csv(held_rows))
+        atomic_write_text(out / HOLDOUT_MANIFEST, _jsonl(held_rows))
+    info = {
+        "num_clips": num_clips, "seed": seed, "format": format, "holdout": [" ".join(c) for c in combos],
+        "num_train": len(train), "num_holdout": len(held_rows), "num_frames": NUM_FRAMES, "size": SIZE, "fps": FPS,
+        "num_classes": NUM_CLASSES, "label": "(color * 3 + shape) * 4 + motion", "attributes": dict(ATTRIBUTES),
+    }  # fmt: skip
+    atomic_write_text(out / "dataset.json", json.dumps(info, indent=2) + "\n")
+    atomic_write_text(out / "manifest.csv", _csv(train))
+    atomic_write_text(out / MANIFEST, _jsonl(train))  # last: marks the dataset complete
+    seconds = time.perf_counter() - start
+    rate = num_clips / seconds
+    log.info("wrote %d train + %d held-out clips in %.1f s (%.1f clips/s)", len(train), len(held_rows), seconds, rate)
+    holdout_manifest = out / HOLDOUT_MANIFEST if combos else None
+    return RenderSummary(out / MANIFEST, holdout_manifest, len(train), len(held_rows), seconds)
+
+
+def load_clip(path: str | os.PathLike) -> np.ndarray:
+    """Reads a video file, or a folder of image frames (sorted by name), as (T, H, W, 3) uint8.
+
+    Args:
+        path: an mp4 (or any format :func:`core.video_io.read_video` reads), or a folder of frames.
+
+    Raises:
+        ValueError: the path is missing or unreadable, or a folder has no frames or frames of
+            different sizes.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        return read_video(path)
+    files = list_media(path, exts=IMAGE_EXTS)  # sorted by name; a clip folder has no subfolders
+    if not files:
+        raise ValueError(f"{str(path)!r} is a folder without image frames")
+    frames = [read_video(p) for p in files]  # each (1, H, W, 3)
+    if len({f.shape for f in frames}) > 1:
+        raise ValueError(f"the frames in {str(path)!r} differ in size")
+    return np.concatenate(frames)
+
+
+def read_manifest(path: str | os.PathLike) -> list[dict]:
+    """Rows of a ``.jsonl`` manifest, with ``path`` resolved against the manifest's folder.
+
+    Raises:
+        ValueError: the file is missing, or a line is not JSON or lacks path, color, shape or motion.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"manifest {str(path)!r} does not exist")
+    rows = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{str(path)!r} line {n} is not JSON: {err}") from None
+        if not isinstance(row, dict) or not {"path", "color", "shape", "motion"} <= set(row):
+            raise ValueError(f"{str(path)!r} line {n} lacks path, color, shape or motion")
+        rows.append({**row, "path": str(path.parent / row["path"])})
+    return rows
