@@ -6,8 +6,8 @@ import os
 import tempfile
 from pathlib import Path
 
-from pipelines.video import VideoOutput
 from core.video_io import write_contact_sheet, write_video
+from pipelines.video import VideoOutput
 
 VIDEO_SUFFIXES = (".mp4", ".gif")
 

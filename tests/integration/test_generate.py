@@ -1,4 +1,4 @@
-"""generate.py and VideoPipeline end to end on a tiny random pipeline (tiny T5 text encoder)."""
+"""generate.py (tools/generate.py, pipelines.generate) and VideoPipeline end to end on a tiny random pipeline."""
 
 import os
 import subprocess
@@ -10,10 +10,11 @@ import pytest
 import torch
 import yaml
 
-from pipelines import VideoPipeline
-from pipelines.cli import main
-from tests.helpers.tiny_pipeline import make_tiny_pipeline
 from core.video_io import read_video
+from pipelines import VideoPipeline
+from pipelines.generate import generate_to_files, parse_label
+from tests.helpers.tiny_pipeline import make_tiny_pipeline
+from tools.generate import main
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -24,16 +25,32 @@ def model_dir(tmp_path_factory):
 
 
 def run_cli(*args, cwd=None):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, str(ROOT / "generate.py"), *args], capture_output=True, text=True,
-                          timeout=300, env=env, cwd=cwd)
+    """``python generate.py ARGS`` in a fresh process, as a user runs it (the package is installed, no PYTHONPATH)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    cmd = [sys.executable, str(ROOT / "generate.py"), *args]
+    return subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300, env=env, cwd=cwd)
 
 
 @pytest.mark.parametrize("mode,order", [("maskgit", "clip"), ("maskgit", "frame"), ("ar", "cube")])
 def test_cli_writes_a_readable_mp4(model_dir, tmp_path, mode, order):
     out = tmp_path / "v.mp4"
-    rc = main(["--model", str(model_dir), "--prompt", "a red circle moving left", "--mode", mode, "--order", order,
-               "--out", str(out), "--quiet", "--steps", "3"])
+    rc = main(
+        [
+            "--model",
+            str(model_dir),
+            "--prompt",
+            "a red circle moving left",
+            "--mode",
+            mode,
+            "--order",
+            order,
+            "--out",
+            str(out),
+            "--quiet",
+            "--steps",
+            "3",
+        ]
+    )
     assert rc == 0
     frames = read_video(out)
     assert frames.shape == (9, 32, 32, 3)
@@ -42,7 +59,7 @@ def test_cli_writes_a_readable_mp4(model_dir, tmp_path, mode, order):
 
 def test_same_seed_same_frames_and_labels_work(model_dir):
     pipe = VideoPipeline.from_pretrained(model_dir)
-    run = lambda seed: pipe("a blue square moving up", generator=torch.Generator().manual_seed(seed))  # noqa: E731
+    run = lambda seed: pipe("a blue square moving up", generator=torch.Generator().manual_seed(seed))
     a, b, c = run(3), run(3), run(4)
     assert a.frames.dtype == np.uint8 and a.frames.shape == (1, 9, 32, 32, 3) and a.fps == 8
     assert np.array_equal(a.frames, b.frames) and torch.equal(a.ids, b.ids)
@@ -54,15 +71,33 @@ def test_same_seed_same_frames_and_labels_work(model_dir):
 
 def test_long_video_by_frame_wise_extension(model_dir, tmp_path):
     out = tmp_path / "long.mp4"
-    assert main(["--model", str(model_dir), "--num-frames", "21", "--mode", "maskgit", "--order", "frame",
-                 "--out", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "--model",
+                str(model_dir),
+                "--num-frames",
+                "21",
+                "--mode",
+                "maskgit",
+                "--order",
+                "frame",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert read_video(out).shape[0] == 21
 
 
 def test_several_videos_go_to_a_directory(model_dir, tmp_path):
-    proc = run_cli("--model", str(model_dir), "--label", "1", "--num-videos", "2", "--out", str(tmp_path / "many"), "--quiet")
+    many = tmp_path / "many"
+    proc = run_cli("--model", str(model_dir), "--label", "1", "--num-videos", "2", "--out", str(many), "--quiet")
     assert proc.returncode == 0, proc.stderr
-    assert sorted(p.name for p in (tmp_path / "many").iterdir()) == ["video_000.mp4", "video_000.png", "video_001.mp4", "video_001.png"]
+    names = ["video_000.mp4", "video_000.png", "video_001.mp4", "video_001.png"]
+    assert sorted(p.name for p in many.iterdir()) == names
     assert "sampling" in proc.stdout and "decoding" in proc.stdout
 
 
@@ -109,8 +144,28 @@ def test_corrupt_model_directory(model_dir, tmp_path):
     cfg = yaml.safe_load((bad / "generator_ar" / "config.yaml").read_text())
     cfg["depth"] = 3
     (bad / "generator_ar" / "config.yaml").write_text(yaml.safe_dump(cfg))
-    (bad / "generator_maskgit" / "model.safetensors").write_bytes((model_dir / "generator_maskgit" / "model.safetensors").read_bytes())
+    weights = "generator_maskgit/model.safetensors"
+    (bad / weights).write_bytes((model_dir / weights).read_bytes())
     _one_error_line(run_cli("--model", str(bad), "--out", str(tmp_path / "v.mp4")), "missing keys")
     (bad / "pipeline.yaml").write_text("generators: {ar: generator_ar}\nbogus_key: 1\n")
     _one_error_line(run_cli("--model", str(bad), "--out", str(tmp_path / "v.mp4")), "unknown key")
     assert not (tmp_path / "v.mp4").exists()
+
+
+def test_library_call_writes_files_and_names_labels(model_dir, tmp_path):
+    made = generate_to_files(
+        label="1", out=tmp_path / "v.gif", model=model_dir, sampling={"steps": 2, "top_k": None}, progress=False
+    )
+    assert made.label == 1 and made.written == [tmp_path / "v.gif", tmp_path / "v.png"]
+    assert read_video(tmp_path / "v.gif").shape == made.output.frames.shape[1:]
+    assert parse_label("Blue Square", ["red circle", "blue square"]) == 1
+    with pytest.raises(ValueError, match="unknown sampling setting"):
+        generate_to_files(out=tmp_path / "w.mp4", model=model_dir, sampling={"stepz": 2})
+
+
+def test_help_and_bad_flags_from_any_folder(tmp_path):
+    proc = run_cli("--help", cwd=tmp_path)
+    assert proc.returncode == 0 and "--prompt" in proc.stdout
+    _one_error_line(run_cli("--steps", "many", cwd=tmp_path), "invalid int value")
+    _one_error_line(run_cli("--num-videos", "0", cwd=tmp_path), "--num-videos must be >= 1")
+    _one_error_line(run_cli("--device", "tpu9", cwd=tmp_path), "unknown device 'tpu9'")

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines.cli import DEFAULT_MODEL
 from core.video_io import read_video
+from pipelines import DEFAULT_MODEL_DIR as DEFAULT_MODEL
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -20,7 +20,10 @@ def _output(batch: int = 1) -> VideoOutput:
 
 def test_output_paths_file_or_directory(tmp_path):
     assert pio.output_paths(tmp_path / "a.mp4", 1) == [tmp_path / "a.mp4"]
-    assert pio.output_paths(tmp_path / "many", 2) == [tmp_path / "many" / "video_000.mp4", tmp_path / "many" / "video_001.mp4"]
+    assert pio.output_paths(tmp_path / "many", 2) == [
+        tmp_path / "many" / "video_000.mp4",
+        tmp_path / "many" / "video_001.mp4",
+    ]
     with pytest.raises(ValueError, match="need a directory"):
         pio.output_paths(tmp_path / "a.mp4", 2)
 
