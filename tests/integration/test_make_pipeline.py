@@ -17,7 +17,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "tools" / "make_pipeline.py"), *args], capture_output=True, text=True, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "make_pipeline.py"), *args], capture_output=True, text=True, cwd=ROOT
+    )
 
 
 def test_assembles_fp16_pipeline_that_generates_like_the_parts(tmp_path: Path) -> None:
@@ -26,11 +28,26 @@ def test_assembles_fp16_pipeline_that_generates_like_the_parts(tmp_path: Path) -
     (tmp_path / "data" / "dataset.json").write_text(json.dumps({"holdout": ["green triangle up"]}))
     cfg = tmp_path / "pipe.yaml"
     te = (src / "text_encoder").resolve()
-    cfg.write_text(f"num_frames: 9\nfps: 8\ndefault_mode: ar\ntext_encoder:\n  kind: t5\n  path: {te}\n  max_length: 48\n")
+    cfg.write_text(
+        f"num_frames: 9\nfps: 8\ndefault_mode: ar\ntext_encoder:\n  kind: t5\n  path: {te}\n  max_length: 48\n"
+    )
     out = tmp_path / "models" / "shapes"
-    r = _run("--config", str(cfg), "--tokenizer", str(src / "tokenizer"), "--generator", f"ar={src / 'generator_ar'}",
-             "--generator", f"maskgit={src / 'generator_maskgit'}", "--shapes-dataset", str(tmp_path / "data"),
-             "--dtype", "float16", "--out", str(out))
+    r = _run(
+        "--config",
+        str(cfg),
+        "--tokenizer",
+        str(src / "tokenizer"),
+        "--generator",
+        f"ar={src / 'generator_ar'}",
+        "--generator",
+        f"maskgit={src / 'generator_maskgit'}",
+        "--shapes-dataset",
+        str(tmp_path / "data"),
+        "--dtype",
+        "float16",
+        "--out",
+        str(out),
+    )
     assert r.returncode == 0, r.stderr
     assert json.loads((out / "holdout.json").read_text()) == ["green triangle up"]
     with safe_open(str(out / "generator_ar" / "model.safetensors"), "pt") as f:
@@ -48,7 +65,16 @@ def test_assembles_fp16_pipeline_that_generates_like_the_parts(tmp_path: Path) -
             assert a[name].dtype == torch.float32
             torch.testing.assert_close(a[name], p.half().float())
     # an existing directory is kept unless --force
-    r = _run("--tokenizer", str(src / "tokenizer"), "--generator", f"ar={src / 'generator_ar'}", "--config", str(cfg), "--out", str(out))
+    r = _run(
+        "--tokenizer",
+        str(src / "tokenizer"),
+        "--generator",
+        f"ar={src / 'generator_ar'}",
+        "--config",
+        str(cfg),
+        "--out",
+        str(out),
+    )
     assert r.returncode == 2 and "already exists" in r.stderr and "Traceback" not in r.stderr
     assert (out / "holdout.json").is_file()
 
@@ -60,6 +86,13 @@ def test_refuses_bad_generator_spec_and_vocab_mismatch(tmp_path: Path) -> None:
     levels = tmp_path / "levels.yaml"
     levels.write_text((ROOT / "configs/tiny/tokenizer.yaml").read_text().replace("[4, 4, 4]", "[5, 5, 5]"))
     other = make_tiny_pipeline(tmp_path / "other", tokenizer_yaml=str(levels))
-    r = _run("--tokenizer", str(other / "tokenizer"), "--generator", f"ar={src / 'generator_ar'}", "--out", str(tmp_path / "o"))
+    r = _run(
+        "--tokenizer",
+        str(other / "tokenizer"),
+        "--generator",
+        f"ar={src / 'generator_ar'}",
+        "--out",
+        str(tmp_path / "o"),
+    )
     assert r.returncode == 2 and "vocabulary" in r.stderr
     assert not (tmp_path / "o").exists()

@@ -1,0 +1,111 @@
+"""Assembling a pipeline directory from a trained tokenizer and exported generators.
+
+Every part is loaded strictly, so a mismatched vocabulary or a missing text encoder fails here,
+not at generation time. The directory is built next to its destination, loaded back, and only
+then renamed into place: a half-written model is never visible under the final name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from core.config import build_config
+from core.files import atomic_write_text
+from generator import Generator
+from pipelines.video import PipelineConfig, VideoPipeline
+from tokenizer import VideoTokenizer
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+HOLDOUT_FILE = "holdout.json"  # held-out attribute combinations of the training data, read by eval_shapes
+
+
+def weights_bytes(directory: str | os.PathLike) -> int:
+    """Total size of the safetensors files under ``directory``."""
+    return sum(p.stat().st_size for p in Path(directory).rglob("*.safetensors"))
+
+
+def assemble_pipeline(
+    out: str | os.PathLike,
+    *,
+    tokenizer: str | os.PathLike,
+    generators: Mapping[str, str | os.PathLike],
+    configs: Sequence[str | os.PathLike] = (),
+    overrides: Sequence[str] = (),
+    class_names: Sequence[str] | None = None,
+    holdout: Sequence[str] | None = None,
+    dtype: str = "float32",
+    force: bool = False,
+) -> Path:
+    """Builds, checks and atomically writes a pipeline directory.
+
+    Args:
+        out: the pipeline directory to create.
+        tokenizer: a tokenizer folder (``config.yaml`` + ``model.safetensors``).
+        generators: mode ("ar", "maskgit") -> an exported generator folder.
+        configs: pipeline YAML files (:class:`PipelineConfig` fields), merged in order.
+        overrides: dotted overrides such as ``default_mode=ar``.
+        class_names: one caption per class id (replaces the config's), e.g. the shapes classes.
+        holdout: attribute combinations held out of training, written to ``holdout.json``.
+        dtype: storage precision of the weights, a key of :data:`DTYPES`.
+        force: replace an existing ``out``.
+
+    Returns:
+        ``out``, which now loads with :meth:`VideoPipeline.from_pretrained`.
+
+    Raises:
+        ValueError: ``out`` exists without ``force``, no generator, an unknown dtype, or parts
+            that do not fit together (vocabulary, orders, text encoder).
+    """
+    out = Path(out)
+    if out.exists() and not force:
+        raise ValueError(f"{out} already exists (use --force to replace it)")
+    if not generators:
+        raise ValueError("give at least one generator (--generator MODE=DIR)")
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose from {sorted(DTYPES)}")
+    config = build_config(PipelineConfig, list(configs), list(overrides))
+    config = replace(config, generators={mode: f"generator_{mode}" for mode in generators})
+    if class_names is not None:
+        config = replace(config, class_names=tuple(class_names))
+    text_encoder = None
+    if config.text_encoder is not None:
+        from generator.text_encoders import load_text_encoder
+
+        path = VideoPipeline.text_encoder_path(config, out)
+        text_encoder = load_text_encoder(replace(config.text_encoder, path=str(path)))
+    pipe = VideoPipeline(
+        VideoTokenizer.from_pretrained(tokenizer),
+        {mode: Generator.from_pretrained(path) for mode, path in generators.items()},
+        text_encoder,
+        config,
+    )
+    for mode in generators:
+        pipe.resolve_mode_order(mode, None)  # the default order must be one the generator supports
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    try:
+        pipe.save_pretrained(tmp, DTYPES[dtype])
+        if holdout is not None:
+            atomic_write_text(tmp / HOLDOUT_FILE, json.dumps(list(holdout), indent=1) + "\n")
+        VideoPipeline.from_pretrained(tmp)  # what we ship must load
+        if out.exists():
+            old = out.with_name(f".{out.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
