@@ -56,8 +56,14 @@ def machine_facts() -> dict:
     except OSError:
         pass
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "gpu": gpu,
-            "python": platform.python_version(), "load_average": os.getloadavg()[0]}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "gpu": gpu,
+        "python": platform.python_version(),
+        "load_average": os.getloadavg()[0],
+    }
 
 
 def run_in_venv(module: str, quick: bool) -> list[dict]:
@@ -68,7 +74,8 @@ def run_in_venv(module: str, quick: bool) -> list[dict]:
         cmd = [str(VENV_PYTHON), str(script), "--json", str(out)] + (["--quick"] if quick else [])
         proc = subprocess.run(cmd, check=False, capture_output=True, text=True, cwd=ROOT)
         if proc.returncode != 0:
-            raise RuntimeError(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}")
+            last = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"
+            raise RuntimeError(last)
         data = json.loads(out.read_text())
         return data["records"] if isinstance(data, dict) else data
 
@@ -87,8 +94,18 @@ def collect(names: list[str], quick: bool) -> list[dict]:
             else:
                 rows = importlib.import_module(module).run(quick)
         except (ImportError, RuntimeError, ValueError, OSError) as err:
-            rows = [{"name": f"{name}: skipped", "ours": None, "peer": None, "unit": "", "ratio": None,
-                     "goal": None, "met": None, "note": str(err)}]
+            rows = [
+                {
+                    "name": f"{name}: skipped",
+                    "ours": None,
+                    "peer": None,
+                    "unit": "",
+                    "ratio": None,
+                    "goal": None,
+                    "met": None,
+                    "note": str(err),
+                }
+            ]
         for r in rows:
             r.setdefault("bench", name)
             normalize_goal(r)

@@ -72,10 +72,8 @@ def format_table(head: Sequence[str], rows: Sequence[Sequence[Any]], *, align: s
         if len(row) != len(head):
             raise ValueError(f"table row {i} has {len(row)} cells for {len(head)} columns")
     if align is None:
-        align = "".join(
-            "r" if col and all(c == MISSING or looks_numeric(c) for c in col) and any(c != MISSING for c in col) else "l"
-            for col in ([row[j] for row in cells] for j in range(len(head)))
-        )
+        columns = [[row[j] for row in cells] for j in range(len(head))]
+        align = "".join("r" if _numeric_column(col) else "l" for col in columns)
     if len(align) != len(head) or set(align) - {"l", "r"}:
         raise ValueError(f"align must be one of 'l'/'r' per column ({len(head)}), got {align!r}")
     widths = [max(3, len(h), *(len(row[j]) for row in cells)) for j, h in enumerate(head)]
@@ -85,6 +83,11 @@ def format_table(head: Sequence[str], rows: Sequence[Sequence[Any]], *, align: s
 
     rule = "|" + "|".join("-" * (w + 1) + ":" if a == "r" else "-" * (w + 2) for w, a in zip(widths, align)) + "|"
     return "\n".join([line(list(head)), rule, *map(line, cells)])
+
+
+def _numeric_column(cells: Sequence[str]) -> bool:
+    """Every cell shows a number or ``"-"``, and at least one shows a number."""
+    return all(c == MISSING or looks_numeric(c) for c in cells) and any(c != MISSING for c in cells)
 
 
 Column = tuple[str, str | Callable[[Mapping[str, Any]], Any]]

@@ -25,8 +25,18 @@ def test_table_and_skip_records(monkeypatch, tmp_path):
 
 
 def test_one_number_format_and_right_aligned_numbers():
-    rows = [{"name": "encode", "ours": 12345.6, "peer": 0.01234, "unit": "", "ratio": None, "goal": 1.5, "goal_op": "<=",
-             "met": False}]
+    rows = [
+        {
+            "name": "encode",
+            "ours": 12345.6,
+            "peer": 0.01234,
+            "unit": "",
+            "ratio": None,
+            "goal": 1.5,
+            "goal_op": "<=",
+            "met": False,
+        }
+    ]
     head, rule, row = format_table(rows).splitlines()
     assert [c.strip() for c in row.split("|")[1:-1]] == ["encode", "12,346", "0.0123", "", "-", "<= 1.5", "NO"]
     assert rule.split("|")[2].endswith(":") and not rule.split("|")[1].endswith(":")  # numbers right, names left
@@ -40,7 +50,8 @@ def test_numeric_goals_carry_their_direction():
 
 
 def test_unknown_benchmark_exits_2():
-    proc = subprocess.run([sys.executable, str(ROOT / "bench/run.py"), "--only", "nope"], capture_output=True, text=True)
+    cmd = [sys.executable, str(ROOT / "bench/run.py"), "--only", "nope"]
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.startswith("error: unknown benchmark"), proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
 
@@ -48,8 +59,13 @@ def test_unknown_benchmark_exits_2():
 @pytest.mark.slow
 def test_quick_run_writes_json(tmp_path):
     out = tmp_path / "bench.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "bench/run.py"), "--quick", "--json", str(out)],
-                          capture_output=True, text=True, timeout=1800, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench/run.py"), "--quick", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        cwd=ROOT,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     data = json.loads(out.read_text())
     assert {"cpu", "cores", "torch", "gpu"} <= set(data["machine"])

@@ -1,4 +1,5 @@
-"""tools/eval_tokenizer.py end to end: a tiny random tokenizer on a real H.264 clip."""
+"""tools/eval_tokenizer.py (videoeval.reconstruction) end to end: a tiny random tokenizer on a real H.264 clip;
+and tools/roundtrip.py."""
 
 import importlib.util
 import json
@@ -13,9 +14,12 @@ import torch
 from PIL import Image
 
 from core.config import build_config
+from core.video_io import read_video
 from tokenizer import TokenizerConfig, VideoTokenizer
-from tools.eval_tokenizer import evaluate, main
+from tools.eval_tokenizer import main
+from tools.roundtrip import main as roundtrip_main
 from videoeval.metrics import PSNR_MAX_DB
+from videoeval.reconstruction import evaluate
 
 
 @pytest.fixture(scope="module")
@@ -82,12 +86,14 @@ def test_cli_bad_input_exits_2_with_one_line(tiny_tokenizer_dir, data_dir, tmp_p
 
 
 def test_script_runs_from_any_folder(tiny_tokenizer_dir, carphone, repo_root, tmp_path):
-    """`python tools/eval_tokenizer.py` works without installing the package."""
+    """`python tools/eval_tokenizer.py` runs from any folder (one error line, no traceback)."""
     cmd = [sys.executable, str(repo_root / "tools" / "eval_tokenizer.py"), "--tokenizer", str(tiny_tokenizer_dir)]
-    proc = subprocess.run([*cmd, "--data", str(carphone), "--num-frames", "6"], cwd=tmp_path, capture_output=True, text=True)
+    proc = subprocess.run(
+        [*cmd, "--data", str(carphone), "--num-frames", "6"], cwd=tmp_path, check=False, capture_output=True, text=True
+    )
     assert proc.returncode == 2
     [line] = proc.stderr.strip().splitlines()  # one line, no traceback
-    assert line.startswith("eval_tokenizer: error: --num-frames 6")
+    assert line.startswith("error: --num-frames 6")
 
 
 class _Identity(torch.nn.Module):
@@ -111,3 +117,16 @@ def test_evaluate_scores_a_perfect_reconstruction(carphone):
     np.testing.assert_array_equal(original, recon)
     with pytest.raises(ValueError, match="too short"):
         evaluate(_Identity(), [carphone], num_frames=121, size=16)
+
+
+def test_roundtrip_writes_side_by_side_video_and_sheet(tiny_tokenizer_dir, carphone, tmp_path, capsys):
+    out = tmp_path / "rt"
+    argv = ["--tokenizer", str(tiny_tokenizer_dir), "--video", str(carphone), "--out", str(out)]
+    assert roundtrip_main([*argv, "--num-frames", "5", "--size", "32"]) == 0
+    printed = capsys.readouterr().out
+    assert "tokens (2, 4, 4) from (5, 32, 32) frames" in printed and "psnr" in printed
+    assert read_video(out / "roundtrip.mp4").shape == (5, 32, 64, 3)  # original | reconstruction
+    assert (out / "roundtrip.png").is_file()
+    assert roundtrip_main([*argv, "--num-frames", "6"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and len(err.splitlines()) == 1
