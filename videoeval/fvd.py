@@ -1,58 +1,88 @@
-"""Fréchet Video Distance: protocols, I3D features, cached feature statistics, the distance.
-
-The presets (``PROTOCOLS``), their table and the CLI live in ``tools/eval_video.py``; this
-module is the library.
+"""Fréchet Video Distance: protocols and their presets, clips, cached feature statistics, the distance.
 
 Pipeline for one set of videos (real or generated) under an :class:`FVDProtocol`:
 
-1. :func:`find_videos` lists the videos under a folder: every video file (mp4, avi, gif, ...)
-   is one video, and every folder that directly holds image files is one video whose frames
-   are those images in name order ("raw frames").
+1. :func:`videoeval.sources.find_videos` lists the videos under a folder.
 2. :func:`iter_clips` reads ``num_frames`` frames ``frame_stride`` apart from frame 0 of each
    video, resizes the short side to ``input_size`` and center-crops a square (antialiased
    bilinear, :func:`core.video_io.resize_center_crop`). When a set has fewer videos than
    ``num_videos``, further non-overlapping windows (starting at frame ``k * num_frames *
    frame_stride``) are taken round-robin until the count is met.
-3. :func:`clips_to_i3d_input` maps uint8 to [-1, 1] and upsamples every frame to 224x224 with
-   ``F.interpolate(mode="bilinear", align_corners=False, antialias=False)``.
-4. :class:`I3DNetwork` calls the user's TorchScript I3D and returns one feature row per clip.
-5. :class:`FeatureStats` holds the mean and covariance (float64) and can be cached as ``.npz``.
+3. :mod:`videoeval.i3d` upsamples the clips to 224x224 and returns one I3D feature row per clip.
+4. :class:`FeatureStats` holds the mean and covariance (float64) and can be cached as ``.npz``;
+   :func:`frechet_distance` compares two of them.
+
+FVD numbers from different repositories are rarely comparable: they differ in the I3D
+weights, the layer, the frame count and stride, the resolution, mp4 versus lossless frames,
+and the sample count (FVD is biased upwards at small counts). Every tokvid FVD names a preset
+of ``PROTOCOLS``; the JSON report carries the full protocol and the SHA-256 of the I3D file.
+
+Presets (``PROTOCOLS``)
+-----------------------
+
+All three feed 16 frames at stride 1 to I3D at 224², upsampled from the input size.
+
+* ``ucf101``: UCF-101 class-conditional generation. Input 128²; 10,000 generated vs 10,000 real
+  clips (train split); generated videos as frames. Matches MAGVIT (Yu et al., CVPR 2023), which
+  follows TATS (Ge et al., ECCV 2022); checked in MAGVIT's
+  ``videogvt/configs/maskgvt_ucf101_config.py``: 16 frames, stride 1, 128²,
+  ``eval.num_examples = 10000``, ``eval.data_splits = 'train'``.
+* ``k600``: Kinetics-600 frame prediction, 5 context + 11 predicted frames, FVD over all 16.
+  Input 64²; 50,000 generated vs 50,000 real (test split); frames. The task of TrIVD-GAN (Luc et
+  al. 2020); 50k samples as in Video Diffusion Models (Ho et al. 2022), the setting of MAGVIT's
+  and Phenaki's K600 results.
+* ``quick``: smoke runs. Input 64²; 64 vs 64; mp4. Matches nothing: never quote it next to a paper.
+
+MAGVIT reports the mean ± std of 4 evaluations (``eval.final_num_repeats = 4``); one tokvid
+run is one evaluation. ``--num-videos N`` overrides the count; the protocol name then becomes e.g.
+``ucf101[num_videos=2048]`` everywhere (table, JSON, cached stats). StyleGAN-V and DIGAN
+report FVD on 2,048 samples; such numbers are not comparable to the presets above.
+
+How a clip reaches I3D (all presets)
+------------------------------------
+
+* A video is a file (mp4, avi, gif, ...) or a folder of image files (its frames in name
+  order). The clip is frames 0, s, ..., (T-1)s (T frames, stride s). A set with fewer videos
+  than the count contributes further non-overlapping windows, round-robin (UCF-101's train
+  split has 9,537 videos for 10,000 samples). Unreadable or too-short videos are skipped and
+  listed in the report.
+* Resize the short side to the input size and center-crop a square (antialiased bilinear),
+  then upsample each frame to 224x224 (bilinear, ``align_corners=False``) in [-1, 1].
+* The network is the user's TorchScript ``i3d_torchscript.pt`` (StyleGAN-V's port of the
+  TF-Hub Kinetics-400 I3D), loaded with ``torch.jit.load`` and called as
+  ``net(x, rescale=False, resize=False, return_features=True)`` on (N, 3, 16, 224, 224):
+  the (N, 400) pre-softmax Kinetics-400 logits are the feature, the layer the TF reference
+  reads (``RGB/inception_i3d/Mean:0``). Pass it with ``--i3d PATH`` or ``$TOKVID_I3D``;
+  nothing is downloaded. VideoGPT's ``i3d_pretrained_400.pt`` is a pickled state dict of a
+  different port and is not accepted.
+* Known differences from other code: the TF reference (google-research FVD, MAGVIT's
+  ``compute_fvd.py``) upsamples with TF1 ``resize_bilinear`` (no half-pixel centers);
+  StyleGAN-V lets the network resize uint8 input and takes random clip offsets; its
+  covariance divides by N where tokvid's divides by N - 1 (a 1/N effect).
+* The Fréchet distance is computed in float64 from an eigendecomposition (see
+  :func:`videoeval.fvd.frechet_distance`), robust to rank-deficient covariances.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import io
 import logging
 import os
-import tempfile
 import zipfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
-from core.files import sha256_file
-from core.video_io import IMAGE_EXTS, VIDEO_EXTS, frames_to_tensor, read_video, resize_center_crop
+from core.files import atomic_write_bytes
+from core.video_io import resize_center_crop
+from videoeval.i3d import I3D_NOTE, I3D_SIZE
+from videoeval.sources import VideoSource
 
-log = logging.getLogger("videoeval.fvd")
+log = logging.getLogger(__name__)
 
-I3D_ENV = "TOKVID_I3D"
-I3D_SIZE = 224
-KINETICS_CLASSES = 400  # width of the I3D output when it is the Kinetics-400 logit layer
 STATS_FORMAT_VERSION = 1
-I3D_HOW = (
-    "obtain `i3d_torchscript.pt` (the TorchScript port of the TF-Hub Kinetics-400 I3D used for FVD by "
-    "StyleGAN-V, src/metrics/frechet_video_distance.py, published at "
-    "https://www.dropbox.com/s/ge9e5ujwgetktms/i3d_torchscript.pt) and pass it with --i3d PATH "
-    f"or set {I3D_ENV}=PATH; tokvid never downloads it"
-)
-_I3D_NOTE = (
-    "i3d_torchscript.pt (StyleGAN-V's TorchScript port of TF-Hub deepmind/i3d-kinetics-400), "
-    "called with rescale=False, resize=False, return_features=True -> 400-d pre-softmax layer"
-)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -85,7 +115,7 @@ class FVDProtocol:
     video_format: str
     context_frames: int = 0
     real_split: str
-    i3d: str = _I3D_NOTE
+    i3d: str = I3D_NOTE
     reference: str
 
     def __post_init__(self) -> None:
@@ -94,7 +124,9 @@ class FVDProtocol:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"FVDProtocol.{field} must be a positive int, got {value!r}")
         if isinstance(self.num_videos, bool) or not isinstance(self.num_videos, int) or self.num_videos < 2:
-            raise ValueError(f"FVDProtocol.num_videos must be an int >= 2 (covariance needs 2 samples), got {self.num_videos!r}")
+            raise ValueError(
+                f"FVDProtocol.num_videos must be an int >= 2 (covariance needs 2 samples), got {self.num_videos!r}"
+            )
         if self.video_format not in ("frames", "mp4"):
             raise ValueError(f"FVDProtocol.video_format must be 'frames' or 'mp4', got {self.video_format!r}")
         if not 0 <= self.context_frames < self.num_frames:
@@ -117,77 +149,47 @@ class FVDProtocol:
         return dataclasses.asdict(self)
 
 
-# ---------------------------------------------------------------------------------------------
-# Finding and reading videos
-
-
-@dataclass(frozen=True)
-class VideoSource:
-    """One video: a media file, or a folder whose image files (``frames``) are its frames."""
-
-    path: Path
-    frames: tuple[Path, ...] = ()
-
-    @property
-    def kind(self) -> str:
-        """"frames" for a folder of images, else "file"."""
-        return "frames" if self.frames else "file"
-
-    def key(self, root: Path) -> str:
-        """Relative path without the file suffix: ``a/b.mp4``, ``a/b.avi`` and folder ``a/b/`` pair up."""
-        rel = self.path.relative_to(root) if self.path != root else Path(".")
-        return (rel if self.frames else rel.with_suffix("")).as_posix()
-
-    def read(self, *, num_frames: int | None = None, stride: int = 1, start: int = 0) -> np.ndarray:
-        """Frames ``start, start + stride, ...`` as (T, H, W, 3) uint8 (all to the end if num_frames is None).
-
-        Raises:
-            ValueError: unreadable, too short, or (frame folder) images of different sizes.
-        """
-        if not self.frames:
-            return read_video(self.path, num_frames=num_frames, stride=stride, start=start)
-        total = len(self.frames)
-        needed = start + 1 if num_frames is None else start + (num_frames - 1) * stride + 1
-        if total < needed:
-            want = f"num_frames={num_frames}, stride={stride}, start={start}"
-            raise ValueError(f"{str(self.path)!r} is too short: it has {total} frames, {want} needs {needed}")
-        stop = total if num_frames is None else needed
-        frames = [read_video(p)[0] for p in self.frames[start:stop:stride]]  # each (H, W, 3)
-        if len({f.shape for f in frames}) != 1:
-            raise ValueError(f"frame folder {str(self.path)!r} holds images of different sizes")
-        return np.stack(frames)
-
-
-def find_videos(root: str | os.PathLike) -> list[VideoSource]:
-    """Lists the videos under ``root``, sorted by relative path.
-
-    Every file with a suffix in ``VIDEO_EXTS`` is one video; every folder (``root`` included)
-    that directly holds files with a suffix in ``IMAGE_EXTS`` is one video made of those
-    images in name order. Hidden files and folders (".name") are skipped.
-
-    Args:
-        root: a folder, or a single video file.
-
-    Raises:
-        ValueError: ``root`` does not exist or is not a video file.
-    """
-    root = Path(root)
-    if root.is_file():
-        if root.suffix.lower() not in VIDEO_EXTS:
-            raise ValueError(f"{str(root)!r} is not a video file (known: {sorted(VIDEO_EXTS)})")
-        return [VideoSource(root)]
-    if not root.is_dir():
-        raise ValueError(f"{str(root)!r} does not exist")
-    sources = []
-    for folder, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        names = sorted(f for f in files if not f.startswith("."))
-        folder = Path(folder)
-        sources += [VideoSource(folder / f) for f in names if Path(f).suffix.lower() in VIDEO_EXTS]
-        images = tuple(folder / f for f in names if Path(f).suffix.lower() in IMAGE_EXTS)
-        if images:
-            sources.append(VideoSource(folder, images))
-    return sorted(sources, key=lambda s: s.key(root))
+PROTOCOLS: dict[str, FVDProtocol] = {
+    "ucf101": FVDProtocol(
+        name="ucf101",
+        num_frames=16,
+        frame_stride=1,
+        input_size=128,
+        num_videos=10_000,
+        video_format="frames",
+        real_split="UCF-101 train split (9,537 videos; later windows fill the count to 10,000)",
+        reference=(
+            "MAGVIT (Yu et al., CVPR 2023), class-conditional UCF-101: google-research/magvit "
+            "videogvt/configs/maskgvt_ucf101_config.py sets 16 frames, stride 1, 128x128, "
+            "eval.num_examples=10000, eval.data_splits='train'; MAGVIT follows TATS (Ge et al., ECCV 2022)"
+        ),
+    ),
+    "k600": FVDProtocol(
+        name="k600",
+        num_frames=16,
+        frame_stride=1,
+        input_size=64,
+        num_videos=50_000,
+        video_format="frames",
+        context_frames=5,
+        real_split="Kinetics-600 test split",
+        reference=(
+            "Kinetics-600 frame prediction, 5 context + 11 predicted frames at 64x64 (TrIVD-GAN, "
+            "Luc et al. 2020); 50,000 samples as in Video Diffusion Models (Ho et al. 2022), "
+            "the setting MAGVIT and Phenaki compare in"
+        ),
+    ),
+    "quick": FVDProtocol(
+        name="quick",
+        num_frames=16,
+        frame_stride=1,
+        input_size=64,
+        num_videos=64,
+        video_format="mp4",
+        real_split="any",
+        reference="none: a smoke test, not comparable to any paper (64 samples bias FVD upwards)",
+    ),
+}
 
 
 def iter_clips(
@@ -231,118 +233,6 @@ def iter_clips(
         active, k = still, k + 1
 
 
-def clips_to_i3d_input(clips: Sequence[np.ndarray], size: int = I3D_SIZE, device: str | torch.device = "cpu") -> torch.Tensor:
-    """uint8 clips -> the I3D input: float32 in [-1, 1], every frame upsampled to size x size.
-
-    Resizing is per frame, ``F.interpolate(mode="bilinear", align_corners=False)`` without
-    antialiasing (the clips are upsampled), as in the PyTorch FVD ports of StyleGAN-V/VideoGPT.
-
-    Args:
-        clips: N clips, each (T, h, w, 3) uint8, all the same shape.
-
-    Returns:
-        (N, 3, T, size, size) float32 on ``device``.
-    """
-    x = torch.stack([frames_to_tensor(c) for c in clips]).to(device)  # (N, 3, T, h, w)
-    N, C, T, h, w = x.shape
-    if (h, w) != (size, size):
-        x = x.transpose(1, 2).reshape(N * T, C, h, w)  # (N*T, 3, h, w)
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-        x = x.reshape(N, T, C, size, size).transpose(1, 2)  # (N, 3, T, size, size)
-    return x.contiguous()
-
-
-# ---------------------------------------------------------------------------------------------
-# The I3D network
-
-
-def resolve_i3d_path(path: str | os.PathLike | None) -> Path:
-    """``path``, else ``$TOKVID_I3D``; raises a ValueError that says what to obtain if neither is a file."""
-    if path is None:
-        path = os.environ.get(I3D_ENV) or None
-    if path is None:
-        raise ValueError(f"no I3D network given: {I3D_HOW}")
-    if not Path(path).is_file():
-        raise ValueError(f"I3D network {str(path)!r} not found: {I3D_HOW}")
-    return Path(path)
-
-
-class I3DNetwork:
-    """A TorchScript I3D the user supplies; nothing is downloaded.
-
-    The file is read with ``torch.jit.load``, the one accepted way to take a network from a
-    user file (TorchScript's own loader reads the archive; Python's pickle never runs). It must hold the module
-    ``i3d_torchscript.pt`` (see ``I3D_HOW``) or one with its signature; it is called as::
-
-        net(x, rescale=False, resize=False, return_features=True)
-
-    with x a (N, 3, T, 224, 224) float32 tensor in [-1, 1] (``rescale=True`` would expect
-    [0, 255] and ``resize=True`` would resize inside the network; tokvid does both itself so
-    the preprocessing is fixed and written down). It returns (N, 400) float: the layer before
-    the softmax of the Kinetics-400 classifier, i.e. the class logits.
-
-    Args:
-        path: the TorchScript file; None reads ``$TOKVID_I3D``.
-        device: where the network runs.
-    """
-
-    def __init__(self, path: str | os.PathLike | None, device: str | torch.device = "cpu") -> None:
-        self.path = resolve_i3d_path(path)
-        self.sha256 = sha256_file(self.path)
-        self.device = torch.device(device)
-        try:
-            net = torch.jit.load(str(self.path), map_location=self.device)
-        except (RuntimeError, ValueError) as err:
-            first_line = (str(err).strip().splitlines() or ["unknown error"])[0]
-            raise ValueError(f"{str(self.path)!r} is not a TorchScript I3D ({first_line}): {I3D_HOW}") from None
-        self.net = net.eval()
-
-    @torch.no_grad()
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, 3, T, 224, 224) in [-1, 1] -> (N, D) float32 features on the CPU."""
-        out = self.net(x.to(self.device), rescale=False, resize=False, return_features=True)
-        if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != x.shape[0]:
-            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise ValueError(f"the I3D network must return ({x.shape[0]}, D) features, got {got}")
-        out = out.float().cpu()
-        if not torch.isfinite(out).all():
-            raise ValueError("the I3D network returned non-finite features")
-        return out
-
-
-def extract_features(
-    net: I3DNetwork, clips: Iterable[tuple[str, np.ndarray]], *, i3d_size: int = I3D_SIZE, batch_size: int = 8
-) -> tuple[np.ndarray, list[str]]:
-    """Runs the I3D network over clips, ``batch_size`` at a time.
-
-    Args:
-        net: the I3D network.
-        clips: (name, (T, h, w, 3) uint8) pairs, e.g. from :func:`iter_clips`.
-        i3d_size: side the frames are upsampled to.
-
-    Returns:
-        (N, D) float64 features and the N clip names, in order.
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    feats, names, batch = [], [], []
-    for name, clip in clips:
-        names.append(name)
-        batch.append(clip)
-        if len(batch) == batch_size:
-            feats.append(net(clips_to_i3d_input(batch, i3d_size, net.device)))
-            batch = []
-    if batch:
-        feats.append(net(clips_to_i3d_input(batch, i3d_size, net.device)))
-    if not feats:
-        return np.zeros((0, 0)), names
-    return torch.cat(feats).double().numpy(), names
-
-
-# ---------------------------------------------------------------------------------------------
-# Statistics and the distance
-
-
 @dataclass(frozen=True)
 class FeatureStats:
     """Mean and covariance of a set's I3D features, with what produced them.
@@ -372,24 +262,14 @@ class FeatureStats:
         return cls(mu, sigma, feats.shape[0], protocol.name, protocol.fingerprint(), i3d_sha256)
 
     def save(self, path: str | os.PathLike) -> None:
-        """Writes an ``.npz`` (no pickled objects) atomically: temp file in the same folder, then rename."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(
-                    fh, mu=self.mu, sigma=self.sigma, count=np.int64(self.count), protocol=np.str_(self.protocol),
-                    fingerprint=np.str_(self.fingerprint), i3d_sha256=np.str_(self.i3d_sha256),
-                    format_version=np.int64(STATS_FORMAT_VERSION),
-                )  # fmt: skip
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        """Writes an ``.npz`` (no pickled objects) atomically (:func:`core.files.atomic_write_bytes`)."""
+        buf = io.BytesIO()
+        np.savez(
+            buf, mu=self.mu, sigma=self.sigma, count=np.int64(self.count), protocol=np.str_(self.protocol),
+            fingerprint=np.str_(self.fingerprint), i3d_sha256=np.str_(self.i3d_sha256),
+            format_version=np.int64(STATS_FORMAT_VERSION),
+        )  # fmt: skip
+        atomic_write_bytes(path, buf.getvalue())
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> FeatureStats:
@@ -404,23 +284,29 @@ class FeatureStats:
         if missing:
             raise ValueError(f"{str(path)!r} is not a tokvid FVD stats file (missing {missing})")
         if int(d["format_version"]) != STATS_FORMAT_VERSION:
-            raise ValueError(f"{str(path)!r} has stats format {int(d['format_version'])}, expected {STATS_FORMAT_VERSION}")
+            found = int(d["format_version"])
+            raise ValueError(f"{str(path)!r} has stats format {found}, expected {STATS_FORMAT_VERSION}")
         mu, sigma = d["mu"].astype(np.float64), d["sigma"].astype(np.float64)
-        if mu.ndim != 1 or sigma.shape != (mu.size, mu.size) or not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+        finite = np.isfinite(mu).all() and np.isfinite(sigma).all()
+        if mu.ndim != 1 or sigma.shape != (mu.size, mu.size) or not finite:
             raise ValueError(f"{str(path)!r} holds malformed statistics: mu {mu.shape}, sigma {sigma.shape}")
         return cls(mu, sigma, int(d["count"]), str(d["protocol"]), str(d["fingerprint"]), str(d["i3d_sha256"]))
 
     def check_matches(self, protocol: FVDProtocol, i3d_sha256: str, source: str) -> None:
         """Raises ValueError, naming both sides, if these stats were made another way."""
         if self.protocol != protocol.name:
-            raise ValueError(f"{source} was computed with protocol {self.protocol!r}, but this run uses {protocol.name!r}")
+            raise ValueError(
+                f"{source} was computed with protocol {self.protocol!r}, but this run uses {protocol.name!r}"
+            )
         if self.fingerprint != protocol.fingerprint():
             raise ValueError(
                 f"{source} was computed with protocol {self.protocol!r} as ({self.fingerprint}), "
                 f"but {protocol.name!r} is now ({protocol.fingerprint()})"
             )
         if self.i3d_sha256 != i3d_sha256:
-            raise ValueError(f"{source} was computed with I3D sha256 {self.i3d_sha256}, but this I3D file is {i3d_sha256}")
+            raise ValueError(
+                f"{source} was computed with I3D sha256 {self.i3d_sha256}, but this I3D file is {i3d_sha256}"
+            )
 
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:

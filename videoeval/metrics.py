@@ -28,7 +28,8 @@ def _check_pair(x: torch.Tensor, y: torch.Tensor, name: str) -> None:
     if not (isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor)):
         raise ValueError(f"{name} expects two tensors")
     if x.shape != y.shape or x.ndim != 5 or x.shape[1] != 3:
-        raise ValueError(f"{name} expects two (B, 3, T, H, W) videos of equal shape, got {tuple(x.shape)} and {tuple(y.shape)}")
+        shapes = f"{tuple(x.shape)} and {tuple(y.shape)}"
+        raise ValueError(f"{name} expects two (B, 3, T, H, W) videos of equal shape, got {shapes}")
 
 
 def _unit(x: torch.Tensor) -> torch.Tensor:

@@ -1,5 +1,5 @@
-"""tools/eval_video.py + tools/fvd.py: Fréchet distance vs scipy, presets and the clip loader,
-stats caching and its refusals, the missing-I3D error, recon metrics, IS; with a stand-in I3D."""
+"""tools/eval_video.py + videoeval (fvd, i3d, sources, video_eval): Fréchet distance vs scipy, presets and the
+clip loader, stats caching and its refusals, the missing-I3D error, recon metrics, IS; with a stand-in I3D."""
 
 import dataclasses
 import json
@@ -13,20 +13,14 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from tools.eval_video import PROTOCOLS, evaluate_fvd, evaluate_recon, main
 from core.files import sha256_file
-from videoeval.fvd import (
-    I3D_ENV,
-    FeatureStats,
-    I3DNetwork,
-    extract_features,
-    find_videos,
-    frechet_distance,
-    inception_score,
-    iter_clips,
-)
-from videoeval.metrics import PSNR_MAX_DB
 from core.video_io import write_video
+from tools.eval_video import main
+from videoeval.fvd import PROTOCOLS, FeatureStats, frechet_distance, inception_score, iter_clips
+from videoeval.i3d import I3D_ENV, I3DNetwork, extract_features
+from videoeval.metrics import PSNR_MAX_DB
+from videoeval.sources import find_videos
+from videoeval.video_eval import evaluate_fvd, evaluate_recon
 
 NUM = 6  # videos per set in the CLI tests (--num-videos 6)
 
@@ -43,7 +37,9 @@ class StandInI3D(nn.Module):
         g = torch.Generator().manual_seed(seed)
         self.register_buffer("proj", torch.randn(3 * 4 * 4 * 4, dim - 37, generator=g))
 
-    def forward(self, x: torch.Tensor, rescale: bool = False, resize: bool = False, return_features: bool = True) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, rescale: bool = False, resize: bool = False, return_features: bool = True
+    ) -> torch.Tensor:
         torch._assert(not rescale and not resize, "must be called with rescale=False, resize=False")
         torch._assert(x.dim() == 5 and x.shape[1] == 3, "expects (N, 3, T, H, W)")
         torch._assert(x.shape[3] == 224 and x.shape[4] == 224, "expects 224x224 frames")
@@ -72,7 +68,8 @@ def random_clip(seed: int, T: int = 16, H: int = 48, W: int = 64) -> np.ndarray:
 
 def gray_ramp(T: int = 40, H: int = 48, W: int = 64) -> np.ndarray:
     """Frame i is flat gray 6*i, so a frame's mean tells its index."""
-    return np.repeat((6 * np.arange(T, dtype=np.uint8))[:, None, None, None], 3, axis=3) * np.ones((T, H, W, 3), np.uint8)
+    levels = (6 * np.arange(T, dtype=np.uint8))[:, None, None, None]  # (T, 1, 1, 1)
+    return np.repeat(levels, 3, axis=3) * np.ones((T, H, W, 3), np.uint8)
 
 
 def write_frame_folder(folder: Path, frames: np.ndarray) -> None:
@@ -141,8 +138,12 @@ def test_frechet_distance_rejects_mismatched_shapes():
 
 def test_presets_are_what_they_say():
     ucf, k600, quick = PROTOCOLS["ucf101"], PROTOCOLS["k600"], PROTOCOLS["quick"]
-    assert (ucf.num_frames, ucf.frame_stride, ucf.input_size, ucf.i3d_size, ucf.num_videos) == (16, 1, 128, 224, 10_000)
-    assert (k600.num_frames, k600.frame_stride, k600.input_size, k600.i3d_size, k600.num_videos) == (16, 1, 64, 224, 50_000)
+
+    def sizes(p):
+        return p.num_frames, p.frame_stride, p.input_size, p.i3d_size, p.num_videos
+
+    assert sizes(ucf) == (16, 1, 128, 224, 10_000)
+    assert sizes(k600) == (16, 1, 64, 224, 50_000)
     assert k600.context_frames == 5 and ucf.context_frames == 0
     assert (quick.num_frames, quick.frame_stride, quick.input_size, quick.num_videos) == (16, 1, 64, 64)
     assert (ucf.video_format, k600.video_format, quick.video_format) == ("frames", "frames", "mp4")
@@ -150,7 +151,8 @@ def test_presets_are_what_they_say():
     with pytest.raises(dataclasses.FrozenInstanceError):
         ucf.num_videos = 5
     over = ucf.with_num_videos(2048)
-    assert over.name == "ucf101[num_videos=2048]" and over.num_videos == 2048 and over.fingerprint() != ucf.fingerprint()
+    assert over.name == "ucf101[num_videos=2048]" and over.num_videos == 2048
+    assert over.fingerprint() != ucf.fingerprint()
     with pytest.raises(ValueError, match="video_format"):
         dataclasses.replace(quick, video_format="avi")
     with pytest.raises(ValueError, match="num_frames"):
@@ -205,11 +207,13 @@ def test_fvd_cli_report_and_stats_round_trip(data, tmp_path, capsys):
     root, i3d, stats, report = data
     assert report["protocol"]["name"] == f"quick[num_videos={NUM}]" and report["protocol"]["num_frames"] == 16
     assert report["i3d"]["sha256"] == sha256_file(i3d)
-    assert report["real"]["clips"] == report["fake"]["clips"] == NUM and report["fake"]["formats"] == {"file": NUM, "frames": 0}
+    assert report["real"]["clips"] == report["fake"]["clips"] == NUM
+    assert report["fake"]["formats"] == {"file": NUM, "frames": 0}
     assert report["fvd"] > 1.0 and report["stats_saved"] == str(stats)
     assert report["inception_score"]["mean"] >= 1.0
     cached = FeatureStats.load(stats)
-    assert cached.count == NUM and cached.protocol == f"quick[num_videos={NUM}]" and cached.i3d_sha256 == report["i3d"]["sha256"]
+    assert cached.count == NUM and cached.protocol == f"quick[num_videos={NUM}]"
+    assert cached.i3d_sha256 == report["i3d"]["sha256"]
 
     args = ["fvd", "--real", str(stats), "--fake", str(root / "fake"), "--protocol", "quick", "--num-videos", str(NUM)]
     assert main(args + ["--i3d", str(i3d), "--json", str(tmp_path / "again.json")]) == 0
@@ -270,7 +274,17 @@ def test_missing_i3d_says_what_to_obtain(data, tmp_path, monkeypatch, capsys):
     with pytest.raises(ValueError, match=r"i3d_torchscript\.pt.*--i3d PATH.*TOKVID_I3D"):
         evaluate_fvd(root / "real", root / "fake", PROTOCOLS["quick"])
     missing = tmp_path / "nowhere" / "i3d.pt"
-    args = ["fvd", "--real", str(root / "real"), "--fake", str(root / "fake"), "--protocol", "quick", "--i3d", str(missing)]
+    args = [
+        "fvd",
+        "--real",
+        str(root / "real"),
+        "--fake",
+        str(root / "fake"),
+        "--protocol",
+        "quick",
+        "--i3d",
+        str(missing),
+    ]
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("error: I3D network") and str(missing) in err
@@ -292,7 +306,7 @@ def test_i3d_from_env_and_non_torchscript_file(data, tmp_path, monkeypatch):
 def test_inception_score_is_skipped_for_non_logit_features(data, tmp_path):
     root, _, _, _ = data
     narrow = save_stand_in(tmp_path / "narrow.pt", dim=64)
-    report = evaluate_fvd(root / "real", root / "fake", PROTOCOLS["quick"].with_num_videos(NUM), i3d_path=narrow, compute_is=True)
+    report = evaluate_fvd(root / "real", root / "fake", "quick", num_videos=NUM, i3d_path=narrow, compute_is=True)
     assert "64-d" in report["inception_score_skipped"] and report["fvd"] > 0
 
 
@@ -328,3 +342,14 @@ def test_recon_pairs_by_relative_path_across_formats(tmp_path):
     write_frame_folder(tmp_path / "fake" / "b", clip)
     with pytest.raises(ValueError, match="no real counterpart.*'b'"):
         evaluate_recon(tmp_path / "real", tmp_path / "fake")
+
+
+def test_bad_flags_are_one_line_and_help_works(tmp_path, capsys):
+    assert main(["fvd", "--real", str(tmp_path), "--protocol", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: argument --protocol: invalid choice: 'nope'") and len(err.splitlines()) == 1
+    assert main(["fvd", "--real", str(tmp_path), "--protocol", "quick", "--num-videos", "1", "--i3d", "x.pt"]) == 2
+    assert capsys.readouterr().err == "error: --num-videos must be >= 2, got 1\n"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["recon", "--help"])
+    assert exit_info.value.code == 0 and "--lpips" in capsys.readouterr().out

@@ -1,0 +1,80 @@
+"""Videos to evaluate: media files, or folders of frame images, listed in one order and paired by relative path.
+
+:func:`find_videos` lists the videos under a folder: every video file (mp4, avi, gif, ...) is one
+video, and every folder that directly holds image files is one video whose frames are those
+images in name order ("raw frames"). FVD reads clips from them (:func:`videoeval.fvd.iter_clips`);
+paired metrics match real and generated videos by :meth:`VideoSource.key`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from core.video_io import IMAGE_EXTS, VIDEO_EXTS, list_media, read_video
+
+
+@dataclass(frozen=True)
+class VideoSource:
+    """One video: a media file, or a folder whose image files (``frames``) are its frames."""
+
+    path: Path
+    frames: tuple[Path, ...] = ()
+
+    @property
+    def kind(self) -> str:
+        """The kind of video: "frames" for a folder of images, else "file"."""
+        return "frames" if self.frames else "file"
+
+    def key(self, root: Path) -> str:
+        """Relative path without the file suffix: ``a/b.mp4``, ``a/b.avi`` and folder ``a/b/`` pair up."""
+        rel = self.path.relative_to(root) if self.path != root else Path(".")
+        return (rel if self.frames else rel.with_suffix("")).as_posix()
+
+    def read(self, *, num_frames: int | None = None, stride: int = 1, start: int = 0) -> np.ndarray:
+        """Frames ``start, start + stride, ...`` as (T, H, W, 3) uint8 (all to the end if num_frames is None).
+
+        Raises:
+            ValueError: unreadable, too short, or (frame folder) images of different sizes.
+        """
+        if not self.frames:
+            return read_video(self.path, num_frames=num_frames, stride=stride, start=start)
+        total = len(self.frames)
+        needed = start + 1 if num_frames is None else start + (num_frames - 1) * stride + 1
+        if total < needed:
+            want = f"num_frames={num_frames}, stride={stride}, start={start}"
+            raise ValueError(f"{str(self.path)!r} is too short: it has {total} frames, {want} needs {needed}")
+        stop = total if num_frames is None else needed
+        frames = [read_video(p)[0] for p in self.frames[start:stop:stride]]  # each (H, W, 3)
+        if len({f.shape for f in frames}) != 1:
+            raise ValueError(f"frame folder {str(self.path)!r} holds images of different sizes")
+        return np.stack(frames)
+
+
+def find_videos(root: str | os.PathLike) -> list[VideoSource]:
+    """Lists the videos under ``root``, sorted by relative path.
+
+    Every file with a suffix in ``VIDEO_EXTS`` is one video; every folder (``root`` included)
+    that directly holds files with a suffix in ``IMAGE_EXTS`` is one video made of those
+    images in name order. Hidden files and folders (".name") are skipped.
+
+    Args:
+        root: a folder, or a single video file.
+
+    Raises:
+        ValueError: ``root`` does not exist or is not a video file.
+    """
+    root = Path(root)
+    if root.is_file():
+        return [VideoSource(p) for p in list_media(root, exts=VIDEO_EXTS)]
+    sources, frame_folders = [], {}
+    for path in list_media(root, exts=VIDEO_EXTS | IMAGE_EXTS):  # sorted: a folder's images in name order
+        if path.suffix.lower() in VIDEO_EXTS:
+            sources.append(VideoSource(path))
+        else:
+            frame_folders.setdefault(path.parent, []).append(path)
+    sources += [VideoSource(folder, tuple(images)) for folder, images in frame_folders.items()]
+    return sorted(sources, key=lambda s: s.key(root))
