@@ -124,7 +124,8 @@ class Analysis:
 
 def _check_frames(frames: np.ndarray) -> None:
     if not isinstance(frames, np.ndarray) or frames.dtype != np.uint8:
-        raise ValueError(f"frames must be a uint8 numpy array, got {type(frames).__name__} {getattr(frames, 'dtype', '')}")
+        got = f"{type(frames).__name__} {getattr(frames, 'dtype', '')}"
+        raise ValueError(f"frames must be a uint8 numpy array, got {got}")
     if frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"frames must have shape (T, H, W, 3), got {frames.shape}")
     T, H, W, _ = frames.shape
@@ -205,7 +206,8 @@ def _frame_features(frames: np.ndarray) -> dict[str, np.ndarray]:
         # in a frame of noise, the brightest cluster is no brighter than the noise around it.
         if level - max(background[t], clutter[t]) < MIN_CONTRAST:
             continue
-        alpha = np.clip((chroma[t][box] - background[t]) / (level - background[t]), 0.0, 1.0) * support[t][box]  # (h, w)
+        alpha = np.clip((chroma[t][box] - background[t]) / (level - background[t]), 0.0, 1.0)  # (h, w)
+        alpha = alpha * support[t][box]
         area = float(alpha.sum())
         if not MIN_AREA * H * W <= area <= MAX_AREA * H * W:
             continue
@@ -316,7 +318,9 @@ def _read_shape(corner: np.ndarray, bottom: np.ndarray) -> tuple[str | None, flo
     return SHAPES[winner], float(votes[winner] / len(corner)) * float(np.clip(np.median(margin[chosen]), 0.0, 1.0))
 
 
-def _read_motion(t: np.ndarray, cx: np.ndarray, cy: np.ndarray, num_frames: int, side: int) -> tuple[str | None, float, tuple[float, float]]:
+def _read_motion(
+    t: np.ndarray, cx: np.ndarray, cy: np.ndarray, num_frames: int, side: int
+) -> tuple[str | None, float, tuple[float, float]]:
     """Dominant axis and sign of the centroid's Theil-Sen track (None if it barely moves)."""
     (sx, ax), (sy, ay) = _theil_sen(t, cx), _theil_sen(t, cy)
     dx, dy = sx * (num_frames - 1), sy * (num_frames - 1)
