@@ -243,7 +243,8 @@ def video_fps(path: str | os.PathLike) -> float:
 
 def _check_frames(frames: np.ndarray, name: str = "frames") -> None:
     if not isinstance(frames, np.ndarray) or frames.dtype != np.uint8:
-        raise ValueError(f"{name} must be a uint8 numpy array, got {type(frames).__name__} {getattr(frames, 'dtype', '')}")
+        got = f"{type(frames).__name__} {getattr(frames, 'dtype', '')}"
+        raise ValueError(f"{name} must be a uint8 numpy array, got {got}")
     if frames.ndim != 4 or frames.shape[-1] != 3 or 0 in frames.shape:
         raise ValueError(f"{name} must have shape (T, H, W, 3) with T, H, W > 0, got {frames.shape}")
 

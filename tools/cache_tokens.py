@@ -57,14 +57,14 @@ def build_parser() -> CliParser:
     p.add_argument("--batch-size", type=int, default=8, help="clips per tokenizer batch (default 8)")
     p.add_argument(
         "--num-workers", type=int, default=None,
-        help="decode processes (default: CPUs per local rank - 1, at most 8); 0 decodes in this process, without timeouts",
+        help="decode processes (default: CPUs per local rank - 1, at most 8); 0 decodes here, without timeouts",
     )  # fmt: skip
     p.add_argument(
         "--decode-timeout", type=float, default=120.0,
         help="seconds one file may decode, from when its worker begins it, before the worker is killed (default 120)",
     )  # fmt: skip
     p.add_argument("--wait-timeout", type=float, default=86400.0, help="seconds rank 0 waits for the other ranks")
-    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda:LOCAL_RANK if available, else cpu)")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda:LOCAL_RANK if any, else cpu)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads for encoding (default: torch's choice)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # deepspeed launcher
@@ -93,8 +93,8 @@ def run_build(argv: Sequence[str]) -> int:
     cfg = BuildConfig(
         data=args.data, tokenizer=args.tokenizer, out=args.out, window=window, shard_size=args.shard_size,
         batch_size=args.batch_size, num_workers=args.num_workers, decode_timeout_s=args.decode_timeout,
-        wait_timeout_s=args.wait_timeout, device=parse_device(args.device) if args.device else None, threads=args.threads, progress=not args.no_progress,
-        local_rank=args.local_rank,
+        wait_timeout_s=args.wait_timeout, device=parse_device(args.device) if args.device else None,
+        threads=args.threads, progress=not args.no_progress, local_rank=args.local_rank,
     )  # fmt: skip
     print(_describe(build_cache(cfg), args.out))
     return 0

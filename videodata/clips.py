@@ -1,8 +1,9 @@
 """Clips for a tokenizer: the shape check, and in-memory clip sampling for tokenizer training.
 
 :func:`check_clip_shape` tells whether a tokenizer accepts clips of a given length and size.
-:class:`ClipPool` holds a dataset of videos and/or images in memory. Every file is decoded once (decord, with fallbacks in :mod:`core.video_io`), resized so its
-short side equals ``size``, and kept as uint8. Batches are random windows of ``num_frames``
+:class:`ClipPool` holds a dataset of videos and/or images in memory. Every file is decoded once
+(decord, with fallbacks in :mod:`core.video_io`), resized so its short side equals ``size``, and
+kept as uint8. Batches are random windows of ``num_frames``
 frames with random ``size``x``size`` crops; a fraction of batches are single frames, so the
 tokenizer learns images (1-frame videos) and videos in one token space.
 """
@@ -98,7 +99,8 @@ class ClipPool:
             raise ValueError(f"none of the {len(files)} media files could be decoded")
         if not self.clip_videos and cfg.image_ratio < 1.0:
             raise ValueError(f"no video has the {cfg.num_frames} frames a training clip needs")
-        log.info("clip pool: %d files (%d long enough for clips), %d skipped", len(self.videos), len(self.clip_videos), len(self.skipped))
+        counts = len(self.videos), len(self.clip_videos), len(self.skipped)
+        log.info("clip pool: %d files (%d long enough for clips), %d skipped", *counts)
 
     def sample(self, batch_size: int, generator: torch.Generator, images: bool | None = None) -> torch.Tensor:
         """A random batch: (B, 3, T, size, size) float in [-1, 1], T = 1 for image batches.

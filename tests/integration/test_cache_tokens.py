@@ -290,6 +290,8 @@ def test_cli_bad_input_exits_2_with_one_line(corpus, tmp_path, monkeypatch, caps
         "--size": ([*build_args(corpus, tmp_path / "d"), "--size", "36"], "multiple of the spatial compression 8"),
         "--stride/--fps": ([*build_args(corpus, tmp_path / "e"), "--stride", "2", "--fps", "5"], "not allowed with"),
         "--start-offsets": ([*build_args(corpus, tmp_path / "f"), "--start-offsets", "0,x"], "--start-offsets"),
+        "--device": ([*build_args(corpus, tmp_path / "g"), "--device", "tpu9"], "unknown device"),
+        "--clips-per-video": ([*build_args(corpus, tmp_path / "h"), "--start-offsets", "0,4,8"], "disagrees with 3"),
         "verify": (["verify", str(tmp_path / "nothing")], "does not exist"),
     }
     for what, (argv, message) in cases.items():

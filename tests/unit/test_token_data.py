@@ -7,16 +7,18 @@ import numpy as np
 import pytest
 import torch
 
+from videodata.cache.format import token_dtype
+from videodata.cache.reader import ShuffledSampler, TokenCache
 from videodata.cache.sources import ClipWindow, Source, discover_sources, plan_starts, rank_slice
 from videodata.cache.writer import RankWriter, merge_manifest, prepare_cache_dir
-from videodata.cache.reader import ShuffledSampler, TokenCache
-from videodata.cache.format import token_dtype
 
 GRID = (2, 3, 3)
 FINGERPRINT = "ab" * 32
 
 
-def make_cache(out: Path, num_clips: int = 7, shard_size: int = 3, world_size: int = 1, codebook_size: int = 100) -> np.ndarray:
+def make_cache(
+    out: Path, num_clips: int = 7, shard_size: int = 3, world_size: int = 1, codebook_size: int = 100
+) -> np.ndarray:
     """Writes a cache of ``num_clips`` clips (source i, clip 0) through the real writer; returns the ids."""
     ids = np.random.default_rng(0).integers(0, codebook_size, (num_clips, *GRID))
     spec = {
@@ -34,7 +36,8 @@ def make_cache(out: Path, num_clips: int = 7, shard_size: int = 3, world_size: i
         dtype = token_dtype(codebook_size)
         writer = RankWriter(out, rank=rank, world_size=world_size, shard_size=shard_size, dtype=dtype, grid=GRID)
         for i in rank_slice(num_clips, rank, world_size):
-            writer.add(ids[i], source=i, clip=0, start=2 * i, stride=1, label=i % 3, caption=f"caption {i}", last_of_source=True)
+            meta = {"source": i, "clip": 0, "start": 2 * i, "stride": 1, "label": i % 3, "caption": f"caption {i}"}
+            writer.add(ids[i], **meta, last_of_source=True)
         writer.finish()
     merge_manifest(out, spec, world_size=world_size, wait_timeout_s=1, elapsed_s=0.0)
     return ids
@@ -141,6 +144,18 @@ def test_clip_planning_and_rank_slices():
     assert plan_starts(16, spec, stride=2) == []  # 9 frames at stride 2 span 17
     explicit = ClipWindow(num_frames=9, clips_per_video=2, start_offsets=(4, 20))
     assert plan_starts(25, explicit, stride=1) == [(0, 4)]
+    assert ClipWindow.from_options(num_frames=9, size=8, start_offsets=[0, 5]) == ClipWindow(
+        num_frames=9, size=8, clips_per_video=2, start_offsets=(0, 5)
+    )
+    assert ClipWindow.from_options(num_frames=9, size=8, fps=5.0).stride == 1
+    for options, message in [
+        ({"stride": 2, "fps": 5.0}, "exclude each other"),
+        ({"clips_per_video": 3, "start_offsets": [0, 5]}, "disagrees with 2"),
+        ({"start_offsets": [4, 4]}, "distinct"),
+        ({"clips_per_video": 0}, "clips_per_video must be >= 1"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            ClipWindow.from_options(num_frames=9, size=8, **options)
     blocks = [rank_slice(10, r, 3) for r in range(3)]
     assert [list(b) for b in blocks] == [[0, 1, 2], [3, 4, 5], [6, 7, 8, 9]]
 

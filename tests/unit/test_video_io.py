@@ -204,7 +204,9 @@ def test_ffmpeg_failure_is_an_os_error(tmp_path, monkeypatch):
 # ------------------------------------------------------------------ resize and tensors
 
 
-@pytest.mark.parametrize("H,W,size", [(60, 100, 32), (100, 60, 32), (72, 72, 40), (60, 100, (24, 40)), (61, 99, (30, 20))])
+@pytest.mark.parametrize(
+    "H,W,size", [(60, 100, 32), (100, 60, 32), (72, 72, 40), (60, 100, (24, 40)), (61, 99, (30, 20))]
+)
 def test_resize_center_crop_shape_and_centering(H, W, size):
     frames = np.zeros((2, H, W, 3), dtype=np.uint8)
     frames[:, H // 2 - 4 : H // 2 + 4 + H % 2, W // 2 - 4 : W // 2 + 4 + W % 2] = 255  # centered marker
@@ -271,8 +273,8 @@ def test_clip_pool_reads_a_jsonl_manifest(tmp_path):
 
     import numpy as np
 
-    from videodata.clips import ClipDataConfig, ClipPool
     from core.video_io import write_video
+    from videodata.clips import ClipDataConfig, ClipPool
 
     frames = np.zeros((9, 32, 32, 3), np.uint8)
     (tmp_path / "clips").mkdir()

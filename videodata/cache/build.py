@@ -216,9 +216,9 @@ def _deterministic_torch(threads: int) -> Iterator[None]:
 
 def _check_paths(cfg: BuildConfig) -> None:
     if not Path(cfg.data).exists():
-        raise ValueError(f"--data {str(cfg.data)!r} does not exist")
+        raise ValueError(f"data path {str(cfg.data)!r} does not exist")
     if not Path(cfg.tokenizer).is_dir():
-        raise ValueError(f"--tokenizer {str(cfg.tokenizer)!r} does not exist or is not a folder")
+        raise ValueError(f"tokenizer folder {str(cfg.tokenizer)!r} does not exist or is not a folder")
 
 
 def build_cache(cfg: BuildConfig) -> BuildSummary:
@@ -303,7 +303,14 @@ def _quarantine_entry(source_index: int, source: Source, failure: Failure) -> di
 
 
 def _encode_slice(
-    work: _Work, pool: DecodePool, encoder: ClipEncoder, writer: RankWriter, *, batch_size: int, window: int, progress: bool
+    work: _Work,
+    pool: DecodePool,
+    encoder: ClipEncoder,
+    writer: RankWriter,
+    *,
+    batch_size: int,
+    window: int,
+    progress: bool,
 ) -> int:
     """Streams decoded sources through the encoder into the writer. Returns how many were quarantined.
 
@@ -330,7 +337,8 @@ def _encode_slice(
         if isinstance(result, Failure):
             bar.total -= per_source
             if task.min_clip > 0:  # its first clips are already in a shard: never quarantine it now
-                log.warning("%s failed on resume (%s: %s); its remaining clips are skipped", src.path, result.kind, result.detail)
+                why = f"{result.kind}: {result.detail}"
+                log.warning("%s failed on resume (%s); its remaining clips are skipped", src.path, why)
                 continue
             entry = _quarantine_entry(task.index, src, result)
             writer.quarantine(entry)

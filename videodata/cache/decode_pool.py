@@ -191,7 +191,7 @@ class DecodePool:
                 self._ctx.set_forkserver_preload(list(preload))
             self._workers = [_Worker(self._ctx, fn, initializer) for _ in range(num_workers)]
 
-    def __enter__(self) -> DecodePool:  # noqa: PYI034 - typing.Self needs Python 3.11
+    def __enter__(self) -> DecodePool:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
@@ -286,7 +286,8 @@ class DecodePool:
                 results[idx] = Failure("crashed", _exit_description(w.proc.exitcode))
                 self._replace(i, kill=True)
             elif w.started is not None and time.monotonic() - w.started > self.timeout_s:
-                results[idx] = Failure("timeout", f"decoding took longer than {self.timeout_s:g} s; the worker was killed")
+                detail = f"decoding took longer than {self.timeout_s:g} s; the worker was killed"
+                results[idx] = Failure("timeout", detail)
                 self._replace(i, kill=True)
             elif w.started is None and time.monotonic() - w.sent > self.startup_timeout_s:
                 detail = f"the decode worker did not begin the task within {self.startup_timeout_s:g} s; it was killed"

@@ -178,7 +178,7 @@ def discover_sources(data: str | os.PathLike) -> tuple[Path, list[Source]]:
     """
     data = Path(data)
     if not data.exists():
-        raise ValueError(f"--data {str(data)!r} does not exist")
+        raise ValueError(f"data path {str(data)!r} does not exist")
     if data.is_file() and data.suffix.lower() in MANIFEST_EXTS:
         root, sources = data.parent, _read_manifest(data)
     elif data.is_dir():
@@ -234,8 +234,7 @@ def _read_manifest(path: Path) -> list[Source]:
         except json.JSONDecodeError as err:
             raise ValueError(f"{path.name} line {i}: not valid JSON: {err}") from None
         if not isinstance(row, dict):
-            # A malformed manifest is bad input (ValueError: one error line), not a caller's type bug.
-            raise ValueError(f"{path.name} line {i}: expected a JSON object, got {type(row).__name__}")  # noqa: TRY004
+            raise ValueError(f"{path.name} line {i}: expected a JSON object, got {type(row).__name__}")
         sources.append(_source(row, f"{path.name} line {i}"))
     return sources
 
@@ -346,7 +345,8 @@ def decode_source(task: DecodeTask) -> DecodedSource:
     planned = plan_starts(total, window, stride)
     if not planned:
         span = (window.num_frames - 1) * stride + 1
-        raise SourceError("too_short", f"has {total} frame(s); {window.num_frames} frames at stride {stride} need {span}")
+        need = f"{window.num_frames} frames at stride {stride} need {span}"
+        raise SourceError("too_short", f"has {total} frame(s); {need}")
     wanted = [(k, s) for k, s in planned if k >= task.min_clip]
     clips = []
     for _, start in wanted:

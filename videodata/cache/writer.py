@@ -146,7 +146,9 @@ class RankWriter:
                 p.unlink(missing_ok=True)
         if self.shards:
             self.resume_from = tuple(self.shards[-1]["resume"])
-            log.info("rank %d: resuming after %d complete shard(s) at source %d, clip %d", self.rank, index, *self.resume_from)
+            source, clip = self.resume_from
+            where = f"source {source}, clip {clip}"
+            log.info("rank %d: resuming after %d complete shard(s) at %s", self.rank, index, where)
 
     def _intact(self, record: Any) -> bool:
         try:
@@ -161,7 +163,16 @@ class RankWriter:
         return sum(s["num_clips"] for s in self.shards) + len(self._tokens)
 
     def add(
-        self, ids: np.ndarray, *, source: int, clip: int, start: int, stride: int, label: int, caption: str, last_of_source: bool
+        self,
+        ids: np.ndarray,
+        *,
+        source: int,
+        clip: int,
+        start: int,
+        stride: int,
+        label: int,
+        caption: str,
+        last_of_source: bool,
     ) -> None:
         """Appends one clip's tokens; writes a shard when ``shard_size`` clips are held.
 
@@ -285,7 +296,10 @@ def merge_manifest(
         "sources": spec["sources"],
         "quarantine": sorted(quarantine, key=lambda q: q["source"]),
         "shards": shards,
-        "run": {"elapsed_s": round(elapsed_s, 3), "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")},
+        "run": {
+            "elapsed_s": round(elapsed_s, 3),
+            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        },
     }
     atomic_write_bytes(out / MANIFEST_NAME, json_bytes(manifest))
     return manifest
