@@ -63,7 +63,6 @@ class Condition:
         )
 
 
-
 class ConditionEmbedder(nn.Module):
     """Maps a :class:`Condition` to prefix tokens (B, P, D) and their validity (B, P).
 

@@ -20,8 +20,16 @@ class KVCache(nn.Module):
     False) and is the key mask every later query uses.
     """
 
-    def __init__(self, num_layers: int, batch: int, num_heads: int, max_len: int, head_dim: int,
-                 dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> None:
+    def __init__(
+        self,
+        num_layers: int,
+        batch: int,
+        num_heads: int,
+        max_len: int,
+        head_dim: int,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+    ) -> None:
         super().__init__()
         shape = (num_layers, batch, num_heads, max_len, head_dim)
         self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)

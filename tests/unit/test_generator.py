@@ -6,7 +6,15 @@ import pytest
 import torch
 
 from generator import Condition, Generator, GeneratorConfig, ObjectiveConfig, generator_loss, make_layout
-from generator.sampling import DecodeContext, SamplingConfig, gamma, num_masked_after_step, sample_ar, sample_maskgit, training_mask
+from generator.sampling import (
+    DecodeContext,
+    SamplingConfig,
+    gamma,
+    num_masked_after_step,
+    sample_ar,
+    sample_maskgit,
+    training_mask,
+)
 from generator.units import causal_mask, two_stream_mask
 
 GRID = (3, 4, 4)
@@ -16,8 +24,18 @@ MG_ORDERS = ("token", "cube", "frame", "clip")
 
 def tiny(style: str, **kw) -> Generator:
     orders = AR_ORDERS if style == "ar" else MG_ORDERS
-    cfg = GeneratorConfig(style=style, orders=orders, vocab_size=64, max_grid=GRID, dim=32, depth=2, num_heads=2,
-                          num_classes=5, cube_size=(1, 2, 2), **kw)
+    cfg = GeneratorConfig(
+        style=style,
+        orders=orders,
+        vocab_size=64,
+        max_grid=GRID,
+        dim=32,
+        depth=2,
+        num_heads=2,
+        num_classes=5,
+        cube_size=(1, 2, 2),
+        **kw,
+    )
     torch.manual_seed(0)
     return Generator(cfg).eval()
 
@@ -46,7 +64,9 @@ def test_every_position_is_generated_exactly_once(order):
 @pytest.mark.parametrize("style,order", [("ar", o) for o in AR_ORDERS] + [("maskgit", o) for o in MG_ORDERS])
 def test_samplers_fill_every_position_with_a_code(style, order):
     m = tiny(style)
-    ids = sampler(style)(m, cond2(), GRID, order=order, sampling=SamplingConfig(steps=3), generator=torch.Generator().manual_seed(0))
+    ids = sampler(style)(
+        m, cond2(), GRID, order=order, sampling=SamplingConfig(steps=3), generator=torch.Generator().manual_seed(0)
+    )
     assert ids.shape == (2, *GRID) and ids.dtype == torch.long
     assert int(ids.min()) >= 0 and int(ids.max()) < 64  # no mask or start ids left
 
@@ -109,7 +129,10 @@ def test_cached_logits_equal_recomputation(style, order, cfg_scale):
     g = torch.Generator().manual_seed(1)
     if style == "ar":
         calls = [(torch.full((2, 1), 65), torch.tensor([[-1, -1, -1]]), True)]
-        calls += [(torch.randint(0, 64, (2, 1), generator=g), layout.coords[i : i + 1], True) for i in range(layout.num_tokens - 1)]
+        calls += [
+            (torch.randint(0, 64, (2, 1), generator=g), layout.coords[i : i + 1], True)
+            for i in range(layout.num_tokens - 1)
+        ]
     else:
         calls = []
         for a, b in layout.bounds:
@@ -140,7 +163,9 @@ def test_samplers_with_and_without_cache_agree(style, order):
     m = tiny(style)
     sc = SamplingConfig(temperature=1.0, steps=4, cfg_scale=2.0, top_k=20)
     a = sampler(style)(m, cond2(), GRID, order=order, sampling=sc, generator=torch.Generator().manual_seed(3))
-    b = sampler(style)(m, cond2(), GRID, order=order, sampling=sc, generator=torch.Generator().manual_seed(3), use_cache=False)
+    b = sampler(style)(
+        m, cond2(), GRID, order=order, sampling=sc, generator=torch.Generator().manual_seed(3), use_cache=False
+    )
     assert torch.equal(a, b)
 
 
@@ -186,7 +211,9 @@ def test_guidance_scale_one_equals_conditional(style):
 def test_fixed_seed_gives_identical_tokens(style):
     m = tiny(style)
     sc = SamplingConfig(temperature=1.0, cfg_scale=2.0, steps=4, top_p=0.9)
-    run = lambda seed: sampler(style)(m, cond2(), GRID, order="frame", sampling=sc, generator=torch.Generator().manual_seed(seed))  # noqa: E731
+    run = lambda seed: sampler(style)(
+        m, cond2(), GRID, order="frame", sampling=sc, generator=torch.Generator().manual_seed(seed)
+    )  # noqa: E731
     assert torch.equal(run(7), run(7))
     assert not torch.equal(run(7), run(8))
 
@@ -218,8 +245,18 @@ def test_cube_that_does_not_divide_grid():
 def test_unsupported_order_and_style():
     with pytest.raises(ValueError, match="supports orders"):
         sample_ar(tiny("ar"), cond2(), GRID, order="clip")
-    frame_only = Generator(GeneratorConfig(style="maskgit", orders=("frame",), vocab_size=64, max_grid=GRID, dim=32, depth=2,
-                                           num_heads=2, num_classes=5))
+    frame_only = Generator(
+        GeneratorConfig(
+            style="maskgit",
+            orders=("frame",),
+            vocab_size=64,
+            max_grid=GRID,
+            dim=32,
+            depth=2,
+            num_heads=2,
+            num_classes=5,
+        )
+    )
     with pytest.raises(ValueError, match=r"this maskgit generator supports orders \['frame'\], not 'clip'"):
         sample_maskgit(frame_only, cond2(), GRID, order="clip")
     with pytest.raises(ValueError, match="needs style 'maskgit'"):
@@ -231,7 +268,13 @@ def test_objective_runs_for_every_order_and_gradients_flow():
         m = tiny(style).train()
         for order in orders:
             m.zero_grad()
-            out = generator_loss(m, torch.randint(0, 64, (2, *GRID)), cond2(), ObjectiveConfig(orders=(order,)), torch.Generator().manual_seed(0))
+            out = generator_loss(
+                m,
+                torch.randint(0, 64, (2, *GRID)),
+                cond2(),
+                ObjectiveConfig(orders=(order,)),
+                torch.Generator().manual_seed(0),
+            )
             out.loss.backward()
             loss = float(out.loss.detach())
             assert math.isfinite(loss) and abs(loss - math.log(64)) < 0.5

@@ -18,7 +18,9 @@ GRID = (2, 4, 4)
 @pytest.mark.parametrize("style,orders", [("ar", ("token",)), ("maskgit", ("frame", "clip"))])
 def test_overfit_and_regenerate(style, orders):
     torch.manual_seed(0)
-    cfg = GeneratorConfig(style=style, orders=orders, vocab_size=64, max_grid=GRID, dim=64, depth=2, num_heads=4, num_classes=4)
+    cfg = GeneratorConfig(
+        style=style, orders=orders, vocab_size=64, max_grid=GRID, dim=64, depth=2, num_heads=4, num_classes=4
+    )
     model = Generator(cfg)
     data = torch.randint(0, 64, (4, *GRID), generator=torch.Generator().manual_seed(1))
     cond = Condition(labels=torch.arange(4))

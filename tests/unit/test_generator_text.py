@@ -26,11 +26,27 @@ def text_cond(encoder, prompts):
 
 @pytest.mark.parametrize("style,order", [("ar", "frame"), ("maskgit", "frame"), ("maskgit", "clip")])
 def test_text_conditioned_training_and_sampling(encoder, style, order):
-    cfg = GeneratorConfig(style=style, orders=(order,), vocab_size=64, max_grid=GRID, dim=32, depth=2, num_heads=2,
-                          cond="text", text_dim=encoder.dim, max_text_len=MAX_LEN)
+    cfg = GeneratorConfig(
+        style=style,
+        orders=(order,),
+        vocab_size=64,
+        max_grid=GRID,
+        dim=32,
+        depth=2,
+        num_heads=2,
+        cond="text",
+        text_dim=encoder.dim,
+        max_text_len=MAX_LEN,
+    )
     model = Generator(cfg)
     cond = text_cond(encoder, ["a red circle moving left", "a big blue square sliding up slowly"])
-    out = generator_loss(model.train(), torch.randint(0, 64, (2, *GRID)), cond, ObjectiveConfig(cond_dropout=0.5), torch.Generator().manual_seed(0))
+    out = generator_loss(
+        model.train(),
+        torch.randint(0, 64, (2, *GRID)),
+        cond,
+        ObjectiveConfig(cond_dropout=0.5),
+        torch.Generator().manual_seed(0),
+    )
     out.loss.backward()
     assert model.cond_emb.text_proj[0].weight.grad.abs().sum() > 0
     model.eval()
@@ -41,14 +57,26 @@ def test_text_conditioned_training_and_sampling(encoder, style, order):
 
 
 def test_prompts_change_logits_and_padding_does_not(encoder):
-    cfg = GeneratorConfig(style="maskgit", orders=("clip",), vocab_size=64, max_grid=GRID, dim=32, depth=2, num_heads=2,
-                          cond="text", text_dim=encoder.dim, max_text_len=MAX_LEN)
+    cfg = GeneratorConfig(
+        style="maskgit",
+        orders=("clip",),
+        vocab_size=64,
+        max_grid=GRID,
+        dim=32,
+        depth=2,
+        num_heads=2,
+        cond="text",
+        text_dim=encoder.dim,
+        max_text_len=MAX_LEN,
+    )
     model = Generator(cfg).eval()
     layout = make_layout(GRID, "clip")
     ids = torch.full((1, 32), 64)
 
     def logits(cond):
-        return DecodeContext(model, cond, SamplingConfig(), 32, use_cache=True).logits(ids, layout.coords, keep=False, progress=0)
+        return DecodeContext(model, cond, SamplingConfig(), 32, use_cache=True).logits(
+            ids, layout.coords, keep=False, progress=0
+        )
 
     a = logits(text_cond(encoder, ["a red circle moving left"]))
     b = logits(text_cond(encoder, ["a green triangle going down"]))
@@ -68,7 +96,17 @@ def test_empty_prompt_is_rejected(encoder, prompt):
 
 
 def test_text_generator_needs_text(encoder):
-    cfg = GeneratorConfig(style="ar", orders=("token",), vocab_size=64, max_grid=GRID, dim=32, depth=2, num_heads=2,
-                          cond="text", text_dim=encoder.dim, max_text_len=MAX_LEN)
+    cfg = GeneratorConfig(
+        style="ar",
+        orders=("token",),
+        vocab_size=64,
+        max_grid=GRID,
+        dim=32,
+        depth=2,
+        num_heads=2,
+        cond="text",
+        text_dim=encoder.dim,
+        max_text_len=MAX_LEN,
+    )
     with pytest.raises(ValueError, match="text-conditional"):
         sample_ar(Generator(cfg).eval(), Condition(labels=torch.tensor([1])), GRID)

@@ -151,9 +151,7 @@ def test_fsq_matches_nearest_neighbour_over_enumerated_grid(levels: tuple[int, .
     assert out.losses == {} and out.codes.abs().max() <= 1.0
 
 
-def soft_entropies(
-    x: torch.Tensor, codes: torch.Tensor, temperature: float
-) -> tuple[torch.Tensor, torch.Tensor]:
+def soft_entropies(x: torch.Tensor, codes: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample and codebook entropy of softmax(-||x - c||^2 / T) over all codes."""
     p = (-torch.cdist(x, codes).pow(2) / temperature).softmax(dim=1)  # (N, K)
     return entropy(p).mean(), entropy(p.mean(dim=0))

@@ -30,8 +30,14 @@ def test_generator_configs(path):
         model = Generator(cfg.model)
     assert model.num_params() > 0
     if cfg.run.deepspeed:
-        assert deepspeed_config(str(ROOT / cfg.run.deepspeed), micro_batch=1, grad_accum=1, grad_clip=1.0,
-                                precision=cfg.run.precision, zero_stage=None)["zero_optimization"]["stage"] in (0, 1, 2, 3)
+        assert deepspeed_config(
+            str(ROOT / cfg.run.deepspeed),
+            micro_batch=1,
+            grad_accum=1,
+            grad_clip=1.0,
+            precision=cfg.run.precision,
+            zero_stage=None,
+        )["zero_optimization"]["stage"] in (0, 1, 2, 3)
 
 
 def test_ucf101_config_is_300m_without_embeddings():
@@ -51,7 +57,9 @@ def test_deepspeed_jsons_hold_engine_keys_only(path):
 def test_deepspeed_json_may_not_set_batch_size(tmp_path):
     (tmp_path / "bad.json").write_text('{"train_micro_batch_size_per_gpu": 8}')
     with pytest.raises(ValueError, match="come from the training config"):
-        deepspeed_config(str(tmp_path / "bad.json"), micro_batch=4, grad_accum=1, grad_clip=1.0, precision="fp32", zero_stage=None)
+        deepspeed_config(
+            str(tmp_path / "bad.json"), micro_batch=4, grad_accum=1, grad_clip=1.0, precision="fp32", zero_stage=None
+        )
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs/pipeline").glob("*.yaml")), ids=lambda p: p.name)

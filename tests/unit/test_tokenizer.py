@@ -40,7 +40,9 @@ def test_device_and_last_decoder_weight(repo_root):
     assert tok.to("meta").device.type == "meta"
 
 
-@pytest.mark.parametrize("ct,cs,mult", [(1, 4, (1, 2, 2)), (2, 4, (1, 2, 2)), (8, 4, (1, 1, 2, 2)), (2, 16, (1, 1, 2, 2, 2))])
+@pytest.mark.parametrize(
+    "ct,cs,mult", [(1, 4, (1, 2, 2)), (2, 4, (1, 2, 2)), (8, 4, (1, 1, 2, 2)), (2, 16, (1, 1, 2, 2, 2))]
+)
 def test_compression_factors(repo_root, ct, cs, mult):
     tok = tiny(repo_root, f"temporal_compression={ct}", f"spatial_compression={cs}", f"channel_mult={list(mult)}")
     T = 1 + 2 * ct
@@ -65,7 +67,10 @@ def test_patch_size_and_spatial_only_stages(repo_root):
     ids = tok.encode(x)
     assert ids.shape == (2, 3, 4, 4)
     assert tok.decode(ids).shape == x.shape
-    for bad, match in [("patch_size=3", "patch_size must be"), ("spatial_only_stages=3", "spatial_only_stages must be")]:
+    for bad, match in [
+        ("patch_size=3", "patch_size must be"),
+        ("spatial_only_stages=3", "spatial_only_stages must be"),
+    ]:
         with pytest.raises(ValueError, match=match):
             tiny(repo_root, "patch_size=2", "channel_mult=[1, 2, 2]", bad)
 
@@ -161,7 +166,9 @@ def test_load_mismatch_names_keys_and_shapes(repo_root, tmp_path):
     cfg = yaml.safe_load((tmp_path / "config.yaml").read_text())
     cfg["base_channels"] = 16
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
-    with pytest.raises(ValueError, match=r"encoder\.conv_in\.conv\.weight: weights \(8, 3, 3, 3, 3\) vs model \(16, 3, 3, 3, 3\)"):
+    with pytest.raises(
+        ValueError, match=r"encoder\.conv_in\.conv\.weight: weights \(8, 3, 3, 3, 3\) vs model \(16, 3, 3, 3, 3\)"
+    ):
         VideoTokenizer.from_pretrained(tmp_path)
 
 

@@ -63,9 +63,7 @@ def check_binary_config(cfg: LFQConfig | BSQConfig) -> None:
     if not 1 <= cfg.dim <= MAX_DIM:
         raise ValueError(f"{name}.dim must lie in [1, {MAX_DIM}], got {cfg.dim}")
     if not 1 <= cfg.entropy_group_size <= MAX_GROUP_SIZE:
-        raise ValueError(
-            f"{name}.entropy_group_size must lie in [1, {MAX_GROUP_SIZE}], got {cfg.entropy_group_size}"
-        )
+        raise ValueError(f"{name}.entropy_group_size must lie in [1, {MAX_GROUP_SIZE}], got {cfg.entropy_group_size}")
     if cfg.entropy_temperature <= 0:
         raise ValueError(f"{name}.entropy_temperature must be > 0, got {cfg.entropy_temperature}")
     for field in ("commitment_weight", "entropy_weight", "codebook_entropy_weight"):

@@ -62,9 +62,7 @@ class VQConfig:
 
     def __post_init__(self) -> None:
         if self.codebook_size < 1 or self.dim < 1:
-            raise ValueError(
-                f"VQConfig: codebook_size and dim must be >= 1, got {self.codebook_size}, {self.dim}"
-            )
+            raise ValueError(f"VQConfig: codebook_size and dim must be >= 1, got {self.codebook_size}, {self.dim}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"VQConfig.ema_decay must lie in [0, 1), got {self.ema_decay}")
         if self.ema_epsilon <= 0:
