@@ -17,8 +17,14 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def generate(*args, cwd):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, str(ROOT / "generate.py"), *args, "--quiet"], capture_output=True, text=True,
-                          timeout=600, env=env, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "generate.py"), *args, "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=cwd,
+    )
 
 
 def test_shipped_model_is_complete_and_small():
@@ -40,8 +46,13 @@ def test_default_prompt_writes_a_17_frame_64px_mp4_and_repeats_with_the_seed(tmp
     assert np.array_equal(a, read_video(tmp_path / "again.mp4"))
 
 
-@pytest.mark.parametrize("args", [("--mode", "ar", "--order", "frame", "--prompt", "a blue square moving up"),
-                                  ("--mode", "maskgit", "--order", "cube", "--label", "5")])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("--mode", "ar", "--order", "frame", "--prompt", "a blue square moving up"),
+        ("--mode", "maskgit", "--order", "cube", "--label", "5"),
+    ],
+)
 def test_both_modes_and_labels(tmp_path, args):
     proc = generate(*args, "--out", str(tmp_path / "v.mp4"), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
@@ -49,9 +60,11 @@ def test_both_modes_and_labels(tmp_path, args):
 
 
 def test_unsupported_combination_and_too_long_prompt_are_refused(tmp_path):
-    for args, needle in [(("--mode", "ar", "--order", "clip"), "supports orders"),
-                         (("--prompt", "a red circle moving left " * 6), "max_length=16"),
-                         (("--label", "72"), "valid class ids are 0..71")]:
+    for args, needle in [
+        (("--mode", "ar", "--order", "clip"), "supports orders"),
+        (("--prompt", "a red circle moving left " * 6), "max_length=16"),
+        (("--label", "72"), "valid class ids are 0..71"),
+    ]:
         proc = generate(*args, "--out", str(tmp_path / "v.mp4"), cwd=tmp_path)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr and needle in proc.stderr, proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr  # one line: no loading bars before it
