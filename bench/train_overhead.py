@@ -54,15 +54,15 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 import numpy as np
 import torch
 
-from core.config import build_config
 from bench.table import format_table
+from core.config import build_config
 from generator import Generator, generator_loss
-from videotrain import distributed
-from videodata.cache.writer import RankWriter, merge_manifest, prepare_cache_dir
-from videodata.cache.reader import ShuffledSampler
 from videodata.cache.format import FORMAT_NAME, FORMAT_VERSION, token_dtype
-from videotrain.optim import build_adamw
+from videodata.cache.reader import ShuffledSampler
+from videodata.cache.writer import RankWriter, merge_manifest, prepare_cache_dir
+from videotrain import distributed
 from videotrain.generator_task import BatchStream, GeneratorTrainConfig, GeneratorTrainer
+from videotrain.optim import build_adamw
 
 GRID = (5, 8, 8)  # 320 video tokens per clip
 DIM, DEPTH, NUM_HEADS, VOCAB, NUM_CLASSES = 256, 4, 4, 1000, 10
@@ -77,9 +77,17 @@ FULL, QUICK = (2, 12, 1), (2, 4, 1)
 # --------------------------------------------------------------------------- setup
 def model_overrides(style: str) -> list[str]:
     order = "token" if style == "ar" else "clip"
-    return [f"model.style={style}", f"model.orders=[{order}]", f"model.vocab_size={VOCAB}",
-            f"model.max_grid=[{','.join(map(str, GRID))}]", f"model.dim={DIM}", f"model.depth={DEPTH}",
-            f"model.num_heads={NUM_HEADS}", "model.cond=class", f"model.num_classes={NUM_CLASSES}"]
+    return [
+        f"model.style={style}",
+        f"model.orders=[{order}]",
+        f"model.vocab_size={VOCAB}",
+        f"model.max_grid=[{','.join(map(str, GRID))}]",
+        f"model.dim={DIM}",
+        f"model.depth={DEPTH}",
+        f"model.num_heads={NUM_HEADS}",
+        "model.cond=class",
+        f"model.num_classes={NUM_CLASSES}",
+    ]
 
 
 def train_config(style: str, cache: Path) -> GeneratorTrainConfig:
@@ -169,7 +177,16 @@ def _record(name: str, ours: float, peer: float, unit: str, goal: float | None, 
     """One metric, ratio = ours / peer; ``goal_op`` says which way the goal points."""
     ratio = ours / peer if peer else float("nan")
     met = None if goal is None else (ratio >= goal if goal_op == ">=" else ratio <= goal)
-    return {"name": name, "ours": ours, "peer": peer, "unit": unit, "ratio": ratio, "goal": goal, "met": met, "goal_op": goal_op}
+    return {
+        "name": name,
+        "ours": ours,
+        "peer": peer,
+        "unit": unit,
+        "ratio": ratio,
+        "goal": goal,
+        "met": met,
+        "goal_op": goal_op,
+    }
 
 
 def profile_steps(step, num_steps: int, top: int = 25) -> str:
@@ -208,7 +225,10 @@ def run(quick: bool = False, style: str = "maskgit", peak_tflops: float = 0.0, p
         trainer = GeneratorTrainer(cfg, Path(tmp) / "run")
         try:
             plain = PlainLoop(cfg, same_batches(trainer, total))
-            if any(not torch.equal(a, b) for a, b in zip(trainer.model.state_dict().values(), plain.model.state_dict().values())):
+            if any(
+                not torch.equal(a, b)
+                for a, b in zip(trainer.model.state_dict().values(), plain.model.state_dict().values())
+            ):
                 raise RuntimeError("the two sides start from different weights")
             trainer.model.train()
             sides = {"ours": trainer.train_step, "peer": plain.train_step}
@@ -243,8 +263,14 @@ def run(quick: bool = False, style: str = "maskgit", peak_tflops: float = 0.0, p
     tok_s = {side: tokens_per_step / s for side, s in step_s.items()}
     tag = f"{style}, {'x'.join(map(str, GRID))}, B={MICRO_BATCH}"
     records = [
-        _record(f"train step time ({tag}): Trainer.train_step vs plain torch", 1e3 * step_s["ours"], 1e3 * step_s["peer"],
-                "ms", OVERHEAD_GOAL, "<="),
+        _record(
+            f"train step time ({tag}): Trainer.train_step vs plain torch",
+            1e3 * step_s["ours"],
+            1e3 * step_s["peer"],
+            "ms",
+            OVERHEAD_GOAL,
+            "<=",
+        ),
         _record(f"training throughput ({tag})", tok_s["ours"], tok_s["peer"], "tok/s", None),
     ]
     if peak_tflops > 0:
@@ -266,12 +292,18 @@ def run(quick: bool = False, style: str = "maskgit", peak_tflops: float = 0.0, p
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="2 warm-up steps, 4 repeats of 1 timed step per side (default 2, 12 x 1)")
+    parser.add_argument(
+        "--quick", action="store_true", help="2 warm-up steps, 4 repeats of 1 timed step per side (default 2, 12 x 1)"
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     parser.add_argument("--json", metavar="PATH", help="also write the records, config and raw timings as JSON")
-    parser.add_argument("--style", choices=("maskgit", "ar"), default="maskgit", help="generator style (default: %(default)s)")
+    parser.add_argument(
+        "--style", choices=("maskgit", "ar"), default="maskgit", help="generator style (default: %(default)s)"
+    )
     parser.add_argument("--peak-tflops", type=float, default=0.0, help="device peak TFLOP/s for an MFU estimate")
-    parser.add_argument("--profile", type=int, default=0, metavar="STEPS", help="also cProfile STEPS steps of each side")
+    parser.add_argument(
+        "--profile", type=int, default=0, metavar="STEPS", help="also cProfile STEPS steps of each side"
+    )
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
     if args.threads:
@@ -283,20 +315,31 @@ def main(argv: list[str] | None = None) -> int:
     records = run(quick=args.quick, style=args.style, peak_tflops=args.peak_tflops, profile=args.profile)
     d = run.last_details  # type: ignore[attr-defined]
     print(
-        f"training overhead, CPU fp32, torch {d['torch']}, {d['num_threads']} threads: {args.style} generator dim {DIM} "
-        f"depth {DEPTH} heads {NUM_HEADS} vocab {VOCAB}, {d['num_params'] / 1e6:.2f}M params; {d['warmup_steps']} warm-up "
-        f"steps, then {d['repeats']} x {d['steps_per_repeat']} timed steps per side, ours/plain alternating (median)"
+        f"training overhead, CPU fp32, torch {d['torch']}, {d['num_threads']} threads: {args.style} generator "
+        f"dim {DIM} depth {DEPTH} heads {NUM_HEADS} vocab {VOCAB}, {d['num_params'] / 1e6:.2f}M params; "
+        f"{d['warmup_steps']} warm-up steps, then {d['repeats']} x {d['steps_per_repeat']} timed steps per side, "
+        "ours/plain alternating (median)"
     )
     print(format_table(records))
     spread = ", ".join(f"{side} {1e3 * min(ts):.0f}-{1e3 * max(ts):.0f} ms" for side, ts in d["times_s"].items())
-    print(f"overhead (plain tok/s / ours tok/s): {d['overhead']:.3f} (goal <= {OVERHEAD_GOAL:.2f}); median of the per-repeat "
-          f"ratios {d['paired_overhead']:.3f}, of the fastest steps {d['best_overhead']:.3f}; step times: {spread}")
-    print(f"process CPU time per step (less sensitive to other load): ours {d['median_cpu_step_s']['ours']:.3f} s, "
-          f"plain {d['median_cpu_step_s']['peer']:.3f} s, ratio {d['cpu_overhead']:.3f}")
-    print(f"same work: max |loss ours - loss plain| over {len(d['losses']['ours'])} steps = {d['max_loss_diff']:.2e}, "
-          f"grad norm rel. diff {d['max_grad_norm_rel_diff']:.1e}")
+    print(
+        f"overhead (plain tok/s / ours tok/s): {d['overhead']:.3f} (goal <= {OVERHEAD_GOAL:.2f}); median of the "
+        f"per-repeat ratios {d['paired_overhead']:.3f}, of the fastest steps {d['best_overhead']:.3f}; "
+        f"step times: {spread}"
+    )
+    print(
+        f"process CPU time per step (less sensitive to other load): ours {d['median_cpu_step_s']['ours']:.3f} s, "
+        f"plain {d['median_cpu_step_s']['peer']:.3f} s, ratio {d['cpu_overhead']:.3f}"
+    )
+    print(
+        f"same work: max |loss ours - loss plain| over {len(d['losses']['ours'])} steps = {d['max_loss_diff']:.2e}, "
+        f"grad norm rel. diff {d['max_grad_norm_rel_diff']:.1e}"
+    )
     if args.peak_tflops <= 0:
-        print("MFU: pass --peak-tflops for an estimate; the GPU goal (>= 40% for a ~300M model in bf16) is not measurable on CPU")
+        print(
+            "MFU: pass --peak-tflops for an estimate; the GPU goal (>= 40% for a ~300M model in bf16) "
+            "is not measurable on CPU"
+        )
     for side, text in d["profiles"].items():
         print(f"\n---- cProfile (process CPU time), {side}, {args.profile} steps\n{text}")
     load = max(d["load_avg_1min"])

@@ -91,7 +91,7 @@ def quiet_hub_progress() -> None:
 
 
 def add_config_args(parser: argparse.ArgumentParser, example: str) -> None:
-    """``--config`` files, dotted ``overrides`` (``example`` shows one) and the DeepSpeed launcher's ``--local_rank``."""
+    """``--config`` files, dotted ``overrides`` (``example`` shows one) and the launcher's ``--local_rank``."""
     parser.add_argument("--config", action="append", default=[], help="YAML config file(s), merged in order")
     parser.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)  # deepspeed launcher
     parser.add_argument("overrides", nargs="*", help=f"dotted overrides such as {example}")

@@ -92,9 +92,7 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
     names = {f.name for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise ValueError(
-            f"{where}: unknown key(s) {unknown} for {cls.__name__}; valid keys are {sorted(names)}"
-        )
+        raise ValueError(f"{where}: unknown key(s) {unknown} for {cls.__name__}; valid keys are {sorted(names)}")
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
     try:
         return cls(**kwargs)
@@ -207,7 +205,7 @@ def _refuse_renamed(data: dict[str, Any], renamed: typing.Mapping[str, str]) -> 
         hits = [old for old in renamed if key == old or key.startswith(old + ".")]
         if hits:
             old = max(hits, key=len)
-            new = renamed[old] + key[len(old):]
+            new = renamed[old] + key[len(old) :]
             raise ValueError(f"config key {key!r} was renamed to {new!r}; update the YAML file or override")
 
 

@@ -8,6 +8,9 @@ missing or fails. Images and GIFs (and other formats Pillow reads, such as anima
 are read with Pillow; a still image is a 1-frame clip. Every write goes to a temp file in
 the target folder that is then renamed over the target, so a crash never leaves a
 half-written file under the real name.
+
+Over 400 lines because reading (three decoders behind one frame picker) and writing (mp4, GIF,
+contact sheets) share the frame conventions and checks, and every reader of video imports this one module.
 """
 
 from __future__ import annotations

@@ -84,7 +84,9 @@ def load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], what: s
     module.load_state_dict(state, strict=True)
 
 
-def save_pretrained(module: torch.nn.Module, config: Any, directory: str | os.PathLike, dtype: torch.dtype | None = None) -> None:
+def save_pretrained(
+    module: torch.nn.Module, config: Any, directory: str | os.PathLike, dtype: torch.dtype | None = None
+) -> None:
     """Writes ``model.safetensors`` (floats stored as ``dtype`` if given) then ``config.yaml``."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)

@@ -137,9 +137,6 @@ class VideoPipeline:
         path = Path(config.text_encoder.path)
         return path if path.is_absolute() else directory / path
 
-    # The old private name, still called by tools/make_pipeline.py; drop it once that uses text_encoder_path.
-    _text_encoder_path = text_encoder_path
-
     def save_pretrained(self, directory: str | os.PathLike, dtype: torch.dtype | None = None) -> None:
         """Writes tokenizer, generators and ``pipeline.yaml`` (last) into ``directory``; ``dtype``
         stores the float weights in that precision (loading restores the models' own dtype)."""

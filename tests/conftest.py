@@ -31,4 +31,3 @@ def _seed_everything():
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return ROOT
-

@@ -27,8 +27,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(argv: Sequence[str] | None) -> int:
     parser = CliParser(prog="train_tokenizer.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", action="append", default=[],
-                        help="video/image folder, file or CSV/JSONL manifest (repeatable); overrides data.paths")
+    parser.add_argument(
+        "--data",
+        action="append",
+        default=[],
+        help="video/image folder, file or CSV/JSONL manifest (repeatable); overrides data.paths",
+    )
     parser.add_argument("--out", required=True, help="run directory (checkpoints, metrics, previews, tokenizer)")
     parser.add_argument("--perceptual", help="TorchScript perceptual network (x, y) -> distance, e.g. a traced LPIPS")
     add_config_args(parser, example="run.steps=100")

@@ -51,8 +51,16 @@ def latest_complete(ckpt_dir: Path) -> str | None:
     return tags[-1] if tags else None
 
 
-def save(engine, ckpt_dir: Path, step: int, rank: int, state: dict[str, Any], tensors: dict[str, torch.Tensor],
-         keep_last: int, config: Any) -> str:
+def save(
+    engine,
+    ckpt_dir: Path,
+    step: int,
+    rank: int,
+    state: dict[str, Any],
+    tensors: dict[str, torch.Tensor],
+    keep_last: int,
+    config: Any,
+) -> str:
     """Saves a checkpoint collectively; every rank must call it. Returns the tag."""
     tag = tag_for(step)
     if rank == 0 and (ckpt_dir / tag).exists():  # a leftover incomplete save of the same step

@@ -92,8 +92,16 @@ def deepspeed_config(
             cfg = json.loads(path.read_text())
         except json.JSONDecodeError as err:
             raise ValueError(f"DeepSpeed config {engine_json!r} is not valid JSON: {err}") from None
-    owned = {"train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
-             "gradient_clipping", "bf16", "fp16", "optimizer", "scheduler"}
+    owned = {
+        "train_batch_size",
+        "train_micro_batch_size_per_gpu",
+        "gradient_accumulation_steps",
+        "gradient_clipping",
+        "bf16",
+        "fp16",
+        "optimizer",
+        "scheduler",
+    }
     clash = sorted(owned & set(cfg))
     if clash:
         raise ValueError(f"DeepSpeed config {engine_json!r} sets {clash}; those come from the training config")
@@ -113,7 +121,11 @@ def deepspeed_config(
 
 
 def build_engine(
-    model: torch.nn.Module, optimizer: torch.optim.Optimizer, config: dict[str, Any], *, caller_fills_grads: bool = False
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    config: dict[str, Any],
+    *,
+    caller_fills_grads: bool = False,
 ):
     """``deepspeed.initialize`` with our own torch optimizer; returns the engine.
 

@@ -71,8 +71,13 @@ def persistent_buffers(*modules: nn.Module) -> list[torch.Tensor]:
     These are state a forward may update (a VQ codebook and its EMAs); non-persistent
     buffers are constants.
     """
-    return [b for m in modules for sub in m.modules() for name, b in sub.named_buffers(recurse=False)
-            if b.dtype.is_floating_point and name not in sub._non_persistent_buffers_set]
+    return [
+        b
+        for m in modules
+        for sub in m.modules()
+        for name, b in sub.named_buffers(recurse=False)
+        if b.dtype.is_floating_point and name not in sub._non_persistent_buffers_set
+    ]
 
 
 @torch.no_grad()

@@ -131,8 +131,9 @@ class GeneratorTrainer(Trainer):
         perm = np.random.Generator(np.random.PCG64(np.random.SeedSequence([run.seed, 7]))).permutation(n)
         n_eval = min(n - 1, int(round(cfg.data.eval_fraction * n))) if cfg.data.eval_fraction > 0 else 0
         self.eval_idx, train_idx = np.sort(perm[:n_eval]), np.sort(perm[n_eval:])
-        self.stream = BatchStream(ShuffledSampler(len(train_idx), run.seed, self.dist.rank, self.dist.world_size),
-                                  train_idx)
+        self.stream = BatchStream(
+            ShuffledSampler(len(train_idx), run.seed, self.dist.rank, self.dist.world_size), train_idx
+        )
         self.text_encoder = None
         if cfg.model.cond == "text":
             from generator.text_encoders import load_text_encoder
@@ -150,8 +151,11 @@ class GeneratorTrainer(Trainer):
         """Loads an exported generator's weights into the fresh model (see ``run.init_from``)."""
         src = load_config(GeneratorConfig, directory)
         arch = [f.name for f in fields(GeneratorConfig) if f.name not in _NOT_ARCHITECTURE]
-        diff = [f"{k}: {getattr(src, k)} vs {getattr(self.cfg.model, k)}" for k in arch
-                if getattr(src, k) != getattr(self.cfg.model, k)]
+        diff = [
+            f"{k}: {getattr(src, k)} vs {getattr(self.cfg.model, k)}"
+            for k in arch
+            if getattr(src, k) != getattr(self.cfg.model, k)
+        ]
         if diff:
             raise ValueError(f"run.init_from {directory} has another architecture ({'; '.join(diff)})")
         load_strict(self.model, load_state(Path(directory) / WEIGHTS_NAME), what="generator")
@@ -162,8 +166,10 @@ class GeneratorTrainer(Trainer):
         if cfg.cond == "class":
             labels = [self.cache[i].label for i in range(min(len(self.cache), 64))]
             if min(labels) < 0 or max(labels) >= cfg.num_classes:
-                raise ValueError(f"class-conditional model with {cfg.num_classes} classes, but cache labels span "
-                                 f"{min(labels)}..{max(labels)}")
+                raise ValueError(
+                    f"class-conditional model with {cfg.num_classes} classes, but cache labels span "
+                    f"{min(labels)}..{max(labels)}"
+                )
 
     # ------------------------------------------------------------------ data
     def condition(self, samples: Sequence[TokenSample]) -> Condition:
@@ -204,8 +210,12 @@ class GeneratorTrainer(Trainer):
             losses.append(loss.detach())  # read back once per step, not after each engine.step()
             accs.append(stats["acc"])
         self.finished_step()
-        return {"loss": float(torch.stack(losses).float().mean()), "acc": float(torch.stack(accs).float().mean()),
-                "lr": lr, "grad_norm": self.grad_norm_value()}
+        return {
+            "loss": float(torch.stack(losses).float().mean()),
+            "acc": float(torch.stack(accs).float().mean()),
+            "lr": lr,
+            "grad_norm": self.grad_norm_value(),
+        }
 
     def throughput(self, seconds: float) -> dict[str, float]:
         tokens = math.prod(self.cache.grid)
@@ -257,8 +267,12 @@ class GeneratorTrainer(Trainer):
         picks = self.eval_idx[:n] if len(self.eval_idx) >= n else range(n)
         samples = [self.cache[int(i)] for i in picks]
         write_generator_samples(
-            self.model, self._tokenizer, self.condition(samples), self.cache.grid,
-            directory=self.out / "samples" / f"step_{self.step:08d}", sample_steps=self.run.sample_steps,
+            self.model,
+            self._tokenizer,
+            self.condition(samples),
+            self.cache.grid,
+            directory=self.out / "samples" / f"step_{self.step:08d}",
+            sample_steps=self.run.sample_steps,
             fps=self.cache.manifest.get("clip_spec", {}).get("fps") or DEFAULT_SAMPLE_FPS,
             captions=[{"label": s.label, "caption": s.caption} for s in samples],
         )

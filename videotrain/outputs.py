@@ -30,7 +30,9 @@ class MetricsLog:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError as err:  # tensorboard is optional
-                raise ValueError("run.tensorboard=true needs the tensorboard package (pip install tensorboard)") from err
+                raise ValueError(
+                    "run.tensorboard=true needs the tensorboard package (pip install tensorboard)"
+                ) from err
             self.tb = SummaryWriter(str(out / "tensorboard"))
 
     def write(self, step: int, values: dict[str, float]) -> None:
@@ -115,8 +117,14 @@ def write_generator_samples(
     sampling = SamplingConfig(steps=sample_steps, cfg_scale=1.0)
     fn = sample_ar if model.config.style == "ar" else sample_maskgit
     device = next(model.parameters()).device
-    ids = fn(model, cond, grid, order=model.config.orders[0], sampling=sampling,
-             generator=torch.Generator(device=device).manual_seed(0))  # (B, t, h, w)
+    ids = fn(
+        model,
+        cond,
+        grid,
+        order=model.config.orders[0],
+        sampling=sampling,
+        generator=torch.Generator(device=device).manual_seed(0),
+    )  # (B, t, h, w)
     model.train()
     frames = tensor_to_frames(tokenizer.decode(ids).clamp(-1, 1).float().cpu())  # (B, T, H, W, C)
     directory.mkdir(parents=True, exist_ok=True)

@@ -107,8 +107,9 @@ class TokenizerTask(nn.Module):
                 disc.requires_grad_(True)
             # VQGAN's balance needs d(loss)/d(last decoder layer) before the engine's backward:
             # autograd.grad on the bare module accumulates nothing and fires no ZeRO hook.
-            weight = adaptive_weight(sum(losses.values()), g, self.tokenizer.last_decoder_weight,
-                                     cfg.adaptive_weight_max)
+            weight = adaptive_weight(
+                sum(losses.values()), g, self.tokenizer.last_decoder_weight, cfg.adaptive_weight_max
+            )
             losses["gan"] = cfg.adversarial_weight * weight * g
             stats["adaptive_weight"] = weight.float()
         losses.update(out.losses)
@@ -141,12 +142,18 @@ class TokenizerTrainer(Trainer):
             raise ValueError("loss.perceptual_weight > 0 needs a perceptual network (--perceptual PATH)")
         VideoTokenizer(cfg.model).latent_shape(cfg.data.num_frames, cfg.data.size, cfg.data.size)  # validates
         stage = distributed.deepspeed_config(
-            self.run.deepspeed or None, micro_batch=self.run.micro_batch, grad_accum=self.optim.grad_accum,
-            grad_clip=0.0, precision=self.run.precision, zero_stage=self.run.zero_stage,
+            self.run.deepspeed or None,
+            micro_batch=self.run.micro_batch,
+            grad_accum=self.optim.grad_accum,
+            grad_clip=0.0,
+            precision=self.run.precision,
+            zero_stage=self.run.zero_stage,
         )["zero_optimization"]["stage"]
         if cfg.loss.adversarial_weight > 0 and stage == 3:
-            raise ValueError("loss.adversarial_weight > 0 needs ZeRO stage 0-2: the adaptive weight takes the gradient "
-                             "of the decoder's last layer, which ZeRO-3 partitions")
+            raise ValueError(
+                "loss.adversarial_weight > 0 needs ZeRO stage 0-2: the adaptive weight takes the gradient "
+                "of the decoder's last layer, which ZeRO-3 partitions"
+            )
         self.pool = ClipPool(cfg.data)
 
     def build(self) -> None:
@@ -163,8 +170,12 @@ class TokenizerTrainer(Trainer):
             self.disc = PatchDiscriminator3d(cfg.model.in_channels, lc.discriminator_channels, lc.discriminator_layers)
             self.disc.to(device)
             disc_cfg = distributed.deepspeed_config(
-                self.run.deepspeed or None, micro_batch=self.run.micro_batch, grad_accum=self.optim.grad_accum,
-                grad_clip=cfg.disc_optim.grad_clip, precision=self.run.precision, zero_stage=self.run.zero_stage,
+                self.run.deepspeed or None,
+                micro_batch=self.run.micro_batch,
+                grad_accum=self.optim.grad_accum,
+                grad_clip=cfg.disc_optim.grad_clip,
+                precision=self.run.precision,
+                zero_stage=self.run.zero_stage,
             )
             disc_opt = build_adamw(self.disc, cfg.disc_optim)
             self.disc_engine = extras["discriminator"] = distributed.build_engine(self.disc, disc_opt, disc_cfg)
@@ -249,7 +260,9 @@ class TokenizerTrainer(Trainer):
         self.rng.set_state(tensors["clip_rng"])
         self.kind_rng.set_state(tensors["kind_rng"])
         if self.lecam is not None and "lecam.ema_real" in tensors:
-            self.lecam.load_state_dict({k.removeprefix("lecam."): v for k, v in tensors.items() if k.startswith("lecam.")})
+            self.lecam.load_state_dict(
+                {k.removeprefix("lecam."): v for k, v in tensors.items() if k.startswith("lecam.")}
+            )
 
     def save(self) -> None:
         """A checkpoint of both engines, then a refreshed ``<out>/tokenizer`` (collective)."""
@@ -293,6 +306,8 @@ class TokenizerTrainer(Trainer):
         return logs
 
 
-def train_tokenizer(cfg: TokenizerTrainConfig, out: str | Path, perceptual: nn.Module | None = None) -> TokenizerTrainer:
+def train_tokenizer(
+    cfg: TokenizerTrainConfig, out: str | Path, perceptual: nn.Module | None = None
+) -> TokenizerTrainer:
     """Builds a :class:`TokenizerTrainer`, runs it to the end and returns it (see :func:`run_training`)."""
     return run_training(lambda: TokenizerTrainer(cfg, out, perceptual))

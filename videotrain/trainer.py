@@ -121,13 +121,16 @@ class Trainer:
         completes the gradients itself, so DeepSpeed skips its identity all-reduce.
         """
         ds_cfg = distributed.deepspeed_config(
-            self.run.deepspeed or None, micro_batch=self.run.micro_batch, grad_accum=self.optim.grad_accum,
-            grad_clip=grad_clip, precision=self.run.precision, zero_stage=self.run.zero_stage,
+            self.run.deepspeed or None,
+            micro_batch=self.run.micro_batch,
+            grad_accum=self.optim.grad_accum,
+            grad_clip=grad_clip,
+            precision=self.run.precision,
+            zero_stage=self.run.zero_stage,
         )
         self.zero_stage = ds_cfg["zero_optimization"]["stage"]
         fills = GradientCheck.reads_params(self.zero_stage, self.run.precision)
         return distributed.build_engine(module, optimizer, ds_cfg, caller_fills_grads=fills)
-
 
     def set_lr(self, *engines: Any) -> float:
         """Sets the scheduled learning rate of this step on ``engines`` (default: the main one); returns it."""
@@ -193,8 +196,9 @@ class Trainer:
             tensors["cuda_rng"] = torch.cuda.get_rng_state(self.dist.device)
         if self.ema is not None and self.dist.is_main:
             tensors.update(self.ema.state_dict())
-        checkpoint.save(self.checkpointed, self.ckpt_dir, self.step, self.dist.rank, state, tensors,
-                        self.run.keep_last, self.cfg)
+        checkpoint.save(
+            self.checkpointed, self.ckpt_dir, self.step, self.dist.rank, state, tensors, self.run.keep_last, self.cfg
+        )
         self._saved_step = self.step
 
     def resume(self) -> None:
@@ -204,8 +208,9 @@ class Trainer:
             return
         state, tensors = checkpoint.load(self.checkpointed, self.ckpt_dir, tag, self.dist.rank)
         if state["world_size"] != self.dist.world_size:
-            raise ValueError(f"checkpoint {tag} was written by {state['world_size']} processes, "
-                             f"this run has {self.dist.world_size}")
+            raise ValueError(
+                f"checkpoint {tag} was written by {state['world_size']} processes, this run has {self.dist.world_size}"
+            )
         self.step = self._saved_step = int(state["step"])
         torch.set_rng_state(tensors["torch_rng"])
         if "cuda_rng" in tensors and self.dist.device.type == "cuda":
@@ -238,7 +243,9 @@ class Trainer:
             save_config(self.cfg, self.out / "train_config.yaml")
         self.resume()
         metrics = MetricsLog(self.out, enabled=main, tensorboard=run.tensorboard)
-        bar = tqdm(total=run.steps, initial=self.step, desc=self.task, unit="step", disable=not main, dynamic_ncols=True)
+        bar = tqdm(
+            total=run.steps, initial=self.step, desc=self.task, unit="step", disable=not main, dynamic_ncols=True
+        )
         self.model.train()
         start, logs = time.time(), {}
         while self.step < run.steps:

@@ -47,6 +47,7 @@ def install(faults: dict[str, str], patch=setattr) -> None:
     exit_at = int(faults["exit_at_step"]) if "exit_at_step" in faults else None
 
     for cls in (GeneratorTrainer, TokenizerTrainer):
+
         def step_wrapper(self, _orig=cls.train_step):
             if exit_at is not None and self.step == exit_at:
                 os._exit(EXIT_CODE)
@@ -61,6 +62,7 @@ def install(faults: dict[str, str], patch=setattr) -> None:
         want_rank = int(faults.get("nan_rank", "-2"))
 
         for task in (GeneratorTask, TokenizerTask):
+
             def forward_wrapper(self, *args, _orig=task.forward, **kwargs):
                 out = _orig(self, *args, **kwargs)
                 if not next(self.children()).training:  # eval batches are not training micro-batches

@@ -31,7 +31,8 @@ results = {}
 for path in sys.argv[1:]:
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1))
-    cfg = distributed.deepspeed_config(path, micro_batch=4, grad_accum=1, grad_clip=1.0, precision="fp32", zero_stage=None)
+    cfg = distributed.deepspeed_config(path, micro_batch=4, grad_accum=1, grad_clip=1.0, precision="fp32",
+                                       zero_stage=None)
     engine = distributed.build_engine(Task(model), build_adamw(model, OptimConfig(lr=1e-2)), cfg)
     g = torch.Generator().manual_seed(1)
     x, y = torch.randn(4, 8, generator=g), torch.randn(4, 1, generator=g)
@@ -48,8 +49,9 @@ print("RESULTS " + json.dumps(results))
 
 def test_every_shipped_deepspeed_json_builds_an_engine_and_steps():
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-c", STEPS, *map(str, JSONS)], env=env, capture_output=True, text=True,
-                          timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", STEPS, *map(str, JSONS)], env=env, capture_output=True, text=True, timeout=600
+    )
     line = [x for x in proc.stdout.splitlines() if x.startswith("RESULTS ")]
     assert proc.returncode == 0 and line, proc.stderr[-3000:]
     results = json.loads(line[0].removeprefix("RESULTS "))

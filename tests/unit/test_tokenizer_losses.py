@@ -34,12 +34,16 @@ def test_foreground_weight_makes_object_errors_cost_more():
     b = reconstruction_loss(on_background, target, weighted)["l1"]
     assert torch.isclose(a, 10 * b)
     plain = LossConfig()
-    assert torch.isclose(reconstruction_loss(on_object, target, plain)["l1"], reconstruction_loss(on_background, target, plain)["l1"])
+    assert torch.isclose(
+        reconstruction_loss(on_object, target, plain)["l1"], reconstruction_loss(on_background, target, plain)["l1"]
+    )
     # With the mask grown by 2 px, a blurred edge pixel next to the object is weighted too.
     edge = target.clone()
     edge[:, 0, :, 6, 7] += 0.5
     grown = LossConfig(foreground_weight=10.0, foreground_threshold=0.1, foreground_dilation=2)
-    assert torch.isclose(reconstruction_loss(edge, target, grown)["l1"], 10 * reconstruction_loss(edge, target, weighted)["l1"])
+    assert torch.isclose(
+        reconstruction_loss(edge, target, grown)["l1"], 10 * reconstruction_loss(edge, target, weighted)["l1"]
+    )
 
 
 def test_hinge_losses():

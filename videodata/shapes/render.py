@@ -32,7 +32,9 @@ NUM_CLASSES = len(COLORS) * len(SHAPES) * len(MOTIONS)  # 72
 # Hue of each color in degrees: saturated hues 60 degrees apart, in COLORS order.
 HUES: Mapping[str, float] = MappingProxyType({c: 60.0 * i for i, c in enumerate(COLORS)})
 # Unit step of each motion in image coordinates (dx, dy).
-DIRECTIONS: Mapping[str, tuple[int, int]] = MappingProxyType({"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)})
+DIRECTIONS: Mapping[str, tuple[int, int]] = MappingProxyType(
+    {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
+)
 
 # Jitter ranges (inclusive lower, exclusive upper bounds of uniform draws).
 SIZE_RANGE = (10.0, 18.0)  # side of square / triangle, diameter of circle, px
