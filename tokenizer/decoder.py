@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tokenizer.encoder import Stack, StagePlan, mid_block
+from tokenizer.encoder import CoderSpec, Stack, mid_block
 from tokenizer.layers import (
     CausalConv3d,
     ResBlock3d,
@@ -23,35 +23,25 @@ class Decoder(nn.Module):
     widest back to the stem, undoing each downsampling in reverse order.
 
     Args:
+        spec: the encoder's spec; the last ``spatial_only_stages`` stages (and the output conv)
+            convolve each frame alone (1x3x3), mirroring the encoder.
         out_channels: pixel channels (3).
-        latent_dim: channels D of the input codes.
-        base_channels, channel_mult: stage widths (same as the encoder's).
         num_res_blocks: residual blocks per stage (may exceed the encoder's for a stronger decoder).
-        plan: the encoder's resampling plan.
-        attention: add per-frame self-attention at the bottleneck.
-        spatial_only_stages: the last this many stages (and the output conv) convolve each
-            frame alone (1x3x3), mirroring the encoder.
     """
 
     def __init__(
         self,
+        spec: CoderSpec,
         *,
         out_channels: int,
-        latent_dim: int,
-        base_channels: int,
-        channel_mult: tuple[int, ...],
         num_res_blocks: int,
-        plan: StagePlan,
-        attention: bool,
-        norm_groups: int,
-        num_heads: int,
-        spatial_only_stages: int = 0,
     ) -> None:
         super().__init__()
-        widths = [base_channels * m for m in channel_mult]
+        widths, plan, norm_groups = spec.widths, spec.plan, spec.norm_groups
+        spatial_only_stages = spec.spatial_only_stages
         ch = widths[-1]
-        self.conv_in = CausalConv3d(latent_dim, ch, 3)
-        self.mid = mid_block(ch, attention, norm_groups, num_heads)
+        self.conv_in = CausalConv3d(spec.latent_dim, ch, 3)
+        self.mid = mid_block(ch, spec.attention, norm_groups, spec.num_heads)
         layers: list[nn.Module] = []
         for i in reversed(range(len(widths))):
             for _ in range(num_res_blocks):

@@ -48,6 +48,34 @@ class StagePlan:
         )
 
 
+@dataclass(frozen=True, kw_only=True)
+class CoderSpec:
+    """What the encoder and the decoder are both built from.
+
+    Attributes:
+        latent_dim: channels D of the latent (the quantizer's dimension).
+        base_channels, channel_mult: stage widths ``base_channels * m``.
+        plan: the encoder's resampling after each stage (the decoder undoes it).
+        attention: add per-frame self-attention at the bottleneck.
+        norm_groups, num_heads: group-norm groups and bottleneck attention heads.
+        spatial_only_stages: this many full-resolution stages convolve each frame alone (1x3x3).
+    """
+
+    latent_dim: int
+    base_channels: int
+    channel_mult: tuple[int, ...]
+    plan: StagePlan
+    attention: bool
+    norm_groups: int
+    num_heads: int
+    spatial_only_stages: int = 0
+
+    @property
+    def widths(self) -> list[int]:
+        """Channels of each stage, from the full-resolution one to the widest."""
+        return [self.base_channels * m for m in self.channel_mult]
+
+
 class Stack(nn.Sequential):
     """A sequence of causal layers that all accept a :class:`StreamState`."""
 
@@ -70,31 +98,23 @@ class Encoder(nn.Module):
     """Causal conv stem, residual stages with spatial then temporal downsampling, bottleneck.
 
     Args:
+        spec: widths, resampling plan and bottleneck, shared with the decoder; its first
+            ``spatial_only_stages`` stages (and the stem) convolve each frame alone (1x3x3): the
+            full-resolution stages cost the most, and time is mixed deeper.
         in_channels: pixel channels (3).
-        latent_dim: channels D of the output latent (the quantizer's dimension).
-        base_channels, channel_mult, num_res_blocks: width and depth of the stages.
-        plan: the resampling after each stage.
-        attention: add per-frame self-attention at the bottleneck.
-        spatial_only_stages: the first this many stages (and the stem) convolve each frame
-            alone (1x3x3): the full-resolution stages cost the most, and time is mixed deeper.
+        num_res_blocks: residual blocks per stage.
     """
 
     def __init__(
         self,
+        spec: CoderSpec,
         *,
         in_channels: int,
-        latent_dim: int,
-        base_channels: int,
-        channel_mult: tuple[int, ...],
         num_res_blocks: int,
-        plan: StagePlan,
-        attention: bool,
-        norm_groups: int,
-        num_heads: int,
-        spatial_only_stages: int = 0,
     ) -> None:
         super().__init__()
-        widths = [base_channels * m for m in channel_mult]
+        widths, plan, norm_groups = spec.widths, spec.plan, spec.norm_groups
+        spatial_only_stages = spec.spatial_only_stages
         self.conv_in = CausalConv3d(in_channels, widths[0], (1 if spatial_only_stages else 3, 3, 3))
         layers: list[nn.Module] = []
         ch = widths[0]
@@ -110,9 +130,9 @@ class Encoder(nn.Module):
                     layers.append(TemporalDownsample(ch, nxt))
                 ch = nxt
         self.down = Stack(*layers)
-        self.mid = mid_block(ch, attention, norm_groups, num_heads)
+        self.mid = mid_block(ch, spec.attention, norm_groups, spec.num_heads)
         self.norm_out = make_norm(ch, norm_groups)
-        self.conv_out = CausalConv3d(ch, latent_dim, 3)
+        self.conv_out = CausalConv3d(ch, spec.latent_dim, 3)
 
     def forward(self, x: torch.Tensor, state: StreamState | None = None) -> torch.Tensor:
         """(B, C, T, H, W) -> (B, D, t, h, w)."""

@@ -16,7 +16,7 @@ from torch import nn
 
 from core.weights import WEIGHTS_NAME, load_config, load_state, load_strict, save_pretrained
 from tokenizer.decoder import Decoder
-from tokenizer.encoder import Encoder, StagePlan
+from tokenizer.encoder import CoderSpec, Encoder, StagePlan
 from tokenizer.layers import StreamState
 from tokenizer.quantizers import QUANTIZERS, BSQConfig, FSQConfig, LFQConfig, QuantizerOutput, VQConfig
 
@@ -102,19 +102,19 @@ class VideoTokenizer(nn.Module):
             len(config.channel_mult), config.spatial_compression // config.patch_size, config.temporal_compression
         )
         pixels = config.in_channels * config.patch_size**2  # channels after space-to-depth
-        common = {
-            "latent_dim": self.quantizer.dim,
-            "base_channels": config.base_channels,
-            "channel_mult": config.channel_mult,
-            "plan": plan,
-            "attention": config.attention,
-            "norm_groups": config.norm_groups,
-            "num_heads": config.num_heads,
-            "spatial_only_stages": config.spatial_only_stages,
-        }
-        self.encoder = Encoder(in_channels=pixels, num_res_blocks=config.num_res_blocks, **common)
+        spec = CoderSpec(
+            latent_dim=self.quantizer.dim,
+            base_channels=config.base_channels,
+            channel_mult=config.channel_mult,
+            plan=plan,
+            attention=config.attention,
+            norm_groups=config.norm_groups,
+            num_heads=config.num_heads,
+            spatial_only_stages=config.spatial_only_stages,
+        )
+        self.encoder = Encoder(spec, in_channels=pixels, num_res_blocks=config.num_res_blocks)
         dec_blocks = config.decoder_res_blocks if config.decoder_res_blocks is not None else config.num_res_blocks
-        self.decoder = Decoder(out_channels=pixels, num_res_blocks=dec_blocks, **common)
+        self.decoder = Decoder(spec, out_channels=pixels, num_res_blocks=dec_blocks)
 
     # ----------------------------------------------------------------- shapes and checks
     @property

@@ -7,10 +7,9 @@ from tqdm import tqdm
 
 from generator.conditioning import Condition
 from generator.sampling.config import SamplingConfig
-from generator.sampling.context import DecodeContext
+from generator.sampling.context import DecodeContext, prepare_sampling
 from generator.sampling.filtering import sample_logits
 from generator.transformer import Generator
-from generator.units import check_order, make_layout
 
 START_COORDS = (-1, -1, -1)  # the start token sits with the prefix: unrotated
 
@@ -45,12 +44,7 @@ def sample_ar(
     Returns:
         ids: (B, t, h, w) long.
     """
-    if model.config.style != "ar":
-        raise ValueError("sample_ar needs a generator with style 'ar'")
-    sampling = SamplingConfig() if sampling is None else sampling
-    check_order(order, model.config.orders, model.config.style)
-    model.check_grid(grid, order)
-    layout = make_layout(grid, order, model.config.cube_size)
+    sampling, layout = prepare_sampling(model, grid, order, sampling, "ar")
     B, L = cond.batch_size, layout.num_tokens
     device = model.device
     frame_tokens = grid[1] * grid[2]

@@ -17,7 +17,34 @@ import torch
 from generator.conditioning import Condition
 from generator.sampling.config import SamplingConfig
 from generator.transformer import Generator
-from generator.units import block_causal_mask, causal_mask
+from generator.units import UnitLayout, block_causal_mask, causal_mask, check_order, make_layout
+
+
+def prepare_sampling(
+    model: Generator,
+    grid: tuple[int, int, int],
+    order: str,
+    sampling: SamplingConfig | None,
+    style: str,
+) -> tuple[SamplingConfig, UnitLayout]:
+    """The checks and setup every sampler starts with.
+
+    Args:
+        model: the generator; its style must be ``style``.
+        grid: (t, h, w) to generate; checked against the model's ``max_grid``.
+        order: unit order; must be one the model supports.
+        sampling: the caller's settings (None: ``SamplingConfig()``).
+        style: the sampler's style, "ar" or "maskgit".
+
+    Returns:
+        ``(sampling, layout)``: the settings to use and the unit layout of ``grid``.
+    """
+    if model.config.style != style:
+        raise ValueError(f"sample_{style} needs a generator with style '{style}'")
+    sampling = SamplingConfig() if sampling is None else sampling
+    check_order(order, model.config.orders, model.config.style)
+    model.check_grid(grid, order)
+    return sampling, make_layout(grid, order, model.config.cube_size)
 
 
 class DecodeContext:

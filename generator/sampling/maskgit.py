@@ -14,11 +14,10 @@ from tqdm import tqdm
 
 from generator.conditioning import Condition
 from generator.sampling.config import SamplingConfig
-from generator.sampling.context import DecodeContext
+from generator.sampling.context import DecodeContext, prepare_sampling
 from generator.sampling.filtering import sample_logits
 from generator.schedules import num_masked_after_step
 from generator.transformer import Generator
-from generator.units import check_order, make_layout
 
 
 def sample_maskgit(
@@ -47,12 +46,7 @@ def sample_maskgit(
     Returns:
         ids: (B, t, h, w) long.
     """
-    if model.config.style != "maskgit":
-        raise ValueError("sample_maskgit needs a generator with style 'maskgit'")
-    sampling = SamplingConfig() if sampling is None else sampling
-    check_order(order, model.config.orders, model.config.style)
-    model.check_grid(grid, order)
-    layout = make_layout(grid, order, model.config.cube_size)
+    sampling, layout = prepare_sampling(model, grid, order, sampling, "maskgit")
     B, L = cond.batch_size, layout.num_tokens
     device = model.device
     max_tokens = min(L, model.config.max_grid[0] * grid[1] * grid[2])
