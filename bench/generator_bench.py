@@ -29,7 +29,6 @@ cores, far more than with 1).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -40,7 +39,7 @@ from dataclasses import asdict
 
 import torch
 
-from bench.table import format_table
+from bench.table import format_table, record, write_json
 from generator import Condition, Generator, GeneratorConfig, make_layout
 from generator.sampling import SamplingConfig, sample_ar, sample_maskgit
 
@@ -197,22 +196,6 @@ def timed(
 
 
 # --------------------------------------------------------------------------- the benchmark
-def _record(name: str, ours: float, peer: float, unit: str, goal: float | None, goal_op: str = ">=") -> dict:
-    """One metric; ``goal_op`` says which way the goal points ("<=" for time-like ratios)."""
-    ratio = ours / peer if peer else float("nan")
-    met = None if goal is None else (ratio >= goal if goal_op == ">=" else ratio <= goal)
-    return {
-        "name": name,
-        "ours": ours,
-        "peer": peer,
-        "unit": unit,
-        "ratio": ratio,
-        "goal": goal,
-        "met": met,
-        "goal_op": goal_op,
-    }
-
-
 def _fmt_grid(grid: tuple[int, int, int]) -> str:
     return "x".join(map(str, grid))
 
@@ -277,24 +260,24 @@ def run(
         ar_s, peer_s = med(t_a["ours"]), med(t_a["peer"])
         mg_s, fwd_s = med(t_cd["maskgit"]), med(t_cd["forward"])
         records += [
-            _record(
+            record(
                 f"(a) GPT-style sampling {tag}, B={B}: tokvid vs GPT2.generate",
                 B * L / ar_s,
                 B * L / peer_s,
                 "tok/s",
                 AR_GOAL,
             ),
-            _record(
+            record(
                 f"(b) KV cache vs recompute, GPT-style {'quick ' if quick else ''}{_fmt_grid(nc_grid)}, B={B}",
                 B * L_nc / med(t_b["cache"]),
                 B * L_nc / med(t_b["no_cache"]),
                 "tok/s",
                 None,
             ),
-            _record(
+            record(
                 f"(c) MaskGIT clip {MASKGIT_STEPS} steps vs GPT-style {tag}, B={B}", mg_s, ar_s, "s/video", None, "<="
             ),
-            _record(
+            record(
                 f"(d) MaskGIT step vs plain forward, {L}+1 tokens, B={B}",
                 1e3 * mg_s / MASKGIT_STEPS,
                 1e3 * fwd_s,
@@ -305,7 +288,7 @@ def run(
         ]
     for kind in ("total", "non_embedding"):
         records.append(
-            _record(
+            record(
                 f"params {kind.replace('_', '-')} (tokvid vs GPT2)",
                 params["ours"][kind] / 1e6,
                 params["peer"][kind] / 1e6,
@@ -374,8 +357,7 @@ def main(argv: list[str] | None = None) -> int:
             "records": records,
             "details": details,
         }
-        with open(args.json, "w") as f:
-            json.dump(payload, f, indent=2, default=str)
+        write_json(args.json, payload)
     return 0
 
 

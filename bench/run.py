@@ -26,7 +26,7 @@ from pathlib import Path
 
 from bench.table import format_table, goal_text
 from core.cli import CliParser, run_cli, setup_logging
-from core.files import atomic_write_text
+from core.files import atomic_write_json
 
 log = logging.getLogger("bench.run")
 
@@ -139,7 +139,7 @@ def run_benchmarks(names: Sequence[str], quick: bool, json_path: str | os.PathLi
     records = collect(names, quick)
     if json_path is not None:
         payload = {"machine": machine_facts(), "quick": quick, "seconds": time.time() - start, "records": records}
-        atomic_write_text(json_path, json.dumps(payload, indent=1))
+        atomic_write_json(json_path, payload)
     return records
 
 

@@ -7,12 +7,36 @@ A record is a dict with ``name``, ``ours``, ``peer``, ``unit``, ``ratio`` (ours/
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from core.tables import format_number, is_number, records_table
 
 MET = {True: "yes", False: "NO", None: "-"}
+
+
+def record(name: str, ours: float, peer: float, unit: str, goal: float | None, goal_op: str = ">=") -> dict:
+    """One metric, ratio = ours / peer; ``goal_op`` says which way the goal points ("<=" for time-like ratios)."""
+    ratio = ours / peer if peer else float("nan")
+    met = None if goal is None else (ratio >= goal if goal_op == ">=" else ratio <= goal)
+    return {
+        "name": name,
+        "ours": ours,
+        "peer": peer,
+        "unit": unit,
+        "ratio": ratio,
+        "goal": goal,
+        "met": met,
+        "goal_op": goal_op,
+    }
+
+
+def write_json(path: str | Path, payload: dict) -> None:
+    """A bench script's ``--json`` output: its records and details (non-JSON values as text)."""
+    with open(path, "w") as f:
+        json.dump(payload, f, indent=2, default=str)
 
 
 def goal_text(record: Mapping[str, Any]) -> str:

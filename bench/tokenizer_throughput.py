@@ -30,7 +30,7 @@ import time
 from dataclasses import asdict
 from typing import TYPE_CHECKING
 
-from bench.table import format_table
+from bench.table import format_table, record, write_json
 
 if TYPE_CHECKING:
     from tokenizer import TokenizerConfig
@@ -321,19 +321,6 @@ def child_main(args: list[str]) -> int:
 
 
 # --------------------------------------------------------------------------- the benchmark
-def _record(name: str, ours: float, peer: float, unit: str, goal: float | None) -> dict:
-    ratio = ours / peer if peer else float("nan")
-    return {
-        "name": name,
-        "ours": ours,
-        "peer": peer,
-        "unit": unit,
-        "ratio": ratio,
-        "goal": goal,
-        "met": (ratio >= goal) if goal is not None else None,
-    }
-
-
 def run(quick: bool = False, ours: str = "narrow-stem") -> list[dict]:
     """Runs the benchmark; one record per metric, ratio = ours / peer.
 
@@ -365,9 +352,9 @@ def run_detailed(quick: bool = False, ours: str = "default") -> tuple[list[dict]
     params = {side: mem[side, "encode"]["params"] for side in ("ours", "peer")}
     clip = f"{NUM_FRAMES}x{SIZE}x{SIZE}, B=1"
     records = [
-        _record(f"encode throughput ({clip})", fps["ours", "encode"], fps["peer", "encode"], "frames/s", FPS_GOAL),
-        _record(f"decode throughput ({clip})", fps["ours", "decode"], fps["peer", "decode"], "frames/s", FPS_GOAL),
-        _record(
+        record(f"encode throughput ({clip})", fps["ours", "encode"], fps["peer", "encode"], "frames/s", FPS_GOAL),
+        record(f"decode throughput ({clip})", fps["ours", "decode"], fps["peer", "decode"], "frames/s", FPS_GOAL),
+        record(
             "params encoder+quantizer+decoder",
             sum(params["ours"].values()) / 1e6,
             sum(params["peer"].values()) / 1e6,
@@ -376,10 +363,10 @@ def run_detailed(quick: bool = False, ours: str = "default") -> tuple[list[dict]
         ),
     ]
     for part in ("encoder", "quantizer", "decoder"):
-        records.append(_record(f"params {part}", params["ours"][part] / 1e6, params["peer"][part] / 1e6, "M", None))
+        records.append(record(f"params {part}", params["ours"][part] / 1e6, params["peer"][part] / 1e6, "M", None))
     for phase in ("encode", "decode"):
         ours_mib, peer_mib = (mem[side, phase]["peak_rss_growth_mib"] for side in ("ours", "peer"))
-        records.append(_record(f"peak RSS growth, {phase}", ours_mib, peer_mib, "MiB", None))
+        records.append(record(f"peak RSS growth, {phase}", ours_mib, peer_mib, "MiB", None))
     return records, [*timing.values(), *mem.values()]
 
 
@@ -439,8 +426,7 @@ def main(argv: list[str] | None = None) -> int:
             "records": records,
             "details": details,
         }
-        with open(args.json, "w") as f:
-            json.dump(payload, f, indent=2, default=str)
+        write_json(args.json, payload)
     return 0
 
 

@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import cProfile
 import io
-import json
 import logging
 import math
 import os
@@ -54,7 +53,7 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 import numpy as np
 import torch
 
-from bench.table import format_table
+from bench.table import format_table, record, write_json
 from core.config import build_config
 from generator import Generator, generator_loss
 from videodata.cache.format import FORMAT_NAME, FORMAT_VERSION, token_dtype
@@ -173,22 +172,6 @@ def processed_tokens(model: Generator, style: str) -> int:
 
 
 # --------------------------------------------------------------------------- the benchmark
-def _record(name: str, ours: float, peer: float, unit: str, goal: float | None, goal_op: str = ">=") -> dict:
-    """One metric, ratio = ours / peer; ``goal_op`` says which way the goal points."""
-    ratio = ours / peer if peer else float("nan")
-    met = None if goal is None else (ratio >= goal if goal_op == ">=" else ratio <= goal)
-    return {
-        "name": name,
-        "ours": ours,
-        "peer": peer,
-        "unit": unit,
-        "ratio": ratio,
-        "goal": goal,
-        "met": met,
-        "goal_op": goal_op,
-    }
-
-
 def profile_steps(step, num_steps: int, top: int = 25) -> str:
     """cProfile of ``num_steps`` calls of ``step``, timed in process CPU time (steadier than
     wall time on a shared machine): the top functions by own time."""
@@ -263,7 +246,7 @@ def run(quick: bool = False, style: str = "maskgit", peak_tflops: float = 0.0, p
     tok_s = {side: tokens_per_step / s for side, s in step_s.items()}
     tag = f"{style}, {'x'.join(map(str, GRID))}, B={MICRO_BATCH}"
     records = [
-        _record(
+        record(
             f"train step time ({tag}): Trainer.train_step vs plain torch",
             1e3 * step_s["ours"],
             1e3 * step_s["peer"],
@@ -271,11 +254,11 @@ def run(quick: bool = False, style: str = "maskgit", peak_tflops: float = 0.0, p
             OVERHEAD_GOAL,
             "<=",
         ),
-        _record(f"training throughput ({tag})", tok_s["ours"], tok_s["peer"], "tok/s", None),
+        record(f"training throughput ({tag})", tok_s["ours"], tok_s["peer"], "tok/s", None),
     ]
     if peak_tflops > 0:
         mfu = {side: 100 * flops_per_clip * MICRO_BATCH / s / (peak_tflops * 1e12) for side, s in step_s.items()}
-        records.append(_record(f"MFU at a peak of {peak_tflops:g} TFLOP/s", mfu["ours"], mfu["peer"], "%", None))
+        records.append(record(f"MFU at a peak of {peak_tflops:g} TFLOP/s", mfu["ours"], mfu["peer"], "%", None))
     run.last_details = {  # type: ignore[attr-defined]  # for --json and the printout
         "times_s": times, "median_step_s": step_s, "tokens_per_s": tok_s, "overhead": step_s["ours"] / step_s["peer"],
         "paired_overhead": statistics.median(a / b for a, b in zip(times["ours"], times["peer"])),
@@ -354,8 +337,7 @@ def main(argv: list[str] | None = None) -> int:
             "records": records,
             "details": d,
         }
-        with open(args.json, "w") as f:
-            json.dump(payload, f, indent=2, default=str)
+        write_json(args.json, payload)
     return 0
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import secrets
 from collections.abc import Iterator
@@ -59,6 +60,11 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Writes ``text`` (UTF-8) to ``path`` atomically (temp file, fsync, rename)."""
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, data: object, *, indent: int = 1, allow_nan: bool = True) -> None:
+    """Writes ``data`` as JSON (and a final newline) to ``path`` atomically; ``allow_nan=False`` refuses NaN/inf."""
+    atomic_write_text(path, json.dumps(data, indent=indent, allow_nan=allow_nan) + "\n")
 
 
 def sha256_bytes(data: bytes) -> str:

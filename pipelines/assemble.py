@@ -7,7 +7,6 @@ then renamed into place: a half-written model is never visible under the final n
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -18,7 +17,7 @@ from pathlib import Path
 import torch
 
 from core.config import build_config
-from core.files import atomic_write_text
+from core.files import atomic_write_json
 from generator import Generator
 from pipelines.video import PipelineConfig, VideoPipeline
 from tokenizer import VideoTokenizer
@@ -95,7 +94,7 @@ def assemble_pipeline(
     try:
         pipe.save_pretrained(tmp, DTYPES[dtype])
         if holdout is not None:
-            atomic_write_text(tmp / HOLDOUT_FILE, json.dumps(list(holdout), indent=1) + "\n")
+            atomic_write_json(tmp / HOLDOUT_FILE, list(holdout))
         VideoPipeline.from_pretrained(tmp)  # what we ship must load
         if out.exists():
             old = out.with_name(f".{out.name}.old")

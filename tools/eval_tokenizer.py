@@ -11,14 +11,13 @@ through the tokenizer and is scored against itself. The table lists every video 
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from core.cli import CliParser, parse_device, run_cli
-from core.files import atomic_write_text
+from core.files import atomic_write_json
 from videoeval.reconstruction import evaluate_dataset, recon_table
 
 
@@ -51,7 +50,7 @@ def _main(argv: Sequence[str] | None) -> int:
         total = len(report["videos"]) + len(report["skipped"])
         print(f"skipped {len(report['skipped'])} of {total} videos (unreadable or too short)")
     if args.json is not None:
-        atomic_write_text(args.json, json.dumps(report, indent=2, allow_nan=False) + "\n")
+        atomic_write_json(args.json, report, indent=2, allow_nan=False)
     return 0
 
 

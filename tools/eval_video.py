@@ -14,13 +14,12 @@ without the file suffix.
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from core.cli import CliParser, parse_device, run_cli, setup_logging
-from core.files import atomic_write_text
+from core.files import atomic_write_json
 from videoeval.fvd import PROTOCOLS
 from videoeval.reconstruction import recon_table
 from videoeval.video_eval import evaluate_fvd, format_fvd, recon_report
@@ -67,7 +66,7 @@ def _main(argv: Sequence[str] | None) -> int:
         report = recon_report(args.real, args.fake, lpips_path=args.lpips, num_frames=args.num_frames)
         print(recon_table(report["videos"], report["mean"], args.real))
     if args.json is not None:
-        atomic_write_text(args.json, json.dumps(report, indent=2, allow_nan=False) + "\n")
+        atomic_write_json(args.json, report, indent=2, allow_nan=False)
     return 0
 
 

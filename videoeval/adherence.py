@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from core.files import atomic_write_text
+from core.files import atomic_write_json, atomic_write_text
 from core.video_io import write_contact_sheet
 from pipelines import VideoPipeline
 from pipelines.assemble import HOLDOUT_FILE
@@ -227,6 +227,6 @@ def evaluate_adherence(
                 summary[key], everything[key] = summarize(results), results
     seconds = time.time() - start
     results_json = {"model": str(model), "summary": summary, "videos": everything}
-    atomic_write_text(out / "results.json", json.dumps(results_json, indent=1))
+    atomic_write_json(out / "results.json", results_json)
     atomic_write_text(out / "report.md", report_markdown(summary, str(model), seconds))
     return summary

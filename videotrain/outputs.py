@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from core.config import save_config
-from core.files import atomic_path, atomic_write_text
+from core.files import atomic_path, atomic_write_json
 from core.video_io import tensor_to_frames, write_contact_sheet, write_video
 from core.weights import CONFIG_NAME, WEIGHTS_NAME, save_state
 
@@ -131,5 +131,5 @@ def write_generator_samples(
     for i, clip in enumerate(frames):
         write_video(directory / f"sample_{i:02d}.mp4", clip, fps=fps)
     write_contact_sheet(directory / "contact_sheet.png", list(frames))
-    atomic_write_text(directory / "captions.json", json.dumps(captions or []))
+    atomic_write_json(directory / "captions.json", captions or [])
     log.info("wrote %d samples to %s", len(frames), directory)

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from core.files import atomic_write_text
+from core.files import atomic_write_json, atomic_write_text
 from core.video_io import IMAGE_EXTS, list_media, read_video, write_video
 from videodata.shapes.render import (
     ATTRIBUTES,
@@ -254,7 +254,7 @@ def render_dataset(
         "num_train": len(train), "num_holdout": len(held_rows), "num_frames": NUM_FRAMES, "size": SIZE, "fps": FPS,
         "num_classes": NUM_CLASSES, "label": "(color * 3 + shape) * 4 + motion", "attributes": dict(ATTRIBUTES),
     }  # fmt: skip
-    atomic_write_text(out / "dataset.json", json.dumps(info, indent=2) + "\n")
+    atomic_write_json(out / "dataset.json", info, indent=2)
     atomic_write_text(out / "manifest.csv", _csv(train))
     atomic_write_text(out / MANIFEST, _jsonl(train))  # last: marks the dataset complete
     seconds = time.perf_counter() - start
