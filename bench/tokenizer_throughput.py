@@ -417,16 +417,11 @@ def main(argv: list[str] | None = None) -> int:
             "other work skews the fps"
         )
     if args.json:
-        payload = {
-            "benchmark": "tokenizer_throughput",
-            "quick": args.quick,
-            "ours": args.ours,
-            "ours_config": asdict(ours_config(args.ours)),
-            "peer_kwargs": peer_kwargs(),
-            "records": records,
-            "details": details,
-        }
-        write_json(args.json, payload)
+        meta = {"ours": args.ours, "ours_config": asdict(ours_config(args.ours)), "peer_kwargs": peer_kwargs()}
+        write_json(
+            args.json,
+            {"benchmark": "tokenizer_throughput", "quick": args.quick, **meta, "records": records, "details": details},
+        )
     return 0
 
 

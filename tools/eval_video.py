@@ -52,6 +52,11 @@ def build_parser() -> CliParser:
     return p
 
 
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry point: ``fvd`` or ``recon``. Returns 0, or 2 with one ``error:`` line on bad input."""
+    return run_cli(_main, argv)
+
+
 def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging()
@@ -68,11 +73,6 @@ def _main(argv: Sequence[str] | None) -> int:
     if args.json is not None:
         atomic_write_json(args.json, report, indent=2, allow_nan=False)
     return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """CLI entry point: ``fvd`` or ``recon``. Returns 0, or 2 with one ``error:`` line on bad input."""
-    return run_cli(_main, argv)
 
 
 if __name__ == "__main__":
