@@ -154,14 +154,16 @@ class Generator(nn.Module):
         return KVCache(c.depth, batch, c.num_heads, max_len, c.dim // c.num_heads, dtype or p.dtype, p.device)
 
     def check_grid(self, grid: tuple[int, int, int], order: str) -> None:
-        """ValueError if ``grid`` exceeds ``max_grid`` (time may exceed it for frame-wise orders)."""
+        """ValueError if ``grid`` exceeds ``max_grid``: positions beyond it were never trained.
+
+        Longer videos are made by the pipeline, window by window, each continuing from the last
+        frames re-encoded as a fresh clip.
+        """
+        del order  # every order has the same limits
         mt, mh, mw = self.config.max_grid
         t, h, w = grid
-        if h > mh or w > mw or (t > mt and order in ("cube", "clip")):
-            raise ValueError(
-                f"token grid {tuple(grid)} is larger than the model's maximum {self.config.max_grid}"
-                + (" (longer videos need order 'frame' or 'token')" if h <= mh and w <= mw else "")
-            )
+        if t > mt or h > mh or w > mw:
+            raise ValueError(f"token grid {tuple(grid)} is larger than the model's maximum {self.config.max_grid}")
 
     # ----------------------------------------------------------------- forward
     def forward(

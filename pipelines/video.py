@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -22,6 +21,8 @@ from core.config import from_dict, load_yaml, save_config
 from generator import Condition, Generator
 from generator.sampling import SamplingConfig, sample_ar, sample_maskgit
 from generator.text_encoders import TextEncoder, TextEncoderConfig, load_text_encoder
+from pipelines.context import FrameSource, context_frames
+from pipelines.rollout import Rollout, default_overlap, roll_out
 from tokenizer import VideoTokenizer
 
 log = logging.getLogger(__name__)
@@ -65,8 +66,9 @@ class VideoOutput:
     Attributes:
         frames: (B, T, H, W, C) uint8 videos.
         fps: frames per second.
-        ids: (B, t, h, w) token ids the generator produced.
-        timings: seconds spent in "sampling" and "decoding".
+        ids: (B, t, h, w) token ids the generator produced: the first window's grid, then each later
+            window's new latent frames (see :mod:`pipelines.rollout`).
+        timings: seconds spent in "sampling", "decoding" and "encoding" (visual context).
     """
 
     frames: np.ndarray
@@ -184,10 +186,16 @@ class VideoPipeline:
     def condition(
         self, gen: Generator, prompt: str | list[str] | None, labels: int | list[int] | None, batch: int
     ) -> Condition:
-        """Builds the generator's condition from prompts or labels (repeated to ``batch`` rows)."""
-        if (prompt is None) == (labels is None):
-            raise ValueError("give exactly one of prompt or labels")
+        """Builds the generator's condition from prompts or labels (repeated to ``batch`` rows).
+
+        With neither, every row gets the null condition that classifier-free guidance trained
+        (condition dropout): unconditional generation, as when only frames are given.
+        """
         device = self.device
+        if prompt is not None and labels is not None:
+            raise ValueError("give a prompt or labels, not both")
+        if prompt is None and labels is None:
+            return Condition(drop=torch.ones(batch, dtype=torch.bool, device=device))
         if labels is not None:
             labels = [labels] if isinstance(labels, int) else list(labels)
             n = len(self.config.class_names) or gen.config.num_classes
@@ -209,12 +217,56 @@ class VideoPipeline:
         return Condition(text=feats.features.to(device), text_mask=feats.mask.to(device))
 
     # ----------------------------------------------------------------- generate
+    def frame_size(self, gen: Generator) -> tuple[int, int]:
+        """The (H, W) of the frames ``gen`` generates."""
+        cs = self.tokenizer.config.spatial_compression
+        _, h, w = gen.config.max_grid
+        return h * cs, w * cs
+
+    def _roll(
+        self,
+        gen: Generator,
+        cond: Condition,
+        *,
+        order: str,
+        sampling: SamplingConfig,
+        generator: torch.Generator | None,
+        progress: bool,
+        num_frames: int,
+        context: np.ndarray | None,
+        first_context_latents: int | None = None,
+    ) -> Rollout:
+        """One condition's frames, window by window (see :mod:`pipelines.rollout`)."""
+        fn = sample_ar if gen.config.style == "ar" else sample_maskgit
+
+        def sample(grid: tuple[int, int, int], ctx: torch.Tensor | None) -> torch.Tensor:
+            return fn(gen, cond, grid, order=order, context=ctx, sampling=sampling, generator=generator,
+                      progress=progress)  # fmt: skip
+
+        return roll_out(
+            sample, self.tokenizer, num_frames=num_frames, max_latents=gen.config.max_grid[0],
+            latent_hw=tuple(gen.config.max_grid[1:]), batch=cond.batch_size, context=context,
+            first_context_latents=first_context_latents,
+        )  # fmt: skip
+
+    def _setup(
+        self, mode: str | None, order: str | None, sampling: SamplingConfig | None, image, video, num_context
+    ) -> tuple[str, str, Generator, SamplingConfig, np.ndarray | None]:
+        mode, order = self.resolve_mode_order(mode, order)
+        gen = self.generators[mode]
+        ct = self.tokenizer.config.temporal_compression
+        frames = context_frames(image, video, num_context, temporal_compression=ct, size=self.frame_size(gen))
+        return mode, order, gen, sampling or self.config.sampling.get(mode) or SamplingConfig(), frames
+
     @torch.no_grad()
     def __call__(
         self,
         prompt: str | list[str] | None = None,
         labels: int | list[int] | None = None,
         *,
+        image: FrameSource | None = None,
+        video: FrameSource | None = None,
+        context_frames: int | None = None,
         mode: str | None = None,
         order: str | None = None,
         num_frames: int | None = None,
@@ -223,45 +275,109 @@ class VideoPipeline:
         generator: torch.Generator | None = None,
         progress: bool = False,
     ) -> VideoOutput:
-        """Generates videos.
+        """Generates videos from a prompt or label, optionally continuing an image or a video.
+
+        Videos longer than the generator's trained length, and continuations, are made window by
+        window: each window encodes the last frames so far as a fresh clip and generates after
+        them (:mod:`pipelines.rollout`). Images and videos are resized to cover the model's frame
+        size and center-cropped, as the token cache does with training clips.
 
         Args:
             prompt: one prompt, or one per video.
-            labels: one class id, or one per video.
+            labels: one class id, or one per video. With neither prompt nor labels the video is
+                unconditional (the null condition of classifier-free guidance).
+            image: (H, W, 3) uint8 array or an image file: the first frame (image-to-video).
+            video: (T, H, W, 3) uint8 array or a video file whose last ``context_frames`` frames are continued.
+            context_frames: frames taken from ``video``: 1 + k*ct (the tokenizer encodes them as a clip).
             mode: "ar" or "maskgit" (default from the config).
-            order: "token", "cube", "frame" or "clip" (default from the config).
-            num_frames: 1 + k*ct frames; beyond the trained length needs a frame-wise order.
+            order: "token", "cube", "frame" or "clip" (default from the config); an order whose units
+                would cross the context boundary is refused.
+            num_frames: total frames, context included (1 + k*ct; default from the config).
             num_videos: videos per prompt/label when a single one is given.
             sampling: temperature, top-k/p, CFG, MaskGIT steps (defaults from the config).
             generator: RNG for sampling (seeded = reproducible).
             progress: show progress bars.
 
         Returns:
-            VideoOutput with (B, T, H, W, C) uint8 frames.
+            VideoOutput with (B, T, H, W, C) uint8 frames: the context frames as given (resized and
+            cropped), then the generated ones.
+
+        Examples:
+            >>> pipe = VideoPipeline.from_pretrained(DEFAULT_MODEL_DIR)  # doctest: +SKIP
+            >>> pipe("a red circle moving left", video=clip, context_frames=5, num_frames=17)  # doctest: +SKIP
         """
-        mode, order = self.resolve_mode_order(mode, order)
-        gen = self.generators[mode]
+        mode, order, gen, sampling, context = self._setup(mode, order, sampling, image, video, context_frames)
         num_frames = self.config.num_frames if num_frames is None else num_frames
-        t = self.latent_frames(num_frames)
-        _, h, w = gen.config.max_grid
-        grid = (t, h, w)
-        gen.check_grid(grid, order)
+        self.latent_frames(num_frames)  # validates 1 + k*ct
+        if context is not None and context.shape[0] >= num_frames:
+            raise ValueError(
+                f"{context.shape[0]} context frames leave nothing to generate: num_frames ({num_frames}) "
+                "is the total length and must be larger"
+            )
         given = prompt if prompt is not None else labels
-        batch = num_videos if isinstance(given, (str, int)) else len(given)
+        batch = num_videos if given is None or isinstance(given, (str, int)) else len(given)
         if batch < 1:
             raise ValueError("nothing to generate: give at least one prompt or label")
         cond = self.condition(gen, prompt, labels, batch)
-        sampling = sampling or self.config.sampling.get(mode) or SamplingConfig()
-        t0 = time.perf_counter()
-        fn = sample_ar if mode == "ar" else sample_maskgit
-        ids = fn(gen, cond, grid, order=order, sampling=sampling, generator=generator, progress=progress)
-        t1 = time.perf_counter()
-        video = self.tokenizer.decode(ids, chunk_latents=None).clamp(-1, 1)
-        pixels = (video.float().permute(0, 2, 3, 4, 1) + 1) * 127.5  # (B, T, H, W, C) in [0, 255]
-        frames = pixels.round().clamp(0, 255).to(torch.uint8).cpu().numpy()
-        t2 = time.perf_counter()
-        timings = {"sampling": t1 - t0, "decoding": t2 - t1}
-        return VideoOutput(frames=frames, fps=self.config.fps, ids=ids.cpu(), timings=timings)
+        if given is None:  # guidance between two null conditions changes nothing: skip the second pass
+            sampling = replace(sampling, cfg_scale=1.0)
+        ctx = None if context is None else np.repeat(context[None], batch, axis=0)  # (B, N, H, W, 3)
+        out = self._roll(gen, cond, order=order, sampling=sampling, generator=generator, progress=progress,
+                         num_frames=num_frames, context=ctx)  # fmt: skip
+        return VideoOutput(frames=out.frames, fps=self.config.fps, ids=out.ids, timings=out.timings)
+
+    @torch.no_grad()
+    def story(
+        self,
+        prompts: list[str],
+        *,
+        segment_frames: int,
+        image: FrameSource | None = None,
+        video: FrameSource | None = None,
+        context_frames: int | None = None,
+        mode: str | None = None,
+        order: str | None = None,
+        num_videos: int = 1,
+        sampling: SamplingConfig | None = None,
+        generator: torch.Generator | None = None,
+        progress: bool = False,
+    ) -> VideoOutput:
+        """One video told by a sequence of prompts (Phenaki's story mode).
+
+        The first segment has ``segment_frames`` frames (or adds ``segment_frames - 1`` after given
+        context frames); each later segment follows its own prompt and adds ``segment_frames - 1``
+        frames, continuing from the last frames of the one before through the same re-encoding as
+        long videos.
+
+        Args:
+            prompts: one prompt per segment, in order.
+            segment_frames: frames of the first segment, 1 + k*ct; later segments add one fewer.
+            image / video / context_frames / mode / order / num_videos / sampling / generator / progress:
+                as in :meth:`__call__`.
+
+        Returns:
+            VideoOutput with (B, T, H, W, C) uint8 frames: T = 1 + S * (segment_frames - 1), plus
+            N - 1 with N given context frames.
+        """
+        if isinstance(prompts, str) or len(prompts) < 1:
+            raise ValueError("a story needs a list of at least one prompt")
+        if num_videos < 1:
+            raise ValueError("nothing to generate: num_videos must be >= 1")
+        mode, order, gen, sampling, context = self._setup(mode, order, sampling, image, video, context_frames)
+        self.latent_frames(segment_frames)
+        if segment_frames < 1 + self.tokenizer.config.temporal_compression:
+            raise ValueError(f"segment_frames={segment_frames} adds no frames after the first segment")
+        frames = None if context is None else np.repeat(context[None], num_videos, axis=0)  # (B, N, H, W, 3)
+        ids, timings = [], {}
+        for k, prompt in enumerate(prompts):
+            cond = self.condition(gen, prompt, None, num_videos)
+            total = segment_frames if frames is None else frames.shape[1] + segment_frames - 1
+            out = self._roll(gen, cond, order=order, sampling=sampling, generator=generator, progress=progress,
+                             num_frames=total, context=frames,
+                             first_context_latents=default_overlap(gen.config.max_grid[0]) if k else None)  # fmt: skip
+            frames, ids = out.frames, [*ids, out.ids]
+            timings = {key: timings.get(key, 0.0) + v for key, v in out.timings.items()}
+        return VideoOutput(frames=frames, fps=self.config.fps, ids=torch.cat(ids, dim=1), timings=timings)
 
 
 def _repeat(items: list, batch: int) -> list:

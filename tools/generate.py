@@ -2,6 +2,9 @@
 
     python generate.py --prompt "a red circle moving left"
     python generate.py --label 5 --mode ar --order cube --num-videos 4 --out outputs/
+    python generate.py --image first.png --prompt "a red circle moving left"
+    python generate.py --video clip.mp4 --context-frames 5 --num-frames 33
+    python generate.py --prompt "a red circle moving left" --prompt "a red circle moving up" --segment-frames 17
 
 The work is :func:`pipelines.generate.generate_to_files`; this module parses and prints.
 """
@@ -23,11 +26,28 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """The command line of ``generate.py``; bad input raises :class:`core.cli.UsageError`."""
     p = CliParser(prog="generate.py", description="Generate a video from a text prompt or a class label.")
     what = p.add_mutually_exclusive_group()
-    what.add_argument("--prompt", help=f'text prompt (default "{DEFAULT_PROMPT}")')
+    what.add_argument(
+        "--prompt",
+        action="append",
+        help=f'text prompt (default "{DEFAULT_PROMPT}"); repeat it with --segment-frames for a story',
+    )
     what.add_argument("--label", "--class-id", dest="label", help="class id (or its exact class name)")
     p.add_argument("--mode", choices=["ar", "maskgit"], help="GPT-style or MaskGIT-style generator")
     p.add_argument("--order", choices=["token", "cube", "frame", "clip"], help="prediction units")
-    p.add_argument("--num-frames", type=int, help="frames (1 + k*ct); more than trained needs --order frame")
+    p.add_argument(
+        "--num-frames",
+        type=int,
+        help="total frames, context included (1 + k*ct); longer than trained is made window by window",
+    )
+    visual = p.add_mutually_exclusive_group()
+    visual.add_argument("--image", help="an image file to start from (image-to-video); resized and center-cropped")
+    visual.add_argument("--video", help="a video file to continue from its last --context-frames frames")
+    p.add_argument("--context-frames", type=int, help="frames of --video to continue from (1 + k*ct, e.g. 5)")
+    p.add_argument(
+        "--segment-frames",
+        type=int,
+        help="a story: frames of the first segment (1 + k*ct); each further --prompt adds one fewer",
+    )
     p.add_argument("--cfg", type=float, help="classifier-free guidance scale")
     p.add_argument("--steps", type=int, help="MaskGIT steps per unit")
     p.add_argument("--top-k", type=int)
@@ -48,7 +68,8 @@ def _main(argv: Sequence[str] | None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     made = generate_to_files(
-        args.prompt, args.label, out=args.out, model=args.model, num_videos=args.num_videos, mode=args.mode,
+        args.prompt, args.label, image=args.image, video=args.video, context_frames=args.context_frames,
+        segment_frames=args.segment_frames, out=args.out, model=args.model, num_videos=args.num_videos, mode=args.mode,
         order=args.order, num_frames=args.num_frames, seed=args.seed, gif=args.gif, device=parse_device(args.device),
         progress=not args.quiet,
         sampling={"cfg_scale": args.cfg, "steps": args.steps, "top_k": args.top_k, "top_p": args.top_p,
@@ -56,14 +77,22 @@ def _main(argv: Sequence[str] | None) -> int:
     )  # fmt: skip
     total = time.perf_counter() - start
     frames, timings = made.output.frames, made.output.timings
-    what = f"class {made.label}" if made.label is not None else f"prompt {args.prompt or DEFAULT_PROMPT!r}"
+    prompts = args.prompt or ([] if args.image or args.video else [DEFAULT_PROMPT])
+    what = "no prompt" if not prompts else "prompt " + " then ".join(map(repr, prompts))
+    what = f"class {made.label}" if made.label is not None else what
+    if args.image or args.video:
+        what += f", continuing {args.image or args.video}"
     print(
         f"generated {args.num_videos} video(s) for {what} with mode={made.mode}, order={made.order}: "
         f"{frames.shape[1]} frames of {frames.shape[3]}x{frames.shape[2]} at {made.output.fps:g} fps"
     )
     for path in made.written:
         print(f"wrote {path}")
-    print(f"time: {total:.2f} s total, {timings['sampling']:.2f} s sampling, {timings['decoding']:.2f} s decoding")
+    encoding = f", {timings['encoding']:.2f} s encoding context" if timings.get("encoding") else ""
+    print(
+        f"time: {total:.2f} s total, {timings['sampling']:.2f} s sampling, {timings['decoding']:.2f} s decoding"
+        + encoding
+    )
     return 0
 
 

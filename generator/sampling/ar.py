@@ -7,7 +7,7 @@ from tqdm import tqdm
 
 from generator.conditioning import Condition
 from generator.sampling.config import SamplingConfig
-from generator.sampling.context import DecodeContext, prepare_sampling
+from generator.sampling.context import DecodeContext, context_sequence, prepare_sampling
 from generator.sampling.filtering import sample_logits
 from generator.transformer import Generator
 
@@ -20,6 +20,7 @@ def sample_ar(
     grid: tuple[int, int, int],
     *,
     order: str = "token",
+    context: torch.Tensor | None = None,
     sampling: SamplingConfig | None = None,
     generator: torch.Generator | None = None,
     use_cache: bool = True,
@@ -27,15 +28,16 @@ def sample_ar(
 ) -> torch.Tensor:
     """Samples a (B, t, h, w) token grid autoregressively.
 
-    The condition prefix and the start token are prefilled in one pass; each later step feeds
-    one token. With ``t`` beyond the model's ``max_grid`` (orders 'token' and 'frame'), a
-    sliding window of latent frames keeps positions in the trained range.
+    The condition prefix, the start token and any context tokens are prefilled in one pass; each
+    later step feeds one token.
 
     Args:
         model: a generator with style "ar".
         cond: B-row condition.
         grid: (t, h, w) to generate.
         order: unit order ('token', 'cube' or 'frame'); must be one the model supports.
+        context: (B, t_c, h, w) ids of the first ``t_c`` latent frames to continue from (kept as
+            given in the result), or None; the order's units must not cross the context boundary.
         sampling: temperature, top-k/p and CFG settings (None: ``SamplingConfig()``).
         generator: RNG for sampling.
         use_cache: use the static KV cache (False recomputes the context every step).
@@ -46,19 +48,20 @@ def sample_ar(
     """
     sampling, layout = prepare_sampling(model, grid, order, sampling, "ar")
     B, L = cond.batch_size, layout.num_tokens
+    known, n_ctx = context_sequence(layout, context, B, whole_units=False)
     device = model.device
-    frame_tokens = grid[1] * grid[2]
-    max_tokens = 1 + min(L, model.config.max_grid[0] * frame_tokens)
-    ctx = DecodeContext(model, cond, sampling, max_tokens=max_tokens, use_cache=use_cache)
-    frame_of = layout.coords[:, 0].tolist()  # latent frame of each position, read once
+    ctx = DecodeContext(model, cond, sampling, max_tokens=1 + L, use_cache=use_cache)
     # inference_mode: no autograd bookkeeping in the ~L * depth * 20 small ops of the loop. The
     # returned grid is built outside it, so it is an ordinary tensor.
     with torch.inference_mode():
         seq = torch.empty(B, L, dtype=torch.long, device=device)
-        prev = torch.full((B, 1), model.config.start_id, dtype=torch.long, device=device)
-        prev_coords = torch.tensor([START_COORDS])
-        for i in tqdm(range(L), desc="sampling (ar)", disable=not progress, leave=False):
-            ctx.ensure_window(frame_of[i])
+        start = torch.full((B, 1), model.config.start_id, dtype=torch.long, device=device)
+        prev, prev_coords = start, torch.tensor([START_COORDS])
+        if n_ctx:  # the start token and the whole context in one prefill
+            seq[:, :n_ctx] = known[:, :n_ctx]
+            prev = torch.cat([start, seq[:, :n_ctx]], dim=1)
+            prev_coords = torch.cat([prev_coords, layout.coords[:n_ctx]])
+        for i in tqdm(range(n_ctx, L), desc="sampling (ar)", disable=not progress, leave=False):
             logits = ctx.logits(prev, prev_coords, keep=True, progress=i / L)[:, -1]
             seq[:, i] = sample_logits(logits, sampling, generator)
             prev, prev_coords = seq[:, i : i + 1], layout.coords[i : i + 1]

@@ -4,10 +4,12 @@ A sampler asks :meth:`DecodeContext.logits` for the logits of some new tokens gi
 everything generated so far. ``keep=True`` makes the new tokens part of the context (a GPT
 step, or a finished MaskGIT unit); ``keep=False`` only probes (a MaskGIT refinement step).
 With a cache only the new tokens are computed; without one the whole context is recomputed
-every call, which is the reference the cache is tested against. For videos longer than the
-model's ``max_grid`` in time, :meth:`ensure_window` slides a window of whole latent frames:
-older frames are dropped and the remaining ones re-based to time 0, so positions stay in the
-range the model was trained on.
+every call, which is the reference the cache is tested against.
+
+Samplers work on grids up to the model's ``max_grid``. Context tokens (the encoded frames a video
+continues from) fill the first latent frames of the grid: :func:`context_sequence` places them.
+Videos longer than ``max_grid`` are the pipeline's job: it continues from the last decoded frames,
+re-encoded as a fresh clip, so a later latent frame never sits in the first-frame slot.
 """
 
 from __future__ import annotations
@@ -47,6 +49,52 @@ def prepare_sampling(
     return sampling, make_layout(grid, order, model.config.cube_size)
 
 
+def context_sequence(
+    layout: UnitLayout, context: torch.Tensor | None, batch: int, *, whole_units: bool
+) -> tuple[torch.Tensor | None, int]:
+    """Places context tokens (the first latent frames of the grid) in sequence order.
+
+    Args:
+        layout: the grid's unit layout.
+        context: (B, t_c, h, w) token ids of the first ``t_c`` latent frames, or None.
+        batch: B, the condition's rows.
+        whole_units: the context must end at a unit boundary (MaskGIT units are decoded whole);
+            a single unit (order 'clip') instead keeps the context tokens fixed inside it.
+
+    Returns:
+        ``(seq, n)``: (B, L) ids in sequence order with the context in place (other positions
+        hold -1), and ``n``, the number of context positions; ``(None, 0)`` without context.
+        Except for order 'clip', the context positions are the first ``n`` of the sequence.
+
+    Raises:
+        ValueError: a context of the wrong shape, as long as the grid, or one the order cannot continue.
+    """
+    if context is None:
+        return None, 0
+    t, h, w = layout.grid
+    if context.ndim != 4 or context.shape[0] != batch or tuple(context.shape[2:]) != (h, w):
+        raise ValueError(f"context must be ({batch}, t_c, {h}, {w}) token ids, got {tuple(context.shape)}")
+    t_c = context.shape[1]
+    if not 1 <= t_c < t:
+        raise ValueError(f"context of {t_c} latent frames leaves nothing to generate in a grid of {t}")
+    full = torch.full((batch, *layout.grid), -1, dtype=torch.long, device=context.device)
+    full[:, :t_c] = context
+    seq = layout.to_sequence(full)  # (B, L)
+    known = layout.coords[:, 0] < t_c  # (L,)
+    n = int(known.sum())
+    if layout.num_units == 1:
+        if whole_units:
+            return seq, n
+        raise ValueError("a single-unit order cannot be continued token by token")
+    boundary = n == layout.num_tokens or int(layout.unit_of[n - 1]) != int(layout.unit_of[n])
+    if not bool(known[:n].all()) or (whole_units and not boundary):
+        raise ValueError(
+            f"order {layout.order!r} with units of {layout.unit} tokens cannot continue from {t_c} latent "
+            f"frames: its units cross the context boundary; use order 'frame'"
+        )
+    return seq, n
+
+
 class DecodeContext:
     """Generation state for one batch.
 
@@ -68,8 +116,6 @@ class DecodeContext:
         self.cond = cond.with_null() if self.guided else cond
         self.causal_inside = model.config.style == "ar"
         self.history: list[tuple[torch.Tensor, torch.Tensor]] = []  # kept (ids (rows, n), coords (n, 3))
-        self.window = model.config.max_grid[0]
-        self.t_shift = 0
         rows = 2 * self.batch if self.guided else self.batch
         self.cache = model.new_cache(rows, model.prefix_len + max_tokens) if use_cache else None
         self._inner_masks: dict[tuple[int, torch.device], torch.Tensor] = {}  # built once per unit size
@@ -80,14 +126,6 @@ class DecodeContext:
             mask = causal_mask(n, device) if self.causal_inside else torch.ones(n, n, dtype=torch.bool, device=device)
             self._inner_masks[key] = mask
         return self._inner_masks[key]
-
-    def _shifted(self, coords: torch.Tensor) -> torch.Tensor:
-        if self.t_shift == 0:
-            return coords
-        out = coords.clone()
-        real = out[:, 0] >= 0
-        out[real, 0] -= self.t_shift
-        return out
 
     def _history_mask(self, sizes: list[int], device: torch.device) -> torch.Tensor:
         chunk_of = torch.repeat_interleave(torch.arange(len(sizes), device=device), torch.tensor(sizes, device=device))
@@ -109,13 +147,13 @@ class DecodeContext:
         if self.cache is not None:
             start = self.cache.length
             mask = self._inner_mask(n, device)
-            out = self.model(rows, self.cond, self.cache, coords=self._shifted(coords), mask=mask)
+            out = self.model(rows, self.cond, self.cache, coords=coords, mask=mask)
             if not keep:
                 self.cache.rewind(start)
         else:
             chunks = [*self.history, (rows, coords)]
             all_ids = torch.cat([c[0] for c in chunks], dim=1)
-            all_coords = self._shifted(torch.cat([c[1] for c in chunks]))
+            all_coords = torch.cat([c[1] for c in chunks])
             mask = self._history_mask([c[0].shape[1] for c in chunks], device)
             out = self.model(all_ids, self.cond, None, coords=all_coords, mask=mask)[:, -n:]
         if keep:
@@ -125,29 +163,3 @@ class DecodeContext:
         cond_logits, null_logits = out.float().chunk(2)
         g = self.sampling.guidance(progress)
         return null_logits + g * (cond_logits - null_logits)
-
-    @torch.no_grad()
-    def ensure_window(self, t_max: int) -> None:
-        """Before generating tokens up to latent frame ``t_max``: slide the window if needed.
-
-        Keeps the last ``max_grid[0] - 1`` whole frames of context (plus start tokens), re-based
-        so the new frame sits at time ``max_grid[0] - 1``, and rebuilds the cache from them.
-        """
-        if t_max - self.t_shift < self.window:
-            return
-        self.t_shift = t_max - self.window + 1
-        kept = []
-        for ids, coords in self.history:
-            t = coords[:, 0]
-            if bool((t < 0).all()) or bool((t >= self.t_shift).all()):
-                kept.append((ids, coords))
-            elif bool((t >= self.t_shift).any()):
-                raise ValueError("the sliding window needs units that do not span frames (order 'frame' or 'token')")
-        self.history = kept
-        if self.cache is not None:
-            self.cache.reset()
-            if kept:
-                all_ids = torch.cat([c[0] for c in kept], dim=1)
-                all_coords = self._shifted(torch.cat([c[1] for c in kept]))
-                mask = self._history_mask([c[0].shape[1] for c in kept], all_ids.device)
-                self.model(all_ids, self.cond, self.cache, coords=all_coords, mask=mask)

@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from generator.conditioning import Condition
 from generator.sampling.config import SamplingConfig
-from generator.sampling.context import DecodeContext, prepare_sampling
+from generator.sampling.context import DecodeContext, context_sequence, prepare_sampling
 from generator.sampling.filtering import sample_logits
 from generator.schedules import num_masked_after_step
 from generator.transformer import Generator
@@ -26,6 +26,7 @@ def sample_maskgit(
     grid: tuple[int, int, int],
     *,
     order: str = "clip",
+    context: torch.Tensor | None = None,
     sampling: SamplingConfig | None = None,
     generator: torch.Generator | None = None,
     use_cache: bool = True,
@@ -38,6 +39,10 @@ def sample_maskgit(
         cond: B-row condition.
         grid: (t, h, w) to generate.
         order: 'token', 'cube', 'frame' or 'clip'; must be one the model supports.
+        context: (B, t_c, h, w) ids of the first ``t_c`` latent frames to continue from (kept as
+            given in the result), or None. Whole context units are committed to the cache before
+            the first free unit; order 'clip' keeps the context tokens unmasked inside its one
+            unit, as MAGVIT's frame prediction does.
         sampling: steps per unit, schedule, temperatures, top-k/p and CFG (None: ``SamplingConfig()``).
         generator: RNG for token draws and Gumbel noise.
         use_cache: cache completed units (False recomputes the context every step).
@@ -48,8 +53,9 @@ def sample_maskgit(
     """
     sampling, layout = prepare_sampling(model, grid, order, sampling, "maskgit")
     B, L = cond.batch_size, layout.num_tokens
+    known, n_ctx = context_sequence(layout, context, B, whole_units=True)
     device = model.device
-    max_tokens = min(L, model.config.max_grid[0] * grid[1] * grid[2])
+    max_tokens = L
     # A single unit (order 'clip') is never context for a later one: a cache would only be
     # written and rewound every step. Without it the step is one plain forward pass.
     use_cache = use_cache and layout.num_units > 1
@@ -60,9 +66,16 @@ def sample_maskgit(
     with torch.inference_mode():  # the grid returned is built outside it: an ordinary tensor
         seq = torch.empty(B, L, dtype=torch.long, device=device)
         for u, (a, b) in enumerate(layout.bounds):
-            n, coords = b - a, layout.coords[a:b]
-            ctx.ensure_window(int(coords[:, 0].max()))
-            cur = torch.full((B, n), mask_id, dtype=torch.long, device=device)
+            coords = layout.coords[a:b]
+            if b <= n_ctx and layout.num_units > 1:  # a whole context unit: committed as it is
+                seq[:, a:b] = known[:, a:b]
+                ctx.logits(seq[:, a:b], coords, keep=True, progress=u / layout.num_units)
+                bar.update(steps)
+                continue
+            cur = torch.full((B, b - a), mask_id, dtype=torch.long, device=device)
+            if known is not None:  # order 'clip': the context tokens are given, never masked
+                cur = torch.where(known[:, a:b] >= 0, known[:, a:b], cur)
+            n = int((cur[0] == mask_id).sum())  # tokens this unit generates
             for s in range(steps):
                 masked = cur == mask_id
                 num_masked = int(masked[0].sum())

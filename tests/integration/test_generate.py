@@ -66,10 +66,10 @@ def test_same_seed_same_frames_and_labels_work(model_dir):
     assert not torch.equal(a.ids, c.ids)
     out = pipe(labels=[0, 2], mode="ar", order="frame", generator=torch.Generator().manual_seed(0))
     assert out.frames.shape == (2, 9, 32, 32, 3) and out.ids.shape == (2, 3, 4, 4)
-    assert set(out.timings) == {"sampling", "decoding"}
+    assert set(out.timings) == {"sampling", "decoding", "encoding"} and out.timings["encoding"] == 0
 
 
-def test_long_video_by_frame_wise_extension(model_dir, tmp_path):
+def test_long_video_window_by_window(model_dir, tmp_path):
     out = tmp_path / "long.mp4"
     assert (
         main(
@@ -117,7 +117,7 @@ def test_bad_inputs_exit_2_with_one_line_and_no_file(model_dir, tmp_path):
     _one_error_line(run_cli(*base, "--label", "7"), "unknown class 7")
     _one_error_line(run_cli(*base, "--label", "purple star"), "unknown class 'purple star'")
     _one_error_line(run_cli(*base, "--num-frames", "8"), "num_frames=8 is not reachable")
-    _one_error_line(run_cli(*base, "--num-frames", "21", "--order", "clip"), "larger than the model's maximum")
+    _one_error_line(run_cli(*base, "--prompt", "a", "--prompt", "b"), "give --segment-frames")
     _one_error_line(run_cli(*base, "--mode", "ar", "--order", "clip"), "supports orders")
     _one_error_line(run_cli("--model", str(tmp_path / "missing"), "--out", str(out)), "does not exist")
     assert not out.exists()

@@ -1,0 +1,88 @@
+"""Visual context for a pipeline call: an image to animate, or the frames of a video to continue.
+
+Inputs are arrays or file paths. Frames are resized so they cover the model's frame size, keeping
+the aspect ratio, and center-cropped (:func:`core.video_io.resize_center_crop`, the same transform
+``tools/cache_tokens.py`` applies to training clips).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from core.video_io import read_video, resize_center_crop
+
+FrameSource = np.ndarray | str | os.PathLike
+
+
+def load_frames(source: FrameSource, what: str) -> np.ndarray:
+    """(T, H, W, 3) uint8 frames from an array or a video / image file.
+
+    Args:
+        source: (H, W, 3) or (T, H, W, 3) uint8 array, or a path.
+        what: "image" or "video", named in errors.
+
+    Raises:
+        ValueError: an unreadable, empty or wrongly shaped input.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        frames = read_video(source)
+    elif isinstance(source, np.ndarray):
+        frames = source[None] if source.ndim == 3 else source
+    else:
+        raise ValueError(f"{what} must be a uint8 array or a file path, got {type(source).__name__}")
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or 0 in frames.shape:
+        raise ValueError(f"{what} must be (H, W, 3) or (T, H, W, 3) uint8 RGB, got {frames.dtype} {frames.shape}")
+    return frames
+
+
+def context_frames(
+    image: FrameSource | None,
+    video: FrameSource | None,
+    num_context: int | None,
+    *,
+    temporal_compression: int,
+    size: tuple[int, int],
+) -> np.ndarray | None:
+    """The frames a generation continues from, at the model's size; None without visual context.
+
+    Args:
+        image: an image to animate (one context frame), or None.
+        video: a video whose last ``num_context`` frames are continued, or None.
+        num_context: context frames taken from ``video``: 1 + k * ``temporal_compression``.
+        temporal_compression: the tokenizer's ct.
+        size: the model's (H, W).
+
+    Returns:
+        (N, H, W, 3) uint8, or None.
+
+    Raises:
+        ValueError: both or neither source with ``num_context``, an N the tokenizer cannot encode
+            alone, or a video shorter than N.
+    """
+    ct = temporal_compression
+    if image is not None and video is not None:
+        raise ValueError("give an image or a video to continue, not both")
+    if image is not None:
+        if num_context not in (None, 1):
+            raise ValueError("an image is one context frame: leave context_frames unset")
+        frames, num_context = load_frames(image, "image"), 1
+        if frames.shape[0] != 1:
+            raise ValueError(f"image must be one frame, got {frames.shape[0]}")
+    elif video is not None:
+        if num_context is None:
+            raise ValueError(f"continuing a video needs context_frames (1 + k*{ct} frames, e.g. {1 + ct})")
+        frames = load_frames(video, "video")
+    else:
+        if num_context is not None:
+            raise ValueError("context_frames needs a video to take them from")
+        return None
+    if num_context < 1 or (num_context - 1) % ct:
+        raise ValueError(
+            f"context_frames={num_context} cannot be encoded on its own: the tokenizer needs 1 + k*{ct} frames "
+            f"(e.g. 1, {1 + ct}, {1 + 2 * ct})"
+        )
+    if frames.shape[0] < num_context:
+        raise ValueError(f"the video has {frames.shape[0]} frames, fewer than context_frames={num_context}")
+    return resize_center_crop(frames[-num_context:], size)  # (N, H, W, 3)

@@ -1,0 +1,127 @@
+"""Videos of any length, window by window: continuation by re-encoding the last decoded frames.
+
+A generator knows ``max_grid[0]`` latent frames. A longer video, or one that continues given
+frames, is made in windows: the last frames generated so far (or the frames given) are encoded
+by the frozen tokenizer as a fresh clip, so their first frame takes the tokenizer's first-frame
+slot that was made for a standalone frame, and the generator fills the rest of the window after
+that context. The new frames are decoded and appended, and the next window continues from them.
+A later latent frame is never re-based into the first-frame slot.
+
+    first window (no context)   [f0 | f1..f4 | f5..f8 | f9..f12 | f13..f16]   5 latents, 17 frames
+    next window                 re-encode the last 9 frames (3 latents) + generate 2 latents = 8 new frames
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from tokenizer import VideoTokenizer
+
+# sample(grid (t, h, w), context ids (B, t_c, h, w) or None) -> ids (B, t, h, w)
+SampleFn = Callable[[tuple[int, int, int], torch.Tensor | None], torch.Tensor]
+
+
+@dataclass
+class Rollout:
+    """Frames and tokens of a windowed generation.
+
+    Attributes:
+        frames: (B, T, H, W, 3) uint8; given context frames come back as given.
+        ids: (B, t, h, w) the first window's token grid followed by each later window's new latent frames.
+        timings: seconds spent "sampling", "decoding" and "encoding" (context).
+        windows: how many sampler calls made the video.
+    """
+
+    frames: np.ndarray
+    ids: torch.Tensor
+    timings: dict[str, float]
+    windows: int
+
+
+def default_overlap(max_latents: int) -> int:
+    """Context latents of a continuation window: about half the window, at least 1, leaving at least 1 new."""
+    return max(1, min(max_latents - 1, max_latents - max_latents // 2))
+
+
+def to_pixels(video: torch.Tensor) -> np.ndarray:
+    """(B, 3, T, H, W) in [-1, 1] -> (B, T, H, W, 3) uint8."""
+    pixels = (video.float().clamp(-1, 1).permute(0, 2, 3, 4, 1) + 1) * 127.5  # (B, T, H, W, 3)
+    return pixels.round().clamp(0, 255).to(torch.uint8).cpu().numpy()
+
+
+def to_video(frames: np.ndarray, like: torch.Tensor) -> torch.Tensor:
+    """(B, T, H, W, 3) uint8 -> (B, 3, T, H, W) in [-1, 1] on ``like``'s device and dtype."""
+    x = torch.from_numpy(np.ascontiguousarray(frames)).to(like.device).permute(0, 4, 1, 2, 3)  # (B, 3, T, H, W)
+    return (x.float() / 127.5 - 1.0).to(like.dtype)
+
+
+def roll_out(
+    sample: SampleFn,
+    tokenizer: VideoTokenizer,
+    *,
+    num_frames: int,
+    max_latents: int,
+    latent_hw: tuple[int, int],
+    batch: int,
+    context: np.ndarray | None = None,
+    first_context_latents: int | None = None,
+    overlap_latents: int | None = None,
+) -> Rollout:
+    """Generates ``num_frames`` frames, continuing ``context`` if given.
+
+    Args:
+        sample: the sampler, bound to its generator, condition, order and RNG.
+        tokenizer: the frozen tokenizer (encodes context, decodes windows).
+        num_frames: total frames, context included: 1 + k * ct.
+        max_latents: latent frames one window may hold (the generator's ``max_grid[0]``).
+        latent_hw: the token grid's (h, w).
+        batch: B.
+        context: (B, N, H, W, 3) uint8 frames to continue (N = 1 + j * ct), or None.
+        first_context_latents: most latents of ``context`` the first window reads (default: as many as
+            fit, ``max_latents - 1``); later windows read ``overlap_latents`` (default :func:`default_overlap`).
+
+    Returns:
+        the :class:`Rollout`.
+    """
+    ct = tokenizer.config.temporal_compression
+    like = next(tokenizer.parameters())
+    h, w = latent_hw
+    overlap = overlap_latents or default_overlap(max_latents)
+    timings = {"sampling": 0.0, "decoding": 0.0, "encoding": 0.0}
+    pieces: list[torch.Tensor] = []
+    windows = 0
+
+    def window(t: int, ctx: torch.Tensor | None) -> np.ndarray:
+        nonlocal windows
+        t0 = time.perf_counter()
+        ids = sample((t, h, w), ctx)
+        t1 = time.perf_counter()
+        frames = to_pixels(tokenizer.decode(ids, chunk_latents=None))  # (B, 1 + (t - 1) * ct, H, W, 3)
+        timings["sampling"] += t1 - t0
+        timings["decoding"] += time.perf_counter() - t1
+        pieces.append(ids if not pieces else ids[:, 0 if ctx is None else ctx.shape[1] :])  # later: new latents only
+        windows += 1
+        return frames
+
+    if context is None:
+        out = window(min(1 + (num_frames - 1) // ct, max_latents), None)
+        cap = overlap
+    else:
+        out = context
+        cap = first_context_latents or max_latents - 1
+    while out.shape[1] < num_frames:
+        t_c = min(1 + (out.shape[1] - 1) // ct, cap, max_latents - 1)
+        t_new = min(max_latents - t_c, (num_frames - out.shape[1]) // ct)
+        t0 = time.perf_counter()
+        clip = to_video(out[:, -(1 + (t_c - 1) * ct) :], like)  # the last frames, a fresh clip
+        ctx = tokenizer.encode(clip)  # (B, t_c, h, w)
+        timings["encoding"] += time.perf_counter() - t0
+        frames = window(t_c + t_new, ctx)
+        out = np.concatenate([out, frames[:, -t_new * ct :]], axis=1)
+        cap = overlap
+    return Rollout(frames=out[:, :num_frames], ids=torch.cat(pieces, dim=1).cpu(), timings=timings, windows=windows)

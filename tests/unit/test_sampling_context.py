@@ -1,0 +1,105 @@
+"""Samplers continuing from context tokens: kept as given, prefilled once, the same with and without a cache,
+and refused for orders whose units would cross the context boundary."""
+
+import pytest
+import torch
+
+from generator import Condition, make_layout
+from generator.sampling import DecodeContext, SamplingConfig, sample_ar, sample_maskgit
+from generator.sampling.context import context_sequence
+from tests.unit.test_generator import GRID, cond2, sampler, tiny
+
+CASES = [("ar", "token"), ("ar", "frame"), ("ar", "cube"), ("maskgit", "frame"), ("maskgit", "cube"),
+         ("maskgit", "token"), ("maskgit", "clip")]  # fmt: skip
+
+
+def context_ids(t_c: int) -> torch.Tensor:
+    return torch.randint(0, 64, (2, t_c, *GRID[1:]), generator=torch.Generator().manual_seed(7))
+
+
+@pytest.mark.parametrize("style,order", CASES)
+@pytest.mark.parametrize("t_c", [1, 2])
+def test_context_is_kept_and_cache_equals_recomputation(style, order, t_c):
+    m, ctx = tiny(style), context_ids(t_c)
+    sc = SamplingConfig(temperature=1.0, steps=3, cfg_scale=2.0, top_k=20)
+    kw = dict(order=order, context=ctx, sampling=sc)
+    a = sampler(style)(m, cond2(), GRID, generator=torch.Generator().manual_seed(3), **kw)
+    b = sampler(style)(m, cond2(), GRID, generator=torch.Generator().manual_seed(3), use_cache=False, **kw)
+    assert a.shape == (2, *GRID)
+    assert torch.equal(a[:, :t_c], ctx)  # the context comes back as given
+    assert torch.equal(a, b)  # the prefilled / committed context equals recomputing it every step
+
+
+@pytest.mark.parametrize("style,order", [("ar", "frame"), ("maskgit", "frame"), ("maskgit", "clip")])
+def test_generated_frames_depend_on_the_context(style, order):
+    """Different context tokens change what is generated after them (the context is read, not ignored)."""
+    m = tiny(style)
+    sc = SamplingConfig(temperature=0.0, steps=3)
+    outs = [
+        sampler(style)(
+            m, cond2(), GRID, order=order, context=c, sampling=sc, generator=torch.Generator().manual_seed(0)
+        )
+        for c in (context_ids(1), (context_ids(1) + 5) % 64)
+    ]
+    assert not torch.equal(outs[0][:, 1:], outs[1][:, 1:])
+
+
+def test_ar_prefills_the_context_in_one_pass():
+    """GPT-style: start token + every context token in one forward, then one forward per generated token."""
+    m, ctx = tiny("ar"), context_ids(2)
+    calls = []
+    original = DecodeContext.logits
+
+    def counting(self, ids, coords, *, keep, progress):
+        calls.append(ids.shape[1])
+        return original(self, ids, coords, keep=keep, progress=progress)
+
+    DecodeContext.logits = counting
+    try:
+        sample_ar(m, cond2(), GRID, order="frame", context=ctx, generator=torch.Generator().manual_seed(0))
+    finally:
+        DecodeContext.logits = original
+    per_frame = GRID[1] * GRID[2]
+    assert calls[0] == 1 + 2 * per_frame and calls[1:] == [1] * (per_frame - 1)
+
+
+def test_ar_with_context_equals_teacher_forced_greedy_decoding():
+    """Greedy continuation equals the argmax of a full forward pass over the result: each generated token is the
+    most likely one given the condition, the context and the tokens before it."""
+    m, ctx = tiny("ar"), context_ids(1)
+    lay = make_layout(GRID, "frame")
+    got = sample_ar(
+        m, cond2(), GRID, order="frame", context=ctx, sampling=SamplingConfig(temperature=0.0, cfg_scale=1.0)
+    )
+    seq = lay.to_sequence(got)
+    start = torch.full((2, 1), m.config.start_id)
+    coords = torch.cat([torch.tensor([[-1, -1, -1]]), lay.coords[:-1]])
+    L = lay.num_tokens
+    mask = torch.ones(L, L, dtype=torch.bool).tril()
+    with torch.no_grad():
+        logits = m(torch.cat([start, seq[:, :-1]], 1), cond2(), coords=coords, mask=mask)
+    pred = logits.argmax(-1)
+    free = slice(GRID[1] * GRID[2], L)
+    assert torch.equal(pred[:, free], seq[:, free])
+
+
+def test_orders_that_cannot_take_the_context_are_refused():
+    lay = make_layout((4, 4, 4), "cube", (2, 2, 2))
+    with pytest.raises(ValueError, match="cross the context boundary"):
+        context_sequence(lay, torch.zeros(1, 1, 4, 4, dtype=torch.long), 1, whole_units=True)
+    assert context_sequence(lay, torch.zeros(1, 2, 4, 4, dtype=torch.long), 1, whole_units=True)[1] == 32
+    clip = make_layout(GRID, "clip")
+    with pytest.raises(ValueError, match="single-unit order"):
+        context_sequence(clip, torch.zeros(1, 1, 4, 4, dtype=torch.long), 1, whole_units=False)
+
+
+@pytest.mark.parametrize("bad", [(2, 3, 4, 4), (2, 1, 4, 3), (1, 1, 4, 4), (2, 0, 4, 4)])
+def test_bad_context_shapes_are_refused(bad):
+    with pytest.raises(ValueError, match="context"):
+        sample_maskgit(tiny("maskgit"), cond2(), GRID, order="frame", context=torch.zeros(bad, dtype=torch.long))
+
+
+def test_context_of_a_single_condition_row():
+    m = tiny("maskgit")
+    out = sample_maskgit(m, Condition(labels=torch.tensor([1])), GRID, order="frame", context=context_ids(1)[:1])
+    assert out.shape == (1, *GRID)
