@@ -38,8 +38,8 @@ def load_frames(source: FrameSource, what: str) -> np.ndarray:
 
 
 def context_frames(
-    image: FrameSource | None,
-    video: FrameSource | None,
+    image: FrameSource | list[FrameSource] | None,
+    video: FrameSource | list[FrameSource] | None,
     num_context: int | None,
     *,
     temporal_compression: int,
@@ -48,36 +48,54 @@ def context_frames(
     """The frames a generation continues from, at the model's size; None without visual context.
 
     Args:
-        image: an image to animate (one context frame), or None.
-        video: a video whose last ``num_context`` frames are continued, or None.
-        num_context: context frames taken from ``video``: 1 + k * ``temporal_compression``.
+        image: an image to animate (one context frame), a list of one per video, or None.
+        video: a video whose last ``num_context`` frames are continued, a list of one per video, or None.
+        num_context: context frames taken from each video: 1 + k * ``temporal_compression``.
         temporal_compression: the tokenizer's ct.
         size: the model's (H, W).
 
     Returns:
-        (N, H, W, 3) uint8, or None.
+        (R, N, H, W, 3) uint8 with R = 1, or R = the length of the list given; or None.
 
     Raises:
         ValueError: both or neither source with ``num_context``, an N the tokenizer cannot encode
             alone, or a video shorter than N.
     """
-    ct = temporal_compression
     if image is not None and video is not None:
         raise ValueError("give an image or a video to continue, not both")
+    source = image if image is not None else video
+    if source is None:
+        if num_context is not None:
+            raise ValueError("context_frames needs a video to take them from")
+        return None
+    rows = source if isinstance(source, list) else [source]
+    if not rows:
+        raise ValueError("the list of context images or videos is empty")
+    kw = dict(temporal_compression=temporal_compression, size=size)
+    return np.stack([_one_context(r if image is not None else None, r if video is not None else None,
+                                  num_context, **kw) for r in rows])  # fmt: skip
+
+
+def _one_context(
+    image: FrameSource | None,
+    video: FrameSource | None,
+    num_context: int | None,
+    *,
+    temporal_compression: int,
+    size: tuple[int, int],
+) -> np.ndarray:
+    """(N, H, W, 3) context frames of one image or video (see :func:`context_frames`)."""
+    ct = temporal_compression
     if image is not None:
         if num_context not in (None, 1):
             raise ValueError("an image is one context frame: leave context_frames unset")
         frames, num_context = load_frames(image, "image"), 1
         if frames.shape[0] != 1:
             raise ValueError(f"image must be one frame, got {frames.shape[0]}")
-    elif video is not None:
+    else:
         if num_context is None:
             raise ValueError(f"continuing a video needs context_frames (1 + k*{ct} frames, e.g. {1 + ct})")
         frames = load_frames(video, "video")
-    else:
-        if num_context is not None:
-            raise ValueError("context_frames needs a video to take them from")
-        return None
     if num_context < 1 or (num_context - 1) % ct:
         raise ValueError(
             f"context_frames={num_context} cannot be encoded on its own: the tokenizer needs 1 + k*{ct} frames "

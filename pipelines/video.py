@@ -286,8 +286,10 @@ class VideoPipeline:
             prompt: one prompt, or one per video.
             labels: one class id, or one per video. With neither prompt nor labels the video is
                 unconditional (the null condition of classifier-free guidance).
-            image: (H, W, 3) uint8 array or an image file: the first frame (image-to-video).
-            video: (T, H, W, 3) uint8 array or a video file whose last ``context_frames`` frames are continued.
+            image: (H, W, 3) uint8 array or an image file: the first frame (image-to-video); or a
+                list of one per video.
+            video: (T, H, W, 3) uint8 array or a video file whose last ``context_frames`` frames are
+                continued; or a list of one per video.
             context_frames: frames taken from ``video``: 1 + k*ct (the tokenizer encodes them as a clip).
             mode: "ar" or "maskgit" (default from the config).
             order: "token", "cube", "frame" or "clip" (default from the config); an order whose units
@@ -309,9 +311,9 @@ class VideoPipeline:
         mode, order, gen, sampling, context = self._setup(mode, order, sampling, image, video, context_frames)
         num_frames = self.config.num_frames if num_frames is None else num_frames
         self.latent_frames(num_frames)  # validates 1 + k*ct
-        if context is not None and context.shape[0] >= num_frames:
+        if context is not None and context.shape[1] >= num_frames:
             raise ValueError(
-                f"{context.shape[0]} context frames leave nothing to generate: num_frames ({num_frames}) "
+                f"{context.shape[1]} context frames leave nothing to generate: num_frames ({num_frames}) "
                 "is the total length and must be larger"
             )
         given = prompt if prompt is not None else labels
@@ -321,7 +323,7 @@ class VideoPipeline:
         cond = self.condition(gen, prompt, labels, batch)
         if given is None:  # guidance between two null conditions changes nothing: skip the second pass
             sampling = replace(sampling, cfg_scale=1.0)
-        ctx = None if context is None else np.repeat(context[None], batch, axis=0)  # (B, N, H, W, 3)
+        ctx = None if context is None else _rows(context, batch)  # (B, N, H, W, 3)
         out = self._roll(gen, cond, order=order, sampling=sampling, generator=generator, progress=progress,
                          num_frames=num_frames, context=ctx)  # fmt: skip
         return VideoOutput(frames=out.frames, fps=self.config.fps, ids=out.ids, timings=out.timings)
@@ -367,7 +369,7 @@ class VideoPipeline:
         self.latent_frames(segment_frames)
         if segment_frames < 1 + self.tokenizer.config.temporal_compression:
             raise ValueError(f"segment_frames={segment_frames} adds no frames after the first segment")
-        frames = None if context is None else np.repeat(context[None], num_videos, axis=0)  # (B, N, H, W, 3)
+        frames = None if context is None else _rows(context, num_videos)  # (B, N, H, W, 3)
         ids, timings = [], {}
         for k, prompt in enumerate(prompts):
             cond = self.condition(gen, prompt, None, num_videos)
@@ -378,6 +380,15 @@ class VideoPipeline:
             frames, ids = out.frames, [*ids, out.ids]
             timings = {key: timings.get(key, 0.0) + v for key, v in out.timings.items()}
         return VideoOutput(frames=frames, fps=self.config.fps, ids=torch.cat(ids, dim=1), timings=timings)
+
+
+def _rows(context: np.ndarray, batch: int) -> np.ndarray:
+    """(R, N, H, W, 3) context -> (batch, N, H, W, 3): one context for every video, or one each."""
+    if context.shape[0] == batch:
+        return context
+    if context.shape[0] == 1:
+        return np.repeat(context, batch, axis=0)
+    raise ValueError(f"got {context.shape[0]} images/videos for {batch} videos")
 
 
 def _repeat(items: list, batch: int) -> list:

@@ -11,9 +11,10 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from core.cli import CliParser, run_cli
+from core.cli import CliParser, UsageError, run_cli
 from pipelines import DEFAULT_MODEL_DIR
 from videoeval.adherence import evaluate_adherence
+from videoeval.conditioning import TASKS, conditioning_report
 
 
 def _main(argv: Sequence[str] | None) -> int:
@@ -52,22 +53,41 @@ def _main(argv: Sequence[str] | None) -> int:
         help="a shapes manifest (.jsonl): also judge the tokenizer's reconstructions of its clips",
     )
     p.add_argument("--recon-videos", type=int, default=240, help="clips of --recon-data to reconstruct")
+    p.add_argument(
+        "--tasks", default="prompts",
+        help="comma-separated: prompts (adherence), and the visual-conditioning tasks continuation, image, long, story",
+    )  # fmt: skip
+    p.add_argument("--conditioning-videos", type=int, default=72, help="videos per visual-conditioning task row")
     p.add_argument("--out", required=True, help="report folder")
     args = p.parse_args(argv)
-    summary = evaluate_adherence(
-        args.model, args.out, num_videos=args.num_videos, holdout_videos=args.holdout_videos,
-        modes=[m for m in args.modes.split(",") if m], orders=[o for o in args.orders.split(",") if o],
-        holdout=args.holdout, batch=args.batch, seed=args.seed, recon_data=args.recon_data,
-        recon_videos=args.recon_videos,
-        sampling={"steps": args.steps, "cfg_scale": args.cfg, "temperature": args.temperature,
-                  "choice_temperature": args.choice_temperature},
-    )  # fmt: skip
-    for key, s in summary.items():
-        print(
-            f"{key:40s} n={s['n']:4d}  all={s['all']:.1%}  color={s['color']:.1%}  shape={s['shape']:.1%}  "
-            f"motion={s['motion']:.1%}"
-        )
-    print(f"wrote {args.out}/report.md")
+    tasks = [t for t in args.tasks.split(",") if t]
+    unknown = sorted(set(tasks) - {"prompts", *TASKS})
+    if unknown or not tasks:
+        raise UsageError(f"unknown --tasks {unknown}; choose from prompts, {', '.join(TASKS)}")
+    modes, orders = [m for m in args.modes.split(",") if m], [o for o in args.orders.split(",") if o]
+    if "prompts" in tasks:
+        summary = evaluate_adherence(
+            args.model, args.out, num_videos=args.num_videos, holdout_videos=args.holdout_videos, modes=modes,
+            orders=orders, holdout=args.holdout, batch=args.batch, seed=args.seed, recon_data=args.recon_data,
+            recon_videos=args.recon_videos,
+            sampling={"steps": args.steps, "cfg_scale": args.cfg, "temperature": args.temperature,
+                      "choice_temperature": args.choice_temperature},
+        )  # fmt: skip
+        for key, s in summary.items():
+            print(
+                f"{key:40s} n={s['n']:4d}  all={s['all']:.1%}  color={s['color']:.1%}  shape={s['shape']:.1%}  "
+                f"motion={s['motion']:.1%}"
+            )
+        print(f"wrote {args.out}/report.md")
+    visual = [t for t in tasks if t != "prompts"]
+    if visual:
+        summary = conditioning_report(args.model, args.out, tasks=visual, modes=modes, orders=orders,
+                                      num_videos=args.conditioning_videos, batch=args.batch)  # fmt: skip
+        for key, s in summary.items():
+            print(
+                f"{key:40s} " + "  ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in s.items())
+            )
+        print(f"wrote {args.out}/conditioning.md")
     return 0
 
 

@@ -367,3 +367,47 @@ def analyze(frames: np.ndarray) -> Analysis:
         corner=float(np.median(f["corner"][valid])), bottom=float(np.median(f["bottom"][valid])),
         size=float(np.sqrt(np.median(f["area"][valid]))), displacement=disp,
     )  # fmt: skip
+
+
+def track(frames: np.ndarray) -> np.ndarray:
+    """The object's centroid (x, y) in px in every frame, NaN where no plausible object was found.
+
+    Coordinates are continuous: pixel i spans [i, i + 1), as in :mod:`videodata.shapes.render`.
+
+    Args:
+        frames: (T, H, W, 3) uint8 RGB.
+
+    Returns:
+        (T, 2) float64.
+    """
+    _check_frames(frames)
+    f = _frame_features(frames)
+    xy = np.stack([f["cx"], f["cy"]], axis=1)  # (T, 2)
+    xy[~f["valid"]] = np.nan
+    return xy
+
+
+def count_objects(frames: np.ndarray) -> np.ndarray:
+    """How many separate colored blobs of at least ``MIN_AREA`` of the frame stand out in each frame.
+
+    A blob is a 4-connected region whose chroma exceeds the frame's median by ``MIN_CONTRAST``.
+    One object gives 1; a phantom (a second shape, or specks of another color) gives more.
+
+    Args:
+        frames: (T, H, W, 3) uint8 RGB.
+
+    Returns:
+        (T,) int64 counts.
+    """
+    _check_frames(frames)
+    T, H, W, _ = frames.shape
+    f = frames.astype(np.int16)
+    chroma = f.max(axis=-1) - f.min(axis=-1)  # (T, H, W)
+    background = np.median(chroma.reshape(T, -1), axis=1)  # (T,)
+    labels = _components(chroma >= background[:, None, None] + MIN_CONTRAST)  # (T, H, W)
+    min_px = max(2.0, MIN_AREA * H * W)
+    counts = np.zeros(T, dtype=np.int64)
+    for t in range(T):
+        sizes = np.bincount(labels[t].reshape(-1))[1:]  # pixels per label id (0 = background)
+        counts[t] = int((sizes >= min_px).sum())
+    return counts
