@@ -1,0 +1,38 @@
+"""tools/eval_video.py in frame-prediction form, end to end: a model's own continuations of 5 real context
+frames, scored by FVD against the true clips (quick preset with 5 context frames and a stand-in I3D; the k600
+preset fixes 5 context frames itself and runs the same code)."""
+
+import json
+
+import numpy as np
+
+from core.video_io import read_video, resize_center_crop, write_video
+from tests.helpers.tiny_pipeline import make_tiny_pipeline
+from tests.unit.test_eval_video import save_stand_in
+from tools.eval_video import main
+from videoeval.conditioning import fresh_clips
+
+
+def test_predict_then_fvd(tmp_path, capsys):
+    model = make_tiny_pipeline(tmp_path / "model")  # 32x32 frames, ct = 4
+    real = tmp_path / "real"
+    for i, (_, frames) in enumerate(fresh_clips(4)):
+        write_video(real / f"clip_{i}.mp4", frames, fps=8)
+    pred = tmp_path / "pred"
+    assert main(["predict", "--model", str(model), "--real", str(real), "--protocol", "quick", "--num-videos", "4",
+                 "--context-frames", "5", "--out", str(pred), "--batch-size", "2"]) == 0  # fmt: skip
+    assert "4 predicted clips (5 context + 11 predicted frames)" in capsys.readouterr().out
+    for i in range(4):
+        got, truth = read_video(pred / f"clip_{i}.mp4"), read_video(real / f"clip_{i}.mp4")
+        assert got.shape == (16, 32, 32, 3)  # the protocol's 16 frames, at the model's size
+        context = resize_center_crop(truth[:5], (32, 32)).astype(int)
+        assert np.abs(got[:5].astype(int) - context).mean() < 6  # the real context frames, through mp4
+    i3d = save_stand_in(tmp_path / "i3d.pt")
+    report = tmp_path / "fvd.json"
+    assert main(["fvd", "--real", str(real), "--fake", str(pred), "--protocol", "quick", "--num-videos", "4",
+                 "--i3d", str(i3d), "--json", str(report)]) == 0  # fmt: skip
+    data = json.loads(report.read_text())
+    assert data["protocol"]["name"].startswith("quick") and data["fvd"] >= 0 and data["fake"]
+    assert main(["predict", "--model", str(model), "--real", str(tmp_path / "none"), "--protocol", "quick",
+                 "--out", str(pred)]) == 2  # fmt: skip
+    assert "error:" in capsys.readouterr().err

@@ -1,0 +1,82 @@
+"""The visual-conditioning evaluation's measuring pieces, on rendered clips whose truth is known."""
+
+import math
+
+import numpy as np
+import pytest
+
+from videodata.shapes.render import NUM_CLASSES, attributes_of
+from videoeval.conditioning import (
+    EVAL_SEED,
+    _start_error,
+    as_received,
+    fresh_clips,
+    mark_context,
+    summarize_task,
+    true_centroids,
+)
+from videoeval.shapes_analyzer import count_objects, track
+
+
+@pytest.fixture(scope="module")
+def clips():
+    return fresh_clips(12)  # red circles, squares and triangles in all four directions
+
+
+def test_fresh_clips_cycle_through_every_class_from_an_unused_seed(clips):
+    assert EVAL_SEED != 0  # the training set is rendered with seed 0
+    assert [s.label for s, _ in clips] == list(range(12))
+    assert [s.label for s, _ in fresh_clips(NUM_CLASSES + 1)][-1] == 0
+    assert all(f.shape == (17, 64, 64, 3) and f.dtype == np.uint8 for _, f in clips)
+
+
+def test_true_centroids_match_what_the_analyzer_measures(clips):
+    """The ground-truth trajectory (box center, a triangle's centroid h/6 lower) and the analyzer's
+    centroid agree to a fraction of a pixel on the rendered truth, so a px error measures the model."""
+    for spec, frames in clips:
+        err = np.hypot(*(track(frames) - true_centroids(spec)).T)
+        assert err.max() < 0.5, (spec.shape, err.max())
+    assert any(s.shape == "triangle" for s, _ in clips)
+
+
+def test_start_error_is_small_on_the_truth_and_large_when_shifted(clips):
+    spec, frames = clips[0]
+    assert _start_error(frames, true_centroids(spec)[0]) < 0.5
+    shifted = true_centroids(spec)[0] + np.array([3.0, 4.0])
+    assert abs(_start_error(frames, shifted) - 5.0) < 0.5
+
+
+def test_one_object_counts_once_and_a_pasted_second_counts_twice(clips):
+    _, frames = clips[1]
+    assert (count_objects(frames) == 1).all()
+    other = np.roll(frames, 32, axis=(1, 2))
+    assert (count_objects(np.maximum(frames, other)) >= 2).all()
+
+
+def test_videos_are_judged_after_an_mp4_round_trip(clips):
+    frames = np.stack([f for _, f in clips[:2]])
+    back = as_received(frames, fps=8)
+    assert back.shape == frames.shape and back.dtype == np.uint8
+    assert 0 < np.abs(back.astype(int) - frames).mean() < 3  # lossy, but close
+
+
+def test_context_frames_are_framed_and_the_rest_untouched(clips):
+    _, frames = clips[0]
+    marked = mark_context(frames, 5)
+    assert (marked[:5, 0, :] == [255, 220, 0]).all() and np.array_equal(marked[5:], frames[5:])
+
+
+def test_summaries_count_every_row():
+    rows = [{"right": True, "center_error_px": 1.0, "psnr": 30.0, "recon_psnr": 32.0},
+            {"right": False, "center_error_px": float("nan"), "psnr": 20.0, "recon_psnr": 31.0}]  # fmt: skip
+    s = summarize_task("continuation/prompt", rows)
+    assert s["n"] == 2 and s["attributes_equal"] == 0.5 and s["center_missing"] == 1 and s["center_median_px"] == 1.0
+    long = [{"windows": 3, "visible": 2, "right": 1, "second_object": True},
+            {"windows": 3, "visible": 0, "right": 0, "second_object": False}]  # fmt: skip
+    s = summarize_task("long/33", long)
+    assert s["windows_right"] == 0.5 and s["second_object"] == 0.5 and s["visible_windows"] == 2
+    story = [{"direction_right": [True, False], "kept": True}, {"direction_right": [True, True], "kept": True}]
+    s = summarize_task("story/2", story)
+    assert s["direction_right"] == 0.75 and s["kept"] == 1.0 and s["all_right"] == 0.5
+    assert math.isnan(summarize_task("image", [{"right": True, "start_error_px": float("nan")}])["start_median_px"])
+    assert attributes_of(0)  # the class table the clips cycle through

@@ -1,0 +1,88 @@
+"""Frame prediction for FVD: a model's own continuations of real clips, written where ``eval_video fvd`` reads them.
+
+A prediction protocol (``context_frames > 0``: ``k600``, and ``quick`` for smoke runs) gives the
+model the first ``context_frames`` frames of each real clip (read with the protocol's stride) and
+asks for the rest; FVD then compares the predicted clips, context included, with the true ones:
+
+    python tools/eval_video.py predict --model DIR --real REAL --protocol k600 --out PRED
+    python tools/eval_video.py fvd --real REAL --fake PRED --protocol k600 --i3d i3d_torchscript.pt
+
+For Kinetics-600 (MAGVIT's and Phenaki's setting) that is 5 context frames + 11 predicted at 64x64,
+over the test split, with the widely used ``i3d_torchscript.pt`` supplied by the user.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from core.video_io import write_video
+from pipelines import VideoPipeline
+from videoeval.fvd import PROTOCOLS, FVDProtocol
+from videoeval.sources import find_videos
+
+
+def predict_continuations(
+    model: str | os.PathLike,
+    real: str | os.PathLike,
+    out: str | os.PathLike,
+    protocol: FVDProtocol | str,
+    *,
+    context_frames: int | None = None,
+    num_videos: int | None = None,
+    mode: str | None = None,
+    order: str | None = None,
+    prompt: str | None = None,
+    batch: int = 8,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+) -> dict[str, Any]:
+    """Writes ``out/<relative path>.mp4`` for the first ``num_videos`` real clips: context + prediction.
+
+    Args:
+        model: pipeline directory.
+        real: folder of real videos (:func:`videoeval.sources.find_videos`).
+        out: folder for the predicted clips (same relative paths, .mp4).
+        protocol: a prediction preset (or its name); fixes frames, stride and context.
+        context_frames: override the protocol's context (it must be 1 + k*ct for the tokenizer).
+        num_videos: clips to predict (default: the protocol's count, or all when fewer exist).
+        mode / order: generator mode and order (defaults from the model).
+        prompt: a prompt for every clip; None predicts unconditionally from the frames alone.
+        batch: clips per pipeline call.
+        seed: sampling seed of the first batch (later batches add their offset).
+        device: where the pipeline runs.
+
+    Returns:
+        A JSON-ready summary: protocol name, counts, frames, and the folder written.
+
+    Raises:
+        ValueError: a protocol without context, a context the tokenizer cannot encode alone, too few
+            or unreadable real clips.
+    """
+    protocol = PROTOCOLS[protocol] if isinstance(protocol, str) else protocol
+    num_context = context_frames if context_frames is not None else protocol.context_frames
+    if num_context < 1:
+        raise ValueError(f"protocol {protocol.name!r} has no context frames: give --context-frames")
+    sources = find_videos(real)
+    count = min(num_videos or protocol.num_videos, len(sources))
+    if count < 1:
+        raise ValueError(f"no videos found under {str(real)!r}")
+    pipe = VideoPipeline.from_pretrained(model).to(device)
+    ct = pipe.tokenizer.config.temporal_compression
+    total = 1 + -(-(protocol.num_frames - 1) // ct) * ct  # the first 1 + k*ct >= num_frames
+    out = Path(out)
+    real = Path(real)
+    for start in range(0, count, batch):
+        chunk = sources[start : start + batch]
+        clips = [s.read(num_frames=num_context, stride=protocol.frame_stride) for s in chunk]  # (N, H, W, 3) each
+        got = pipe(
+            prompt, video=clips, context_frames=num_context, num_frames=total, num_videos=len(chunk), mode=mode,
+            order=order, generator=torch.Generator(device=pipe.device).manual_seed(seed + start),
+        )  # fmt: skip
+        for source, frames in zip(chunk, got.frames):
+            write_video(out / f"{source.key(real)}.mp4", frames[: protocol.num_frames], fps=got.fps)
+    return {"protocol": protocol.name, "videos": count, "context_frames": num_context,
+            "num_frames": protocol.num_frames, "out": str(out)}  # fmt: skip
