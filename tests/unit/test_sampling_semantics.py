@@ -1,0 +1,130 @@
+"""Sampling semantics pinned exactly, each test failing for the bug it names:
+top-k / top-p keep the right token sets; MaskGIT re-masks the *least* confident tokens with Gumbel noise
+scaled by the *annealed* choice temperature; guidance at scale 1 is the conditional model and at scale g is
+null + g (cond - null); the 3D RoPE makes attention scores depend on relative position only."""
+
+import math
+
+import pytest
+import torch
+
+from generator import Condition
+from generator.layers import Rope3d
+from generator.sampling import DecodeContext, SamplingConfig, sample_maskgit
+from generator.sampling.filtering import filter_logits
+from generator.schedules import num_masked_after_step
+from tests.unit.test_generator import cond2, tiny
+
+
+def kept(logits: torch.Tensor) -> set[int]:
+    return set(torch.isfinite(logits).nonzero().flatten().tolist())
+
+
+def test_top_k_keeps_exactly_the_k_largest():
+    logits = torch.tensor([0.3, 2.0, -1.0, 1.5, 0.9, -0.2])
+    assert kept(filter_logits(logits, top_k=1)) == {1}
+    assert kept(filter_logits(logits, top_k=3)) == {1, 3, 4}
+    assert kept(filter_logits(logits, top_k=0)) == set(range(6))  # 0 = off
+    batch = torch.stack([logits, -logits])  # per row
+    out = filter_logits(batch, top_k=2)
+    assert kept(out[0]) == {1, 3} and kept(out[1]) == {2, 5}
+
+
+def test_top_p_keeps_the_smallest_prefix_that_reaches_p():
+    probs = torch.tensor([0.15, 0.5, 0.05, 0.3])  # sorted: 1 (0.5), 3 (0.3), 0 (0.15), 2 (0.05)
+    logits = probs.log()
+    assert kept(filter_logits(logits, top_p=0.5)) == {1}  # 0.5 already reaches 0.5
+    assert kept(filter_logits(logits, top_p=0.79)) == {1, 3}
+    assert kept(filter_logits(logits, top_p=0.81)) == {0, 1, 3}
+    assert kept(filter_logits(logits, top_p=0.999)) == {0, 1, 2, 3}
+    assert kept(filter_logits(logits, top_p=1e-6)) == {1}  # the top token always stays
+    assert kept(filter_logits(logits, top_k=3, top_p=0.7)) == {1, 3}  # both filters apply
+
+
+def _fixed_logits(monkeypatch, conf: torch.Tensor, vocab: int = 64) -> list[torch.Tensor]:
+    """Makes every MaskGIT probe return the same logits: token 0 wins at every position, with a log-probability
+    that grows with ``conf`` (token 1 trails it by ``conf``); records the ids each probe was given."""
+    seen = []
+
+    def logits(self, ids, coords, *, keep, progress):
+        if not keep:
+            seen.append(ids.clone())
+        out = torch.full((ids.shape[0], ids.shape[1], vocab), -30.0)
+        out[:, :, 0] = 0.0
+        out[:, :, 1] = -conf
+        return out
+
+    monkeypatch.setattr(DecodeContext, "logits", logits)
+    return seen
+
+
+def test_maskgit_remasks_the_least_confident_tokens(monkeypatch):
+    n = 16  # one frame of the tiny grid (4 x 4)
+    conf = torch.randperm(n, generator=torch.Generator().manual_seed(0)).float() / 4  # distinct, in [0, 3.75]
+    seen = _fixed_logits(monkeypatch, conf)
+    sc = SamplingConfig(temperature=0.0, steps=2, choice_temperature=0.0, cfg_scale=1.0)
+    sample_maskgit(tiny("maskgit"), cond2(), (1, 4, 4), order="frame", sampling=sc)
+    k = num_masked_after_step(0, 2, n)
+    still = (seen[1][0] == tiny("maskgit").config.mask_id).nonzero().flatten()
+    assert 0 < k < n and set(still.tolist()) == set(conf.argsort()[:k].tolist())
+
+
+@pytest.mark.parametrize("choice_temperature", [0.5, 1.0, 2.0])
+def test_gumbel_noise_is_scaled_by_the_annealed_choice_temperature(monkeypatch, choice_temperature):
+    """With fixed uniforms u the noise is -log(-log u); at step s of S its scale is c (1 - (s + 1) / S). The
+    re-masked set after step 0 is the k lowest of conf + c/2 * g: neither the noiseless nor the un-annealed
+    ranking (c * g), which differ from it for these draws."""
+    n, steps = 16, 2
+    g = torch.Generator().manual_seed(32)  # draws for which the three rankings differ at these scales
+    conf = torch.rand(n, generator=g) * 3
+    u = torch.rand(2, n, generator=g).clamp(1e-3, 1 - 1e-3)  # the uniforms the sampler will draw
+    seen = _fixed_logits(monkeypatch, conf)
+    monkeypatch.setattr(torch, "rand", lambda *a, **kw: u)
+    sc = SamplingConfig(temperature=0.0, steps=steps, choice_temperature=choice_temperature, cfg_scale=1.0)
+    sample_maskgit(tiny("maskgit"), cond2(), (1, 4, 4), order="frame", sampling=sc)
+    logits = torch.full((n, 64), -30.0)
+    logits[:, 0], logits[:, 1] = 0.0, -conf
+    log_p = torch.log_softmax(logits, -1)[:, 0]
+    gumbel = -torch.log(-torch.log(u[0]))
+    k = num_masked_after_step(0, steps, n)
+    expected = set((log_p + choice_temperature * 0.5 * gumbel).argsort()[:k].tolist())
+    still = set((seen[1][0] == tiny("maskgit").config.mask_id).nonzero().flatten().tolist())
+    assert still == expected
+    assert expected != set(log_p.argsort()[:k].tolist())  # the test can tell "no noise"
+    assert expected != set((log_p + choice_temperature * gumbel).argsort()[:k].tolist())  # ... and "not annealed"
+
+
+def test_guidance_scale_one_is_the_conditional_model_and_g_extrapolates():
+    m = tiny("ar")
+    ids, coords = torch.full((2, 1), m.config.start_id), torch.tensor([[-1, -1, -1]])
+    mask = torch.ones(1, 1, dtype=torch.bool)
+    with torch.no_grad():
+        cond = m(ids, cond2(), coords=coords, mask=mask).float()
+        null = m(ids, Condition(labels=cond2().labels, drop=torch.ones(2, dtype=torch.bool)), coords=coords,
+                 mask=mask).float()  # fmt: skip
+    assert not torch.allclose(cond, null)
+    for scale in (1.0, 3.0):
+        ctx = DecodeContext(m, cond2(), SamplingConfig(cfg_scale=scale), max_tokens=4)
+        got = ctx.logits(ids, coords, keep=True, progress=0.0)
+        assert torch.allclose(got, null + scale * (cond - null), atol=1e-5), scale
+
+
+def test_rope_scores_depend_only_on_relative_position():
+    rope = Rope3d(head_dim=24)
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(24, generator=g), torch.randn(24, generator=g)
+
+    def score(a, b):
+        fa, fb = rope.freqs(torch.tensor([a])), rope.freqs(torch.tensor([b]))
+        return float(Rope3d.rotate(q[None], fa) @ Rope3d.rotate(k[None], fb).T)
+
+    base = score((1, 2, 3), (0, 1, 1))
+    for shift in ((2, 0, 0), (0, 3, 0), (0, 0, 5), (4, 1, 2)):
+        a = tuple(x + s for x, s in zip((1, 2, 3), shift))
+        b = tuple(x + s for x, s in zip((0, 1, 1), shift))
+        assert math.isclose(score(a, b), base, rel_tol=1e-4, abs_tol=1e-4), shift
+    assert not math.isclose(score((1, 2, 3), (0, 1, 2)), base, abs_tol=1e-3)  # a different offset changes it
+    for axis in range(3):  # every axis moves the score: a permutation bug or a dead axis fails
+        c = [1, 2, 3]
+        c[axis] += 1
+        assert not math.isclose(score(tuple(c), (0, 1, 1)), base, abs_tol=1e-3), axis
