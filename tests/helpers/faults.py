@@ -13,6 +13,7 @@ Faults (``key=value`` before ``--``):
                         file is written and before the ``COMPLETE`` marker.
     nan_at=S[.M]        the loss of micro-batch M (default 0) of step S is NaN, once.
     nan_rank=R          ... on rank R only (default: every rank); -1 = the last rank.
+    inf_grad_at=S[.M]   the loss of micro-batch M of step S is finite but its gradient is inf, once.
 """
 
 from __future__ import annotations
@@ -25,6 +26,18 @@ from pathlib import Path
 import torch
 
 EXIT_CODE = 17
+
+
+class InfGrad(torch.autograd.Function):
+    """The identity forward; an infinite gradient backward."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * float("inf")
 
 
 def _rank() -> tuple[int, int]:
@@ -56,9 +69,11 @@ def install(faults: dict[str, str], patch=setattr) -> None:
 
         patch(cls, "train_step", step_wrapper)
 
-    if "nan_at" in faults:
-        step, _, micro = faults["nan_at"].partition(".")
-        want = (int(step), int(micro or 0))
+    poison = {"nan_at": lambda loss: loss * float("nan"), "inf_grad_at": InfGrad.apply}
+    kinds = [k for k in poison if k in faults]
+    if kinds:
+        step, _, micro = faults[kinds[0]].partition(".")
+        want, spoil = (int(step), int(micro or 0)), poison[kinds[0]]
         want_rank = int(faults.get("nan_rank", "-2"))
 
         for task in (GeneratorTask, TokenizerTask):
@@ -72,7 +87,7 @@ def install(faults: dict[str, str], patch=setattr) -> None:
                 on_rank = want_rank == -2 or rank == (world - 1 if want_rank == -1 else want_rank)
                 if here == want and on_rank and not state["poisoned"]:
                     state["poisoned"] = True
-                    return (out[0] * float("nan"), *out[1:])
+                    return (spoil(out[0]), *out[1:])
                 return out
 
             patch(task, "forward", forward_wrapper)

@@ -241,6 +241,36 @@ def test_nan_loss_inside_gradient_accumulation_keeps_the_window(data, tmp_path):
     assert all(torch.isfinite(v).all() for v in params.values() if v.is_floating_point())
 
 
+GRAD_PROBE = r"""
+import sys, torch
+from pathlib import Path
+from core.config import build_config
+from tests.helpers.faults import install
+from videotrain.generator_task import GeneratorTrainConfig, GeneratorTrainer
+cfg = build_config(GeneratorTrainConfig, [sys.argv[1]], sys.argv[3:])
+t = GeneratorTrainer(cfg, Path(sys.argv[2]))
+install({"inf_grad_at": "0"})
+before = {k: v.clone() for k, v in t.model.state_dict().items()}
+assert t.train_step() is None and t.step == 0  # the step is skipped
+assert all(torch.equal(before[k], v) for k, v in t.model.state_dict().items())  # nothing changed
+assert not t.engine.optimizer.state or all(not s for s in t.engine.optimizer.state.values())  # no AdamW moments
+logs = t.train_step()
+assert logs is not None and t.step == 1 and all(torch.isfinite(torch.tensor(v)) for v in logs.values()), logs
+assert any(not torch.equal(before[k], v) for k, v in t.model.state_dict().items())
+print("GRAD OK")
+"""
+
+
+@pytest.mark.parametrize("stage", [0, 1])
+def test_a_non_finite_gradient_skips_the_step(data, tmp_path, stage):
+    """A finite loss with an infinite gradient: no weight, no AdamW moment changes, and the next step trains."""
+    proc = subprocess.run([sys.executable, "-c", GRAD_PROBE, CFG, str(tmp_path / "run"), f"data.cache={data / 'cache'}",
+                           f"data.tokenizer={data / 'tok'}", f"run.zero_stage={stage}"],
+                          env=ENV, capture_output=True, text=True, timeout=300, cwd=ROOT)  # fmt: skip
+    assert "GRAD OK" in proc.stdout, proc.stderr[-3000:]
+    assert "non-finite gradient at step 0: step skipped" in proc.stderr
+
+
 def test_nan_stop_policy_exits_with_one_line(data, tmp_path):
     proc = train(data, tmp_path / "run", "run.steps=4", "run.nonfinite=stop", faults=["nan_at=2"], check=False)
     assert proc.returncode == 1
