@@ -338,3 +338,40 @@ def test_fsq_bound_loss_penalizes_only_saturated_latents():
     loss = loss.detach()
     assert loss.item() > 10 and hot.grad.min().item() > 0  # pushes |z| back towards tanh's range
     assert FSQ(FSQConfig(levels=(7, 5))).forward(hot).losses == {}
+
+
+def test_fsq_codes_and_ids_follow_the_paper_formulas():
+    """FSQ (Mentzer et al. 2023): bound(z) = tanh(z + shift) * half_l - offset with half_l = (L - 1)(1 - eps) / 2,
+    offset 0.5 for even L, shift = tan(offset / half_l); codes round(bound) / (L // 2); ids are mixed-radix
+    digits (round(bound) + L // 2), first channel least significant."""
+    levels = (8, 5, 3)
+    q = FSQ(FSQConfig(levels=levels))
+    z = torch.tensor([0.3, -1.7, 2.5]).view(1, 3, 1, 1, 1)
+    eps = 1e-3
+    digits, codes = [], []
+    for zi, L in zip(z.flatten().tolist(), levels):
+        half_l = (L - 1) * (1 - eps) / 2
+        offset = 0.5 if L % 2 == 0 else 0.0
+        bounded = math.tanh(zi + math.tan(offset / half_l)) * half_l - offset
+        digits.append(round(bounded) + L // 2)
+        codes.append(round(bounded) / (L // 2))
+    out = q(z)
+    assert out.ids.item() == digits[0] + 8 * digits[1] + 8 * 5 * digits[2]
+    assert torch.allclose(out.codes.flatten(), torch.tensor(codes))
+    assert q.codebook_size == 8 * 5 * 3
+
+
+def test_lfq_and_bsq_ids_are_sign_bits_and_codes_their_scaled_signs():
+    """LFQ (MAGVIT-v2): code = sign(z) in {-1, 1}^D, id = sum_i [z_i > 0] 2^i. BSQ (Zhao et al. 2024): the same
+    bits after projecting z onto the unit sphere, code = sign / sqrt(D)."""
+    z = torch.tensor([0.4, -2.0, 0.1, -0.3, 5.0]).view(1, 5, 1, 1, 1)
+    expected_id = 1 * 1 + 0 * 2 + 1 * 4 + 0 * 8 + 1 * 16
+    signs = torch.tensor([1.0, -1.0, 1.0, -1.0, 1.0])
+    lfq = LFQ(LFQConfig(dim=5))
+    out = lfq(z)
+    assert out.ids.item() == expected_id and torch.equal(out.codes.flatten(), signs)
+    bsq = BSQ(BSQConfig(dim=5))
+    out = bsq(z)
+    assert out.ids.item() == expected_id
+    assert torch.allclose(out.codes.flatten(), signs / math.sqrt(5)) and abs(out.codes.norm().item() - 1) < 1e-6
+    assert torch.equal(bsq.ids_to_codes(torch.tensor([[[[expected_id]]]])).flatten(), signs / math.sqrt(5))
