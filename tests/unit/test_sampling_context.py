@@ -103,3 +103,13 @@ def test_context_of_a_single_condition_row():
     m = tiny("maskgit")
     out = sample_maskgit(m, Condition(labels=torch.tensor([1])), GRID, order="frame", context=context_ids(1)[:1])
     assert out.shape == (1, *GRID)
+
+
+def test_gpt_style_token_and_frame_orders_are_the_same_sampler():
+    """Frame units are raster-ordered tokens under a causal mask, like token units: the same draws give the same
+    ids, with and without context (so the token order's measurements are the frame order's)."""
+    m, ctx = tiny("ar"), context_ids(1)
+    for context in (None, ctx):
+        a, b = (sample_ar(m, cond2(), GRID, order=o, context=context, generator=torch.Generator().manual_seed(5))
+                for o in ("token", "frame"))  # fmt: skip
+        assert torch.equal(a, b)
