@@ -36,8 +36,8 @@ class GeneratorConfig:
         cube_size: (ct, ch, cw) of a cube unit, in tokens.
         vocab_size: tokenizer codebook size; ids ``vocab_size`` (mask) and ``vocab_size + 1``
             (start of video) are the two special tokens.
-        max_grid: the largest (t, h, w) token grid; longer videos need order="frame" and a
-            sliding window.
+        max_grid: the largest (t, h, w) token grid; longer videos are made by the pipeline, window
+            by window (``pipelines/rollout.py``).
         cond: "class", "text" or "none".
     """
 
