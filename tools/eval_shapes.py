@@ -2,7 +2,7 @@
 
     python tools/eval_shapes.py --model models/shapes --num-videos 216 --out outputs/adherence
 
-The work is :func:`videoeval.adherence.evaluate_adherence`; this module parses and prints. It
+The work is :func:`videoeval.adherence.evaluate_shapes`; this module parses and prints. It
 writes ``report.md``, ``results.json`` and one contact sheet per mode and order to ``--out``.
 """
 
@@ -11,10 +11,9 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from core.cli import CliParser, UsageError, run_cli
+from core.cli import CliParser, run_cli
 from pipelines import DEFAULT_MODEL_DIR
-from videoeval.adherence import evaluate_adherence
-from videoeval.conditioning import TASKS, conditioning_report
+from videoeval.adherence import evaluate_shapes
 
 
 def _main(argv: Sequence[str] | None) -> int:
@@ -60,34 +59,18 @@ def _main(argv: Sequence[str] | None) -> int:
     p.add_argument("--conditioning-videos", type=int, default=72, help="videos per visual-conditioning task row")
     p.add_argument("--out", required=True, help="report folder")
     args = p.parse_args(argv)
-    tasks = [t for t in args.tasks.split(",") if t]
-    unknown = sorted(set(tasks) - {"prompts", *TASKS})
-    if unknown or not tasks:
-        raise UsageError(f"unknown --tasks {unknown}; choose from prompts, {', '.join(TASKS)}")
-    modes, orders = [m for m in args.modes.split(",") if m], [o for o in args.orders.split(",") if o]
-    if "prompts" in tasks:
-        summary = evaluate_adherence(
-            args.model, args.out, num_videos=args.num_videos, holdout_videos=args.holdout_videos, modes=modes,
-            orders=orders, holdout=args.holdout, batch=args.batch, seed=args.seed, recon_data=args.recon_data,
-            recon_videos=args.recon_videos,
-            sampling={"steps": args.steps, "cfg_scale": args.cfg, "temperature": args.temperature,
-                      "choice_temperature": args.choice_temperature},
-        )  # fmt: skip
-        for key, s in summary.items():
-            print(
-                f"{key:40s} n={s['n']:4d}  all={s['all']:.1%}  color={s['color']:.1%}  shape={s['shape']:.1%}  "
-                f"motion={s['motion']:.1%}"
-            )
-        print(f"wrote {args.out}/report.md")
-    visual = [t for t in tasks if t != "prompts"]
-    if visual:
-        summary = conditioning_report(args.model, args.out, tasks=visual, modes=modes, orders=orders,
-                                      num_videos=args.conditioning_videos, batch=args.batch)  # fmt: skip
-        for key, s in summary.items():
-            print(
-                f"{key:40s} " + "  ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in s.items())
-            )
-        print(f"wrote {args.out}/conditioning.md")
+    summary = evaluate_shapes(
+        args.model, args.out, tasks=[t for t in args.tasks.split(",") if t],
+        conditioning_videos=args.conditioning_videos, num_videos=args.num_videos,
+        holdout_videos=args.holdout_videos, modes=[m for m in args.modes.split(",") if m],
+        orders=[o for o in args.orders.split(",") if o], holdout=args.holdout, batch=args.batch, seed=args.seed,
+        recon_data=args.recon_data, recon_videos=args.recon_videos,
+        sampling={"steps": args.steps, "cfg_scale": args.cfg, "temperature": args.temperature,
+                  "choice_temperature": args.choice_temperature},
+    )  # fmt: skip
+    for key, s in summary.items():
+        print(f"{key:40s} " + "  ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in s.items()))
+    print(f"wrote {args.out}")
     return 0
 
 

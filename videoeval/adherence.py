@@ -28,6 +28,8 @@ from pipelines import VideoPipeline
 from pipelines.assemble import HOLDOUT_FILE
 from videodata.shapes.dataset import load_clip, parse_holdout, read_manifest
 from videodata.shapes.render import NUM_CLASSES, attributes_of, caption_for, label_of
+from videoeval.conditioning import TASKS as CONDITIONING_TASKS
+from videoeval.conditioning import conditioning_report
 from videoeval.shapes_analyzer import analyze
 
 SHEET_VIDEOS = 12  # videos shown on each contact sheet
@@ -229,4 +231,37 @@ def evaluate_adherence(
     results_json = {"model": str(model), "summary": summary, "videos": everything}
     atomic_write_json(out / "results.json", results_json)
     atomic_write_text(out / "report.md", report_markdown(summary, str(model), seconds))
+    return summary
+
+
+SHAPES_TASKS = ("prompts", *CONDITIONING_TASKS)
+
+
+def evaluate_shapes(
+    model: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    tasks: Sequence[str] = ("prompts",),
+    conditioning_videos: int = 72,
+    **adherence: Any,
+) -> dict[str, dict[str, float]]:
+    """The shapes-world evaluations asked for: prompt adherence (``"prompts"``, :func:`evaluate_adherence` with
+    ``adherence`` as its keyword arguments) and the visual-conditioning tasks (:func:`conditioning_report`).
+
+    Returns:
+        Every row's summary: ``"mode/order/split"`` for prompts, ``"mode/order/task"`` for the others.
+
+    Raises:
+        ValueError: no task or an unknown one, and whatever the evaluations refuse.
+    """
+    unknown = sorted(set(tasks) - set(SHAPES_TASKS))
+    if unknown or not tasks:
+        raise ValueError(f"unknown tasks {unknown or list(tasks)}; choose from {', '.join(SHAPES_TASKS)}")
+    summary: dict[str, dict[str, float]] = {}
+    if "prompts" in tasks:
+        summary.update(evaluate_adherence(model, out, **adherence))
+    visual = [t for t in tasks if t != "prompts"]
+    if visual:
+        keep = {k: adherence[k] for k in ("modes", "orders", "batch") if k in adherence}
+        summary.update(conditioning_report(model, out, tasks=visual, num_videos=conditioning_videos, **keep))
     return summary
