@@ -49,33 +49,55 @@ def sampler(style):
 
 
 # ---------------------------------------------------------------- layouts
-@pytest.mark.parametrize("order", MG_ORDERS)
-def test_every_position_is_generated_exactly_once(order):
-    layout = make_layout(GRID, order, (1, 2, 2))
-    assert sorted(layout.perm.tolist()) == list(range(48))
-    assert layout.bounds[0][0] == 0 and layout.bounds[-1][1] == 48
-    assert all(a[1] == b[0] for a, b in zip(layout.bounds, layout.bounds[1:]))
-    grid = torch.arange(48).view(1, *GRID)
-    assert torch.equal(layout.to_grid(layout.to_sequence(grid)), grid)
+def reference_coords(grid, unit):
+    """(t, h, w) of every sequence position, by nested loops: units in raster order, tokens raster inside."""
+    (t, h, w), (ct, ch, cw) = grid, unit
+    return [(ut * ct + i, uh * ch + j, uw * cw + k)
+            for ut in range(t // ct) for uh in range(h // ch) for uw in range(w // cw)
+            for i in range(ct) for j in range(ch) for k in range(cw)]  # fmt: skip
+
+
+@pytest.mark.parametrize("grid,order,cube,unit", [
+    (GRID, "token", (1, 2, 2), (1, 1, 1)), (GRID, "frame", (1, 2, 2), (1, 4, 4)), (GRID, "clip", (1, 2, 2), GRID),
+    (GRID, "cube", (1, 2, 2), (1, 2, 2)), ((2, 4, 6), "cube", (2, 2, 3), (2, 2, 3)),
+    ((4, 4, 4), "cube", (2, 2, 2), (2, 2, 2)),
+])  # fmt: skip
+def test_layouts_follow_their_definition(grid, order, cube, unit):
+    """Sequence order against an independent nested-loop definition, for every order and several cube shapes
+    (all cubes, not only the first); units are contiguous runs of the stated size."""
+    layout = make_layout(grid, order, cube)
+    assert [tuple(c) for c in layout.coords.tolist()] == reference_coords(grid, unit)
+    size = unit[0] * unit[1] * unit[2]
+    assert layout.unit == unit and layout.bounds == tuple((u * size, (u + 1) * size) for u in range(layout.num_units))
+    ids = torch.randint(0, 64, (2, *grid))
+    seq = layout.to_sequence(ids)
     t, h, w = layout.coords.unbind(1)
-    assert torch.equal(t * 16 + h * 4 + w, layout.perm)
+    assert torch.equal(seq, ids[:, t, h, w])  # position i holds the token at coords[i]
+    assert torch.equal(layout.to_grid(seq), ids)
 
 
 @pytest.mark.parametrize("style,order", [("ar", o) for o in AR_ORDERS] + [("maskgit", o) for o in MG_ORDERS])
-def test_samplers_fill_every_position_with_a_code(style, order):
-    m = tiny(style)
-    ids = sampler(style)(
-        m, cond2(), GRID, order=order, sampling=SamplingConfig(steps=3), generator=torch.Generator().manual_seed(0)
-    )
-    assert ids.shape == (2, *GRID) and ids.dtype == torch.long
-    assert int(ids.min()) >= 0 and int(ids.max()) < 64  # no mask or start ids left
+def test_samplers_put_each_prediction_at_its_own_position(style, order, monkeypatch):
+    """A model that predicts a different token for every grid position (a function of its coordinates) must be
+    reproduced exactly: every position filled, by its own prediction, nothing left masked or out of place."""
+    code = lambda coords: (coords[:, 0] * 16 + coords[:, 1] * 4 + coords[:, 2] + 7) % 64  # noqa: E731
 
+    def logits(self, ids, coords, *, keep, progress):
+        out = torch.zeros(ids.shape[0], ids.shape[1], 66)
+        target = coords.clone()
+        if style == "ar":  # the logits at a fed token predict the next position
+            lay = make_layout(GRID, order, (1, 2, 2))
+            nxt = {tuple(c): i for i, c in enumerate(lay.coords.tolist())}
+            idx = [0 if tuple(c) == (-1, -1, -1) else nxt[tuple(c)] + 1 for c in coords.tolist()]
+            target = lay.coords[[min(i, lay.num_tokens - 1) for i in idx]]
+        out.scatter_(-1, code(target)[None, :, None].expand(ids.shape[0], -1, 1), 10.0)
+        return out
 
-def test_cube_order_visits_cubes_in_raster_order():
-    layout = make_layout((2, 4, 4), "cube", (2, 2, 2))
-    assert layout.num_units == 4
-    first = layout.coords[:8]
-    assert set(map(tuple, first.tolist())) == {(t, h, w) for t in range(2) for h in range(2) for w in range(2)}
+    monkeypatch.setattr(DecodeContext, "logits", logits)
+    sc = SamplingConfig(temperature=0.0, steps=3, choice_temperature=0.0, cfg_scale=1.0)
+    ids = sampler(style)(tiny(style), cond2(), GRID, order=order, sampling=sc)
+    t, h, w = torch.meshgrid(*(torch.arange(n) for n in GRID), indexing="ij")
+    assert torch.equal(ids, code(torch.stack([t, h, w], -1).view(-1, 3)).view(1, *GRID).expand(2, -1, -1, -1))
 
 
 # ---------------------------------------------------------------- causality
@@ -151,8 +173,9 @@ def test_samplers_refuse_grids_longer_than_trained(style, order):
         sampler(style)(tiny(style), cond2(), (GRID[0] + 1, 4, 4), order=order)
 
 
-@pytest.mark.parametrize("style,order", [("ar", "cube"), ("maskgit", "cube"), ("maskgit", "clip")])
+@pytest.mark.parametrize("style,order", [("ar", "cube"), ("maskgit", "cube"), ("maskgit", "token")])
 def test_samplers_with_and_without_cache_agree(style, order):
+    """Multi-unit orders only: a single unit (order 'clip') never uses a cache, so it would compare a path to itself."""
     m = tiny(style)
     sc = SamplingConfig(temperature=1.0, steps=4, cfg_scale=2.0, top_k=20)
     a = sampler(style)(m, cond2(), GRID, order=order, sampling=sc, generator=torch.Generator().manual_seed(3))
@@ -165,13 +188,15 @@ def test_samplers_with_and_without_cache_agree(style, order):
 # ---------------------------------------------------------------- schedules
 @pytest.mark.parametrize("schedule", ["cosine", "linear", "square"])
 @pytest.mark.parametrize("steps,n", [(1, 16), (8, 16), (12, 48), (20, 4)])
-def test_schedule_is_monotone_and_ends_unmasked(schedule, steps, n):
-    rs = [i / 50 for i in range(51)]
-    values = [gamma(r, schedule) for r in rs]
-    assert values[0] == pytest.approx(1.0) and values[-1] == pytest.approx(0.0, abs=1e-12)
-    assert all(a >= b for a, b in zip(values, values[1:]))
+def test_schedule_values_follow_their_formulas(schedule, steps, n):
+    """gamma is MaskGIT's masked fraction: cos(pi r / 2), 1 - r or 1 - r^2; after step s of S, floor(gamma((s+1)/S) n)
+    tokens stay masked (none after the last step)."""
+    formula = {"cosine": lambda r: math.cos(math.pi * r / 2), "linear": lambda r: 1 - r, "square": lambda r: 1 - r * r}
+    for r in (0.0, 0.1, 0.25, 0.5, 0.9, 1.0):
+        assert gamma(r, schedule) == pytest.approx(formula[schedule](r), abs=1e-12)
     left = [num_masked_after_step(s, steps, n, schedule) for s in range(steps)]
-    assert left[-1] == 0 and all(a >= b for a, b in zip(left, left[1:])) and left[0] <= n
+    expected = [math.floor(formula[schedule]((s + 1) / steps) * n) for s in range(steps - 1)] + [0]
+    assert left == expected
 
 
 def test_training_mask_masks_every_unit_and_follows_schedule():
