@@ -105,6 +105,14 @@ def install(faults: dict[str, str], patch=setattr) -> None:
         patch(checkpoint, "atomic_write_text", write_wrapper)
 
 
+def command(tool: str, faults: tuple[str, ...] | list[str] = (), launcher: tuple[str, ...] = ()) -> list[str]:
+    """The command line that runs ``tools/<tool>.py`` (under ``launcher``, e.g. torchrun), through this module
+    when ``faults`` (``key=value`` strings) are given."""
+    root = Path(__file__).resolve().parents[2]
+    script = [str(Path(__file__)), *faults, "--", f"tools.{tool}"] if faults else [str(root / "tools" / f"{tool}.py")]
+    return [*(launcher or [sys.executable]), *script]
+
+
 def main(argv: list[str]) -> int:
     split = argv.index("--")
     faults = dict(item.split("=", 1) for item in argv[:split])

