@@ -34,7 +34,11 @@ travels at least ``MIN_DISPLACEMENT`` of the frame side. Each attribute's confid
 multiplies its margin by the agreement across frames; the overall confidence is the smallest
 of the three times the fraction of usable frames. Attributes that cannot be read are None with
 confidence 0. An unsaturated (white or gray) object is not seen at all: every object of the
-domain is saturated.
+domain is saturated. :func:`track` and :func:`count_objects` expose the per-frame centroids and blob
+counts that visual-conditioning evaluation needs.
+
+Over 400 lines because the per-frame measurements, their robust aggregation and the two per-frame
+readers share one segmentation (chroma threshold and components) that must stay identical.
 """
 
 from __future__ import annotations
