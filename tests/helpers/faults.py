@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -103,6 +104,19 @@ def install(faults: dict[str, str], patch=setattr) -> None:
                 os._exit(EXIT_CODE)
 
         patch(checkpoint, "atomic_write_text", write_wrapper)
+
+
+def free_port() -> int:
+    """A free localhost TCP port (for a launcher's rendezvous)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def torchrun(nproc: int = 2) -> tuple[str, ...]:
+    """The launcher prefix that runs a script as ``nproc`` local processes under torch.distributed.run."""
+    return (sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
+            str(free_port()))  # fmt: skip
 
 
 def command(tool: str, faults: tuple[str, ...] | list[str] = (), launcher: tuple[str, ...] = ()) -> list[str]:

