@@ -122,6 +122,15 @@ def _read_pil(path: Path, pick: _Pick) -> tuple[list[np.ndarray], int]:
     return frames, total
 
 
+def _read_frame_folder(path: Path, pick: _Pick) -> tuple[list[np.ndarray], int]:
+    """Reads a folder of image frames (sorted by file name) as one video."""
+    files = [p for p in sorted(path.iterdir()) if p.suffix.lower() in IMAGE_EXTS and not p.name.startswith(".")]
+    frames = [_read_pil(files[i], _Pick(0, 1, 1))[0][0] for i in pick.indices(len(files))]
+    if len({f.shape for f in frames}) > 1:
+        raise ValueError(f"the frames in {str(path)!r} differ in size")
+    return frames, len(files)
+
+
 def _read_decord(path: Path, pick: _Pick) -> tuple[list[np.ndarray], int]:
     if decord is None:
         raise _DecodeError("decord: not installed")
@@ -164,11 +173,11 @@ def _read_pyav(path: Path, pick: _Pick) -> tuple[list[np.ndarray], int]:
 def read_video(
     path: str | os.PathLike, *, num_frames: int | None = None, stride: int = 1, start: int = 0
 ) -> np.ndarray:
-    """Reads frames ``start, start + stride, ...`` of a video, GIF or image.
+    """Reads frames ``start, start + stride, ...`` of a video, GIF, image or folder of frames.
 
     Args:
-        path: a video file (decord, then PyAV) or an image/GIF (Pillow; a still image is a
-            1-frame clip).
+        path: a video file (decord, then PyAV), an image/GIF (Pillow; a still image is a
+            1-frame clip), or a folder of image frames, one video in file-name order.
         num_frames: frames to return; None reads every ``stride``-th frame to the end.
         stride: step between returned frames.
         start: index of the first returned frame.
@@ -182,12 +191,15 @@ def read_video(
     """
     path = Path(path)
     needed = _needed_frames(num_frames, stride, start)
-    if not path.is_file():
+    if path.is_dir():
+        backends = [_read_frame_folder]
+    elif not path.is_file():
         raise ValueError(f"{str(path)!r} does not exist or is not a file")
-    if path.stat().st_size == 0:
+    elif path.stat().st_size == 0:
         raise ValueError(f"{str(path)!r} is empty (0 bytes)")
+    else:
+        backends = [_read_pil] if path.suffix.lower() in PIL_EXTS else [_read_decord, _read_pyav]
     pick = _Pick(start, stride, num_frames)
-    backends = [_read_pil] if path.suffix.lower() in PIL_EXTS else [_read_decord, _read_pyav]
     reasons = []
     for backend in backends:
         name = backend.__name__.removeprefix("_read_")

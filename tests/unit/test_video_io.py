@@ -284,3 +284,22 @@ def test_clip_pool_reads_a_jsonl_manifest(tmp_path):
     (tmp_path / "train.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     pool = ClipPool(ClipDataConfig(paths=(str(tmp_path / "train.jsonl"),), num_frames=9, size=32))
     assert len(pool.videos) == 2  # c.mp4 is not in the manifest
+
+
+def test_a_folder_of_frames_is_one_video_in_name_order(tmp_path):
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (7, 6, 10, 3), dtype=np.uint8)
+    for i, f in enumerate(frames):  # names sort as 0, 1, ..., 6 only by their zero padding
+        Image.fromarray(f).save(tmp_path / f"{i:03d}.png")
+    (tmp_path / ".hidden.png").write_bytes(b"not an image")
+    np.testing.assert_array_equal(read_video(tmp_path), frames)
+    np.testing.assert_array_equal(read_video(tmp_path, num_frames=3, stride=2, start=1), frames[[1, 3, 5]])
+    with pytest.raises(ValueError, match="too short"):
+        read_video(tmp_path, num_frames=8)
+    Image.fromarray(frames[0, :4]).save(tmp_path / "007.png")
+    with pytest.raises(ValueError, match="differ in size"):
+        read_video(tmp_path)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="no frames"):
+        read_video(empty)

@@ -34,7 +34,7 @@ import numpy as np
 from PIL import Image
 
 from core.files import atomic_write_json, atomic_write_text
-from core.video_io import IMAGE_EXTS, list_media, read_video, write_video
+from core.video_io import read_video, write_video
 from videodata.shapes.render import (
     ATTRIBUTES,
     FPS,
@@ -274,16 +274,7 @@ def load_clip(path: str | os.PathLike) -> np.ndarray:
         ValueError: the path is missing or unreadable, or a folder has no frames or frames of
             different sizes.
     """
-    path = Path(path)
-    if not path.is_dir():
-        return read_video(path)
-    files = list_media(path, exts=IMAGE_EXTS)  # sorted by name; a clip folder has no subfolders
-    if not files:
-        raise ValueError(f"{str(path)!r} is a folder without image frames")
-    frames = [read_video(p) for p in files]  # each (1, H, W, 3)
-    if len({f.shape for f in frames}) > 1:
-        raise ValueError(f"the frames in {str(path)!r} differ in size")
-    return np.concatenate(frames)
+    return read_video(path)
 
 
 def read_manifest(path: str | os.PathLike) -> list[dict]:

@@ -119,6 +119,17 @@ def caption_for(color: str, shape: str, motion: str, rng: np.random.Generator) -
     return template.format(color=color, shape=shape, ing=ing, s=s, dir=phrases[rng.integers(len(phrases))])
 
 
+def all_captions(color: str, shape: str, motion: str) -> frozenset[str]:
+    """Every caption :func:`caption_for` can produce for these attributes (the training phrasings)."""
+    label_of(color, shape, motion)  # validates
+    return frozenset(
+        template.format(color=color, shape=shape, ing=ing, s=s, dir=phrase)
+        for template in _TEMPLATES
+        for ing, s in _VERBS
+        for phrase in _DIRECTION_PHRASES[motion]
+    )
+
+
 def class_caption(label: int) -> str:
     """The canonical caption of a class, "a {color} {shape} moving {direction}"."""
     color, shape, motion = attributes_of(label)
