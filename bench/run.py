@@ -39,6 +39,7 @@ BENCHES: dict[str, tuple[str, bool]] = {
     "generator": ("bench.generator_bench", False),
     "train": ("bench.train_overhead", False),
     "generate": ("bench.generate_cli", False),
+    "serve": ("bench.serve_latency", False),
 }
 VENV_PYTHON = ROOT / ".bench-venv" / "bin" / "python"
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
@@ -70,6 +70,97 @@ def sampling_for(pipe: VideoPipeline, mode: str, overrides: Mapping[str, object]
     return replace(sampling, **changes)
 
 
+@dataclass(frozen=True)
+class GenerationRequest:
+    """What to generate, independent of where it is written and which loaded model makes it.
+
+    Attributes:
+        prompts: one text prompt, several for a story (with ``segment_frames``), or none.
+        label: class id, or its exact class name (instead of a prompt).
+        image: an image file: the first frame of the video (image-to-video).
+        video: a video file whose last ``context_frames`` frames the video continues.
+        context_frames: frames taken from ``video`` (1 + k*ct).
+        segment_frames: tell a story: the first segment's frames (1 + k*ct); each later prompt adds
+            ``segment_frames - 1`` frames (see :meth:`VideoPipeline.story`).
+        num_videos: videos to make, all from one seeded generator.
+        mode: generator mode; None takes the model's default.
+        order: prediction units; None takes the mode's default.
+        num_frames: total frames per video, context included (1 + k*ct); None takes the model's.
+        sampling: :class:`SamplingConfig` fields to change, e.g. ``{"cfg_scale": 4.0, "steps": 12}``.
+        seed: seed of the ``torch.Generator`` on the pipeline's device.
+    """
+
+    prompts: tuple[str, ...] = ()
+    label: str | None = None
+    image: str | os.PathLike | None = None
+    video: str | os.PathLike | None = None
+    context_frames: int | None = None
+    segment_frames: int | None = None
+    num_videos: int = 1
+    mode: str | None = None
+    order: str | None = None
+    num_frames: int | None = None
+    sampling: Mapping[str, object] = field(default_factory=dict)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if any(not isinstance(p, str) or not p.strip() for p in self.prompts):
+            raise ValueError('the prompt is empty; describe the video, e.g. --prompt "a red circle moving left"')
+        if self.num_videos < 1:
+            raise ValueError(f"--num-videos must be >= 1, got {self.num_videos}")
+        if self.segment_frames is None and len(self.prompts) > 1:
+            raise ValueError("several prompts tell a story: give --segment-frames (e.g. 17)")
+        if self.segment_frames is not None and (self.label is not None or self.num_frames is not None):
+            raise ValueError("--segment-frames tells a story from prompts: it takes no --label or --num-frames")
+        if self.image is not None and self.video is not None:
+            raise ValueError("give an image or a video to continue, not both")
+
+    @property
+    def effective_prompts(self) -> list[str]:
+        """The prompts used: :data:`DEFAULT_PROMPT` when nothing at all conditions the video."""
+        nothing = self.label is None and self.image is None and self.video is None
+        return list(self.prompts) or ([DEFAULT_PROMPT] if nothing else [])
+
+
+def generate_with(
+    pipe: VideoPipeline, request: GenerationRequest, paths: Sequence[Path], *, gif: bool = False, progress: bool = True
+) -> GeneratedFiles:
+    """Runs ``request`` on an already loaded pipeline and writes one video (and sheet) per path.
+
+    Raises:
+        ValueError: a context file that cannot be read, or settings the model cannot do.
+    """
+    return _run(pipe, request, _read_visual(request), paths, gif=gif, progress=progress)
+
+
+def _read_visual(request: GenerationRequest) -> dict:
+    """The pipeline's visual-context arguments, with the files read."""
+    return {
+        "image": load_frames(request.image, "image") if request.image is not None else None,
+        "video": load_frames(request.video, "video") if request.video is not None else None,
+        "context_frames": request.context_frames,
+    }
+
+
+def _run(
+    pipe: VideoPipeline, request: GenerationRequest, visual: dict, paths: Sequence[Path], *, gif: bool, progress: bool
+) -> GeneratedFiles:
+    prompts = request.effective_prompts
+    class_id = parse_label(request.label, pipe.config.class_names) if request.label is not None else None
+    mode, order = pipe.resolve_mode_order(request.mode, request.order)
+    settings = sampling_for(pipe, mode, request.sampling)
+    g = torch.Generator(device=pipe.device).manual_seed(request.seed)
+    common = dict(
+        mode=mode, order=order, num_videos=request.num_videos, sampling=settings, generator=g, progress=progress
+    )
+    if request.segment_frames is not None:
+        output = pipe.story(prompts, segment_frames=request.segment_frames, **visual, **common)
+    else:
+        output = pipe(prompts[0] if prompts else None, class_id, num_frames=request.num_frames, **visual, **common)
+    written = save_output(output, paths, gif=gif)
+    return GeneratedFiles(output=output, mode=mode, order=order, label=class_id, written=written)
+
+
 def generate_to_files(
     prompt: str | Sequence[str] | None = None,
     label: str | None = None,
@@ -90,27 +181,16 @@ def generate_to_files(
     device: torch.device | str = "cpu",
     progress: bool = True,
 ) -> GeneratedFiles:
-    """Generates ``num_videos`` videos and writes each as an mp4 (or gif) with a PNG contact sheet.
+    """Loads the pipeline, generates ``num_videos`` videos and writes each as an mp4 (or gif) with a PNG
+    contact sheet. The arguments are :class:`GenerationRequest`'s fields, plus:
 
     Args:
         prompt: text prompt, or several for a story (one per segment, with ``segment_frames``); with
             neither ``prompt`` nor ``label``, :data:`DEFAULT_PROMPT`, or no condition at all when an
             image or video is given.
-        label: class id, or its exact class name (instead of a prompt).
-        image: an image file: the first frame of the video (image-to-video).
-        video: a video file whose last ``context_frames`` frames the video continues.
-        context_frames: frames taken from ``video`` (1 + k*ct).
-        segment_frames: tell a story: the first segment's frames (1 + k*ct); each later prompt adds
-            ``segment_frames - 1`` frames (see :meth:`VideoPipeline.story`).
         out: an .mp4/.gif file for one video, a folder for several; default ``outputs/video.mp4``
             for one video and ``outputs/`` for several.
         model: pipeline directory (default: the shipped shapes model).
-        num_videos: videos to make, all from one seeded generator.
-        mode: generator mode; None takes the model's default.
-        order: prediction units; None takes the mode's default.
-        num_frames: total frames per video, context included (1 + k*ct); None takes the model's.
-        sampling: :class:`SamplingConfig` fields to change, e.g. ``{"cfg_scale": 4.0, "steps": 12}``.
-        seed: seed of the ``torch.Generator`` on ``device``.
         gif: also write a .gif next to each mp4.
         device: where the pipeline runs.
         progress: show progress bars while sampling.
@@ -127,35 +207,13 @@ def generate_to_files(
         >>> made.output.frames.shape  # doctest: +SKIP
         (1, 17, 64, 64, 3)
     """
-    prompts = [prompt] if isinstance(prompt, str) else list(prompt or [])
-    if not prompts and label is None and image is None and video is None:
-        prompts = [DEFAULT_PROMPT]  # frames alone (an image or a video) generate unconditionally
-    if any(not p.strip() for p in prompts):
-        raise ValueError('the prompt is empty; describe the video, e.g. --prompt "a red circle moving left"')
-    if num_videos < 1:
-        raise ValueError(f"--num-videos must be >= 1, got {num_videos}")
-    if segment_frames is None and len(prompts) > 1:
-        raise ValueError("several prompts tell a story: give --segment-frames (e.g. 17)")
-    if segment_frames is not None and (label is not None or num_frames is not None):
-        raise ValueError("--segment-frames tells a story from prompts: it takes no --label or --num-frames")
+    request = GenerationRequest(
+        prompts=(prompt,) if isinstance(prompt, str) else tuple(prompt or ()), label=label, image=image, video=video,
+        context_frames=context_frames, segment_frames=segment_frames, num_videos=num_videos, mode=mode, order=order,
+        num_frames=num_frames, sampling=dict(sampling or {}), seed=seed,
+    )  # fmt: skip
     paths = output_paths(out or ("outputs/video.mp4" if num_videos == 1 else "outputs"), num_videos)
     check_writable(paths)
-    # Read the visual context before the model loads: an unreadable file fails in a second.
-    visual = {
-        "image": load_frames(image, "image") if image is not None else None,
-        "video": load_frames(video, "video") if video is not None else None,
-        "context_frames": context_frames,
-    }
-    device = torch.device(device)
-    pipe = VideoPipeline.from_pretrained(model).to(device)
-    class_id = parse_label(label, pipe.config.class_names) if label is not None else None
-    mode, order = pipe.resolve_mode_order(mode, order)
-    settings = sampling_for(pipe, mode, sampling)
-    g = torch.Generator(device=device).manual_seed(seed)
-    common = dict(mode=mode, order=order, num_videos=num_videos, sampling=settings, generator=g, progress=progress)
-    if segment_frames is not None:
-        output = pipe.story(prompts, segment_frames=segment_frames, **visual, **common)
-    else:
-        output = pipe(prompts[0] if prompts else None, class_id, num_frames=num_frames, **visual, **common)
-    written = save_output(output, paths, gif=gif)
-    return GeneratedFiles(output=output, mode=mode, order=order, label=class_id, written=written)
+    visual = _read_visual(request)  # before the model loads: an unreadable file fails in a second
+    pipe = VideoPipeline.from_pretrained(model).to(torch.device(device))
+    return _run(pipe, request, visual, paths, gif=gif, progress=progress)

@@ -1,6 +1,7 @@
 """The layout's rules, read from the source: imports point one way, no CLI is imported, no sys.path tricks.
 
-    tools/, bench/  ->  videotrain / videoeval / videodata  ->  pipelines/  ->  generator/, tokenizer/  ->  core/
+    tools/, bench/  ->  videotrain / videoeval / videodata / videoserve  ->  pipelines/
+                    ->  generator/, tokenizer/  ->  core/
 
 Each package may import only the first-party packages listed for it below (lazy imports inside
 functions count too), so a later change cannot quietly make a model import training code or a
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-LIBRARIES = {"core", "tokenizer", "generator", "pipelines", "videodata", "videoeval", "videotrain"}
+LIBRARIES = {"core", "tokenizer", "generator", "pipelines", "videodata", "videoeval", "videotrain", "videoserve"}
 FIRST_PARTY = LIBRARIES | {"tools", "bench"}
 BELOW_DATA = {"core", "tokenizer", "generator", "pipelines"}
 ALLOWED = {
@@ -24,6 +25,7 @@ ALLOWED = {
     "videodata": BELOW_DATA | {"videodata"},
     "videoeval": BELOW_DATA | {"videodata", "videoeval"},
     "videotrain": BELOW_DATA | {"videodata", "videoeval", "videotrain"},
+    "videoserve": BELOW_DATA | {"videoserve"},
     "tools": LIBRARIES,  # never another CLI
     "bench": LIBRARIES | {"bench"},
 }

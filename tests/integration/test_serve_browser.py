@@ -1,0 +1,78 @@
+"""The demo page in a real headless browser (Debian's chromium + chromium-driver, driven by Selenium):
+type a prompt, click Generate, and a playable mp4 appears in the page."""
+
+import shutil
+
+import pytest
+
+pytest.importorskip("fastapi")
+selenium = pytest.importorskip("selenium")
+
+from selenium import webdriver  # noqa: E402
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+from pipelines import VideoPipeline  # noqa: E402
+from pipelines.video import DEFAULT_MODEL_DIR  # noqa: E402
+from tests.helpers.live_server import live_server  # noqa: E402
+from videoserve.app import create_app  # noqa: E402
+from videoserve.store import OutputStore  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+
+
+@pytest.fixture()
+def browser():
+    if not (CHROMIUM and DRIVER):
+        pytest.skip("needs Debian's chromium and chromium-driver (apt-get install -y chromium chromium-driver)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1200,900",
+                 "--autoplay-policy=no-user-gesture-required"):  # fmt: skip
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
+    yield driver
+    driver.quit()
+
+
+def test_type_a_prompt_click_generate_and_a_playable_video_appears(browser, tmp_path):
+    pipe = VideoPipeline.from_pretrained(DEFAULT_MODEL_DIR)
+    store = OutputStore(tmp_path / "out", max_bytes=10**9)
+    with live_server(create_app(pipe, store, model_name="shapes")) as url:
+        browser.get(url)
+        wait = WebDriverWait(browser, 120)
+        wait.until(lambda d: d.find_element(By.ID, "mode").get_attribute("value"))  # health loaded
+        box = browser.find_element(By.ID, "prompt")
+        box.clear()
+        box.send_keys("a green square moving down")
+        seed = browser.find_element(By.ID, "seed")
+        seed.clear()
+        seed.send_keys("7")
+        browser.find_element(By.ID, "generate").click()
+        wait.until(
+            lambda d: (
+                "done in" in d.find_element(By.ID, "status").text
+                or "error" in (d.find_element(By.ID, "status").get_attribute("class") or "")
+            )
+        )
+        assert "done in" in browser.find_element(By.ID, "status").text, browser.find_element(By.ID, "status").text
+        # Playable: the browser decoded the mp4's metadata and frames (readyState >= HAVE_CURRENT_DATA).
+        video = "document.getElementById('video')"
+        wait.until(lambda d: d.execute_script(f"return {video}.readyState") >= 2)
+        duration = browser.execute_script(f"return {video}.duration")
+        size = browser.execute_script(f"return [{video}.videoWidth, {video}.videoHeight];")
+        src = browser.execute_script(f"return {video}.currentSrc")
+        wait.until(lambda d: d.execute_script("return document.getElementById('sheet').naturalWidth") > 0)
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#gallery figure"))
+        captions = [f.text for f in browser.find_elements(By.CSS_SELECTOR, "#gallery figcaption")]
+        details = browser.find_element(By.ID, "details").text
+        shot = tmp_path / "page.png"
+        browser.save_screenshot(str(shot))
+        print(f"screenshot: {shot}")
+    assert abs(duration - 17 / 8) < 0.2 and size == [64, 64]
+    assert src.endswith(".mp4") and "/outputs/" in src
+    assert captions == ["a green square moving down"]
+    assert "seed 7 ·" in details and "ar/frame" in details

@@ -1,0 +1,248 @@
+"""The web demo's API through an HTTP client, on the shipped model: results, files, bad input, queue and cap."""
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("fastapi")
+from starlette.testclient import TestClient  # noqa: E402
+
+import videoserve.app as app_module  # noqa: E402
+from core.video_io import read_video  # noqa: E402
+from pipelines import VideoPipeline  # noqa: E402
+from pipelines.generate import generate_to_files  # noqa: E402
+from pipelines.video import DEFAULT_MODEL_DIR  # noqa: E402
+from videoserve.app import create_app  # noqa: E402
+from videoserve.server import check_host  # noqa: E402
+from videoserve.store import OutputStore  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return VideoPipeline.from_pretrained(DEFAULT_MODEL_DIR)
+
+
+@pytest.fixture()
+def client(pipe, tmp_path):
+    store = OutputStore(tmp_path / "out", max_bytes=10**9)
+    with TestClient(create_app(pipe, store, max_waiting=1, max_frames=33, model_name="shapes")) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def served(pipe, tmp_path_factory):
+    """One generation through the API and the same request through the library, for several tests."""
+    out = tmp_path_factory.mktemp("served")
+    store = OutputStore(out / "out", max_bytes=10**9)
+    with TestClient(create_app(pipe, store, model_name="shapes")) as c:
+        r = c.post("/api/generate", json={"prompt": "a blue square moving up", "seed": 3, "mode": "ar"})
+        video = c.get(r.json()["video"]) if r.status_code == 200 else None
+        sheet = c.get(r.json()["sheet"]) if r.status_code == 200 else None
+        recent = c.get("/api/recent").json()
+    cli = generate_to_files("a blue square moving up", seed=3, mode="ar", out=out / "cli.mp4", progress=False)
+    return {"response": r, "video": video, "sheet": sheet, "recent": recent, "store": store, "cli": cli, "out": out}
+
+
+def test_generate_returns_the_record_and_playable_files(served):
+    r = served["response"]
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert len(body["id"]) == 32 and int(body["id"], 16) >= 0
+    assert (body["mode"], body["order"], body["num_frames"], body["size"]) == ("ar", "frame", 17, [64, 64])
+    assert body["video"] == f"/outputs/{body['id']}.mp4" and body["sheet"] == f"/outputs/{body['id']}.png"
+    assert body["sampling"]["cfg_scale"] == 3.0 and body["seed"] == 3
+    assert set(body["timings"]) >= {"queued", "sampling", "decoding", "writing", "total"}
+    assert served["video"].status_code == 200 and served["video"].headers["content-type"] == "video/mp4"
+    assert served["sheet"].status_code == 200 and served["sheet"].headers["content-type"] == "image/png"
+    path = served["out"] / "got.mp4"
+    path.write_bytes(served["video"].content)
+    frames = read_video(path)
+    assert frames.shape == (17, 64, 64, 3)
+    # The server runs the library's generation: the same request gives the same video as generate.py.
+    cli = read_video(served["cli"].written[0])
+    assert np.abs(frames.astype(int) - cli.astype(int)).mean() < 1.0
+    assert served["recent"]["results"][0]["id"] == body["id"]
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"prompt": ""}, "the prompt is empty"),
+        ({"prompt": "x", "mode": "ar", "order": "clip"}, "supports orders"),
+        ({"prompt": "x", "mode": "video"}, "mode 'video' is not available"),
+        ({"promt": "a red circle"}, "unknown field(s) ['promt']"),
+        ({"prompt": 5}, "prompt must be a string"),
+        ({"prompt": ["a", 3]}, "prompt must be a string or a list of strings"),
+        ({"prompt": "x", "seed": -1}, "seed must be in"),
+        ({"prompt": "x", "seed": True}, "seed must be an integer"),
+        ({"prompt": "x", "num_frames": 1000}, "num_frames must be in [1, 33]"),
+        ({"prompt": "x", "cfg": "high"}, "cfg must be a number"),
+        ({"prompt": "x", "image": "../../etc/passwd"}, "no upload with id"),
+        ({"prompt": "x", "label": 3}, "not both"),
+        ([1, 2], "must be a JSON object"),
+    ],
+)
+def test_bad_requests_get_400_with_one_line(client, body, message):
+    r = client.post("/api/generate", json=body)
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert message in error and "\n" not in error
+
+
+def test_bad_input_matches_the_cli_message(client):
+    with pytest.raises(ValueError) as cli:
+        generate_to_files("   ", out="unused.mp4")
+    r = client.post("/api/generate", json={"prompt": "   "})
+    assert r.status_code == 400 and r.json()["error"] == str(cli.value)
+
+
+def test_not_json_is_400(client):
+    r = client.post("/api/generate", content=b"{prompt", headers={"content-type": "application/json"})
+    assert r.status_code == 400 and "must be JSON" in r.json()["error"]
+
+
+@pytest.mark.parametrize("name", ["../../etc/passwd", "..%2F..%2Fetc%2Fpasswd", "x.mp4", "0" * 32 + ".json"])
+def test_only_finished_results_are_served(served, client, name):
+    r = client.get(f"/outputs/{name}")
+    assert r.status_code == 404 and "error" in r.json()
+
+
+def test_an_unfinished_or_foreign_file_is_not_served(tmp_path):
+    store = OutputStore(tmp_path, max_bytes=10**6)
+    rid = store.reserve()
+    video, _ = store.result_paths(rid)
+    video.write_bytes(b"partial")
+    assert store.served_file(video.name) is None  # no record yet
+    store.finish(rid, {"id": rid})
+    assert store.served_file(video.name) == video
+    (tmp_path / "secret.mp4").write_bytes(b"x")
+    assert store.served_file("secret.mp4") is None
+
+
+def test_health_lists_modes_and_orders(client, pipe):
+    body = client.get("/api/health").json()
+    assert body["status"] == "ok" and body["default_mode"] == pipe.config.default_mode
+    for mode, gen in pipe.generators.items():
+        assert body["modes"][mode]["orders"] == list(gen.config.orders)
+    assert body["queue"] == {"pending": 0, "max": 2}
+
+
+def test_page_has_the_controls(client):
+    page = client.get("/").text
+    for control in ('id="prompt"', 'id="mode"', 'id="order"', 'id="seed"', 'id="cfg"', 'id="frames"', 'id="upload"'):
+        assert control in page
+    assert "<video" in page and 'id="gallery"' in page
+
+
+def test_full_queue_gets_503(pipe, tmp_path, monkeypatch):
+    """With one running and one waiting, a third request is refused at once, and the first two finish."""
+    release, started = threading.Event(), threading.Event()
+    real = app_module.generate_with
+
+    def slow(*args, **kwargs):
+        started.set()
+        assert release.wait(60)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(app_module, "generate_with", slow)
+    store = OutputStore(tmp_path, max_bytes=10**9)
+    with TestClient(create_app(pipe, store, max_waiting=1)) as c:
+        results = {}
+
+        def post(key):
+            results[key] = c.post("/api/generate", json={"prompt": "a red circle moving left", "mode": "ar"})
+
+        first = threading.Thread(target=post, args=("first",))
+        first.start()
+        assert started.wait(60)
+        second = threading.Thread(target=post, args=("second",))
+        second.start()
+        for _ in range(200):  # until the second one is queued
+            if c.get("/api/health").json()["queue"]["pending"] == 2:
+                break
+            threading.Event().wait(0.05)
+        third = c.post("/api/generate", json={"prompt": "a red circle moving left"})
+        release.set()
+        first.join(60)
+        second.join(60)
+    assert third.status_code == 503 and "busy" in third.json()["error"]
+    assert results["first"].status_code == 200 and results["second"].status_code == 200
+    assert results["first"].json()["id"] != results["second"].json()["id"]
+
+
+def test_upload_an_image_and_animate_it(client, tmp_path):
+    frame = np.zeros((64, 64, 3), np.uint8)
+    frame[20:36, 10:26] = (230, 30, 30)
+    path = tmp_path / "first.png"
+    Image.fromarray(frame).save(path)
+    up = client.post("/api/uploads?name=first.png", content=path.read_bytes())
+    assert up.status_code == 200, up.text
+    r = client.post("/api/generate", json={"image": up.json()["id"], "prompt": "a red square moving right"})
+    assert r.status_code == 200, r.text
+    assert r.json()["context"] == "image" and r.json()["num_frames"] == 17
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "status", "message"),
+    [
+        ("notes.txt", b"hello", 400, "uploads must be one of"),
+        ("broken.png", b"not a png at all", 400, "cannot decode"),
+        ("big.mp4", b"0" * (3 * 1024 * 1024), 413, "larger than"),
+    ],
+)
+def test_bad_uploads(pipe, tmp_path, name, content, status, message):
+    store = OutputStore(tmp_path, max_bytes=10**9)
+    with TestClient(create_app(pipe, store, max_upload_bytes=2 * 1024 * 1024)) as c:
+        r = c.post(f"/api/uploads?name={name}", content=content)
+    assert r.status_code == status and message in r.json()["error"]
+    assert not [p for p in store.uploads.iterdir()]  # nothing half-written is left
+
+
+def test_cap_drops_oldest_results_first(tmp_path):
+    store = OutputStore(tmp_path, max_bytes=2500)
+    ids = []
+    for _ in range(5):
+        rid = store.reserve()
+        video, sheet = store.result_paths(rid)
+        video.write_bytes(b"v" * 600)
+        sheet.write_bytes(b"s" * 300)
+        store.finish(rid, {"id": rid})
+        ids.append(rid)
+    left = {p.name.split(".")[0] for p in tmp_path.glob("*.mp4")}
+    assert left == set(ids[-2:])  # 2 x ~920 bytes fit, 3 would not
+    assert store.size() <= 2500
+    assert [r["id"] for r in store.recent(10)] == ids[:-3:-1]
+
+
+def test_cap_never_drops_a_result_being_written(tmp_path):
+    store = OutputStore(tmp_path, max_bytes=100)
+    busy = store.reserve()
+    store.result_paths(busy)[0].write_bytes(b"v" * 500)
+    done = store.reserve()
+    store.result_paths(done)[0].write_bytes(b"v" * 500)
+    store.finish(done, {"id": done})
+    assert store.result_paths(busy)[0].exists() and store.result_paths(done)[0].exists()
+
+
+def test_non_loopback_host_needs_public():
+    check_host("127.0.0.1", public=False)
+    with pytest.raises(ValueError, match="--public"):
+        check_host("0.0.0.0", public=False)
+    check_host("0.0.0.0", public=True)
+
+
+def test_ids_are_not_sequential(tmp_path):
+    store = OutputStore(tmp_path, max_bytes=10**6)
+    ids = {store.reserve() for _ in range(200)}
+    assert len(ids) == 200 and len({i[:6] for i in ids}) > 190
+
+
+def test_serve_cli_refuses_a_public_host_without_the_flag(capsys):
+    from tools.serve import main
+
+    assert main(["--host", "0.0.0.0", "--model", str(Path(DEFAULT_MODEL_DIR))]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--public" in err[0]

@@ -1,0 +1,213 @@
+"""The FastAPI app of ``tokvid-serve``: a page, a JSON API and the finished files, around one loaded pipeline.
+
+Routes:
+    ``GET /``                    the demo page
+    ``GET /api/health``          the model's modes, orders and defaults, and the queue
+    ``GET /api/recent``          records of the newest results (the page's gallery)
+    ``POST /api/uploads``        an image or video as the raw body (``?name=clip.mp4``) -> ``{"id": ...}``
+    ``POST /api/generate``       JSON in (see :mod:`videoserve.requests`), the result's record out
+    ``GET /outputs/<id>.mp4``    a finished video (and ``<id>.png``, its contact sheet)
+
+Errors are JSON ``{"error": "<one line>"}``: 400 for bad input (the CLI's message), 404, 413 for an upload over
+the limit, 503 when the queue is full.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import asdict
+from importlib import resources
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from starlette.exceptions import HTTPException
+
+from core.files import atomic_path
+from pipelines import VideoPipeline
+from pipelines.context import load_frames
+from pipelines.generate import GenerationRequest, generate_with, sampling_for
+from videoserve.requests import parse_request
+from videoserve.store import OutputStore, new_id
+from videoserve.worker import Busy, GenerationWorker
+
+log = logging.getLogger(__name__)
+
+MAX_JSON_BYTES = 64 * 1024
+KNOBS = {"ar": ("cfg_scale", "temperature"), "maskgit": ("cfg_scale", "steps", "temperature")}  # shown per style
+
+
+class _TooLarge(Exception):
+    """An upload passed the size limit."""
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def _model_info(pipe: VideoPipeline) -> dict:
+    modes = {}
+    for mode, gen in pipe.generators.items():
+        settings = asdict(sampling_for(pipe, mode))
+        modes[mode] = {
+            "orders": list(gen.config.orders),
+            "default_order": pipe.resolve_mode_order(mode, None)[1],
+            "sampling": {k: settings[k] for k in KNOBS[gen.config.style]},
+        }
+    return {
+        "default_mode": pipe.config.default_mode,
+        "modes": modes,
+        "num_frames": pipe.config.num_frames,
+        "fps": pipe.config.fps,
+        "temporal_compression": pipe.tokenizer.config.temporal_compression,
+        "num_classes": len(pipe.config.class_names),
+    }
+
+
+def _run_job(pipe: VideoPipeline, store: OutputStore, request: GenerationRequest, submitted: float) -> dict:
+    """Generates one request into the store (in the worker thread); returns the result's record."""
+    started = time.perf_counter()
+    result_id = store.reserve()
+    video, sheet = store.result_paths(result_id)
+    try:
+        made = generate_with(pipe, request, [video], progress=False)
+    except BaseException:
+        store.discard(result_id)
+        raise
+    done = time.perf_counter()
+    frames = made.output.frames
+    record = {
+        "id": result_id,
+        "video": f"/outputs/{video.name}",
+        "sheet": f"/outputs/{sheet.name}",
+        "prompt": request.effective_prompts,
+        "label": made.label,
+        "context": "image" if request.image else "video" if request.video else None,
+        "mode": made.mode,
+        "order": made.order,
+        "num_frames": int(frames.shape[1]),
+        "size": [int(frames.shape[3]), int(frames.shape[2])],
+        "fps": made.output.fps,
+        "seed": request.seed,
+        "sampling": asdict(sampling_for(pipe, made.mode, request.sampling)),
+        "timings": {
+            "queued": round(started - submitted, 3),
+            **{k: round(v, 3) for k, v in made.output.timings.items()},
+            "writing": round(done - started - sum(made.output.timings.values()), 3),
+            "total": round(done - submitted, 3),
+        },
+        "created": time.time(),
+    }
+    store.finish(result_id, record)
+    return record
+
+
+def create_app(
+    pipe: VideoPipeline,
+    store: OutputStore,
+    *,
+    max_waiting: int = 4,
+    max_frames: int = 65,
+    max_upload_bytes: int = 32 * 1024 * 1024,
+    model_name: str = "",
+) -> FastAPI:
+    """The app around a loaded pipeline.
+
+    Args:
+        pipe: the pipeline, already on its device; only the worker thread uses it.
+        store: the output folder.
+        max_waiting: requests that may wait behind the running one; more get 503.
+        max_frames: the longest video a request may ask for.
+        max_upload_bytes: the largest upload.
+        model_name: shown by ``/api/health`` and on the page.
+    """
+    worker = GenerationWorker(max_waiting)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI):
+        yield
+        worker.shutdown()
+
+    app = FastAPI(title="tokvid demo", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    info = {"model": model_name, **_model_info(pipe), "max_frames": max_frames}
+    page = resources.files("videoserve").joinpath("page.html").read_text(encoding="utf-8")
+    app.state.worker, app.state.store = worker, store
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
+        return _error(exc.status_code, str(exc.detail))
+
+    @app.get("/", response_class=HTMLResponse)
+    async def index() -> HTMLResponse:
+        return HTMLResponse(page)
+
+    @app.get("/api/health")
+    async def health() -> dict:
+        return {"status": "ok", **info, "queue": {"pending": worker.pending, "max": max_waiting + 1}}
+
+    @app.get("/api/recent")
+    async def recent(limit: int = 12) -> dict:
+        return {"results": await asyncio.to_thread(store.recent, max(0, min(limit, 100)))}
+
+    @app.post("/api/uploads")
+    async def upload(request: Request, name: str = "") -> JSONResponse:
+        upload_id = new_id()
+        try:
+            path = store.upload_path(upload_id, Path(name).suffix)
+        except ValueError as err:
+            return _error(400, str(err))
+        size = 0
+        try:
+            with atomic_path(path) as tmp, tmp.open("wb") as f:
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > max_upload_bytes:
+                        raise _TooLarge
+                    f.write(chunk)
+        except _TooLarge:  # atomic_path removed the partial file
+            return _error(413, f"the upload is larger than this server's limit of {max_upload_bytes} bytes")
+        try:
+            frames = await asyncio.to_thread(load_frames, path, "upload")
+        except ValueError as err:
+            path.unlink(missing_ok=True)
+            return _error(400, str(err))
+        store.enforce_cap(keep=upload_id)
+        return JSONResponse({"id": upload_id, "frames": int(frames.shape[0])})
+
+    @app.post("/api/generate")
+    async def generate(request: Request) -> JSONResponse:
+        if int(request.headers.get("content-length") or 0) > MAX_JSON_BYTES:
+            return _error(413, f"the request body is larger than {MAX_JSON_BYTES} bytes")
+        try:
+            body = await request.json()
+        except ValueError:
+            return _error(400, 'the request body must be JSON, e.g. {"prompt": "a red circle moving left"}')
+        try:
+            gen_request = parse_request(body, store.find_upload, max_frames)
+        except ValueError as err:
+            return _error(400, str(err))
+        submitted = time.perf_counter()
+        try:
+            future = worker.submit(lambda: _run_job(pipe, store, gen_request, submitted))
+        except Busy as err:
+            return _error(503, str(err))
+        try:
+            record = await asyncio.wrap_future(future)
+        except ValueError as err:
+            return _error(400, str(err))
+        except Exception as err:  # a bug, not the user's input: logged with its traceback
+            log.exception("generation failed")
+            return _error(500, f"generation failed: {type(err).__name__}: {err}")
+        return JSONResponse(record)
+
+    @app.get("/outputs/{name}")
+    async def output(name: str) -> FileResponse:
+        path = store.served_file(name)
+        if path is None:
+            raise HTTPException(404, f"no finished result named {name!r}")
+        return FileResponse(path, media_type="video/mp4" if path.suffix == ".mp4" else "image/png")
+
+    return app

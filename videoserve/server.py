@@ -1,0 +1,69 @@
+"""Loading the pipeline once and serving it with uvicorn: the work behind ``tokvid-serve``."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from pipelines import VideoPipeline
+from pipelines.generate import GenerationRequest, generate_with
+from videoserve.store import OutputStore
+
+log = logging.getLogger(__name__)
+
+
+def check_host(host: str, public: bool) -> None:
+    """Refuses an address other than the loopback unless ``public`` says so on purpose."""
+    if host not in ("127.0.0.1", "localhost", "::1") and not public:
+        raise ValueError(f"--host {host} would serve other machines: add --public to do that on purpose")
+
+
+def load_for_serving(model: str | os.PathLike, device: torch.device, out: str | os.PathLike) -> VideoPipeline:
+    """Loads the pipeline and runs one default generation (not kept), so the first request is already warm."""
+    start = time.perf_counter()
+    pipe = VideoPipeline.from_pretrained(model).to(device)
+    warm = Path(out) / ".warmup"
+    warm.mkdir(parents=True, exist_ok=True)
+    generate_with(pipe, GenerationRequest(), [warm / "warmup.mp4"], progress=False)
+    log.info("loaded and warmed %s in %.1f s", model, time.perf_counter() - start)
+    return pipe
+
+
+def serve(
+    model: str | os.PathLike,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    out: str | os.PathLike = "outputs/serve",
+    device: torch.device | str = "cpu",
+    public: bool = False,
+    max_waiting: int = 4,
+    max_frames: int = 65,
+    max_output_mb: float = 500.0,
+    max_upload_mb: float = 32.0,
+) -> None:
+    """Loads ``model`` once and serves the demo until interrupted.
+
+    Raises:
+        ValueError: a non-loopback host without ``public``, a model that does not load, bad limits.
+    """
+    import uvicorn  # the optional serve extra
+
+    from videoserve.app import create_app
+
+    check_host(host, public)
+    if not 1 <= port <= 65535:
+        raise ValueError(f"--port must be in [1, 65535], got {port}")
+    if max_frames < 1 or max_upload_mb <= 0:
+        raise ValueError("--max-frames and --max-upload-mb must be positive")
+    store = OutputStore(out, int(max_output_mb * 1024 * 1024))
+    pipe = load_for_serving(model, torch.device(device), out)
+    app = create_app(
+        pipe, store, max_waiting=max_waiting, max_frames=max_frames, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
+        model_name=Path(model).name,
+    )  # fmt: skip
+    uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -1,0 +1,144 @@
+"""The server's output folder: finished results and uploads, under a size cap, with unguessable names.
+
+Layout of ``root``::
+
+    <id>.mp4, <id>.png     a result's video and contact sheet (written atomically by the pipeline)
+    <id>.json              its record; written last, so a result without one is unfinished
+    uploads/<id><ext>      uploaded context images and videos
+
+Ids are 32 random hex digits (:func:`secrets.token_hex`). Only names of that form are ever served, so a
+request cannot reach a file outside ``root`` or guess another user's result from its own.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import secrets
+import threading
+from pathlib import Path
+
+from core.files import atomic_write_json
+
+log = logging.getLogger(__name__)
+
+_ID = re.compile(r"^[0-9a-f]{32}$")
+_SERVED = re.compile(r"^([0-9a-f]{32})\.(mp4|png)$")
+UPLOAD_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".mp4", ".webm", ".mov")
+UPLOADS = "uploads"
+
+
+def new_id() -> str:
+    """A fresh result or upload id: 128 random bits as hex."""
+    return secrets.token_hex(16)
+
+
+class OutputStore:
+    """Results and uploads in one folder, oldest dropped first once the folder passes ``max_bytes``.
+
+    Args:
+        root: the folder (created).
+        max_bytes: size cap of everything in ``root``; checked after each result and upload.
+    """
+
+    def __init__(self, root: str | Path, max_bytes: int) -> None:
+        if max_bytes < 1:
+            raise ValueError(f"the output size cap must be positive, got {max_bytes} bytes")
+        self.root = Path(root)
+        self.uploads = self.root / UPLOADS
+        self.uploads.mkdir(parents=True, exist_ok=True)
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._busy: set[str] = set()  # results being written: never dropped by the cap
+
+    def reserve(self) -> str:
+        """A new result id, protected from the cap until :meth:`finish` or :meth:`discard`."""
+        with self._lock:
+            result_id = new_id()
+            self._busy.add(result_id)
+            return result_id
+
+    def discard(self, result_id: str) -> None:
+        """Removes whatever a failed result left behind."""
+        for path in self.result_paths(result_id):
+            path.unlink(missing_ok=True)
+        with self._lock:
+            self._busy.discard(result_id)
+
+    # ----------------------------------------------------------------- results
+    def result_paths(self, result_id: str) -> tuple[Path, Path]:
+        """(video, contact sheet) paths of a result."""
+        return self.root / f"{result_id}.mp4", self.root / f"{result_id}.png"
+
+    def finish(self, result_id: str, record: dict) -> None:
+        """Writes the result's record (making it visible), then enforces the size cap."""
+        atomic_write_json(self.root / f"{result_id}.json", record)
+        with self._lock:
+            self._busy.discard(result_id)
+        self.enforce_cap(keep=result_id)
+
+    def served_file(self, name: str) -> Path | None:
+        """The file behind ``/outputs/<name>``, or None when the name is not a finished result's mp4 or png."""
+        match = _SERVED.match(name)
+        if not match or not (self.root / f"{match.group(1)}.json").is_file():
+            return None
+        path = self.root / name
+        return path if path.is_file() else None
+
+    def recent(self, limit: int) -> list[dict]:
+        """The records of the newest finished results, newest first."""
+        records = sorted(self.root.glob("*.json"), key=lambda p: p.stat().st_mtime_ns, reverse=True)
+        out = []
+        for path in records[:limit]:
+            try:
+                out.append(json.loads(path.read_text()))
+            except (OSError, ValueError):  # dropped by the cap meanwhile, or not ours
+                continue
+        return out
+
+    # ----------------------------------------------------------------- uploads
+    def upload_path(self, upload_id: str, suffix: str) -> Path:
+        """Where a new upload goes. Raises ValueError for a suffix it does not take."""
+        if suffix.lower() not in UPLOAD_SUFFIXES:
+            raise ValueError(f"uploads must be one of {', '.join(UPLOAD_SUFFIXES)}, not {suffix or 'no extension'!r}")
+        return self.uploads / f"{upload_id}{suffix.lower()}"
+
+    def find_upload(self, upload_id: object) -> Path:
+        """The file of an earlier upload. Raises ValueError when there is none of that id."""
+        if isinstance(upload_id, str) and _ID.match(upload_id):
+            for path in self.uploads.glob(f"{upload_id}.*"):
+                return path
+        raise ValueError(f"no upload with id {upload_id!r}: upload the file first (POST /api/uploads)")
+
+    # ----------------------------------------------------------------- cap
+    def size(self) -> int:
+        """Bytes of every file in the folder."""
+        return sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file())
+
+    def enforce_cap(self, keep: str = "") -> list[str]:
+        """Deletes the oldest results and uploads until the folder fits ``max_bytes``; returns the ids dropped.
+
+        Results being written and ``keep`` (what the caller just made) are never dropped.
+        """
+        with self._lock:
+            groups: dict[str, list[Path]] = {}
+            for path in self.root.rglob("*"):
+                if path.is_file() and not path.name.startswith("."):
+                    groups.setdefault(path.name.split(".")[0], []).append(path)
+            total = sum(p.stat().st_size for files in groups.values() for p in files)
+            by_age = sorted(groups, key=lambda k: max(p.stat().st_mtime_ns for p in groups[k]))
+            dropped = []
+            for key in by_age:
+                if total <= self.max_bytes:
+                    break
+                if key == keep or key in self._busy:
+                    continue
+                files = sorted(groups[key], key=lambda p: p.suffix != ".json")  # the record first: unlisted at once
+                for path in files:
+                    total -= path.stat().st_size
+                    path.unlink(missing_ok=True)
+                dropped.append(key)
+            if dropped:
+                log.info("output cap %d bytes: dropped %d oldest result(s)/upload(s)", self.max_bytes, len(dropped))
+            return dropped

@@ -1,0 +1,61 @@
+"""One generation at a time per device, behind a bounded queue.
+
+The pipeline runs in a single worker thread (torch releases the GIL, so the web server stays responsive).
+A request that finds ``max_waiting`` requests already waiting is refused at once with :class:`Busy`
+rather than queued without bound.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+class Busy(Exception):
+    """The queue is full; the caller should answer 503 and the client retry later."""
+
+
+class GenerationWorker:
+    """Runs submitted jobs one after another in one thread, refusing jobs past ``max_waiting``.
+
+    Args:
+        max_waiting: jobs that may wait while one runs (0: only the running one).
+    """
+
+    def __init__(self, max_waiting: int) -> None:
+        if max_waiting < 0:
+            raise ValueError(f"the queue length must be >= 0, got {max_waiting}")
+        self.max_waiting = max_waiting
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokvid-generate")
+        self._lock = threading.Lock()
+        self._pending = 0  # running + waiting
+
+    @property
+    def pending(self) -> int:
+        """Jobs running or waiting."""
+        return self._pending
+
+    def submit(self, job: Callable[[], T]) -> Future[T]:
+        """Queues ``job``; raises :class:`Busy` when ``max_waiting`` jobs already wait behind a running one."""
+        with self._lock:
+            if self._pending > self.max_waiting:
+                raise Busy(
+                    f"the server is busy: {self._pending} generation(s) running or queued (at most "
+                    f"{self.max_waiting + 1}); try again in a few seconds"
+                )
+            self._pending += 1
+        future = self._pool.submit(job)
+        future.add_done_callback(self._done)
+        return future
+
+    def _done(self, _: Future) -> None:
+        with self._lock:
+            self._pending -= 1
+
+    def shutdown(self) -> None:
+        """Waits for the running job; drops the waiting ones."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
