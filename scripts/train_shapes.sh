@@ -40,5 +40,4 @@ python tools/train.py --config configs/generator/shapes_maskgit.yaml --out "$RUN
 python tools/make_pipeline.py --config configs/pipeline/shapes.yaml --tokenizer "$RUN/tok/tokenizer" \
     --generator maskgit="$RUN/maskgit/export" --generator ar="$RUN/ar/export" --shapes-dataset "$RUN/data" \
     --dtype float16 --out "$OUT" --force
-python tools/eval_shapes.py --model "$OUT" --num-videos 216 --holdout-videos 48 \
-    --recon-data "$RUN/data/holdout.jsonl" --out "$RUN/adherence"
+python tools/eval_shapes.py --model "$OUT" --out "$RUN/adherence"

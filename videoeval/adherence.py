@@ -1,11 +1,16 @@
-"""Prompt adherence on the shapes domain: generate from captions, judge each video with the shapes analyzer.
+"""Prompt adherence on the shapes domain: generate from captions, judge each video as the user receives it.
 
-For each mode (and its default order unless others are asked for), :func:`evaluate_adherence`
-generates videos from in-distribution captions (every class not held out, several caption
-templates, balanced over classes), analyzes each with :func:`videoeval.shapes_analyzer.analyze`
-and reports the accuracy of all three attributes together and of each. Held-out attribute
-combinations (the model's ``holdout.json``, or given) are generated and reported separately.
-It writes ``report.md``, ``results.json`` and one contact sheet per mode and order.
+The default protocol (:func:`evaluate_adherence`), for each mode (and its default order unless others are asked):
+
+- requests balanced over **all 72 classes**, held-out combinations included, each phrased with one of the
+  **fresh phrasings** of :mod:`videoeval.phrasings` (never used as training captions);
+- a separate set for the model's held-out combinations alone (``holdout.json``), also freshly phrased;
+- every video written as an **mp4 and read back** before it is judged (:mod:`videoeval.shapes_scoring`):
+  attributes, phantom objects, hue stability;
+- optionally the tokenizer's ceiling on fresh renders of all classes (:mod:`videoeval.shapes_ceiling`).
+
+``phrasing="training"`` uses the training captions' templates instead (to measure the gap). It writes
+``report.md``, ``results.json``, the videos and one contact sheet per mode and order.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
@@ -23,72 +28,67 @@ import torch
 from tqdm import tqdm
 
 from core.files import atomic_write_json, atomic_write_text
-from core.video_io import write_contact_sheet
+from core.video_io import read_video, write_contact_sheet, write_video
 from pipelines import VideoPipeline
 from pipelines.assemble import HOLDOUT_FILE
-from videodata.shapes.dataset import load_clip, parse_holdout, read_manifest
+from videodata.shapes.dataset import parse_holdout
 from videodata.shapes.render import NUM_CLASSES, attributes_of, caption_for, label_of
 from videoeval.conditioning import TASKS as CONDITIONING_TASKS
 from videoeval.conditioning import conditioning_report
-from videoeval.shapes_analyzer import analyze
+from videoeval.phrasings import REPORT_SEEDS, fresh_caption
+from videoeval.shapes_ceiling import ceiling_results
+from videoeval.shapes_scoring import ATTRIBUTES, score, summarize
 
 SHEET_VIDEOS = 12  # videos shown on each contact sheet
-ATTRIBUTES = ("color", "shape", "motion")
+DEFAULT_SEED = REPORT_SEEDS[0]
 
 Combination = tuple[str, str, str]  # (color, shape, motion)
 
+# How a request is phrased: label, index of the request, rng -> caption.
+PHRASINGS: dict[str, Callable[[int, int, np.random.Generator], str]] = {
+    "fresh": fresh_caption,
+    "training": lambda label, index, rng: caption_for(*attributes_of(label), rng),
+}
 
-def _request(combination: Combination, rng: np.random.Generator) -> dict:
-    color, shape, motion = combination
-    return {"caption": caption_for(color, shape, motion, rng), "color": color, "shape": shape, "motion": motion}
 
-
-def plan(num_videos: int, holdout: Sequence[Combination], seed: int) -> list[dict]:
-    """Balanced (caption, attributes) requests over the classes not held out."""
-    held = {label_of(*h) for h in holdout}
-    classes = [c for c in range(NUM_CLASSES) if c not in held]
+def plan(num_videos: int, seed: int, phrasing: str = "fresh", labels: Sequence[int] | None = None) -> list[dict]:
+    """(caption, attributes) requests cycling through ``labels`` (default: all classes), phrased by ``phrasing``."""
+    if phrasing not in PHRASINGS:
+        raise ValueError(f"unknown phrasing {phrasing!r}; choose from {', '.join(PHRASINGS)}")
+    labels = list(range(NUM_CLASSES)) if labels is None else list(labels)
     rng = np.random.default_rng(seed)
-    return [_request(attributes_of(classes[i % len(classes)]), rng) for i in range(num_videos)]
+    rows = []
+    for i in range(num_videos):
+        label = labels[i % len(labels)]
+        color, shape, motion = attributes_of(label)
+        caption = PHRASINGS[phrasing](label, i // len(labels) + i, rng)
+        rows.append({"caption": caption, "color": color, "shape": shape, "motion": motion})
+    return rows
 
 
-def holdout_plan(num_videos: int, holdout: Sequence[Combination], seed: int) -> list[dict]:
-    """(caption, attributes) requests cycling through the held-out combinations."""
-    rng = np.random.default_rng(seed)
-    return [_request(holdout[i % len(holdout)], rng) for i in range(num_videos)]
-
-
-def score(frames: np.ndarray, rows: list[dict]) -> list[dict]:
-    """Analyzes (B, T, H, W, C) uint8 videos against their requested attributes; one result per video."""
+def received(frames: np.ndarray, folder: Path, first: int, fps: float) -> np.ndarray:
+    """Writes each (T, H, W, 3) video as ``folder/<index>.mp4`` and returns what reading the files back gives."""
     out = []
-    for clip, row in zip(frames, rows):
-        a = analyze(clip)
-        out.append(
-            {
-                **row,
-                "got": [a.color, a.shape, a.motion],
-                "confidence": a.confidence,
-                "ok_color": a.color == row["color"],
-                "ok_shape": a.shape == row["shape"],
-                "ok_motion": a.motion == row["motion"],
-                "ok": a.matches(row["color"], row["shape"], row["motion"]),
-            }
-        )
-    return out
-
-
-def summarize(results: list[dict]) -> dict[str, float]:
-    """``n`` and the share of videos right on all three attributes (``all``) and on each."""
-    n = max(1, len(results))
-    shares = {"all": sum(r["ok"] for r in results) / n}
-    shares.update({k: sum(r[f"ok_{k}"] for r in results) / n for k in ATTRIBUTES})
-    return {"n": len(results), **shares}
+    for i, video in enumerate(frames):
+        path = folder / f"{first + i:04d}.mp4"
+        write_video(path, video, fps)
+        out.append(read_video(path))
+    return np.stack(out)
 
 
 def evaluate(
-    pipe: VideoPipeline, mode: str, order: str, rows: list[dict], batch: int, seed: int, overrides: dict | None = None
+    pipe: VideoPipeline,
+    mode: str,
+    order: str,
+    rows: list[dict],
+    batch: int,
+    seed: int,
+    overrides: dict | None = None,
+    folder: Path | None = None,
 ) -> tuple[list[dict], list[np.ndarray]]:
-    """Generates one video per row in batches; returns scored rows and the first videos for a sheet.
+    """Generates one video per row in batches and judges it; returns scored rows and the first videos for a sheet.
 
+    With ``folder``, every video is written there as an mp4 and judged as read back from the file.
     ``overrides`` replaces fields of the model's sampling settings for ``mode`` (e.g. ``cfg_scale``);
     a field the mode's sampler does not have (``steps`` for GPT-style) is left out.
     """
@@ -106,49 +106,38 @@ def evaluate(
             sampling=sampling,
             generator=torch.Generator().manual_seed(seed + start),
         )
-        results += score(out.frames, chunk)
-        if len(shown) < SHEET_VIDEOS:
-            shown += list(out.frames[: SHEET_VIDEOS - len(shown)])
-    return results, shown
-
-
-@torch.no_grad()
-def reconstruction_results(
-    tokenizer, manifest: str | os.PathLike, num_videos: int, batch: int
-) -> tuple[list[dict], list[np.ndarray]]:
-    """The analyzer on the tokenizer's reconstructions of real clips (an upper bound for what
-    generated tokens can show): encode, decode, analyze, compare with the manifest's labels."""
-    rows = read_manifest(manifest)[:num_videos]
-    results, shown = [], []
-    for start in tqdm(range(0, len(rows), batch), desc="reconstruction", leave=False):
-        chunk = rows[start : start + batch]
-        clips = np.stack([load_clip(r["path"]) for r in chunk])  # (B, T, H, W, C) uint8
-        video = torch.from_numpy(clips).permute(0, 4, 1, 2, 3).float() / 127.5 - 1  # (B, C, T, H, W)
-        recon = tokenizer.decode(tokenizer.encode(video)).clamp(-1, 1)
-        frames = ((recon.permute(0, 2, 3, 4, 1) + 1) * 127.5).round().to(torch.uint8).numpy()  # (B, T, H, W, C)
-        requested = [{"caption": r.get("caption", ""), **{k: r[k] for k in ATTRIBUTES}} for r in chunk]
-        results += score(frames, requested)
+        frames = out.frames if folder is None else received(out.frames, folder, start, out.fps)
+        results += score(frames, chunk)
         if len(shown) < SHEET_VIDEOS:
             shown += list(frames[: SHEET_VIDEOS - len(shown)])
     return results, shown
 
 
-def report_markdown(summary: dict, model: str, seconds: float) -> str:
+def report_markdown(summary: dict, model: str, seconds: float, phrasing: str, seed: int) -> str:
     """The ``report.md`` page: one table row per mode/order/split, then the contact sheets."""
     lines = [
         "# Prompt adherence on shapes\n",
-        f"Model `{model}`; judged by `videoeval.shapes_analyzer`; {seconds:.0f} s.\n",
-        "| mode | order | split | videos | all three | color | shape | motion |",
-        "|---|---|---|---|---|---|---|---|",
+        f"Model `{model}`; {phrasing} phrasings; seed {seed}; every video judged by `videoeval.shapes_analyzer` "
+        f"as read back from its mp4; {seconds:.0f} s.\n",
+        "| mode | order | split | videos | all three | color | shape | motion | second object | hue stable |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for key, s in summary.items():
         mode, order, split = key.split("/")
-        shares = " | ".join(f"{s[k]:.1%}" for k in ("all", *ATTRIBUTES))
+        shares = " | ".join(f"{s[k]:.1%}" for k in ("all", *ATTRIBUTES, "phantom", "hue_stable"))
         lines.append(f"| {mode} | {order} | {split} | {s['n']} | {shares} |")
+    ceiling = next((s for k, s in summary.items() if k.startswith("tokenizer/")), None)
+    if ceiling:
+        hues = ", ".join(f"{k.removeprefix('hue_error_')} {v:.1f}°" for k, v in ceiling.items() if "hue_error_" in k)
+        lines += [
+            "",
+            f"Tokenizer reconstructions: PSNR {ceiling['psnr']:.2f} dB against the renders; median hue error per "
+            f"color {hues}; squares keep {ceiling['square_corner']:.2f} of their squareness (median).",
+        ]
     lines.append("")
     for key in summary:
         mode, order, split = key.split("/")
-        if split == "in-distribution":
+        if split == "all-classes" and mode != "tokenizer":
             lines.append(f"![{mode} {order}](sheet_{mode}_{order}.png)\n")
         elif mode == "tokenizer":
             lines.append("![tokenizer reconstructions](sheet_tokenizer_reconstruction.png)\n")
@@ -166,71 +155,81 @@ def evaluate_adherence(
     out: str | os.PathLike,
     *,
     num_videos: int = 216,
-    holdout_videos: int = 24,
+    holdout_videos: int = 48,
     modes: Sequence[str] = (),
     orders: Sequence[str] = (),
     holdout: str | None = None,
+    phrasing: str = "fresh",
     batch: int = 8,
     sampling: dict[str, Any] | None = None,
-    seed: int = 0,
-    recon_data: str | os.PathLike | None = None,
-    recon_videos: int = 240,
+    seed: int = DEFAULT_SEED,
+    recon_videos: int = 0,
 ) -> dict[str, dict[str, float]]:
-    """Generates, judges and reports; writes ``results.json``, ``report.md`` and contact sheets to ``out``.
+    """Generates, judges and reports; writes ``results.json``, ``report.md``, the videos and contact sheets.
 
     Args:
         model: pipeline directory.
         out: report folder (created).
-        num_videos: in-distribution videos per mode and order.
-        holdout_videos: videos per mode and order for the held-out combinations (0 skips them).
+        num_videos: videos per mode and order, cycling through all 72 classes.
+        holdout_videos: videos per mode and order for the held-out combinations alone (0 skips them).
         modes: modes to evaluate (default: all in the model).
         orders: orders to try per mode (default: each mode's default order).
         holdout: held-out combinations, e.g. ``"green triangle up"`` (default: the model's ``holdout.json``).
+        phrasing: ``"fresh"`` (phrasings training never used) or ``"training"`` (the training templates).
         batch: videos per pipeline call.
         sampling: sampling fields to override for every mode (``steps``, ``cfg_scale``, ...); None values keep
             the model's.
-        seed: seed of the first batch (later batches add their offset).
-        recon_data: a shapes manifest (.jsonl): also judge the tokenizer's reconstructions of its clips.
-        recon_videos: clips of ``recon_data`` to reconstruct.
+        seed: seed of the phrasings and of the first batch (later batches add their offset). Choose settings
+            on other seeds than the ones you report (:data:`videoeval.phrasings.SELECTION_SEEDS`).
+        recon_videos: also judge the tokenizer on this many fresh renders of all classes (0 skips it).
 
     Returns:
-        ``"mode/order/split"`` -> :func:`summarize` of its videos (``split`` is ``in-distribution``,
-        ``held-out``, or for ``tokenizer/reconstruction/<manifest>`` the manifest's name).
+        ``"mode/order/split"`` -> :func:`videoeval.shapes_scoring.summarize` of its videos (``split`` is
+        ``all-classes`` or ``held-out``), and ``"tokenizer/reconstruction/all-classes"`` with the ceiling's
+        numbers when asked.
 
     Raises:
-        ValueError: bad counts, an unknown mode, order or combination, or a model that does not load.
+        ValueError: bad counts, an unknown mode, order, phrasing or combination, or a model that does not load.
     """
     if num_videos < 1 or batch < 1:
         raise ValueError("--num-videos and --batch must be >= 1")
-    if holdout_videos < 0:
-        raise ValueError("--holdout-videos must be >= 0 (0 skips the held-out combinations)")
+    if holdout_videos < 0 or recon_videos < 0:
+        raise ValueError("--holdout-videos and --recon-videos must be >= 0 (0 skips them)")
+    if phrasing not in PHRASINGS:
+        raise ValueError(f"unknown phrasing {phrasing!r}; choose from {', '.join(PHRASINGS)}")
     pipe = VideoPipeline.from_pretrained(model)
     held = parse_holdout((model_holdout(model) if holdout is None else holdout) or None)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.time()
     summary, everything = {}, {}
-    if recon_data:
-        key = "tokenizer/reconstruction/" + Path(recon_data).stem
-        results, shown = reconstruction_results(pipe.tokenizer, recon_data, recon_videos, batch)
-        summary[key], everything[key] = summarize(results), results
+    if recon_videos:
+        key = "tokenizer/reconstruction/all-classes"
+        results, extra, shown = ceiling_results(pipe.tokenizer, out / "videos" / "tokenizer", num_videos=recon_videos,
+                                                seed=seed, batch=batch)  # fmt: skip
+        summary[key], everything[key] = {**summarize(results), **extra}, results
         write_contact_sheet(out / "sheet_tokenizer_reconstruction.png", shown)
     for mode in list(modes) or list(pipe.generators):
         for order in list(orders) or [pipe.resolve_mode_order(mode, None)[1]]:
             pipe.resolve_mode_order(mode, order)  # ValueError for an order the mode cannot do
-            results, shown = evaluate(pipe, mode, order, plan(num_videos, held, seed), batch, seed, sampling)
-            key = f"{mode}/{order}/in-distribution"
+            folder = out / "videos" / f"{mode}_{order}"
+            folder.mkdir(parents=True, exist_ok=True)
+            rows = plan(num_videos, seed, phrasing)
+            results, shown = evaluate(pipe, mode, order, rows, batch, seed, sampling, folder)
+            key = f"{mode}/{order}/all-classes"
             summary[key], everything[key] = summarize(results), results
             write_contact_sheet(out / f"sheet_{mode}_{order}.png", shown)
             if held and holdout_videos > 0:
-                rows = holdout_plan(holdout_videos, held, seed + 1)
-                results, _ = evaluate(pipe, mode, order, rows, batch, seed + 10_000, sampling)
+                rows = plan(holdout_videos, seed + 1, phrasing, [label_of(*h) for h in held])
+                folder = out / "videos" / f"{mode}_{order}_held_out"
+                folder.mkdir(parents=True, exist_ok=True)
+                results, _ = evaluate(pipe, mode, order, rows, batch, seed + 10_000, sampling, folder)
                 key = f"{mode}/{order}/held-out"
                 summary[key], everything[key] = summarize(results), results
     seconds = time.time() - start
-    results_json = {"model": str(model), "summary": summary, "videos": everything}
+    results_json = {"model": str(model), "phrasing": phrasing, "seed": seed, "summary": summary, "videos": everything}
     atomic_write_json(out / "results.json", results_json)
-    atomic_write_text(out / "report.md", report_markdown(summary, str(model), seconds))
+    atomic_write_text(out / "report.md", report_markdown(summary, str(model), seconds, phrasing, seed))
     return summary
 
 

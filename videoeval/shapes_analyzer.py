@@ -391,6 +391,35 @@ def track(frames: np.ndarray) -> np.ndarray:
     return xy
 
 
+def frame_hues(frames: np.ndarray) -> np.ndarray:
+    """The object's hue in degrees in every frame, NaN where no plausible object was found.
+
+    Unlike :func:`analyze`, frames whose hue strays far from the clip's are kept: this is the measurement
+    of hue drift, not a reading of the color.
+
+    Args:
+        frames: (T, H, W, 3) uint8 RGB.
+
+    Returns:
+        (T,) float64.
+    """
+    _check_frames(frames)
+    return _frame_features(frames)["hue"]
+
+
+def hue_stability(hues: np.ndarray, tolerance: float) -> tuple[int, int]:
+    """(frames whose hue is within ``tolerance`` degrees of the clip's median hue, frames).
+
+    The median is taken around the circular mean; a frame without an object (NaN) counts as not within.
+    """
+    seen = hues[~np.isnan(hues)]
+    if not len(seen):
+        return 0, len(hues)
+    center = _circular_mean(seen)
+    median = center + float(np.median((seen - center + 180.0) % 360.0 - 180.0))
+    return int((_angle_diff(seen, median) <= tolerance).sum()), len(hues)
+
+
 def count_objects(frames: np.ndarray) -> np.ndarray:
     """How many separate colored blobs of at least ``MIN_AREA`` of the frame stand out in each frame.
 

@@ -6,20 +6,39 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 
 import videoeval.adherence as adherence
 from tests.helpers.tiny_pipeline import make_tiny_pipeline
 from tools.eval_shapes import main
-from videodata.shapes.render import label_of, render_clip, sample_spec
-from videoeval.adherence import evaluate, plan, reconstruction_results, score, summarize
+from videodata.shapes.render import all_captions, label_of, render_clip, sample_spec
+from videoeval.adherence import evaluate, plan
+from videoeval.phrasings import FRESH_TEMPLATES
+from videoeval.shapes_ceiling import ceiling_results
+from videoeval.shapes_scoring import score, summarize
 
 
-def test_plan_is_balanced_and_skips_holdout():
-    rows = plan(140, [("green", "triangle", "up"), ("red", "circle", "left")], seed=0)
+def test_plan_covers_all_classes_with_fresh_phrasings():
+    rows = plan(216, seed=0)
     labels = [label_of(r["color"], r["shape"], r["motion"]) for r in rows]
-    assert label_of("green", "triangle", "up") not in labels and label_of("red", "circle", "left") not in labels
-    assert len(set(labels)) == 70 and np.bincount(labels, minlength=72).max() == 2
-    assert all(r["color"] in r["caption"] and r["shape"] in r["caption"] for r in rows)
+    assert np.bincount(labels, minlength=72).tolist() == [3] * 72  # held-out combinations included
+    for r in rows:
+        assert r["color"] in r["caption"] and r["shape"] in r["caption"]
+        assert r["caption"] not in all_captions(r["color"], r["shape"], r["motion"])
+    used = {next(i for i, t in enumerate(FRESH_TEMPLATES) if _fits(t, r)) for r in rows}
+    assert len(used) == len(FRESH_TEMPLATES)  # every fresh phrasing is used
+    training = plan(72, seed=0, phrasing="training")
+    assert all(r["caption"] in all_captions(r["color"], r["shape"], r["motion"]) for r in training)
+    held = plan(6, seed=0, labels=[label_of("green", "triangle", "up")])
+    assert {r["caption"] for r in held} and all(r["motion"] == "up" for r in held)
+
+
+def _fits(template: str, row: dict) -> bool:
+    import re
+
+    pattern = re.escape(template).replace(r"\{color\}", row["color"]).replace(r"\{shape\}", row["shape"])
+    pattern = pattern.replace(r"\{dir\}", r"[a-z ]+").replace(r"\{ward\}", r"[a-z]+")
+    return re.fullmatch(pattern, row["caption"]) is not None
 
 
 def test_score_on_rendered_clips():
@@ -33,7 +52,7 @@ def test_score_on_rendered_clips():
     frames = np.stack([render_clip(sample_spec(*c, rng)) for c in combos])
     rows = [{"caption": "", "color": c, "shape": s, "motion": m} for c, s, m in combos]
     good = summarize(score(frames, rows))
-    assert good == {"n": 4, "all": 1.0, "color": 1.0, "shape": 1.0, "motion": 1.0}
+    assert good == {"n": 4, "all": 1.0, "color": 1.0, "shape": 1.0, "motion": 1.0, "phantom": 0.0, "hue_stable": 1.0}
     wrong = [dict(r, motion="up" if r["motion"] != "up" else "down") for r in rows]
     bad = summarize(score(frames, wrong))
     assert bad["motion"] == 0.0 and bad["all"] == 0.0 and bad["color"] == 1.0
@@ -58,41 +77,59 @@ def test_cli_writes_report(tmp_path):
             "maskgit",
             "--steps",
             "2",
+            "--recon-videos",
+            "2",
             "--out",
             str(out),
         ]
     )
     assert rc == 0
     res = json.loads((out / "results.json").read_text())
-    assert set(res["summary"]) == {"maskgit/clip/in-distribution", "maskgit/clip/held-out"}
-    assert res["summary"]["maskgit/clip/in-distribution"]["n"] == 4
+    assert set(res["summary"]) == {
+        "tokenizer/reconstruction/all-classes", "maskgit/clip/all-classes", "maskgit/clip/held-out"
+    }  # fmt: skip
+    assert res["phrasing"] == "fresh" and len(list((out / "videos" / "maskgit_clip").glob("*.mp4"))) == 4
+    assert res["summary"]["maskgit/clip/all-classes"]["n"] == 4
     assert res["summary"]["maskgit/clip/held-out"]["n"] == 2
     md = (out / "report.md").read_text()
     assert "| maskgit | clip | held-out | 2 |" in md and (out / "sheet_maskgit_clip.png").is_file()
 
 
-def test_reconstruction_check_scores_a_lossless_tokenizer_perfectly(tmp_path):
-    from videodata.shapes.dataset import render_dataset
+def test_ceiling_scores_a_lossless_tokenizer_perfectly_and_a_blind_one_at_zero(tmp_path):
+    class Identity(torch.nn.Module):  # encode/decode as a lossless tokenizer would
+        device = torch.device("cpu")
 
-    render_dataset(tmp_path / "data", 6, seed=1, num_workers=1)
-
-    class Identity:  # encode/decode as a lossless tokenizer would
         def encode(self, video):
             return video
 
         def decode(self, ids):
             return ids
 
-    results, shown = reconstruction_results(Identity(), str(tmp_path / "data" / "manifest.jsonl"), 4, batch=3)
-    assert summarize(results) == {"n": 4, "all": 1.0, "color": 1.0, "shape": 1.0, "motion": 1.0}
-    assert len(shown) == 4 and shown[0].shape == (17, 64, 64, 3)
+    rows, extra, shown = ceiling_results(Identity(), tmp_path / "id", num_videos=12, seed=1, batch=5)
+    s = summarize(rows)
+    assert (s["n"], s["all"], s["phantom"], s["hue_stable"]) == (12, 1.0, 0.0, 1.0)
+    assert extra["psnr"] == float("inf") and extra["hue_error"] < 3.0 and extra["square_corner"] > 0.8
+    assert len(list((tmp_path / "id").glob("*.mp4"))) == 12 and shown[0].shape == (17, 64, 64, 3)
 
     class Dark(Identity):  # loses everything: nothing can be detected
         def decode(self, ids):
             return ids * 0 - 1
 
-    dark, _ = reconstruction_results(Dark(), str(tmp_path / "data" / "manifest.jsonl"), 4, batch=4)
-    assert summarize(dark)["all"] == 0.0
+    dark, extra, _ = ceiling_results(Dark(), tmp_path / "dark", num_videos=4, seed=1, batch=4)
+    assert summarize(dark)["all"] == 0.0 and extra["psnr"] < 20
+
+
+def test_phantoms_and_hue_drift_are_counted():
+    rng = np.random.default_rng(3)
+    clip = render_clip(sample_spec("red", "circle", "left", rng))
+    row = [{"caption": "", "color": "red", "shape": "circle", "motion": "left"}]
+    phantom = clip.copy()
+    phantom[5, 2:6, 2:6] = (0, 0, 255)  # a blue speck of 16 px in one frame
+    assert summarize(score(phantom[None], row))["phantom"] == 1.0
+    drift = clip.copy()
+    drift[9:, :, :, 2] = drift[9:, :, :, 0]  # the last 8 frames turn magenta (blue = red); gray stays gray
+    assert summarize(score(clip[None], row))["hue_stable"] == 1.0
+    assert summarize(score(drift[None], row))["hue_stable"] <= 9 / 17 + 1e-9
 
 
 def test_sampling_overrides_reach_the_pipeline_and_skip_fields_a_mode_lacks():
@@ -125,12 +162,13 @@ def test_cli_passes_every_sampling_flag_as_an_override(tmp_path, monkeypatch):
     model = make_tiny_pipeline(tmp_path / "model")
     seen = []
 
-    def fake_evaluate(pipe, mode, order, rows, batch, seed, overrides=None):
+    def fake_evaluate(pipe, mode, order, rows, batch, seed, overrides=None, folder=None):
         seen.append(overrides)
         return [], []
 
     monkeypatch.setattr(adherence, "evaluate", fake_evaluate)
-    monkeypatch.setattr(adherence, "summarize", lambda results: {"n": 0, "all": 0, "color": 0, "shape": 0, "motion": 0})
+    zero = {"n": 0, "all": 0, "color": 0, "shape": 0, "motion": 0, "phantom": 0, "hue_stable": 0}
+    monkeypatch.setattr(adherence, "summarize", lambda results: zero)
     monkeypatch.setattr(adherence, "write_contact_sheet", lambda path, frames: None)
     rc = main(
         [
@@ -152,6 +190,8 @@ def test_cli_passes_every_sampling_flag_as_an_override(tmp_path, monkeypatch):
             "0.8",
             "--choice-temperature",
             "6",
+            "--recon-videos",
+            "0",
             "--out",
             str(tmp_path / "r"),
         ]
@@ -179,15 +219,17 @@ def test_zero_holdout_videos_leaves_the_held_out_row_out(tmp_path, capsys):
             "maskgit",
             "--steps",
             "1",
+            "--recon-videos",
+            "0",
             "--out",
             str(out),
         ]
     )
     assert rc == 0
-    assert set(json.loads((out / "results.json").read_text())["summary"]) == {"maskgit/clip/in-distribution"}
+    assert set(json.loads((out / "results.json").read_text())["summary"]) == {"maskgit/clip/all-classes"}
     capsys.readouterr()
     assert main(["--model", str(model), "--holdout-videos", "-1", "--out", str(tmp_path / "bad")]) == 2
-    assert capsys.readouterr().err == "error: --holdout-videos must be >= 0 (0 skips the held-out combinations)\n"
+    assert capsys.readouterr().err == "error: --holdout-videos and --recon-videos must be >= 0 (0 skips them)\n"
 
 
 def test_help_and_bad_input_from_any_folder(tmp_path):
