@@ -68,7 +68,7 @@ def ar_loss(model: Generator, ids: torch.Tensor, cond: Condition, order: str, cf
     start = torch.full((B, 1), model.config.start_id, dtype=seq.dtype, device=seq.device)
     inputs = torch.cat([start, seq[:, :-1]], dim=1)
     coords = torch.cat([torch.full((1, 3), -1, dtype=torch.long), layout.coords[:-1]])
-    logits = model(inputs, cond, coords=coords, mask=causal_mask(L, seq.device))
+    logits = model(inputs, cond, coords=coords, mask=causal_mask(L, seq.device), targets=layout.coords)
     loss = F.cross_entropy(logits.flatten(0, 1).float(), seq.flatten(), label_smoothing=cfg.label_smoothing)
     acc = (logits.argmax(-1) == seq).float().mean()
     return LossOutput(loss, {"acc": acc.detach()})

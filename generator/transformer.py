@@ -39,6 +39,10 @@ class GeneratorConfig:
         max_grid: the largest (t, h, w) token grid; longer videos are made by the pipeline, window
             by window (``pipelines/rollout.py``).
         cond: "class", "text" or "none".
+        target_positions: GPT-style only: add to each input a learned embedding of the (t, h, w)
+            position it predicts (as in sigma-GPT), so one model learns and samples several orders
+            ('frame' and 'cube' lay the same tokens out differently; without it the next position is
+            implicit in the order and a model can serve only one layout).
     """
 
     style: Literal["ar", "maskgit"] = "ar"
@@ -56,6 +60,7 @@ class GeneratorConfig:
     max_text_len: int = 16
     rope_base: float = 10000.0
     attention_backend: Literal["sdpa", "xformers"] = "sdpa"
+    target_positions: bool = False
     activation_checkpointing: bool = False
 
     def __post_init__(self) -> None:
@@ -65,6 +70,8 @@ class GeneratorConfig:
             raise ValueError("order 'clip' is one unit of parallel decoding: it needs style 'maskgit'")
         if "cube" in self.orders:
             unit_extent("cube", self.max_grid, self.cube_size)
+        if self.target_positions and self.style != "ar":
+            raise ValueError("target_positions is for GPT-style models: a masked token's position is its own")
         if self.dim % self.num_heads or (self.dim // self.num_heads) % 2:
             raise ValueError(f"dim {self.dim} / num_heads {self.num_heads} must give an even head size")
 
@@ -93,6 +100,18 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
+class TargetPositions(nn.Module):
+    """A learned embedding of a (t, h, w) grid position: the sum of one table per axis."""
+
+    def __init__(self, max_grid: tuple[int, int, int], dim: int) -> None:
+        super().__init__()
+        self.axes = nn.ModuleList(nn.Embedding(n, dim) for n in max_grid)
+
+    def forward(self, coords: torch.Tensor) -> torch.Tensor:
+        """(N, 3) long -> (N, dim)."""
+        return sum(table(coords[:, i]) for i, table in enumerate(self.axes))
+
+
 class Generator(nn.Module):
     """Block-causal transformer over video tokens with a condition prefix."""
 
@@ -100,6 +119,7 @@ class Generator(nn.Module):
         super().__init__()
         self.config = c = config
         self.tok_emb = nn.Embedding(c.vocab_size + 2, c.dim)
+        self.target_emb = TargetPositions(c.max_grid, c.dim) if c.target_positions else None
         self.cond_emb = ConditionEmbedder(c.cond, c.dim, c.num_classes, c.text_dim, c.max_text_len)
         self.rope = Rope3d(c.dim // c.num_heads, c.rope_base)
         self.blocks = nn.ModuleList(Block(c) for _ in range(c.depth))
@@ -174,6 +194,7 @@ class Generator(nn.Module):
         *,
         coords: torch.Tensor,
         mask: torch.Tensor,
+        targets: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits for ``N`` new token positions.
 
@@ -188,6 +209,8 @@ class Generator(nn.Module):
             cache: optional static KV cache.
             coords: (N, 3) long (t, h, w) position of each new token (for 3D RoPE).
             mask: (N, N) bool, True where new token i may attend new token j.
+            targets: (N, 3) long (t, h, w) position each new token predicts; needed (and only used)
+                with ``config.target_positions``.
 
         Returns:
             logits: (B, N, vocab_size).
@@ -203,6 +226,10 @@ class Generator(nn.Module):
         x = self.tok_emb(ids)
         dev = x.device
         coords, mask = coords.to(dev), mask.to(dev)
+        if self.target_emb is not None:
+            if targets is None or targets.shape != (N, 3):
+                raise ValueError(f"give targets, the ({N}, 3) positions the inputs predict (config.target_positions)")
+            x = x + self.target_emb(targets.to(dev)).to(x.dtype)
         key_valid = None  # (B, P + N) validity of the keys written now; None = all valid
         if cache is None or cache.length == 0:
             prefix, p_valid = self.cond_emb(cond)

@@ -103,7 +103,11 @@ class BatchStream:
 
 
 # GeneratorConfig fields a warm start may change: they set the attention pattern or the runtime, not the weights.
-_NOT_ARCHITECTURE = ("style", "orders", "cube_size", "attention_backend", "activation_checkpointing")
+# Fields that may differ between run.init_from's model and the new one. A GPT-style model's target-position
+# tables are left out when a model without them (MaskGIT-style) starts from its weights.
+_NOT_ARCHITECTURE = (
+    "style", "orders", "cube_size", "attention_backend", "activation_checkpointing", "target_positions"
+)  # fmt: skip
 
 
 DEFAULT_SAMPLE_FPS = 8.0  # sample videos of a cache cut by frame stride rather than a frame rate
@@ -158,7 +162,11 @@ class GeneratorTrainer(Trainer):
         ]
         if diff:
             raise ValueError(f"run.init_from {directory} has another architecture ({'; '.join(diff)})")
-        load_strict(self.model, load_state(Path(directory) / WEIGHTS_NAME), what="generator")
+        state = load_state(Path(directory) / WEIGHTS_NAME)
+        ours = {k: v for k, v in self.model.state_dict().items() if k.startswith("target_emb.")}
+        state = {k: v for k, v in state.items() if not k.startswith("target_emb.") or k in ours}
+        state = {**ours, **state}  # tables the source lacks keep their fresh initialization
+        load_strict(self.model, state, what="generator")
         log.info("initialized from %s (%s-style, orders %s)", directory, src.style, list(src.orders))
 
     def _check_labels(self) -> None:

@@ -56,13 +56,16 @@ def sample_ar(
     with torch.inference_mode():
         seq = torch.empty(B, L, dtype=torch.long, device=device)
         start = torch.full((B, 1), model.config.start_id, dtype=torch.long, device=device)
+        # Each input predicts the next position of the layout (used by models with target_positions).
+        targets = layout.coords if model.config.target_positions else None
         prev, prev_coords = start, torch.tensor([START_COORDS])
         if n_ctx:  # the start token and the whole context in one prefill
             seq[:, :n_ctx] = known[:, :n_ctx]
             prev = torch.cat([start, seq[:, :n_ctx]], dim=1)
             prev_coords = torch.cat([prev_coords, layout.coords[:n_ctx]])
         for i in tqdm(range(n_ctx, L), desc="sampling (ar)", disable=not progress, leave=False):
-            logits = ctx.logits(prev, prev_coords, keep=True, progress=i / L)[:, -1]
+            step_targets = None if targets is None else targets[i + 1 - prev.shape[1] : i + 1]
+            logits = ctx.logits(prev, prev_coords, keep=True, progress=i / L, targets=step_targets)[:, -1]
             seq[:, i] = sample_logits(logits, sampling, generator)
             prev, prev_coords = seq[:, i : i + 1], layout.coords[i : i + 1]
     return layout.to_grid(seq)

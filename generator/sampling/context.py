@@ -115,7 +115,8 @@ class DecodeContext:
         self.batch = cond.batch_size
         self.cond = cond.with_null() if self.guided else cond
         self.causal_inside = model.config.style == "ar"
-        self.history: list[tuple[torch.Tensor, torch.Tensor]] = []  # kept (ids (rows, n), coords (n, 3))
+        # kept (ids (rows, n), coords (n, 3), targets (n, 3) or None)
+        self.history: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
         rows = 2 * self.batch if self.guided else self.batch
         self.cache = model.new_cache(rows, model.prefix_len + max_tokens) if use_cache else None
         self._inner_masks: dict[tuple[int, torch.device], torch.Tensor] = {}  # built once per unit size
@@ -135,10 +136,19 @@ class DecodeContext:
         return mask
 
     @torch.no_grad()
-    def logits(self, ids: torch.Tensor, coords: torch.Tensor, *, keep: bool, progress: float) -> torch.Tensor:
+    def logits(
+        self,
+        ids: torch.Tensor,
+        coords: torch.Tensor,
+        *,
+        keep: bool,
+        progress: float,
+        targets: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Logits (B, n, V) for new tokens ``ids`` (B, n) at grid ``coords`` (n, 3).
 
-        Coordinates with t < 0 (the start token) are left unrotated.
+        Coordinates with t < 0 (the start token) are left unrotated. ``targets`` (n, 3) are the
+        positions the tokens predict, for models with ``target_positions``.
         """
         rows = torch.cat([ids, ids]) if self.guided else ids
         device = rows.device
@@ -147,17 +157,18 @@ class DecodeContext:
         if self.cache is not None:
             start = self.cache.length
             mask = self._inner_mask(n, device)
-            out = self.model(rows, self.cond, self.cache, coords=coords, mask=mask)
+            out = self.model(rows, self.cond, self.cache, coords=coords, mask=mask, targets=targets)
             if not keep:
                 self.cache.rewind(start)
         else:
-            chunks = [*self.history, (rows, coords)]
+            chunks = [*self.history, (rows, coords, targets)]
             all_ids = torch.cat([c[0] for c in chunks], dim=1)
             all_coords = torch.cat([c[1] for c in chunks])
+            all_targets = None if targets is None else torch.cat([c[2] for c in chunks])
             mask = self._history_mask([c[0].shape[1] for c in chunks], device)
-            out = self.model(all_ids, self.cond, None, coords=all_coords, mask=mask)[:, -n:]
+            out = self.model(all_ids, self.cond, None, coords=all_coords, mask=mask, targets=all_targets)[:, -n:]
         if keep:
-            self.history.append((rows, coords))
+            self.history.append((rows, coords, targets))
         if not self.guided:
             return out.float()
         cond_logits, null_logits = out.float().chunk(2)

@@ -375,3 +375,14 @@ def test_init_from_starts_from_exported_weights_across_styles(data, tmp_path):
     assert Generator.from_pretrained(tmp_path / "b" / "export").config.style == "ar"
     proc = train(data, tmp_path / "c", "run.steps=1", "model.depth=1", f"run.init_from={src}", check=False)
     assert proc.returncode == 2 and "has another architecture (depth" in proc.stderr and "Traceback" not in proc.stderr
+    # A GPT-style model with target-position tables starts from weights without them (fresh tables), and a
+    # MaskGIT-style model starts from it (the tables are left out).
+    lr0 = ("run.steps=1", "run.eval_every=0", "optim.lr=0")
+    train(data, tmp_path / "d", *lr0, "model.style=ar", "model.orders=[frame,cube]", "model.cube_size=[1,2,2]",
+          "model.target_positions=true", f"run.init_from={src}")  # fmt: skip
+    d = load_file(tmp_path / "d" / "export" / "model.safetensors")
+    assert {k for k in d if not k.startswith("target_emb.")} == a.keys() and all(torch.equal(a[k], d[k]) for k in a)
+    assert any(k.startswith("target_emb.") for k in d)
+    train(data, tmp_path / "e", *lr0, f"run.init_from={tmp_path / 'd' / 'export'}")
+    e = load_file(tmp_path / "e" / "export" / "model.safetensors")
+    assert e.keys() == a.keys() and all(torch.equal(a[k], e[k]) for k in a)

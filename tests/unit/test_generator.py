@@ -82,7 +82,7 @@ def test_samplers_put_each_prediction_at_its_own_position(style, order, monkeypa
     reproduced exactly: every position filled, by its own prediction, nothing left masked or out of place."""
     code = lambda coords: (coords[:, 0] * 16 + coords[:, 1] * 4 + coords[:, 2] + 7) % 64  # noqa: E731
 
-    def logits(self, ids, coords, *, keep, progress):
+    def logits(self, ids, coords, *, keep, progress, targets=None):
         out = torch.zeros(ids.shape[0], ids.shape[1], 66)
         target = coords.clone()
         if style == "ar":  # the logits at a fed token predict the next position
@@ -307,3 +307,46 @@ def test_condition_and_generator_report_their_device():
     assert on_meta.with_null().drop.device.type == "meta"  # the null rows land where the labels are
     m = tiny("ar")
     assert m.device == torch.device("cpu") and m.to("meta").device.type == "meta"
+
+
+# ------------------------------------------------- target positions: one GPT-style model, several orders
+def test_target_positions_tell_each_input_what_it_predicts():
+    """Logits at input i depend on targets[i] and on nothing else of the targets (causality kept)."""
+    m = tiny("ar", target_positions=True)
+    layout = make_layout(GRID, "cube", (1, 2, 2))
+    L = layout.num_tokens
+    ids = torch.randint(0, 64, (2, L))
+    coords = torch.cat([torch.full((1, 3), -1), layout.coords[:-1]])
+    base = m(ids, cond2(), coords=coords, mask=causal_mask(L), targets=layout.coords)
+    moved = layout.coords.clone()
+    moved[5] = layout.coords[9]
+    out = m(ids, cond2(), coords=coords, mask=causal_mask(L), targets=moved)
+    changed = (out - base).abs().amax(dim=(0, 2)) > 1e-6
+    assert changed[5] and changed[6:].any() and not changed[:5].any()
+
+
+def test_target_positions_are_required_and_gpt_style_only():
+    m = tiny("ar", target_positions=True)
+    with pytest.raises(ValueError, match="give targets"):
+        m(torch.zeros(2, 3, dtype=torch.long), cond2(), coords=torch.zeros(3, 3, dtype=torch.long),
+          mask=causal_mask(3))  # fmt: skip
+    with pytest.raises(ValueError, match="GPT-style"):
+        tiny("maskgit", target_positions=True)
+
+
+@pytest.mark.parametrize("order", AR_ORDERS)
+def test_target_positions_cache_equals_recompute_in_every_order(order):
+    m = tiny("ar", target_positions=True)
+    kw = dict(order=order, sampling=SamplingConfig(temperature=1.0))
+    cached = sample_ar(m, cond2(), GRID, generator=torch.Generator().manual_seed(3), **kw)
+    plain = sample_ar(m, cond2(), GRID, generator=torch.Generator().manual_seed(3), use_cache=False, **kw)
+    assert torch.equal(cached, plain)
+
+
+def test_target_positions_train_in_every_order():
+    m = tiny("ar", target_positions=True).train()
+    ids = torch.randint(0, 64, (2, *GRID))
+    for order in AR_ORDERS:
+        out = generator_loss(m, ids, cond2(), ObjectiveConfig(orders=(order,)), torch.Generator().manual_seed(0))
+        out.loss.backward()
+    assert all(t.weight.grad is not None and t.weight.grad.abs().sum() > 0 for t in m.target_emb.axes)

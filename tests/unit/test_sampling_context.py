@@ -50,9 +50,9 @@ def test_ar_prefills_the_context_in_one_pass():
     calls = []
     original = DecodeContext.logits
 
-    def counting(self, ids, coords, *, keep, progress):
+    def counting(self, ids, coords, *, keep, progress, targets=None):
         calls.append(ids.shape[1])
-        return original(self, ids, coords, keep=keep, progress=progress)
+        return original(self, ids, coords, keep=keep, progress=progress, targets=targets)
 
     DecodeContext.logits = counting
     try:
