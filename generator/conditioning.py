@@ -1,7 +1,8 @@
 """Conditions and their prefix embeddings: class labels or frozen text-encoder features.
 
 A condition becomes a short sequence of prefix tokens that every video token attends to:
-one token for a class label, ``max_text_len`` projected tokens for text. Text goes in as a
+one token for a class label, ``max_text_len`` projected tokens for text (plus, optionally, one token for
+the pooled sentence embedding). Text goes in as a
 prefix (not cross-attention) so that one attention mask and one KV cache serve both styles,
 and the prefix is prefilled once. Classifier-free guidance replaces a dropped condition with a
 learned null: the extra class id ``num_classes`` or a learned null text sequence.
@@ -71,20 +72,31 @@ class ConditionEmbedder(nn.Module):
         dim: model width.
         num_classes: number of real classes; id ``num_classes`` is the null class.
         text_dim: width of the text-encoder features.
-        max_text_len: prefix length for text.
+        max_text_len: text tokens in the prefix.
+        text_pooled: put one more token first: the mask-averaged, L2-normalized text features (the
+            sentence embedding that encoders like all-MiniLM-L6-v2 are trained to make), which
+            depends less on word order and phrasing than the per-token features.
     """
 
-    def __init__(self, kind: str, dim: int, num_classes: int, text_dim: int, max_text_len: int) -> None:
+    def __init__(
+        self, kind: str, dim: int, num_classes: int, text_dim: int, max_text_len: int, text_pooled: bool = False
+    ) -> None:
         super().__init__()
         self.kind = kind
         self.num_classes = num_classes
         self.max_text_len = max_text_len
+        self.text_pooled = text_pooled and kind == "text"
         if kind == "class":
             self.class_emb = nn.Embedding(num_classes + 1, dim)
         elif kind == "text":
             self.text_proj = nn.Sequential(nn.Linear(text_dim, dim), nn.GELU(approximate="tanh"), nn.Linear(dim, dim))
             self.null_text = nn.Parameter(torch.randn(max_text_len, dim) * 0.02)
             self.text_pos = nn.Parameter(torch.randn(max_text_len, dim) * 0.02)
+            if self.text_pooled:
+                self.pooled_proj = nn.Sequential(
+                    nn.Linear(text_dim, dim), nn.GELU(approximate="tanh"), nn.Linear(dim, dim)
+                )  # fmt: skip
+                self.null_pooled = nn.Parameter(torch.randn(1, dim) * 0.02)
         elif kind == "none":
             self.start = nn.Parameter(torch.randn(1, dim) * 0.02)
         else:
@@ -92,7 +104,7 @@ class ConditionEmbedder(nn.Module):
 
     @property
     def prefix_len(self) -> int:
-        return self.max_text_len if self.kind == "text" else 1
+        return self.max_text_len + self.text_pooled if self.kind == "text" else 1
 
     def forward(self, cond: Condition) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns prefix embeddings (B, P, D) and key validity (B, P) bool."""
@@ -117,18 +129,30 @@ class ConditionEmbedder(nn.Module):
                     labels = torch.where(drop, torch.full_like(labels, self.num_classes), labels)
             emb = self.class_emb(labels)[:, None]  # (B, 1, D)
             return emb, torch.ones(B, 1, dtype=torch.bool, device=emb.device)
-        # text
-        null = self.null_text[None].expand(B, -1, -1)
+        return self._text(cond, B, drop)
+
+    def _text(self, cond: Condition, B: int, drop: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        null = self.null_text
+        if self.text_pooled:
+            null = torch.cat([self.null_pooled, null])  # (P, D)
+        null = null[None].expand(B, -1, -1)
         if cond.text is None:
             if drop is None or not bool(drop.all()):
                 raise ValueError("this generator is text-conditional: pass text features")
-            return null, torch.ones(B, self.max_text_len, dtype=torch.bool, device=null.device)
+            return null, torch.ones(B, self.prefix_len, dtype=torch.bool, device=null.device)
         text, mask = cond.text, cond.text_mask
         if text.ndim != 3 or text.shape[1] != self.max_text_len:
             raise ValueError(f"text features must be (B, {self.max_text_len}, D), got {tuple(text.shape)}")
         if mask is None:
             mask = torch.ones(text.shape[:2], dtype=torch.bool, device=text.device)
-        emb = self.text_proj(text.to(null.dtype)) + self.text_pos[None]
+        text = text.to(null.dtype)
+        emb = self.text_proj(text) + self.text_pos[None]
+        if self.text_pooled:
+            w = mask.to(text.dtype)[:, :, None]  # (B, L, 1)
+            pooled = (text * w).sum(1) / w.sum(1).clamp_min(1.0)  # (B, D_text)
+            pooled = nn.functional.normalize(pooled, dim=-1)
+            emb = torch.cat([self.pooled_proj(pooled)[:, None], emb], dim=1)  # (B, 1 + L, D)
+            mask = torch.cat([torch.ones_like(mask[:, :1]), mask], dim=1)
         if drop is not None:
             emb = torch.where(drop[:, None, None], null, emb)
             mask = mask | drop[:, None]

@@ -39,6 +39,9 @@ class GeneratorConfig:
         max_grid: the largest (t, h, w) token grid; longer videos are made by the pipeline, window
             by window (``pipelines/rollout.py``).
         cond: "class", "text" or "none".
+        max_text_len, text_dim: text tokens in the condition prefix, and the text encoder's width.
+        text_pooled: text models: one more prefix token, the pooled sentence embedding (see
+            :class:`~generator.conditioning.ConditionEmbedder`).
         target_positions: GPT-style only: add to each input a learned embedding of the (t, h, w)
             position it predicts (as in sigma-GPT), so one model learns and samples several orders
             ('frame' and 'cube' lay the same tokens out differently; without it the next position is
@@ -61,6 +64,7 @@ class GeneratorConfig:
     rope_base: float = 10000.0
     attention_backend: Literal["sdpa", "xformers"] = "sdpa"
     target_positions: bool = False
+    text_pooled: bool = False
     activation_checkpointing: bool = False
 
     def __post_init__(self) -> None:
@@ -120,7 +124,7 @@ class Generator(nn.Module):
         self.config = c = config
         self.tok_emb = nn.Embedding(c.vocab_size + 2, c.dim)
         self.target_emb = TargetPositions(c.max_grid, c.dim) if c.target_positions else None
-        self.cond_emb = ConditionEmbedder(c.cond, c.dim, c.num_classes, c.text_dim, c.max_text_len)
+        self.cond_emb = ConditionEmbedder(c.cond, c.dim, c.num_classes, c.text_dim, c.max_text_len, c.text_pooled)
         self.rope = Rope3d(c.dim // c.num_heads, c.rope_base)
         self.blocks = nn.ModuleList(Block(c) for _ in range(c.depth))
         self.norm = RMSNorm(c.dim)

@@ -24,9 +24,11 @@ def text_cond(encoder, prompts):
     return Condition(text=feats.features, text_mask=feats.mask)
 
 
+@pytest.mark.parametrize("pooled", [False, True])
 @pytest.mark.parametrize("style,order", [("ar", "frame"), ("maskgit", "frame"), ("maskgit", "clip")])
-def test_text_conditioned_training_and_sampling(encoder, style, order):
+def test_text_conditioned_training_and_sampling(encoder, style, order, pooled):
     cfg = GeneratorConfig(
+        text_pooled=pooled,
         style=style,
         orders=(order,),
         vocab_size=64,
@@ -110,3 +112,24 @@ def test_text_generator_needs_text(encoder):
     )
     with pytest.raises(ValueError, match="text-conditional"):
         sample_ar(Generator(cfg).eval(), Condition(labels=torch.tensor([1])), GRID)
+
+
+def test_pooled_token_ignores_padding_and_word_order_and_has_a_null():
+    from generator.conditioning import ConditionEmbedder
+
+    torch.manual_seed(0)
+    emb = ConditionEmbedder("text", 16, 0, 8, 6, text_pooled=True)
+    assert emb.prefix_len == 7
+    text = torch.randn(2, 6, 8)
+    mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 1, 0, 0, 0]], dtype=torch.bool)
+    out, valid = emb(Condition(text=text, text_mask=mask))
+    assert out.shape == (2, 7, 16) and valid[:, 0].all() and torch.equal(valid[:, 1:], mask)
+    padded = text.clone()
+    padded[~mask] = 100.0
+    shuffled = text.clone()
+    shuffled[0, :4] = text[0, [2, 0, 3, 1]]
+    assert torch.allclose(emb(Condition(text=padded, text_mask=mask))[0][:, 0], out[:, 0])
+    assert torch.allclose(emb(Condition(text=shuffled, text_mask=mask))[0][0, 0], out[0, 0], atol=1e-6)
+    assert not torch.allclose(out[0, 0], out[1, 0])
+    dropped, _ = emb(Condition(text=text, text_mask=mask, drop=torch.tensor([True, False])))
+    assert torch.equal(dropped[0, 0], emb.null_pooled[0]) and torch.equal(dropped[1], out[1])
