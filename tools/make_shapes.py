@@ -37,6 +37,10 @@ def build_parser() -> CliParser:
     render.add_argument("--format", choices=FORMATS, default="mp4", help="mp4 files or folders of PNG frames")
     render.add_argument("--num-workers", type=int, default=1, help="parallel render/encode threads")
     render.add_argument("--overwrite", action="store_true", help="replace a dataset already in --out")
+    render.add_argument(
+        "--captions-per-clip", type=int, default=1,
+        help="distinct captions per clip; a text-conditional trainer draws one per step",
+    )  # fmt: skip
     an = sub.add_parser("analyze", help="read color, shape and motion from videos")
     an.add_argument("paths", nargs="*", help="video files or folders of frames")
     an.add_argument("--manifest", help="analyze every clip of a manifest .jsonl and report accuracy")
@@ -86,7 +90,7 @@ def _main(argv: Sequence[str] | None) -> int:
         return _analyze(args)
     s = render_dataset(
         args.out, args.num_clips, seed=args.seed, holdout=args.holdout, format=args.format,
-        num_workers=args.num_workers, overwrite=args.overwrite,
+        num_workers=args.num_workers, overwrite=args.overwrite, captions_per_clip=args.captions_per_clip,
     )  # fmt: skip
     held = f" and {s.num_holdout} held-out clips to {s.holdout_manifest}" if s.holdout_manifest else ""
     print(f"wrote {s.num_train} training clips to {s.manifest}{held}")

@@ -110,6 +110,13 @@ _NOT_ARCHITECTURE = (
 )  # fmt: skip
 
 
+def _caption(sample: TokenSample, pick: torch.Generator | None) -> str:
+    """One of the sample's captions: drawn with ``pick`` when it has several, else its first."""
+    if pick is None or len(sample.captions) < 2:
+        return sample.caption
+    return sample.captions[int(torch.randint(len(sample.captions), (), generator=pick))]
+
+
 DEFAULT_SAMPLE_FPS = 8.0  # sample videos of a cache cut by frame stride rather than a frame rate
 
 
@@ -180,20 +187,23 @@ class GeneratorTrainer(Trainer):
                 )
 
     # ------------------------------------------------------------------ data
-    def condition(self, samples: Sequence[TokenSample]) -> Condition:
-        """The condition of cached samples: their labels, their captions' text features, or none."""
+    def condition(self, samples: Sequence[TokenSample], pick: torch.Generator | None = None) -> Condition:
+        """The condition of cached samples: their labels, their captions' text features, or none.
+
+        A sample with several captions gives one drawn with ``pick``, or its first without.
+        """
         kind, device = self.cfg.model.cond, self.dist.device
         if kind == "class":
             return Condition(labels=torch.tensor([s.label for s in samples], device=device))
         if kind == "text":
-            feats = self.text_encoder.encode([s.caption for s in samples])
+            feats = self.text_encoder.encode([_caption(s, pick) for s in samples])
             return Condition(text=feats.features, text_mask=feats.mask)
         return Condition(drop=torch.zeros(len(samples), dtype=torch.bool, device=device))
 
-    def batch(self, indices: Sequence[int]) -> tuple[torch.Tensor, Condition]:
-        """(B, t, h, w) token ids of cached clips ``indices`` and their condition."""
+    def batch(self, indices: Sequence[int], pick: torch.Generator | None = None) -> tuple[torch.Tensor, Condition]:
+        """(B, t, h, w) token ids of cached clips ``indices`` and their condition (see :meth:`condition`)."""
         samples = [self.cache[i] for i in indices]
-        return torch.stack([s.ids for s in samples]).to(self.dist.device), self.condition(samples)
+        return torch.stack([s.ids for s in samples]).to(self.dist.device), self.condition(samples, pick)
 
     # ------------------------------------------------------------------ the step
     def train_step(self) -> dict[str, float] | None:
@@ -207,7 +217,7 @@ class GeneratorTrainer(Trainer):
         losses, accs = [], []
         self.grad_norm = None
         while len(losses) < gas:
-            ids, cond = self.batch(self.stream.take(self.run.micro_batch))
+            ids, cond = self.batch(self.stream.take(self.run.micro_batch), pick=self.rng)
             loss, stats = self.engine(ids, cond, self.rng)
             if self.any_nonfinite(loss):
                 self.guard.record("loss", self.step)

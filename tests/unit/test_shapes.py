@@ -318,3 +318,21 @@ def test_cli_bad_args_exit_2_with_one_line(tmp_path, capsys, repo_root):
     assert proc.returncode == 2, proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "purple" in errors[0] and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_several_captions_per_clip_are_distinct_keep_the_first_and_reach_the_trainer(tmp_path):
+    from videodata.cache.sources import discover_sources
+
+    one = render_dataset(tmp_path / "one", 8, seed=3, format="png")
+    many = render_dataset(tmp_path / "many", 8, seed=3, format="png", captions_per_clip=4)
+    rows_one = [json.loads(line) for line in one.manifest.read_text().splitlines()]
+    rows_many = [json.loads(line) for line in many.manifest.read_text().splitlines()]
+    for a, b in zip(rows_one, rows_many):
+        assert "captions" not in a and "caption" not in b
+        assert b["captions"][0] == a["caption"] and len(set(b["captions"])) == 4
+        assert all(b["color"] in c and b["shape"] in c for c in b["captions"])
+    _, sources = discover_sources(many.manifest)
+    assert [s.captions for s in sources] == [tuple(r["captions"]) for r in sorted(rows_many, key=lambda r: r["path"])]
+    assert "caption" in (tmp_path / "many" / "manifest.csv").read_text().splitlines()[0]
+    with pytest.raises(ValueError, match="captions_per_clip"):
+        render_dataset(tmp_path / "bad", 2, captions_per_clip=0)

@@ -17,7 +17,7 @@ FINGERPRINT = "ab" * 32
 
 
 def make_cache(
-    out: Path, num_clips: int = 7, shard_size: int = 3, world_size: int = 1, codebook_size: int = 100
+    out: Path, num_clips: int = 7, shard_size: int = 3, world_size: int = 1, codebook_size: int = 100, caption=None
 ) -> np.ndarray:
     """Writes a cache of ``num_clips`` clips (source i, clip 0) through the real writer; returns the ids."""
     ids = np.random.default_rng(0).integers(0, codebook_size, (num_clips, *GRID))
@@ -36,7 +36,8 @@ def make_cache(
         dtype = token_dtype(codebook_size)
         writer = RankWriter(out, rank=rank, world_size=world_size, shard_size=shard_size, dtype=dtype, grid=GRID)
         for i in rank_slice(num_clips, rank, world_size):
-            meta = {"source": i, "clip": 0, "start": 2 * i, "stride": 1, "label": i % 3, "caption": f"caption {i}"}
+            text = caption(i) if caption else f"caption {i}"
+            meta = {"source": i, "clip": 0, "start": 2 * i, "stride": 1, "label": i % 3, "caption": text}
             writer.add(ids[i], **meta, last_of_source=True)
         writer.finish()
     merge_manifest(out, spec, world_size=world_size, wait_timeout_s=1, elapsed_s=0.0)
@@ -164,11 +165,17 @@ def test_manifest_sources_csv_and_jsonl(tmp_path):
     (tmp_path / "m.csv").write_text('path,caption,label\nb.mp4,"a, caption",2\na.mp4,,\n')
     root, sources = discover_sources(tmp_path / "m.csv")
     assert root == tmp_path
-    assert sources == [Source(path="a.mp4"), Source(path="b.mp4", caption="a, caption", label=2)]
+    assert sources == [Source(path="a.mp4"), Source(path="b.mp4", captions=("a, caption",), label=2)]
     (tmp_path / "m.jsonl").write_text('{"path": "/abs/x.mp4", "label": 1}\n\n{"path": "y.png", "caption": "c"}\n')
     _, sources = discover_sources(tmp_path / "m.jsonl")
-    assert sources == [Source(path="/abs/x.mp4", label=1), Source(path="y.png", caption="c")]
+    assert sources == [Source(path="/abs/x.mp4", label=1), Source(path="y.png", captions=("c",))]
+    (tmp_path / "m.jsonl").write_text('{"path": "z.mp4", "captions": ["one", "two"]}\n')
+    _, sources = discover_sources(tmp_path / "m.jsonl")
+    assert sources == [Source(path="z.mp4", captions=("one", "two"))] and sources[0].caption == "one"
     for text, message in [
+        ('{"path": "a.mp4", "caption": "x", "captions": ["y"]}\n', "not both"),
+        ('{"path": "a.mp4", "captions": []}\n', "non-empty list"),
+        ('{"path": "a.mp4", "captions": ["ok", 3]}\n', "non-empty list of non-empty strings"),
         ('{"path": "a.mp4", "label": "x"}\n', "line 1: label 'x' is not an integer"),
         ('{"caption": "no path"}\n', "line 1: needs a non-empty 'path'"),
         ("[1, 2]\n", "line 1: expected a JSON object"),
@@ -179,3 +186,16 @@ def test_manifest_sources_csv_and_jsonl(tmp_path):
     (tmp_path / "bad.csv").write_text("file,caption\na.mp4,x\n")
     with pytest.raises(ValueError, match="'path' column"):
         discover_sources(tmp_path / "bad.csv")
+
+
+def test_several_captions_travel_through_the_cache_and_training_draws_each(tmp_path):
+    from videotrain.generator_task import _caption
+
+    make_cache(tmp_path / "c", caption=lambda i: [f"first {i}", f"second {i}"] if i % 2 else f"only {i}")
+    cache = TokenCache(tmp_path / "c")
+    assert (cache[1].caption, cache[1].captions) == ("first 1", ("first 1", "second 1"))
+    assert (cache[2].caption, cache[2].captions) == ("only 2", ("only 2",))
+    g = torch.Generator().manual_seed(0)
+    drawn = {_caption(cache[1], g) for _ in range(50)}
+    assert drawn == {"first 1", "second 1"}
+    assert _caption(cache[1], None) == "first 1" and _caption(cache[2], g) == "only 2"

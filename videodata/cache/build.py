@@ -267,7 +267,15 @@ def build_cache(cfg: BuildConfig) -> BuildSummary:
         },
         "tokenizer": {"path": str(Path(cfg.tokenizer).resolve()), "config": to_dict(tokenizer.config)},
         "data": str(root),
-        "sources": [{"path": s.path, "caption": s.caption, "label": s.label} for s in sources],
+        "sources": [
+            {
+                "path": s.path,
+                "caption": s.caption,
+                "label": s.label,
+                **({"captions": list(s.captions)} if len(s.captions) > 1 else {}),
+            }
+            for s in sources
+        ],
     }
     prepare_cache_dir(out, cache_spec)
     writer = RankWriter(out, rank=rank, world_size=world, shard_size=cfg.shard_size, dtype=dtype, grid=grid)
@@ -351,7 +359,7 @@ def _encode_slice(
         for j, clip in enumerate(decoded.clips):
             meta = {
                 "source": task.index, "clip": clip, "start": decoded.starts[j], "stride": decoded.stride,
-                "label": src.label, "caption": src.caption, "last_of_source": clip == decoded.last_clip,
+                "label": src.label, "caption": src.caption_entry, "last_of_source": clip == decoded.last_clip,
             }  # fmt: skip
             batch.append((decoded.frames[j], meta))
             if len(batch) == batch_size:

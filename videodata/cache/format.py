@@ -6,7 +6,8 @@ A cache folder written by ``tools/cache_tokens.py`` holds::
                                        world size); a resumed run must match it exactly
     shard-r{rank:03d}-{i:05d}.tokens.npy   (N, t, h, w) uint16 (codebook <= 65,536) else int32
     shard-r{rank:03d}-{i:05d}.meta.npy     (N,) structured int64: source, clip, start, stride, label
-    shard-r{rank:03d}-{i:05d}.captions.json  JSON list of N strings ("" when absent)
+    shard-r{rank:03d}-{i:05d}.captions.json  JSON list of N entries: a string ("" when absent), or a
+                                       list of strings for a source with several captions
     shard-r{rank:03d}-{i:05d}.done.json    written last: counts, sha256 of every file, quarantine
     rank-{rank:03d}.done.json          written when a rank has finished its slice
     manifest.json                      written by rank 0 once every rank is done

@@ -42,7 +42,8 @@ class TokenSample:
     Attributes:
         ids: (t, h, w) long token ids.
         label: class label, -1 when the source had none.
-        caption: caption, "" when the source had none.
+        caption: the (first) caption, "" when the source had none.
+        captions: every caption of the source (empty when it had none).
         source: index of the source file in the manifest's ``sources``.
         start: first source frame of the clip.
     """
@@ -52,6 +53,7 @@ class TokenSample:
     caption: str
     source: int
     start: int
+    captions: tuple[str, ...] = ()
 
 
 class TokenCache(Dataset):
@@ -101,7 +103,7 @@ class TokenCache(Dataset):
     def _open_maps(self) -> None:
         self._tokens: dict[int, np.ndarray] = {}
         self._meta: dict[int, np.ndarray] = {}
-        self._captions: OrderedDict[int, list[str]] = OrderedDict()
+        self._captions: OrderedDict[int, list[str | list[str]]] = OrderedDict()
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -136,12 +138,15 @@ class TokenCache(Dataset):
         shard, row = self.locate(index)
         tokens, meta = self._arrays(shard)
         m = meta[row]
+        entry = self._shard_captions(shard)[row]
+        captions = tuple(entry) if isinstance(entry, list) else ((entry,) if entry else ())
         return TokenSample(
             ids=torch.from_numpy(tokens[row].astype(np.int64)),  # (t, h, w)
             label=int(m["label"]),
-            caption=self._shard_captions(shard)[row],
+            caption=captions[0] if captions else "",
             source=int(m["source"]),
             start=int(m["start"]),
+            captions=captions,
         )
 
     def _arrays(self, shard: int) -> tuple[np.ndarray, np.ndarray]:
@@ -166,14 +171,14 @@ class TokenCache(Dataset):
         except (OSError, ValueError) as err:
             raise ValueError(f"shard {entry['name']}: cannot read {kind} file {str(path)!r}: {err}") from None
 
-    def _shard_captions(self, shard: int) -> list[str]:
+    def _shard_captions(self, shard: int) -> list[str | list[str]]:
         if shard in self._captions:
             self._captions.move_to_end(shard)
         else:
             entry = self.shards[shard]
             captions = read_json(self.cache_dir / entry["files"]["captions"]["file"], f"shard {entry['name']} captions")
             if not isinstance(captions, list) or len(captions) != entry["num_clips"]:
-                raise ValueError(f"shard {entry['name']}: captions file does not hold {entry['num_clips']} strings")
+                raise ValueError(f"shard {entry['name']}: captions file does not hold {entry['num_clips']} entries")
             self._captions[shard] = captions
             if len(self._captions) > _CAPTION_SHARDS_KEPT:
                 self._captions.popitem(last=False)

@@ -2,8 +2,10 @@
 
 Sources come from a folder scanned recursively, a single media file, or a manifest CSV /
 JSONL with a ``path`` column (relative to the manifest's folder, or absolute) and optional
-``caption`` and ``label`` (int; -1 or empty when absent). They are sorted by path, so the
-work items ``(source index, clip index)`` are fixed by the data and the clip window alone.
+``caption`` and ``label`` (int; -1 or empty when absent). A JSONL row may give ``captions``, a list of
+several captions of the same video, instead of ``caption``: a text-conditional trainer draws one per
+step. Sources are sorted by path, so the work items ``(source index, clip index)`` are fixed by the
+data and the clip window alone.
 
 :func:`decode_source` runs in decode worker processes: it probes the frame count, plans the
 clip starts, reads and resizes every clip of one source, and raises :class:`SourceError`
@@ -54,8 +56,18 @@ class Source:
     """One input file. ``path`` is relative to the data root (or absolute, from a manifest)."""
 
     path: str
-    caption: str = ""
+    captions: tuple[str, ...] = ()
     label: int = -1
+
+    @property
+    def caption(self) -> str:
+        """The first caption, "" when there is none."""
+        return self.captions[0] if self.captions else ""
+
+    @property
+    def caption_entry(self) -> str | list[str]:
+        """How the cache stores the captions: one string, or a list of several."""
+        return list(self.captions) if len(self.captions) > 1 else self.caption
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -205,12 +217,18 @@ def _parse_label(value: Any, where: str) -> int:
 
 
 def _source(row: dict[str, Any], where: str) -> Source:
-    path, caption = row.get("path"), row.get("caption")
+    path, caption, several = row.get("path"), row.get("caption"), row.get("captions")
     if not isinstance(path, str) or not path.strip():
         raise ValueError(f"{where}: needs a non-empty 'path'")
     if caption is not None and not isinstance(caption, str):
         raise ValueError(f"{where}: caption must be a string, got {caption!r}")
-    return Source(path=path.strip(), caption=caption or "", label=_parse_label(row.get("label"), where))
+    if several is not None:
+        if caption is not None:
+            raise ValueError(f"{where}: give 'caption' or 'captions', not both")
+        if not isinstance(several, list) or not several or not all(isinstance(c, str) and c for c in several):
+            raise ValueError(f"{where}: captions must be a non-empty list of non-empty strings, got {several!r}")
+    captions = tuple(several) if several is not None else ((caption,) if caption else ())
+    return Source(path=path.strip(), captions=captions, label=_parse_label(row.get("label"), where))
 
 
 def _read_manifest(path: Path) -> list[Source]:
@@ -241,7 +259,7 @@ def _read_manifest(path: Path) -> list[Source]:
 
 def sources_sha256(sources: list[Source]) -> str:
     """sha256 over the sorted source list (path, caption, label): the identity of the work list."""
-    blob = json.dumps([[s.path, s.caption, s.label] for s in sources], ensure_ascii=False)
+    blob = json.dumps([[s.path, s.caption_entry, s.label] for s in sources], ensure_ascii=False)
     return sha256_bytes(blob.encode())
 
 

@@ -110,7 +110,7 @@ class RankWriter:
         self.resume_from: tuple[int, int] | None = None  # (source index, first clip index)
         self._tokens: list[np.ndarray] = []
         self._meta: list[tuple[int, ...]] = []
-        self._captions: list[str] = []
+        self._captions: list[str | list[str]] = []
         self._last_of_source = False
         self._scan()
 
@@ -171,14 +171,15 @@ class RankWriter:
         start: int,
         stride: int,
         label: int,
-        caption: str,
+        caption: str | list[str],
         last_of_source: bool,
     ) -> None:
         """Appends one clip's tokens; writes a shard when ``shard_size`` clips are held.
 
         Args:
             ids: (t, h, w) token ids of the clip.
-            source, clip, start, stride, label, caption: the clip's meta row and caption.
+            source, clip, start, stride, label, caption: the clip's meta row and its caption (a list when the
+                source has several).
             last_of_source: no later clip of this source follows (fixes the resume point).
         """
         if tuple(ids.shape) != self.grid:

@@ -109,12 +109,22 @@ def class_of(index: int, seed: int) -> int:
     return int(np.random.default_rng([seed, block, 1]).permutation(NUM_CLASSES)[position])
 
 
-def clip_spec(index: int, seed: int) -> tuple[ClipSpec, str]:
-    """Spec and caption of clip ``index`` of the dataset made with ``seed``."""
+def clip_spec(index: int, seed: int, num_captions: int = 1) -> tuple[ClipSpec, tuple[str, ...]]:
+    """Spec and captions of clip ``index`` of the dataset made with ``seed``.
+
+    The captions are distinct draws of :func:`caption_for`; the first is the same whatever ``num_captions``.
+    """
     color, shape, motion = attributes_of(class_of(index, seed))
     rng = np.random.default_rng([seed, index])
     spec = sample_spec(color, shape, motion, rng)
-    return spec, caption_for(color, shape, motion, rng)
+    captions = [caption_for(color, shape, motion, rng)]
+    for _ in range(50 * num_captions):
+        if len(captions) == num_captions:
+            break
+        caption = caption_for(color, shape, motion, rng)
+        if caption not in captions:
+            captions.append(caption)
+    return spec, tuple(captions)
 
 
 @dataclass(frozen=True)
@@ -150,8 +160,8 @@ def _write_png_folder(folder: Path, frames: np.ndarray) -> None:
         raise
 
 
-def _render_one(index: int, seed: int, out: Path, fmt: str, held: frozenset) -> dict:
-    spec, caption = clip_spec(index, seed)
+def _render_one(index: int, seed: int, out: Path, fmt: str, held: frozenset, num_captions: int) -> dict:
+    spec, captions = clip_spec(index, seed, num_captions)
     rel = f"clips/{index:06d}" + (".mp4" if fmt == "mp4" else "")
     frames = render_clip(spec)
     if fmt == "mp4":
@@ -159,17 +169,22 @@ def _render_one(index: int, seed: int, out: Path, fmt: str, held: frozenset) -> 
     else:
         _write_png_folder(out / rel, frames)
     split = "holdout" if (spec.color, spec.shape, spec.motion) in held else "train"
-    values = (rel, caption, spec.label, spec.color, spec.shape, spec.motion, split)
-    return dict(zip(COLUMNS, values))
+    values = (rel, captions[0], spec.label, spec.color, spec.shape, spec.motion, split)
+    return {**dict(zip(COLUMNS, values)), "captions": list(captions)}
 
 
 def _jsonl(rows: list[dict]) -> str:
-    return "".join(json.dumps(row) + "\n" for row in rows)
+    """One JSON object per row: ``captions`` (a list) for a clip with several captions, else ``caption``."""
+    lines = []
+    for row in rows:
+        several = len(row["captions"]) > 1
+        lines.append(json.dumps({k: v for k, v in row.items() if k != ("caption" if several else "captions")}))
+    return "".join(line + "\n" for line in lines)
 
 
 def _csv(rows: list[dict]) -> str:
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n", extrasaction="ignore")  # first caption
     writer.writeheader()
     writer.writerows(rows)
     return buf.getvalue()
@@ -184,6 +199,7 @@ def render_dataset(
     format: str = "mp4",
     num_workers: int = 1,
     overwrite: bool = False,
+    captions_per_clip: int = 1,
 ) -> RenderSummary:
     """Renders the dataset into ``out`` and writes its manifests, ``manifest.jsonl`` last.
 
@@ -196,6 +212,8 @@ def render_dataset(
         format: ``"mp4"`` (H.264 via ``write_video``) or ``"png"`` (a folder of frames per clip).
         num_workers: threads rendering and encoding clips in parallel, >= 1.
         overwrite: replace a finished dataset already in ``out``.
+        captions_per_clip: distinct captions drawn per clip; with more than one, the JSONL manifests give them
+            as ``captions`` (a text-conditional trainer draws one per step) and the CSV ones keep the first.
 
     Returns:
         The manifests written and their row counts.
@@ -212,6 +230,8 @@ def render_dataset(
         raise ValueError(f"format must be one of {list(FORMATS)}, got {format!r}")
     if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 1:
         raise ValueError(f"num_workers must be a positive integer, got {num_workers!r}")
+    if isinstance(captions_per_clip, bool) or not isinstance(captions_per_clip, int) or captions_per_clip < 1:
+        raise ValueError(f"captions_per_clip must be a positive integer, got {captions_per_clip!r}")
     combos = parse_holdout(holdout)
     if len(combos) == NUM_CLASSES:
         raise ValueError("the holdout combinations cover all 72 classes: nothing is left to train on")
@@ -233,7 +253,8 @@ def render_dataset(
     pool = ThreadPoolExecutor(max_workers=num_workers)
     rows = []
     try:
-        for row in pool.map(lambda i: _render_one(i, seed, out, format, held), range(num_clips)):
+        work = lambda i: _render_one(i, seed, out, format, held, captions_per_clip)  # noqa: E731
+        for row in pool.map(work, range(num_clips)):
             rows.append(row)
             if len(rows) % max(1, num_clips // 10) == 0 or len(rows) == num_clips:
                 log.info("rendered %d/%d clips", len(rows), num_clips)
@@ -250,7 +271,8 @@ def render_dataset(
         atomic_write_text(out / "holdout.csv", _csv(held_rows))
         atomic_write_text(out / HOLDOUT_MANIFEST, _jsonl(held_rows))
     info = {
-        "num_clips": num_clips, "seed": seed, "format": format, "holdout": [" ".join(c) for c in combos],
+        "num_clips": num_clips, "seed": seed, "format": format, "captions_per_clip": captions_per_clip,
+        "holdout": [" ".join(c) for c in combos],
         "num_train": len(train), "num_holdout": len(held_rows), "num_frames": NUM_FRAMES, "size": SIZE, "fps": FPS,
         "num_classes": NUM_CLASSES, "label": "(color * 3 + shape) * 4 + motion", "attributes": dict(ATTRIBUTES),
     }  # fmt: skip
