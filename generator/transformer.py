@@ -270,6 +270,26 @@ class Generator(nn.Module):
                 x = block(x, freqs, full, cache, i, span)
         return self.head(self.norm(x[:, -N:]))
 
+    @torch.no_grad()
+    def prefill(self, cond: Condition, cache: KVCache) -> None:
+        """Writes the condition prefix's keys and values into an empty cache, so that every later
+        step of a sampler attends to it without computing it again."""
+        if cache.length:
+            raise ValueError("prefill needs an empty KV cache")
+        prefix, p_valid = self.cond_emb(cond)
+        P, dev = prefix.shape[1], prefix.device
+        coords = torch.full((P, 3), -1, dtype=torch.long, device=dev)
+        full = torch.ones(1, 1, P, P, dtype=torch.bool, device=dev)
+        key_valid = None
+        if not bool(p_valid.all()):
+            key_valid = p_valid
+            full = full & key_valid[:, None, None, :]  # (B, 1, P, P)
+        span = cache.reserve(P, key_valid)
+        freqs = self.rope.freqs(coords)
+        x = prefix.to(self.tok_emb.weight.dtype)
+        for i, block in enumerate(self.blocks):
+            x = block(x, freqs, full, cache, i, span)
+
     # ----------------------------------------------------------------- files
     def save_pretrained(self, directory: str | os.PathLike, dtype: torch.dtype | None = None) -> None:
         """Writes ``model.safetensors`` and ``config.yaml`` (atomically, weights first); ``dtype``

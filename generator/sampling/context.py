@@ -135,6 +135,11 @@ class DecodeContext:
             mask &= causal_mask(len(chunk_of), device)
         return mask
 
+    def prefill(self) -> None:
+        """Computes the condition prefix once into the cache (no-op without a cache or once done)."""
+        if self.cache is not None and self.cache.length == 0:
+            self.model.prefill(self.cond, self.cache)
+
     @torch.no_grad()
     def logits(
         self,

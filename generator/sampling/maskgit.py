@@ -3,8 +3,8 @@
 Inside a unit every step predicts all masked tokens at once, keeps the most confident ones
 and re-masks the rest, following the shared mask schedule so that the last step leaves
 nothing masked. Confidences get Gumbel noise scaled by ``choice_temperature`` and annealed to
-zero over the steps. A finished unit is committed to the KV cache (one clean pass) and
-becomes context for the next unit.
+zero over the steps. The condition prefix is prefilled into the KV cache once, before the first
+unit; a finished unit is committed to the cache (one clean pass) and becomes context for the next.
 """
 
 from __future__ import annotations
@@ -55,11 +55,9 @@ def sample_maskgit(
     B, L = cond.batch_size, layout.num_tokens
     known, n_ctx = context_sequence(layout, context, B, whole_units=True)
     device = model.device
-    max_tokens = L
-    # A single unit (order 'clip') is never context for a later one: a cache would only be
-    # written and rewound every step. Without it the step is one plain forward pass.
-    use_cache = use_cache and layout.num_units > 1
-    ctx = DecodeContext(model, cond, sampling, max_tokens=max_tokens, use_cache=use_cache)
+    ctx = DecodeContext(model, cond, sampling, max_tokens=L, use_cache=use_cache)
+    # The condition prefix is computed once; every step of every unit (order 'clip' included) attends to it.
+    ctx.prefill()
     mask_id = model.config.mask_id
     steps = sampling.steps
     bar = tqdm(total=layout.num_units * steps, desc="sampling (maskgit)", disable=not progress, leave=False)

@@ -350,3 +350,18 @@ def test_target_positions_train_in_every_order():
         out = generator_loss(m, ids, cond2(), ObjectiveConfig(orders=(order,)), torch.Generator().manual_seed(0))
         out.loss.backward()
     assert all(t.weight.grad is not None and t.weight.grad.abs().sum() > 0 for t in m.target_emb.axes)
+
+
+@pytest.mark.parametrize("style,order", [("maskgit", o) for o in MG_ORDERS] + [("ar", o) for o in AR_ORDERS])
+def test_the_condition_prefix_is_computed_once_per_video(style, order, monkeypatch):
+    """Every order, unit 0 and 'clip' included: the prefix is embedded once, and the result is what
+    recomputing everything at every step gives."""
+    m = tiny(style)
+    calls = []
+    original = m.cond_emb.forward
+    monkeypatch.setattr(m.cond_emb, "forward", lambda cond: calls.append(1) or original(cond))
+    kw = dict(order=order, sampling=SamplingConfig(steps=3, cfg_scale=2.0, temperature=1.0))
+    cached = sampler(style)(m, cond2(), GRID, generator=torch.Generator().manual_seed(5), **kw)
+    assert len(calls) == 1
+    plain = sampler(style)(m, cond2(), GRID, generator=torch.Generator().manual_seed(5), use_cache=False, **kw)
+    assert torch.equal(cached, plain)
