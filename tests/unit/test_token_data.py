@@ -199,3 +199,24 @@ def test_several_captions_travel_through_the_cache_and_training_draws_each(tmp_p
     drawn = {_caption(cache[1], g) for _ in range(50)}
     assert drawn == {"first 1", "second 1"}
     assert _caption(cache[1], None) == "first 1" and _caption(cache[2], g) == "only 2"
+
+
+def test_a_folder_of_frames_is_decoded_like_a_video(tmp_path):
+    from PIL import Image
+
+    from videodata.cache.sources import DecodeTask, SourceError, count_frames, decode_source
+
+    frames = np.random.default_rng(0).integers(0, 256, (9, 16, 16, 3), dtype=np.uint8)
+    clip = tmp_path / "clip"
+    clip.mkdir()
+    for i, f in enumerate(frames):
+        Image.fromarray(f).save(clip / f"{i:04d}.png")
+    assert count_frames(clip) == 9
+    got = decode_source(DecodeTask(index=0, file=str(clip), window=ClipWindow(num_frames=5, size=16)))
+    np.testing.assert_array_equal(got.frames[0], frames[:5])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(SourceError, match="empty"):
+        decode_source(DecodeTask(index=0, file=str(empty), window=ClipWindow(num_frames=5, size=16)))
+    with pytest.raises(SourceError, match="no frame rate"):
+        decode_source(DecodeTask(index=0, file=str(clip), window=ClipWindow(num_frames=5, size=16, fps=4.0)))

@@ -31,7 +31,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from core.files import sha256_bytes
-from core.video_io import PIL_EXTS, list_media, read_video, resize_center_crop, video_fps
+from core.video_io import IMAGE_EXTS, PIL_EXTS, list_media, read_video, resize_center_crop, video_fps
 
 try:  # decord is optional (see core/video_io.py)
     import decord
@@ -280,12 +280,14 @@ def worker_init() -> None:
 
 
 def count_frames(path: Path) -> int:
-    """Number of frames in a video, GIF or image, from its headers (no full decode).
+    """Number of frames in a video, GIF, image or folder of image frames, from headers (no full decode).
 
     Raises:
         SourceError: ``undecodable`` when no backend can open the file.
     """
     reasons = []
+    if path.is_dir():  # a folder of frames: one video (see core.video_io.read_video)
+        return len([p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTS and not p.name.startswith(".")])
     if path.suffix.lower() in PIL_EXTS:
         try:
             with Image.open(path) as im:
@@ -337,6 +339,8 @@ def plan_starts(total: int, window: ClipWindow, stride: int) -> list[tuple[int, 
 def _source_stride(path: Path, window: ClipWindow, total: int) -> int:
     if window.fps is None or total == 1:
         return window.stride
+    if path.is_dir():
+        raise SourceError("undecodable", "a folder of frames has no frame rate: cache it with a frame stride, not fps")
     try:
         native = video_fps(path)
     except ValueError as err:
@@ -354,11 +358,13 @@ def decode_source(task: DecodeTask) -> DecodedSource:
         SourceError: the file is missing, empty, too short, or cannot be decoded.
     """
     path, window = Path(task.file), task.window
-    if not path.is_file():
+    if not path.exists():
         raise SourceError("missing", f"{str(path)!r} does not exist")
-    if path.stat().st_size == 0:
+    if path.is_file() and path.stat().st_size == 0:
         raise SourceError("empty", f"{str(path)!r} is 0 bytes")
     total = count_frames(path)
+    if total == 0:
+        raise SourceError("empty", f"{str(path)!r} is a folder without image frames")
     stride = _source_stride(path, window, total)
     planned = plan_starts(total, window, stride)
     if not planned:
