@@ -179,6 +179,7 @@ def generate_to_files(
     seed: int = 0,
     gif: bool = False,
     device: torch.device | str = "cpu",
+    dtype: torch.dtype | None = None,
     progress: bool = True,
 ) -> GeneratedFiles:
     """Loads the pipeline, generates ``num_videos`` videos and writes each as an mp4 (or gif) with a PNG
@@ -193,6 +194,8 @@ def generate_to_files(
         model: pipeline directory (default: the shipped shapes model).
         gif: also write a .gif next to each mp4.
         device: where the pipeline runs.
+        dtype: the models' weight and compute dtype (e.g. ``torch.bfloat16``); None keeps fp32. Token
+            codes are still chosen in fp32 and videos decoded to fp32 pixels.
         progress: show progress bars while sampling.
 
     Returns:
@@ -215,5 +218,5 @@ def generate_to_files(
     paths = output_paths(out or ("outputs/video.mp4" if num_videos == 1 else "outputs"), num_videos)
     check_writable(paths)
     visual = _read_visual(request)  # before the model loads: an unreadable file fails in a second
-    pipe = VideoPipeline.from_pretrained(model).to(torch.device(device))
+    pipe = VideoPipeline.from_pretrained(model).to(torch.device(device), dtype)
     return _run(pipe, request, visual, paths, gif=gif, progress=progress)

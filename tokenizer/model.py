@@ -167,12 +167,12 @@ class VideoTokenizer(nn.Module):
         """Encoder on (B, C, T, H, W) pixels -> (B, D, t, h, w) continuous latents."""
         p = self.config.patch_size
         x = rearrange(video, "b c t (h p1) (w p2) -> b (c p1 p2) t h w", p1=p, p2=p)  # (B, C*p*p, T, H/p, W/p)
-        return self.encoder(x, state)
+        return self.encoder(x.to(self.encoder.conv_out.conv.weight.dtype), state)
 
     def _pixels(self, codes: torch.Tensor, state: StreamState | None = None) -> torch.Tensor:
         """Decoder on (B, D, t, h, w) codes -> (B, C, T, H, W) pixels."""
         p = self.config.patch_size
-        x = self.decoder(codes, state)  # (B, C*p*p, T, H/p, W/p)
+        x = self.decoder(codes.to(self.decoder.conv_out.conv.weight.dtype), state)  # (B, C*p*p, T, H/p, W/p)
         return rearrange(x, "b (c p1 p2) t h w -> b c t (h p1) (w p2)", p1=p, p2=p)
 
     def quantize(self, video: torch.Tensor) -> QuantizerOutput:
@@ -194,7 +194,7 @@ class VideoTokenizer(nn.Module):
         """
         self.check_video(video)
         if chunk_frames is None:
-            return self.quantizer(self._latents(video)).ids
+            return self.quantizer(self._latents(video).float()).ids  # codes are chosen in fp32 whatever the weights
         ct = self.config.temporal_compression
         if chunk_frames < ct or chunk_frames % ct:
             raise ValueError(f"chunk_frames must be a positive multiple of {ct}, got {chunk_frames}")
@@ -203,7 +203,7 @@ class VideoTokenizer(nn.Module):
             stop = min(video.shape[2], start + chunk_frames + (1 if start == 0 else 0))
             latents.append(self._latents(video[:, :, start:stop], state))
             start = stop
-        return self.quantizer(torch.cat(latents, dim=2)).ids
+        return self.quantizer(torch.cat(latents, dim=2).float()).ids
 
     @torch.no_grad()
     def decode(self, ids: torch.Tensor, chunk_latents: int | None = None) -> torch.Tensor:
@@ -215,17 +215,18 @@ class VideoTokenizer(nn.Module):
                 takes one extra); the result equals one full pass.
 
         Returns:
-            video: (B, C, 1 + (t-1)*ct, h*cs, w*cs), roughly in [-1, 1] (not clamped).
+            video: (B, C, 1 + (t-1)*ct, h*cs, w*cs) float32 whatever the weights' dtype, roughly in [-1, 1]
+            (not clamped).
         """
         codes = self.quantizer.ids_to_codes(ids)
         if chunk_latents is None:
-            return self._pixels(codes)
+            return self._pixels(codes).float()
         if chunk_latents < 1:
             raise ValueError(f"chunk_latents must be >= 1, got {chunk_latents}")
         state, frames, start = StreamState(), [], 0
         while start < codes.shape[2]:
             stop = min(codes.shape[2], start + chunk_latents + (1 if start == 0 else 0))
-            frames.append(self._pixels(codes[:, :, start:stop], state))
+            frames.append(self._pixels(codes[:, :, start:stop], state).float())
             start = stop
         return torch.cat(frames, dim=2)
 

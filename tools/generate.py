@@ -17,9 +17,13 @@ import sys
 import time
 from collections.abc import Sequence
 
+import torch
+
 from core.cli import CliParser, parse_device, run_cli
 from pipelines.generate import DEFAULT_PROMPT, generate_to_files
 from pipelines.video import DEFAULT_MODEL_DIR
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -59,6 +63,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--gif", action="store_true", help="also write a .gif next to each mp4")
     p.add_argument("--model", default=str(DEFAULT_MODEL_DIR), help="pipeline directory (default: the shipped model)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument(
+        "--dtype", choices=sorted(DTYPES), default="float32",
+        help="model precision (bfloat16 halves memory; on CPU fp32 is usually the fastest)",
+    )  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p.parse_args(argv)
 
@@ -71,6 +79,7 @@ def _main(argv: Sequence[str] | None) -> int:
         args.prompt, args.label, image=args.image, video=args.video, context_frames=args.context_frames,
         segment_frames=args.segment_frames, out=args.out, model=args.model, num_videos=args.num_videos, mode=args.mode,
         order=args.order, num_frames=args.num_frames, seed=args.seed, gif=args.gif, device=parse_device(args.device),
+        dtype=DTYPES[args.dtype],
         progress=not args.quiet,
         sampling={"cfg_scale": args.cfg, "steps": args.steps, "top_k": args.top_k, "top_p": args.top_p,
                   "temperature": args.temperature},
