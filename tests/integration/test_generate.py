@@ -59,19 +59,26 @@ def test_cli_writes_a_readable_mp4(model_dir, tmp_path, mode, order):
 
 @pytest.mark.parametrize("mode", ["maskgit", "ar"])
 def test_bfloat16_runs_and_stays_close_to_float32(model_dir, tmp_path, mode):
-    """--dtype bfloat16: the whole pipeline in bf16 (codes still chosen in fp32): the same video shape, and the
-    same greedy tokens on most positions as fp32 (a random tiny model has flat logits, so not all)."""
+    """--dtype bfloat16 runs the whole pipeline in bf16; its generator logits and decoded pixels stay within
+    bf16's precision of fp32's on the same input (sampled tokens may differ: a random model's logits are flat)."""
     common = ["--model", str(model_dir), "--prompt", "a red circle moving left", "--mode", mode, "--quiet",
-              "--steps", "3", "--temperature", "0"]  # fmt: skip
+              "--steps", "3"]  # fmt: skip
     assert main([*common, "--dtype", "bfloat16", "--out", str(tmp_path / "b.mp4")]) == 0
     assert read_video(tmp_path / "b.mp4").shape == (9, 32, 32, 3)
     pipe = VideoPipeline.from_pretrained(model_dir)
-    kw = dict(mode=mode, generator=torch.Generator().manual_seed(0))
-    fp32 = pipe("a red circle moving left", **kw)
-    bf16 = pipe.to("cpu", torch.bfloat16)("a red circle moving left", **kw)
-    assert next(pipe.generators[mode].parameters()).dtype == torch.bfloat16
-    assert bf16.frames.shape == fp32.frames.shape and bf16.frames.dtype == np.uint8
-    assert (bf16.ids == fp32.ids).float().mean() > 0.5
+    ids = torch.randint(0, pipe.tokenizer.quantizer.codebook_size, (1, 3, 4, 4))
+    cond = pipe.condition(pipe.generators[mode], "a red circle moving left", None, 1)
+    gen = pipe.generators[mode]
+    coords = torch.stack(torch.meshgrid(*[torch.arange(n) for n in (3, 4, 4)], indexing="ij"), -1).reshape(-1, 3)
+    kw = dict(coords=coords, mask=torch.ones(48, 48, dtype=torch.bool))
+    if gen.config.target_positions:
+        kw["targets"] = coords
+    logits32, pixels32 = gen(ids.flatten(1), cond, **kw).float(), pipe.tokenizer.decode(ids)
+    pipe.to("cpu", torch.bfloat16)
+    logits16, pixels16 = gen(ids.flatten(1), cond, **kw).float(), pipe.tokenizer.decode(ids)
+    assert next(gen.parameters()).dtype == torch.bfloat16 and pixels16.dtype == torch.float32
+    assert (logits16 - logits32).abs().max() < 0.05 * logits32.abs().max() + 0.05
+    assert (pixels16 - pixels32).abs().mean() < 0.02
 
 
 def test_same_seed_same_frames_and_labels_work(model_dir):
