@@ -155,14 +155,25 @@ class Attention(nn.Module):
         return self.proj(out.transpose(1, 2).reshape(B, N, -1))  # (B, N, nh * hd)
 
 
-def _xformers_attention(  # pragma: no cover
+def xformers_bias(mask: torch.Tensor, dtype: torch.dtype, shape: tuple[int, int, int, int]) -> torch.Tensor:
+    """The additive attention bias xformers needs for a boolean ``mask`` (True = may attend).
+
+    xformers' kernels take a materialized bias (no broadcast dimensions) whose rows start on 8-element
+    boundaries: for a key length K that is not a multiple of 8, the bias is a slice of a tensor padded to one
+    (see xformers' "attn_bias is not correctly aligned" hint). Returns (B, H, N, K), 0 where allowed and -inf
+    elsewhere, with ``stride(-2)`` a multiple of 8.
+    """
+    B, H, N, K = shape
+    padded = -(-K // 8) * 8
+    bias = torch.zeros(B, H, N, padded, dtype=dtype, device=mask.device)[..., :K]
+    return bias.masked_fill_(~mask.expand(B, H, N, K), float("-inf"))
+
+
+def _xformers_attention(  # pragma: no cover - CUDA only
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
 ) -> torch.Tensor:
     import xformers.ops as xops
 
-    bias = None
-    if mask is not None:
-        bias = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill(~mask, float("-inf"))
-        bias = bias.expand(q.shape[0], q.shape[1], q.shape[2], k.shape[2])
+    bias = None if mask is None else xformers_bias(mask, q.dtype, (*q.shape[:3], k.shape[2]))
     out = xops.memory_efficient_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_bias=bias)
     return out.transpose(1, 2)

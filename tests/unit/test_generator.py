@@ -365,3 +365,14 @@ def test_the_condition_prefix_is_computed_once_per_video(style, order, monkeypat
     assert len(calls) == 1
     plain = sampler(style)(m, cond2(), GRID, generator=torch.Generator().manual_seed(5), use_cache=False, **kw)
     assert torch.equal(cached, plain)
+
+
+def test_xformers_bias_is_aligned_and_equals_the_mask():
+    """xformers needs a materialized bias whose rows start on 8-element boundaries (keys padded, then sliced)."""
+    from generator.layers import xformers_bias
+
+    for K in (5, 8, 13, 330):
+        mask = torch.rand(1, 1, 7, K) > 0.3
+        bias = xformers_bias(mask, torch.float32, (2, 3, 7, K))
+        assert bias.shape == (2, 3, 7, K) and bias.stride(-2) % 8 == 0 and bias.stride(1) != 0
+        assert torch.equal(bias == 0, mask.expand(2, 3, 7, K)) and torch.isinf(bias[~mask.expand(2, 3, 7, K)]).all()
