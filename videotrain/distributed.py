@@ -68,6 +68,12 @@ def init_distributed() -> DistInfo:
     return DistInfo(rank, world, local, device)
 
 
+def _accelerator_name() -> str:
+    from deepspeed.accelerator import get_accelerator
+
+    return get_accelerator().device_name()
+
+
 def deepspeed_config(
     engine_json: str | None,
     *,
@@ -82,6 +88,9 @@ def deepspeed_config(
     The JSON may set ZeRO stage, offload and bucket sizes; batch size, accumulation, clipping
     and precision always come from the training config, so there is one source of truth. A
     JSON that sets any of those is refused.
+
+    ``bf16`` on a CPU accelerator trains through ``torch.autocast`` (DeepSpeed's ``torch_autocast``):
+    fp32 weights and optimizer, bf16 matmuls and convolutions. On GPUs it is DeepSpeed's bf16 mode.
     """
     cfg: dict[str, Any] = {}
     if engine_json:
@@ -99,6 +108,7 @@ def deepspeed_config(
         "gradient_clipping",
         "bf16",
         "fp16",
+        "torch_autocast",
         "optimizer",
         "scheduler",
     }
@@ -110,8 +120,11 @@ def deepspeed_config(
     cfg["train_micro_batch_size_per_gpu"] = micro_batch
     cfg["gradient_accumulation_steps"] = grad_accum
     cfg["gradient_clipping"] = grad_clip
-    cfg["bf16"] = {"enabled": precision == "bf16"}
+    autocast = precision == "bf16" and _accelerator_name() == "cpu"
+    cfg["bf16"] = {"enabled": precision == "bf16" and not autocast}
     cfg["fp16"] = {"enabled": precision == "fp16", "initial_scale_power": 12}
+    if autocast:
+        cfg["torch_autocast"] = {"enabled": True, "dtype": "bfloat16"}
     if zero_stage is not None:
         cfg.setdefault("zero_optimization", {})["stage"] = zero_stage
     cfg.setdefault("zero_optimization", {}).setdefault("stage", 0)

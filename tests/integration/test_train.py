@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -118,6 +119,23 @@ def test_kill_and_resume_equals_uninterrupted(data, tmp_path):
     a, b = losses(tmp_path / "a"), losses(tmp_path / "b")
     assert sorted(a) == sorted(b) == list(range(1, 9))
     assert [a[s] for s in range(1, 9)] == [b[s] for s in range(1, 9)]  # bit-identical
+
+
+def test_bf16_trains_through_autocast_on_cpu_and_resumes_exactly(data, tmp_path):
+    """precision bf16 on CPU: the loss falls, the weights stay fp32 (autocast computes in bf16), and a run
+    killed after step 9 and resumed from step 8 equals the uninterrupted one."""
+    common = ["run.precision=bf16", "run.steps=12", "run.checkpoint_every=4", "run.deterministic=true",
+              "run.eval_every=0"]  # fmt: skip
+    train(data, tmp_path / "a", *common)
+    assert train(data, tmp_path / "b", *common, faults=["exit_at_step=9"], check=False).returncode == 17
+    assert "resumed from step_00000008 at step 8" in train(data, tmp_path / "b", *common).stderr
+    a, b = losses(tmp_path / "a"), losses(tmp_path / "b")
+    assert sorted(a) == sorted(b) == list(range(1, 13)) and all(a[s] == b[s] for s in a)
+    assert np.mean([a[s] for s in (10, 11, 12)]) < np.mean([a[s] for s in (1, 2, 3)])
+    from safetensors.torch import load_file
+
+    exported = load_file(tmp_path / "a" / "export" / "model.safetensors")
+    assert {t.dtype for t in exported.values()} == {torch.float32}  # DeepSpeed's bf16 mode would export bf16
 
 
 def test_killed_during_save_resumes_from_previous_checkpoint(data, tmp_path):
