@@ -10,6 +10,7 @@ Every checkpoint also refreshes ``<out>/tokenizer`` (``save_pretrained``: safete
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -18,7 +19,7 @@ import torch
 from torch import nn
 
 from core.video_io import tensor_to_frames, write_contact_sheet
-from core.weights import load_strict
+from core.weights import WEIGHTS_NAME, load_config, load_state, load_strict
 from tokenizer import TokenizerConfig, VideoTokenizer
 from tokenizer.losses import (
     LeCam,
@@ -37,6 +38,8 @@ from videotrain.config import RENAMED, RunConfig
 from videotrain.engines import EngineGroup, average_buffers, persistent_buffers
 from videotrain.optim import OptimConfig, build_adamw, lr_at
 from videotrain.trainer import Trainer, run_training
+
+log = logging.getLogger(__name__)
 
 
 def _tokenizer_optim() -> OptimConfig:
@@ -130,7 +133,7 @@ class TokenizerTrainer(Trainer):
     """
 
     task = "tokenizer"
-    unsupported = ("eval_every", "eval_batches", "sample_steps", "init_from", "peak_tflops")
+    unsupported = ("eval_every", "eval_batches", "sample_steps", "peak_tflops")
 
     def __init__(self, cfg: TokenizerTrainConfig, out: str | Path, perceptual: nn.Module | None = None) -> None:
         self.perceptual = perceptual
@@ -158,7 +161,14 @@ class TokenizerTrainer(Trainer):
 
     def build(self) -> None:
         cfg, lc, device = self.cfg, self.cfg.loss, self.dist.device
-        self.model = VideoTokenizer(cfg.model).to(device)
+        self.model = VideoTokenizer(cfg.model)
+        if self.run.init_from:  # a later stage (e.g. longer clips) starts from an exported tokenizer
+            src = load_config(TokenizerConfig, self.run.init_from)
+            if src != cfg.model:
+                raise ValueError(f"run.init_from {self.run.init_from} has another architecture than model.*")
+            load_strict(self.model, load_state(Path(self.run.init_from) / WEIGHTS_NAME), what="tokenizer")
+            log.info("initialized from %s", self.run.init_from)
+        self.model.to(device)
         if self.perceptual is not None:
             self.perceptual = self.perceptual.to(device)
         opt = build_adamw(self.model, self.optim)

