@@ -73,6 +73,12 @@ class TokenizerConfig:
             )
 
 
+def _weight_dtype(module: nn.Module, default: torch.dtype) -> torch.dtype:
+    """The dtype of a module's weights (its inputs are cast to it), or ``default`` for a parameter-free one."""
+    param = next(module.parameters(), None)
+    return default if param is None else param.dtype
+
+
 @dataclass
 class TokenizerOutput:
     """Result of :meth:`VideoTokenizer.forward`.
@@ -167,12 +173,12 @@ class VideoTokenizer(nn.Module):
         """Encoder on (B, C, T, H, W) pixels -> (B, D, t, h, w) continuous latents."""
         p = self.config.patch_size
         x = rearrange(video, "b c t (h p1) (w p2) -> b (c p1 p2) t h w", p1=p, p2=p)  # (B, C*p*p, T, H/p, W/p)
-        return self.encoder(x.to(self.encoder.conv_out.conv.weight.dtype), state)
+        return self.encoder(x.to(_weight_dtype(self.encoder, x.dtype)), state)
 
     def _pixels(self, codes: torch.Tensor, state: StreamState | None = None) -> torch.Tensor:
         """Decoder on (B, D, t, h, w) codes -> (B, C, T, H, W) pixels."""
         p = self.config.patch_size
-        x = self.decoder(codes.to(self.decoder.conv_out.conv.weight.dtype), state)  # (B, C*p*p, T, H/p, W/p)
+        x = self.decoder(codes.to(_weight_dtype(self.decoder, codes.dtype)), state)  # (B, C*p*p, T, H/p, W/p)
         return rearrange(x, "b (c p1 p2) t h w -> b c t (h p1) (w p2)", p1=p, p2=p)
 
     def quantize(self, video: torch.Tensor) -> QuantizerOutput:
