@@ -53,7 +53,7 @@ def run(quick: bool, model: Path = DEFAULT_MODEL) -> list[dict]:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
         sock.close()
-        pipe = load_for_serving(model, "cpu", tmp)
+        pipe = load_for_serving(model, "cpu")
         server, thread = _serve_in_thread(create_app(pipe, OutputStore(Path(tmp) / "out", 10**9)), port)
         http, floor = [], []
         try:

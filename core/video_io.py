@@ -122,9 +122,14 @@ def _read_pil(path: Path, pick: _Pick) -> tuple[list[np.ndarray], int]:
     return frames, total
 
 
+def frame_files(folder: str | os.PathLike) -> list[Path]:
+    """The image frames of a folder that is one video, in file-name order (hidden files skipped)."""
+    return [p for p in sorted(Path(folder).iterdir()) if p.suffix.lower() in IMAGE_EXTS and not p.name.startswith(".")]
+
+
 def _read_frame_folder(path: Path, pick: _Pick) -> tuple[list[np.ndarray], int]:
     """Reads a folder of image frames (sorted by file name) as one video."""
-    files = [p for p in sorted(path.iterdir()) if p.suffix.lower() in IMAGE_EXTS and not p.name.startswith(".")]
+    files = frame_files(path)
     frames = [_read_pil(files[i], _Pick(0, 1, 1))[0][0] for i in pick.indices(len(files))]
     if len({f.shape for f in frames}) > 1:
         raise ValueError(f"the frames in {str(path)!r} differ in size")

@@ -29,6 +29,7 @@ class GeneratedFiles:
         output: the pipeline's output; ``frames`` is (B, T, H, W, C) uint8.
         mode: the generator mode used ("ar" or "maskgit").
         order: the prediction units used ("token", "cube", "frame" or "clip").
+        sampling: the sampling settings used.
         label: the class id, when a label was given instead of a prompt.
         written: every file written (videos, contact sheets, gifs), in order.
     """
@@ -36,6 +37,7 @@ class GeneratedFiles:
     output: VideoOutput
     mode: str
     order: str
+    sampling: SamplingConfig
     label: int | None
     written: list[Path]
 
@@ -158,7 +160,7 @@ def _run(
     else:
         output = pipe(prompts[0] if prompts else None, class_id, num_frames=request.num_frames, **visual, **common)
     written = save_output(output, paths, gif=gif)
-    return GeneratedFiles(output=output, mode=mode, order=order, label=class_id, written=written)
+    return GeneratedFiles(output=output, mode=mode, order=order, sampling=settings, label=class_id, written=written)
 
 
 def generate_to_files(

@@ -92,7 +92,7 @@ def _run_job(pipe: VideoPipeline, store: OutputStore, request: GenerationRequest
         "size": [int(frames.shape[3]), int(frames.shape[2])],
         "fps": made.output.fps,
         "seed": request.seed,
-        "sampling": asdict(sampling_for(pipe, made.mode, request.sampling)),
+        "sampling": asdict(made.sampling),
         "timings": {
             "queued": round(started - submitted, 3),
             **{k: round(v, 3) for k, v in made.output.timings.items()},

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
+import tempfile
 import time
 from pathlib import Path
 
@@ -22,13 +24,23 @@ def check_host(host: str, public: bool) -> None:
         raise ValueError(f"--host {host} would serve other machines: add --public to do that on purpose")
 
 
-def load_for_serving(model: str | os.PathLike, device: torch.device, out: str | os.PathLike) -> VideoPipeline:
+def check_port(host: str, port: int) -> None:
+    """Refuses a port outside [1, 65535] or one that something already listens on, before the model loads."""
+    if not 1 <= port <= 65535:
+        raise ValueError(f"--port must be in [1, 65535], got {port}")
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError as err:
+            raise ValueError(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
+
+
+def load_for_serving(model: str | os.PathLike, device: torch.device | str) -> VideoPipeline:
     """Loads the pipeline and runs one default generation (not kept), so the first request is already warm."""
     start = time.perf_counter()
     pipe = VideoPipeline.from_pretrained(model).to(device)
-    warm = Path(out) / ".warmup"
-    warm.mkdir(parents=True, exist_ok=True)
-    generate_with(pipe, GenerationRequest(), [warm / "warmup.mp4"], progress=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        generate_with(pipe, GenerationRequest(), [Path(tmp) / "warmup.mp4"], progress=False)
     log.info("loaded and warmed %s in %.1f s", model, time.perf_counter() - start)
     return pipe
 
@@ -56,12 +68,11 @@ def serve(
     from videoserve.app import create_app
 
     check_host(host, public)
-    if not 1 <= port <= 65535:
-        raise ValueError(f"--port must be in [1, 65535], got {port}")
-    if max_frames < 1 or max_upload_mb <= 0:
-        raise ValueError("--max-frames and --max-upload-mb must be positive")
+    check_port(host, port)
+    if max_frames < 1 or max_upload_mb <= 0 or max_waiting < 0:
+        raise ValueError("--max-frames and --max-upload-mb must be positive, --max-waiting >= 0")
     store = OutputStore(out, int(max_output_mb * 1024 * 1024))
-    pipe = load_for_serving(model, torch.device(device), out)
+    pipe = load_for_serving(model, torch.device(device))
     app = create_app(
         pipe, store, max_waiting=max_waiting, max_frames=max_frames, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
         model_name=Path(model).name,

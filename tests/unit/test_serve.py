@@ -246,3 +246,18 @@ def test_serve_cli_refuses_a_public_host_without_the_flag(capsys):
     assert main(["--host", "0.0.0.0", "--model", str(Path(DEFAULT_MODEL_DIR))]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--public" in err[0]
+
+
+def test_a_busy_port_is_refused_before_the_model_loads(capsys):
+    import socket
+
+    from tools.serve import main
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        assert main(["--port", str(port), "--model", "/nonexistent/model"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"cannot listen on 127.0.0.1:{port}" in err[0]
+    assert main(["--port", "0"]) == 2 and "--port must be in" in capsys.readouterr().err

@@ -31,7 +31,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from core.files import sha256_bytes
-from core.video_io import IMAGE_EXTS, PIL_EXTS, list_media, read_video, resize_center_crop, video_fps
+from core.video_io import PIL_EXTS, frame_files, list_media, read_video, resize_center_crop, video_fps
 
 try:  # decord is optional (see core/video_io.py)
     import decord
@@ -287,7 +287,7 @@ def count_frames(path: Path) -> int:
     """
     reasons = []
     if path.is_dir():  # a folder of frames: one video (see core.video_io.read_video)
-        return len([p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTS and not p.name.startswith(".")])
+        return len(frame_files(path))
     if path.suffix.lower() in PIL_EXTS:
         try:
             with Image.open(path) as im:
