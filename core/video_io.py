@@ -1,34 +1,25 @@
-"""Reading, resizing and writing video clips as uint8 (T, H, W, 3) arrays.
+"""Reading and resizing video clips as uint8 (T, H, W, 3) arrays (writing: :mod:`core.video_write`).
 
-This is the only place tokvid touches video files. Readers return RGB uint8 frames; models
-see float (3, T, H, W) tensors in [-1, 1] made by :func:`frames_to_tensor`.
+With :mod:`core.video_write` this is the only place tokvid touches video files. Readers return RGB
+uint8 frames; models see float (3, T, H, W) tensors in [-1, 1] made by :func:`frames_to_tensor`.
 
 Decoding tries decord first (fast random access) and falls back to PyAV when decord is
 missing or fails. Images and GIFs (and other formats Pillow reads, such as animated WebP)
-are read with Pillow; a still image is a 1-frame clip. Every write goes to a temp file in
-the target folder that is then renamed over the target, so a crash never leaves a
-half-written file under the real name.
-
-Over 400 lines because reading (three decoders behind one frame picker) and writing (mp4, GIF,
-contact sheets) share the frame conventions and checks, and every reader of video imports this one module.
+are read with Pillow; a still image is a 1-frame clip. With a target ``size`` the video
+decoders scale inside the decoder, so full-size frames never reach numpy.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
-import subprocess
 from collections.abc import Iterable
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, ImageSequence, UnidentifiedImageError
-
-from core.files import atomic_path
 
 try:  # decord has no wheels for some platforms; PyAV covers those.
     import decord
@@ -42,7 +33,6 @@ IMAGE_EXTS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp"
 MEDIA_EXTS: frozenset[str] = VIDEO_EXTS | IMAGE_EXTS
 # Formats read with Pillow rather than a video decoder.
 PIL_EXTS: frozenset[str] = IMAGE_EXTS | {".gif"}
-_WRITE_EXTS = (".mp4", ".gif")
 
 
 class _DecodeError(Exception):
@@ -89,23 +79,41 @@ def _needed_frames(num_frames: int | None, stride: int, start: int) -> int:
 
 
 class _Pick:
-    """Which frame indices a read wants: ``start, start + stride, ...``, ``count`` of them."""
+    """Which frame indices a read wants: ``start, start + stride, ...`` (``count`` of them), or an explicit set."""
 
-    def __init__(self, start: int, stride: int, count: int | None) -> None:
-        self.start, self.stride = start, stride
+    def __init__(self, start: int, stride: int, count: int | None, wanted: frozenset[int] | None = None) -> None:
+        self.start, self.stride, self.wanted = start, stride, wanted
         # Index of the last wanted frame; None = read to the end.
-        self.last = None if count is None else start + (count - 1) * stride
+        self.last = max(wanted) if wanted else (None if count is None else start + (count - 1) * stride)
+
+    @classmethod
+    def of(cls, indices: Iterable[int]) -> _Pick:
+        wanted = frozenset(indices)
+        return cls(min(wanted), 1, None, wanted)
 
     def __contains__(self, i: int) -> bool:
+        if self.wanted is not None:
+            return i in self.wanted
         return i >= self.start and (i - self.start) % self.stride == 0 and (self.last is None or i <= self.last)
 
     def indices(self, total: int) -> list[int]:
+        if self.wanted is not None:
+            return sorted(i for i in self.wanted if i < total)
         stop = total if self.last is None else min(total, self.last + 1)
         return list(range(self.start, stop, self.stride))
 
 
-def _read_pil(path: Path, pick: _Pick) -> tuple[list[np.ndarray], int]:
-    """Decodes frames with Pillow. Returns the wanted frames and the number of frames seen."""
+def cover_size(height: int, width: int, size: int | tuple[int, int]) -> tuple[int, int]:
+    """(h, w) that keeps the aspect ratio of ``height`` x ``width`` and just covers ``size`` (an int is square)."""
+    h, w = (size, size) if isinstance(size, int) else tuple(size)
+    if not (isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0):
+        raise ValueError(f"size must be a positive int or (h, w) of positive ints, got {size!r}")
+    scale = max(h / height, w / width)
+    return max(h, round(height * scale)), max(w, round(width * scale))
+
+
+def _read_pil(path: Path, pick: _Pick, size: int | tuple[int, int] | None = None) -> tuple[list[np.ndarray], int]:
+    """Decodes frames with Pillow at their own size. Returns the wanted frames and the number of frames seen."""
     frames, total = [], 0
     try:
         with Image.open(path) as im:
@@ -127,8 +135,10 @@ def frame_files(folder: str | os.PathLike) -> list[Path]:
     return [p for p in sorted(Path(folder).iterdir()) if p.suffix.lower() in IMAGE_EXTS and not p.name.startswith(".")]
 
 
-def _read_frame_folder(path: Path, pick: _Pick) -> tuple[list[np.ndarray], int]:
-    """Reads a folder of image frames (sorted by file name) as one video."""
+def _read_frame_folder(
+    path: Path, pick: _Pick, size: int | tuple[int, int] | None = None
+) -> tuple[list[np.ndarray], int]:
+    """Reads a folder of image frames (sorted by file name) as one video, at the frames' own size."""
     files = frame_files(path)
     frames = [_read_pil(files[i], _Pick(0, 1, 1))[0][0] for i in pick.indices(len(files))]
     if len({f.shape for f in frames}) > 1:
@@ -136,7 +146,8 @@ def _read_frame_folder(path: Path, pick: _Pick) -> tuple[list[np.ndarray], int]:
     return frames, len(files)
 
 
-def _read_decord(path: Path, pick: _Pick) -> tuple[list[np.ndarray], int]:
+def _read_decord(path: Path, pick: _Pick, size: int | tuple[int, int] | None = None) -> tuple[list[np.ndarray], int]:
+    """Decodes with decord; with ``size`` the decoder itself scales to :func:`cover_size`."""
     if decord is None:
         raise _DecodeError("decord: not installed")
     try:
@@ -145,6 +156,11 @@ def _read_decord(path: Path, pick: _Pick) -> tuple[list[np.ndarray], int]:
         indices = pick.indices(total)
         if not indices or (pick.last is not None and pick.last >= total):
             return [], total  # too short: the caller reports it
+        if size is not None:
+            height, width = vr[indices[0]].shape[:2]
+            new_h, new_w = cover_size(height, width, size)
+            if (new_h, new_w) != (height, width):  # scaling in the decoder: no full-size frame reaches numpy
+                vr = decord.VideoReader(str(path), width=new_w, height=new_h)
         batch = vr.get_batch(indices).asnumpy()  # (T, H, W, 3)
     except (RuntimeError, decord.DECORDError) as err:  # DECORDError is not a RuntimeError
         first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
@@ -154,7 +170,8 @@ def _read_decord(path: Path, pick: _Pick) -> tuple[list[np.ndarray], int]:
     return list(batch), total
 
 
-def _read_pyav(path: Path, pick: _Pick) -> tuple[list[np.ndarray], int]:
+def _read_pyav(path: Path, pick: _Pick, size: int | tuple[int, int] | None = None) -> tuple[list[np.ndarray], int]:
+    """Decodes with PyAV (threaded); with ``size`` libswscale scales each frame to :func:`cover_size`."""
     import av  # only needed on the fallback path
 
     frames, total = [], 0
@@ -164,10 +181,15 @@ def _read_pyav(path: Path, pick: _Pick) -> tuple[list[np.ndarray], int]:
                 raise _DecodeError("PyAV: the file has no video stream")
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
+            scaled = {}
             for i, frame in enumerate(container.decode(stream)):
                 total = i + 1
                 if i in pick:
-                    frames.append(frame.to_ndarray(format="rgb24"))
+                    if size is not None and not scaled:
+                        scaled = dict(
+                            zip(("height", "width"), cover_size(frame.height, frame.width, size), strict=True)
+                        )
+                    frames.append(frame.to_ndarray(format="rgb24", **scaled))
                 if pick.last is not None and i >= pick.last:
                     break
     except av.FFmpegError as err:
@@ -176,7 +198,12 @@ def _read_pyav(path: Path, pick: _Pick) -> tuple[list[np.ndarray], int]:
 
 
 def read_video(
-    path: str | os.PathLike, *, num_frames: int | None = None, stride: int = 1, start: int = 0
+    path: str | os.PathLike,
+    *,
+    num_frames: int | None = None,
+    stride: int = 1,
+    start: int = 0,
+    size: int | tuple[int, int] | None = None,
 ) -> np.ndarray:
     """Reads frames ``start, start + stride, ...`` of a video, GIF, image or folder of frames.
 
@@ -186,16 +213,57 @@ def read_video(
         num_frames: frames to return; None reads every ``stride``-th frame to the end.
         stride: step between returned frames.
         start: index of the first returned frame.
+        size: None keeps the frames' size. An int (square) or (h, w) resizes to cover it, keeping
+            the aspect ratio, and crops the center, as :func:`resize_center_crop`. Video decoders
+            scale inside the decoder (libswscale), which is several times cheaper than resizing
+            full-size frames and differs from :func:`resize_center_crop` by interpolation only.
 
     Returns:
-        (T, H, W, 3) uint8 RGB frames, T = num_frames when given.
+        (T, H, W, 3) uint8 RGB frames, T = num_frames when given, (H, W) = size when given.
 
     Raises:
         ValueError: the file is missing, empty, cannot be decoded, or has fewer than
             ``start + (num_frames - 1) * stride + 1`` frames; or the arguments are invalid.
     """
-    path = Path(path)
     needed = _needed_frames(num_frames, stride, start)
+    want = f"num_frames={num_frames}, stride={stride}, start={start}"
+    return _read(Path(path), _Pick(start, stride, num_frames), needed, num_frames, want, size)
+
+
+def read_frames(
+    path: str | os.PathLike, indices: Iterable[int], *, size: int | tuple[int, int] | None = None
+) -> np.ndarray:
+    """Reads the frames at ``indices`` of a video, GIF, image or folder of frames, decoding each once.
+
+    One pass serves many overlapping clips: read the union of their frames here and slice.
+
+    Args:
+        path: as :func:`read_video`.
+        indices: frame indices >= 0, in any order; repeats are returned repeatedly.
+        size: as :func:`read_video`.
+
+    Returns:
+        (len(indices), H, W, 3) uint8 frames in the order of ``indices``.
+
+    Raises:
+        ValueError: as :func:`read_video`, or no or negative indices.
+    """
+    order = [int(i) for i in indices]
+    if not order or min(order) < 0:
+        raise ValueError(f"indices must be a non-empty list of frame indices >= 0, got {order[:8]}")
+    pick = _Pick.of(order)
+    unique = sorted(pick.wanted)
+    frames = _read(Path(path), pick, unique[-1] + 1, len(unique), f"frame {unique[-1]}", size)
+    where = {f: k for k, f in enumerate(unique)}
+    return frames[[where[i] for i in order]]
+
+
+def _read(
+    path: Path, pick: _Pick, needed: int, count: int | None, want: str, size: int | tuple[int, int] | None
+) -> np.ndarray:
+    """The backends in turn: ``count`` frames (None: to the end) of a file with at least ``needed``."""
+    if size is not None:
+        cover_size(1, 1, size)  # validates size before any decoding
     if path.is_dir():
         backends = [_read_frame_folder]
     elif not path.is_file():
@@ -204,24 +272,23 @@ def read_video(
         raise ValueError(f"{str(path)!r} is empty (0 bytes)")
     else:
         backends = [_read_pil] if path.suffix.lower() in PIL_EXTS else [_read_decord, _read_pyav]
-    pick = _Pick(start, stride, num_frames)
     reasons = []
     for backend in backends:
         name = backend.__name__.removeprefix("_read_")
         try:
-            frames, total = backend(path, pick)
+            frames, total = backend(path, pick, size)
         except _DecodeError as err:
             reasons.append(str(err))
             continue
         if total == 0:
             reasons.append(f"{name}: no frames decoded")
         elif total < needed:
-            want = f"num_frames={num_frames}, stride={stride}, start={start}"
             raise ValueError(f"{str(path)!r} is too short: it has {total} frames, {want} needs {needed}")
-        elif num_frames is not None and len(frames) != num_frames:
-            reasons.append(f"{name}: decoded {len(frames)} of {num_frames} frames")
+        elif count is not None and len(frames) != count:
+            reasons.append(f"{name}: decoded {len(frames)} of {count} frames")
         else:
-            return np.stack(frames)
+            stacked = np.stack(frames)  # (T, H, W, 3)
+            return stacked if size is None else resize_center_crop(stacked, size)  # decoded frames: only the crop
     raise ValueError(f"cannot decode {str(path)!r}: " + "; ".join(reasons))
 
 
@@ -261,7 +328,7 @@ def video_fps(path: str | os.PathLike) -> float:
     raise ValueError(f"{str(path)!r} has no video stream with a frame rate")
 
 
-def _check_frames(frames: np.ndarray, name: str = "frames") -> None:
+def check_frames(frames: np.ndarray, name: str = "frames") -> None:
     if not isinstance(frames, np.ndarray) or frames.dtype != np.uint8:
         got = f"{type(frames).__name__} {getattr(frames, 'dtype', '')}"
         raise ValueError(f"{name} must be a uint8 numpy array, got {got}")
@@ -282,13 +349,10 @@ def resize_center_crop(frames: np.ndarray, size: int | tuple[int, int]) -> np.nd
     Returns:
         (T, h, w, 3) uint8.
     """
-    _check_frames(frames)
-    h, w = (size, size) if isinstance(size, int) else tuple(size)
-    if not (isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0):
-        raise ValueError(f"size must be a positive int or (h, w) of positive ints, got {size!r}")
+    check_frames(frames)
     T, H, W, _ = frames.shape
-    scale = max(h / H, w / W)
-    new_h, new_w = max(h, round(H * scale)), max(w, round(W * scale))
+    new_h, new_w = cover_size(H, W, size)
+    h, w = (size, size) if isinstance(size, int) else tuple(size)
     if (new_h, new_w) != (H, W):
         out = np.empty((T, new_h, new_w, 3), dtype=np.uint8)
         for i in range(0, T, 16):  # chunks bound the float32 copy of long clips
@@ -302,7 +366,7 @@ def resize_center_crop(frames: np.ndarray, size: int | tuple[int, int]) -> np.nd
 
 def frames_to_tensor(frames: np.ndarray) -> torch.Tensor:
     """(T, H, W, 3) uint8 frames -> (3, T, H, W) float32 tensor in [-1, 1]."""
-    _check_frames(frames)
+    check_frames(frames)
     x = torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2)  # (3, T, H, W)
     return x.float().div_(127.5).sub_(1.0)
 
@@ -321,105 +385,3 @@ def tensor_to_frames(video: torch.Tensor) -> np.ndarray:
         raise ValueError(f"video must be a (3, T, H, W) or (B, 3, T, H, W) tensor, got {shape}")
     x = ((video.detach().float() + 1.0) * 127.5).clamp_(0, 255).round_().to(torch.uint8).cpu()
     return x.movedim(-4, -1).numpy()  # (..., T, H, W, 3)
-
-
-def _write_mp4(tmp: Path, frames: np.ndarray, fps: float, crf: int) -> None:
-    import imageio_ffmpeg
-
-    H, W = frames.shape[1:3]  # frames: (T, H, W, 3)
-    if H % 2 or W % 2:
-        # yuv420p needs even sides: repeat the last row/column rather than rescale the content.
-        frames = np.pad(frames, ((0, 0), (0, H % 2), (0, W % 2), (0, 0)), mode="edge")
-        log.debug("padded %dx%d frames to %dx%d for yuv420p", W, H, frames.shape[2], frames.shape[1])
-    rate = Fraction(fps).limit_denominator(100_000)
-    cmd = [
-        imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-hide_banner", "-loglevel", "error",
-        "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{frames.shape[2]}x{frames.shape[1]}",
-        "-r", f"{rate.numerator}/{rate.denominator}", "-i", "-", "-an",
-        "-c:v", "libx264", "-preset", "medium", "-crf", str(crf), "-pix_fmt", "yuv420p",
-        "-movflags", "+faststart", "-f", "mp4", str(tmp),
-    ]  # fmt: skip
-    proc = subprocess.run(cmd, input=np.ascontiguousarray(frames).tobytes(), capture_output=True, check=False)
-    if proc.returncode != 0:
-        msg = proc.stderr.decode(errors="replace").strip().splitlines()
-        raise OSError(f"ffmpeg could not write {str(tmp)!r}: {msg[-1] if msg else f'exit {proc.returncode}'}")
-
-
-def _write_gif(tmp: Path, frames: np.ndarray, fps: float) -> None:
-    # GIF delays are whole centiseconds: choose them so frame i ends at round(100 * (i + 1) / fps)
-    # cs, which keeps the average rate right (e.g. 30 fps -> 3, 4, 3 cs, ...).
-    ends = [round(100 * (i + 1) / fps) for i in range(len(frames))]
-    durations_ms = [10 * max(1, e - s) for s, e in zip([0, *ends[:-1]], ends)]
-    if fps > 50:
-        log.warning("GIF at %.1f fps: many players slow down frames shorter than 20 ms", fps)
-    images = [Image.fromarray(f) for f in frames]
-    # Pillow folds a frame identical to its predecessor into it (adding the delays), so
-    # timing is kept but such a GIF reads back with fewer frames.
-    images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=durations_ms, loop=0)
-
-
-def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float, *, crf: int = 18) -> None:
-    """Writes frames as an H.264 (yuv420p) ``.mp4`` or an animated ``.gif``, atomically.
-
-    Odd heights/widths are padded by one repeated row/column for yuv420p, so an mp4 of odd
-    size reads back one pixel larger. Missing parent folders are created.
-
-    Args:
-        path: destination; the extension picks the format.
-        frames: (T, H, W, 3) uint8 RGB.
-        fps: frames per second, > 0.
-        crf: x264 constant rate factor for mp4 (0 = lossless luma, 18 = visually lossless).
-
-    Raises:
-        ValueError: bad frames, fps or extension.
-        OSError: the file cannot be written (the target is then left untouched).
-    """
-    path = Path(path)
-    ext = path.suffix.lower()
-    if ext not in _WRITE_EXTS:
-        raise ValueError(f"cannot write {str(path)!r}: the extension must be one of {list(_WRITE_EXTS)}")
-    _check_frames(frames)
-    if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not math.isfinite(fps) or fps <= 0:
-        raise ValueError(f"fps must be a positive finite number, got {fps!r}")
-    with atomic_path(path) as tmp:
-        if ext == ".mp4":
-            _write_mp4(tmp, frames, float(fps), crf)
-        else:
-            _write_gif(tmp, frames, float(fps))
-
-
-def write_contact_sheet(
-    path: str | os.PathLike, rows: list[np.ndarray], *, pad: int = 2, background: int = 255
-) -> None:
-    """Writes a PNG with one row per clip, its frames side by side (e.g. original over recon).
-
-    Rows may differ in frame count and frame size; cells are top-left aligned and the rest is
-    ``background``. There are ``pad`` pixels between cells and around the border.
-
-    Args:
-        path: destination ``.png``.
-        rows: clips, each (T_i, H_i, W_i, 3) uint8.
-        pad: gap in pixels, >= 0.
-        background: gray level of the gaps, 0..255.
-    """
-    path = Path(path)
-    if path.suffix.lower() != ".png":
-        raise ValueError(f"contact sheet {str(path)!r} must be a .png file")
-    if not rows:
-        raise ValueError("write_contact_sheet needs at least one row")
-    if pad < 0 or not 0 <= background <= 255:
-        raise ValueError(f"pad must be >= 0 and background in [0, 255], got {pad}, {background}")
-    for i, row in enumerate(rows):
-        _check_frames(row, f"rows[{i}]")
-    width = max(r.shape[0] * (r.shape[2] + pad) for r in rows) + pad
-    height = sum(r.shape[1] + pad for r in rows) + pad
-    sheet = np.full((height, width, 3), background, dtype=np.uint8)
-    y = pad
-    for row in rows:
-        T, H, W, _ = row.shape
-        for t in range(T):
-            x = pad + t * (W + pad)
-            sheet[y : y + H, x : x + W] = row[t]
-        y += H + pad
-    with atomic_path(path) as tmp:
-        Image.fromarray(sheet).save(tmp, format="PNG")

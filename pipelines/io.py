@@ -6,7 +6,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from core.video_io import write_contact_sheet, write_video
+from core.video_write import write_contact_sheet, write_video
 from pipelines.video import VideoOutput
 
 VIDEO_SUFFIXES = (".mp4", ".gif")

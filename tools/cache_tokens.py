@@ -72,15 +72,16 @@ def build_parser() -> CliParser:
 
 
 def _describe(s: BuildSummary, out: Path) -> str:
+    rate = "" if s.steady_clips_per_s is None else f" ({s.steady_clips_per_s:.2f} clips/s after the first batch)"
     if s.manifest is None:
         return (
             f"rank {s.rank}: {s.rank_clips} clips in {s.rank_shards} shards; "
-            f"{s.rank_quarantined} quarantined this run; {s.seconds:.1f} s"
+            f"{s.rank_quarantined} quarantined this run; {s.seconds:.1f} s{rate}"
         )
     m = s.manifest
     return (
         f"cached {m['num_clips']} clips from {s.num_sources} sources in {m['num_shards']} shards; "
-        f"{len(m['quarantine'])} quarantined; {s.seconds:.1f} s -> {out / MANIFEST_NAME}"
+        f"{len(m['quarantine'])} quarantined; {s.seconds:.1f} s{rate} -> {out / MANIFEST_NAME}"
     )
 
 

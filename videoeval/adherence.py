@@ -28,7 +28,8 @@ import torch
 from tqdm import tqdm
 
 from core.files import atomic_write_json, atomic_write_text
-from core.video_io import read_video, write_contact_sheet, write_video
+from core.video_io import read_video
+from core.video_write import write_contact_sheet, write_video
 from pipelines import VideoPipeline
 from pipelines.assemble import HOLDOUT_FILE
 from videodata.shapes.dataset import parse_holdout

@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core.video_io import read_video, write_video
+from core.video_io import read_video
+from core.video_write import write_video
 from pipelines import VideoPipeline
 from videodata.shapes.render import (
     MOTIONS,
@@ -297,7 +298,7 @@ def conditioning_report(
         ``"mode/order/task"`` -> :func:`summarize_task`.
     """
     from core.files import atomic_write_json, atomic_write_text
-    from core.video_io import write_contact_sheet
+    from core.video_write import write_contact_sheet
 
     if num_videos < 1 or batch < 1:
         raise ValueError("--conditioning-videos and --batch must be >= 1")

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from core.video_io import write_video
+from core.video_write import write_video
 from pipelines import VideoPipeline
 from videoeval.fvd import PROTOCOLS, FVDProtocol
 from videoeval.sources import find_videos

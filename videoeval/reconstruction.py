@@ -20,15 +20,8 @@ import torch
 from torch import nn
 
 from core.tables import format_table
-from core.video_io import (
-    frames_to_tensor,
-    read_video,
-    resize_center_crop,
-    tensor_to_frames,
-    video_fps,
-    write_contact_sheet,
-    write_video,
-)
+from core.video_io import frames_to_tensor, read_video, resize_center_crop, tensor_to_frames, video_fps
+from core.video_write import write_contact_sheet, write_video
 from tokenizer import VideoTokenizer
 from videodata.cache.sources import discover_sources
 from videodata.clips import check_clip_shape

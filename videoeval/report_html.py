@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from core.tables import format_number, is_number, looks_numeric
-from core.video_io import write_contact_sheet, write_video
+from core.video_write import write_contact_sheet, write_video
 from videoeval.reconstruction import summarize
 
 ADHERENCE_KEYS = ("n", "all", "color", "shape", "motion")

@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core.video_io import read_video, write_video
+from core.video_io import read_video
+from core.video_write import write_video
 from tokenizer import VideoTokenizer
 from videodata.shapes.render import COLORS, FPS, NUM_CLASSES, attributes_of, render_clip, sample_spec
 from videoeval.shapes_analyzer import _angle_diff, analyze

@@ -17,7 +17,8 @@ import torch
 from PIL import Image
 
 from core.config import build_config
-from core.video_io import frames_to_tensor, read_video, resize_center_crop, write_video
+from core.video_io import frames_to_tensor, read_video
+from core.video_write import write_video
 from tests.helpers.cache_faults import inject_decode_faults
 from tokenizer import TokenizerConfig, VideoTokenizer
 from tools.cache_tokens import main
@@ -156,7 +157,7 @@ def test_cached_tokens_equal_a_direct_encode(reference, corpus):
     samples = [cache[i] for i in range(len(cache))]
     paths = [corpus / "data" / cache.sources[s.source]["path"] for s in samples]
     clips = [
-        frames_to_tensor(resize_center_crop(read_video(p, num_frames=9, start=s.start), 32))
+        frames_to_tensor(read_video(p, num_frames=9, start=s.start, size=32))
         for p, s in zip(paths, samples, strict=True)
     ]
     expected = tokenizer.encode(torch.stack(clips))  # (N, t, h, w): one batch, not the cache's batches of 2
@@ -278,7 +279,7 @@ def test_target_fps_sets_the_stride(corpus, tmp_path, monkeypatch):
     assert meta["stride"].tolist() == [2, 2] and meta["start"].tolist() == [0, 3]  # start 15 + 16 > 20 frames
     assert manifest_of(tmp_path / "c")["clip_spec"]["start_offsets"] == [0, 3, 15]
     tokenizer = VideoTokenizer.from_pretrained(corpus / "tok")
-    frames = resize_center_crop(read_video(data / "b.mp4", num_frames=9, stride=2, start=3), 32)
+    frames = read_video(data / "b.mp4", num_frames=9, stride=2, start=3, size=32)
     assert torch.equal(cache[1].ids, tokenizer.encode(frames_to_tensor(frames).unsqueeze(0))[0])
 
 

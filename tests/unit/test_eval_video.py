@@ -14,7 +14,7 @@ from PIL import Image
 from torch import nn
 
 from core.files import sha256_file
-from core.video_io import write_video
+from core.video_write import write_video
 from tools.eval_video import main
 from videoeval.fvd import PROTOCOLS, FeatureStats, frechet_distance, inception_score, iter_clips
 from videoeval.i3d import I3D_ENV, I3DNetwork, extract_features

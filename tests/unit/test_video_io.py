@@ -13,13 +13,13 @@ import core.video_io as vio
 from core.video_io import (
     frames_to_tensor,
     list_media,
+    read_frames,
     read_video,
     resize_center_crop,
     tensor_to_frames,
     video_fps,
-    write_contact_sheet,
-    write_video,
 )
+from core.video_write import write_contact_sheet, write_video
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +82,46 @@ def test_pyav_fallback_when_decord_is_missing(clips, monkeypatch):
     assert with_pyav.shape == with_decord.shape
     # Same H.264 frames; only the YUV->RGB conversion of the two libraries may differ slightly.
     assert np.abs(with_pyav.astype(int) - with_decord.astype(int)).mean() < 2.0
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    return float(10 * np.log10(255.0**2 / np.mean((a.astype(float) - b.astype(float)) ** 2)))
+
+
+@pytest.mark.parametrize("backend", ["decord", "pyav"])
+def test_decoder_scaling_matches_resizing_full_frames(clips, monkeypatch, backend):
+    """read_video(size=) scales inside the decoder; it must show the same picture as decoding at full size
+    and resizing with resize_center_crop (another interpolation, so close, not equal), for a wide clip."""
+    path = clips / "bikes.mp4"  # 272x640: the crop keeps the middle 272/640 of the width
+    if backend == "pyav":
+        monkeypatch.setattr(vio, "decord", None)
+    full = resize_center_crop(read_video(path, num_frames=5, stride=3, start=7), 32)
+    scaled = read_video(path, num_frames=5, stride=3, start=7, size=32)
+    assert scaled.shape == full.shape == (5, 32, 32, 3)
+    assert psnr(scaled, full) > 30.0
+    wrong_crop = np.roll(full, 6, axis=2)  # a crop 6 px off-centre must be told apart
+    assert psnr(scaled, wrong_crop) < psnr(scaled, full) - 6.0
+    rect = read_video(path, num_frames=2, size=(24, 40))
+    assert rect.shape == (2, 24, 40, 3)
+
+
+def test_read_frames_decodes_any_index_order_once(clips, monkeypatch):
+    path = clips / "carphone_pristine.mp4"
+    full = read_video(path, size=48)
+    got = read_frames(path, [30, 2, 30, 119], size=48)
+    np.testing.assert_array_equal(got, full[[30, 2, 30, 119]])
+    calls = []
+    real = vio._read_decord
+    monkeypatch.setattr(vio, "_read_decord", lambda *a: calls.append(1) or real(*a))
+    read_frames(path, range(0, 100, 3))
+    assert len(calls) == 1  # one pass for all wanted frames
+    for bad in ([], [-1, 3]):
+        with pytest.raises(ValueError, match="indices"):
+            read_frames(path, bad)
+    with pytest.raises(ValueError, match="too short: it has 120 frames"):
+        read_frames(path, [5, 120])
+    with pytest.raises(ValueError, match="size must be"):
+        read_video(path, size=0)
 
 
 # ------------------------------------------------------------------ write -> read
@@ -273,7 +313,7 @@ def test_clip_pool_reads_a_jsonl_manifest(tmp_path):
 
     import numpy as np
 
-    from core.video_io import write_video
+    from core.video_write import write_video
     from videodata.clips import ClipDataConfig, ClipPool
 
     frames = np.zeros((9, 32, 32, 3), np.uint8)

@@ -115,6 +115,8 @@ class BuildSummary:
         rank_clips, rank_shards: clips and shards this rank has written (over all runs).
         rank_quarantined: sources this rank quarantined in this run.
         seconds: wall time of this run.
+        steady_clips_per_s: clips/s encoded by this rank after its first batch (start-up, model load
+            and the decode workers' first results excluded); None with fewer than two batches.
         manifest: the merged manifest (rank 0 only), written to ``manifest_path``.
         manifest_path: ``out / manifest.json`` on rank 0, None on other ranks.
     """
@@ -126,6 +128,7 @@ class BuildSummary:
     rank_shards: int
     rank_quarantined: int
     seconds: float
+    steady_clips_per_s: float | None = None
     manifest: dict[str, Any] | None = None
     manifest_path: Path | None = None
 
@@ -279,7 +282,7 @@ def build_cache(cfg: BuildConfig) -> BuildSummary:
     }
     prepare_cache_dir(out, cache_spec)
     writer = RankWriter(out, rank=rank, world_size=world, shard_size=cfg.shard_size, dtype=dtype, grid=grid)
-    quarantined = 0
+    quarantined, steady = 0, None
     if not writer.complete:
         work = _Work(root=root, sources=sources, own=rank_slice(len(sources), rank, world), window=window)
         num_workers = cfg.num_workers if cfg.num_workers is not None else default_num_workers(local_world)
@@ -288,14 +291,14 @@ def build_cache(cfg: BuildConfig) -> BuildSummary:
             initializer=worker_init, preload=["videodata.cache.sources", "av"],
         )  # fmt: skip
         with pool, _deterministic_torch(cfg.threads):
-            quarantined = _encode_slice(
+            quarantined, steady = _encode_slice(
                 work, pool, ClipEncoder(tokenizer, device, dtype), writer,
                 batch_size=cfg.batch_size, window=2 * max(1, num_workers) + 2, progress=cfg.progress and rank == 0,
             )  # fmt: skip
         writer.finish()
     summary = {
         "rank": rank, "world_size": world, "num_sources": len(sources), "rank_clips": writer.num_clips,
-        "rank_shards": len(writer.shards), "rank_quarantined": quarantined,
+        "rank_shards": len(writer.shards), "rank_quarantined": quarantined, "steady_clips_per_s": steady,
     }  # fmt: skip
     if rank != 0:
         return BuildSummary(**summary, seconds=time.monotonic() - t0)
@@ -319,8 +322,11 @@ def _encode_slice(
     batch_size: int,
     window: int,
     progress: bool,
-) -> int:
-    """Streams decoded sources through the encoder into the writer. Returns how many were quarantined.
+) -> tuple[int, float | None]:
+    """Streams decoded sources through the encoder into the writer.
+
+    Returns:
+        How many sources were quarantined, and the clips/s after the first batch (None with fewer than two).
 
     Decoding runs ahead in the pool (at most ``window`` sources in flight) while this process
     encodes batches of ``batch_size`` clips, so decode and encode overlap.
@@ -332,12 +338,17 @@ def _encode_slice(
     )  # fmt: skip
     batch: list[tuple[np.ndarray, dict[str, Any]]] = []
     quarantined = 0
+    steady = {"since": 0.0, "clips": 0}  # clock after the first batch, clips since
 
     def flush() -> None:
         ids = encoder(np.stack([frames for frames, _ in batch]))  # (B, t, h, w)
         for (_, meta), row in zip(batch, ids, strict=True):
             writer.add(row, **meta)
         bar.update(len(batch))
+        if steady["since"]:
+            steady["clips"] += len(batch)
+        else:
+            steady["since"] = time.monotonic()
         batch.clear()
 
     for task, result in pool.imap(work.tasks(writer.resume_from), window=window):
@@ -369,4 +380,5 @@ def _encode_slice(
     bar.close()
     if pool.num_replaced:
         log.info("replaced %d hung or crashed decode worker(s)", pool.num_replaced)
-    return quarantined
+    elapsed = time.monotonic() - steady["since"]
+    return quarantined, (steady["clips"] / elapsed if steady["clips"] and elapsed > 0 else None)

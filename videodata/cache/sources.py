@@ -8,7 +8,7 @@ step. Sources are sorted by path, so the work items ``(source index, clip index)
 data and the clip window alone.
 
 :func:`decode_source` runs in decode worker processes: it probes the frame count, plans the
-clip starts, reads and resizes every clip of one source, and raises :class:`SourceError`
+clip starts, reads every clip of one source in one decoding pass at the target size, and raises :class:`SourceError`
 with a short reason (``missing``, ``empty``, ``too_short``, ``undecodable``) for a bad file.
 An image is a 1-frame clip: it is cached when ``num_frames == 1`` and quarantined as
 ``too_short`` otherwise.
@@ -31,7 +31,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from core.files import sha256_bytes
-from core.video_io import PIL_EXTS, frame_files, list_media, read_video, resize_center_crop, video_fps
+from core.video_io import PIL_EXTS, frame_files, list_media, read_frames, video_fps
 
 try:  # decord is optional (see core/video_io.py)
     import decord
@@ -372,18 +372,22 @@ def decode_source(task: DecodeTask) -> DecodedSource:
         need = f"{window.num_frames} frames at stride {stride} need {span}"
         raise SourceError("too_short", f"has {total} frame(s); {need}")
     wanted = [(k, s) for k, s in planned if k >= task.min_clip]
-    clips = []
-    for _, start in wanted:
+    clips = np.zeros((0, window.num_frames, window.size, window.size, 3), np.uint8)
+    if wanted:
+        # One decoding pass for all clips of the source: overlapping clips share frames, and
+        # each frame is decoded (and scaled in the decoder) once.
+        offsets = np.arange(window.num_frames) * stride  # (T,)
+        frame_ids = np.array([s for _, s in wanted])[:, None] + offsets  # (n, T)
+        union = np.unique(frame_ids)  # sorted
         try:
-            frames = read_video(path, num_frames=window.num_frames, stride=stride, start=start)
+            frames = read_frames(path, union.tolist(), size=window.size)  # (U, size, size, 3)
         except ValueError as err:
             kind = "too_short" if "too short" in str(err) else "undecodable"
             raise SourceError(kind, str(err)) from None
-        clips.append(resize_center_crop(frames, window.size))  # (T, size, size, 3)
-    shape = (0, window.num_frames, window.size, window.size, 3)
+        clips = frames[np.searchsorted(union, frame_ids)]  # (n, T, size, size, 3)
     return DecodedSource(
         index=task.index,
-        frames=np.stack(clips) if clips else np.zeros(shape, np.uint8),  # (n, T, size, size, 3)
+        frames=clips,  # (n, T, size, size, 3)
         clips=[k for k, _ in wanted],
         starts=[s for _, s in wanted],
         stride=stride,

@@ -34,7 +34,8 @@ import numpy as np
 from PIL import Image
 
 from core.files import atomic_write_json, atomic_write_text
-from core.video_io import read_video, write_video
+from core.video_io import read_video
+from core.video_write import write_video
 from videodata.shapes.render import (
     ATTRIBUTES,
     FPS,

@@ -1,0 +1,127 @@
+"""Writing video clips and contact sheets from uint8 (T, H, W, 3) frames.
+
+Every write goes to a temp file in the target folder that is then renamed over the target
+(:func:`core.files.atomic_path`), so a crash never leaves a half-written file under the real name.
+mp4 is H.264 yuv420p through imageio-ffmpeg's ffmpeg binary; GIF goes through Pillow.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import subprocess
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from core.files import atomic_path
+from core.video_io import check_frames
+
+log = logging.getLogger(__name__)
+
+_WRITE_EXTS = (".mp4", ".gif")
+
+
+def _write_mp4(tmp: Path, frames: np.ndarray, fps: float, crf: int) -> None:
+    import imageio_ffmpeg
+
+    H, W = frames.shape[1:3]  # frames: (T, H, W, 3)
+    if H % 2 or W % 2:
+        # yuv420p needs even sides: repeat the last row/column rather than rescale the content.
+        frames = np.pad(frames, ((0, 0), (0, H % 2), (0, W % 2), (0, 0)), mode="edge")
+        log.debug("padded %dx%d frames to %dx%d for yuv420p", W, H, frames.shape[2], frames.shape[1])
+    rate = Fraction(fps).limit_denominator(100_000)
+    cmd = [
+        imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-hide_banner", "-loglevel", "error",
+        "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{frames.shape[2]}x{frames.shape[1]}",
+        "-r", f"{rate.numerator}/{rate.denominator}", "-i", "-", "-an",
+        "-c:v", "libx264", "-preset", "medium", "-crf", str(crf), "-pix_fmt", "yuv420p",
+        "-movflags", "+faststart", "-f", "mp4", str(tmp),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, input=np.ascontiguousarray(frames).tobytes(), capture_output=True, check=False)
+    if proc.returncode != 0:
+        msg = proc.stderr.decode(errors="replace").strip().splitlines()
+        raise OSError(f"ffmpeg could not write {str(tmp)!r}: {msg[-1] if msg else f'exit {proc.returncode}'}")
+
+
+def _write_gif(tmp: Path, frames: np.ndarray, fps: float) -> None:
+    # GIF delays are whole centiseconds: choose them so frame i ends at round(100 * (i + 1) / fps)
+    # cs, which keeps the average rate right (e.g. 30 fps -> 3, 4, 3 cs, ...).
+    ends = [round(100 * (i + 1) / fps) for i in range(len(frames))]
+    durations_ms = [10 * max(1, e - s) for s, e in zip([0, *ends[:-1]], ends)]
+    if fps > 50:
+        log.warning("GIF at %.1f fps: many players slow down frames shorter than 20 ms", fps)
+    images = [Image.fromarray(f) for f in frames]
+    # Pillow folds a frame identical to its predecessor into it (adding the delays), so
+    # timing is kept but such a GIF reads back with fewer frames.
+    images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=durations_ms, loop=0)
+
+
+def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float, *, crf: int = 18) -> None:
+    """Writes frames as an H.264 (yuv420p) ``.mp4`` or an animated ``.gif``, atomically.
+
+    Odd heights/widths are padded by one repeated row/column for yuv420p, so an mp4 of odd
+    size reads back one pixel larger. Missing parent folders are created.
+
+    Args:
+        path: destination; the extension picks the format.
+        frames: (T, H, W, 3) uint8 RGB.
+        fps: frames per second, > 0.
+        crf: x264 constant rate factor for mp4 (0 = lossless luma, 18 = visually lossless).
+
+    Raises:
+        ValueError: bad frames, fps or extension.
+        OSError: the file cannot be written (the target is then left untouched).
+    """
+    path = Path(path)
+    ext = path.suffix.lower()
+    if ext not in _WRITE_EXTS:
+        raise ValueError(f"cannot write {str(path)!r}: the extension must be one of {list(_WRITE_EXTS)}")
+    check_frames(frames)
+    if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not math.isfinite(fps) or fps <= 0:
+        raise ValueError(f"fps must be a positive finite number, got {fps!r}")
+    with atomic_path(path) as tmp:
+        if ext == ".mp4":
+            _write_mp4(tmp, frames, float(fps), crf)
+        else:
+            _write_gif(tmp, frames, float(fps))
+
+
+def write_contact_sheet(
+    path: str | os.PathLike, rows: list[np.ndarray], *, pad: int = 2, background: int = 255
+) -> None:
+    """Writes a PNG with one row per clip, its frames side by side (e.g. original over recon).
+
+    Rows may differ in frame count and frame size; cells are top-left aligned and the rest is
+    ``background``. There are ``pad`` pixels between cells and around the border.
+
+    Args:
+        path: destination ``.png``.
+        rows: clips, each (T_i, H_i, W_i, 3) uint8.
+        pad: gap in pixels, >= 0.
+        background: gray level of the gaps, 0..255.
+    """
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise ValueError(f"contact sheet {str(path)!r} must be a .png file")
+    if not rows:
+        raise ValueError("write_contact_sheet needs at least one row")
+    if pad < 0 or not 0 <= background <= 255:
+        raise ValueError(f"pad must be >= 0 and background in [0, 255], got {pad}, {background}")
+    for i, row in enumerate(rows):
+        check_frames(row, f"rows[{i}]")
+    width = max(r.shape[0] * (r.shape[2] + pad) for r in rows) + pad
+    height = sum(r.shape[1] + pad for r in rows) + pad
+    sheet = np.full((height, width, 3), background, dtype=np.uint8)
+    y = pad
+    for row in rows:
+        T, H, W, _ = row.shape
+        for t in range(T):
+            x = pad + t * (W + pad)
+            sheet[y : y + H, x : x + W] = row[t]
+        y += H + pad
+    with atomic_path(path) as tmp:
+        Image.fromarray(sheet).save(tmp, format="PNG")
