@@ -10,6 +10,7 @@ that forked workers still share with their parent once per process, so it errs h
 from __future__ import annotations
 
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 
@@ -45,19 +46,25 @@ def tree_rss(process: psutil.Process) -> int:
 
 def run_measured(cmd: list[str], env: dict | None = None, cwd: str | None = None, interval: float = 0.05) -> Measured:
     """Runs ``cmd`` to completion, sampling the tree's RSS every ``interval`` seconds."""
-    t0 = time.perf_counter()
-    popen = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd)
-    samples: list[tuple[float, float]] = []
-    try:
-        ps = psutil.Process(popen.pid)
-        while popen.poll() is None:
-            try:
-                samples.append((time.perf_counter() - t0, tree_rss(ps) / 2**20))
-            except psutil.Error:
-                break
-            time.sleep(interval)
-    finally:
-        out, err = popen.communicate()
-    seconds = time.perf_counter() - t0
+    # Output goes to temp files, not pipes: a child that writes more than a pipe holds (e.g.
+    # ``-X importtime``) would block on a full pipe while this loop only polls.
+    with tempfile.TemporaryFile("w+") as out_f, tempfile.TemporaryFile("w+") as err_f:
+        t0 = time.perf_counter()
+        popen = subprocess.Popen(cmd, stdout=out_f, stderr=err_f, text=True, env=env, cwd=cwd)
+        samples: list[tuple[float, float]] = []
+        try:
+            ps = psutil.Process(popen.pid)
+            while popen.poll() is None:
+                try:
+                    samples.append((time.perf_counter() - t0, tree_rss(ps) / 2**20))
+                except psutil.Error:
+                    break
+                time.sleep(interval)
+        finally:
+            popen.wait()
+        seconds = time.perf_counter() - t0
+        out_f.seek(0)
+        err_f.seek(0)
+        out, err = out_f.read(), err_f.read()
     proc = subprocess.CompletedProcess(cmd, popen.returncode, out, err)
     return Measured(proc, seconds, max((mb for _, mb in samples), default=0.0), samples)
