@@ -87,6 +87,11 @@ def breakdown(model: Path) -> dict:
     return {"phases": phases, "top_imports": top}
 
 
+def info(name: str, seconds: float) -> dict:
+    """An informational row: seconds, no peer and no goal."""
+    return {"name": name, "ours": seconds, "peer": None, "unit": "s", "ratio": None, "goal": None, "met": None}
+
+
 def run(quick: bool, model: Path = DEFAULT_MODEL) -> list[dict]:
     if not (model / "pipeline.yaml").is_file():
         raise RuntimeError(f"no shipped model at {model} yet")
@@ -128,30 +133,9 @@ def run(quick: bool, model: Path = DEFAULT_MODEL) -> list[dict]:
     ]
     if not quick:
         parts = breakdown(model)
-        for phase, seconds in parts["phases"].items():
-            records.append(
-                {
-                    "name": f"generate.py breakdown: {phase} (s)",
-                    "ours": seconds,
-                    "peer": None,
-                    "unit": "s",
-                    "ratio": None,
-                    "goal": None,
-                    "met": None,
-                }
-            )
-        for name, seconds in parts["top_imports"].items():
-            records.append(
-                {
-                    "name": f"generate.py import {name} (s, cumulative)",
-                    "ours": seconds,
-                    "peer": None,
-                    "unit": "s",
-                    "ratio": None,
-                    "goal": None,
-                    "met": None,
-                }
-            )
+        rows = [(f"generate.py breakdown: {k} (s)", v) for k, v in parts["phases"].items()]
+        rows += [(f"generate.py import {k} (s, cumulative)", v) for k, v in parts["top_imports"].items()]
+        records += [info(name, seconds) for name, seconds in rows]
         config = yaml.safe_load((model / "pipeline.yaml").read_text())
         for mode in sorted(set(config.get("generators", {})) - {config.get("default_mode")}):
             other = measure(model, ["--mode", mode])
