@@ -129,6 +129,10 @@ class Trainer:
             zero_stage=self.run.zero_stage,
         )
         self.zero_stage = ds_cfg["zero_optimization"]["stage"]
+        if self.run.compile:
+            if self.zero_stage == 3:
+                raise ValueError("run.compile needs ZeRO stage 0-2 (ZeRO-3 gathers parameters with hooks)")
+            module.compile()  # in place: the engine, checkpoints and exports see the same parameters
         fills = GradientCheck.reads_params(self.zero_stage, self.run.precision)
         return distributed.build_engine(module, optimizer, ds_cfg, caller_fills_grads=fills)
 
