@@ -124,6 +124,22 @@ def test_read_frames_decodes_any_index_order_once(clips, monkeypatch):
         read_video(path, size=0)
 
 
+def test_a_video_is_opened_once_for_counting_and_reading_and_never_read_stale(tmp_path, monkeypatch):
+    from videodata.cache.sources import count_frames
+
+    opened = []
+    real = vio.decord.VideoReader
+    monkeypatch.setattr(vio.decord, "VideoReader", lambda *a, **k: opened.append(a[0]) or real(*a, **k))
+    path = tmp_path / "a.mp4"
+    write_video(path, smooth_clip(T=9, H=32, W=32), fps=8)
+    assert count_frames(path) == 9
+    first = read_frames(path, range(9))
+    assert len(opened) == 1  # the count's reader served the read
+    write_video(path, smooth_clip(T=9, H=32, W=32)[::-1], fps=8)  # same name, other content
+    again = read_frames(path, range(9))
+    assert len(opened) == 2 and np.abs(again.astype(int) - first[::-1].astype(int)).mean() < 4.0
+
+
 # ------------------------------------------------------------------ write -> read
 
 

@@ -31,7 +31,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from core.files import sha256_bytes
-from core.video_io import PIL_EXTS, frame_files, list_media, read_frames, video_fps
+from core.video_io import PIL_EXTS, decord_reader, frame_files, list_media, read_frames, video_fps
 
 try:  # decord is optional (see core/video_io.py)
     import decord
@@ -296,7 +296,7 @@ def count_frames(path: Path) -> int:
             raise SourceError("undecodable", f"Pillow: {err}") from None
     if decord is not None:
         try:
-            return len(decord.VideoReader(str(path)))
+            return len(decord_reader(path))  # kept open for decode_source's read of the same file
         except (RuntimeError, decord.DECORDError) as err:
             reasons.append("decord: " + (str(err).strip().splitlines() or [type(err).__name__])[0])
     import av
