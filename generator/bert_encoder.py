@@ -124,13 +124,14 @@ class BertModel(nn.Module):
         pooler, ``position_ids`` and an optional ``bert.`` prefix besides."""
         from safetensors.torch import load_file
 
-        model = cls(BertShape.read(path))
+        with torch.device("meta"):  # no random init: every tensor comes from the file (assign=True)
+            model = cls(BertShape.read(path))
         state: dict[str, torch.Tensor] = {}
         for file in sorted(path.glob("*.safetensors")):
             state.update(load_file(file))
         state = {k.removeprefix("bert."): v for k, v in state.items()}
         state = {k: v for k, v in state.items() if not k.startswith("pooler.") and not k.endswith("position_ids")}
-        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
         if missing or unexpected:
             why = f"missing {missing[:3]}, unexpected {unexpected[:3]}"
             raise ValueError(f"{str(path)!r} is not a BERT checkpoint: {why}")
