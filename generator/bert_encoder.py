@@ -124,14 +124,13 @@ class BertModel(nn.Module):
         pooler, ``position_ids`` and an optional ``bert.`` prefix besides."""
         from safetensors.torch import load_file
 
-        with torch.device("meta"):  # no random init: every tensor comes from the file (assign=True)
-            model = cls(BertShape.read(path))
+        model = cls(BertShape.read(path))
         state: dict[str, torch.Tensor] = {}
         for file in sorted(path.glob("*.safetensors")):
             state.update(load_file(file))
         state = {k.removeprefix("bert."): v for k, v in state.items()}
         state = {k: v for k, v in state.items() if not k.startswith("pooler.") and not k.endswith("position_ids")}
-        missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+        missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:
             why = f"missing {missing[:3]}, unexpected {unexpected[:3]}"
             raise ValueError(f"{str(path)!r} is not a BERT checkpoint: {why}")
