@@ -96,3 +96,18 @@ def test_shipped_model_follows_prompts_and_continues_clips(mode):
     frames = as_received(out.frames, out.fps)
     kept = sum(analyze(f).matches(s.color, s.shape, s.motion) for f, (s, _) in zip(frames, clips))
     assert kept >= 5, f"{mode}: {kept} of 8 continuations keep their clip's attributes"
+
+
+def test_the_default_generate_path_imports_no_heavy_package(tmp_path):
+    """generate.py with the defaults must not import transformers, deepspeed, matplotlib, av or torch._dynamo:
+    each costs 0.3-1.7 s of a 3.5 s budget (bench/README.md)."""
+    code = (
+        "import sys\n"
+        "from tools.generate import main\n"
+        f"assert main(['--quiet', '--out', {str(tmp_path / 'v.mp4')!r}]) == 0\n"
+        "heavy = ('transformers', 'deepspeed', 'matplotlib', 'av', 'torch._dynamo')\n"
+        "print(sorted(h for h in heavy if h in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"
