@@ -226,7 +226,7 @@ def _frame_features(frames: np.ndarray) -> dict[str, np.ndarray]:
         med_hue = _circular_mean(feats["hue"][valid])
         ratio = feats["area"] / med_area
         valid &= (ratio <= AREA_OUTLIER) & (ratio >= 1.0 / AREA_OUTLIER)
-        valid &= _angle_diff(feats["hue"], med_hue) <= HUE_OUTLIER
+        valid &= angle_diff(feats["hue"], med_hue) <= HUE_OUTLIER
     feats["valid"] = valid
     return feats
 
@@ -269,7 +269,7 @@ def _kappa4(p: np.ndarray, u: np.ndarray) -> float:
     return float((p * u**4).sum()) - 3.0 * m2 * m2
 
 
-def _angle_diff(a: np.ndarray | float, b: np.ndarray | float) -> np.ndarray:
+def angle_diff(a: np.ndarray | float, b: np.ndarray | float) -> np.ndarray:
     """Absolute difference of angles in degrees, in [0, 180] (NaN stays NaN)."""
     return np.abs((np.asarray(a) - b + 180.0) % 360.0 - 180.0)
 
@@ -292,9 +292,9 @@ def _read_color(hues: np.ndarray) -> tuple[str, float, float]:
     mean = _circular_mean(hues)
     names = np.array(COLORS)
     centers = np.array([HUES[c] for c in COLORS])
-    color = str(names[np.argmin(_angle_diff(mean, centers))])
-    margin = 1.0 - float(_angle_diff(mean, HUES[color])) / 30.0  # 30 degrees = half-way to the next hue
-    per_frame = names[np.argmin(_angle_diff(hues[:, None], centers[None, :]), axis=1)]
+    color = str(names[np.argmin(angle_diff(mean, centers))])
+    margin = 1.0 - float(angle_diff(mean, HUES[color])) / 30.0  # 30 degrees = half-way to the next hue
+    per_frame = names[np.argmin(angle_diff(hues[:, None], centers[None, :]), axis=1)]
     return color, mean, max(0.0, margin) * float(np.mean(per_frame == color))
 
 
@@ -417,7 +417,7 @@ def hue_stability(hues: np.ndarray, tolerance: float) -> tuple[int, int]:
         return 0, len(hues)
     center = _circular_mean(seen)
     median = center + float(np.median((seen - center + 180.0) % 360.0 - 180.0))
-    return int((_angle_diff(seen, median) <= tolerance).sum()), len(hues)
+    return int((angle_diff(seen, median) <= tolerance).sum()), len(hues)
 
 
 def count_objects(frames: np.ndarray) -> np.ndarray:

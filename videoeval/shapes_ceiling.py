@@ -25,7 +25,7 @@ from core.video_io import read_video
 from core.video_write import write_video
 from tokenizer import VideoTokenizer
 from videodata.shapes.render import COLORS, FPS, NUM_CLASSES, attributes_of, render_clip, sample_spec
-from videoeval.shapes_analyzer import _angle_diff, analyze
+from videoeval.shapes_analyzer import analyze, angle_diff
 
 
 def render_balanced(num_videos: int, seed: int) -> tuple[list[tuple[str, str, str]], np.ndarray]:
@@ -76,7 +76,7 @@ def ceiling_results(
     for row, clip, recon, got in zip(rows, clips, recons, received):
         a, b = analyze(clip), analyze(got)
         row["psnr"] = psnr(recon, clip)
-        row["hue_error"] = None if a.hue is None or b.hue is None else float(_angle_diff(a.hue, b.hue))
+        row["hue_error"] = None if a.hue is None or b.hue is None else float(angle_diff(a.hue, b.hue))
         row["corner_ratio"] = None if not (a.corner and b.corner is not None) else b.corner / a.corner
     extra = {"psnr": float(np.mean([r["psnr"] for r in rows]))}
     per_color = {}
