@@ -46,6 +46,7 @@ def run(quick: bool, model: Path = DEFAULT_MODEL) -> list[dict]:
     from videoserve.app import create_app
     from videoserve.server import load_for_serving
     from videoserve.store import OutputStore
+    from videoserve.worker import GenerationWorker
 
     if not (model / "pipeline.yaml").is_file():
         raise RuntimeError(f"no shipped model at {model} yet")
@@ -53,8 +54,9 @@ def run(quick: bool, model: Path = DEFAULT_MODEL) -> list[dict]:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
         sock.close()
-        pipe = load_for_serving(model, "cpu")
-        server, thread = _serve_in_thread(create_app(pipe, OutputStore(Path(tmp) / "out", 10**9)), port)
+        worker = GenerationWorker(max_waiting=4)
+        pipe = load_for_serving(model, "cpu", worker)  # on the worker's thread, as tokvid-serve does
+        server, thread = _serve_in_thread(create_app(pipe, OutputStore(Path(tmp) / "out", 10**9), worker=worker), port)
         http, floor = [], []
         try:
             for i in range(2 if quick else 5):
@@ -67,7 +69,9 @@ def run(quick: bool, model: Path = DEFAULT_MODEL) -> list[dict]:
                     json.loads(r.read())
                 http.append(time.perf_counter() - t0)
                 t0 = time.perf_counter()
-                generate_with(pipe, GenerationRequest(seed=i), [Path(tmp) / f"floor{i}.mp4"], progress=False)
+                request, paths = GenerationRequest(seed=i), [Path(tmp) / f"floor{i}.mp4"]
+                # on the same thread as the server's generations
+                worker.submit(lambda r=request, p=paths: generate_with(pipe, r, p, progress=False)).result()
                 floor.append(time.perf_counter() - t0)
         finally:
             server.should_exit = True

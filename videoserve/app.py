@@ -113,18 +113,22 @@ def create_app(
     max_frames: int = 65,
     max_upload_bytes: int = 32 * 1024 * 1024,
     model_name: str = "",
+    worker: GenerationWorker | None = None,
 ) -> FastAPI:
     """The app around a loaded pipeline.
 
     Args:
         pipe: the pipeline, already on its device; only the worker thread uses it.
         store: the output folder.
-        max_waiting: requests that may wait behind the running one; more get 503.
+        max_waiting: requests that may wait behind the running one; more get 503 (when ``worker`` is None).
         max_frames: the longest video a request may ask for.
         max_upload_bytes: the largest upload.
         model_name: shown by ``/api/health`` and on the page.
+        worker: the thread that loaded ``pipe`` (:func:`videoserve.server.load_for_serving`), so that all torch
+            work stays on one thread; None starts a new one.
     """
-    worker = GenerationWorker(max_waiting)
+    worker = worker if worker is not None else GenerationWorker(max_waiting)
+    max_waiting = worker.max_waiting
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI):

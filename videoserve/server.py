@@ -14,6 +14,7 @@ import torch
 from pipelines import VideoPipeline
 from pipelines.generate import GenerationRequest, generate_with
 from videoserve.store import OutputStore
+from videoserve.worker import GenerationWorker
 
 log = logging.getLogger(__name__)
 
@@ -35,14 +36,19 @@ def check_port(host: str, port: int) -> None:
             raise ValueError(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
 
 
-def load_for_serving(model: str | os.PathLike, device: torch.device | str) -> VideoPipeline:
-    """Loads the pipeline and runs one default generation (not kept), so the first request is already warm."""
-    start = time.perf_counter()
-    pipe = VideoPipeline.from_pretrained(model).to(device)
-    with tempfile.TemporaryDirectory() as tmp:
-        generate_with(pipe, GenerationRequest(), [Path(tmp) / "warmup.mp4"], progress=False)
-    log.info("loaded and warmed %s in %.1f s", model, time.perf_counter() - start)
-    return pipe
+def load_for_serving(model: str | os.PathLike, device: torch.device | str, worker: GenerationWorker) -> VideoPipeline:
+    """Loads the pipeline and runs one default generation (not kept), on ``worker``'s thread, so the first request
+    is already warm and every torch call of the server runs on that one thread (see :mod:`videoserve.worker`)."""
+
+    def load() -> VideoPipeline:
+        start = time.perf_counter()
+        pipe = VideoPipeline.from_pretrained(model).to(device)
+        with tempfile.TemporaryDirectory() as tmp:
+            generate_with(pipe, GenerationRequest(), [Path(tmp) / "warmup.mp4"], progress=False)
+        log.info("loaded and warmed %s in %.1f s", model, time.perf_counter() - start)
+        return pipe
+
+    return worker.submit(load).result()
 
 
 def serve(
@@ -72,9 +78,10 @@ def serve(
     if max_frames < 1 or max_upload_mb <= 0 or max_waiting < 0:
         raise ValueError("--max-frames and --max-upload-mb must be positive, --max-waiting >= 0")
     store = OutputStore(out, int(max_output_mb * 1024 * 1024))
-    pipe = load_for_serving(model, torch.device(device))
+    worker = GenerationWorker(max_waiting)
+    pipe = load_for_serving(model, torch.device(device), worker)
     app = create_app(
-        pipe, store, max_waiting=max_waiting, max_frames=max_frames, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
-        model_name=Path(model).name,
+        pipe, store, max_frames=max_frames, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
+        model_name=Path(model).name, worker=worker,
     )  # fmt: skip
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -1,6 +1,10 @@
 """One generation at a time per device, behind a bounded queue.
 
 The pipeline runs in a single worker thread (torch releases the GIL, so the web server stays responsive).
+Loading and warming it up run on that thread too: every thread that runs torch operations gets its own
+OpenMP thread team, and once two teams exist on a 2-core machine, generation in either thread runs at
+about half speed (measured: 0.9 s per default video on one thread, 2.0 s after a second thread had
+generated, in the second thread and in the first). One thread for all torch work avoids it.
 A request that finds ``max_waiting`` requests already waiting is refused at once with :class:`Busy`
 rather than queued without bound.
 """

@@ -261,3 +261,30 @@ def test_a_busy_port_is_refused_before_the_model_loads(capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"cannot listen on 127.0.0.1:{port}" in err[0]
     assert main(["--port", "0"]) == 2 and "--port must be in" in capsys.readouterr().err
+
+
+def test_loading_warming_and_generating_all_run_on_the_worker_thread(tmp_path, monkeypatch):
+    """A second thread running torch ops halves generation speed on 2 cores (videoserve/worker.py), so the server
+    loads, warms up and generates on its one worker thread."""
+    import videoserve.server as server_module
+    from videoserve.worker import GenerationWorker
+
+    seen = []
+    real_load, real_generate = VideoPipeline.from_pretrained, server_module.generate_with
+    monkeypatch.setattr(
+        server_module.VideoPipeline, "from_pretrained",
+        lambda d: seen.append(("load", threading.current_thread().name)) or real_load(d),
+    )  # fmt: skip
+    monkeypatch.setattr(
+        server_module, "generate_with",
+        lambda *a, **k: seen.append(("warm", threading.current_thread().name)) or real_generate(*a, **k),
+    )  # fmt: skip
+    worker = GenerationWorker(max_waiting=2)
+    pipe = server_module.load_for_serving(DEFAULT_MODEL_DIR, "cpu", worker)
+    with TestClient(create_app(pipe, OutputStore(tmp_path / "out", max_bytes=10**9), worker=worker)) as c:
+        assert c.get("/api/health").json()["queue"]["max"] == 3  # the given worker's limit
+        names = {name for _, name in seen}
+        assert [k for k, _ in seen] == ["load", "warm"] and len(names) == 1
+        assert names.pop().startswith("tokvid-generate")
+        job = worker.submit(lambda: threading.current_thread().name)
+        assert job.result().startswith("tokvid-generate")
