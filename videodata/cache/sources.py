@@ -374,17 +374,16 @@ def decode_source(task: DecodeTask) -> DecodedSource:
     wanted = [(k, s) for k, s in planned if k >= task.min_clip]
     clips = np.zeros((0, window.num_frames, window.size, window.size, 3), np.uint8)
     if wanted:
-        # One decoding pass for all clips of the source: overlapping clips share frames, and
-        # each frame is decoded (and scaled in the decoder) once.
+        # One decoding pass for all clips of the source: read_frames decodes (and scales in the decoder)
+        # each frame once, however many overlapping clips share it.
         offsets = np.arange(window.num_frames) * stride  # (T,)
         frame_ids = np.array([s for _, s in wanted])[:, None] + offsets  # (n, T)
-        union = np.unique(frame_ids)  # sorted
         try:
-            frames = read_frames(path, union.tolist(), size=window.size)  # (U, size, size, 3)
+            frames = read_frames(path, frame_ids.ravel().tolist(), size=window.size)  # (n * T, size, size, 3)
         except ValueError as err:
             kind = "too_short" if "too short" in str(err) else "undecodable"
             raise SourceError(kind, str(err)) from None
-        clips = frames[np.searchsorted(union, frame_ids)]  # (n, T, size, size, 3)
+        clips = frames.reshape(*frame_ids.shape, *frames.shape[1:])  # (n, T, size, size, 3)
     return DecodedSource(
         index=task.index,
         frames=clips,  # (n, T, size, size, 3)
