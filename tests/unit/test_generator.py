@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from generator import Condition, Generator, GeneratorConfig, ObjectiveConfig, generator_loss, make_layout
+from generator.kv_cache import KVCache
 from generator.sampling import (
     DecodeContext,
     SamplingConfig,
@@ -376,3 +377,35 @@ def test_xformers_bias_is_aligned_and_equals_the_mask():
         bias = xformers_bias(mask, torch.float32, (2, 3, 7, K))
         assert bias.shape == (2, 3, 7, K) and bias.stride(-2) % 8 == 0 and bias.stride(1) != 0
         assert torch.equal(bias == 0, mask.expand(2, 3, 7, K)) and torch.isinf(bias[~mask.expand(2, 3, 7, K)]).all()
+    for dtype in (torch.bfloat16, torch.float16):  # the attention's dtype: xformers refuses a bias of another
+        assert xformers_bias(mask, dtype, (2, 3, 7, 330)).dtype == dtype
+
+
+def test_decoding_layout_keeps_values_outputs_and_the_state_dict():
+    m = tiny("ar")
+    state = {k: v.clone() for k, v in m.state_dict().items()}
+    ids = torch.randint(0, 64, (2, 5))
+    coords, mask = make_layout((1, 1, 5), "token").coords, torch.ones(5, 5, dtype=torch.bool).tril()
+    with torch.no_grad():
+        before = m(ids, cond2(), coords=coords, mask=mask)
+        m.decoding_layout_()
+        after = m(ids, cond2(), coords=coords, mask=mask)
+    linears = [mod for mod in m.modules() if isinstance(mod, torch.nn.Linear)]
+    assert linears and all(mod.weight.t().is_contiguous() and not mod.weight.is_contiguous() for mod in linears)
+    assert state.keys() == m.state_dict().keys() and all(torch.equal(state[k], v) for k, v in m.state_dict().items())
+    assert torch.allclose(before, after, atol=1e-5)
+
+
+def test_kv_cache_reserve_rewind_and_reset():
+    cache = KVCache(num_layers=1, batch=2, num_heads=1, max_len=6, head_dim=2)
+    assert cache.reserve(2) == (0, 2) and cache.all_valid
+    assert cache.reserve(2, torch.tensor([[True, False], [True, True]])) == (2, 4) and not cache.all_valid
+    assert cache.valid[:, :4].tolist() == [[True, True, True, False], [True, True, True, True]]
+    cache.rewind(3)
+    assert cache.length == 3
+    with pytest.raises(ValueError, match="cannot rewind a cache of length 3 to 4"):
+        cache.rewind(4)
+    with pytest.raises(ValueError, match="KV cache overflow: 7 positions needed, 6 allocated"):
+        cache.reserve(4)
+    cache.reset()
+    assert cache.length == 0 and cache.all_valid and cache.reserve(6) == (0, 6)

@@ -375,3 +375,48 @@ def test_lfq_and_bsq_ids_are_sign_bits_and_codes_their_scaled_signs():
     assert out.ids.item() == expected_id
     assert torch.allclose(out.codes.flatten(), signs / math.sqrt(5)) and abs(out.codes.norm().item() - 1) < 1e-6
     assert torch.equal(bsq.ids_to_codes(torch.tensor([[[[expected_id]]]])).flatten(), signs / math.sqrt(5))
+
+
+@pytest.mark.parametrize("name, label", [("vq", "VQ"), ("fsq", "FSQ"), ("lfq", "LFQ"), ("bsq", "BSQ")])
+def test_error_messages_name_the_quantizer(name: str, label: str) -> None:
+    q = make(name)
+    b, t, h, w = SHAPE
+    with pytest.raises(ValueError, match=rf"^{label} expects a latent"):
+        q(torch.randn(b, q.dim + 1, t, h, w))
+    with pytest.raises(ValueError, match=rf"^{label} expects a latent"):
+        q.codes_to_ids(torch.randn(b, q.dim + 1, t, h, w))
+    with pytest.raises(ValueError, match=rf"^{label} expects ids"):
+        q.ids_to_codes(torch.zeros(b, t, h, dtype=torch.long))
+
+
+def test_vq_on_the_sphere_commits_to_the_normalized_latent_and_codes_to_ids_agrees() -> None:
+    """l2_normalize (ViT-VQGAN): each latent row is normalized on its own, the code is the row's most similar unit
+    code, the commitment loss is measured against the normalized row, and codes_to_ids gives forward's ids."""
+    q = VQ(VQConfig(codebook_size=16, dim=4, commitment_weight=0.25)).eval()
+    z = latent(q, scale=5.0) + 1.0  # rows of very different norms
+    out = q(z)
+    x = F.normalize(flat(z), dim=1)
+    codebook = F.normalize(q.codebook, dim=1)
+    ref = (x @ codebook.T).argmax(dim=1)
+    assert torch.equal(out.ids.reshape(-1), ref)
+    torch.testing.assert_close(out.losses["commit"], 0.25 * (x - codebook[ref]).pow(2).mean())
+    assert torch.equal(q.codes_to_ids(z), out.ids)
+    z.requires_grad_(True)
+    q(z).codes.sum().backward()  # straight-through to the row-normalized latent
+    torch.testing.assert_close(z.grad, torch.func.vjp(lambda v: F.normalize(v, dim=1), z)[1](torch.ones_like(z))[0])
+
+
+def test_fsq_codes_to_ids_sends_off_grid_codes_to_the_nearest_grid_code() -> None:
+    q = FSQ(FSQConfig(levels=(8, 5)))
+    codes = torch.tensor([3.0, -3.0]).view(1, 2, 1, 1, 1)  # beyond +1 and -1
+    assert q.codes_to_ids(codes).item() == 7 + 8 * 0  # the top digit of the first channel, the bottom of the second
+    assert q.codes_to_ids(-codes).item() == 0 + 8 * 4
+
+
+def test_sign_quantizers_send_an_exact_zero_to_bit_zero() -> None:
+    """The documented convention: x_i == 0 counts as bit 0, code -code_scale."""
+    z = torch.tensor([0.0, 1.0, 0.0]).view(1, 3, 1, 1, 1)
+    for q in (LFQ(LFQConfig(dim=3)), BSQ(BSQConfig(dim=3))):
+        out = q(z)
+        assert out.ids.item() == 2
+        assert (out.codes.flatten()[[0, 2]] < 0).all()

@@ -11,7 +11,7 @@ import torch
 from generator import Condition
 from generator.layers import Rope3d
 from generator.sampling import DecodeContext, SamplingConfig, sample_maskgit
-from generator.sampling.filtering import filter_logits
+from generator.sampling.filtering import filter_logits, sample_logits
 from generator.schedules import num_masked_after_step
 from tests.unit.test_generator import cond2, tiny
 
@@ -39,6 +39,37 @@ def test_top_p_keeps_the_smallest_prefix_that_reaches_p():
     assert kept(filter_logits(logits, top_p=0.999)) == {0, 1, 2, 3}
     assert kept(filter_logits(logits, top_p=1e-6)) == {1}  # the top token always stays
     assert kept(filter_logits(logits, top_k=3, top_p=0.7)) == {1, 3}  # both filters apply
+
+
+def test_filters_that_are_off_change_nothing():
+    # Tail tokens so unlikely that the float32 cumulative sum reaches 1.0 before them: top_p=1.0 must still keep them.
+    logits = torch.tensor([0.0, -1.0, -40.0, -60.0, -80.0])
+    assert torch.equal(filter_logits(logits, top_k=0, top_p=1.0), logits)
+    assert torch.equal(filter_logits(logits, top_k=5, top_p=1.0), logits)  # k = V keeps all
+
+
+def _draw_frequencies(cfg: SamplingConfig, logits: torch.Tensor, n: int = 20000) -> torch.Tensor:
+    """Frequencies of each id over ``n`` independent draws of ``sample_logits`` from the same (V,) logits."""
+    ids = sample_logits(logits.expand(n, -1), cfg, torch.Generator().manual_seed(0))
+    return torch.bincount(ids, minlength=logits.shape[0]).float() / n
+
+
+@pytest.mark.parametrize("temperature", [0.5, 1.0, 2.0])
+def test_sample_logits_draws_from_the_tempered_softmax(temperature):
+    logits = torch.tensor([0.0, math.log(3.0), -1.0])
+    freq = _draw_frequencies(SamplingConfig(temperature=temperature), logits)
+    expected = (logits / temperature).softmax(-1)
+    # 20,000 draws: a standard error under 0.0035 per id; the wrong temperature (x * T, or none) moves an id by > 0.05
+    assert torch.allclose(freq, expected, atol=0.02), (freq, expected)
+
+
+def test_sample_logits_applies_top_k_and_top_p():
+    logits = torch.tensor([1.0, 0.9, 0.8, 0.7, 0.6])  # near-flat: every id would be drawn often without filters
+    assert set(_draw_frequencies(SamplingConfig(top_k=2), logits).nonzero().flatten().tolist()) == {0, 1}
+    probs = logits.softmax(-1)  # 0.234, 0.212, 0.192, ...: the first two reach 0.44
+    assert set(_draw_frequencies(SamplingConfig(top_p=0.4), logits).nonzero().flatten().tolist()) == {0, 1}
+    assert float(probs[:2].sum()) > 0.4 > float(probs[0])
+    assert int(sample_logits(logits, SamplingConfig(temperature=0), None)) == 0  # greedy
 
 
 def _fixed_logits(monkeypatch, conf: torch.Tensor, vocab: int = 64) -> list[torch.Tensor]:

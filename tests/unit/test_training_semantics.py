@@ -1,12 +1,20 @@
 """Training pieces pinned by their maths: EMA, activation checkpointing, label smoothing, context_mask_ratio."""
 
+import dataclasses
+
+import pytest
 import torch
+import torch.nn.functional as F
 
 from generator import Condition, Generator, ObjectiveConfig, generator_loss, make_layout
 from generator.objectives import ar_loss, maskgit_loss
+from generator.sampling import DecodeContext, SamplingConfig
+from generator.sampling.ar import START_COORDS
+from generator.schedules import gamma, training_mask
 from generator.units import causal_mask
 from tests.unit.test_generator import GRID, cond2, tiny
 from videotrain.ema import EMA
+from videotrain.guards import GradientCheck, NonFiniteGuard
 
 
 def test_ema_is_an_exponential_moving_average_of_the_parameters():
@@ -88,3 +96,220 @@ def test_context_mask_ratio_masks_that_share_of_the_clean_stream_only(monkeypatc
         seq = make_layout(GRID, "frame").to_sequence(ids)
         assert torch.equal(clean[kept], seq[kept])  # unmasked context tokens are the clean tokens
         assert (noisy == mask_id).any() and ((noisy == mask_id) | (noisy == seq)).all()  # the masked stream
+
+
+def test_ema_refuses_decays_outside_the_open_unit_interval_and_checkpoints_without_ema_weights():
+    model = torch.nn.Linear(3, 2)
+    for bad in (0.0, 1.0, 1.5, -0.1):
+        with pytest.raises(ValueError, match=r"ema decay must be in \(0, 1\)"):
+            EMA(model, decay=bad)
+    ema = EMA(model, decay=0.5)
+    with pytest.raises(ValueError, match="checkpoint lacks EMA weights for"):
+        ema.load_state_dict({"ema.weight": torch.zeros(2, 3)})  # no ema.bias
+
+
+def test_ema_weights_come_back_in_the_models_dtype():
+    model = torch.nn.Linear(3, 2).to(torch.bfloat16)
+    ema = EMA(model, decay=0.5)
+    assert all(v.dtype == torch.float32 for v in ema.shadow.values())  # the shadow keeps fp32
+    assert all(v.dtype == torch.bfloat16 for v in ema.weights(model).values())
+
+
+@pytest.mark.parametrize("target_positions", [False, True])
+@pytest.mark.parametrize("order", ["cube", "frame"])
+def test_ar_loss_is_the_cross_entropy_of_what_the_sampler_sees(order, target_positions):
+    """Training and sampling must agree on the layout (the model's cube size, not a default), the start token's
+    position and what each input predicts: the loss is the cross-entropy of the logits the cached sampler computes when
+    fed the same tokens one at a time."""
+    cfg = dataclasses.replace(tiny("ar").config, cube_size=(3, 2, 2), target_positions=target_positions)
+    torch.manual_seed(0)
+    m = Generator(cfg).eval()
+    ids = torch.randint(0, 64, (2, *GRID), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        out = ar_loss(m, ids, cond2(), order, ObjectiveConfig(cond_dropout=0.0))
+    layout = make_layout(GRID, order, cfg.cube_size)
+    seq = layout.to_sequence(ids)
+    ctx = DecodeContext(m, cond2(), SamplingConfig(), max_tokens=1 + layout.num_tokens)
+    prev = torch.full((2, 1), cfg.start_id)
+    prev_coords, steps = torch.tensor([START_COORDS]), []
+    for i in range(layout.num_tokens):
+        targets = layout.coords[i : i + 1] if target_positions else None
+        steps.append(ctx.logits(prev, prev_coords, keep=True, progress=0.0, targets=targets)[:, -1])
+        prev, prev_coords = seq[:, i : i + 1], layout.coords[i : i + 1]
+    logits = torch.stack(steps, dim=1)  # (B, L, V)
+    assert torch.allclose(out.loss, F.cross_entropy(logits.flatten(0, 1), seq.flatten()), atol=1e-5)
+
+
+def test_ar_loss_accuracy_is_the_share_of_positions_whose_argmax_is_the_target(monkeypatch):
+    m = tiny("ar")
+    ids = torch.ones(2, *GRID, dtype=torch.long)
+    ids[:, 0] = 0  # the first of three latent frames: token 0, the only one the stub predicts
+
+    def predicts_zero(self, ids, cond, cache=None, **kw):
+        out = torch.zeros(*ids.shape, self.config.vocab_size)
+        out[..., 0] = 1.0 + 1e-3 * torch.arange(ids.shape[1])  # the largest logit of all sits at the last position
+        return out
+
+    monkeypatch.setattr(Generator, "forward", predicts_zero)
+    acc = ar_loss(m, ids, cond2(), "frame", ObjectiveConfig(cond_dropout=0.0)).stats["acc"]
+    assert abs(float(acc) - 1 / 3) < 1e-6
+
+
+def test_nonfinite_guard_skips_until_the_limit_in_a_row_and_a_good_step_resets_the_count(caplog):
+    guard = NonFiniteGuard("skip", max_in_a_row=3)
+    guard.record("gradient", 7)
+    guard.record("loss", 8)
+    assert "non-finite gradient at step 7: step skipped" in caplog.text
+    assert "non-finite loss at step 8: micro-batch dropped" in caplog.text
+    guard.reset()  # a good step
+    guard.record("gradient", 9)
+    guard.record("gradient", 10)
+    with pytest.raises(FloatingPointError, match=r"non-finite gradient at step 11.*\(3 non-finite in a row\)"):
+        guard.record("gradient", 11)
+    with pytest.raises(FloatingPointError, match=r"non-finite loss at step 2.*\(run.nonfinite=stop\)"):
+        NonFiniteGuard("stop", max_in_a_row=100).record("loss", 2)
+
+
+def _grad_model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2), torch.nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize("zero_stage, precision", [(0, "fp32"), (0, "bf16"), (2, "fp32")])
+def test_gradient_check_finds_a_nonfinite_gradient_not_only_a_nonfinite_loss(zero_stage, precision):
+    """A finite loss whose gradient is not (sqrt at 0): the step must be flagged, on every path that reads it."""
+    assert GradientCheck.reads_params(0, "fp32") and not GradientCheck.reads_params(0, "bf16")
+    assert not GradientCheck.reads_params(1, "fp32")
+    model = _grad_model()
+    check = GradientCheck(model, zero_stage, precision, torch.device("cpu"))
+    x = torch.randn(5, 3)
+    model[1](model[0](x)).sum().backward()  # model[2] gets no gradient
+    norm, bad = check.read()
+    assert not bad
+    if zero_stage == 0:
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        assert torch.allclose(norm, torch.stack([g.norm() for g in grads]).norm())
+    if (zero_stage, precision) == (0, "fp32"):  # parameters without a gradient get a zero one, as an all-reduce gives
+        assert all(torch.equal(p.grad, torch.zeros_like(p)) for p in model[2].parameters())
+    model.zero_grad(set_to_none=True)
+    loss = model[0](x).sum() + model[0].weight.abs().sub(model[0].weight.abs()).sqrt().sum()  # finite: sqrt(0) = 0
+    assert torch.isfinite(loss)
+    loss.backward()  # d sqrt(u)/du at u = 0 is inf
+    norm, bad = check.read()
+    assert bad
+    check.clear()
+    model.zero_grad(set_to_none=True)
+    model[0](x).sum().backward()
+    assert not check.read()[1]
+
+
+def _expected_mask_share(schedule: str, n: int) -> float:
+    """E[ceil(gamma(r) n) / n] for r ~ U(0, 1), at least one token: by quadrature."""
+    r = (torch.arange(100_000, dtype=torch.float64) + 0.5) / 100_000
+    return float((torch.ceil(gamma(r, schedule) * n).clamp_min(1) / n).mean())
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_training_mask_draws_a_ratio_per_row_and_unit_from_the_schedule(schedule):
+    unit_of = make_layout(GRID, "frame").unit_of  # 3 units of 16 tokens
+    torch.manual_seed(1)
+    masked = training_mask(unit_of, 512, schedule, torch.Generator().manual_seed(5))
+    torch.manual_seed(2)  # only the given generator may be used
+    assert torch.equal(masked, training_mask(unit_of, 512, schedule, torch.Generator().manual_seed(5)))
+    counts = torch.stack([masked[:, unit_of == u].sum(1) for u in range(3)], 1)  # (B, U)
+    assert counts.min() == 1 and counts.max() == 16  # at least one per unit; all of them when r is near 0
+    # 1,536 (row, unit) draws: the standard error of the mean share is < 0.008
+    assert abs(counts.float().mean().item() / 16 - _expected_mask_share(schedule, 16)) < 0.03
+    # Positions are drawn per row: rows that mask the same number of unit-0 tokens do not all pick the same ones.
+    k = counts[:, 0]
+    rows = (k == 8).nonzero().flatten()
+    assert len(rows) > 2 and not all(torch.equal(masked[rows[0], :16], masked[r, :16]) for r in rows[1:])
+
+
+def _spy_forward(monkeypatch) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    seen = []
+    original = Generator.forward
+
+    def spy(self, x, cond, cache=None, **kw):
+        out = original(self, x, cond, cache, **kw)
+        seen.append((x.detach().clone(), out.detach().clone()))
+        return out
+
+    monkeypatch.setattr(Generator, "forward", spy)
+    return seen
+
+
+def test_maskgit_loss_is_reproducible_from_its_generator_and_draws_context_masks_per_row():
+    m = tiny("maskgit")
+    ids = torch.randint(0, 64, (8, *GRID), generator=torch.Generator().manual_seed(0))
+    cfg = ObjectiveConfig(cond_dropout=0.0, context_mask_ratio=0.3)
+    cond = Condition(labels=torch.zeros(8, dtype=torch.long))
+    losses = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)
+        with torch.no_grad():
+            losses.append(maskgit_loss(m, ids, cond, "frame", cfg, torch.Generator().manual_seed(3)).loss)
+    assert torch.equal(losses[0], losses[1])
+
+
+def test_maskgit_loss_context_masks_differ_between_rows(monkeypatch):
+    m = tiny("maskgit")
+    seen = _spy_forward(monkeypatch)
+    ids = torch.randint(0, 64, (8, *GRID), generator=torch.Generator().manual_seed(0))
+    cfg = ObjectiveConfig(cond_dropout=0.0, context_mask_ratio=0.5)
+    with torch.no_grad():
+        maskgit_loss(m, ids, Condition(labels=torch.zeros(8, dtype=torch.long)), "frame", cfg,
+                     torch.Generator().manual_seed(3))  # fmt: skip
+    dropped = seen[0][0][:, : ids[0].numel()] == m.config.mask_id  # (B, L) the clean stream's masks
+    assert not all(torch.equal(dropped[0], dropped[b]) for b in range(1, 8))
+
+
+@pytest.mark.parametrize("grid", [(2, 4, 4), (3, 4, 4)])
+def test_maskgit_loss_gives_every_multi_unit_layout_a_clean_context_stream(monkeypatch, grid):
+    m = tiny("maskgit")
+    seen = _spy_forward(monkeypatch)
+    ids = torch.randint(0, 64, (2, *grid), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        maskgit_loss(m, ids, cond2(), "frame", ObjectiveConfig(cond_dropout=0.0), torch.Generator().manual_seed(1))
+        maskgit_loss(m, ids, cond2(), "clip", ObjectiveConfig(cond_dropout=0.0), torch.Generator().manual_seed(1))
+    L = ids[0].numel()
+    assert seen[0][0].shape[1] == 2 * L  # frame units: clean stream + masked stream
+    assert seen[1][0].shape[1] == L  # one unit: the masked stream alone
+
+
+def test_maskgit_loss_label_smoothing_accuracy_and_stats(monkeypatch):
+    m = tiny("maskgit")
+    seen = _spy_forward(monkeypatch)
+    ids = torch.randint(0, 64, (2, *GRID), generator=torch.Generator().manual_seed(0))
+    L = ids[0].numel()
+    outs = {}
+    for eps in (0.0, 0.2):
+        with torch.no_grad():
+            outs[eps] = maskgit_loss(m, ids, cond2(), "frame", ObjectiveConfig(cond_dropout=0.0, label_smoothing=eps),
+                                     torch.Generator().manual_seed(1))  # fmt: skip
+    inputs, logits = seen[0]
+    masked = inputs[:, L:] == m.config.mask_id  # (B, L)
+    target = make_layout(GRID, "frame").to_sequence(ids)[masked]
+    logp = logits[:, -L:][masked].float().log_softmax(-1)
+    nll, uniform = -logp.gather(1, target[:, None]).mean(), -logp.mean()
+    assert torch.allclose(outs[0.0].loss, nll, atol=1e-5)
+    assert torch.allclose(outs[0.2].loss, 0.8 * nll + 0.2 * uniform, atol=1e-5)
+    assert outs[0.0].stats.keys() == {"acc", "mask_ratio"}
+    assert torch.allclose(outs[0.0].stats["acc"], (logp.argmax(-1) == target).float().mean())
+    assert torch.allclose(outs[0.0].stats["mask_ratio"], masked.float().mean())
+
+
+def test_maskgit_accuracy_is_the_share_of_masked_tokens_predicted(monkeypatch):
+    m = tiny("maskgit")
+
+    def predicts_one(self, ids, cond, cache=None, **kw):
+        out = torch.zeros(*ids.shape, self.config.vocab_size)
+        out[..., 1] = 1.0 + 1e-3 * torch.arange(ids.shape[1])  # the largest logit of all sits at the last position
+        return out
+
+    monkeypatch.setattr(Generator, "forward", predicts_one)
+    for token, acc in ((1, 1.0), (2, 0.0)):
+        ids = torch.full((2, *GRID), token)
+        cfg = ObjectiveConfig(cond_dropout=0.0)
+        out = maskgit_loss(m, ids, cond2(), "frame", cfg, torch.Generator().manual_seed(1))
+        assert float(out.stats["acc"]) == acc
