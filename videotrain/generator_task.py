@@ -23,6 +23,7 @@ from core.weights import WEIGHTS_NAME, load_config, load_state, load_strict
 from generator import Condition, Generator, GeneratorConfig, ObjectiveConfig, generator_loss
 from generator.text_encoders import TextEncoderConfig
 from videodata.cache.reader import ShuffledSampler, TokenCache, TokenSample, tokenizer_fingerprint
+from videodata.captions import CaptionAugmentConfig, augment_caption
 from videotrain import distributed
 from videotrain.config import RENAMED, RunConfig
 from videotrain.optim import OptimConfig, build_adamw
@@ -42,12 +43,15 @@ class DataConfig:
             decodes sample videos.
         eval_fraction: share of clips held out for the periodic eval loss.
         text_encoder: frozen text encoder for text-conditional models (captions come from the cache).
+        caption_augment: how training captions are perturbed before they are encoded (off by default; never
+            applied to the eval loss or to sample videos).
     """
 
     cache: str = ""
     tokenizer: str = ""
     eval_fraction: float = 0.02
     text_encoder: TextEncoderConfig | None = None
+    caption_augment: CaptionAugmentConfig = field(default_factory=CaptionAugmentConfig)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -190,13 +194,17 @@ class GeneratorTrainer(Trainer):
     def condition(self, samples: Sequence[TokenSample], pick: torch.Generator | None = None) -> Condition:
         """The condition of cached samples: their labels, their captions' text features, or none.
 
-        A sample with several captions gives one drawn with ``pick``, or its first without.
+        With ``pick`` (training batches) a sample with several captions gives one drawn with it, and the caption
+        is augmented as ``data.caption_augment`` says; without it, the first caption as it is.
         """
         kind, device = self.cfg.model.cond, self.dist.device
         if kind == "class":
             return Condition(labels=torch.tensor([s.label for s in samples], device=device))
         if kind == "text":
-            feats = self.text_encoder.encode([_caption(s, pick) for s in samples])
+            captions = [_caption(s, pick) for s in samples]
+            if pick is not None:
+                captions = [augment_caption(c, self.cfg.data.caption_augment, pick) for c in captions]
+            feats = self.text_encoder.encode(captions)
             return Condition(text=feats.features, text_mask=feats.mask)
         return Condition(drop=torch.zeros(len(samples), dtype=torch.bool, device=device))
 
