@@ -420,3 +420,40 @@ def test_sign_quantizers_send_an_exact_zero_to_bit_zero() -> None:
         out = q(z)
         assert out.ids.item() == 2
         assert (out.codes.flatten()[[0, 2]] < 0).all()
+
+
+def test_fsq_bound_and_bound_loss_follow_their_formulas_for_even_levels() -> None:
+    """Even L has offset 0.5 and a non-zero shift: bound(z) = tanh(z + shift) * half_l - offset, and the bound loss
+    is weight * mean(relu(|z + shift| - bound_range)^2)."""
+    levels, eps, weight, limit = (8, 5), 1e-3, 0.7, 1.5
+    q = FSQ(FSQConfig(levels=levels, bound_loss_weight=weight, bound_range=limit))
+    z = torch.tensor([[-3.0, 0.2], [2.5, -0.4], [1.7, 3.1]]).T.reshape(1, 2, 1, 1, 3)  # (B, D, t, h, w)
+    expected_bound, expected_excess = torch.empty_like(z), torch.empty_like(z)
+    for c, L in enumerate(levels):
+        half_l = (L - 1) * (1 - eps) / 2
+        offset = 0.5 if L % 2 == 0 else 0.0
+        shift = math.tan(offset / half_l)
+        expected_bound[:, c] = torch.tanh(z[:, c] + shift) * half_l - offset
+        expected_excess[:, c] = ((z[:, c] + shift).abs() - limit).clamp_min(0)
+    torch.testing.assert_close(q.bound(z), expected_bound)
+    torch.testing.assert_close(q(z).losses["bound"], weight * expected_excess.square().mean())
+
+
+def test_fsq_config_checks_its_bound_settings_and_codebook_size() -> None:
+    FSQConfig(levels=(5, 5), bound_range=0.5)  # any positive range is valid
+    for kw in (dict(bound_range=0.0), dict(bound_loss_weight=-0.1)):
+        with pytest.raises(ValueError, match="FSQConfig.bound_loss_weight must be >= 0 and bound_range > 0"):
+            FSQConfig(levels=(5, 5), **kw)
+    with pytest.raises(ValueError, match="FSQConfig"):
+        FSQConfig(levels=(2,) * 62)  # 2**62 codes: ids would not fit an int64 comfortably
+
+
+def test_vq_starts_from_unit_rows_and_its_learned_codebook_loss_follows_the_formula() -> None:
+    assert torch.allclose(VQ(VQConfig(codebook_size=32, dim=4)).codebook.norm(dim=1), torch.ones(32))
+    q = VQ(VQConfig(codebook_size=16, dim=4, use_ema=False, l2_normalize=False, commitment_weight=0.3,
+                    codebook_weight=0.8)).eval()  # fmt: skip
+    z = latent(q)
+    out = q(z)
+    x, code = flat(z), q.codebook[out.ids.reshape(-1)]
+    torch.testing.assert_close(out.losses["commit"], 0.3 * (x - code).pow(2).mean())
+    torch.testing.assert_close(out.losses["codebook"], 0.8 * (x - code).pow(2).mean())

@@ -159,3 +159,13 @@ def test_rope_scores_depend_only_on_relative_position():
         c = [1, 2, 3]
         c[axis] += 1
         assert not math.isclose(score(tuple(c), (0, 1, 1)), base, abs_tol=1e-3), axis
+
+
+def test_maskgit_defaults_to_clip_order_and_the_schedule_refuses_zero_steps():
+    m = tiny("maskgit")
+    grid = (1, 4, 4)
+    a = sample_maskgit(m, cond2(), grid, generator=torch.Generator().manual_seed(0))
+    b = sample_maskgit(m, cond2(), grid, order="clip", generator=torch.Generator().manual_seed(0))
+    assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="num_steps must be >= 1, got 0"):
+        num_masked_after_step(0, 0, 16)

@@ -313,3 +313,54 @@ def test_maskgit_accuracy_is_the_share_of_masked_tokens_predicted(monkeypatch):
         cfg = ObjectiveConfig(cond_dropout=0.0)
         out = maskgit_loss(m, ids, cond2(), "frame", cfg, torch.Generator().manual_seed(1))
         assert float(out.stats["acc"]) == acc
+
+
+def test_condition_dropout_drops_that_share_of_rows_keeps_earlier_drops_and_the_text_mask():
+    from generator.objectives import drop_condition
+
+    n = 4000
+    cond = Condition(labels=torch.zeros(n, dtype=torch.long))
+    assert drop_condition(cond, 0.0, torch.Generator()) is cond
+    torch.manual_seed(1)
+    out = drop_condition(cond, 0.3, torch.Generator().manual_seed(4))
+    assert abs(out.drop.float().mean().item() - 0.3) < 0.03  # 4,000 rows: standard error 0.007
+    torch.manual_seed(2)  # only the given generator is used
+    assert torch.equal(out.drop, drop_condition(cond, 0.3, torch.Generator().manual_seed(4)).drop)
+    already = torch.arange(n) % 2 == 0
+    again = drop_condition(Condition(labels=cond.labels, drop=already), 0.3, torch.Generator().manual_seed(4))
+    assert torch.equal(again.drop, already | out.drop)  # rows dropped before stay dropped
+    text = Condition(text=torch.randn(3, 4, 8), text_mask=torch.tensor([[1, 1, 0, 0]] * 3, dtype=torch.bool))
+    kept = drop_condition(text, 0.5, torch.Generator().manual_seed(0))
+    assert torch.equal(kept.text_mask, text.text_mask) and torch.equal(kept.text, text.text)
+
+
+def test_generator_loss_checks_and_draws_every_configured_order(monkeypatch):
+    import generator.objectives as objectives
+
+    m = tiny("ar")
+    ids = torch.randint(0, 64, (2, *GRID), generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match=r"objective orders \['clip'\] are not among the model's orders"):
+        generator_loss(m, ids, cond2(), ObjectiveConfig(orders=("clip",)))
+    drawn = []
+    original = objectives.ar_loss
+    monkeypatch.setattr(objectives, "ar_loss", lambda *a: drawn.append(a[3]) or original(*a))
+    cfg = ObjectiveConfig(orders=("token", "cube"), cond_dropout=0.5)
+    with torch.no_grad():
+        losses = []
+        for global_seed in (1, 2):
+            torch.manual_seed(global_seed)  # only the given generator is used
+            g = torch.Generator().manual_seed(3)
+            losses.append([generator_loss(m, ids, cond2(), cfg, g).loss for _ in range(24)])
+    assert set(drawn) == {"token", "cube"} and 10 < drawn.count("cube") < 38  # 48 fair draws: sd 3.5
+    assert torch.equal(torch.stack(losses[0]), torch.stack(losses[1]))
+
+
+def test_maskgit_generator_loss_is_reproducible_from_its_generator():
+    m = tiny("maskgit")
+    ids = torch.randint(0, 64, (2, *GRID), generator=torch.Generator().manual_seed(0))
+    out = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)
+        with torch.no_grad():
+            out.append(generator_loss(m, ids, cond2(), ObjectiveConfig(), torch.Generator().manual_seed(3)).loss)
+    assert torch.equal(out[0], out[1])
