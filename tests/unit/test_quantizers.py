@@ -420,6 +420,7 @@ def test_sign_quantizers_send_an_exact_zero_to_bit_zero() -> None:
         out = q(z)
         assert out.ids.item() == 2
         assert (out.codes.flatten()[[0, 2]] < 0).all()
+        assert q.codes_to_ids(z).item() == 2  # the same convention for a latent given to codes_to_ids
 
 
 def test_fsq_bound_and_bound_loss_follow_their_formulas_for_even_levels() -> None:
