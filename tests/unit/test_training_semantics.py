@@ -74,14 +74,7 @@ def test_context_mask_ratio_masks_that_share_of_the_clean_stream_only(monkeypatc
     m = tiny("maskgit")
     ids = torch.randint(0, 64, (64, *GRID), generator=torch.Generator().manual_seed(0))
     L = ids[0].numel()
-    seen = []
-    original = Generator.forward
-
-    def spy(self, x, cond, cache=None, **kw):
-        seen.append(x.detach().clone())
-        return original(self, x, cond, cache, **kw)
-
-    monkeypatch.setattr(Generator, "forward", spy)
+    seen = _spy_forward(monkeypatch)
     mask_id = m.config.mask_id
     for ratio in (0.0, 0.3):
         seen.clear()
@@ -89,7 +82,7 @@ def test_context_mask_ratio_masks_that_share_of_the_clean_stream_only(monkeypatc
         with torch.no_grad():
             maskgit_loss(m, ids, Condition(labels=torch.zeros(64, dtype=torch.long)), "frame", cfg,
                          torch.Generator().manual_seed(2))  # fmt: skip
-        clean, noisy = seen[0][:, :L], seen[0][:, L:]
+        clean, noisy = seen[0][0][:, :L], seen[0][0][:, L:]
         share = (clean == mask_id).float().mean().item()
         assert abs(share - ratio) < 0.03, (ratio, share)  # 3,072 draws: binomial std < 0.01
         kept = clean != mask_id
