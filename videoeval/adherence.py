@@ -262,6 +262,7 @@ def evaluate_shapes(
         summary.update(evaluate_adherence(model, out, **adherence))
     visual = [t for t in tasks if t != "prompts"]
     if visual:
-        keep = {k: adherence[k] for k in ("modes", "orders", "batch") if k in adherence}
+        keep = {k: adherence[k] for k in ("modes", "orders", "batch", "sampling") if k in adherence}
+        keep["seed"] = adherence.get("seed", DEFAULT_SEED)  # the phrasings' seed also renders and samples the clips
         summary.update(conditioning_report(model, out, tasks=visual, num_videos=conditioning_videos, **keep))
     return summary

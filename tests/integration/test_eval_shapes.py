@@ -241,3 +241,26 @@ def test_help_and_bad_input_from_any_folder(tmp_path):
         [*script, "--out", str(tmp_path), "--batch", "x"], cwd=tmp_path, check=False, capture_output=True, text=True
     )
     assert proc.returncode == 2 and proc.stderr == "error: argument --batch: invalid int value: 'x'\n"
+
+
+def test_cli_seed_and_sampling_flags_reach_the_visual_conditioning_tasks(tmp_path, monkeypatch):
+    """--seed and --cfg/--temperature/... drive the conditioning tasks too, not only the prompts."""
+    import videoeval.conditioning as conditioning
+
+    model = make_tiny_pipeline(tmp_path / "model")
+    seen = []
+
+    def fake_conditioning(pipe, mode, order, *, tasks, num_videos, batch, seed, sampling):
+        seen.append((mode, seed, sampling))
+        return {"image": {"n": 0}}, {"image": []}
+
+    monkeypatch.setattr(conditioning, "evaluate_conditioning", fake_conditioning)
+    args = ["--model", str(model), "--modes", "maskgit", "--tasks", "image", "--conditioning-videos", "1"]
+    assert main([*args, "--seed", "5", "--cfg", "2.5", "--steps", "3", "--out", str(tmp_path / "r")]) == 0
+    (mode, seed, sampling), defaults = seen[0], conditioning.VideoPipeline.from_pretrained(model).config.sampling
+    assert (mode, seed) == ("maskgit", 5)
+    assert (sampling.cfg_scale, sampling.steps) == (2.5, 3)
+    assert sampling.temperature == defaults["maskgit"].temperature  # a flag not given keeps the model's setting
+    assert "sampled with seed 5" in (tmp_path / "r" / "conditioning.md").read_text()
+    assert main([*args, "--out", str(tmp_path / "d")]) == 0  # no --seed: the report seed, as for the prompts
+    assert seen[1][1] == adherence.DEFAULT_SEED and seen[1][2] == defaults["maskgit"]
