@@ -308,8 +308,8 @@ def conditioning_report(
     """Every task for each mode (its default order unless ``orders`` are given); writes ``conditioning.md``,
     ``conditioning.json`` and a contact sheet of continuations (context frames marked) to ``out``.
 
-    ``sampling`` replaces fields of each mode's sampling settings (``cfg_scale``, ``temperature``, ...); a field
-    that mode's sampler does not have (``steps`` for GPT-style) and None values are left out.
+    ``sampling`` replaces fields of each mode's sampling settings (``cfg_scale``, ``temperature``, ...) through
+    :func:`pipelines.generate.sampling_for`: None values keep the model's setting, an unknown field is an error.
 
     Returns:
         ``"mode/order/task"`` -> :func:`summarize_task`.
