@@ -19,7 +19,6 @@ import json
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +29,10 @@ from tqdm import tqdm
 from core.files import atomic_write_json, atomic_write_text
 from core.video_io import read_video
 from core.video_write import write_contact_sheet, write_video
+from generator.sampling import SamplingConfig
 from pipelines import VideoPipeline
 from pipelines.assemble import HOLDOUT_FILE
+from pipelines.generate import sampling_for
 from videodata.shapes.dataset import parse_holdout
 from videodata.shapes.render import NUM_CLASSES, attributes_of, caption_for, label_of
 from videoeval.conditioning import TASKS as CONDITIONING_TASKS
@@ -84,19 +85,14 @@ def evaluate(
     rows: list[dict],
     batch: int,
     seed: int,
-    overrides: dict | None = None,
+    sampling: SamplingConfig | None = None,
     folder: Path | None = None,
 ) -> tuple[list[dict], list[np.ndarray]]:
     """Generates one video per row in batches and judges it; returns scored rows and the first videos for a sheet.
 
-    With ``folder``, every video is written there as an mp4 and judged as read back from the file.
-    ``overrides`` replaces fields of the model's sampling settings for ``mode`` (e.g. ``cfg_scale``);
-    a field the mode's sampler does not have (``steps`` for GPT-style) is left out.
+    ``sampling`` is passed to every pipeline call (None: the model's settings for ``mode``). With ``folder``,
+    every video is written there as an mp4 and judged as read back from the file.
     """
-    sampling = pipe.config.sampling.get(mode)
-    if sampling is not None and overrides:
-        known = {f.name for f in fields(sampling)}
-        sampling = replace(sampling, **{k: v for k, v in overrides.items() if k in known and v is not None})
     results, shown = [], []
     for start in tqdm(range(0, len(rows), batch), desc=f"{mode}/{order}", leave=False):
         chunk = rows[start : start + batch]
@@ -178,8 +174,8 @@ def evaluate_adherence(
         holdout: held-out combinations, e.g. ``"green triangle up"`` (default: the model's ``holdout.json``).
         phrasing: ``"fresh"`` (phrasings training never used) or ``"training"`` (the training templates).
         batch: videos per pipeline call.
-        sampling: sampling fields to override for every mode (``steps``, ``cfg_scale``, ...); None values keep
-            the model's.
+        sampling: sampling fields to override for every mode (``steps``, ``cfg_scale``, ...), applied by
+            :func:`pipelines.generate.sampling_for`: None values keep the model's, an unknown field is an error.
         seed: seed of the phrasings and of the first batch (later batches add their offset). Choose settings
             on other seeds than the ones you report (:data:`videoeval.phrasings.SELECTION_SEEDS`).
         recon_videos: also judge the tokenizer on this many fresh renders of all classes (0 skips it).
@@ -190,7 +186,8 @@ def evaluate_adherence(
         numbers when asked.
 
     Raises:
-        ValueError: bad counts, an unknown mode, order, phrasing or combination, or a model that does not load.
+        ValueError: bad counts, an unknown mode, order, phrasing, combination or sampling setting, an invalid
+            sampling value, or a model that does not load; each before anything is written.
     """
     if num_videos < 1 or batch < 1:
         raise ValueError("--num-videos and --batch must be >= 1")
@@ -200,6 +197,12 @@ def evaluate_adherence(
         raise ValueError(f"unknown phrasing {phrasing!r}; choose from {', '.join(PHRASINGS)}")
     pipe = VideoPipeline.from_pretrained(model)
     held = parse_holdout((model_holdout(model) if holdout is None else holdout) or None)
+    runs = []  # (mode, order, its sampling settings), all checked before anything is written
+    for mode in list(modes) or list(pipe.generators):
+        settings = sampling_for(pipe, mode, sampling)
+        for order in list(orders) or [pipe.resolve_mode_order(mode, None)[1]]:
+            pipe.resolve_mode_order(mode, order)  # ValueError for an order the mode cannot do
+            runs.append((mode, order, settings))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.time()
@@ -210,23 +213,21 @@ def evaluate_adherence(
                                                 seed=seed, batch=batch)  # fmt: skip
         summary[key], everything[key] = {**summarize(results), **extra}, results
         write_contact_sheet(out / "sheet_tokenizer_reconstruction.png", shown)
-    for mode in list(modes) or list(pipe.generators):
-        for order in list(orders) or [pipe.resolve_mode_order(mode, None)[1]]:
-            pipe.resolve_mode_order(mode, order)  # ValueError for an order the mode cannot do
-            folder = out / "videos" / f"{mode}_{order}"
+    for mode, order, settings in runs:
+        folder = out / "videos" / f"{mode}_{order}"
+        folder.mkdir(parents=True, exist_ok=True)
+        rows = plan(num_videos, seed, phrasing)
+        results, shown = evaluate(pipe, mode, order, rows, batch, seed, settings, folder)
+        key = f"{mode}/{order}/all-classes"
+        summary[key], everything[key] = summarize(results), results
+        write_contact_sheet(out / f"sheet_{mode}_{order}.png", shown)
+        if held and holdout_videos > 0:
+            rows = plan(holdout_videos, seed + 1, phrasing, [label_of(*h) for h in held])
+            folder = out / "videos" / f"{mode}_{order}_held_out"
             folder.mkdir(parents=True, exist_ok=True)
-            rows = plan(num_videos, seed, phrasing)
-            results, shown = evaluate(pipe, mode, order, rows, batch, seed, sampling, folder)
-            key = f"{mode}/{order}/all-classes"
+            results, _ = evaluate(pipe, mode, order, rows, batch, seed + 10_000, settings, folder)
+            key = f"{mode}/{order}/held-out"
             summary[key], everything[key] = summarize(results), results
-            write_contact_sheet(out / f"sheet_{mode}_{order}.png", shown)
-            if held and holdout_videos > 0:
-                rows = plan(holdout_videos, seed + 1, phrasing, [label_of(*h) for h in held])
-                folder = out / "videos" / f"{mode}_{order}_held_out"
-                folder.mkdir(parents=True, exist_ok=True)
-                results, _ = evaluate(pipe, mode, order, rows, batch, seed + 10_000, sampling, folder)
-                key = f"{mode}/{order}/held-out"
-                summary[key], everything[key] = summarize(results), results
     seconds = time.time() - start
     results_json = {"model": str(model), "phrasing": phrasing, "seed": seed, "summary": summary, "videos": everything}
     atomic_write_json(out / "results.json", results_json)
@@ -257,10 +258,12 @@ def evaluate_shapes(
     unknown = sorted(set(tasks) - set(SHAPES_TASKS))
     if unknown or not tasks:
         raise ValueError(f"unknown tasks {unknown or list(tasks)}; choose from {', '.join(SHAPES_TASKS)}")
+    visual = [t for t in tasks if t != "prompts"]
+    if visual and conditioning_videos < 1:
+        raise ValueError("--conditioning-videos must be >= 1")
     summary: dict[str, dict[str, float]] = {}
     if "prompts" in tasks:
         summary.update(evaluate_adherence(model, out, **adherence))
-    visual = [t for t in tasks if t != "prompts"]
     if visual:
         keep = {k: adherence[k] for k in ("modes", "orders", "batch", "sampling") if k in adherence}
         keep["seed"] = adherence.get("seed", DEFAULT_SEED)  # the phrasings' seed also renders and samples the clips

@@ -319,25 +319,31 @@ def conditioning_report(
 
     if num_videos < 1 or batch < 1:
         raise ValueError("--conditioning-videos and --batch must be >= 1")
+    unknown = sorted(set(tasks) - set(TASKS))
+    if unknown or not tasks:
+        raise ValueError(f"unknown conditioning task(s) {unknown or list(tasks)}; choose from {list(TASKS)}")
     pipe = VideoPipeline.from_pretrained(model)
+    runs = []  # (mode, order, its sampling settings), all checked before anything is written
+    for mode in list(modes) or list(pipe.generators):
+        settings = sampling_for(pipe, mode, sampling)
+        for order in list(orders) or [pipe.resolve_mode_order(mode, None)[1]]:
+            pipe.resolve_mode_order(mode, order)
+            runs.append((mode, order, settings))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     summary, everything = {}, {}
-    for mode in list(modes) or list(pipe.generators):
-        for order in list(orders) or [pipe.resolve_mode_order(mode, None)[1]]:
-            pipe.resolve_mode_order(mode, order)
-            settings = sampling_for(pipe, mode, sampling)
-            s, rows = evaluate_conditioning(pipe, mode, order, tasks=tasks, num_videos=num_videos, batch=batch,
-                                            seed=seed, sampling=settings)  # fmt: skip
-            summary.update({f"{mode}/{order}/{k}": v for k, v in s.items()})
-            everything.update({f"{mode}/{order}/{k}": v for k, v in rows.items()})
-            if "continuation" in tasks:  # 8 classes' continuations, context frames framed in yellow
-                clips = fresh_clips(min(8, num_videos), seed)
-                got = pipe([class_caption(c.label) for c, _ in clips], video=[f[:CONTEXT_FRAMES] for _, f in clips],
-                           context_frames=CONTEXT_FRAMES, num_frames=17, mode=mode, order=order, sampling=settings,
-                           generator=torch.Generator().manual_seed(seed))  # fmt: skip
-                sheet = [mark_context(v, CONTEXT_FRAMES) for v in as_received(got.frames, got.fps)]
-                write_contact_sheet(out / f"sheet_continuation_{mode}_{order}.png", sheet)
+    for mode, order, settings in runs:
+        s, rows = evaluate_conditioning(pipe, mode, order, tasks=tasks, num_videos=num_videos, batch=batch,
+                                        seed=seed, sampling=settings)  # fmt: skip
+        summary.update({f"{mode}/{order}/{k}": v for k, v in s.items()})
+        everything.update({f"{mode}/{order}/{k}": v for k, v in rows.items()})
+        if "continuation" in tasks:  # 8 classes' continuations, context frames framed in yellow
+            clips = fresh_clips(min(8, num_videos), seed)
+            got = pipe([class_caption(c.label) for c, _ in clips], video=[f[:CONTEXT_FRAMES] for _, f in clips],
+                       context_frames=CONTEXT_FRAMES, num_frames=17, mode=mode, order=order, sampling=settings,
+                       generator=torch.Generator().manual_seed(seed))  # fmt: skip
+            sheet = [mark_context(v, CONTEXT_FRAMES) for v in as_received(got.frames, got.fps)]
+            write_contact_sheet(out / f"sheet_continuation_{mode}_{order}.png", sheet)
     atomic_write_json(out / "conditioning.json", {"model": str(model), "seed": seed, "summary": summary,
                                                   "videos": everything})  # fmt: skip
     atomic_write_text(out / "conditioning.md", conditioning_markdown(summary, str(model), seed))

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -132,38 +133,30 @@ def test_phantoms_and_hue_drift_are_counted():
     assert summarize(score(drift[None], row))["hue_stable"] <= 9 / 17 + 1e-9
 
 
-def test_sampling_overrides_reach_the_pipeline_and_skip_fields_a_mode_lacks():
-    from dataclasses import dataclass
+def test_evaluate_passes_its_sampling_settings_to_every_pipeline_call():
+    from types import SimpleNamespace
 
-    @dataclass(frozen=True)
-    class ArSampling:  # a GPT-style sampler's settings: no 'steps'
-        temperature: float = 1.0
-        cfg_scale: float = 3.0
+    from generator.sampling import SamplingConfig
 
     seen = []
 
     class FakePipe:
-        class config:
-            sampling = {"ar": ArSampling()}
-
         def __call__(self, prompts, *, mode, order, sampling, generator):
             seen.append(sampling)
-            from types import SimpleNamespace
-
             return SimpleNamespace(frames=np.zeros((len(prompts), 17, 64, 64, 3), np.uint8))
 
-    rows = [{"caption": "a red circle moving left", "color": "red", "shape": "circle", "motion": "left"}]
-    overrides = {"steps": 24, "cfg_scale": 5.0, "temperature": None}
-    results, _ = evaluate(FakePipe(), "ar", "frame", rows, 1, 0, overrides)
-    assert seen == [ArSampling(temperature=1.0, cfg_scale=5.0)] and results[0]["ok"] is False
+    rows = [{"caption": "a red circle moving left", "color": "red", "shape": "circle", "motion": "left"}] * 3
+    settings = SamplingConfig(temperature=0.5, cfg_scale=5.0)
+    results, _ = evaluate(FakePipe(), "ar", "frame", rows, 2, 0, settings)
+    assert seen == [settings, settings] and len(results) == 3 and results[0]["ok"] is False
 
 
 def test_cli_passes_every_sampling_flag_as_an_override(tmp_path, monkeypatch):
     model = make_tiny_pipeline(tmp_path / "model")
     seen = []
 
-    def fake_evaluate(pipe, mode, order, rows, batch, seed, overrides=None, folder=None):
-        seen.append(overrides)
+    def fake_evaluate(pipe, mode, order, rows, batch, seed, sampling=None, folder=None):
+        seen.append(sampling)
         return [], []
 
     monkeypatch.setattr(adherence, "evaluate", fake_evaluate)
@@ -197,7 +190,28 @@ def test_cli_passes_every_sampling_flag_as_an_override(tmp_path, monkeypatch):
         ]
     )
     assert rc == 0
-    assert seen == [{"steps": 7, "cfg_scale": 2.5, "temperature": 0.8, "choice_temperature": 6.0}]
+    model_settings = adherence.VideoPipeline.from_pretrained(model).config.sampling["maskgit"]
+    expected = replace(model_settings, steps=7, cfg_scale=2.5, temperature=0.8, choice_temperature=6.0)
+    assert expected != model_settings and seen == [expected]
+
+
+def test_bad_sampling_or_order_fails_before_any_report_folder_is_made(tmp_path, capsys):
+    """One error line, exit 2, and no half-made report folder, for the prompts and for the conditioning tasks."""
+    model = make_tiny_pipeline(tmp_path / "model")
+    base = ["--model", str(model), "--modes", "maskgit", "--recon-videos", "0", "--holdout-videos", "0"]
+    cases = [
+        (["--cfg", "-1"], "cfg_scale must be >= 0, got -1.0"),
+        (["--tasks", "continuation", "--steps", "0"], "steps must be >= 1, got 0"),
+        (["--orders", "clip,token"], "token"),  # the first order is valid: nothing is run before the check
+        (["--tasks", "image", "--orders", "token"], "token"),
+        (["--tasks", "prompts,image", "--conditioning-videos", "0"], "--conditioning-videos must be >= 1"),
+    ]
+    for i, (extra, message) in enumerate(cases):
+        out = tmp_path / f"r{i}"
+        assert main([*base, *extra, "--out", str(out)]) == 2, extra
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err and err.count("\n") == 1, (extra, err)
+        assert not out.exists(), extra
 
 
 def test_zero_holdout_videos_leaves_the_held_out_row_out(tmp_path, capsys):
