@@ -32,11 +32,10 @@ from core.video_write import write_contact_sheet, write_video
 from generator.sampling import SamplingConfig
 from pipelines import VideoPipeline
 from pipelines.assemble import HOLDOUT_FILE
-from pipelines.generate import sampling_for
 from videodata.shapes.dataset import parse_holdout
 from videodata.shapes.render import NUM_CLASSES, attributes_of, caption_for, label_of
 from videoeval.conditioning import TASKS as CONDITIONING_TASKS
-from videoeval.conditioning import conditioning_report
+from videoeval.conditioning import conditioning_report, evaluation_runs
 from videoeval.phrasings import REPORT_SEEDS, fresh_caption
 from videoeval.shapes_ceiling import ceiling_results
 from videoeval.shapes_scoring import ATTRIBUTES, score, summarize
@@ -197,12 +196,7 @@ def evaluate_adherence(
         raise ValueError(f"unknown phrasing {phrasing!r}; choose from {', '.join(PHRASINGS)}")
     pipe = VideoPipeline.from_pretrained(model)
     held = parse_holdout((model_holdout(model) if holdout is None else holdout) or None)
-    runs = []  # (mode, order, its sampling settings), all checked before anything is written
-    for mode in list(modes) or list(pipe.generators):
-        settings = sampling_for(pipe, mode, sampling)
-        for order in list(orders) or [pipe.resolve_mode_order(mode, None)[1]]:
-            pipe.resolve_mode_order(mode, order)  # ValueError for an order the mode cannot do
-            runs.append((mode, order, settings))
+    runs = evaluation_runs(pipe, modes, orders, sampling)  # all checked before anything is written
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.time()

@@ -293,6 +293,24 @@ def conditioning_markdown(summary: dict[str, dict[str, float]], model: str, seed
     return "\n".join(lines)
 
 
+def evaluation_runs(
+    pipe: VideoPipeline, modes: Sequence[str], orders: Sequence[str], sampling: Mapping[str, Any] | None
+) -> list[tuple[str, str, SamplingConfig]]:
+    """(mode, order, sampling settings) for every mode (default: all in the model) and order (default: the mode's
+    own), with ``sampling`` applied by :func:`pipelines.generate.sampling_for`.
+
+    Raises:
+        ValueError: an unknown mode, an order the mode cannot do, or a bad sampling setting.
+    """
+    runs = []
+    for mode in list(modes) or list(pipe.generators):
+        settings = sampling_for(pipe, mode, sampling)
+        for order in list(orders) or [pipe.resolve_mode_order(mode, None)[1]]:
+            pipe.resolve_mode_order(mode, order)
+            runs.append((mode, order, settings))
+    return runs
+
+
 def conditioning_report(
     model: str | Path,
     out: str | Path,
@@ -323,12 +341,7 @@ def conditioning_report(
     if unknown or not tasks:
         raise ValueError(f"unknown conditioning task(s) {unknown or list(tasks)}; choose from {list(TASKS)}")
     pipe = VideoPipeline.from_pretrained(model)
-    runs = []  # (mode, order, its sampling settings), all checked before anything is written
-    for mode in list(modes) or list(pipe.generators):
-        settings = sampling_for(pipe, mode, sampling)
-        for order in list(orders) or [pipe.resolve_mode_order(mode, None)[1]]:
-            pipe.resolve_mode_order(mode, order)
-            runs.append((mode, order, settings))
+    runs = evaluation_runs(pipe, modes, orders, sampling)  # all checked before anything is written
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     summary, everything = {}, {}
