@@ -15,9 +15,19 @@ from videotrain.tokenizer_task import TokenizerTrainConfig
 ROOT = Path(__file__).resolve().parents[2]
 
 
+# Overlays are merged after a base config (scripts/train_shapes.sh): each is checked on top of its bases, with the
+# overrides the script passes alongside it.
+TOKENIZER_OVERLAYS = {
+    "shapes_full_length.yaml": (["shapes.yaml"], []),
+    "shapes_decoder.yaml": (["shapes.yaml", "shapes_full_length.yaml"], ["run.init_from=previous/tokenizer"]),
+}
+GENERATOR_OVERLAYS = {"shapes_captions.yaml": ["shapes_ar.yaml", "shapes_maskgit.yaml"]}
+
+
 @pytest.mark.parametrize("path", sorted((ROOT / "configs/tokenizer").glob("*.yaml")), ids=lambda p: p.name)
 def test_tokenizer_configs(path):
-    cfg = build_config(TokenizerTrainConfig, [path])
+    bases, overrides = TOKENIZER_OVERLAYS.get(path.name, ([], []))
+    cfg = build_config(TokenizerTrainConfig, [path.parent / b for b in bases] + [path], overrides)
     with torch.device("meta"):
         tok = VideoTokenizer(cfg.model)
     assert tok.latent_shape(cfg.data.num_frames, cfg.data.size, cfg.data.size)
@@ -25,10 +35,12 @@ def test_tokenizer_configs(path):
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs/generator").glob("*.yaml")), ids=lambda p: p.name)
 def test_generator_configs(path):
-    cfg = build_config(TrainConfig, [path], ["data.text_encoder.path=unused"] if "shapes" in path.name else [])
-    with torch.device("meta"):
-        model = Generator(cfg.model)
-    assert model.num_params() > 0
+    overrides = ["data.text_encoder.path=unused"] if "shapes" in path.name else []
+    for base in GENERATOR_OVERLAYS.get(path.name, [None]):
+        cfg = build_config(TrainConfig, ([path.parent / base] if base else []) + [path], overrides)
+        with torch.device("meta"):
+            model = Generator(cfg.model)
+        assert model.num_params() > 0
     if cfg.run.deepspeed:
         assert deepspeed_config(
             str(ROOT / cfg.run.deepspeed),
