@@ -46,14 +46,14 @@ def served(pipe, tmp_path_factory):
     return {"response": r, "video": video, "sheet": sheet, "recent": recent, "store": store, "cli": cli, "out": out}
 
 
-def test_generate_returns_the_record_and_playable_files(served):
+def test_generate_returns_the_record_and_playable_files(served, pipe):
     r = served["response"]
     assert r.status_code == 200, r.text
     body = r.json()
     assert len(body["id"]) == 32 and int(body["id"], 16) >= 0
     assert (body["mode"], body["order"], body["num_frames"], body["size"]) == ("ar", "frame", 17, [64, 64])
     assert body["video"] == f"/outputs/{body['id']}.mp4" and body["sheet"] == f"/outputs/{body['id']}.png"
-    assert body["sampling"]["cfg_scale"] == 3.0 and body["seed"] == 3
+    assert body["sampling"]["cfg_scale"] == pipe.config.sampling["ar"].cfg_scale and body["seed"] == 3
     assert set(body["timings"]) >= {"queued", "sampling", "decoding", "writing", "total"}
     assert served["video"].status_code == 200 and served["video"].headers["content-type"] == "video/mp4"
     assert served["sheet"].status_code == 200 and served["sheet"].headers["content-type"] == "image/png"
