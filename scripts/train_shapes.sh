@@ -19,7 +19,8 @@ mkdir -p "$RUN"
 #    4,320 clips (their 4,140 training entries, which lead the manifest); the generators on all of them.
 [ -f "$RUN/data/dataset.json" ] || python tools/make_shapes.py render --out "$RUN/data" --num-clips 34560 --seed 0 \
     --holdout "$HOLDOUT" --num-workers 2 --format png --captions-per-clip 8
-[ -f "$RUN/data/manifest_tokenizer.jsonl" ] || head -n 4140 "$RUN/data/manifest.jsonl" > "$RUN/data/manifest_tokenizer.jsonl"
+[ -f "$RUN/data/manifest_tokenizer.jsonl" ] || { head -n 4140 "$RUN/data/manifest.jsonl" > "$RUN/data/manifest_tokenizer.tmp" &&
+    mv "$RUN/data/manifest_tokenizer.tmp" "$RUN/data/manifest_tokenizer.jsonl"; }
 
 # 2. Tokenizer: 9-frame crops; whole 17-frame clips (twice, the second at a lower rate); the decoder alone
 #    (twice, the second at a lower rate with a longer EMA). Stages 4 and 5 keep every token id of stage 3.
