@@ -75,6 +75,8 @@ def test_layouts_follow_their_definition(grid, order, cube, unit):
     t, h, w = layout.coords.unbind(1)
     assert torch.equal(seq, ids[:, t, h, w])  # position i holds the token at coords[i]
     assert torch.equal(layout.to_grid(seq), ids)
+    with pytest.raises(ValueError, match=rf"^expected a token grid of shape \(B, {', '.join(map(str, grid))}\), got"):
+        layout.to_sequence(ids[:, :, :, :-1])  # a grid of another size is refused, not silently reordered
 
 
 @pytest.mark.parametrize("style,order", [("ar", o) for o in AR_ORDERS] + [("maskgit", o) for o in MG_ORDERS])
@@ -175,14 +177,26 @@ def test_samplers_refuse_grids_longer_than_trained(style, order):
 
 
 @pytest.mark.parametrize("style,order", [("ar", "cube"), ("maskgit", "cube"), ("maskgit", "token")])
-def test_samplers_with_and_without_cache_agree(style, order):
-    """Multi-unit orders only: a single unit (order 'clip') never uses a cache, so it would compare a path to itself."""
+def test_samplers_with_and_without_cache_agree(style, order, monkeypatch):
+    """Multi-unit orders only: a single unit (order 'clip') never uses a cache, so it would compare a path to itself.
+    ``use_cache=False`` must really recompute: no forward pass of that run gets a cache."""
     m = tiny(style)
+    caches = []
+    original = Generator.forward
+
+    def spy(self, ids, cond, cache=None, **kw):
+        caches.append(cache)
+        return original(self, ids, cond, cache, **kw)
+
+    monkeypatch.setattr(Generator, "forward", spy)
     sc = SamplingConfig(temperature=1.0, steps=4, cfg_scale=2.0, top_k=20)
     a = sampler(style)(m, cond2(), GRID, order=order, sampling=sc, generator=torch.Generator().manual_seed(3))
+    assert any(c is not None for c in caches)
+    caches.clear()
     b = sampler(style)(
         m, cond2(), GRID, order=order, sampling=sc, generator=torch.Generator().manual_seed(3), use_cache=False
     )
+    assert caches and all(c is None for c in caches)
     assert torch.equal(a, b)
 
 
@@ -396,6 +410,15 @@ def test_decoding_layout_keeps_values_outputs_and_the_state_dict():
     assert torch.allclose(before, after, atol=1e-5)
 
 
+def test_decoding_layout_keeps_frozen_weights_frozen():
+    """A frozen model (a pipeline's generator) must stay frozen: the new parameters keep ``requires_grad``."""
+    m = tiny("ar").requires_grad_(False)
+    m.blocks[0].attn.qkv.weight.requires_grad_(True)  # one trainable weight among frozen ones
+    m.decoding_layout_()
+    trainable = {n for n, p in m.named_parameters() if p.requires_grad}
+    assert trainable == {"blocks.0.attn.qkv.weight"}
+
+
 def test_kv_cache_reserve_rewind_and_reset():
     cache = KVCache(num_layers=1, batch=2, num_heads=1, max_len=6, head_dim=2)
     assert cache.reserve(2) == (0, 2) and cache.all_valid
@@ -403,9 +426,15 @@ def test_kv_cache_reserve_rewind_and_reset():
     assert cache.valid[:, :4].tolist() == [[True, True, True, False], [True, True, True, True]]
     cache.rewind(3)
     assert cache.length == 3
+    cache.rewind(3)  # to its own length: nothing to forget, not an error
+    assert cache.length == 3
     with pytest.raises(ValueError, match="cannot rewind a cache of length 3 to 4"):
         cache.rewind(4)
+    with pytest.raises(ValueError, match="cannot rewind a cache of length 3 to -1"):
+        cache.rewind(-1)
     with pytest.raises(ValueError, match="KV cache overflow: 7 positions needed, 6 allocated"):
         cache.reserve(4)
     cache.reset()
     assert cache.length == 0 and cache.all_valid and cache.reserve(6) == (0, 6)
+    cache.rewind(2)  # without padding a rewind keeps the cache all-valid: decoding steps need no key mask
+    assert cache.all_valid and cache.reserve(1) == (2, 3) and cache.all_valid

@@ -82,6 +82,29 @@ def test_ids_codes_round_trip(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_codes_come_back_in_the_latents_dtype(name: str) -> None:
+    """A bf16 encoder (autocast, ``VideoPipeline.to(dtype=bfloat16)``) gets bf16 codes for its bf16 decoder; the
+    quantizer computes in fp32 inside, so the ids are those of the fp32 latent."""
+    q = make(name).eval()
+    z = latent(q).to(torch.bfloat16)
+    out = q(z)
+    assert out.codes.dtype == torch.bfloat16
+    assert torch.equal(out.ids, q(z.float()).ids)
+
+
+def test_grouped_code_entropy_runs_in_the_latents_precision() -> None:
+    """float64 latents get float64 codes: the entropies match full enumeration to double precision."""
+    from tokenizer.quantizers.sign import enumerate_signs, grouped_code_entropy
+
+    x = torch.randn(50, 4, dtype=torch.float64)
+    per_sample, codebook = grouped_code_entropy(x, enumerate_signs(4), 4, 1.0, 0.5)
+    ref = soft_entropies(x, sign_grid(4).double(), 0.5)
+    assert per_sample.dtype == torch.float64
+    torch.testing.assert_close(per_sample, ref[0], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(codebook, ref[1], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_gradient_flows_through_ste(name: str) -> None:
     q = make(name).train()
     z = latent(q).requires_grad_()
@@ -314,6 +337,46 @@ def test_bad_input_raises_value_error(name: str) -> None:
 def test_bad_config_raises_value_error(cfg_cls: type, kw: dict) -> None:
     with pytest.raises(ValueError, match=cfg_cls.__name__):
         cfg_cls(**kw)
+
+
+@pytest.mark.parametrize("cfg_cls", [LFQConfig, BSQConfig])
+def test_binary_config_bounds_are_inclusive_and_errors_name_the_field(cfg_cls: type) -> None:
+    """dim in [1, 24], entropy_group_size in [1, 16], weights >= 0: the ends are valid, one past them is not."""
+    name = cfg_cls.__name__
+    for dim in (1, 24):
+        assert cfg_cls(dim=dim, entropy_group_size=1).dim == dim
+    assert cfg_cls(dim=16, entropy_group_size=16).entropy_group_size == 16
+    zero = dict(commitment_weight=0.0, entropy_weight=0.0, codebook_entropy_weight=0.0)
+    assert cfg_cls(**zero).entropy_weight == 0.0
+    bad = {
+        rf"{name}.dim must lie in \[1, 24\], got 25": dict(dim=25),
+        rf"{name}.dim must lie in \[1, 24\], got 0": dict(dim=0),
+        rf"{name}.entropy_group_size must lie in \[1, 16\], got 17": dict(dim=20, entropy_group_size=17),
+        rf"{name}.entropy_group_size must lie in \[1, 16\], got 0": dict(entropy_group_size=0),
+        rf"{name}.entropy_temperature must be > 0, got 0.0": dict(entropy_temperature=0.0),
+        rf"{name}.codebook_entropy_weight must be >= 0, got -0.5": dict(codebook_entropy_weight=-0.5),
+    }
+    for message, kw in bad.items():
+        with pytest.raises(ValueError, match=f"^{message}$"):
+            cfg_cls(**kw)
+
+
+def test_fsq_config_errors_say_what_is_wrong() -> None:
+    with pytest.raises(ValueError, match=r"^FSQConfig.bound_loss_weight must be >= 0 and bound_range > 0$"):
+        FSQConfig(bound_loss_weight=-1.0)
+
+
+def test_usage_stats_count_a_code_hit_once_and_a_batch_of_one() -> None:
+    """usage: the share of codes hit at least once; perplexity: exp of the entropy of the id histogram."""
+    from tokenizer.quantizers.base import usage_stats
+
+    stats = usage_stats(torch.tensor([0, 0, 1]), 4)  # code 1 hit once
+    torch.testing.assert_close(stats["usage"], torch.tensor(0.5))
+    p = torch.tensor([2 / 3, 1 / 3])
+    torch.testing.assert_close(stats["perplexity"], (-(p * p.log()).sum()).exp())
+    one = usage_stats(torch.tensor([3]), 4)  # a single position
+    torch.testing.assert_close(one["usage"], torch.tensor(0.25))
+    torch.testing.assert_close(one["perplexity"], torch.tensor(1.0))
 
 
 def test_registry_builds_default_quantizers_from_yaml_style_dicts() -> None:

@@ -93,6 +93,27 @@ def test_orders_that_cannot_take_the_context_are_refused():
         context_sequence(clip, torch.zeros(1, 1, 4, 4, dtype=torch.long), 1, whole_units=False)
 
 
+def test_gpt_style_continues_token_by_token_inside_a_cube():
+    """GPT-style decoding needs no unit boundary: a cube of two latent frames can start from its first frame (the
+    context), which MaskGIT, decoding whole cubes, refuses."""
+    import dataclasses
+
+    from generator import Generator
+
+    grid = (4, 4, 4)
+    ctx = torch.randint(0, 64, (2, 1, 4, 4), generator=torch.Generator().manual_seed(7))
+    for style in ("ar", "maskgit"):
+        cfg = dataclasses.replace(tiny(style).config, cube_size=(2, 4, 4), max_grid=grid)
+        torch.manual_seed(0)
+        m = Generator(cfg).eval()
+        if style == "maskgit":
+            with pytest.raises(ValueError, match="cross the context boundary"):
+                sample_maskgit(m, cond2(), grid, order="cube", context=ctx)
+            continue
+        out = sample_ar(m, cond2(), grid, order="cube", context=ctx, generator=torch.Generator().manual_seed(0))
+        assert out.shape == (2, *grid) and torch.equal(out[:, :1], ctx)
+
+
 @pytest.mark.parametrize("bad", [(2, 3, 4, 4), (2, 1, 4, 3), (1, 1, 4, 4), (2, 0, 4, 4)])
 def test_bad_context_shapes_are_refused(bad):
     with pytest.raises(ValueError, match="context"):

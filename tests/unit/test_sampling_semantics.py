@@ -10,10 +10,10 @@ import torch
 
 from generator import Condition
 from generator.layers import Rope3d
-from generator.sampling import DecodeContext, SamplingConfig, sample_maskgit
+from generator.sampling import DecodeContext, SamplingConfig, sample_ar, sample_maskgit
 from generator.sampling.filtering import filter_logits, sample_logits
-from generator.schedules import num_masked_after_step
-from tests.unit.test_generator import cond2, tiny
+from generator.schedules import gamma, num_masked_after_step
+from tests.unit.test_generator import GRID, cond2, tiny
 
 
 def kept(logits: torch.Tensor) -> set[int]:
@@ -169,3 +169,51 @@ def test_maskgit_defaults_to_clip_order_and_the_schedule_refuses_zero_steps():
     assert torch.equal(a, b)
     with pytest.raises(ValueError, match="num_steps must be >= 1, got 0"):
         num_masked_after_step(0, 0, 16)
+
+
+def _spy_logits(monkeypatch) -> list[tuple[bool, float, int]]:
+    """Records (keep, progress, cache length before the call) of every ``DecodeContext.logits`` call."""
+    calls = []
+    original = DecodeContext.logits
+
+    def spy(self, ids, coords, *, keep, progress, targets=None):
+        calls.append((keep, progress, self.cache.length if self.cache is not None else -1))
+        return original(self, ids, coords, keep=keep, progress=progress, targets=targets)
+
+    monkeypatch.setattr(DecodeContext, "logits", spy)
+    return calls
+
+
+def test_gpt_style_guidance_sees_each_tokens_progress(monkeypatch):
+    """A linear CFG schedule ramps over the video: token i of L is drawn at progress i / L."""
+    calls = _spy_logits(monkeypatch)
+    grid = (2, 2, 2)
+    sample_ar(tiny("ar"), cond2(), grid, order="token", sampling=SamplingConfig(cfg_scale=3.0, cfg_schedule="linear"))
+    assert [c[0] for c in calls] == [True] * 8
+    assert [c[1] for c in calls] == pytest.approx([i / 8 for i in range(8)], abs=1e-12)
+
+
+def test_maskgit_guidance_sees_each_steps_progress_and_every_unit_is_committed_before_the_next(monkeypatch):
+    """Step s of unit u (of U, S steps each) runs at progress (u + s / S) / U; every finished unit but the last is
+    written to the cache, so unit u's steps attend to the prefix and all u earlier units."""
+    m = tiny("maskgit")
+    calls = _spy_logits(monkeypatch)
+    steps, U, n = 3, GRID[0], GRID[1] * GRID[2]  # frame order: one unit per latent frame
+    sc = SamplingConfig(cfg_scale=3.0, cfg_schedule="linear", steps=steps)
+    sample_maskgit(m, cond2(), GRID, order="frame", sampling=sc, generator=torch.Generator().manual_seed(0))
+    probes = [c for c in calls if not c[0]]
+    assert [c[1] for c in probes] == pytest.approx([(u + s / steps) / U for u in range(U) for s in range(steps)])
+    assert [c[2] for c in probes] == [m.prefix_len + u * n for u in range(U) for _ in range(steps)]
+    assert [c[2] for c in calls if c[0]] == [m.prefix_len + u * n for u in range(U - 1)]  # the commits
+
+
+def test_gamma_on_tensors_follows_the_same_formulas_as_on_floats():
+    """Training draws ratios for a tensor of r; sampling reads floats: both must be the same schedule."""
+    r = torch.linspace(0, 1, 11, dtype=torch.float64)
+    for schedule in ("cosine", "linear", "square"):
+        expected = torch.tensor([gamma(float(x), schedule) for x in r], dtype=torch.float64)
+        torch.testing.assert_close(gamma(r, schedule), expected, rtol=0, atol=1e-12)
+    assert gamma(0.5) == pytest.approx(math.cos(math.pi / 4))  # the default schedule is cosine
+    torch.testing.assert_close(gamma(r), torch.cos(math.pi / 2 * r))
+    with pytest.raises(ValueError, match=r"unknown mask schedule 'cos'; choose from \['cosine', 'linear', 'square'\]"):
+        gamma(r, "cos")

@@ -110,16 +110,20 @@ def test_ema_weights_come_back_in_the_models_dtype():
 
 @pytest.mark.parametrize("target_positions", [False, True])
 @pytest.mark.parametrize("order", ["cube", "frame"])
-def test_ar_loss_is_the_cross_entropy_of_what_the_sampler_sees(order, target_positions):
+def test_ar_loss_is_the_cross_entropy_of_what_the_sampler_sees(order, target_positions, monkeypatch):
     """Training and sampling must agree on the layout (the model's cube size, not a default), the start token's
     position and what each input predicts: the loss is the cross-entropy of the logits the cached sampler computes when
-    fed the same tokens one at a time."""
+    fed the same tokens one at a time, and those logits are the ones training computes, position by position (the
+    start token's position moves logits by ~3e-4 in this small model: too little to show in the mean loss)."""
     cfg = dataclasses.replace(tiny("ar").config, cube_size=(3, 2, 2), target_positions=target_positions)
     torch.manual_seed(0)
     m = Generator(cfg).eval()
     ids = torch.randint(0, 64, (2, *GRID), generator=torch.Generator().manual_seed(0))
+    seen = _spy_forward(monkeypatch)
     with torch.no_grad():
         out = ar_loss(m, ids, cond2(), order, ObjectiveConfig(cond_dropout=0.0))
+    monkeypatch.undo()
+    train_logits = seen[0][1]
     layout = make_layout(GRID, order, cfg.cube_size)
     seq = layout.to_sequence(ids)
     ctx = DecodeContext(m, cond2(), SamplingConfig(), max_tokens=1 + layout.num_tokens)
@@ -131,6 +135,8 @@ def test_ar_loss_is_the_cross_entropy_of_what_the_sampler_sees(order, target_pos
         prev, prev_coords = seq[:, i : i + 1], layout.coords[i : i + 1]
     logits = torch.stack(steps, dim=1)  # (B, L, V)
     assert torch.allclose(out.loss, F.cross_entropy(logits.flatten(0, 1), seq.flatten()), atol=1e-5)
+    # measured: <= 1.2e-7 here with 1 and 2 threads; a start token at a rotated position moves them by >= 2.5e-4
+    assert torch.allclose(train_logits.float(), logits, atol=2e-5)
 
 
 def test_ar_loss_accuracy_is_the_share_of_positions_whose_argmax_is_the_target(monkeypatch):
@@ -194,6 +200,44 @@ def test_gradient_check_finds_a_nonfinite_gradient_not_only_a_nonfinite_loss(zer
     model.zero_grad(set_to_none=True)
     model[0](x).sum().backward()
     assert not check.read()[1]
+
+
+def _nonfinite_grad_loss(p: torch.Tensor) -> torch.Tensor:
+    """A finite loss (0) whose gradient for ``p`` is NaN: sqrt at 0 times a zero inner derivative."""
+    return p.abs().sub(p.abs()).sqrt().sum()
+
+
+@pytest.mark.parametrize("bad", [0, 1])
+def test_gradient_check_hooks_keep_the_flag_whatever_gradients_come_after(bad):
+    """Under ZeRO-1+ each gradient is checked by a hook as it is made: a finite gradient made after a non-finite one
+    must not clear the flag, whichever of two parameters (made in either order) is the bad one."""
+    model = torch.nn.ParameterList([torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(3))])
+    check = GradientCheck(model, 2, "fp32", torch.device("cpu"))
+    good = 1 - bad
+    loss = (model[good] * 2).sum() + _nonfinite_grad_loss(model[bad])
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert torch.isfinite(model[good].grad).all() and not torch.isfinite(model[bad].grad).all()
+    norm, flagged = check.read()
+    assert norm is None and flagged  # ZeRO-1+: the norm is DeepSpeed's own
+
+
+def test_gradient_check_tells_an_overflowing_norm_from_a_nonfinite_gradient():
+    """fp32 ZeRO-0 reads p.grad: finite gradients whose sum of squares overflows are not a non-finite step."""
+    model = _grad_model()
+    check = GradientCheck(model, 0, "fp32", torch.device("cpu"))
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 1e30)
+    norm, flagged = check.read()
+    assert torch.isinf(norm) and not flagged
+    model[0].weight.grad[0, 0] = float("nan")
+    assert check.read()[1]
+
+
+def test_gradient_check_without_gradients_reads_no_norm():
+    """A mixed-precision ZeRO-0 step whose parameters got no gradient: no norm, nothing flagged (no error)."""
+    check = GradientCheck(_grad_model(), 0, "bf16", torch.device("cpu"))
+    assert check.read() == (None, False)
 
 
 def _expected_mask_share(schedule: str, n: int) -> float:
@@ -268,6 +312,20 @@ def test_maskgit_loss_gives_every_multi_unit_layout_a_clean_context_stream(monke
     L = ids[0].numel()
     assert seen[0][0].shape[1] == 2 * L  # frame units: clean stream + masked stream
     assert seen[1][0].shape[1] == L  # one unit: the masked stream alone
+
+
+def test_maskgit_loss_lays_tokens_out_with_the_models_cube_size(monkeypatch):
+    """Cube order must use the model's cube size (what the sampler uses), not the default one."""
+    cfg = dataclasses.replace(tiny("maskgit").config, cube_size=(3, 2, 2))
+    torch.manual_seed(0)
+    m = Generator(cfg)
+    seen = _spy_forward(monkeypatch)
+    ids = torch.randint(0, 64, (2, *GRID), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        maskgit_loss(m, ids, cond2(), "cube", ObjectiveConfig(cond_dropout=0.0), torch.Generator().manual_seed(1))
+    ours, default = make_layout(GRID, "cube", (3, 2, 2)), make_layout(GRID, "cube")
+    assert not torch.equal(ours.to_sequence(ids), default.to_sequence(ids))  # the two layouts differ here
+    assert torch.equal(seen[0][0][:, : ours.num_tokens], ours.to_sequence(ids))  # the clean stream, in our layout
 
 
 def test_maskgit_loss_label_smoothing_accuracy_and_stats(monkeypatch):
