@@ -419,6 +419,41 @@ def test_decoding_layout_keeps_frozen_weights_frozen():
     assert trainable == {"blocks.0.attn.qkv.weight"}
 
 
+def test_kv_cache_takes_the_models_dtype_is_never_saved_and_keeps_a_boolean_key_mask():
+    m = tiny("ar").to(torch.bfloat16)
+    cache = m.new_cache(2, 8)
+    assert cache.k.dtype == cache.v.dtype == torch.bfloat16 and cache.valid.dtype == torch.bool
+    assert cache.state_dict() == {}  # a cache is scratch space, never part of a checkpoint
+    assert KVCache(1, 1, 1, 4, 2, dtype=torch.float64).k.dtype == torch.float64
+    cache.reserve(2, torch.ones(2, 2, dtype=torch.bool))  # validity given, all True: still no key mask needed
+    assert cache.all_valid
+
+
+def test_rms_norm_follows_its_formula_with_its_weight_and_eps():
+    """x / sqrt(mean(x^2) + eps) * weight; small inputs show eps (1e-6), a learned weight scales each channel."""
+    from generator.layers import RMSNorm
+
+    norm = RMSNorm(4, eps=1e-6)
+    with torch.no_grad():
+        norm.weight.copy_(torch.tensor([1.0, 2.0, 0.5, -1.0]))
+    x = torch.tensor([[1e-4, -2e-4, 3e-4, 0.0], [1.0, 2.0, 3.0, 4.0]], dtype=torch.float64)
+    expected = x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * norm.weight.double()
+    torch.testing.assert_close(norm(x.float()).double(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_xformers_backend_falls_back_to_sdpa_off_cuda():
+    """attention_backend 'xformers' is CUDA-only: on CPU the same weights give SDPA's logits."""
+    import dataclasses
+
+    sdpa = tiny("ar")
+    xf = Generator(dataclasses.replace(sdpa.config, attention_backend="xformers"))
+    xf.load_state_dict(sdpa.state_dict())
+    ids = torch.randint(0, 64, (2, 5))
+    coords, mask = make_layout((1, 1, 5), "token").coords, torch.ones(5, 5, dtype=torch.bool).tril()
+    with torch.no_grad():
+        assert torch.equal(xf(ids, cond2(), coords=coords, mask=mask), sdpa(ids, cond2(), coords=coords, mask=mask))
+
+
 def test_kv_cache_reserve_rewind_and_reset():
     cache = KVCache(num_layers=1, batch=2, num_heads=1, max_len=6, head_dim=2)
     assert cache.reserve(2) == (0, 2) and cache.all_valid

@@ -361,6 +361,23 @@ def test_binary_config_bounds_are_inclusive_and_errors_name_the_field(cfg_cls: t
             cfg_cls(**kw)
 
 
+def test_vq_config_bounds_are_inclusive_and_errors_say_which_setting() -> None:
+    """A codebook of one code, dim 1, EMA decay 0 and zero loss weights are valid; past each bound is not."""
+    for ok in (dict(codebook_size=1), dict(dim=1), dict(ema_decay=0.0), dict(ema_epsilon=1e-12),
+               dict(commitment_weight=0.0, codebook_weight=0.0, dead_code_threshold=0.0)):  # fmt: skip
+        VQConfig(**ok)
+    bad = {
+        r"VQConfig: codebook_size and dim must be >= 1, got 0, 8": dict(codebook_size=0, dim=8),
+        r"VQConfig: codebook_size and dim must be >= 1, got 16, 0": dict(codebook_size=16, dim=0),
+        r"VQConfig.ema_decay must lie in \[0, 1\), got -0.1": dict(ema_decay=-0.1),
+        r"VQConfig.ema_epsilon must be > 0, got 0.0": dict(ema_epsilon=0.0),
+        r"VQConfig.codebook_weight must be >= 0, got -1.0": dict(codebook_weight=-1.0),
+    }
+    for message, kw in bad.items():
+        with pytest.raises(ValueError, match=f"^{message}$"):
+            VQConfig(**kw)
+
+
 def test_fsq_config_errors_say_what_is_wrong() -> None:
     with pytest.raises(ValueError, match=r"^FSQConfig.bound_loss_weight must be >= 0 and bound_range > 0$"):
         FSQConfig(bound_loss_weight=-1.0)

@@ -89,8 +89,11 @@ def test_orders_that_cannot_take_the_context_are_refused():
         context_sequence(lay, torch.zeros(1, 1, 4, 4, dtype=torch.long), 1, whole_units=True)
     assert context_sequence(lay, torch.zeros(1, 2, 4, 4, dtype=torch.long), 1, whole_units=True)[1] == 32
     clip = make_layout(GRID, "clip")
-    with pytest.raises(ValueError, match="single-unit order"):
+    with pytest.raises(ValueError, match="^a single-unit order cannot be continued token by token$"):
         context_sequence(clip, torch.zeros(1, 1, 4, 4, dtype=torch.long), 1, whole_units=False)
+    seq, n = context_sequence(make_layout(GRID, "frame"), torch.full((1, 1, 4, 4), 9), 1, whole_units=True)
+    assert n == 16 and torch.equal(seq[0, :16], torch.full((16,), 9))
+    assert torch.equal(seq[0, 16:], torch.full((32,), -1))  # positions to generate hold -1
 
 
 def test_gpt_style_continues_token_by_token_inside_a_cube():

@@ -217,3 +217,66 @@ def test_gamma_on_tensors_follows_the_same_formulas_as_on_floats():
     torch.testing.assert_close(gamma(r), torch.cos(math.pi / 2 * r))
     with pytest.raises(ValueError, match=r"unknown mask schedule 'cos'; choose from \['cosine', 'linear', 'square'\]"):
         gamma(r, "cos")
+
+
+def test_sampling_config_bounds_are_inclusive_and_errors_say_which_setting():
+    for ok in (dict(temperature=0.0), dict(top_k=0), dict(top_p=1.0), dict(top_p=1e-6), dict(cfg_scale=0.0),
+               dict(cfg_scale=0.5), dict(steps=1), dict(cfg_schedule="linear")):  # fmt: skip
+        SamplingConfig(**ok)
+    bad = {
+        r"temperature must be >= 0, got -0.1": dict(temperature=-0.1),
+        r"top_k must be >= 0, got -1": dict(top_k=-1),
+        r"top_p must be in \(0, 1\], got 0.0": dict(top_p=0.0),
+        r"top_p must be in \(0, 1\], got 1.5": dict(top_p=1.5),
+        r"cfg_scale must be >= 0, got -1.0": dict(cfg_scale=-1.0),
+        r"cfg_schedule must be 'constant' or 'linear', got 'cosine'": dict(cfg_schedule="cosine"),
+        r"steps must be >= 1, got 0": dict(steps=0),
+    }
+    for message, kw in bad.items():
+        with pytest.raises(ValueError, match=f"^{message}$"):
+            SamplingConfig(**kw)
+
+
+def test_linear_guidance_ramps_from_one_to_the_scale():
+    sc = SamplingConfig(cfg_scale=4.0, cfg_schedule="linear")
+    assert [sc.guidance(p) for p in (0.0, 0.5, 1.0)] == pytest.approx([1.0, 2.5, 4.0])
+    assert SamplingConfig(cfg_scale=4.0).guidance(0.3) == 4.0  # constant
+
+
+@pytest.mark.parametrize("style", ["ar", "maskgit"])
+def test_samplers_lay_cube_order_out_with_the_models_cube_size(style, monkeypatch):
+    """Sampling must visit cubes of the model's cube size (what training used), not the default."""
+    import dataclasses
+
+    from generator import Generator, make_layout
+
+    cfg = dataclasses.replace(tiny(style).config, cube_size=(1, 4, 2))
+    torch.manual_seed(0)
+    m = Generator(cfg).eval()
+    seen = []
+    original = DecodeContext.logits
+
+    def spy(self, ids, coords, **kw):
+        seen.append(coords.clone())
+        return original(self, ids, coords, **kw)
+
+    monkeypatch.setattr(DecodeContext, "logits", spy)
+    sampler = sample_ar if style == "ar" else sample_maskgit
+    sampler(
+        m, cond2(), GRID, order="cube", sampling=SamplingConfig(steps=2), generator=torch.Generator().manual_seed(1)
+    )
+    ours = make_layout(GRID, "cube", (1, 4, 2))
+    assert not torch.equal(ours.coords, make_layout(GRID, "cube").coords)
+    if style == "ar":  # one call per token: the start token, then every token but the last
+        visited = torch.cat([c[-1:] for c in seen[1:]])
+        assert torch.equal(visited, ours.coords[:-1])
+    else:  # the first probe of every unit covers the unit's coordinates
+        unit = ours.bounds[0][1]
+        firsts = [c for c in seen if c.shape[0] == unit][::3]  # 2 steps + 1 commit per unit but the last
+        assert torch.equal(torch.cat(firsts), ours.coords)
+
+
+def test_decode_context_caches_by_default():
+    m = tiny("ar")
+    assert DecodeContext(m, cond2(), SamplingConfig(), max_tokens=4).cache is not None
+    assert DecodeContext(m, cond2(), SamplingConfig(), max_tokens=4, use_cache=False).cache is None
