@@ -473,3 +473,30 @@ def test_kv_cache_reserve_rewind_and_reset():
     assert cache.length == 0 and cache.all_valid and cache.reserve(6) == (0, 6)
     cache.rewind(2)  # without padding a rewind keeps the cache all-valid: decoding steps need no key mask
     assert cache.all_valid and cache.reserve(1) == (2, 3) and cache.all_valid
+
+
+def test_transformer_blocks_have_bias_free_linears_and_the_stated_widths():
+    """Block linears carry no bias (the parameter layout saved models rely on); SwiGLU's hidden width is rounded up
+    to a multiple of 8 (a multiple stays as it is); RoPE tables are not saved."""
+    from generator.layers import Attention, SwiGLU
+
+    m = tiny("ar")
+    for block in m.blocks:
+        for lin in (block.attn.qkv, block.attn.proj, block.mlp.w13, block.mlp.w2):
+            assert lin.bias is None
+    assert SwiGLU(32, 40).w2.in_features == 40 and SwiGLU(32, 41).w2.in_features == 48
+    assert SwiGLU(32, 41).w13.out_features == 96
+    assert not any("rope" in k or k.startswith("inv_") for k in m.state_dict())
+    with pytest.raises(ValueError, match="^dim 30 is not divisible by num_heads 4$"):
+        Attention(30, 4)
+
+
+def test_layout_knows_its_order_and_refuses_bad_grids_and_cubes():
+    for order in ("token", "frame", "cube", "clip"):
+        assert make_layout(GRID, order).order == order
+    with pytest.raises(ValueError, match=r"^token grid must be positive, got \(0, 4, 4\)$"):
+        make_layout((0, 4, 4), "frame")
+    with pytest.raises(ValueError, match=r"^cube size must be three positive ints, got \(0, 2, 2\)$"):
+        make_layout(GRID, "cube", (0, 2, 2))
+    with pytest.raises(ValueError, match=r"^unknown order 'row'; choose from \['token', 'cube', 'frame', 'clip'\]$"):
+        make_layout(GRID, "row")

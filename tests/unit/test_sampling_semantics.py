@@ -280,3 +280,24 @@ def test_decode_context_caches_by_default():
     m = tiny("ar")
     assert DecodeContext(m, cond2(), SamplingConfig(), max_tokens=4).cache is not None
     assert DecodeContext(m, cond2(), SamplingConfig(), max_tokens=4, use_cache=False).cache is None
+
+
+def test_rope_frequencies_and_rotation_follow_the_formula():
+    """head_dim 24: 12 pairs split t/h/w as 4/4/4, each axis with inverse frequencies base^(-i/n); a pair (x1, x2) at
+    angle a becomes (x1 cos a - x2 sin a, x1 sin a + x2 cos a)."""
+    rope = Rope3d(head_dim=24, base=100.0)
+    assert rope.split == (4, 4, 4)
+    expected = torch.tensor([100.0 ** (-i / 4) for i in range(4)])
+    for axis in "thw":
+        torch.testing.assert_close(getattr(rope, f"inv_{axis}"), expected)
+    assert Rope3d(head_dim=20).split == (4, 3, 3)  # time takes the remainder
+    coords = torch.tensor([[2, 1, 3]])
+    ang = rope.angles(coords)[0]
+    torch.testing.assert_close(ang, torch.cat([2 * expected, 1 * expected, 3 * expected]))
+    x = torch.randn(1, 24)
+    y = Rope3d.rotate(x, rope.freqs(coords))
+    x1, x2 = x[0, 0::2], x[0, 1::2]
+    torch.testing.assert_close(y[0, 0::2], x1 * ang.cos() - x2 * ang.sin(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(y[0, 1::2], x1 * ang.sin() + x2 * ang.cos(), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="^head_dim must be even for rotary embeddings, got 7$"):
+        Rope3d(head_dim=7)
