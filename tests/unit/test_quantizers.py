@@ -257,6 +257,18 @@ def test_vq_dead_code_restarted_in_training_only(use_ema: bool) -> None:
     assert q.train()(z).stats["restarted"] == 0  # alive again
 
 
+def test_vq_training_takes_an_empty_batch_and_restarts_from_a_single_position() -> None:
+    """An empty batch (e.g. the last shard of a split) is a no-op, not a crash; one position is enough to restart."""
+    q = ema_vq(dead_code_threshold=1e-3).train()
+    out = q(torch.randn(0, 3, 1, 1, 1))
+    assert out.ids.shape == (0, 1, 1, 1) and out.stats["restarted"] == 0
+    with torch.no_grad():
+        q.ema_cluster_size[5] = 0.0
+    z = torch.randn(1, 3, 1, 1, 1)
+    assert q(z).stats["restarted"] == 1
+    assert torch.equal(q.ema_embed_sum[5], z.flatten())  # the dead code restarted at that position
+
+
 @pytest.mark.parametrize("use_ema", [True, False])
 def test_vq_l2_normalized_codes_have_unit_norm(use_ema: bool) -> None:
     q = VQ(VQConfig(codebook_size=16, dim=4, use_ema=use_ema))

@@ -301,3 +301,26 @@ def test_rope_frequencies_and_rotation_follow_the_formula():
     torch.testing.assert_close(y[0, 1::2], x1 * ang.sin() + x2 * ang.cos(), rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="^head_dim must be even for rotary embeddings, got 7$"):
         Rope3d(head_dim=7)
+    torch.testing.assert_close(Rope3d(head_dim=24).inv_h, torch.tensor([1e4 ** (-i / 4) for i in range(4)]))  # default
+
+
+def test_samplers_refuse_a_generator_of_the_other_style():
+    with pytest.raises(ValueError, match="^sample_ar needs a generator with style 'ar'$"):
+        sample_ar(tiny("maskgit"), cond2(), GRID)
+    with pytest.raises(ValueError, match="^sample_maskgit needs a generator with style 'maskgit'$"):
+        sample_maskgit(tiny("ar"), cond2(), GRID)
+
+
+def test_attention_writes_its_layer_of_the_cache_layer_zero_by_default():
+    from generator.kv_cache import KVCache
+    from generator.layers import Attention
+
+    attn, x = Attention(8, 2), torch.randn(1, 3, 8)
+    freqs = Rope3d(4).freqs(torch.zeros(3, 3, dtype=torch.long))
+    for layer in (None, 1):
+        cache = KVCache(num_layers=2, batch=1, num_heads=2, max_len=4, head_dim=4)
+        span = cache.reserve(3)
+        with torch.no_grad():
+            attn(x, freqs, None, cache, span=span) if layer is None else attn(x, freqs, None, cache, layer, span)
+        written = [bool(cache.k[i].abs().sum() > 0) for i in range(2)]
+        assert written == ([True, False] if layer is None else [False, True])
