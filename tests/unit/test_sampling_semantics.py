@@ -301,7 +301,8 @@ def test_rope_frequencies_and_rotation_follow_the_formula():
     torch.testing.assert_close(y[0, 1::2], x1 * ang.sin() + x2 * ang.cos(), rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="^head_dim must be even for rotary embeddings, got 7$"):
         Rope3d(head_dim=7)
-    torch.testing.assert_close(Rope3d(head_dim=24).inv_h, torch.tensor([1e4 ** (-i / 4) for i in range(4)]))  # default
+    default = torch.tensor([1e4 ** (-i / 4) for i in range(4)])  # base 10000
+    torch.testing.assert_close(Rope3d(head_dim=24).inv_h, default, rtol=1e-6, atol=0)
 
 
 def test_samplers_refuse_a_generator_of_the_other_style():
