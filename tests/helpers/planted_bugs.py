@@ -91,6 +91,18 @@ BUGS = (
         QUANTIZER_TESTS),
     Bug("LFQ entropy without the codebook term", "tokenizer/quantizers/sign.py",
         "entropy = per_sample - cfg.codebook_entropy_weight * codebook", "entropy = per_sample", QUANTIZER_TESTS),
+    # Found by the 2026-12-02 mutation run: each passed every test written before it.
+    Bug("MaskGIT never commits a finished unit (later units do not see it)", "generator/sampling/maskgit.py",
+        "ctx.logits(cur, coords, keep=True, progress=(u + 1) / layout.num_units)",
+        "ctx.logits(cur, coords, keep=False, progress=(u + 1) / layout.num_units)"),
+    Bug("sampling ignores the model's cube size", "generator/sampling/context.py",
+        "make_layout(grid, order, model.config.cube_size)", "make_layout(grid, order)"),
+    Bug("a linear CFG schedule sees no progress in GPT-style sampling", "generator/sampling/ar.py",
+        "progress=i / L,", "progress=0.0,"),
+    Bug("a later finite gradient clears a hook's non-finite flag", "videotrain/guards.py",
+        "self.bad |= ~torch.isfinite(grad).all()", "self.bad = ~torch.isfinite(grad).all()", TRAINING_TESTS),
+    Bug("quantizer codes come back in fp32 from a bf16 latent", "tokenizer/quantizers/vq.py",
+        "codes=codes.to(z.dtype)", "codes=codes", QUANTIZER_TESTS),
 )  # fmt: skip
 
 
