@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -135,15 +136,21 @@ def _one_error_line(proc, needle):
 def test_bad_inputs_exit_2_with_one_line_and_no_file(model_dir, tmp_path):
     out = tmp_path / "x.mp4"
     base = ["--model", str(model_dir), "--out", str(out), "--quiet"]
-    _one_error_line(run_cli(*base, "--prompt", "   "), "prompt is empty")
-    _one_error_line(run_cli(*base, "--prompt", ""), "prompt is empty")
-    _one_error_line(run_cli(*base, "--prompt", " ".join(["red circle"] * 40)), "more than max_length=48")
-    _one_error_line(run_cli(*base, "--label", "7"), "unknown class 7")
-    _one_error_line(run_cli(*base, "--label", "purple star"), "unknown class 'purple star'")
-    _one_error_line(run_cli(*base, "--num-frames", "8"), "num_frames=8 is not reachable")
-    _one_error_line(run_cli(*base, "--prompt", "a", "--prompt", "b"), "give --segment-frames")
-    _one_error_line(run_cli(*base, "--mode", "ar", "--order", "clip"), "supports orders")
-    _one_error_line(run_cli("--model", str(tmp_path / "missing"), "--out", str(out)), "does not exist")
+    cases = [
+        ((*base, "--prompt", "   "), "prompt is empty"),
+        ((*base, "--prompt", ""), "prompt is empty"),
+        ((*base, "--prompt", " ".join(["red circle"] * 40)), "more than max_length=48"),
+        ((*base, "--label", "7"), "unknown class 7"),
+        ((*base, "--label", "purple star"), "unknown class 'purple star'"),
+        ((*base, "--num-frames", "8"), "num_frames=8 is not reachable"),
+        ((*base, "--prompt", "a", "--prompt", "b"), "give --segment-frames"),
+        ((*base, "--mode", "ar", "--order", "clip"), "supports orders"),
+        (("--model", str(tmp_path / "missing"), "--out", str(out)), "does not exist"),
+    ]
+    with ThreadPoolExecutor(max_workers=2) as pool:  # independent processes: two at a time on two cores
+        procs = list(pool.map(lambda case: run_cli(*case[0]), cases))
+    for proc, (_, needle) in zip(procs, cases):
+        _one_error_line(proc, needle)
     assert not out.exists()
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
