@@ -351,6 +351,13 @@ def test_bad_config_raises_value_error(cfg_cls: type, kw: dict) -> None:
         cfg_cls(**kw)
 
 
+def refused_exactly(cfg_cls: type, bad: dict[str, dict]) -> None:
+    """Each keyword set of ``bad`` raises ValueError with exactly its key (a regex) as the message."""
+    for message, kw in bad.items():
+        with pytest.raises(ValueError, match=f"^{message}$"):
+            cfg_cls(**kw)
+
+
 @pytest.mark.parametrize("cfg_cls", [LFQConfig, BSQConfig])
 def test_binary_config_bounds_are_inclusive_and_errors_name_the_field(cfg_cls: type) -> None:
     """dim in [1, 24], entropy_group_size in [1, 16], weights >= 0: the ends are valid, one past them is not."""
@@ -368,9 +375,7 @@ def test_binary_config_bounds_are_inclusive_and_errors_name_the_field(cfg_cls: t
         rf"{name}.entropy_temperature must be > 0, got 0.0": dict(entropy_temperature=0.0),
         rf"{name}.codebook_entropy_weight must be >= 0, got -0.5": dict(codebook_entropy_weight=-0.5),
     }
-    for message, kw in bad.items():
-        with pytest.raises(ValueError, match=f"^{message}$"):
-            cfg_cls(**kw)
+    refused_exactly(cfg_cls, bad)
 
 
 def test_vq_config_bounds_are_inclusive_and_errors_say_which_setting() -> None:
@@ -385,9 +390,7 @@ def test_vq_config_bounds_are_inclusive_and_errors_say_which_setting() -> None:
         r"VQConfig.ema_epsilon must be > 0, got 0.0": dict(ema_epsilon=0.0),
         r"VQConfig.codebook_weight must be >= 0, got -1.0": dict(codebook_weight=-1.0),
     }
-    for message, kw in bad.items():
-        with pytest.raises(ValueError, match=f"^{message}$"):
-            VQConfig(**kw)
+    refused_exactly(VQConfig, bad)
 
 
 def test_fsq_config_errors_say_what_is_wrong() -> None:
