@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from core.config import from_dict
+from tests.helpers.refusals import refused_exactly
 from tokenizer.quantizers import (
     BSQ,
     FSQ,
@@ -349,13 +350,6 @@ def test_bad_input_raises_value_error(name: str) -> None:
 def test_bad_config_raises_value_error(cfg_cls: type, kw: dict) -> None:
     with pytest.raises(ValueError, match=cfg_cls.__name__):
         cfg_cls(**kw)
-
-
-def refused_exactly(cfg_cls: type, bad: dict[str, dict]) -> None:
-    """Each keyword set of ``bad`` raises ValueError with exactly its key (a regex) as the message."""
-    for message, kw in bad.items():
-        with pytest.raises(ValueError, match=f"^{message}$"):
-            cfg_cls(**kw)
 
 
 @pytest.mark.parametrize("cfg_cls", [LFQConfig, BSQConfig])

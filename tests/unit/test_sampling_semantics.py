@@ -13,6 +13,7 @@ from generator.layers import Rope3d
 from generator.sampling import DecodeContext, SamplingConfig, sample_ar, sample_maskgit
 from generator.sampling.filtering import filter_logits, sample_logits
 from generator.schedules import gamma, num_masked_after_step
+from tests.helpers.refusals import refused_exactly
 from tests.unit.test_generator import GRID, cond2, tiny
 
 
@@ -171,13 +172,13 @@ def test_maskgit_defaults_to_clip_order_and_the_schedule_refuses_zero_steps():
         num_masked_after_step(0, 0, 16)
 
 
-def _spy_logits(monkeypatch) -> list[tuple[bool, float, int]]:
-    """Records (keep, progress, cache length before the call) of every ``DecodeContext.logits`` call."""
+def _spy_logits(monkeypatch) -> list[tuple[bool, float, int, torch.Tensor]]:
+    """Records (keep, progress, cache length before the call, coords) of every ``DecodeContext.logits`` call."""
     calls = []
     original = DecodeContext.logits
 
     def spy(self, ids, coords, *, keep, progress, targets=None):
-        calls.append((keep, progress, self.cache.length if self.cache is not None else -1))
+        calls.append((keep, progress, self.cache.length if self.cache is not None else -1, coords.clone()))
         return original(self, ids, coords, keep=keep, progress=progress, targets=targets)
 
     monkeypatch.setattr(DecodeContext, "logits", spy)
@@ -232,9 +233,7 @@ def test_sampling_config_bounds_are_inclusive_and_errors_say_which_setting():
         r"cfg_schedule must be 'constant' or 'linear', got 'cosine'": dict(cfg_schedule="cosine"),
         r"steps must be >= 1, got 0": dict(steps=0),
     }
-    for message, kw in bad.items():
-        with pytest.raises(ValueError, match=f"^{message}$"):
-            SamplingConfig(**kw)
+    refused_exactly(SamplingConfig, bad)
 
 
 def test_linear_guidance_ramps_from_one_to_the_scale():
@@ -253,18 +252,12 @@ def test_samplers_lay_cube_order_out_with_the_models_cube_size(style, monkeypatc
     cfg = dataclasses.replace(tiny(style).config, cube_size=(1, 4, 2))
     torch.manual_seed(0)
     m = Generator(cfg).eval()
-    seen = []
-    original = DecodeContext.logits
-
-    def spy(self, ids, coords, **kw):
-        seen.append(coords.clone())
-        return original(self, ids, coords, **kw)
-
-    monkeypatch.setattr(DecodeContext, "logits", spy)
+    calls = _spy_logits(monkeypatch)
     sampler = sample_ar if style == "ar" else sample_maskgit
     sampler(
         m, cond2(), GRID, order="cube", sampling=SamplingConfig(steps=2), generator=torch.Generator().manual_seed(1)
     )
+    seen = [c[3] for c in calls]  # the coordinates of each call
     ours = make_layout(GRID, "cube", (1, 4, 2))
     assert not torch.equal(ours.coords, make_layout(GRID, "cube").coords)
     if style == "ar":  # one call per token: the start token, then every token but the last
