@@ -61,6 +61,9 @@ def parse_label(text: str, class_names: Sequence[str]) -> int:
 def sampling_for(pipe: VideoPipeline, mode: str, overrides: Mapping[str, object] | None = None) -> SamplingConfig:
     """The model's sampling settings for ``mode`` with the given fields replaced (None values are ignored).
 
+    A ``temperature`` given without a ``context_temperature`` applies to every call, those with an image or
+    a video too: the model's ``context_temperature`` is dropped.
+
     Raises:
         ValueError: an override that names no field of :class:`SamplingConfig`.
     """
@@ -69,6 +72,8 @@ def sampling_for(pipe: VideoPipeline, mode: str, overrides: Mapping[str, object]
     unknown = sorted(set(changes) - {f.name for f in fields(sampling)})
     if unknown:
         raise ValueError(f"unknown sampling setting(s) {unknown}")
+    if "temperature" in changes:
+        changes.setdefault("context_temperature", None)
     return replace(sampling, **changes)
 
 

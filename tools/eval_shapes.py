@@ -45,6 +45,10 @@ def _main(argv: Sequence[str] | None) -> int:
         "--temperature", type=float, default=None, help="sampling temperature for every mode (default from the model)"
     )
     p.add_argument(
+        "--context-temperature", type=float, default=None,
+        help="temperature after given frames and in later windows (default from the model)",
+    )  # fmt: skip
+    p.add_argument(
         "--choice-temperature",
         type=float,
         default=None,
@@ -72,7 +76,7 @@ def _main(argv: Sequence[str] | None) -> int:
         orders=[o for o in args.orders.split(",") if o], holdout=args.holdout, batch=args.batch, seed=args.seed,
         recon_videos=args.recon_videos, phrasing=args.phrasing,
         sampling={"steps": args.steps, "cfg_scale": args.cfg, "temperature": args.temperature,
-                  "choice_temperature": args.choice_temperature},
+                  "context_temperature": args.context_temperature, "choice_temperature": args.choice_temperature},
     )  # fmt: skip
     for key, s in summary.items():
         print(f"{key:40s} " + "  ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in s.items()))

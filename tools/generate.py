@@ -56,7 +56,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, help="MaskGIT steps per unit")
     p.add_argument("--top-k", type=int)
     p.add_argument("--top-p", type=float)
-    p.add_argument("--temperature", type=float)
+    p.add_argument("--temperature", type=float, help="softmax temperature (every call, unless --context-temperature)")
+    p.add_argument("--context-temperature", type=float, help="temperature after --image/--video and in later windows")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-videos", type=int, default=1)
     p.add_argument("--out", help="an .mp4/.gif file for one video, a directory for several (default outputs/)")
@@ -82,7 +83,7 @@ def _main(argv: Sequence[str] | None) -> int:
         dtype=DTYPES[args.dtype],
         progress=not args.quiet,
         sampling={"cfg_scale": args.cfg, "steps": args.steps, "top_k": args.top_k, "top_p": args.top_p,
-                  "temperature": args.temperature},
+                  "temperature": args.temperature, "context_temperature": args.context_temperature},
     )  # fmt: skip
     total = time.perf_counter() - start
     frames, timings = made.output.frames, made.output.timings

@@ -38,7 +38,8 @@ def sample_ar(
         order: unit order ('token', 'cube' or 'frame'); must be one the model supports.
         context: (B, t_c, h, w) ids of the first ``t_c`` latent frames to continue from (kept as
             given in the result), or None; the order's units must not cross the context boundary.
-        sampling: temperature, top-k/p and CFG settings (None: ``SamplingConfig()``).
+        sampling: temperature, top-k/p and CFG settings (None: ``SamplingConfig()``); with ``context``,
+            its ``context_temperature`` when set.
         generator: RNG for sampling.
         use_cache: use the static KV cache (False recomputes the context every step).
         progress: show a progress bar.
@@ -46,7 +47,7 @@ def sample_ar(
     Returns:
         ids: (B, t, h, w) long.
     """
-    sampling, layout = prepare_sampling(model, grid, order, sampling, "ar")
+    sampling, layout = prepare_sampling(model, grid, order, sampling, "ar", context)
     B, L = cond.batch_size, layout.num_tokens
     known, n_ctx = context_sequence(layout, context, B, whole_units=False)
     device = model.device

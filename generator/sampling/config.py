@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -11,6 +11,9 @@ class SamplingConfig:
 
     Attributes:
         temperature: softmax temperature; 0 means greedy (argmax).
+        context_temperature: the temperature for grids that continue given context tokens (an image, a
+            video, or the frames of an earlier window); None: ``temperature``. Continuing a motion needs
+            less randomness than starting one from a prompt.
         top_k: keep the k most likely tokens (0 = off).
         top_p: keep the smallest set with cumulative probability >= p (1.0 = off).
         cfg_scale: classifier-free guidance scale; 1.0 = plain conditional sampling.
@@ -28,10 +31,13 @@ class SamplingConfig:
     steps: int = 8
     mask_schedule: str = "cosine"
     choice_temperature: float = 4.5
+    context_temperature: float | None = None
 
     def __post_init__(self) -> None:
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.context_temperature is not None and self.context_temperature < 0:
+            raise ValueError(f"context_temperature must be >= 0, got {self.context_temperature}")
         if self.top_k < 0:
             raise ValueError(f"top_k must be >= 0, got {self.top_k}")
         if not 0.0 < self.top_p <= 1.0:
@@ -42,6 +48,12 @@ class SamplingConfig:
             raise ValueError(f"cfg_schedule must be 'constant' or 'linear', got {self.cfg_schedule!r}")
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
+
+    def for_context(self) -> SamplingConfig:
+        """The settings for a grid that continues context tokens: ``context_temperature`` as the temperature."""
+        if self.context_temperature is None:
+            return self
+        return replace(self, temperature=self.context_temperature, context_temperature=None)
 
     def guidance(self, progress: float) -> float:
         """The CFG scale at ``progress`` in [0, 1]."""

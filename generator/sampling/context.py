@@ -28,6 +28,7 @@ def prepare_sampling(
     order: str,
     sampling: SamplingConfig | None,
     style: str,
+    context: torch.Tensor | None = None,
 ) -> tuple[SamplingConfig, UnitLayout]:
     """The checks and setup every sampler starts with.
 
@@ -37,6 +38,8 @@ def prepare_sampling(
         order: unit order; must be one the model supports.
         sampling: the caller's settings (None: ``SamplingConfig()``).
         style: the sampler's style, "ar" or "maskgit".
+        context: the context tokens the grid continues, if any (they select
+            :meth:`SamplingConfig.for_context`).
 
     Returns:
         ``(sampling, layout)``: the settings to use and the unit layout of ``grid``.
@@ -44,6 +47,7 @@ def prepare_sampling(
     if model.config.style != style:
         raise ValueError(f"sample_{style} needs a generator with style '{style}'")
     sampling = SamplingConfig() if sampling is None else sampling
+    sampling = sampling if context is None else sampling.for_context()
     check_order(order, model.config.orders, model.config.style)
     model.check_grid(grid, order)
     return sampling, make_layout(grid, order, model.config.cube_size)

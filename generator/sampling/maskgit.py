@@ -43,7 +43,8 @@ def sample_maskgit(
             given in the result), or None. Whole context units are committed to the cache before
             the first free unit; order 'clip' keeps the context tokens unmasked inside its one
             unit, as MAGVIT's frame prediction does.
-        sampling: steps per unit, schedule, temperatures, top-k/p and CFG (None: ``SamplingConfig()``).
+        sampling: steps per unit, schedule, temperatures, top-k/p and CFG (None: ``SamplingConfig()``); with
+            ``context``, its ``context_temperature`` when set.
         generator: RNG for token draws and Gumbel noise.
         use_cache: cache completed units (False recomputes the context every step).
         progress: show a progress bar.
@@ -51,7 +52,7 @@ def sample_maskgit(
     Returns:
         ids: (B, t, h, w) long.
     """
-    sampling, layout = prepare_sampling(model, grid, order, sampling, "maskgit")
+    sampling, layout = prepare_sampling(model, grid, order, sampling, "maskgit", context)
     B, L = cond.batch_size, layout.num_tokens
     known, n_ctx = context_sequence(layout, context, B, whole_units=True)
     device = model.device

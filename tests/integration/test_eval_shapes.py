@@ -183,6 +183,8 @@ def test_cli_passes_every_sampling_flag_as_an_override(tmp_path, monkeypatch):
             "0.8",
             "--choice-temperature",
             "6",
+            "--context-temperature",
+            "0.4",
             "--recon-videos",
             "0",
             "--out",
@@ -191,7 +193,9 @@ def test_cli_passes_every_sampling_flag_as_an_override(tmp_path, monkeypatch):
     )
     assert rc == 0
     model_settings = adherence.VideoPipeline.from_pretrained(model).config.sampling["maskgit"]
-    expected = replace(model_settings, steps=7, cfg_scale=2.5, temperature=0.8, choice_temperature=6.0)
+    expected = replace(
+        model_settings, steps=7, cfg_scale=2.5, temperature=0.8, choice_temperature=6.0, context_temperature=0.4
+    )
     assert expected != model_settings and seen == [expected]
 
 

@@ -12,8 +12,9 @@ import torch
 import yaml
 
 from core.video_io import read_video
+from generator.sampling import SamplingConfig
 from pipelines import VideoPipeline
-from pipelines.generate import generate_to_files, parse_label
+from pipelines.generate import generate_to_files, parse_label, sampling_for
 from tests.helpers.tiny_pipeline import make_tiny_pipeline
 from tools.generate import main
 
@@ -192,6 +193,17 @@ def test_library_call_writes_files_and_names_labels(model_dir, tmp_path):
     assert parse_label("Blue Square", ["red circle", "blue square"]) == 1
     with pytest.raises(ValueError, match="unknown sampling setting"):
         generate_to_files(out=tmp_path / "w.mp4", model=model_dir, sampling={"stepz": 2})
+
+
+def test_a_given_temperature_applies_after_context_too_unless_a_context_temperature_is_given(model_dir):
+    """--temperature alone must not be overridden after --image/--video by the model's context_temperature."""
+    pipe = VideoPipeline.from_pretrained(model_dir)
+    pipe.config.sampling["ar"] = SamplingConfig(temperature=0.7, context_temperature=0.3)
+    assert sampling_for(pipe, "ar").for_context().temperature == 0.3  # the model's setting after context
+    assert sampling_for(pipe, "ar", {"temperature": 0.9}).for_context().temperature == 0.9
+    both = sampling_for(pipe, "ar", {"temperature": 0.9, "context_temperature": 0.1})
+    assert (both.temperature, both.for_context().temperature) == (0.9, 0.1)
+    assert sampling_for(pipe, "ar", {"cfg_scale": 3.0, "temperature": None}).context_temperature == 0.3
 
 
 def test_help_and_bad_flags_from_any_folder(tmp_path):

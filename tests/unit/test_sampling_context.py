@@ -137,3 +137,37 @@ def test_gpt_style_token_and_frame_orders_are_the_same_sampler():
         a, b = (sample_ar(m, cond2(), GRID, order=o, context=context, generator=torch.Generator().manual_seed(5))
                 for o in ("token", "frame"))  # fmt: skip
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("style,order", [("ar", "frame"), ("maskgit", "frame"), ("maskgit", "clip")])
+def test_context_temperature_applies_exactly_when_the_grid_continues_context(style, order, monkeypatch):
+    """``context_temperature`` is the temperature of every draw after given context tokens, and of none without."""
+    import generator.sampling.ar as ar_module
+    import generator.sampling.maskgit as maskgit_module
+
+    module = ar_module if style == "ar" else maskgit_module
+    drawn_at = []
+
+    def spy(logits, cfg, generator):
+        drawn_at.append(cfg.temperature)
+        return real(logits, cfg, generator)
+
+    real = module.sample_logits
+    monkeypatch.setattr(module, "sample_logits", spy)
+    sc = SamplingConfig(temperature=1.3, context_temperature=0.2, steps=2)
+    for context, expected in ((None, 1.3), (context_ids(1), 0.2)):
+        drawn_at.clear()
+        sampler(style)(tiny(style), cond2(), GRID, order=order, context=context, sampling=sc,
+                       generator=torch.Generator().manual_seed(0))  # fmt: skip
+        assert drawn_at and set(drawn_at) == {expected}
+    assert SamplingConfig(temperature=1.3).for_context().temperature == 1.3  # unset: the temperature itself
+
+
+def test_context_temperature_draws_what_that_temperature_draws():
+    """Same seed: sampling after context with context_temperature T gives the ids of temperature T."""
+    m, ctx = tiny("ar"), context_ids(1)
+    a = sample_ar(m, cond2(), GRID, order="frame", context=ctx, generator=torch.Generator().manual_seed(4),
+                  sampling=SamplingConfig(temperature=2.0, context_temperature=0.0))  # fmt: skip
+    b = sample_ar(m, cond2(), GRID, order="frame", context=ctx, generator=torch.Generator().manual_seed(4),
+                  sampling=SamplingConfig(temperature=0.0))  # fmt: skip
+    assert torch.equal(a, b)

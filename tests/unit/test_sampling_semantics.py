@@ -222,10 +222,12 @@ def test_gamma_on_tensors_follows_the_same_formulas_as_on_floats():
 
 def test_sampling_config_bounds_are_inclusive_and_errors_say_which_setting():
     for ok in (dict(temperature=0.0), dict(top_k=0), dict(top_p=1.0), dict(top_p=1e-6), dict(cfg_scale=0.0),
-               dict(cfg_scale=0.5), dict(steps=1), dict(cfg_schedule="linear")):  # fmt: skip
+               dict(cfg_scale=0.5), dict(steps=1), dict(cfg_schedule="linear"),
+               dict(context_temperature=0.0)):  # fmt: skip
         SamplingConfig(**ok)
     bad = {
         r"temperature must be >= 0, got -0.1": dict(temperature=-0.1),
+        r"context_temperature must be >= 0, got -0.5": dict(context_temperature=-0.5),
         r"top_k must be >= 0, got -1": dict(top_k=-1),
         r"top_p must be in \(0, 1\], got 0.0": dict(top_p=0.0),
         r"top_p must be in \(0, 1\], got 1.5": dict(top_p=1.5),
