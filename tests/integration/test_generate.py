@@ -146,6 +146,7 @@ def test_bad_inputs_exit_2_with_one_line_and_no_file(model_dir, tmp_path):
         ((*base, "--num-frames", "8"), "num_frames=8 is not reachable"),
         ((*base, "--prompt", "a", "--prompt", "b"), "give --segment-frames"),
         ((*base, "--mode", "ar", "--order", "clip"), "supports orders"),
+        ((*base, "--context-temperature", "-1"), "context_temperature must be >= 0, got -1.0"),
         (("--model", str(tmp_path / "missing"), "--out", str(out)), "does not exist"),
     ]
     with ThreadPoolExecutor(max_workers=2) as pool:  # independent processes: two at a time on two cores
