@@ -37,7 +37,10 @@ from videoserve.worker import Busy, GenerationWorker
 log = logging.getLogger(__name__)
 
 MAX_JSON_BYTES = 64 * 1024
-KNOBS = {"ar": ("cfg_scale", "temperature"), "maskgit": ("cfg_scale", "steps", "temperature")}  # shown per style
+KNOBS = {  # shown per style
+    "ar": ("cfg_scale", "temperature", "context_temperature"),
+    "maskgit": ("cfg_scale", "steps", "temperature", "context_temperature"),
+}
 
 
 class _TooLarge(Exception):

@@ -1,10 +1,10 @@
 """JSON bodies of ``POST /api/generate`` -> :class:`pipelines.generate.GenerationRequest`, refusing what is wrong.
 
 Field names follow ``generate.py``'s options (``prompt``, ``label``, ``mode``, ``order``, ``num_frames``, ``seed``,
-``cfg``, ``steps``, ``top_k``, ``top_p``, ``temperature``, ``context_frames``, ``segment_frames``); ``image`` and
-``video`` name an earlier upload by its id. Every problem is a :class:`ValueError` with one line, which the server
-answers with 400; the checks the pipeline makes itself (an empty prompt, an order the mode lacks) keep the CLI's
-wording.
+``cfg``, ``steps``, ``top_k``, ``top_p``, ``temperature``, ``context_temperature``, ``context_frames``,
+``segment_frames``); ``image`` and ``video`` name an earlier upload by its id. Every problem is a
+:class:`ValueError` with one line, which the server answers with 400; the checks the pipeline makes itself (an
+empty prompt, an order the mode lacks, a negative temperature) keep the CLI's wording.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ _TYPES: dict[str, tuple[tuple[type, ...], str]] = {
     "top_k": ((int,), "an integer"),
     "top_p": ((int, float), "a number"),
     "temperature": ((int, float), "a number"),
+    "context_temperature": ((int, float), "a number"),
     "image": ((str,), "an upload id"),
     "video": ((str,), "an upload id"),
     "context_frames": ((int,), "an integer"),
@@ -90,6 +91,7 @@ def parse_request(body: object, find_upload: Callable[[object], Path], max_frame
             "top_k": v["top_k"],
             "top_p": v["top_p"],
             "temperature": v["temperature"],
+            "context_temperature": v["context_temperature"],
         },
         seed=seed,
     )

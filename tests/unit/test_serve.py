@@ -80,6 +80,7 @@ def test_generate_returns_the_record_and_playable_files(served, pipe):
         ({"prompt": "x", "seed": True}, "seed must be an integer"),
         ({"prompt": "x", "num_frames": 1000}, "num_frames must be in [1, 33]"),
         ({"prompt": "x", "cfg": "high"}, "cfg must be a number"),
+        ({"prompt": "x", "context_temperature": -1}, "context_temperature must be >= 0, got -1"),
         ({"prompt": "x", "image": "../../etc/passwd"}, "no upload with id"),
         ({"prompt": "x", "label": 3}, "not both"),
         ([1, 2], "must be a JSON object"),
@@ -127,13 +128,14 @@ def test_health_lists_modes_and_orders(client, pipe):
     assert body["status"] == "ok" and body["default_mode"] == pipe.config.default_mode
     for mode, gen in pipe.generators.items():
         assert body["modes"][mode]["orders"] == list(gen.config.orders)
+        assert body["modes"][mode]["sampling"]["context_temperature"] == pipe.config.sampling[mode].context_temperature
     assert body["queue"] == {"pending": 0, "max": 2}
 
 
 def test_page_has_the_controls(client):
     page = client.get("/").text
-    for control in ('id="prompt"', 'id="mode"', 'id="order"', 'id="seed"', 'id="cfg"', 'id="frames"', 'id="upload"'):
-        assert control in page
+    for control in "prompt mode order seed cfg frames upload temperature ctxtemp".split():
+        assert f'id="{control}"' in page
     assert "<video" in page and 'id="gallery"' in page
 
 
