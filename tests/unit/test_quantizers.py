@@ -258,6 +258,21 @@ def test_vq_dead_code_restarted_in_training_only(use_ema: bool) -> None:
     assert q.train()(z).stats["restarted"] == 0  # alive again
 
 
+def test_vq_restarts_draw_no_random_numbers_and_put_dead_codes_on_distinct_latents() -> None:
+    """Restarts are reproducible without the global RNG (a resumed run restarts as the original did), and codes
+    that die together are not restarted onto one latent (they would stay duplicates)."""
+    q = ema_vq(use_ema=False, dead_code_threshold=1e-3).train()
+    with torch.no_grad():
+        q.ema_cluster_size.zero_()  # all 8 codes dead
+    z = torch.randn(2, 3, 2, 2, 2, generator=torch.Generator().manual_seed(0))  # N = 16 latents
+    rng = torch.get_rng_state()
+    assert q(z).stats["restarted"] == 8
+    assert torch.equal(torch.get_rng_state(), rng)
+    dist = torch.cdist(q.codebook.detach(), flat(z))  # (8 codes, 16 latents)
+    assert (dist.min(dim=1).values < 1e-6).all()  # every code is now a latent of the batch
+    assert len(set(dist.argmin(dim=1).tolist())) == 8  # and no two are the same one
+
+
 def test_vq_training_takes_an_empty_batch_and_restarts_from_a_single_position() -> None:
     """An empty batch (e.g. the last shard of a split) is a no-op, not a crash; one position is enough to restart."""
     q = ema_vq(dead_code_threshold=1e-3).train()

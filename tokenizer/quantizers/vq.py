@@ -14,8 +14,11 @@ Codebook training, in training mode only:
 
 Dead codes: at the start of each training forward, codes whose EMA count (expected
 assignments per batch, starting at 1) is below ``dead_code_threshold`` are replaced by
-random latents of the current batch, before lookup, so that no autograd graph holds the old
-values. Random draws use the global torch RNG. With the defaults a code unused for about
+latents of the current batch, before lookup, so that no autograd graph holds the old
+values. Code k takes row ``(k * 2654435761) mod N`` of the batch's N latents (Knuth's
+multiplicative hash: dead codes land on distinct rows spread over the batch, up to N of
+them), so restarts draw no random numbers and a resumed run restarts exactly as the
+original; the batch itself is what varies. With the defaults a code unused for about
 700 steps is restarted. Nothing is all-reduced across data-parallel ranks.
 
 All state (codebook, EMA counts and sums) is in persistent tensors, so it round-trips through
@@ -32,6 +35,8 @@ from einops import rearrange
 from torch import nn
 
 from tokenizer.quantizers.base import Quantizer, QuantizerOutput, check_ids, check_latent, usage_stats
+
+_RESTART_HASH = 2654435761  # a prime near 2**32 / golden ratio: code k restarts at row (k * it) mod N
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -176,13 +181,14 @@ class VQ(Quantizer):
 
     @torch.no_grad()
     def _restart_dead_codes(self, flat: torch.Tensor) -> torch.Tensor:
-        """Replaces dead codes by random rows of ``flat`` (N, D); returns how many, as a scalar.
+        """Replaces dead codes by rows of ``flat`` (N, D); returns how many, as a scalar.
 
-        Samples a candidate for every code and selects with ``where`` so that the GPU never
-        waits on a host-side count.
+        Picks a candidate for every code (hashed rows, see the module docstring) and selects with
+        ``where`` so that the GPU never waits on a host-side count.
         """
         dead = self.ema_cluster_size < self.config.dead_code_threshold  # (K,)
-        picks = torch.randint(flat.shape[0], (self.codebook_size,), device=flat.device)
+        codes = torch.arange(self.codebook_size, device=flat.device)
+        picks = (codes * _RESTART_HASH) % flat.shape[0]  # (K,) distinct for the first N codes
         samples = flat[picks].to(self.codebook.dtype)  # (K, D)
         self.codebook.copy_(torch.where(dead[:, None], samples, self.codebook))
         if self.config.use_ema:
