@@ -7,7 +7,9 @@ back, so it is judged as a user receives it:
 - ``continuation``: the first 5 frames of a clip -> 17 frames, without a prompt and with the clip's
   caption. Attributes of the whole clip equal to the source's; the centroid in the last frame against
   the true trajectory (px); PSNR of the 12 predicted frames beside the tokenizer's reconstruction
-  PSNR of the same frames.
+  PSNR of the same frames. Beside the centre error, the tokenizer's bound on it: the straight-line
+  extrapolation, to the last frame, of the centroids in the tokenizer's reconstruction of the 5
+  context frames (what the context tokens say about the motion, read through the decoder).
 - ``image``: the first frame of a clip and its caption -> 17 frames. Attributes right; the start
   position (the generated centroids' straight-line fit at t = 0) against the image's object (px).
 - ``long``: a caption -> 33 and 65 frames. Every 17-frame window (stride 8) in which the object is
@@ -88,15 +90,28 @@ def _attrs(spec: ClipSpec) -> tuple[str, str, str]:
     return spec.color, spec.shape, spec.motion
 
 
-def _start_error(frames: np.ndarray, true_xy: np.ndarray) -> float:
-    """Distance (px) between the straight-line fit of frames 1..T-1's centroids at t = 0 and ``true_xy``."""
-    xy = track(frames)[1:]  # (T-1, 2)
-    t = np.arange(1, frames.shape[0], dtype=np.float64)
+def _line_error(frames: np.ndarray, first: int, at: float, true_xy: np.ndarray) -> float:
+    """Distance (px) between ``true_xy`` and the straight-line fit of the centroids in ``frames[first:]``
+    (frame indices ``first``..T-1) evaluated at frame ``at``; NaN with fewer than 2 frames where the object is seen."""
+    xy = track(frames)[first:]  # (T - first, 2)
+    t = np.arange(first, frames.shape[0], dtype=np.float64)
     ok = ~np.isnan(xy).any(axis=1)
     if ok.sum() < 2:
         return float("nan")
-    fit = [np.polyfit(t[ok], xy[ok, k], 1) for k in range(2)]  # slope, intercept per axis
-    return float(np.hypot(fit[0][1] - true_xy[0], fit[1][1] - true_xy[1]))
+    fit = [np.polyval(np.polyfit(t[ok], xy[ok, k], 1), at) for k in range(2)]  # x, y of the line at ``at``
+    return float(np.hypot(fit[0] - true_xy[0], fit[1] - true_xy[1]))
+
+
+def _start_error(frames: np.ndarray, true_xy: np.ndarray) -> float:
+    """Distance (px) between the straight-line fit of frames 1..T-1's centroids at t = 0 and ``true_xy``."""
+    return _line_error(frames, 1, 0.0, true_xy)
+
+
+def _extrapolation_error(context: np.ndarray, spec: ClipSpec) -> float:
+    """Distance (px) between the straight-line fit of the centroids in ``context`` (frames 0..k-1),
+    extrapolated to the clip's last frame, and the true centroid there."""
+    truth = true_centroids(spec)
+    return _line_error(context, 0, float(truth.shape[0] - 1), truth[-1])
 
 
 def _batches(items: Sequence, batch: int):
@@ -112,7 +127,7 @@ class ConditioningEval:
     ) -> None:
         self.pipe, self.mode, self.order, self.batch, self.seed = pipe, mode, order, batch, seed
         self.sampling = sampling
-        self._recon: dict[int, float] = {}
+        self._recon: dict[int, tuple[float, float]] = {}  # clip -> (PSNR of frames 5..16, context bound px)
 
     def _gen(self, offset: int) -> torch.Generator:
         return torch.Generator().manual_seed(self.seed + offset)
@@ -122,8 +137,10 @@ class ConditioningEval:
                         **kw)  # fmt: skip
         return as_received(out.frames, out.fps)
 
-    def recon_psnr(self, clips: list[tuple[ClipSpec, np.ndarray]]) -> list[float]:
-        """PSNR of the tokenizer's reconstruction of each clip's frames 5..16 (read back from mp4 too)."""
+    def reconstruction(self, clips: list[tuple[ClipSpec, np.ndarray]]) -> list[tuple[float, float]]:
+        """Per clip, from the tokenizer's reconstruction (read back from mp4 too): the PSNR of frames 5..16, and
+        the error (px) of the last-frame centroid extrapolated from its context frames (the causal tokenizer
+        reconstructs frames 0..4 from their own tokens, the generator's context)."""
         tok = self.pipe.tokenizer
         like = next(tok.parameters())
         for start, chunk in _batches(clips, self.batch):
@@ -135,11 +152,11 @@ class ConditioningEval:
             frames = as_received(frames.to(torch.uint8).cpu().numpy(), self.pipe.config.fps)
             values = psnr(_pixels(frames[:, CONTEXT_FRAMES:]), _pixels(truth[:, CONTEXT_FRAMES:]))
             for i, v in enumerate(values.tolist()):
-                self._recon[start + i] = v
+                self._recon[start + i] = (v, _extrapolation_error(frames[i, :CONTEXT_FRAMES], chunk[i][0]))
         return [self._recon[i] for i in range(len(clips))]
 
     def continuation_rows(self, clips: list[tuple[ClipSpec, np.ndarray]], prompted: bool) -> list[dict]:
-        recon = self.recon_psnr(clips)
+        recon = self.reconstruction(clips)
         rows = []
         for start, chunk in _batches(clips, self.batch):
             prompts = [class_caption(s.label) for s, _ in chunk] if prompted else None
@@ -152,7 +169,8 @@ class ConditioningEval:
                 last = track(frames[i])[-1]
                 err = float(np.hypot(*(last - true_centroids(spec)[-1])))
                 rows.append({"label": spec.label, "right": a.matches(*_attrs(spec)), "center_error_px": err,
-                             "psnr": values[i], "recon_psnr": recon[start + i],
+                             "psnr": values[i], "recon_psnr": recon[start + i][0],
+                             "context_bound_px": recon[start + i][1],
                              "read": [a.color, a.shape, a.motion]})  # fmt: skip
         return rows
 
@@ -213,7 +231,8 @@ def summarize_task(task: str, rows: list[dict]) -> dict[str, float]:
         return {"n": n, "attributes_equal": sum(r["right"] for r in rows) / n, "center_median_px": _median(errors),
                 "center_p90_px": float(np.percentile(finite, 90)) if finite else float("nan"),
                 "center_missing": n - len(finite), "psnr": _median([r["psnr"] for r in rows]),
-                "recon_psnr": _median([r["recon_psnr"] for r in rows])}  # fmt: skip
+                "recon_psnr": _median([r["recon_psnr"] for r in rows]),
+                "context_bound_median_px": _median([r["context_bound_px"] for r in rows])}  # fmt: skip
     if task == "image":
         return {"n": n, "attributes_right": sum(r["right"] for r in rows) / n,
                 "start_median_px": _median([r["start_error_px"] for r in rows])}  # fmt: skip

@@ -1,13 +1,15 @@
 """The visual-conditioning evaluation's measuring pieces, on rendered clips whose truth is known."""
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
-from videodata.shapes.render import NUM_CLASSES, attributes_of
+from videodata.shapes.render import NUM_CLASSES, attributes_of, render_clip
 from videoeval.conditioning import (
     EVAL_SEED,
+    _extrapolation_error,
     _start_error,
     as_received,
     fresh_clips,
@@ -46,6 +48,15 @@ def test_start_error_is_small_on_the_truth_and_large_when_shifted(clips):
     assert abs(_start_error(frames, shifted) - 5.0) < 0.5
 
 
+def test_context_extrapolation_is_exact_on_the_truth_and_amplifies_a_speed_error(clips):
+    """The tokenizer's bound on the continuation centre error: a line through the context's centroids, carried to
+    frame 16. On the true context it lands on the true end; a context 0.25 px/frame too fast lands 16 * 0.25 off."""
+    for spec, frames in clips[:4]:
+        assert _extrapolation_error(frames[:5], spec) < 0.5
+        fast = render_clip(replace(spec, speed=spec.speed + 0.25))
+        assert abs(_extrapolation_error(fast[:5], spec) - 4.0) < 0.5
+
+
 def test_one_object_counts_once_and_a_pasted_second_counts_twice(clips):
     _, frames = clips[1]
     assert (count_objects(frames) == 1).all()
@@ -67,10 +78,12 @@ def test_context_frames_are_framed_and_the_rest_untouched(clips):
 
 
 def test_summaries_count_every_row():
-    rows = [{"right": True, "center_error_px": 1.0, "psnr": 30.0, "recon_psnr": 32.0},
-            {"right": False, "center_error_px": float("nan"), "psnr": 20.0, "recon_psnr": 31.0}]  # fmt: skip
+    rows = [{"right": True, "center_error_px": 1.0, "psnr": 30.0, "recon_psnr": 32.0, "context_bound_px": 0.5},
+            {"right": False, "center_error_px": float("nan"), "psnr": 20.0, "recon_psnr": 31.0,
+             "context_bound_px": 0.7}]  # fmt: skip
     s = summarize_task("continuation/prompt", rows)
     assert s["n"] == 2 and s["attributes_equal"] == 0.5 and s["center_missing"] == 1 and s["center_median_px"] == 1.0
+    assert s["context_bound_median_px"] == pytest.approx(0.6)
     long = [{"windows": 3, "visible": 2, "right": 1, "second_object": True},
             {"windows": 3, "visible": 0, "right": 0, "second_object": False}]  # fmt: skip
     s = summarize_task("long/33", long)
