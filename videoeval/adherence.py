@@ -160,6 +160,7 @@ def evaluate_adherence(
     sampling: dict[str, Any] | None = None,
     seed: int = DEFAULT_SEED,
     recon_videos: int = 0,
+    pipe: VideoPipeline | None = None,
 ) -> dict[str, dict[str, float]]:
     """Generates, judges and reports; writes ``results.json``, ``report.md``, the videos and contact sheets.
 
@@ -178,6 +179,7 @@ def evaluate_adherence(
         seed: seed of the phrasings and of the first batch (later batches add their offset). Choose settings
             on other seeds than the ones you report (:data:`videoeval.phrasings.SELECTION_SEEDS`).
         recon_videos: also judge the tokenizer on this many fresh renders of all classes (0 skips it).
+        pipe: ``model`` already loaded (None: load it here).
 
     Returns:
         ``"mode/order/split"`` -> :func:`videoeval.shapes_scoring.summarize` of its videos (``split`` is
@@ -194,7 +196,7 @@ def evaluate_adherence(
         raise ValueError("--holdout-videos and --recon-videos must be >= 0 (0 skips them)")
     if phrasing not in PHRASINGS:
         raise ValueError(f"unknown phrasing {phrasing!r}; choose from {', '.join(PHRASINGS)}")
-    pipe = VideoPipeline.from_pretrained(model)
+    pipe = VideoPipeline.from_pretrained(model) if pipe is None else pipe
     held = parse_holdout((model_holdout(model) if holdout is None else holdout) or None)
     runs = evaluation_runs(pipe, modes, orders, sampling)  # all checked before anything is written
     out = Path(out)
@@ -255,11 +257,12 @@ def evaluate_shapes(
     visual = [t for t in tasks if t != "prompts"]
     if visual and conditioning_videos < 1:
         raise ValueError("--conditioning-videos must be >= 1")
+    pipe = VideoPipeline.from_pretrained(model)  # once for every task
     summary: dict[str, dict[str, float]] = {}
     if "prompts" in tasks:
-        summary.update(evaluate_adherence(model, out, **adherence))
+        summary.update(evaluate_adherence(model, out, pipe=pipe, **adherence))
     if visual:
         keep = {k: adherence[k] for k in ("modes", "orders", "batch", "sampling") if k in adherence}
         keep["seed"] = adherence.get("seed", DEFAULT_SEED)  # the phrasings' seed also renders and samples the clips
-        summary.update(conditioning_report(model, out, tasks=visual, num_videos=conditioning_videos, **keep))
+        summary.update(conditioning_report(model, out, tasks=visual, num_videos=conditioning_videos, pipe=pipe, **keep))
     return summary

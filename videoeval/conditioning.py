@@ -341,9 +341,11 @@ def conditioning_report(
     batch: int = 8,
     seed: int = EVAL_SEED,
     sampling: Mapping[str, Any] | None = None,
+    pipe: VideoPipeline | None = None,
 ) -> dict[str, dict[str, float]]:
     """Every task for each mode (its default order unless ``orders`` are given); writes ``conditioning.md``,
     ``conditioning.json`` and a contact sheet of continuations (context frames marked) to ``out``.
+    ``pipe`` is ``model`` already loaded (None: load it here).
 
     ``sampling`` replaces fields of each mode's sampling settings (``cfg_scale``, ``temperature``, ...) through
     :func:`pipelines.generate.sampling_for`: None values keep the model's setting, an unknown field is an error.
@@ -359,7 +361,7 @@ def conditioning_report(
     unknown = sorted(set(tasks) - set(TASKS))
     if unknown or not tasks:
         raise ValueError(f"unknown conditioning task(s) {unknown or list(tasks)}; choose from {list(TASKS)}")
-    pipe = VideoPipeline.from_pretrained(model)
+    pipe = VideoPipeline.from_pretrained(model) if pipe is None else pipe
     runs = evaluation_runs(pipe, modes, orders, sampling)  # all checked before anything is written
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

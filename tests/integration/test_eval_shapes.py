@@ -282,3 +282,31 @@ def test_cli_seed_and_sampling_flags_reach_the_visual_conditioning_tasks(tmp_pat
     assert "sampled with seed 5" in (tmp_path / "r" / "conditioning.md").read_text()
     assert main([*args, "--out", str(tmp_path / "d")]) == 0  # no --seed: the report seed, as for the prompts
     assert seen[1][1] == adherence.DEFAULT_SEED and seen[1][2] == defaults["maskgit"]
+
+
+def test_prompts_and_conditioning_tasks_load_the_model_once(tmp_path, monkeypatch):
+    """--tasks prompts,image: one VideoPipeline.from_pretrained for both (it loaded twice before)."""
+    import videoeval.conditioning as conditioning
+
+    model = make_tiny_pipeline(tmp_path / "model")
+    loads, used = [], []
+    real = adherence.VideoPipeline.from_pretrained.__func__
+
+    def counting(cls, directory):
+        loads.append(directory)
+        return real(cls, directory)
+
+    def fake_conditioning(pipe, mode, order, *, tasks, num_videos, batch, seed, sampling):
+        used.append(pipe)
+        return {"image": {"n": 0}}, {"image": []}
+
+    monkeypatch.setattr(adherence.VideoPipeline, "from_pretrained", classmethod(counting))
+    monkeypatch.setattr(conditioning, "evaluate_conditioning", fake_conditioning)
+    real_evaluate = adherence.evaluate
+    monkeypatch.setattr(
+        adherence, "evaluate", lambda pipe, *a, **k: (used.append(pipe), real_evaluate(pipe, *a, **k))[1]
+    )
+    args = ["--model", str(model), "--modes", "maskgit", "--tasks", "prompts,image", "--conditioning-videos", "1"]
+    args += ["--num-videos", "1", "--holdout-videos", "0", "--steps", "2", "--batch", "1"]
+    assert main([*args, "--out", str(tmp_path / "r")]) == 0
+    assert len(loads) == 1 and len(used) == 2 and used[0] is used[1]
