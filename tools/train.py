@@ -34,7 +34,9 @@ def _main(argv: Sequence[str] | None) -> int:
     trainer = train_generator(cfg, args.out)
     if trainer.dist.is_main:
         print(f"trained to step {trainer.step}; exported {trainer.out / 'export'}")
-    return 0
+        if trainer.stop_message():
+            print(trainer.stop_message())
+    return trainer.exit_code
 
 
 if __name__ == "__main__":

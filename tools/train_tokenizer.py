@@ -50,7 +50,9 @@ def _main(argv: Sequence[str] | None) -> int:
     trainer = train_tokenizer(cfg, args.out, perceptual)
     if trainer.dist.is_main:
         print(f"trained {trainer.step} steps; wrote {trainer.out / 'tokenizer'}")
-    return 0
+        if trainer.stop_message():
+            print(trainer.stop_message())
+    return trainer.exit_code
 
 
 if __name__ == "__main__":

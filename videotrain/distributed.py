@@ -215,6 +215,16 @@ def all_reduce_max(value: float, device: torch.device) -> float:
     return float(t.item())
 
 
+def all_reduce_max_values(values: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Elementwise max of a CPU tensor over all ranks, reduced on ``device``, returned on the CPU (the
+    tensor itself on one process, without a collective or a device copy)."""
+    if not _multi_process():
+        return values
+    out = values.to(device)
+    torch.distributed.all_reduce(out, op=torch.distributed.ReduceOp.MAX)
+    return out.cpu()
+
+
 def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
     """Mean of a tensor over all ranks (the tensor itself on one process, without a collective)."""
     if not _multi_process():

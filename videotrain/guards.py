@@ -1,8 +1,12 @@
-"""Guards of a training step: the non-finite policy, and the gradient check at an accumulation boundary."""
+"""Guards of a training run: the non-finite policy, the gradient check at an accumulation boundary, and
+stop signals."""
 
 from __future__ import annotations
 
 import logging
+import signal
+import threading
+from typing import Any
 
 import torch
 from torch import nn
@@ -84,3 +88,38 @@ class GradientCheck:
     def clear(self) -> None:
         """Forgets a non-finite gradient once the step that had it was skipped."""
         self.bad.zero_()
+
+
+class StopSignals:
+    """SIGTERM and SIGINT as a request to stop after the current step, not in the middle of it.
+
+    A preempted job (schedulers send SIGTERM first) or a Ctrl-C then ends like a time budget: the
+    loop saves a checkpoint of the last finished step and exports, so the same command resumes
+    there. Used as a context manager around the loop; the handlers are installed only in the main
+    thread (Python delivers signals there) and the first signal puts the previous handlers back,
+    so a second one acts as it did before (Ctrl-C twice interrupts at once).
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None  # the first signal received
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._restore()
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.signum = signum
+        self._restore()
+        log.warning("%s received: stopping after this step (a second one stops at once)", signal.Signals(signum).name)
+
+    def _restore(self) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous = {}

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,7 +28,7 @@ from videotrain import checkpoint, distributed
 from videotrain.config import RunConfig, check_supported
 from videotrain.ema import EMA
 from videotrain.engines import restored_env
-from videotrain.guards import GradientCheck, NonFiniteGuard
+from videotrain.guards import GradientCheck, NonFiniteGuard, StopSignals
 from videotrain.optim import OptimConfig, lr_at
 from videotrain.outputs import MetricsLog
 
@@ -71,6 +72,7 @@ class Trainer:
         self.guard = NonFiniteGuard(self.run.nonfinite, self.run.max_nonfinite)
         self._saved_step: int | None = None
         self._exported_step: int | None = None
+        self.stopped_by: int | None = None  # the signal (SIGTERM, SIGINT) that ended fit() early, if any
         self.grad_norm: torch.Tensor | float | None = None
         self.build()
         self.grads = GradientCheck(self.model, self.zero_stage, self.run.precision, self.dist.device)
@@ -226,10 +228,35 @@ class Trainer:
         log.info("resumed from %s at step %d", tag, self.step)
 
     # ------------------------------------------------------------------ the loop
-    def _out_of_time(self, start: float) -> bool:
-        """Whether ``run.max_minutes`` has passed, decided by all ranks together."""
-        over = time.time() - start > 60 * self.run.max_minutes
-        return distributed.all_reduce_max(float(over), self.dist.device) > 0
+    def _should_stop(self, start: float, signals: StopSignals) -> bool:
+        """Whether ``run.max_minutes`` has passed or a rank received a stop signal, decided by all ranks
+        together (one collective of two numbers per step); sets ``stopped_by``."""
+        over = bool(self.run.max_minutes) and time.time() - start > 60 * self.run.max_minutes
+        flags = torch.tensor([float(over), float(signals.signum or 0)], dtype=torch.float64)
+        flags = distributed.all_reduce_max_values(flags, self.dist.device)
+        if flags[1] > 0:
+            self.stopped_by = int(flags[1])
+            log.warning("stopped by %s at step %d", signal.Signals(self.stopped_by).name, self.step)
+            return True
+        if flags[0] > 0:
+            log.info("time budget of %.1f min reached at step %d", self.run.max_minutes, self.step)
+            return True
+        return False
+
+    @property
+    def exit_code(self) -> int:
+        """0 after the step or time budget; 128 + the signal after a stop signal (the shell's convention:
+        143 after SIGTERM, 130 after Ctrl-C), so a scheduler sees the run as unfinished."""
+        return 0 if self.stopped_by is None else 128 + self.stopped_by
+
+    def stop_message(self) -> str:
+        """How the run ended early, for the command line ("" when it ran its budget)."""
+        if self.stopped_by is None:
+            return ""
+        name = signal.Signals(self.stopped_by).name
+        if not self.run.checkpoint_every:
+            return f"stopped by {name} at step {self.step}; run.checkpoint_every=0 kept no checkpoint to resume from"
+        return f"stopped by {name} at step {self.step}; checkpoint saved, the same command resumes from it"
 
     def _mean_over_ranks(self, logs: dict[str, float]) -> dict[str, float]:
         keys = sorted(logs)  # the same on every rank: same config, same kind of batch
@@ -240,7 +267,8 @@ class Trainer:
         return bool(every) and self.step % every == 0
 
     def fit(self) -> dict[str, float]:
-        """Runs until ``run.steps`` or ``run.max_minutes``, checkpoints, exports; returns the last logs."""
+        """Runs until ``run.steps``, ``run.max_minutes`` or a SIGTERM / SIGINT (:class:`StopSignals`; then
+        ``stopped_by`` is set), checkpoints, exports; returns the last logs."""
         run, main = self.run, self.dist.is_main
         if main:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -252,9 +280,21 @@ class Trainer:
         )
         self.model.train()
         start, logs = time.time(), {}
+        with StopSignals() as signals:
+            logs = self._loop(start, signals, metrics, bar)
+        bar.close()
+        if run.checkpoint_every and self._saved_step != self.step:
+            self.save()  # the final state, so a time-limited or stopped run can be continued
+        metrics.close()
+        folder = self.export()
+        if main:
+            log.info("exported %s at step %d (%.1f min)", folder, self.step, (time.time() - start) / 60)
+        return logs
+
+    def _loop(self, start: float, signals: StopSignals, metrics: MetricsLog, bar: tqdm) -> dict[str, float]:
+        run, logs = self.run, {}
         while self.step < run.steps:
-            if run.max_minutes and self._out_of_time(start):
-                log.info("time budget of %.1f min reached at step %d", run.max_minutes, self.step)
+            if self._should_stop(start, signals):
                 break
             t0 = time.perf_counter()
             step_logs = self.train_step()
@@ -272,13 +312,6 @@ class Trainer:
                 self.write_samples()
             if self._due(run.checkpoint_every):
                 self.save()
-        bar.close()
-        if run.checkpoint_every and self._saved_step != self.step:
-            self.save()  # the final state, so a time-limited run can be continued
-        metrics.close()
-        folder = self.export()
-        if main:
-            log.info("exported %s at step %d (%.1f min)", folder, self.step, (time.time() - start) / 60)
         return logs
 
 

@@ -9,6 +9,7 @@ training CLI with faults as
 
 Faults (``key=value`` before ``--``):
     exit_at_step=N      ``os._exit(17)`` when the loop is about to run step N.
+    sigterm_at_step=N   the process sends itself SIGTERM when the loop is about to run step N (once).
     exit_in_save=N      ``os._exit(17)`` in the checkpoint save of step N, after this rank's state
                         file is written and before the ``COMPLETE`` marker.
     nan_at=S[.M]        the loss of micro-batch M (default 0) of step S is NaN, once.
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -59,12 +61,16 @@ def install(faults: dict[str, str], patch=setattr) -> None:
 
     state = {"step": -1, "micro": 0, "poisoned": False}
     exit_at = int(faults["exit_at_step"]) if "exit_at_step" in faults else None
+    sigterm_at = int(faults["sigterm_at_step"]) if "sigterm_at_step" in faults else None
 
     for cls in (GeneratorTrainer, TokenizerTrainer):
 
         def step_wrapper(self, _orig=cls.train_step):
             if exit_at is not None and self.step == exit_at:
                 os._exit(EXIT_CODE)
+            if sigterm_at is not None and self.step == sigterm_at and not state.get("signalled"):
+                state["signalled"] = True
+                os.kill(os.getpid(), signal.SIGTERM)
             state["step"], state["micro"] = self.step, 0
             return _orig(self)
 

@@ -109,16 +109,39 @@ def test_loss_decreases_and_outputs_exist(data, tmp_path):
     assert all((out / "checkpoints" / c / "COMPLETE").is_file() for c in ckpts)
 
 
-def test_kill_and_resume_equals_uninterrupted(data, tmp_path):
-    common = ["run.steps=8", "run.checkpoint_every=4", "run.deterministic=true", "run.eval_every=0"]
-    train(data, tmp_path / "a", *common)
+RESUMABLE = ["run.steps=8", "run.checkpoint_every=4", "run.deterministic=true", "run.eval_every=0"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(data, tmp_path_factory):
+    """step -> loss of an 8-step deterministic run that nothing interrupts."""
+    out = tmp_path_factory.mktemp("uninterrupted") / "a"
+    train(data, out, *RESUMABLE)
+    return losses(out)
+
+
+def test_kill_and_resume_equals_uninterrupted(data, tmp_path, uninterrupted):
+    common = RESUMABLE
     proc = train(data, tmp_path / "b", *common, faults=["exit_at_step=6"], check=False)
     assert proc.returncode == 17
     assert max(losses(tmp_path / "b")) == 6
     train(data, tmp_path / "b", *common)  # resumes from step 4
-    a, b = losses(tmp_path / "a"), losses(tmp_path / "b")
+    a, b = uninterrupted, losses(tmp_path / "b")
     assert sorted(a) == sorted(b) == list(range(1, 9))
     assert [a[s] for s in range(1, 9)] == [b[s] for s in range(1, 9)]  # bit-identical
+
+
+def test_sigterm_saves_the_step_reached_and_resumes_exactly(data, tmp_path, uninterrupted):
+    """A preempted run (SIGTERM between checkpoints) finishes its step, saves it, exits 143 with one line
+    saying so, and resumes there; without the handler it would die and lose the steps after the last save."""
+    common = RESUMABLE
+    proc = train(data, tmp_path / "b", *common, faults=["sigterm_at_step=5"], check=False)
+    assert proc.returncode == 128 + 15, proc.stderr[-3000:]
+    assert "stopped by SIGTERM at step 6; checkpoint saved" in proc.stdout
+    assert (tmp_path / "b" / "checkpoints" / "step_00000006" / "COMPLETE").is_file()
+    assert "resumed from step_00000006 at step 6" in train(data, tmp_path / "b", *common).stderr
+    a, b = uninterrupted, losses(tmp_path / "b")
+    assert sorted(a) == sorted(b) == list(range(1, 9)) and all(a[s] == b[s] for s in a)
 
 
 def test_bf16_trains_through_autocast_on_cpu_and_resumes_exactly(data, tmp_path):

@@ -1,6 +1,8 @@
 """Training pieces pinned by their maths: EMA, activation checkpointing, label smoothing, context_mask_ratio."""
 
 import dataclasses
+import os
+import signal
 
 import pytest
 import torch
@@ -14,7 +16,7 @@ from generator.schedules import gamma, training_mask
 from generator.units import causal_mask
 from tests.unit.test_generator import GRID, cond2, tiny
 from videotrain.ema import EMA
-from videotrain.guards import GradientCheck, NonFiniteGuard
+from videotrain.guards import GradientCheck, NonFiniteGuard, StopSignals
 
 
 def test_ema_is_an_exponential_moving_average_of_the_parameters():
@@ -421,3 +423,17 @@ def test_maskgit_generator_loss_is_reproducible_from_its_generator():
         with torch.no_grad():
             out.append(generator_loss(m, ids, cond2(), ObjectiveConfig(), torch.Generator().manual_seed(3)).loss)
     assert torch.equal(out[0], out[1])
+
+
+def test_stop_signals_record_the_first_and_hand_the_second_to_the_previous_handler():
+    """The first SIGTERM/SIGINT only sets ``signum`` (the loop stops after its step); the handlers in force before
+    are back at once, so a second Ctrl-C interrupts, and after the block nothing of ours is left installed."""
+    before = {s: signal.getsignal(s) for s in StopSignals.SIGNALS}
+    with StopSignals() as stop:
+        assert all(signal.getsignal(s) == stop._handle for s in StopSignals.SIGNALS)
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert stop.signum == signal.SIGTERM  # Python runs the handler before the next bytecode
+        assert {s: signal.getsignal(s) for s in StopSignals.SIGNALS} == before
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)  # the second one: the previous handler (pytest's default)
+    assert {s: signal.getsignal(s) for s in StopSignals.SIGNALS} == before
