@@ -134,11 +134,18 @@ def _one_error_line(proc, needle):
     assert len(errors) == 1 and needle in errors[0] and "Traceback" not in proc.stderr, proc.stderr
 
 
-def test_bad_inputs_exit_2_with_one_line_and_no_file(model_dir, tmp_path):
+def _refused(capsys, args, needle):
+    """``main(args)`` in process: exit 2 with one error line containing ``needle``."""
+    rc = main(list(args))
+    _one_error_line(subprocess.CompletedProcess(args, rc, "", capsys.readouterr().err), needle)
+
+
+def test_bad_inputs_exit_2_with_one_line_and_no_file(model_dir, tmp_path, capsys):
+    """Each refused input: exit 2, one "error:" line, no traceback, no file. The CLI function runs in process
+    for most cases (the same ``run_cli`` wrapper); real processes cover the exit code and a missing model."""
     out = tmp_path / "x.mp4"
     base = ["--model", str(model_dir), "--out", str(out), "--quiet"]
     cases = [
-        ((*base, "--prompt", "   "), "prompt is empty"),
         ((*base, "--prompt", ""), "prompt is empty"),
         ((*base, "--prompt", " ".join(["red circle"] * 40)), "more than max_length=48"),
         ((*base, "--label", "7"), "unknown class 7"),
@@ -147,24 +154,30 @@ def test_bad_inputs_exit_2_with_one_line_and_no_file(model_dir, tmp_path):
         ((*base, "--prompt", "a", "--prompt", "b"), "give --segment-frames"),
         ((*base, "--mode", "ar", "--order", "clip"), "supports orders"),
         ((*base, "--context-temperature", "-1"), "context_temperature must be >= 0, got -1.0"),
+    ]
+    for args, needle in cases:
+        _refused(capsys, args, needle)
+    processes = [
+        ((*base, "--prompt", "   "), "prompt is empty"),
         (("--model", str(tmp_path / "missing"), "--out", str(out)), "does not exist"),
     ]
     with ThreadPoolExecutor(max_workers=2) as pool:  # independent processes: two at a time on two cores
-        procs = list(pool.map(lambda case: run_cli(*case[0]), cases))
-    for proc, (_, needle) in zip(procs, cases):
+        procs = list(pool.map(lambda case: run_cli(*case[0]), processes))
+    for proc, (_, needle) in zip(procs, processes):
         _one_error_line(proc, needle)
     assert not out.exists()
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
-    _one_error_line(run_cli("--model", str(model_dir), "--out", str(blocker / "v.mp4")), "is not a directory")
+    _refused(capsys, ["--model", str(model_dir), "--out", str(blocker / "v.mp4")], "is not a directory")
     assert list(tmp_path.iterdir()) == [blocker]
     if Path("/proc/self").is_dir():  # writable by permission bits (as root), yet no file can be made there
-        proc = run_cli("--model", str(model_dir), "--out", "/proc/v.mp4")
-        _one_error_line(proc, "cannot write to '/proc'")
-        assert "sampling" not in proc.stderr  # refused before any work
+        assert main(["--model", str(model_dir), "--out", "/proc/v.mp4"]) == 2
+        err = capsys.readouterr().err
+        _one_error_line(subprocess.CompletedProcess([], 2, "", err), "cannot write to '/proc'")
+        assert "sampling" not in err  # refused before any work
 
 
-def test_corrupt_model_directory(model_dir, tmp_path):
+def test_corrupt_model_directory(model_dir, tmp_path, capsys):
     bad = tmp_path / "bad"
     bad.mkdir()
     for p in model_dir.rglob("*"):
@@ -173,15 +186,15 @@ def test_corrupt_model_directory(model_dir, tmp_path):
             dst.parent.mkdir(parents=True, exist_ok=True)
             dst.write_bytes(p.read_bytes())
     (bad / "generator_maskgit" / "model.safetensors").write_bytes(b"\x00" * 100)
-    _one_error_line(run_cli("--model", str(bad), "--out", str(tmp_path / "v.mp4")), "not a readable safetensors")
+    _refused(capsys, ["--model", str(bad), "--out", str(tmp_path / "v.mp4")], "not a readable safetensors")
     cfg = yaml.safe_load((bad / "generator_ar" / "config.yaml").read_text())
     cfg["depth"] = 3
     (bad / "generator_ar" / "config.yaml").write_text(yaml.safe_dump(cfg))
     weights = "generator_maskgit/model.safetensors"
     (bad / weights).write_bytes((model_dir / weights).read_bytes())
-    _one_error_line(run_cli("--model", str(bad), "--out", str(tmp_path / "v.mp4")), "missing keys")
+    _refused(capsys, ["--model", str(bad), "--out", str(tmp_path / "v.mp4")], "missing keys")
     (bad / "pipeline.yaml").write_text("generators: {ar: generator_ar}\nbogus_key: 1\n")
-    _one_error_line(run_cli("--model", str(bad), "--out", str(tmp_path / "v.mp4")), "unknown key")
+    _refused(capsys, ["--model", str(bad), "--out", str(tmp_path / "v.mp4")], "unknown key")
     assert not (tmp_path / "v.mp4").exists()
 
 
@@ -207,9 +220,10 @@ def test_a_given_temperature_applies_after_context_too_unless_a_context_temperat
     assert sampling_for(pipe, "ar", {"cfg_scale": 3.0, "temperature": None}).context_temperature == 0.3
 
 
-def test_help_and_bad_flags_from_any_folder(tmp_path):
-    proc = run_cli("--help", cwd=tmp_path)
-    assert proc.returncode == 0 and "--prompt" in proc.stdout
-    _one_error_line(run_cli("--steps", "many", cwd=tmp_path), "invalid int value")
-    _one_error_line(run_cli("--num-videos", "0", cwd=tmp_path), "--num-videos must be >= 1")
-    _one_error_line(run_cli("--device", "tpu9", cwd=tmp_path), "unknown device 'tpu9'")
+def test_help_and_bad_flags_from_any_folder(tmp_path, capsys):
+    with ThreadPoolExecutor(max_workers=2) as pool:  # two real processes started in another folder
+        helped, bad = pool.map(lambda args: run_cli(*args, cwd=tmp_path), [("--help",), ("--steps", "many")])
+    assert helped.returncode == 0 and "--prompt" in helped.stdout
+    _one_error_line(bad, "invalid int value")
+    _refused(capsys, ["--num-videos", "0"], "--num-videos must be >= 1")
+    _refused(capsys, ["--device", "tpu9"], "unknown device 'tpu9'")
