@@ -11,6 +11,7 @@ selenium = pytest.importorskip("selenium")
 from selenium import webdriver  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 from pipelines import VideoPipeline  # noqa: E402
@@ -45,6 +46,13 @@ def test_type_a_prompt_click_generate_and_a_playable_video_appears(browser, tmp_
         browser.get(url)
         wait = WebDriverWait(browser, 120)
         wait.until(lambda d: d.find_element(By.ID, "mode").get_attribute("value"))  # health loaded
+        # a typed temperature also applies after context (the API's rule): the second box says so
+        temperature, after = browser.find_element(By.ID, "temperature"), browser.find_element(By.ID, "ctxtemp")
+        defaults = (temperature.get_attribute("placeholder"), after.get_attribute("placeholder"))
+        temperature.send_keys("0.9")
+        typed = after.get_attribute("placeholder")
+        temperature.send_keys(Keys.BACKSPACE * 3)
+        assert (defaults, typed, after.get_attribute("placeholder")) == (("0.7", "0.3"), "0.9", "0.3")
         box = browser.find_element(By.ID, "prompt")
         box.clear()
         box.send_keys("a green square moving down")
