@@ -10,6 +10,7 @@ training CLI with faults as
 Faults (``key=value`` before ``--``):
     exit_at_step=N      ``os._exit(17)`` when the loop is about to run step N.
     sigterm_at_step=N   the process sends itself SIGTERM when the loop is about to run step N (once).
+    sigterm_rank=R      ... on rank R only (default: every rank).
     exit_in_save=N      ``os._exit(17)`` in the checkpoint save of step N, after this rank's state
                         file is written and before the ``COMPLETE`` marker.
     nan_at=S[.M]        the loss of micro-batch M (default 0) of step S is NaN, once.
@@ -62,13 +63,15 @@ def install(faults: dict[str, str], patch=setattr) -> None:
     state = {"step": -1, "micro": 0, "poisoned": False}
     exit_at = int(faults["exit_at_step"]) if "exit_at_step" in faults else None
     sigterm_at = int(faults["sigterm_at_step"]) if "sigterm_at_step" in faults else None
+    sigterm_rank = int(faults.get("sigterm_rank", "-1"))
 
     for cls in (GeneratorTrainer, TokenizerTrainer):
 
         def step_wrapper(self, _orig=cls.train_step):
             if exit_at is not None and self.step == exit_at:
                 os._exit(EXIT_CODE)
-            if sigterm_at is not None and self.step == sigterm_at and not state.get("signalled"):
+            on_rank = sigterm_rank in (-1, _rank()[0])
+            if sigterm_at is not None and self.step == sigterm_at and on_rank and not state.get("signalled"):
                 state["signalled"] = True
                 os.kill(os.getpid(), signal.SIGTERM)
             state["step"], state["micro"] = self.step, 0

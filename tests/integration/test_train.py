@@ -333,6 +333,19 @@ def test_two_processes_follow_the_single_process_loss_curve(data, tmp_path, stag
     assert one[6] < one[1]  # and it trains
 
 
+def test_sigterm_on_one_rank_stops_every_rank_at_the_same_step(data, tmp_path):
+    """Rank 1 alone is signalled after step 3: both ranks finish step 4 and save it together (a rank that
+    stopped alone would leave the other waiting in a collective)."""
+    out = tmp_path / "run"
+    faults = ["sigterm_at_step=3", "sigterm_rank=1"]
+    common = ["run.steps=8", "run.checkpoint_every=100", "run.eval_every=0"]
+    proc = train(data, out, *common, launcher=torchrun(), faults=faults, check=False)
+    assert proc.returncode != 0 and "stopped by SIGTERM at step 4; checkpoint saved" in proc.stdout, proc.stderr[-3000:]
+    ckpt = out / "checkpoints" / "step_00000004"
+    assert (ckpt / "COMPLETE").is_file() and max(losses(out)) == 4
+    assert [json.loads((ckpt / f"rank{r:05d}.json").read_text())["step"] for r in (0, 1)] == [4, 4]
+
+
 def test_zero3_trains_and_resumes_exactly(data, tmp_path):
     """ZeRO-3 with the optimizer offloaded to the CPU (configs/deepspeed/zero3_offload.json): killed after step 3,
     the resumed run equals the uninterrupted one."""
