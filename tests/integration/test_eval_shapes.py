@@ -307,6 +307,6 @@ def test_prompts_and_conditioning_tasks_load_the_model_once(tmp_path, monkeypatc
         adherence, "evaluate", lambda pipe, *a, **k: (used.append(pipe), real_evaluate(pipe, *a, **k))[1]
     )
     args = ["--model", str(model), "--modes", "maskgit", "--tasks", "prompts,image", "--conditioning-videos", "1"]
-    args += ["--num-videos", "1", "--holdout-videos", "0", "--steps", "2", "--batch", "1"]
+    args += ["--num-videos", "1", "--holdout-videos", "0", "--recon-videos", "0", "--steps", "2", "--batch", "1"]
     assert main([*args, "--out", str(tmp_path / "r")]) == 0
     assert len(loads) == 1 and len(used) == 2 and used[0] is used[1]

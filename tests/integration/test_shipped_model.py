@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -35,13 +36,16 @@ def test_shipped_model_is_complete_and_small():
 
 
 def test_default_prompt_writes_a_17_frame_64px_mp4_and_repeats_with_the_seed(tmp_path):
-    first = generate("--prompt", "a red circle moving left", cwd=tmp_path)
+    with ThreadPoolExecutor(max_workers=2) as pool:  # two processes, two cores; each must give the same video
+        first, again = pool.map(
+            lambda args: generate("--prompt", "a red circle moving left", *args, cwd=tmp_path),
+            [(), ("--out", str(tmp_path / "again.mp4"))],
+        )
     assert first.returncode == 0, first.stderr
     video = tmp_path / "outputs" / "video.mp4"
     a = read_video(video)
     assert a.shape == (17, 64, 64, 3) and (tmp_path / "outputs" / "video.png").is_file()
     assert "sampling" in first.stdout and "decoding" in first.stdout
-    again = generate("--prompt", "a red circle moving left", "--out", str(tmp_path / "again.mp4"), cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert np.array_equal(a, read_video(tmp_path / "again.mp4"))
 
@@ -60,12 +64,14 @@ def test_both_modes_and_labels(tmp_path, args):
 
 
 def test_unsupported_combination_and_too_long_prompt_are_refused(tmp_path):
-    for args, needle in [
+    cases = [
         (("--mode", "ar", "--order", "clip"), "supports orders"),
         (("--prompt", "a red circle moving left " * 6), "max_length=16"),
         (("--label", "72"), "valid class ids are 0..71"),
-    ]:
-        proc = generate(*args, "--out", str(tmp_path / "v.mp4"), cwd=tmp_path)
+    ]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        procs = list(pool.map(lambda case: generate(*case[0], "--out", str(tmp_path / "v.mp4"), cwd=tmp_path), cases))
+    for proc, (_, needle) in zip(procs, cases):
         assert proc.returncode == 2 and "Traceback" not in proc.stderr and needle in proc.stderr, proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr  # one line: no loading bars before it
     assert not (tmp_path / "v.mp4").exists()

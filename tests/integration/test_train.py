@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +85,13 @@ def train(data, out, *overrides, launcher=(), env=None, check=True, faults=()):
     return proc
 
 
+def parallel(*calls):
+    """Runs independent training commands two at a time (each process has one OpenMP thread) and returns
+    their results in order."""
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return [f.result() for f in [pool.submit(c) for c in calls]]
+
+
 def losses(out) -> dict[int, float]:
     """step -> training loss (the last record wins: a resumed run rewrites later steps)."""
     rows = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
@@ -149,8 +157,10 @@ def test_bf16_trains_through_autocast_on_cpu_and_resumes_exactly(data, tmp_path)
     killed after step 9 and resumed from step 8 equals the uninterrupted one."""
     common = ["run.precision=bf16", "run.steps=12", "run.checkpoint_every=4", "run.deterministic=true",
               "run.eval_every=0"]  # fmt: skip
-    train(data, tmp_path / "a", *common)
-    assert train(data, tmp_path / "b", *common, faults=["exit_at_step=9"], check=False).returncode == 17
+    kill = ["exit_at_step=9"]
+    _, killed = parallel(lambda: train(data, tmp_path / "a", *common),
+                         lambda: train(data, tmp_path / "b", *common, faults=kill, check=False))  # fmt: skip
+    assert killed.returncode == 17
     assert "resumed from step_00000008 at step 8" in train(data, tmp_path / "b", *common).stderr
     a, b = losses(tmp_path / "a"), losses(tmp_path / "b")
     assert sorted(a) == sorted(b) == list(range(1, 13)) and all(a[s] == b[s] for s in a)
@@ -324,9 +334,10 @@ def test_two_processes_follow_the_single_process_loss_curve(data, tmp_path, stag
     draws no random masks; only the order of floating-point sums differs)."""
     common = ["model.style=ar", "model.orders=[frame]", "objective.cond_dropout=0", "run.steps=6", "run.eval_every=0",
               "run.log_every=1", "run.checkpoint_every=0"]  # fmt: skip
-    train(data, tmp_path / "one", *common, "run.micro_batch=4")
     launcher = torchrun()
-    train(data, tmp_path / "two", *common, "run.micro_batch=2", f"run.zero_stage={stage}", launcher=launcher)
+    parallel(lambda: train(data, tmp_path / "one", *common, "run.micro_batch=4"),
+             lambda: train(data, tmp_path / "two", *common, "run.micro_batch=2", f"run.zero_stage={stage}",
+                           launcher=launcher))  # fmt: skip
     one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
     assert sorted(one) == sorted(two) == list(range(1, 7))
     assert max(abs(one[s] - two[s]) for s in one) < 1e-4, (one, two)
@@ -351,8 +362,10 @@ def test_zero3_trains_and_resumes_exactly(data, tmp_path):
     the resumed run equals the uninterrupted one."""
     common = ["run.steps=6", "run.checkpoint_every=2", "run.deterministic=true", "run.eval_every=0",
               f"run.deepspeed={ROOT / 'configs/deepspeed/zero3_offload.json'}"]  # fmt: skip
-    train(data, tmp_path / "a", *common)
-    assert train(data, tmp_path / "b", *common, faults=["exit_at_step=3"], check=False).returncode == 17
+    kill = ["exit_at_step=3"]
+    _, killed = parallel(lambda: train(data, tmp_path / "a", *common),
+                         lambda: train(data, tmp_path / "b", *common, faults=kill, check=False))  # fmt: skip
+    assert killed.returncode == 17
     proc = train(data, tmp_path / "b", *common)
     assert "resumed from step_00000002 at step 2" in proc.stderr
     a, b = losses(tmp_path / "a"), losses(tmp_path / "b")
@@ -399,12 +412,14 @@ def test_mismatched_cache_is_refused(data, tmp_path):
     VideoTokenizer(build_config(TokenizerConfig, [ROOT / "configs/tiny/tokenizer.yaml"])).save_pretrained(
         tmp_path / "other"
     )
-    proc = train(data, tmp_path / "a", f"data.tokenizer={tmp_path / 'other'}", check=False)
-    assert proc.returncode == 2 and "was made by tokenizer" in proc.stderr and "Traceback" not in proc.stderr
-    proc = train(data, tmp_path / "b", "model.vocab_size=128", check=False)
-    assert proc.returncode == 2 and "codebook size 64" in proc.stderr
-    proc = train(data, tmp_path / "c", "model.max_grid=[3, 2, 2]", "model.orders=[clip]", check=False)
-    assert proc.returncode == 2 and "larger than the model's maximum" in proc.stderr
+    a, b, c = parallel(
+        lambda: train(data, tmp_path / "a", f"data.tokenizer={tmp_path / 'other'}", check=False),
+        lambda: train(data, tmp_path / "b", "model.vocab_size=128", check=False),
+        lambda: train(data, tmp_path / "c", "model.max_grid=[3, 2, 2]", "model.orders=[clip]", check=False),
+    )
+    assert a.returncode == 2 and "was made by tokenizer" in a.stderr and "Traceback" not in a.stderr
+    assert b.returncode == 2 and "codebook size 64" in b.stderr
+    assert c.returncode == 2 and "larger than the model's maximum" in c.stderr
 
 
 def test_init_from_starts_from_exported_weights_across_styles(data, tmp_path):
@@ -414,26 +429,19 @@ def test_init_from_starts_from_exported_weights_across_styles(data, tmp_path):
     src = tmp_path / "a" / "export"
     # lr 0: the run changes nothing, so its export must equal the weights it started from,
     # even as the other style.
-    train(
-        data,
-        tmp_path / "b",
-        "run.steps=1",
-        "run.eval_every=0",
-        "optim.lr=0",
-        "model.style=ar",
-        "model.orders=[frame]",
-        f"run.init_from={src}",
-    )
-    a, b = load_file(src / "model.safetensors"), load_file(tmp_path / "b" / "export" / "model.safetensors")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert Generator.from_pretrained(tmp_path / "b" / "export").config.style == "ar"
-    proc = train(data, tmp_path / "c", "run.steps=1", "model.depth=1", f"run.init_from={src}", check=False)
-    assert proc.returncode == 2 and "has another architecture (depth" in proc.stderr and "Traceback" not in proc.stderr
     # A GPT-style model with target-position tables starts from weights without them (fresh tables), and a
     # MaskGIT-style model starts from it (the tables are left out).
     lr0 = ("run.steps=1", "run.eval_every=0", "optim.lr=0")
-    train(data, tmp_path / "d", *lr0, "model.style=ar", "model.orders=[frame,cube]", "model.cube_size=[1,2,2]",
-          "model.target_positions=true", f"run.init_from={src}")  # fmt: skip
+    _, proc, _ = parallel(
+        lambda: train(data, tmp_path / "b", *lr0, "model.style=ar", "model.orders=[frame]", f"run.init_from={src}"),
+        lambda: train(data, tmp_path / "c", "run.steps=1", "model.depth=1", f"run.init_from={src}", check=False),
+        lambda: train(data, tmp_path / "d", *lr0, "model.style=ar", "model.orders=[frame,cube]",
+                      "model.cube_size=[1,2,2]", "model.target_positions=true", f"run.init_from={src}"),
+    )  # fmt: skip
+    a, b = load_file(src / "model.safetensors"), load_file(tmp_path / "b" / "export" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert Generator.from_pretrained(tmp_path / "b" / "export").config.style == "ar"
+    assert proc.returncode == 2 and "has another architecture (depth" in proc.stderr and "Traceback" not in proc.stderr
     d = load_file(tmp_path / "d" / "export" / "model.safetensors")
     assert {k for k in d if not k.startswith("target_emb.")} == a.keys() and all(torch.equal(a[k], d[k]) for k in a)
     assert any(k.startswith("target_emb.") for k in d)

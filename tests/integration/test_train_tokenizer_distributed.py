@@ -4,6 +4,7 @@ exact kill-and-resume of both engines, NaN safety, and ZeRO-3 refused with the a
 import json
 import os
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -98,8 +99,10 @@ def test_kill_and_resume_equals_uninterrupted_with_two_engines(tmp_path):
         "data.image_ratio=0.3",
         *GAN,
     ]
-    train(tmp_path / "a", *common)
-    proc = train(tmp_path / "b", *common, faults=["exit_at_step=5"], check=False)
+    with ThreadPoolExecutor(max_workers=2) as pool:  # independent runs, one OpenMP thread each
+        whole = pool.submit(train, tmp_path / "a", *common)
+        proc = train(tmp_path / "b", *common, faults=["exit_at_step=5"], check=False)
+        whole.result()
     assert proc.returncode == 17
     assert max(metrics(tmp_path / "b")) == 5
     proc = train(tmp_path / "b", *common)
