@@ -208,11 +208,7 @@ def barrier() -> None:
 
 def all_reduce_max(value: float, device: torch.device) -> float:
     """The max of a scalar over all ranks (the value itself on one process, without a collective)."""
-    if not _multi_process():
-        return value
-    t = torch.tensor([value], dtype=torch.float64, device=device)
-    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
-    return float(t.item())
+    return float(all_reduce_max_values(torch.tensor([value], dtype=torch.float64), device)[0])
 
 
 def all_reduce_max_values(values: torch.Tensor, device: torch.device) -> torch.Tensor:
