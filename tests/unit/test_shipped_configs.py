@@ -82,3 +82,17 @@ def test_pipeline_configs(path):
 
     cfg = build_config(PipelineConfig, [path])
     assert cfg.default_mode in cfg.default_orders and cfg.sampling
+
+
+def test_shipped_pipeline_settings_come_from_the_pipeline_config():
+    """scripts/train_shapes.sh writes pipeline.yaml from configs/pipeline/shapes.yaml (make_pipeline adds the
+    generator folders and class names): a setting changed in the shipped copy alone would not be rebuilt."""
+    from dataclasses import replace
+
+    from core.config import from_dict, load_yaml
+    from pipelines import DEFAULT_MODEL_DIR
+    from pipelines.video import PipelineConfig
+
+    shipped = from_dict(PipelineConfig, load_yaml(DEFAULT_MODEL_DIR / "pipeline.yaml"))
+    built = build_config(PipelineConfig, [ROOT / "configs/pipeline/shapes.yaml"], [])
+    assert replace(built, generators=shipped.generators, class_names=shipped.class_names) == shipped
