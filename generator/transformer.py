@@ -46,10 +46,6 @@ class GeneratorConfig:
             position it predicts (as in sigma-GPT), so one model learns and samples several orders
             ('frame' and 'cube' lay the same tokens out differently; without it the next position is
             implicit in the order and a model can serve only one layout).
-        code_levels: the FSQ levels of the tokenizer (their product is ``vocab_size``), or () for none. With
-            them each input also gets a learned linear map of its code's level values (see :class:`CodeValues`),
-            so codes that differ in one channel start out close: a smooth view of what a code shows,
-            shared by rare and common codes. The map starts at zero: a warm start begins as the old model.
     """
 
     style: Literal["ar", "maskgit"] = "ar"
@@ -70,12 +66,8 @@ class GeneratorConfig:
     target_positions: bool = False
     text_pooled: bool = False
     activation_checkpointing: bool = False
-    code_levels: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
-        if self.code_levels and math.prod(self.code_levels) != self.vocab_size:
-            raise ValueError(f"code_levels {list(self.code_levels)} give {math.prod(self.code_levels)} codes, "
-                             f"not vocab_size {self.vocab_size}")  # fmt: skip
         if not self.orders or any(o not in ORDERS for o in self.orders):
             raise ValueError(f"orders must be a non-empty subset of {list(ORDERS)}, got {list(self.orders)}")
         if self.style == "ar" and "clip" in self.orders:
@@ -124,29 +116,6 @@ class TargetPositions(nn.Module):
         return sum(table(coords[:, i]) for i, table in enumerate(self.axes))
 
 
-class CodeValues(nn.Module):
-    """A linear map of each code's FSQ level values, in [-1, 1] per channel (0 for the special tokens).
-
-    Ids are mixed-radix numbers over ``levels`` with the first channel least significant, as
-    :class:`tokenizer.quantizers.fsq.FSQ` numbers them.
-    """
-
-    def __init__(self, levels: tuple[int, ...], dim: int) -> None:
-        super().__init__()
-        n = math.prod(levels)
-        ids = torch.arange(n)
-        basis = [math.prod(levels[:i]) for i in range(len(levels))]
-        digits = torch.stack([(ids // b) % lv for b, lv in zip(basis, levels)], dim=1)  # (n, D)
-        values = digits / torch.tensor([lv - 1 for lv in levels]) * 2 - 1
-        values = torch.cat([values, torch.zeros(2, len(levels))])  # (n + 2, D): mask and start are zeros
-        self.register_buffer("values", values, persistent=False)
-        self.proj = nn.Linear(len(levels), dim, bias=False)
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        """(B, N) long -> (B, N, dim)."""
-        return self.proj(self.values[ids].to(self.proj.weight.dtype))
-
-
 class Generator(nn.Module):
     """Block-causal transformer over video tokens with a condition prefix."""
 
@@ -155,7 +124,6 @@ class Generator(nn.Module):
         self.config = c = config
         self.tok_emb = nn.Embedding(c.vocab_size + 2, c.dim)
         self.target_emb = TargetPositions(c.max_grid, c.dim) if c.target_positions else None
-        self.code_emb = CodeValues(c.code_levels, c.dim) if c.code_levels else None
         self.cond_emb = ConditionEmbedder(c.cond, c.dim, c.num_classes, c.text_dim, c.max_text_len, c.text_pooled)
         self.rope = Rope3d(c.dim // c.num_heads, c.rope_base)
         self.blocks = nn.ModuleList(Block(c) for _ in range(c.depth))
@@ -165,8 +133,6 @@ class Generator(nn.Module):
         for block in self.blocks:  # scale residual outputs by depth (GPT-2)
             nn.init.normal_(block.attn.proj.weight, std=0.02 / math.sqrt(2 * c.depth))
             nn.init.normal_(block.mlp.w2.weight, std=0.02 / math.sqrt(2 * c.depth))
-        if self.code_emb is not None:
-            nn.init.zeros_(self.code_emb.proj.weight)
 
     @staticmethod
     def _init(m: nn.Module) -> None:
@@ -262,8 +228,6 @@ class Generator(nn.Module):
         if int(lo) < 0 or int(hi) > self.config.start_id:
             raise ValueError(f"token ids must lie in [0, {self.config.start_id}]")
         x = self.tok_emb(ids)
-        if self.code_emb is not None:
-            x = x + self.code_emb(ids)
         dev = x.device
         coords, mask = coords.to(dev), mask.to(dev)
         if self.target_emb is not None:

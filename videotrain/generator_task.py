@@ -110,7 +110,7 @@ class BatchStream:
 # Fields that may differ between run.init_from's model and the new one. A GPT-style model's target-position
 # tables are left out when a model without them (MaskGIT-style) starts from its weights.
 _NOT_ARCHITECTURE = (
-    "style", "orders", "cube_size", "attention_backend", "activation_checkpointing", "target_positions", "code_levels"
+    "style", "orders", "cube_size", "attention_backend", "activation_checkpointing", "target_positions"
 )  # fmt: skip
 
 
@@ -174,9 +174,8 @@ class GeneratorTrainer(Trainer):
         if diff:
             raise ValueError(f"run.init_from {directory} has another architecture ({'; '.join(diff)})")
         state = load_state(Path(directory) / WEIGHTS_NAME)
-        fresh = ("target_emb.", "code_emb.")  # tables only one side may have
-        ours = {k: v for k, v in self.model.state_dict().items() if k.startswith(fresh)}
-        state = {k: v for k, v in state.items() if not k.startswith(fresh) or k in ours}
+        ours = {k: v for k, v in self.model.state_dict().items() if k.startswith("target_emb.")}
+        state = {k: v for k, v in state.items() if not k.startswith("target_emb.") or k in ours}
         state = {**ours, **state}  # tables the source lacks keep their fresh initialization
         load_strict(self.model, state, what="generator")
         log.info("initialized from %s (%s-style, orders %s)", directory, src.style, list(src.orders))

@@ -500,38 +500,3 @@ def test_layout_knows_its_order_and_refuses_bad_grids_and_cubes():
         make_layout(GRID, "cube", (0, 2, 2))
     with pytest.raises(ValueError, match=r"^unknown order 'row'; choose from \['token', 'cube', 'frame', 'clip'\]$"):
         make_layout(GRID, "row")
-
-
-# ------------------------------------------------- code values: the FSQ levels of each input code
-def test_code_values_are_the_fsq_codes_of_the_tokenizer():
-    """Ids must be read with the tokenizer's mixed-radix convention: a swapped basis fails here."""
-    from generator.transformer import CodeValues
-    from tokenizer.quantizers.fsq import FSQ, FSQConfig
-
-    levels = (7, 5, 5, 5, 5)
-    codes = FSQ(FSQConfig(levels=levels)).ids_to_codes(torch.arange(4375).view(1, 1, 1, -1))  # (1, D, 1, 1, n)
-    codes = codes.reshape(len(levels), -1).T  # (n, D)
-    values = CodeValues(levels, 8).values
-    torch.testing.assert_close(values[:4375], codes / codes.abs().amax(dim=0))
-    assert values[4375:].abs().sum() == 0  # mask and start tokens carry no code
-
-
-def test_code_values_start_as_the_model_without_them_and_then_shape_the_embedding():
-    m = tiny("ar", code_levels=(4, 4, 4))
-    plain = tiny("ar")
-    state = {k: v for k, v in m.state_dict().items() if not k.startswith("code_emb.")}
-    plain.load_state_dict(state)
-    layout = make_layout(GRID, "frame", (1, 2, 2))
-    L = layout.num_tokens
-    ids = torch.randint(0, 64, (2, L))
-    coords = torch.cat([torch.full((1, 3), -1), layout.coords[:-1]])
-    args = dict(coords=coords, mask=causal_mask(L))
-    torch.testing.assert_close(m(ids, cond2(), **args), plain(ids, cond2(), **args))  # zero map: a warm start
-    with torch.no_grad():
-        m.code_emb.proj.weight.normal_()
-    assert (m(ids, cond2(), **args) - plain(ids, cond2(), **args)).abs().amax() > 1e-3
-
-
-def test_code_levels_must_number_the_vocabulary():
-    with pytest.raises(ValueError, match="code_levels"):
-        tiny("ar", code_levels=(4, 4, 5))
