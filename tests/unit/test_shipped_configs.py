@@ -1,11 +1,12 @@
 """Every shipped config parses into its dataclass and builds (typos in configs fail here)."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
-from core.config import build_config
+from core.config import build_config, from_dict, load_yaml
 from generator import Generator
 from tokenizer import VideoTokenizer
 from videotrain.distributed import deepspeed_config
@@ -87,11 +88,7 @@ def test_pipeline_configs(path):
 def test_shipped_pipeline_settings_come_from_the_pipeline_config():
     """scripts/train_shapes.sh writes pipeline.yaml from configs/pipeline/shapes.yaml (make_pipeline adds the
     generator folders and class names): a setting changed in the shipped copy alone would not be rebuilt."""
-    from dataclasses import replace
-
-    from core.config import from_dict, load_yaml
-    from pipelines import DEFAULT_MODEL_DIR
-    from pipelines.video import PipelineConfig
+    from pipelines import DEFAULT_MODEL_DIR, PipelineConfig
 
     shipped = from_dict(PipelineConfig, load_yaml(DEFAULT_MODEL_DIR / "pipeline.yaml"))
     built = build_config(PipelineConfig, [ROOT / "configs/pipeline/shapes.yaml"], [])
