@@ -5,7 +5,9 @@
 # its weights -> assemble the pipeline -> measure it on fresh phrasings of all
 # classes. Stage by stage wall times on 2 CPU cores are in models/shapes/MODEL_CARD.md (about 7 hours).
 #   RUN=runs/shapes OUT=runs/shapes/model bash scripts/train_shapes.sh
-# Each training resumes from its latest checkpoint when rerun; finished stages are skipped.
+# Each training resumes from its latest checkpoint when rerun; finished stages are skipped. A training is
+# finished when its command exited 0 (it then gets a `finished` file): one stopped by SIGTERM or Ctrl-C also
+# exports its weights, but exits 128 + the signal, so it is resumed, not taken as done. Logs are appended to.
 # A smoke run of every command at a tiny scale (tests/integration/test_train_shapes_script.py does this):
 #   NUM_CLIPS=144 TOKENIZER_CLIPS=120 TRAIN_OVERRIDES="run.steps=2 ..." EVAL_ARGS="--num-videos 4 ..." bash ...
 # TRAIN_OVERRIDES (dotted overrides) come last on every training's command line, so they win;
@@ -35,9 +37,10 @@ mkdir -p "$RUN"
 #    (twice, the second at a lower rate with a longer EMA). Stages 4 and 5 keep every token id of stage 3.
 tok() {  # tok OUT INIT(stage to start from, or "") CONFIGS... OVERRIDES...
     local out=$1 init=$2; shift 2
-    [ -f "$RUN/$out/tokenizer/config.yaml" ] && return 0
+    [ -f "$RUN/$out/finished" ] && return 0
     python tools/train_tokenizer.py --data "$RUN/data/manifest_tokenizer.jsonl" --out "$RUN/$out" "$@" \
-        ${init:+run.init_from="$RUN/$init/tokenizer"} $TRAIN_OVERRIDES > "$RUN/$out.log" 2>&1
+        ${init:+run.init_from="$RUN/$init/tokenizer"} $TRAIN_OVERRIDES >> "$RUN/$out.log" 2>&1
+    touch "$RUN/$out/finished"
 }
 SHAPES="--config configs/tokenizer/shapes.yaml"
 FULL="$SHAPES --config configs/tokenizer/shapes_full_length.yaml"
@@ -56,9 +59,10 @@ tok tok tok4 $DECODER optim.lr=0.0002 optim.min_lr_ratio=0.05 run.steps=1500 run
 #    its weights, also on augmented captions.
 gen() {  # gen OUT CONFIGS... OVERRIDES...
     local out=$1; shift
-    [ -f "$RUN/$out/export/config.yaml" ] && return 0
+    [ -f "$RUN/$out/finished" ] && return 0
     python tools/train.py --out "$RUN/$out" "$@" data.cache="$RUN/cache" data.tokenizer="$RUN/tok/tokenizer" \
-        data.text_encoder.path="$MINILM" run.num_threads=2 $TRAIN_OVERRIDES > "$RUN/$out.log" 2>&1
+        data.text_encoder.path="$MINILM" run.num_threads=2 $TRAIN_OVERRIDES >> "$RUN/$out.log" 2>&1
+    touch "$RUN/$out/finished"
 }
 gen ar --config configs/generator/shapes_ar.yaml --config configs/generator/shapes_captions.yaml
 gen maskgit --config configs/generator/shapes_maskgit.yaml --config configs/generator/shapes_captions.yaml \

@@ -1,0 +1,81 @@
+"""scripts/train_shapes.sh's stage bookkeeping, with a stand-in ``python`` on PATH that records each command and
+makes the files the real tool would: which stages run, in what order, and which a rerun skips or resumes.
+
+The real commands at a tiny scale are tests/integration/test_train_shapes_script.py (slow); this checks, in a
+second, what a multi-hour build depends on when it is stopped and started again.
+"""
+
+import os
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "scripts" / "train_shapes.sh"
+
+# Records "<tool> <--out folder name>", prints one line into the stage's log, makes the tool's finishing files,
+# and exits 143 (as a training stopped by SIGTERM does, after exporting its weights) for the stage in FAKE_STOP.
+FAKE_PYTHON = r"""#!/usr/bin/env bash
+if [ "$1" = "-c" ]; then echo /fake/minilm; exit 0; fi
+tool=$(basename "$1"); shift
+out=""; prev=""
+for a in "$@"; do [ "$prev" = "--out" ] && out=$a; prev=$a; done
+stage=$(basename "$out")
+echo "$tool $stage" >> "$FAKE_LOG"
+echo "ran $tool $stage"
+case $tool in
+  make_shapes.py) mkdir -p "$out"; printf '{}\n%.0s' 1 2 3 > "$out/manifest.jsonl"; echo '{}' > "$out/dataset.json" ;;
+  train_tokenizer.py) mkdir -p "$out/tokenizer"; echo exported > "$out/tokenizer/config.yaml" ;;
+  cache_tokens.py) mkdir -p "$out"; echo '{}' > "$out/manifest.json" ;;
+  train.py) mkdir -p "$out/export"; echo exported > "$out/export/config.yaml" ;;
+  *) mkdir -p "$out" ;;
+esac
+if [ "$stage" = "${FAKE_STOP:-}" ]; then exit 143; fi
+"""
+
+ALL = [
+    "make_shapes.py data",
+    *(f"train_tokenizer.py {s}" for s in ("tok1", "tok2", "tok3", "tok4", "tok")),
+    "cache_tokens.py cache",
+    "train.py ar",
+    "train.py maskgit",
+    "make_pipeline.py model",
+    "eval_shapes.py eval",
+]
+
+
+def _run(tmp_path: Path, stop: str = "") -> tuple[int, list[str]]:
+    bin_dir, log = tmp_path / "bin", tmp_path / "calls.txt"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "python").write_text(FAKE_PYTHON)
+    (bin_dir / "python").chmod(0o755)
+    log.write_text("")
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_LOG": str(log), "FAKE_STOP": stop,
+           "RUN": str(tmp_path / "run"), "OUT": str(tmp_path / "run" / "model")}  # fmt: skip
+    proc = subprocess.run(["bash", str(SCRIPT)], capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path)
+    return proc.returncode, log.read_text().splitlines()
+
+
+def test_every_stage_runs_once_in_order_and_a_rerun_skips_the_finished_ones(tmp_path):
+    rc, calls = _run(tmp_path)
+    assert rc == 0 and calls == ALL
+    rc, calls = _run(tmp_path)
+    assert rc == 0 and calls == ["make_pipeline.py model", "eval_shapes.py eval"]  # assembled and measured again
+
+
+def test_a_training_stopped_by_a_signal_is_resumed_on_the_rerun_not_taken_as_finished(tmp_path):
+    """A SIGTERM or Ctrl-C ends a training like a time budget (checkpoint, export) but with exit code 128 + signal.
+    Its export must not mark the stage done: the build stops there, and the rerun resumes that stage."""
+    rc, calls = _run(tmp_path, stop="tok3")
+    assert rc == 143 and calls == ALL[:4]
+    assert (tmp_path / "run" / "tok3" / "tokenizer" / "config.yaml").is_file()  # exported, yet unfinished
+    rc, calls = _run(tmp_path)
+    assert rc == 0 and calls == ALL[3:]
+    # The resumed stage's log keeps the stopped run's lines.
+    assert (tmp_path / "run" / "tok3.log").read_text().splitlines() == ["ran train_tokenizer.py tok3"] * 2
+
+
+def test_a_stopped_generator_training_is_resumed_too(tmp_path):
+    rc, calls = _run(tmp_path, stop="maskgit")
+    assert rc == 143 and calls == ALL[:9]
+    rc, calls = _run(tmp_path)
+    assert rc == 0 and calls == ALL[8:]
