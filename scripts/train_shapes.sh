@@ -27,7 +27,7 @@ mkdir -p "$RUN"
 # 1. 34,560 clips (17x64x64 PNG frames, 8 fps, 8 captions each); three combinations held out of training.
 #    PNG keeps the tokenizer's targets free of H.264's 4:2:0 chroma loss. The tokenizer trains on the first
 #    4,320 clips (their 4,140 training entries, which lead the manifest); the generators on all of them.
-[ -f "$RUN/data/dataset.json" ] || python tools/make_shapes.py render --out "$RUN/data" --num-clips "$NUM_CLIPS" \
+[ -f "$RUN/data/manifest.jsonl" ] || python tools/make_shapes.py render --out "$RUN/data" --num-clips "$NUM_CLIPS" \
     --seed 0 --holdout "$HOLDOUT" --num-workers 2 --format png --captions-per-clip 8
 [ -f "$RUN/data/manifest_tokenizer.jsonl" ] || {
     head -n "$TOKENIZER_CLIPS" "$RUN/data/manifest.jsonl" > "$RUN/data/manifest_tokenizer.tmp" &&

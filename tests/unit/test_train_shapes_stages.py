@@ -13,7 +13,8 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "train_shapes.sh"
 
 # Records "<tool> <--out folder name>", prints one line into the stage's log, makes the tool's finishing files,
-# and exits 143 (as a training stopped by SIGTERM does, after exporting its weights) for the stage in FAKE_STOP.
+# and exits 143 (as a training stopped by SIGTERM does, after exporting its weights) for the stage in FAKE_STOP;
+# FAKE_STOP=data stops the render after its dataset.json, before the manifest that marks it complete.
 FAKE_PYTHON = r"""#!/usr/bin/env bash
 if [ "$1" = "-c" ]; then echo /fake/minilm; exit 0; fi
 tool=$(basename "$1"); shift
@@ -23,7 +24,10 @@ stage=$(basename "$out")
 echo "$tool $stage" >> "$FAKE_LOG"
 echo "ran $tool $stage"
 case $tool in
-  make_shapes.py) mkdir -p "$out"; printf '{}\n%.0s' 1 2 3 > "$out/manifest.jsonl"; echo '{}' > "$out/dataset.json" ;;
+  make_shapes.py)  # dataset.json before the manifests, manifest.jsonl last (videodata/shapes/dataset.py)
+    mkdir -p "$out"; echo '{}' > "$out/dataset.json"
+    if [ "${FAKE_STOP:-}" = data ]; then exit 143; fi
+    printf '{}\n%.0s' 1 2 3 > "$out/manifest.jsonl" ;;
   train_tokenizer.py) mkdir -p "$out/tokenizer"; echo exported > "$out/tokenizer/config.yaml" ;;
   cache_tokens.py) mkdir -p "$out"; echo '{}' > "$out/manifest.json" ;;
   train.py) mkdir -p "$out/export"; echo exported > "$out/export/config.yaml" ;;
@@ -79,3 +83,12 @@ def test_a_stopped_generator_training_is_resumed_too(tmp_path):
     assert rc == 143 and calls == ALL[:9]
     rc, calls = _run(tmp_path)
     assert rc == 0 and calls == ALL[8:]
+
+
+def test_a_render_stopped_before_its_manifest_is_rendered_again(tmp_path):
+    """The render writes dataset.json before manifest.jsonl, which marks it complete; a stop in between must not
+    pass for a finished render (the next stage reads the manifest)."""
+    rc, calls = _run(tmp_path, stop="data")
+    assert rc == 143 and calls == ALL[:1]
+    rc, calls = _run(tmp_path)
+    assert rc == 0 and calls == ALL
