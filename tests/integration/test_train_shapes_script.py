@@ -8,7 +8,6 @@ longer matches what ships.
 
 import json
 import os
-import signal
 import subprocess
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from core.weights import load_config
 from generator import GeneratorConfig
 from pipelines import DEFAULT_MODEL_DIR, VideoPipeline
 from pipelines.video import PipelineConfig
+from tests.helpers.procs import run_group
 from tokenizer import TokenizerConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,19 +34,9 @@ TINY = {
 
 
 def _script(run: Path, out: Path) -> subprocess.CompletedProcess:
-    """Runs the script in its own process group; past the timeout the whole group is killed, so no training or
-    evaluation it started keeps running after the test (subprocess.run would kill only the shell)."""
     env = {**os.environ, "RUN": str(run), "OUT": str(out), "PYTHONPATH": str(ROOT), **TINY}
     env.pop("OMP_NUM_THREADS", None)
-    proc = subprocess.Popen(["bash", str(SCRIPT)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            cwd=ROOT, start_new_session=True)  # fmt: skip
-    try:
-        stdout, stderr = proc.communicate(timeout=2400)  # 13 min alone on the slower 2-core machine
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        raise
-    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+    return run_group(["bash", str(SCRIPT)], timeout=2400, env=env, cwd=ROOT)  # 13 min alone on the slower machine
 
 
 def _log_tails(run: Path) -> str:

