@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import types
 import typing
 from pathlib import Path
@@ -20,6 +21,10 @@ import yaml
 from core.files import atomic_write_text
 
 T = TypeVar("T")
+
+# YAML 1.1 (PyYAML) reads a number in exponent form without a dot, such as 1e-4, as a string; YAML 1.2 and
+# Python read it as a float. A float field takes it as a number.
+_EXPONENT_FLOAT = re.compile(r"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+")
 
 
 def _type_name(tp: Any) -> str:
@@ -78,6 +83,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value.strip()):
+            return float(value)
         raise ValueError(f"{where}: expected a number, got {value!r}")
     if tp is str:
         if isinstance(value, str):
@@ -132,7 +139,11 @@ def parse_override(item: str) -> dict[str, Any]:
     key, raw = item.split("=", 1)
     if not key or any(not part for part in key.split(".")):
         raise ValueError(f"override {item!r} has an empty key")
-    value = yaml.safe_load(raw) if raw.strip() else ""
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as err:
+        problem = getattr(err, "problem", None) or "cannot be parsed"
+        raise ValueError(f"override {item!r}: the value is not valid YAML ({problem})") from None
     node: dict[str, Any] = {}
     cur = node
     parts = key.split(".")

@@ -283,8 +283,19 @@ def test_target_fps_sets_the_stride(corpus, tmp_path, monkeypatch):
     assert torch.equal(cache[1].ids, tokenizer.encode(frames_to_tensor(frames).unsqueeze(0))[0])
 
 
-def test_cli_bad_input_exits_2_with_one_line(corpus, tmp_path, monkeypatch, capsys):
+def test_cli_bad_input_exits_2_with_one_line(corpus, reference, tmp_path, monkeypatch, capsys):
+    (tmp_path / "a_file").write_text("not a folder")
+    damaged = tmp_path / "damaged"
+    shutil.copytree(reference, damaged)
+    manifest = manifest_of(damaged)
+    del manifest["shards"][0]["files"]["tokens"]["sha256"]  # still valid JSON, no longer a manifest
+    (damaged / "manifest.json").write_text(json.dumps(manifest))
     cases = {
+        "--out file": (build_args(corpus, tmp_path / "a_file"), "is a file, not a folder"),
+        "verify damaged": (
+            ["verify", str(damaged)],
+            "is damaged: shard shard-r000-00000: tokens file entry lacks 'sha256'",
+        ),
         "--data": (build_args(corpus, tmp_path / "a", tmp_path / "missing"), "does not exist"),
         "--tokenizer": ([*build_args(corpus, tmp_path / "b"), "--tokenizer", str(tmp_path / "nope")], "does not exist"),
         "--num-frames": ([*build_args(corpus, tmp_path / "c"), "--num-frames", "8"], "not of the form 1 + k*4"),

@@ -41,3 +41,13 @@ def test_value_error_is_one_line_and_exit_2(capsys):
     assert run_cli(bad, []) == 2
     err = capsys.readouterr().err
     assert err == "error: num_frames 18 cannot be reached\n"
+
+
+def test_os_errors_that_name_bad_paths_are_one_line_and_exit_2(capsys):
+    """``--out`` naming an existing file: ``mkdir`` raises FileExistsError, an OSError the user caused."""
+
+    def out_is_a_file(argv):
+        raise FileExistsError(17, "File exists", "/data/out")
+
+    assert run_cli(out_is_a_file, []) == 2
+    assert capsys.readouterr().err == "error: [Errno 17] File exists: '/data/out'\n"

@@ -39,11 +39,24 @@ def test_yaml_then_overrides_win(tmp_path):
         ("model.widths=5", "expected a list"),
         ("model=3", "expected a mapping"),
         ("novalue", "key.sub=value"),
+        ("lr=1e-4x", "expected a number"),
+        ("model.widths=[1, 2", "not valid YAML"),  # a ValueError (one CLI line), not yaml's own error
     ],
 )
 def test_typos_and_wrong_types_fail(override, match):
     with pytest.raises(ValueError, match=match):
         build_config(Outer, [], [override])
+
+
+def test_exponent_floats_without_a_dot_are_numbers(tmp_path):
+    """PyYAML (YAML 1.1) reads ``1e-4`` as a string; the CLIs' example ``optim.lr=1e-4`` must work, in files too."""
+    assert build_config(Outer, [], ["lr=1e-4"]).lr == 1e-4
+    assert build_config(Outer, [], ["lr=-2.5E+3"]).lr == -2500.0
+    f = tmp_path / "a.yaml"
+    f.write_text("lr: 3e-4\n")
+    assert build_config(Outer, [f]).lr == 3e-4
+    with pytest.raises(ValueError, match="expected an integer"):
+        build_config(Outer, [], ["model.depth=1e3"])  # only float fields read exponents
 
 
 def test_round_trip_through_yaml(tmp_path):

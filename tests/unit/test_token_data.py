@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from videodata.cache.format import token_dtype
+from videodata.cache.format import atomic_write_bytes, json_bytes, token_dtype
 from videodata.cache.reader import ShuffledSampler, TokenCache
 from videodata.cache.sources import ClipWindow, Source, discover_sources, plan_starts, rank_slice
 from videodata.cache.writer import RankWriter, merge_manifest, prepare_cache_dir
@@ -220,3 +220,21 @@ def test_a_folder_of_frames_is_decoded_like_a_video(tmp_path):
         decode_source(DecodeTask(index=0, file=str(empty), window=ClipWindow(num_frames=5, size=16)))
     with pytest.raises(SourceError, match="no frame rate"):
         decode_source(DecodeTask(index=0, file=str(clip), window=ClipWindow(num_frames=5, size=16, fps=4.0)))
+
+
+def test_a_rank_that_finds_spec_json_appearing_is_not_refused(tmp_path, monkeypatch):
+    """Ranks prepare the folder together: another rank's spec.json renamed into place between this rank's check
+    and its listing of the folder must not make the folder look like a foreign, non-empty one."""
+    out, spec = tmp_path / "cache", {"identity": {"codebook_size": 100}}
+    listdir = Path.iterdir
+
+    def other_rank_writes_first(self):
+        if self == out and not (out / "spec.json").exists():
+            atomic_write_bytes(out / "spec.json", json_bytes(spec))
+        return listdir(self)
+
+    monkeypatch.setattr(Path, "iterdir", other_rank_writes_first)
+    assert prepare_cache_dir(out, spec) is True  # found the other rank's spec, which matches
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="is a file, not a folder"):
+        prepare_cache_dir(tmp_path / "file", spec)

@@ -131,7 +131,32 @@ def load_manifest(cache_dir: str | os.PathLike) -> dict[str, Any]:
             f"{str(cache_dir / MANIFEST_NAME)!r} has format version {manifest.get('format_version')!r}; "
             f"this code reads version {FORMAT_VERSION}"
         )
+    problem = _manifest_problem(manifest)
+    if problem:
+        raise ValueError(f"{str(cache_dir / MANIFEST_NAME)!r} is damaged: {problem}")
     return manifest
+
+
+_FILE_FIELDS = {"file": str, "bytes": int, "sha256": str}
+
+
+def _manifest_problem(manifest: dict[str, Any]) -> str | None:
+    """The first field a reader or ``verify`` needs that is missing or of the wrong type, or None."""
+    for key, tp in {"shards": list, "sources": list, "grid": list, "dtype": str, "codebook_size": int}.items():
+        if not isinstance(manifest.get(key), tp):
+            return f"{key!r} is missing or not a {tp.__name__}"
+    if not isinstance(manifest.get("tokenizer"), dict) or not isinstance(manifest["tokenizer"].get("fingerprint"), str):
+        return "'tokenizer.fingerprint' is missing"
+    for i, shard in enumerate(manifest["shards"]):
+        if not isinstance(shard, dict) or not isinstance(shard.get("name"), str):
+            return f"shard {i} has no name"
+        if not isinstance(shard.get("num_clips"), int) or not isinstance(shard.get("files"), dict):
+            return f"shard {shard['name']} lacks num_clips or files"
+        for kind, entry in shard["files"].items():
+            for field, tp in _FILE_FIELDS.items():
+                if not isinstance(entry, dict) or not isinstance(entry.get(field), tp):
+                    return f"shard {shard['name']}: {kind} file entry lacks {field!r}"
+    return None
 
 
 def verify_cache(cache_dir: str | os.PathLike) -> tuple[list[str], int]:

@@ -58,14 +58,18 @@ def prepare_cache_dir(out: Path, spec: dict[str, Any]) -> bool:
             list or world size (every differing field is named with both values), or it is
             a non-empty folder that is not a token cache.
     """
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {str(out)!r} is a file, not a folder")
     out.mkdir(parents=True, exist_ok=True)
     path = out / SPEC_NAME
     if not path.is_file():
-        # Hidden names are temps (e.g. another rank's spec.json being written right now).
-        if any(not p.name.startswith(".") for p in out.iterdir()):
+        # Hidden names are temps (e.g. another rank's spec.json being written right now); spec.json itself may
+        # appear between the check above and this listing, renamed into place by another rank.
+        if any(not p.name.startswith(".") and p.name != SPEC_NAME for p in out.iterdir()):
             raise ValueError(f"--out {str(out)!r} is a non-empty folder without {SPEC_NAME}: not a token cache")
-        atomic_write_bytes(path, json_bytes(spec))
-        return False
+        if not path.is_file():
+            atomic_write_bytes(path, json_bytes(spec))
+            return False
     old = read_json(path, "cache spec")
     old_id, new_id = old.get("identity", {}) if isinstance(old, dict) else {}, spec["identity"]
     diffs = [
