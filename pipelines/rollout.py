@@ -35,12 +35,14 @@ class Rollout:
         ids: (B, t, h, w) the first window's token grid followed by each later window's new latent frames.
         timings: seconds spent "sampling", "decoding" and "encoding" (context).
         windows: how many sampler calls made the video.
+        context_latents: how many latent frames at the start of ``ids`` encode given context frames (0 without).
     """
 
     frames: np.ndarray
     ids: torch.Tensor
     timings: dict[str, float]
     windows: int
+    context_latents: int = 0
 
 
 def default_overlap(max_latents: int) -> int:
@@ -114,6 +116,7 @@ def roll_out(
     else:
         out = context
         cap = first_context_latents or max_latents - 1
+    first_context = 0 if context is None else min(1 + (context.shape[1] - 1) // ct, cap, max_latents - 1)
     while out.shape[1] < num_frames:
         t_c = min(1 + (out.shape[1] - 1) // ct, cap, max_latents - 1)
         t_new = min(max_latents - t_c, (num_frames - out.shape[1]) // ct)
@@ -124,4 +127,5 @@ def roll_out(
         frames = window(t_c + t_new, ctx)
         out = np.concatenate([out, frames[:, -t_new * ct :]], axis=1)
         cap = overlap
-    return Rollout(frames=out[:, :num_frames], ids=torch.cat(pieces, dim=1).cpu(), timings=timings, windows=windows)
+    ids = torch.cat(pieces, dim=1).cpu()
+    return Rollout(frames=out[:, :num_frames], ids=ids, timings=timings, windows=windows, context_latents=first_context)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import numbers
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -185,7 +186,7 @@ class VideoPipeline:
 
     def latent_frames(self, num_frames: int) -> int:
         ct = self.tokenizer.config.temporal_compression
-        if not isinstance(num_frames, int) or num_frames < 1 or (num_frames - 1) % ct:
+        if not _is_int(num_frames) or num_frames < 1 or (num_frames - 1) % ct:
             raise ValueError(
                 f"num_frames={num_frames} is not reachable: the tokenizer needs 1 + k*{ct} frames "
                 f"(e.g. 1, {1 + ct}, {1 + 4 * ct})"
@@ -206,11 +207,12 @@ class VideoPipeline:
         if prompt is None and labels is None:
             return Condition(drop=torch.ones(batch, dtype=torch.bool, device=device))
         if labels is not None:
-            labels = [labels] if isinstance(labels, int) else list(labels)
+            labels = [labels] if _is_int(labels) else list(labels)
             n = len(self.config.class_names) or gen.config.num_classes
             for lab in labels:
-                if isinstance(lab, bool) or not isinstance(lab, int) or not 0 <= lab < n:
+                if not _is_int(lab) or not 0 <= lab < n:
                     raise ValueError(f"unknown class {lab!r}: valid class ids are 0..{n - 1}")
+            labels = [int(lab) for lab in labels]
             labels = _repeat(labels, batch)
             if gen.config.cond == "class":
                 return Condition(labels=torch.tensor(labels, device=device))
@@ -279,7 +281,7 @@ class VideoPipeline:
         mode: str | None = None,
         order: str | None = None,
         num_frames: int | None = None,
-        num_videos: int = 1,
+        num_videos: int | None = None,
         sampling: SamplingConfig | None = None,
         generator: torch.Generator | None = None,
         progress: bool = False,
@@ -304,7 +306,9 @@ class VideoPipeline:
             order: "token", "cube", "frame" or "clip" (default from the config); an order whose units
                 would cross the context boundary is refused.
             num_frames: total frames, context included (1 + k*ct; default from the config).
-            num_videos: videos per prompt/label when a single one is given.
+            num_videos: videos for a single prompt or label (or none): default 1, or one per image/video when a
+                list of them is given; with a list of prompts or labels, one video each (a different
+                ``num_videos`` is refused).
             sampling: temperature, top-k/p, CFG, MaskGIT steps (defaults from the config).
             generator: RNG for sampling (seeded = reproducible).
             progress: show progress bars.
@@ -326,9 +330,7 @@ class VideoPipeline:
                 "is the total length and must be larger"
             )
         given = prompt if prompt is not None else labels
-        batch = num_videos if given is None or isinstance(given, (str, int)) else len(given)
-        if batch < 1:
-            raise ValueError("nothing to generate: give at least one prompt or label")
+        batch = _batch(given, num_videos, 1 if context is None else context.shape[0])
         cond = self.condition(gen, prompt, labels, batch)
         if given is None:  # guidance between two null conditions changes nothing: skip the second pass
             sampling = replace(sampling, cfg_scale=1.0)
@@ -386,9 +388,28 @@ class VideoPipeline:
             out = self._roll(gen, cond, order=order, sampling=sampling, generator=generator, progress=progress,
                              num_frames=total, context=frames,
                              first_context_latents=default_overlap(gen.config.max_grid[0]) if k else None)  # fmt: skip
-            frames, ids = out.frames, [*ids, out.ids]
+            frames, ids = out.frames, [*ids, out.ids[:, out.context_latents if k else 0 :]]  # later: new latents only
             timings = {key: timings.get(key, 0.0) + v for key, v in out.timings.items()}
         return VideoOutput(frames=frames, fps=self.config.fps, ids=torch.cat(ids, dim=1), timings=timings)
+
+
+def _is_int(x: object) -> bool:
+    """An integer, NumPy's included (``np.int64(9)``); not a bool."""
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def _batch(given: str | int | list | None, num_videos: int | None, context_rows: int) -> int:
+    """Videos to make: one per prompt/label in a list; for one prompt, label or none, ``num_videos``, or one per
+    image/video when a list of them is given."""
+    if num_videos is not None and (not _is_int(num_videos) or num_videos < 1):
+        raise ValueError(f"nothing to generate: num_videos must be an integer >= 1, got {num_videos!r}")
+    if given is None or isinstance(given, str) or _is_int(given):
+        return int(num_videos) if num_videos is not None else context_rows
+    if len(given) < 1:
+        raise ValueError("nothing to generate: give at least one prompt or label")
+    if num_videos is not None and num_videos != len(given):
+        raise ValueError(f"num_videos={num_videos} disagrees with the {len(given)} prompts/labels given")
+    return len(given)
 
 
 def _rows(context: np.ndarray, batch: int) -> np.ndarray:

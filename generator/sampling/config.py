@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from generator.schedules import SCHEDULES
+
 
 @dataclass(frozen=True, kw_only=True)
 class SamplingConfig:
@@ -48,6 +50,10 @@ class SamplingConfig:
             raise ValueError(f"cfg_schedule must be 'constant' or 'linear', got {self.cfg_schedule!r}")
         if self.steps < 1:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
+        if self.mask_schedule not in SCHEDULES:
+            raise ValueError(f"mask_schedule must be one of {sorted(SCHEDULES)}, got {self.mask_schedule!r}")
+        if self.choice_temperature < 0:
+            raise ValueError(f"choice_temperature must be >= 0, got {self.choice_temperature}")
 
     def for_context(self) -> SamplingConfig:
         """The settings for a grid that continues context tokens: ``context_temperature`` as the temperature."""

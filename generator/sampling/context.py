@@ -50,7 +50,24 @@ def prepare_sampling(
     sampling = sampling if context is None else sampling.for_context()
     check_order(order, model.config.orders, model.config.style)
     model.check_grid(grid, order)
+    if context is not None:
+        check_context_ids(context, model.config.vocab_size)
     return sampling, make_layout(grid, order, model.config.cube_size)
+
+
+def check_context_ids(context: torch.Tensor, vocab_size: int) -> None:
+    """Context tokens must be integer ids of real codes: a -1 or the mask id would be taken for a free position
+    or come back in the grid, and a float would be truncated.
+
+    Raises:
+        ValueError: a non-integer dtype or an id outside ``[0, vocab_size)``.
+    """
+    if context.dtype.is_floating_point or context.dtype.is_complex or context.dtype == torch.bool:
+        raise ValueError(f"context must hold integer token ids, got dtype {context.dtype}")
+    if context.numel() and (int(context.min()) < 0 or int(context.max()) >= vocab_size):
+        raise ValueError(
+            f"context token ids must lie in [0, {vocab_size}), got {int(context.min())}..{int(context.max())}"
+        )
 
 
 def context_sequence(
@@ -86,10 +103,8 @@ def context_sequence(
     seq = layout.to_sequence(full)  # (B, L)
     known = layout.coords[:, 0] < t_c  # (L,)
     n = int(known.sum())
-    if layout.num_units == 1:
-        if whole_units:
-            return seq, n
-        raise ValueError("a single-unit order cannot be continued token by token")
+    if layout.num_units == 1 and whole_units:
+        return seq, n
     boundary = n == layout.num_tokens or int(layout.unit_of[n - 1]) != int(layout.unit_of[n])
     if not bool(known[:n].all()) or (whole_units and not boundary):
         raise ValueError(

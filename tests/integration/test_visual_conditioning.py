@@ -106,12 +106,30 @@ def test_story_follows_each_prompt_and_continues_the_last_frames(pipe, monkeypat
     prompts = ["a red circle moving left", "a blue square moving up", "a green triangle moving down"]
     out = pipe.story(prompts, segment_frames=9, generator=torch.Generator().manual_seed(0))
     assert out.frames.shape == (1, 1 + 3 * 8, 32, 32, 3)
+    assert out.ids.shape == (1, 1 + 3 * 2, 4, 4)  # the ids decode to the frames: no re-encoded context repeated
     texts = [pipe.text_encoder.encode([p]).features for p in prompts]
     # segment 1: one window; segments 2 and 3: 8 new frames = 2 latents, 1 new latent per window
     per_call = [next(i for i, t in enumerate(texts) if torch.equal(c[2].text, t)) for c in calls]
     assert per_call == [0, 1, 1, 2, 2]
     like = next(pipe.tokenizer.parameters())
     assert torch.equal(calls[1][1], pipe.tokenizer.encode(to_video(out.frames[:, 4:9], like)))
+
+
+def test_a_list_of_images_makes_one_video_each_and_numpy_integers_are_integers(pipe, clip):
+    """A list of images is a batch ("a list of one per video"), with one prompt or none; NumPy integers (labels,
+    num_frames, num_videos) count as integers; a num_videos that disagrees with a list is refused."""
+    images = [clip[0], clip[5], clip[9]]
+    g = torch.Generator().manual_seed(0)
+    assert pipe(PROMPT, image=images, generator=g).frames.shape[0] == 3
+    out = pipe(image=images, num_frames=np.int64(5), generator=g)
+    assert out.frames.shape[:2] == (3, 5)
+    starts = resize_center_crop(np.stack(images), 32)  # the image comes back as the first frame
+    assert np.array_equal(out.frames[:, 0], starts)
+    assert pipe(labels=np.int64(1), num_videos=np.int64(2), num_frames=5, generator=g).frames.shape[0] == 2
+    with pytest.raises(ValueError, match="num_videos=3 disagrees with the 2 prompts/labels"):
+        pipe([PROMPT, PROMPT], num_videos=3)
+    with pytest.raises(ValueError, match="got 3 images/videos for 2 videos"):
+        pipe(PROMPT, image=images, num_videos=2)
 
 
 def test_bad_visual_context_is_refused(pipe, clip):

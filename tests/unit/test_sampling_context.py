@@ -88,12 +88,26 @@ def test_orders_that_cannot_take_the_context_are_refused():
     with pytest.raises(ValueError, match="cross the context boundary"):
         context_sequence(lay, torch.zeros(1, 1, 4, 4, dtype=torch.long), 1, whole_units=True)
     assert context_sequence(lay, torch.zeros(1, 2, 4, 4, dtype=torch.long), 1, whole_units=True)[1] == 32
-    clip = make_layout(GRID, "clip")
-    with pytest.raises(ValueError, match="^a single-unit order cannot be continued token by token$"):
-        context_sequence(clip, torch.zeros(1, 1, 4, 4, dtype=torch.long), 1, whole_units=False)
+    whole = make_layout((2, 4, 4), "cube", (2, 4, 4))  # one unit, time-major inside: its first frame is a prefix
+    assert context_sequence(whole, torch.zeros(1, 1, 4, 4, dtype=torch.long), 1, whole_units=False)[1] == 16
+    across = make_layout((2, 4, 4), "cube", (2, 2, 2))  # latent frame 0 is not the first 16 tokens
+    with pytest.raises(ValueError, match="cross the context boundary"):
+        context_sequence(across, torch.zeros(1, 1, 4, 4, dtype=torch.long), 1, whole_units=False)
     seq, n = context_sequence(make_layout(GRID, "frame"), torch.full((1, 1, 4, 4), 9), 1, whole_units=True)
     assert n == 16 and torch.equal(seq[0, :16], torch.full((16,), 9))
     assert torch.equal(seq[0, 16:], torch.full((32,), -1))  # positions to generate hold -1
+
+
+@pytest.mark.parametrize("style,order", [("ar", "frame"), ("maskgit", "frame"), ("maskgit", "clip")])
+def test_context_ids_that_are_not_codes_are_refused(style, order):
+    """A -1 was taken for a free position in clip order, the mask id came back in the grid, a float was truncated."""
+    m = tiny(style)
+    good = context_ids(1)
+    bad = {"-1": good.clone().index_put_((torch.tensor([0]),), torch.tensor(-1)),
+           "mask id": torch.full_like(good, m.config.mask_id), "float": good.float() + 0.7}  # fmt: skip
+    for ctx in bad.values():
+        with pytest.raises(ValueError, match="^context (token ids must lie in|must hold integer)"):
+            sampler(style)(m, cond2(), GRID, order=order, context=ctx, sampling=SamplingConfig(steps=2))
 
 
 def test_gpt_style_continues_token_by_token_inside_a_cube():

@@ -223,7 +223,7 @@ def test_gamma_on_tensors_follows_the_same_formulas_as_on_floats():
 def test_sampling_config_bounds_are_inclusive_and_errors_say_which_setting():
     for ok in (dict(temperature=0.0), dict(top_k=0), dict(top_p=1.0), dict(top_p=1e-6), dict(cfg_scale=0.0),
                dict(cfg_scale=0.5), dict(steps=1), dict(cfg_schedule="linear"),
-               dict(context_temperature=0.0)):  # fmt: skip
+               dict(context_temperature=0.0), dict(mask_schedule="square"), dict(choice_temperature=0.0)):  # fmt: skip
         SamplingConfig(**ok)
     bad = {
         r"temperature must be >= 0, got -0.1": dict(temperature=-0.1),
@@ -234,6 +234,8 @@ def test_sampling_config_bounds_are_inclusive_and_errors_say_which_setting():
         r"cfg_scale must be >= 0, got -1.0": dict(cfg_scale=-1.0),
         r"cfg_schedule must be 'constant' or 'linear', got 'cosine'": dict(cfg_schedule="cosine"),
         r"steps must be >= 1, got 0": dict(steps=0),
+        r"mask_schedule must be one of \['cosine', 'linear', 'square'\], got 'cosin'": dict(mask_schedule="cosin"),
+        r"choice_temperature must be >= 0, got -1.0": dict(choice_temperature=-1.0),
     }
     refused_exactly(SamplingConfig, bad)
 

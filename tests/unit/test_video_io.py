@@ -282,6 +282,14 @@ def test_resize_center_crop_same_size_is_identity():
         resize_center_crop(clip, 0)
 
 
+def test_resize_center_crop_takes_views_with_negative_strides():
+    """``bgr[..., ::-1]``, the usual BGR-to-RGB step, and flipped frames are views that torch cannot wrap."""
+    clip = smooth_clip(T=2, H=48, W=80)
+    for view in (clip[..., ::-1], clip[:, ::-1], clip[:, :, ::-1]):
+        np.testing.assert_array_equal(resize_center_crop(view, 32), resize_center_crop(view.copy(), 32))
+    np.testing.assert_array_equal(frames_to_tensor(clip[..., ::-1]), frames_to_tensor(clip[..., ::-1].copy()))
+
+
 def test_tensor_round_trip():
     clip = smooth_clip(T=3, H=8, W=10)
     x = frames_to_tensor(clip)
