@@ -91,6 +91,11 @@ def roll_out(
         the :class:`Rollout`.
     """
     ct = tokenizer.config.temporal_compression
+    if max_latents < 2 and (context is not None or num_frames > 1):
+        raise ValueError(
+            f"a generator of {max_latents} latent frame makes single images: it cannot continue frames or make "
+            f"a {num_frames}-frame video"
+        )
     like = next(tokenizer.parameters())
     h, w = latent_hw
     overlap = overlap_latents or default_overlap(max_latents)

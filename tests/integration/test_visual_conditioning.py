@@ -177,3 +177,18 @@ def test_cli_continues_a_video_file_and_refuses_bad_context(model_dir, clip, tmp
         errors = [line for line in err.splitlines() if line.startswith("error:")]
         assert len(errors) == 1 and message in errors[0] and "Traceback" not in err, err
         assert not target.exists()
+
+
+def test_a_one_latent_generator_refuses_to_continue_instead_of_slicing_nothing(pipe):
+    """With max_grid[0] = 1 no window can hold context plus a new latent: the window arithmetic used to slice
+    zero frames and fail inside the tokenizer with a shape message."""
+    from pipelines.rollout import roll_out
+
+    def sample(grid, ctx):
+        return torch.zeros((1, *grid), dtype=torch.long)
+
+    kw = dict(max_latents=1, latent_hw=(4, 4), batch=1)
+    assert roll_out(sample, pipe.tokenizer, num_frames=1, **kw).frames.shape == (1, 1, 32, 32, 3)
+    for num_frames, context in ((5, None), (5, np.zeros((1, 1, 32, 32, 3), np.uint8))):
+        with pytest.raises(ValueError, match="^a generator of 1 latent frame makes single images"):
+            roll_out(sample, pipe.tokenizer, num_frames=num_frames, context=context, **kw)
