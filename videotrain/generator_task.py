@@ -183,11 +183,11 @@ class GeneratorTrainer(Trainer):
     def _check_labels(self) -> None:
         cfg = self.cfg.model
         if cfg.cond == "class":
-            labels = [self.cache[i].label for i in range(min(len(self.cache), 64))]
-            if min(labels) < 0 or max(labels) >= cfg.num_classes:
+            labels = self.cache.labels()  # every clip: a bad label late in the cache would stop a long run
+            if len(labels) and (labels.min() < 0 or labels.max() >= cfg.num_classes):
                 raise ValueError(
                     f"class-conditional model with {cfg.num_classes} classes, but cache labels span "
-                    f"{min(labels)}..{max(labels)}"
+                    f"{labels.min()}..{labels.max()}"
                 )
 
     # ------------------------------------------------------------------ data
@@ -290,7 +290,8 @@ class GeneratorTrainer(Trainer):
 
             self._tokenizer = VideoTokenizer.from_pretrained(self.cfg.data.tokenizer).to(self.dist.device)
         n = self.run.num_samples
-        picks = self.eval_idx[:n] if len(self.eval_idx) >= n else range(n)
+        held_out = [int(i) for i in self.eval_idx]
+        picks = (held_out + [i for i in range(len(self.cache)) if i not in set(held_out)])[:n]  # a small cache: fewer
         samples = [self.cache[int(i)] for i in picks]
         write_generator_samples(
             self.model,

@@ -25,6 +25,8 @@ class MetricsLog:
 
     def __init__(self, out: Path, enabled: bool, tensorboard: bool = False) -> None:
         self.enabled, self.out = enabled, out
+        if enabled:
+            _drop_partial_last_line(out / "metrics.jsonl")
         self.file = (out / "metrics.jsonl").open("a") if enabled else None
         self.tb = None
         if enabled and tensorboard:
@@ -54,6 +56,19 @@ class MetricsLog:
         plot_loss_curve(self.out / "metrics.jsonl", self.out / "loss_curve.png")
 
 
+def _drop_partial_last_line(path: Path) -> None:
+    """A run killed while writing a record leaves a line without its newline; a resumed run would glue its first
+    record onto it. Cuts the file back to its last complete line."""
+    if not path.is_file():
+        return
+    with path.open("rb+") as f:
+        data = f.read()
+        if data and not data.endswith(b"\n"):
+            keep = data.rfind(b"\n") + 1
+            log.warning("%s: dropped an unfinished last record (%d bytes)", path, len(data) - keep)
+            f.truncate(keep)
+
+
 def plot_loss_curve(metrics: Path, png: Path) -> None:
     """Training (and eval) loss against step, from a metrics JSONL file."""
     import matplotlib
@@ -61,7 +76,13 @@ def plot_loss_curve(metrics: Path, png: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    rows = []
+    for line in metrics.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:  # a damaged line must not stop the run's export; the plot skips it
+            if line.strip():
+                log.warning("%s: skipped a line that is not JSON", metrics)
     train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
     evals = [(r["step"], r["eval_loss"]) for r in rows if "eval_loss" in r and math.isfinite(r["eval_loss"])]
     if not train:

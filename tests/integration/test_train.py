@@ -417,6 +417,21 @@ def test_mismatched_cache_is_refused(data, tmp_path):
     assert c.returncode == 2 and "larger than the model's maximum" in c.stderr
 
 
+def test_labels_are_checked_in_every_clip_and_a_small_cache_still_gives_samples(data, tmp_path):
+    """A bad label in clip 79 of 80 is refused before training (only the first 64 were checked: the run failed when
+    it drew that clip); run.num_samples above the cache size writes one sample per clip instead of failing."""
+    from tests.unit.test_token_data import make_cache
+
+    make_cache(tmp_path / "labels", num_clips=80, shard_size=16, codebook_size=64, label=lambda i: 5 if i == 79 else 0)
+    bad, small = parallel(
+        lambda: train(data, tmp_path / "a", f"data.cache={tmp_path / 'labels'}", "data.tokenizer=", check=False),
+        lambda: train(data, tmp_path / "b", "run.steps=1", "run.sample_every=1", "run.num_samples=40",
+                      "run.eval_every=0", "run.checkpoint_every=0"),
+    )  # fmt: skip
+    assert bad.returncode == 2 and "cache labels span 0..5" in bad.stderr and "Traceback" not in bad.stderr
+    assert len(list((tmp_path / "b" / "samples").rglob("*.mp4"))) == 32  # every clip of the 32-clip cache
+
+
 def test_init_from_starts_from_exported_weights_across_styles(data, tmp_path):
     from safetensors.torch import load_file
 

@@ -17,9 +17,16 @@ FINGERPRINT = "ab" * 32
 
 
 def make_cache(
-    out: Path, num_clips: int = 7, shard_size: int = 3, world_size: int = 1, codebook_size: int = 100, caption=None
+    out: Path,
+    num_clips: int = 7,
+    shard_size: int = 3,
+    world_size: int = 1,
+    codebook_size: int = 100,
+    caption=None,
+    label=lambda i: i % 3,
 ) -> np.ndarray:
-    """Writes a cache of ``num_clips`` clips (source i, clip 0) through the real writer; returns the ids."""
+    """Writes a cache of ``num_clips`` clips (source i, clip 0, label ``label(i)``) through the real writer; returns
+    the ids."""
     ids = np.random.default_rng(0).integers(0, codebook_size, (num_clips, *GRID))
     spec = {
         "identity": {
@@ -29,7 +36,7 @@ def make_cache(
         },
         "tokenizer": {"path": "tok", "config": {}},
         "data": "data",
-        "sources": [{"path": f"s{i}.mp4", "caption": f"caption {i}", "label": i % 3} for i in range(num_clips)],
+        "sources": [{"path": f"s{i}.mp4", "caption": f"caption {i}", "label": label(i)} for i in range(num_clips)],
     }  # fmt: skip
     prepare_cache_dir(out, spec)
     for rank in range(world_size):
@@ -37,7 +44,7 @@ def make_cache(
         writer = RankWriter(out, rank=rank, world_size=world_size, shard_size=shard_size, dtype=dtype, grid=GRID)
         for i in rank_slice(num_clips, rank, world_size):
             text = caption(i) if caption else f"caption {i}"
-            meta = {"source": i, "clip": 0, "start": 2 * i, "stride": 1, "label": i % 3, "caption": text}
+            meta = {"source": i, "clip": 0, "start": 2 * i, "stride": 1, "label": label(i), "caption": text}
             writer.add(ids[i], **meta, last_of_source=True)
         writer.finish()
     merge_manifest(out, spec, world_size=world_size, wait_timeout_s=1, elapsed_s=0.0)
@@ -47,6 +54,7 @@ def make_cache(
 def test_random_access_returns_every_clip_in_order(tmp_path):
     ids = make_cache(tmp_path / "c")
     cache = TokenCache(tmp_path / "c")
+    assert cache.labels().tolist() == [i % 3 for i in range(7)]  # every clip's, across shards
     assert len(cache) == 7 and cache.grid == GRID and cache.codebook_size == 100 and cache.fingerprint == FINGERPRINT
     for i in [*range(7), -1, -7]:
         sample = cache[i]

@@ -437,3 +437,24 @@ def test_stop_signals_record_the_first_and_hand_the_second_to_the_previous_handl
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)  # the second one: the previous handler (pytest's default)
     assert {s: signal.getsignal(s) for s in StopSignals.SIGNALS} == before
+
+
+def test_a_resumed_metrics_log_drops_the_killed_runs_unfinished_record(tmp_path):
+    """A kill mid-write leaves a record without its newline; the resumed run's first record was glued onto it and the
+    loss-curve plot at the end of every later run raised JSONDecodeError before the export."""
+    import json
+
+    from videotrain.outputs import MetricsLog
+
+    first = MetricsLog(tmp_path, enabled=True)
+    for step in (1, 2, 3):
+        first.write(step, {"loss": 1.0 / step})
+    first.file.write('{"step": 4, "lo')  # killed here
+    first.file.close()
+    resumed = MetricsLog(tmp_path, enabled=True)
+    for step in (3, 4):
+        resumed.write(step, {"loss": 1.0 / step})
+    resumed.close()
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 3, 4]
+    assert (tmp_path / "loss_curve.png").stat().st_size > 0

@@ -149,6 +149,12 @@ class TokenCache(Dataset):
             captions=captions,
         )
 
+    def labels(self) -> np.ndarray:
+        """(N,) int64 class label of every clip in index order, -1 where the source had none."""
+        if not self.shards:
+            return np.zeros(0, dtype=np.int64)
+        return np.concatenate([self._arrays(i)[1]["label"].astype(np.int64) for i in range(len(self.shards))])
+
     def _arrays(self, shard: int) -> tuple[np.ndarray, np.ndarray]:
         if shard not in self._tokens:
             entry = self.shards[shard]
