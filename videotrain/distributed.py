@@ -221,6 +221,16 @@ def all_reduce_max_values(values: torch.Tensor, device: torch.device) -> torch.T
     return out.cpu()
 
 
+def all_reduce_sum(values: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Elementwise sum of a CPU tensor over all ranks, reduced on ``device``, returned on the CPU (the tensor
+    itself on one process, without a collective or a device copy)."""
+    if not _multi_process():
+        return values
+    out = values.to(device)
+    torch.distributed.all_reduce(out)
+    return out.cpu()
+
+
 def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
     """Mean of a tensor over all ranks (the tensor itself on one process, without a collective)."""
     if not _multi_process():

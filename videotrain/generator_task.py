@@ -260,18 +260,20 @@ class GeneratorTrainer(Trainer):
             return {"eval_loss": float("nan")}
         self.model.eval()
         rng = torch.Generator().manual_seed(12345 + self.dist.rank)
-        mine = self.eval_idx[self.dist.rank :: self.dist.world_size]
-        mb, total = self.run.micro_batch, []
-        for b in range(self.run.eval_batches):
+        world, mb = self.dist.world_size, self.run.micro_batch
+        mine = self.eval_idx[self.dist.rank :: world]
+        # Every rank runs the same number of forward passes (ZeRO-3 gathers parameters in each); a rank whose share
+        # has run out repeats a clip with weight 0. The mean is over clips, not over ranks.
+        batches = min(self.run.eval_batches, -(-len(self.eval_idx[::world]) // mb))
+        loss_sum, clips = 0.0, 0
+        for b in range(batches):
             idx = mine[b * mb : (b + 1) * mb]
-            if len(idx) == 0:
-                break
-            ids, cond = self.batch(idx.tolist())
+            ids, cond = self.batch((idx if len(idx) else self.eval_idx[:1]).tolist())
             loss, _ = self.engine(ids, cond, rng)
-            total.append(float(loss))
+            loss_sum, clips = loss_sum + float(loss) * len(idx), clips + len(idx)
         self.model.train()
-        value = torch.tensor([np.mean(total) if total else 0.0], dtype=torch.float64)
-        return {"eval_loss": float(distributed.all_reduce_mean(value.to(self.dist.device)))}
+        totals = distributed.all_reduce_sum(torch.tensor([loss_sum, clips], dtype=torch.float64), self.dist.device)
+        return {"eval_loss": float(totals[0] / totals[1])}
 
     # ------------------------------------------------------------------ state and outputs
     def task_state(self) -> tuple[dict, dict[str, torch.Tensor]]:

@@ -93,10 +93,10 @@ def parallel(*calls):
         return [f.result() for f in [pool.submit(c) for c in calls]]
 
 
-def losses(out) -> dict[int, float]:
-    """step -> training loss (the last record wins: a resumed run rewrites later steps)."""
+def losses(out, key: str = "loss") -> dict[int, float]:
+    """step -> training loss, or another logged value (the last record wins: a resumed run rewrites later steps)."""
     rows = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r["loss"] for r in rows if "loss" in r}
+    return {r["step"]: r[key] for r in rows if key in r}
 
 
 def test_loss_decreases_and_outputs_exist(data, tmp_path):
@@ -322,9 +322,10 @@ def test_two_processes_follow_the_single_process_loss_curve(data, tmp_path, stag
     """The same global batch (1 x 4 clips, or 2 ranks x 2 clips: the sampler deals rank r every other clip of
     the same permutation) gives the same loss curve, within 1e-4 over 6 steps (a GPT-style model, whose loss
     draws no random masks; only the order of floating-point sums differs). The two-process run takes the shipped
-    ZeRO JSON and saves its last step: every rank's state says 2 processes."""
-    common = ["model.style=ar", "model.orders=[frame]", "objective.cond_dropout=0", "run.steps=6", "run.eval_every=0",
-              "run.log_every=1"]  # fmt: skip
+    ZeRO JSON and saves its last step: every rank's state says 2 processes. The held-out loss is the mean over its
+    one clip on both, though rank 1 holds none (it was averaged in as 0, halving the two-process value)."""
+    common = ["model.style=ar", "model.orders=[frame]", "objective.cond_dropout=0", "run.steps=6", "run.eval_every=6",
+              "data.eval_fraction=0.04", "run.log_every=1"]  # fmt: skip
     launcher, zero = torchrun(), ROOT / f"configs/deepspeed/zero{stage}.json"
     parallel(lambda: train(data, tmp_path / "one", *common, "run.micro_batch=4", "run.checkpoint_every=0"),
              lambda: train(data, tmp_path / "two", *common, "run.micro_batch=2", "run.checkpoint_every=6",
@@ -333,6 +334,8 @@ def test_two_processes_follow_the_single_process_loss_curve(data, tmp_path, stag
     assert sorted(one) == sorted(two) == list(range(1, 7))
     assert max(abs(one[s] - two[s]) for s in one) < 1e-4, (one, two)
     assert one[6] < one[1]  # and it trains
+    held_out = [losses(run, "eval_loss")[6] for run in (tmp_path / "one", tmp_path / "two")]
+    assert abs(held_out[0] - held_out[1]) < 1e-4 * held_out[0], held_out
     assert (tmp_path / "two" / "export" / "model.safetensors").is_file()
     for rank in (0, 1):
         state = json.loads((tmp_path / "two" / "checkpoints" / "step_00000006" / f"rank{rank:05d}.json").read_text())
