@@ -54,8 +54,8 @@ def sample_maskgit(
     """
     sampling, layout = prepare_sampling(model, grid, order, sampling, "maskgit", context)
     B, L = cond.batch_size, layout.num_tokens
-    known, n_ctx = context_sequence(layout, context, B, whole_units=True)
     device = model.device
+    known, n_ctx = context_sequence(layout, None if context is None else context.to(device), B, whole_units=True)
     ctx = DecodeContext(model, cond, sampling, max_tokens=L, use_cache=use_cache)
     # The condition prefix is computed once; every step of every unit (order 'clip' included) attends to it.
     ctx.prefill()

