@@ -7,6 +7,7 @@ the aspect ratio, and center-cropped (:func:`core.video_io.resize_center_crop`, 
 
 from __future__ import annotations
 
+import numbers
 import os
 
 import numpy as np
@@ -96,6 +97,8 @@ def _one_context(
         if num_context is None:
             raise ValueError(f"continuing a video needs context_frames (1 + k*{ct} frames, e.g. {1 + ct})")
         frames = load_frames(video, "video")
+    if isinstance(num_context, bool) or not isinstance(num_context, numbers.Integral):
+        raise ValueError(f"context_frames must be an integer, got {num_context!r}")
     if num_context < 1 or (num_context - 1) % ct:
         raise ValueError(
             f"context_frames={num_context} cannot be encoded on its own: the tokenizer needs 1 + k*{ct} frames "

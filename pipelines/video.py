@@ -219,7 +219,10 @@ class VideoPipeline:
             if not self.config.class_names:
                 raise ValueError("this text-conditional model has no class_names to turn labels into prompts")
             prompt = [self.config.class_names[lab] for lab in labels]
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        prompts = [prompt] if isinstance(prompt, str) else prompt
+        if not isinstance(prompts, (list, tuple)) or not all(isinstance(p, str) for p in prompts):
+            raise ValueError(f"prompt must be a string or a list of strings, got {prompt!r}")
+        prompts = list(prompts)
         if gen.config.cond != "text":
             raise ValueError(
                 f"the {gen.config.style} generator is {gen.config.cond}-conditional and takes labels, not prompts"

@@ -143,10 +143,14 @@ def test_bad_visual_context_is_refused(pipe, clip):
         (dict(image=clip[0].astype(np.float32)), "uint8"),
         (dict(image=np.zeros((0, 32, 3), np.uint8)), "uint8"),
         (dict(image=clip[:2]), "one frame"),
+        (dict(video=clip, context_frames="5"), "context_frames must be an integer, got '5'"),
     ]
     for kwargs, message in cases:
         with pytest.raises(ValueError, match=message):
             pipe(PROMPT, **kwargs)
+    for prompt in (123, ["a red circle", 7]):
+        with pytest.raises(ValueError, match="prompt must be a string or a list of strings"):
+            pipe(prompt)
     with pytest.raises(ValueError, match="segment_frames=5 adds no frames|not reachable"):
         pipe.story([PROMPT], segment_frames=3)
 
