@@ -212,7 +212,8 @@ class TokenizerTrainer(Trainer):
             self.disc_engine = extras["discriminator"] = distributed.build_engine(self.disc, disc_opt, disc_cfg)
             self.lecam = LeCam(lc.lecam_decay).to(device)  # per-rank EMAs, averaged every step
         self.checkpointed = EngineGroup(self.engine, **extras)
-        self.model_state = persistent_buffers(self.model)  # updated by the forward (VQ codebook EMAs)
+        # Updated by the forward (VQ codebook EMAs) and by the discriminator's loss (LeCam EMAs): restored together.
+        self.model_state = persistent_buffers(self.model) + (persistent_buffers(self.lecam) if self.lecam else [])
         self.rng = torch.Generator().manual_seed(self.run.seed + 1_000_003 * self.dist.rank)
         self.kind_rng = torch.Generator().manual_seed(self.run.seed + 2)
         self.preview_batch = self.pool.sample(self.run.num_samples, torch.Generator().manual_seed(self.run.seed + 1))

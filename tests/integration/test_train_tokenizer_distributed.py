@@ -144,6 +144,19 @@ def test_nonfinite_stop_changes_nothing(tmp_path, monkeypatch):
         assert len(now) == len(old) and all(torch.equal(x, y) for x, y in zip(old, now))
 
 
+def test_a_skipped_step_restores_the_lecam_emas_of_its_earlier_micro_batches(tmp_path, monkeypatch):
+    """Micro-batch 0 updates LeCam's EMAs; micro-batch 1's infinite gradient skips the step: the EMAs must be the
+    step's starting ones, like the tokenizer's buffers (they kept micro-batch 0's update)."""
+    cfg = build_config(TokenizerTrainConfig, [CFG], [f"data.paths={json.dumps(DATA)}", "optim.grad_accum=2", *GAN])
+    with restored_env():
+        t = TokenizerTrainer(cfg, tmp_path)
+        t.train_step()
+        before = {k: v.clone() for k, v in t.lecam.state_dict().items()}
+        install({"inf_grad_at": "1.1"}, patch=monkeypatch.setattr)
+        assert t.train_step() is None  # skipped
+    assert before and all(torch.equal(before[k], v) for k, v in t.lecam.state_dict().items())
+
+
 def test_zero3_is_refused_with_the_adversarial_loss(tmp_path, capsys):
     assert main(["--config", CFG, "--data", DATA[0], "--out", str(tmp_path), "run.zero_stage=3", *GAN]) == 2
     err = capsys.readouterr().err
