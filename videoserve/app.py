@@ -23,6 +23,7 @@ from importlib import resources
 from pathlib import Path
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException
 
@@ -147,6 +148,12 @@ def create_app(
     async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
         return _error(exc.status_code, str(exc.detail))
 
+    @app.exception_handler(RequestValidationError)
+    async def bad_parameter(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(x) for x in first.get("loc", ()))
+        return _error(400, f"{where}: {first.get('msg', 'invalid request')}")
+
     @app.get("/", response_class=HTMLResponse)
     async def index() -> HTMLResponse:
         return HTMLResponse(page)
@@ -180,7 +187,7 @@ def create_app(
             frames = await asyncio.to_thread(load_frames, path, "upload")
         except ValueError as err:
             path.unlink(missing_ok=True)
-            return _error(400, str(err))
+            return _error(400, str(err).replace(str(path), path.name))  # not the server's folders
         store.enforce_cap(keep=upload_id)
         return JSONResponse({"id": upload_id, "frames": int(frames.shape[0])})
 
@@ -190,16 +197,26 @@ def create_app(
             return _error(413, f"the request body is larger than {MAX_JSON_BYTES} bytes")
         try:
             body = await request.json()
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: deeply nested arrays
             return _error(400, 'the request body must be JSON, e.g. {"prompt": "a red circle moving left"}')
         try:
             gen_request = parse_request(body, store.find_upload, max_frames)
         except ValueError as err:
             return _error(400, str(err))
         submitted = time.perf_counter()
+        held = [p.name.split(".")[0] for p in (gen_request.image, gen_request.video) if p is not None]
+        store.hold(held)  # the size cap must not drop them while the request waits in the queue
+
+        def job() -> dict:
+            try:
+                return _run_job(pipe, store, gen_request, submitted)
+            finally:
+                store.release(held)
+
         try:
-            future = worker.submit(lambda: _run_job(pipe, store, gen_request, submitted))
+            future = worker.submit(job)
         except Busy as err:
+            store.release(held)
             return _error(503, str(err))
         try:
             record = await asyncio.wrap_future(future)

@@ -9,12 +9,14 @@ empty prompt, an order the mode lacks, a negative temperature) keep the CLI's wo
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 
 from pipelines.generate import GenerationRequest
 
 MAX_SEED = 2**63 - 1
+MAX_STEPS = 64  # MaskGIT steps per unit: one request must not hold the only worker for hours
 # field -> (accepted types, what to call them in an error)
 _TYPES: dict[str, tuple[tuple[type, ...], str]] = {
     "prompt": ((str, list), "a string or a list of strings"),
@@ -44,6 +46,8 @@ def _checked(body: dict, name: str) -> object:
     types, what = _TYPES[name]
     if isinstance(value, bool) or not isinstance(value, types):
         raise ValueError(f"{name} must be {what}, got {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):  # Starlette's JSON reader takes NaN and Infinity
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
     if name == "prompt" and isinstance(value, list) and not all(isinstance(p, str) for p in value):
         raise ValueError(f"prompt must be a string or a list of strings, got {value!r}")
     return value
@@ -72,6 +76,8 @@ def parse_request(body: object, find_upload: Callable[[object], Path], max_frame
     for name in ("num_frames", "segment_frames", "context_frames"):
         if v[name] is not None and not 1 <= v[name] <= max_frames:
             raise ValueError(f"{name} must be in [1, {max_frames}] on this server, got {v[name]}")
+    if v["steps"] is not None and not 1 <= v["steps"] <= MAX_STEPS:
+        raise ValueError(f"steps must be in [1, {MAX_STEPS}] on this server, got {v['steps']}")
     prompts = v["prompt"] if isinstance(v["prompt"], list) else ([] if v["prompt"] is None else [v["prompt"]])
     if v["segment_frames"] is not None and len(prompts) * (v["segment_frames"] - 1) + 1 > max_frames:
         raise ValueError(f"this story would be longer than this server's limit of {max_frames} frames")

@@ -17,6 +17,8 @@ import logging
 import re
 import secrets
 import threading
+from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 
 from core.files import atomic_write_json
@@ -51,6 +53,17 @@ class OutputStore:
         self.max_bytes = max_bytes
         self._lock = threading.Lock()
         self._busy: set[str] = set()  # results being written: never dropped by the cap
+        self._held: Counter[str] = Counter()  # uploads that queued or running requests will read
+
+    def hold(self, ids: Iterable[str]) -> None:
+        """Protects uploads from the cap while a request that names them waits or runs (until :meth:`release`)."""
+        with self._lock:
+            self._held.update(ids)
+
+    def release(self, ids: Iterable[str]) -> None:
+        with self._lock:
+            self._held.subtract(ids)
+            self._held = +self._held  # drop the ids no request holds any more
 
     def reserve(self) -> str:
         """A new result id, protected from the cap until :meth:`finish` or :meth:`discard`."""
@@ -119,7 +132,8 @@ class OutputStore:
     def enforce_cap(self, keep: str = "") -> list[str]:
         """Deletes the oldest results and uploads until the folder fits ``max_bytes``; returns the ids dropped.
 
-        Results being written and ``keep`` (what the caller just made) are never dropped.
+        Results being written, uploads held for waiting requests and ``keep`` (what the caller just made) are never
+        dropped.
         """
         with self._lock:
             groups: dict[str, list[Path]] = {}
@@ -132,7 +146,7 @@ class OutputStore:
             for key in by_age:
                 if total <= self.max_bytes:
                     break
-                if key == keep or key in self._busy:
+                if key == keep or key in self._busy or key in self._held:
                     continue
                 files = sorted(groups[key], key=lambda p: p.suffix != ".json")  # the record first: unlisted at once
                 for path in files:

@@ -78,9 +78,9 @@ def sample_maskgit(
             for s in range(steps):
                 masked = cur == mask_id
                 num_masked = int(masked[0].sum())
-                if num_masked == 0:
-                    bar.update(1)
-                    continue
+                if num_masked == 0:  # done early (more steps than tokens): the remaining steps draw nothing
+                    bar.update(steps - s)
+                    break
                 logits = ctx.logits(cur, coords, keep=False, progress=(u + s / steps) / layout.num_units)
                 sampled = sample_logits(logits, sampling, generator)
                 conf = torch.log_softmax(logits, -1).gather(-1, sampled[..., None])[..., 0]

@@ -172,6 +172,17 @@ def test_maskgit_defaults_to_clip_order_and_the_schedule_refuses_zero_steps():
         num_masked_after_step(0, 0, 16)
 
 
+@pytest.mark.timeout(120)
+def test_maskgit_stops_a_unit_once_nothing_is_masked(monkeypatch):
+    """More steps than tokens: a unit ends when its last token is drawn. The loop used to run the remaining
+    steps empty (10**15 of them here, which held the web demo's only worker for ever)."""
+    calls = _spy_logits(monkeypatch)
+    grid = (1, 4, 4)
+    out = sample_maskgit(tiny("maskgit"), cond2(), grid, order="cube", sampling=SamplingConfig(steps=10**15))
+    assert out.shape == (2, *grid) and int(out.max()) < 64
+    assert sum(not keep for keep, *_ in calls) <= 16  # at most one pass per token: 4 cubes of 4 tokens
+
+
 def _spy_logits(monkeypatch) -> list[tuple[bool, float, int, torch.Tensor]]:
     """Records (keep, progress, cache length before the call, coords) of every ``DecodeContext.logits`` call."""
     calls = []

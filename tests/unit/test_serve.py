@@ -17,7 +17,7 @@ from pipelines.generate import generate_to_files  # noqa: E402
 from pipelines.video import DEFAULT_MODEL_DIR  # noqa: E402
 from videoserve.app import create_app  # noqa: E402
 from videoserve.server import check_host  # noqa: E402
-from videoserve.store import OutputStore  # noqa: E402
+from videoserve.store import OutputStore, new_id  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +84,7 @@ def test_generate_returns_the_record_and_playable_files(served, pipe):
         ({"prompt": "x", "image": "../../etc/passwd"}, "no upload with id"),
         ({"prompt": "x", "label": 3}, "not both"),
         ([1, 2], "must be a JSON object"),
+        ({"prompt": "x", "steps": 10**30}, "steps must be in [1, 64] on this server"),  # held the worker for ever
     ],
 )
 def test_bad_requests_get_400_with_one_line(client, body, message):
@@ -91,6 +92,24 @@ def test_bad_requests_get_400_with_one_line(client, body, message):
     assert r.status_code == 400, r.text
     error = r.json()["error"]
     assert message in error and "\n" not in error
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (b'{"prompt": "x", "temperature": NaN}', "temperature must be a finite number"),  # Starlette reads NaN
+        (b'{"prompt": "x", "cfg": Infinity}', "cfg must be a finite number"),
+        (b"[" * 5000 + b"]" * 5000, "must be JSON"),  # nested past Python's recursion limit
+    ],
+)
+def test_json_that_python_reads_oddly_is_400_not_500(client, raw, message):
+    r = client.post("/api/generate", content=raw, headers={"content-type": "application/json"})
+    assert r.status_code == 400 and message in r.json()["error"], r.text
+
+
+def test_a_bad_query_parameter_is_400_with_the_servers_error_shape(client):
+    r = client.get("/api/recent?limit=abc")
+    assert r.status_code == 400 and "limit" in r.json()["error"] and "\n" not in r.json()["error"]
 
 
 def test_bad_input_matches_the_cli_message(client):
@@ -227,6 +246,22 @@ def test_cap_never_drops_a_result_being_written(tmp_path):
     store.result_paths(done)[0].write_bytes(b"v" * 500)
     store.finish(done, {"id": done})
     assert store.result_paths(busy)[0].exists() and store.result_paths(done)[0].exists()
+
+
+def test_cap_keeps_uploads_that_waiting_requests_will_read(tmp_path):
+    """An upload named by a queued request was the oldest file, so the cap dropped it before the request ran."""
+    store = OutputStore(tmp_path, max_bytes=100)
+    upload = new_id()
+    store.upload_path(upload, ".png").write_bytes(b"u" * 500)
+    store.hold([upload])
+    done = store.reserve()
+    store.result_paths(done)[0].write_bytes(b"v" * 50)
+    store.finish(done, {"id": done})
+    assert store.find_upload(upload).exists()
+    store.release([upload])
+    store.enforce_cap()
+    with pytest.raises(ValueError, match="no upload with id"):
+        store.find_upload(upload)
 
 
 def test_non_loopback_host_needs_public():
