@@ -70,13 +70,15 @@ def predict_continuations(
     count = min(num_videos or protocol.num_videos, len(sources))
     if count < 1:
         raise ValueError(f"no videos found under {str(real)!r}")
+    if batch < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {batch}")
     pipe = VideoPipeline.from_pretrained(model).to(device)
     ct = pipe.tokenizer.config.temporal_compression
     total = 1 + -(-(protocol.num_frames - 1) // ct) * ct  # the first 1 + k*ct >= num_frames
     out = Path(out)
     real = Path(real)
     for start in range(0, count, batch):
-        chunk = sources[start : start + batch]
+        chunk = sources[start : min(start + batch, count)]  # the last batch stops at num_videos
         clips = [s.read(num_frames=num_context, stride=protocol.frame_stride) for s in chunk]  # (N, H, W, 3) each
         got = pipe(
             prompt, video=clips, context_frames=num_context, num_frames=total, num_videos=len(chunk), mode=mode,

@@ -17,12 +17,13 @@ from videoeval.conditioning import fresh_clips
 def test_predict_then_fvd(tmp_path, capsys):
     model = make_tiny_pipeline(tmp_path / "model")  # 32x32 frames, ct = 4
     real = tmp_path / "real"
-    for i, (_, frames) in enumerate(fresh_clips(4)):
+    for i, (_, frames) in enumerate(fresh_clips(5)):
         write_video(real / f"clip_{i}.mp4", frames, fps=8)
     pred = tmp_path / "pred"
     assert main(["predict", "--model", str(model), "--real", str(real), "--protocol", "quick", "--num-videos", "4",
-                 "--context-frames", "5", "--out", str(pred), "--batch-size", "2"]) == 0  # fmt: skip
+                 "--context-frames", "5", "--out", str(pred), "--batch-size", "3"]) == 0  # fmt: skip
     assert "4 predicted clips (5 context + 11 predicted frames)" in capsys.readouterr().out
+    assert sorted(p.name for p in pred.glob("*.mp4")) == [f"clip_{i}.mp4" for i in range(4)]  # not the 2nd batch's 5th
     for i in range(4):
         got, truth = read_video(pred / f"clip_{i}.mp4"), read_video(real / f"clip_{i}.mp4")
         assert got.shape == (16, 32, 32, 3)  # the protocol's 16 frames, at the model's size
@@ -37,3 +38,6 @@ def test_predict_then_fvd(tmp_path, capsys):
     assert main(["predict", "--model", str(model), "--real", str(tmp_path / "none"), "--protocol", "quick",
                  "--out", str(pred)]) == 2  # fmt: skip
     assert "error:" in capsys.readouterr().err
+    assert main(["predict", "--model", str(model), "--real", str(real), "--protocol", "quick", "--context-frames", "5",
+                 "--out", str(tmp_path / "none_written"), "--batch-size", "0"]) == 2  # fmt: skip
+    assert "--batch-size must be >= 1" in capsys.readouterr().err and not (tmp_path / "none_written").exists()
