@@ -145,6 +145,9 @@ class ConditionEmbedder(nn.Module):
             raise ValueError(f"text features must be (B, {self.max_text_len}, D), got {tuple(text.shape)}")
         if mask is None:
             mask = torch.ones(text.shape[:2], dtype=torch.bool, device=text.device)
+        empty = ~mask.any(1) if drop is None else ~mask.any(1) & ~drop
+        if bool(empty.any()):  # its prefix would attend to nothing: NaN that spreads to every token
+            raise ValueError(f"text_mask row(s) {empty.nonzero().flatten().tolist()} mark no token; drop them instead")
         text = text.to(null.dtype)
         emb = self.text_proj(text) + self.text_pos[None]
         if self.text_pooled:

@@ -112,6 +112,14 @@ def test_text_generator_needs_text(encoder):
     )
     with pytest.raises(ValueError, match="text-conditional"):
         sample_ar(Generator(cfg).eval(), Condition(labels=torch.tensor([1])), GRID)
+    # Hand-made features whose mask marks no token: the prefix attended to nothing and gave NaN everywhere.
+    text = torch.randn(2, MAX_LEN, encoder.dim)
+    mask = torch.zeros(2, MAX_LEN, dtype=torch.bool)
+    mask[0, :3] = True
+    with pytest.raises(ValueError, match=r"text_mask row\(s\) \[1\] mark no token"):
+        sample_ar(Generator(cfg).eval(), Condition(text=text, text_mask=mask), GRID)
+    dropped = Condition(text=text, text_mask=mask, drop=torch.tensor([False, True]))  # the null condition: fine
+    assert sample_ar(Generator(cfg).eval(), dropped, GRID).shape == (2, *GRID)
 
 
 def test_pooled_token_ignores_padding_and_word_order_and_has_a_null():
