@@ -7,12 +7,12 @@ the aspect ratio, and center-cropped (:func:`core.video_io.resize_center_crop`, 
 
 from __future__ import annotations
 
-import numbers
 import os
 
 import numpy as np
 
 from core.video_io import read_video, resize_center_crop
+from pipelines.batching import is_int
 
 FrameSource = np.ndarray | str | os.PathLike
 
@@ -97,7 +97,7 @@ def _one_context(
         if num_context is None:
             raise ValueError(f"continuing a video needs context_frames (1 + k*{ct} frames, e.g. {1 + ct})")
         frames = load_frames(video, "video")
-    if isinstance(num_context, bool) or not isinstance(num_context, numbers.Integral):
+    if not is_int(num_context):
         raise ValueError(f"context_frames must be an integer, got {num_context!r}")
     if num_context < 1 or (num_context - 1) % ct:
         raise ValueError(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import numbers
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -22,6 +21,7 @@ from core.config import from_dict, load_yaml, save_config
 from generator import Condition, Generator
 from generator.sampling import SamplingConfig, sample_ar, sample_maskgit
 from generator.text_encoders import TextEncoder, TextEncoderConfig, load_text_encoder
+from pipelines.batching import batch_size, is_int, per_video, repeat_rows
 from pipelines.context import FrameSource, context_frames
 from pipelines.rollout import Rollout, default_overlap, roll_out
 from tokenizer import VideoTokenizer
@@ -186,7 +186,7 @@ class VideoPipeline:
 
     def latent_frames(self, num_frames: int) -> int:
         ct = self.tokenizer.config.temporal_compression
-        if not _is_int(num_frames) or num_frames < 1 or (num_frames - 1) % ct:
+        if not is_int(num_frames) or num_frames < 1 or (num_frames - 1) % ct:
             raise ValueError(
                 f"num_frames={num_frames} is not reachable: the tokenizer needs 1 + k*{ct} frames "
                 f"(e.g. 1, {1 + ct}, {1 + 4 * ct})"
@@ -207,13 +207,13 @@ class VideoPipeline:
         if prompt is None and labels is None:
             return Condition(drop=torch.ones(batch, dtype=torch.bool, device=device))
         if labels is not None:
-            labels = [labels] if _is_int(labels) else list(labels)
+            labels = [labels] if is_int(labels) else list(labels)
             n = len(self.config.class_names) or gen.config.num_classes
             for lab in labels:
-                if not _is_int(lab) or not 0 <= lab < n:
+                if not is_int(lab) or not 0 <= lab < n:
                     raise ValueError(f"unknown class {lab!r}: valid class ids are 0..{n - 1}")
             labels = [int(lab) for lab in labels]
-            labels = _repeat(labels, batch)
+            labels = repeat_rows(labels, batch)
             if gen.config.cond == "class":
                 return Condition(labels=torch.tensor(labels, device=device))
             if not self.config.class_names:
@@ -227,7 +227,7 @@ class VideoPipeline:
             raise ValueError(
                 f"the {gen.config.style} generator is {gen.config.cond}-conditional and takes labels, not prompts"
             )
-        feats = self.text_encoder.encode(_repeat(prompts, batch))
+        feats = self.text_encoder.encode(repeat_rows(prompts, batch))
         return Condition(text=feats.features.to(device), text_mask=feats.mask.to(device))
 
     # ----------------------------------------------------------------- generate
@@ -333,11 +333,11 @@ class VideoPipeline:
                 "is the total length and must be larger"
             )
         given = prompt if prompt is not None else labels
-        batch = _batch(given, num_videos, 1 if context is None else context.shape[0])
+        batch = batch_size(given, num_videos, 1 if context is None else context.shape[0])
         cond = self.condition(gen, prompt, labels, batch)
         if given is None:  # guidance between two null conditions changes nothing: skip the second pass
             sampling = replace(sampling, cfg_scale=1.0)
-        ctx = None if context is None else _rows(context, batch)  # (B, N, H, W, 3)
+        ctx = None if context is None else per_video(context, batch)  # (B, N, H, W, 3)
         out = self._roll(gen, cond, order=order, sampling=sampling, generator=generator, progress=progress,
                          num_frames=num_frames, context=ctx)  # fmt: skip
         return VideoOutput(frames=out.frames, fps=self.config.fps, ids=out.ids, timings=out.timings)
@@ -383,7 +383,7 @@ class VideoPipeline:
         self.latent_frames(segment_frames)
         if segment_frames < 1 + self.tokenizer.config.temporal_compression:
             raise ValueError(f"segment_frames={segment_frames} adds no frames after the first segment")
-        frames = None if context is None else _rows(context, num_videos)  # (B, N, H, W, 3)
+        frames = None if context is None else per_video(context, num_videos)  # (B, N, H, W, 3)
         ids, timings = [], {}
         for k, prompt in enumerate(prompts):
             cond = self.condition(gen, prompt, None, num_videos)
@@ -394,39 +394,3 @@ class VideoPipeline:
             frames, ids = out.frames, [*ids, out.ids[:, out.context_latents if k else 0 :]]  # later: new latents only
             timings = {key: timings.get(key, 0.0) + v for key, v in out.timings.items()}
         return VideoOutput(frames=frames, fps=self.config.fps, ids=torch.cat(ids, dim=1), timings=timings)
-
-
-def _is_int(x: object) -> bool:
-    """An integer, NumPy's included (``np.int64(9)``); not a bool."""
-    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
-
-
-def _batch(given: str | int | list | None, num_videos: int | None, context_rows: int) -> int:
-    """Videos to make: one per prompt/label in a list; for one prompt, label or none, ``num_videos``, or one per
-    image/video when a list of them is given."""
-    if num_videos is not None and (not _is_int(num_videos) or num_videos < 1):
-        raise ValueError(f"nothing to generate: num_videos must be an integer >= 1, got {num_videos!r}")
-    if given is None or isinstance(given, str) or _is_int(given):
-        return int(num_videos) if num_videos is not None else context_rows
-    if len(given) < 1:
-        raise ValueError("nothing to generate: give at least one prompt or label")
-    if num_videos is not None and num_videos != len(given):
-        raise ValueError(f"num_videos={num_videos} disagrees with the {len(given)} prompts/labels given")
-    return len(given)
-
-
-def _rows(context: np.ndarray, batch: int) -> np.ndarray:
-    """(R, N, H, W, 3) context -> (batch, N, H, W, 3): one context for every video, or one each."""
-    if context.shape[0] == batch:
-        return context
-    if context.shape[0] == 1:
-        return np.repeat(context, batch, axis=0)
-    raise ValueError(f"got {context.shape[0]} images/videos for {batch} videos")
-
-
-def _repeat(items: list, batch: int) -> list:
-    if len(items) == batch:
-        return items
-    if len(items) == 1:
-        return items * batch
-    raise ValueError(f"got {len(items)} prompts/labels for {batch} videos")
