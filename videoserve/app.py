@@ -199,13 +199,19 @@ def create_app(
             body = await request.json()
         except (ValueError, RecursionError):  # RecursionError: deeply nested arrays
             return _error(400, 'the request body must be JSON, e.g. {"prompt": "a red circle moving left"}')
+        held: list[str] = []  # uploads this request reads: the size cap must not drop them until it has run
+
+        def claim(upload_id: object) -> Path:
+            path = store.claim_upload(upload_id)
+            held.append(path.name.split(".")[0])
+            return path
+
         try:
-            gen_request = parse_request(body, store.find_upload, max_frames)
+            gen_request = parse_request(body, claim, max_frames)
         except ValueError as err:
+            store.release(held)
             return _error(400, str(err))
         submitted = time.perf_counter()
-        held = [p.name.split(".")[0] for p in (gen_request.image, gen_request.video) if p is not None]
-        store.hold(held)  # the size cap must not drop them while the request waits in the queue
 
         def job() -> dict:
             try:

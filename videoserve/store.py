@@ -124,6 +124,16 @@ class OutputStore:
                 return path
         raise ValueError(f"no upload with id {upload_id!r}: upload the file first (POST /api/uploads)")
 
+    def claim_upload(self, upload_id: object) -> Path:
+        """:meth:`find_upload` and :meth:`hold` in one step, so the cap cannot drop the file between the two.
+
+        The caller releases the id (:meth:`release`) once it no longer reads the file.
+        """
+        with self._lock:  # enforce_cap scans and deletes under the same lock
+            path = self.find_upload(upload_id)
+            self._held[path.name.split(".")[0]] += 1
+            return path
+
     # ----------------------------------------------------------------- cap
     def size(self) -> int:
         """Bytes of every file in the folder."""

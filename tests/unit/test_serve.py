@@ -264,6 +264,39 @@ def test_cap_keeps_uploads_that_waiting_requests_will_read(tmp_path):
         store.find_upload(upload)
 
 
+def test_claiming_an_upload_holds_it_in_the_same_step(tmp_path, monkeypatch):
+    """The request found its upload, then the cap (run by a finishing result) dropped it before the hold: a 400."""
+    store = OutputStore(tmp_path, max_bytes=100)
+    upload = new_id()
+    store.upload_path(upload, ".png").write_bytes(b"u" * 500)
+    real_find, cap = store.find_upload, threading.Thread(target=store.enforce_cap)
+
+    def find_then_cap(upload_id):  # another thread's cap runs right after the file was found
+        path = real_find(upload_id)
+        cap.start()
+        cap.join(0.5)  # without the lock it finishes here and drops the file
+        return path
+
+    monkeypatch.setattr(store, "find_upload", find_then_cap)
+    path = store.claim_upload(upload)
+    cap.join()  # it waited for the store's lock, then found the upload held
+    assert path.exists()
+    store.release([upload])
+    store.enforce_cap()
+    assert not path.exists()
+
+
+def test_a_refused_request_releases_the_uploads_it_claimed(pipe, tmp_path):
+    store = OutputStore(tmp_path, max_bytes=10**9)
+    upload = new_id()
+    frame = np.zeros((64, 64, 3), np.uint8)
+    Image.fromarray(frame).save(store.upload_path(upload, ".png"))
+    with TestClient(create_app(pipe, store)) as c:
+        r = c.post("/api/generate", json={"image": upload, "video": "f" * 32, "prompt": "a red square moving right"})
+    assert r.status_code == 400 and "no upload with id" in r.json()["error"]
+    assert not store._held  # still held, the cap could never drop it
+
+
 def test_non_loopback_host_needs_public():
     check_host("127.0.0.1", public=False)
     with pytest.raises(ValueError, match="--public"):
