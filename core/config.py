@@ -9,6 +9,7 @@ being silently ignored.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import types
@@ -27,6 +28,20 @@ T = TypeVar("T")
 _EXPONENT_FLOAT = re.compile(r"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+")
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a mapping key given twice (PyYAML keeps the last one silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, typing.Hashable) and key in seen:
+                line = key_node.start_mark.line + 1
+                raise ValueError(f"duplicate key {key!r} at line {line}: each key may appear once in a mapping")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
@@ -37,12 +52,16 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is Any:
         return value
     if origin in (typing.Union, types.UnionType):
-        errors = []
+        errors = {}
         for arm in get_args(tp):
             try:
                 return _coerce(value, arm, where)
             except ValueError as err:
-                errors.append(str(err))
+                errors[arm] = err
+        # a mapping meant for the dataclass arm (of ``X | None``): its own error says which key is wrong
+        for arm, err in errors.items():
+            if dataclasses.is_dataclass(arm) and isinstance(value, dict):
+                raise err
         raise ValueError(f"{where}: {value!r} does not match {_type_name(tp)}")
     if tp is type(None):
         if value is None:
@@ -81,9 +100,11 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             return value
         raise ValueError(f"{where}: expected an integer, got {value!r}")
     if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
         if isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value.strip()):
+            value = float(value)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):  # NaN passes every `x < 0` check a config makes
+                raise ValueError(f"{where}: expected a finite number, got {value!r}")
             return float(value)
         raise ValueError(f"{where}: expected a number, got {value!r}")
     if tp is str:
@@ -97,7 +118,7 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
     """Builds the dataclass ``cls`` from a mapping; unknown keys and bad types raise ValueError."""
     hints = get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(data) - names)
+    unknown = sorted(set(data) - names, key=str)  # keys may be ints or bools in YAML
     if unknown:
         raise ValueError(f"{where}: unknown key(s) {unknown} for {cls.__name__}; valid keys are {sorted(names)}")
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
@@ -140,7 +161,9 @@ def parse_override(item: str) -> dict[str, Any]:
     if not key or any(not part for part in key.split(".")):
         raise ValueError(f"override {item!r} has an empty key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = yaml.load(raw, Loader=_UniqueKeyLoader) if raw.strip() else ""
+    except ValueError as err:
+        raise ValueError(f"override {item!r}: {err}") from None
     except yaml.YAMLError as err:
         problem = getattr(err, "problem", None) or "cannot be parsed"
         raise ValueError(f"override {item!r}: the value is not valid YAML ({problem})") from None
@@ -155,12 +178,15 @@ def parse_override(item: str) -> dict[str, Any]:
 
 
 def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
-    """Reads a YAML mapping with ``yaml.safe_load``; an empty file is an empty mapping."""
+    """Reads a YAML mapping with PyYAML's safe loader; an empty file is an empty mapping. A key given twice in
+    one mapping is a ValueError (the safe loader alone keeps the last silently)."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"config file {str(path)!r} does not exist")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # a SafeLoader subclass: no arbitrary objects
+    except ValueError as err:
+        raise ValueError(f"config file {str(path)!r}: {err}") from None
     except yaml.YAMLError as err:
         raise ValueError(f"config file {str(path)!r} is not valid YAML: {err}") from None
     if data is None:

@@ -41,6 +41,11 @@ def test_yaml_then_overrides_win(tmp_path):
         ("novalue", "key.sub=value"),
         ("lr=1e-4x", "expected a number"),
         ("model.widths=[1, 2", "not valid YAML"),  # a ValueError (one CLI line), not yaml's own error
+        ("lr=.nan", "finite number"),  # NaN passes every `lr < 0` check a config makes
+        ("lr=-.inf", "finite number"),
+        ("lr=1e999", "finite number"),
+        ("model={depth: 2, depth: 3}", "duplicate key 'depth'"),
+        ("model.name={dpeth: 3}", "does not match"),
     ],
 )
 def test_typos_and_wrong_types_fail(override, match):
@@ -73,6 +78,32 @@ def test_missing_or_non_mapping_file(tmp_path):
     (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
     with pytest.raises(ValueError, match="mapping"):
         build_config(Outer, [tmp_path / "list.yaml"])
+
+
+def test_a_key_given_twice_in_a_file_is_refused(tmp_path):
+    """PyYAML keeps the last of two equal keys: the whole first `run:` section was dropped without a word."""
+    f = tmp_path / "dup.yaml"
+    f.write_text("lr: 0.5\nmodel: {depth: 5}\nmodel: {name: x}\n")
+    with pytest.raises(ValueError, match=r"dup.yaml.*duplicate key 'model' at line 3"):
+        build_config(Outer, [f])
+
+
+def test_keys_that_are_not_strings_get_the_unknown_key_message(tmp_path):
+    f = tmp_path / "mixed.yaml"
+    f.write_text("model:\n  1: 2\n  dpeth: 3\n")  # int and str keys together could not be sorted: a TypeError
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \[1, 'dpeth'\]"):
+        build_config(Outer, [f])
+
+
+@dataclass(frozen=True, kw_only=True)
+class MaybeInner:
+    inner: Inner | None = None
+
+
+def test_a_typo_inside_an_optional_section_names_the_key():
+    """A ``X | None`` field said only "does not match Inner | None", not which key was wrong."""
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['dpeth'\]"):
+        build_config(MaybeInner, [], ["inner.dpeth=3"])
 
 
 @dataclass(frozen=True, kw_only=True)
