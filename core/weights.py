@@ -39,7 +39,11 @@ def save_state(state: dict[str, torch.Tensor], path: str | os.PathLike, dtype: t
         # safetensors refuses shared storage and non-contiguous views: store plain copies.
         plain = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
         if dtype is not None:
-            plain = {k: v.to(dtype) if v.is_floating_point() else v for k, v in plain.items()}
+            cast = {k: v.to(dtype) if v.is_floating_point() else v for k, v in plain.items()}
+            for k, v in plain.items():  # fp16 tops out at 65504: a larger weight would be stored as inf
+                if v.is_floating_point() and bool(torch.isfinite(v).all()) and not bool(torch.isfinite(cast[k]).all()):
+                    raise ValueError(f"{k} has values outside the range of {dtype}: store it in a wider dtype")
+            plain = cast
         save_file(plain, tmp)
         os.replace(tmp, path)
     except BaseException:
@@ -59,10 +63,12 @@ def load_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 
 def load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str = "model") -> None:
-    """Loads ``state`` into ``module``; any missing, unexpected or mis-shaped key is a ValueError.
+    """Loads ``state`` into ``module``; any missing, unexpected, mis-shaped or mis-typed key is a ValueError.
 
-    The message lists every offending key with both shapes, so a user can see at once whether
-    the config or the weights are wrong.
+    Floating-point weights load into floating-point parameters of any precision (fp16 files into fp32
+    models); otherwise the dtypes must be equal (an integer or bool tensor would be cast into a float
+    parameter, and a float one truncated into an integer buffer). The message lists every offending key
+    with both shapes or dtypes, so a user can see at once whether the config or the weights are wrong.
     """
     own = module.state_dict()
     missing = sorted(set(own) - set(state))
@@ -72,6 +78,11 @@ def load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], what: s
         for k in sorted(set(own) & set(state))
         if tuple(own[k].shape) != tuple(state[k].shape)
     ]
+    mistyped = [
+        f"{k}: weights {state[k].dtype} vs model {own[k].dtype}"
+        for k in sorted(set(own) & set(state))
+        if not (state[k].is_floating_point() and own[k].is_floating_point()) and state[k].dtype != own[k].dtype
+    ]
     problems = []
     if missing:
         problems.append(f"missing keys {missing}")
@@ -79,6 +90,8 @@ def load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], what: s
         problems.append(f"unexpected keys {unexpected}")
     if mismatched:
         problems.append(f"shape mismatches [{'; '.join(mismatched)}]")
+    if mistyped:
+        problems.append(f"dtype mismatches [{'; '.join(mistyped)}]")
     if problems:
         raise ValueError(f"{what} weights do not match its config: " + ", ".join(problems))
     module.load_state_dict(state, strict=True)

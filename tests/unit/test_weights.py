@@ -1,0 +1,51 @@
+"""core.weights: safetensors files load only into a model of the same shapes and kinds of dtype, and
+saving in half precision never turns a weight into inf."""
+
+import pytest
+import torch
+from torch import nn
+
+from core.weights import load_state, load_strict, save_state
+
+
+class Tiny(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(2, 2)
+        self.register_buffer("steps", torch.zeros(2, dtype=torch.long))
+
+
+def test_half_precision_files_load_into_fp32_models(tmp_path):
+    model = Tiny()
+    save_state(model.state_dict(), tmp_path / "w.safetensors", torch.float16)
+    state = load_state(tmp_path / "w.safetensors")
+    assert state["lin.weight"].dtype == torch.float16 and state["steps"].dtype == torch.long
+    again = Tiny()
+    load_strict(again, state)
+    assert torch.allclose(again.lin.weight, model.lin.weight, atol=1e-3) and again.lin.weight.dtype == torch.float32
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "match"),
+    [
+        ("lin.weight", torch.tensor([[1, 2], [3, 4]], dtype=torch.int32), "lin.weight: weights torch.int32"),
+        ("lin.bias", torch.tensor([True, False]), "lin.bias: weights torch.bool"),
+        ("steps", torch.tensor([1.7, 2.9]), "steps: weights torch.float32 vs model torch.int64"),  # was truncated
+    ],
+)
+def test_a_weight_of_another_kind_of_dtype_is_refused(key, value, match):
+    """Integer or bool tensors were cast into float parameters, and a float one truncated into an integer buffer."""
+    state = Tiny().state_dict()
+    state[key] = value
+    with pytest.raises(ValueError, match=f"dtype mismatches.*{match}"):
+        load_strict(Tiny(), state)
+
+
+def test_saving_in_half_precision_refuses_values_it_cannot_hold(tmp_path):
+    state = Tiny().state_dict()
+    state["lin.weight"] = torch.tensor([[1e6, 1.0], [0.5, 0.25]])  # fp16 tops out at 65504
+    with pytest.raises(ValueError, match="lin.weight has values outside the range of torch.float16"):
+        save_state(state, tmp_path / "w.safetensors", torch.float16)
+    assert not list(tmp_path.iterdir())  # nothing half-written
+    save_state(state, tmp_path / "w.safetensors", torch.bfloat16)  # bf16 has fp32's range
+    assert load_state(tmp_path / "w.safetensors")["lin.weight"][0, 0] > 9e5
