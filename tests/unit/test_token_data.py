@@ -196,6 +196,26 @@ def test_manifest_sources_csv_and_jsonl(tmp_path):
         discover_sources(tmp_path / "bad.csv")
 
 
+def test_manifests_keep_line_breaks_inside_fields_and_accept_a_byte_order_mark(tmp_path):
+    """str.splitlines() split valid JSON Lines at U+2028 (json.dumps(ensure_ascii=False) writes it raw), and a CSV
+    caption with a quoted line break lost it, or its label, or became a second source."""
+    import json
+
+    rows = [{"path": "a.mp4", "caption": "one\u2028two\x0cthree\u0085four", "label": 1}, {"path": "b.mp4"}]
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    _, sources = discover_sources(tmp_path / "m.jsonl")
+    assert sources == [
+        Source(path="a.mp4", captions=("one\u2028two\x0cthree\u0085four",), label=1),
+        Source(path="b.mp4"),
+    ]
+    (tmp_path / "m.csv").write_bytes('\ufeffpath,caption,label\nv0.mp4,"two\nlines",1\nv1.mp4,"x\ny",2\n'.encode())
+    _, sources = discover_sources(tmp_path / "m.csv")
+    assert sources == [
+        Source(path="v0.mp4", captions=("two\nlines",), label=1),
+        Source(path="v1.mp4", captions=("x\ny",), label=2),
+    ]
+
+
 def test_several_captions_travel_through_the_cache_and_training_draws_each(tmp_path):
     from videotrain.generator_task import _caption
 

@@ -17,6 +17,7 @@ An image is a 1-frame clip: it is cached when ``num_frames == 1`` and quarantine
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import re
@@ -233,18 +234,21 @@ def _source(row: dict[str, Any], where: str) -> Source:
 
 def _read_manifest(path: Path) -> list[Source]:
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # -sig: a byte-order mark (spreadsheet exports) is not text
     except UnicodeDecodeError as err:
         raise ValueError(f"manifest {str(path)!r} is not UTF-8 text: {err}") from None
     sources = []
     if path.suffix.lower() == ".csv":
-        reader = csv.DictReader(text.splitlines())
+        # newline="": line breaks inside quoted fields stay part of the field (csv's own rule)
+        reader = csv.DictReader(io.StringIO(text, newline=""))
         if reader.fieldnames is None or "path" not in reader.fieldnames:
             raise ValueError(f"manifest {str(path)!r} needs a header row with a 'path' column")
         for i, row in enumerate(reader, start=2):
             sources.append(_source(row, f"{path.name} line {i}"))
         return sources
-    for i, line in enumerate(text.splitlines(), start=1):
+    # JSON Lines ends a line only at \n; str.splitlines() also splits at U+2028, U+0085 and \x0c, which JSON
+    # allows unescaped inside strings (json.dumps(ensure_ascii=False) writes them so)
+    for i, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:

@@ -310,7 +310,7 @@ def read_manifest(path: str | os.PathLike) -> list[dict]:
     if not path.is_file():
         raise ValueError(f"manifest {str(path)!r} does not exist")
     rows = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    for n, line in enumerate(path.read_text(encoding="utf-8").split("\n"), 1):  # JSON Lines: lines end at \n only
         if not line.strip():
             continue
         try:
@@ -319,5 +319,7 @@ def read_manifest(path: str | os.PathLike) -> list[dict]:
             raise ValueError(f"{str(path)!r} line {n} is not JSON: {err}") from None
         if not isinstance(row, dict) or not {"path", "color", "shape", "motion"} <= set(row):
             raise ValueError(f"{str(path)!r} line {n} lacks path, color, shape or motion")
+        if not isinstance(row["path"], str) or not row["path"]:
+            raise ValueError(f"{str(path)!r} line {n}: path must be a non-empty string, got {row['path']!r}")
         rows.append({**row, "path": str(path.parent / row["path"])})
     return rows
