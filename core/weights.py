@@ -30,6 +30,8 @@ def save_state(state: dict[str, torch.Tensor], path: str | os.PathLike, dtype: t
     ``dtype`` (e.g. ``torch.float16``) stores every floating-point tensor in that precision to
     halve the file; loading copies the values back into the model's own (fp32) parameters.
     """
+    if dtype is not None and not dtype.is_floating_point:  # an int8 "precision" would store every weight as 0
+        raise ValueError(f"weights can be stored in a floating-point dtype only, got {dtype}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

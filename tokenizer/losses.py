@@ -43,6 +43,21 @@ class LossConfig:
     def __post_init__(self) -> None:
         if self.foreground_dilation < 0:
             raise ValueError(f"foreground_dilation must be >= 0 pixels, got {self.foreground_dilation}")
+        weights = ("l1_weight", "l2_weight", "foreground_weight", "perceptual_weight", "adversarial_weight",
+                   "adaptive_weight_max", "lecam_weight", "foreground_threshold")  # fmt: skip
+        for name in weights:  # `not >= 0` also refuses NaN
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"loss.{name} must be >= 0, got {getattr(self, name)}")
+        if not (self.l1_weight > 0 or self.l2_weight > 0):
+            raise ValueError("loss.l1_weight or loss.l2_weight must be > 0: without either nothing asks for the input")
+        if not 0 <= self.lecam_decay < 1:
+            raise ValueError(f"loss.lecam_decay must be in [0, 1), got {self.lecam_decay}")
+        if self.discriminator_channels < 1 or self.discriminator_layers < 1 or self.adversarial_start_step < 0:
+            raise ValueError(
+                "loss.discriminator_channels and loss.discriminator_layers must be >= 1 and "
+                f"loss.adversarial_start_step >= 0, got {self.discriminator_channels}, {self.discriminator_layers}, "
+                f"{self.adversarial_start_step}"
+            )
 
 
 def foreground_mask(video: torch.Tensor, threshold: float, dilation: int = 0) -> torch.Tensor:

@@ -62,6 +62,13 @@ class TokenizerConfig:
             raise ValueError(
                 f"spatial_compression must be one of {SPATIAL_COMPRESSIONS}, got {self.spatial_compression}"
             )
+        sizes = {"in_channels": self.in_channels, "base_channels": self.base_channels, "num_heads": self.num_heads,
+                 "norm_groups": self.norm_groups, "channel_mult": min(self.channel_mult, default=0)}  # fmt: skip
+        for name, value in sizes.items():
+            if value < 1:
+                raise ValueError(f"model.{name} must be >= 1 (each entry), got {getattr(self, name)}")
+        if self.num_res_blocks < 0 or (self.decoder_res_blocks is not None and self.decoder_res_blocks < 0):
+            raise ValueError(f"model.num_res_blocks and decoder_res_blocks must be >= 0, got {self.num_res_blocks}")
         if self.quantizer not in QUANTIZERS:
             raise ValueError(f"quantizer must be one of {sorted(QUANTIZERS)}, got {self.quantizer!r}")
         if self.patch_size not in (1, 2, 4) or self.patch_size >= self.spatial_compression:

@@ -30,6 +30,8 @@ def _check_pair(x: torch.Tensor, y: torch.Tensor, name: str) -> None:
     if x.shape != y.shape or x.ndim != 5 or x.shape[1] != 3:
         shapes = f"{tuple(x.shape)} and {tuple(y.shape)}"
         raise ValueError(f"{name} expects two (B, 3, T, H, W) videos of equal shape, got {shapes}")
+    if not (x.dtype.is_floating_point and y.dtype.is_floating_point):  # uint8 frames would be clamped to {0, 1}
+        raise ValueError(f"{name} expects float videos in [-1, 1], got {x.dtype} and {y.dtype}")
 
 
 def _unit(x: torch.Tensor) -> torch.Tensor:

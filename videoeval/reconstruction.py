@@ -25,7 +25,7 @@ from core.video_write import write_contact_sheet, write_video
 from tokenizer import VideoTokenizer
 from videodata.cache.sources import discover_sources
 from videodata.clips import check_clip_shape
-from videoeval.metrics import LPIPS, psnr, ssim
+from videoeval.metrics import LPIPS, SSIM_WINDOW, psnr, ssim
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,13 @@ VideoCallback = Callable[[Path, np.ndarray, np.ndarray], None]
 
 
 @torch.no_grad()
+def check_ssim_size(size: int | tuple[int, int]) -> None:
+    """ValueError for frames (``size`` or (H, W)) too small for SSIM's window, before any video is decoded or
+    file written."""
+    if min(size if isinstance(size, tuple) else (size,)) < SSIM_WINDOW:
+        raise ValueError(f"--size must be at least {SSIM_WINDOW} for SSIM, got {size}")
+
+
 def evaluate(
     tokenizer: nn.Module,
     paths: Sequence[str | os.PathLike],
@@ -73,6 +80,7 @@ def evaluate(
             unreadable or too-short video.
     """
     check_clip_shape(tokenizer, num_frames, size)
+    check_ssim_size(size)
     param = next(iter(tokenizer.parameters()), None)
     device = param.device if param is not None else torch.device("cpu")
     if lpips is not None:
@@ -244,6 +252,7 @@ def roundtrip(
     """
     tok = VideoTokenizer.from_pretrained(tokenizer_dir)
     tok.latent_shape(num_frames, size, size)  # fail before decoding on unreachable sizes
+    check_ssim_size(size)  # and before writing anything: SSIM is computed last
     frames = resize_center_crop(read_video(video, num_frames=num_frames, start=start), size)  # (T, H, W, 3)
     clip = frames_to_tensor(frames)[None]  # (1, 3, T, H, W)
     ids = tok.encode(clip)  # (1, t, h, w)

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from core.config import save_config
+from core.config import load_yaml, save_config, to_dict
 from core.files import atomic_write_text
 from core.weights import load_state, save_state
 from videotrain import distributed
@@ -88,6 +88,26 @@ def _prune(ckpt_dir: Path, keep_last: int) -> None:
         stale = p.name not in complete and p.name < newest  # an older, incomplete save
         if stale or (p.name in complete[:-keep_last] if keep_last > 0 else False):
             shutil.rmtree(p, ignore_errors=True)
+
+
+def check_same_model(folder: Path, config: Any) -> None:
+    """ValueError when the checkpoint in ``folder`` was written for another ``model`` section than ``config``'s.
+
+    Resuming may change how long a run lasts or how it logs, but not the model: another architecture would
+    fail inside DeepSpeed's loader, and one with the same weight shapes (other FSQ levels, another order
+    list) would resume silently into a different token space.
+    """
+    saved_path = folder / "train_config.yaml"
+    if not saved_path.is_file() or not hasattr(config, "model"):
+        return
+    saved = load_yaml(saved_path).get("model")
+    own = to_dict(config)["model"]
+    if saved is not None and saved != own:
+        keys = sorted(k for k in set(saved) | set(own) if saved.get(k) != own.get(k))
+        changes = "; ".join(f"model.{k}: {saved.get(k)!r} -> {own.get(k)!r}" for k in keys)
+        raise ValueError(
+            f"checkpoint {folder} was written for another model ({changes}): resume with its config, or use a new --out"
+        )
 
 
 def load(engine, ckpt_dir: Path, tag: str, rank: int) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:

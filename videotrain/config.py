@@ -9,6 +9,7 @@ message that names the new key (:data:`RENAMED`).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 from typing import Literal
 
@@ -92,6 +93,21 @@ class RunConfig:
             raise ValueError(f"run.zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
         if self.max_nonfinite < 1:
             raise ValueError(f"run.max_nonfinite must be >= 1, got {self.max_nonfinite}")
+        if self.precision not in ("fp32", "bf16", "fp16") or self.nonfinite not in ("skip", "stop"):
+            raise ValueError(f"run.precision / run.nonfinite: unknown value {self.precision!r} / {self.nonfinite!r}")
+        # NaN fails every comparison below, so it is refused too (it would have turned the EMA or the time limit off)
+        if not (self.max_minutes >= 0 and math.isfinite(self.max_minutes)):
+            raise ValueError(f"run.max_minutes must be >= 0 (0 = no limit), got {self.max_minutes}")
+        if not (self.ema_decay == 0 or 0 < self.ema_decay < 1):
+            raise ValueError(f"run.ema_decay must be 0 (off) or in (0, 1), got {self.ema_decay}")
+        if not self.peak_tflops >= 0:
+            raise ValueError(f"run.peak_tflops must be >= 0 (0 = unknown), got {self.peak_tflops}")
+        at_least = {"seed": 0, "checkpoint_every": 0, "keep_last": 1, "log_every": 1, "eval_every": 0,
+                    "eval_batches": 1, "sample_every": 0, "num_samples": 1, "sample_steps": 1,
+                    "num_threads": 0}  # fmt: skip
+        for name, low in at_least.items():
+            if getattr(self, name) < low:
+                raise ValueError(f"run.{name} must be >= {low}, got {getattr(self, name)}")
 
 
 def check_supported(run: RunConfig, unsupported: tuple[str, ...], task: str) -> None:

@@ -42,8 +42,19 @@ class OptimConfig:
     grad_accum: int = 1
 
     def __post_init__(self) -> None:
-        if self.lr < 0 or self.warmup_steps < 0 or self.grad_clip < 0:
-            raise ValueError("optim.lr, optim.warmup_steps and optim.grad_clip must be >= 0")
+        # `not x >= 0` also refuses NaN, which passed `x < 0` and made every learning rate NaN
+        if not (self.lr >= 0 and math.isfinite(self.lr)) or self.warmup_steps < 0 or not self.grad_clip >= 0:
+            raise ValueError(
+                f"optim.lr, optim.warmup_steps and optim.grad_clip must be finite and >= 0, got "
+                f"{self.lr}, {self.warmup_steps}, {self.grad_clip}"
+            )
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"optim.schedule must be one of {list(SCHEDULES)}, got {self.schedule!r}")
+        if not (0 <= self.betas[0] < 1 and 0 <= self.betas[1] < 1) or not self.eps > 0 or not self.weight_decay >= 0:
+            raise ValueError(
+                f"optim.betas must lie in [0, 1), optim.eps > 0 and optim.weight_decay >= 0, got "
+                f"{list(self.betas)}, {self.eps}, {self.weight_decay}"
+            )
         if self.grad_accum < 1:
             raise ValueError(f"optim.grad_accum must be >= 1, got {self.grad_accum}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:

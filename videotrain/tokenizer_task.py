@@ -83,6 +83,25 @@ class TokenizerTrainConfig:
             raise ValueError("frozen parts need run.init_from: frozen random weights would stay random")
         if set(self.frozen) == set(FREEZABLE):
             raise ValueError("frozen: every part is frozen, so nothing would train")
+        if "decoder" in self.frozen and self.loss.adversarial_weight > 0:
+            raise ValueError(
+                "frozen: [decoder] with loss.adversarial_weight > 0: the adversarial loss's adaptive weight needs "
+                "the gradient of the decoder's last layer"
+            )
+
+
+def check_discriminator_input(in_channels: int, loss: LossConfig, num_frames: int, size: int) -> None:
+    """ValueError when the 3D discriminator's strided layers would shrink a training clip to nothing (it would
+    otherwise fail at the first adversarial step, possibly hours into a run with ``adversarial_start_step``)."""
+    with torch.device("meta"):  # shapes only: no memory, no arithmetic
+        disc = PatchDiscriminator3d(in_channels, loss.discriminator_channels, loss.discriminator_layers)
+        try:
+            disc(torch.zeros(1, in_channels, num_frames, size, size))
+        except RuntimeError:
+            raise ValueError(
+                f"loss.discriminator_layers={loss.discriminator_layers} is too deep for clips of data.num_frames="
+                f"{num_frames} at data.size={size}: use longer or larger clips or fewer layers"
+            ) from None
 
 
 class TokenizerTask(nn.Module):
@@ -160,7 +179,15 @@ class TokenizerTrainer(Trainer):
         cfg = self.cfg
         if cfg.loss.perceptual_weight > 0 and self.perceptual is None:
             raise ValueError("loss.perceptual_weight > 0 needs a perceptual network (--perceptual PATH)")
-        VideoTokenizer(cfg.model).latent_shape(cfg.data.num_frames, cfg.data.size, cfg.data.size)  # validates
+        tokenizer = VideoTokenizer(cfg.model)
+        tokenizer.latent_shape(cfg.data.num_frames, cfg.data.size, cfg.data.size)  # validates
+        trainable = [p for name, p in tokenizer.named_parameters() if name.split(".")[0] not in cfg.frozen]
+        if not trainable:
+            raise ValueError(
+                f"frozen: {list(cfg.frozen)} leaves no trainable weight (the {cfg.model.quantizer} quantizer has none)"
+            )
+        if cfg.loss.adversarial_weight > 0:
+            check_discriminator_input(cfg.model.in_channels, cfg.loss, cfg.data.num_frames, cfg.data.size)
         stage = distributed.deepspeed_config(
             self.run.deepspeed or None,
             micro_batch=self.run.micro_batch,
@@ -217,6 +244,13 @@ class TokenizerTrainer(Trainer):
         self.rng = torch.Generator().manual_seed(self.run.seed + 1_000_003 * self.dist.rank)
         self.kind_rng = torch.Generator().manual_seed(self.run.seed + 2)
         self.preview_batch = self.pool.sample(self.run.num_samples, torch.Generator().manual_seed(self.run.seed + 1))
+
+    def train_mode(self) -> None:
+        """Training mode, except for the frozen parts: in training mode a VQ quantizer updates its codebook
+        (moving averages, dead-code restarts) without any gradient, which would change the token space."""
+        super().train_mode()
+        for part in self.cfg.frozen:
+            getattr(self.model, part).eval()
 
     # ------------------------------------------------------------------ the step
     def set_disc_lr(self) -> None:
@@ -322,7 +356,7 @@ class TokenizerTrainer(Trainer):
         self.model.eval()
         with torch.no_grad():
             recon = self.model.reconstruct(self.preview_batch.to(self.dist.device, self.dtype))
-        self.model.train()
+        self.train_mode()
         if self.dist.is_main:
             rows = []
             for orig, rec in zip(tensor_to_frames(self.preview_batch), tensor_to_frames(recon)):
@@ -334,7 +368,8 @@ class TokenizerTrainer(Trainer):
     def fit(self) -> dict[str, float]:
         """The shared loop, then a last preview of the final weights."""
         logs = super().fit()
-        self.write_samples()
+        if self.run.sample_every:  # 0 = no previews
+            self.write_samples()
         return logs
 
 

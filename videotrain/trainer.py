@@ -212,6 +212,7 @@ class Trainer:
         tag = checkpoint.latest_complete(self.ckpt_dir)
         if tag is None:
             return
+        checkpoint.check_same_model(self.ckpt_dir / tag, self.cfg)
         state, tensors = checkpoint.load(self.checkpointed, self.ckpt_dir, tag, self.dist.rank)
         if state["world_size"] != self.dist.world_size:
             raise ValueError(
@@ -270,15 +271,15 @@ class Trainer:
         """Runs until ``run.steps``, ``run.max_minutes`` or a SIGTERM / SIGINT (:class:`StopSignals`; then
         ``stopped_by`` is set), checkpoints, exports; returns the last logs."""
         run, main = self.run, self.dist.is_main
+        self.resume()  # first: a run resumed with another model must not overwrite train_config.yaml
         if main:
             self.out.mkdir(parents=True, exist_ok=True)
             save_config(self.cfg, self.out / "train_config.yaml")
-        self.resume()
         metrics = MetricsLog(self.out, enabled=main, tensorboard=run.tensorboard)
         bar = tqdm(
             total=run.steps, initial=self.step, desc=self.task, unit="step", disable=not main, dynamic_ncols=True
         )
-        self.model.train()
+        self.train_mode()
         start, logs = time.time(), {}
         with StopSignals() as signals:
             logs = self._loop(start, signals, metrics, bar)
@@ -290,6 +291,10 @@ class Trainer:
         if main:
             log.info("exported %s at step %d (%.1f min)", folder, self.step, (time.time() - start) / 60)
         return logs
+
+    def train_mode(self) -> None:
+        """Puts the model in training mode (a task extends it: parts it keeps fixed stay in eval mode)."""
+        self.model.train()
 
     def _loop(self, start: float, signals: StopSignals, metrics: MetricsLog, bar: tqdm) -> dict[str, float]:
         run, logs = self.run, {}

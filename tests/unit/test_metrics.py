@@ -86,6 +86,15 @@ def test_metrics_reject_bad_shapes():
         psnr(x, y[:, :, :2])
 
 
+def test_metrics_refuse_integer_frames():
+    """uint8 frames were clamped to {0, 1} after the [-1, 1] -> [0, 1] map: two unrelated videos scored 28 dB."""
+    g = torch.Generator().manual_seed(0)
+    a, b = (torch.randint(0, 256, (1, 3, 2, 16, 16), dtype=torch.uint8, generator=g) for _ in range(2))
+    for metric in (psnr, ssim):
+        with pytest.raises(ValueError, match="expects float videos in \\[-1, 1\\], got torch.uint8"):
+            metric(a, b)
+
+
 class _MeanSquare(torch.nn.Module):
     """Stand-in LPIPS network: mean squared difference per image, shaped like real LPIPS."""
 

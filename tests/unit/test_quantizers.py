@@ -360,6 +360,12 @@ def test_bad_input_raises_value_error(name: str) -> None:
         (LFQConfig, dict(entropy_temperature=0.0)),
         (VQConfig, dict(ema_decay=1.0)),
         (VQConfig, dict(codebook_size=0)),
+        # NaN passed every `x < 0` / `x <= 0` check
+        (FSQConfig, dict(bound_range=math.nan)),
+        (LFQConfig, dict(entropy_temperature=math.nan)),
+        (BSQConfig, dict(entropy_weight=math.nan)),
+        (VQConfig, dict(ema_epsilon=math.nan)),
+        (VQConfig, dict(commitment_weight=math.nan)),
     ],
 )
 def test_bad_config_raises_value_error(cfg_cls: type, kw: dict) -> None:
@@ -418,6 +424,31 @@ def test_usage_stats_count_a_code_hit_once_and_a_batch_of_one() -> None:
     one = usage_stats(torch.tensor([3]), 4)  # a single position
     torch.testing.assert_close(one["usage"], torch.tensor(0.25))
     torch.testing.assert_close(one["perplexity"], torch.tensor(1.0))
+
+
+def test_a_huge_fsq_codebook_quantizes_without_a_histogram_over_every_code() -> None:
+    """FSQ allows codebooks up to 2**62; the usage statistics allocated a bin per code (8 TB at 2**40)."""
+    q = FSQ(FSQConfig(levels=(1024,) * 4))  # 2**40 codes
+    out = q(torch.randn(2, 4, 1, 3, 3))
+    n = len(torch.unique(out.ids))
+    torch.testing.assert_close(out.stats["usage"], torch.tensor(n / 2**40))
+    assert 1 <= float(out.stats["perplexity"]) <= n + 1e-3
+    small = usage_stats_both_ways(torch.tensor([5, 5, 7, 9]), 16)
+    torch.testing.assert_close(small[0]["usage"], small[1]["usage"])
+    torch.testing.assert_close(small[0]["perplexity"], small[1]["perplexity"])
+
+
+def usage_stats_both_ways(ids: torch.Tensor, codebook_size: int) -> tuple[dict, dict]:
+    """usage_stats with a dense histogram and with the sparse count of the codes that occur."""
+    import tokenizer.quantizers.base as base
+
+    dense = base.usage_stats(ids, codebook_size)
+    limit = base.DENSE_USAGE_MAX
+    base.DENSE_USAGE_MAX = 0
+    try:
+        return dense, base.usage_stats(ids, codebook_size)
+    finally:
+        base.DENSE_USAGE_MAX = limit
 
 
 def test_registry_builds_default_quantizers_from_yaml_style_dicts() -> None:

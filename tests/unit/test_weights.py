@@ -49,3 +49,9 @@ def test_saving_in_half_precision_refuses_values_it_cannot_hold(tmp_path):
     assert not list(tmp_path.iterdir())  # nothing half-written
     save_state(state, tmp_path / "w.safetensors", torch.bfloat16)  # bf16 has fp32's range
     assert load_state(tmp_path / "w.safetensors")["lin.weight"][0, 0] > 9e5
+
+
+def test_weights_are_stored_in_a_floating_point_dtype_only(tmp_path):
+    """dtype=torch.int8 stored every weight as 0 without a word."""
+    with pytest.raises(ValueError, match="floating-point dtype only, got torch.int8"):
+        save_state(Tiny().state_dict(), tmp_path / "w.safetensors", torch.int8)

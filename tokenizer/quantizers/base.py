@@ -30,6 +30,9 @@ class QuantizerOutput:
     stats: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
+DENSE_USAGE_MAX = 2**20  # larger codebooks count only the codes that occur
+
+
 def usage_stats(ids: torch.Tensor, codebook_size: int) -> dict[str, torch.Tensor]:
     """Codebook usage and perplexity of a batch of ids.
 
@@ -41,11 +44,15 @@ def usage_stats(ids: torch.Tensor, codebook_size: int) -> dict[str, torch.Tensor
         ``usage``: fraction of codes hit at least once; ``perplexity``: exp of the entropy of
         the empirical code distribution (equals codebook_size when use is uniform).
     """
-    counts = torch.bincount(ids.detach().reshape(-1), minlength=codebook_size).float()
+    flat = ids.detach().reshape(-1)
+    if codebook_size <= DENSE_USAGE_MAX:
+        counts = torch.bincount(flat, minlength=codebook_size).float()
+    else:  # a histogram over every code of a huge implicit codebook (FSQ allows up to 2**62) would not fit
+        counts = torch.unique(flat, return_counts=True)[1].float()  # the codes that occur
     probs = counts / counts.sum().clamp_min(1.0)
     entropy = -(probs * torch.log(probs.clamp_min(1e-12))).sum()
     return {
-        "usage": (counts > 0).float().mean(),
+        "usage": (counts > 0).sum().float() / codebook_size,
         "perplexity": entropy.exp(),
     }
 

@@ -47,7 +47,7 @@ class FSQConfig:
     def __post_init__(self) -> None:
         if len(self.levels) == 0 or any(level < 2 for level in self.levels):
             raise ValueError(f"FSQConfig.levels must be a non-empty tuple of ints >= 2, got {self.levels}")
-        if self.bound_loss_weight < 0 or self.bound_range <= 0:
+        if not (self.bound_loss_weight >= 0 and self.bound_range > 0):  # written so that NaN fails too
             raise ValueError("FSQConfig.bound_loss_weight must be >= 0 and bound_range > 0")
         if math.prod(self.levels) >= 2**62:
             raise ValueError(f"FSQConfig.levels {self.levels} give a codebook too large for int64 ids")

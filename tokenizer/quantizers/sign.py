@@ -63,10 +63,10 @@ def check_binary_config(cfg: SignConfig) -> None:
         raise ValueError(f"{name}.dim must lie in [1, {MAX_DIM}], got {cfg.dim}")
     if not 1 <= cfg.entropy_group_size <= MAX_GROUP_SIZE:
         raise ValueError(f"{name}.entropy_group_size must lie in [1, {MAX_GROUP_SIZE}], got {cfg.entropy_group_size}")
-    if cfg.entropy_temperature <= 0:
+    if not cfg.entropy_temperature > 0:  # NaN fails too
         raise ValueError(f"{name}.entropy_temperature must be > 0, got {cfg.entropy_temperature}")
     for field in ("commitment_weight", "entropy_weight", "codebook_entropy_weight"):
-        if getattr(cfg, field) < 0:
+        if not getattr(cfg, field) >= 0:
             raise ValueError(f"{name}.{field} must be >= 0, got {getattr(cfg, field)}")
 
 

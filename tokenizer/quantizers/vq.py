@@ -70,10 +70,10 @@ class VQConfig:
             raise ValueError(f"VQConfig: codebook_size and dim must be >= 1, got {self.codebook_size}, {self.dim}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"VQConfig.ema_decay must lie in [0, 1), got {self.ema_decay}")
-        if self.ema_epsilon <= 0:
+        if not self.ema_epsilon > 0:  # NaN fails too
             raise ValueError(f"VQConfig.ema_epsilon must be > 0, got {self.ema_epsilon}")
         for field in ("commitment_weight", "codebook_weight", "dead_code_threshold"):
-            if getattr(self, field) < 0:
+            if not getattr(self, field) >= 0:
                 raise ValueError(f"VQConfig.{field} must be >= 0, got {getattr(self, field)}")
 
 
