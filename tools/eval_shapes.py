@@ -20,7 +20,9 @@ from videoeval.adherence import DEFAULT_SEED, PHRASINGS, evaluate_shapes
 def _main(argv: Sequence[str] | None) -> int:
     p = CliParser(prog="eval_shapes.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=str(DEFAULT_MODEL_DIR), help="pipeline directory (default: the shipped model)")
-    p.add_argument("--num-videos", type=int, default=216, help="videos per mode and order, over all 72 classes")
+    p.add_argument(
+        "--num-videos", type=int, default=216, help="videos per mode and order, over all 72 classes (0 skips them)"
+    )
     p.add_argument(
         "--holdout-videos",
         type=int,

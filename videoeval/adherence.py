@@ -16,6 +16,8 @@ The default protocol (:func:`evaluate_adherence`), for each mode (and its defaul
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -36,9 +38,11 @@ from videodata.shapes.dataset import parse_holdout
 from videodata.shapes.render import NUM_CLASSES, attributes_of, caption_for, label_of
 from videoeval.conditioning import TASKS as CONDITIONING_TASKS
 from videoeval.conditioning import conditioning_report, evaluation_runs
-from videoeval.phrasings import REPORT_SEEDS, fresh_caption
+from videoeval.phrasings import FRESH_TEMPLATES, REPORT_SEEDS, fresh_caption
 from videoeval.shapes_ceiling import ceiling_results
 from videoeval.shapes_scoring import ATTRIBUTES, score, summarize
+
+log = logging.getLogger(__name__)
 
 SHEET_VIDEOS = 12  # videos shown on each contact sheet
 DEFAULT_SEED = REPORT_SEEDS[0]
@@ -52,19 +56,45 @@ PHRASINGS: dict[str, Callable[[int, int, np.random.Generator], str]] = {
 }
 
 
+def template_stride(num_labels: int, num_templates: int = len(FRESH_TEMPLATES)) -> int:
+    """How far the phrasing index moves between two visits of the same class: the smallest stride from
+    ``num_labels + 1`` up that is coprime with the number of templates, so each class cycles through every
+    template (with 3 held-out classes a stride of 4 had each see 4 of the 16 and 4 never used)."""
+    stride = num_labels + 1
+    while math.gcd(stride, num_templates) != 1:
+        stride += 1
+    return stride
+
+
 def plan(num_videos: int, seed: int, phrasing: str = "fresh", labels: Sequence[int] | None = None) -> list[dict]:
-    """(caption, attributes) requests cycling through ``labels`` (default: all classes), phrased by ``phrasing``."""
+    """(caption, attributes) requests cycling through ``labels`` (default: all classes), phrased by ``phrasing``.
+
+    Video ``i`` asks for ``labels[i % n]`` with phrasing index ``i % n + (i // n) * template_stride(n)``
+    (for the 72 classes this is ``i + i // 72``): consecutive videos of a class use different templates and
+    every template comes round.
+    """
     if phrasing not in PHRASINGS:
         raise ValueError(f"unknown phrasing {phrasing!r}; choose from {', '.join(PHRASINGS)}")
     labels = list(range(NUM_CLASSES)) if labels is None else list(labels)
+    stride = template_stride(len(labels))
     rng = np.random.default_rng(seed)
     rows = []
     for i in range(num_videos):
         label = labels[i % len(labels)]
         color, shape, motion = attributes_of(label)
-        caption = PHRASINGS[phrasing](label, i // len(labels) + i, rng)
+        caption = PHRASINGS[phrasing](label, i % len(labels) + (i // len(labels)) * stride, rng)
         rows.append({"caption": caption, "color": color, "shape": shape, "motion": motion})
     return rows
+
+
+def coverage(num_videos: int) -> dict[str, float]:
+    """How many classes an all-classes row of ``num_videos`` covers, and whether each has as many videos (1.0) or
+    not (0.0): classes come in colour-major order, so 36 videos ask for red, yellow and green only."""
+    balanced = num_videos % NUM_CLASSES == 0
+    if not balanced:
+        log.warning("%d videos do not cover the %d classes evenly: use a multiple of %d", num_videos, NUM_CLASSES,
+                    NUM_CLASSES)  # fmt: skip
+    return {"classes": float(min(num_videos, NUM_CLASSES)), "balanced": float(balanced)}
 
 
 def received(frames: np.ndarray, folder: Path, first: int, fps: float) -> np.ndarray:
@@ -120,6 +150,8 @@ def report_markdown(summary: dict, model: str, seconds: float, phrasing: str, se
     ]
     for key, s in summary.items():
         mode, order, split = key.split("/")
+        if not s.get("balanced", 1):
+            split = f"{int(s['classes'])} of {NUM_CLASSES} classes, unbalanced"
         shares = " | ".join(f"{s[k]:.1%}" for k in ("all", *ATTRIBUTES, "phantom", "hue_stable"))
         lines.append(f"| {mode} | {order} | {split} | {s['n']} | {shares} |")
     ceiling = next((s for k, s in summary.items() if k.startswith("tokenizer/")), None)
@@ -167,7 +199,7 @@ def evaluate_adherence(
     Args:
         model: pipeline directory.
         out: report folder (created).
-        num_videos: videos per mode and order, cycling through all 72 classes.
+        num_videos: videos per mode and order, cycling through all 72 classes (0 skips them).
         holdout_videos: videos per mode and order for the held-out combinations alone (0 skips them).
         modes: modes to evaluate (default: all in the model).
         orders: orders to try per mode (default: each mode's default order).
@@ -190,10 +222,12 @@ def evaluate_adherence(
         ValueError: bad counts, an unknown mode, order, phrasing, combination or sampling setting, an invalid
             sampling value, or a model that does not load; each before anything is written.
     """
-    if num_videos < 1 or batch < 1:
-        raise ValueError("--num-videos and --batch must be >= 1")
-    if holdout_videos < 0 or recon_videos < 0:
-        raise ValueError("--holdout-videos and --recon-videos must be >= 0 (0 skips them)")
+    if batch < 1:
+        raise ValueError("--batch must be >= 1")
+    if num_videos < 0 or holdout_videos < 0 or recon_videos < 0:
+        raise ValueError("--num-videos, --holdout-videos and --recon-videos must be >= 0 (0 skips them)")
+    if not (num_videos or holdout_videos or recon_videos):
+        raise ValueError("--num-videos, --holdout-videos and --recon-videos are all 0: nothing to evaluate")
     if phrasing not in PHRASINGS:
         raise ValueError(f"unknown phrasing {phrasing!r}; choose from {', '.join(PHRASINGS)}")
     pipe = VideoPipeline.from_pretrained(model) if pipe is None else pipe
@@ -210,13 +244,14 @@ def evaluate_adherence(
         summary[key], everything[key] = {**summarize(results), **extra}, results
         write_contact_sheet(out / "sheet_tokenizer_reconstruction.png", shown)
     for mode, order, settings in runs:
-        folder = out / "videos" / f"{mode}_{order}"
-        folder.mkdir(parents=True, exist_ok=True)
-        rows = plan(num_videos, seed, phrasing)
-        results, shown = evaluate(pipe, mode, order, rows, batch, seed, settings, folder)
-        key = f"{mode}/{order}/all-classes"
-        summary[key], everything[key] = summarize(results), results
-        write_contact_sheet(out / f"sheet_{mode}_{order}.png", shown)
+        if num_videos:
+            folder = out / "videos" / f"{mode}_{order}"
+            folder.mkdir(parents=True, exist_ok=True)
+            rows = plan(num_videos, seed, phrasing)
+            results, shown = evaluate(pipe, mode, order, rows, batch, seed, settings, folder)
+            key = f"{mode}/{order}/all-classes"
+            summary[key], everything[key] = {**summarize(results), **coverage(num_videos)}, results
+            write_contact_sheet(out / f"sheet_{mode}_{order}.png", shown)
         if held and holdout_videos > 0:
             rows = plan(holdout_videos, seed + 1, phrasing, [label_of(*h) for h in held])
             folder = out / "videos" / f"{mode}_{order}_held_out"

@@ -11,6 +11,7 @@ corrupt input file is an error; an input that was not given is a note on the pag
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -49,11 +50,14 @@ def load_adherence(path: Path) -> dict[str, Any]:
     if not isinstance(summary, dict) or not summary:
         raise ValueError(f"--adherence {str(path)!r} has no 'summary' (expected tools/eval_shapes.py's results.json)")
     for key, row in summary.items():
-        numbers = isinstance(row, dict) and all(is_number(row.get(k)) for k in ADHERENCE_KEYS)
-        if len(key.split("/")) != 3 or not numbers:
+        numbers = isinstance(row, dict) and all(
+            is_number(row.get(k)) and math.isfinite(row[k]) for k in ADHERENCE_KEYS
+        )  # Infinity and NaN are valid JSON to Python's reader
+        count = row.get("n") if isinstance(row, dict) else None
+        if len(key.split("/")) != 3 or not numbers or count != int(count) or count < 0:
             raise ValueError(
                 f"--adherence {str(path)!r}: summary entry {key!r} is not 'mode/order/split' "
-                f"with numbers {list(ADHERENCE_KEYS)}"
+                f"with finite numbers {list(ADHERENCE_KEYS)} and a whole count n"
             )
     return data
 

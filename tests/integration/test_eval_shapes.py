@@ -247,7 +247,22 @@ def test_zero_holdout_videos_leaves_the_held_out_row_out(tmp_path, capsys):
     assert set(json.loads((out / "results.json").read_text())["summary"]) == {"maskgit/clip/all-classes"}
     capsys.readouterr()
     assert main(["--model", str(model), "--holdout-videos", "-1", "--out", str(tmp_path / "bad")]) == 2
-    assert capsys.readouterr().err == "error: --holdout-videos and --recon-videos must be >= 0 (0 skips them)\n"
+    assert capsys.readouterr().err == (
+        "error: --num-videos, --holdout-videos and --recon-videos must be >= 0 (0 skips them)\n"
+    )
+    nothing = ["--num-videos", "0", "--holdout-videos", "0", "--recon-videos", "0"]
+    assert main(["--model", str(model), *nothing, "--out", str(tmp_path / "none")]) == 2
+    assert "all 0: nothing to evaluate" in capsys.readouterr().err and not (tmp_path / "none").exists()
+
+
+def test_zero_videos_leaves_the_all_classes_rows_out(tmp_path):
+    """The held-out rows alone (re-measuring them need not redo the 216 videos of every order)."""
+    model = make_tiny_pipeline(tmp_path / "model")
+    out = tmp_path / "report"
+    args = ["--model", str(model), "--num-videos", "0", "--holdout-videos", "2", "--holdout", "green triangle down",
+            "--batch", "2", "--modes", "maskgit", "--steps", "1", "--recon-videos", "0", "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    assert set(json.loads((out / "results.json").read_text())["summary"]) == {"maskgit/clip/held-out"}
 
 
 def test_help_and_bad_input_from_any_folder(tmp_path):
