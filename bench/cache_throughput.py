@@ -25,6 +25,7 @@ import torch
 
 from bench.measure import Measured, run_measured
 from core.config import build_config
+from core.files import atomic_write_text
 from tokenizer import VideoTokenizer
 from videotrain.tokenizer_task import TokenizerTrainConfig
 
@@ -171,7 +172,7 @@ def main() -> int:
             f"peer={r['peer'] if r['peer'] is None else round(r['peer'], 2)} ratio={r['ratio']}"
         )
     if args.json:
-        Path(args.json).write_text(json.dumps(records, indent=1))
+        atomic_write_text(args.json, json.dumps(records, indent=1) + "\n")
     return 0
 
 

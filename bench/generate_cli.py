@@ -22,6 +22,7 @@ from pathlib import Path
 import yaml
 
 from bench.measure import run_measured
+from core.files import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -168,7 +169,7 @@ def main() -> int:
         peer = "" if r["peer"] is None else f" floor/peer={r['peer']:.2f}"
         print(f"{r['name']:64s} ours={r['ours']:.2f}{peer} {r['goal'] or ''} {'' if r['met'] is None else r['met']}")
     if args.json:
-        Path(args.json).write_text(json.dumps(records, indent=1))
+        atomic_write_text(args.json, json.dumps(records, indent=1) + "\n")
     return 0
 
 

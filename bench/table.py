@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from core.files import atomic_write_text
 from core.tables import format_number, is_number, records_table
 
 MET = {True: "yes", False: "NO", None: "-"}
@@ -35,8 +36,7 @@ def record(name: str, ours: float, peer: float, unit: str, goal: float | None, g
 
 def write_json(path: str | Path, payload: dict) -> None:
     """A bench script's ``--json`` output: its records and details (non-JSON values as text)."""
-    with open(path, "w") as f:
-        json.dump(payload, f, indent=2, default=str)
+    atomic_write_text(path, json.dumps(payload, indent=2, default=str) + "\n")  # a failed dump keeps the old file
 
 
 def goal_text(record: Mapping[str, Any]) -> str:

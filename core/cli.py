@@ -7,6 +7,7 @@ and runs its ``main`` under :func:`run_cli`.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -48,6 +49,10 @@ def parse_device(name: str) -> torch.device:
     return device
 
 
+# OSErrors that mean "this path cannot be used": a name too long, a read-only or full disk, a symlink loop
+USER_PATH_ERRNOS = frozenset({errno.ENAMETOOLONG, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ELOOP, errno.EACCES})
+
+
 def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
     """Runs ``main(argv)``; a ValueError or OSError becomes ``error: ...`` on stderr and exit 2.
 
@@ -67,6 +72,11 @@ def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | N
     ) as err:
         msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         print(f"error: {msg}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        if err.errno not in USER_PATH_ERRNOS:  # not about the paths the user gave: a bug, with its traceback
+            raise
+        print(f"error: {err}", file=sys.stderr)
         return 2
     except FloatingPointError as err:  # a training run stopped on a non-finite loss
         print(f"error: {err}", file=sys.stderr)

@@ -12,13 +12,13 @@ are the shapes classes' captions and the dataset's held-out combinations go to `
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from core.cli import CliParser, UsageError, run_cli, setup_logging
 from pipelines.assemble import DTYPES, assemble_pipeline, weights_bytes
+from videodata.shapes.dataset import dataset_holdout
 from videodata.shapes.render import NUM_CLASSES, class_caption
 
 
@@ -28,17 +28,12 @@ def _generators(items: Sequence[str]) -> dict[str, Path]:
         mode, sep, path = item.partition("=")
         if not sep or not mode or not path:
             raise UsageError(f"--generator takes MODE=DIR, got {item!r}")
+        if mode in gens:
+            raise UsageError(f"--generator {mode}=... is given twice")
         gens[mode] = Path(path)
     if not gens:
         raise UsageError("give at least one --generator MODE=DIR")
     return gens
-
-
-def _shapes_holdout(folder: str) -> list[str]:
-    meta = Path(folder) / "dataset.json"
-    if not meta.is_file():
-        raise ValueError(f"{folder} has no dataset.json: is it a tools/make_shapes.py folder?")
-    return json.loads(meta.read_text()).get("holdout", [])
 
 
 def _main(argv: Sequence[str] | None) -> int:
@@ -64,7 +59,7 @@ def _main(argv: Sequence[str] | None) -> int:
     out = assemble_pipeline(
         args.out, tokenizer=args.tokenizer, generators=generators, configs=args.config, overrides=args.overrides,
         class_names=[class_caption(i) for i in range(NUM_CLASSES)] if shapes else None,
-        holdout=_shapes_holdout(args.shapes_dataset) if shapes else None, dtype=args.dtype, force=args.force,
+        holdout=dataset_holdout(args.shapes_dataset) if shapes else None, dtype=args.dtype, force=args.force,
     )  # fmt: skip
     print(f"wrote {out} ({weights_bytes(out) / 1e6:.1f} MB of weights, {args.dtype}); modes {sorted(generators)}")
     return 0

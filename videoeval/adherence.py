@@ -222,8 +222,8 @@ def evaluate_adherence(
         ValueError: bad counts, an unknown mode, order, phrasing, combination or sampling setting, an invalid
             sampling value, or a model that does not load; each before anything is written.
     """
-    if batch < 1:
-        raise ValueError("--batch must be >= 1")
+    if batch < 1 or seed < 0:
+        raise ValueError(f"--batch must be >= 1 and --seed >= 0, got {batch} and {seed}")
     if num_videos < 0 or holdout_videos < 0 or recon_videos < 0:
         raise ValueError("--num-videos, --holdout-videos and --recon-videos must be >= 0 (0 skips them)")
     if not (num_videos or holdout_videos or recon_videos):
@@ -289,6 +289,8 @@ def evaluate_shapes(
     unknown = sorted(set(tasks) - set(SHAPES_TASKS))
     if unknown or not tasks:
         raise ValueError(f"unknown tasks {unknown or list(tasks)}; choose from {', '.join(SHAPES_TASKS)}")
+    if adherence.get("seed", DEFAULT_SEED) < 0:  # numpy's own message does not name the flag
+        raise ValueError(f"--seed must be >= 0, got {adherence['seed']}")
     visual = [t for t in tasks if t != "prompts"]
     if visual and conditioning_videos < 1:
         raise ValueError("--conditioning-videos must be >= 1")

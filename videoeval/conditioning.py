@@ -268,6 +268,8 @@ def evaluate_conditioning(
     unknown = sorted(set(tasks) - set(TASKS))
     if unknown:
         raise ValueError(f"unknown conditioning task(s) {unknown}; choose from {list(TASKS)}")
+    if num_videos < 1 or batch < 1 or seed < 0:
+        raise ValueError(f"num_videos and batch must be >= 1 and seed >= 0, got {num_videos}, {batch}, {seed}")
     ev = ConditioningEval(pipe, mode, order, batch=batch, seed=seed, sampling=sampling)
     clips = fresh_clips(num_videos, seed) if {"continuation", "image"} & set(tasks) else []
     rows: dict[str, list[dict]] = {}

@@ -62,12 +62,19 @@ def predict_continuations(
         ValueError: a protocol without context, a context the tokenizer cannot encode alone, too few
             or unreadable real clips.
     """
-    protocol = PROTOCOLS[protocol] if isinstance(protocol, str) else protocol
+    if isinstance(protocol, str):
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"unknown protocol {protocol!r}; choose from {', '.join(PROTOCOLS)}")
+        protocol = PROTOCOLS[protocol]
+    if context_frames is not None and context_frames < 1:
+        raise ValueError(f"--context-frames must be >= 1, got {context_frames}")
+    if num_videos is not None and num_videos < 1:  # 0 meant the protocol's count (50,000 for k600)
+        raise ValueError(f"--num-videos must be >= 1, got {num_videos}")
     num_context = context_frames if context_frames is not None else protocol.context_frames
     if num_context < 1:
         raise ValueError(f"protocol {protocol.name!r} has no context frames: give --context-frames")
     sources = find_videos(real)
-    count = min(num_videos or protocol.num_videos, len(sources))
+    count = min(protocol.num_videos if num_videos is None else num_videos, len(sources))
     if count < 1:
         raise ValueError(f"no videos found under {str(real)!r}")
     if batch < 1:

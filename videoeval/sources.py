@@ -30,8 +30,13 @@ class VideoSource:
         return "frames" if self.frames else "file"
 
     def key(self, root: Path) -> str:
-        """Relative path without the file suffix: ``a/b.mp4``, ``a/b.avi`` and folder ``a/b/`` pair up."""
-        rel = self.path.relative_to(root) if self.path != root else Path(".")
+        """Relative path without the file suffix: ``a/b.mp4``, ``a/b.avi`` and folder ``a/b/`` pair up.
+
+        A video that is the root itself (one file, or one folder of frames) is keyed by its own name (``b``).
+        """
+        if self.path == root:
+            return self.path.name if self.frames else self.path.stem
+        rel = self.path.relative_to(root)
         return (rel if self.frames else rel.with_suffix("")).as_posix()
 
     def read(self, *, num_frames: int | None = None, stride: int = 1, start: int = 0) -> np.ndarray:

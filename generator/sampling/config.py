@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 from generator.schedules import SCHEDULES
@@ -36,6 +37,12 @@ class SamplingConfig:
     context_temperature: float | None = None
 
     def __post_init__(self) -> None:
+        numbers = {"temperature": self.temperature, "top_p": self.top_p, "cfg_scale": self.cfg_scale,
+                   "choice_temperature": self.choice_temperature,
+                   "context_temperature": self.context_temperature}  # fmt: skip
+        for name, value in numbers.items():  # NaN and inf pass `< 0`: NaN probabilities, or every token equal
+            if value is not None and not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value}")
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
         if self.context_temperature is not None and self.context_temperature < 0:

@@ -73,3 +73,17 @@ def test_quick_run_writes_json(tmp_path):
     assert names == set(runner.BENCHES)
     for r in data["records"]:
         assert {"name", "ours", "peer", "ratio", "goal", "met"} <= set(r)
+
+
+def test_a_failed_json_dump_keeps_the_earlier_file(tmp_path):
+    """--json output was opened for writing first: a dump that failed left the file truncated."""
+    from bench.table import write_json
+
+    path = tmp_path / "bench.json"
+    write_json(path, {"records": [{"name": "a", "ours": 1.0}]})
+    loop: dict = {}
+    loop["self"] = loop  # json.dumps refuses a circular structure
+    with pytest.raises(ValueError, match="Circular"):
+        write_json(path, {"records": loop})
+    assert json.loads(path.read_text()) == {"records": [{"name": "a", "ours": 1.0}]}
+    assert [p.name for p in tmp_path.iterdir()] == ["bench.json"]

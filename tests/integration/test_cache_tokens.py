@@ -305,6 +305,9 @@ def test_cli_bad_input_exits_2_with_one_line(corpus, reference, tmp_path, monkey
         "--device": ([*build_args(corpus, tmp_path / "g"), "--device", "tpu9"], "unknown device"),
         "--clips-per-video": ([*build_args(corpus, tmp_path / "h"), "--start-offsets", "0,4,8"], "disagrees with 3"),
         "verify": (["verify", str(tmp_path / "nothing")], "does not exist"),
+        # an OverflowError traceback from the OS's wait, after spec.json was written
+        "--decode-timeout inf": ([*build_args(corpus, tmp_path / "i"), "--decode-timeout", "inf"], "finite number > 0"),
+        "--wait-timeout nan": ([*build_args(corpus, tmp_path / "j"), "--wait-timeout", "nan"], "finite number > 0"),
     }
     for what, (argv, message) in cases.items():
         assert run_in_process(argv, monkeypatch) == 2, what

@@ -5,6 +5,7 @@ preset fixes 5 context frames itself and runs the same code)."""
 import json
 
 import numpy as np
+import pytest
 
 from core.video_io import read_video, resize_center_crop
 from core.video_write import write_video
@@ -12,6 +13,7 @@ from tests.helpers.tiny_pipeline import make_tiny_pipeline
 from tests.unit.test_eval_video import save_stand_in
 from tools.eval_video import main
 from videoeval.conditioning import fresh_clips
+from videoeval.prediction import predict_continuations
 
 
 def test_predict_then_fvd(tmp_path, capsys):
@@ -41,3 +43,27 @@ def test_predict_then_fvd(tmp_path, capsys):
     assert main(["predict", "--model", str(model), "--real", str(real), "--protocol", "quick", "--context-frames", "5",
                  "--out", str(tmp_path / "none_written"), "--batch-size", "0"]) == 2  # fmt: skip
     assert "--batch-size must be >= 1" in capsys.readouterr().err and not (tmp_path / "none_written").exists()
+    common = [
+        "predict",
+        "--model",
+        str(model),
+        "--real",
+        str(real),
+        "--protocol",
+        "quick",
+        "--out",
+        str(tmp_path / "z"),
+    ]
+    for extra, message in [
+        (["--context-frames", "5", "--num-videos", "0"], "--num-videos must be >= 1, got 0"),  # was: the preset's count
+        (["--context-frames", "5", "--num-videos", "-1"], "--num-videos must be >= 1, got -1"),  # was: "no videos"
+        (["--context-frames", "0"], "--context-frames must be >= 1, got 0"),  # was: "give --context-frames"
+    ]:
+        assert main([*common, *extra]) == 2
+        assert message in capsys.readouterr().err and not (tmp_path / "z").exists()
+    single = tmp_path / "single"  # one video file as --real: predicted into single/clip_0.mp4 (the key was ".")
+    assert main(["predict", "--model", str(model), "--real", str(real / "clip_0.mp4"), "--protocol", "quick",
+                 "--context-frames", "5", "--out", str(single)]) == 0  # fmt: skip
+    assert [p.name for p in single.iterdir()] == ["clip_0.mp4"]
+    with pytest.raises(ValueError, match="unknown protocol 'nope'"):
+        predict_continuations(model, real, tmp_path / "p", "nope", context_frames=5)

@@ -96,3 +96,20 @@ def test_refuses_bad_generator_spec_and_vocab_mismatch(tmp_path: Path) -> None:
     )
     assert r.returncode == 2 and "vocabulary" in r.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_refuses_a_mode_given_twice_and_a_dataset_json_that_is_not_one(tmp_path: Path) -> None:
+    """A second --generator for the same mode silently replaced the first; a dataset.json holding a list was an
+    AttributeError traceback, and a string holdout became a list of characters."""
+    src = make_tiny_pipeline(tmp_path / "src")
+    gen = f"ar={src / 'generator_ar'}"
+    tok = str(src / "tokenizer")
+    r = _run("--tokenizer", tok, "--generator", gen, "--generator", gen, "--out", str(tmp_path / "o"))
+    assert r.returncode == 2 and "--generator ar=... is given twice" in r.stderr and "Traceback" not in r.stderr
+    for i, text in enumerate(["[1, 2]", '{"holdout": "green triangle up"}', '{"holdout": ["green blob up"]}']):
+        (tmp_path / f"ds{i}").mkdir()
+        (tmp_path / f"ds{i}" / "dataset.json").write_text(text)
+        r = _run("--tokenizer", tok, "--generator", gen, "--shapes-dataset", str(tmp_path / f"ds{i}"),
+                 "--out", str(tmp_path / "o"))  # fmt: skip
+        assert r.returncode == 2 and r.stderr.startswith("error:") and "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "o").exists()

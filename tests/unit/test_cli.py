@@ -1,8 +1,11 @@
 """core/cli.py: one error line and exit 2, and no Hugging Face progress bars in CLI runs."""
 
+import errno
 import os
 import subprocess
 import sys
+
+import pytest
 
 from core.cli import run_cli
 
@@ -51,3 +54,20 @@ def test_os_errors_that_name_bad_paths_are_one_line_and_exit_2(capsys):
 
     assert run_cli(out_is_a_file, []) == 2
     assert capsys.readouterr().err == "error: [Errno 17] File exists: '/data/out'\n"
+
+
+def test_a_path_too_long_or_on_a_read_only_disk_is_one_line_and_other_os_errors_keep_their_traceback(tmp_path, capsys):
+    """`make_shapes.py render --out <300 characters>` was an OSError traceback (ENAMETOOLONG is no subclass)."""
+
+    def long_name(argv):
+        (tmp_path / ("a" * 300)).mkdir()
+
+    assert run_cli(long_name, []) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: [Errno 36] File name too long") and err.count("\n") == 1
+
+    def bug(argv):
+        raise OSError(errno.EBADF, "Bad file descriptor")
+
+    with pytest.raises(OSError, match="Bad file descriptor"):
+        run_cli(bug, [])

@@ -93,3 +93,14 @@ def test_summaries_count_every_row():
     assert s["direction_right"] == 0.75 and s["kept"] == 1.0 and s["all_right"] == 0.5
     assert math.isnan(summarize_task("image", [{"right": True, "start_error_px": float("nan")}])["start_median_px"])
     assert attributes_of(0)  # the class table the clips cycle through
+
+
+@pytest.mark.parametrize(
+    ("kw", "shown"), [({"num_videos": 0}, "0, 8, "), ({"batch": 0}, "72, 0, "), ({"seed": -1}, "-1")]
+)
+def test_evaluate_conditioning_refuses_bad_counts_before_any_work(kw, shown):
+    """num_videos=0 was a ZeroDivisionError after the work, batch=0 a cryptic range() error."""
+    from videoeval.conditioning import evaluate_conditioning
+
+    with pytest.raises(ValueError, match=f"must be >= 1 and seed >= 0, got .*{shown}"):
+        evaluate_conditioning(None, "ar", "frame", tasks=("continuation", "long"), **kw)

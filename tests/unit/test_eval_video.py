@@ -344,6 +344,20 @@ def test_recon_pairs_by_relative_path_across_formats(tmp_path):
         evaluate_recon(tmp_path / "real", tmp_path / "fake")
 
 
+def test_recon_takes_one_video_file_on_each_side(tmp_path):
+    """The docstring says "or one video": a file as --real failed with "PosixPath('.') has an empty name"."""
+    clip = random_clip(7)
+    write_frame_folder(tmp_path / "frames", clip)
+    rows = evaluate_recon(tmp_path / "frames", tmp_path / "frames")  # a folder of frames as the root
+    assert len(rows) == 1 and rows[0]["psnr"] == PSNR_MAX_DB
+    from core.video_write import write_video
+
+    write_video(tmp_path / "real" / "v0.mp4", clip, fps=8)
+    write_video(tmp_path / "fake" / "v0.mp4", clip, fps=8)
+    rows = evaluate_recon(tmp_path / "real" / "v0.mp4", tmp_path / "fake" / "v0.mp4")
+    assert [Path(r["path"]).name for r in rows] == ["v0.mp4"] and rows[0]["psnr"] == PSNR_MAX_DB
+
+
 def test_bad_flags_are_one_line_and_help_works(tmp_path, capsys):
     assert main(["fvd", "--real", str(tmp_path), "--protocol", "nope"]) == 2
     err = capsys.readouterr().err

@@ -247,6 +247,11 @@ def test_sampling_config_bounds_are_inclusive_and_errors_say_which_setting():
         r"steps must be >= 1, got 0": dict(steps=0),
         r"mask_schedule must be one of \['cosine', 'linear', 'square'\], got 'cosin'": dict(mask_schedule="cosin"),
         r"choice_temperature must be >= 0, got -1.0": dict(choice_temperature=-1.0),
+        # NaN and inf passed `< 0`: a traceback from torch.multinomial, or garbage scored as a result
+        r"cfg_scale must be a finite number, got nan": dict(cfg_scale=float("nan")),
+        r"temperature must be a finite number, got inf": dict(temperature=float("inf")),
+        r"context_temperature must be a finite number, got nan": dict(context_temperature=float("nan")),
+        r"choice_temperature must be a finite number, got inf": dict(choice_temperature=float("inf")),
     }
     refused_exactly(SamplingConfig, bad)
 

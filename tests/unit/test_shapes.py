@@ -186,6 +186,21 @@ def test_partial_render_leaves_no_manifest(tmp_path, monkeypatch):
     assert not (out / "manifest.jsonl").exists() and not (out / "manifest.csv").exists()
 
 
+def test_overwriting_a_dataset_leaves_none_of_its_clips(tmp_path):
+    """6 clips, then 2 with --overwrite: clips 2-5 stayed in clips/ and a folder-based --data read them."""
+    out = tmp_path / "d"
+    render_dataset(out, 6, format="png")
+    render_dataset(out, 2, overwrite=True)  # fewer clips, and mp4 instead of png folders
+    assert sorted(p.name for p in (out / "clips").iterdir()) == ["000000.mp4", "000001.mp4"]
+    assert not [p for p in out.iterdir() if p.name.startswith(".clips")]
+
+
+def test_a_shapes_manifest_path_must_be_a_string(tmp_path):
+    (tmp_path / "bad.jsonl").write_text('{"path": 5, "color": "red", "shape": "circle", "motion": "up"}\n')
+    with pytest.raises(ValueError, match="line 1: path must be a non-empty string, got 5"):
+        dataset.read_manifest(tmp_path / "bad.jsonl")
+
+
 @pytest.fixture(scope="module")
 def mp4_dataset(tmp_path_factory):
     """72 clips, one per class, rendered to mp4 through the CLI, with two held-out classes."""

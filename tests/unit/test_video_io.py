@@ -350,6 +350,40 @@ def test_clip_pool_reads_a_jsonl_manifest(tmp_path):
     assert len(pool.videos) == 2  # c.mp4 is not in the manifest
 
 
+def test_clip_pool_decodes_no_more_than_max_frames_per_video(clips, monkeypatch):
+    """It decoded every frame at full size and then sliced: 730 MB for 2 kept frames of a 720p clip."""
+    import videodata.clips as vclips
+    from videodata.clips import ClipDataConfig, ClipPool
+
+    asked = []
+    real_read = vclips.read_video
+
+    def recording_read(path, **kw):
+        asked.append(kw["num_frames"])
+        return real_read(path, **kw)
+
+    monkeypatch.setattr(vclips, "read_video", recording_read)
+    carphone = clips / "carphone_pristine.mp4"
+    pool = ClipPool(ClipDataConfig(paths=(str(carphone),), num_frames=1, size=32, stride=2, max_frames_per_video=3))
+    assert asked == [3] and len(pool.videos[0]) == 3
+    full = vio.resize_center_crop(read_video(carphone, num_frames=5)[::2], pool.videos[0].shape[1:3])
+    np.testing.assert_array_equal(pool.videos[0], full)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [("stride", 0, "data.stride must be >= 1"), ("max_frames_per_video", 0, "data.max_frames_per_video must be"),
+     ("image_ratio", -3.0, "data.image_ratio must be in"), ("image_ratio", float("nan"), "data.image_ratio must be"),
+     ("size", 0, "data.size must be >= 1")],
+)  # fmt: skip
+def test_clip_data_settings_are_checked(field, value, message):
+    """stride 0 and max_frames 0 ended in "none of the media files could be decoded"; image_ratio -3 was taken."""
+    from videodata.clips import ClipDataConfig
+
+    with pytest.raises(ValueError, match=message):
+        ClipDataConfig(**{field: value})
+
+
 def test_a_folder_of_frames_is_one_video_in_name_order(tmp_path):
     rng = np.random.default_rng(0)
     frames = rng.integers(0, 256, (7, 6, 10, 3), dtype=np.uint8)

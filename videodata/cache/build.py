@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import time
 from collections.abc import Iterator
@@ -101,8 +102,11 @@ class BuildConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.threads < 0 or (self.num_workers is not None and self.num_workers < 0):
             raise ValueError(f"threads and num_workers must be >= 0, got {self.threads} and {self.num_workers}")
-        if not self.decode_timeout_s > 0:
-            raise ValueError(f"the decode timeout must be > 0 seconds, got {self.decode_timeout_s}")
+        # finite too: an infinite timeout reached the OS's wait as an OverflowError, after spec.json was written
+        if not (0 < self.decode_timeout_s < math.inf):
+            raise ValueError(f"the decode timeout must be a finite number > 0 seconds, got {self.decode_timeout_s}")
+        if not (0 < self.wait_timeout_s < math.inf):
+            raise ValueError(f"the wait timeout must be a finite number > 0 seconds, got {self.wait_timeout_s}")
 
 
 @dataclass(frozen=True, kw_only=True)

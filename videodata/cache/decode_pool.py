@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import math
 import multiprocessing as mp
 import os
 import signal
@@ -176,9 +177,9 @@ class DecodePool:
     ) -> None:
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
-        if not timeout_s > 0:
-            raise ValueError(f"the decode timeout must be > 0 seconds, got {timeout_s}")
-        if not startup_timeout_s > 0:
+        if not 0 < timeout_s < math.inf:
+            raise ValueError(f"the decode timeout must be a finite number > 0 seconds, got {timeout_s}")
+        if not 0 < startup_timeout_s < math.inf:
             raise ValueError(f"the worker start-up timeout must be > 0 seconds, got {startup_timeout_s}")
         self.fn, self.initializer = fn, initializer
         self.timeout_s, self.startup_timeout_s = float(timeout_s), float(startup_timeout_s)

@@ -244,8 +244,13 @@ def render_dataset(
         raise ValueError(
             f"{str(out)!r} already holds a dataset ({MANIFEST}); pass overwrite=True / --overwrite to replace it"
         )
+    replacing = (out / MANIFEST).exists()
     for path in finished:  # manifest.jsonl first: from here on the folder reads as unfinished
         path.unlink(missing_ok=True)
+    if replacing and (out / "clips").is_dir():  # the old dataset's clips: fewer clips or another format left some
+        stale = out / f".clips-replaced-{os.getpid()}"
+        (out / "clips").rename(stale)
+        shutil.rmtree(stale)
     (out / "clips").mkdir(parents=True, exist_ok=True)
 
     start = time.perf_counter()
@@ -298,6 +303,27 @@ def load_clip(path: str | os.PathLike) -> np.ndarray:
             different sizes.
     """
     return read_video(path)
+
+
+def dataset_holdout(folder: str | os.PathLike) -> list[str]:
+    """The held-out combinations recorded in a rendered dataset's ``dataset.json`` ("green triangle up", ...).
+
+    Raises:
+        ValueError: no ``dataset.json``, or one that is not a rendered dataset's (not an object, or a ``holdout``
+            that is not a list of valid combinations).
+    """
+    meta = Path(folder) / "dataset.json"
+    if not meta.is_file():
+        raise ValueError(f"{folder} has no dataset.json: is it a tools/make_shapes.py folder?")
+    try:
+        info = json.loads(meta.read_text())
+    except ValueError as err:
+        raise ValueError(f"{meta} is not valid JSON: {err}") from None
+    holdout = info.get("holdout", []) if isinstance(info, dict) else None
+    if not isinstance(holdout, list) or not all(isinstance(h, str) for h in holdout):
+        raise ValueError(f"{meta} is not a tools/make_shapes.py dataset.json: 'holdout' must be a list of strings")
+    parse_holdout(holdout)  # each a valid "color shape motion"
+    return holdout
 
 
 def read_manifest(path: str | os.PathLike) -> list[dict]:
