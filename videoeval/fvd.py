@@ -192,6 +192,15 @@ PROTOCOLS: dict[str, FVDProtocol] = {
 }
 
 
+def resolve_protocol(protocol: FVDProtocol | str) -> FVDProtocol:
+    """A preset by name (ValueError naming the presets for an unknown one), or the protocol given."""
+    if isinstance(protocol, str):
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"unknown protocol {protocol!r}; choose from {sorted(PROTOCOLS)}")
+        return PROTOCOLS[protocol]
+    return protocol
+
+
 def iter_clips(
     sources: Sequence[VideoSource], protocol: FVDProtocol, *, skipped: list[str] | None = None
 ) -> Iterator[tuple[str, np.ndarray]]:

@@ -21,7 +21,7 @@ import torch
 
 from core.video_write import write_video
 from pipelines import VideoPipeline
-from videoeval.fvd import PROTOCOLS, FVDProtocol
+from videoeval.fvd import FVDProtocol, resolve_protocol
 from videoeval.sources import find_videos
 
 
@@ -62,10 +62,7 @@ def predict_continuations(
         ValueError: a protocol without context, a context the tokenizer cannot encode alone, too few
             or unreadable real clips.
     """
-    if isinstance(protocol, str):
-        if protocol not in PROTOCOLS:
-            raise ValueError(f"unknown protocol {protocol!r}; choose from {', '.join(PROTOCOLS)}")
-        protocol = PROTOCOLS[protocol]
+    protocol = resolve_protocol(protocol)
     if context_frames is not None and context_frames < 1:
         raise ValueError(f"--context-frames must be >= 1, got {context_frames}")
     if num_videos is not None and num_videos < 1:  # 0 meant the protocol's count (50,000 for k600)

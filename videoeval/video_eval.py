@@ -29,7 +29,7 @@ import torch
 
 from core.files import sha256_file
 from core.video_io import frames_to_tensor
-from videoeval.fvd import PROTOCOLS, FeatureStats, FVDProtocol, frechet_distance, inception_score, iter_clips
+from videoeval.fvd import FeatureStats, FVDProtocol, frechet_distance, inception_score, iter_clips, resolve_protocol
 from videoeval.i3d import KINETICS_CLASSES, I3DNetwork, extract_features, resolve_i3d_path
 from videoeval.metrics import LPIPS, psnr, ssim
 from videoeval.reconstruction import summarize
@@ -122,10 +122,7 @@ def evaluate_fvd(
         ValueError: a missing I3D file (the message says what to obtain), too few clips,
             cached stats made with another protocol or I3D file, or other bad input.
     """
-    if isinstance(protocol, str):
-        if protocol not in PROTOCOLS:
-            raise ValueError(f"unknown FVD protocol {protocol!r}; choose from {sorted(PROTOCOLS)}")
-        protocol = PROTOCOLS[protocol]
+    protocol = resolve_protocol(protocol)
     if num_videos is not None and num_videos < 2:
         raise ValueError(f"--num-videos must be >= 2, got {num_videos}")
     if batch_size < 1 or is_splits < 1:
