@@ -84,7 +84,11 @@ def ceiling_results(
         errors = [r["hue_error"] for r in rows if r["color"] == color and r["hue_error"] is not None]
         per_color[color] = float(np.median(errors)) if errors else float("nan")
         extra[f"hue_error_{color}"] = per_color[color]
-    extra["hue_error"] = max(per_color.values())
+    # the worst colour among those rendered; NaN when one of them never gave a hue reading (max() kept a NaN only
+    # when it came first, so a colour that always came back unreadable could be left out of the worst case)
+    shown_colors = {r["color"] for r in rows}
+    values = [v for color, v in per_color.items() if color in shown_colors]
+    extra["hue_error"] = float("nan") if any(np.isnan(values)) else max(values)
     corners = [r["corner_ratio"] for r in rows if r["shape"] == "square" and r["corner_ratio"] is not None]
     extra["square_corner"] = float(np.median(corners)) if corners else float("nan")
     return rows, extra, list(received[:12])

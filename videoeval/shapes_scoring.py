@@ -17,6 +17,8 @@ HUE_TOLERANCE = 15.0  # degrees from the clip's median hue that still count as t
 
 def score(frames: np.ndarray, rows: list[dict]) -> list[dict]:
     """Analyzes (B, T, H, W, C) uint8 videos against their requested attributes; one result per video."""
+    if len(frames) != len(rows):  # zip() would silently judge only the shorter of the two
+        raise ValueError(f"{len(frames)} videos for {len(rows)} requests")
     out = []
     for clip, row in zip(frames, rows):
         a = analyze(clip)

@@ -1,12 +1,14 @@
 """tools/eval_shapes.py and videoeval.adherence: request planning, scoring with the analyzer, and the report."""
 
 import json
+import math
 import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 import videoeval.adherence as adherence
@@ -118,6 +120,20 @@ def test_ceiling_scores_a_lossless_tokenizer_perfectly_and_a_blind_one_at_zero(t
 
     dark, extra, _ = ceiling_results(Dark(), tmp_path / "dark", num_videos=4, seed=1, batch=4)
     assert summarize(dark)["all"] == 0.0 and extra["psnr"] < 20
+    assert math.isnan(extra["hue_error"])  # no colour read back: no worst-case hue error to report
+
+    class LosesYellow(Identity):  # batch 1 holds the 12 red classes, batch 2 the 12 yellow ones: those go black
+        batches = 0
+
+        def decode(self, ids):
+            self.batches += 1
+            return ids if self.batches == 1 else ids * 0 - 1
+
+    rows, extra, _ = ceiling_results(LosesYellow(), tmp_path / "y", num_videos=24, seed=1, batch=12)
+    assert {r["color"] for r in rows} == {"red", "yellow"}
+    assert math.isnan(extra["hue_error_yellow"]) and math.isnan(extra["hue_error"])  # max() kept red's 1-2 degrees
+    with pytest.raises(ValueError, match="2 videos for 3 requests"):
+        score(np.zeros((2, 17, 64, 64, 3), np.uint8), [{"color": "red", "shape": "circle", "motion": "up"}] * 3)
 
 
 def test_phantoms_and_hue_drift_are_counted():
