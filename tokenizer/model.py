@@ -207,7 +207,7 @@ class VideoTokenizer(nn.Module):
         """
         self.check_video(video)
         if chunk_frames is None:
-            return self.quantizer(self._latents(video).float()).ids  # codes are chosen in fp32 whatever the weights
+            return self._ids(self._latents(video).float())  # codes are chosen in fp32 whatever the weights
         ct = self.config.temporal_compression
         if chunk_frames < ct or chunk_frames % ct:
             raise ValueError(f"chunk_frames must be a positive multiple of {ct}, got {chunk_frames}")
@@ -216,7 +216,17 @@ class VideoTokenizer(nn.Module):
             stop = min(video.shape[2], start + chunk_frames + (1 if start == 0 else 0))
             latents.append(self._latents(video[:, :, start:stop], state))
             start = stop
-        return self.quantizer(torch.cat(latents, dim=2).float()).ids
+        return self._ids(torch.cat(latents, dim=2).float())
+
+    def _ids(self, latents: torch.Tensor) -> torch.Tensor:
+        """The quantizer's ids of (B, D, t, h, w) latents, in eval mode whatever the module's mode: in training
+        mode a VQ quantizer would also move its codebook, so encoding would change the token space."""
+        was_training = self.quantizer.training
+        self.quantizer.eval()
+        try:
+            return self.quantizer(latents).ids
+        finally:
+            self.quantizer.train(was_training)
 
     @torch.no_grad()
     def decode(self, ids: torch.Tensor, chunk_latents: int | None = None) -> torch.Tensor:

@@ -210,3 +210,13 @@ def test_bad_ids_are_rejected(repo_root):
         tok.decode(torch.full((1, 2, 4, 4), 64))
     with pytest.raises(ValueError):
         tok.decode(torch.zeros(1, 4, 4, dtype=torch.long))
+
+
+def test_encoding_in_training_mode_leaves_a_vq_codebook_alone(repo_root):
+    """encode() ran the quantizer's training pass when the module was in training mode: a VQ codebook moved
+    (moving averages, dead-code restarts), so the ids it returned no longer decoded with the codebook left."""
+    tok = tiny(repo_root, "quantizer=vq", "vq.codebook_size=64", "vq.dim=4").train()
+    before = {k: v.clone() for k, v in tok.quantizer.state_dict().items()}
+    first = tok.encode(video(T=9))
+    assert all(torch.equal(before[k], v) for k, v in tok.quantizer.state_dict().items())
+    assert torch.equal(first, tok.encode(video(T=9))) and tok.quantizer.training  # the mode is given back
