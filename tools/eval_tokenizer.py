@@ -1,6 +1,6 @@
 """Reconstruction quality of a video tokenizer: PSNR, SSIM and (optionally) LPIPS per video.
 
-    python tools/eval_tokenizer.py --tokenizer runs/tok/export --data videos/ \\
+    python tools/eval_tokenizer.py --tokenizer runs/tok/tokenizer --data videos/ \\
         --num-frames 17 --size 128 --json eval.json --previews previews/
 
 The work is :func:`videoeval.reconstruction.evaluate_dataset`: each video gives one clip of

@@ -1,6 +1,7 @@
 """Train a GPT-style or MaskGIT-style generator on cached token shards with DeepSpeed.
 
-    python tools/train.py --config configs/generator/shapes_maskgit.yaml --out runs/mg
+    python tools/train.py --config configs/generator/shapes_maskgit.yaml --out runs/mg \
+        data.cache=caches/shapes data.tokenizer=runs/tok/tokenizer data.text_encoder.path=MINILM_DIR
     torchrun --nproc_per_node 2 tools/train.py --config ... --out runs/mg run.zero_stage=2
     deepspeed --hostfile hostfile tools/train.py --config ... --out /shared/runs/mg
 

@@ -1,6 +1,7 @@
 """Train a VideoTokenizer on a folder of videos and/or images with DeepSpeed.
 
-    python tools/train_tokenizer.py --config configs/tokenizer/shapes.yaml --data data/shapes --out runs/tok
+    python tools/train_tokenizer.py --config configs/tokenizer/shapes.yaml \
+        --data data/shapes/manifest.jsonl --out runs/tok
     torchrun --nproc_per_node 2 tools/train_tokenizer.py --config ... --out runs/tok run.zero_stage=2
     deepspeed tools/train_tokenizer.py --config ... --out runs/tok
 

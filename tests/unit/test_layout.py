@@ -93,3 +93,15 @@ def test_test_fault_hooks_live_in_tests():
     for path in modules():
         text = path.read_text()
         assert "TOKVID_TEST" not in text and "TOKVID_CACHE_TEST" not in text, path
+
+
+def test_the_python_one_liners_of_the_scripts_run(repo_root):
+    """scripts/quickstart.sh imported tools.sample_data after the module had moved: the script stopped there."""
+    import re
+    import subprocess
+    import sys
+
+    for script in sorted((repo_root / "scripts").glob("*.sh")):
+        for code in re.findall(r'python -c "([^"]+)"', script.read_text()):
+            proc = subprocess.run([sys.executable, "-c", code], cwd=repo_root, capture_output=True, text=True)
+            assert proc.returncode == 0, (script.name, code, proc.stderr[-400:])
