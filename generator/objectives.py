@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 
 from generator.conditioning import Condition
-from generator.schedules import training_mask
+from generator.schedules import SCHEDULES, training_mask
 from generator.transformer import Generator
-from generator.units import causal_mask, make_layout, two_stream_mask
+from generator.units import ORDERS, causal_mask, make_layout, two_stream_mask
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -38,6 +38,20 @@ class ObjectiveConfig:
     mask_schedule: str = "cosine"
     context_mask_ratio: float = 0.0
     label_smoothing: float = 0.0
+
+    def __post_init__(self) -> None:
+        # written so that NaN fails too
+        if not 0.0 <= self.cond_dropout <= 1.0:
+            raise ValueError(f"objective.cond_dropout must be in [0, 1], got {self.cond_dropout}")
+        if not 0.0 <= self.context_mask_ratio < 1.0:
+            raise ValueError(f"objective.context_mask_ratio must be in [0, 1), got {self.context_mask_ratio}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"objective.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.mask_schedule not in SCHEDULES:
+            raise ValueError(f"objective.mask_schedule must be one of {sorted(SCHEDULES)}, got {self.mask_schedule!r}")
+        unknown = [o for o in self.orders if o not in ORDERS]
+        if unknown:
+            raise ValueError(f"objective.orders: unknown order(s) {unknown}; choose from {list(ORDERS)}")
 
 
 @dataclass

@@ -90,8 +90,9 @@ def _prune(ckpt_dir: Path, keep_last: int) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
-def check_same_model(folder: Path, config: Any) -> None:
-    """ValueError when the checkpoint in ``folder`` was written for another ``model`` section than ``config``'s.
+def check_resumable(folder: Path, config: Any, keys: tuple[str, ...] = ()) -> None:
+    """ValueError when the checkpoint in ``folder`` was written for another ``model`` section than ``config``'s,
+    or with other values of the dotted ``keys`` (settings a resumed run must keep, such as what splits the data).
 
     Resuming may change how long a run lasts or how it logs, but not the model: another architecture would
     fail inside DeepSpeed's loader, and one with the same weight shapes (other FSQ levels, another order
@@ -100,14 +101,32 @@ def check_same_model(folder: Path, config: Any) -> None:
     saved_path = folder / "train_config.yaml"
     if not saved_path.is_file() or not hasattr(config, "model"):
         return
-    saved = load_yaml(saved_path).get("model")
-    own = to_dict(config)["model"]
+    saved_all, own_all = load_yaml(saved_path), to_dict(config)
+    saved, own = saved_all.get("model"), own_all["model"]
+    changes = []
     if saved is not None and saved != own:
-        keys = sorted(k for k in set(saved) | set(own) if saved.get(k) != own.get(k))
-        changes = "; ".join(f"model.{k}: {saved.get(k)!r} -> {own.get(k)!r}" for k in keys)
+        diff = sorted(k for k in set(saved) | set(own) if saved.get(k) != own.get(k))
+        changes += [f"model.{k}: {saved.get(k)!r} -> {own.get(k)!r}" for k in diff]
+    for key in keys:
+        before, now = _dotted(saved_all, key), _dotted(own_all, key)
+        if before is not _MISSING and before != now:
+            changes.append(f"{key}: {before!r} -> {now!r}")
+    if changes:
         raise ValueError(
-            f"checkpoint {folder} was written for another model ({changes}): resume with its config, or use a new --out"
+            f"checkpoint {folder} was written with other settings ({'; '.join(changes)}): resume with its config, "
+            "or use a new --out"
         )
+
+
+_MISSING = object()
+
+
+def _dotted(data: dict, key: str) -> Any:
+    for part in key.split("."):
+        if not isinstance(data, dict) or part not in data:
+            return _MISSING
+        data = data[part]
+    return data
 
 
 def load(engine, ckpt_dir: Path, tag: str, rank: int) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:

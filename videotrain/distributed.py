@@ -101,6 +101,10 @@ def deepspeed_config(
             cfg = json.loads(path.read_text())
         except json.JSONDecodeError as err:
             raise ValueError(f"DeepSpeed config {engine_json!r} is not valid JSON: {err}") from None
+        if not isinstance(cfg, dict) or not isinstance(cfg.get("zero_optimization", {}), dict):
+            raise ValueError(
+                f"DeepSpeed config {engine_json!r} must be a JSON object whose 'zero_optimization' is an object"
+            )
     owned = {
         "train_batch_size",
         "train_micro_batch_size_per_gpu",

@@ -32,8 +32,13 @@ class EMA:
             self.shadow[k].copy_(state[f"ema.{k}"])
 
     def weights(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        """The model's state dict with EMA values in place of the parameters."""
-        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        """The model's state dict with the fp32 EMA values in place of the parameters, every float tensor in fp32
+        on the CPU, as the export of a run without EMA (a bf16 or fp16 engine casts the module itself, and
+        casting the average back to its dtype rounded the exported weights)."""
+        state = {
+            k: (v.detach().float() if v.is_floating_point() else v.detach()).cpu().clone()
+            for k, v in model.state_dict().items()
+        }
         for k, v in self.shadow.items():
-            state[k] = v.to(state[k].dtype)
+            state[k] = v.cpu().clone()
         return state

@@ -8,10 +8,11 @@ are checked).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import ClassVar
 
@@ -24,7 +25,7 @@ from generator import Condition, Generator, GeneratorConfig, ObjectiveConfig, ge
 from generator.text_encoders import TextEncoderConfig
 from videodata.cache.reader import ShuffledSampler, TokenCache, TokenSample, tokenizer_fingerprint
 from videodata.captions import CaptionAugmentConfig, augment_caption
-from videotrain import distributed
+from videotrain import checkpoint, distributed
 from videotrain.config import RENAMED, RunConfig
 from videotrain.optim import OptimConfig, build_adamw
 from videotrain.outputs import export_generator, write_generator_samples
@@ -53,6 +54,10 @@ class DataConfig:
     text_encoder: TextEncoderConfig | None = None
     caption_augment: CaptionAugmentConfig = field(default_factory=CaptionAugmentConfig)
 
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.eval_fraction < 1.0:  # 7 left a single training clip; NaN fails too
+            raise ValueError(f"data.eval_fraction must be in [0, 1), got {self.eval_fraction}")
+
 
 @dataclass(frozen=True, kw_only=True)
 class GeneratorTrainConfig:
@@ -75,9 +80,12 @@ class GeneratorTask(nn.Module):
         self.generator = generator
         self.objective = objective
 
-    def forward(self, ids: torch.Tensor, cond: Condition, rng: torch.Generator) -> tuple[torch.Tensor, dict]:
-        """(scalar loss, stats) of a (B, t, h, w) batch of token ids."""
-        out = generator_loss(self.generator, ids, cond, self.objective, rng)
+    def forward(
+        self, ids: torch.Tensor, cond: Condition, rng: torch.Generator, objective: ObjectiveConfig | None = None
+    ) -> tuple[torch.Tensor, dict]:
+        """(scalar loss, stats) of a (B, t, h, w) batch of token ids; ``objective`` replaces the training one (the
+        held-out loss runs without condition dropout or context masking)."""
+        out = generator_loss(self.generator, ids, cond, objective or self.objective, rng)
         return out.loss, out.stats
 
 
@@ -128,17 +136,22 @@ class GeneratorTrainer(Trainer):
     """Trains a :class:`~generator.Generator` on a token cache (see :class:`~videotrain.trainer.Trainer`)."""
 
     task = "generator"
+    resume_keys = ("run.seed", "data.eval_fraction")  # they draw the held-out split: a change moves clips across it
 
     def validate(self) -> None:
-        if not self.cfg.data.cache:
+        cfg = self.cfg
+        if not cfg.data.cache:
             raise ValueError("data.cache is not set: point it at a folder written by tools/cache_tokens.py")
+        other = [o for o in cfg.objective.orders if o not in cfg.model.orders]
+        if other:
+            raise ValueError(f"objective.orders {other} are not among model.orders {list(cfg.model.orders)}")
 
     def build(self) -> None:
         cfg, run = self.cfg, self.run
         fp = tokenizer_fingerprint(cfg.data.tokenizer) if cfg.data.tokenizer else None
         self.cache = TokenCache(cfg.data.cache, expect_fingerprint=fp, expect_codebook_size=cfg.model.vocab_size)
         self.model = Generator(cfg.model)
-        if run.init_from:
+        if run.init_from and checkpoint.latest_complete(self.ckpt_dir) is None:  # a resumed run has its own weights
             self._init_from(run.init_from)
         self.model.check_grid(self.cache.grid, "clip")
         self._check_labels()
@@ -156,6 +169,19 @@ class GeneratorTrainer(Trainer):
             if cfg.data.text_encoder is None:
                 raise ValueError("a text-conditional model needs data.text_encoder")
             self.text_encoder = load_text_encoder(cfg.data.text_encoder).to(self.dist.device)
+            enc, model = self.text_encoder, cfg.model
+            if (enc.dim, enc.max_length) != (model.text_dim, model.max_text_len):
+                raise ValueError(
+                    f"the text encoder gives {enc.max_length} tokens of width {enc.dim} (data.text_encoder.max_length"
+                    f"); the model takes {model.max_text_len} of width {model.text_dim} (model.max_text_len, "
+                    f"model.text_dim)"
+                )
+            empty = self.cache.captionless()  # one such clip stopped the run when a batch drew it
+            if empty:
+                raise ValueError(
+                    f"a text-conditional model needs a caption for every clip; {len(empty)} clip(s) of "
+                    f"{cfg.data.cache} have none (the first: {empty[:5]})"
+                )
         self.model.to(self.dist.device)
         opt = build_adamw(self.model, self.optim)
         self.engine = self.make_engine(GeneratorTask(self.model, cfg.objective), opt, self.optim.grad_clip)
@@ -265,11 +291,13 @@ class GeneratorTrainer(Trainer):
         # Every rank runs the same number of forward passes (ZeRO-3 gathers parameters in each); a rank whose share
         # has run out repeats a clip with weight 0. The mean is over clips, not over ranks.
         batches = min(self.run.eval_batches, -(-len(self.eval_idx[::world]) // mb))
+        # the loss the model is asked to lower on real prompts: no condition dropout, no masked context
+        objective = replace(self.cfg.objective, cond_dropout=0.0, context_mask_ratio=0.0)
         loss_sum, clips = 0.0, 0
         for b in range(batches):
             idx = mine[b * mb : (b + 1) * mb]
             ids, cond = self.batch((idx if len(idx) else self.eval_idx[:1]).tolist())
-            loss, _ = self.engine(ids, cond, rng)
+            loss, _ = self.engine(ids, cond, rng, objective)
             loss_sum, clips = loss_sum + float(loss) * len(idx), clips + len(idx)
         self.model.train()
         totals = distributed.all_reduce_sum(torch.tensor([loss_sum, clips], dtype=torch.float64), self.dist.device)
@@ -292,8 +320,10 @@ class GeneratorTrainer(Trainer):
 
             self._tokenizer = VideoTokenizer.from_pretrained(self.cfg.data.tokenizer).to(self.dist.device)
         n = self.run.num_samples
-        held_out = [int(i) for i in self.eval_idx]
-        picks = (held_out + [i for i in range(len(self.cache)) if i not in set(held_out)])[:n]  # a small cache: fewer
+        held_out = [int(i) for i in self.eval_idx[:n]]
+        held = set(held_out)
+        rest = (i for i in range(len(self.cache)) if i not in held)
+        picks = held_out + list(itertools.islice(rest, n - len(held_out)))  # a small cache: fewer
         samples = [self.cache[int(i)] for i in picks]
         write_generator_samples(
             self.model,

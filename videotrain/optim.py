@@ -18,7 +18,8 @@ from torch import nn
 
 @dataclass(frozen=True, kw_only=True)
 class OptimConfig:
-    """AdamW with linear warmup, then ``schedule`` decay to ``min_lr_ratio * lr`` at the last step.
+    """AdamW with linear warmup, then ``schedule`` decay towards ``min_lr_ratio * lr`` at ``run.steps`` (see
+    :func:`lr_at`).
 
     Attributes:
         lr: peak learning rate.
@@ -91,21 +92,33 @@ SCHEDULES: dict[str, Callable[..., float]] = {"cosine": lr_cosine, "linear": lr_
 
 
 def lr_at(step: int, cfg: OptimConfig, total_steps: int) -> float:
-    """The learning rate of optimizer step ``step`` (0-based) in a run of ``total_steps``."""
+    """The learning rate of optimizer step ``step`` (0-based) in a run of ``total_steps``.
+
+    The decay reaches ``min_lr_ratio * lr`` at step ``total_steps``, one past the last step run (as the common
+    warmup-cosine schedules do): the last step runs at a rate just above it.
+    """
     factor = SCHEDULES[cfg.schedule](step, warmup=cfg.warmup_steps, total=total_steps, min_ratio=cfg.min_lr_ratio)
     return cfg.lr * factor
 
 
-def decays(name: str, param: torch.Tensor) -> bool:
-    """Whether weight decay applies: matrices and kernels yes; biases, norms and embeddings no."""
-    return param.ndim >= 2 and "emb" not in name
+def decays(owner: nn.Module, param: torch.Tensor) -> bool:
+    """Whether weight decay applies to ``param`` of module ``owner``: the weight matrices and kernels of linear and
+    convolution layers yes; biases, norms, embedding tables and free parameters (learned null conditions,
+    positional tables, a learned VQ codebook) no. Decided by the module's type: a name test ("emb" in the path)
+    also matched the linear projections inside a ``cond_emb`` module."""
+    return isinstance(owner, (nn.Linear, nn.modules.conv._ConvNd)) and param is owner.weight
 
 
 def build_adamw(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
     """An AdamW over ``model``'s trainable parameters, in two groups (decayed, not decayed)."""
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    named, seen = [], set()
+    for owner in model.modules():  # each parameter once, with the module that holds it
+        for p in owner.parameters(recurse=False):
+            if p.requires_grad and id(p) not in seen:
+                seen.add(id(p))
+                named.append((owner, p))
     groups = [
-        {"params": [p for n, p in named if decays(n, p)], "weight_decay": cfg.weight_decay},
-        {"params": [p for n, p in named if not decays(n, p)], "weight_decay": 0.0},
+        {"params": [p for owner, p in named if decays(owner, p)], "weight_decay": cfg.weight_decay},
+        {"params": [p for owner, p in named if not decays(owner, p)], "weight_decay": 0.0},
     ]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)

@@ -23,10 +23,13 @@ log = logging.getLogger(__name__)
 class MetricsLog:
     """Appends ``{"step": ..., **values}`` lines to ``metrics.jsonl``; draws ``loss_curve.png`` at close."""
 
-    def __init__(self, out: Path, enabled: bool, tensorboard: bool = False) -> None:
+    def __init__(self, out: Path, enabled: bool, tensorboard: bool = False, start_step: int = 0) -> None:
+        """``start_step``: the step the run (re)starts from; records of later steps, logged by a run that stopped
+        after its last checkpoint, are dropped, since the resumed run logs those steps again."""
         self.enabled, self.out = enabled, out
         if enabled:
             _drop_partial_last_line(out / "metrics.jsonl")
+            _drop_records_after(out / "metrics.jsonl", start_step)
         self.file = (out / "metrics.jsonl").open("a") if enabled else None
         self.tb = None
         if enabled and tensorboard:
@@ -67,6 +70,27 @@ def _drop_partial_last_line(path: Path) -> None:
             keep = data.rfind(b"\n") + 1
             log.warning("%s: dropped an unfinished last record (%d bytes)", path, len(data) - keep)
             f.truncate(keep)
+
+
+def _drop_records_after(path: Path, step: int) -> None:
+    """Rewrites ``path`` (atomically) without the records of steps after ``step``; lines that are not JSON stay."""
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    kept = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            kept.append(line)
+            continue
+        if not (isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] > step):
+            kept.append(line)
+    if len(kept) != len(lines):
+        dropped = len(lines) - len(kept)
+        log.info("%s: dropped %d record(s) after step %d, which this run logs again", path, dropped, step)
+        with atomic_path(path) as tmp:
+            Path(tmp).write_text("".join(kept))
 
 
 def plot_loss_curve(metrics: Path, png: Path) -> None:

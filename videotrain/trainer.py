@@ -54,6 +54,7 @@ class Trainer:
 
     task = "training"
     unsupported: tuple[str, ...] = ()
+    resume_keys: tuple[str, ...] = ()  # dotted config keys a resumed run must keep (besides ``model``)
 
     def __init__(self, cfg: Any, out: str | Path) -> None:
         self.cfg, self.out = cfg, Path(out)
@@ -168,6 +169,10 @@ class Trainer:
         self.grad_norm, bad = self.grads.read()
         if distributed.all_reduce_max(float(bad), self.dist.device) > 0:
             self.grads.clear()
+            if self.run.precision == "fp16":
+                # DeepSpeed's dynamic loss scaler must see the overflow: its step skips the update and halves the
+                # scale. Skipped here instead, every later step overflowed again at the same scale.
+                self.engine.step()
             self.engine.zero_grad()
             self.guard.record("gradient", self.step)
             return False
@@ -212,7 +217,7 @@ class Trainer:
         tag = checkpoint.latest_complete(self.ckpt_dir)
         if tag is None:
             return
-        checkpoint.check_same_model(self.ckpt_dir / tag, self.cfg)
+        checkpoint.check_resumable(self.ckpt_dir / tag, self.cfg, self.resume_keys)
         state, tensors = checkpoint.load(self.checkpointed, self.ckpt_dir, tag, self.dist.rank)
         if state["world_size"] != self.dist.world_size:
             raise ValueError(
@@ -275,7 +280,7 @@ class Trainer:
         if main:
             self.out.mkdir(parents=True, exist_ok=True)
             save_config(self.cfg, self.out / "train_config.yaml")
-        metrics = MetricsLog(self.out, enabled=main, tensorboard=run.tensorboard)
+        metrics = MetricsLog(self.out, enabled=main, tensorboard=run.tensorboard, start_step=self.step)
         bar = tqdm(
             total=run.steps, initial=self.step, desc=self.task, unit="step", disable=not main, dynamic_ncols=True
         )

@@ -3,6 +3,7 @@ localhost, exact kill-and-resume, a kill during a save, NaN safety, export and c
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -118,6 +119,15 @@ def test_loss_decreases_and_outputs_exist(data, tmp_path):
     assert all((out / "checkpoints" / c / "COMPLETE").is_file() for c in ckpts)
 
 
+def test_the_held_out_loss_is_measured_without_condition_dropout(data, tmp_path):
+    """The eval loss ran the training objective: with objective.cond_dropout 0.9 most held-out rows were scored
+    against the null condition. With lr 0 (identical weights) it must not depend on the dropout setting."""
+    common = ["run.steps=2", "run.eval_every=2", "run.checkpoint_every=0", "optim.lr=0", "optim.warmup_steps=0"]
+    for name, p in (("none", "0.0"), ("most", "0.9")):
+        train(data, tmp_path / name, *common, f"objective.cond_dropout={p}", "objective.context_mask_ratio=0.0")
+    assert losses(tmp_path / "none", "eval_loss")[2] == losses(tmp_path / "most", "eval_loss")[2]
+
+
 RESUMABLE = ["run.steps=8", "run.checkpoint_every=4", "run.deterministic=true", "run.eval_every=0"]
 
 
@@ -138,6 +148,12 @@ def test_kill_and_resume_equals_uninterrupted(data, tmp_path, uninterrupted):
     a, b = uninterrupted, losses(tmp_path / "b")
     assert sorted(a) == sorted(b) == list(range(1, 9))
     assert [a[s] for s in range(1, 9)] == [b[s] for s in range(1, 9)]  # bit-identical
+    # steps 5 and 6, logged before the kill, are logged once: the resumed run's records replace them
+    steps = [json.loads(line)["step"] for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(steps) and len(steps) == len(set(steps)), steps
+    # another seed draws another held-out split: clips the run trained on would become eval clips
+    proc = train(data, tmp_path / "b", *common[1:], "run.steps=9", "run.seed=5", check=False)
+    assert proc.returncode == 2 and "run.seed: 0 -> 5" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_sigterm_saves_the_step_reached_and_resumes_exactly(data, tmp_path, uninterrupted):
@@ -461,6 +477,10 @@ def test_init_from_starts_from_exported_weights_across_styles(data, tmp_path):
     train(data, tmp_path / "e", *lr0, f"run.init_from={tmp_path / 'd' / 'export'}")
     e = load_file(tmp_path / "e" / "export" / "model.safetensors")
     assert e.keys() == a.keys() and all(torch.equal(a[k], e[k]) for k in a)
+    # a run that resumes from its own checkpoint ignores run.init_from: it resumed only while that folder existed
+    shutil.rmtree(src)
+    train(data, tmp_path / "b", "run.steps=2", "run.eval_every=0", "optim.lr=0", "model.style=ar",
+          "model.orders=[frame]", f"run.init_from={src}")  # fmt: skip
 
 
 @pytest.mark.slow
@@ -474,3 +494,51 @@ def test_compiled_training_follows_eager(data, tmp_path):
     assert sorted(a) == sorted(b) == list(range(1, 7))
     assert all(abs(a[s] - b[s]) <= 1e-3 * abs(a[s]) for s in a), (a, b)
     assert train(data, tmp_path / "z3", *common, "run.compile=true", "run.zero_stage=3", check=False).returncode == 2
+
+
+def test_a_text_model_refuses_an_encoder_of_another_shape_and_clips_without_captions(tmp_path, capsys):
+    """A text encoder of another width failed at step 1 with a shape traceback; a clip without a caption stopped
+    the run when a batch first drew it (here clip 2 of 7)."""
+    from tests.helpers.tiny_text import make_tiny_t5
+    from tests.unit.test_token_data import make_cache
+    from tools.train import main as train_main
+
+    t5 = make_tiny_t5(tmp_path / "t5", d_model=32)
+    make_cache(tmp_path / "cache", num_clips=7, caption=lambda i: "" if i == 2 else f"a red circle {i}")
+    base = ["--config", CFG, "--out", str(tmp_path / "run"), f"data.cache={tmp_path / 'cache'}", "data.tokenizer=",
+            "model.vocab_size=100", "model.max_grid=[2,3,3]", "model.orders=[clip]", "model.cond=text",
+            "data.text_encoder.kind=t5", f"data.text_encoder.path={t5}", "data.text_encoder.max_length=8",
+            "model.max_text_len=8", "run.steps=1", "run.eval_every=0"]  # fmt: skip
+    assert train_main([*base, "model.text_dim=64"]) == 2
+    err = capsys.readouterr().err
+    assert "gives 8 tokens of width 32" in err and "takes 8 of width 64" in err and "Traceback" not in err
+    assert train_main([*base, "model.text_dim=32"]) == 2
+    err = capsys.readouterr().err
+    assert "1 clip(s) of" in err and "have none (the first: [2])" in err and "Traceback" not in err
+
+
+def test_fp16_overflows_lower_the_loss_scale_and_training_goes_on(tmp_path, monkeypatch):
+    """The gradient check skipped an overflowed fp16 step before DeepSpeed's scaler saw it: the scale never fell,
+    every later step overflowed again and the run stopped after run.max_nonfinite steps (ZeRO-1 here)."""
+    import videotrain.generator_task as gt
+    from tests.unit.test_token_data import make_cache
+    from videotrain.generator_task import GeneratorTrainConfig, GeneratorTrainer
+
+    make_cache(tmp_path / "cache", num_clips=16, shard_size=8)
+    real_forward = gt.GeneratorTask.forward
+
+    def huge_loss(self, ids, cond, rng, objective=None):  # fp16 gradients overflow at the first scales
+        loss, stats = real_forward(self, ids, cond, rng, objective)
+        return loss * 300.0, stats
+
+    monkeypatch.setattr(gt.GeneratorTask, "forward", huge_loss)
+    cfg = build_config(GeneratorTrainConfig, [], [
+        "model.style=maskgit", "model.orders=[frame]", "model.vocab_size=100", "model.max_grid=[2,3,3]",
+        "model.dim=16", "model.depth=1", "model.num_heads=2", "model.num_classes=3", "optim.warmup_steps=0",
+        "run.micro_batch=2", "run.steps=20", "run.checkpoint_every=0", "run.precision=fp16", "run.zero_stage=1",
+        "run.max_nonfinite=8", f"data.cache={tmp_path / 'cache'}"])  # fmt: skip
+    trainer = GeneratorTrainer(cfg, tmp_path / "run")
+    first = trainer.engine.optimizer.loss_scale
+    results = [trainer.train_step() for _ in range(10)]
+    assert results[0] is None and trainer.engine.optimizer.loss_scale < first  # skipped, and the scale fell
+    assert trainer.step >= 3 and results[-1] is not None  # then steps succeed

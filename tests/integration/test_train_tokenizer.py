@@ -141,6 +141,6 @@ def test_resuming_with_another_model_is_refused_before_anything_is_overwritten(t
     capsys.readouterr()
     assert main([*common, "run.steps=2", "model.fsq.levels=[8,8,8]"]) == 2
     err = capsys.readouterr().err
-    assert "was written for another model (model.fsq: " in err and "Traceback" not in err
+    assert "was written with other settings (model.fsq: " in err and "Traceback" not in err
     assert (tmp_path / "run" / "train_config.yaml").read_text() == saved
     assert main([*common, "run.steps=2"]) == 0  # a longer run of the same model resumes

@@ -266,3 +266,11 @@ def test_a_rank_that_finds_spec_json_appearing_is_not_refused(tmp_path, monkeypa
     (tmp_path / "file").write_text("x")
     with pytest.raises(ValueError, match="is a file, not a folder"):
         prepare_cache_dir(tmp_path / "file", spec)
+
+
+def test_captionless_lists_the_clips_without_a_usable_caption(tmp_path):
+    """A text-conditional run drew such a clip mid-run and stopped; the trainer now refuses the cache at build."""
+    make_cache(tmp_path / "c", num_clips=7, shard_size=3, caption=lambda i: {2: "", 5: "   "}.get(i, f"caption {i}"))
+    assert TokenCache(tmp_path / "c").captionless() == [2, 5]
+    make_cache(tmp_path / "d", num_clips=4)
+    assert TokenCache(tmp_path / "d").captionless() == []

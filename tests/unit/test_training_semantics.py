@@ -2,6 +2,7 @@
 
 import dataclasses
 import os
+import re
 import signal
 
 import pytest
@@ -107,11 +108,17 @@ def test_ema_refuses_decays_outside_the_open_unit_interval_and_checkpoints_witho
     assert str(err.value).count("'") == 10
 
 
-def test_ema_weights_come_back_in_the_models_dtype():
+def test_ema_weights_are_exported_in_fp32_whatever_the_models_dtype():
+    """A bf16 / fp16 engine casts the module; the EMA export was cast back to it, unlike the export without EMA."""
     model = torch.nn.Linear(3, 2).to(torch.bfloat16)
     ema = EMA(model, decay=0.5)
+    with torch.no_grad():
+        model.weight.add_(1e-3)  # a step too small for bf16 to keep in the average's last digits
+    ema.update(model)
     assert all(v.dtype == torch.float32 for v in ema.shadow.values())  # the shadow keeps fp32
-    assert all(v.dtype == torch.bfloat16 for v in ema.weights(model).values())
+    weights = ema.weights(model)
+    assert all(v.dtype == torch.float32 for v in weights.values())
+    assert torch.equal(weights["weight"], ema.shadow["weight"])
 
 
 @pytest.mark.parametrize("target_positions", [False, True])
@@ -451,10 +458,63 @@ def test_a_resumed_metrics_log_drops_the_killed_runs_unfinished_record(tmp_path)
         first.write(step, {"loss": 1.0 / step})
     first.file.write('{"step": 4, "lo')  # killed here
     first.file.close()
-    resumed = MetricsLog(tmp_path, enabled=True)
+    resumed = MetricsLog(tmp_path, enabled=True, start_step=2)  # from the checkpoint of step 2
     for step in (3, 4):
         resumed.write(step, {"loss": 1.0 / step})
     resumed.close()
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [1, 2, 3, 3, 4]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]  # step 3 of the killed run is logged again, not twice
     assert (tmp_path / "loss_curve.png").stat().st_size > 0
+
+
+def test_weight_decay_applies_to_linear_and_convolution_weights_only():
+    """ "emb" in a parameter's path kept the linear text projections inside `cond_emb` from being decayed."""
+    from generator import Generator, GeneratorConfig
+    from videotrain.optim import OptimConfig, build_adamw
+
+    m = Generator(GeneratorConfig(cond="text", text_pooled=True, dim=32, depth=1, num_heads=2, target_positions=True))
+    opt = build_adamw(m, OptimConfig(weight_decay=0.05))
+    decay = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    decayed = sorted(n for n, p in m.named_parameters() if decay[id(p)] > 0)
+    assert "cond_emb.text_proj.0.weight" in decayed and "head.weight" in decayed
+    assert not [n for n in decayed if "null" in n or "pos" in n or "tok_emb" in n or "target_emb" in n]
+    assert not [n for n in decayed if n.endswith("bias") or "norm" in n] and len(decay) == len(list(m.parameters()))
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [("objective.cond_dropout=1.5", "objective.cond_dropout must be in [0, 1]"),
+     ("objective.label_smoothing=-2", "objective.label_smoothing must be in [0, 1)"),
+     ("objective.context_mask_ratio=4", "objective.context_mask_ratio must be in [0, 1)"),
+     ("objective.mask_schedule=bogus", "objective.mask_schedule must be one of"),
+     ("objective.orders=[nope]", "objective.orders: unknown order(s) ['nope']"),
+     ("data.eval_fraction=7", "data.eval_fraction must be in [0, 1)")],
+)  # fmt: skip
+def test_generator_objective_and_data_settings_are_checked(override, message):
+    """Each was accepted: label_smoothing -2 trained to exit 0 on a nonsense loss, eval_fraction 7 left one clip."""
+    from core.config import build_config
+    from videotrain.generator_task import GeneratorTrainConfig
+
+    with pytest.raises(ValueError, match=re.escape(message)):
+        build_config(GeneratorTrainConfig, [], [override])
+
+
+def test_objective_orders_the_model_lacks_are_refused_before_the_engine(tmp_path):
+    from core.config import build_config
+    from videotrain.generator_task import GeneratorTrainConfig, GeneratorTrainer
+
+    cfg = build_config(GeneratorTrainConfig, [], ["data.cache=x", "model.orders=[token]", "objective.orders=[cube]"])
+    with pytest.raises(ValueError, match=re.escape("objective.orders ['cube'] are not among model.orders ['token']")):
+        GeneratorTrainer(cfg, tmp_path / "run")
+
+
+@pytest.mark.parametrize("text", ['{"zero_optimization": 2}', "[1, 2]"])
+def test_a_deepspeed_json_that_is_not_an_engine_config_is_one_line(tmp_path, text):
+    """An AttributeError / TypeError traceback inside the trainer before."""
+    from videotrain.distributed import deepspeed_config
+
+    (tmp_path / "ds.json").write_text(text)
+    with pytest.raises(ValueError, match="must be a JSON object whose 'zero_optimization' is an object"):
+        deepspeed_config(
+            str(tmp_path / "ds.json"), micro_batch=1, grad_accum=1, grad_clip=0.0, precision="fp32", zero_stage=None
+        )

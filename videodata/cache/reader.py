@@ -155,6 +155,17 @@ class TokenCache(Dataset):
             return np.zeros(0, dtype=np.int64)
         return np.concatenate([self._arrays(i)[1]["label"].astype(np.int64) for i in range(len(self.shards))])
 
+    def captionless(self) -> list[int]:
+        """Indices of the clips with no caption, or only empty ones (every shard's captions file is read once)."""
+        out, start = [], 0
+        for shard, entry in enumerate(self.shards):
+            for row, item in enumerate(self._shard_captions(shard)):
+                captions = item if isinstance(item, list) else [item]
+                if not any(isinstance(c, str) and c.strip() for c in captions):
+                    out.append(start + row)
+            start += entry["num_clips"]
+        return out
+
     def _arrays(self, shard: int) -> tuple[np.ndarray, np.ndarray]:
         if shard not in self._tokens:
             entry = self.shards[shard]
