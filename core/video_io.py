@@ -70,12 +70,16 @@ def list_media(root: str | os.PathLike, exts: Iterable[str] | None = None) -> li
 
 def _needed_frames(num_frames: int | None, stride: int, start: int) -> int:
     """Validates the clip arguments; returns how many frames the file must have."""
-    if num_frames is not None and (isinstance(num_frames, bool) or num_frames < 1):
+
+    def integer(value: object) -> bool:  # NumPy integers too; floats (2.0) were a TypeError deep in a decoder
+        return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+    if num_frames is not None and (not integer(num_frames) or num_frames < 1):
         raise ValueError(f"num_frames must be a positive integer or None, got {num_frames!r}")
-    if stride < 1:
-        raise ValueError(f"stride must be >= 1, got {stride}")
-    if start < 0:
-        raise ValueError(f"start must be >= 0, got {start}")
+    if not integer(stride) or stride < 1:
+        raise ValueError(f"stride must be an integer >= 1, got {stride!r}")
+    if not integer(start) or start < 0:
+        raise ValueError(f"start must be an integer >= 0, got {start!r}")
     return start + 1 if num_frames is None else start + (num_frames - 1) * stride + 1
 
 

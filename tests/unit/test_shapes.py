@@ -351,3 +351,10 @@ def test_several_captions_per_clip_are_distinct_keep_the_first_and_reach_the_tra
     assert "caption" in (tmp_path / "many" / "manifest.csv").read_text().splitlines()[0]
     with pytest.raises(ValueError, match="captions_per_clip"):
         render_dataset(tmp_path / "bad", 2, captions_per_clip=0)
+
+
+def test_more_captions_per_clip_than_a_class_has_are_refused(tmp_path):
+    """--captions-per-clip 500 gave the 168 that exist while dataset.json recorded 500."""
+    with pytest.raises(ValueError, match="captions_per_clip must be at most"):
+        render_dataset(tmp_path / "d", 2, captions_per_clip=500)
+    assert not (tmp_path / "d").exists()

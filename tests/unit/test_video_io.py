@@ -201,6 +201,11 @@ def test_bad_files_raise_value_error(tmp_path, clips):
         read_video(clips / "carphone_pristine.mp4", num_frames=50, stride=3)
     with pytest.raises(ValueError, match="stride"):
         read_video(clips / "carphone_pristine.mp4", num_frames=2, stride=0)
+    for kw, message in (({"num_frames": 2.0}, "num_frames must be"), ({"stride": 1.5}, "stride must be an integer"),
+                        ({"start": 0.5}, "start must be an integer")):  # fmt: skip
+        with pytest.raises(ValueError, match=message):  # a TypeError inside the decoder before
+            read_video(clips / "carphone_pristine.mp4", **kw)
+    assert len(read_video(clips / "carphone_pristine.mp4", num_frames=np.int64(2), stride=np.int64(3))) == 2
 
 
 def test_bad_write_arguments(tmp_path):
@@ -211,6 +216,9 @@ def test_bad_write_arguments(tmp_path):
         write_video(tmp_path / "a.mp4", clip.astype(np.float32), fps=8)
     with pytest.raises(ValueError, match="fps"):
         write_video(tmp_path / "a.mp4", clip, fps=0)
+    for tiny_rate, name in ((1e-6, "b.mp4"), (1e-6, "b.gif")):  # an OSError / OverflowError inside the writer
+        with pytest.raises(ValueError, match=r"fps must be a number in \[0.01, 1000\], got 1e-06"):
+            write_video(tmp_path / name, clip, fps=tiny_rate)
     assert list(tmp_path.iterdir()) == []
 
 

@@ -43,6 +43,7 @@ from videodata.shapes.render import (
     NUM_FRAMES,
     SIZE,
     ClipSpec,
+    all_captions,
     attributes_of,
     caption_for,
     label_of,
@@ -233,6 +234,10 @@ def render_dataset(
         raise ValueError(f"num_workers must be a positive integer, got {num_workers!r}")
     if isinstance(captions_per_clip, bool) or not isinstance(captions_per_clip, int) or captions_per_clip < 1:
         raise ValueError(f"captions_per_clip must be a positive integer, got {captions_per_clip!r}")
+    fewest = min(len(all_captions(*attributes_of(label))) for label in range(NUM_CLASSES))
+    if captions_per_clip > fewest:  # it silently gave fewer while dataset.json recorded the number asked for
+        raise ValueError(f"captions_per_clip must be at most {fewest}, the distinct captions of a class, got "
+                         f"{captions_per_clip}")  # fmt: skip
     combos = parse_holdout(holdout)
     if len(combos) == NUM_CLASSES:
         raise ValueError("the holdout combinations cover all 72 classes: nothing is left to train on")
