@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from core.config import to_dict
 from core.weights import WEIGHTS_NAME, load_config, load_state, load_strict, save_pretrained
 from generator.conditioning import Condition, ConditionEmbedder
 from generator.kv_cache import KVCache
@@ -78,6 +79,11 @@ class GeneratorConfig:
             raise ValueError("target_positions is for GPT-style models: a masked token's position is its own")
         if self.dim % self.num_heads or (self.dim // self.num_heads) % 2:
             raise ValueError(f"dim {self.dim} / num_heads {self.num_heads} must give an even head size")
+
+    def weights_identity(self) -> dict:
+        """The fields that define the weights and what they mean: all but the runtime choices (attention backend,
+        activation checkpointing), which a resumed run may change, e.g. on another machine."""
+        return {k: v for k, v in to_dict(self).items() if k not in ("attention_backend", "activation_checkpointing")}
 
     @property
     def mask_id(self) -> int:

@@ -14,6 +14,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
+from core.config import to_dict
 from core.weights import WEIGHTS_NAME, load_config, load_state, load_strict, save_pretrained
 from tokenizer.decoder import Decoder
 from tokenizer.encoder import CoderSpec, Encoder, StagePlan
@@ -78,6 +79,26 @@ class TokenizerConfig:
             raise ValueError(
                 f"spatial_only_stages must be in [0, {len(self.channel_mult) - 1}], got {self.spatial_only_stages}"
             )
+
+    def weights_identity(self) -> dict:
+        """The fields that define the weights and the token space: the architecture and the quantizer in use, without
+        the other quantizers' sections and the settings that shape training only (:data:`TRAINING_ONLY`)."""
+        out = {k: v for k, v in to_dict(self).items() if k not in QUANTIZERS}
+        active = to_dict(getattr(self, self.quantizer))
+        out[self.quantizer] = {k: v for k, v in active.items() if k not in TRAINING_ONLY[self.quantizer]}
+        return out
+
+
+# Quantizer settings that shape training only (loss weights, codebook averaging): the same weights give the same
+# tokens whatever they are, so a later stage or a resumed run may change them.
+TRAINING_ONLY = {
+    "fsq": ("bound_loss_weight", "bound_range"),
+    "vq": ("commitment_weight", "codebook_weight", "ema_decay", "ema_epsilon", "dead_code_threshold"),
+    "lfq": ("commitment_weight", "entropy_weight", "codebook_entropy_weight", "entropy_temperature",
+            "entropy_group_size"),
+    "bsq": ("commitment_weight", "entropy_weight", "codebook_entropy_weight", "entropy_temperature",
+            "entropy_group_size"),
+}  # fmt: skip
 
 
 def _weight_dtype(module: nn.Module, default: torch.dtype) -> torch.dtype:

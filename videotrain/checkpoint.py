@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from core.config import load_yaml, save_config, to_dict
+from core.config import from_dict, load_yaml, save_config, to_dict
 from core.files import atomic_write_text
 from core.weights import load_state, save_state
 from videotrain import distributed
@@ -102,9 +102,9 @@ def check_resumable(folder: Path, config: Any, keys: tuple[str, ...] = ()) -> No
     if not saved_path.is_file() or not hasattr(config, "model"):
         return
     saved_all, own_all = load_yaml(saved_path), to_dict(config)
-    saved, own = saved_all.get("model"), own_all["model"]
     changes = []
-    if saved is not None and saved != own:
+    if isinstance(saved_all.get("model"), dict):
+        saved, own = _identity(config.model, saved_all["model"]), _identity(config.model, own_all["model"])
         diff = sorted(k for k in set(saved) | set(own) if saved.get(k) != own.get(k))
         changes += [f"model.{k}: {saved.get(k)!r} -> {own.get(k)!r}" for k in diff]
     for key in keys:
@@ -119,6 +119,17 @@ def check_resumable(folder: Path, config: Any, keys: tuple[str, ...] = ()) -> No
 
 
 _MISSING = object()
+
+
+def _identity(model_config: Any, data: dict) -> dict:
+    """The fields of a model config (as a mapping) that define its weights: its ``weights_identity()`` (runtime
+    settings such as the attention backend may change on resume), or every field."""
+    if not hasattr(model_config, "weights_identity"):
+        return data
+    try:
+        return from_dict(type(model_config), data, "checkpoint model").weights_identity()
+    except ValueError:  # written by another version of the config: compare the mappings as they are
+        return data
 
 
 def _dotted(data: dict, key: str) -> Any:

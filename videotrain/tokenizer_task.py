@@ -208,7 +208,7 @@ class TokenizerTrainer(Trainer):
         self.model = VideoTokenizer(cfg.model)
         if self.run.init_from:  # a later stage (e.g. longer clips) starts from an exported tokenizer
             src = load_config(TokenizerConfig, self.run.init_from)
-            if src != cfg.model:
+            if src.weights_identity() != cfg.model.weights_identity():  # loss weights may change between stages
                 raise ValueError(f"run.init_from {self.run.init_from} has another architecture than model.*")
             load_strict(self.model, load_state(Path(self.run.init_from) / WEIGHTS_NAME), what="tokenizer")
             log.info("initialized from %s", self.run.init_from)

@@ -143,4 +143,5 @@ def test_resuming_with_another_model_is_refused_before_anything_is_overwritten(t
     err = capsys.readouterr().err
     assert "was written with other settings (model.fsq: " in err and "Traceback" not in err
     assert (tmp_path / "run" / "train_config.yaml").read_text() == saved
-    assert main([*common, "run.steps=2"]) == 0  # a longer run of the same model resumes
+    # a longer run of the same model resumes, also with another training-only quantizer setting (a loss weight)
+    assert main([*common, "run.steps=2", "model.fsq.bound_loss_weight=0.5"]) == 0

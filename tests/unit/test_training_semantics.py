@@ -518,3 +518,18 @@ def test_a_deepspeed_json_that_is_not_an_engine_config_is_one_line(tmp_path, tex
         deepspeed_config(
             str(tmp_path / "ds.json"), micro_batch=1, grad_accum=1, grad_clip=0.0, precision="fp32", zero_stage=None
         )
+
+
+def test_a_resumed_run_may_change_runtime_settings_but_not_the_model_or_the_split(tmp_path):
+    from core.config import build_config, save_config
+    from videotrain.checkpoint import check_resumable
+    from videotrain.generator_task import GeneratorTrainConfig
+
+    save_config(build_config(GeneratorTrainConfig, [], []), tmp_path / "train_config.yaml")
+    keys = ("run.seed", "data.eval_fraction")
+    for runtime in ("model.attention_backend=xformers", "model.activation_checkpointing=true", "run.steps=5000"):
+        check_resumable(tmp_path, build_config(GeneratorTrainConfig, [], [runtime]), keys)  # another machine: fine
+    for changed, shown in (("model.depth=2", "model.depth: 8 -> 2"), ("run.seed=3", "run.seed: 0 -> 3"),
+                           ("data.eval_fraction=0.1", "data.eval_fraction: 0.02 -> 0.1")):  # fmt: skip
+        with pytest.raises(ValueError, match=re.escape(shown)):
+            check_resumable(tmp_path, build_config(GeneratorTrainConfig, [], [changed]), keys)
