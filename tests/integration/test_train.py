@@ -522,6 +522,7 @@ def test_fp16_overflows_lower_the_loss_scale_and_training_goes_on(tmp_path, monk
     every later step overflowed again and the run stopped after run.max_nonfinite steps (ZeRO-1 here)."""
     import videotrain.generator_task as gt
     from tests.unit.test_token_data import make_cache
+    from videotrain.engines import restored_env
     from videotrain.generator_task import GeneratorTrainConfig, GeneratorTrainer
 
     make_cache(tmp_path / "cache", num_clips=16, shard_size=8)
@@ -537,8 +538,9 @@ def test_fp16_overflows_lower_the_loss_scale_and_training_goes_on(tmp_path, monk
         "model.dim=16", "model.depth=1", "model.num_heads=2", "model.num_classes=3", "optim.warmup_steps=0",
         "run.micro_batch=2", "run.steps=20", "run.checkpoint_every=0", "run.precision=fp16", "run.zero_stage=1",
         "run.max_nonfinite=8", f"data.cache={tmp_path / 'cache'}"])  # fmt: skip
-    trainer = GeneratorTrainer(cfg, tmp_path / "run")
-    first = trainer.engine.optimizer.loss_scale
-    results = [trainer.train_step() for _ in range(10)]
+    with restored_env():  # as run_training does: no RANK left behind to make a later in-process run "launched"
+        trainer = GeneratorTrainer(cfg, tmp_path / "run")
+        first = trainer.engine.optimizer.loss_scale
+        results = [trainer.train_step() for _ in range(10)]
     assert results[0] is None and trainer.engine.optimizer.loss_scale < first  # skipped, and the scale fell
     assert trainer.step >= 3 and results[-1] is not None  # then steps succeed
