@@ -34,8 +34,12 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`: merged keys may be overridden
+                continue
             key = self.construct_object(key_node, deep=True)
-            if isinstance(key, typing.Hashable) and key in seen:
+            if not isinstance(key, typing.Hashable):
+                continue  # the safe loader itself refuses it, with its own message
+            if key in seen:
                 line = key_node.start_mark.line + 1
                 raise ValueError(f"duplicate key {key!r} at line {line}: each key may appear once in a mapping")
             seen.add(key)

@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 import pytest
 import yaml
 
-from core.config import build_config, from_dict, save_config, to_dict
+from core.config import build_config, from_dict, load_yaml, save_config, to_dict
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -86,6 +86,15 @@ def test_a_key_given_twice_in_a_file_is_refused(tmp_path):
     f.write_text("lr: 0.5\nmodel: {depth: 5}\nmodel: {name: x}\n")
     with pytest.raises(ValueError, match=r"dup.yaml.*duplicate key 'model' at line 3"):
         build_config(Outer, [f])
+
+
+def test_yaml_merge_keys_still_work_and_may_be_overridden(tmp_path):
+    f = tmp_path / "merge.yaml"
+    f.write_text("base: &b {depth: 3, name: x}\nmodel:\n  <<: *b\n  depth: 5\n")
+    assert load_yaml(f)["model"] == {"depth": 5, "name": "x"}  # an explicit key overrides a merged one
+    (tmp_path / "list_key.yaml").write_text("? [a, b]\n: 1\n")
+    with pytest.raises(ValueError, match="not valid YAML"):  # PyYAML's own refusal, not a TypeError
+        load_yaml(tmp_path / "list_key.yaml")
 
 
 def test_keys_that_are_not_strings_get_the_unknown_key_message(tmp_path):
