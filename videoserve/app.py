@@ -55,11 +55,16 @@ def _error(status: int, message: str) -> JSONResponse:
 def _model_info(pipe: VideoPipeline) -> dict:
     modes = {}
     for mode, gen in pipe.generators.items():
-        settings = asdict(sampling_for(pipe, mode))
+        by_order = {}
+        for order in gen.config.orders:
+            settings = asdict(sampling_for(pipe, mode, order))
+            by_order[order] = {k: settings[k] for k in KNOBS[gen.config.style]}
+        default_order = pipe.resolve_mode_order(mode, None)[1]
         modes[mode] = {
             "orders": list(gen.config.orders),
-            "default_order": pipe.resolve_mode_order(mode, None)[1],
-            "sampling": {k: settings[k] for k in KNOBS[gen.config.style]},
+            "default_order": default_order,
+            "sampling": by_order[default_order],
+            "sampling_by_order": by_order,
         }
     return {
         "default_mode": pipe.config.default_mode,

@@ -213,11 +213,39 @@ def test_a_given_temperature_applies_after_context_too_unless_a_context_temperat
     """--temperature alone must not be overridden after --image/--video by the model's context_temperature."""
     pipe = VideoPipeline.from_pretrained(model_dir)
     pipe.config.sampling["ar"] = SamplingConfig(temperature=0.7, context_temperature=0.3)
-    assert sampling_for(pipe, "ar").for_context().temperature == 0.3  # the model's setting after context
-    assert sampling_for(pipe, "ar", {"temperature": 0.9}).for_context().temperature == 0.9
-    both = sampling_for(pipe, "ar", {"temperature": 0.9, "context_temperature": 0.1})
+    assert sampling_for(pipe, "ar", "frame").for_context().temperature == 0.3  # the model's setting after context
+    assert sampling_for(pipe, "ar", "frame", {"temperature": 0.9}).for_context().temperature == 0.9
+    both = sampling_for(pipe, "ar", "frame", {"temperature": 0.9, "context_temperature": 0.1})
     assert (both.temperature, both.for_context().temperature) == (0.9, 0.1)
-    assert sampling_for(pipe, "ar", {"cfg_scale": 3.0, "temperature": None}).context_temperature == 0.3
+    assert sampling_for(pipe, "ar", "frame", {"cfg_scale": 3.0, "temperature": None}).context_temperature == 0.3
+
+
+def test_an_order_with_its_own_settings_samples_with_them_and_other_orders_keep_the_modes(model_dir, monkeypatch):
+    """A "maskgit/clip" entry is what clip order samples with; frame order keeps the "maskgit" entry."""
+    import pipelines.video as video
+
+    pipe = VideoPipeline.from_pretrained(model_dir)
+    config = pipe.config
+    pipe.config = replace_sampling(config, {"maskgit/clip": SamplingConfig(steps=7, cfg_scale=2.0)})
+    assert sampling_for(pipe, "maskgit", "clip").steps == 7
+    assert sampling_for(pipe, "maskgit", "frame").steps == 4  # the mode's own
+    assert sampling_for(pipe, "maskgit", "clip", {"steps": 2}).steps == 2  # an override still wins
+    used = []
+    real = video.sample_maskgit
+    monkeypatch.setattr(video, "sample_maskgit", lambda *a, **k: used.append(k["sampling"].steps) or real(*a, **k))
+    for order in ("clip", "frame"):
+        pipe(labels=1, mode="maskgit", order=order, num_frames=1, generator=torch.Generator().manual_seed(0))
+    assert used == [7, 4]
+    for bad in ("maskgit/diagonal", "video", "ar/clip"):  # ar has no clip order
+        with pytest.raises(ValueError, match="name no mode or mode/order"):
+            VideoPipeline(pipe.tokenizer, pipe.generators, pipe.text_encoder,
+                          replace_sampling(config, {bad: SamplingConfig()}))  # fmt: skip
+
+
+def replace_sampling(config, extra):
+    from dataclasses import replace
+
+    return replace(config, sampling={**config.sampling, **extra})
 
 
 def test_help_and_bad_flags_from_any_folder(tmp_path, capsys):

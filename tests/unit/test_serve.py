@@ -148,6 +148,9 @@ def test_health_lists_modes_and_orders(client, pipe):
     for mode, gen in pipe.generators.items():
         assert body["modes"][mode]["orders"] == list(gen.config.orders)
         assert body["modes"][mode]["sampling"]["context_temperature"] == pipe.config.sampling[mode].context_temperature
+        for order in gen.config.orders:  # what the page shows as the defaults once an order is chosen
+            own = pipe.config.sampling_for(mode, order)
+            assert body["modes"][mode]["sampling_by_order"][order]["cfg_scale"] == own.cfg_scale
     assert body["queue"] == {"pending": 0, "max": 2}
 
 
