@@ -19,7 +19,14 @@ values. Code k takes row ``(k * 2654435761) mod N`` of the batch's N latents (Kn
 multiplicative hash: dead codes land on distinct rows spread over the batch, up to N of
 them), so restarts draw no random numbers and a resumed run restarts exactly as the
 original; the batch itself is what varies. With the defaults a code unused for about
-700 steps is restarted. Nothing is all-reduced across data-parallel ranks.
+700 steps is restarted.
+
+Data parallelism: the per-step counts and sums are averaged over all ranks before they enter the
+EMAs, and restarts take rank 0's rows (:mod:`core.collectives`), so every rank keeps the same codebook
+(the training engine averages only gradients). Rows with a non-finite value are left out of both, so
+one bad batch cannot poison the codebook of every rank. A learned codebook (``use_ema=False``) is a
+parameter: restarts write into it in place, which an optimizer that keeps separate master weights
+(mixed-precision DeepSpeed) overwrites at its next step; use the EMA codebook there.
 
 All state (codebook, EMA counts and sums) is in persistent tensors, so it round-trips through
 safetensors.
@@ -34,6 +41,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from core.collectives import broadcast_from_first_, mean_across_ranks_
 from tokenizer.quantizers.base import Quantizer, QuantizerOutput, check_ids, check_latent, usage_stats
 
 _RESTART_HASH = 2654435761  # a prime near 2**32 / golden ratio: code k restarts at row (k * it) mod N
@@ -119,7 +127,7 @@ class VQ(Quantizer):
         if cfg.l2_normalize:
             flat = F.normalize(flat, dim=-1)
         restarted = flat.new_zeros(())
-        if self.training and cfg.dead_code_threshold > 0 and flat.shape[0] > 0:
+        if self.training and cfg.dead_code_threshold > 0:  # an empty batch too: its rank joins the broadcast
             restarted = self._restart_dead_codes(flat.detach())
         codebook = self._codebook()  # (K, D)
         ids = self._nearest(flat, codebook)  # (N,)
@@ -186,10 +194,14 @@ class VQ(Quantizer):
         Picks a candidate for every code (hashed rows, see the module docstring) and selects with
         ``where`` so that the GPU never waits on a host-side count.
         """
-        dead = self.ema_cluster_size < self.config.dead_code_threshold  # (K,)
-        codes = torch.arange(self.codebook_size, device=flat.device)
-        picks = (codes * _RESTART_HASH) % flat.shape[0]  # (K,) distinct for the first N codes
-        samples = flat[picks].to(self.codebook.dtype)  # (K, D)
+        dead = self.ema_cluster_size < self.config.dead_code_threshold  # (K,) equal on every rank
+        samples = torch.full_like(self.codebook, float("nan"))  # (K, D); an empty batch restarts nothing
+        if flat.shape[0]:
+            codes = torch.arange(self.codebook_size, device=flat.device)
+            picks = (codes * _RESTART_HASH) % flat.shape[0]  # (K,) distinct for the first N codes
+            samples.copy_(flat[picks])
+        broadcast_from_first_(samples)  # rank 0's rows on every rank
+        dead &= samples.isfinite().all(dim=-1)  # never restart a code at a NaN
         self.codebook.copy_(torch.where(dead[:, None], samples, self.codebook))
         if self.config.use_ema:
             # Restart the EMA as if the code had been used once, at its new position.
@@ -206,12 +218,17 @@ class VQ(Quantizer):
             ids: (N,) their code ids.
         """
         cfg = self.config
-        counts = torch.bincount(ids, minlength=self.codebook_size).to(self.ema_cluster_size.dtype)
-        self.ema_cluster_size.lerp_(counts, 1.0 - cfg.ema_decay)
+        finite = flat.isfinite().all(dim=-1)  # (N,)
+        weights = finite.to(self.ema_cluster_size.dtype)
+        counts = torch.bincount(ids, weights=weights, minlength=self.codebook_size).to(weights.dtype)  # (K,) int if N=0
         if not cfg.use_ema:
+            self.ema_cluster_size.lerp_(mean_across_ranks_(counts), 1.0 - cfg.ema_decay)
             return
-        sums = torch.zeros_like(self.ema_embed_sum).index_add_(0, ids, flat.to(self.ema_embed_sum.dtype))
-        self.ema_embed_sum.lerp_(sums, 1.0 - cfg.ema_decay)
+        rows = torch.where(finite[:, None], flat, 0.0).to(self.ema_embed_sum.dtype)  # (N, D)
+        sums = torch.zeros_like(self.ema_embed_sum).index_add_(0, ids, rows)  # (K, D)
+        both = mean_across_ranks_(torch.cat([counts[:, None], sums], dim=1))  # one collective: (K, 1 + D)
+        self.ema_cluster_size.lerp_(both[:, 0], 1.0 - cfg.ema_decay)
+        self.ema_embed_sum.lerp_(both[:, 1:], 1.0 - cfg.ema_decay)
         n = self.ema_cluster_size.sum()
         smoothed = (self.ema_cluster_size + cfg.ema_epsilon) / (n + self.codebook_size * cfg.ema_epsilon) * n
         codebook = self.ema_embed_sum / smoothed[:, None]  # (K, D)
