@@ -18,12 +18,6 @@ from pathlib import Path
 _CHUNK = 1 << 20
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yields a fresh temp path next to ``path`` (same suffix, so writers pick the format); renames on success.
@@ -35,7 +29,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     for _ in range(100):
         tmp = path.with_name(f".{path.stem}.tmp{secrets.token_hex(4)}{path.suffix}")
         try:
-            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666 & ~_umask()))
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # the kernel applies the umask
             break
         except FileExistsError:
             continue
