@@ -12,7 +12,7 @@ from selenium import webdriver  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
 from pipelines import VideoPipeline  # noqa: E402
 from pipelines.video import DEFAULT_MODEL_DIR  # noqa: E402
@@ -53,6 +53,14 @@ def test_type_a_prompt_click_generate_and_a_playable_video_appears(browser, tmp_
         typed = after.get_attribute("placeholder")
         temperature.send_keys(Keys.BACKSPACE * 3)
         assert (defaults, typed, after.get_attribute("placeholder")) == (("0.7", "0.3"), "0.9", "0.3")
+        # an order with its own settings (pipeline.yaml's maskgit/clip) shows them once chosen
+        Select(browser.find_element(By.ID, "mode")).select_by_value("maskgit")
+        shown = {}
+        for order in ("frame", "clip"):
+            Select(browser.find_element(By.ID, "order")).select_by_value(order)
+            shown[order] = temperature.get_attribute("placeholder")
+        assert shown == {"frame": "0.8", "clip": "0.5"}
+        Select(browser.find_element(By.ID, "mode")).select_by_value("ar")
         box = browser.find_element(By.ID, "prompt")
         box.clear()
         box.send_keys("a green square moving down")

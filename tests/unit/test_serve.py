@@ -1,6 +1,7 @@
 """The web demo's API through an HTTP client, on the shipped model: results, files, bad input, queue and cap."""
 
 import threading
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ from core.video_io import read_video  # noqa: E402
 from pipelines import VideoPipeline  # noqa: E402
 from pipelines.generate import generate_to_files  # noqa: E402
 from pipelines.video import DEFAULT_MODEL_DIR  # noqa: E402
-from videoserve.app import create_app  # noqa: E402
+from videoserve.app import KNOBS, create_app  # noqa: E402
 from videoserve.server import check_host  # noqa: E402
 from videoserve.store import OutputStore, new_id  # noqa: E402
 
@@ -149,8 +150,11 @@ def test_health_lists_modes_and_orders(client, pipe):
         assert body["modes"][mode]["orders"] == list(gen.config.orders)
         assert body["modes"][mode]["sampling"]["context_temperature"] == pipe.config.sampling[mode].context_temperature
         for order in gen.config.orders:  # what the page shows as the defaults once an order is chosen
-            own = pipe.config.sampling_for(mode, order)
-            assert body["modes"][mode]["sampling_by_order"][order]["cfg_scale"] == own.cfg_scale
+            own = asdict(pipe.config.sampling_for(mode, order))
+            assert body["modes"][mode]["sampling_by_order"][order] == {k: own[k] for k in KNOBS[gen.config.style]}
+    clip = body["modes"]["maskgit"]["sampling_by_order"]["clip"]  # the shipped model's own clip-order entry
+    assert (clip["steps"], clip["temperature"]) != (body["modes"]["maskgit"]["sampling"]["steps"],
+                                                    body["modes"]["maskgit"]["sampling"]["temperature"])  # fmt: skip
     assert body["queue"] == {"pending": 0, "max": 2}
 
 
