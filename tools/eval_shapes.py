@@ -41,7 +41,7 @@ def _main(argv: Sequence[str] | None) -> int:
         help='held-out combinations, e.g. "green triangle up" (default: the model\'s holdout.json)',
     )
     p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--steps", type=int, default=None, help="MaskGIT steps (default from the model)")
+    p.add_argument("--steps", type=int, default=None, help="MaskGIT steps (default: the model's, per mode and order)")
     p.add_argument("--cfg", type=float, default=None, help="guidance scale for every mode (default from the model)")
     p.add_argument(
         "--temperature", type=float, default=None, help="sampling temperature for every mode (default from the model)"

@@ -38,7 +38,7 @@ def _main(argv: Sequence[str] | None) -> int:
     p.add_argument(
         "--prompts", help="comma-separated prompts, class names or class ids (default: the first two class names)"
     )
-    p.add_argument("--steps", type=int, help="MaskGIT steps per unit (default: the model's)")
+    p.add_argument("--steps", type=int, help="MaskGIT steps per unit (default: the model's for each mode and order)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     args = p.parse_args(argv)
