@@ -325,8 +325,8 @@ def evaluation_runs(
     """
     runs = []
     for mode in list(modes) or list(pipe.generators):
-        pipe.resolve_mode_order(mode, None)  # an unknown mode fails here, before its orders
-        for order in list(orders) or [pipe.resolve_mode_order(mode, None)[1]]:
+        default_order = pipe.resolve_mode_order(mode, None)[1]  # an unknown mode fails here, before its orders
+        for order in list(orders) or [default_order]:
             pipe.resolve_mode_order(mode, order)
             runs.append((mode, order, sampling_for(pipe, mode, order, sampling)))
     return runs
