@@ -46,6 +46,31 @@ def make_norm(channels: int, groups: int) -> nn.GroupNorm:
     return nn.GroupNorm(g, channels, eps=1e-6)
 
 
+class Conv3d(nn.Conv3d):
+    """``nn.Conv3d`` that sends fp32 CPU inputs to oneDNN (mkldnn) at every size.
+
+    PyTorch runs a batch-1 fp32 CPU convolution with a 3x3 (or smaller) kernel on its reference kernel
+    (``slow_conv3d``) when N*C*T*H of the input is at most 20,480, a size rule made for 2D convolutions:
+    the shapes tokenizer's decoder at batch 1 has most of its layers under it (32 channels at 17x32x32),
+    where oneDNN is 3-6x faster (bench/README.md). Same parameters and state dict; the results agree
+    within float rounding, and gradients flow through either path.
+    """
+
+    def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        if (
+            x.device.type == "cpu"
+            and x.dtype == torch.float32
+            and self.padding_mode == "zeros"
+            and not isinstance(self.padding, str)
+            and torch.backends.mkldnn.enabled
+            and torch.backends.mkldnn.is_available()
+        ):
+            return torch.ops.aten.mkldnn_convolution(
+                x.contiguous(), weight, bias, list(self.padding), list(self.stride), list(self.dilation), self.groups
+            )
+        return super()._conv_forward(x, weight, bias)
+
+
 class CausalConv3d(nn.Module):
     """A 3D convolution padded in time only from the past.
 
@@ -61,7 +86,7 @@ class CausalConv3d(nn.Module):
         super().__init__()
         kt, kh, kw = (kernel_size,) * 3 if isinstance(kernel_size, int) else kernel_size
         self.time_pad = kt - 1
-        self.conv = nn.Conv3d(in_channels, out_channels, (kt, kh, kw), padding=(0, kh // 2, kw // 2))
+        self.conv = Conv3d(in_channels, out_channels, (kt, kh, kw), padding=(0, kh // 2, kw // 2))
 
     def forward(self, x: torch.Tensor, state: StreamState | None = None) -> torch.Tensor:
         """(B, C_in, T, H, W) -> (B, C_out, T, H, W)."""
@@ -87,7 +112,7 @@ class ResBlock3d(nn.Module):
         self.conv1 = CausalConv3d(in_channels, out_channels, kernel)
         self.norm2 = make_norm(out_channels, norm_groups)
         self.conv2 = CausalConv3d(out_channels, out_channels, kernel)
-        self.skip = nn.Conv3d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
+        self.skip = Conv3d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
 
     def forward(self, x: torch.Tensor, state: StreamState | None = None) -> torch.Tensor:
         """(B, C_in, T, H, W) -> (B, C_out, T, H, W)."""
@@ -123,7 +148,7 @@ class SpatialDownsample(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
-        self.conv = nn.Conv3d(in_channels, out_channels, (1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1))
+        self.conv = Conv3d(in_channels, out_channels, (1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1))
 
     def forward(self, x: torch.Tensor, state: StreamState | None = None) -> torch.Tensor:
         """(B, C, T, H, W) -> (B, C_out, T, H/2, W/2)."""
@@ -135,7 +160,7 @@ class SpatialUpsample(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
-        self.conv = nn.Conv3d(in_channels, out_channels, (1, 3, 3), padding=(0, 1, 1))
+        self.conv = Conv3d(in_channels, out_channels, (1, 3, 3), padding=(0, 1, 1))
 
     def forward(self, x: torch.Tensor, state: StreamState | None = None) -> torch.Tensor:
         """(B, C, T, H, W) -> (B, C_out, T, 2H, 2W)."""
@@ -151,7 +176,7 @@ class TemporalDownsample(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
-        self.mix = nn.Conv3d(2 * in_channels, out_channels, 1)
+        self.mix = Conv3d(2 * in_channels, out_channels, 1)
 
     def forward(self, x: torch.Tensor, state: StreamState | None = None) -> torch.Tensor:
         """(B, C, 1 + 2k, H, W) -> (B, C_out, 1 + k, H, W); later stream chunks: 2k -> k."""
@@ -172,7 +197,7 @@ class TemporalUpsample(nn.Module):
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
         self.out_channels = out_channels
-        self.expand = nn.Conv3d(in_channels, 2 * out_channels, 1)
+        self.expand = Conv3d(in_channels, 2 * out_channels, 1)
 
     def forward(self, x: torch.Tensor, state: StreamState | None = None) -> torch.Tensor:
         """(B, C, 1 + k, H, W) -> (B, C_out, 1 + 2k, H, W); later stream chunks: k -> 2k."""
