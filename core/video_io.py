@@ -1,16 +1,19 @@
 """Reading and resizing video clips as uint8 (T, H, W, 3) arrays (writing: :mod:`core.video_write`).
 
 With :mod:`core.video_write` this is the only place tokvid touches video files. Readers return RGB
-uint8 frames; models see float (3, T, H, W) tensors in [-1, 1] made by :func:`frames_to_tensor`.
+uint8 frames; models see float (3, T, H, W) tensors in [-1, 1] made by :func:`core.frames.frames_to_tensor`.
 
 Decoding tries decord first (fast random access) and falls back to PyAV when decord is
 missing or fails. Images and GIFs (and other formats Pillow reads, such as animated WebP)
 are read with Pillow; a still image is a 1-frame clip. With a target ``size`` the video
-decoders scale inside the decoder, so full-size frames never reach numpy.
+decoders scale inside the decoder, so full-size frames never reach numpy. Video frames come back at
+their display shape: an anamorphic file (sample aspect ratio not 1, as on DV or DVD sources) is
+stretched to its display width by the decoder.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -18,9 +21,9 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image, ImageOps, ImageSequence, UnidentifiedImageError
+
+from core.frames import cover_size, decoded_size, resize_center_crop
 
 try:  # decord has no wheels for some platforms; PyAV covers those.
     import decord
@@ -108,13 +111,28 @@ class _Pick:
         return list(range(self.start, stop, self.stride))
 
 
-def cover_size(height: int, width: int, size: int | tuple[int, int]) -> tuple[int, int]:
-    """(h, w) that keeps the aspect ratio of ``height`` x ``width`` and just covers ``size`` (an int is square)."""
-    h, w = (size, size) if isinstance(size, int) else tuple(size)
-    if not (isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0):
-        raise ValueError(f"size must be a positive int or (h, w) of positive ints, got {size!r}")
-    scale = max(h / height, w / width)
-    return max(h, round(height * scale)), max(w, round(width * scale))
+def sample_aspect_ratio(path: str | os.PathLike) -> float:
+    """Width of a stored pixel over its height in ``path``'s first video stream (1.0 when unknown).
+
+    Read from the container header with PyAV (decord does not expose it), once per file while it is unchanged:
+    the token cache reads a file's clips in turns with other files', and opening a large file costs
+    milliseconds.
+    """
+    stat = os.stat(path)
+    return _sample_aspect_ratio(os.fspath(path), stat.st_ino, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=4096)
+def _sample_aspect_ratio(path: str, inode: int, mtime_ns: int, size: int) -> float:
+    del inode, mtime_ns, size  # the cache key: a changed file is read again
+    import av  # only for video files
+
+    try:
+        with av.open(path) as container:
+            sar = container.streams.video[0].sample_aspect_ratio if container.streams.video else None
+    except av.FFmpegError:
+        sar = None  # the decoders report the file's problem
+    return float(sar) if sar and sar > 0 else 1.0
 
 
 def _read_pil(path: Path, pick: _Pick, size: int | tuple[int, int] | None = None) -> tuple[list[np.ndarray], int]:
@@ -176,7 +194,7 @@ def decord_reader(path: str | os.PathLike, width: int = -1, height: int = -1) ->
 
 
 def _read_decord(path: Path, pick: _Pick, size: int | tuple[int, int] | None = None) -> tuple[list[np.ndarray], int]:
-    """Decodes with decord; with ``size`` the decoder itself scales to :func:`cover_size`."""
+    """Decodes with decord; the decoder itself scales to :func:`decoded_size`."""
     if decord is None:
         raise _DecodeError("decord: not installed")
     try:
@@ -185,9 +203,10 @@ def _read_decord(path: Path, pick: _Pick, size: int | tuple[int, int] | None = N
         indices = pick.indices(total)
         if not indices or (pick.last is not None and pick.last >= total):
             return [], total  # too short: the caller reports it
-        if size is not None:
+        sar = sample_aspect_ratio(path)
+        if size is not None or sar != 1.0:
             height, width = vr[indices[0]].shape[:2]
-            new_h, new_w = cover_size(height, width, size)
+            new_h, new_w = decoded_size(height, width, sar, size)
             if (new_h, new_w) != (height, width):  # scaling in the decoder: no full-size frame reaches numpy
                 vr = decord_reader(path, width=new_w, height=new_h)
         batch = vr.get_batch(indices).asnumpy()  # (T, H, W, 3)
@@ -200,7 +219,7 @@ def _read_decord(path: Path, pick: _Pick, size: int | tuple[int, int] | None = N
 
 
 def _read_pyav(path: Path, pick: _Pick, size: int | tuple[int, int] | None = None) -> tuple[list[np.ndarray], int]:
-    """Decodes with PyAV (threaded); with ``size`` libswscale scales each frame to :func:`cover_size`."""
+    """Decodes with PyAV (threaded); libswscale scales each frame to :func:`decoded_size`."""
     import av  # only needed on the fallback path
 
     frames, total = [], 0
@@ -210,14 +229,14 @@ def _read_pyav(path: Path, pick: _Pick, size: int | tuple[int, int] | None = Non
                 raise _DecodeError("PyAV: the file has no video stream")
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
+            sar = float(stream.sample_aspect_ratio) if stream.sample_aspect_ratio else 1.0
             scaled = {}
             for i, frame in enumerate(container.decode(stream)):
                 total = i + 1
                 if i in pick:
-                    if size is not None and not scaled:
-                        scaled = dict(
-                            zip(("height", "width"), cover_size(frame.height, frame.width, size), strict=True)
-                        )
+                    if not scaled:
+                        new_hw = decoded_size(frame.height, frame.width, sar if sar > 0 else 1.0, size)
+                        scaled = dict(zip(("height", "width"), new_hw, strict=True))
                     frames.append(frame.to_ndarray(format="rgb24", **scaled))
                 if pick.last is not None and i >= pick.last:
                     break
@@ -242,8 +261,8 @@ def read_video(
         num_frames: frames to return; None reads every ``stride``-th frame to the end.
         stride: step between returned frames.
         start: index of the first returned frame.
-        size: None keeps the frames' size. An int (square) or (h, w) resizes to cover it, keeping
-            the aspect ratio, and crops the center, as :func:`resize_center_crop`. Video decoders
+        size: None keeps the frames' (display) size. An int (square) or (h, w) resizes to cover it, keeping
+            the aspect ratio, and crops the center, as :func:`core.frames.resize_center_crop`. Video decoders
             scale inside the decoder (libswscale), which is several times cheaper than resizing
             full-size frames and differs from :func:`resize_center_crop` by interpolation only.
 
@@ -355,63 +374,3 @@ def video_fps(path: str | os.PathLike) -> float:
     except av.FFmpegError as err:
         raise ValueError(f"cannot decode {str(path)!r}: {err}") from None
     raise ValueError(f"{str(path)!r} has no video stream with a frame rate")
-
-
-def check_frames(frames: np.ndarray, name: str = "frames") -> None:
-    if not isinstance(frames, np.ndarray) or frames.dtype != np.uint8:
-        got = f"{type(frames).__name__} {getattr(frames, 'dtype', '')}"
-        raise ValueError(f"{name} must be a uint8 numpy array, got {got}")
-    if frames.ndim != 4 or frames.shape[-1] != 3 or 0 in frames.shape:
-        raise ValueError(f"{name} must have shape (T, H, W, 3) with T, H, W > 0, got {frames.shape}")
-
-
-def resize_center_crop(frames: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
-    """Resizes so the clip covers ``size``, keeping the aspect ratio, then crops the center.
-
-    With an int the short side becomes ``size`` and the result is square. Resizing is
-    bilinear with antialiasing (``torch.nn.functional.interpolate``).
-
-    Args:
-        frames: (T, H, W, 3) uint8.
-        size: output side, or (h, w).
-
-    Returns:
-        (T, h, w, 3) uint8.
-    """
-    check_frames(frames)
-    T, H, W, _ = frames.shape
-    new_h, new_w = cover_size(H, W, size)
-    h, w = (size, size) if isinstance(size, int) else tuple(size)
-    if (new_h, new_w) != (H, W):
-        out = np.empty((T, new_h, new_w, 3), dtype=np.uint8)
-        for i in range(0, T, 16):  # chunks bound the float32 copy of long clips
-            chunk = np.ascontiguousarray(frames[i : i + 16])  # a view such as rgb[..., ::-1] has negative strides
-            x = torch.from_numpy(chunk).permute(0, 3, 1, 2).float()  # (t, 3, H, W)
-            x = F.interpolate(x, size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False)
-            out[i : i + 16] = x.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
-        frames = out
-    top, left = (new_h - h) // 2, (new_w - w) // 2
-    return np.ascontiguousarray(frames[:, top : top + h, left : left + w])
-
-
-def frames_to_tensor(frames: np.ndarray) -> torch.Tensor:
-    """(T, H, W, 3) uint8 frames -> (3, T, H, W) float32 tensor in [-1, 1]."""
-    check_frames(frames)
-    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2)  # (3, T, H, W)
-    return x.float().div_(127.5).sub_(1.0)
-
-
-def tensor_to_frames(video: torch.Tensor) -> np.ndarray:
-    """Float video in [-1, 1] -> uint8 frames (values are clamped, then rounded).
-
-    Args:
-        video: (3, T, H, W) or (B, 3, T, H, W), any float dtype and device.
-
-    Returns:
-        (T, H, W, 3) or (B, T, H, W, 3) uint8 numpy array.
-    """
-    if not isinstance(video, torch.Tensor) or video.ndim not in (4, 5) or video.shape[-4] != 3:
-        shape = tuple(video.shape) if isinstance(video, torch.Tensor) else type(video).__name__
-        raise ValueError(f"video must be a (3, T, H, W) or (B, 3, T, H, W) tensor, got {shape}")
-    x = ((video.detach().float() + 1.0) * 127.5).clamp_(0, 255).round_().to(torch.uint8).cpu()
-    return x.movedim(-4, -1).numpy()  # (..., T, H, W, 3)

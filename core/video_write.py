@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from core.files import atomic_path
-from core.video_io import check_frames
+from core.frames import check_frames
 
 log = logging.getLogger(__name__)
 

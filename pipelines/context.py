@@ -1,7 +1,7 @@
 """Visual context for a pipeline call: an image to animate, or the frames of a video to continue.
 
 Inputs are arrays or file paths. Frames are resized so they cover the model's frame size, keeping
-the aspect ratio, and center-cropped (:func:`core.video_io.resize_center_crop`, the same transform
+the aspect ratio, and center-cropped (:func:`core.frames.resize_center_crop`, the same transform
 ``tools/cache_tokens.py`` applies to training clips).
 """
 
@@ -11,7 +11,8 @@ import os
 
 import numpy as np
 
-from core.video_io import read_video, resize_center_crop
+from core.frames import resize_center_crop
+from core.video_io import read_video
 from pipelines.batching import is_int
 
 FrameSource = np.ndarray | str | os.PathLike

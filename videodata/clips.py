@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from core.video_io import read_video, resize_center_crop
+from core.frames import resize_center_crop
+from core.video_io import read_video
 from videodata.cache.sources import count_frames, discover_sources
 
 if TYPE_CHECKING:

@@ -5,7 +5,7 @@ Pipeline for one set of videos (real or generated) under an :class:`FVDProtocol`
 1. :func:`videoeval.sources.find_videos` lists the videos under a folder.
 2. :func:`iter_clips` reads ``num_frames`` frames ``frame_stride`` apart from frame 0 of each
    video, resizes the short side to ``input_size`` and center-crops a square (antialiased
-   bilinear, :func:`core.video_io.resize_center_crop`). When a set has fewer videos than
+   bilinear, :func:`core.frames.resize_center_crop`). When a set has fewer videos than
    ``num_videos``, further non-overlapping windows (starting at frame ``k * num_frames *
    frame_stride``) are taken round-robin until the count is met.
 3. :mod:`videoeval.i3d` upsamples the clips to 224x224 and returns one I3D feature row per clip.
@@ -76,7 +76,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from core.files import atomic_write_bytes
-from core.video_io import resize_center_crop
+from core.frames import resize_center_crop
 from videoeval.i3d import I3D_NOTE, I3D_SIZE
 from videoeval.sources import VideoSource
 

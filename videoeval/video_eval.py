@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from core.files import sha256_file
-from core.video_io import frames_to_tensor
+from core.frames import frames_to_tensor
 from videoeval.fvd import FeatureStats, FVDProtocol, frechet_distance, inception_score, iter_clips, resolve_protocol
 from videoeval.i3d import KINETICS_CLASSES, I3DNetwork, extract_features, resolve_i3d_path
 from videoeval.metrics import LPIPS, psnr, ssim

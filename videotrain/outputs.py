@@ -13,7 +13,7 @@ import torch
 
 from core.config import save_config
 from core.files import atomic_path, atomic_write_json
-from core.video_io import tensor_to_frames
+from core.frames import tensor_to_frames
 from core.video_write import write_contact_sheet, write_video
 from core.weights import CONFIG_NAME, WEIGHTS_NAME, save_state
 

@@ -18,7 +18,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from core.video_io import tensor_to_frames
+from core.frames import tensor_to_frames
 from core.video_write import write_contact_sheet
 from core.weights import WEIGHTS_NAME, load_config, load_state, load_strict
 from tokenizer import TokenizerConfig, VideoTokenizer

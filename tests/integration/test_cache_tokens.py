@@ -17,7 +17,8 @@ import torch
 from PIL import Image
 
 from core.config import build_config
-from core.video_io import frames_to_tensor, read_video
+from core.frames import frames_to_tensor
+from core.video_io import read_video
 from core.video_write import write_video
 from tests.helpers.cache_faults import inject_decode_faults
 from tokenizer import TokenizerConfig, VideoTokenizer

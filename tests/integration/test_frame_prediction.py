@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from core.video_io import read_video, resize_center_crop
+from core.frames import resize_center_crop
+from core.video_io import read_video
 from core.video_write import write_video
 from tests.helpers.tiny_pipeline import make_tiny_pipeline
 from tests.unit.test_eval_video import save_stand_in

@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 
 import pipelines.video as video_module
-from core.video_io import read_video, resize_center_crop
+from core.frames import resize_center_crop
+from core.video_io import read_video
 from core.video_write import write_video
 from pipelines import VideoPipeline
 from pipelines.rollout import to_video

