@@ -55,7 +55,7 @@ import torch
 
 from bench.table import format_table, record, write_json
 from core.config import build_config
-from generator import Generator, generator_loss
+from generator import Generator, generator_loss, processed_length, train_flops_per_clip
 from videodata.cache.format import FORMAT_NAME, FORMAT_VERSION, token_dtype
 from videodata.cache.reader import ShuffledSampler
 from videodata.cache.writer import RankWriter, merge_manifest, prepare_cache_dir
@@ -163,14 +163,6 @@ def same_batches(trainer: GeneratorTrainer, num_steps: int) -> list:
     return [trainer.batch(stream.take(mb)) for _ in range(num_steps)]
 
 
-def processed_tokens(model: Generator, style: str) -> int:
-    """Sequence length per clip the model runs on: prefix + video tokens (x2 for MaskGIT with
-    several units, whose clean context is a second stream)."""
-    L = math.prod(GRID)
-    streams = 2 if style == "maskgit" and model.config.orders != ("clip",) else 1
-    return model.prefix_len + streams * L
-
-
 # --------------------------------------------------------------------------- the benchmark
 def profile_steps(step, num_steps: int, top: int = 25) -> str:
     """cProfile of ``num_steps`` calls of ``step``, timed in process CPU time (steadier than
@@ -232,8 +224,9 @@ def run(quick: bool = False, style: str = "maskgit", peak_tflops: float = 0.0, p
             load.append(os.getloadavg()[0])
             profiles = {side: profile_steps(step, profile) for side, step in sides.items()} if profile else {}
             num_params = trainer.model.num_params()
-            seq = processed_tokens(trainer.model, style)
-            flops_per_clip = trainer.model.flops_per_token(seq) * seq
+            order = trainer.model.config.orders[0]
+            seq = processed_length(trainer.model, GRID, order)
+            flops_per_clip = train_flops_per_clip(trainer.model, GRID, (order,))
         finally:
             distributed.shutdown()
     if any(entry is None for entry in logs["ours"]):

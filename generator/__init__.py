@@ -9,7 +9,7 @@ libraries); never the tokenizer, pipelines, training, data or evaluation package
 
 from generator.conditioning import Condition, ConditionEmbedder
 from generator.kv_cache import KVCache
-from generator.objectives import LossOutput, ObjectiveConfig, generator_loss
+from generator.objectives import LossOutput, ObjectiveConfig, generator_loss, processed_length, train_flops_per_clip
 from generator.transformer import Generator, GeneratorConfig
 from generator.units import ORDERS, UnitLayout, make_layout
 
@@ -25,4 +25,6 @@ __all__ = [
     "UnitLayout",
     "generator_loss",
     "make_layout",
+    "processed_length",
+    "train_flops_per_clip",
 ]

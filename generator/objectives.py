@@ -10,6 +10,7 @@ Both apply condition dropout for classifier-free guidance.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -121,6 +122,21 @@ def maskgit_loss(
     loss = F.cross_entropy(picked, target, label_smoothing=cfg.label_smoothing)
     acc = (picked.argmax(-1) == target).float().mean()
     return LossOutput(loss, {"acc": acc.detach(), "mask_ratio": masked.float().mean().detach()})
+
+
+def processed_length(model: Generator, grid: tuple[int, int, int], order: str) -> int:
+    """Positions the model runs on for one clip in ``order`` during training: the condition prefix plus the
+    video tokens, twice for MaskGIT with several units (its clean context is a second stream)."""
+    units = make_layout(grid, order, model.config.cube_size).num_units
+    streams = 2 if model.config.style == "maskgit" and units > 1 else 1
+    return model.prefix_len + streams * math.prod(grid)
+
+
+def train_flops_per_clip(model: Generator, grid: tuple[int, int, int], orders: tuple[str, ...]) -> float:
+    """Training FLOPs (forward and backward) for one clip, averaged over ``orders`` (drawn uniformly per batch,
+    as :func:`generator_loss` does); ``Generator.flops_per_token`` at the length each order processes."""
+    lengths = [processed_length(model, grid, order) for order in orders]
+    return sum(model.flops_per_token(n) * n for n in lengths) / len(lengths)
 
 
 def generator_loss(

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from core.weights import WEIGHTS_NAME, load_config, load_state, load_strict
-from generator import Condition, Generator, GeneratorConfig, ObjectiveConfig, generator_loss
+from generator import Condition, Generator, GeneratorConfig, ObjectiveConfig, generator_loss, train_flops_per_clip
 from generator.text_encoders import TextEncoderConfig
 from videodata.cache.reader import ShuffledSampler, TokenCache, TokenSample, tokenizer_fingerprint
 from videodata.captions import CaptionAugmentConfig, augment_caption
@@ -274,8 +274,9 @@ class GeneratorTrainer(Trainer):
         per_s = self.run.micro_batch * self.optim.grad_accum * self.dist.world_size * tokens / seconds
         logs = {"tokens_per_s": per_s}
         if self.run.peak_tflops > 0:
-            processed = tokens * (2 if self.cfg.model.style == "maskgit" else 1)  # MaskGIT's clean context stream
-            flops = self.model.flops_per_token(processed) * per_s
+            clips_per_s = per_s / tokens
+            orders = self.cfg.objective.orders or self.cfg.model.orders
+            flops = train_flops_per_clip(self.model, self.cache.grid, orders) * clips_per_s
             logs["mfu"] = flops / (self.run.peak_tflops * 1e12 * self.dist.world_size)
         return logs
 
