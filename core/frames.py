@@ -20,11 +20,18 @@ def cover_size(height: int, width: int, size: int | tuple[int, int]) -> tuple[in
     return max(h, round(height * scale)), max(w, round(width * scale))
 
 
-def decoded_size(height: int, width: int, sar: float, size: int | tuple[int, int] | None) -> tuple[int, int]:
-    """(h, w) a decoder should scale a stored ``height`` x ``width`` frame to: its display shape (width times the
-    sample aspect ratio ``sar``), and with ``size`` the :func:`cover_size` of that."""
+def decoded_size(
+    height: int, width: int, sar: float, turns: int, size: int | tuple[int, int] | None
+) -> tuple[int, int]:
+    """(h, w) a decoder should scale a stored ``height`` x ``width`` frame to, before it is turned.
+
+    Shown, the frame is ``sar`` (the sample aspect ratio) times wider and then turned by ``turns`` quarter turns;
+    the result, turned the same way, has that display shape, or with ``size`` the :func:`cover_size` of it.
+    """
     display_w = max(1, round(width * sar))
-    return (height, display_w) if size is None else cover_size(height, display_w, size)
+    shown = (height, display_w) if turns % 2 == 0 else (display_w, height)  # (h, w) on screen
+    h, w = shown if size is None else cover_size(*shown, size)
+    return (h, w) if turns % 2 == 0 else (w, h)  # the stored orientation
 
 
 def check_frames(frames: np.ndarray, name: str = "frames") -> None:

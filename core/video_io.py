@@ -6,14 +6,14 @@ uint8 frames; models see float (3, T, H, W) tensors in [-1, 1] made by :func:`co
 Decoding tries decord first (fast random access) and falls back to PyAV when decord is
 missing or fails. Images and GIFs (and other formats Pillow reads, such as animated WebP)
 are read with Pillow; a still image is a 1-frame clip. With a target ``size`` the video
-decoders scale inside the decoder, so full-size frames never reach numpy. Video frames come back at
-their display shape: an anamorphic file (sample aspect ratio not 1, as on DV or DVD sources) is
-stretched to its display width by the decoder.
+decoders scale inside the decoder, so full-size frames never reach numpy. Video frames come back as
+they are shown (:mod:`core.video_display`): an anamorphic file (sample aspect ratio not 1, as on DV or
+DVD sources) is stretched to its display width by the decoder, and a rotated one (a phone's portrait
+video) is turned upright.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import threading
@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image, ImageOps, ImageSequence, UnidentifiedImageError
 
 from core.frames import cover_size, decoded_size, resize_center_crop
+from core.video_display import quarter_turns, video_display
 
 try:  # decord has no wheels for some platforms; PyAV covers those.
     import decord
@@ -111,30 +112,6 @@ class _Pick:
         return list(range(self.start, stop, self.stride))
 
 
-def sample_aspect_ratio(path: str | os.PathLike) -> float:
-    """Width of a stored pixel over its height in ``path``'s first video stream (1.0 when unknown).
-
-    Read from the container header with PyAV (decord does not expose it), once per file while it is unchanged:
-    the token cache reads a file's clips in turns with other files', and opening a large file costs
-    milliseconds.
-    """
-    stat = os.stat(path)
-    return _sample_aspect_ratio(os.fspath(path), stat.st_ino, stat.st_mtime_ns, stat.st_size)
-
-
-@functools.lru_cache(maxsize=4096)
-def _sample_aspect_ratio(path: str, inode: int, mtime_ns: int, size: int) -> float:
-    del inode, mtime_ns, size  # the cache key: a changed file is read again
-    import av  # only for video files
-
-    try:
-        with av.open(path) as container:
-            sar = container.streams.video[0].sample_aspect_ratio if container.streams.video else None
-    except av.FFmpegError:
-        sar = None  # the decoders report the file's problem
-    return float(sar) if sar and sar > 0 else 1.0
-
-
 def _read_pil(path: Path, pick: _Pick, size: int | tuple[int, int] | None = None) -> tuple[list[np.ndarray], int]:
     """Decodes frames with Pillow at their own size. Returns the wanted frames and the number of frames seen."""
     frames, total = [], 0
@@ -194,7 +171,7 @@ def decord_reader(path: str | os.PathLike, width: int = -1, height: int = -1) ->
 
 
 def _read_decord(path: Path, pick: _Pick, size: int | tuple[int, int] | None = None) -> tuple[list[np.ndarray], int]:
-    """Decodes with decord; the decoder itself scales to :func:`decoded_size`."""
+    """Decodes with decord; the decoder itself scales to :func:`decoded_size`. Rotated videos are left to PyAV."""
     if decord is None:
         raise _DecodeError("decord: not installed")
     try:
@@ -203,10 +180,12 @@ def _read_decord(path: Path, pick: _Pick, size: int | tuple[int, int] | None = N
         indices = pick.indices(total)
         if not indices or (pick.last is not None and pick.last >= total):
             return [], total  # too short: the caller reports it
-        sar = sample_aspect_ratio(path)
-        if size is not None or sar != 1.0:
+        display = video_display(path)
+        if display.turns:  # decord turns some rotated files (180) and fails on others (90: a size mismatch)
+            raise _DecodeError("decord: the video is rotated by its display matrix")
+        if size is not None or display.sar != 1.0:
             height, width = vr[indices[0]].shape[:2]
-            new_h, new_w = decoded_size(height, width, sar, size)
+            new_h, new_w = decoded_size(height, width, display.sar, 0, size)
             if (new_h, new_w) != (height, width):  # scaling in the decoder: no full-size frame reaches numpy
                 vr = decord_reader(path, width=new_w, height=new_h)
         batch = vr.get_batch(indices).asnumpy()  # (T, H, W, 3)
@@ -219,7 +198,8 @@ def _read_decord(path: Path, pick: _Pick, size: int | tuple[int, int] | None = N
 
 
 def _read_pyav(path: Path, pick: _Pick, size: int | tuple[int, int] | None = None) -> tuple[list[np.ndarray], int]:
-    """Decodes with PyAV (threaded); libswscale scales each frame to :func:`decoded_size`."""
+    """Decodes with PyAV (threaded); libswscale scales each frame to :func:`decoded_size`, then it is turned as its
+    display matrix says."""
     import av  # only needed on the fallback path
 
     frames, total = [], 0
@@ -229,15 +209,18 @@ def _read_pyav(path: Path, pick: _Pick, size: int | tuple[int, int] | None = Non
                 raise _DecodeError("PyAV: the file has no video stream")
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
-            sar = float(stream.sample_aspect_ratio) if stream.sample_aspect_ratio else 1.0
-            scaled = {}
+            sar = stream.sample_aspect_ratio
+            sar = float(sar) if sar and sar > 0 else 1.0
+            scaled, turns = {}, 0
             for i, frame in enumerate(container.decode(stream)):
                 total = i + 1
                 if i in pick:
                     if not scaled:
-                        new_hw = decoded_size(frame.height, frame.width, sar if sar > 0 else 1.0, size)
+                        turns = quarter_turns(frame.rotation)
+                        new_hw = decoded_size(frame.height, frame.width, sar, turns, size)
                         scaled = dict(zip(("height", "width"), new_hw, strict=True))
-                    frames.append(frame.to_ndarray(format="rgb24", **scaled))
+                    rgb = frame.to_ndarray(format="rgb24", **scaled)  # (h, w, 3) as stored
+                    frames.append(np.rot90(rgb, turns) if turns else rgb)  # as shown (np.stack copies the view)
                 if pick.last is not None and i >= pick.last:
                     break
     except av.FFmpegError as err:

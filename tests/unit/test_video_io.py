@@ -118,53 +118,6 @@ def test_read_frames_decodes_any_index_order_once(clips, monkeypatch):
         read_video(path, size=0)
 
 
-def anamorphic_disc_video(path: Path, sar: int = 2, T: int = 3) -> None:
-    """A 32x64 (w x h) H.264 file whose pixels are ``sar`` times as wide as tall, showing a disc of diameter 32
-    on a 64x64 display: stored, it is an ellipse 32 / sar pixels wide."""
-    import imageio_ffmpeg
-
-    yy, xx = np.mgrid[0:64, 0:32]
-    disc = ((xx + 0.5 - 16) * sar / 16) ** 2 + ((yy + 0.5 - 32) / 16) ** 2 <= 1.0
-    frame = np.zeros((64, 32, 3), np.uint8)
-    frame[disc] = (230, 30, 30)
-    writer = imageio_ffmpeg.write_frames(
-        str(path), (32, 64), fps=8, codec="libx264", macro_block_size=1, output_params=["-vf", f"setsar={sar}/1"]
-    )
-    writer.send(None)
-    for _ in range(T):
-        writer.send(frame.tobytes())
-    writer.close()
-
-
-def disc_extent(frame: np.ndarray) -> tuple[int, int]:
-    """(width, height) in pixels of the red region of a (H, W, 3) frame."""
-    red = (frame[..., 0].astype(int) - frame[..., 1]) > 100
-    cols, rows = np.flatnonzero(red.any(axis=0)), np.flatnonzero(red.any(axis=1))
-    return int(cols[-1] - cols[0] + 1), int(rows[-1] - rows[0] + 1)
-
-
-@pytest.mark.parametrize("backend", ["decord", "pyav"])
-def test_anamorphic_video_is_read_at_its_display_shape(tmp_path, monkeypatch, backend):
-    """Frames of a file with non-square pixels came back as stored: a disc read as an ellipse half as wide as
-    tall, and cropping to a square cut it further."""
-    path = tmp_path / "anamorphic.mp4"
-    anamorphic_disc_video(path)
-    assert vio.sample_aspect_ratio(path) == 2.0
-    if backend == "pyav":
-        monkeypatch.setattr(vio, "decord", None)
-    full = read_video(path)
-    assert full.shape == (3, 64, 64, 3)
-    w, h = disc_extent(full[1])
-    assert 28 <= w <= 36 and 28 <= h <= 36  # round, 32 px across
-    small = read_video(path, num_frames=2, size=32)
-    assert small.shape == (2, 32, 32, 3)
-    w, h = disc_extent(small[0])
-    assert 13 <= w <= 19 and 13 <= h <= 19
-    square = tmp_path / "square.mp4"  # square pixels keep their stored shape
-    write_video(square, smooth_clip(T=3, H=32, W=48), fps=8)
-    assert vio.sample_aspect_ratio(square) == 1.0 and read_video(square).shape == (3, 32, 48, 3)
-
-
 def test_a_video_is_opened_once_for_counting_and_reading_and_never_read_stale(tmp_path, monkeypatch):
     from videodata.cache.sources import count_frames
 

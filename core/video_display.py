@@ -1,0 +1,60 @@
+"""How a video file's stored frames are meant to be shown: the sample aspect ratio and the display rotation.
+
+Players apply both; a reader that ignores them returns anamorphic video squeezed and a phone's portrait video on
+its side. :mod:`core.video_io` reads frames as shown.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Display:
+    """How a video file's stored frames are meant to be shown.
+
+    Attributes:
+        sar: sample aspect ratio, the width of a stored pixel over its height (not 1 on anamorphic DV or DVD
+            sources).
+        turns: quarter turns counter-clockwise (``np.rot90``'s ``k``, 0-3) from the display matrix, as phones
+            store portrait video: landscape frames with a rotation to apply. Mirroring in the matrix is not read.
+    """
+
+    sar: float = 1.0
+    turns: int = 0
+
+
+def video_display(path: str | os.PathLike) -> Display:
+    """How ``path``'s first video stream is shown (square pixels and no rotation when unknown).
+
+    Read with PyAV from the header and the first frame (decord exposes neither), once per file while it is
+    unchanged: the token cache reads a file's clips in turns with other files', and opening a large file costs
+    milliseconds.
+    """
+    stat = os.stat(path)
+    return _video_display(os.fspath(path), stat.st_ino, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=4096)
+def _video_display(path: str, inode: int, mtime_ns: int, size: int) -> Display:
+    del inode, mtime_ns, size  # the cache key: a changed file is read again
+    import av  # only for video files
+
+    try:
+        with av.open(path) as container:
+            if not container.streams.video:
+                return Display()
+            stream = container.streams.video[0]
+            sar = stream.sample_aspect_ratio
+            first = next(container.decode(stream), None)  # the display matrix comes with the frames
+            rotation = first.rotation if first is not None else 0
+    except av.FFmpegError:
+        return Display()  # the decoders report the file's problem
+    return Display(sar=float(sar) if sar and sar > 0 else 1.0, turns=quarter_turns(rotation))
+
+
+def quarter_turns(degrees: float) -> int:
+    """Counter-clockwise ``degrees`` (PyAV's ``VideoFrame.rotation``) as quarter turns 0-3, to the nearest."""
+    return round(degrees / 90) % 4
