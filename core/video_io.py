@@ -174,15 +174,15 @@ def _read_decord(path: Path, pick: _Pick, size: int | tuple[int, int] | None = N
     """Decodes with decord; the decoder itself scales to :func:`decoded_size`. Rotated videos are left to PyAV."""
     if decord is None:
         raise _DecodeError("decord: not installed")
+    display = video_display(path)
+    if display.turns:  # decord turns some rotated files (180) and fails on others (90: a size mismatch)
+        raise _DecodeError("decord: the video is rotated by its display matrix")
     try:
         vr = decord_reader(path)
         total = len(vr)
         indices = pick.indices(total)
         if not indices or (pick.last is not None and pick.last >= total):
             return [], total  # too short: the caller reports it
-        display = video_display(path)
-        if display.turns:  # decord turns some rotated files (180) and fails on others (90: a size mismatch)
-            raise _DecodeError("decord: the video is rotated by its display matrix")
         if size is not None or display.sar != 1.0:
             height, width = vr[indices[0]].shape[:2]
             new_h, new_w = decoded_size(height, width, display.sar, 0, size)
