@@ -117,3 +117,20 @@ def test_the_default_generate_path_imports_no_heavy_package(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_generate_py_imports_without_the_garbage_collector_and_runs_with_it():
+    """generate.py imports with the collector off (each full collection walks torch's ~170k objects): main must
+    run with it on again, or a long generation would never free reference cycles, and with the imported
+    objects frozen, or every later full collection walks them again."""
+    code = (
+        "import gc, runpy, sys\n"
+        "import tools.generate\n"
+        "tools.generate.main = lambda: print(gc.isenabled(), gc.get_freeze_count()) or 0\n"
+        "sys.argv = ['generate.py']\n"
+        "runpy.run_path('generate.py', run_name='__main__')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    enabled, frozen = out.stdout.split()
+    assert enabled == "True" and int(frozen) > 50_000
