@@ -7,6 +7,7 @@ its side. :mod:`core.video_io` reads frames as shown.
 from __future__ import annotations
 
 import functools
+import math
 import os
 from dataclasses import dataclass
 
@@ -47,12 +48,22 @@ def _video_display(path: str, inode: int, mtime_ns: int, size: int) -> Display:
             if not container.streams.video:
                 return Display()
             stream = container.streams.video[0]
-            sar = stream.sample_aspect_ratio
+            sar = pixel_aspect(stream.sample_aspect_ratio)
             first = next(container.decode(stream), None)  # the display matrix comes with the frames
-            rotation = first.rotation if first is not None else 0
+            rotation = getattr(first, "rotation", 0)  # VideoFrame.rotation (0 from an older PyAV, or no frame)
     except av.FFmpegError:
         return Display()  # the decoders report the file's problem
-    return Display(sar=float(sar) if sar and sar > 0 else 1.0, turns=quarter_turns(rotation))
+    return Display(sar=sar, turns=quarter_turns(rotation))
+
+
+def pixel_aspect(value: object) -> float:
+    """A stream's sample aspect ratio as a float; 1.0 when it is unset, 0 or not a positive finite number (PyAV
+    gives a Fraction or None, and from version 19 an AVRational that is 0/1 when unset)."""
+    try:
+        ratio = float(value)
+    except (TypeError, ValueError, ZeroDivisionError):
+        return 1.0
+    return ratio if math.isfinite(ratio) and ratio > 0 else 1.0
 
 
 def quarter_turns(degrees: float) -> int:

@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image, ImageOps, ImageSequence, UnidentifiedImageError
 
 from core.frames import cover_size, decoded_size, resize_center_crop
-from core.video_display import quarter_turns, video_display
+from core.video_display import pixel_aspect, quarter_turns, video_display
 
 try:  # decord has no wheels for some platforms; PyAV covers those.
     import decord
@@ -209,14 +209,13 @@ def _read_pyav(path: Path, pick: _Pick, size: int | tuple[int, int] | None = Non
                 raise _DecodeError("PyAV: the file has no video stream")
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
-            sar = stream.sample_aspect_ratio
-            sar = float(sar) if sar and sar > 0 else 1.0
+            sar = pixel_aspect(stream.sample_aspect_ratio)
             scaled, turns = {}, 0
             for i, frame in enumerate(container.decode(stream)):
                 total = i + 1
                 if i in pick:
                     if not scaled:
-                        turns = quarter_turns(frame.rotation)
+                        turns = quarter_turns(getattr(frame, "rotation", 0))  # 0 from an older PyAV
                         new_hw = decoded_size(frame.height, frame.width, sar, turns, size)
                         scaled = dict(zip(("height", "width"), new_hw, strict=True))
                     rgb = frame.to_ndarray(format="rgb24", **scaled)  # (h, w, 3) as stored
