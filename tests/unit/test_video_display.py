@@ -110,14 +110,14 @@ def test_rotated_video_is_read_upright(tmp_path, backend, degrees, turns):
     shown = np.rot90(stored, turns, axes=(1, 2))  # (T, H', W', 3) as a player shows it
     full = read_video(path)
     assert full.shape == shown.shape
-    assert mean_abs(full, shown) < 3.0
+    assert mean_abs(full, shown) < 3.0  # 0.9 measured (RGB -> YUV 4:4:4 -> RGB)
     for other in {0, 1, 2, 3} - {turns}:  # every other orientation is far off
         wrong = np.rot90(stored, other, axes=(1, 2))
-        assert wrong.shape != full.shape or mean_abs(full, wrong) > 20.0
+        assert wrong.shape != full.shape or mean_abs(full, wrong) > 10.0  # 21.8 measured; the right one 0.9
     h, w = shown.shape[1:3]
     scaled = read_video(path, num_frames=2, size=(h // 2, w // 2))  # scaled in the decoder, then turned
     assert scaled.shape == (2, h // 2, w // 2, 3)
-    assert mean_abs(scaled, resize_center_crop(shown[:2], (h // 2, w // 2))) < 6.0
+    assert mean_abs(scaled, resize_center_crop(shown[:2], (h // 2, w // 2))) < 6.0  # 0.9 measured
     np.testing.assert_array_equal(read_frames(path, [3, 1]), full[[3, 1]])
 
 
