@@ -1,35 +1,52 @@
 """Visual context for a pipeline call: an image to animate, or the frames of a video to continue.
 
-Inputs are arrays or file paths. Frames are resized so they cover the model's frame size, keeping
-the aspect ratio, and center-cropped (:func:`core.frames.resize_center_crop`, the same transform
-``tools/cache_tokens.py`` applies to training clips).
+Inputs are arrays or file paths. A video file is first brought to the model's frame rate (a 30 fps phone
+video continued by an 8 fps model would otherwise show its motion at a quarter of its speed, and be
+continued that way); arrays carry no rate and are taken frame for frame. Frames are resized so they cover
+the model's frame size, keeping the aspect ratio, and center-cropped
+(:func:`core.frames.resize_center_crop`, the same transform ``tools/cache_tokens.py`` applies to training
+clips).
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import os
+from pathlib import Path
 
 import numpy as np
 
 from core.frames import resize_center_crop
-from core.video_io import read_video
+from core.video_io import VIDEO_EXTS, read_video, video_fps
 from pipelines.batching import is_int
+
+log = logging.getLogger(__name__)
 
 FrameSource = np.ndarray | str | os.PathLike
 
 
-def load_frames(source: FrameSource, what: str) -> np.ndarray:
+def load_frames(source: FrameSource, what: str, fps: float | None = None) -> np.ndarray:
     """(T, H, W, 3) uint8 frames from an array or a video / image file.
 
     Args:
         source: (H, W, 3) or (T, H, W, 3) uint8 array, or a path.
         what: "image" or "video", named in errors.
+        fps: the model's frame rate: a video file (or animated GIF) at another rate is resampled to it by
+            :func:`resample_indices`. None, an array or a still image keeps every frame.
 
     Raises:
         ValueError: an unreadable, empty or wrongly shaped input.
     """
     if isinstance(source, (str, os.PathLike)):
         frames = read_video(source)
+        path = Path(source)
+        if fps is not None and frames.shape[0] > 1 and path.is_file() and path.suffix.lower() in VIDEO_EXTS:
+            rate, n = video_fps(path), frames.shape[0]
+            keep = resample_indices(n, rate, fps)
+            if keep != list(range(n)):
+                log.info("%s: %d frames at %.3g fps -> %d at %.3g fps", path.name, n, rate, len(keep), fps)
+                frames = frames[keep]
     elif isinstance(source, np.ndarray):
         frames = source[None] if source.ndim == 3 else source
     else:
@@ -39,6 +56,21 @@ def load_frames(source: FrameSource, what: str) -> np.ndarray:
     return frames
 
 
+def resample_indices(num_frames: int, source_fps: float, target_fps: float) -> list[int]:
+    """Indices of the frames of a ``num_frames`` clip at ``source_fps`` that show it at ``target_fps``.
+
+    Time steps of ``1 / target_fps`` are counted back from the last frame, the one a continuation follows, and
+    each takes the nearest source frame (so a slower source repeats frames). Equal rates keep every frame.
+    """
+    if not (math.isfinite(source_fps) and source_fps > 0 and math.isfinite(target_fps) and target_fps > 0):
+        raise ValueError(f"frame rates must be positive, got {source_fps} and {target_fps}")
+    step = source_fps / target_fps  # source frames per target frame
+    if abs(step - 1.0) < 1e-3:
+        return list(range(num_frames))
+    count = math.floor((num_frames - 1) / step + 1e-6) + 1  # target frames within the clip's span
+    return [round(num_frames - 1 - k * step) for k in reversed(range(count))]
+
+
 def context_frames(
     image: FrameSource | list[FrameSource] | None,
     video: FrameSource | list[FrameSource] | None,
@@ -46,6 +78,7 @@ def context_frames(
     *,
     temporal_compression: int,
     size: tuple[int, int],
+    fps: float | None = None,
 ) -> np.ndarray | None:
     """The frames a generation continues from, at the model's size; None without visual context.
 
@@ -55,6 +88,7 @@ def context_frames(
         num_context: context frames taken from each video: 1 + k * ``temporal_compression``.
         temporal_compression: the tokenizer's ct.
         size: the model's (H, W).
+        fps: the model's frame rate, for video files (see :func:`load_frames`).
 
     Returns:
         (R, N, H, W, 3) uint8 with R = 1, or R = the length of the list given; or None.
@@ -73,7 +107,7 @@ def context_frames(
     rows = source if isinstance(source, list) else [source]
     if not rows:
         raise ValueError("the list of context images or videos is empty")
-    kw = dict(temporal_compression=temporal_compression, size=size)
+    kw = dict(temporal_compression=temporal_compression, size=size, fps=fps)
     return np.stack([_one_context(r if image is not None else None, r if video is not None else None,
                                   num_context, **kw) for r in rows])  # fmt: skip
 
@@ -85,6 +119,7 @@ def _one_context(
     *,
     temporal_compression: int,
     size: tuple[int, int],
+    fps: float | None,
 ) -> np.ndarray:
     """(N, H, W, 3) context frames of one image or video (see :func:`context_frames`)."""
     ct = temporal_compression
@@ -97,7 +132,7 @@ def _one_context(
     else:
         if num_context is None:
             raise ValueError(f"continuing a video needs context_frames (1 + k*{ct} frames, e.g. {1 + ct})")
-        frames = load_frames(video, "video")
+        frames = load_frames(video, "video", fps)
     if not is_int(num_context):
         raise ValueError(f"context_frames must be an integer, got {num_context!r}")
     if num_context < 1 or (num_context - 1) % ct:

@@ -140,14 +140,14 @@ def generate_with(
     Raises:
         ValueError: a context file that cannot be read, or settings the model cannot do.
     """
-    return _run(pipe, request, _read_visual(request), paths, gif=gif, progress=progress)
+    return _run(pipe, request, _read_visual(request, pipe.config.fps), paths, gif=gif, progress=progress)
 
 
-def _read_visual(request: GenerationRequest) -> dict:
-    """The pipeline's visual-context arguments, with the files read."""
+def _read_visual(request: GenerationRequest, fps: float) -> dict:
+    """The pipeline's visual-context arguments, with the files read (a video at the model's frame rate ``fps``)."""
     return {
         "image": load_frames(request.image, "image") if request.image is not None else None,
-        "video": load_frames(request.video, "video") if request.video is not None else None,
+        "video": load_frames(request.video, "video", fps) if request.video is not None else None,
         "context_frames": request.context_frames,
     }
 
@@ -227,6 +227,7 @@ def generate_to_files(
     )  # fmt: skip
     paths = output_paths(out or ("outputs/video.mp4" if num_videos == 1 else "outputs"), num_videos)
     check_writable(paths)
-    visual = _read_visual(request)  # before the model loads: an unreadable file fails in a second
+    fps = VideoPipeline.load_config(model).fps
+    visual = _read_visual(request, fps)  # before the model loads: an unreadable file fails in a second
     pipe = VideoPipeline.from_pretrained(model).to(torch.device(device), dtype)
     return _run(pipe, request, visual, paths, gif=gif, progress=progress)

@@ -122,12 +122,7 @@ class VideoPipeline:
     def from_pretrained(cls, directory: str | os.PathLike) -> VideoPipeline:
         """Loads every part strictly from a pipeline directory (no unpickling, no downloads)."""
         directory = Path(directory)
-        if not directory.is_dir():
-            raise ValueError(f"model directory {str(directory)!r} does not exist")
-        if not (directory / PIPELINE_CONFIG).is_file():
-            raise ValueError(f"model directory {str(directory)!r} has no {PIPELINE_CONFIG}: is it a tokvid pipeline?")
-        config_path = directory / PIPELINE_CONFIG
-        config = from_dict(PipelineConfig, load_yaml(config_path), where=str(config_path))
+        config = cls.load_config(directory)
         tokenizer = VideoTokenizer.from_pretrained(directory / "tokenizer")
         generators = {mode: Generator.from_pretrained(directory / sub) for mode, sub in config.generators.items()}
         text_encoder = None
@@ -135,6 +130,17 @@ class VideoPipeline:
             path = cls.text_encoder_path(config, directory)
             text_encoder = load_text_encoder(replace(config.text_encoder, path=str(path)))
         return cls(tokenizer, generators, text_encoder, config)
+
+    @staticmethod
+    def load_config(directory: str | os.PathLike) -> PipelineConfig:
+        """The :class:`PipelineConfig` of a pipeline directory, without loading any weights."""
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise ValueError(f"model directory {str(directory)!r} does not exist")
+        config_path = directory / PIPELINE_CONFIG
+        if not config_path.is_file():
+            raise ValueError(f"model directory {str(directory)!r} has no {PIPELINE_CONFIG}: is it a tokvid pipeline?")
+        return from_dict(PipelineConfig, load_yaml(config_path), where=str(config_path))
 
     @staticmethod
     def text_encoder_path(config: PipelineConfig, directory: Path) -> Path:
@@ -281,7 +287,9 @@ class VideoPipeline:
         mode, order = self.resolve_mode_order(mode, order)
         gen = self.generators[mode]
         ct = self.tokenizer.config.temporal_compression
-        frames = context_frames(image, video, num_context, temporal_compression=ct, size=self.frame_size(gen))
+        frames = context_frames(
+            image, video, num_context, temporal_compression=ct, size=self.frame_size(gen), fps=self.config.fps
+        )
         return mode, order, gen, sampling or self.config.sampling_for(mode, order), frames
 
     @torch.no_grad()

@@ -189,7 +189,7 @@ def create_app(
         except _TooLarge:  # atomic_path removed the partial file
             return _error(413, f"the upload is larger than this server's limit of {max_upload_bytes} bytes")
         try:
-            frames = await asyncio.to_thread(load_frames, path, "upload")
+            frames = await asyncio.to_thread(load_frames, path, "upload", pipe.config.fps)  # the frames it will use
         except ValueError as err:
             path.unlink(missing_ok=True)
             return _error(400, str(err).replace(str(path), path.name))  # not the server's folders

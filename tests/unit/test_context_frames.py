@@ -1,0 +1,67 @@
+"""pipelines/context.py: a video file to continue is brought to the model's frame rate before its last frames
+are taken; arrays and stills are taken frame for frame."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from core.video_io import read_video
+from core.video_write import write_video
+from pipelines.context import context_frames, load_frames, resample_indices
+
+
+def moving_square(T: int = 33, step: int = 1) -> np.ndarray:
+    """(T, 64, 64, 3): a white 8x8 square moving right by ``step`` px a frame on black."""
+    frames = np.zeros((T, 64, 64, 3), np.uint8)
+    for t in range(T):
+        frames[t, 28:36, 4 + t * step : 12 + t * step] = 255
+    return frames
+
+
+def centre_x(frames: np.ndarray) -> np.ndarray:
+    """(T,) mean column of the bright pixels of each frame."""
+    bright = frames.mean(axis=-1) > 128  # (T, H, W)
+    cols = np.arange(frames.shape[2])
+    return (bright * cols).sum(axis=(1, 2)) / bright.sum(axis=(1, 2))
+
+
+def test_resample_indices_count_back_from_the_last_frame_to_the_nearest_source_frame():
+    assert resample_indices(17, 8.0, 8.0) == list(range(17))
+    assert resample_indices(33, 32.0, 8.0) == list(range(0, 33, 4))
+    assert resample_indices(34, 32.0, 8.0) == list(range(1, 34, 4))  # the last frame always stays
+    assert resample_indices(10, 30.0, 8.0) == [2, 5, 9]  # 9 - 7.5, 9 - 3.75, 9
+    slow = resample_indices(5, 4.0, 8.0)  # a slower source repeats frames
+    assert len(slow) == 9 and slow[-1] == 4 and slow == sorted(slow)
+    exact = 4 - 0.5 * np.arange(8, -1, -1)  # the times each output frame shows, in source frames
+    assert np.abs(np.array(slow) - exact).max() <= 0.5
+    for bad in ((0.0, 8.0), (30.0, -1.0), (float("nan"), 8.0)):
+        with pytest.raises(ValueError, match="frame rates"):
+            resample_indices(10, *bad)
+
+
+def test_a_faster_video_is_continued_at_the_models_frame_rate(tmp_path):
+    """A 32 fps file for an 8 fps model: its last 5 frames were taken as they were, 1 px of motion apart, so the
+    model saw (and continued) the motion at a quarter of its speed."""
+    path = tmp_path / "fast.mp4"
+    write_video(path, moving_square(33), fps=32)
+    frames = load_frames(path, "video", fps=8.0)
+    assert frames.shape[0] == 9
+    np.testing.assert_allclose(np.diff(centre_x(frames)), 4.0, atol=0.5)
+    np.testing.assert_array_equal(frames[-1], read_video(path)[-1])  # the frame a continuation follows
+    context = context_frames(None, path, 5, temporal_compression=4, size=(64, 64), fps=8.0)
+    assert context.shape == (1, 5, 64, 64, 3)
+    np.testing.assert_allclose(np.diff(centre_x(context[0])), 4.0, atol=0.5)
+    np.testing.assert_allclose(np.diff(centre_x(load_frames(path, "video"))), 1.0, atol=0.5)  # no rate: as decoded
+
+
+def test_same_rate_files_arrays_and_stills_are_taken_frame_for_frame(tmp_path):
+    path = tmp_path / "same.mp4"
+    write_video(path, moving_square(17), fps=8)
+    np.testing.assert_array_equal(load_frames(path, "video", fps=8.0), read_video(path))
+    array = moving_square(9)
+    np.testing.assert_array_equal(load_frames(array, "video", fps=8.0), array)
+    still = tmp_path / "still.png"
+    write_video(tmp_path / "one.gif", moving_square(2), fps=2)  # an animated GIF has a rate too
+    assert load_frames(tmp_path / "one.gif", "video", fps=8.0).shape[0] == 5  # 2 frames at 2 fps span 4 at 8
+    Image.fromarray(array[0]).save(still)
+    assert load_frames(still, "image", fps=8.0).shape == (1, 64, 64, 3)
