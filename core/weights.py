@@ -109,12 +109,13 @@ def save_pretrained(
     save_config(config, directory / CONFIG_NAME)
 
 
-def load_config(config_cls: type[T], directory: str | os.PathLike) -> T:
-    """Reads and validates ``config.yaml`` from a pretrained directory."""
+def load_config(config_cls: type[T], directory: str | os.PathLike, file_name: str = CONFIG_NAME, hint: str = "") -> T:
+    """Reads and validates ``file_name`` (``config.yaml``) from a pretrained directory; ``hint`` ends the error
+    when the file is missing."""
     directory = Path(directory)
     if not directory.is_dir():
         raise ValueError(f"model directory {str(directory)!r} does not exist")
-    cfg_path = directory / CONFIG_NAME
+    cfg_path = directory / file_name
     if not cfg_path.is_file():
-        raise ValueError(f"model directory {str(directory)!r} has no {CONFIG_NAME}")
+        raise ValueError(f"model directory {str(directory)!r} has no {file_name}{hint}")
     return from_dict(config_cls, load_yaml(cfg_path), where=str(cfg_path))

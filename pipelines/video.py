@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core.config import from_dict, load_yaml, save_config
+from core.config import save_config
+from core.weights import load_config
 from generator import Condition, Generator
 from generator.sampling import SamplingConfig, sample_ar, sample_maskgit
 from generator.text_encoders import TextEncoder, TextEncoderConfig, load_text_encoder
@@ -134,13 +135,7 @@ class VideoPipeline:
     @staticmethod
     def load_config(directory: str | os.PathLike) -> PipelineConfig:
         """The :class:`PipelineConfig` of a pipeline directory, without loading any weights."""
-        directory = Path(directory)
-        if not directory.is_dir():
-            raise ValueError(f"model directory {str(directory)!r} does not exist")
-        config_path = directory / PIPELINE_CONFIG
-        if not config_path.is_file():
-            raise ValueError(f"model directory {str(directory)!r} has no {PIPELINE_CONFIG}: is it a tokvid pipeline?")
-        return from_dict(PipelineConfig, load_yaml(config_path), where=str(config_path))
+        return load_config(PipelineConfig, directory, PIPELINE_CONFIG, ": is it a tokvid pipeline?")
 
     @staticmethod
     def text_encoder_path(config: PipelineConfig, directory: Path) -> Path:
