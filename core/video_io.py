@@ -121,13 +121,29 @@ def _read_pil(path: Path, pick: _Pick, size: int | tuple[int, int] | None = None
                 total = i + 1
                 if i in pick:
                     # EXIF rotation only applies to stills (frame 0 of a 1-frame file).
-                    rgb = ImageOps.exif_transpose(frame) if i == 0 else frame
-                    frames.append(np.asarray(rgb.convert("RGB"), dtype=np.uint8))
+                    frames.append(_pil_rgb(ImageOps.exif_transpose(frame) if i == 0 else frame))
                 if pick.last is not None and i >= pick.last:
                     break
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise _DecodeError(f"Pillow: {err}") from None
     return frames, total
+
+
+def _pil_rgb(image: Image.Image) -> np.ndarray:
+    """(H, W, 3) uint8 of a Pillow frame.
+
+    16-bit grey (modes ``I;16*``: 16-bit PNG and TIFF) is scaled to 8 bits; Pillow's own ``convert("RGB")`` clips
+    it, so all but the darkest 1/256 of the range came back white. 32-bit integer and float images (modes ``I``
+    and ``F``) have no fixed range and are refused with a ValueError.
+    """
+    if image.mode.startswith("I;16"):
+        grey = np.asarray(image).astype(np.uint32)  # (H, W) in 0..65535
+        grey = ((grey * 255 + 32767) // 65535).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=-1)
+    if image.mode in ("I", "F"):
+        kind = "32-bit integer" if image.mode == "I" else "floating-point"
+        raise ValueError(f"{kind} images have no fixed range; save the image with 8 or 16 bits per channel")
+    return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
 
 def frame_files(folder: str | os.PathLike) -> list[Path]:
