@@ -5,7 +5,7 @@ video continued by an 8 fps model would otherwise show its motion at a quarter o
 continued that way); arrays carry no rate and are taken frame for frame. Frames are resized so they cover
 the model's frame size, keeping the aspect ratio, and center-cropped
 (:func:`core.frames.resize_center_crop`, the same transform ``tools/cache_tokens.py`` applies to training
-clips).
+clips); files are read at that size, scaled inside the decoder as the token cache does.
 """
 
 from __future__ import annotations
@@ -26,7 +26,9 @@ log = logging.getLogger(__name__)
 FrameSource = np.ndarray | str | os.PathLike
 
 
-def load_frames(source: FrameSource, what: str, fps: float | None = None) -> np.ndarray:
+def load_frames(
+    source: FrameSource, what: str, fps: float | None = None, size: tuple[int, int] | None = None
+) -> np.ndarray:
     """(T, H, W, 3) uint8 frames from an array or a video / image file.
 
     Args:
@@ -34,12 +36,15 @@ def load_frames(source: FrameSource, what: str, fps: float | None = None) -> np.
         what: "image" or "video", named in errors.
         fps: the model's frame rate: a video file (or animated GIF) at another rate is resampled to it by
             :func:`resample_indices`. None, an array or a still image keeps every frame.
+        size: (H, W) a file is read at, scaled to cover it and center-cropped by the decoder, so that a long or
+            large video never holds its frames at full size (a minute of 1080p is 11 GB of them); None keeps
+            the file's size. Arrays are returned as given.
 
     Raises:
         ValueError: an unreadable, empty or wrongly shaped input.
     """
     if isinstance(source, (str, os.PathLike)):
-        frames = read_video(source)
+        frames = read_video(source, size=size)
         path = Path(source)
         if fps is not None and frames.shape[0] > 1 and path.is_file() and path.suffix.lower() in VIDEO_EXTS:
             rate, n = video_fps(path), frames.shape[0]
@@ -54,6 +59,21 @@ def load_frames(source: FrameSource, what: str, fps: float | None = None) -> np.
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or 0 in frames.shape:
         raise ValueError(f"{what} must be (H, W, 3) or (T, H, W, 3) uint8 RGB, got {frames.dtype} {frames.shape}")
     return frames
+
+
+def probe_frames(source: FrameSource, what: str) -> None:
+    """Fails fast, before any model loads, on a context file that cannot be read: a ValueError with one line.
+
+    Reads a video file's header (its frame rate) and the first frame of anything else; the frames themselves are
+    read later, at the model's size, by :func:`context_frames`. Arrays pass.
+    """
+    if not isinstance(source, (str, os.PathLike)):
+        return
+    path = Path(source)
+    if path.is_file() and path.suffix.lower() in VIDEO_EXTS and what == "video":
+        video_fps(path)
+    else:
+        read_video(path, num_frames=1)
 
 
 def resample_indices(num_frames: int, source_fps: float, target_fps: float) -> list[int]:
@@ -126,13 +146,13 @@ def _one_context(
     if image is not None:
         if num_context not in (None, 1):
             raise ValueError("an image is one context frame: leave context_frames unset")
-        frames, num_context = load_frames(image, "image"), 1
+        frames, num_context = load_frames(image, "image", size=size), 1
         if frames.shape[0] != 1:
             raise ValueError(f"image must be one frame, got {frames.shape[0]}")
     else:
         if num_context is None:
             raise ValueError(f"continuing a video needs context_frames (1 + k*{ct} frames, e.g. {1 + ct})")
-        frames = load_frames(video, "video", fps)
+        frames = load_frames(video, "video", fps, size)
     if not is_int(num_context):
         raise ValueError(f"context_frames must be an integer, got {num_context!r}")
     if num_context < 1 or (num_context - 1) % ct:

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from generator.sampling import SamplingConfig
-from pipelines.context import load_frames
+from pipelines.context import probe_frames
 from pipelines.io import check_writable, output_paths, save_output
 from pipelines.video import DEFAULT_MODEL_DIR, VideoOutput, VideoPipeline
 
@@ -140,14 +140,18 @@ def generate_with(
     Raises:
         ValueError: a context file that cannot be read, or settings the model cannot do.
     """
-    return _run(pipe, request, _read_visual(request, pipe.config.fps), paths, gif=gif, progress=progress)
+    return _run(pipe, request, _visual(request), paths, gif=gif, progress=progress)
 
 
-def _read_visual(request: GenerationRequest, fps: float) -> dict:
-    """The pipeline's visual-context arguments, with the files read (a video at the model's frame rate ``fps``)."""
+def _visual(request: GenerationRequest) -> dict:
+    """The pipeline's visual-context arguments: the files, checked to be readable (the pipeline reads them at its
+    frame size and rate)."""
+    for source, what in ((request.image, "image"), (request.video, "video")):
+        if source is not None:
+            probe_frames(source, what)
     return {
-        "image": load_frames(request.image, "image") if request.image is not None else None,
-        "video": load_frames(request.video, "video", fps) if request.video is not None else None,
+        "image": request.image,
+        "video": request.video,
         "context_frames": request.context_frames,
     }
 
@@ -227,7 +231,6 @@ def generate_to_files(
     )  # fmt: skip
     paths = output_paths(out or ("outputs/video.mp4" if num_videos == 1 else "outputs"), num_videos)
     check_writable(paths)
-    fps = VideoPipeline.load_config(model).fps
-    visual = _read_visual(request, fps)  # before the model loads: an unreadable file fails in a second
+    visual = _visual(request)  # before the model loads: an unreadable file fails in a second
     pipe = VideoPipeline.from_pretrained(model).to(torch.device(device), dtype)
     return _run(pipe, request, visual, paths, gif=gif, progress=progress)

@@ -146,6 +146,7 @@ def create_app(
 
     app = FastAPI(title="tokvid demo", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     info = {"model": model_name, **_model_info(pipe), "max_frames": max_frames}
+    frame_size = pipe.frame_size(pipe.generators[pipe.config.default_mode])  # uploads are checked at this size
     page = resources.files("videoserve").joinpath("page.html").read_text(encoding="utf-8")
     app.state.worker, app.state.store = worker, store
 
@@ -189,7 +190,7 @@ def create_app(
         except _TooLarge:  # atomic_path removed the partial file
             return _error(413, f"the upload is larger than this server's limit of {max_upload_bytes} bytes")
         try:
-            frames = await asyncio.to_thread(load_frames, path, "upload", pipe.config.fps)  # the frames it will use
+            frames = await asyncio.to_thread(load_frames, path, "upload", pipe.config.fps, frame_size)  # as used
         except ValueError as err:
             path.unlink(missing_ok=True)
             return _error(400, str(err).replace(str(path), path.name))  # not the server's folders

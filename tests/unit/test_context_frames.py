@@ -7,7 +7,7 @@ from PIL import Image
 
 from core.video_io import read_video
 from core.video_write import write_video
-from pipelines.context import context_frames, load_frames, resample_indices
+from pipelines.context import context_frames, load_frames, probe_frames, resample_indices
 
 
 def moving_square(T: int = 33, step: int = 1) -> np.ndarray:
@@ -65,3 +65,43 @@ def test_same_rate_files_arrays_and_stills_are_taken_frame_for_frame(tmp_path):
     assert load_frames(tmp_path / "one.gif", "video", fps=8.0).shape[0] == 5  # 2 frames at 2 fps span 4 at 8
     Image.fromarray(array[0]).save(still)
     assert load_frames(still, "image", fps=8.0).shape == (1, 64, 64, 3)
+
+
+def test_a_video_file_is_read_at_the_models_size_never_at_full_size(tmp_path, monkeypatch):
+    """load_frames read the whole file at full size before taking its last frames: a minute of 1080p phone video is
+    11 GB of frames. The pipeline reads files scaled in the decoder to its frame size."""
+    import pipelines.context as ctx
+
+    path = tmp_path / "big.mp4"
+    big = np.zeros((17, 240, 320, 3), np.uint8)
+    big[:, 100:140, 140:180] = 200
+    write_video(path, big, fps=8)
+    sizes = []
+    real = ctx.read_video
+    monkeypatch.setattr(ctx, "read_video", lambda p, **kw: sizes.append(kw.get("size")) or real(p, **kw))
+    frames = context_frames(None, path, 5, temporal_compression=4, size=(64, 64), fps=8.0)
+    assert frames.shape == (1, 5, 64, 64, 3)
+    assert sizes and all(s == (64, 64) for s in sizes)
+    np.testing.assert_array_equal(frames[0], real(path, size=(64, 64))[-5:])
+    image = tmp_path / "big.png"
+    Image.fromarray(big[0]).save(image)
+    sizes.clear()
+    assert context_frames(image, None, None, temporal_compression=4, size=(64, 64), fps=8.0).shape == (1, 1, 64, 64, 3)
+    assert sizes == [(64, 64)]
+
+
+def test_probe_frames_fails_fast_with_one_line_and_passes_what_the_pipeline_can_read(tmp_path):
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"not a video" * 50)
+    for source, what in ((bad, "video"), (tmp_path / "missing.png", "image")):
+        with pytest.raises(ValueError, match="bad.mp4|missing.png"):
+            probe_frames(source, what)
+    write_video(tmp_path / "ok.mp4", moving_square(9), fps=8)
+    Image.fromarray(moving_square(1)[0]).save(tmp_path / "ok.png")
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i, frame in enumerate(moving_square(3)):
+        Image.fromarray(frame).save(folder / f"{i:03d}.png")
+    for source, what in ((tmp_path / "ok.mp4", "video"), (tmp_path / "ok.png", "image"), (folder, "video")):
+        probe_frames(source, what)
+    probe_frames(moving_square(2), "video")  # arrays pass
