@@ -33,6 +33,10 @@ def video_display(path: str | os.PathLike) -> Display:
     Read with PyAV from the header and the first frame (decord exposes neither), once per file while it is
     unchanged: the token cache reads a file's clips in turns with other files', and opening a large file costs
     milliseconds.
+
+    Raises:
+        ValueError: PyAV cannot open the file at all (then decord, on an older FFmpeg, cannot either, and callers
+            need not try it: its C++ logging would print to stderr past any error handling).
     """
     stat = os.stat(path)
     return _video_display(os.fspath(path), stat.st_ino, stat.st_mtime_ns, stat.st_size)
@@ -44,15 +48,19 @@ def _video_display(path: str, inode: int, mtime_ns: int, size: int) -> Display:
     import av  # only for video files
 
     try:
-        with av.open(path) as container:
-            if not container.streams.video:
-                return Display()
-            stream = container.streams.video[0]
-            sar = pixel_aspect(stream.sample_aspect_ratio)
+        container = av.open(path)
+    except av.FFmpegError as err:
+        raise ValueError(f"cannot decode {path!r}: {err}") from None
+    with container:
+        if not container.streams.video:
+            return Display()  # the readers report it
+        stream = container.streams.video[0]
+        sar = pixel_aspect(stream.sample_aspect_ratio)
+        try:
             first = next(container.decode(stream), None)  # the display matrix comes with the frames
-            rotation = getattr(first, "rotation", 0)  # VideoFrame.rotation (0 from an older PyAV, or no frame)
-    except av.FFmpegError:
-        return Display()  # the decoders report the file's problem
+        except av.FFmpegError:
+            first = None  # a damaged start: the readers report what they cannot decode
+        rotation = getattr(first, "rotation", 0)  # VideoFrame.rotation (0 from an older PyAV, or no frame)
     return Display(sar=sar, turns=quarter_turns(rotation))
 
 

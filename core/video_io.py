@@ -28,6 +28,8 @@ from core.video_display import pixel_aspect, quarter_turns, video_display
 
 try:  # decord has no wheels for some platforms; PyAV covers those.
     import decord
+
+    decord.logging.set_level(decord.logging.QUIET)  # its FFmpeg's messages; errors are raised and reported by us
 except ImportError:  # pragma: no cover - depends on the platform
     decord = None
 
@@ -190,7 +192,10 @@ def _read_decord(path: Path, pick: _Pick, size: int | tuple[int, int] | None = N
     """Decodes with decord; the decoder itself scales to :func:`decoded_size`. Rotated videos are left to PyAV."""
     if decord is None:
         raise _DecodeError("decord: not installed")
-    display = video_display(path)
+    try:
+        display = video_display(path)
+    except ValueError:
+        raise _DecodeError("decord: not tried, the file does not open") from None
     if display.turns:  # decord turns some rotated files (180) and fails on others (90: a size mismatch)
         raise _DecodeError("decord: the video is rotated by its display matrix")
     try:
@@ -356,6 +361,7 @@ def video_fps(path: str | os.PathLike) -> float:
         if len(durations) < 2 or sum(durations) <= 0:
             raise ValueError(f"{str(path)!r} is a still image and has no frame rate")
         return 1000.0 * len(durations) / sum(durations)
+    video_display(path)  # a file that does not open: one ValueError, and no C++ log line from decord
     if decord is not None:
         try:
             return float(decord_reader(path).get_avg_fps())

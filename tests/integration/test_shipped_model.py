@@ -77,6 +77,16 @@ def test_unsupported_combination_and_too_long_prompt_are_refused(tmp_path):
     assert not (tmp_path / "v.mp4").exists()
 
 
+def test_an_unreadable_video_to_continue_is_one_line_and_exit_2(tmp_path):
+    """decord's C++ logging printed two more lines for a file that does not open."""
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(b"junk" * 100)
+    proc = generate("--video", str(junk), "--context-frames", "5", "--out", str(tmp_path / "v.mp4"), cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: cannot decode"), proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert not (tmp_path / "v.mp4").exists()
+
+
 @pytest.mark.parametrize("mode", ["ar", "maskgit"])
 def test_shipped_model_follows_prompts_and_continues_clips(mode):
     """Prompt following, not only shapes: 16 captions over 16 classes, judged by the analyzer from mp4 files. Measured
