@@ -177,12 +177,17 @@ def decord_reader(path: str | os.PathLike, width: int = -1, height: int = -1) ->
     then reading them opens it once: for short clips the opening costs as much as decoding.
 
     Raises:
-        RuntimeError, decord.DECORDError: decord cannot open the file.
+        RuntimeError, decord.DECORDError: decord cannot open the file. A file PyAV cannot open is a RuntimeError
+            without decord being tried: its C++ logging prints to stderr past any error handling.
     """
     stat = os.stat(path)
     key = (os.fspath(path), stat.st_ino, stat.st_mtime_ns, stat.st_size, width, height)
     if getattr(_reader_slot, "key", None) != key:
         _reader_slot.key, _reader_slot.reader = None, None  # never keep a reader for a key that failed
+        try:
+            video_display(path)  # PyAV opens it first: decord's C++ log would print past every handler
+        except ValueError as err:
+            raise RuntimeError(str(err)) from None
         _reader_slot.reader = decord.VideoReader(os.fspath(path), width=width, height=height, num_threads=1)
         _reader_slot.key = key
     return _reader_slot.reader
@@ -194,8 +199,8 @@ def _read_decord(path: Path, pick: _Pick, size: int | tuple[int, int] | None = N
         raise _DecodeError("decord: not installed")
     try:
         display = video_display(path)
-    except ValueError:
-        raise _DecodeError("decord: not tried, the file does not open") from None
+    except ValueError as err:
+        raise _DecodeError(f"decord: {err}") from None
     if display.turns:  # decord turns some rotated files (180) and fails on others (90: a size mismatch)
         raise _DecodeError("decord: the video is rotated by its display matrix")
     try:
@@ -361,7 +366,6 @@ def video_fps(path: str | os.PathLike) -> float:
         if len(durations) < 2 or sum(durations) <= 0:
             raise ValueError(f"{str(path)!r} is a still image and has no frame rate")
         return 1000.0 * len(durations) / sum(durations)
-    video_display(path)  # a file that does not open: one ValueError, and no C++ log line from decord
     if decord is not None:
         try:
             return float(decord_reader(path).get_avg_fps())

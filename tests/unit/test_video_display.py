@@ -140,9 +140,13 @@ def test_an_unreadable_file_is_one_error_and_decord_is_not_tried(tmp_path, monke
     with pytest.raises(ValueError, match="cannot decode"):
         video_display(bad)
     opened = []
-    monkeypatch.setattr(vio, "decord_reader", lambda *a, **k: opened.append(a))
+    monkeypatch.setattr(vio.decord, "VideoReader", lambda *a, **k: opened.append(a))
     with pytest.raises(ValueError, match="cannot decode"):
         read_video(bad)
     with pytest.raises(ValueError, match="cannot decode"):
         vio.video_fps(bad)
+    from videodata.cache.sources import SourceError, count_frames
+
+    with pytest.raises(SourceError):
+        count_frames(bad)
     assert opened == []

@@ -32,7 +32,6 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from core.files import sha256_bytes
-from core.video_display import video_display
 from core.video_io import PIL_EXTS, decord_reader, frame_files, list_media, read_frames, video_fps
 
 try:  # decord is optional (see core/video_io.py)
@@ -299,10 +298,6 @@ def count_frames(path: Path) -> int:
                 return int(getattr(im, "n_frames", 1))
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
             raise SourceError("undecodable", f"Pillow: {err}") from None
-    try:
-        video_display(path)  # a file PyAV cannot open: decord would only add a C++ log line on stderr
-    except ValueError as err:
-        raise SourceError("undecodable", str(err)) from None
     if decord is not None:
         try:
             return len(decord_reader(path))  # kept open for decode_source's read of the same file
