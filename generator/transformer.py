@@ -22,7 +22,7 @@ from core.config import to_dict
 from core.weights import WEIGHTS_NAME, load_config, load_state, load_strict, save_pretrained
 from generator.conditioning import Condition, ConditionEmbedder
 from generator.kv_cache import KVCache
-from generator.layers import Attention, RMSNorm, Rope3d, SwiGLU, linear_weights_column_major_
+from generator.layers import Attention, DecodingLinear, RMSNorm, Rope3d, SwiGLU, decoding_layout_
 from generator.units import ORDERS, unit_extent
 
 
@@ -134,7 +134,7 @@ class Generator(nn.Module):
         self.rope = Rope3d(c.dim // c.num_heads, c.rope_base)
         self.blocks = nn.ModuleList(Block(c) for _ in range(c.depth))
         self.norm = RMSNorm(c.dim)
-        self.head = nn.Linear(c.dim, c.vocab_size, bias=False)
+        self.head = DecodingLinear(c.dim, c.vocab_size)
         self.apply(self._init)
         for block in self.blocks:  # scale residual outputs by depth (GPT-2)
             nn.init.normal_(block.attn.proj.weight, std=0.02 / math.sqrt(2 * c.depth))
@@ -170,12 +170,12 @@ class Generator(nn.Module):
         return 3 * fwd if training else fwd
 
     def decoding_layout_(self) -> Generator:
-        """Stores the linear weights column-major, in place, for ~25% faster batch-1 decoding
-        on CPU; returns self. Values, shapes and the state dict are unchanged (see
-        :func:`generator.layers.linear_weights_column_major_`). For inference: DeepSpeed's
-        engine needs row-major parameters, so training builds the model without it.
+        """Puts the linear layers in their inference layout, in place; returns self: column-major weights for
+        single-row products and a row-major copy for inputs of 2-256 rows, each the faster one on CPU (see
+        :class:`generator.layers.DecodingLinear`). Values, shapes and the state dict are unchanged. For inference:
+        DeepSpeed's engine needs row-major parameters, so training builds the model without it.
         :meth:`from_pretrained` applies it."""
-        return linear_weights_column_major_(self)
+        return decoding_layout_(self)
 
     def new_cache(self, batch: int, max_len: int, dtype: torch.dtype | None = None) -> KVCache:
         """A static KV cache for ``batch`` rows and ``max_len`` positions (prefix included)."""
@@ -295,6 +295,38 @@ class Generator(nn.Module):
         x = prefix.to(self.tok_emb.weight.dtype)
         for i, block in enumerate(self.blocks):
             x = block(x, freqs, full, cache, i, span)
+
+    def decode_step(
+        self,
+        ids: torch.Tensor,
+        cache: KVCache,
+        *,
+        freqs: torch.Tensor,
+        extra: torch.Tensor | None = None,
+        key_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Final hidden states, normed, of one new token per row that follows everything in ``cache``: the hot
+        loop of GPT-style sampling. :meth:`forward` on the same inputs gives ``self.head`` of these, up to
+        rounding; this path skips its checks and its per-call tables, which the caller computes once per video.
+
+        Args:
+            ids: (R, 1) token ids, already known to be valid.
+            cache: a KV cache holding the prefix and every earlier token; the new key and value are appended.
+            freqs: (1, hd/2) complex rotary table of the new position (:meth:`Rope3d.freqs`).
+            extra: (1, D) added to the token embedding (the target-position embedding), or None.
+            key_mask: (R, 1, 1, cache.length + 1) bool, True = a key the token may see; None when every key
+                is valid.
+
+        Returns:
+            (R, 1, D) hidden states; the logits are ``self.head`` of them.
+        """
+        x = self.tok_emb(ids)  # (R, 1, D)
+        if extra is not None:
+            x = x + extra
+        span = cache.reserve(1)
+        for i, block in enumerate(self.blocks):
+            x = block(x, freqs, key_mask, cache, i, span)
+        return self.norm(x)
 
     # ----------------------------------------------------------------- files
     def save_pretrained(self, directory: str | os.PathLike, dtype: torch.dtype | None = None) -> None:

@@ -7,7 +7,7 @@ from tqdm import tqdm
 
 from generator.conditioning import Condition
 from generator.sampling.config import SamplingConfig
-from generator.sampling.context import DecodeContext, context_sequence, prepare_sampling
+from generator.sampling.context import DecodeContext, StepTables, context_sequence, prepare_sampling
 from generator.sampling.filtering import sample_logits
 from generator.transformer import Generator
 
@@ -64,9 +64,15 @@ def sample_ar(
             seq[:, :n_ctx] = known[:, :n_ctx]
             prev = torch.cat([start, seq[:, :n_ctx]], dim=1)
             prev_coords = torch.cat([prev_coords, layout.coords[:n_ctx]])
+        # The first step feeds the start token (and any context) through the model's forward pass, which fills
+        # the cache; every later step feeds one token through the lean decode_step, looking its tables up.
+        tables = StepTables.build(model, layout) if use_cache else None
         for i in tqdm(range(n_ctx, L), desc="sampling (ar)", disable=not progress, leave=False):
-            step_targets = None if targets is None else targets[i + 1 - prev.shape[1] : i + 1]
-            logits = ctx.logits(prev, prev_coords, keep=True, progress=i / L, targets=step_targets)[:, -1]
+            if use_cache and i > n_ctx:
+                logits = ctx.step_logits(prev, tables, i - 1, progress=i / L)
+            else:
+                step_targets = None if targets is None else targets[i + 1 - prev.shape[1] : i + 1]
+                logits = ctx.logits(prev, prev_coords, keep=True, progress=i / L, targets=step_targets)[:, -1]
             seq[:, i] = sample_logits(logits, sampling, generator)
             prev, prev_coords = seq[:, i : i + 1], layout.coords[i : i + 1]
     return layout.to_grid(seq)

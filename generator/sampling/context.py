@@ -14,6 +14,8 @@ re-encoded as a fresh clip, so a later latent frame never sits in the first-fram
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from generator.conditioning import Condition
@@ -114,6 +116,29 @@ def context_sequence(
     return seq, n
 
 
+@dataclass(frozen=True)
+class StepTables:
+    """What one-token decoding steps look up by layout position, computed once per video.
+
+    Attributes:
+        coords: (L, 3) long (t, h, w) of every layout position.
+        freqs: (L, hd/2) complex rotary table of every layout position.
+        targets: (L, D) target-position embedding of every position (models with ``target_positions``), or None.
+    """
+
+    coords: torch.Tensor
+    freqs: torch.Tensor
+    targets: torch.Tensor | None
+
+    @classmethod
+    def build(cls, model: Generator, layout: UnitLayout) -> StepTables:
+        coords = layout.coords.to(model.device)
+        targets = None
+        if model.target_emb is not None:
+            targets = model.target_emb(coords).to(model.tok_emb.weight.dtype)
+        return cls(coords, model.rope.freqs(coords), targets)
+
+
 class DecodeContext:
     """Generation state for one batch.
 
@@ -138,6 +163,8 @@ class DecodeContext:
         self.history: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
         rows = 2 * self.batch if self.guided else self.batch
         self.cache = model.new_cache(rows, model.prefix_len + max_tokens) if use_cache else None
+        # (rows, 1, 1, max_len) view of the cache's key validity: the key mask of one-token steps
+        self._key_valid = None if self.cache is None else self.cache.valid[:, None, None, :]
         self._inner_masks: dict[tuple[int, torch.device], torch.Tensor] = {}  # built once per unit size
 
     def _inner_mask(self, n: int, device: torch.device) -> torch.Tensor:
@@ -158,6 +185,32 @@ class DecodeContext:
         """Computes the condition prefix once into the cache (no-op without a cache or once done)."""
         if self.cache is not None and self.cache.length == 0:
             self.model.prefill(self.cond, self.cache)
+
+    @torch.no_grad()
+    def step_logits(self, ids: torch.Tensor, tables: StepTables, position: int, *, progress: float) -> torch.Tensor:
+        """Logits (B, V) of one new token per row, kept: what :meth:`logits` with ``keep=True`` gives for it, up
+        to rounding, through :meth:`Generator.decode_step`. Needs the cache, already filled by a :meth:`logits`
+        call. With guidance the two rows' hidden states are mixed before the output head, which is linear
+        without a bias, so one row goes through it instead of two.
+
+        Args:
+            ids: (B, 1) token ids at layout position ``position``; they predict position ``position + 1``.
+            tables: the layout's rotary and target-position tables.
+            position: index into the layout's sequence.
+            progress: how far generation is, in [0, 1] (the guidance schedule).
+        """
+        if self.cache is None or self.cache.length == 0:
+            raise ValueError("step_logits needs a KV cache that a logits() call has filled")
+        rows = torch.cat([ids, ids]) if self.guided else ids
+        key_mask = None if self.cache.all_valid else self._key_valid[..., : self.cache.length + 1]
+        extra = None if tables.targets is None else tables.targets[position + 1 : position + 2]
+        h = self.model.decode_step(
+            rows, self.cache, freqs=tables.freqs[position : position + 1], extra=extra, key_mask=key_mask
+        )[:, -1]  # (R, D)
+        if self.guided:
+            cond_h, null_h = h.float().chunk(2)
+            h = (null_h + self.sampling.guidance(progress) * (cond_h - null_h)).to(h.dtype)  # (B, D)
+        return self.model.head(h).float()
 
     @torch.no_grad()
     def logits(

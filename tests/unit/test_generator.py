@@ -96,7 +96,14 @@ def test_samplers_put_each_prediction_at_its_own_position(style, order, monkeypa
         out.scatter_(-1, code(target)[None, :, None].expand(ids.shape[0], -1, 1), 10.0)
         return out
 
+    def step_logits(self, ids, tables, position, *, progress):  # one fed token at `position` predicts the next
+        lay = make_layout(GRID, order, (1, 2, 2))
+        out = torch.zeros(ids.shape[0], 66)
+        out[:, int(code(lay.coords[position + 1 : position + 2]))] = 10.0
+        return out
+
     monkeypatch.setattr(DecodeContext, "logits", logits)
+    monkeypatch.setattr(DecodeContext, "step_logits", step_logits)
     sc = SamplingConfig(temperature=0.0, steps=3, choice_temperature=0.0, cfg_scale=1.0)
     ids = sampler(style)(tiny(style), cond2(), GRID, order=order, sampling=sc)
     t, h, w = torch.meshgrid(*(torch.arange(n) for n in GRID), indexing="ij")

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from generator import Condition, make_layout
-from generator.sampling import DecodeContext, SamplingConfig, sample_ar, sample_maskgit
+from generator.sampling import SamplingConfig, sample_ar, sample_maskgit
 from generator.sampling.context import context_sequence
 from tests.unit.test_generator import GRID, cond2, sampler, tiny
 
@@ -45,22 +45,23 @@ def test_generated_frames_depend_on_the_context(style, order):
 
 
 def test_ar_prefills_the_context_in_one_pass():
-    """GPT-style: start token + every context token in one forward, then one forward per generated token."""
+    """GPT-style: start token + every context token in one forward, then one one-token step per generated token."""
     m, ctx = tiny("ar"), context_ids(2)
-    calls = []
-    original = DecodeContext.logits
+    forwards, steps = [], []
+    forward, decode_step = m.forward, m.decode_step
 
-    def counting(self, ids, coords, *, keep, progress, targets=None):
-        calls.append(ids.shape[1])
-        return original(self, ids, coords, keep=keep, progress=progress, targets=targets)
+    def counting_forward(ids, *args, **kwargs):
+        forwards.append(ids.shape[1])
+        return forward(ids, *args, **kwargs)
 
-    DecodeContext.logits = counting
-    try:
-        sample_ar(m, cond2(), GRID, order="frame", context=ctx, generator=torch.Generator().manual_seed(0))
-    finally:
-        DecodeContext.logits = original
+    def counting_step(ids, *args, **kwargs):
+        steps.append(ids.shape[1])
+        return decode_step(ids, *args, **kwargs)
+
+    m.forward, m.decode_step = counting_forward, counting_step
+    sample_ar(m, cond2(), GRID, order="frame", context=ctx, generator=torch.Generator().manual_seed(0))
     per_frame = GRID[1] * GRID[2]
-    assert calls[0] == 1 + 2 * per_frame and calls[1:] == [1] * (per_frame - 1)
+    assert forwards == [1 + 2 * per_frame] and steps == [1] * (per_frame - 1)
 
 
 def test_ar_with_context_equals_teacher_forced_greedy_decoding():

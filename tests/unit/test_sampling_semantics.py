@@ -184,15 +184,21 @@ def test_maskgit_stops_a_unit_once_nothing_is_masked(monkeypatch):
 
 
 def _spy_logits(monkeypatch) -> list[tuple[bool, float, int, torch.Tensor]]:
-    """Records (keep, progress, cache length before the call, coords) of every ``DecodeContext.logits`` call."""
+    """Records (keep, progress, cache length before the call, coords) of every ``DecodeContext.logits`` and
+    ``DecodeContext.step_logits`` call (a step keeps its one token)."""
     calls = []
-    original = DecodeContext.logits
+    original, original_step = DecodeContext.logits, DecodeContext.step_logits
 
     def spy(self, ids, coords, *, keep, progress, targets=None):
         calls.append((keep, progress, self.cache.length if self.cache is not None else -1, coords.clone()))
         return original(self, ids, coords, keep=keep, progress=progress, targets=targets)
 
+    def step_spy(self, ids, tables, position, *, progress):
+        calls.append((True, progress, self.cache.length, tables.coords[position : position + 1].clone()))
+        return original_step(self, ids, tables, position, progress=progress)
+
     monkeypatch.setattr(DecodeContext, "logits", spy)
+    monkeypatch.setattr(DecodeContext, "step_logits", step_spy)
     return calls
 
 
