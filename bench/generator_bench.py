@@ -19,8 +19,8 @@ One ~20M-parameter model (width 448, depth 8, 7 heads of 64, vocabulary 1000) ge
     context length) divided by the read bandwidth measured here (``torch.sum`` over 512 MB),
     as tokens/s; ratio = the fraction of the floor's speed reached.
 
-Our models are measured as ``Generator.from_pretrained`` returns them: eval mode, linear
-weights column-major (``Generator.decoding_layout_``; ``--row-major-weights`` skips it). Timed
+Our models are measured as ``Generator.from_pretrained`` returns them: eval mode, in the decoding layout
+(``Generator.decoding_layout_``, see ``bench/decoding_products.py``; ``--no-decoding-layout`` skips it). Timed
 calls run under ``torch.inference_mode()`` after a warm-up call on a 1x4x4 grid, alternate
 the two sides every repeat (ABBA), and report the median. Everything runs in this process on
 torch's default thread count unless ``--threads`` says otherwise; the 1-minute load average is
@@ -92,8 +92,8 @@ def peer_kwargs() -> dict:
 
 
 def build_ours(style: str, decoding_layout: bool = True) -> Generator:
-    """Our model as ``Generator.from_pretrained`` gives it: eval mode, with the column-major
-    linear weights of ``decoding_layout_`` unless ``decoding_layout`` is False."""
+    """Our model as ``Generator.from_pretrained`` gives it: eval mode, in the decoding layout
+    (``decoding_layout_``) unless ``decoding_layout`` is False."""
     torch.manual_seed(SEED)
     model = Generator(ours_config(style)).eval()
     return model.decoding_layout_() if decoding_layout else model
@@ -360,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
         "--repeats", type=int, default=None, help="timed calls per measurement (default: 1 quick, 2 full)"
     )
     parser.add_argument(
-        "--row-major-weights", action="store_true", help="skip Generator.decoding_layout_ (to measure what it buys)"
+        "--no-decoding-layout", action="store_true", help="skip Generator.decoding_layout_ (to measure what it buys)"
     )
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
@@ -368,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
 
     records = run(
-        quick=args.quick, batches=tuple(args.batch), decoding_layout=not args.row_major_weights, repeats=args.repeats
+        quick=args.quick, batches=tuple(args.batch), decoding_layout=not args.no_decoding_layout, repeats=args.repeats
     )
     details = run.last_details  # type: ignore[attr-defined]
     p = details["params"]
@@ -377,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
         f"dim {DIM} depth {DEPTH} heads {NUM_HEADS} vocab {VOCAB}: tokvid {p['ours']['total'] / 1e6:.2f}M params, "
         f"GPT2 {p['peer']['total'] / 1e6:.2f}M; {details['repeats']} timed call(s) after a warm-up, median; "
         f"read bandwidth {details['read_bandwidth_gbs']:.1f} GB/s"
-        + ("; ours with row-major weights" if args.row_major_weights else "")
+        + ("; ours without the decoding layout" if args.no_decoding_layout else "")
     )
     print(format_table(records))
     for b, t in details["times_s"].items():
@@ -395,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
         payload = {
             "benchmark": "generator_bench",
             "quick": args.quick,
-            "decoding_layout": not args.row_major_weights,
+            "decoding_layout": not args.no_decoding_layout,
             "ours_config": {style: asdict(ours_config(style)) for style in ("ar", "maskgit")},
             "peer_kwargs": peer_kwargs(),
             "sampling": asdict(SAMPLING),

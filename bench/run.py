@@ -37,6 +37,7 @@ BENCHES: dict[str, tuple[str, bool]] = {
     "tokenizer": ("bench.tokenizer_throughput", True),
     "cache": ("bench.cache_throughput", False),
     "generator": ("bench.generator_bench", False),
+    "products": ("bench.decoding_products", False),
     "train": ("bench.train_overhead", False),
     "generate": ("bench.generate_cli", False),
     "serve": ("bench.serve_latency", False),

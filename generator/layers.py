@@ -30,68 +30,85 @@ class RMSNorm(nn.Module):
         return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
 
 
-# Inputs of at least this many rows (and at most ROW_PRODUCT_MAX) multiply a row-major copy of the weight as
-# ``W @ x.T``, see DecodingLinear.
-ROW_PRODUCT_MIN, ROW_PRODUCT_MAX = 2, 256
+# Inputs of 2 to this many rows multiply the weight as ``W @ x.T``, see DecodingLinear.
+ROW_PRODUCT_MAX = 256
 
 
 class DecodingLinear(nn.Linear):
-    """A bias-free ``nn.Linear`` whose inference products on CPU use the faster of two weight layouts.
+    """A bias-free ``nn.Linear`` whose inference products on CPU use MKL's fastest formulation for their row count.
 
-    Training and a module as built use ``F.linear`` unchanged. After :meth:`decoding_layout_` (inference only):
+    Training, other devices and a module as built use ``F.linear``. After :meth:`decoding_layout_`, an input on
+    CPU without autograd is multiplied by the same weight in one of two other ways:
 
-    * the parameter is stored column-major (a transposed view of a contiguous (in, out) buffer: the same values,
-      shape and state-dict entry), and single-row inputs (batch-1 decoding) run ``F.linear`` on it, which on CPU
-      is ~25% faster with MKL than on the row-major weight (GPT-2's Conv1D stores its weights this way);
-    * inputs of 2 to 256 rows without autograd (two rows of classifier-free guidance, a batch of videos, a
-      MaskGIT unit) multiply a row-major copy of the weight as ``W @ x.T``, which MKL computes reading the
-      weight once: measured on an AMD EPYC, 25 products of the shipped generator took 0.85 against 1.74 ms for
-      2 rows and 8.3 against 12.2 ms for 128 rows (``bench/generator_bench.py`` prints both layouts on the
-      machine it runs on). The result is the transposed view of that product: the same values as
-      ``F.linear`` up to rounding, not contiguous.
+    * 1 row (batch-1 decoding): as a batch of two products, each half of the weight's output rows times the input
+      (``torch.bmm`` of a (2, out/2, in) view of the weight by the input as a column). ``F.linear`` sends a single
+      row to MKL's matrix-vector kernel, which read the weights at about 15 GB/s on an AMD EPYC with 33 GB/s of
+      read bandwidth. Measured there, one pass over the 33 products of ``bench/generator_bench.py``'s model
+      (80 MB) took 2.3 against 5.6 ms (3.1 against 5.6 ms with one thread), and over the shipped generator's 25
+      (14 MB) 0.35 against 0.52 ms;
+    * 2 to 256 rows (two rows of classifier-free guidance, a batch of videos, a MaskGIT unit): as ``W @ x.T``,
+      which MKL computes reading the weight once: the shipped generator's 25 products took 0.85 against 1.74 ms
+      for 2 rows and 8.3 against 12.2 ms for 128 rows. The result is the transposed view of that product.
 
-    The row-major copy is made on first use and made again whenever the parameter is replaced or changed in
-    place (``load_state_dict``, an optimizer step), so the two never disagree.
+    Each is timed against ``F.linear`` on a column-major weight, the faster layout for ``F.linear`` and the one
+    these layers used before; ``bench/decoding_products.py`` repeats that on the machine it runs on. Both give
+    ``F.linear``'s values up to rounding. The parameter stays as ``nn.Linear`` stores it (row-major); a layer
+    with an odd number of outputs, or a weight that is not contiguous, keeps a zero-padded contiguous copy for
+    these products, made again whenever the parameter is replaced or changed in place (``load_state_dict``, an
+    optimizer step, ``.to()``), so the two never disagree.
     """
 
     def __init__(self, in_features: int, out_features: int) -> None:
         super().__init__(in_features, out_features, bias=False)
         self.decoding = False
-        self._row_major: torch.Tensor | None = None
-        self._row_major_of: tuple[int, int, torch.dtype] | None = None
+        self._products: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._products_of: tuple[int, int, torch.dtype] | None = None
 
     def decoding_layout_(self) -> None:
-        """Stores the weight column-major and turns on the row-count rule above (in place)."""
-        if self.weight.is_contiguous():
-            w = self.weight.detach()
-            self.weight = nn.Parameter(w.t().contiguous().t(), requires_grad=self.weight.requires_grad)
+        """Turns on the row-count rule above (in place); the weight itself is unchanged."""
         self.decoding = True
 
-    def _row_major_weight(self) -> torch.Tensor:
+    def _product_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The weight (out, in) and its halves (2, ceil(out/2), in), both contiguous views of one tensor: the
+        parameter itself, or a copy zero-padded to an even number of rows. Made again when the parameter changes."""
         w = self.weight
         key = (w.data_ptr(), w._version, w.dtype)
-        if self._row_major is None or self._row_major_of != key:
-            self._row_major, self._row_major_of = w.detach().contiguous(), key
-        return self._row_major
+        if self._products is None or self._products_of != key:
+            out, n_in = self.out_features, self.in_features
+            if w.is_contiguous() and out % 2 == 0:
+                padded = w.detach()
+            else:
+                padded = w.new_zeros(out + out % 2, n_in, requires_grad=False)
+                padded[:out] = w.detach()
+            self._products = padded[:out], padded.view(2, padded.shape[0] // 2, n_in)
+            self._products_of = key
+        return self._products
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // self.in_features
         if (
-            self.decoding
-            and ROW_PRODUCT_MIN <= rows <= ROW_PRODUCT_MAX
-            and x.device.type == "cpu"
-            and not (torch.is_grad_enabled() and (self.weight.requires_grad or x.requires_grad))
+            not self.decoding
+            or rows > ROW_PRODUCT_MAX
+            or x.device.type != "cpu"
+            or (torch.is_grad_enabled() and (self.weight.requires_grad or x.requires_grad))
         ):
-            y = self._row_major_weight() @ x.reshape(rows, self.in_features).T  # (out, rows)
-            return y.T.reshape(*x.shape[:-1], self.out_features)  # a view: (..., out), strides (1, ..., rows)
-        return F.linear(x, self.weight)
+            return F.linear(x, self.weight)
+        w, halves = self._product_weights()
+        col = x.reshape(rows, self.in_features).T  # (in, rows): the input as columns (the strides MKL is fast with)
+        if rows == 1:
+            y = torch.bmm(halves, col.expand(2, -1, -1))  # (2, ceil(out/2), 1)
+            return y.view(-1)[: self.out_features].view(*x.shape[:-1], self.out_features)
+        y = w @ col  # (out, rows)
+        return y.T.reshape(*x.shape[:-1], self.out_features)  # a view: (..., out), strides (1, ..., rows)
 
 
 def decoding_layout_(module: nn.Module) -> nn.Module:
     """Puts every linear layer of ``module`` in its decoding layout, in place; returns it.
 
-    :class:`DecodingLinear` layers get their row-count rule; other ``nn.Linear`` weights are stored column-major
-    (see :class:`DecodingLinear`). ``.to()``, ``load_state_dict`` and optimizers keep the layout; the saved
+    :class:`DecodingLinear` layers get their row-count rule. Other ``nn.Linear`` weights (the condition
+    embedder's, used once per video) are stored column-major: the (out, in) parameter becomes a transposed view of
+    a contiguous (in, out) buffer, with the same values, shape and state-dict entry, and ``F.linear`` of a single
+    row is ~25% faster on it with MKL. ``.to()``, ``load_state_dict`` and optimizers keep the layout; the saved
     weights are plain contiguous copies. Not for models handed to DeepSpeed, whose parameter broadcast needs
     row-major tensors.
     """

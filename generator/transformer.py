@@ -170,10 +170,10 @@ class Generator(nn.Module):
         return 3 * fwd if training else fwd
 
     def decoding_layout_(self) -> Generator:
-        """Puts the linear layers in their inference layout, in place; returns self: column-major weights for
-        single-row products and a row-major copy for inputs of 2-256 rows, each the faster one on CPU (see
-        :class:`generator.layers.DecodingLinear`). Values, shapes and the state dict are unchanged. For inference:
-        DeepSpeed's engine needs row-major parameters, so training builds the model without it.
+        """Puts the linear layers in their inference layout, in place; returns self: the transformer's products
+        pick the fastest CPU formulation for their row count (:class:`generator.layers.DecodingLinear`), the
+        condition embedder's weights are stored column-major. Values, shapes and the state dict are unchanged.
+        For inference: DeepSpeed's engine needs row-major parameters, so training builds the model without it.
         :meth:`from_pretrained` applies it."""
         return decoding_layout_(self)
 

@@ -1,4 +1,4 @@
-"""The GPT-style hot path: ``DecodingLinear``'s two weight layouts and ``DecodeContext.step_logits``.
+"""The GPT-style hot path: ``DecodingLinear``'s products and ``DecodeContext.step_logits``.
 
 Both are speed paths that must compute what the general forward pass computes: the same products up to rounding,
 the same rotary positions, target positions, key masks and guidance mix.
@@ -33,29 +33,45 @@ def padded_text(batch: int) -> Condition:
     return Condition(text=torch.randn(batch, 6, 12, generator=g), text_mask=mask)
 
 
+@pytest.mark.parametrize("out", [80, 81, 1])
 @pytest.mark.parametrize("rows", [1, 2, 3, 16, ROW_PRODUCT_MAX, ROW_PRODUCT_MAX + 1])
-def test_decoding_linear_matches_f_linear_for_every_row_count(rows):
-    """Either layout gives F.linear's values; a transposed result is still the right (rows, out) matrix."""
+def test_decoding_linear_matches_f_linear_for_every_row_count(rows, out):
+    """Every formulation gives F.linear's values, odd output counts (a padded weight) included; a transposed
+    result is still the right (rows, out) matrix, with or without a leading batch dimension."""
     torch.manual_seed(0)
-    lin = DecodingLinear(48, 80)
+    lin = DecodingLinear(48, out)
     w = lin.weight.detach().clone()
     lin.decoding_layout_()
-    x = torch.randn(rows, 1, 48)
-    with torch.inference_mode():
-        y = lin(x)
-    assert y.shape == (rows, 1, 80)
-    torch.testing.assert_close(y, F.linear(x, w), atol=1e-5, rtol=1e-5)
+    for shape in ((rows, 1, 48), (rows, 48)):
+        x = torch.randn(shape)
+        with torch.inference_mode():
+            y = lin(x)
+        assert y.shape == (*shape[:-1], out)
+        torch.testing.assert_close(y, F.linear(x, w), atol=1e-5, rtol=1e-5)
 
 
-def test_decoding_linear_never_uses_a_stale_row_major_copy():
-    """The row-major copy follows the parameter when it is loaded, changed in place or converted."""
+def test_decoding_linear_is_exact_on_a_column_major_weight():
+    """A weight stored column-major (a layout nn.Linear's users may set) goes through the padded contiguous copy."""
     torch.manual_seed(0)
-    lin = DecodingLinear(16, 8)
+    lin = DecodingLinear(32, 64)
+    lin.weight = torch.nn.Parameter(lin.weight.detach().t().contiguous().t())
     lin.decoding_layout_()
-    x = torch.randn(4, 16)
+    for rows in (1, 5):
+        x = torch.randn(rows, 32)
+        with torch.inference_mode():
+            torch.testing.assert_close(lin(x), x @ lin.weight.detach().T, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("rows", [1, 4])
+def test_decoding_linear_never_uses_a_stale_weight_copy(rows):
+    """The padded copy (odd outputs) follows the parameter when it is loaded, changed in place or converted."""
+    torch.manual_seed(0)
+    lin = DecodingLinear(16, 9)
+    lin.decoding_layout_()
+    x = torch.randn(rows, 16)
     with torch.inference_mode():
         lin(x)  # makes the copy
-    new = torch.randn(8, 16)
+    new = torch.randn(9, 16)
     lin.load_state_dict({"weight": new})
     with torch.inference_mode():
         torch.testing.assert_close(lin(x), x @ new.T, atol=1e-5, rtol=1e-5)

@@ -7,6 +7,7 @@ import torch
 
 from generator import Condition, Generator, GeneratorConfig, ObjectiveConfig, generator_loss, make_layout
 from generator.kv_cache import KVCache
+from generator.layers import DecodingLinear
 from generator.sampling import (
     DecodeContext,
     SamplingConfig,
@@ -412,7 +413,11 @@ def test_decoding_layout_keeps_values_outputs_and_the_state_dict():
         m.decoding_layout_()
         after = m(ids, cond2(), coords=coords, mask=mask)
     linears = [mod for mod in m.modules() if isinstance(mod, torch.nn.Linear)]
-    assert linears and all(mod.weight.t().is_contiguous() and not mod.weight.is_contiguous() for mod in linears)
+    decoding = [mod for mod in linears if isinstance(mod, DecodingLinear)]
+    assert decoding == linears and all(mod.decoding and mod.weight.is_contiguous() for mod in decoding)
+    text = tiny("ar", cond="text", text_dim=12, max_text_len=6).decoding_layout_()
+    others = [mod for mod in text.modules() if type(mod) is torch.nn.Linear]  # the text projection's
+    assert others and all(mod.weight.t().is_contiguous() and not mod.weight.is_contiguous() for mod in others)
     assert state.keys() == m.state_dict().keys() and all(torch.equal(state[k], v) for k, v in m.state_dict().items())
     assert torch.allclose(before, after, atol=1e-5)
 
