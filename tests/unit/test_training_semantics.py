@@ -435,15 +435,22 @@ def test_maskgit_generator_loss_is_reproducible_from_its_generator():
 def test_stop_signals_record_the_first_and_hand_the_second_to_the_previous_handler():
     """The first SIGTERM/SIGINT only sets ``signum`` (the loop stops after its step); the handlers in force before
     are back at once, so a second Ctrl-C interrupts, and after the block nothing of ours is left installed."""
-    before = {s: signal.getsignal(s) for s in StopSignals.SIGNALS}
-    with StopSignals() as stop:
-        assert all(signal.getsignal(s) == stop._handle for s in StopSignals.SIGNALS)
-        os.kill(os.getpid(), signal.SIGTERM)
-        assert stop.signum == signal.SIGTERM  # Python runs the handler before the next bytecode
+    # The handler in force before is set here, Python's own (it raises KeyboardInterrupt): what an earlier test or
+    # library left installed for SIGINT (once it was SIG_IGN, and the second signal was silently ignored) is not this
+    # test's business.
+    saved = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        before = {s: signal.getsignal(s) for s in StopSignals.SIGNALS}
+        with StopSignals() as stop:
+            assert all(signal.getsignal(s) == stop._handle for s in StopSignals.SIGNALS)
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert stop.signum == signal.SIGTERM  # Python runs the handler before the next bytecode
+            assert {s: signal.getsignal(s) for s in StopSignals.SIGNALS} == before
+            with pytest.raises(KeyboardInterrupt):
+                os.kill(os.getpid(), signal.SIGINT)  # the second one: the previous handler
         assert {s: signal.getsignal(s) for s in StopSignals.SIGNALS} == before
-        with pytest.raises(KeyboardInterrupt):
-            os.kill(os.getpid(), signal.SIGINT)  # the second one: the previous handler (pytest's default)
-    assert {s: signal.getsignal(s) for s in StopSignals.SIGNALS} == before
+    finally:
+        signal.signal(signal.SIGINT, saved)
 
 
 def test_a_resumed_metrics_log_drops_the_killed_runs_unfinished_record(tmp_path):
