@@ -43,12 +43,14 @@ class DecodingLinear(nn.Linear):
     * 1 row (batch-1 decoding): as a batch of two products, each half of the weight's output rows times the input
       (``torch.bmm`` of a (2, out/2, in) view of the weight by the input as a column). ``F.linear`` sends a single
       row to MKL's matrix-vector kernel, which read the weights at about 15 GB/s on an AMD EPYC with 33 GB/s of
-      read bandwidth. Measured there, one pass over the 33 products of ``bench/generator_bench.py``'s model
-      (80 MB) took 2.3 against 5.6 ms (3.1 against 5.6 ms with one thread), and over the shipped generator's 25
-      (14 MB) 0.35 against 0.52 ms;
+      read bandwidth. Measured there (``bench/decoding_products.py``), one pass over the 33 products of
+      ``bench/generator_bench.py``'s model (80 MB, read from memory) took 2.6-3.4 against 5.2-6.5 ms; over the
+      shipped generator's 25 (14 MB, which stay in the cache) it is a wash to 15% slower (0.56 against 0.54 ms,
+      0.69 against 0.60 ms), and that model samples with guidance, two rows;
     * 2 to 256 rows (two rows of classifier-free guidance, a batch of videos, a MaskGIT unit): as ``W @ x.T``,
-      which MKL computes reading the weight once: the shipped generator's 25 products took 0.85 against 1.74 ms
-      for 2 rows and 8.3 against 12.2 ms for 128 rows. The result is the transposed view of that product.
+      which MKL computes reading the weight once: the shipped generator's 25 products took 0.75-1.16 against
+      0.78-1.41 ms for 2 rows, 1.2 against 2.5 ms for 4 and 8.2 against 9.0 ms for 128. The result is the
+      transposed view of that product.
 
     Each is timed against ``F.linear`` on a column-major weight, the faster layout for ``F.linear`` and the one
     these layers used before; ``bench/decoding_products.py`` repeats that on the machine it runs on. Both give
