@@ -21,16 +21,16 @@ the median per pass is reported, in ms.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 
 from bench.table import format_table, record, write_json
+from core.cli import CliParser, int_at_least, run_cli
 from generator import Generator
 from generator.layers import DecodingLinear, decoding_layout_
 
@@ -106,13 +106,13 @@ def run(quick: bool = False) -> list[dict]:
     return records
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def _main(argv: Sequence[str] | None) -> int:
+    parser = CliParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help=f"rows {QUICK_ROWS}, 4 sets")
     parser.add_argument("--json", metavar="PATH", help="also write the records as JSON")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
+    parser.add_argument("--threads", type=int_at_least(1), default=None, help="torch threads (default: torch's own)")
     args = parser.parse_args(argv)
-    if args.threads:
+    if args.threads is not None:
         torch.set_num_threads(args.threads)
     records = run(quick=args.quick)
     print(f"decoding weight products, CPU fp32, torch {torch.__version__}, {torch.get_num_threads()} threads; "
@@ -121,6 +121,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         write_json(args.json, {"benchmark": "decoding_products", "quick": args.quick, "records": records})
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry point: 0, or 2 with one ``error:`` line on bad input."""
+    return run_cli(_main, argv)
 
 
 if __name__ == "__main__":

@@ -32,18 +32,18 @@ cores, far more than with 1).
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 
 import torch
 
 from bench.table import format_table, record, write_json
+from core.cli import CliParser, int_at_least, run_cli
 from generator import Condition, Generator, GeneratorConfig, make_layout
 from generator.sampling import SamplingConfig, sample_ar, sample_maskgit
 
@@ -346,25 +346,25 @@ def run(
     return records
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def _main(argv: Sequence[str] | None) -> int:
+    parser = CliParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--quick", action="store_true", help="2x8x8 grid (1x4x4 for the cache comparison), one timed call each"
     )
     parser.add_argument("--json", metavar="PATH", help="also write the records, configs and raw timings as JSON")
     parser.add_argument(
-        "--batch", type=int, nargs="+", default=list(BATCHES), help="batch sizes (default: %(default)s)"
+        "--batch", type=int_at_least(1), nargs="+", default=list(BATCHES), help="batch sizes (default: %(default)s)"
     )
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
+    parser.add_argument("--threads", type=int_at_least(1), default=None, help="torch threads (default: torch's own)")
     parser.add_argument(
-        "--repeats", type=int, default=None, help="timed calls per measurement (default: 1 quick, 2 full)"
+        "--repeats", type=int_at_least(1), default=None, help="timed calls per measurement (default: 1 quick, 2 full)"
     )
     parser.add_argument(
         "--no-decoding-layout", action="store_true", help="skip Generator.decoding_layout_ (to measure what it buys)"
     )
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
-    if args.threads:
+    if args.threads is not None:
         torch.set_num_threads(args.threads)
 
     records = run(
@@ -405,6 +405,11 @@ def main(argv: list[str] | None = None) -> int:
         }
         write_json(args.json, payload)
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry point: 0, or 2 with one ``error:`` line on bad input."""
+    return run_cli(_main, argv)
 
 
 if __name__ == "__main__":

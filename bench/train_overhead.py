@@ -33,7 +33,6 @@ is printed when ``--peak-tflops`` gives the device's peak; the GPU goal (MFU >= 
 
 from __future__ import annotations
 
-import argparse
 import cProfile
 import io
 import logging
@@ -45,6 +44,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -54,6 +54,7 @@ import numpy as np
 import torch
 
 from bench.table import format_table, record, write_json
+from core.cli import CliParser, int_at_least, run_cli
 from core.config import build_config
 from generator import Generator, generator_loss, processed_length, train_flops_per_clip
 from videodata.cache.format import FORMAT_NAME, FORMAT_VERSION, token_dtype
@@ -266,23 +267,23 @@ def run(quick: bool = False, style: str = "maskgit", peak_tflops: float = 0.0, p
     return records
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def _main(argv: Sequence[str] | None) -> int:
+    parser = CliParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--quick", action="store_true", help="2 warm-up steps, 4 repeats of 1 timed step per side (default 2, 12 x 1)"
     )
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
+    parser.add_argument("--threads", type=int_at_least(1), default=None, help="torch threads (default: torch's own)")
     parser.add_argument("--json", metavar="PATH", help="also write the records, config and raw timings as JSON")
     parser.add_argument(
         "--style", choices=("maskgit", "ar"), default="maskgit", help="generator style (default: %(default)s)"
     )
     parser.add_argument("--peak-tflops", type=float, default=0.0, help="device peak TFLOP/s for an MFU estimate")
     parser.add_argument(
-        "--profile", type=int, default=0, metavar="STEPS", help="also cProfile STEPS steps of each side"
+        "--profile", type=int_at_least(0), default=0, metavar="STEPS", help="also cProfile STEPS steps of each side"
     )
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
-    if args.threads:
+    if args.threads is not None:
         torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING)
     for name in ("DeepSpeed", "deepspeed", "train"):
@@ -332,6 +333,11 @@ def main(argv: list[str] | None = None) -> int:
         }
         write_json(args.json, payload)
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """CLI entry point: 0, or 2 with one ``error:`` line on bad input."""
+    return run_cli(_main, argv)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,21 @@ class CliParser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
+def int_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse ``type``: an integer >= ``minimum``; anything else is a usage error that names the bound."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
 def parse_device(name: str) -> torch.device:
     """``--device`` text (``cpu``, ``cuda``, ``cuda:1``) to a device that exists here.
 

@@ -57,6 +57,13 @@ def _main(argv: Sequence[str] | None) -> int:
         help="MaskGIT Gumbel noise on confidences (default from the model)",
     )
     p.add_argument(
+        "--top-k", type=int, default=None, help="keep the k most likely tokens, 0 = off (default from the model)"
+    )
+    p.add_argument(
+        "--top-p", type=float, default=None, help="nucleus sampling threshold, 1 = off (default from the model)"
+    )
+    p.add_argument("--mask-schedule", default=None, help="MaskGIT mask schedule (default from the model)")
+    p.add_argument(
         "--seed", type=int, default=DEFAULT_SEED,
         help=f"phrasing and sampling seed (default {DEFAULT_SEED}, the reporting seed; choose settings on others)",
     )  # fmt: skip
@@ -78,7 +85,8 @@ def _main(argv: Sequence[str] | None) -> int:
         orders=[o for o in args.orders.split(",") if o], holdout=args.holdout, batch=args.batch, seed=args.seed,
         recon_videos=args.recon_videos, phrasing=args.phrasing,
         sampling={"steps": args.steps, "cfg_scale": args.cfg, "temperature": args.temperature,
-                  "context_temperature": args.context_temperature, "choice_temperature": args.choice_temperature},
+                  "context_temperature": args.context_temperature, "choice_temperature": args.choice_temperature,
+                  "top_k": args.top_k, "top_p": args.top_p, "mask_schedule": args.mask_schedule},
     )  # fmt: skip
     for key, s in summary.items():
         print(f"{key:40s} " + "  ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in s.items()))

@@ -56,6 +56,26 @@ def test_unknown_benchmark_exits_2():
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize(
+    "module, args, message",
+    [
+        ("decoding_products", ["--threads", "-1"], "argument --threads: must be >= 1, got -1"),
+        ("generator_bench", ["--threads", "0"], "argument --threads: must be >= 1, got 0"),
+        ("generator_bench", ["--repeats", "0"], "argument --repeats: must be >= 1, got 0"),
+        ("generator_bench", ["--batch", "8", "0"], "argument --batch: must be >= 1, got 0"),
+        ("train_overhead", ["--threads", "-2"], "argument --threads: must be >= 1, got -2"),
+        ("train_overhead", ["--profile", "x"], "argument --profile: expected an integer, got 'x'"),
+    ],
+)
+def test_bad_numbers_exit_2_with_one_line_before_measuring(module, args, message, monkeypatch, capsys):
+    """A negative thread count reached torch.set_num_threads and ended in a traceback; 0 silently meant the default."""
+    mod = __import__(f"bench.{module}", fromlist=["run"])
+    monkeypatch.setattr(mod, "run", lambda *a, **k: pytest.fail("measured despite bad input"))
+    assert mod.main(args) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {message}\n"
+
+
 @pytest.mark.slow
 def test_quick_run_writes_json(tmp_path):
     out = tmp_path / "bench.json"

@@ -201,6 +201,12 @@ def test_cli_passes_every_sampling_flag_as_an_override(tmp_path, monkeypatch):
             "6",
             "--context-temperature",
             "0.4",
+            "--top-k",
+            "50",
+            "--top-p",
+            "0.9",
+            "--mask-schedule",
+            "linear",
             "--recon-videos",
             "0",
             "--out",
@@ -210,8 +216,9 @@ def test_cli_passes_every_sampling_flag_as_an_override(tmp_path, monkeypatch):
     assert rc == 0
     model_settings = adherence.VideoPipeline.from_pretrained(model).config.sampling["maskgit"]
     expected = replace(
-        model_settings, steps=7, cfg_scale=2.5, temperature=0.8, choice_temperature=6.0, context_temperature=0.4
-    )
+        model_settings, steps=7, cfg_scale=2.5, temperature=0.8, choice_temperature=6.0, context_temperature=0.4,
+        top_k=50, top_p=0.9, mask_schedule="linear",
+    )  # fmt: skip
     assert expected != model_settings and seen == [expected]
 
 
@@ -221,6 +228,8 @@ def test_bad_sampling_or_order_fails_before_any_report_folder_is_made(tmp_path, 
     base = ["--model", str(model), "--modes", "maskgit", "--recon-videos", "0", "--holdout-videos", "0"]
     cases = [
         (["--cfg", "-1"], "cfg_scale must be >= 0, got -1.0"),
+        (["--top-p", "0"], "top_p must be in (0, 1], got 0.0"),
+        (["--mask-schedule", "cosin"], "mask_schedule must be one of"),
         (["--tasks", "continuation", "--steps", "0"], "steps must be >= 1, got 0"),
         (["--orders", "clip,token"], "token"),  # the first order is valid: nothing is run before the check
         (["--tasks", "image", "--orders", "token"], "token"),
