@@ -16,6 +16,20 @@ from core.cli import CliParser, run_cli
 from pipelines import DEFAULT_MODEL_DIR
 from videoeval.adherence import DEFAULT_SEED, PHRASINGS, evaluate_shapes
 
+# sampling overrides for every mode: flag -> (SamplingConfig field, type, help)
+SAMPLING_FLAGS: dict[str, tuple[str, type, str]] = {
+    "--steps": ("steps", int, "MaskGIT steps"),
+    "--cfg": ("cfg_scale", float, "guidance scale"),
+    "--temperature": ("temperature", float, "sampling temperature, also after given frames unless set below"),
+    "--context-temperature": ("context_temperature", float, "temperature after given frames and in later windows"),
+    "--choice-temperature": ("choice_temperature", float, "MaskGIT Gumbel noise on confidences"),
+    "--top-k": ("top_k", int, "keep the k most likely tokens, 0 = off"),
+    "--top-p": ("top_p", float, "nucleus sampling threshold, 1 = off"),
+    "--mask-schedule": ("mask_schedule", str, "MaskGIT mask schedule"),
+    "--corrector-rounds": ("corrector_rounds", int, "MaskGIT predictor-corrector rounds"),
+    "--corrector-fraction": ("corrector_fraction", float, "share of a unit's tokens each corrector round draws again"),
+}
+
 
 def _main(argv: Sequence[str] | None) -> int:
     p = CliParser(prog="eval_shapes.py", description=__doc__.split("\n\n")[0])
@@ -41,28 +55,8 @@ def _main(argv: Sequence[str] | None) -> int:
         help='held-out combinations, e.g. "green triangle up" (default: the model\'s holdout.json)',
     )
     p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--steps", type=int, default=None, help="MaskGIT steps (default: the model's, per mode and order)")
-    p.add_argument("--cfg", type=float, default=None, help="guidance scale for every mode (default from the model)")
-    p.add_argument(
-        "--temperature", type=float, default=None, help="sampling temperature for every mode (default from the model)"
-    )
-    p.add_argument(
-        "--context-temperature", type=float, default=None,
-        help="temperature after given frames and in later windows (default from the model)",
-    )  # fmt: skip
-    p.add_argument(
-        "--choice-temperature",
-        type=float,
-        default=None,
-        help="MaskGIT Gumbel noise on confidences (default from the model)",
-    )
-    p.add_argument(
-        "--top-k", type=int, default=None, help="keep the k most likely tokens, 0 = off (default from the model)"
-    )
-    p.add_argument(
-        "--top-p", type=float, default=None, help="nucleus sampling threshold, 1 = off (default from the model)"
-    )
-    p.add_argument("--mask-schedule", default=None, help="MaskGIT mask schedule (default from the model)")
+    for flag, (field, kind, text) in SAMPLING_FLAGS.items():
+        p.add_argument(flag, dest=field, type=kind, default=None, help=f"{text} (default: the model's)")
     p.add_argument(
         "--seed", type=int, default=DEFAULT_SEED,
         help=f"phrasing and sampling seed (default {DEFAULT_SEED}, the reporting seed; choose settings on others)",
@@ -84,9 +78,7 @@ def _main(argv: Sequence[str] | None) -> int:
         holdout_videos=args.holdout_videos, modes=[m for m in args.modes.split(",") if m],
         orders=[o for o in args.orders.split(",") if o], holdout=args.holdout, batch=args.batch, seed=args.seed,
         recon_videos=args.recon_videos, phrasing=args.phrasing,
-        sampling={"steps": args.steps, "cfg_scale": args.cfg, "temperature": args.temperature,
-                  "context_temperature": args.context_temperature, "choice_temperature": args.choice_temperature,
-                  "top_k": args.top_k, "top_p": args.top_p, "mask_schedule": args.mask_schedule},
+        sampling={field: getattr(args, field) for field, _, _ in SAMPLING_FLAGS.values()},
     )  # fmt: skip
     for key, s in summary.items():
         print(f"{key:40s} " + "  ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in s.items()))

@@ -24,6 +24,10 @@ class SamplingConfig:
         steps: MaskGIT decoding steps per unit.
         mask_schedule: MaskGIT schedule ("cosine", "linear", "square").
         choice_temperature: MaskGIT Gumbel noise on confidences, annealed to 0 over the steps.
+        corrector_rounds: MaskGIT predictor-corrector rounds after each unit is filled (0 = off). A round
+            scores every token the unit generated with the model, a quarter of them masked at a time, re-masks
+            the ``corrector_fraction`` it finds least likely and draws them again given all the others.
+        corrector_fraction: share of a unit's generated tokens each corrector round draws again.
     """
 
     temperature: float = 1.0
@@ -35,11 +39,13 @@ class SamplingConfig:
     mask_schedule: str = "cosine"
     choice_temperature: float = 4.5
     context_temperature: float | None = None
+    corrector_rounds: int = 0
+    corrector_fraction: float = 0.05
 
     def __post_init__(self) -> None:
         numbers = {"temperature": self.temperature, "top_p": self.top_p, "cfg_scale": self.cfg_scale,
-                   "choice_temperature": self.choice_temperature,
-                   "context_temperature": self.context_temperature}  # fmt: skip
+                   "choice_temperature": self.choice_temperature, "context_temperature": self.context_temperature,
+                   "corrector_fraction": self.corrector_fraction}  # fmt: skip
         for name, value in numbers.items():  # NaN and inf pass `< 0`: NaN probabilities, or every token equal
             if value is not None and not math.isfinite(value):
                 raise ValueError(f"{name} must be a finite number, got {value}")
@@ -59,6 +65,10 @@ class SamplingConfig:
             raise ValueError(f"steps must be >= 1, got {self.steps}")
         if self.mask_schedule not in SCHEDULES:
             raise ValueError(f"mask_schedule must be one of {sorted(SCHEDULES)}, got {self.mask_schedule!r}")
+        if self.corrector_rounds < 0:
+            raise ValueError(f"corrector_rounds must be >= 0, got {self.corrector_rounds}")
+        if not 0.0 < self.corrector_fraction <= 1.0:
+            raise ValueError(f"corrector_fraction must be in (0, 1], got {self.corrector_fraction}")
         if self.choice_temperature < 0:
             raise ValueError(f"choice_temperature must be >= 0, got {self.choice_temperature}")
 

@@ -5,9 +5,16 @@ and re-masks the rest, following the shared mask schedule so that the last step 
 nothing masked. Confidences get Gumbel noise scaled by ``choice_temperature`` and annealed to
 zero over the steps. The condition prefix is prefilled into the KV cache once, before the first
 unit; a finished unit is committed to the cache (one clean pass) and becomes context for the next.
+
+Optional predictor-corrector rounds (``SamplingConfig.corrector_rounds``) revisit a filled unit before it is
+committed: tokens drawn in the same step are drawn independently, so two of them can start two objects, or a
+colour the rest of the unit does not share. A round scores every generated token with the model, its own
+position masked (a quarter of the unit at a time), and draws the least likely again given all the others.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from tqdm import tqdm
@@ -18,6 +25,9 @@ from generator.sampling.context import DecodeContext, context_sequence, prepare_
 from generator.sampling.filtering import sample_logits
 from generator.schedules import num_masked_after_step
 from generator.transformer import Generator
+
+CORRECTOR_GROUPS = 4  # a corrector round scores a unit's generated tokens a quarter at a time
+CORRECTOR_DRAW_STEPS = 2  # ... and draws the re-masked ones again in this many steps
 
 
 def sample_maskgit(
@@ -74,29 +84,85 @@ def sample_maskgit(
             cur = torch.full((B, b - a), mask_id, dtype=torch.long, device=device)
             if known is not None:  # order 'clip': the context tokens are given, never masked
                 cur = torch.where(known[:, a:b] >= 0, known[:, a:b], cur)
-            n = int((cur[0] == mask_id).sum())  # tokens this unit generates
-            for s in range(steps):
-                masked = cur == mask_id
-                num_masked = int(masked[0].sum())
-                if num_masked == 0:  # done early (more steps than tokens): the remaining steps draw nothing
-                    bar.update(steps - s)
-                    break
-                logits = ctx.logits(cur, coords, keep=False, progress=(u + s / steps) / layout.num_units)
-                sampled = sample_logits(logits, sampling, generator)
-                conf = torch.log_softmax(logits, -1).gather(-1, sampled[..., None])[..., 0]
-                anneal = sampling.choice_temperature * (1.0 - (s + 1) / steps)
-                if anneal > 0:
-                    u01 = torch.rand(conf.shape, generator=generator, device=conf.device).clamp(1e-20, 1 - 1e-7)
-                    conf = conf + anneal * -torch.log(-torch.log(u01))
-                conf = conf.masked_fill(~masked, float("inf"))  # fixed tokens are never re-masked
-                cur = torch.where(masked, sampled, cur)
-                keep_masked = min(num_masked_after_step(s, steps, n, sampling.mask_schedule), num_masked - 1)
-                if keep_masked > 0:
-                    lowest = torch.topk(conf, keep_masked, dim=-1, largest=False).indices
-                    cur = cur.scatter(1, lowest, mask_id)
-                bar.update(1)
+            free = cur[0] == mask_id  # (n,) the positions this unit generates
+            done = (u + 1) / layout.num_units
+            cur = _fill(ctx, cur, coords, sampling, generator, steps, sampling.choice_temperature,
+                        lambda s, u=u: (u + s / steps) / layout.num_units, bar.update)  # fmt: skip
+            for _ in range(sampling.corrector_rounds):
+                cur = _correct(ctx, cur, free, coords, sampling, generator, done)
             seq[:, a:b] = cur
             if u + 1 < layout.num_units:
-                ctx.logits(cur, coords, keep=True, progress=(u + 1) / layout.num_units)
+                ctx.logits(cur, coords, keep=True, progress=done)
     bar.close()
     return layout.to_grid(seq)
+
+
+def _fill(
+    ctx: DecodeContext,
+    cur: torch.Tensor,
+    coords: torch.Tensor,
+    sampling: SamplingConfig,
+    generator: torch.Generator | None,
+    steps: int,
+    choice_temperature: float,
+    progress: Callable[[int], float],
+    on_step: Callable[[int], object],
+) -> torch.Tensor:
+    """Fills the masked entries of ``cur`` (B, n) in ``steps`` MaskGIT steps; the others stay as they are."""
+    mask_id = ctx.model.config.mask_id
+    n = int((cur[0] == mask_id).sum())  # tokens to draw
+    for s in range(steps):
+        masked = cur == mask_id
+        num_masked = int(masked[0].sum())
+        if num_masked == 0:  # done early (more steps than tokens): the remaining steps draw nothing
+            on_step(steps - s)
+            break
+        logits = ctx.logits(cur, coords, keep=False, progress=progress(s))
+        sampled = sample_logits(logits, sampling, generator)
+        conf = torch.log_softmax(logits, -1).gather(-1, sampled[..., None])[..., 0]
+        anneal = choice_temperature * (1.0 - (s + 1) / steps)
+        if anneal > 0:
+            u01 = torch.rand(conf.shape, generator=generator, device=conf.device).clamp(1e-20, 1 - 1e-7)
+            conf = conf + anneal * -torch.log(-torch.log(u01))
+        conf = conf.masked_fill(~masked, float("inf"))  # fixed tokens are never re-masked
+        cur = torch.where(masked, sampled, cur)
+        keep_masked = min(num_masked_after_step(s, steps, n, sampling.mask_schedule), num_masked - 1)
+        if keep_masked > 0:
+            lowest = torch.topk(conf, keep_masked, dim=-1, largest=False).indices
+            cur = cur.scatter(1, lowest, mask_id)
+        on_step(1)
+    return cur
+
+
+def _correct(
+    ctx: DecodeContext,
+    cur: torch.Tensor,
+    free: torch.Tensor,
+    coords: torch.Tensor,
+    sampling: SamplingConfig,
+    generator: torch.Generator | None,
+    progress: float,
+) -> torch.Tensor:
+    """One predictor-corrector round over a filled unit ``cur`` (B, n) whose generated positions are ``free`` (n,).
+
+    Every generated token is scored by the (guided) model with a random quarter of the generated tokens
+    masked, its own among them; the ``corrector_fraction`` least likely per row are masked again and drawn
+    given all the others, in ``CORRECTOR_DRAW_STEPS`` steps without choice noise. Context tokens are never
+    touched.
+    """
+    mask_id = ctx.model.config.mask_id
+    positions = free.nonzero()[:, 0]  # (m,)
+    m = positions.numel()
+    if m == 0:
+        return cur
+    order = torch.randperm(m, generator=generator, device=generator.device if generator is not None else "cpu")
+    logp = torch.full(cur.shape, float("inf"), device=cur.device)  # context positions are never chosen
+    for group in positions[order.to(positions.device)].chunk(CORRECTOR_GROUPS):
+        probe = cur.clone()
+        probe[:, group] = mask_id
+        logits = ctx.logits(probe, coords, keep=False, progress=progress)[:, group]  # (B, g, V)
+        logp[:, group] = torch.log_softmax(logits, -1).gather(-1, cur[:, group, None])[..., 0]
+    k = max(1, round(sampling.corrector_fraction * m))
+    lowest = torch.topk(logp, k, dim=-1, largest=False).indices  # (B, k)
+    cur = cur.scatter(1, lowest, mask_id)
+    return _fill(ctx, cur, coords, sampling, generator, CORRECTOR_DRAW_STEPS, 0.0, lambda s: progress, lambda n: None)

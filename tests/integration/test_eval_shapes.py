@@ -207,6 +207,10 @@ def test_cli_passes_every_sampling_flag_as_an_override(tmp_path, monkeypatch):
             "0.9",
             "--mask-schedule",
             "linear",
+            "--corrector-rounds",
+            "3",
+            "--corrector-fraction",
+            "0.1",
             "--recon-videos",
             "0",
             "--out",
@@ -217,7 +221,7 @@ def test_cli_passes_every_sampling_flag_as_an_override(tmp_path, monkeypatch):
     model_settings = adherence.VideoPipeline.from_pretrained(model).config.sampling["maskgit"]
     expected = replace(
         model_settings, steps=7, cfg_scale=2.5, temperature=0.8, choice_temperature=6.0, context_temperature=0.4,
-        top_k=50, top_p=0.9, mask_schedule="linear",
+        top_k=50, top_p=0.9, mask_schedule="linear", corrector_rounds=3, corrector_fraction=0.1,
     )  # fmt: skip
     assert expected != model_settings and seen == [expected]
 
