@@ -53,7 +53,8 @@ class Conv3d(nn.Conv3d):
     (``slow_conv3d``) when N*C*T*H of the input is at most 20,480, a size rule made for 2D convolutions:
     the shapes tokenizer's decoder at batch 1 has most of its layers under it (32 channels at 17x32x32),
     where oneDNN is 3-6x faster (bench/README.md). Same parameters and state dict; the results agree
-    within float rounding, and gradients flow through either path.
+    within float rounding, and gradients flow through either path. Under ``torch.compile`` the plain
+    convolution is traced instead.
     """
 
     def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -64,6 +65,7 @@ class Conv3d(nn.Conv3d):
             and not isinstance(self.padding, str)
             and torch.backends.mkldnn.enabled
             and torch.backends.mkldnn.is_available()
+            and not torch.compiler.is_compiling()  # fake tensors cannot enter mkldnn_convolution
         ):
             return torch.ops.aten.mkldnn_convolution(
                 x.contiguous(), weight, bias, list(self.padding), list(self.stride), list(self.dilation), self.groups
