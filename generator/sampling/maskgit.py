@@ -15,6 +15,7 @@ position masked (a quarter of the unit at a time), and draws the least likely ag
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 import torch
 from tqdm import tqdm
@@ -86,7 +87,7 @@ def sample_maskgit(
                 cur = torch.where(known[:, a:b] >= 0, known[:, a:b], cur)
             free = cur[0] == mask_id  # (n,) the positions this unit generates
             done = (u + 1) / layout.num_units
-            cur = _fill(ctx, cur, coords, sampling, generator, steps, sampling.choice_temperature,
+            cur = _fill(ctx, cur, coords, sampling, generator, steps,
                         lambda s, u=u: (u + s / steps) / layout.num_units, bar.update)  # fmt: skip
             for _ in range(sampling.corrector_rounds):
                 cur = _correct(ctx, cur, free, coords, sampling, generator, done)
@@ -104,7 +105,6 @@ def _fill(
     sampling: SamplingConfig,
     generator: torch.Generator | None,
     steps: int,
-    choice_temperature: float,
     progress: Callable[[int], float],
     on_step: Callable[[int], object],
 ) -> torch.Tensor:
@@ -120,7 +120,7 @@ def _fill(
         logits = ctx.logits(cur, coords, keep=False, progress=progress(s))
         sampled = sample_logits(logits, sampling, generator)
         conf = torch.log_softmax(logits, -1).gather(-1, sampled[..., None])[..., 0]
-        anneal = choice_temperature * (1.0 - (s + 1) / steps)
+        anneal = sampling.choice_temperature * (1.0 - (s + 1) / steps)
         if anneal > 0:
             u01 = torch.rand(conf.shape, generator=generator, device=conf.device).clamp(1e-20, 1 - 1e-7)
             conf = conf + anneal * -torch.log(-torch.log(u01))
@@ -165,4 +165,5 @@ def _correct(
     k = max(1, round(sampling.corrector_fraction * m))
     lowest = torch.topk(logp, k, dim=-1, largest=False).indices  # (B, k)
     cur = cur.scatter(1, lowest, mask_id)
-    return _fill(ctx, cur, coords, sampling, generator, CORRECTOR_DRAW_STEPS, 0.0, lambda s: progress, lambda n: None)
+    no_noise = replace(sampling, choice_temperature=0.0)
+    return _fill(ctx, cur, coords, no_noise, generator, CORRECTOR_DRAW_STEPS, lambda s: progress, lambda n: None)
