@@ -1,4 +1,5 @@
-"""Generator sampling speed on CPU: tokvid's samplers against transformers' GPT-2 and each other.
+"""Generator sampling speed: tokvid's samplers against transformers' GPT-2 and each other, on the CPU by default
+(``--device cuda`` runs both sides on a GPU).
 
 One ~20M-parameter model (width 448, depth 8, 7 heads of 64, vocabulary 1000) generates a
 5x16x16 token grid (1280 tokens) for a class label, at batch 1 and batch 8:
@@ -27,7 +28,7 @@ torch's default thread count unless ``--threads`` says otherwise; the 1-minute l
 recorded because other work on a shared machine skews the numbers (with 2 threads on 2 busy
 cores, far more than with 1).
 
-    python bench/generator_bench.py [--quick] [--json PATH] [--batch 1 8] [--threads N]
+    python bench/generator_bench.py [--quick] [--json PATH] [--batch 1 8] [--threads N] [--device cuda]
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ from __future__ import annotations
 import os
 import statistics
 import sys
-import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
@@ -43,7 +43,8 @@ from dataclasses import asdict
 import torch
 
 from bench.table import format_table, record, write_json
-from core.cli import CliParser, int_at_least, run_cli
+from bench.timing import CPU, read_bandwidth_gbs, timed
+from core.cli import CliParser, int_at_least, parse_device, run_cli
 from generator import Condition, Generator, GeneratorConfig, make_layout
 from generator.sampling import SamplingConfig, sample_ar, sample_maskgit
 
@@ -91,21 +92,21 @@ def peer_kwargs() -> dict:
     )
 
 
-def build_ours(style: str, decoding_layout: bool = True) -> Generator:
+def build_ours(style: str, device: torch.device, decoding_layout: bool = True) -> Generator:
     """Our model as ``Generator.from_pretrained`` gives it: eval mode, in the decoding layout
-    (``decoding_layout_``) unless ``decoding_layout`` is False."""
+    (``decoding_layout_``) unless ``decoding_layout`` is False, on ``device``."""
     torch.manual_seed(SEED)
     model = Generator(ours_config(style)).eval()
-    return model.decoding_layout_() if decoding_layout else model
+    return (model.decoding_layout_() if decoding_layout else model).to(device)
 
 
-def build_peer():
+def build_peer(device: torch.device):
     from transformers import GPT2Config, GPT2LMHeadModel
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
     torch.manual_seed(SEED)
-    return GPT2LMHeadModel(GPT2Config(**peer_kwargs(), attn_implementation="sdpa")).eval()
+    return GPT2LMHeadModel(GPT2Config(**peer_kwargs(), attn_implementation="sdpa")).eval().to(device)
 
 
 def param_counts(ours: Generator, peer) -> dict[str, dict[str, int]]:
@@ -118,18 +119,6 @@ def param_counts(ours: Generator, peer) -> dict[str, dict[str, int]]:
     }
 
 
-def read_bandwidth_gbs(mib: int = 512, repeats: int = 5) -> float:
-    """Memory read bandwidth (GB/s) with torch's threads: the median time of ``torch.sum`` over ``mib`` MiB."""
-    x = torch.ones(mib * 2**20 // 4)
-    x.sum()  # touch every page first
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        x.sum()
-        times.append(time.perf_counter() - start)
-    return x.numel() * 4 / statistics.median(times) / 1e9
-
-
 def step_bytes(weight_params: int, batch: int, context: float) -> float:
     """fp32 bytes one decoding step reads: the weights and the keys and values of ``context`` positions."""
     return 4 * (weight_params + 2 * DEPTH * batch * context * DIM)
@@ -140,27 +129,27 @@ def floor_tokens_per_s(weight_params: int, batch: int, context: float, bandwidth
 
 
 # --------------------------------------------------------------------------- timed calls
-def cond_for(batch: int) -> Condition:
-    return Condition(labels=torch.arange(batch) % 72)
+def cond_for(batch: int, device: torch.device) -> Condition:
+    return Condition(labels=torch.arange(batch, device=device) % 72)
 
 
 def ours_ar(
     model: Generator, batch: int, grid: tuple[int, int, int], use_cache: bool = True
 ) -> Callable[[], torch.Tensor]:
-    cond = cond_for(batch)
+    cond = cond_for(batch, model.device)
     return lambda: sample_ar(
         model,
         cond,
         grid,
         order="token",
         sampling=SAMPLING,
-        generator=torch.Generator().manual_seed(SEED),
+        generator=torch.Generator(model.device).manual_seed(SEED),
         use_cache=use_cache,
     )
 
 
 def peer_ar(peer, batch: int, num_tokens: int) -> Callable[[], torch.Tensor]:
-    prompt = torch.zeros(batch, 1, dtype=torch.long)  # one start token, like our prefix
+    prompt = torch.zeros(batch, 1, dtype=torch.long, device=peer.device)  # one start token, like our prefix
 
     def call() -> torch.Tensor:
         torch.manual_seed(SEED)
@@ -181,43 +170,20 @@ def peer_ar(peer, batch: int, num_tokens: int) -> Callable[[], torch.Tensor]:
 
 
 def ours_maskgit(model: Generator, batch: int, grid: tuple[int, int, int]) -> Callable[[], torch.Tensor]:
-    cond = cond_for(batch)
+    cond = cond_for(batch, model.device)
     sampling = SamplingConfig(temperature=1.0, top_k=0, cfg_scale=1.0, steps=MASKGIT_STEPS)
     return lambda: sample_maskgit(
-        model, cond, grid, order="clip", sampling=sampling, generator=torch.Generator().manual_seed(SEED)
+        model, cond, grid, order="clip", sampling=sampling, generator=torch.Generator(model.device).manual_seed(SEED)
     )
 
 
 def plain_forward(model: Generator, batch: int, grid: tuple[int, int, int]) -> Callable[[], torch.Tensor]:
     """One forward pass as a MaskGIT step makes it: all tokens, bidirectional, no cache."""
-    layout = make_layout(grid, "clip")
+    layout, device = make_layout(grid, "clip"), model.device
     L = layout.num_tokens
-    ids = torch.randint(0, VOCAB + 1, (batch, L), generator=torch.Generator().manual_seed(SEED))
-    cond, mask = cond_for(batch), torch.ones(L, L, dtype=torch.bool)
-    return lambda: model(ids, cond, coords=layout.coords, mask=mask)
-
-
-def timed(
-    calls: dict[str, Callable[[], torch.Tensor]],
-    shapes: dict[str, tuple[int, ...]],
-    repeats: int,
-    cpu: dict[str, list[float]] | None = None,
-) -> dict[str, list[float]]:
-    """Times each call ``repeats`` times (wall clock), alternating the order every repeat (ABBA),
-    and checks every output's shape against ``shapes``. ``cpu`` collects this process's CPU
-    seconds per call: on a busy machine with one thread, a steadier measure than wall time."""
-    names = list(calls)
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(repeats):
-        for name in names if r % 2 == 0 else names[::-1]:
-            cpu_start, start = time.process_time(), time.perf_counter()
-            out = calls[name]()
-            times[name].append(time.perf_counter() - start)
-            if cpu is not None:
-                cpu.setdefault(name, []).append(time.process_time() - cpu_start)
-            if tuple(out.shape) != shapes[name]:
-                raise RuntimeError(f"{name} gave shape {tuple(out.shape)}, expected {shapes[name]}")
-    return times
+    ids = torch.randint(0, VOCAB + 1, (batch, L), generator=torch.Generator().manual_seed(SEED)).to(device)
+    cond, mask = cond_for(batch, device), torch.ones(L, L, dtype=torch.bool, device=device)
+    return lambda: model(ids, cond, coords=layout.coords.to(device), mask=mask)
 
 
 # --------------------------------------------------------------------------- the benchmark
@@ -226,7 +192,11 @@ def _fmt_grid(grid: tuple[int, int, int]) -> str:
 
 
 def run(
-    quick: bool = False, batches: tuple[int, ...] = BATCHES, decoding_layout: bool = True, repeats: int | None = None
+    quick: bool = False,
+    batches: tuple[int, ...] = BATCHES,
+    decoding_layout: bool = True,
+    repeats: int | None = None,
+    device: torch.device = CPU,
 ) -> list[dict]:
     """Runs (a)-(d) at every batch size; one record per metric, ratio = ours / peer.
 
@@ -237,6 +207,8 @@ def run(
         batches: batch sizes to run.
         decoding_layout: our models with ``Generator.decoding_layout_`` (as loaded for inference).
         repeats: timed calls per measurement (default 1 with ``quick``, else 2).
+        device: where both sides run (fp32 on either); on CUDA every timed call ends with a synchronize, and
+            (e) uses that device's read bandwidth.
 
     Returns:
         Records ``{"name", "ours", "peer", "unit", "ratio", "goal", "met", "goal_op"}``.
@@ -248,7 +220,8 @@ def run(
     repeats = repeats or (1 if quick else 2)
     L, L_nc = grid[0] * grid[1] * grid[2], nc_grid[0] * nc_grid[1] * nc_grid[2]
     tag = f"{'quick ' if quick else ''}{_fmt_grid(grid)}"
-    ar, mg, peer = build_ours("ar", decoding_layout), build_ours("maskgit", decoding_layout), build_peer()
+    ar, mg = build_ours("ar", device, decoding_layout), build_ours("maskgit", device, decoding_layout)
+    peer = build_peer(device)
     params = param_counts(ar, peer)
     # Weights a decoding step reads: all but the embedding rows it does not look up. Our token table
     # is only indexed (the head is separate); GPT-2's is also its head, so only its position table is out.
@@ -256,7 +229,7 @@ def run(
         "ours": params["ours"]["total"] - ar.tok_emb.weight.numel(),
         "peer": params["peer"]["total"] - peer.transformer.wpe.weight.numel(),
     }
-    bandwidth = read_bandwidth_gbs()
+    bandwidth = read_bandwidth_gbs(device)
     details: dict = {
         "params": params, "times_s": {}, "cpu_s": {}, "load_avg_1min": [os.getloadavg()[0]],
         "read_bandwidth_gbs": bandwidth, "read_params": read_params,
@@ -272,6 +245,7 @@ def run(
                 {"ours": (B, *grid), "peer": (B, L + 1)},
                 repeats,
                 cpu["ar"],
+                device,
             )
             # (b) cache vs recomputation, equal work on the shorter grid
             ours_ar(ar, B, WARMUP_GRID, use_cache=False)()
@@ -280,6 +254,7 @@ def run(
                 {"cache": (B, *nc_grid), "no_cache": (B, *nc_grid)},
                 repeats,
                 cpu["cache"],
+                device,
             )
             # (c), (d) MaskGIT clip-wise vs GPT-style and vs one plain forward pass
             ours_maskgit(mg, B, WARMUP_GRID)(), plain_forward(mg, B, WARMUP_GRID)()
@@ -288,6 +263,7 @@ def run(
                 {"maskgit": (B, *grid), "forward": (B, L, VOCAB)},
                 repeats,
                 cpu["maskgit"],
+                device,
             )
         details["times_s"][f"B={B}"] = {"ar": t_a, "cache": t_b, "maskgit": t_cd}
         details["cpu_s"][f"B={B}"] = cpu
@@ -342,6 +318,7 @@ def run(
             )
         )
     details["torch"], details["num_threads"], details["repeats"] = torch.__version__, torch.get_num_threads(), repeats
+    details["device"] = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     run.last_details = details  # type: ignore[attr-defined]  # raw timings for --json
     return records
 
@@ -362,18 +339,24 @@ def _main(argv: Sequence[str] | None) -> int:
     parser.add_argument(
         "--no-decoding-layout", action="store_true", help="skip Generator.decoding_layout_ (to measure what it buys)"
     )
+    parser.add_argument("--device", default="cpu", help="where both sides run: cpu, cuda, cuda:1, ...")
     args = parser.parse_args(argv)
+    device = parse_device(args.device)
     warnings.filterwarnings("ignore")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
 
     records = run(
-        quick=args.quick, batches=tuple(args.batch), decoding_layout=not args.no_decoding_layout, repeats=args.repeats
+        quick=args.quick,
+        batches=tuple(args.batch),
+        decoding_layout=not args.no_decoding_layout,
+        repeats=args.repeats,
+        device=device,
     )
     details = run.last_details  # type: ignore[attr-defined]
     p = details["params"]
     print(
-        f"generator sampling, CPU fp32, torch {details['torch']}, {details['num_threads']} threads, "
+        f"generator sampling, {details['device']} fp32, torch {details['torch']}, {details['num_threads']} threads, "
         f"dim {DIM} depth {DEPTH} heads {NUM_HEADS} vocab {VOCAB}: tokvid {p['ours']['total'] / 1e6:.2f}M params, "
         f"GPT2 {p['peer']['total'] / 1e6:.2f}M; {details['repeats']} timed call(s) after a warm-up, median; "
         f"read bandwidth {details['read_bandwidth_gbs']:.1f} GB/s"

@@ -63,6 +63,7 @@ def test_unknown_benchmark_exits_2():
         ("generator_bench", ["--threads", "0"], "argument --threads: must be >= 1, got 0"),
         ("generator_bench", ["--repeats", "0"], "argument --repeats: must be >= 1, got 0"),
         ("generator_bench", ["--batch", "8", "0"], "argument --batch: must be >= 1, got 0"),
+        ("generator_bench", ["--device", "tpu"], "unknown device 'tpu': use cpu, cuda or cuda:N"),
         ("train_overhead", ["--threads", "-2"], "argument --threads: must be >= 1, got -2"),
         ("train_overhead", ["--profile", "x"], "argument --profile: expected an integer, got 'x'"),
     ],
