@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from core.cli import CliParser, run_cli
+from core.cli import CliParser, parse_device, run_cli
 from pipelines import DEFAULT_MODEL_DIR
 from videoeval.adherence import DEFAULT_SEED, PHRASINGS, evaluate_shapes
 
@@ -70,11 +70,13 @@ def _main(argv: Sequence[str] | None) -> int:
         help="comma-separated: prompts (adherence), and the visual-conditioning tasks continuation, image, long, story",
     )  # fmt: skip
     p.add_argument("--conditioning-videos", type=int, default=72, help="videos per visual-conditioning task row")
+    p.add_argument("--device", default="cpu", help="where the pipeline runs: cpu, cuda, cuda:1, ...")
     p.add_argument("--out", required=True, help="report folder")
     args = p.parse_args(argv)
+    device = parse_device(args.device)
     summary = evaluate_shapes(
         args.model, args.out, tasks=[t for t in args.tasks.split(",") if t],
-        conditioning_videos=args.conditioning_videos, num_videos=args.num_videos,
+        conditioning_videos=args.conditioning_videos, device=device, num_videos=args.num_videos,
         holdout_videos=args.holdout_videos, modes=[m for m in args.modes.split(",") if m],
         orders=[o for o in args.orders.split(",") if o], holdout=args.holdout, batch=args.batch, seed=args.seed,
         recon_videos=args.recon_videos, phrasing=args.phrasing,

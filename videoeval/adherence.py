@@ -130,7 +130,7 @@ def evaluate(
             mode=mode,
             order=order,
             sampling=sampling,
-            generator=torch.Generator().manual_seed(seed + start),
+            generator=torch.Generator(pipe.device).manual_seed(seed + start),
         )
         frames = out.frames if folder is None else received(out.frames, folder, start, out.fps)
         results += score(frames, chunk)
@@ -275,10 +275,13 @@ def evaluate_shapes(
     *,
     tasks: Sequence[str] = ("prompts",),
     conditioning_videos: int = 72,
+    device: torch.device | str = "cpu",
     **adherence: Any,
 ) -> dict[str, dict[str, float]]:
     """The shapes-world evaluations asked for: prompt adherence (``"prompts"``, :func:`evaluate_adherence` with
-    ``adherence`` as its keyword arguments) and the visual-conditioning tasks (:func:`conditioning_report`).
+    ``adherence`` as its keyword arguments) and the visual-conditioning tasks (:func:`conditioning_report`),
+    with the pipeline on ``device``. Sampling draws from a ``torch.Generator`` on that device, so a GPU makes
+    other videos than the CPU from the same seed: the rates compare, the videos do not.
 
     Returns:
         Every row's summary: ``"mode/order/split"`` for prompts, ``"mode/order/task"`` for the others.
@@ -294,7 +297,7 @@ def evaluate_shapes(
     visual = [t for t in tasks if t != "prompts"]
     if visual and conditioning_videos < 1:
         raise ValueError("--conditioning-videos must be >= 1")
-    pipe = VideoPipeline.from_pretrained(model)  # once for every task
+    pipe = VideoPipeline.from_pretrained(model).to(device)  # once for every task
     summary: dict[str, dict[str, float]] = {}
     if "prompts" in tasks:
         summary.update(evaluate_adherence(model, out, pipe=pipe, **adherence))

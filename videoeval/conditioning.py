@@ -130,7 +130,7 @@ class ConditioningEval:
         self._recon: dict[int, tuple[float, float]] = {}  # clip -> (PSNR of frames 5..16, context bound px)
 
     def _gen(self, offset: int) -> torch.Generator:
-        return torch.Generator().manual_seed(self.seed + offset)
+        return torch.Generator(self.pipe.device).manual_seed(self.seed + offset)
 
     def _call(self, prompts, offset: int, **kw) -> np.ndarray:
         out = self.pipe(prompts, mode=self.mode, order=self.order, sampling=self.sampling, generator=self._gen(offset),

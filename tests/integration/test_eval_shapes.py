@@ -157,6 +157,8 @@ def test_evaluate_passes_its_sampling_settings_to_every_pipeline_call():
     seen = []
 
     class FakePipe:
+        device = torch.device("cpu")
+
         def __call__(self, prompts, *, mode, order, sampling, generator):
             seen.append(sampling)
             return SimpleNamespace(frames=np.zeros((len(prompts), 17, 64, 64, 3), np.uint8))
@@ -238,6 +240,8 @@ def test_bad_sampling_or_order_fails_before_any_report_folder_is_made(tmp_path, 
         (["--orders", "clip,token"], "token"),  # the first order is valid: nothing is run before the check
         (["--tasks", "image", "--orders", "token"], "token"),
         (["--tasks", "prompts,image", "--conditioning-videos", "0"], "--conditioning-videos must be >= 1"),
+        (["--device", "tpu"], "unknown device 'tpu'"),
+        (["--device", "cuda:99"], "cuda:99"),  # no CUDA here, or no 100th GPU
     ]
     for i, (extra, message) in enumerate(cases):
         out = tmp_path / f"r{i}"
