@@ -17,11 +17,13 @@ import sys
 import time
 from collections.abc import Sequence
 
-import torch
+from core.cli import CliParser, frozen_imports, parse_device, run_cli
 
-from core.cli import CliParser, parse_device, run_cli
-from pipelines.generate import DEFAULT_PROMPT, generate_to_files
-from pipelines.video import DEFAULT_MODEL_DIR
+with frozen_imports():  # also for the installed tokvid-generate, which imports this module directly
+    import torch
+
+    from pipelines.generate import DEFAULT_PROMPT, generate_to_files
+    from pipelines.video import DEFAULT_MODEL_DIR
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
