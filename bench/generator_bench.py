@@ -92,7 +92,7 @@ def peer_kwargs() -> dict:
     )
 
 
-def build_ours(style: str, device: torch.device, decoding_layout: bool = True) -> Generator:
+def build_ours(style: str, decoding_layout: bool = True, device: torch.device = CPU) -> Generator:
     """Our model as ``Generator.from_pretrained`` gives it: eval mode, in the decoding layout
     (``decoding_layout_``) unless ``decoding_layout`` is False, on ``device``."""
     torch.manual_seed(SEED)
@@ -100,7 +100,7 @@ def build_ours(style: str, device: torch.device, decoding_layout: bool = True) -
     return (model.decoding_layout_() if decoding_layout else model).to(device)
 
 
-def build_peer(device: torch.device):
+def build_peer(device: torch.device = CPU):
     from transformers import GPT2Config, GPT2LMHeadModel
     from transformers.utils import logging as hf_logging
 
@@ -220,7 +220,7 @@ def run(
     repeats = repeats or (1 if quick else 2)
     L, L_nc = grid[0] * grid[1] * grid[2], nc_grid[0] * nc_grid[1] * nc_grid[2]
     tag = f"{'quick ' if quick else ''}{_fmt_grid(grid)}"
-    ar, mg = build_ours("ar", device, decoding_layout), build_ours("maskgit", device, decoding_layout)
+    ar, mg = build_ours("ar", decoding_layout, device), build_ours("maskgit", decoding_layout, device)
     peer = build_peer(device)
     params = param_counts(ar, peer)
     # Weights a decoding step reads: all but the embedding rows it does not look up. Our token table

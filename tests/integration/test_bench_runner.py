@@ -77,6 +77,15 @@ def test_bad_numbers_exit_2_with_one_line_before_measuring(module, args, message
     assert err == f"error: {message}\n"
 
 
+def test_decoding_products_builds_its_models_with_the_generator_benchmarks_builder():
+    """bench/decoding_products.py calls generator_bench.build_ours("ar"); a required device argument added to it
+    broke that call, which only the slow quick run of bench/run.py exercised."""
+    from bench import decoding_products
+
+    models = decoding_products.models()
+    assert set(models) == {"shipped", "bench model"} and models["bench model"].device.type == "cpu"
+
+
 @pytest.mark.slow
 def test_quick_run_writes_json(tmp_path):
     out = tmp_path / "bench.json"
