@@ -98,15 +98,14 @@ def _shapes_gifs(folder: Path, n: int) -> Path:
     """``n`` rendered shapes clips (17 frames, 64 px) as GIFs, read by Pillow, so that no video decoder (decord,
     PyAV) is needed; returns a data.jsonl that lists them with labels 0-2 (the tiny config's 3 classes)."""
     import numpy as np
-    from PIL import Image
 
-    from videodata.shapes.render import COLORS, MOTIONS, SHAPES, render_clip, sample_spec
+    from core.video_write import write_video
+    from videodata.shapes.render import COLORS, FPS, MOTIONS, SHAPES, render_clip, sample_spec
 
     rng, rows = np.random.default_rng(0), []
     for i in range(n):
         combo = (COLORS[i % len(COLORS)], SHAPES[i % len(SHAPES)], MOTIONS[i % len(MOTIONS)])
-        frames = [Image.fromarray(f) for f in render_clip(sample_spec(*combo, rng))]
-        frames[0].save(folder / f"{i}.gif", save_all=True, append_images=frames[1:], duration=125, loop=0)
+        write_video(folder / f"{i}.gif", render_clip(sample_spec(*combo, rng)), FPS)
         rows.append({"path": str(folder / f"{i}.gif"), "label": i % 3})
     (folder / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return folder / "data.jsonl"
