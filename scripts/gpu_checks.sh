@@ -8,7 +8,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-outputs/gpu_checks}"
 shift || true
-mkdir -p "$out"
+mkdir -p "$out" 2>/dev/null || { echo "error: cannot create the output folder $out" >&2; exit 2; }
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1
 py="${PYTHON:-python}"  # PYTHON=python3 where there is no `python`
 "$py" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'error: CUDA is not available to torch ' + torch.__version__)" || exit 2
