@@ -17,6 +17,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
+# Under pytest-xdist (scripts/test.sh runs two workers on CI's 2 cores) every worker and every process it starts
+# computes on one thread: two workers with torch's default of one thread per core ran up to 5x slower
+# (4 spinning OpenMP threads on 2 cores). A user's own setting wins.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

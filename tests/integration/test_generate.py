@@ -27,8 +27,9 @@ def model_dir(tmp_path_factory):
 
 
 def run_cli(*args, cwd=None):
-    """``python generate.py ARGS`` in a fresh process, as a user runs it (the package is installed, no PYTHONPATH)."""
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    """``python generate.py ARGS`` in a fresh process, as a user runs it (the package is installed, no PYTHONPATH).
+    With one OpenMP thread: the tests run two at a time on 2 cores."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, str(ROOT / "generate.py"), *args]
     return subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300, env=env, cwd=cwd)
 

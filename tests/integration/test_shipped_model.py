@@ -16,8 +16,10 @@ from pipelines import DEFAULT_MODEL_DIR as DEFAULT_MODEL
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def generate(*args, cwd):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+def generate(*args, cwd, threads=None):
+    """``generate.py ARGS --quiet`` in a fresh process. Two of them at a time on 2 cores each take ``threads=1``: with
+    torch's default of one thread per core they ran ~5x slower (4 threads on 2 cores)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
     return subprocess.run(
         [sys.executable, str(ROOT / "generate.py"), *args, "--quiet"],
         capture_output=True,
@@ -38,7 +40,7 @@ def test_shipped_model_is_complete_and_small():
 def test_default_prompt_writes_a_17_frame_64px_mp4_and_repeats_with_the_seed(tmp_path):
     with ThreadPoolExecutor(max_workers=2) as pool:  # two processes, two cores; each must give the same video
         first, again = pool.map(
-            lambda args: generate("--prompt", "a red circle moving left", *args, cwd=tmp_path),
+            lambda args: generate("--prompt", "a red circle moving left", *args, cwd=tmp_path, threads=1),
             [(), ("--out", str(tmp_path / "again.mp4"))],
         )
     assert first.returncode == 0, first.stderr
@@ -70,7 +72,8 @@ def test_unsupported_combination_and_too_long_prompt_are_refused(tmp_path):
         (("--label", "72"), "valid class ids are 0..71"),
     ]
     with ThreadPoolExecutor(max_workers=2) as pool:
-        procs = list(pool.map(lambda case: generate(*case[0], "--out", str(tmp_path / "v.mp4"), cwd=tmp_path), cases))
+        out = str(tmp_path / "v.mp4")
+        procs = list(pool.map(lambda case: generate(*case[0], "--out", out, cwd=tmp_path, threads=1), cases))
     for proc, (_, needle) in zip(procs, cases):
         assert proc.returncode == 2 and "Traceback" not in proc.stderr and needle in proc.stderr, proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr  # one line: no loading bars before it
@@ -87,7 +90,9 @@ def test_an_unreadable_video_to_continue_is_one_line_and_exit_2(tmp_path):
     assert not (tmp_path / "v.mp4").exists()
 
 
-@pytest.mark.parametrize("mode", ["ar", "maskgit"])
+# MaskGIT's case is slow (~40 s on 2 cores, ~80 s on one thread); the default run covers its shipped weights through
+# generate.py in test_both_modes_and_labels.
+@pytest.mark.parametrize("mode", ["ar", pytest.param("maskgit", marks=pytest.mark.slow)])
 def test_shipped_model_follows_prompts_and_continues_clips(mode):
     """Prompt following, not only shapes: 16 captions over 16 classes, judged by the analyzer from mp4 files. Measured
     adherence is ~98% (model card), so requiring 12 of 16 leaves a wide margin for other CPUs; a model that

@@ -123,8 +123,9 @@ def test_the_held_out_loss_is_measured_without_condition_dropout(data, tmp_path)
     """The eval loss ran the training objective: with objective.cond_dropout 0.9 most held-out rows were scored
     against the null condition. With lr 0 (identical weights) it must not depend on the dropout setting."""
     common = ["run.steps=2", "run.eval_every=2", "run.checkpoint_every=0", "optim.lr=0", "optim.warmup_steps=0"]
-    for name, p in (("none", "0.0"), ("most", "0.9")):
-        train(data, tmp_path / name, *common, f"objective.cond_dropout={p}", "objective.context_mask_ratio=0.0")
+    parallel(*(lambda n=name, p=p: train(data, tmp_path / n, *common, f"objective.cond_dropout={p}",
+                                         "objective.context_mask_ratio=0.0")
+               for name, p in (("none", "0.0"), ("most", "0.9"))))  # fmt: skip
     assert losses(tmp_path / "none", "eval_loss")[2] == losses(tmp_path / "most", "eval_loss")[2]
 
 
@@ -264,9 +265,9 @@ def probe(data, out, mode, *overrides):
 def test_nan_loss_batch_is_dropped_without_a_trace_and_export_matches_engine(data, tmp_path):
     """A NaN loss drops its micro-batch before backward: the run equals one that never trained
     on that batch (same random draws), and the export reproduces the engine's logits."""
-    poisoned = probe(data, tmp_path / "poisoned", "0")
+    poisoned, reference = parallel(lambda: probe(data, tmp_path / "poisoned", "0"),
+                                   lambda: probe(data, tmp_path / "reference", "reference"))  # fmt: skip
     assert "non-finite loss at step 0: micro-batch dropped" in poisoned.stderr
-    reference = probe(data, tmp_path / "reference", "reference")
     assert "non-finite" not in reference.stderr
     a = torch.load(tmp_path / "poisoned" / "params.pt", weights_only=True)  # our own test artefacts
     b = torch.load(tmp_path / "reference" / "params.pt", weights_only=True)
@@ -333,7 +334,7 @@ def test_nan_stop_policy_exits_with_one_line(data, tmp_path):
     assert "error: non-finite loss at step 2" in proc.stderr and "Traceback" not in proc.stderr
 
 
-@pytest.mark.parametrize("stage", [1, 2])
+@pytest.mark.parametrize("stage", [pytest.param(1, marks=pytest.mark.slow), 2])  # ZeRO-2 also shards what 1 does
 def test_two_processes_follow_the_single_process_loss_curve(data, tmp_path, stage):
     """The same global batch (1 x 4 clips, or 2 ranks x 2 clips: the sampler deals rank r every other clip of
     the same permutation) gives the same loss curve, within 1e-4 over 6 steps (a GPT-style model, whose loss
@@ -371,9 +372,11 @@ def test_sigterm_on_one_rank_stops_every_rank_at_the_same_step(data, tmp_path):
     assert [json.loads((ckpt / f"rank{r:05d}.json").read_text())["step"] for r in (0, 1)] == [4, 4]
 
 
+@pytest.mark.slow
 def test_zero3_trains_and_resumes_exactly(data, tmp_path):
     """ZeRO-3 with the optimizer offloaded to the CPU (configs/deepspeed/zero3_offload.json): killed after step 3,
-    the resumed run equals the uninterrupted one."""
+    the resumed run equals the uninterrupted one. Slow (~30 s); the default run builds and steps that JSON in
+    tests/integration/test_deepspeed_configs.py."""
     common = ["run.steps=6", "run.checkpoint_every=2", "run.deterministic=true", "run.eval_every=0",
               f"run.deepspeed={ROOT / 'configs/deepspeed/zero3_offload.json'}"]  # fmt: skip
     kill = ["exit_at_step=3"]
@@ -474,13 +477,13 @@ def test_init_from_starts_from_exported_weights_across_styles(data, tmp_path):
     d = load_file(tmp_path / "d" / "export" / "model.safetensors")
     assert {k for k in d if not k.startswith("target_emb.")} == a.keys() and all(torch.equal(a[k], d[k]) for k in a)
     assert any(k.startswith("target_emb.") for k in d)
-    train(data, tmp_path / "e", *lr0, f"run.init_from={tmp_path / 'd' / 'export'}")
-    e = load_file(tmp_path / "e" / "export" / "model.safetensors")
-    assert e.keys() == a.keys() and all(torch.equal(a[k], e[k]) for k in a)
     # a run that resumes from its own checkpoint ignores run.init_from: it resumed only while that folder existed
     shutil.rmtree(src)
-    train(data, tmp_path / "b", "run.steps=2", "run.eval_every=0", "optim.lr=0", "model.style=ar",
-          "model.orders=[frame]", f"run.init_from={src}")  # fmt: skip
+    parallel(lambda: train(data, tmp_path / "e", *lr0, f"run.init_from={tmp_path / 'd' / 'export'}"),
+             lambda: train(data, tmp_path / "b", "run.steps=2", "run.eval_every=0", "optim.lr=0", "model.style=ar",
+                           "model.orders=[frame]", f"run.init_from={src}"))  # fmt: skip
+    e = load_file(tmp_path / "e" / "export" / "model.safetensors")
+    assert e.keys() == a.keys() and all(torch.equal(a[k], e[k]) for k in a)
 
 
 @pytest.mark.slow
