@@ -136,7 +136,9 @@ def _pil_rgb(image: Image.Image) -> np.ndarray:
 
     16-bit grey (modes ``I;16*``: 16-bit PNG and TIFF) is scaled to 8 bits; Pillow's own ``convert("RGB")`` clips
     it, so all but the darkest 1/256 of the range came back white. 32-bit integer and float images (modes ``I``
-    and ``F``) have no fixed range and are refused with a ValueError.
+    and ``F``) have no fixed range and are refused with a ValueError. A transparent image (an alpha channel, or a
+    transparent palette index or colour) is laid over black: ``convert("RGB")`` dropped the alpha and showed
+    whatever colour a fully transparent pixel happened to store.
     """
     if image.mode.startswith("I;16"):
         grey = np.asarray(image).astype(np.uint32)  # (H, W) in 0..65535
@@ -145,6 +147,9 @@ def _pil_rgb(image: Image.Image) -> np.ndarray:
     if image.mode in ("I", "F"):
         kind = "32-bit integer" if image.mode == "I" else "floating-point"
         raise ValueError(f"{kind} images have no fixed range; save the image with 8 or 16 bits per channel")
+    if "A" in image.mode or "a" in image.mode or "transparency" in image.info:  # RGBA, LA, PA, RGBa, La; tRNS
+        rgba = np.asarray(image.convert("RGBA"), dtype=np.uint16)  # (H, W, 4)
+        return ((rgba[..., :3] * rgba[..., 3:] + 127) // 255).astype(np.uint8)  # over black, rounded
     return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
 

@@ -32,3 +32,32 @@ def test_eight_bit_modes_convert_as_pillow_does(tmp_path, mode):
     image.save(tmp_path / "x.tiff")
     frames = read_video(tmp_path / "x.tiff")
     np.testing.assert_array_equal(frames[0], np.asarray(Image.open(tmp_path / "x.tiff").convert("RGB")))
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA"])
+def test_transparent_pixels_are_laid_over_black(tmp_path, mode):
+    """Pillow's convert("RGB") drops the alpha: a transparent PNG came back showing the colour its invisible pixels
+    stored (white here). Opaque pixels keep their colour, half-transparent ones are half as bright."""
+    rgba = np.zeros((4, 6, 4), dtype=np.uint8)
+    rgba[..., :3] = 255  # white everywhere ...
+    rgba[:, :2, 3] = 0  # ... invisible on the left,
+    rgba[:, 2:4, 3] = 128  # half-covering in the middle,
+    rgba[:, 4:, 3] = 255  # opaque on the right
+    image = Image.fromarray(rgba, "RGBA")
+    image = image if mode == "RGBA" else image.convert(mode)
+    image.save(tmp_path / "x.png")
+    assert Image.open(tmp_path / "x.png").mode == mode
+    frame = read_video(tmp_path / "x.png")[0]  # (H, W, 3)
+    assert frame.shape == (4, 6, 3)
+    assert (frame[:, :2] == 0).all() and (frame[:, 4:] == 255).all()
+    assert (np.abs(frame[:, 2:4].astype(int) - 128) <= 1).all()
+
+
+def test_a_palette_image_with_a_transparent_index_is_laid_over_black(tmp_path):
+    p = Image.new("P", (4, 4), 1)
+    p.putpalette([255, 255, 255, 200, 10, 10] + [0, 0, 0] * 254)  # index 0 white, index 1 red
+    p.putpixel((0, 0), 0)
+    p.info["transparency"] = 0  # index 0 is see-through
+    p.save(tmp_path / "p.png")
+    frame = read_video(tmp_path / "p.png")[0]
+    assert (frame[0, 0] == 0).all() and (frame[1, 1] == [200, 10, 10]).all()
