@@ -314,3 +314,21 @@ def test_cli_bad_input_exits_2_with_one_line(corpus, reference, tmp_path, monkey
         assert run_in_process(argv, monkeypatch) == 2, what
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and err.startswith("error:") and message in err, (what, err)
+
+
+def test_without_pyav_videos_are_one_error_and_images_still_cache(corpus, tmp_path, monkeypatch, capsys):
+    """A missing PyAV quarantined every video, one warning each, and wrote an empty cache; now it is one line, exit
+    2, before anything is written. A dataset of images alone does not need it."""
+    monkeypatch.setitem(sys.modules, "av", None)  # `import av` raises ImportError
+    argv = build_args(corpus, tmp_path / "v", None, "--num-workers", "0")
+    assert run_in_process(argv, monkeypatch, faults=False) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: video files need PyAV") and "pip install av" in err
+    assert not (tmp_path / "v").exists() or not any((tmp_path / "v").iterdir())
+    images = tmp_path / "imgs"
+    images.mkdir()
+    shutil.copy(corpus / "data" / "img.png", images / "a.png")
+    argv = build_args(corpus, tmp_path / "i", images, "--num-workers", "0")
+    argv[argv.index("--num-frames") + 1] = "1"
+    assert run_in_process(argv, monkeypatch, faults=False) == 0
+    assert len(TokenCache(tmp_path / "i", expect_grid=(1, 4, 4))) == 1

@@ -39,6 +39,7 @@ import torch
 from tqdm import tqdm
 
 from core.config import to_dict
+from core.video_io import PIL_EXTS
 from tokenizer import VideoTokenizer
 from videodata.cache.decode_pool import DecodePool, Failure
 from videodata.cache.format import FORMAT_NAME, FORMAT_VERSION, MANIFEST_NAME, token_dtype, tokenizer_fingerprint
@@ -228,6 +229,16 @@ def _check_paths(cfg: BuildConfig) -> None:
         raise ValueError(f"tokenizer folder {str(cfg.tokenizer)!r} does not exist or is not a folder")
 
 
+def _check_video_backend(root: Path, sources: list[Source]) -> None:
+    """Video files need PyAV (their display metadata, and decoding where decord fails): without it every video was
+    quarantined, one warning each, and the cache came out empty."""
+    if any(Path(s.path).suffix.lower() not in PIL_EXTS and not (root / s.path).is_dir() for s in sources):
+        try:
+            import av  # noqa: F401, PLC0415 - imported where it is used; here only to see that it is there
+        except ImportError as err:
+            raise ValueError(f"video files need PyAV, which cannot be imported ({err}): pip install av") from None
+
+
 def build_cache(cfg: BuildConfig) -> BuildSummary:
     """Caches this rank's share of the dataset and, on rank 0, merges the manifest.
 
@@ -258,6 +269,7 @@ def build_cache(cfg: BuildConfig) -> BuildSummary:
 
     root, sources = discover_sources(cfg.data)
     root = root.resolve()
+    _check_video_backend(root, sources)
     cache_spec = {
         "format": FORMAT_NAME,
         "identity": {  # everything a resumed run must share with the run that started the cache
