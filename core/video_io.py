@@ -131,6 +131,9 @@ def _read_pil(path: Path, pick: _Pick, size: int | tuple[int, int] | None = None
     return frames, total
 
 
+_ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})  # Pillow's modes with an alpha channel ("LAB" has none)
+
+
 def _pil_rgb(image: Image.Image) -> np.ndarray:
     """(H, W, 3) uint8 of a Pillow frame.
 
@@ -147,7 +150,7 @@ def _pil_rgb(image: Image.Image) -> np.ndarray:
     if image.mode in ("I", "F"):
         kind = "32-bit integer" if image.mode == "I" else "floating-point"
         raise ValueError(f"{kind} images have no fixed range; save the image with 8 or 16 bits per channel")
-    if "A" in image.mode or "a" in image.mode or "transparency" in image.info:  # RGBA, LA, PA, RGBa, La; tRNS
+    if image.mode in _ALPHA_MODES or "transparency" in image.info:  # an alpha channel, or a tRNS index or colour
         rgba = np.asarray(image.convert("RGBA"), dtype=np.uint16)  # (H, W, 4)
         return ((rgba[..., :3] * rgba[..., 3:] + 127) // 255).astype(np.uint8)  # over black, rounded
     return np.asarray(image.convert("RGB"), dtype=np.uint8)
