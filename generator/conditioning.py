@@ -37,6 +37,8 @@ class Condition:
     def batch_size(self) -> int:
         for t in (self.labels, self.text, self.drop):
             if t is not None:
+                if t.ndim == 0:
+                    raise ValueError("condition tensors need a batch dimension, got a 0-d tensor")
                 return t.shape[0]
         raise ValueError("an empty Condition has no batch size; pass drop=torch.ones(B, dtype=torch.bool)")
 
@@ -113,6 +115,9 @@ class ConditionEmbedder(nn.Module):
             emb = self.start[None].expand(B, -1, -1)
             return emb, torch.ones(B, 1, dtype=torch.bool, device=emb.device)
         drop = cond.drop
+        if drop is not None and (drop.dtype != torch.bool or drop.shape != (B,)):
+            # a (1,) drop would broadcast over the batch and null every row
+            raise ValueError(f"drop must be a ({B},) bool tensor, got {drop.dtype} {tuple(drop.shape)}")
         if self.kind == "class":
             if cond.labels is None:
                 if drop is None or not bool(drop.all()):
@@ -141,10 +146,14 @@ class ConditionEmbedder(nn.Module):
                 raise ValueError("this generator is text-conditional: pass text features")
             return null, torch.ones(B, self.prefix_len, dtype=torch.bool, device=null.device)
         text, mask = cond.text, cond.text_mask
-        if text.ndim != 3 or text.shape[1] != self.max_text_len:
-            raise ValueError(f"text features must be (B, {self.max_text_len}, D), got {tuple(text.shape)}")
+        width = self.text_proj[0].in_features
+        if text.ndim != 3 or text.shape[0] != B or text.shape[1:] != (self.max_text_len, width):
+            raise ValueError(f"text features must be ({B}, {self.max_text_len}, {width}), got {tuple(text.shape)}")
         if mask is None:
             mask = torch.ones(text.shape[:2], dtype=torch.bool, device=text.device)
+        elif mask.dtype != torch.bool or mask.shape != text.shape[:2]:  # e.g. a tokenizer's 0/1 attention_mask
+            raise ValueError(f"text_mask must be a {tuple(text.shape[:2])} bool tensor, got {mask.dtype} "
+                             f"{tuple(mask.shape)}")  # fmt: skip
         empty = ~mask.any(1) if drop is None else ~mask.any(1) & ~drop
         if bool(empty.any()):  # its prefix would attend to nothing: NaN that spreads to every token
             raise ValueError(f"text_mask row(s) {empty.nonzero().flatten().tolist()} mark no token; drop them instead")

@@ -54,52 +54,38 @@ class DecodingLinear(nn.Linear):
 
     Each is timed against ``F.linear`` on a column-major weight, the faster layout for ``F.linear`` and the one
     these layers used before; ``bench/decoding_products.py`` repeats that on the machine it runs on. Both give
-    ``F.linear``'s values up to rounding. The parameter stays as ``nn.Linear`` stores it (row-major); a layer
-    with an odd number of outputs, or a weight that is not contiguous, keeps a zero-padded contiguous copy for
-    these products, made again whenever the parameter is replaced or changed in place (``load_state_dict``, an
-    optimizer step, ``.to()``), so the two never disagree.
+    ``F.linear``'s values up to rounding. The parameter stays as ``nn.Linear`` stores it (row-major), and both
+    products read it directly, never a copy, so no change to it (``load_state_dict``, an optimizer step,
+    ``.to()``, or an in-place write through ``.data``, which leaves ``_version`` as it was) can leave them on old
+    values. The 1-row product needs an even number of outputs and a contiguous weight to view as two halves;
+    other layers (the shipped generators' 4,375-way head) multiply a single row with ``F.linear``.
     """
 
     def __init__(self, in_features: int, out_features: int) -> None:
         super().__init__(in_features, out_features, bias=False)
         self.decoding = False
-        self._products: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._products_of: tuple[int, int, torch.dtype] | None = None
 
     def decoding_layout_(self) -> None:
         """Turns on the row-count rule above (in place); the weight itself is unchanged."""
         self.decoding = True
 
-    def _product_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The weight (out, in) and its halves (2, ceil(out/2), in), both contiguous views of one tensor: the
-        parameter itself, or a copy zero-padded to an even number of rows. Made again when the parameter changes."""
-        w = self.weight
-        key = (w.data_ptr(), w._version, w.dtype)
-        if self._products is None or self._products_of != key:
-            out, n_in = self.out_features, self.in_features
-            if w.is_contiguous() and out % 2 == 0:
-                padded = w.detach()
-            else:
-                padded = w.new_zeros(out + out % 2, n_in, requires_grad=False)
-                padded[:out] = w.detach()
-            self._products = padded[:out], padded.view(2, padded.shape[0] // 2, n_in)
-            self._products_of = key
-        return self._products
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // self.in_features
+        w = self.weight
         if (
             not self.decoding
             or rows > ROW_PRODUCT_MAX
             or x.device.type != "cpu"
-            or (torch.is_grad_enabled() and (self.weight.requires_grad or x.requires_grad))
+            or (torch.is_grad_enabled() and (w.requires_grad or x.requires_grad))
+            or (rows == 1 and (self.out_features % 2 or not w.is_contiguous()))
         ):
-            return F.linear(x, self.weight)
-        w, halves = self._product_weights()
+            return F.linear(x, w)
+        w = w.detach()
         col = x.reshape(rows, self.in_features).T  # (in, rows): the input as columns (the strides MKL is fast with)
         if rows == 1:
-            y = torch.bmm(halves, col.expand(2, -1, -1))  # (2, ceil(out/2), 1)
-            return y.view(-1)[: self.out_features].view(*x.shape[:-1], self.out_features)
+            halves = w.view(2, self.out_features // 2, self.in_features)  # (2, out/2, in), the parameter's storage
+            y = torch.bmm(halves, col.expand(2, -1, -1))  # (2, out/2, 1)
+            return y.view(*x.shape[:-1], self.out_features)
         y = w @ col  # (out, rows)
         return y.T.reshape(*x.shape[:-1], self.out_features)  # a view: (..., out), strides (1, ..., rows)
 

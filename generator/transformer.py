@@ -230,6 +230,8 @@ class Generator(nn.Module):
             raise ValueError(
                 f"coords must be ({N}, 3) and mask ({N}, {N}), got {tuple(coords.shape)} and {tuple(mask.shape)}"
             )
+        if mask.dtype != torch.bool:  # a 0/1 float mask would be added to the scores as a bias, masking nothing
+            raise ValueError(f"mask must be a bool tensor (True where attention is allowed), got {mask.dtype}")
         lo, hi = torch.aminmax(ids)
         if int(lo) < 0 or int(hi) > self.config.start_id:
             raise ValueError(f"token ids must lie in [0, {self.config.start_id}]")

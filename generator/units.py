@@ -99,6 +99,9 @@ def check_order(order: str, supported: tuple[str, ...], style: str) -> None:
 
 def make_layout(grid: tuple[int, int, int], order: str, cube: tuple[int, int, int] = (1, 2, 2)) -> UnitLayout:
     """Builds the :class:`UnitLayout` of a grid for an order (``cube`` is used by order='cube')."""
+    if len(grid) != 3:
+        raise ValueError(f"token grid must be (t, h, w), got {tuple(grid)}")
+    grid = tuple(int(g) for g in grid)  # a list would never equal the grid of an ids tensor's shape
     t, h, w = grid
     if min(grid) < 1:
         raise ValueError(f"token grid must be positive, got {grid}")

@@ -36,7 +36,7 @@ def padded_text(batch: int) -> Condition:
 @pytest.mark.parametrize("out", [80, 81, 1])
 @pytest.mark.parametrize("rows", [1, 2, 3, 16, ROW_PRODUCT_MAX, ROW_PRODUCT_MAX + 1])
 def test_decoding_linear_matches_f_linear_for_every_row_count(rows, out):
-    """Every formulation gives F.linear's values, odd output counts (a padded weight) included; a transposed
+    """Every formulation gives F.linear's values, odd output counts (F.linear for one row) included; a transposed
     result is still the right (rows, out) matrix, with or without a leading batch dimension."""
     torch.manual_seed(0)
     lin = DecodingLinear(48, out)
@@ -51,7 +51,8 @@ def test_decoding_linear_matches_f_linear_for_every_row_count(rows, out):
 
 
 def test_decoding_linear_is_exact_on_a_column_major_weight():
-    """A weight stored column-major (a layout nn.Linear's users may set) goes through the padded contiguous copy."""
+    """A weight stored column-major (a layout nn.Linear's users may set) cannot be viewed as two halves: one row
+    goes through F.linear, several through ``W @ x.T`` on the strided weight."""
     torch.manual_seed(0)
     lin = DecodingLinear(32, 64)
     lin.weight = torch.nn.Parameter(lin.weight.detach().t().contiguous().t())
@@ -62,16 +63,18 @@ def test_decoding_linear_is_exact_on_a_column_major_weight():
             torch.testing.assert_close(lin(x), x @ lin.weight.detach().T, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("out", [9, 10])
 @pytest.mark.parametrize("rows", [1, 4])
-def test_decoding_linear_never_uses_a_stale_weight_copy(rows):
-    """The padded copy (odd outputs) follows the parameter when it is loaded, changed in place or converted."""
+def test_decoding_linear_never_uses_a_stale_weight(rows, out):
+    """The products follow the parameter when it is loaded, changed in place, written through ``.data`` (which
+    leaves ``_version`` unchanged: a cached copy keyed on it went stale there) or converted."""
     torch.manual_seed(0)
-    lin = DecodingLinear(16, 9)
+    lin = DecodingLinear(16, out)
     lin.decoding_layout_()
     x = torch.randn(rows, 16)
     with torch.inference_mode():
-        lin(x)  # makes the copy
-    new = torch.randn(9, 16)
+        lin(x)
+    new = torch.randn(out, 16)
     lin.load_state_dict({"weight": new})
     with torch.inference_mode():
         torch.testing.assert_close(lin(x), x @ new.T, atol=1e-5, rtol=1e-5)
@@ -79,11 +82,14 @@ def test_decoding_linear_never_uses_a_stale_weight_copy(rows):
         lin.weight.mul_(2.0)
     with torch.inference_mode():
         torch.testing.assert_close(lin(x), x @ (2 * new).T, atol=1e-5, rtol=1e-5)
+    lin.weight.data.copy_(-new)  # an EMA swap or weight surgery
+    with torch.inference_mode():
+        torch.testing.assert_close(lin(x), x @ (-new).T, atol=1e-5, rtol=1e-5)
     lin.to(torch.float64)
     with torch.inference_mode():
         y = lin(x.double())
     assert y.dtype == torch.float64
-    torch.testing.assert_close(y, x.double() @ (2 * new).double().T)
+    torch.testing.assert_close(y, x.double() @ (-new).double().T)
 
 
 def test_decoding_linear_keeps_gradients_flowing():

@@ -141,3 +141,46 @@ def test_pooled_token_ignores_padding_and_word_order_and_has_a_null():
     assert not torch.allclose(out[0, 0], out[1, 0])
     dropped, _ = emb(Condition(text=text, text_mask=mask, drop=torch.tensor([True, False])))
     assert torch.equal(dropped[0, 0], emb.null_pooled[0]) and torch.equal(dropped[1], out[1])
+
+
+def test_condition_inputs_of_the_wrong_type_or_shape_are_refused():
+    """Each of these ran before: a tokenizer's 0/1 long ``attention_mask`` failed deep in SDPA, a float mask in a
+    bitwise op, a wrong text width in a matmul, a 0-d label tensor with an IndexError, and a (1,) ``drop``
+    broadcast over the batch and silently nulled every row."""
+    cfg = GeneratorConfig(style="ar", vocab_size=16, max_grid=GRID, dim=32, depth=1, num_heads=2, cond="text",
+                          text_dim=8, max_text_len=MAX_LEN)  # fmt: skip
+    emb = Generator(cfg).cond_emb
+    text = torch.randn(2, MAX_LEN, 8)
+    ok = torch.ones(2, MAX_LEN, dtype=torch.bool)
+    emb(Condition(text=text, text_mask=ok, drop=torch.tensor([False, True])))  # well formed: accepted
+    bad = {
+        "text_mask must be a \\(2, 24\\) bool tensor": Condition(text=text, text_mask=ok.long()),
+        "text_mask must be a \\(2, 24\\) bool": Condition(text=text, text_mask=ok.float()),
+        "text_mask must be a \\(2, 24\\) bool tensor, got torch.bool \\(2, 5\\)": Condition(
+            text=text, text_mask=ok[:, :5]
+        ),
+        "text features must be \\(2, 24, 8\\)": Condition(text=torch.randn(2, MAX_LEN, 7)),
+        "drop must be a \\(2,\\) bool tensor": Condition(text=text, drop=torch.tensor([True])),
+        "drop must be a \\(2,\\) bool tensor, got torch.int64": Condition(text=text, drop=torch.tensor([0, 1])),
+        "batch dimension": Condition(labels=torch.tensor(3)),
+    }
+    for message, cond in bad.items():
+        with pytest.raises(ValueError, match=message):
+            emb(cond)
+
+
+def test_forward_refuses_a_non_boolean_attention_mask():
+    """A 0/1 float mask (``torch.ones(N, N).tril()``) was added to the attention scores as a bias, so nothing was
+    masked and a causal model saw the future."""
+    cfg = GeneratorConfig(style="ar", vocab_size=16, max_grid=GRID, dim=32, depth=1, num_heads=2, cond="class",
+                          num_classes=3)  # fmt: skip
+    m = Generator(cfg).eval()
+    layout = make_layout(list(GRID), "token")  # a list grid: to_sequence compared it with a tuple
+    ids = torch.randint(0, 16, (1, *GRID))
+    seq = layout.to_sequence(ids)
+    n = seq.shape[1]
+    cond = Condition(labels=torch.tensor([1]))
+    assert m(seq, cond, coords=layout.coords, mask=torch.ones(n, n, dtype=torch.bool).tril()).shape == (1, n, 16)
+    for mask in (torch.ones(n, n).tril(), torch.ones(n, n, dtype=torch.long).tril()):
+        with pytest.raises(ValueError, match="mask must be a bool tensor"):
+            m(seq, cond, coords=layout.coords, mask=mask)
