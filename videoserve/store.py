@@ -6,8 +6,10 @@ Layout of ``root``::
     <id>.json              its record; written last, so a result without one is unfinished
     uploads/<id><ext>      uploaded context images and videos
 
-Ids are 32 random hex digits (:func:`secrets.token_hex`). Only names of that form are ever served, so a
-request cannot reach a file outside ``root`` or guess another user's result from its own.
+Ids are 32 random hex digits (:func:`secrets.token_hex`). Only names of that form are ever served, listed,
+counted against the cap or deleted, so a request cannot reach a file outside ``root`` or guess another user's
+result from its own, and other files in the folder (``--out outputs`` also holds ``generate.py``'s videos) are
+left alone.
 """
 
 from __future__ import annotations
@@ -27,7 +29,10 @@ log = logging.getLogger(__name__)
 
 _ID = re.compile(r"^[0-9a-f]{32}$")
 _SERVED = re.compile(r"^([0-9a-f]{32})\.(mp4|png)$")
+_RESULT_FILE = re.compile(r"^([0-9a-f]{32})\.(mp4|png|json)$")
+_RECORD = re.compile(r"^[0-9a-f]{32}\.json$")
 UPLOAD_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".mp4", ".webm", ".mov")
+_UPLOAD_FILE = re.compile(r"^([0-9a-f]{32})(" + "|".join(re.escape(x) for x in UPLOAD_SUFFIXES) + r")$")
 UPLOADS = "uploads"
 
 
@@ -41,7 +46,8 @@ class OutputStore:
 
     Args:
         root: the folder (created).
-        max_bytes: size cap of everything in ``root``; checked after each result and upload.
+        max_bytes: size cap of the server's own files in ``root`` (results and uploads); checked after each result
+            and upload.
     """
 
     def __init__(self, root: str | Path, max_bytes: int) -> None:
@@ -101,12 +107,18 @@ class OutputStore:
 
     def recent(self, limit: int) -> list[dict]:
         """The records of the newest finished results, newest first."""
-        records = sorted(self.root.glob("*.json"), key=lambda p: p.stat().st_mtime_ns, reverse=True)
+        records = []
+        for path in self.root.glob("*.json"):
+            if _RECORD.match(path.name):  # another JSON file in the folder is not a result: never listed
+                try:
+                    records.append((path.stat().st_mtime_ns, path))
+                except OSError:  # dropped by the cap meanwhile
+                    continue
         out = []
-        for path in records[:limit]:
+        for _, path in sorted(records, reverse=True)[:limit]:
             try:
                 out.append(json.loads(path.read_text()))
-            except (OSError, ValueError):  # dropped by the cap meanwhile, or not ours
+            except (OSError, ValueError):  # dropped by the cap meanwhile
                 continue
         return out
 
@@ -135,21 +147,28 @@ class OutputStore:
             return path
 
     # ----------------------------------------------------------------- cap
+    def _own_files(self) -> dict[str, list[Path]]:
+        """The server's files by id: ``<id>.mp4/.png/.json`` in ``root`` and ``uploads/<id><ext>``; nothing else."""
+        groups: dict[str, list[Path]] = {}
+        for folder, pattern in ((self.root, _RESULT_FILE), (self.uploads, _UPLOAD_FILE)):
+            for path in folder.iterdir():
+                match = pattern.match(path.name)
+                if match and path.is_file():
+                    groups.setdefault(match.group(1), []).append(path)
+        return groups
+
     def size(self) -> int:
-        """Bytes of every file in the folder."""
-        return sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file())
+        """Bytes of the server's own files (results and uploads)."""
+        return sum(p.stat().st_size for files in self._own_files().values() for p in files)
 
     def enforce_cap(self, keep: str = "") -> list[str]:
-        """Deletes the oldest results and uploads until the folder fits ``max_bytes``; returns the ids dropped.
+        """Deletes the oldest results and uploads until they fit ``max_bytes``; returns the ids dropped.
 
         Results being written, uploads held for waiting requests and ``keep`` (what the caller just made) are never
-        dropped.
+        dropped, nor is any file that is not the server's own (see :meth:`_own_files`).
         """
         with self._lock:
-            groups: dict[str, list[Path]] = {}
-            for path in self.root.rglob("*"):
-                if path.is_file() and not path.name.startswith("."):
-                    groups.setdefault(path.name.split(".")[0], []).append(path)
+            groups = self._own_files()
             total = sum(p.stat().st_size for files in groups.values() for p in files)
             by_age = sorted(groups, key=lambda k: max(p.stat().st_mtime_ns for p in groups[k]))
             dropped = []

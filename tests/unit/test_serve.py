@@ -18,7 +18,7 @@ from pipelines.generate import generate_to_files  # noqa: E402
 from pipelines.video import DEFAULT_MODEL_DIR  # noqa: E402
 from videoserve.app import KNOBS, create_app  # noqa: E402
 from videoserve.server import check_host  # noqa: E402
-from videoserve.store import OutputStore, new_id  # noqa: E402
+from videoserve.store import UPLOADS, OutputStore, new_id  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -243,6 +243,33 @@ def test_cap_drops_oldest_results_first(tmp_path):
     assert left == set(ids[-2:])  # 2 x ~920 bytes fit, 3 would not
     assert store.size() <= 2500
     assert [r["id"] for r in store.recent(10)] == ids[:-3:-1]
+
+
+def test_the_cap_and_the_listing_leave_other_files_in_the_folder_alone(tmp_path):
+    """``--out outputs`` (where generate.py also writes) once lost the user's oldest files to the cap, any file
+    grouped by the text before its first dot, and ``/api/recent`` served every JSON file there."""
+    mine = {
+        "old/holiday.mp4": b"h" * 5000,
+        "settings.json": b'{"api_key": "secret"}',
+        "notes.txt": b"n" * 3000,
+        "video.mp4": b"g" * 4000,
+        f"{'a' * 32}.txt": b"x" * 2000,
+        f"{UPLOADS}/{'b' * 32}.exe": b"e" * 2000,
+    }
+    for name, data in mine.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(data)
+    store = OutputStore(tmp_path, max_bytes=1000)
+    assert store.size() == 0 and store.recent(10) == []
+    ids = []
+    for _ in range(3):
+        rid = store.reserve()
+        store.result_paths(rid)[0].write_bytes(b"v" * 600)
+        store.finish(rid, {"id": rid})
+        ids.append(rid)
+    assert [r["id"] for r in store.recent(10)] == [ids[-1]]  # the cap kept the newest result, and only results listed
+    for name, data in mine.items():
+        assert (tmp_path / name).read_bytes() == data, name
 
 
 def test_cap_never_drops_a_result_being_written(tmp_path):
