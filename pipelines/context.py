@@ -80,7 +80,9 @@ def resample_indices(num_frames: int, source_fps: float, target_fps: float) -> l
     """Indices of the frames of a ``num_frames`` clip at ``source_fps`` that show it at ``target_fps``.
 
     Time steps of ``1 / target_fps`` are counted back from the last frame, the one a continuation follows, and
-    each takes the nearest source frame (so a slower source repeats frames). Equal rates keep every frame.
+    each takes the nearest source frame (so a slower source repeats frames), a tie the later one: one tie rule,
+    so the cadence stays even (Python's ``round`` sends ties to the even index, which showed a frame of a 4 fps
+    source three times at 8 fps and its neighbours once). Equal rates keep every frame.
     """
     if not (math.isfinite(source_fps) and source_fps > 0 and math.isfinite(target_fps) and target_fps > 0):
         raise ValueError(f"frame rates must be positive, got {source_fps} and {target_fps}")
@@ -88,7 +90,7 @@ def resample_indices(num_frames: int, source_fps: float, target_fps: float) -> l
     if abs(step - 1.0) < 1e-3:
         return list(range(num_frames))
     count = math.floor((num_frames - 1) / step + 1e-6) + 1  # target frames within the clip's span
-    return [round(num_frames - 1 - k * step) for k in reversed(range(count))]
+    return [math.floor(num_frames - 1 - k * step + 0.5) for k in reversed(range(count))]
 
 
 def context_frames(

@@ -368,7 +368,7 @@ class VideoPipeline:
         context_frames: int | None = None,
         mode: str | None = None,
         order: str | None = None,
-        num_videos: int = 1,
+        num_videos: int | None = None,
         sampling: SamplingConfig | None = None,
         generator: torch.Generator | None = None,
         progress: bool = False,
@@ -383,8 +383,10 @@ class VideoPipeline:
         Args:
             prompts: one prompt per segment, in order.
             segment_frames: frames of the first segment, 1 + k*ct; later segments add one fewer.
-            image / video / context_frames / mode / order / num_videos / sampling / generator / progress:
-                as in :meth:`__call__`.
+            image / video / context_frames / mode / order / sampling / generator / progress: as in
+                :meth:`__call__`.
+            num_videos: videos told by the same prompts: default 1, or one per image/video when a list of them
+                is given.
 
         Returns:
             VideoOutput with (B, T, H, W, C) uint8 frames: T = 1 + S * (segment_frames - 1), plus
@@ -392,9 +394,8 @@ class VideoPipeline:
         """
         if isinstance(prompts, str) or len(prompts) < 1:
             raise ValueError("a story needs a list of at least one prompt")
-        if num_videos < 1:
-            raise ValueError("nothing to generate: num_videos must be >= 1")
         mode, order, gen, sampling, context = self._setup(mode, order, sampling, image, video, context_frames)
+        num_videos = batch_size(None, num_videos, 1 if context is None else context.shape[0])
         self.latent_frames(segment_frames)
         if segment_frames < 1 + self.tokenizer.config.temporal_compression:
             raise ValueError(f"segment_frames={segment_frames} adds no frames after the first segment")

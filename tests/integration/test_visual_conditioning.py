@@ -131,6 +131,12 @@ def test_a_list_of_images_makes_one_video_each_and_numpy_integers_are_integers(p
         pipe([PROMPT, PROMPT], num_videos=3)
     with pytest.raises(ValueError, match="got 3 images/videos for 2 videos"):
         pipe(PROMPT, image=images, num_videos=2)
+    # story takes num_videos "as in __call__": it defaulted to 1 and refused a list, and None was a TypeError
+    story = pipe.story([PROMPT, PROMPT], segment_frames=5, image=images, generator=g)
+    assert story.frames.shape[:2] == (3, 9) and np.array_equal(story.frames[:, 0], starts)
+    assert pipe.story([PROMPT], segment_frames=5, num_videos=None, generator=g).frames.shape[0] == 1
+    with pytest.raises(ValueError, match="num_videos must be an integer >= 1, got 0"):
+        pipe.story([PROMPT], segment_frames=5, num_videos=0)
 
 
 def test_bad_visual_context_is_refused(pipe, clip):

@@ -34,6 +34,10 @@ def test_resample_indices_count_back_from_the_last_frame_to_the_nearest_source_f
     assert len(slow) == 9 and slow[-1] == 4 and slow == sorted(slow)
     exact = 4 - 0.5 * np.arange(8, -1, -1)  # the times each output frame shows, in source frames
     assert np.abs(np.array(slow) - exact).max() <= 0.5
+    # an even cadence: Python's round() (ties to even) gave [0, 0, 1, 2, 2, 2, 3, 4, 4] here
+    assert slow == [0, 1, 1, 2, 2, 3, 3, 4, 4]
+    assert np.diff(resample_indices(25, 12.0, 8.0)).tolist() == [2, 1] * 8  # 1.5 source frames a step, alternating
+    assert np.diff(resample_indices(121, 60.0, 8.0)).tolist() == [8, 7] * 8  # 7.5 (round() gave 8, 7, 7, 8, 8, ...)
     for bad in ((0.0, 8.0), (30.0, -1.0), (float("nan"), 8.0)):
         with pytest.raises(ValueError, match="frame rates"):
             resample_indices(10, *bad)
