@@ -62,7 +62,7 @@ def resize_center_crop(frames: np.ndarray, size: int | tuple[int, int]) -> np.nd
     if (new_h, new_w) != (H, W):
         out = np.empty((T, new_h, new_w, 3), dtype=np.uint8)
         for i in range(0, T, 16):  # chunks bound the float32 copy of long clips
-            chunk = np.ascontiguousarray(frames[i : i + 16])  # a view such as rgb[..., ::-1] has negative strides
+            chunk = np.array(frames[i : i + 16], order="C")  # a copy: views with negative strides, read-only arrays
             x = torch.from_numpy(chunk).permute(0, 3, 1, 2).float()  # (t, 3, H, W)
             x = F.interpolate(x, size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False)
             out[i : i + 16] = x.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()

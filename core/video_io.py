@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -115,18 +116,25 @@ class _Pick:
 
 
 def _read_pil(path: Path, pick: _Pick, size: int | tuple[int, int] | None = None) -> tuple[list[np.ndarray], int]:
-    """Decodes frames with Pillow at their own size. Returns the wanted frames and the number of frames seen."""
+    """Decodes frames with Pillow; with ``size`` each is resized and cropped as it is decoded, so an animated GIF
+    never holds all its frames at full size. Returns the wanted frames and the number of frames seen."""
     frames, total = [], 0
     try:
-        with Image.open(path) as im:
-            for i, frame in enumerate(ImageSequence.Iterator(im)):
-                total = i + 1
-                if i in pick:
-                    # EXIF rotation only applies to stills (frame 0 of a 1-frame file).
-                    frames.append(_pil_rgb(ImageOps.exif_transpose(frame) if i == 0 else frame))
-                if pick.last is not None and i >= pick.last:
-                    break
+        with warnings.catch_warnings():
+            # Pillow warns past MAX_IMAGE_PIXELS and raises past twice that: both are refused here
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                for i, frame in enumerate(ImageSequence.Iterator(im)):
+                    total = i + 1
+                    if i in pick:
+                        # EXIF rotation only applies to stills (frame 0 of a 1-frame file).
+                        rgb = _pil_rgb(ImageOps.exif_transpose(frame) if i == 0 else frame)  # (H, W, 3)
+                        frames.append(rgb if size is None else resize_center_crop(rgb[None], size)[0])
+                    if pick.last is not None and i >= pick.last:
+                        break
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise _DecodeError(f"Pillow: {err}") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:  # not OSError subclasses
         raise _DecodeError(f"Pillow: {err}") from None
     return frames, total
 
@@ -367,9 +375,12 @@ def video_fps(path: str | os.PathLike) -> float:
         raise ValueError(f"{str(path)!r} does not exist or is empty")
     if path.suffix.lower() in PIL_EXTS:
         try:
-            with Image.open(path) as im:
-                durations = [f.info.get("duration", 0) for f in ImageSequence.Iterator(im)]
-        except (UnidentifiedImageError, OSError, SyntaxError) as err:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(path) as im:
+                    durations = [f.info.get("duration", 0) for f in ImageSequence.Iterator(im)]
+        except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError,
+                Image.DecompressionBombWarning) as err:  # fmt: skip
             raise ValueError(f"cannot decode {str(path)!r}: {err}") from None
         if len(durations) < 2 or sum(durations) <= 0:
             raise ValueError(f"{str(path)!r} is a still image and has no frame rate")

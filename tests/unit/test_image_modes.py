@@ -61,3 +61,33 @@ def test_a_palette_image_with_a_transparent_index_is_laid_over_black(tmp_path):
     p.save(tmp_path / "p.png")
     frame = read_video(tmp_path / "p.png")[0]
     assert (frame[0, 0] == 0).all() and (frame[1, 1] == [200, 10, 10]).all()
+
+
+@pytest.mark.parametrize("pixels", [40 * 40, 60 * 60])  # past MAX_IMAGE_PIXELS (a warning) and past twice it (an error)
+def test_a_decompression_bomb_is_one_clear_error(tmp_path, monkeypatch, pixels):
+    """Pillow's DecompressionBombError is not an OSError: a 27 KB PNG of 15,000 x 15,000 px gave a traceback in
+    generate.py and a 500 in the server; between the limit and twice it Pillow only warned and decoded it all."""
+    from core.video_io import video_fps
+
+    side = int(pixels**0.5)
+    Image.new("1", (side, side)).save(tmp_path / "bomb.png")
+    frames = [Image.new("RGB", (side, side), (i * 40, 0, 0)) for i in range(3)]
+    frames[0].save(tmp_path / "bomb.gif", save_all=True, append_images=frames[1:], duration=125)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    for name in ("bomb.png", "bomb.gif"):
+        with pytest.raises(ValueError, match="decompression bomb"):
+            read_video(tmp_path / name)
+    with pytest.raises(ValueError, match="decompression bomb"):
+        video_fps(tmp_path / "bomb.gif")
+
+
+def test_an_animated_gif_is_resized_frame_by_frame_to_what_a_full_size_read_gives(tmp_path):
+    """Frames are now resized as Pillow decodes them (a GIF held every frame at full size first): same values."""
+    from core.frames import resize_center_crop
+
+    rng = np.random.default_rng(2)
+    frames = [Image.fromarray(rng.integers(0, 256, (90, 120, 3), dtype=np.uint8)) for _ in range(4)]
+    frames[0].save(tmp_path / "a.gif", save_all=True, append_images=frames[1:], duration=125)
+    full = read_video(tmp_path / "a.gif")
+    assert full.shape == (4, 90, 120, 3)
+    np.testing.assert_array_equal(read_video(tmp_path / "a.gif", size=(32, 48)), resize_center_crop(full, (32, 48)))
