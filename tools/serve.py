@@ -27,7 +27,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--max-waiting", type=int, default=4, help="requests that may wait behind the running one")
     p.add_argument("--max-frames", type=int, default=65, help="longest video a request may ask for")
-    p.add_argument("--max-output-mb", type=float, default=500.0, help="size cap of --out; oldest results go first")
+    p.add_argument(
+        "--max-output-mb",
+        type=float,
+        default=500.0,
+        help="size cap of its results and uploads in --out; oldest go first",
+    )
     p.add_argument("--max-upload-mb", type=float, default=32.0, help="largest image or video upload")
     return p.parse_args(argv)
 

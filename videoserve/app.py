@@ -8,15 +8,19 @@ Routes:
     ``POST /api/generate``       JSON in (see :mod:`videoserve.requests`), the result's record out
     ``GET /outputs/<id>.mp4``    a finished video (and ``<id>.png``, its contact sheet)
 
-Errors are JSON ``{"error": "<one line>"}``: 400 for bad input (the CLI's message), 404, 413 for an upload over
-the limit, 503 when the queue is full.
+Errors are JSON ``{"error": "<one line>"}``: 400 for bad input (the CLI's message), 404, 413 for a body over
+the limit, 503 when the queue is full. Unless the server is public, a request must be addressed to a loopback name
+(``Host``), so a web page cannot reach it through DNS rebinding; a POST whose ``Origin`` is another site (a page
+the user visits posting to the demo) gets 403.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import os
 import time
 from dataclasses import asdict
 from importlib import resources
@@ -38,6 +42,7 @@ from videoserve.worker import Busy, GenerationWorker
 log = logging.getLogger(__name__)
 
 MAX_JSON_BYTES = 64 * 1024
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 KNOBS = {  # shown per style
     "ar": ("cfg_scale", "temperature", "context_temperature"),
     "maskgit": ("cfg_scale", "steps", "temperature", "context_temperature"),
@@ -50,6 +55,23 @@ class _TooLarge(Exception):
 
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
+
+
+def _host_name(host: str) -> str:
+    """The name in a ``Host`` header, without its port: ``[::1]:8000`` -> ``::1``."""
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, refused past ``limit`` bytes while it arrives (a chunked body has no Content-Length to check)."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise _TooLarge
+    return bytes(body)
 
 
 def _model_info(pipe: VideoPipeline) -> dict:
@@ -123,6 +145,7 @@ def create_app(
     max_upload_bytes: int = 32 * 1024 * 1024,
     model_name: str = "",
     worker: GenerationWorker | None = None,
+    allowed_hosts: tuple[str, ...] | None = LOOPBACK_HOSTS,
 ) -> FastAPI:
     """The app around a loaded pipeline.
 
@@ -135,6 +158,7 @@ def create_app(
         model_name: shown by ``/api/health`` and on the page.
         worker: the thread that loaded ``pipe`` (:func:`videoserve.server.load_for_serving`), so that all torch
             work stays on one thread; None starts a new one.
+        allowed_hosts: the names a request's ``Host`` may carry; None takes any (a ``--public`` server).
     """
     worker = worker if worker is not None else GenerationWorker(max_waiting)
     max_waiting = worker.max_waiting
@@ -149,6 +173,16 @@ def create_app(
     frame_size = pipe.frame_size(pipe.generators[pipe.config.default_mode])  # uploads are checked at this size
     page = resources.files("videoserve").joinpath("page.html").read_text(encoding="utf-8")
     app.state.worker, app.state.store = worker, store
+
+    @app.middleware("http")
+    async def same_site_only(request: Request, call_next):
+        host = request.headers.get("host", "")
+        if allowed_hosts is not None and _host_name(host) not in allowed_hosts:
+            return _error(400, f"this server answers requests addressed to {', '.join(allowed_hosts)}, not {host!r}")
+        origin = request.headers.get("origin")
+        if request.method == "POST" and origin is not None and origin.split("://", 1)[-1] != host:
+            return _error(403, f"cross-origin requests are refused (Origin {origin!r}, Host {host!r})")
+        return await call_next(request)
 
     @app.exception_handler(HTTPException)
     async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
@@ -194,15 +228,18 @@ def create_app(
         except ValueError as err:
             path.unlink(missing_ok=True)
             return _error(400, str(err).replace(str(path), path.name))  # not the server's folders
+        except BaseException:  # a bug: the file it could not check is not kept
+            path.unlink(missing_ok=True)
+            raise
         store.enforce_cap(keep=upload_id)
         return JSONResponse({"id": upload_id, "frames": int(frames.shape[0])})
 
     @app.post("/api/generate")
     async def generate(request: Request) -> JSONResponse:
-        if int(request.headers.get("content-length") or 0) > MAX_JSON_BYTES:
-            return _error(413, f"the request body is larger than {MAX_JSON_BYTES} bytes")
         try:
-            body = await request.json()
+            body = json.loads(await _read_body(request, MAX_JSON_BYTES))
+        except _TooLarge:
+            return _error(413, f"the request body is larger than {MAX_JSON_BYTES} bytes")
         except (ValueError, RecursionError):  # RecursionError: deeply nested arrays
             return _error(400, 'the request body must be JSON, e.g. {"prompt": "a red circle moving left"}')
         held: list[str] = []  # uploads this request reads: the size cap must not drop them until it has run
@@ -213,7 +250,7 @@ def create_app(
             return path
 
         try:
-            gen_request = parse_request(body, claim, max_frames)
+            gen_request = parse_request(body, claim, max_frames, pipe.config.num_frames)
         except ValueError as err:
             store.release(held)
             return _error(400, str(err))
@@ -233,7 +270,7 @@ def create_app(
         try:
             record = await asyncio.wrap_future(future)
         except ValueError as err:
-            return _error(400, str(err))
+            return _error(400, str(err).replace(f"{store.uploads}{os.sep}", ""))  # not the server's folders
         except Exception as err:  # a bug, not the user's input: logged with its traceback
             log.exception("generation failed")
             return _error(500, f"generation failed: {type(err).__name__}: {err}")

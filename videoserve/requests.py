@@ -53,13 +53,16 @@ def _checked(body: dict, name: str) -> object:
     return value
 
 
-def parse_request(body: object, find_upload: Callable[[object], Path], max_frames: int) -> GenerationRequest:
+def parse_request(
+    body: object, find_upload: Callable[[object], Path], max_frames: int, default_frames: int
+) -> GenerationRequest:
     """Validates a decoded JSON body and builds the request.
 
     Args:
         body: the decoded JSON.
         find_upload: upload id -> file (ValueError when unknown).
-        max_frames: the server's limit on frames per video.
+        max_frames: the server's limit on frames per video, context included.
+        default_frames: the model's length, which a request without ``num_frames`` gets.
 
     Raises:
         ValueError: with one line naming the field and what is wrong.
@@ -79,8 +82,13 @@ def parse_request(body: object, find_upload: Callable[[object], Path], max_frame
     if v["steps"] is not None and not 1 <= v["steps"] <= MAX_STEPS:
         raise ValueError(f"steps must be in [1, {MAX_STEPS}] on this server, got {v['steps']}")
     prompts = v["prompt"] if isinstance(v["prompt"], list) else ([] if v["prompt"] is None else [v["prompt"]])
-    if v["segment_frames"] is not None and len(prompts) * (v["segment_frames"] - 1) + 1 > max_frames:
-        raise ValueError(f"this story would be longer than this server's limit of {max_frames} frames")
+    if v["segment_frames"] is not None:  # a story: after a video's context frames, each prompt adds segment - 1
+        first = v["context_frames"] if v["video"] is not None and v["context_frames"] is not None else 1
+        if first + max(len(prompts), 1) * (v["segment_frames"] - 1) > max_frames:
+            raise ValueError(f"this story would be longer than this server's limit of {max_frames} frames")
+    elif v["num_frames"] is None and default_frames > max_frames:
+        raise ValueError(f"the model's default of {default_frames} frames is longer than this server's limit of "
+                         f"{max_frames}: ask for num_frames <= {max_frames}")  # fmt: skip
     return GenerationRequest(
         prompts=tuple(prompts),
         label=None if v["label"] is None else str(v["label"]),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import tempfile
@@ -71,17 +72,20 @@ def serve(
     """
     import uvicorn  # the optional serve extra
 
-    from videoserve.app import create_app
+    from videoserve.app import LOOPBACK_HOSTS, create_app
 
     check_host(host, public)
+    if max_frames < 1 or max_waiting < 0:
+        raise ValueError("--max-frames must be positive, --max-waiting >= 0")
+    for flag, mb in (("--max-output-mb", max_output_mb), ("--max-upload-mb", max_upload_mb)):
+        if not (math.isfinite(mb) and mb > 0):  # int(inf) was an OverflowError traceback
+            raise ValueError(f"{flag} must be a positive number of megabytes, got {mb}")
     check_port(host, port)
-    if max_frames < 1 or max_upload_mb <= 0 or max_waiting < 0:
-        raise ValueError("--max-frames and --max-upload-mb must be positive, --max-waiting >= 0")
     store = OutputStore(out, int(max_output_mb * 1024 * 1024))
     worker = GenerationWorker(max_waiting)
     pipe = load_for_serving(model, torch.device(device), worker)
     app = create_app(
         pipe, store, max_frames=max_frames, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
-        model_name=Path(model).name, worker=worker,
+        model_name=Path(model).name, worker=worker, allowed_hosts=None if public else LOOPBACK_HOSTS,
     )  # fmt: skip
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -20,6 +20,8 @@ from videoserve.app import KNOBS, create_app  # noqa: E402
 from videoserve.server import check_host  # noqa: E402
 from videoserve.store import UPLOADS, OutputStore, new_id  # noqa: E402
 
+LOCAL = "http://127.0.0.1:8000"  # the Host a browser on this machine sends
+
 
 @pytest.fixture(scope="module")
 def pipe():
@@ -29,7 +31,7 @@ def pipe():
 @pytest.fixture()
 def client(pipe, tmp_path):
     store = OutputStore(tmp_path / "out", max_bytes=10**9)
-    with TestClient(create_app(pipe, store, max_waiting=1, max_frames=33, model_name="shapes")) as c:
+    with TestClient(create_app(pipe, store, max_waiting=1, max_frames=33, model_name="shapes"), base_url=LOCAL) as c:
         yield c
 
 
@@ -38,7 +40,7 @@ def served(pipe, tmp_path_factory):
     """One generation through the API and the same request through the library, for several tests."""
     out = tmp_path_factory.mktemp("served")
     store = OutputStore(out / "out", max_bytes=10**9)
-    with TestClient(create_app(pipe, store, model_name="shapes")) as c:
+    with TestClient(create_app(pipe, store, model_name="shapes"), base_url=LOCAL) as c:
         r = c.post("/api/generate", json={"prompt": "a blue square moving up", "seed": 3, "mode": "ar"})
         video = c.get(r.json()["video"]) if r.status_code == 200 else None
         sheet = c.get(r.json()["sheet"]) if r.status_code == 200 else None
@@ -177,7 +179,7 @@ def test_full_queue_gets_503(pipe, tmp_path, monkeypatch):
 
     monkeypatch.setattr(app_module, "generate_with", slow)
     store = OutputStore(tmp_path, max_bytes=10**9)
-    with TestClient(create_app(pipe, store, max_waiting=1)) as c:
+    with TestClient(create_app(pipe, store, max_waiting=1), base_url=LOCAL) as c:
         results = {}
 
         def post(key):
@@ -223,7 +225,7 @@ def test_upload_an_image_and_animate_it(client, tmp_path):
 )
 def test_bad_uploads(pipe, tmp_path, name, content, status, message):
     store = OutputStore(tmp_path, max_bytes=10**9)
-    with TestClient(create_app(pipe, store, max_upload_bytes=2 * 1024 * 1024)) as c:
+    with TestClient(create_app(pipe, store, max_upload_bytes=2 * 1024 * 1024), base_url=LOCAL) as c:
         r = c.post(f"/api/uploads?name={name}", content=content)
     assert r.status_code == status and message in r.json()["error"]
     assert not [p for p in store.uploads.iterdir()]  # nothing half-written is left
@@ -325,7 +327,7 @@ def test_a_refused_request_releases_the_uploads_it_claimed(pipe, tmp_path):
     upload = new_id()
     frame = np.zeros((64, 64, 3), np.uint8)
     Image.fromarray(frame).save(store.upload_path(upload, ".png"))
-    with TestClient(create_app(pipe, store)) as c:
+    with TestClient(create_app(pipe, store), base_url=LOCAL) as c:
         r = c.post("/api/generate", json={"image": upload, "video": "f" * 32, "prompt": "a red square moving right"})
     assert r.status_code == 400 and "no upload with id" in r.json()["error"]
     assert not store._held  # still held, the cap could never drop it
@@ -385,10 +387,69 @@ def test_loading_warming_and_generating_all_run_on_the_worker_thread(tmp_path, m
     )  # fmt: skip
     worker = GenerationWorker(max_waiting=2)
     pipe = server_module.load_for_serving(DEFAULT_MODEL_DIR, "cpu", worker)
-    with TestClient(create_app(pipe, OutputStore(tmp_path / "out", max_bytes=10**9), worker=worker)) as c:
+    with TestClient(
+        create_app(pipe, OutputStore(tmp_path / "out", max_bytes=10**9), worker=worker), base_url=LOCAL
+    ) as c:
         assert c.get("/api/health").json()["queue"]["max"] == 3  # the given worker's limit
         names = {name for _, name in seen}
         assert [k for k, _ in seen] == ["load", "warm"] and len(names) == 1
         assert names.pop().startswith("tokvid-generate")
         job = worker.submit(lambda: threading.current_thread().name)
         assert job.result().startswith("tokvid-generate")
+
+
+def test_requests_for_another_host_or_from_another_site_are_refused(pipe, tmp_path):
+    """Binding 127.0.0.1 did not stop a web page the user visits: a DNS-rebinding page (Host: its own name) read
+    /api/recent, and a cross-site text/plain POST started generations."""
+    store = OutputStore(tmp_path, max_bytes=10**9)
+    with TestClient(create_app(pipe, store, max_frames=9), base_url=LOCAL) as c:
+        r = c.get("/api/recent", headers={"host": "attacker.example"})
+        assert r.status_code == 400 and "attacker.example" in r.json()["error"]
+        assert c.get("/api/health", headers={"host": "localhost:8000"}).status_code == 200
+        assert c.get("/api/health", headers={"host": "[::1]:8000"}).status_code == 200
+        body = b'{"prompt": "a red circle moving left", "num_frames": 5}'
+        r = c.post(
+            "/api/generate", content=body, headers={"content-type": "text/plain", "origin": "http://evil.example"}
+        )
+        assert r.status_code == 403 and "cross-origin" in r.json()["error"]
+        r = c.post("/api/uploads?name=a.png", content=b"x", headers={"origin": "http://evil.example"})
+        assert r.status_code == 403
+        assert not list(store.uploads.iterdir()) and store.recent(10) == []
+        r = c.post("/api/generate", content=body, headers={"origin": LOCAL})  # the page itself
+        assert r.status_code == 200, r.text
+    with TestClient(create_app(pipe, store, allowed_hosts=None), base_url="http://demo.example") as c:  # --public
+        assert c.get("/api/health").status_code == 200
+
+
+def test_a_chunked_body_is_held_to_the_same_limit(client):
+    """The 64 KiB limit read only Content-Length, so a chunked body of any size was read into memory."""
+    big = b'{"prompt": "' + b"x" * (2 * 1024 * 1024) + b'"}'
+    r = client.post("/api/generate", content=iter([big[i : i + 65536] for i in range(0, len(big), 65536)]))
+    assert r.status_code == 413 and "larger than" in r.json()["error"]
+
+
+def test_the_frame_limit_counts_the_default_length_and_a_storys_context(pipe, tmp_path):
+    """A request without num_frames got the model's 17 frames past --max-frames 9; a story after a video's context
+    frames was counted as if it began from one frame."""
+    store = OutputStore(tmp_path, max_bytes=10**9)
+    clip = np.zeros((9, 64, 64, 3), np.uint8)
+    from core.video_write import write_video
+
+    write_video(tmp_path / "c.mp4", clip, fps=8)
+    with TestClient(create_app(pipe, store, max_frames=9), base_url=LOCAL) as c:
+        r = c.post("/api/generate", json={"prompt": "a red circle moving left"})
+        assert r.status_code == 400 and "default of 17 frames" in r.json()["error"]
+        video = c.post("/api/uploads?name=c.mp4", content=(tmp_path / "c.mp4").read_bytes()).json()["id"]
+        story = {"prompt": "a red circle moving left", "video": video, "context_frames": 9, "segment_frames": 9}
+        r = c.post("/api/generate", json=story)
+        assert r.status_code == 400 and "longer than this server's limit of 9" in r.json()["error"]
+
+
+@pytest.mark.parametrize("flag", ["--max-output-mb", "--max-upload-mb"])
+@pytest.mark.parametrize("value", ["inf", "nan", "0"])
+def test_serve_cli_refuses_limits_that_are_not_positive_numbers(capsys, flag, value):
+    from tools.serve import main
+
+    assert main(["--port", "1", "--model", str(Path(DEFAULT_MODEL_DIR)), flag, value]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and flag in err[0]
