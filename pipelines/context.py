@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from core.frames import resize_center_crop
-from core.video_io import VIDEO_EXTS, read_video, video_fps
+from core.video_io import PIL_EXTS, VIDEO_EXTS, read_video, video_fps
 from pipelines.batching import is_int
 
 log = logging.getLogger(__name__)
@@ -47,8 +47,8 @@ def load_frames(
         frames = read_video(source, size=size)
         path = Path(source)
         if fps is not None and frames.shape[0] > 1 and path.is_file() and path.suffix.lower() in VIDEO_EXTS:
-            rate, n = video_fps(path), frames.shape[0]
-            keep = resample_indices(n, rate, fps)
+            rate, n = _frame_rate(path), frames.shape[0]
+            keep = list(range(n)) if rate is None else resample_indices(n, rate, fps)
             if keep != list(range(n)):
                 log.info("%s: %d frames at %.3g fps -> %d at %.3g fps", path.name, n, rate, len(keep), fps)
                 frames = frames[keep]
@@ -61,6 +61,18 @@ def load_frames(
     return frames
 
 
+def _frame_rate(path: Path) -> float | None:
+    """A video's frame rate; None for an animated GIF without frame delays (browsers play those at their own
+    rate), whose frames are then taken frame for frame, as arrays are."""
+    if path.suffix.lower() in PIL_EXTS:
+        try:
+            return video_fps(path)
+        except ValueError:  # the frames were decoded already: what is missing is the timing
+            log.info("%s has no frame delays: its frames are taken one for one", path.name)
+            return None
+    return video_fps(path)
+
+
 def probe_frames(source: FrameSource, what: str) -> None:
     """Fails fast, before any model loads, on a context file that cannot be read: a ValueError with one line.
 
@@ -70,9 +82,9 @@ def probe_frames(source: FrameSource, what: str) -> None:
     if not isinstance(source, (str, os.PathLike)):
         return
     path = Path(source)
-    if path.is_file() and path.suffix.lower() in VIDEO_EXTS and what == "video":
+    if path.is_file() and path.suffix.lower() in VIDEO_EXTS - PIL_EXTS and what == "video":
         video_fps(path)
-    else:
+    else:  # images and GIFs (a one-frame GIF, or one without delays, has no rate and is still a valid context)
         read_video(path, num_frames=1)
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.video_io import read_video
+from core.video_io import read_video, video_fps
 from core.video_write import write_video
 from pipelines.context import context_frames, load_frames, probe_frames, resample_indices
 
@@ -69,6 +69,21 @@ def test_same_rate_files_arrays_and_stills_are_taken_frame_for_frame(tmp_path):
     assert load_frames(tmp_path / "one.gif", "video", fps=8.0).shape[0] == 5  # 2 frames at 2 fps span 4 at 8
     Image.fromarray(array[0]).save(still)
     assert load_frames(still, "image", fps=8.0).shape == (1, 64, 64, 3)
+
+
+def test_a_gif_without_a_frame_rate_is_still_a_context(tmp_path):
+    """A one-frame GIF, and an animated GIF without frame delays (browsers play it), were refused as videos with
+    "is a still image and has no frame rate", while the same frame as a PNG was taken."""
+    frames = [Image.fromarray(f) for f in moving_square(9)]
+    frames[0].save(tmp_path / "one.gif")
+    frames[0].save(tmp_path / "nodelay.gif", save_all=True, append_images=frames[1:], duration=0)
+    for name, count in (("one.gif", 1), ("nodelay.gif", 9)):
+        probe_frames(tmp_path / name, "video")
+        assert load_frames(tmp_path / name, "video", fps=8.0).shape[0] == count  # frame for frame
+    context = context_frames(None, tmp_path / "nodelay.gif", 5, temporal_compression=4, size=(64, 64), fps=8.0)
+    assert context.shape == (1, 5, 64, 64, 3)
+    with pytest.raises(ValueError, match="is a still image"):  # asking a one-frame file for its rate is still wrong
+        video_fps(tmp_path / "one.gif")
 
 
 def test_a_video_file_is_read_at_the_models_size_never_at_full_size(tmp_path, monkeypatch):
