@@ -125,11 +125,27 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
     unknown = sorted(set(data) - names, key=str)  # keys may be ints or bools in YAML
     if unknown:
         raise ValueError(f"{where}: unknown key(s) {unknown} for {cls.__name__}; valid keys are {sorted(names)}")
-    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
+    defaults = {f.name: _default_of(f) for f in dataclasses.fields(cls) if f.init}
+    kwargs = {}
+    for k, v in data.items():
+        if isinstance(v, dict) and dataclasses.is_dataclass(defaults[k]):
+            # A section given in part keeps the rest of the field's own default (a default_factory's values),
+            # not the section class's: a YAML setting optim.lr once reset a tokenizer's betas and weight decay.
+            v = _deep_merge(to_dict(defaults[k]), v)
+        kwargs[k] = _coerce(v, hints[k], f"{where}.{k}")
     try:
         return cls(**kwargs)
     except TypeError as err:  # a required field is missing
         raise ValueError(f"{where}: {err}") from None
+
+
+def _default_of(f: dataclasses.Field) -> Any:
+    """A field's default value (made by its factory), or None when it has none."""
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

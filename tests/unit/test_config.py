@@ -1,6 +1,6 @@
 """Config loading: defaults < YAML < dotted overrides, with typos and wrong types rejected."""
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pytest
 import yaml
@@ -157,3 +157,17 @@ def test_a_task_refuses_run_fields_it_cannot_honour():
     check_supported(RunConfig(), ("eval_every",), "tokenizer")  # defaults pass
     with pytest.raises(ValueError, match="run.eval_every is not supported by the tokenizer trainer"):
         check_supported(RunConfig(eval_every=10), ("eval_every",), "tokenizer")
+
+
+def test_a_section_given_in_part_keeps_the_rest_of_the_fields_own_default():
+    """A YAML ``optim: {lr: ...}`` for a tokenizer rebuilt the section from OptimConfig's class defaults, so the
+    tokenizer's own betas (0.9, 0.99) and zero weight decay silently became (0.9, 0.95) and 0.05; the same for its
+    discriminator's constant schedule and its run defaults."""
+    from videotrain.tokenizer_task import TokenizerTrainConfig
+
+    default = build_config(TokenizerTrainConfig, [], [])
+    cfg = build_config(TokenizerTrainConfig, [], ["optim.lr=0.002", "disc_optim.lr=0.0001", "run.steps=7"])
+    assert cfg.optim == replace(default.optim, lr=0.002)
+    assert cfg.disc_optim == replace(default.disc_optim, lr=0.0001)
+    assert cfg.run == replace(default.run, steps=7)
+    assert (cfg.optim.betas, cfg.optim.weight_decay, cfg.disc_optim.schedule) == ((0.9, 0.99), 0.0, "constant")
