@@ -10,9 +10,13 @@ and every filler is a single word piece, so a caption that fit the text encoder 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import torch
+
+_EDGE_PUNCTUATION = re.compile(r"^[\W_]+|[\W_]+$")
+_JOINERS = re.compile(r"[-/]")
 
 # Generic single-piece words with no attribute meaning. None of them appears in the evaluation phrasings
 # (videoeval/phrasings.py), and none contains a color, shape or direction word (tests/unit/test_captions.py).
@@ -60,11 +64,17 @@ class CaptionAugmentConfig:
         return self.drop > 0 or self.substitute > 0 or self.rotate > 0
 
 
+def _is_kept(word: str, keep: set[str]) -> bool:
+    bare = _EDGE_PUNCTUATION.sub("", word).lower()  # '"red"' -> 'red', '(moving' -> 'moving', 'left…' -> 'left'
+    return bare in keep or any(part in keep for part in _JOINERS.split(bare))  # 'red-circle'
+
+
 def augment_caption(caption: str, cfg: CaptionAugmentConfig, generator: torch.Generator) -> str:
     """``caption`` perturbed as ``cfg`` says, with every draw from ``generator``; at least one word survives.
 
-    Words are whitespace-separated; a word is kept when its lowercase form stripped of punctuation is in
-    ``cfg.keep``.
+    Words are whitespace-separated; a word is kept when its lowercase form stripped of punctuation (any
+    non-word character at either end: quotes, brackets, an ellipsis), or one of its hyphen- or slash-joined parts,
+    is in ``cfg.keep``.
     """
     words = caption.split()
     if not cfg.enabled or not words:
@@ -73,7 +83,7 @@ def augment_caption(caption: str, cfg: CaptionAugmentConfig, generator: torch.Ge
     out = []
     for word in words:
         u_drop, u_sub, u_pick = torch.rand(3, generator=generator).tolist()
-        if word.strip(".,;:!?").lower() in keep:
+        if _is_kept(word, keep):
             out.append(word)
         elif u_drop < cfg.drop:
             continue

@@ -23,8 +23,9 @@ class OptimConfig:
 
     Attributes:
         lr: peak learning rate.
-        betas / eps / weight_decay: AdamW's. Weight decay applies to matrices only: biases, norms
-            and embeddings (1-D tensors or names containing ``emb``) are not decayed.
+        betas / eps / weight_decay: AdamW's. Weight decay applies to the weights of linear and convolution
+            layers only (:func:`decays`): biases, norms, embedding tables and free parameters are not decayed.
+            A resumed run keeps all three (the optimizer's state holds them).
         warmup_steps: linear warmup from ``lr / warmup_steps`` to ``lr``.
         min_lr_ratio: the final learning rate as a fraction of ``lr``.
         schedule: "cosine", "linear" or "constant" (constant ignores ``min_lr_ratio``).

@@ -34,7 +34,7 @@ from tokenizer.losses import (
 )
 from videodata.clips import ClipDataConfig, ClipPool
 from videoeval.metrics import psnr
-from videotrain import distributed
+from videotrain import checkpoint, distributed
 from videotrain.config import RENAMED, RunConfig
 from videotrain.engines import EngineGroup, average_buffers, persistent_buffers
 from videotrain.optim import OptimConfig, build_adamw, lr_at
@@ -215,7 +215,8 @@ class TokenizerTrainer(Trainer):
     def build(self) -> None:
         cfg, lc, device = self.cfg, self.cfg.loss, self.dist.device
         self.model = VideoTokenizer(cfg.model)
-        if self.run.init_from:  # a later stage (e.g. longer clips) starts from an exported tokenizer
+        # A later stage (e.g. longer clips) starts from an exported tokenizer; a resumed one has its own weights.
+        if self.run.init_from and checkpoint.latest_complete(self.ckpt_dir) is None:
             src = load_config(TokenizerConfig, self.run.init_from)
             if src.weights_identity() != cfg.model.weights_identity():  # loss weights may change between stages
                 raise ValueError(f"run.init_from {self.run.init_from} has another architecture than model.*")
@@ -252,7 +253,9 @@ class TokenizerTrainer(Trainer):
         self.model_state = persistent_buffers(self.model) + (persistent_buffers(self.lecam) if self.lecam else [])
         self.rng = torch.Generator().manual_seed(self.run.seed + 1_000_003 * self.dist.rank)
         self.kind_rng = torch.Generator().manual_seed(self.run.seed + 2)
-        self.preview_batch = self.pool.sample(self.run.num_samples, torch.Generator().manual_seed(self.run.seed + 1))
+        # Fixed clips (not a draw with image_ratio, which could make them single frames for the whole run)
+        preview_rng = torch.Generator().manual_seed(self.run.seed + 1)
+        self.preview_batch = self.pool.sample(self.run.num_samples, preview_rng, images=not self.pool.clip_videos)
 
     def train_mode(self) -> None:
         """Training mode, except for the frozen parts: in training mode a VQ quantizer updates its codebook

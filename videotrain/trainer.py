@@ -217,7 +217,11 @@ class Trainer:
         tag = checkpoint.latest_complete(self.ckpt_dir)
         if tag is None:
             return
-        checkpoint.check_resumable(self.ckpt_dir / tag, self.cfg, self.resume_keys)
+        # The optimizer's state restores its param groups, betas, eps and weight decay included, and only the
+        # learning rate is set again each step: a changed value would be written to train_config.yaml, not used.
+        optim_keys = tuple(f"{section}.{key}" for section in ("optim", "disc_optim") if hasattr(self.cfg, section)
+                           for key in ("betas", "eps", "weight_decay"))  # fmt: skip
+        checkpoint.check_resumable(self.ckpt_dir / tag, self.cfg, self.resume_keys + optim_keys)
         state, tensors = checkpoint.load(self.checkpointed, self.ckpt_dir, tag, self.dist.rank)
         if state["world_size"] != self.dist.world_size:
             raise ValueError(

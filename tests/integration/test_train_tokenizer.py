@@ -152,5 +152,11 @@ def test_resuming_with_another_model_is_refused_before_anything_is_overwritten(t
     err = capsys.readouterr().err
     assert "was written with other settings (model.fsq: " in err and "Traceback" not in err
     assert (tmp_path / "run" / "train_config.yaml").read_text() == saved
-    # a longer run of the same model resumes, also with another training-only quantizer setting (a loss weight)
-    assert main([*common, "run.steps=2", "model.fsq.bound_loss_weight=0.5"]) == 0
+    # AdamW's betas / eps / weight decay come back from the optimizer's state: a change was recorded, not used
+    assert main([*common, "run.steps=2", "optim.weight_decay=0.5", "disc_optim.betas=[0.5,0.6]"]) == 2
+    err = capsys.readouterr().err
+    assert "optim.weight_decay: 0.05 -> 0.5" in err and "disc_optim.betas: " in err and "Traceback" not in err
+    # a longer run of the same model resumes, also with another training-only quantizer setting (a loss weight),
+    # and a resumed stage does not read run.init_from (the stage it started from may be gone)
+    gone = f"run.init_from={tmp_path / 'deleted_stage' / 'tokenizer'}"
+    assert main([*common, "run.steps=2", "model.fsq.bound_loss_weight=0.5", gone]) == 0

@@ -35,6 +35,9 @@ def test_drop_everything_leaves_the_kept_words_in_order():
     assert augment_caption(CAPTION, cfg, rng()) == "red square left"
     assert augment_caption("moving on and on", cfg, rng()) == "moving"  # nothing kept: the first word survives
     assert augment_caption("Red, square: LEFT.", cfg, rng()) == "Red, square: LEFT."  # punctuation and case
+    # quotes, brackets, an ellipsis and joined words kept their attribute words only with six ASCII marks stripped
+    quoted = 'a "red" «square» (moving left…) red-square left/right'
+    assert augment_caption(quoted, cfg, rng()) == '"red" «square» left…) red-square left/right'
 
 
 def test_substitute_everything_replaces_each_free_word_by_a_filler():

@@ -350,6 +350,11 @@ def test_clip_pool_reads_a_jsonl_manifest(tmp_path):
     (tmp_path / "train.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     pool = ClipPool(ClipDataConfig(paths=(str(tmp_path / "train.jsonl"),), num_frames=9, size=32))
     assert len(pool.videos) == 2  # c.mp4 is not in the manifest
+    # a listed file that is gone is skipped like an undecodable one (it was a bare FileNotFoundError)
+    rows.append({"path": "clips/gone.mp4"})
+    (tmp_path / "train.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    pool = ClipPool(ClipDataConfig(paths=(str(tmp_path / "train.jsonl"),), num_frames=9, size=32))
+    assert len(pool.videos) == 2 and len(pool.skipped) == 1 and "does not exist" in pool.skipped[0][1]
 
 
 def test_clip_pool_decodes_no_more_than_max_frames_per_video(clips, monkeypatch):

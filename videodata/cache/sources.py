@@ -287,9 +287,12 @@ def count_frames(path: Path) -> int:
     """Number of frames in a video, GIF, image or folder of image frames, from headers (no full decode).
 
     Raises:
-        SourceError: ``undecodable`` when no backend can open the file.
+        SourceError: ``missing`` for a path that does not exist (decord's open raised a bare FileNotFoundError),
+            ``undecodable`` when no backend can open the file.
     """
     reasons = []
+    if not path.exists():
+        raise SourceError("missing", f"{str(path)!r} does not exist")
     if path.is_dir():  # a folder of frames: one video (see core.video_io.read_video)
         return len(frame_files(path))
     if path.suffix.lower() in PIL_EXTS:
