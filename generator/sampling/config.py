@@ -7,6 +7,8 @@ from dataclasses import dataclass, replace
 
 from generator.schedules import SCHEDULES
 
+MAX_CFG_SCALE = 100.0  # guidance weights in use are 1-10; far larger ones overflow the logits
+
 
 @dataclass(frozen=True, kw_only=True)
 class SamplingConfig:
@@ -57,8 +59,8 @@ class SamplingConfig:
             raise ValueError(f"top_k must be >= 0, got {self.top_k}")
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.cfg_scale < 0:
-            raise ValueError(f"cfg_scale must be >= 0, got {self.cfg_scale}")
+        if not 0 <= self.cfg_scale <= MAX_CFG_SCALE:  # 1e39 overflowed the guided logits to inf: NaN probabilities
+            raise ValueError(f"cfg_scale must be in [0, {MAX_CFG_SCALE:g}], got {self.cfg_scale}")
         if self.cfg_schedule not in ("constant", "linear"):
             raise ValueError(f"cfg_schedule must be 'constant' or 'linear', got {self.cfg_schedule!r}")
         if self.steps < 1:

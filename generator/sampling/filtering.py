@@ -26,8 +26,11 @@ def sample_logits(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Ge
     """Draws ids (...,) from logits (..., V) with temperature, top-k and top-p; greedy at T=0."""
     if cfg.temperature == 0:
         return logits.argmax(-1)
-    logits = logits.float() if cfg.temperature == 1.0 else logits.float() / cfg.temperature  # x / 1 == x
-    logits = filter_logits(logits, cfg.top_k, cfg.top_p)
+    scaled = logits.float() if cfg.temperature == 1.0 else logits.float() / cfg.temperature  # x / 1 == x
+    if not bool(torch.isfinite(scaled).all()):  # a tiny temperature overflowed: the same softmax, shifted first
+        shifted = logits.float() - logits.float().amax(-1, keepdim=True)  # (..., V) <= 0, the top token at 0
+        scaled = (shifted / cfg.temperature).nan_to_num(nan=float("-inf"))
+    logits = filter_logits(scaled, cfg.top_k, cfg.top_p)
     probs = logits.softmax(-1)
     flat = probs.reshape(-1, probs.shape[-1])
     return torch.multinomial(flat, 1, generator=generator).view(probs.shape[:-1])

@@ -233,7 +233,7 @@ def test_bad_sampling_or_order_fails_before_any_report_folder_is_made(tmp_path, 
     model = make_tiny_pipeline(tmp_path / "model")
     base = ["--model", str(model), "--modes", "maskgit", "--recon-videos", "0", "--holdout-videos", "0"]
     cases = [
-        (["--cfg", "-1"], "cfg_scale must be >= 0, got -1.0"),
+        (["--cfg", "-1"], "cfg_scale must be in [0, 100], got -1.0"),
         (["--top-p", "0"], "top_p must be in (0, 1], got 0.0"),
         (["--mask-schedule", "cosin"], "mask_schedule must be one of"),
         (["--tasks", "continuation", "--steps", "0"], "steps must be >= 1, got 0"),

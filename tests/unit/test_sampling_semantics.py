@@ -73,6 +73,15 @@ def test_sample_logits_applies_top_k_and_top_p():
     assert int(sample_logits(logits, SamplingConfig(temperature=0), None)) == 0  # greedy
 
 
+@pytest.mark.parametrize("temperature", [1e-45, 1e-30])
+def test_a_temperature_that_overflows_the_logits_still_draws_the_top_token(temperature):
+    """logits / 1e-45 overflowed to inf and torch.multinomial raised on the NaN probabilities (exit 1 in the
+    CLI, a 500 in the server); the limit of the tempered softmax is the greedy choice."""
+    logits = torch.tensor([[0.5, 2.0, -1.0, 1.5], [3.0, -2.0, 0.0, 2.5]])
+    ids = sample_logits(logits, SamplingConfig(temperature=temperature), torch.Generator().manual_seed(0))
+    assert ids.tolist() == [1, 0]
+
+
 def _fixed_logits(monkeypatch, conf: torch.Tensor, vocab: int = 64) -> list[torch.Tensor]:
     """Makes every MaskGIT probe return the same logits: token 0 wins at every position, with a log-probability
     that grows with ``conf`` (token 1 trails it by ``conf``); records the ids each probe was given."""
@@ -249,7 +258,8 @@ def test_sampling_config_bounds_are_inclusive_and_errors_say_which_setting():
         r"top_k must be >= 0, got -1": dict(top_k=-1),
         r"top_p must be in \(0, 1\], got 0.0": dict(top_p=0.0),
         r"top_p must be in \(0, 1\], got 1.5": dict(top_p=1.5),
-        r"cfg_scale must be >= 0, got -1.0": dict(cfg_scale=-1.0),
+        r"cfg_scale must be in \[0, 100\], got -1.0": dict(cfg_scale=-1.0),
+        r"cfg_scale must be in \[0, 100\], got 1e\+39": dict(cfg_scale=1e39),
         r"cfg_schedule must be 'constant' or 'linear', got 'cosine'": dict(cfg_schedule="cosine"),
         r"steps must be >= 1, got 0": dict(steps=0),
         r"mask_schedule must be one of \['cosine', 'linear', 'square'\], got 'cosin'": dict(mask_schedule="cosin"),
