@@ -291,7 +291,13 @@ def test_cli_bad_input_exits_2_with_one_line(corpus, reference, tmp_path, monkey
     manifest = manifest_of(damaged)
     del manifest["shards"][0]["files"]["tokens"]["sha256"]  # still valid JSON, no longer a manifest
     (damaged / "manifest.json").write_text(json.dumps(manifest))
+    unlisted = tmp_path / "unlisted"  # verify passed it (it checks the files listed) and the reader hit a KeyError
+    shutil.copytree(reference, unlisted)
+    manifest = manifest_of(unlisted)
+    del manifest["shards"][0]["files"]["captions"]
+    (unlisted / "manifest.json").write_text(json.dumps(manifest))
     cases = {
+        "verify unlisted": (["verify", str(unlisted)], "shard shard-r000-00000 lists no captions file"),
         "--out file": (build_args(corpus, tmp_path / "a_file"), "is a file, not a folder"),
         "verify damaged": (
             ["verify", str(damaged)],

@@ -152,6 +152,9 @@ def _manifest_problem(manifest: dict[str, Any]) -> str | None:
             return f"shard {i} has no name"
         if not isinstance(shard.get("num_clips"), int) or not isinstance(shard.get("files"), dict):
             return f"shard {shard['name']} lacks num_clips or files"
+        missing = [kind for kind in SHARD_FILES if kind not in shard["files"]]
+        if missing:  # verify checked only the files listed, and the reader then failed with a KeyError
+            return f"shard {shard['name']} lists no {' or '.join(missing)} file"
         for kind, entry in shard["files"].items():
             for field, tp in _FILE_FIELDS.items():
                 if not isinstance(entry, dict) or not isinstance(entry.get(field), tp):
