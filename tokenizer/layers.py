@@ -66,6 +66,7 @@ class Conv3d(nn.Conv3d):
             and torch.backends.mkldnn.enabled
             and torch.backends.mkldnn.is_available()
             and not torch.compiler.is_compiling()  # fake tensors cannot enter mkldnn_convolution
+            and not torch.is_autocast_enabled("cpu")  # autocast does not cover the aten op: bf16 would be skipped
         ):
             return torch.ops.aten.mkldnn_convolution(
                 x.contiguous(), weight, bias, list(self.padding), list(self.stride), list(self.dilation), self.groups

@@ -6,6 +6,7 @@ divisible by cs. They become token grids (B, t, h, w) with t = 1 + k, h = H/cs, 
 
 from __future__ import annotations
 
+import numbers
 import os
 from dataclasses import dataclass, field
 from typing import Literal
@@ -124,6 +125,10 @@ class TokenizerOutput:
     stats: dict[str, torch.Tensor]
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)  # 4.0 was a TypeError in a slice
+
+
 class VideoTokenizer(nn.Module):
     """Discrete causal video tokenizer. Images are 1-frame videos and share the token space."""
 
@@ -189,6 +194,8 @@ class VideoTokenizer(nn.Module):
             raise ValueError(f"video must have shape {expected}, got rank {video.ndim} {tuple(video.shape)}")
         if video.shape[1] != c:
             raise ValueError(f"video must have shape {expected}, got {video.shape[1]} channels in {tuple(video.shape)}")
+        if video.shape[0] < 1:  # attention's rearrange divided by zero; without attention an empty result
+            raise ValueError(f"video must hold at least one clip, got {tuple(video.shape)}")
         try:
             self.latent_shape(*video.shape[2:])
         except ValueError as err:
@@ -230,7 +237,7 @@ class VideoTokenizer(nn.Module):
         if chunk_frames is None:
             return self._ids(self._latents(video).float())  # codes are chosen in fp32 whatever the weights
         ct = self.config.temporal_compression
-        if chunk_frames < ct or chunk_frames % ct:
+        if not _is_int(chunk_frames) or chunk_frames < ct or chunk_frames % ct:
             raise ValueError(f"chunk_frames must be a positive multiple of {ct}, got {chunk_frames}")
         state, latents, start = StreamState(), [], 0
         while start < video.shape[2]:
@@ -262,11 +269,13 @@ class VideoTokenizer(nn.Module):
             video: (B, C, 1 + (t-1)*ct, h*cs, w*cs) float32 whatever the weights' dtype, roughly in [-1, 1]
             (not clamped).
         """
+        if isinstance(ids, torch.Tensor) and ids.ndim == 4 and min(ids.shape) < 1:
+            raise ValueError(f"ids must be a non-empty (B, t, h, w) grid, got {tuple(ids.shape)}")
         codes = self.quantizer.ids_to_codes(ids)
         if chunk_latents is None:
             return self._pixels(codes).float()
-        if chunk_latents < 1:
-            raise ValueError(f"chunk_latents must be >= 1, got {chunk_latents}")
+        if not _is_int(chunk_latents) or chunk_latents < 1:
+            raise ValueError(f"chunk_latents must be an integer >= 1, got {chunk_latents!r}")
         state, frames, start = StreamState(), [], 0
         while start < codes.shape[2]:
             stop = min(codes.shape[2], start + chunk_latents + (1 if start == 0 else 0))

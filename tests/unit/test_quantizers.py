@@ -593,3 +593,43 @@ def test_vq_starts_from_unit_rows_and_its_learned_codebook_loss_follows_the_form
     x, code = flat(z), q.codebook[out.ids.reshape(-1)]
     torch.testing.assert_close(out.losses["commit"], 0.3 * (x - code).pow(2).mean())
     torch.testing.assert_close(out.losses["codebook"], 0.8 * (x - code).pow(2).mean())
+
+
+def test_quantizers_choose_and_score_codes_in_fp32_under_a_bf16_autocast() -> None:
+    """``run.precision=bf16`` on CPU trains through autocast, which ran the VQ distance matmul and the LFQ entropy
+    logits (~10^3, where bf16's step is 4-8) in bf16: ~2.5% of VQ ids were not the nearest code, and the LFQ entropy
+    loss was off by a factor ~2."""
+    g = torch.Generator().manual_seed(0)
+    vq = VQ(VQConfig(codebook_size=512, dim=8, l2_normalize=False)).eval()
+    lfq = LFQ(LFQConfig(dim=10, entropy_group_size=10)).train()
+    z_vq = torch.randn(4, 8, 4, 8, 8, generator=g)
+    z_lfq = torch.randn(4, 10, 2, 4, 4, generator=g) * 0.5
+    ref_ids, ref_losses = vq(z_vq).ids, lfq(z_lfq).losses
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ids, losses = vq(z_vq).ids, lfq(z_lfq).losses
+    assert torch.equal(ids, ref_ids)
+    for name, value in ref_losses.items():
+        torch.testing.assert_close(losses[name], value, rtol=1e-5, atol=1e-6)
+
+
+def test_fsq_ids_do_not_change_when_the_module_is_cast_to_half_precision() -> None:
+    """Its bounds were float buffers, so ``.to(bfloat16)`` rounded half_l (2.997 -> 3.0) and the same fp32 latents
+    got other ids (about 0.5% of them for these levels)."""
+    q = FSQ(FSQConfig(levels=(7, 5, 5, 5, 5)))
+    z = torch.randn(8, 5, 4, 16, 16, generator=torch.Generator().manual_seed(1)) * 2
+    ref = q(z).ids
+    for dtype in (torch.bfloat16, torch.float16):
+        assert torch.equal(q.to(dtype)(z).ids, ref), dtype
+
+
+def test_vq_dead_codes_k_and_k_plus_n_restart_on_different_latents() -> None:
+    """Code k took row (k * hash) mod N, the same row for k and k + N: of two dead codes 1 and 5 over N = 4
+    latents one won every tie and the other died again."""
+    q = ema_vq(codebook_size=8, dead_code_threshold=0.5).train()
+    with torch.no_grad():
+        q.ema_cluster_size.fill_(5.0)
+        q.ema_cluster_size[[1, 5]] = 0.0
+    z = torch.randn(1, 3, 1, 2, 2, generator=torch.Generator().manual_seed(0))  # N = 4 latents
+    assert q(z).stats["restarted"] == 2
+    rows = torch.cdist(q.ema_embed_sum[[1, 5]] / q.ema_cluster_size[[1, 5], None], flat(z)).argmin(dim=1)
+    assert rows[0] != rows[1]

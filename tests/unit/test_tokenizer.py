@@ -243,3 +243,29 @@ def test_batch_one_convolutions_run_on_onednn(repo_root):
     (g_ours,) = torch.autograd.grad(ours.square().sum(), x)
     (g_ref,) = torch.autograd.grad(ref.square().sum(), x)
     torch.testing.assert_close(g_ours, g_ref, rtol=1e-4, atol=1e-4)
+
+
+def test_empty_inputs_and_non_integer_chunks_are_one_value_error(repo_root):
+    """An empty batch divided by zero inside attention's rearrange (or gave an empty result without attention),
+    an empty latent grid failed deep in the decoder, and chunk_frames=4.0 or chunk_latents=1.5 were a TypeError."""
+    tok = tiny(repo_root)
+    cases = [
+        (lambda: tok.encode(torch.zeros(0, 3, 5, 32, 32)), "at least one clip"),
+        (lambda: tok.decode(torch.zeros(0, 2, 4, 4, dtype=torch.long)), "non-empty"),
+        (lambda: tok.decode(torch.zeros(1, 0, 4, 4, dtype=torch.long)), "non-empty"),
+        (lambda: tok.encode(video(T=9, B=1), chunk_frames=4.0), "chunk_frames must be a positive multiple"),
+        (lambda: tok.decode(torch.zeros(1, 3, 4, 4, dtype=torch.long), chunk_latents=1.5), "chunk_latents must be"),
+    ]
+    for call, message in cases:
+        with pytest.raises(ValueError, match=message):
+            call()
+
+
+def test_tokenizer_convolutions_follow_a_cpu_autocast(repo_root):
+    """The oneDNN shortcut called the aten op directly, which autocast does not cover: under run.precision=bf16
+    on CPU every tokenizer convolution stayed fp32 while nn.Conv3d ran in bf16."""
+    conv = tiny(repo_root).encoder.conv_in.conv
+    x = torch.randn(1, conv.in_channels, 3, 8, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert conv(x).dtype == torch.bfloat16
+    assert conv(x).dtype == torch.float32

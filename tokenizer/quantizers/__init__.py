@@ -1,7 +1,7 @@
 """Quantizers of the video tokenizer: VQ, FSQ, LFQ and BSQ behind one interface.
 
 One job: continuous latents to ids and codes and back (:class:`QuantizerOutput`). May import
-only :mod:`core` from this repository (today it needs nothing of it), never the rest of
+only :mod:`core` from this repository (VQ uses :mod:`core.collectives`), never the rest of
 :mod:`tokenizer`, which builds on it.
 
 ``QUANTIZERS`` maps each config name to its class and config class, e.g.

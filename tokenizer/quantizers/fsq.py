@@ -68,14 +68,18 @@ class FSQ(Quantizer):
         self.codebook_size = math.prod(config.levels)
         levels = torch.tensor(config.levels, dtype=torch.long)  # (D,)
         basis = torch.cumprod(torch.cat([torch.ones(1, dtype=torch.long), levels[:-1]]), dim=0)
-        half_l = (levels.double() - 1) * (1 - BOUND_EPS) / 2
-        offset = (levels % 2 == 0).double() * 0.5
         self.register_buffer("levels", levels, persistent=False)
         self.register_buffer("basis", basis, persistent=False)  # (D,) mixed-radix place values
         self.register_buffer("half_width", levels // 2, persistent=False)  # (D,) long
-        self.register_buffer("half_l", half_l.float(), persistent=False)
-        self.register_buffer("offset", offset.float(), persistent=False)
-        self.register_buffer("shift", torch.tan(offset / half_l).float(), persistent=False)
+
+    def _constants(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(half_l, offset, shift), each (1, D, 1, 1, 1) float32, made from the integer levels at every call: as
+        float buffers ``.to(bfloat16)`` rounded them (half_l 2.997 -> 3.0) and the same latents got other ids."""
+        levels = self.levels.double()
+        half_l = (levels - 1) * (1 - BOUND_EPS) / 2
+        offset = (self.levels % 2 == 0).double() * 0.5
+        shift = torch.tan(offset / half_l)
+        return tuple(_per_channel(x.float()) for x in (half_l, offset, shift))
 
     def bound(self, z: torch.Tensor) -> torch.Tensor:
         """Squashes each channel into its rounding range.
@@ -87,9 +91,7 @@ class FSQ(Quantizer):
             (B, D, t, h, w) float32, channel i in (-half_l_i - offset_i, half_l_i - offset_i),
             whose rounding gives exactly L_i integers.
         """
-        half_l = _per_channel(self.half_l.float())
-        offset = _per_channel(self.offset.float())
-        shift = _per_channel(self.shift.float())
+        half_l, offset, shift = self._constants()
         return torch.tanh(z.float() + shift) * half_l - offset
 
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
@@ -100,8 +102,8 @@ class FSQ(Quantizer):
 
         Returns:
             QuantizerOutput with codes (B, D, t, h, w) on the normalized grid in [-1, 1]
-            (straight-through to the bounded latent), ids (B, t, h, w), no losses, and stats
-            ``usage`` and ``perplexity``.
+            (straight-through to the bounded latent), ids (B, t, h, w), losses ``bound`` when
+            ``bound_loss_weight > 0`` (else none), and stats ``usage`` and ``perplexity``.
         """
         check_latent(z, self.dim, "FSQ")
         bounded = self.bound(z)
@@ -110,7 +112,7 @@ class FSQ(Quantizer):
         codes = (bounded + (rounded - bounded).detach()) / _per_channel(self.half_width)
         losses = {}
         if self.config.bound_loss_weight > 0:
-            excess = ((z.float() + _per_channel(self.shift.float())).abs() - self.config.bound_range).clamp_min(0)
+            excess = ((z.float() + self._constants()[2]).abs() - self.config.bound_range).clamp_min(0)
             losses["bound"] = self.config.bound_loss_weight * excess.square().mean()
         return QuantizerOutput(
             codes=codes.to(z.dtype), ids=ids, losses=losses, stats=usage_stats(ids, self.codebook_size)

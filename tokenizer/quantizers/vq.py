@@ -15,9 +15,10 @@ Codebook training, in training mode only:
 Dead codes: at the start of each training forward, codes whose EMA count (expected
 assignments per batch, starting at 1) is below ``dead_code_threshold`` are replaced by
 latents of the current batch, before lookup, so that no autograd graph holds the old
-values. Code k takes row ``(k * 2654435761) mod N`` of the batch's N latents (Knuth's
-multiplicative hash: dead codes land on distinct rows spread over the batch, up to N of
-them), so restarts draw no random numbers and a resumed run restarts exactly as the
+values. The j-th dead code (in code order) takes row ``(j * 2654435761) mod N`` of the batch's N
+latents (Knuth's multiplicative hash: dead codes land on distinct rows spread over the batch, up to N
+of them; hashing the code index instead put codes k and k + N on one row, where only one of the two
+could win), so restarts draw no random numbers and a resumed run restarts exactly as the
 original; the batch itself is what varies. With the defaults a code unused for about
 700 steps is restarted.
 
@@ -45,7 +46,7 @@ from torch import nn
 from core.collectives import broadcast_from_first_, mean_across_ranks_
 from tokenizer.quantizers.base import Quantizer, QuantizerOutput, check_ids, check_latent, usage_stats
 
-_RESTART_HASH = 2654435761  # a prime near 2**32 / golden ratio: code k restarts at row (k * it) mod N
+_RESTART_HASH = 2654435761  # a prime near 2**32 / golden ratio: dead code j restarts at row (j * it) mod N
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -198,8 +199,8 @@ class VQ(Quantizer):
         dead = self.ema_cluster_size < self.config.dead_code_threshold  # (K,) equal on every rank
         samples = torch.full_like(self.codebook, float("nan"))  # (K, D); an empty batch restarts nothing
         if flat.shape[0]:
-            codes = torch.arange(self.codebook_size, device=flat.device)
-            picks = (codes * _RESTART_HASH) % flat.shape[0]  # (K,) distinct for the first N codes
+            rank = dead.long().cumsum(0) - 1  # (K,) j for the j-th dead code (others: unused)
+            picks = (rank.clamp_min(0) * _RESTART_HASH) % flat.shape[0]  # (K,) distinct for the first N dead codes
             samples.copy_(flat[picks])
         broadcast_from_first_(samples)  # rank 0's rows on every rank
         dead &= samples.isfinite().all(dim=-1)  # never restart a code at a NaN
