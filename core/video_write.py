@@ -10,7 +10,9 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shutil
 import subprocess
+import tempfile
 from fractions import Fraction
 from pathlib import Path
 
@@ -89,6 +91,33 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float, *, crf:
             _write_mp4(tmp, frames, float(fps), crf)
         else:
             _write_gif(tmp, frames, float(fps))
+
+
+def write_frame_folder(path: str | os.PathLike, frames: np.ndarray) -> None:
+    """Writes frames losslessly as a folder of PNGs (``00000.png``, ...), the frame-folder video that
+    :func:`core.video_io.read_video` reads; the folder appears whole or not at all, replacing an older one.
+
+    Raises:
+        ValueError: bad frames, or ``path`` is a file.
+    """
+    path = Path(path)
+    check_frames(frames)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"cannot write frames into {str(path)!r}: it is a file")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        for i, frame in enumerate(frames):
+            Image.fromarray(frame).save(tmp / f"{i:05d}.png")
+        old = path.with_name(f".{path.name}.old-{os.getpid()}") if path.exists() else None
+        if old is not None:
+            path.rename(old)  # a rename cannot replace a non-empty folder
+        tmp.rename(path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def write_contact_sheet(

@@ -38,7 +38,7 @@ from videodata.shapes.dataset import parse_holdout
 from videodata.shapes.render import NUM_CLASSES, attributes_of, caption_for, label_of
 from videoeval.conditioning import TASKS as CONDITIONING_TASKS
 from videoeval.conditioning import conditioning_report, evaluation_runs
-from videoeval.phrasings import FRESH_TEMPLATES, REPORT_SEEDS, fresh_caption
+from videoeval.phrasings import FRESH_TEMPLATES, MAX_SEED, REPORT_SEEDS, fresh_caption
 from videoeval.shapes_ceiling import ceiling_results
 from videoeval.shapes_scoring import ATTRIBUTES, score, summarize
 
@@ -222,8 +222,8 @@ def evaluate_adherence(
         ValueError: bad counts, an unknown mode, order, phrasing, combination or sampling setting, an invalid
             sampling value, or a model that does not load; each before anything is written.
     """
-    if batch < 1 or seed < 0:
-        raise ValueError(f"--batch must be >= 1 and --seed >= 0, got {batch} and {seed}")
+    if batch < 1 or not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"--batch must be >= 1 and --seed in [0, 2**62], got {batch} and {seed}")
     if num_videos < 0 or holdout_videos < 0 or recon_videos < 0:
         raise ValueError("--num-videos, --holdout-videos and --recon-videos must be >= 0 (0 skips them)")
     if not (num_videos or holdout_videos or recon_videos):
@@ -292,8 +292,8 @@ def evaluate_shapes(
     unknown = sorted(set(tasks) - set(SHAPES_TASKS))
     if unknown or not tasks:
         raise ValueError(f"unknown tasks {unknown or list(tasks)}; choose from {', '.join(SHAPES_TASKS)}")
-    if adherence.get("seed", DEFAULT_SEED) < 0:  # numpy's own message does not name the flag
-        raise ValueError(f"--seed must be >= 0, got {adherence['seed']}")
+    if not 0 <= adherence.get("seed", DEFAULT_SEED) <= MAX_SEED:  # numpy's / torch's messages do not name the flag
+        raise ValueError(f"--seed must be in [0, 2**62], got {adherence['seed']}")
     visual = [t for t in tasks if t != "prompts"]
     if visual and conditioning_videos < 1:
         raise ValueError("--conditioning-videos must be >= 1")

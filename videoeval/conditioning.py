@@ -44,7 +44,7 @@ from videodata.shapes.render import (
     sample_spec,
 )
 from videoeval.metrics import psnr
-from videoeval.phrasings import REPORT_SEEDS
+from videoeval.phrasings import MAX_SEED, REPORT_SEEDS
 from videoeval.shapes_analyzer import analyze, count_objects, track
 
 EVAL_SEED = REPORT_SEEDS[0]  # training data is rendered with seed 0; choose settings on SELECTION_SEEDS
@@ -268,8 +268,8 @@ def evaluate_conditioning(
     unknown = sorted(set(tasks) - set(TASKS))
     if unknown:
         raise ValueError(f"unknown conditioning task(s) {unknown}; choose from {list(TASKS)}")
-    if num_videos < 1 or batch < 1 or seed < 0:
-        raise ValueError(f"num_videos and batch must be >= 1 and seed >= 0, got {num_videos}, {batch}, {seed}")
+    if num_videos < 1 or batch < 1 or not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"num_videos and batch must be >= 1 and seed in [0, 2**62], got {num_videos}, {batch}, {seed}")
     ev = ConditioningEval(pipe, mode, order, batch=batch, seed=seed, sampling=sampling)
     clips = fresh_clips(num_videos, seed) if {"continuation", "image"} & set(tasks) else []
     rows: dict[str, list[dict]] = {}
@@ -377,7 +377,7 @@ def conditioning_report(
             clips = fresh_clips(min(8, num_videos), seed)
             got = pipe([class_caption(c.label) for c, _ in clips], video=[f[:CONTEXT_FRAMES] for _, f in clips],
                        context_frames=CONTEXT_FRAMES, num_frames=17, mode=mode, order=order, sampling=settings,
-                       generator=torch.Generator().manual_seed(seed))  # fmt: skip
+                       generator=torch.Generator(pipe.device).manual_seed(seed))  # fmt: skip
             sheet = [mark_context(v, CONTEXT_FRAMES) for v in as_received(got.frames, got.fps)]
             write_contact_sheet(out / f"sheet_continuation_{mode}_{order}.png", sheet)
     atomic_write_json(out / "conditioning.json", {"model": str(model), "seed": seed, "summary": summary,

@@ -329,7 +329,8 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     Eigenvalues below ``D * eps * max`` are round-off of true zeros (rank-deficient
     covariances, e.g. fewer samples than feature dimensions) and are set to 0 before the
     square root, which would otherwise blow 1e-16 noise up to 1e-8; this keeps the result
-    symmetric and exactly 0 for identical sets. A negative result (round-off) is clipped to 0.
+    symmetric, exactly 0 for identical rank-deficient sets and within round-off (~1e-13) of 0 for identical
+    full-rank ones. A negative result (round-off) is clipped to 0.
 
     Args:
         mu1, mu2: (D,) means.

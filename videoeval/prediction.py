@@ -1,8 +1,10 @@
 """Frame prediction for FVD: a model's own continuations of real clips, written where ``eval_video fvd`` reads them.
 
-A prediction protocol (``context_frames > 0``: ``k600``, and ``quick`` for smoke runs) gives the
-model the first ``context_frames`` frames of each real clip (read with the protocol's stride) and
-asks for the rest; FVD then compares the predicted clips, context included, with the true ones:
+A prediction protocol (``context_frames > 0``: ``k600``; ``quick`` for smoke runs, with ``--context-frames``)
+gives the model the first ``context_frames`` frames of each real clip (read with the protocol's stride) and
+asks for the rest; FVD then compares the predicted clips, context included, with the true ones. Each clip is
+written as the protocol stores generated videos: a folder of PNG frames (``k600``, lossless) or an mp4
+(``quick``):
 
     python tools/eval_video.py predict --model DIR --real REAL --protocol k600 --out PRED
     python tools/eval_video.py fvd --real REAL --fake PRED --protocol k600 --i3d i3d_torchscript.pt
@@ -19,7 +21,7 @@ from typing import Any
 
 import torch
 
-from core.video_write import write_video
+from core.video_write import write_frame_folder, write_video
 from pipelines import VideoPipeline
 from videoeval.fvd import FVDProtocol, resolve_protocol
 from videoeval.sources import find_videos
@@ -40,12 +42,13 @@ def predict_continuations(
     seed: int = 0,
     device: torch.device | str = "cpu",
 ) -> dict[str, Any]:
-    """Writes ``out/<relative path>.mp4`` for the first ``num_videos`` real clips: context + prediction.
+    """Writes ``out/<relative path>`` (a PNG frame folder or ``.mp4``, as the protocol stores generated videos) for
+    the first ``num_videos`` real clips: context + prediction.
 
     Args:
         model: pipeline directory.
         real: folder of real videos (:func:`videoeval.sources.find_videos`).
-        out: folder for the predicted clips (same relative paths, .mp4).
+        out: folder for the predicted clips (same relative paths).
         protocol: a prediction preset (or its name); fixes frames, stride and context.
         context_frames: override the protocol's context (it must be 1 + k*ct for the tokenizer).
         num_videos: clips to predict (default: the protocol's count, or all when fewer exist).
@@ -89,6 +92,9 @@ def predict_continuations(
             order=order, generator=torch.Generator(device=pipe.device).manual_seed(seed + start),
         )  # fmt: skip
         for source, frames in zip(chunk, got.frames):
-            write_video(out / f"{source.key(real)}.mp4", frames[: protocol.num_frames], fps=got.fps)
+            if protocol.video_format == "frames":  # lossless, as the protocol's fvd expects (mp4 raises FVD)
+                write_frame_folder(out / source.key(real), frames[: protocol.num_frames])
+            else:
+                write_video(out / f"{source.key(real)}.mp4", frames[: protocol.num_frames], fps=got.fps)
     return {"protocol": protocol.name, "videos": count, "context_frames": num_context,
             "num_frames": protocol.num_frames, "out": str(out)}  # fmt: skip

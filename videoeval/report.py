@@ -101,6 +101,9 @@ def sample_videos(pipe, items: Sequence[str], *, num_frames: int, steps: int | N
     """
     conds = _conditions(pipe, items)
     pipe.latent_frames(num_frames)  # ValueError for an unreachable frame count
+    for gen in pipe.generators.values():  # bad input is one error up front, not a page of "not generated" rows
+        for _, kwargs in conds:
+            pipe.condition(gen, kwargs.get("prompt"), kwargs.get("labels"), 1)
     samples = []
     for mode, gen in pipe.generators.items():
         for order in gen.config.orders:
@@ -168,9 +171,10 @@ def continuation_rows(pipe, *, seed: int, num_clips: int = 2) -> tuple[list[np.n
         captions.append(f"truth: {class_caption(spec.label)}")
         for mode in pipe.generators:
             try:
-                out = pipe(class_caption(spec.label) if pipe.config.class_names else None, video=frames,
-                           context_frames=CONTEXT_FRAMES, num_frames=frames.shape[0], mode=mode,
-                           generator=torch.Generator().manual_seed(seed))  # fmt: skip
+                # the first 5 frames, as the page says: the pipeline continues a video from its last N frames
+                out = pipe(class_caption(spec.label) if pipe.config.class_names else None,
+                           video=frames[:CONTEXT_FRAMES], context_frames=CONTEXT_FRAMES, num_frames=frames.shape[0],
+                           mode=mode, generator=torch.Generator(pipe.device).manual_seed(seed))  # fmt: skip
             except ValueError as err:  # a model of another size or length: say why, keep the page
                 captions.append(f"{mode}: not generated ({err})")
                 continue
@@ -226,7 +230,9 @@ def build_report(
     cs = pipe.tokenizer.config.spatial_compression
     _, h, w = pipe.generators[pipe.resolve_mode_order(None, None)[0]].config.max_grid
     size = (clip_size, clip_size) if clip_size is not None else (h * cs, w * cs)
-    items = list(prompts) if prompts is not None else list(pipe.config.class_names[:2]) or ["0", "1"]
+    text_only = all(g.config.cond == "text" for g in pipe.generators.values())
+    default = ["a red circle moving left"] if text_only else ["0", "1"]  # a text model without class names
+    items = list(prompts) if prompts is not None else list(pipe.config.class_names[:2]) or default
     samples = sample_videos(pipe, items, num_frames=num_frames, steps=steps, seed=seed)
     recon = reconstruct_clips(pipe.tokenizer, num_frames=num_frames, size=size)
     continuations = continuation_rows(pipe, seed=seed)

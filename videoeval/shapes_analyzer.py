@@ -25,10 +25,12 @@ adherence of generated videos without being trained on them. Per frame it:
    measure within ~0.06 of 0 or 1 on rendered clips (~0.2 after H.264 at crf 18); blur, noise and compression move them
    toward the 0.5 thresholds, which the shape confidence reflects.
 
-Frames with no object, with an implausibly large one (noise) or whose area or hue is far
-from the clip's median are dropped as garbage. Color is the nearest of the six hues to the
-circular mean of frame hues; shape is a vote of per-frame decisions (triangle if bottom >= 0.5,
-else square if corner >= 0.5, else circle if both are within 0.5 of 0, else none);
+Frames with no object, with an implausibly large one (noise), or whose area is far from the clip's
+median area or whose hue is far from the circular mean of its hues are dropped as garbage (a clip split
+between two hues can lose every frame and then reads as no colour: the judge is strict about colour drift).
+Color is the nearest of the six hues to the circular mean of frame hues; shape is a vote of per-frame
+decisions (triangle if bottom >= 0.5, else square if corner >= 0.5, else circle if both are within 0.5 of 0,
+else none);
 motion is the dominant axis and sign of a Theil-Sen line through the centroid track, if it
 travels at least ``MIN_DISPLACEMENT`` of the frame side. Each attribute's confidence in [0, 1]
 multiplies its margin by the agreement across frames; the overall confidence is the smallest

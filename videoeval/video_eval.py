@@ -131,6 +131,8 @@ def evaluate_fvd(
     real, fake = Path(real), (Path(fake) if fake is not None else None)
     if save_stats is not None and _is_stats_file(real):
         raise ValueError("--save-stats needs --real to be a folder of videos, not a stats file")
+    if save_stats is not None and Path(save_stats).suffix.lower() != ".npz":  # only .npz is read back as stats
+        raise ValueError(f"--save-stats must name a .npz file, got {str(save_stats)!r}")
     if fake is None and save_stats is None:
         raise ValueError("give --fake, or --save-stats to only compute the real statistics")
     i3d_file = resolve_i3d_path(i3d_path)

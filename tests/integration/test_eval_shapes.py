@@ -231,6 +231,7 @@ def test_cli_passes_every_sampling_flag_as_an_override(tmp_path, monkeypatch):
 def test_bad_sampling_or_order_fails_before_any_report_folder_is_made(tmp_path, capsys):
     """One error line, exit 2, and no half-made report folder, for the prompts and for the conditioning tasks."""
     model = make_tiny_pipeline(tmp_path / "model")
+    capsys.readouterr()  # the tiny text encoder's save may draw progress bars (run alone, this test failed on them)
     base = ["--model", str(model), "--modes", "maskgit", "--recon-videos", "0", "--holdout-videos", "0"]
     cases = [
         (["--cfg", "-1"], "cfg_scale must be in [0, 100], got -1.0"),
@@ -242,6 +243,7 @@ def test_bad_sampling_or_order_fails_before_any_report_folder_is_made(tmp_path, 
         (["--tasks", "prompts,image", "--conditioning-videos", "0"], "--conditioning-videos must be >= 1"),
         (["--device", "tpu"], "unknown device 'tpu'"),
         (["--device", "cuda:99"], "cuda:99"),  # no CUDA here, or no 100th GPU
+        (["--seed", str(2**64)], "--seed must be in [0, 2**62]"),  # torch.Generator overflowed after files were written
     ]
     for i, (extra, message) in enumerate(cases):
         out = tmp_path / f"r{i}"

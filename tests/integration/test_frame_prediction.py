@@ -15,6 +15,7 @@ from tests.unit.test_eval_video import save_stand_in
 from tools.eval_video import main
 from videoeval.conditioning import fresh_clips
 from videoeval.prediction import predict_continuations
+from videoeval.sources import find_videos
 
 
 def test_predict_then_fvd(tmp_path, capsys):
@@ -68,3 +69,21 @@ def test_predict_then_fvd(tmp_path, capsys):
     assert [p.name for p in single.iterdir()] == ["clip_0.mp4"]
     with pytest.raises(ValueError, match="unknown protocol 'nope'"):
         predict_continuations(model, real, tmp_path / "p", "nope", context_frames=5)
+
+
+def test_k600_predictions_are_lossless_frame_folders(tmp_path, caplog):
+    """k600 stores generated videos as frames (compression raises FVD), but predict wrote H.264 mp4 files, which
+    that protocol's own fvd then warned about."""
+    model = make_tiny_pipeline(tmp_path / "model")
+    real = tmp_path / "real"
+    for i, (_, frames) in enumerate(fresh_clips(2)):
+        write_video(real / f"clip_{i}.mp4", frames, fps=8)
+    pred = tmp_path / "pred"
+    predict_continuations(model, real, pred, "k600", num_videos=2)
+    assert sorted(p.name for p in pred.iterdir()) == ["clip_0", "clip_1"]
+    got = read_video(pred / "clip_0")
+    assert got.shape == (16, 32, 32, 3)
+    predict_continuations(model, real, pred, "k600", num_videos=1)  # a rerun replaces the folder whole
+    assert sorted(p.name for p in pred.iterdir()) == ["clip_0", "clip_1"]
+    assert len(list((pred / "clip_0").iterdir())) == 16
+    assert [s.kind for s in find_videos(pred)] == ["frames", "frames"]  # what fvd reads without its warning

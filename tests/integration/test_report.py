@@ -235,6 +235,7 @@ def test_bad_input_exits_2_with_one_line(model, inputs, tmp_path, capsys):
         "1 + k*4": [*base, "--num-frames", "6"],
         "must be >= 1": [*base, "--steps", "0"],
         "invalid int value": [*base, "--seed", "many"],
+        "unknown class 999": [*base, "--prompts", "999"],  # wrote a page of 0 videos and exited 0
     }
     for message, argv in cases.items():
         assert main(argv) == 2, message
@@ -257,3 +258,22 @@ def test_script_runs_from_any_folder(repo_root, tmp_path):
     assert proc.returncode == 2
     [line] = proc.stderr.strip().splitlines()
     assert line.startswith("error: model directory") and "does not exist" in line
+
+
+def test_the_continuation_sheet_gives_the_first_five_frames(model, monkeypatch):
+    """The whole 17-frame clip was passed, and the pipeline continues from a video's last N frames: every row
+    started where the truth ends, under a caption saying the first 5 frames were given."""
+    from pipelines import VideoPipeline
+    from videoeval import report
+
+    pipe = VideoPipeline.from_pretrained(model)
+    given, real_call = [], VideoPipeline.__call__
+
+    def record(self, *args, **kwargs):
+        given.append(np.asarray(kwargs["video"]))
+        return real_call(self, *args, **kwargs)
+
+    monkeypatch.setattr(VideoPipeline, "__call__", record)
+    clips = report.fresh_clips(1)
+    report.continuation_rows(pipe, seed=0, num_clips=1)
+    assert given and all(np.array_equal(v, clips[0][1][: report.CONTEXT_FRAMES]) for v in given)

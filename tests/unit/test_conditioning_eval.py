@@ -96,11 +96,12 @@ def test_summaries_count_every_row():
 
 
 @pytest.mark.parametrize(
-    ("kw", "shown"), [({"num_videos": 0}, "0, 8, "), ({"batch": 0}, "72, 0, "), ({"seed": -1}, "-1")]
+    ("kw", "shown"),
+    [({"num_videos": 0}, "0, 8, "), ({"batch": 0}, "72, 0, "), ({"seed": -1}, "-1"), ({"seed": 2**64}, str(2**64))],
 )
 def test_evaluate_conditioning_refuses_bad_counts_before_any_work(kw, shown):
     """num_videos=0 was a ZeroDivisionError after the work, batch=0 a cryptic range() error."""
     from videoeval.conditioning import evaluate_conditioning
 
-    with pytest.raises(ValueError, match=f"must be >= 1 and seed >= 0, got .*{shown}"):
+    with pytest.raises(ValueError, match=f"must be >= 1 and seed in \\[0, 2\\*\\*62\\], got .*{shown}"):
         evaluate_conditioning(None, "ar", "frame", tasks=("continuation", "long"), **kw)

@@ -233,6 +233,11 @@ def test_stats_only_run_writes_stats(data, tmp_path):
     assert report["fvd"] is None
     np.testing.assert_array_equal(FeatureStats.load(out).sigma, FeatureStats.load(stats).sigma)
     assert [p.name for p in out.parent.iterdir()] == ["only.npz"]  # no temp file left behind
+    # any other name was written, and then refused as --real ("not a media file of a known type")
+    with pytest.raises(ValueError, match="--save-stats must name a .npz file"):
+        evaluate_fvd(root / "real", None, PROTOCOLS["quick"].with_num_videos(NUM), i3d_path=i3d,
+                     save_stats=tmp_path / "real_stats")  # fmt: skip
+    assert not (tmp_path / "real_stats").exists()
 
 
 def test_cached_stats_with_other_protocol_or_i3d_are_refused(data, tmp_path, capsys):

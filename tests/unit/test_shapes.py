@@ -199,6 +199,10 @@ def test_a_shapes_manifest_path_must_be_a_string(tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"path": 5, "color": "red", "shape": "circle", "motion": "up"}\n')
     with pytest.raises(ValueError, match="line 1: path must be a non-empty string, got 5"):
         dataset.read_manifest(tmp_path / "bad.jsonl")
+    # a null attribute passed and was a TypeError traceback in `make_shapes.py analyze --manifest`
+    (tmp_path / "bad.jsonl").write_text('{"path": "a.mp4", "color": null, "shape": "circle", "motion": "up"}\n')
+    with pytest.raises(ValueError, match="line 1: color must be a non-empty string, got None"):
+        dataset.read_manifest(tmp_path / "bad.jsonl")
 
 
 @pytest.fixture(scope="module")

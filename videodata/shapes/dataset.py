@@ -350,7 +350,8 @@ def read_manifest(path: str | os.PathLike) -> list[dict]:
             raise ValueError(f"{str(path)!r} line {n} is not JSON: {err}") from None
         if not isinstance(row, dict) or not {"path", "color", "shape", "motion"} <= set(row):
             raise ValueError(f"{str(path)!r} line {n} lacks path, color, shape or motion")
-        if not isinstance(row["path"], str) or not row["path"]:
-            raise ValueError(f"{str(path)!r} line {n}: path must be a non-empty string, got {row['path']!r}")
+        for key in ("path", "color", "shape", "motion"):  # a null attribute was a TypeError in the analyzer
+            if not isinstance(row[key], str) or not row[key]:
+                raise ValueError(f"{str(path)!r} line {n}: {key} must be a non-empty string, got {row[key]!r}")
         rows.append({**row, "path": str(path.parent / row["path"])})
     return rows
