@@ -250,10 +250,51 @@ def shutdown() -> None:
 
 
 def full_state_dict(engine, model: torch.nn.Module, zero_stage: int) -> dict[str, torch.Tensor]:
-    """The model's complete fp32 CPU state dict; ZeRO-3 shards are gathered (collective call)."""
+    """The model's complete fp32 CPU state dict; ZeRO-3 shards are gathered (collective call).
+
+    Under DeepSpeed's bf16 or fp16 the module holds half-precision copies and the optimizer the fp32 master
+    weights: the parameters are taken from the masters (``.float()`` of the copy only widened values already
+    rounded, by up to ~5e-4 in fp16), buffers from the module.
+    """
     if zero_stage == 3:
         import deepspeed
 
         with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
-            return {k: v.detach().float().cpu().clone() for k, v in model.state_dict().items()}
-    return {k: v.detach().float().cpu().clone() for k, v in model.state_dict().items()}
+            state = {k: v.detach().float().cpu().clone() for k, v in model.state_dict().items()}
+    else:
+        state = {k: v.detach().float().cpu().clone() for k, v in model.state_dict().items()}
+    if any(p.dtype in (torch.float16, torch.bfloat16) for p in model.parameters()):
+        state.update(_fp32_masters(engine, model))
+    return state
+
+
+def _fp32_masters(engine, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """name -> fp32 master of each trainable parameter that a half-precision engine keeps (collective call)."""
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    masters, missing = {}, []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        full = safe_get_full_fp32_param(p)  # ZeRO-1/2/3 and the bf16 optimizer
+        if full is None:
+            missing.append((name, p))
+        else:
+            masters[name] = full.detach().float().cpu().clone()
+    optimizer = getattr(engine, "optimizer", None)
+    by_param = {}  # fp16 at ZeRO-0: DeepSpeed's FP16 optimizers keep the masters in groups beside the fp16 params
+    if missing and hasattr(optimizer, "fp16_groups"):
+        if hasattr(optimizer, "fp32_groups_flat"):  # the fused one: one flat fp32 tensor per group
+            from torch._utils import _unflatten_dense_tensors
+
+            groups = [_unflatten_dense_tensors(f, h) for h, f in zip(optimizer.fp16_groups, optimizer.fp32_groups_flat)]
+        else:  # the unfused one: an fp32 tensor per parameter
+            groups = getattr(optimizer, "fp32_groups", [])
+        for half, full in zip(optimizer.fp16_groups, groups):
+            by_param.update({id(p): master for p, master in zip(half, full)})
+    for name, p in missing:
+        if id(p) in by_param:
+            masters[name] = by_param[id(p)].detach().float().cpu().clone()
+        else:
+            log.warning("no fp32 master found for %s: exported from its half-precision copy", name)
+    return masters

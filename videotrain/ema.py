@@ -7,7 +7,13 @@ from torch import nn
 
 
 class EMA:
-    """fp32 shadow copies of every floating-point parameter: shadow = d * shadow + (1 - d) * param."""
+    """fp32 shadow copies of every floating-point parameter: shadow = d * shadow + (1 - d) * param.
+
+    ``param`` is the module's own tensor: under DeepSpeed's bf16 or fp16 that is the half-precision copy, not the
+    optimizer's fp32 master (partitioned under ZeRO; reading it every step would cost a collective per parameter),
+    so the average is of rounded values. The export of a run without EMA reads the masters
+    (:func:`videotrain.distributed.full_state_dict`).
+    """
 
     def __init__(self, model: nn.Module, decay: float) -> None:
         if not 0.0 < decay < 1.0:

@@ -554,3 +554,39 @@ def test_fp16_overflows_lower_the_loss_scale_and_training_goes_on(tmp_path, monk
         results = [trainer.train_step() for _ in range(10)]
     assert results[0] is None and trainer.engine.optimizer.loss_scale < first  # skipped, and the scale fell
     assert trainer.step >= 3 and results[-1] is not None  # then steps succeed
+
+
+@pytest.mark.parametrize("zero_stage", [0, 1])
+def test_an_fp16_run_exports_its_fp32_master_weights(tmp_path, monkeypatch, zero_stage):
+    """The export widened the module's fp16 copy (``.float()``) instead of reading the optimizer's fp32 masters,
+    so a run without EMA (and every run.init_from stage after it) started from weights rounded by up to ~5e-4.
+    fp16 on this CPU as in the loss-scale test above; DeepSpeed's bf16 on GPUs keeps its masters the same way."""
+    from deepspeed.accelerator import get_accelerator
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    from tests.unit.test_token_data import make_cache
+    from videotrain.engines import restored_env
+    from videotrain.generator_task import GeneratorTrainConfig, GeneratorTrainer
+
+    make_cache(tmp_path / "cache", num_clips=16, shard_size=8)
+    monkeypatch.setattr(type(get_accelerator()), "is_fp16_supported", lambda self: True)
+    cfg = build_config(GeneratorTrainConfig, [], [
+        "model.style=maskgit", "model.orders=[frame]", "model.vocab_size=100", "model.max_grid=[2,3,3]",
+        "model.dim=16", "model.depth=1", "model.num_heads=2", "model.num_classes=3", "optim.warmup_steps=0",
+        "optim.lr=0.01", "run.micro_batch=2", "run.steps=6", "run.checkpoint_every=0", "run.precision=fp16",
+        f"run.zero_stage={zero_stage}", f"data.cache={tmp_path / 'cache'}"])  # fmt: skip
+    with restored_env():
+        trainer = GeneratorTrainer(cfg, tmp_path / "run")
+        while trainer.step < 4:
+            trainer.train_step()
+        exported = trainer.export_state()
+        opt = trainer.engine.optimizer
+        rounded = 0
+        for name, p in trainer.model.named_parameters():
+            master = safe_get_full_fp32_param(p)
+            if master is None:  # ZeRO-0: the fp16 optimizer's fp32 groups, beside its fp16 ones
+                pairs = [dict(zip(map(id, h), f)) for h, f in zip(opt.fp16_groups, opt.fp32_groups)]
+                master = next(d[id(p)] for d in pairs if id(p) in d)
+            assert torch.equal(exported[name], master.float().cpu()), name
+            rounded += int(not torch.equal(master.float().cpu(), p.detach().float().cpu()))
+        assert rounded > 0  # the masters differ from the fp16 copies, so the test can tell them apart
