@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from bench.measure import Measured, run_measured
+from bench.measure import Measured, failure_line, run_measured
 from core.config import build_config
 from core.files import atomic_write_text
 from tokenizer import VideoTokenizer
@@ -82,7 +82,7 @@ def cache_end_to_end(
     m = run_measured(cmd, env={**os.environ, "PYTHONPATH": str(ROOT)})
     proc, seconds = m.proc, m.seconds
     if proc.returncode != 0:
-        raise RuntimeError(proc.stderr.strip().splitlines()[-1])
+        raise RuntimeError(failure_line(proc))
     manifest = json.loads((out / "manifest.json").read_text())
     clips = sum(s["num_clips"] for s in manifest["shards"])
     steady = re.search(r"\(([\d.]+) clips/s after the first batch\)", proc.stdout)

@@ -78,7 +78,7 @@ def measure(mods: list[DecodingLinear], rows: int, sets: int, generator: torch.G
 
     times: dict[str, list[float]] = {"ours": [], "peer": []}
     with torch.inference_mode():
-        ours(), peer()  # warm-up: padded weight copies (odd output counts) are made here
+        ours(), peer()  # warm-up
         for s in range(sets):
             order = ("ours", "peer") if s % 2 == 0 else ("peer", "ours")
             for side in order:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from bench.measure import run_measured
+from bench.measure import failure_line, run_measured
 from core.files import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,7 +49,7 @@ def measure(model: Path, extra: list[str], importtime: bool = False) -> dict:
         m = run_measured(cmd, env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=tmp)
         proc, wall = m.proc, m.seconds
         if proc.returncode != 0:
-            raise RuntimeError(proc.stderr.strip().splitlines()[-1])
+            raise RuntimeError(failure_line(proc))
         if not Path(f"{tmp}/v.mp4").is_file():
             raise RuntimeError("generate.py wrote no mp4")
     split = re.search(r"([\d.]+) s total, ([\d.]+) s sampling, ([\d.]+) s decoding", proc.stdout)

@@ -44,6 +44,13 @@ def tree_rss(process: psutil.Process) -> int:
     return total
 
 
+def failure_line(proc: subprocess.CompletedProcess) -> str:
+    """The last line a failed child wrote to stderr, or its exit status when it wrote none (killed by a signal,
+    or by the OOM killer): ``splitlines()[-1]`` of an empty stderr was an IndexError that ended the whole run."""
+    lines = (proc.stderr or "").strip().splitlines()
+    return lines[-1] if lines else f"exit {proc.returncode}"
+
+
 def run_measured(cmd: list[str], env: dict | None = None, cwd: str | None = None, interval: float = 0.05) -> Measured:
     """Runs ``cmd`` to completion, sampling the tree's RSS every ``interval`` seconds."""
     # Output goes to temp files, not pipes: a child that writes more than a pipe holds (e.g.

@@ -24,6 +24,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from bench.measure import failure_line
 from bench.table import format_table, goal_text
 from core.cli import CliParser, run_cli, setup_logging
 from core.files import atomic_write_json
@@ -78,8 +79,7 @@ def run_in_venv(module: str, quick: bool) -> list[dict]:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
         proc = subprocess.run(cmd, check=False, capture_output=True, text=True, cwd=ROOT, env=env)
         if proc.returncode != 0:
-            last = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"
-            raise RuntimeError(last)
+            raise RuntimeError(failure_line(proc))
         data = json.loads(out.read_text())
         return data["records"] if isinstance(data, dict) else data
 
@@ -137,12 +137,24 @@ def run_benchmarks(names: Sequence[str], quick: bool, json_path: str | os.PathLi
     unknown = sorted(set(names) - set(BENCHES))
     if unknown:
         raise ValueError(f"unknown benchmark(s) {unknown}; choose from {sorted(BENCHES)}")
+    if json_path is not None:
+        check_json_path(json_path)
     start = time.time()
     records = collect(names, quick)
     if json_path is not None:
-        payload = {"machine": machine_facts(), "quick": quick, "seconds": time.time() - start, "records": records}
-        atomic_write_json(json_path, payload)
+        write_records(json_path, records, quick, time.time() - start)
     return records
+
+
+def check_json_path(path: str | os.PathLike) -> None:
+    """ValueError for a --json path that cannot be written, before the benchmarks run (tens of minutes)."""
+    target = Path(path)
+    if target.is_dir() or any(parent.exists() and not parent.is_dir() for parent in target.parents):
+        raise ValueError(f"--json {str(path)!r} is a folder or lies inside a file: give a file path")
+
+
+def write_records(path: str | os.PathLike, records: list[dict], quick: bool, seconds: float) -> None:
+    atomic_write_json(path, {"machine": machine_facts(), "quick": quick, "seconds": seconds, "records": records})
 
 
 def _main(argv: Sequence[str] | None) -> int:
@@ -152,8 +164,13 @@ def _main(argv: Sequence[str] | None) -> int:
     p.add_argument("--json", help="write records and machine facts here")
     args = p.parse_args(argv)
     setup_logging()
-    records = run_benchmarks([n for n in args.only.split(",") if n], args.quick, args.json)
-    print(format_table(records))
+    if args.json is not None:
+        check_json_path(args.json)
+    start = time.time()
+    records = run_benchmarks([n for n in args.only.split(",") if n], args.quick, None)
+    print(format_table(records), flush=True)  # the table first: a failed write must not lose the run's results
+    if args.json is not None:
+        write_records(args.json, records, args.quick, time.time() - start)
     return 0
 
 

@@ -50,6 +50,7 @@ logger = logging.getLogger(__name__)
 
 # config.json model_type values that T5TextEncoder loads (T5/MT5/UMT5EncoderModel in its load()).
 T5_MODEL_TYPES = ("t5", "mt5", "umt5")
+_PAD_OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert", "roberta-prelayernorm", "xlm-roberta-xl")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -123,6 +124,7 @@ class TextEncoder(nn.Module):
         # Right padding keeps real tokens at positions 0..n-1, which is what the mask promises;
         # some tokenizers ship with left padding configured.
         self.tokenizer.padding_side = "right"
+        self.tokenizer.truncation_side = "right"  # keep a long prompt's start, as promised, whatever the files say
         if self.tokenizer.pad_token_id is None:
             raise ValueError(f"the tokenizer in {config.path!r} has no pad token; a padded batch needs one")
         num_special = self.tokenizer.num_special_tokens_to_add()
@@ -286,6 +288,9 @@ class BertTextEncoder(TextEncoder):
                 f"the encoder-decoder family {model_type!r}{hint}"
             )
         max_positions = hf_config.get("max_position_embeddings")
+        if max_positions is not None and model_type in _PAD_OFFSET_POSITIONS:
+            # RoBERTa-style models number positions from pad_token_id + 1: 514 table rows hold 512 tokens
+            max_positions -= int(hf_config.get("pad_token_id", 1)) + 1
         if max_positions is not None and config.max_length > max_positions:
             raise ValueError(
                 f"max_length={config.max_length} exceeds the {max_positions} positions of the model in {str(path)!r}"

@@ -117,3 +117,30 @@ def test_a_failed_json_dump_keeps_the_earlier_file(tmp_path):
         write_json(path, {"records": loop})
     assert json.loads(path.read_text()) == {"records": [{"name": "a", "ours": 1.0}]}
     assert [p.name for p in tmp_path.iterdir()] == ["bench.json"]
+
+
+def test_a_json_path_that_cannot_be_written_is_refused_before_any_benchmark_runs(tmp_path, monkeypatch, capsys):
+    """It was found only after every benchmark had run (tens of minutes), and the table was never printed."""
+    ran = []
+    monkeypatch.setattr(runner, "collect", lambda names, quick: ran.append(names) or [{"name": "x", "ours": 1.0}])
+    (tmp_path / "afile").write_text("x")
+    for bad in (tmp_path, tmp_path / "afile" / "out.json"):
+        assert runner.main(["--only", "generator", "--json", str(bad)]) == 2
+        err = capsys.readouterr().err
+        assert "is a folder or lies inside a file" in err and len(err.strip().splitlines()) == 1
+    assert ran == []
+    assert runner.main(["--only", "generator", "--json", str(tmp_path / "ok.json")]) == 0
+    assert "x" in capsys.readouterr().out and json.loads((tmp_path / "ok.json").read_text())["records"]
+
+
+def test_a_benchmark_child_killed_without_a_message_is_a_skipped_row_not_a_crash():
+    """``stderr.splitlines()[-1]`` of a child killed by a signal (empty stderr) was an IndexError that ended the
+    whole run and lost every earlier benchmark's records."""
+    from bench.measure import failure_line
+
+    killed = subprocess.run([sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"],
+                            check=False, capture_output=True, text=True)  # fmt: skip
+    assert killed.stderr == "" and failure_line(killed) == f"exit {killed.returncode}"
+    failed = subprocess.run([sys.executable, "-c", "raise SystemExit('error: bad')"], check=False, capture_output=True,
+                            text=True)  # fmt: skip
+    assert failure_line(failed) == "error: bad"

@@ -362,3 +362,8 @@ def test_more_captions_per_clip_than_a_class_has_are_refused(tmp_path):
     with pytest.raises(ValueError, match="captions_per_clip must be at most"):
         render_dataset(tmp_path / "d", 2, captions_per_clip=500)
     assert not (tmp_path / "d").exists()
+
+
+def test_a_holdout_that_is_not_a_string_or_a_list_is_one_value_error():
+    with pytest.raises(ValueError, match="holdout must be a comma-separated string or a list"):  # was a TypeError
+        dataset.parse_holdout(5)

@@ -268,6 +268,24 @@ def test_too_long_prompt_truncates_with_a_warning(t5_dir, caplog):
     assert ids[1, -1].item() == enc.tokenizer.eos_token_id  # truncation keeps the closing </s>
 
 
+def test_truncation_keeps_the_start_even_when_the_tokenizer_files_say_left(t5_dir, tmp_path):
+    """padding_side was forced to "right" but truncation_side was not: a tokenizer_config.json with
+    "truncation_side": "left" kept a long prompt's end instead of its start."""
+    import json
+
+    left = tmp_path / "left"
+    shutil.copytree(t5_dir, left)
+    config = json.loads((left / "tokenizer_config.json").read_text())
+    (left / "tokenizer_config.json").write_text(json.dumps({**config, "truncation_side": "left"}))
+    ids = [
+        load_text_encoder(TextEncoderConfig(kind="t5", path=str(d), max_length=6, on_too_long="truncate")).tokenize(
+            [LONG]
+        )[0]
+        for d in (t5_dir, left)
+    ]
+    assert torch.equal(ids[0], ids[1])
+
+
 def test_missing_directory_and_files(t5_dir, tmp_path):
     missing = tmp_path / "nope"
     with pytest.raises(ValueError, match=r"text encoder directory '.*nope' does not exist"):
@@ -317,6 +335,20 @@ def test_max_length_limits(minilm_dir):
         load_text_encoder(TextEncoderConfig(kind="bert", path=str(minilm_dir), max_length=2))
     with pytest.raises(ValueError, match="exceeds the 512 positions"):
         load_text_encoder(TextEncoderConfig(kind="bert", path=str(minilm_dir), max_length=513))
+
+
+def test_a_roberta_style_model_counts_the_positions_its_padding_offset_takes(minilm_dir, tmp_path):
+    """RoBERTa numbers positions from pad_token_id + 1, so 514 table rows hold 512 tokens: max_length=514 was
+    accepted and the first prompt that long failed inside the model with an index error."""
+    import json
+
+    roberta = tmp_path / "roberta"
+    shutil.copytree(minilm_dir, roberta)
+    config = json.loads((roberta / "config.json").read_text())
+    (roberta / "config.json").write_text(json.dumps({**config, "model_type": "roberta", "pad_token_id": 1,
+                                                      "max_position_embeddings": 514}))  # fmt: skip
+    with pytest.raises(ValueError, match="exceeds the 512 positions"):
+        load_text_encoder(TextEncoderConfig(kind="bert", path=str(roberta), max_length=513))
 
 
 @pytest.mark.parametrize(

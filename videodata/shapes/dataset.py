@@ -76,6 +76,8 @@ def parse_holdout(holdout: str | Iterable[str] | None) -> tuple[tuple[str, str, 
     """
     if holdout is None:
         return ()
+    if not isinstance(holdout, str) and not isinstance(holdout, Iterable):
+        raise ValueError(f"holdout must be a comma-separated string or a list of combinations, got {holdout!r}")
     items = holdout.split(",") if isinstance(holdout, str) else list(holdout)
     combos = set()
     for item in items:
