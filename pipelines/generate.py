@@ -230,7 +230,7 @@ def generate_to_files(
         num_frames=num_frames, sampling=dict(sampling or {}), seed=seed,
     )  # fmt: skip
     paths = output_paths(out or ("outputs/video.mp4" if num_videos == 1 else "outputs"), num_videos)
-    check_writable(paths)
+    check_writable(paths, (image, video), gif=gif)
     visual = _visual(request)  # before the model loads: an unreadable file fails in a second
     pipe = VideoPipeline.from_pretrained(model).to(torch.device(device), dtype)
     return _run(pipe, request, visual, paths, gif=gif, progress=progress)

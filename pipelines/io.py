@@ -20,11 +20,30 @@ def output_paths(out: str | os.PathLike, num_videos: int) -> list[Path]:
         return [out]
     if out.suffix.lower() in VIDEO_SUFFIXES:
         raise ValueError(f"{num_videos} videos need a directory for --out, not the file {str(out)!r}")
+    if out.suffix and not out.is_dir():  # clip.webm / clip.png silently became a folder of that name
+        raise ValueError(f"--out {str(out)!r} must be an .mp4 or .gif file, or a directory")
     return [out / f"video_{i:03d}.mp4" for i in range(num_videos)]
 
 
-def check_writable(paths: list[Path]) -> None:
-    """Fails before any work when an output folder cannot be created or written."""
+def written_paths(paths: list[Path], gif: bool = False) -> list[Path]:
+    """Every file :func:`save_output` writes for these video paths: each video, its ``.png`` contact sheet and
+    optionally a ``.gif``."""
+    out = []
+    for path in paths:
+        out.append(path)
+        if gif and path.suffix.lower() != ".gif":
+            out.append(path.with_suffix(".gif"))
+        out.append(path.with_suffix(".png"))
+    return out
+
+
+def check_writable(paths: list[Path], inputs: tuple[str | os.PathLike | None, ...] = (), gif: bool = False) -> None:
+    """Fails before any work when an output folder cannot be created or written, or when an output file would
+    replace one of ``inputs`` (``--image first.png --out first.mp4`` wrote its contact sheet over first.png)."""
+    given = {Path(i).resolve() for i in inputs if i is not None}
+    for target in written_paths(paths, gif):
+        if target.resolve() in given:
+            raise ValueError(f"writing {str(target)!r} would replace an input file: choose another --out")
     for folder in {p.parent for p in paths}:
         probe = folder
         while not probe.exists():

@@ -73,6 +73,10 @@ def predict_continuations(
     num_context = context_frames if context_frames is not None else protocol.context_frames
     if num_context < 1:
         raise ValueError(f"protocol {protocol.name!r} has no context frames: give --context-frames")
+    out_abs, real_abs = Path(out).resolve(), Path(real).resolve()
+    if out_abs == real_abs or real_abs in out_abs.parents or out_abs in real_abs.parents:
+        raise ValueError(f"--out {str(out)!r} and --real {str(real)!r} overlap: predictions would replace or mix with "
+                         "the real clips")  # fmt: skip
     sources = find_videos(real)
     count = min(protocol.num_videos if num_videos is None else num_videos, len(sources))
     if count < 1:

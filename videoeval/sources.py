@@ -8,6 +8,7 @@ paired metrics match real and generated videos by :meth:`VideoSource.key`.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from core.video_io import IMAGE_EXTS, VIDEO_EXTS, list_media, read_video
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -63,8 +66,10 @@ def find_videos(root: str | os.PathLike) -> list[VideoSource]:
     """Lists the videos under ``root``, sorted by relative path.
 
     Every file with a suffix in ``VIDEO_EXTS`` is one video; every folder (``root`` included)
-    that directly holds files with a suffix in ``IMAGE_EXTS`` is one video made of those
-    images in name order. Hidden files and folders (".name") are skipped.
+    that directly holds files with a suffix in ``IMAGE_EXTS``, and no video file, is one video made of those
+    images in name order. Images beside video files are not frames (``generate.py`` writes a contact sheet
+    ``video_000.png`` beside each ``video_000.mp4``: they were read as one more video). Hidden files and folders
+    (".name") are skipped.
 
     Args:
         root: a folder, or a single video file.
@@ -81,5 +86,10 @@ def find_videos(root: str | os.PathLike) -> list[VideoSource]:
             sources.append(VideoSource(path))
         else:
             frame_folders.setdefault(path.parent, []).append(path)
-    sources += [VideoSource(folder, tuple(images)) for folder, images in frame_folders.items()]
+    with_videos = {src.path.parent for src in sources}
+    ignored = [folder for folder in frame_folders if folder in with_videos]
+    if ignored:
+        log.info("%d folder(s) hold videos and images: their images are not read as frames (e.g. %s)",
+                 len(ignored), ignored[0])  # fmt: skip
+    sources += [VideoSource(folder, tuple(images)) for folder, images in frame_folders.items() if folder not in ignored]
     return sorted(sources, key=lambda s: s.key(root))

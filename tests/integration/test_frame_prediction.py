@@ -69,6 +69,11 @@ def test_predict_then_fvd(tmp_path, capsys):
     assert [p.name for p in single.iterdir()] == ["clip_0.mp4"]
     with pytest.raises(ValueError, match="unknown protocol 'nope'"):
         predict_continuations(model, real, tmp_path / "p", "nope", context_frames=5)
+    before = {p.name: p.read_bytes() for p in real.iterdir()}
+    for out in (real, real / "pred", tmp_path):  # --out == --real replaced the real clips with predictions
+        with pytest.raises(ValueError, match="overlap"):
+            predict_continuations(model, real, out, "quick", context_frames=5)
+    assert {p.name: p.read_bytes() for p in real.iterdir()} == before
 
 
 def test_k600_predictions_are_lossless_frame_folders(tmp_path, caplog):

@@ -372,3 +372,16 @@ def test_bad_flags_are_one_line_and_help_works(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["recon", "--help"])
     assert exit_info.value.code == 0 and "--lpips" in capsys.readouterr().out
+
+
+def test_contact_sheets_beside_videos_are_not_read_as_one_more_video(tmp_path):
+    """generate.py writes video_000.png beside video_000.mp4: the folder was read as a frame-folder video of
+    contact sheets, keyed first, so it displaced a real sample from the FVD set."""
+    for i in range(2):
+        write_video(tmp_path / "gen" / f"video_{i:03d}.mp4", gray_ramp(16), fps=8)
+        write_frame_folder(tmp_path / "gen" / f"sheet_{i}", gray_ramp(1))
+        (tmp_path / "gen" / f"sheet_{i}" / "0000.png").rename(tmp_path / "gen" / f"video_{i:03d}.png")
+        (tmp_path / "gen" / f"sheet_{i}").rmdir()
+    write_frame_folder(tmp_path / "gen" / "frames_clip", gray_ramp(16))  # a real frame folder is still a video
+    sources = find_videos(tmp_path / "gen")
+    assert sorted(s.key(tmp_path / "gen") for s in sources) == ["frames_clip", "video_000", "video_001"]

@@ -26,6 +26,21 @@ def test_output_paths_file_or_directory(tmp_path):
     ]
     with pytest.raises(ValueError, match="need a directory"):
         pio.output_paths(tmp_path / "a.mp4", 2)
+    for name in ("clip.webm", "sheet.png"):  # became a folder of that name holding video_000.mp4
+        with pytest.raises(ValueError, match="must be an .mp4 or .gif file, or a directory"):
+            pio.output_paths(tmp_path / name, 1)
+    (tmp_path / "runs.v2").mkdir()  # an existing folder with a dot in its name is still a folder
+    assert pio.output_paths(tmp_path / "runs.v2", 1) == [tmp_path / "runs.v2" / "video_000.mp4"]
+
+
+def test_an_output_never_replaces_an_input_file(tmp_path):
+    """``--image first.png --out first.mp4`` wrote the contact sheet over the user's first.png."""
+    image, clip = tmp_path / "first.png", tmp_path / "clip.gif"
+    with pytest.raises(ValueError, match="would replace an input file"):
+        pio.check_writable([tmp_path / "first.mp4"], (image, None))
+    with pytest.raises(ValueError, match="would replace an input file"):
+        pio.check_writable([tmp_path / "clip.mp4"], (None, clip), gif=True)
+    pio.check_writable([tmp_path / "clip.mp4"], (None, clip))  # no gif asked for: clip.gif is not written
 
 
 def test_check_writable_leaves_no_probe_file(tmp_path):

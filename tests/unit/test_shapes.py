@@ -184,6 +184,23 @@ def test_partial_render_leaves_no_manifest(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         render_dataset(out, 4, format="png", overwrite=True)
     assert not (out / "manifest.jsonl").exists() and not (out / "manifest.csv").exists()
+    monkeypatch.undo()
+    render_dataset(out, 4, format="png")  # the interrupted render of ours is rerun without --overwrite
+    assert len((out / "manifest.jsonl").read_text().splitlines()) == 4
+
+
+def test_render_refuses_a_folder_that_is_not_one_of_its_datasets(tmp_path):
+    """Without --overwrite it checked only manifest.jsonl: a folder holding the user's own manifest.csv (the
+    README's CSV manifest format) and dataset.json lost both, and its clips/ was rendered into."""
+    out = tmp_path / "mine"
+    (out / "clips").mkdir(parents=True)
+    (out / "clips" / "holiday.mp4").write_bytes(b"h")
+    (out / "manifest.csv").write_text("clips/holiday.mp4,my holiday,0\n")
+    (out / "dataset.json").write_text('{"my": "notes"}')
+    with pytest.raises(ValueError, match="already holds manifest.csv, dataset.json, clips/"):
+        render_dataset(out, 2)
+    assert (out / "manifest.csv").read_text() == "clips/holiday.mp4,my holiday,0\n"
+    assert (out / "dataset.json").read_text() == '{"my": "notes"}' and (out / "clips" / "holiday.mp4").exists()
 
 
 def test_overwriting_a_dataset_leaves_none_of_its_clips(tmp_path):

@@ -59,6 +59,9 @@ FORMATS = ("mp4", "png")
 COLUMNS = ("path", "caption", "label", "color", "shape", "motion", "split")
 
 
+RENDER_MARK = ".shapes-render"  # written before the first clip: the folder is a (maybe unfinished) render of ours
+
+
 def parse_holdout(holdout: str | Iterable[str] | None) -> tuple[tuple[str, str, str], ...]:
     """Parses held-out combinations such as ``"green triangle up,blue circle left"``.
 
@@ -251,6 +254,11 @@ def render_dataset(
         raise ValueError(
             f"{str(out)!r} already holds a dataset ({MANIFEST}); pass overwrite=True / --overwrite to replace it"
         )
+    clips_held = (out / "clips").is_dir() and any((out / "clips").iterdir())
+    foreign = [p.name for p in finished if p.exists()] + (["clips/"] if clips_held else [])
+    if foreign and not (out / RENDER_MARK).exists() and not overwrite:  # not a render of ours, finished or not
+        raise ValueError(f"{str(out)!r} already holds {', '.join(foreign)}, which rendering would replace; choose an "
+                         "empty --out or pass overwrite=True / --overwrite")  # fmt: skip
     replacing = (out / MANIFEST).exists()
     for path in finished:  # manifest.jsonl first: from here on the folder reads as unfinished
         path.unlink(missing_ok=True)
@@ -259,6 +267,7 @@ def render_dataset(
         (out / "clips").rename(stale)
         shutil.rmtree(stale)
     (out / "clips").mkdir(parents=True, exist_ok=True)
+    (out / RENDER_MARK).touch()  # an interrupted render may be rerun into this folder without --overwrite
 
     start = time.perf_counter()
     held = frozenset(combos)
