@@ -27,7 +27,7 @@ from pathlib import Path
 from bench.measure import failure_line
 from bench.table import format_table, goal_text
 from core.cli import CliParser, run_cli, setup_logging
-from core.files import atomic_write_json
+from core.files import atomic_write_json, check_file_target
 
 log = logging.getLogger("bench.run")
 
@@ -148,9 +148,7 @@ def run_benchmarks(names: Sequence[str], quick: bool, json_path: str | os.PathLi
 
 def check_json_path(path: str | os.PathLike) -> None:
     """ValueError for a --json path that cannot be written, before the benchmarks run (tens of minutes)."""
-    target = Path(path)
-    if target.is_dir() or any(parent.exists() and not parent.is_dir() for parent in target.parents):
-        raise ValueError(f"--json {str(path)!r} is a folder or lies inside a file: give a file path")
+    check_file_target(path, "--json")
 
 
 def write_records(path: str | os.PathLike, records: list[dict], quick: bool, seconds: float) -> None:

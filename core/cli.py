@@ -58,6 +58,8 @@ def parse_device(name: str) -> torch.device:
         device = torch.device(name)
     except RuntimeError:
         raise ValueError(f"unknown device {name!r}: use cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):  # mps, meta, hpu, xla: torch.device took them, and a traceback came later
+        raise ValueError(f"unknown device {name!r}: use cpu, cuda or cuda:N")
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"--device {name} was asked for, but CUDA is not available")

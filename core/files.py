@@ -43,6 +43,14 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+def check_file_target(path: str | os.PathLike, what: str) -> None:
+    """ValueError when ``path`` cannot become a file: a folder is there, or a parent is a file. For outputs written
+    after a long run (``--json``): the error used to come at the end and name a temporary file."""
+    target = Path(path)
+    if target.is_dir() or any(parent.exists() and not parent.is_dir() for parent in target.parents):
+        raise ValueError(f"{what} {str(path)!r} is a folder or lies inside a file: give a file path")
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Writes ``data`` to ``path`` atomically (temp file, fsync, rename)."""
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:

@@ -124,6 +124,9 @@ class GenerationRequest:
             raise ValueError("--segment-frames tells a story from prompts: it takes no --label or --num-frames")
         if self.image is not None and self.video is not None:
             raise ValueError("give an image or a video to continue, not both")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
+            # torch.Generator's overflow came after the model loaded, without naming the flag
+            raise ValueError(f"--seed must be an integer in [0, 2**63), got {self.seed!r}")
 
     @property
     def effective_prompts(self) -> list[str]:

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from core.cli import CliParser, parse_device, run_cli
-from core.files import atomic_write_json
+from core.files import atomic_write_json, check_file_target
 from videoeval.reconstruction import evaluate_dataset, recon_table
 
 
@@ -41,6 +41,8 @@ def _main(argv: Sequence[str] | None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     device = parse_device(args.device) if args.device is not None else None
+    if args.json is not None:
+        check_file_target(args.json, "--json")  # before the evaluation, not after it
     report = evaluate_dataset(
         args.tokenizer, args.data, num_frames=args.num_frames, size=args.size, stride=args.stride,
         max_videos=args.max_videos, lpips_path=args.lpips, previews=args.previews, device=device,

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from core.cli import CliParser, parse_device, run_cli, setup_logging
-from core.files import atomic_write_json
+from core.files import atomic_write_json, check_file_target
 from videoeval.fvd import PROTOCOLS
 from videoeval.prediction import predict_continuations
 from videoeval.reconstruction import recon_table
@@ -78,6 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging()
+    if args.json is not None:
+        check_file_target(args.json, "--json")  # before the evaluation, not after it
     if args.command == "fvd":
         report = evaluate_fvd(
             args.real, args.fake, args.protocol, num_videos=args.num_videos, i3d_path=args.i3d,

@@ -57,6 +57,8 @@ def _analyze(args: argparse.Namespace) -> int:
     if bool(args.paths) == bool(args.manifest):
         raise ValueError("analyze needs video paths or --manifest FILE (not both)")
     rows = read_manifest(args.manifest) if args.manifest else [{"path": p} for p in args.paths]
+    if not rows:  # "0/0 clips right" and exit 0 before
+        raise ValueError(f"the manifest {args.manifest!r} lists no clips")
     correct = dict.fromkeys((*ATTRS, "all"), 0)
     for row in rows:
         a = analyze(load_clip(row["path"]))  # (T, H, W, 3) uint8 -> attributes

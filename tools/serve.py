@@ -44,11 +44,12 @@ def _main(argv: Sequence[str] | None) -> int:
     setup_logging()
     from videoserve.server import serve
 
-    print(f"serving {args.model} on http://{args.host}:{args.port} (Ctrl-C stops)", flush=True)
+    host = f"[{args.host}]" if ":" in args.host else args.host  # an IPv6 address in a URL
     serve(
         args.model, host=args.host, port=args.port, out=args.out, device=parse_device(args.device),
         public=args.public, max_waiting=args.max_waiting, max_frames=args.max_frames,
         max_output_mb=args.max_output_mb, max_upload_mb=args.max_upload_mb,
+        ready=lambda: print(f"serving {args.model} on http://{host}:{args.port} (Ctrl-C stops)", flush=True),
     )  # fmt: skip
     return 0
 

@@ -8,6 +8,7 @@ import os
 import socket
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -64,8 +65,10 @@ def serve(
     max_frames: int = 65,
     max_output_mb: float = 500.0,
     max_upload_mb: float = 32.0,
+    ready: Callable[[], None] | None = None,
 ) -> None:
-    """Loads ``model`` once and serves the demo until interrupted.
+    """Loads ``model`` once and serves the demo until interrupted; ``ready`` is called once every check has passed
+    and the model is loaded and warm, just before the server starts listening.
 
     Raises:
         ValueError: a non-loopback host without ``public``, a model that does not load, bad limits.
@@ -80,12 +83,16 @@ def serve(
     for flag, mb in (("--max-output-mb", max_output_mb), ("--max-upload-mb", max_upload_mb)):
         if not (math.isfinite(mb) and mb > 0):  # int(inf) was an OverflowError traceback
             raise ValueError(f"{flag} must be a positive number of megabytes, got {mb}")
+    if int(max_output_mb * 1024 * 1024) < 1:
+        raise ValueError(f"--max-output-mb must be at least one byte, got {max_output_mb}")
     check_port(host, port)
-    store = OutputStore(out, int(max_output_mb * 1024 * 1024))
     worker = GenerationWorker(max_waiting)
     pipe = load_for_serving(model, torch.device(device), worker)
+    store = OutputStore(out, int(max_output_mb * 1024 * 1024))  # made once the model has loaded
     app = create_app(
         pipe, store, max_frames=max_frames, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
         model_name=Path(model).name, worker=worker, allowed_hosts=None if public else LOOPBACK_HOSTS,
     )  # fmt: skip
+    if ready is not None:
+        ready()
     uvicorn.run(app, host=host, port=port, log_level="warning")

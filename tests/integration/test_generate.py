@@ -256,6 +256,8 @@ def test_help_and_bad_flags_from_any_folder(tmp_path, capsys):
     _one_error_line(bad, "invalid int value")
     _refused(capsys, ["--num-videos", "0"], "--num-videos must be >= 1")
     _refused(capsys, ["--device", "tpu9"], "unknown device 'tpu9'")
+    _refused(capsys, ["--device", "mps"], "unknown device 'mps'")  # a traceback after the model loaded
+    _refused(capsys, ["--seed", str(10**20)], "--seed must be an integer in [0, 2**63)")  # an overflow, unnamed
 
 
 @pytest.mark.parametrize("entry", ["tools.generate", "generate"])

@@ -71,3 +71,28 @@ def test_a_path_too_long_or_on_a_read_only_disk_is_one_line_and_other_os_errors_
 
     with pytest.raises(OSError, match="Bad file descriptor"):
         run_cli(bug, [])
+
+
+def test_parse_device_takes_only_devices_this_stack_runs_on():
+    """torch.device("mps" / "meta" / "hpu") was accepted, and the run ended later in a traceback (exit 1), after
+    the model had loaded."""
+    import torch
+
+    from core.cli import parse_device
+
+    assert parse_device("cpu") == torch.device("cpu")
+    for name in ("mps", "meta", "hpu", "xla", "tpu9"):
+        with pytest.raises(ValueError, match=f"unknown device '{name}'"):
+            parse_device(name)
+
+
+def test_check_file_target_refuses_a_folder_or_a_path_inside_a_file(tmp_path):
+    """--json of eval_tokenizer / eval_video / bench was checked only when written, after the whole run, and the
+    error named a temporary file."""
+    from core.files import check_file_target
+
+    (tmp_path / "afile").write_text("x")
+    for bad in (tmp_path, tmp_path / "afile" / "out.json"):
+        with pytest.raises(ValueError, match="is a folder or lies inside a file"):
+            check_file_target(bad, "--json")
+    check_file_target(tmp_path / "new" / "out.json", "--json")

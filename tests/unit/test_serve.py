@@ -364,8 +364,9 @@ def test_a_busy_port_is_refused_before_the_model_loads(capsys):
         sock.listen()
         port = sock.getsockname()[1]
         assert main(["--port", str(port), "--model", "/nonexistent/model"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and f"cannot listen on 127.0.0.1:{port}" in err[0]
+    out, err = capsys.readouterr()
+    assert len(err.strip().splitlines()) == 1 and f"cannot listen on 127.0.0.1:{port}" in err
+    assert "serving" not in out  # it claimed to serve before any check had run
     assert main(["--port", "0"]) == 2 and "--port must be in" in capsys.readouterr().err
 
 

@@ -330,6 +330,9 @@ def test_cli_analyze(mp4_dataset, capsys):
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["correct"] for r in lines[:-1]] == [True, True]
     assert lines[-1]["accuracy"]["all"] == 1.0
+    (tmp := mp4_dataset.parent / "empty.jsonl").write_text("")
+    assert main(["analyze", "--manifest", str(tmp)]) == 2  # "0/0 clips right" and exit 0 before
+    assert "lists no clips" in capsys.readouterr().err
 
 
 def test_cli_bad_args_exit_2_with_one_line(tmp_path, capsys, repo_root):
