@@ -30,6 +30,23 @@ class CliParser(argparse.ArgumentParser):
     def error(self, message: str):  # no usage dump, no SystemExit from inside a library call
         raise UsageError(message)
 
+    def add_argument(self, *names, **kwargs):
+        """As ``ArgumentParser.add_argument``; ``--out`` also refuses an empty value, which an unset shell variable
+        gives (``--out "$OUT"``) and which every CLI took as the current folder."""
+        if "--out" in names:
+            kwargs["type"] = _nonempty(kwargs.get("type") or str)
+        return super().add_argument(*names, **kwargs)
+
+
+def _nonempty(convert: Callable[[str], object]) -> Callable[[str], object]:
+    def parse(text: str) -> object:
+        if not text.strip():
+            raise argparse.ArgumentTypeError("must not be empty (an unset variable?)")
+        return convert(text)
+
+    parse.__name__ = getattr(convert, "__name__", "value")  # argparse names the type in its messages
+    return parse
+
 
 def int_at_least(minimum: int) -> Callable[[str], int]:
     """An argparse ``type``: an integer >= ``minimum``; anything else is a usage error that names the bound."""

@@ -180,6 +180,10 @@ def parse_override(item: str) -> dict[str, Any]:
     key, raw = item.split("=", 1)
     if not key or any(not part for part in key.split(".")):
         raise ValueError(f"override {item!r} has an empty key")
+    quoted = raw.strip().startswith(("'", '"'))
+    if not quoted and (raw.lstrip().startswith("#") or " #" in raw or "\t#" in raw):  # YAML drops the rest
+        raise ValueError(f"override {item!r}: ' #' starts a YAML comment, which would cut the value short; quote it "
+                         f"in YAML, e.g. {key}='\"...\"'")  # fmt: skip
     try:
         value = yaml.load(raw, Loader=_UniqueKeyLoader) if raw.strip() else ""
     except ValueError as err:

@@ -44,6 +44,8 @@ def _main(argv: Sequence[str] | None) -> int:
         overrides.append("data.paths=" + json.dumps(args.data))
     cfg = build_config(TokenizerTrainConfig, args.config, overrides)
     perceptual = None
+    if args.perceptual and cfg.loss.perceptual_weight <= 0:  # it was loaded and never used
+        raise ValueError("--perceptual is used only with loss.perceptual_weight > 0 (e.g. loss.perceptual_weight=0.1)")
     if args.perceptual:
         from videoeval.metrics import LPIPS
 

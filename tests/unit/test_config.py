@@ -46,6 +46,7 @@ def test_yaml_then_overrides_win(tmp_path):
         ("lr=1e999", "finite number"),
         ("model={depth: 2, depth: 3}", "duplicate key 'depth'"),
         ("model.name={dpeth: 3}", "does not match"),
+        ("model.name=/data/cache #v2", "starts a YAML comment"),  # trained on /data/cache, silently
     ],
 )
 def test_typos_and_wrong_types_fail(override, match):
