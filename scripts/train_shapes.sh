@@ -31,10 +31,10 @@ if [ -f "$RUN/settings" ] && [ "$(cat "$RUN/settings")" != "$SETTINGS" ]; then
     exit 2
 fi
 echo "$SETTINGS" > "$RUN/settings"
-failed() {  # failed STAGE: the log holds the stage's output; show where it ended
-    echo "error: stage $1 failed; the end of $RUN/$1.log:" >&2
+failed() {  # failed STAGE STATUS: the log holds the stage's output; show where it ended, exit with its status
+    echo "error: stage $1 stopped with exit code $2; the end of $RUN/$1.log:" >&2
     tail -n 5 "$RUN/$1.log" >&2
-    exit 1
+    exit "$2"
 }
 
 # 1. 34,560 clips (17x64x64 PNG frames, 8 fps, 8 captions each); three combinations held out of training.
@@ -52,7 +52,7 @@ tok() {  # tok OUT INIT(stage to start from, or "") CONFIGS... OVERRIDES...
     local out=$1 init=$2; shift 2
     [ -f "$RUN/$out/finished" ] && return 0
     python tools/train_tokenizer.py --data "$RUN/data/manifest_tokenizer.jsonl" --out "$RUN/$out" "$@" \
-        ${init:+run.init_from="$RUN/$init/tokenizer"} $TRAIN_OVERRIDES >> "$RUN/$out.log" 2>&1 || failed "$out"
+        ${init:+run.init_from="$RUN/$init/tokenizer"} $TRAIN_OVERRIDES >> "$RUN/$out.log" 2>&1 || failed "$out" $?
     touch "$RUN/$out/finished"
 }
 SHAPES="--config configs/tokenizer/shapes.yaml"
@@ -74,7 +74,7 @@ gen() {  # gen OUT CONFIGS... OVERRIDES...
     local out=$1; shift
     [ -f "$RUN/$out/finished" ] && return 0
     python tools/train.py --out "$RUN/$out" "$@" data.cache="$RUN/cache" data.tokenizer="$RUN/tok/tokenizer" \
-        data.text_encoder.path="$MINILM" run.num_threads=2 $TRAIN_OVERRIDES >> "$RUN/$out.log" 2>&1 || failed "$out"
+        data.text_encoder.path="$MINILM" run.num_threads=2 $TRAIN_OVERRIDES >> "$RUN/$out.log" 2>&1 || failed "$out" $?
     touch "$RUN/$out/finished"
 }
 gen ar --config configs/generator/shapes_ar.yaml --config configs/generator/shapes_captions.yaml
