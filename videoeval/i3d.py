@@ -96,12 +96,20 @@ class I3DNetwork:
         except (RuntimeError, ValueError) as err:
             first_line = (str(err).strip().splitlines() or ["unknown error"])[0]
             raise ValueError(f"{str(self.path)!r} is not a TorchScript I3D ({first_line}): {I3D_HOW}") from None
+        self._worked = False  # until a first call succeeds, a RuntimeError means the file is not an I3D
         self.net = net.eval()
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 3, T, 224, 224) in [-1, 1] -> (N, D) float32 features on the CPU."""
-        out = self.net(x.to(self.device), rescale=False, resize=False, return_features=True)
+        try:
+            out = self.net(x.to(self.device), rescale=False, resize=False, return_features=True)
+        except RuntimeError as err:  # another network's file (an LPIPS one): its forward takes other arguments
+            if self._worked:
+                raise
+            first_line = (str(err).strip().splitlines() or ["unknown error"])[0]
+            raise ValueError(f"{str(self.path)!r} does not run as I3D ({first_line}): {I3D_HOW}") from None
+        self._worked = True
         if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != x.shape[0]:
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise ValueError(f"the I3D network must return ({x.shape[0]}, D) features, got {got}")

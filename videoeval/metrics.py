@@ -142,6 +142,13 @@ class LPIPS(nn.Module):
             param.requires_grad_(False)
         self.net = net.eval()
         self.frame_batch_size = frame_batch_size
+        probe = torch.zeros(1, 3, 64, 64)
+        try:  # another network's file (an I3D) loads as TorchScript too, and failed at the first real batch
+            with torch.no_grad():
+                self._distances(probe, probe)
+        except RuntimeError as err:
+            first_line = (str(err).strip().splitlines() or ["unknown error"])[0]
+            raise ValueError(f"{str(path)!r} does not run as LPIPS ({first_line}): {how}") from None
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """LPIPS per image, or the mean over the frames of each video.

@@ -143,3 +143,17 @@ def test_lpips_missing_or_bad_file_says_what_to_provide(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a zip archive")
     with pytest.raises(ValueError, match="not a TorchScript LPIPS file"):
         LPIPS(tmp_path / "junk.pt")
+
+
+def test_an_i3d_file_given_as_lpips_and_the_reverse_are_one_value_error(tmp_path):
+    """Both load as TorchScript, and the mix-up was a cast-error or argument-count traceback at the first batch."""
+    from tests.unit.test_eval_video import save_stand_in
+    from videoeval.i3d import I3DNetwork
+
+    i3d = save_stand_in(tmp_path / "i3d.pt")
+    with pytest.raises(ValueError, match="does not run as LPIPS"):
+        LPIPS(i3d)
+    lpips = tmp_path / "lpips.pt"
+    torch.jit.script(_MeanSquare(flat=True)).save(str(lpips))
+    with pytest.raises(ValueError, match="does not run as I3D"):
+        I3DNetwork(lpips)(torch.zeros(1, 3, 16, 224, 224))
