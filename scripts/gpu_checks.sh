@@ -5,8 +5,10 @@
 # Needs the project installed with a CUDA build of torch (scripts/install.sh says how); xformers is optional
 # (its comparison test is skipped without it). The tests never download anything. PYTHON picks the interpreter.
 set -uo pipefail
+out="${1:-}"
+case "$out" in ""|/*) ;; *) out="$PWD/$out" ;; esac  # a folder you name is read from where you are
 cd "$(dirname "$0")/.."
-out="${1:-outputs/gpu_checks}"
+out="${out:-outputs/gpu_checks}"
 shift || true
 mkdir -p "$out" 2>/dev/null || { echo "error: cannot create the output folder $out" >&2; exit 2; }
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1

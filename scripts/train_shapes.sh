@@ -15,6 +15,9 @@
 # (RUN/settings) and refuses to resume with others: a full run would otherwise reuse a smoke run's data and models.
 # A failing stage prints the end of its log.
 set -euo pipefail
+for var in RUN OUT; do  # folders you name are read from where you are; the defaults live in the checkout
+    case "${!var:-}" in ""|/*) ;; *) printf -v "$var" '%s/%s' "$PWD" "${!var}" ;; esac
+done
 cd "$(dirname "$0")/.."
 RUN=${RUN:-runs/shapes}
 OUT=${OUT:-$RUN/model}

@@ -92,3 +92,17 @@ def test_a_render_stopped_before_its_manifest_is_rendered_again(tmp_path):
     assert rc == 143 and calls == ALL[:1]
     rc, calls = _run(tmp_path)
     assert rc == 0 and calls == ALL
+
+
+def test_a_relative_run_folder_is_read_from_where_the_script_is_started(tmp_path):
+    """RUN=myrun from another folder built into <checkout>/myrun (the script changes into the checkout first)."""
+    bin_dir, log = tmp_path / "bin", tmp_path / "calls.txt"
+    bin_dir.mkdir()
+    (bin_dir / "python").write_text(FAKE_PYTHON)
+    (bin_dir / "python").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_LOG": str(log), "FAKE_STOP": "",
+           "RUN": "myrun"}  # fmt: skip
+    env.pop("OUT", None)
+    proc = subprocess.run(["bash", str(SCRIPT)], capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "myrun" / "model").is_dir() and not (ROOT / "myrun").exists()
