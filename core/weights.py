@@ -113,6 +113,8 @@ def load_config(config_cls: type[T], directory: str | os.PathLike, file_name: st
     """Reads and validates ``file_name`` (``config.yaml``) from a pretrained directory; ``hint`` ends the error
     when the file is missing."""
     directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise ValueError(f"model directory {str(directory)!r} is a file: give the folder that holds {file_name}")
     if not directory.is_dir():
         raise ValueError(f"model directory {str(directory)!r} does not exist")
     cfg_path = directory / file_name

@@ -229,6 +229,8 @@ def build_report(
     num_frames = num_frames if num_frames is not None else pipe.config.num_frames
     cs = pipe.tokenizer.config.spatial_compression
     _, h, w = pipe.generators[pipe.resolve_mode_order(None, None)[0]].config.max_grid
+    if clip_size is not None and clip_size < 1:  # the error came from deep inside, naming --size
+        raise ValueError(f"--clip-size must be >= 1, got {clip_size}")
     size = (clip_size, clip_size) if clip_size is not None else (h * cs, w * cs)
     text_only = all(g.config.cond == "text" for g in pipe.generators.values())
     default = ["a red circle moving left"] if text_only else ["0", "1"]  # a text model without class names

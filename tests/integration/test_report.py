@@ -236,6 +236,8 @@ def test_bad_input_exits_2_with_one_line(model, inputs, tmp_path, capsys):
         "must be >= 1": [*base, "--steps", "0"],
         "invalid int value": [*base, "--seed", "many"],
         "unknown class 999": [*base, "--prompts", "999"],  # wrote a page of 0 videos and exited 0
+        "--clip-size must be >= 1": [*base, "--clip-size", "0"],  # named --size, after all the sampling
+        "is a file: give the folder": ["--model", str(adherence), "--out", str(out)],  # said "does not exist"
     }
     for message, argv in cases.items():
         assert main(argv) == 2, message
