@@ -138,17 +138,12 @@ def run_benchmarks(names: Sequence[str], quick: bool, json_path: str | os.PathLi
     if unknown:
         raise ValueError(f"unknown benchmark(s) {unknown}; choose from {sorted(BENCHES)}")
     if json_path is not None:
-        check_json_path(json_path)
+        check_file_target(json_path, "--json")  # before the benchmarks run (tens of minutes)
     start = time.time()
     records = collect(names, quick)
     if json_path is not None:
         write_records(json_path, records, quick, time.time() - start)
     return records
-
-
-def check_json_path(path: str | os.PathLike) -> None:
-    """ValueError for a --json path that cannot be written, before the benchmarks run (tens of minutes)."""
-    check_file_target(path, "--json")
 
 
 def write_records(path: str | os.PathLike, records: list[dict], quick: bool, seconds: float) -> None:
@@ -163,7 +158,7 @@ def _main(argv: Sequence[str] | None) -> int:
     args = p.parse_args(argv)
     setup_logging()
     if args.json is not None:
-        check_json_path(args.json)
+        check_file_target(args.json, "--json")
     start = time.time()
     records = run_benchmarks([n for n in args.only.split(",") if n], args.quick, None)
     print(format_table(records), flush=True)  # the table first: a failed write must not lose the run's results

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, ImageSequence, UnidentifiedImageError
 
+from core.checks import is_int
 from core.frames import cover_size, decoded_size, resize_center_crop
 from core.video_display import pixel_aspect, quarter_turns, video_display
 
@@ -78,14 +79,11 @@ def list_media(root: str | os.PathLike, exts: Iterable[str] | None = None) -> li
 def _needed_frames(num_frames: int | None, stride: int, start: int) -> int:
     """Validates the clip arguments; returns how many frames the file must have."""
 
-    def integer(value: object) -> bool:  # NumPy integers too; floats (2.0) were a TypeError deep in a decoder
-        return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-    if num_frames is not None and (not integer(num_frames) or num_frames < 1):
+    if num_frames is not None and (not is_int(num_frames) or num_frames < 1):
         raise ValueError(f"num_frames must be a positive integer or None, got {num_frames!r}")
-    if not integer(stride) or stride < 1:
+    if not is_int(stride) or stride < 1:
         raise ValueError(f"stride must be an integer >= 1, got {stride!r}")
-    if not integer(start) or start < 0:
+    if not is_int(start) or start < 0:
         raise ValueError(f"start must be an integer >= 0, got {start!r}")
     return start + 1 if num_frames is None else start + (num_frames - 1) * stride + 1
 

@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 
-
-def is_int(x: object) -> bool:
-    """An integer, NumPy's included (``np.int64(9)``); not a bool."""
-    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+from core.checks import is_int
 
 
 def batch_size(given: str | int | list | None, num_videos: int | None, context_rows: int) -> int:

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
+from core.checks import is_int
 from core.frames import resize_center_crop
 from core.video_io import PIL_EXTS, VIDEO_EXTS, read_video, video_fps
-from pipelines.batching import is_int
 
 log = logging.getLogger(__name__)
 

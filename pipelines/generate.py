@@ -19,6 +19,7 @@ from pipelines.io import check_writable, output_paths, save_output
 from pipelines.video import DEFAULT_MODEL_DIR, VideoOutput, VideoPipeline
 
 DEFAULT_PROMPT = "a red circle moving left"
+MAX_SEED = 2**63 - 1  # seeds stay in a signed 64-bit range (manual_seed would take up to 2**64 - 1)
 
 
 @dataclass
@@ -124,7 +125,7 @@ class GenerationRequest:
             raise ValueError("--segment-frames tells a story from prompts: it takes no --label or --num-frames")
         if self.image is not None and self.video is not None:
             raise ValueError("give an image or a video to continue, not both")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
             # torch.Generator's overflow came after the model loaded, without naming the flag
             raise ValueError(f"--seed must be an integer in [0, 2**63), got {self.seed!r}")
 

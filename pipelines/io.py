@@ -25,23 +25,17 @@ def output_paths(out: str | os.PathLike, num_videos: int) -> list[Path]:
     return [out / f"video_{i:03d}.mp4" for i in range(num_videos)]
 
 
-def written_paths(paths: list[Path], gif: bool = False) -> list[Path]:
-    """Every file :func:`save_output` writes for these video paths: each video, its ``.png`` contact sheet and
-    optionally a ``.gif``."""
-    out = []
-    for path in paths:
-        out.append(path)
-        if gif and path.suffix.lower() != ".gif":
-            out.append(path.with_suffix(".gif"))
-        out.append(path.with_suffix(".png"))
-    return out
+def _files_of(path: Path, gif: bool) -> list[Path]:
+    """The files :func:`save_output` writes for one video: the video, optionally a ``.gif``, the ``.png`` sheet."""
+    extra_gif = [path.with_suffix(".gif")] if gif and path.suffix.lower() != ".gif" else []
+    return [path, *extra_gif, path.with_suffix(".png")]
 
 
 def check_writable(paths: list[Path], inputs: tuple[str | os.PathLike | None, ...] = (), gif: bool = False) -> None:
     """Fails before any work when an output folder cannot be created or written, or when an output file would
     replace one of ``inputs`` (``--image first.png --out first.mp4`` wrote its contact sheet over first.png)."""
     given = {Path(i).resolve() for i in inputs if i is not None}
-    for target in written_paths(paths, gif):
+    for target in (f for path in paths for f in _files_of(path, gif)):
         if target.resolve() in given:
             raise ValueError(f"writing {str(target)!r} would replace an input file: choose another --out")
     for folder in {p.parent for p in paths}:
@@ -72,17 +66,13 @@ def save_output(output: VideoOutput, paths: list[Path], gif: bool = False) -> li
     target = None
     try:  # an OS error names the user's path, not the temporary file it was being written to
         for frames, path in zip(output.frames, paths):
-            target = path
             path.parent.mkdir(parents=True, exist_ok=True)
-            write_video(path, frames, output.fps)
-            written.append(path)
-            if gif and path.suffix.lower() != ".gif":
-                target = path.with_suffix(".gif")
-                write_video(target, frames, output.fps)
+            for target in _files_of(path, gif):
+                if target.suffix.lower() == ".png":
+                    write_contact_sheet(target, [frames])
+                else:
+                    write_video(target, frames, output.fps)
                 written.append(target)
-            target = path.with_suffix(".png")
-            write_contact_sheet(target, [frames])
-            written.append(target)
     except OSError as err:
         raise ValueError(f"cannot write {str(target)!r}: {err.strerror or err}") from None
     return written

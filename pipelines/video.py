@@ -17,12 +17,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from core.checks import is_int
 from core.config import save_config
 from core.weights import load_config
 from generator import Condition, Generator
 from generator.sampling import SamplingConfig, sample_ar, sample_maskgit
 from generator.text_encoders import TextEncoder, TextEncoderConfig, load_text_encoder
-from pipelines.batching import batch_size, is_int, per_video, repeat_rows
+from pipelines.batching import batch_size, per_video, repeat_rows
 from pipelines.context import FrameSource, context_frames
 from pipelines.rollout import Rollout, default_overlap, roll_out
 from tokenizer import VideoTokenizer

@@ -6,7 +6,6 @@ divisible by cs. They become token grids (B, t, h, w) with t = 1 + k, h = H/cs, 
 
 from __future__ import annotations
 
-import numbers
 import os
 from dataclasses import dataclass, field
 from typing import Literal
@@ -15,6 +14,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
+from core.checks import is_int
 from core.config import to_dict
 from core.weights import WEIGHTS_NAME, load_config, load_state, load_strict, save_pretrained
 from tokenizer.decoder import Decoder
@@ -125,10 +125,6 @@ class TokenizerOutput:
     stats: dict[str, torch.Tensor]
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)  # 4.0 was a TypeError in a slice
-
-
 class VideoTokenizer(nn.Module):
     """Discrete causal video tokenizer. Images are 1-frame videos and share the token space."""
 
@@ -237,7 +233,7 @@ class VideoTokenizer(nn.Module):
         if chunk_frames is None:
             return self._ids(self._latents(video).float())  # codes are chosen in fp32 whatever the weights
         ct = self.config.temporal_compression
-        if not _is_int(chunk_frames) or chunk_frames < ct or chunk_frames % ct:
+        if not is_int(chunk_frames) or chunk_frames < ct or chunk_frames % ct:
             raise ValueError(f"chunk_frames must be a positive multiple of {ct}, got {chunk_frames}")
         state, latents, start = StreamState(), [], 0
         while start < video.shape[2]:
@@ -274,7 +270,7 @@ class VideoTokenizer(nn.Module):
         codes = self.quantizer.ids_to_codes(ids)
         if chunk_latents is None:
             return self._pixels(codes).float()
-        if not _is_int(chunk_latents) or chunk_latents < 1:
+        if not is_int(chunk_latents) or chunk_latents < 1:
             raise ValueError(f"chunk_latents must be an integer >= 1, got {chunk_latents!r}")
         state, frames, start = StreamState(), [], 0
         while start < codes.shape[2]:

@@ -13,9 +13,8 @@ import math
 from collections.abc import Callable
 from pathlib import Path
 
-from pipelines.generate import GenerationRequest
+from pipelines.generate import MAX_SEED, GenerationRequest
 
-MAX_SEED = 2**63 - 1
 MAX_STEPS = 64  # MaskGIT steps per unit: one request must not hold the only worker for hours
 # field -> (accepted types, what to call them in an error)
 _TYPES: dict[str, tuple[tuple[type, ...], str]] = {
