@@ -5,7 +5,8 @@ video continued by an 8 fps model would otherwise show its motion at a quarter o
 continued that way); arrays carry no rate and are taken frame for frame. Frames are resized so they cover
 the model's frame size, keeping the aspect ratio, and center-cropped
 (:func:`core.frames.resize_center_crop`, the same transform ``tools/cache_tokens.py`` applies to training
-clips); files are read at that size, scaled inside the decoder as the token cache does.
+clips); files are read at that size, scaled inside the decoder as the token cache does, and only the frames a
+continuation keeps are decoded (a file is counted from its index first).
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import numpy as np
 
 from core.checks import is_int
 from core.frames import resize_center_crop
-from core.video_io import PIL_EXTS, VIDEO_EXTS, read_video, video_fps
+from core.video_io import PIL_EXTS, VIDEO_EXTS, read_frames, read_video
+from core.video_probe import frame_count, video_fps
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +29,11 @@ FrameSource = np.ndarray | str | os.PathLike
 
 
 def load_frames(
-    source: FrameSource, what: str, fps: float | None = None, size: tuple[int, int] | None = None
+    source: FrameSource,
+    what: str,
+    fps: float | None = None,
+    size: tuple[int, int] | None = None,
+    last: int | None = None,
 ) -> np.ndarray:
     """(T, H, W, 3) uint8 frames from an array or a video / image file.
 
@@ -39,21 +45,29 @@ def load_frames(
         size: (H, W) a file is read at, scaled to cover it and center-cropped by the decoder, so that a long or
             large video never holds its frames at full size (a minute of 1080p is 11 GB of them); None keeps
             the file's size. Arrays are returned as given.
+        last: keep only the last ``last`` frames (after resampling); a file then decodes only those, so an
+            upload of 10^5 frames costs the frames it gives, not its length. None keeps every frame.
 
     Raises:
         ValueError: an unreadable, empty or wrongly shaped input.
     """
+    if last is not None and (not is_int(last) or last < 1):
+        raise ValueError(f"last must be a positive integer or None, got {last!r}")
     if isinstance(source, (str, os.PathLike)):
-        frames = read_video(source, size=size)
         path = Path(source)
-        if fps is not None and frames.shape[0] > 1 and path.is_file() and path.suffix.lower() in VIDEO_EXTS:
-            rate, n = _frame_rate(path), frames.shape[0]
-            keep = list(range(n)) if rate is None else resample_indices(n, rate, fps)
-            if keep != list(range(n)):
-                log.info("%s: %d frames at %.3g fps -> %d at %.3g fps", path.name, n, rate, len(keep), fps)
-                frames = frames[keep]
+        n = frame_count(path)
+        keep = list(range(n))
+        if fps is not None and n > 1 and path.is_file() and path.suffix.lower() in VIDEO_EXTS:
+            rate = _frame_rate(path)
+            if rate is not None:
+                keep = resample_indices(n, rate, fps)
+                if keep != list(range(n)):
+                    log.info("%s: %d frames at %.3g fps -> %d at %.3g fps", path.name, n, rate, len(keep), fps)
+        keep = keep if last is None else keep[-last:]
+        frames = read_frames(path, keep, size=size) if keep else read_video(path, size=size)  # none: its error
     elif isinstance(source, np.ndarray):
         frames = source[None] if source.ndim == 3 else source
+        frames = frames if last is None or frames.ndim != 4 else frames[-last:]
     else:
         raise ValueError(f"{what} must be a uint8 array or a file path, got {type(source).__name__}")
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or 0 in frames.shape:
@@ -160,13 +174,14 @@ def _one_context(
     if image is not None:
         if num_context not in (None, 1):
             raise ValueError("an image is one context frame: leave context_frames unset")
-        frames, num_context = load_frames(image, "image", size=size), 1
+        if isinstance(image, (str, os.PathLike)) and (count := frame_count(image)) != 1:  # before decoding them
+            raise ValueError(f"image must be one frame, got {count}")
+        frames = load_frames(image, "image", size=size)
         if frames.shape[0] != 1:
             raise ValueError(f"image must be one frame, got {frames.shape[0]}")
-    else:
-        if num_context is None:
-            raise ValueError(f"continuing a video needs context_frames (1 + k*{ct} frames, e.g. {1 + ct})")
-        frames = load_frames(video, "video", fps, size)
+        return resize_center_crop(frames, size)  # (1, H, W, 3)
+    if num_context is None:
+        raise ValueError(f"continuing a video needs context_frames (1 + k*{ct} frames, e.g. {1 + ct})")
     if not is_int(num_context):
         raise ValueError(f"context_frames must be an integer, got {num_context!r}")
     if num_context < 1 or (num_context - 1) % ct:
@@ -174,6 +189,7 @@ def _one_context(
             f"context_frames={num_context} cannot be encoded on its own: the tokenizer needs 1 + k*{ct} frames "
             f"(e.g. 1, {1 + ct}, {1 + 2 * ct})"
         )
+    frames = load_frames(video, "video", fps, size, last=num_context)  # decodes only the frames it keeps
     if frames.shape[0] < num_context:
         raise ValueError(f"the video has {frames.shape[0]} frames, fewer than context_frames={num_context}")
     return resize_center_crop(frames[-num_context:], size)  # (N, H, W, 3)

@@ -21,7 +21,8 @@ from torch import nn
 
 from core.frames import frames_to_tensor, resize_center_crop, tensor_to_frames
 from core.tables import format_table
-from core.video_io import read_video, video_fps
+from core.video_io import read_video
+from core.video_probe import video_fps
 from core.video_write import write_contact_sheet, write_video
 from tokenizer import VideoTokenizer
 from videodata.cache.sources import discover_sources

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.video_io import read_video, video_fps
+from core.video_io import read_video
+from core.video_probe import video_fps
 from core.video_write import write_video
 from pipelines.context import context_frames, load_frames, probe_frames, resample_indices
 
@@ -96,8 +97,9 @@ def test_a_video_file_is_read_at_the_models_size_never_at_full_size(tmp_path, mo
     big[:, 100:140, 140:180] = 200
     write_video(path, big, fps=8)
     sizes = []
-    real = ctx.read_video
+    real, real_frames = ctx.read_video, ctx.read_frames
     monkeypatch.setattr(ctx, "read_video", lambda p, **kw: sizes.append(kw.get("size")) or real(p, **kw))
+    monkeypatch.setattr(ctx, "read_frames", lambda p, i, **kw: sizes.append(kw.get("size")) or real_frames(p, i, **kw))
     frames = context_frames(None, path, 5, temporal_compression=4, size=(64, 64), fps=8.0)
     assert frames.shape == (1, 5, 64, 64, 3)
     assert sizes and all(s == (64, 64) for s in sizes)
@@ -124,3 +126,41 @@ def test_probe_frames_fails_fast_with_one_line_and_passes_what_the_pipeline_can_
     for source, what in ((tmp_path / "ok.mp4", "video"), (tmp_path / "ok.png", "image"), (folder, "video")):
         probe_frames(source, what)
     probe_frames(moving_square(2), "video")  # arrays pass
+
+
+def test_continuing_a_long_video_decodes_only_the_context_it_keeps(tmp_path, monkeypatch):
+    """The pipeline decoded a whole upload to keep its last N frames: a static 64x64 mp4 of 10^5 frames is a few
+    hundred kB on the wire and 1.2 GB of frames in memory. Now the file is counted from its index, and only the
+    kept frames are decoded: the same frames, at 8 fps and at another rate."""
+    import pipelines.context as ctx
+
+    path = tmp_path / "long.mp4"
+    clip = np.zeros((120, 64, 64, 3), np.uint8)
+    for t in range(120):
+        clip[t, 20:40, t // 4 : t // 4 + 12] = 200  # moves right a pixel every 4 frames
+    write_video(path, clip, fps=24)
+    asked = []
+    real_frames = ctx.read_frames
+    monkeypatch.setattr(ctx, "read_frames", lambda p, i, **kw: asked.append(list(i)) or real_frames(p, i, **kw))
+    monkeypatch.setattr(ctx, "read_video", lambda *a, **kw: pytest.fail("the whole video was decoded"))
+    frames = context_frames(None, path, 5, temporal_compression=4, size=(64, 64), fps=8.0)
+    assert frames.shape == (1, 5, 64, 64, 3)
+    assert asked == [[107, 110, 113, 116, 119]]  # every third frame of 24 fps, counted back from the last
+    whole = read_video(path)
+    np.testing.assert_array_equal(frames[0], whole[resample_indices(120, 24.0, 8.0)][-5:])
+    asked.clear()
+    same_rate = context_frames(None, path, 9, temporal_compression=4, size=(64, 64), fps=24.0)
+    assert asked == [list(range(111, 120))]
+    np.testing.assert_array_equal(same_rate[0], whole[-9:])
+    with pytest.raises(ValueError, match="fewer than context_frames=45"):  # 120 frames at 24 fps are 40 at 8
+        context_frames(None, path, 45, temporal_compression=4, size=(64, 64), fps=8.0)
+
+
+def test_a_video_given_as_the_image_is_refused_before_its_frames_are_decoded(tmp_path, monkeypatch):
+    import pipelines.context as ctx
+
+    path = tmp_path / "clip.mp4"
+    write_video(path, np.zeros((30, 64, 64, 3), np.uint8), fps=8)
+    monkeypatch.setattr(ctx, "read_video", lambda *a, **kw: pytest.fail("the video was decoded"))
+    with pytest.raises(ValueError, match="image must be one frame, got 30"):
+        context_frames(path, None, None, temporal_compression=4, size=(64, 64), fps=8.0)

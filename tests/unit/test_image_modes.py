@@ -67,7 +67,7 @@ def test_a_palette_image_with_a_transparent_index_is_laid_over_black(tmp_path):
 def test_a_decompression_bomb_is_one_clear_error(tmp_path, monkeypatch, pixels):
     """Pillow's DecompressionBombError is not an OSError: a 27 KB PNG of 15,000 x 15,000 px gave a traceback in
     generate.py and a 500 in the server; between the limit and twice it Pillow only warned and decoded it all."""
-    from core.video_io import video_fps
+    from core.video_probe import video_fps
 
     side = int(pixels**0.5)
     Image.new("1", (side, side)).save(tmp_path / "bomb.png")

@@ -13,6 +13,7 @@ import core.video_io as vio
 from core.frames import decoded_size, resize_center_crop
 from core.video_display import Display, pixel_aspect, quarter_turns, video_display
 from core.video_io import read_frames, read_video
+from core.video_probe import frame_count, video_fps
 from core.video_write import write_video
 
 
@@ -144,7 +145,9 @@ def test_an_unreadable_file_is_one_error_and_decord_is_not_tried(tmp_path, monke
     with pytest.raises(ValueError, match="cannot decode"):
         read_video(bad)
     with pytest.raises(ValueError, match="cannot decode"):
-        vio.video_fps(bad)
+        video_fps(bad)
+    with pytest.raises(ValueError, match="cannot decode"):
+        frame_count(bad)
     from videodata.cache.sources import SourceError, count_frames
 
     with pytest.raises(SourceError):

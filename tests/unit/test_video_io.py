@@ -11,7 +11,8 @@ from PIL import Image
 
 import core.video_io as vio
 from core.frames import frames_to_tensor, resize_center_crop, tensor_to_frames
-from core.video_io import list_media, read_frames, read_video, video_fps
+from core.video_io import list_media, read_frames, read_video
+from core.video_probe import video_fps
 from core.video_write import write_contact_sheet, write_video
 
 

@@ -29,15 +29,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 
 from core.files import sha256_bytes
-from core.video_io import PIL_EXTS, decord_reader, frame_files, list_media, read_frames, video_fps
-
-try:  # decord is optional (see core/video_io.py)
-    import decord
-except ImportError:  # pragma: no cover - depends on the platform
-    decord = None
+from core.video_io import list_media, read_frames
+from core.video_probe import frame_count, video_fps
 
 MANIFEST_EXTS = (".csv", ".jsonl")
 _LOG_TIME = re.compile(r"\[\d{2}:\d{2}:\d{2}\] ")
@@ -287,38 +282,15 @@ def count_frames(path: Path) -> int:
     """Number of frames in a video, GIF, image or folder of image frames, from headers (no full decode).
 
     Raises:
-        SourceError: ``missing`` for a path that does not exist (decord's open raised a bare FileNotFoundError),
-            ``undecodable`` when no backend can open the file.
+        SourceError: ``missing`` for a path that does not exist, ``undecodable`` when no backend can open the
+            file (:func:`core.video_probe.frame_count`'s reasons).
     """
-    reasons = []
     if not path.exists():
         raise SourceError("missing", f"{str(path)!r} does not exist")
-    if path.is_dir():  # a folder of frames: one video (see core.video_io.read_video)
-        return len(frame_files(path))
-    if path.suffix.lower() in PIL_EXTS:
-        try:
-            with Image.open(path) as im:
-                return int(getattr(im, "n_frames", 1))
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-            raise SourceError("undecodable", f"Pillow: {err}") from None
-    if decord is not None:
-        try:
-            return len(decord_reader(path))  # kept open for decode_source's read of the same file
-        except (RuntimeError, decord.DECORDError) as err:
-            reasons.append("decord: " + (str(err).strip().splitlines() or [type(err).__name__])[0])
-    import av
-
     try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise SourceError("undecodable", "PyAV: the file has no video stream")
-            stream = container.streams.video[0]
-            if stream.frames:
-                return int(stream.frames)
-            return sum(1 for packet in container.demux(stream) if packet.size)
-    except av.FFmpegError as err:
-        reasons.append(f"PyAV: {err}")
-    raise SourceError("undecodable", "; ".join(reasons))
+        return frame_count(path)
+    except ValueError as err:
+        raise SourceError("undecodable", str(err).removeprefix(f"cannot decode {str(path)!r}: ")) from None
 
 
 def plan_starts(total: int, window: ClipWindow, stride: int) -> list[tuple[int, int]]:

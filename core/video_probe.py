@@ -1,0 +1,99 @@
+"""What a video file holds, read from its headers and index without decoding its frames: frame count and rate.
+
+Reading frames is :mod:`core.video_io`; this module answers the questions asked before a read, such as which
+frames are the last ones of an upload that may hold 10^5 of them.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+from PIL import Image, ImageSequence, UnidentifiedImageError
+
+from core.video_io import PIL_EXTS, decord, decord_reader, frame_files
+
+
+def frame_count(path: str | os.PathLike) -> int:
+    """Number of frames in a video, GIF, image or folder of image frames, without decoding them.
+
+    Videos: decord's index (the same reader :func:`core.video_io.read_frames` then reuses), else PyAV's header
+    count or, without one, its count of non-empty packets. GIFs and images: Pillow's frame count. A folder of
+    frames: its image files.
+
+    Raises:
+        ValueError: the path does not exist, or no backend can open it (each backend's reason in one line).
+    """
+    path = Path(path)
+    if path.is_dir():  # a folder of frames: one video (see core.video_io.read_video)
+        return len(frame_files(path))
+    if not path.is_file():
+        raise ValueError(f"{str(path)!r} does not exist or is not a file")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{str(path)!r} is empty (0 bytes)")
+    if path.suffix.lower() in PIL_EXTS:
+        return len(_pil_durations(path))
+    reasons = []
+    if decord is not None:
+        try:
+            return len(decord_reader(path))
+        except (RuntimeError, decord.DECORDError) as err:  # DECORDError is not a RuntimeError
+            reasons.append("decord: " + (str(err).strip().splitlines() or [type(err).__name__])[0])
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise ValueError(f"cannot decode {str(path)!r}: PyAV: the file has no video stream")
+            stream = container.streams.video[0]
+            if stream.frames:
+                return int(stream.frames)
+            return sum(1 for packet in container.demux(stream) if packet.size)
+    except av.FFmpegError as err:
+        reasons.append(f"PyAV: {err}")
+    raise ValueError(f"cannot decode {str(path)!r}: " + "; ".join(reasons))
+
+
+def video_fps(path: str | os.PathLike) -> float:
+    """Average frame rate of a video or animated GIF.
+
+    Raises:
+        ValueError: the file is missing, cannot be decoded, or is a still image.
+    """
+    path = Path(path)
+    if not path.is_file() or path.stat().st_size == 0:
+        raise ValueError(f"{str(path)!r} does not exist or is empty")
+    if path.suffix.lower() in PIL_EXTS:
+        durations = _pil_durations(path)
+        if len(durations) < 2 or sum(durations) <= 0:
+            raise ValueError(f"{str(path)!r} is a still image and has no frame rate")
+        return 1000.0 * len(durations) / sum(durations)
+    if decord is not None:
+        try:
+            return float(decord_reader(path).get_avg_fps())
+        except (RuntimeError, decord.DECORDError):
+            pass
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            if container.streams.video:
+                rate = container.streams.video[0].average_rate or container.streams.video[0].guessed_rate
+                if rate:
+                    return float(rate)
+    except av.FFmpegError as err:
+        raise ValueError(f"cannot decode {str(path)!r}: {err}") from None
+    raise ValueError(f"{str(path)!r} has no video stream with a frame rate")
+
+
+def _pil_durations(path: Path) -> list[int]:
+    """Each frame's display time in ms (0 where the file gives none) of an image or GIF Pillow opens."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # refused, as core.video_io refuses it
+            with Image.open(path) as im:
+                return [f.info.get("duration", 0) for f in ImageSequence.Iterator(im)]
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError,
+            Image.DecompressionBombWarning) as err:  # fmt: skip
+        raise ValueError(f"cannot decode {str(path)!r}: Pillow: {err}") from None
