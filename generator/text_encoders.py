@@ -175,7 +175,8 @@ class TextEncoder(nn.Module):
             i, n = too_long[0]
             raise ValueError(
                 f"prompt {i} has {n} tokens (special tokens included), more than max_length={self.max_length}; "
-                "shorten it, raise max_length, or set on_too_long='truncate'"
+                "shorten it, or set on_too_long='truncate' to keep its first tokens (a trained generator fixes "
+                "max_length)"
             )
         if too_long:
             shown = ", ".join(f"prompt {i} ({n} tokens)" for i, n in too_long[:5])

@@ -107,6 +107,13 @@ class VideoPipeline:
                 )
             if gen.config.cond == "text" and text_encoder is None:
                 raise ValueError(f"the {mode} generator is text-conditional but the pipeline has no text encoder")
+            trained = (gen.config.max_text_len, gen.config.text_dim)
+            if gen.config.cond == "text" and (text_encoder.max_length, text_encoder.dim) != trained:
+                raise ValueError(  # otherwise every prompt fails later, on a shape
+                    f"the text encoder gives {text_encoder.max_length} tokens of width {text_encoder.dim}, but the "
+                    f"{mode} generator was trained on {trained[0]} of width {trained[1]}: set text_encoder.max_length "
+                    f"to {trained[0]} and use the encoder it was trained with"
+                )
         for key in config.sampling:
             mode, _, order = key.partition("/")
             if mode not in generators or (order and order not in generators[mode].config.orders):

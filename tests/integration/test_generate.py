@@ -199,6 +199,22 @@ def test_corrupt_model_directory(model_dir, tmp_path, capsys):
     assert not (tmp_path / "v.mp4").exists()
 
 
+def test_a_text_length_the_generator_was_not_trained_on_is_refused_at_load(model_dir, tmp_path, capsys):
+    """Raising the pipeline's text_encoder.max_length (as the too-long-prompt error advised) loaded fine, and then
+    every prompt failed on a feature shape. The pipeline now refuses it when it loads, naming the trained length."""
+    import shutil
+
+    bad = tmp_path / "longer"
+    shutil.copytree(model_dir, bad)
+    cfg = yaml.safe_load((bad / "pipeline.yaml").read_text())
+    cfg["text_encoder"]["max_length"] = 64
+    (bad / "pipeline.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ValueError, match="trained on 48 of width 32: set text_encoder.max_length to 48"):
+        VideoPipeline.from_pretrained(bad)
+    _refused(capsys, ["--model", str(bad), "--out", str(tmp_path / "v.mp4")], "set text_encoder.max_length to 48")
+    assert not (tmp_path / "v.mp4").exists()
+
+
 def test_library_call_writes_files_and_names_labels(model_dir, tmp_path):
     made = generate_to_files(
         label="1", out=tmp_path / "v.gif", model=model_dir, sampling={"steps": 2, "top_k": None}, progress=False
