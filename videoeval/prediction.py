@@ -24,7 +24,7 @@ import torch
 from core.video_write import write_frame_folder, write_video
 from pipelines import VideoPipeline
 from videoeval.fvd import FVDProtocol, resolve_protocol
-from videoeval.sources import find_videos
+from videoeval.sources import videos_by_key
 
 
 def predict_continuations(
@@ -77,7 +77,7 @@ def predict_continuations(
     if out_abs == real_abs or real_abs in out_abs.parents or out_abs in real_abs.parents:
         raise ValueError(f"--out {str(out)!r} and --real {str(real)!r} overlap: predictions would replace or mix with "
                          "the real clips")  # fmt: skip
-    sources = find_videos(real)
+    sources = list(videos_by_key(real, "--real").values())  # two with one key would write one prediction
     count = min(protocol.num_videos if num_videos is None else num_videos, len(sources))
     if count < 1:
         raise ValueError(f"no videos found under {str(real)!r}")

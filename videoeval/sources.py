@@ -93,3 +93,21 @@ def find_videos(root: str | os.PathLike) -> list[VideoSource]:
                  len(ignored), ignored[0])  # fmt: skip
     sources += [VideoSource(folder, tuple(images)) for folder, images in frame_folders.items() if folder not in ignored]
     return sorted(sources, key=lambda s: s.key(root))
+
+
+def videos_by_key(root: str | os.PathLike, what: str) -> dict[str, VideoSource]:
+    """The videos under ``root`` by :meth:`VideoSource.key`, in key order.
+
+    Raises:
+        ValueError: two videos share a key (``a/b.mp4`` and ``a/b.avi``, or a file and a frame folder ``a/b/``):
+            a prediction for one would replace the other's, and a pairing would pick one at random. ``what``
+            names the side in the message.
+    """
+    root = Path(root)
+    by_key: dict[str, VideoSource] = {}
+    for src in find_videos(root):
+        key = src.key(root)
+        if key in by_key:
+            raise ValueError(f"{what}: {str(by_key[key].path)!r} and {str(src.path)!r} both pair as {key!r}")
+        by_key[key] = src
+    return by_key

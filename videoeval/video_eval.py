@@ -33,7 +33,7 @@ from videoeval.fvd import FeatureStats, FVDProtocol, frechet_distance, inception
 from videoeval.i3d import KINETICS_CLASSES, I3DNetwork, extract_features, resolve_i3d_path
 from videoeval.metrics import LPIPS, psnr, ssim
 from videoeval.reconstruction import summarize
-from videoeval.sources import VideoSource, find_videos
+from videoeval.sources import VideoSource, find_videos, videos_by_key
 
 log = logging.getLogger(__name__)
 
@@ -184,12 +184,7 @@ def _pairs(real_root: Path, fake_root: Path) -> list[tuple[VideoSource, VideoSou
     """Real and fake videos paired by relative path without suffix; any unpaired one is an error."""
     sides = {}
     for label, root in (("real", real_root), ("fake", fake_root)):
-        by_key: dict[str, VideoSource] = {}
-        for src in find_videos(root):
-            key = src.key(root)
-            if key in by_key:
-                raise ValueError(f"{label}: {str(by_key[key].path)!r} and {str(src.path)!r} both pair as {key!r}")
-            by_key[key] = src
+        by_key = videos_by_key(root, label)
         if not by_key:
             raise ValueError(f"{label}: no videos under {str(root)!r}")
         sides[label] = by_key

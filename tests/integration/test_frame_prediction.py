@@ -92,3 +92,18 @@ def test_k600_predictions_are_lossless_frame_folders(tmp_path, caplog):
     assert sorted(p.name for p in pred.iterdir()) == ["clip_0", "clip_1"]
     assert len(list((pred / "clip_0").iterdir())) == 16
     assert [s.kind for s in find_videos(pred)] == ["frames", "frames"]  # what fvd reads without its warning
+
+
+def test_two_real_videos_with_one_key_are_refused_before_any_prediction(tmp_path):
+    """predict named each prediction by the real video's relative path without suffix: a/b.mp4 and the frame
+    folder a/b/ both became a/b, so one prediction replaced the other and fvd then scored fewer videos than asked."""
+    from core.video_write import write_frame_folder
+
+    real = tmp_path / "real"
+    clip = fresh_clips(1)[0][1]
+    write_video(real / "a" / "b.mp4", clip, fps=8)
+    write_frame_folder(real / "a" / "b", clip)
+    out = tmp_path / "pred"
+    with pytest.raises(ValueError, match="both pair as 'a/b'"):
+        predict_continuations(tmp_path / "no_model_needed", real, out, "quick", context_frames=5)
+    assert not out.exists()
