@@ -227,6 +227,8 @@ class VideoPipeline:
             raise ValueError("give a prompt or labels, not both")
         if prompt is None and labels is None:
             return Condition(drop=torch.ones(batch, dtype=torch.bool, device=device))
+        if gen.config.cond == "none":
+            raise ValueError(f"the {gen.config.style} generator is unconditional: it takes neither prompts nor labels")
         if labels is not None:
             labels = [labels] if is_int(labels) else list(labels)
             n = len(self.config.class_names) or gen.config.num_classes

@@ -98,7 +98,9 @@ def context_sequence(
     if context.ndim != 4 or context.shape[0] != batch or tuple(context.shape[2:]) != (h, w):
         raise ValueError(f"context must be ({batch}, t_c, {h}, {w}) token ids, got {tuple(context.shape)}")
     t_c = context.shape[1]
-    if not 1 <= t_c < t:
+    if t_c < 1:
+        raise ValueError("the context is empty: give at least one latent frame, or no context")
+    if t_c >= t:
         raise ValueError(f"context of {t_c} latent frames leaves nothing to generate in a grid of {t}")
     full = torch.full((batch, *layout.grid), -1, dtype=torch.long, device=context.device)
     full[:, :t_c] = context

@@ -29,7 +29,9 @@ def sample_logits(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Ge
     scaled = logits.float() if cfg.temperature == 1.0 else logits.float() / cfg.temperature  # x / 1 == x
     if not bool(torch.isfinite(scaled).all()):  # a tiny temperature overflowed: the same softmax, shifted first
         shifted = logits.float() - logits.float().amax(-1, keepdim=True)  # (..., V) <= 0, the top token at 0
-        scaled = (shifted / cfg.temperature).nan_to_num(nan=float("-inf"))
+        # the top token stays at 0: a temperature below float32's smallest number divides it as 0/0 = NaN, and
+        # a NaN top left every token at -inf (softmax then drew every token but the top one)
+        scaled = torch.where(shifted == 0, 0.0, shifted / cfg.temperature).nan_to_num(nan=float("-inf"))
     logits = filter_logits(scaled, cfg.top_k, cfg.top_p)
     probs = logits.softmax(-1)
     flat = probs.reshape(-1, probs.shape[-1])

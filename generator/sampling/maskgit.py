@@ -124,7 +124,8 @@ def _fill(
         if anneal > 0:
             u01 = torch.rand(conf.shape, generator=generator, device=conf.device).clamp(1e-20, 1 - 1e-7)
             conf = conf + anneal * -torch.log(-torch.log(u01))
-        conf = conf.masked_fill(~masked, float("inf"))  # fixed tokens are never re-masked
+        big = torch.finfo(conf.dtype).max  # a huge choice_temperature overflows to inf, which ties with "fixed"
+        conf = conf.nan_to_num(nan=-big, posinf=big, neginf=-big).masked_fill(~masked, float("inf"))  # fixed: kept
         cur = torch.where(masked, sampled, cur)
         keep_masked = min(num_masked_after_step(s, steps, n, sampling.mask_schedule), num_masked - 1)
         if keep_masked > 0:

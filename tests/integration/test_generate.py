@@ -215,6 +215,22 @@ def test_a_text_length_the_generator_was_not_trained_on_is_refused_at_load(model
     assert not (tmp_path / "v.mp4").exists()
 
 
+def test_an_unconditional_generator_refuses_prompts_and_labels_saying_so(model_dir):
+    """A generator with cond "none" given labels=0 was told it "takes labels, not prompts"."""
+    from dataclasses import replace
+
+    from generator import Generator
+
+    pipe = VideoPipeline.from_pretrained(model_dir)
+    gen = Generator(replace(pipe.generators["maskgit"].config, cond="none")).eval()
+    config = replace(pipe.config, generators={"maskgit": "generator_maskgit"}, default_mode="maskgit", sampling={})
+    bare = VideoPipeline(pipe.tokenizer, {"maskgit": gen}, None, replace(config, text_encoder=None))
+    for kw in ({"labels": 0}, {"prompt": "a red circle moving left"}):
+        with pytest.raises(ValueError, match="is unconditional: it takes neither prompts nor labels"):
+            bare(num_frames=5, **kw)
+    assert bare(num_frames=5, generator=torch.Generator().manual_seed(0)).frames.shape[1] == 5
+
+
 def test_library_call_writes_files_and_names_labels(model_dir, tmp_path):
     made = generate_to_files(
         label="1", out=tmp_path / "v.gif", model=model_dir, sampling={"steps": 2, "top_k": None}, progress=False

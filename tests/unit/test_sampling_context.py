@@ -138,6 +138,14 @@ def test_bad_context_shapes_are_refused(bad):
         sample_maskgit(tiny("maskgit"), cond2(), GRID, order="frame", context=torch.zeros(bad, dtype=torch.long))
 
 
+def test_an_empty_context_is_named_as_empty():
+    """A (B, 0, h, w) context was refused as one that "leaves nothing to generate": the opposite of the problem."""
+    with pytest.raises(ValueError, match="the context is empty"):
+        sample_maskgit(
+            tiny("maskgit"), cond2(), GRID, order="frame", context=torch.zeros((2, 0, 4, 4), dtype=torch.long)
+        )
+
+
 def test_context_of_a_single_condition_row():
     m = tiny("maskgit")
     out = sample_maskgit(m, Condition(labels=torch.tensor([1])), GRID, order="frame", context=context_ids(1)[:1])

@@ -73,13 +73,29 @@ def test_sample_logits_applies_top_k_and_top_p():
     assert int(sample_logits(logits, SamplingConfig(temperature=0), None)) == 0  # greedy
 
 
-@pytest.mark.parametrize("temperature", [1e-45, 1e-30])
+@pytest.mark.parametrize("temperature", [1e-30, 1e-45, 1e-46, 5e-324])  # the last two are 0 in float32
 def test_a_temperature_that_overflows_the_logits_still_draws_the_top_token(temperature):
     """logits / 1e-45 overflowed to inf and torch.multinomial raised on the NaN probabilities (exit 1 in the
     CLI, a 500 in the server); the limit of the tempered softmax is the greedy choice."""
     logits = torch.tensor([[0.5, 2.0, -1.0, 1.5], [3.0, -2.0, 0.0, 2.5]])
     ids = sample_logits(logits, SamplingConfig(temperature=temperature), torch.Generator().manual_seed(0))
     assert ids.tolist() == [1, 0]
+    many = sample_logits(logits.repeat(500, 1), SamplingConfig(temperature=temperature), torch.Generator())
+    assert many.view(500, 2).tolist() == [[1, 0]] * 500  # below float32's range it drew every token but the top
+
+
+def test_a_huge_choice_temperature_never_remasks_fixed_tokens():
+    """conf + c * gumbel overflowed to +inf for c = 1e300 and tied with the +inf that marks fixed tokens: order
+    "clip" then re-drew 16 of the 64 context tokens it promises to keep."""
+    model = tiny("maskgit")
+    t = model.config.max_grid[0]
+    context = torch.randint(0, model.config.vocab_size, (2, t - 1, 4, 4), generator=torch.Generator().manual_seed(7))
+    for choice_temperature in (4.5, 1e300):
+        sc = SamplingConfig(steps=8, choice_temperature=choice_temperature)
+        out = sample_maskgit(model, cond2(), (t, 4, 4), order="clip", context=context, sampling=sc,
+                             generator=torch.Generator().manual_seed(0))  # fmt: skip
+        assert torch.equal(out[:, : t - 1], context)
+        assert bool((out != model.config.mask_id).all())
 
 
 def _fixed_logits(monkeypatch, conf: torch.Tensor, vocab: int = 64) -> list[torch.Tensor]:
