@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -31,9 +32,10 @@ class CliParser(argparse.ArgumentParser):
         raise UsageError(message)
 
     def add_argument(self, *names, **kwargs):
-        """As ``ArgumentParser.add_argument``; ``--out`` also refuses an empty value, which an unset shell variable
-        gives (``--out "$OUT"``) and which every CLI took as the current folder."""
-        if "--out" in names:
+        """As ``ArgumentParser.add_argument``; ``--out`` and every ``Path`` argument also refuse an empty value,
+        which an unset shell variable gives (``--out "$OUT"``, ``--data "$DATA"``) and which ``Path("")`` turns into
+        the current folder: written into, or scanned and cached."""
+        if "--out" in names or kwargs.get("type") is Path:
             kwargs["type"] = _nonempty(kwargs.get("type") or str)
         return super().add_argument(*names, **kwargs)
 

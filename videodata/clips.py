@@ -80,6 +80,11 @@ class ClipDataConfig:
                 raise ValueError(f"data.{name} must be >= 1, got {value}")
         if not 0.0 <= self.image_ratio <= 1.0:  # NaN fails too
             raise ValueError(f"data.image_ratio must be in [0, 1], got {self.image_ratio}")
+        if self.image_ratio < 1.0 and self.max_frames_per_video < self.num_frames:  # else "no video is long enough"
+            raise ValueError(
+                f"data.max_frames_per_video={self.max_frames_per_video} keeps fewer frames than the "
+                f"data.num_frames={self.num_frames} of a training clip"
+            )
 
 
 class ClipPool:

@@ -110,3 +110,14 @@ def test_an_empty_out_is_a_usage_error_not_the_current_folder():
     for empty in ("", "  "):
         with pytest.raises(UsageError, match="--out: must not be empty"):
             parser.parse_args(["--out", empty])
+
+
+def test_an_empty_path_argument_is_a_usage_error(tmp_path, monkeypatch, capsys):
+    """``cache_tokens --data "$DATA"`` with DATA unset scanned and cached the current folder (Path("") is ".")."""
+    from tools.cache_tokens import main
+
+    (tmp_path / "holiday").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert main(["--data", "", "--tokenizer", "tok", "--out", str(tmp_path / "cache")]) == 2
+    assert "--data: must not be empty" in capsys.readouterr().err
+    assert not (tmp_path / "cache").exists()

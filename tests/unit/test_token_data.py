@@ -67,11 +67,29 @@ def test_random_access_returns_every_clip_in_order(tmp_path):
             cache[bad]
     # Shards are memory-mapped on first use only, and a pickled copy (DataLoader worker) reopens them.
     fresh = TokenCache(tmp_path / "c")
-    assert not fresh._tokens
+    assert not fresh._arrays_kept
     fresh[4]
-    assert list(fresh._tokens) == [1] and isinstance(fresh._tokens[1], np.memmap)
+    assert list(fresh._arrays_kept) == [1] and isinstance(fresh._arrays_kept[1][0], np.memmap)
     clone = pickle.loads(pickle.dumps(fresh))
-    assert not clone._tokens and torch.equal(clone[4].ids, cache[4].ids)
+    assert not clone._arrays_kept and torch.equal(clone[4].ids, cache[4].ids)
+
+
+def test_the_reader_keeps_a_bounded_number_of_shards_open(tmp_path, monkeypatch):
+    """Every shard touched stayed memory-mapped, two open files each, for the life of the reader: an epoch over a
+    1,000-shard cache (or labels() at a class-conditional run's start) hit "Too many open files"."""
+    import os
+
+    import videodata.cache.reader as reader
+
+    monkeypatch.setattr(reader, "_ARRAY_SHARDS_KEPT", 4, raising=False)
+    ids = make_cache(tmp_path / "c", num_clips=30, shard_size=1)
+    cache = TokenCache(tmp_path / "c")
+    before = len(os.listdir("/proc/self/fd"))
+    for i in [*range(30), *reversed(range(30))]:  # every shard, then again after each was dropped
+        assert torch.equal(cache[i].ids, torch.from_numpy(ids[i]))
+    assert cache.labels().tolist() == [i % 3 for i in range(30)]
+    assert len(os.listdir("/proc/self/fd")) - before <= 2 * 4  # was 2 * 30
+    assert len(cache._arrays_kept) == 4
 
 
 def test_global_index_is_the_same_for_one_and_two_ranks(tmp_path):
@@ -194,6 +212,23 @@ def test_manifest_sources_csv_and_jsonl(tmp_path):
     (tmp_path / "bad.csv").write_text("file,caption\na.mp4,x\n")
     with pytest.raises(ValueError, match="'path' column"):
         discover_sources(tmp_path / "bad.csv")
+    (tmp_path / "big.jsonl").write_text('{"path": "a.mp4", "label": 9223372036854775808}\n')  # 2^63
+    with pytest.raises(ValueError, match="line 1: label must be an integer >= 0"):  # was an OverflowError, late
+        discover_sources(tmp_path / "big.jsonl")
+
+
+def test_a_csv_quote_that_is_never_closed_is_an_error_not_lost_rows(tmp_path):
+    """An unclosed quote made the rest of the file one caption: the later rows were silently dropped, and in a
+    large manifest csv's field limit raised a csv.Error, a traceback from the CLI."""
+    (tmp_path / "m.csv").write_text('path,caption\na.mp4,"12 inch vinyl\nb.mp4,a dog\nc.mp4,a cat\n')
+    with pytest.raises(ValueError, match="m.csv line 2: not valid CSV"):
+        discover_sources(tmp_path / "m.csv")
+    rows = "".join(f"v{i}.mp4,caption {i}\n" for i in range(20_000))  # 300 kB swallowed by the quote
+    (tmp_path / "m.csv").write_text('path,caption\na.mp4,"12 inch vinyl\n' + rows)
+    with pytest.raises(ValueError, match="not valid CSV"):
+        discover_sources(tmp_path / "m.csv")
+    (tmp_path / "m.csv").write_text('path,caption\na.mp4,"one\ntwo"\nb.mp4,x\n')  # closed: still fine
+    assert [s.path for s in discover_sources(tmp_path / "m.csv")[1]] == ["a.mp4", "b.mp4"]
 
 
 def test_manifests_keep_line_breaks_inside_fields_and_accept_a_byte_order_mark(tmp_path):
@@ -248,6 +283,9 @@ def test_a_folder_of_frames_is_decoded_like_a_video(tmp_path):
         decode_source(DecodeTask(index=0, file=str(empty), window=ClipWindow(num_frames=5, size=16)))
     with pytest.raises(SourceError, match="no frame rate"):
         decode_source(DecodeTask(index=0, file=str(clip), window=ClipWindow(num_frames=5, size=16, fps=4.0)))
+    late = ClipWindow(num_frames=5, size=16, clips_per_video=1, start_offsets=(6,))  # 9 frames; offset 6 needs 11
+    with pytest.raises(SourceError, match="has 9 frame.s.; 5 frames at stride 1 need 5, from start offset 6: 11"):
+        decode_source(DecodeTask(index=0, file=str(clip), window=late))  # said "need 5" of a 9-frame video
 
 
 def test_a_rank_that_finds_spec_json_appearing_is_not_refused(tmp_path, monkeypatch):

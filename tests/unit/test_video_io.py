@@ -382,7 +382,8 @@ def test_clip_pool_decodes_no_more_than_max_frames_per_video(clips, monkeypatch)
     ("field", "value", "message"),
     [("stride", 0, "data.stride must be >= 1"), ("max_frames_per_video", 0, "data.max_frames_per_video must be"),
      ("image_ratio", -3.0, "data.image_ratio must be in"), ("image_ratio", float("nan"), "data.image_ratio must be"),
-     ("size", 0, "data.size must be >= 1")],
+     ("size", 0, "data.size must be >= 1"),
+     ("max_frames_per_video", 16, "max_frames_per_video=16 keeps fewer frames than the data.num_frames=17")],
 )  # fmt: skip
 def test_clip_data_settings_are_checked(field, value, message):
     """stride 0 and max_frames 0 ended in "none of the media files could be decoded"; image_ratio -3 was taken."""

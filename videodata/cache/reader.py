@@ -33,6 +33,9 @@ from videodata.cache.format import META_DTYPE, load_manifest, read_json, tokeniz
 __all__ = ["ShuffledSampler", "TokenCache", "TokenSample", "tokenizer_fingerprint"]
 
 _CAPTION_SHARDS_KEPT = 16  # caption lists held in memory (an LRU; token arrays are mmaps)
+# Shards kept memory-mapped (an LRU): each map holds an open file (CPython's mmap keeps a duplicate of the
+# descriptor), two per shard, and an epoch over a 1,000-shard cache passed the usual limit of 1,024 open files.
+_ARRAY_SHARDS_KEPT = 64
 
 
 @dataclass(frozen=True)
@@ -101,13 +104,12 @@ class TokenCache(Dataset):
         self._open_maps()
 
     def _open_maps(self) -> None:
-        self._tokens: dict[int, np.ndarray] = {}
-        self._meta: dict[int, np.ndarray] = {}
+        self._arrays_kept: OrderedDict[int, tuple[np.ndarray, np.ndarray]] = OrderedDict()  # shard: (tokens, meta)
         self._captions: OrderedDict[int, list[str | list[str]]] = OrderedDict()
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        for key in ("_tokens", "_meta", "_captions"):
+        for key in ("_arrays_kept", "_captions"):
             del state[key]
         return state
 
@@ -153,7 +155,7 @@ class TokenCache(Dataset):
         """(N,) int64 class label of every clip in index order, -1 where the source had none."""
         if not self.shards:
             return np.zeros(0, dtype=np.int64)
-        return np.concatenate([self._arrays(i)[1]["label"].astype(np.int64) for i in range(len(self.shards))])
+        return np.concatenate([self._arrays(i)[1]["label"].astype(np.int64) for i in range(len(self.shards))])  # copies
 
     def captionless(self) -> list[int]:
         """Indices of the clips with no caption, or only empty ones (every shard's captions file is read once)."""
@@ -167,19 +169,25 @@ class TokenCache(Dataset):
         return out
 
     def _arrays(self, shard: int) -> tuple[np.ndarray, np.ndarray]:
-        if shard not in self._tokens:
-            entry = self.shards[shard]
-            tokens = self._load(entry, "tokens")
-            meta = self._load(entry, "meta")
-            if tokens.shape != (entry["num_clips"], *self.grid) or tokens.dtype != self._dtype:
-                raise ValueError(
-                    f"shard {entry['name']} holds {tokens.dtype} {tokens.shape}; the manifest says "
-                    f"{self._dtype} {(entry['num_clips'], *self.grid)}"
-                )
-            if meta.dtype != META_DTYPE or meta.shape != (entry["num_clips"],):
-                raise ValueError(f"shard {entry['name']} has meta {meta.dtype} {meta.shape}, expected {META_DTYPE}")
-            self._tokens[shard], self._meta[shard] = tokens, meta
-        return self._tokens[shard], self._meta[shard]
+        """(tokens, meta) of a shard, memory-mapped; rows read from them must be copied (``__getitem__`` does), as
+        a shard that falls out of the LRU is unmapped once nothing refers to it."""
+        if shard in self._arrays_kept:
+            self._arrays_kept.move_to_end(shard)
+            return self._arrays_kept[shard]
+        entry = self.shards[shard]
+        tokens = self._load(entry, "tokens")
+        meta = self._load(entry, "meta")
+        if tokens.shape != (entry["num_clips"], *self.grid) or tokens.dtype != self._dtype:
+            raise ValueError(
+                f"shard {entry['name']} holds {tokens.dtype} {tokens.shape}; the manifest says "
+                f"{self._dtype} {(entry['num_clips'], *self.grid)}"
+            )
+        if meta.dtype != META_DTYPE or meta.shape != (entry["num_clips"],):
+            raise ValueError(f"shard {entry['name']} has meta {meta.dtype} {meta.shape}, expected {META_DTYPE}")
+        self._arrays_kept[shard] = tokens, meta
+        if len(self._arrays_kept) > _ARRAY_SHARDS_KEPT:
+            self._arrays_kept.popitem(last=False)  # its maps close when the last reference goes
+        return tokens, meta
 
     def _load(self, entry: dict[str, Any], kind: str) -> np.ndarray:
         path = self.cache_dir / entry["files"][kind]["file"]

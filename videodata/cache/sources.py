@@ -207,7 +207,7 @@ def _parse_label(value: Any, where: str) -> int:
             value = int(value.strip())
         except ValueError:
             raise ValueError(f"{where}: label {value!r} is not an integer") from None
-    if isinstance(value, bool) or not isinstance(value, int) or value < -1:
+    if isinstance(value, bool) or not isinstance(value, int) or not -1 <= value <= np.iinfo(np.int64).max:
         raise ValueError(f"{where}: label must be an integer >= 0 (or -1 / empty for none), got {value!r}")
     return value
 
@@ -235,11 +235,19 @@ def _read_manifest(path: Path) -> list[Source]:
     sources = []
     if path.suffix.lower() == ".csv":
         # newline="": line breaks inside quoted fields stay part of the field (csv's own rule)
-        reader = csv.DictReader(io.StringIO(text, newline=""))
-        if reader.fieldnames is None or "path" not in reader.fieldnames:
-            raise ValueError(f"manifest {str(path)!r} needs a header row with a 'path' column")
-        for i, row in enumerate(reader, start=2):
-            sources.append(_source(row, f"{path.name} line {i}"))
+        # strict: a quote opened and never closed is an error; without it the rest of the file became that
+        # field (every later row silently gone) or passed csv's field size limit with a csv.Error traceback
+        reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
+        done = 0  # lines read by the last complete row
+        try:
+            if reader.fieldnames is None or "path" not in reader.fieldnames:
+                raise ValueError(f"manifest {str(path)!r} needs a header row with a 'path' column")
+            done = reader.line_num
+            for row in reader:
+                sources.append(_source(row, f"{path.name} line {done + 1}"))  # the line the row starts on
+                done = reader.line_num
+        except csv.Error as err:
+            raise ValueError(f"{path.name} line {done + 1}: not valid CSV: {err} (an unclosed quote?)") from None
         return sources
     # JSON Lines ends a line only at \n; str.splitlines() also splits at U+2028, U+0085 and \x0c, which JSON
     # allows unescaped inside strings (json.dumps(ensure_ascii=False) writes them so)
@@ -349,6 +357,8 @@ def decode_source(task: DecodeTask) -> DecodedSource:
     if not planned:
         span = (window.num_frames - 1) * stride + 1
         need = f"{window.num_frames} frames at stride {stride} need {span}"
+        if window.start_offsets is not None:  # the earliest offset needs the fewest frames
+            need += f", from start offset {min(window.start_offsets)}: {min(window.start_offsets) + span}"
         raise SourceError("too_short", f"has {total} frame(s); {need}")
     wanted = [(k, s) for k, s in planned if k >= task.min_clip]
     clips = np.zeros((0, window.num_frames, window.size, window.size, 3), np.uint8)
