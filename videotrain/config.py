@@ -40,7 +40,8 @@ class RunConfig:
         zero_stage: overrides the JSON's ZeRO stage when set.
         deterministic: ``torch.use_deterministic_algorithms`` for bit-exact resume.
         nonfinite: "skip": a micro-batch with a non-finite loss is dropped (the next one takes its
-            place) and a non-finite gradient skips the step; "stop": either ends the run.
+            place) and a non-finite gradient skips the step; "stop": either ends the run (an fp16
+            gradient overflow, the loss scaler's probe, is skipped under both).
         max_nonfinite: this many non-finite micro-batches or steps in a row end the run even under "skip".
         ema_decay: EMA of the weights (0 = off); exported instead of the raw weights when on.
         checkpoint_every / keep_last: checkpoints under ``<out>/checkpoints`` every N steps and at the

@@ -171,6 +171,27 @@ def build_engine(
     return engine
 
 
+def discard_gradients(engine) -> None:
+    """Drops every gradient ``engine`` holds for the step being accumulated, as DeepSpeed's own overflow path does.
+
+    ``engine.zero_grad()`` clears ``p.grad`` only. ZeRO keeps accumulated gradients in its optimizer: ZeRO-3 its
+    ``averaged_gradients`` (or CPU-offload buffers), so the next, finite step was applied as inf and dropped by
+    DeepSpeed; ZeRO-1/2 the micro-batches summed before the boundary (``all_grad_tensors``), which a skipped
+    step's discriminator then carried into the next step. Written against DeepSpeed 0.19's optimizers.
+    """
+    engine.zero_grad()
+    optimizer, stage = engine.optimizer, engine.zero_optimization_stage()
+    if stage == 3:
+        optimizer._overflow_clean_up(optimizer.loss_scale)
+    elif stage in (1, 2):
+        optimizer.zero_grad(set_to_none=True)
+        if getattr(optimizer, "cpu_offload", False):
+            optimizer.reset_cpu_buffers()
+        for k in set(optimizer.averaged_gradients) | set(optimizer.all_grad_tensors):
+            optimizer.averaged_gradients[k] = None
+            optimizer.all_grad_tensors[k] = None
+
+
 def _allow_deepspeed_globals() -> None:
     """Registers the few plain classes DeepSpeed stores in its checkpoints as safe to load."""
     import collections

@@ -35,6 +35,19 @@ class NonFiniteGuard:
         done = "micro-batch dropped, the next one takes its place" if what == "loss" else "step skipped"
         log.warning("non-finite %s at step %d: %s", what, step, done)
 
+    def record_scale_overflow(self, step: int) -> None:
+        """Counts an fp16 gradient overflow at ``step``: skipped under either policy, since DeepSpeed's dynamic loss
+        scaler doubles its scale after each run of clean steps until one overflows, and then halves it (``stop``
+        ended healthy fp16 runs on that probe). ``run.max_nonfinite`` of them in a row still raise: the scale
+        cannot bring the gradients back."""
+        self.in_a_row += 1
+        if self.in_a_row >= self.max_in_a_row:
+            raise FloatingPointError(
+                f"non-finite gradient at step {step}; stopped before the optimizer step ({self.in_a_row} fp16 "
+                "overflows in a row: lowering the loss scale did not help)"
+            )
+        log.info("fp16 gradient overflow at step %d: step skipped, the loss scale lowered", step)
+
     def reset(self) -> None:
         self.in_a_row = 0
 

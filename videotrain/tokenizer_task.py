@@ -302,8 +302,8 @@ class TokenizerTrainer(Trainer):
             boundary = len(rows) == gas - 1
             if not self.backward(total, boundary):
                 self._restore(step_start)
-                if self.disc_engine is not None:
-                    self.disc_engine.zero_grad()
+                if self.disc_engine is not None:  # its micro-batches of this step are dropped too
+                    distributed.discard_gradients(self.disc_engine)
                 return None
             self.engine.step()
             if use_gan:

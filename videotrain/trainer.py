@@ -173,8 +173,11 @@ class Trainer:
                 # DeepSpeed's dynamic loss scaler must see the overflow: its step skips the update and halves the
                 # scale. Skipped here instead, every later step overflowed again at the same scale.
                 self.engine.step()
-            self.engine.zero_grad()
-            self.guard.record("gradient", self.step)
+            distributed.discard_gradients(self.engine)
+            if self.run.precision == "fp16":  # the scaler's routine probe of a higher scale, under any policy
+                self.guard.record_scale_overflow(self.step)
+            else:
+                self.guard.record("gradient", self.step)
             return False
         return True
 

@@ -590,3 +590,58 @@ def test_an_fp16_run_exports_its_fp32_master_weights(tmp_path, monkeypatch, zero
             assert torch.equal(exported[name], master.float().cpu()), name
             rounded += int(not torch.equal(master.float().cpu(), p.detach().float().cpu()))
         assert rounded > 0  # the masters differ from the fp16 copies, so the test can tell them apart
+
+
+TINY_GEN = ["model.style=maskgit", "model.orders=[frame]", "model.vocab_size=100", "model.max_grid=[2,3,3]",
+            "model.dim=16", "model.depth=1", "model.num_heads=2", "model.num_classes=3", "optim.warmup_steps=0",
+            "run.micro_batch=2", "run.steps=6", "run.checkpoint_every=0"]  # fmt: skip
+
+
+@pytest.mark.parametrize("zero_stage", [2, 3])
+def test_the_step_after_a_skipped_one_trains_as_if_the_bad_one_never_happened(tmp_path, monkeypatch, zero_stage):
+    """ZeRO-3 kept the skipped step's inf gradients in its optimizer (engine.zero_grad() clears p.grad only): the
+    next, finite step was applied as inf, dropped by DeepSpeed, and still counted, so one bad batch cost two steps
+    and the run went its own way (weights 3e-3 off a fresh trainer's after one step). Compared here with a fresh
+    trainer that starts at the same data position."""
+    from tests.helpers.faults import install
+    from tests.unit.test_token_data import make_cache
+    from videotrain.distributed import full_state_dict
+    from videotrain.engines import restored_env
+    from videotrain.generator_task import GeneratorTrainConfig, GeneratorTrainer
+
+    make_cache(tmp_path / "cache", num_clips=16, shard_size=8)
+    cfg = build_config(GeneratorTrainConfig, [], [*TINY_GEN, f"run.zero_stage={zero_stage}",
+                                                  f"data.cache={tmp_path / 'cache'}"])  # fmt: skip
+    with restored_env():
+        skipped = GeneratorTrainer(cfg, tmp_path / "a")
+        install({"inf_grad_at": "0"}, monkeypatch.setattr)
+        assert skipped.train_step() is None and skipped.step == 0
+        fresh = GeneratorTrainer(cfg, tmp_path / "b")
+        fresh.stream.load_state_dict(dict(skipped.stream.state_dict()))
+        fresh.rng.set_state(skipped.rng.get_state())
+        for _ in range(2):
+            got, want = skipped.train_step(), fresh.train_step()
+            assert got is not None and abs(got["grad_norm"] - want["grad_norm"]) < 1e-6 * want["grad_norm"]
+        a, b = (full_state_dict(t.engine, t.model, t.zero_stage) for t in (skipped, fresh))
+        assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
+
+
+def test_fp16_loss_scale_overflows_are_skipped_even_under_the_stop_policy(tmp_path, monkeypatch):
+    """DeepSpeed's scaler doubles the loss scale after each 1,000 clean steps until a gradient overflows, then
+    halves it: with run.nonfinite=stop that routine probe ended a healthy fp16 run as a "non-finite gradient".
+    The scale is set where that growth leads (2^17); fp16 on any CPU as in the loss-scale test above."""
+    from deepspeed.accelerator import get_accelerator
+
+    from tests.unit.test_token_data import make_cache
+    from videotrain.engines import restored_env
+    from videotrain.generator_task import GeneratorTrainConfig, GeneratorTrainer
+
+    make_cache(tmp_path / "cache", num_clips=16, shard_size=8)
+    monkeypatch.setattr(type(get_accelerator()), "is_fp16_supported", lambda self: True)
+    cfg = build_config(GeneratorTrainConfig, [], [*TINY_GEN, "run.precision=fp16", "run.zero_stage=1",
+                       "run.nonfinite=stop", "run.max_nonfinite=30", f"data.cache={tmp_path / 'cache'}"])  # fmt: skip
+    with restored_env():
+        trainer = GeneratorTrainer(cfg, tmp_path / "run")
+        trainer.engine.optimizer.loss_scaler.cur_scale = 2.0**40  # every gradient overflows fp16 at this scale
+        results = [trainer.train_step() for _ in range(30)]
+    assert results[0] is None and trainer.step >= 1 and results[-1] is not None  # skipped, scaled down, trained

