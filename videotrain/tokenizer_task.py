@@ -58,8 +58,9 @@ def _discriminator_optim() -> OptimConfig:
 class TokenizerTrainConfig:
     """Everything a tokenizer training run needs; saved as ``train_config.yaml``.
 
-    ``disc_optim`` is the discriminator's optimizer (constant learning rate by default); its
-    ``grad_accum`` is ignored: both engines accumulate ``optim.grad_accum`` micro-batches.
+    ``disc_optim`` is the discriminator's optimizer (constant learning rate by default; a schedule runs from
+    ``loss.adversarial_start_step`` to the end); its ``grad_accum`` is ignored: both engines accumulate
+    ``optim.grad_accum`` micro-batches.
     ``frozen`` names parts of the tokenizer (``encoder``, ``quantizer``, ``decoder``) that a later
     stage keeps as ``run.init_from`` gave them: ``[encoder, quantizer]`` fine-tunes the decoder on
     fixed codes, so the token space (and any token cache made with the earlier stage) stays valid.
@@ -266,7 +267,10 @@ class TokenizerTrainer(Trainer):
 
     # ------------------------------------------------------------------ the step
     def set_disc_lr(self) -> None:
-        lr = lr_at(self.step, self.cfg.disc_optim, self.run.steps)
+        """The discriminator's rate: its schedule starts when it does, at ``loss.adversarial_start_step`` (counted
+        from step 0, a warmup was over before the discriminator first trained)."""
+        start = self.cfg.loss.adversarial_start_step
+        lr = lr_at(max(0, self.step - start), self.cfg.disc_optim, max(1, self.run.steps - start))
         for group in self.disc_engine.optimizer.param_groups:
             group["lr"] = lr
 

