@@ -12,10 +12,26 @@ import hashlib
 import json
 import os
 import secrets
-from collections.abc import Iterator
+import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 _CHUNK = 1 << 20
+
+
+def _fresh_sibling(path: Path, stem: str, suffix: str, create: Callable[[Path], object]) -> Path:
+    """Creates (``create`` must fail with FileExistsError on a taken name) and returns a hidden, randomly named
+    sibling of ``path``, ``.<stem>.tmp<hex><suffix>``; the parent folder is made first. Files and folders are
+    created with the widest mode (0o666, 0o777) so that the kernel applies the umask, as to any new file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(100):
+        tmp = path.with_name(f".{stem}.tmp{secrets.token_hex(4)}{suffix}")
+        try:
+            create(tmp)
+            return tmp
+        except FileExistsError:
+            continue
+    raise OSError(f"cannot create a temp file next to {str(path)!r}")  # pragma: no cover - 100 collisions
 
 
 @contextlib.contextmanager
@@ -25,21 +41,46 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     The parent folder is created. On any exception the temp file is removed and ``path`` is untouched.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for _ in range(100):
-        tmp = path.with_name(f".{path.stem}.tmp{secrets.token_hex(4)}{path.suffix}")
-        try:
-            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # the kernel applies the umask
-            break
-        except FileExistsError:
-            continue
-    else:  # pragma: no cover - 100 collisions of a random 32-bit name
-        raise OSError(f"cannot create a temp file next to {str(path)!r}")
+    tmp = _fresh_sibling(
+        path, path.stem, path.suffix, lambda p: os.close(os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    )
     try:
         yield tmp
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yields a fresh hidden folder next to ``path`` to fill; on success it takes ``path``'s place whole.
+
+    The folder is made with ``os.mkdir``'s mode less the umask, as any folder (``tempfile.mkdtemp`` made it
+    0o700, so a pipeline or frame folder one user wrote was unreadable to others). Whatever was at ``path`` (a
+    folder or a file) is moved aside, replaced, then removed; if the swap fails it is put back. On any exception
+    the new folder is removed and ``path`` is untouched.
+    """
+    path = Path(path)
+    tmp = _fresh_sibling(path, path.name, "", lambda p: os.mkdir(p, 0o777))
+    try:
+        yield tmp
+        if not (path.exists() or path.is_symlink()):
+            os.replace(tmp, path)
+            return
+        old = path.with_name(f".{path.name}.old{secrets.token_hex(4)}")
+        os.replace(path, old)  # a rename cannot replace a non-empty folder
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            os.replace(old, path)
+            raise
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink(missing_ok=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 

@@ -10,16 +10,14 @@ from __future__ import annotations
 import logging
 import math
 import os
-import shutil
 import subprocess
-import tempfile
 from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from core.files import atomic_path
+from core.files import atomic_dir, atomic_path
 from core.frames import check_frames
 
 log = logging.getLogger(__name__)
@@ -104,20 +102,9 @@ def write_frame_folder(path: str | os.PathLike, frames: np.ndarray) -> None:
     check_frames(frames)
     if path.exists() and not path.is_dir():
         raise ValueError(f"cannot write frames into {str(path)!r}: it is a file")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
+    with atomic_dir(path) as tmp:
         for i, frame in enumerate(frames):
             Image.fromarray(frame).save(tmp / f"{i:05d}.png")
-        old = path.with_name(f".{path.name}.old-{os.getpid()}") if path.exists() else None
-        if old is not None:
-            path.rename(old)  # a rename cannot replace a non-empty folder
-        tmp.rename(path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def write_contact_sheet(

@@ -8,7 +8,7 @@ config, so a directory whose config exists always has complete weights next to i
 from __future__ import annotations
 
 import os
-import tempfile
+import stat
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -17,6 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from core.config import from_dict, load_yaml, save_config
+from core.files import atomic_path
 
 T = TypeVar("T")
 
@@ -32,25 +33,23 @@ def save_state(state: dict[str, torch.Tensor], path: str | os.PathLike, dtype: t
     """
     if dtype is not None and not dtype.is_floating_point:  # an int8 "precision" would store every weight as 0
         raise ValueError(f"weights can be stored in a floating-point dtype only, got {dtype}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        os.chmod(tmp, 0o644)
-        # safetensors refuses shared storage and non-contiguous views: store plain copies.
-        plain = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
-        if dtype is not None:
-            cast = {k: v.to(dtype) if v.is_floating_point() else v for k, v in plain.items()}
-            for k, v in plain.items():  # fp16 tops out at 65504: a larger weight would be stored as inf
-                if v.is_floating_point() and bool(torch.isfinite(v).all()) and not bool(torch.isfinite(cast[k]).all()):
-                    raise ValueError(f"{k} has values outside the range of {dtype}: store it in a wider dtype")
-            plain = cast
-        save_file(plain, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # safetensors refuses shared storage and non-contiguous views: store plain copies.
+    plain = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
+    if dtype is not None:
+        cast = {k: v.to(dtype) if v.is_floating_point() else v for k, v in plain.items()}
+        for k, v in plain.items():  # fp16 tops out at 65504: a larger weight would be stored as inf
+            if v.is_floating_point() and bool(torch.isfinite(v).all()) and not bool(torch.isfinite(cast[k]).all()):
+                raise ValueError(f"{k} has values outside the range of {dtype}: store it in a wider dtype")
+        plain = cast
+    with atomic_path(path) as tmp:
+        mode = stat.S_IMODE(os.stat(tmp).st_mode)  # 0o666 less the umask, as every file tokvid writes
+        save_file(plain, tmp)  # safetensors writes its own 0o600 temp file and renames it over ours
+        os.chmod(tmp, mode)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:  # on disk before the rename, and before the config that says the folder is complete
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def load_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:

@@ -8,8 +8,6 @@ then renamed into place: a half-written model is never visible under the final n
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -17,7 +15,7 @@ from pathlib import Path
 import torch
 
 from core.config import build_config
-from core.files import atomic_write_json
+from core.files import atomic_dir, atomic_write_json
 from generator import Generator
 from pipelines.video import PipelineConfig, VideoPipeline
 from tokenizer import VideoTokenizer
@@ -89,22 +87,9 @@ def assemble_pipeline(
     for mode in generators:
         pipe.resolve_mode_order(mode, None)  # the default order must be one the generator supports
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    try:
+    with atomic_dir(out) as tmp:
         pipe.save_pretrained(tmp, DTYPES[dtype])
         if holdout is not None:
             atomic_write_json(tmp / HOLDOUT_FILE, list(holdout))
         VideoPipeline.from_pretrained(tmp)  # what we ship must load
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out

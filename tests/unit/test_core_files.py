@@ -33,3 +33,49 @@ def test_new_files_get_the_umask_without_the_process_umask_ever_changing(tmp_pat
         assert stat.S_IMODE((tmp_path / "v.bin").stat().st_mode) == 0o640
     finally:
         os.umask(old)  # the real one again, outside the patch
+
+
+def test_weights_get_the_umask_mode_and_reach_the_disk_before_their_rename(tmp_path, monkeypatch):
+    """safetensors writes its own 0o600 temp file and renames it over ours, so every model.safetensors came out
+    private beside a 0o644 config.yaml; and it was never fsynced, though its config (fsynced) says it is whole."""
+    import torch
+
+    from core import weights
+
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(os.readlink(f"/proc/self/fd/{fd}")) or real_fsync(fd))
+    old = os.umask(0o022)
+    try:
+        weights.save_state({"w": torch.ones(3)}, tmp_path / "model.safetensors")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "model.safetensors").stat().st_mode) == 0o644
+    assert len(synced) == 1 and synced[0] != str(tmp_path / "model.safetensors")  # the temp file, before the rename
+    assert weights.load_state(tmp_path / "model.safetensors")["w"].tolist() == [1.0, 1.0, 1.0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors"]
+
+
+def test_a_folder_written_whole_gets_the_umask_mode_and_replaces_a_folder_or_a_file(tmp_path):
+    """tempfile.mkdtemp made 0o700 folders, renamed into place as they were: an assembled pipeline or a frame
+    folder was unreadable to other users. A file in the folder's place (make_pipeline --force) is replaced too:
+    the folder was swapped in and then rmtree of the moved-aside file raised, exit 2 after it had worked."""
+    from core.files import atomic_dir
+
+    old = os.umask(0o022)
+    try:
+        target = tmp_path / "pipe"
+        target.write_text("a file in the way")
+        with atomic_dir(target) as tmp:
+            (tmp / "x.txt").write_text("new")
+        assert stat.S_IMODE(target.stat().st_mode) == 0o755 and (target / "x.txt").read_text() == "new"
+        with atomic_dir(target) as tmp:  # a folder in the way
+            (tmp / "y.txt").write_text("newer")
+        assert sorted(p.name for p in target.iterdir()) == ["y.txt"]
+        with pytest.raises(RuntimeError), atomic_dir(target) as tmp:
+            (tmp / "z.txt").write_text("half")
+            raise RuntimeError("writer died")
+        assert sorted(p.name for p in target.iterdir()) == ["y.txt"]
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["pipe"]
+    finally:
+        os.umask(old)
