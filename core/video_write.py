@@ -81,14 +81,19 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float, *, crf:
     if ext not in _WRITE_EXTS:
         raise ValueError(f"cannot write {str(path)!r}: the extension must be one of {list(_WRITE_EXTS)}")
     check_frames(frames)
-    if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not math.isfinite(fps) or not 0.01 <= fps <= 1000:
-        # a rate of 1e-6 became 0/1 in the container's time base (an OSError or an OverflowError while writing)
-        raise ValueError(f"fps must be a number in [0.01, 1000], got {fps!r}")
+    check_fps(fps)
     with atomic_path(path) as tmp:
         if ext == ".mp4":
             _write_mp4(tmp, frames, float(fps), crf)
         else:
             _write_gif(tmp, frames, float(fps))
+
+
+def check_fps(fps: object) -> None:
+    """ValueError unless ``fps`` is a frame rate a video can be written at: a number in [0.01, 1000] (a rate of
+    1e-6 became 0/1 in the container's time base, an OSError or an OverflowError while writing)."""
+    if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not math.isfinite(fps) or not 0.01 <= fps <= 1000:
+        raise ValueError(f"fps must be a number in [0.01, 1000], got {fps!r}")
 
 
 def write_frame_folder(path: str | os.PathLike, frames: np.ndarray) -> None:

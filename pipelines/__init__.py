@@ -6,6 +6,7 @@ May import only :mod:`core`, :mod:`generator` and :mod:`tokenizer` from this rep
 CLIs in tools/ import it, never the other way round.
 """
 
-from pipelines.video import DEFAULT_MODEL_DIR, PipelineConfig, VideoOutput, VideoPipeline
+from pipelines.config import PipelineConfig
+from pipelines.video import DEFAULT_MODEL_DIR, VideoOutput, VideoPipeline
 
 __all__ = ["DEFAULT_MODEL_DIR", "PipelineConfig", "VideoOutput", "VideoPipeline"]

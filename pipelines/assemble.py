@@ -17,7 +17,8 @@ import torch
 from core.config import build_config
 from core.files import atomic_dir, atomic_write_json
 from generator import Generator
-from pipelines.video import PipelineConfig, VideoPipeline
+from pipelines.config import PipelineConfig
+from pipelines.video import VideoPipeline
 from tokenizer import VideoTokenizer
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +22,9 @@ from core.config import save_config
 from core.weights import load_config
 from generator import Condition, Generator
 from generator.sampling import SamplingConfig, sample_ar, sample_maskgit
-from generator.text_encoders import TextEncoder, TextEncoderConfig, load_text_encoder
+from generator.text_encoders import TextEncoder, load_text_encoder
 from pipelines.batching import batch_size, per_video, repeat_rows
+from pipelines.config import PipelineConfig, check_parts
 from pipelines.context import FrameSource, context_frames
 from pipelines.rollout import Rollout, default_overlap, roll_out
 from tokenizer import VideoTokenizer
@@ -33,38 +34,6 @@ log = logging.getLogger(__name__)
 PIPELINE_CONFIG = "pipeline.yaml"
 # The shipped shapes model: the default --model of generate.py, eval_shapes and report.
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "models" / "shapes"
-
-
-@dataclass(frozen=True, kw_only=True)
-class PipelineConfig:
-    """What a pipeline directory contains and how it generates by default.
-
-    Attributes:
-        generators: mode name ("ar", "maskgit") -> generator folder inside the pipeline directory.
-        default_mode: mode used when none is asked for.
-        default_orders: mode -> order used when none is asked for.
-        num_frames: default video length in frames.
-        fps: frames per second of the written videos.
-        class_names: one caption per class id; text generators receive this caption for a label.
-        text_encoder: frozen text encoder; ``path`` is relative to the pipeline directory unless absolute.
-        text_encoder_package: alternatively, an installed package whose ``get_model_path()`` is the folder.
-        sampling: default sampling settings per mode (key "ar", "maskgit"), and per order where one needs its
-            own (key "maskgit/clip": used for that order instead of the mode's).
-    """
-
-    generators: dict[str, str] = field(default_factory=dict)
-    default_mode: str = "maskgit"
-    default_orders: dict[str, str] = field(default_factory=dict)
-    num_frames: int = 17
-    fps: float = 8.0
-    class_names: tuple[str, ...] = ()
-    text_encoder: TextEncoderConfig | None = None
-    text_encoder_package: str = ""
-    sampling: dict[str, SamplingConfig] = field(default_factory=dict)
-
-    def sampling_for(self, mode: str, order: str) -> SamplingConfig:
-        """The default settings of ``mode`` in ``order``: the order's own, else the mode's, else the defaults."""
-        return self.sampling.get(f"{mode}/{order}") or self.sampling.get(mode) or SamplingConfig()
 
 
 @dataclass
@@ -95,32 +64,7 @@ class VideoPipeline:
         text_encoder: TextEncoder | None,
         config: PipelineConfig,
     ) -> None:
-        if not generators:
-            raise ValueError("a pipeline needs at least one generator")
-        for mode, gen in generators.items():
-            if gen.config.style != mode:
-                raise ValueError(f"generator for mode {mode!r} has style {gen.config.style!r}")
-            if gen.config.vocab_size != tokenizer.codebook_size:
-                raise ValueError(
-                    f"{mode} generator has vocabulary {gen.config.vocab_size}, "
-                    f"tokenizer codebook {tokenizer.codebook_size}"
-                )
-            if gen.config.cond == "text" and text_encoder is None:
-                raise ValueError(f"the {mode} generator is text-conditional but the pipeline has no text encoder")
-            trained = (gen.config.max_text_len, gen.config.text_dim)
-            if gen.config.cond == "text" and (text_encoder.max_length, text_encoder.dim) != trained:
-                raise ValueError(  # otherwise every prompt fails later, on a shape
-                    f"the text encoder gives {text_encoder.max_length} tokens of width {text_encoder.dim}, but the "
-                    f"{mode} generator was trained on {trained[0]} of width {trained[1]}: set text_encoder.max_length "
-                    f"to {trained[0]} and use the encoder it was trained with"
-                )
-        for key in config.sampling:
-            mode, _, order = key.partition("/")
-            if mode not in generators or (order and order not in generators[mode].config.orders):
-                raise ValueError(
-                    f"sampling settings {key!r} name no mode or mode/order of this pipeline "
-                    f"(modes {sorted(generators)}; e.g. 'maskgit' or 'maskgit/clip')"
-                )
+        check_parts(tokenizer, generators, text_encoder, config)
         self.tokenizer = tokenizer.eval()
         self.generators = {k: g.eval() for k, g in generators.items()}
         self.text_encoder = text_encoder

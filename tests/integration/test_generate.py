@@ -231,6 +231,31 @@ def test_an_unconditional_generator_refuses_prompts_and_labels_saying_so(model_d
     assert bare(num_frames=5, generator=torch.Generator().manual_seed(0)).frames.shape[1] == 5
 
 
+def test_pipeline_defaults_that_cannot_work_are_refused_when_it_is_built(model_dir):
+    """A default mode the pipeline lacks, a default order under a mistyped mode, fps 0 and a default length the
+    tokenizer cannot make were all accepted: every call without --mode failed, the server did not start (a
+    KeyError), the typo was ignored, and fps 0 failed only when the video was written, after sampling."""
+    from dataclasses import replace
+
+    from pipelines import PipelineConfig
+
+    pipe = VideoPipeline.from_pretrained(model_dir)
+    ar_only = {"ar": pipe.generators["ar"]}
+    config = replace(pipe.config, generators={"ar": "generator_ar"}, default_mode="ar", sampling={})
+    VideoPipeline(pipe.tokenizer, ar_only, pipe.text_encoder, config)  # the consistent one is fine
+    for change, message in [
+        ({"default_mode": "maskgit"}, "default_mode 'maskgit' is not one of this pipeline's modes"),
+        ({"default_orders": {"a_r": "frame"}}, "default_orders a_r: frame names no mode/order"),
+        ({"default_orders": {"ar": "clip"}}, "default_orders ar: clip names no mode/order"),
+        ({"num_frames": 4}, "num_frames=4 is not reachable"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            VideoPipeline(pipe.tokenizer, ar_only, pipe.text_encoder, replace(config, **change))
+    for change, message in [({"fps": 0.0}, r"fps must be a number in \[0.01, 1000\]"), ({"num_frames": 0}, ">= 1")]:
+        with pytest.raises(ValueError, match=message):
+            PipelineConfig(**{**{"generators": {"ar": "generator_ar"}}, **change})
+
+
 def test_library_call_writes_files_and_names_labels(model_dir, tmp_path):
     made = generate_to_files(
         label="1", out=tmp_path / "v.gif", model=model_dir, sampling={"steps": 2, "top_k": None}, progress=False

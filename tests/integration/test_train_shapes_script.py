@@ -17,7 +17,7 @@ from core.config import from_dict, load_yaml
 from core.weights import load_config
 from generator import GeneratorConfig
 from pipelines import DEFAULT_MODEL_DIR, VideoPipeline
-from pipelines.video import PipelineConfig
+from pipelines.config import PipelineConfig
 from tests.helpers.procs import run_group
 from tokenizer import TokenizerConfig
 
