@@ -30,13 +30,14 @@ def format_number(value: Any, digits: int = 3) -> str:
     throughputs keep their integer digits.
 
     Examples:
-        >>> [format_number(v) for v in (None, 123.4, 61.7, 2.0, 0.01234, 12345.6, 7, "x")]
-        ['-', '123', '61.7', '2', '0.0123', '12,346', '7', 'x']
+        >>> [format_number(v) for v in (None, 123.4, 61.7, 2.0, 0.01234, 12345.6, 999.7, 7, "x")]
+        ['-', '123', '61.7', '2', '0.0123', '12,346', '1,000', '7', 'x']
     """
     if value is None:
         return MISSING
     if isinstance(value, float):
-        return f"{value:.{digits}g}" if abs(value) < 1000 else f"{value:,.0f}"
+        text = f"{value:.{digits}g}"  # judged after rounding: 999.7 rounds to 1e+03
+        return text if abs(float(text)) < 1000 else f"{value:,.0f}"
     return str(value)
 
 

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from core.checks import is_int
 from core.config import to_dict
 from core.weights import WEIGHTS_NAME, load_config, load_state, load_strict, save_pretrained
 from generator.conditioning import Condition, ConditionEmbedder
@@ -69,6 +70,18 @@ class GeneratorConfig:
     activation_checkpointing: bool = False
 
     def __post_init__(self) -> None:
+        sizes = {"vocab_size": self.vocab_size, "dim": self.dim, "depth": self.depth, "num_heads": self.num_heads,
+                 "num_classes": self.num_classes, "text_dim": self.text_dim,
+                 "max_text_len": self.max_text_len}  # fmt: skip
+        for name, value in sizes.items():  # num_heads 0 was a ZeroDivisionError, depth 0 a model without blocks
+            if not is_int(value) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        for name, grid in (("max_grid", self.max_grid), ("cube_size", self.cube_size)):
+            if len(grid) != 3 or not all(is_int(n) and n >= 1 for n in grid):
+                raise ValueError(f"{name} must be three integers >= 1 (t, h, w), got {list(grid)}")
+        for name, value in (("mlp_ratio", self.mlp_ratio), ("rope_base", self.rope_base)):
+            if not math.isfinite(value) or value <= 0:
+                raise ValueError(f"{name} must be a positive number, got {value!r}")
         if not self.orders or any(o not in ORDERS for o in self.orders):
             raise ValueError(f"orders must be a non-empty subset of {list(ORDERS)}, got {list(self.orders)}")
         if self.style == "ar" and "clip" in self.orders:

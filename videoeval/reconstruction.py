@@ -256,12 +256,12 @@ def roundtrip(
     tok.latent_shape(num_frames, size, size)  # fail before decoding on unreachable sizes
     check_ssim_size(size)  # and before writing anything: SSIM is computed last
     frames = resize_center_crop(read_video(video, num_frames=num_frames, start=start), size)  # (T, H, W, 3)
+    fps = _written_fps(video, len(frames))  # before the work: it failed after it, on a GIF without frame delays
     clip = frames_to_tensor(frames)[None]  # (1, 3, T, H, W)
     ids = tok.encode(clip)  # (1, t, h, w)
     recon = tok.decode(ids).clamp(-1, 1)  # (1, 3, T, H, W)
     rec_frames = tensor_to_frames(recon[0])
     out = Path(out)
-    fps = video_fps(video) if len(frames) > 1 else 1.0
     write_video(out / "roundtrip.mp4", np.concatenate([frames, rec_frames], axis=2), fps)  # side by side in W
     write_contact_sheet(out / "roundtrip.png", [frames, rec_frames])
     return RoundTrip(
@@ -272,3 +272,20 @@ def roundtrip(
         ssim=float(ssim(recon, clip)[0]),
         written=[out / "roundtrip.mp4", out / "roundtrip.png"],
     )
+
+
+UNTIMED_FPS = 8.0  # the rate a round trip of frames without timing (a folder, a GIF without delays) is written at
+
+
+def _written_fps(video: str | os.PathLike, num_frames: int) -> float:
+    """The rate the round trip is written at: the file's own; 1 for a still; :data:`UNTIMED_FPS` for frames that
+    carry no timing (a frame folder, a GIF without frame delays), which are valid input, taken frame for frame."""
+    if num_frames == 1:
+        return 1.0
+    if Path(video).is_dir():
+        return UNTIMED_FPS
+    try:
+        return video_fps(video)
+    except ValueError:  # the frames decoded already: what is missing is the timing
+        log.info("%s has no frame timing: written at %g fps", Path(video).name, UNTIMED_FPS)
+        return UNTIMED_FPS

@@ -133,3 +133,29 @@ def test_roundtrip_writes_side_by_side_video_and_sheet(tiny_tokenizer_dir, carph
     small = tmp_path / "small"  # a size the tokenizer takes but SSIM cannot: refused before anything is written
     assert roundtrip_main([*argv[:-1], str(small), "--num-frames", "5", "--size", "8"]) == 2
     assert "at least 11 for SSIM" in capsys.readouterr().err and not small.exists()
+
+
+def test_roundtrip_takes_frames_without_timing(tiny_tokenizer_dir, tmp_path):
+    """A GIF without frame delays and a folder of frames read fine, were encoded and decoded, and then the frame
+    rate lookup failed ("is a still image", "does not exist or is empty"): nothing written, exit 2."""
+    from core.video_probe import video_fps
+    from core.video_write import write_frame_folder
+    from videoeval.reconstruction import UNTIMED_FPS, roundtrip
+
+    frames = np.random.default_rng(0).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    gif = tmp_path / "anim.gif"
+    Image.fromarray(frames[0]).save(gif, save_all=True, append_images=[Image.fromarray(f) for f in frames[1:]])
+    write_frame_folder(tmp_path / "frames", frames)
+    for source in (gif, tmp_path / "frames"):
+        out = tmp_path / f"rt_{source.stem}"
+        roundtrip(tiny_tokenizer_dir, source, out, num_frames=5, size=32)
+        written = read_video(out / "roundtrip.mp4")
+        assert written.shape == (5, 32, 64, 3)
+        assert video_fps(out / "roundtrip.mp4") == pytest.approx(UNTIMED_FPS)
+
+
+def test_table_numbers_that_round_up_to_1000_get_separators_not_an_exponent():
+    from core.tables import format_number
+
+    assert [format_number(v) for v in (999.4, 999.5, 999.99, -999.8, 1000.0)] == ["999", "1,000", "1,000", "-1,000",
+                                                                                  "1,000"]  # fmt: skip

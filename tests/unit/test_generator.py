@@ -512,3 +512,16 @@ def test_layout_knows_its_order_and_refuses_bad_grids_and_cubes():
         make_layout(GRID, "cube", (0, 2, 2))
     with pytest.raises(ValueError, match=r"^unknown order 'row'; choose from \['token', 'cube', 'frame', 'clip'\]$"):
         make_layout(GRID, "row")
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [("num_heads", 0, "num_heads must be an integer >= 1"), ("depth", 0, "depth must be"), ("dim", 0, "dim must be"),
+     ("vocab_size", -5, "vocab_size must be"), ("max_grid", (0, 4, 4), "max_grid must be three integers"),
+     ("mlp_ratio", -1.0, "mlp_ratio must be a positive number"), ("depth", True, "depth must be")],
+)  # fmt: skip
+def test_generator_sizes_that_make_no_model_are_refused(field, value, message):
+    """num_heads 0 was a ZeroDivisionError (a traceback from every CLI), depth 0 or -1 built a model without a
+    block, dim 0 one without parameters, and vocab_size -5 or mlp_ratio -1 failed later inside torch."""
+    with pytest.raises(ValueError, match=message):
+        GeneratorConfig(**{field: value})
