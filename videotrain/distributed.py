@@ -183,13 +183,14 @@ def discard_gradients(engine) -> None:
     optimizer, stage = engine.optimizer, engine.zero_optimization_stage()
     if stage == 3:
         optimizer._overflow_clean_up(optimizer.loss_scale)
-    elif stage in (1, 2):
+    elif stage in (1, 2):  # DeepSpeed's ZeRO-1/2 optimizer; its bf16 optimizer keeps no such buffers
         optimizer.zero_grad(set_to_none=True)
         if getattr(optimizer, "cpu_offload", False):
             optimizer.reset_cpu_buffers()
-        for k in set(optimizer.averaged_gradients) | set(optimizer.all_grad_tensors):
-            optimizer.averaged_gradients[k] = None
-            optimizer.all_grad_tensors[k] = None
+        averaged, summed = getattr(optimizer, "averaged_gradients", {}), getattr(optimizer, "all_grad_tensors", {})
+        for k in set(averaged) | set(summed):
+            averaged[k] = None
+            summed[k] = None
 
 
 def _allow_deepspeed_globals() -> None:
