@@ -306,9 +306,20 @@ class GeneratorTrainer(Trainer):
 
     # ------------------------------------------------------------------ state and outputs
     def task_state(self) -> tuple[dict, dict[str, torch.Tensor]]:
-        return {"data": self.stream.state_dict()}, {"objective_rng": self.rng.get_state()}
+        state = {"data": self.stream.state_dict(), "cache": self.cache.content_id, "cache_clips": len(self.cache)}
+        return state, {"objective_rng": self.rng.get_state()}
 
     def load_task_state(self, state: dict, tensors: dict[str, torch.Tensor]) -> None:
+        # Another cache (other clips, or the same clips re-cut) under the same data.cache path, or another path:
+        # the held-out split and the data position index its clips, so they would point at other clips. A copy or
+        # a moved folder has the same content and resumes.
+        saved = state.get("cache")
+        if saved is not None and saved != self.cache.content_id:
+            raise ValueError(
+                f"the checkpoint was written on another token cache ({state.get('cache_clips')} clips, content "
+                f"{saved[:12]}) than data.cache={str(self.cfg.data.cache)!r} ({len(self.cache)} clips, content "
+                f"{self.cache.content_id[:12]}): resume with the cache it trained on, or use a new --out"
+            )
         self.stream.load_state_dict(state["data"])
         self.rng.set_state(tensors["objective_rng"])
 

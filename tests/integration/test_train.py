@@ -155,6 +155,19 @@ def test_kill_and_resume_equals_uninterrupted(data, tmp_path, uninterrupted):
     # another seed draws another held-out split: clips the run trained on would become eval clips
     proc = train(data, tmp_path / "b", *common[1:], "run.steps=9", "run.seed=5", check=False)
     assert proc.returncode == 2 and "run.seed: 0 -> 5" in proc.stderr and "Traceback" not in proc.stderr
+    # the held-out split and the data position index the cache's clips: another cache was resumed silently; a
+    # copy of the same one (a moved folder) still resumes
+    moved, other = tmp_path / "moved", tmp_path / "other"
+    shutil.copytree(data / "cache", moved)
+    shutil.copytree(data / "cache", other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    manifest["shards"] = manifest["shards"][:-1]
+    manifest["num_shards"], manifest["num_clips"] = len(manifest["shards"]), 16
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    assert train(data, tmp_path / "b", *common, f"data.cache={moved}").returncode == 0
+    proc = train(data, tmp_path / "b", *common, f"data.cache={other}", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "was written on another token cache (32 clips" in proc.stderr and "(16 clips" in proc.stderr
 
 
 def test_sigterm_saves_the_step_reached_and_resumes_exactly(data, tmp_path, uninterrupted):

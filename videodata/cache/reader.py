@@ -16,6 +16,7 @@ pickles cheaply into DataLoader workers (open maps are dropped and reopened ther
 from __future__ import annotations
 
 import bisect
+import json
 import math
 import os
 from collections import OrderedDict
@@ -28,7 +29,14 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from videodata.cache.format import META_DTYPE, load_manifest, read_json, tokenizer_fingerprint
+from videodata.cache.format import (
+    META_DTYPE,
+    SHARD_FILES,
+    load_manifest,
+    read_json,
+    sha256_bytes,
+    tokenizer_fingerprint,
+)
 
 __all__ = ["ShuffledSampler", "TokenCache", "TokenSample", "tokenizer_fingerprint"]
 
@@ -119,6 +127,14 @@ class TokenCache(Dataset):
 
     def __len__(self) -> int:
         return self._starts[-1]
+
+    @property
+    def content_id(self) -> str:
+        """sha256 over the shards' names, clip counts and the sha256 of their token, meta and captions files: the
+        same for a copy or a moved folder, different for any other content or order (a training run that resumes
+        on another cache would draw its held-out split and its data position from other clips)."""
+        rows = [[s["name"], s["num_clips"], *(s["files"][kind]["sha256"] for kind in SHARD_FILES)] for s in self.shards]
+        return sha256_bytes(json.dumps(rows, separators=(",", ":")).encode())
 
     @property
     def sources(self) -> list[dict[str, Any]]:
