@@ -15,16 +15,22 @@ over the test split, with the widely used ``i3d_torchscript.pt`` supplied by the
 
 from __future__ import annotations
 
+import itertools
+import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from core.video_write import write_frame_folder, write_video
 from pipelines import VideoPipeline
 from videoeval.fvd import FVDProtocol, resolve_protocol
-from videoeval.sources import videos_by_key
+from videoeval.sources import VideoSource, videos_by_key
+
+log = logging.getLogger(__name__)
 
 
 def predict_continuations(
@@ -78,8 +84,8 @@ def predict_continuations(
         raise ValueError(f"--out {str(out)!r} and --real {str(real)!r} overlap: predictions would replace or mix with "
                          "the real clips")  # fmt: skip
     sources = list(videos_by_key(real, "--real").values())  # two with one key would write one prediction
-    count = min(protocol.num_videos if num_videos is None else num_videos, len(sources))
-    if count < 1:
+    wanted = protocol.num_videos if num_videos is None else num_videos
+    if not sources:
         raise ValueError(f"no videos found under {str(real)!r}")
     if batch < 1:
         raise ValueError(f"--batch-size must be >= 1, got {batch}")
@@ -88,17 +94,41 @@ def predict_continuations(
     total = 1 + -(-(protocol.num_frames - 1) // ct) * ct  # the first 1 + k*ct >= num_frames
     out = Path(out)
     real = Path(real)
-    for start in range(0, count, batch):
-        chunk = sources[start : min(start + batch, count)]  # the last batch stops at num_videos
-        clips = [s.read(num_frames=num_context, stride=protocol.frame_stride) for s in chunk]  # (N, H, W, 3) each
+    count, skipped = 0, []
+    readable = _readable_contexts(sources, protocol, num_context, skipped)
+    while count < wanted:
+        chunk = list(itertools.islice(readable, min(batch, wanted - count)))  # (source, (N, H, W, 3) context)
+        if not chunk:
+            break
         got = pipe(
-            prompt, video=clips, context_frames=num_context, num_frames=total, num_videos=len(chunk), mode=mode,
-            order=order, generator=torch.Generator(device=pipe.device).manual_seed(seed + start),
+            prompt, video=[c for _, c in chunk], context_frames=num_context, num_frames=total,
+            num_videos=len(chunk), mode=mode, order=order,
+            generator=torch.Generator(device=pipe.device).manual_seed(seed + count),
         )  # fmt: skip
-        for source, frames in zip(chunk, got.frames):
+        for (source, _), frames in zip(chunk, got.frames):
             if protocol.video_format == "frames":  # lossless, as the protocol's fvd expects (mp4 raises FVD)
                 write_frame_folder(out / source.key(real), frames[: protocol.num_frames])
             else:
                 write_video(out / f"{source.key(real)}.mp4", frames[: protocol.num_frames], fps=got.fps)
-    return {"protocol": protocol.name, "videos": count, "context_frames": num_context,
+        count += len(chunk)
+    if count == 0:
+        raise ValueError(f"none of the {len(sources)} videos under {str(real)!r} holds a {protocol.num_frames}-frame "
+                         f"clip at stride {protocol.frame_stride}: " + "; ".join(skipped[:3]))  # fmt: skip
+    return {"protocol": protocol.name, "videos": count, "skipped": len(skipped), "context_frames": num_context,
             "num_frames": protocol.num_frames, "out": str(out)}  # fmt: skip
+
+
+def _readable_contexts(
+    sources: list[VideoSource], protocol: FVDProtocol, num_context: int, skipped: list[str]
+) -> Iterator[tuple[VideoSource, np.ndarray]]:
+    """(source, its first ``num_context`` frames) of every source that holds a whole clip of the protocol, in
+    order: the clips :func:`videoeval.fvd.iter_clips` takes as the real side, so that real and predicted sets are
+    the same videos. A video too short or unreadable is logged, added to ``skipped`` and left out, as there."""
+    for source in sources:
+        try:
+            clip = source.read(num_frames=protocol.num_frames, stride=protocol.frame_stride)  # (T, H, W, 3)
+        except ValueError as err:
+            log.warning("skipping %s", err)
+            skipped.append(str(err))
+            continue
+        yield source, clip[:num_context]

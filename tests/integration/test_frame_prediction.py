@@ -107,3 +107,24 @@ def test_two_real_videos_with_one_key_are_refused_before_any_prediction(tmp_path
     with pytest.raises(ValueError, match="both pair as 'a/b'"):
         predict_continuations(tmp_path / "no_model_needed", real, out, "quick", context_frames=5)
     assert not out.exists()
+
+
+def test_predictions_are_of_the_videos_fvd_takes_as_real(tmp_path):
+    """predict continued a video long enough for its 5 context frames but too short for the protocol's 16-frame
+    clip, which fvd's real side skips: the two sets were different videos (with --num-videos, shifted by one)."""
+    from videoeval.fvd import PROTOCOLS, iter_clips
+
+    model = make_tiny_pipeline(tmp_path / "model")
+    real = tmp_path / "real"
+    clips = fresh_clips(3)
+    write_video(real / "a_short.mp4", clips[0][1][:8], fps=8)  # 8 frames: context yes, a 16-frame clip no
+    for i, (_, frames) in enumerate(clips[1:]):
+        write_video(real / f"clip_{i}.mp4", frames, fps=8)
+    protocol = PROTOCOLS["k600"].with_num_videos(2)
+    summary = predict_continuations(model, real, tmp_path / "pred", protocol)
+    assert summary["videos"] == 2 and summary["skipped"] == 1
+    assert sorted(p.name for p in (tmp_path / "pred").iterdir()) == ["clip_0", "clip_1"]
+    real_keys = [name.rsplit("/", 1)[1].split(".")[0] for name, _ in iter_clips(find_videos(real), protocol)]
+    assert real_keys == ["clip_0", "clip_1"]
+    with pytest.raises(ValueError, match="holds a 16-frame clip"):
+        predict_continuations(model, real / "a_short.mp4", tmp_path / "none", protocol)
