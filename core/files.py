@@ -92,6 +92,20 @@ def check_file_target(path: str | os.PathLike, what: str) -> None:
         raise ValueError(f"{what} {str(path)!r} is a folder or lies inside a file: give a file path")
 
 
+def check_not_over_inputs(out: str | os.PathLike, inputs: Mapping[str, str | os.PathLike | None], what: str) -> None:
+    """ValueError when writing the folder ``out`` whole (:func:`atomic_dir` replaces it) would delete an input:
+    ``out`` is one of ``inputs`` (name -> path; None is skipped) or a folder that holds one."""
+    target = Path(out).resolve()
+    for name, path in inputs.items():
+        if path is None:
+            continue
+        source = Path(path).resolve()
+        if source == target or target in source.parents:
+            raise ValueError(
+                f"{what} {str(out)!r} would replace {name} {str(path)!r}, which it is made from: give another {what}"
+            )
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Writes ``data`` to ``path`` atomically (temp file, fsync, rename)."""
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:

@@ -8,6 +8,7 @@ then renamed into place: a half-written model is never visible under the final n
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -15,7 +16,7 @@ from pathlib import Path
 import torch
 
 from core.config import build_config
-from core.files import atomic_dir, atomic_write_json
+from core.files import atomic_dir, atomic_write_json, check_not_over_inputs
 from generator import Generator
 from pipelines.config import PipelineConfig
 from pipelines.video import VideoPipeline
@@ -73,12 +74,17 @@ def assemble_pipeline(
     config = replace(config, generators={mode: f"generator_{mode}" for mode in generators})
     if class_names is not None:
         config = replace(config, class_names=tuple(class_names))
-    text_encoder = None
+    text_encoder, encoder_source, copied = None, None, False
     if config.text_encoder is not None:
         from generator.text_encoders import load_text_encoder
 
-        path = VideoPipeline.text_encoder_path(config, out)
+        path, copied = _text_encoder_source(config, out)
+        encoder_source = None if copied and out in path.parents else path  # the old pipeline's: copied, then gone
         text_encoder = load_text_encoder(replace(config.text_encoder, path=str(path)))
+    check_not_over_inputs(
+        out, {"the tokenizer": tokenizer, **{f"the {m} generator": g for m, g in generators.items()},
+              "the text encoder": encoder_source}, "--out"
+    )  # fmt: skip
     pipe = VideoPipeline(
         VideoTokenizer.from_pretrained(tokenizer),
         {mode: Generator.from_pretrained(path) for mode, path in generators.items()},
@@ -90,7 +96,29 @@ def assemble_pipeline(
 
     with atomic_dir(out) as tmp:
         pipe.save_pretrained(tmp, DTYPES[dtype])
+        if copied:  # a relative text_encoder.path names a part of the pipeline folder
+            shutil.copytree(path, tmp / config.text_encoder.path)
         if holdout is not None:
             atomic_write_json(tmp / HOLDOUT_FILE, list(holdout))
         VideoPipeline.from_pretrained(tmp)  # what we ship must load
     return out
+
+
+def _text_encoder_source(config: PipelineConfig, out: Path) -> tuple[Path, bool]:
+    """(the folder to load the text encoder from, whether it is copied into the pipeline). A relative
+    ``text_encoder.path`` names a folder inside the pipeline, so it is copied in: from the pipeline being replaced
+    (``--force``) when that has one, else from the working directory."""
+    if config.text_encoder_package:
+        return VideoPipeline.text_encoder_path(config, out), False
+    path = Path(config.text_encoder.path)
+    if path.is_absolute():
+        return path, False
+    if ".." in path.parts or not path.parts:
+        raise ValueError(f"text_encoder.path {str(path)!r} must be absolute or a folder inside the pipeline")
+    for source in (out / path, path):
+        if source.is_dir():
+            return source, True
+    raise ValueError(
+        f"text encoder folder {str(path)!r} not found in the working directory or in {str(out)!r}: give its "
+        "folder (it is copied into the pipeline) or an absolute text_encoder.path"
+    )

@@ -78,6 +78,11 @@ def check_parts(
                 f"{mode} generator was trained on {trained[0]} of width {trained[1]}: set text_encoder.max_length "
                 f"to {trained[0]} and use the encoder it was trained with"
             )
+        names = len(config.class_names)
+        if gen.config.cond == "class" and names and names != gen.config.num_classes:
+            raise ValueError(  # a label past the names, or a valid one past them, was refused only when asked for
+                f"class_names has {names} names, but the {mode} generator has {gen.config.num_classes} classes"
+            )
     if config.default_mode not in generators:  # every call without a mode failed, and the server did not start
         raise ValueError(
             f"default_mode {config.default_mode!r} is not one of this pipeline's modes {sorted(generators)}"

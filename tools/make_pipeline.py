@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from core.cli import CliParser, UsageError, run_cli, setup_logging
+from core.files import check_not_over_inputs
 from pipelines.assemble import DTYPES, assemble_pipeline, weights_bytes
 from videodata.shapes.dataset import dataset_holdout
 from videodata.shapes.render import NUM_CLASSES, class_caption
@@ -56,6 +57,7 @@ def _main(argv: Sequence[str] | None) -> int:
     setup_logging()
     generators = _generators(args.generator)
     shapes = args.shapes_dataset is not None
+    check_not_over_inputs(args.out, {"the shapes dataset": args.shapes_dataset}, "--out")
     out = assemble_pipeline(
         args.out, tokenizer=args.tokenizer, generators=generators, configs=args.config, overrides=args.overrides,
         class_names=[class_caption(i) for i in range(NUM_CLASSES)] if shapes else None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -19,11 +20,18 @@ CLASSES = ("a red circle moving left", "a blue square moving up", "a green trian
 
 
 def make_tiny_pipeline(
-    root: Path, tokenizer_yaml: str = "configs/tiny/tokenizer.yaml", size: tuple[int, int] = (4, 4)
+    root: Path,
+    tokenizer_yaml: str = "configs/tiny/tokenizer.yaml",
+    size: tuple[int, int] = (4, 4),
+    cond: str = "text",
+    num_classes: int = 0,
 ) -> Path:
-    """Writes a complete pipeline directory at ``root`` (9-frame videos, 3x4x4 token grid by default)."""
-    make_tiny_t5(root / "text_encoder")
-    te_cfg = TextEncoderConfig(kind="t5", path="text_encoder", max_length=48)
+    """Writes a complete pipeline directory at ``root`` (9-frame videos, 3x4x4 token grid by default); ``cond``
+    "class" makes class-conditional generators of ``num_classes`` classes and no text encoder."""
+    text = cond == "text"
+    if text:
+        make_tiny_t5(root / "text_encoder")
+    te_cfg = TextEncoderConfig(kind="t5", path="text_encoder", max_length=48) if text else None
     torch.manual_seed(0)
     tok = VideoTokenizer(build_config(TokenizerConfig, [ROOT / tokenizer_yaml]))
     common = dict(
@@ -33,9 +41,8 @@ def make_tiny_pipeline(
         dim=32,
         depth=2,
         num_heads=2,
-        cond="text",
-        text_dim=32,
-        max_text_len=48,
+        cond=cond,
+        **({"text_dim": 32, "max_text_len": 48} if text else {"num_classes": num_classes}),
     )
     gens = {
         "ar": Generator(GeneratorConfig(style="ar", orders=("token", "cube", "frame"), **common)),
@@ -50,6 +57,6 @@ def make_tiny_pipeline(
         text_encoder=te_cfg,
         sampling={"maskgit": SamplingConfig(steps=4, cfg_scale=2.0), "ar": SamplingConfig(top_k=20)},
     )
-    te = load_text_encoder(TextEncoderConfig(kind="t5", path=str(root / "text_encoder"), max_length=48))
+    te = load_text_encoder(replace(te_cfg, path=str(root / "text_encoder"))) if text else None
     VideoPipeline(tok, gens, te, cfg).save_pretrained(root)
     return root

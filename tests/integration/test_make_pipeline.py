@@ -118,3 +118,66 @@ def test_refuses_a_mode_given_twice_and_a_dataset_json_that_is_not_one(tmp_path:
         err = capsys.readouterr().err
         assert rc == 2 and err.startswith("error:") and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "o").exists()
+
+
+def test_force_never_replaces_its_own_inputs_and_a_relative_text_encoder_is_copied_in(tmp_path: Path, capsys,
+                                                                                     monkeypatch) -> None:
+    """--force swapped --out away and deleted it whole, with no check that it held the parts: --out runs (holding
+    runs/tok and runs/gen) or --out onto the generator folder deleted the training results. A relative
+    text_encoder.path ("inside the pipeline") was looked up in the new --out, so no such pipeline could be made."""
+    from tools.make_pipeline import main
+
+    src = make_tiny_pipeline(tmp_path / "runs" / "src")
+    tok, gen = src / "tokenizer", src / "generator_ar"
+    te = (src / "text_encoder").resolve()
+    cfg = tmp_path / "pipe.yaml"
+    cfg.write_text(f"num_frames: 9\nfps: 8\ndefault_mode: ar\ntext_encoder:\n  kind: t5\n  path: {te}\n"
+                   "  max_length: 48\n")  # fmt: skip
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "dataset.json").write_text(json.dumps({"holdout": []}))
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    for out, named in ((tmp_path / "runs", "the tokenizer"), (gen, "the ar generator"), (tok, "the tokenizer"),
+                       (tmp_path / "data", "the shapes dataset"), (te.parent, "the tokenizer")):  # fmt: skip
+        capsys.readouterr()
+        rc = main(["--config", str(cfg), "--tokenizer", str(tok), "--generator", f"ar={gen}", "--shapes-dataset",
+                   str(tmp_path / "data"), "--out", str(out), "--force"])  # fmt: skip
+        err = capsys.readouterr().err
+        assert rc == 2 and f"would replace {named}" in err, err
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    # a text encoder folder given relative to the working directory is copied into the pipeline, which then loads
+    # from anywhere; rebuilding that pipeline with --force takes the encoder from the pipeline it replaces
+    monkeypatch.chdir(src)
+    cfg.write_text("num_frames: 9\nfps: 8\ndefault_mode: ar\ntext_encoder:\n  kind: t5\n  path: text_encoder\n"
+                   "  max_length: 48\n")  # fmt: skip
+    out = tmp_path / "pipe"
+    assert main(["--config", str(cfg), "--tokenizer", str(tok), "--generator", f"ar={gen}", "--out", str(out)]) == 0
+    assert (out / "text_encoder").is_dir()
+    monkeypatch.chdir(tmp_path)
+    assert main(["--config", str(cfg), "--tokenizer", str(tok), "--generator", f"ar={gen}", "--out", str(out),
+                 "--force", "--dtype", "float16"]) == 0  # fmt: skip
+    assert VideoPipeline.from_pretrained(out).text_encoder is not None
+    cfg.write_text(cfg.read_text().replace("path: text_encoder", "path: ../text_encoder"))
+    capsys.readouterr()
+    assert main(["--config", str(cfg), "--tokenizer", str(tok), "--generator", f"ar={gen}", "--out", str(out),
+                 "--force"]) == 2  # fmt: skip
+    assert "must be absolute or a folder inside the pipeline" in capsys.readouterr().err
+
+
+def test_class_names_must_name_every_class_of_a_class_model(tmp_path: Path) -> None:
+    """4 names for 3 classes, or 2, built and loaded; a label past the names, or a valid one past them, failed
+    only when asked for."""
+    import dataclasses
+
+    from pipelines.config import check_parts
+
+    src = make_tiny_pipeline(tmp_path / "src", cond="class", num_classes=3)
+    pipe = VideoPipeline.from_pretrained(src)
+    for names in (("a", "b"), ("a", "b", "c", "d")):
+        config = dataclasses.replace(pipe.config, class_names=names)
+        try:
+            check_parts(pipe.tokenizer, pipe.generators, pipe.text_encoder, config)
+        except ValueError as err:
+            assert f"class_names has {len(names)} names, but the" in str(err) and "has 3 classes" in str(err)
+        else:
+            raise AssertionError(f"{len(names)} names for 3 classes were accepted")
+    check_parts(pipe.tokenizer, pipe.generators, pipe.text_encoder, dataclasses.replace(pipe.config, class_names=()))
