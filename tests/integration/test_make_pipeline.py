@@ -120,8 +120,9 @@ def test_refuses_a_mode_given_twice_and_a_dataset_json_that_is_not_one(tmp_path:
     assert not (tmp_path / "o").exists()
 
 
-def test_force_never_replaces_its_own_inputs_and_a_relative_text_encoder_is_copied_in(tmp_path: Path, capsys,
-                                                                                     monkeypatch) -> None:
+def test_force_never_replaces_its_own_inputs_and_a_relative_text_encoder_is_copied_in(
+    tmp_path: Path, capsys, monkeypatch
+) -> None:
     """--force swapped --out away and deleted it whole, with no check that it held the parts: --out runs (holding
     runs/tok and runs/gen) or --out onto the generator folder deleted the training results. A relative
     text_encoder.path ("inside the pipeline") was looked up in the new --out, so no such pipeline could be made."""
