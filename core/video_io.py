@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import struct
 import threading
 import warnings
 from collections.abc import Iterable
@@ -113,6 +114,12 @@ class _Pick:
         return list(range(self.start, stop, self.stride))
 
 
+# What Pillow raises on a damaged file: its own errors, and from some decoders' parsers of a truncated or bit-flipped
+# GIF or WebP an IndexError, a struct.error or an EOFError; DecompressionBomb* are not OSError subclasses.
+PIL_DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, IndexError, EOFError, struct.error,
+                     Image.DecompressionBombError, Image.DecompressionBombWarning)  # fmt: skip
+
+
 def _read_pil(path: Path, pick: _Pick, size: int | tuple[int, int] | None = None) -> tuple[list[np.ndarray], int]:
     """Decodes frames with Pillow; with ``size`` each is resized and cropped as it is decoded, so an animated GIF
     never holds all its frames at full size. Returns the wanted frames and the number of frames seen."""
@@ -130,10 +137,8 @@ def _read_pil(path: Path, pick: _Pick, size: int | tuple[int, int] | None = None
                         frames.append(rgb if size is None else resize_center_crop(rgb[None], size)[0])
                     if pick.last is not None and i >= pick.last:
                         break
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise _DecodeError(f"Pillow: {err}") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:  # not OSError subclasses
-        raise _DecodeError(f"Pillow: {err}") from None
+    except PIL_DECODE_ERRORS as err:
+        raise _DecodeError(f"Pillow: {err or type(err).__name__}") from None
     return frames, total
 
 

@@ -10,9 +10,9 @@ import os
 import warnings
 from pathlib import Path
 
-from PIL import Image, ImageSequence, UnidentifiedImageError
+from PIL import Image, ImageSequence
 
-from core.video_io import PIL_EXTS, decord, decord_reader, frame_files
+from core.video_io import PIL_DECODE_ERRORS, PIL_EXTS, decord, decord_reader, frame_files
 
 
 def frame_count(path: str | os.PathLike) -> int:
@@ -94,6 +94,5 @@ def _pil_durations(path: Path) -> list[int]:
             warnings.simplefilter("error", Image.DecompressionBombWarning)  # refused, as core.video_io refuses it
             with Image.open(path) as im:
                 return [f.info.get("duration", 0) for f in ImageSequence.Iterator(im)]
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError,
-            Image.DecompressionBombWarning) as err:  # fmt: skip
-        raise ValueError(f"cannot decode {str(path)!r}: Pillow: {err}") from None
+    except PIL_DECODE_ERRORS as err:
+        raise ValueError(f"cannot decode {str(path)!r}: Pillow: {err or type(err).__name__}") from None

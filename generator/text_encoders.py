@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Literal
 import torch
 from torch import nn
 
+from core.checks import check_text
 from generator.bert_encoder import BertModel, BertTokenizer
 from generator.text_encoder_files import (
     check_directory,
@@ -331,3 +332,4 @@ def check_prompts(prompts: list[str]) -> None:
             raise ValueError(
                 f"prompt {i} is empty or whitespace-only; use the generator's null condition for unconditional samples"
             )
+        check_text(prompt, f"prompt {i}")

@@ -55,14 +55,7 @@ def load_frames(
         raise ValueError(f"last must be a positive integer or None, got {last!r}")
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
-        n = frame_count(path)
-        keep = list(range(n))
-        if fps is not None and n > 1 and path.is_file() and path.suffix.lower() in VIDEO_EXTS:
-            rate = _frame_rate(path)
-            if rate is not None:
-                keep = resample_indices(n, rate, fps)
-                if keep != list(range(n)):
-                    log.info("%s: %d frames at %.3g fps -> %d at %.3g fps", path.name, n, rate, len(keep), fps)
+        keep = frame_indices(path, fps)
         keep = keep if last is None else keep[-last:]
         frames = read_frames(path, keep, size=size) if keep else read_video(path, size=size)  # none: its error
     elif isinstance(source, np.ndarray):
@@ -73,6 +66,25 @@ def load_frames(
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or 0 in frames.shape:
         raise ValueError(f"{what} must be (H, W, 3) or (T, H, W, 3) uint8 RGB, got {frames.dtype} {frames.shape}")
     return frames
+
+
+def frame_indices(path: str | os.PathLike, fps: float | None = None) -> list[int]:
+    """The file's frames :func:`load_frames` takes, as indices, counted from the file's index without decoding:
+    every frame, or at ``fps`` those :func:`resample_indices` keeps of a video or animated GIF.
+
+    Raises:
+        ValueError: a path that does not exist or that no backend can open.
+    """
+    path = Path(path)
+    n = frame_count(path)
+    keep = list(range(n))
+    if fps is not None and n > 1 and path.is_file() and path.suffix.lower() in VIDEO_EXTS:
+        rate = _frame_rate(path)
+        if rate is not None:
+            keep = resample_indices(n, rate, fps)
+            if keep != list(range(n)):
+                log.info("%s: %d frames at %.3g fps -> %d at %.3g fps", path.name, n, rate, len(keep), fps)
+    return keep
 
 
 def _frame_rate(path: Path) -> float | None:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from core.checks import check_text, is_int
 from generator.sampling import SamplingConfig
 from pipelines.context import probe_frames
 from pipelines.io import check_writable, output_paths, save_output
@@ -32,6 +33,7 @@ class GeneratedFiles:
         order: the prediction units used ("token", "cube", "frame" or "clip").
         sampling: the sampling settings used.
         label: the class id, when a label was given instead of a prompt.
+        prompts: the prompts used (:data:`DEFAULT_PROMPT` when nothing conditioned a text model's video).
         written: every file written (videos, contact sheets, gifs), in order.
     """
 
@@ -40,6 +42,7 @@ class GeneratedFiles:
     order: str
     sampling: SamplingConfig
     label: int | None
+    prompts: list[str]
     written: list[Path]
 
 
@@ -117,8 +120,12 @@ class GenerationRequest:
     def __post_init__(self) -> None:
         if any(not isinstance(p, str) or not p.strip() for p in self.prompts):
             raise ValueError('the prompt is empty; describe the video, e.g. --prompt "a red circle moving left"')
-        if self.num_videos < 1:
-            raise ValueError(f"--num-videos must be >= 1, got {self.num_videos}")
+        for prompt in self.prompts:
+            check_text(prompt, "the prompt")
+        if isinstance(self.label, str):
+            check_text(self.label, "the label")
+        if not is_int(self.num_videos) or self.num_videos < 1:
+            raise ValueError(f"--num-videos must be >= 1, got {self.num_videos!r}")
         if self.segment_frames is None and len(self.prompts) > 1:
             raise ValueError("several prompts tell a story: give --segment-frames (e.g. 17)")
         if self.segment_frames is not None and (self.label is not None or self.num_frames is not None):
@@ -129,11 +136,12 @@ class GenerationRequest:
             # torch.Generator's overflow came after the model loaded, without naming the flag
             raise ValueError(f"--seed must be an integer in [0, 2**63), got {self.seed!r}")
 
-    @property
-    def effective_prompts(self) -> list[str]:
-        """The prompts used: :data:`DEFAULT_PROMPT` when nothing at all conditions the video."""
+    def prompts_for(self, cond: str) -> list[str]:
+        """The prompts used with a generator conditioned on ``cond``: the given ones, else :data:`DEFAULT_PROMPT`
+        when nothing at all conditions the video and the generator reads text (a class-conditional or
+        unconditional one then samples without a condition)."""
         nothing = self.label is None and self.image is None and self.video is None
-        return list(self.prompts) or ([DEFAULT_PROMPT] if nothing else [])
+        return list(self.prompts) or ([DEFAULT_PROMPT] if nothing and cond == "text" else [])
 
 
 def generate_with(
@@ -163,9 +171,9 @@ def _visual(request: GenerationRequest) -> dict:
 def _run(
     pipe: VideoPipeline, request: GenerationRequest, visual: dict, paths: Sequence[Path], *, gif: bool, progress: bool
 ) -> GeneratedFiles:
-    prompts = request.effective_prompts
     class_id = parse_label(request.label, pipe.config.class_names) if request.label is not None else None
     mode, order = pipe.resolve_mode_order(request.mode, request.order)
+    prompts = request.prompts_for(pipe.generators[mode].config.cond)
     settings = sampling_for(pipe, mode, order, request.sampling)
     g = torch.Generator(device=pipe.device).manual_seed(request.seed)
     common = dict(
@@ -176,7 +184,9 @@ def _run(
     else:
         output = pipe(prompts[0] if prompts else None, class_id, num_frames=request.num_frames, **visual, **common)
     written = save_output(output, paths, gif=gif)
-    return GeneratedFiles(output=output, mode=mode, order=order, sampling=settings, label=class_id, written=written)
+    return GeneratedFiles(
+        output=output, mode=mode, order=order, sampling=settings, label=class_id, prompts=prompts, written=written
+    )
 
 
 def generate_to_files(
@@ -205,8 +215,8 @@ def generate_to_files(
 
     Args:
         prompt: text prompt, or several for a story (one per segment, with ``segment_frames``); with
-            neither ``prompt`` nor ``label``, :data:`DEFAULT_PROMPT`, or no condition at all when an
-            image or video is given.
+            neither ``prompt`` nor ``label``, :data:`DEFAULT_PROMPT` for a text-conditional generator, or no
+            condition at all when an image or video is given or the generator does not read text.
         out: an .mp4/.gif file for one video, a folder for several; default ``outputs/video.mp4``
             for one video and ``outputs/`` for several.
         model: pipeline directory (default: the shipped shapes model).

@@ -35,7 +35,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     what.add_argument(
         "--prompt",
         action="append",
-        help=f'text prompt (default "{DEFAULT_PROMPT}"); repeat it with --segment-frames for a story',
+        help=f'text prompt (a text model\'s default: "{DEFAULT_PROMPT}"); repeat it with --segment-frames for a story',
     )
     what.add_argument("--label", "--class-id", dest="label", help="class id (or its exact class name)")
     p.add_argument("--mode", choices=["ar", "maskgit"], help="GPT-style or MaskGIT-style generator")
@@ -89,8 +89,7 @@ def _main(argv: Sequence[str] | None) -> int:
     )  # fmt: skip
     total = time.perf_counter() - start
     frames, timings = made.output.frames, made.output.timings
-    prompts = args.prompt or ([] if args.image or args.video else [DEFAULT_PROMPT])
-    what = "no prompt" if not prompts else "prompt " + " then ".join(map(repr, prompts))
+    what = "no prompt" if not made.prompts else "prompt " + " then ".join(map(repr, made.prompts))
     what = f"class {made.label}" if made.label is not None else what
     if args.image or args.video:
         what += f", continuing {args.image or args.video}"

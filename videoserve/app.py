@@ -33,7 +33,7 @@ from starlette.exceptions import HTTPException
 
 from core.files import atomic_path
 from pipelines import VideoPipeline
-from pipelines.context import load_frames
+from pipelines.context import frame_indices, load_frames
 from pipelines.generate import GenerationRequest, generate_with, sampling_for
 from videoserve.requests import parse_request
 from videoserve.store import OutputStore, new_id
@@ -74,6 +74,15 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
+def _check_upload(path: Path, fps: float, frame_size: tuple[int, int]) -> int:
+    """The frames an upload gives at the model's rate, counted from the file's index, after decoding its last one
+    as a request will: an upload of 10^5 frames is not decoded whole just to be counted (a continuation reads
+    only its last frames, an image its one)."""
+    count = len(frame_indices(path, fps))
+    load_frames(path, "upload", fps, frame_size, last=1)
+    return count
+
+
 def _model_info(pipe: VideoPipeline) -> dict:
     modes = {}
     for mode, gen in pipe.generators.items():
@@ -83,6 +92,7 @@ def _model_info(pipe: VideoPipeline) -> dict:
             by_order[order] = {k: settings[k] for k in KNOBS[gen.config.style]}
         default_order = pipe.resolve_mode_order(mode, None)[1]
         modes[mode] = {
+            "cond": gen.config.cond,  # "text" reads the prompt; "class" a label; "none" neither
             "orders": list(gen.config.orders),
             "default_order": default_order,
             "sampling": by_order[default_order],
@@ -94,7 +104,8 @@ def _model_info(pipe: VideoPipeline) -> dict:
         "num_frames": pipe.config.num_frames,
         "fps": pipe.config.fps,
         "temporal_compression": pipe.tokenizer.config.temporal_compression,
-        "num_classes": len(pipe.config.class_names),
+        "num_classes": len(pipe.config.class_names) or max(g.config.num_classes for g in pipe.generators.values()),
+        "class_names": list(pipe.config.class_names),
     }
 
 
@@ -114,7 +125,7 @@ def _run_job(pipe: VideoPipeline, store: OutputStore, request: GenerationRequest
         "id": result_id,
         "video": f"/outputs/{video.name}",
         "sheet": f"/outputs/{sheet.name}",
-        "prompt": request.effective_prompts,
+        "prompt": made.prompts,
         "label": made.label,
         "context": "image" if request.image else "video" if request.video else None,
         "mode": made.mode,
@@ -224,15 +235,16 @@ def create_app(
         except _TooLarge:  # atomic_path removed the partial file
             return _error(413, f"the upload is larger than this server's limit of {max_upload_bytes} bytes")
         try:
-            frames = await asyncio.to_thread(load_frames, path, "upload", pipe.config.fps, frame_size)  # as used
+            count = await asyncio.to_thread(_check_upload, path, pipe.config.fps, frame_size)
         except ValueError as err:
             path.unlink(missing_ok=True)
             return _error(400, str(err).replace(str(path), path.name))  # not the server's folders
-        except BaseException:  # a bug: the file it could not check is not kept
+        except Exception as err:  # a bug: the file it could not check is not kept, and the page gets JSON
             path.unlink(missing_ok=True)
-            raise
+            log.exception("checking upload %s failed", path.name)
+            return _error(500, f"checking the upload failed: {type(err).__name__}")
         store.enforce_cap(keep=upload_id)
-        return JSONResponse({"id": upload_id, "frames": int(frames.shape[0])})
+        return JSONResponse({"id": upload_id, "frames": count})
 
     @app.post("/api/generate")
     async def generate(request: Request) -> JSONResponse:

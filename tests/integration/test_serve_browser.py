@@ -92,3 +92,39 @@ def test_type_a_prompt_click_generate_and_a_playable_video_appears(browser, tmp_
     assert src.endswith(".mp4") and "/outputs/" in src
     assert captions == ["a green square moving down"]
     assert "seed 7 ·" in details and "ar/frame" in details
+
+
+def test_an_animated_gif_is_continued_as_a_video_and_a_class_replaces_the_prompt(browser, tmp_path):
+    """The page sent every image/* upload as an image, so an animated GIF always failed ("image must be one frame");
+    it had no class field, so a class-conditional model could not be used from it."""
+    import json
+
+    from PIL import Image
+
+    from videoeval.conditioning import fresh_clips
+
+    frames = fresh_clips(1)[0][1][:9]  # (9, 64, 64, 3): a red circle moving
+    gif = tmp_path / "clip.gif"
+    images = [Image.fromarray(f) for f in frames]
+    images[0].save(gif, save_all=True, append_images=images[1:], duration=125, loop=0)
+    pipe = VideoPipeline.from_pretrained(DEFAULT_MODEL_DIR)
+    store = OutputStore(tmp_path / "out", max_bytes=10**9)
+    with live_server(create_app(pipe, store, model_name="shapes")) as url:
+        browser.get(url)
+        wait = WebDriverWait(browser, 300)
+        wait.until(lambda d: len(Select(d.find_element(By.ID, "label")).options) == 73)  # none + 72 classes
+        Select(browser.find_element(By.ID, "label")).select_by_value("1")
+        assert not browser.find_element(By.ID, "prompt").is_enabled()  # the class replaces it
+        browser.find_element(By.ID, "upload").send_keys(str(gif))
+        context = browser.find_element(By.ID, "context")
+        context.clear()
+        context.send_keys("5")
+        browser.find_element(By.ID, "generate").click()
+        wait.until(lambda d: "done in" in d.find_element(By.ID, "status").text
+                   or "error" in (d.find_element(By.ID, "status").get_attribute("class") or ""))  # fmt: skip
+        status = browser.find_element(By.ID, "status").text
+        details = browser.find_element(By.ID, "details").text
+    assert "done in" in status, status
+    assert details.startswith("class 1 ·"), details
+    (record,) = [json.loads(p.read_text()) for p in (tmp_path / "out").glob("*.json")]
+    assert record["context"] == "video" and record["label"] == 1 and record["prompt"] == []

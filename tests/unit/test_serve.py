@@ -454,3 +454,62 @@ def test_serve_cli_refuses_limits_that_are_not_positive_numbers(capsys, flag, va
     assert main(["--port", "1", "--model", str(Path(DEFAULT_MODEL_DIR)), flag, value]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and flag in err[0]
+
+
+def test_a_class_conditional_model_serves_and_its_default_is_unconditional(tmp_path):
+    """The warm-up (and generate.py without --prompt) used the text default prompt, which a class-conditional
+    generator refuses: tokvid-serve exited 2 on such a model, and the page had no class to give."""
+    from tests.helpers.tiny_pipeline import make_tiny_pipeline
+    from videoserve.server import load_for_serving
+    from videoserve.worker import GenerationWorker
+
+    model = make_tiny_pipeline(tmp_path / "model", cond="class", num_classes=3)
+    worker = GenerationWorker(max_waiting=2)
+    pipe = load_for_serving(model, "cpu", worker)  # its warm-up generates with the default request
+    with TestClient(create_app(pipe, OutputStore(tmp_path / "out", max_bytes=10**9), worker=worker),
+                    base_url=LOCAL) as c:  # fmt: skip
+        info = c.get("/api/health").json()
+        assert info["num_classes"] == 3 and len(info["class_names"]) == 3
+        assert {m["cond"] for m in info["modes"].values()} == {"class"}
+        plain, labelled = c.post("/api/generate", json={}), c.post("/api/generate", json={"label": 2})
+        prompted = c.post("/api/generate", json={"prompt": "a red circle"})
+    assert plain.status_code == 200 and plain.json()["prompt"] == [] and plain.json()["label"] is None
+    assert labelled.status_code == 200 and labelled.json()["label"] == 2
+    assert prompted.status_code == 400 and "takes labels, not prompts" in prompted.json()["error"]
+    made = generate_to_files(model=model, out=tmp_path / "cli.mp4", progress=False)  # generate.py, no --prompt
+    assert made.prompts == [] and made.label is None and (tmp_path / "cli.mp4").is_file()
+
+
+def test_a_damaged_gif_upload_is_400_and_a_prompt_that_is_not_unicode_too(client, tmp_path):
+    """Pillow raises IndexError or struct.error on some truncated GIFs: the upload got a text/plain 500 (the page
+    then failed parsing it as JSON). A lone surrogate in a prompt was a TypeError inside the tokenizer: a 500."""
+    frames = [Image.new("RGB", (32, 32), (i * 20, i * 5, 0)) for i in range(12)]
+    path = tmp_path / "a.gif"
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=125, loop=0)
+    data = path.read_bytes()
+    for cut in (207, 301):  # cuts that raised IndexError / struct.error inside Pillow
+        r = client.post("/api/uploads?name=cut.gif", content=data[:cut])
+        assert r.status_code == 400 and "cannot decode" in r.json()["error"], (cut, r.status_code, r.text)
+    r = client.post("/api/generate", content=b'{"prompt": "a red \\ud800 circle"}')
+    assert r.status_code == 400 and "not valid Unicode text" in r.json()["error"]
+
+
+def test_an_upload_is_counted_from_its_index_and_only_its_last_frame_decoded(client, tmp_path, monkeypatch):
+    """The upload check decoded every frame at the model's size to count them: a small mp4 of 10^5 frames held
+    gigabytes in the server, outside its one-job queue."""
+    import core.video_io
+    from core.video_write import write_video
+
+    path = tmp_path / "long.mp4"
+    write_video(path, np.zeros((120, 64, 64, 3), np.uint8), fps=8)
+    asked = []
+    real = core.video_io.read_frames
+
+    def spy(p, indices, **kw):
+        asked.append(list(indices))
+        return real(p, asked[-1], **kw)
+
+    monkeypatch.setattr("pipelines.context.read_frames", spy)
+    r = client.post("/api/uploads?name=long.mp4", content=path.read_bytes())
+    assert r.status_code == 200 and r.json()["frames"] == 120
+    assert asked == [[119]]

@@ -369,3 +369,19 @@ def test_config_from_yaml_dict_rejects_typos():
     assert from_dict(TextEncoderConfig, {"kind": "bert", "path": "/m", "max_length": 16}).max_length == 16
     with pytest.raises(ValueError, match="max_lenght"):
         from_dict(TextEncoderConfig, {"kind": "bert", "path": "/m", "max_lenght": 16})
+
+
+def test_a_prompt_that_is_not_unicode_is_a_value_error():
+    """A lone surrogate (JSON "\\ud800", or a command-line byte that is not UTF-8) passed every check and failed in
+    the tokenizer with a TypeError: a traceback from the CLI, a 500 from the server."""
+    from generator.text_encoders import check_prompts
+    from pipelines.generate import GenerationRequest
+
+    for bad in ("a red \ud800 circle", "moving \udcff left"):
+        with pytest.raises(ValueError, match="not valid Unicode text"):
+            check_prompts([bad])
+        with pytest.raises(ValueError, match="not valid Unicode text"):
+            GenerationRequest(prompts=(bad,))
+    for count in ("2", 2.5, None, True):  # a TypeError from the comparison before
+        with pytest.raises(ValueError, match="--num-videos must be >= 1"):
+            GenerationRequest(num_videos=count)
