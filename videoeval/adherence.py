@@ -40,7 +40,7 @@ from videoeval.conditioning import TASKS as CONDITIONING_TASKS
 from videoeval.conditioning import conditioning_report, evaluation_runs
 from videoeval.phrasings import FRESH_TEMPLATES, MAX_SEED, REPORT_SEEDS, fresh_caption
 from videoeval.shapes_ceiling import ceiling_results
-from videoeval.shapes_scoring import ATTRIBUTES, score, summarize
+from videoeval.shapes_scoring import ATTRIBUTES, coverage, score, split_label, summarize
 
 log = logging.getLogger(__name__)
 
@@ -85,16 +85,6 @@ def plan(num_videos: int, seed: int, phrasing: str = "fresh", labels: Sequence[i
         caption = PHRASINGS[phrasing](label, i % len(labels) + (i // len(labels)) * stride, rng)
         rows.append({"caption": caption, "color": color, "shape": shape, "motion": motion})
     return rows
-
-
-def coverage(num_videos: int) -> dict[str, float]:
-    """How many classes an all-classes row of ``num_videos`` covers, and whether each has as many videos (1.0) or
-    not (0.0): classes come in colour-major order, so 36 videos ask for red, yellow and green only."""
-    balanced = num_videos % NUM_CLASSES == 0
-    if not balanced:
-        log.warning("%d videos do not cover the %d classes evenly: use a multiple of %d", num_videos, NUM_CLASSES,
-                    NUM_CLASSES)  # fmt: skip
-    return {"classes": float(min(num_videos, NUM_CLASSES)), "balanced": float(balanced)}
 
 
 def received(frames: np.ndarray, folder: Path, first: int, fps: float) -> np.ndarray:
@@ -150,8 +140,7 @@ def report_markdown(summary: dict, model: str, seconds: float, phrasing: str, se
     ]
     for key, s in summary.items():
         mode, order, split = key.split("/")
-        if not s.get("balanced", 1):
-            split = f"{int(s['classes'])} of {NUM_CLASSES} classes, unbalanced"
+        split = split_label(split, s)
         shares = " | ".join(f"{s[k]:.1%}" for k in ("all", *ATTRIBUTES, "phantom", "hue_stable"))
         lines.append(f"| {mode} | {order} | {split} | {s['n']} | {shares} |")
     ceiling = next((s for k, s in summary.items() if k.startswith("tokenizer/")), None)
@@ -241,7 +230,7 @@ def evaluate_adherence(
         key = "tokenizer/reconstruction/all-classes"
         results, extra, shown = ceiling_results(pipe.tokenizer, out / "videos" / "tokenizer", num_videos=recon_videos,
                                                 seed=seed, batch=batch)  # fmt: skip
-        summary[key], everything[key] = {**summarize(results), **extra}, results
+        summary[key], everything[key] = {**summarize(results), **extra, **coverage(recon_videos)}, results
         write_contact_sheet(out / "sheet_tokenizer_reconstruction.png", shown)
     for mode, order, settings in runs:
         if num_videos:
@@ -258,7 +247,7 @@ def evaluate_adherence(
             folder.mkdir(parents=True, exist_ok=True)
             results, _ = evaluate(pipe, mode, order, rows, batch, seed + 10_000, settings, folder)
             key = f"{mode}/{order}/held-out"
-            summary[key], everything[key] = summarize(results), results
+            summary[key], everything[key] = {**summarize(results), **coverage(holdout_videos, len(held))}, results
     seconds = time.time() - start
     results_json = {"model": str(model), "phrasing": phrasing, "seed": seed, "summary": summary, "videos": everything}
     atomic_write_json(out / "results.json", results_json)

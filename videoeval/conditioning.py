@@ -46,6 +46,7 @@ from videodata.shapes.render import (
 from videoeval.metrics import psnr
 from videoeval.phrasings import MAX_SEED, REPORT_SEEDS
 from videoeval.shapes_analyzer import analyze, count_objects, track
+from videoeval.shapes_scoring import coverage
 
 EVAL_SEED = REPORT_SEEDS[0]  # training data is rendered with seed 0; choose settings on SELECTION_SEEDS
 CONTEXT_FRAMES = 5
@@ -217,25 +218,42 @@ class ConditioningEval:
         return rows
 
 
-def _median(values: list[float]) -> float:
-    finite = [v for v in values if math.isfinite(v)]
-    return float(np.median(finite)) if finite else float("nan")
+def _missing(errors: Sequence[float]) -> int:
+    return sum(1 for e in errors if math.isnan(e))
+
+
+def population_percentile(errors: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (linear, as ``np.percentile``) of pixel errors over every row, a NaN (the object was
+    not found) counting as an infinite error: a model that loses the object in most videos must not report the
+    error of the few where it kept it. NaN for no rows."""
+    values = np.sort(np.nan_to_num(np.asarray(errors, dtype=np.float64), nan=np.inf))  # (N,)
+    if not len(values):
+        return float("nan")
+    pos = q / 100 * (len(values) - 1)
+    lo, hi = math.floor(pos), math.ceil(pos)
+    a, b = float(values[lo]), float(values[hi])
+    if lo == hi or a == b:
+        return a
+    return math.inf if math.isinf(b) else a + (b - a) * (pos - lo)
 
 
 def summarize_task(task: str, rows: list[dict]) -> dict[str, float]:
-    """The numbers the goals are stated in, over every row of one task."""
+    """The numbers the goals are stated in, over every row of one task: medians and percentiles of pixel errors
+    count a video where the object was not found as an infinite error (``*_missing`` says how many)."""
     n = len(rows)
     if task.startswith("continuation"):
-        errors = [r["center_error_px"] for r in rows]
-        finite = [e for e in errors if math.isfinite(e)]
-        return {"n": n, "attributes_equal": sum(r["right"] for r in rows) / n, "center_median_px": _median(errors),
-                "center_p90_px": float(np.percentile(finite, 90)) if finite else float("nan"),
-                "center_missing": n - len(finite), "psnr": _median([r["psnr"] for r in rows]),
-                "recon_psnr": _median([r["recon_psnr"] for r in rows]),
-                "context_bound_median_px": _median([r["context_bound_px"] for r in rows])}  # fmt: skip
+        errors, bounds = [r["center_error_px"] for r in rows], [r["context_bound_px"] for r in rows]
+        return {"n": n, "attributes_equal": sum(r["right"] for r in rows) / n,
+                "center_median_px": population_percentile(errors, 50),
+                "center_p90_px": population_percentile(errors, 90), "center_missing": _missing(errors),
+                "psnr": float(np.median([r["psnr"] for r in rows])),
+                "recon_psnr": float(np.median([r["recon_psnr"] for r in rows])),
+                "context_bound_median_px": population_percentile(bounds, 50),
+                "context_bound_missing": _missing(bounds)}  # fmt: skip
     if task == "image":
+        errors = [r["start_error_px"] for r in rows]
         return {"n": n, "attributes_right": sum(r["right"] for r in rows) / n,
-                "start_median_px": _median([r["start_error_px"] for r in rows])}  # fmt: skip
+                "start_median_px": population_percentile(errors, 50), "start_missing": _missing(errors)}  # fmt: skip
     if task.startswith("long"):
         visible = sum(r["visible"] for r in rows)
         return {"n": n, "windows": sum(r["windows"] for r in rows), "visible_windows": visible,
@@ -284,7 +302,8 @@ def evaluate_conditioning(
     if "story" in tasks:
         for segments in STORY_SEGMENTS:
             rows[f"story/{segments}"] = ev.story_rows(num_videos, segments)
-    return {task: summarize_task(task, r) for task, r in rows.items()}, rows
+    balance = coverage(num_videos)  # every task cycles through the 72 classes
+    return {task: {**summarize_task(task, r), **balance} for task, r in rows.items()}, rows
 
 
 def mark_context(frames: np.ndarray, num_context: int) -> np.ndarray:

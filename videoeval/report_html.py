@@ -23,6 +23,7 @@ from PIL import Image
 from core.tables import format_number, is_number, looks_numeric
 from core.video_write import write_contact_sheet, write_video
 from videoeval.reconstruction import summarize
+from videoeval.shapes_scoring import split_label
 
 ADHERENCE_KEYS = ("n", "all", "color", "shape", "motion")
 DISPLAY_PX = 128  # tiny videos are scaled up (pixelated) to about this height on the page
@@ -112,10 +113,12 @@ def adherence_html(data: dict | None) -> str:
         return _note(
             "Prompt adherence not measured: run tools/eval_shapes.py and pass its results.json with --adherence."
         )
-    rows = [
-        [*key.split("/"), int(s["n"]), *(f"{100 * s[k]:.1f}%" for k in ADHERENCE_KEYS[1:])]
-        for key, s in data["summary"].items()
-    ]
+    rows = []
+    for key, s in data["summary"].items():
+        mode, order, split = key.split("/")
+        rows.append(
+            [mode, order, split_label(split, s), int(s["n"]), *(f"{100 * s[k]:.1f}%" for k in ADHERENCE_KEYS[1:])]
+        )
     caption = f"model {data.get('model', '?')}; judged by videoeval.shapes_analyzer"
     head = ["mode", "order", "split", "videos", "all three", "color", "shape", "motion"]
     return _table(head, rows, "adherence-table", caption)

@@ -7,9 +7,10 @@ from collections import Counter
 import pytest
 
 from videodata.shapes.render import NUM_CLASSES, label_of
-from videoeval.adherence import coverage, plan, template_stride
+from videoeval.adherence import plan, template_stride
 from videoeval.phrasings import FRESH_TEMPLATES
 from videoeval.report import load_adherence
+from videoeval.shapes_scoring import coverage, split_label
 
 
 def test_each_held_out_class_sees_every_fresh_phrasing():
@@ -41,8 +42,12 @@ def test_the_all_classes_plan_is_unchanged():
 
 
 def test_rows_that_do_not_cover_the_classes_evenly_say_so():
-    assert coverage(216) == {"classes": 72.0, "balanced": 1.0}
-    assert coverage(36) == {"classes": 36.0, "balanced": 0.0}  # red, yellow and green only
+    assert coverage(216) == {"classes": 72.0, "class_total": 72.0, "balanced": 1.0}
+    assert coverage(36) == {"classes": 36.0, "class_total": 72.0, "balanced": 0.0}  # red, yellow and green only
+    # the held-out row covers its own combinations: 48 videos of 5 are 9/9/10/10/10, and 2 reach 2 of them
+    assert split_label("held-out", coverage(48, 5)) == "held-out: 5 of 5 classes, unbalanced"
+    assert split_label("held-out", coverage(2, 5)) == "held-out: 2 of 5 classes, unbalanced"
+    assert split_label("held-out", coverage(45, 5)) == "held-out"
     assert {r["color"] for r in plan(36, seed=1)} == {"red", "yellow", "green"}
 
 
@@ -56,3 +61,13 @@ def test_the_report_refuses_non_finite_or_fractional_numbers(tmp_path, n, all_th
     (tmp_path / "r.json").write_text(text)
     with pytest.raises(ValueError, match="finite numbers"):
         load_adherence(tmp_path / "r.json")
+
+
+def test_the_html_report_flags_an_unbalanced_row_as_the_markdown_does():
+    """report.md said "36 of 72 classes, unbalanced" while report.html called the same row "all-classes"."""
+    from videoeval.report_html import adherence_html
+
+    row = {"n": 36, "all": 0.9, "color": 1.0, "shape": 1.0, "motion": 0.9}
+    page = adherence_html({"summary": {"ar/frame/all-classes": {**row, **coverage(36)},
+                                       "ar/frame/held-out": {**row, **coverage(36, 3)}}})  # fmt: skip
+    assert "all-classes: 36 of 72 classes, unbalanced" in page and "<td>held-out</td>" in page
