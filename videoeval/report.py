@@ -166,15 +166,19 @@ def continuation_rows(pipe, *, seed: int, num_clips: int = 2) -> tuple[list[np.n
     rows, captions = [], []
     clips = fresh_clips(num_clips)
     H, W = pipe.frame_size(next(iter(pipe.generators.values())))
+    names = [n.lower() for n in pipe.config.class_names]
     for spec, frames in clips:
         rows.append(resize_center_crop(frames, (H, W)))
-        captions.append(f"truth: {class_caption(spec.label)}")
+        caption = class_caption(spec.label)
+        captions.append(f"truth: {caption}")
+        # the clip's class when the model has it (a text model reads its caption, a class model its id), else none
+        label = names.index(caption.lower()) if caption.lower() in names else None
         for mode in pipe.generators:
             try:
                 # the first 5 frames, as the page says: the pipeline continues a video from its last N frames
-                out = pipe(class_caption(spec.label) if pipe.config.class_names else None,
-                           video=frames[:CONTEXT_FRAMES], context_frames=CONTEXT_FRAMES, num_frames=frames.shape[0],
-                           mode=mode, generator=torch.Generator(pipe.device).manual_seed(seed))  # fmt: skip
+                out = pipe(None, label, video=frames[:CONTEXT_FRAMES], context_frames=CONTEXT_FRAMES,
+                           num_frames=frames.shape[0], mode=mode,
+                           generator=torch.Generator(pipe.device).manual_seed(seed))  # fmt: skip
             except ValueError as err:  # a model of another size or length: say why, keep the page
                 captions.append(f"{mode}: not generated ({err})")
                 continue

@@ -279,3 +279,16 @@ def test_the_continuation_sheet_gives_the_first_five_frames(model, monkeypatch):
     clips = report.fresh_clips(1)
     report.continuation_rows(pipe, seed=0, num_clips=1)
     assert given and all(np.array_equal(v, clips[0][1][: report.CONTEXT_FRAMES]) for v in given)
+
+
+def test_the_continuation_sheet_is_made_for_a_class_conditional_model(tmp_path):
+    """The clip's class was passed as a prompt whenever the model had class names, which a class-conditional
+    generator refuses: every mode's row said "not generated"."""
+    from pipelines import VideoPipeline
+    from tests.helpers.tiny_pipeline import make_tiny_pipeline
+    from videoeval import report
+
+    pipe = VideoPipeline.from_pretrained(make_tiny_pipeline(tmp_path / "model", cond="class", num_classes=3))
+    rows, captions = report.continuation_rows(pipe, seed=0, num_clips=1)
+    assert len(rows) == 1 + len(pipe.generators), captions
+    assert not any("not generated" in c for c in captions)
