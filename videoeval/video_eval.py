@@ -9,8 +9,9 @@ back with ``allow_pickle=False``); passing that ``.npz`` as ``real`` reuses them
 if the protocol or the I3D file differ. Without ``fake`` only the stats are written.
 
 ``compute_is`` adds IS over the generated set from the softmax of the 400 Kinetics logits (10
-splits). This is *not* the UCF-101 IS of TGAN/TATS/MAGVIT, which uses a C3D network trained on
-UCF-101; do not compare the two.
+splits; skipped, with the reason, when they hold fewer than 2 clips each, since a split's IS is at most its clip
+count). This is *not* the UCF-101 IS of TGAN/TATS/MAGVIT, which uses a C3D network trained on UCF-101; do not
+compare the two.
 
 :func:`evaluate_recon` pairs videos by relative path without the file suffix (``a/b.mp4`` ↔
 ``a/b.avi`` ↔ frame folder ``a/b/``) and reports PSNR and SSIM (:mod:`videoeval.metrics`) and
@@ -37,7 +38,9 @@ from videoeval.sources import VideoSource, find_videos, videos_by_key
 
 log = logging.getLogger(__name__)
 
-IS_NOTE = "IS from I3D Kinetics-400 logits; not comparable to the C3D/UCF-101 IS of TGAN/TATS/MAGVIT"
+IS_NOTE = ("IS from I3D Kinetics-400 logits; not comparable to the C3D/UCF-101 IS of TGAN/TATS/MAGVIT; each split's "
+           "IS is at most its clip count")  # fmt: skip
+MIN_CLIPS_PER_SPLIT = 2
 
 
 def _is_stats_file(path: Path) -> bool:
@@ -170,10 +173,13 @@ def evaluate_fvd(
             reason = "IS needs per-clip logits, but --fake is a stats file"
         elif fake_feats.shape[1] != KINETICS_CLASSES:
             reason = f"the I3D output is {fake_feats.shape[1]}-d, not the {KINETICS_CLASSES} Kinetics-400 logits"
+        elif len(fake_feats) < MIN_CLIPS_PER_SPLIT * is_splits:  # a split of one clip scores exactly 1
+            reason = (f"{len(fake_feats)} clips over {is_splits} splits leave fewer than {MIN_CLIPS_PER_SPLIT} per "
+                      "split (a split's IS is at most its clip count): lower --is-splits or add clips")  # fmt: skip
         if reason is None:
             mean, std = inception_score(fake_feats, is_splits)
-            splits = min(is_splits, len(fake_feats))
-            report["inception_score"] = {"mean": mean, "std": std, "num_splits": splits, "note": IS_NOTE}
+            report["inception_score"] = {"mean": mean, "std": std, "num_splits": is_splits,
+                                         "clips_per_split": len(fake_feats) // is_splits, "note": IS_NOTE}  # fmt: skip
         else:
             log.warning("Inception Score skipped: %s", reason)
             report["inception_score_skipped"] = reason

@@ -88,7 +88,7 @@ def data(tmp_path_factory):
     stats = root / "real_stats.npz"
     args = ["fvd", "--real", str(root / "real"), "--fake", str(root / "fake"), "--protocol", "quick"]
     args += ["--num-videos", str(NUM), "--i3d", str(i3d), "--save-stats", str(stats), "--json", str(root / "fvd.json")]
-    assert main(args + ["--inception-score"]) == 0
+    assert main(args + ["--inception-score", "--is-splits", "3"]) == 0
     return root, i3d, stats, json.loads((root / "fvd.json").read_text())
 
 
@@ -210,7 +210,7 @@ def test_fvd_cli_report_and_stats_round_trip(data, tmp_path, capsys):
     assert report["real"]["clips"] == report["fake"]["clips"] == NUM
     assert report["fake"]["formats"] == {"file": NUM, "frames": 0}
     assert report["fvd"] > 1.0 and report["stats_saved"] == str(stats)
-    assert report["inception_score"]["mean"] >= 1.0
+    assert report["inception_score"]["mean"] >= 1.0 and report["inception_score"]["clips_per_split"] == 2
     cached = FeatureStats.load(stats)
     assert cached.count == NUM and cached.protocol == f"quick[num_videos={NUM}]"
     assert cached.i3d_sha256 == report["i3d"]["sha256"]
@@ -385,3 +385,11 @@ def test_contact_sheets_beside_videos_are_not_read_as_one_more_video(tmp_path):
     write_frame_folder(tmp_path / "gen" / "frames_clip", gray_ramp(16))  # a real frame folder is still a video
     sources = find_videos(tmp_path / "gen")
     assert sorted(s.key(tmp_path / "gen") for s in sources) == ["frames_clip", "video_000", "video_001"]
+
+
+def test_inception_score_over_splits_of_one_clip_is_refused(data):
+    """With --num-videos 6 and the default 10 splits every split held one clip, and IS was exactly 1.000 whatever
+    the videos: a number that measured nothing."""
+    root, i3d, _, _ = data
+    report = evaluate_fvd(root / "real", root / "fake", "quick", num_videos=NUM, i3d_path=i3d, compute_is=True)
+    assert "inception_score" not in report and "6 clips over 10 splits" in report["inception_score_skipped"]
