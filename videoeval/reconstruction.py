@@ -21,7 +21,7 @@ from torch import nn
 
 from core.frames import frames_to_tensor, resize_center_crop, tensor_to_frames
 from core.tables import format_table
-from core.video_io import read_video
+from core.video_io import IMAGE_EXTS, read_video
 from core.video_probe import video_fps
 from core.video_write import write_contact_sheet, write_video
 from tokenizer import VideoTokenizer
@@ -191,6 +191,14 @@ def evaluate_dataset(
     data = Path(data)
     root, sources = discover_sources(data)
     paths = [root / s.path for s in sources][:max_videos]
+    if num_frames > 1 and paths and all(p.suffix.lower() in IMAGE_EXTS for p in paths):
+        # each would be skipped as too short, ending in "none could be read"; a folder of a video's frames is one
+        # video to eval_video, but here, as in the token cache the tokenizer trains on, an image is one frame
+        raise ValueError(
+            f"the {len(paths)} sources under {str(data)!r} are images, one frame each (as the token cache reads "
+            f"them), too short for --num-frames {num_frames}: give --num-frames 1 to score them as images, or "
+            "videos (a folder of one video's frames is scored by tools/eval_video.py recon)"
+        )
     results = evaluate(
         tokenizer, paths, num_frames=num_frames, size=size, stride=stride, lpips=lpips,
         skip_unreadable=not data.is_file() or data.suffix.lower() in (".csv", ".jsonl"),  # one bad file of many

@@ -79,6 +79,14 @@ def test_cli_bad_input_exits_2_with_one_line(tiny_tokenizer_dir, data_dir, tmp_p
         "cannot decode": [*base, "--num-frames", "9", "--data", str(data_dir / "broken.mp4")],
         "invalid int value": [*base, "--num-frames", "many"],
     }
+    # a folder of a video's PNG frames: images, one frame each, so every one was skipped as too short and the
+    # run ended in "none of the 12 videos could be read"
+    frames = tmp_path / "frames" / "clip"
+    frames.mkdir(parents=True)
+    for i in range(12):
+        Image.new("RGB", (32, 32), (20 * i, 0, 0)).save(frames / f"{i:03d}.png")
+    cases["are images, one frame each (as the token cache reads them), too short for --num-frames 9"] = [
+        *base, "--num-frames", "9", "--data", str(tmp_path / "frames")]  # fmt: skip
     for message, argv in cases.items():
         assert main(argv) == 2, message
         err = capsys.readouterr().err.strip()
