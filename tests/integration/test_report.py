@@ -237,6 +237,8 @@ def test_bad_input_exits_2_with_one_line(model, inputs, tmp_path, capsys):
         "invalid int value": [*base, "--seed", "many"],
         "unknown class 999": [*base, "--prompts", "999"],  # wrote a page of 0 videos and exited 0
         "--clip-size must be >= 1": [*base, "--clip-size", "0"],  # named --size, after all the sampling
+        "--clip-size 12x12 must be a positive multiple": [*base, "--clip-size", "12"],  # the same, for these two
+        "--clip-size must be at least 11 for SSIM": [*base, "--clip-size", "8"],
         "is a file: give the folder": ["--model", str(adherence), "--out", str(out)],  # said "does not exist"
     }
     for message, argv in cases.items():
