@@ -14,6 +14,7 @@ left alone.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -168,18 +169,24 @@ class OutputStore:
         dropped, nor is any file that is not the server's own (see :meth:`_own_files`).
         """
         with self._lock:
-            groups = self._own_files()
-            total = sum(p.stat().st_size for files in groups.values() for p in files)
-            by_age = sorted(groups, key=lambda k: max(p.stat().st_mtime_ns for p in groups[k]))
+            # Stat each file once, leaving out any that vanished since the listing: a failed result's discard and a
+            # refused upload delete their files without this lock (a FileNotFoundError here was a 500).
+            stats = {}
+            for key, files in self._own_files().items():
+                for path in files:
+                    with contextlib.suppress(FileNotFoundError):
+                        stats.setdefault(key, {})[path] = path.stat()
+            total = sum(st.st_size for group in stats.values() for st in group.values())
+            by_age = sorted(stats, key=lambda k: max(st.st_mtime_ns for st in stats[k].values()))
             dropped = []
             for key in by_age:
                 if total <= self.max_bytes:
                     break
                 if key == keep or key in self._busy or key in self._held:
                     continue
-                files = sorted(groups[key], key=lambda p: p.suffix != ".json")  # the record first: unlisted at once
+                files = sorted(stats[key], key=lambda p: p.suffix != ".json")  # the record first: unlisted at once
                 for path in files:
-                    total -= path.stat().st_size
+                    total -= stats[key][path].st_size
                     path.unlink(missing_ok=True)
                 dropped.append(key)
             if dropped:

@@ -513,3 +513,21 @@ def test_an_upload_is_counted_from_its_index_and_only_its_last_frame_decoded(cli
     r = client.post("/api/uploads?name=long.mp4", content=path.read_bytes())
     assert r.status_code == 200 and r.json()["frames"] == 120
     assert asked == [[119]]
+
+
+def test_the_cap_tolerates_a_file_deleted_between_its_listing_and_its_stat(tmp_path, monkeypatch):
+    """A failed result's discard and a refused upload delete their files without the store's lock: a cap running
+    at that moment listed the file, then stat() raised FileNotFoundError, a 500 for an unrelated request."""
+    store = OutputStore(tmp_path, max_bytes=10)
+    old, gone = new_id(), new_id()
+    (tmp_path / f"{old}.mp4").write_bytes(b"x" * 100)
+    (tmp_path / f"{old}.json").write_text("{}")
+    listed = store._own_files
+
+    def listing_then_delete():
+        groups = listed()
+        groups[gone] = [tmp_path / f"{gone}.mp4"]  # listed, then deleted by another thread before its stat
+        return groups
+
+    monkeypatch.setattr(store, "_own_files", listing_then_delete)
+    assert store.enforce_cap() == [old] and not (tmp_path / f"{old}.mp4").exists()
