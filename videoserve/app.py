@@ -279,6 +279,9 @@ def create_app(
         except Busy as err:
             store.release(held)
             return _error(503, str(err))
+        # A client that disconnects while its job waits cancels the job (asyncio.wrap_future passes the cancel on),
+        # which then never runs its own release: the cap would have kept its uploads for the server's lifetime.
+        future.add_done_callback(lambda f: store.release(held) if f.cancelled() else None)
         try:
             record = await asyncio.wrap_future(future)
         except ValueError as err:

@@ -531,3 +531,25 @@ def test_the_cap_tolerates_a_file_deleted_between_its_listing_and_its_stat(tmp_p
 
     monkeypatch.setattr(store, "_own_files", listing_then_delete)
     assert store.enforce_cap() == [old] and not (tmp_path / f"{old}.mp4").exists()
+
+
+def test_a_cancelled_waiting_job_releases_the_uploads_it_held(pipe, tmp_path, monkeypatch):
+    """A client that disconnects while its job waits cancels the job, which then never ran its own release: the
+    cap kept that request's uploads for the server's lifetime."""
+    from concurrent.futures import Future
+
+    store = OutputStore(tmp_path / "out", max_bytes=10**9)
+    frame = np.zeros((64, 64, 3), np.uint8)
+    path = tmp_path / "first.png"
+    Image.fromarray(frame).save(path)
+    with TestClient(create_app(pipe, store), base_url=LOCAL, raise_server_exceptions=False) as c:
+        upload = c.post("/api/uploads?name=first.png", content=path.read_bytes()).json()["id"]
+
+        def cancelled_at_once(job):
+            future = Future()
+            future.cancel()  # what a disconnect does to a job still in the queue
+            return future
+
+        monkeypatch.setattr("videoserve.worker.GenerationWorker.submit", lambda self, job: cancelled_at_once(job))
+        c.post("/api/generate", json={"image": upload, "prompt": "a red square moving right"})
+    assert not store._held
