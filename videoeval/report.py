@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from core.files import atomic_write_text
+from core.files import atomic_write_text, check_file_target
 from core.frames import resize_center_crop
 from core.tables import is_number
 from pipelines import VideoPipeline
@@ -223,6 +223,7 @@ def build_report(
     out = Path(out)
     if out.suffix.lower() not in (".html", ".htm"):
         raise ValueError(f"--out {str(out)!r} must be an .html file")
+    check_file_target(out, "--out", {"--adherence": adherence, "--bench": bench})  # before the sampling, not after
     if steps is not None and steps < 1:
         raise ValueError(f"--steps must be >= 1, got {steps}")
     if prompts is not None and not prompts:

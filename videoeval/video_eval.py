@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from core.files import sha256_file
+from core.files import check_file_target, sha256_file
 from core.frames import frames_to_tensor
 from videoeval.fvd import FeatureStats, FVDProtocol, frechet_distance, inception_score, iter_clips, resolve_protocol
 from videoeval.i3d import KINETICS_CLASSES, I3DNetwork, extract_features, resolve_i3d_path
@@ -139,6 +139,8 @@ def evaluate_fvd(
     if fake is None and save_stats is None:
         raise ValueError("give --fake, or --save-stats to only compute the real statistics")
     i3d_file = resolve_i3d_path(i3d_path)
+    if save_stats is not None:  # before the real features (hours for k600); --fake's stats were replaced, FVD 0
+        check_file_target(save_stats, "--save-stats", {"--real": real, "--fake": fake, "--i3d": i3d_file})
     sha = sha256_file(i3d_file)
     net: I3DNetwork | None = None
     i3d = {"path": str(i3d_file), "sha256": sha}

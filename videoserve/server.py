@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from core.files import check_dir_target
 from pipelines import VideoPipeline
 from pipelines.generate import GenerationRequest, generate_with
 from videoserve.store import OutputStore
@@ -80,6 +81,7 @@ def serve(
     check_host(host, public)
     if max_frames < 1 or max_waiting < 0:
         raise ValueError("--max-frames must be positive, --max-waiting >= 0")
+    check_dir_target(out, "--out")  # before the model loads and warms; it was "[Errno 20] Not a directory" after
     for flag, mb in (("--max-output-mb", max_output_mb), ("--max-upload-mb", max_upload_mb)):
         if not (math.isfinite(mb) and mb > 0):  # int(inf) was an OverflowError traceback
             raise ValueError(f"{flag} must be a positive number of megabytes, got {mb}")

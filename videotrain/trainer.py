@@ -24,6 +24,7 @@ import torch
 from tqdm import tqdm
 
 from core.config import save_config
+from core.files import check_dir_target
 from videotrain import checkpoint, distributed
 from videotrain.config import RunConfig, check_supported
 from videotrain.ema import EMA
@@ -58,6 +59,7 @@ class Trainer:
 
     def __init__(self, cfg: Any, out: str | Path) -> None:
         self.cfg, self.out = cfg, Path(out)
+        check_dir_target(self.out, "--out")  # "[Errno 17] File exists", not naming the flag, before
         self.run: RunConfig = cfg.run
         self.optim: OptimConfig = cfg.optim
         self.ckpt_dir = self.out / "checkpoints"

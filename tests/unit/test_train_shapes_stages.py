@@ -106,3 +106,19 @@ def test_a_relative_run_folder_is_read_from_where_the_script_is_started(tmp_path
     proc = subprocess.run(["bash", str(SCRIPT)], capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "myrun" / "model").is_dir() and not (ROOT / "myrun").exists()
+
+
+def test_an_out_that_would_replace_the_run_is_refused_before_any_stage(tmp_path):
+    """OUT=RUN (or OUT=RUN/tok) passed every stage and, after about 7 hours, make_pipeline --force replaced the run
+    folder with the pipeline: the data, the cache and every checkpoint."""
+    bin_dir, log = tmp_path / "bin", tmp_path / "calls.txt"
+    bin_dir.mkdir()
+    (bin_dir / "python").write_text(FAKE_PYTHON)
+    (bin_dir / "python").chmod(0o755)
+    run = tmp_path / "run"
+    for out in (run, tmp_path, run / "tok", run / "cache"):
+        log.write_text("")
+        env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_LOG": str(log), "FAKE_STOP": "",
+               "RUN": str(run), "OUT": str(out)}  # fmt: skip
+        proc = subprocess.run(["bash", str(SCRIPT)], capture_output=True, text=True, timeout=60, env=env)
+        assert proc.returncode == 2 and "would replace" in proc.stderr and log.read_text() == "", (out, proc.stderr)
