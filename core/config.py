@@ -206,7 +206,7 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
     one mapping is a ValueError (the safe loader alone keeps the last silently)."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"config file {str(path)!r} does not exist")
+        raise ValueError(f"config file {str(path)!r} " + ("is a folder" if path.is_dir() else "does not exist"))
     try:
         data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # a SafeLoader subclass: no arbitrary objects
     except ValueError as err:

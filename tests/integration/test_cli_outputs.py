@@ -131,3 +131,18 @@ def test_a_memory_error_is_one_line(capsys):
     assert run_cli(main, []) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: out of memory (") and len(err.strip().splitlines()) == 1
+
+
+def test_a_path_of_the_wrong_kind_is_named_as_such(tmp_path, capsys):
+    """A folder given as --config and a file given as a cache were said not to exist; a manifest that is not UTF-8
+    gave the codec's message without the file's name."""
+    from tools.cache_tokens import main as cache_tokens
+    from tools.make_shapes import main as make_shapes
+    from tools.train import main as train
+
+    afile, bad = tmp_path / "afile", tmp_path / "bad.jsonl"
+    afile.write_text("x")
+    bad.write_bytes(b'\xff\xfe{"path": "a"}\n')
+    _refused(capsys, train, ["--config", tmp_path, "--out", tmp_path / "o"], f"config file '{tmp_path}' is a folder")
+    _refused(capsys, cache_tokens, ["verify", afile], "is a file, not a cache folder")
+    _refused(capsys, make_shapes, ["analyze", "--manifest", bad], f"manifest '{bad}' is not UTF-8 text")

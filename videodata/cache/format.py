@@ -120,7 +120,8 @@ def load_manifest(cache_dir: str | os.PathLike) -> dict[str, Any]:
     """
     cache_dir = Path(cache_dir)
     if not cache_dir.is_dir():
-        raise ValueError(f"token cache {str(cache_dir)!r} does not exist")
+        raise ValueError(f"token cache {str(cache_dir)!r} " + ("is a file, not a cache folder" if cache_dir.exists()
+                                                               else "does not exist"))  # fmt: skip
     if not (cache_dir / MANIFEST_NAME).is_file():
         raise ValueError(f"token cache {str(cache_dir)!r} has no {MANIFEST_NAME} (unfinished or not a cache)")
     manifest = read_json(cache_dir / MANIFEST_NAME, "manifest")

@@ -351,8 +351,12 @@ def read_manifest(path: str | os.PathLike) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"manifest {str(path)!r} does not exist")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:  # the codec's message did not name the file
+        raise ValueError(f"manifest {str(path)!r} is not UTF-8 text (byte {err.start})") from None
     rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").split("\n"), 1):  # JSON Lines: lines end at \n only
+    for n, line in enumerate(text.split("\n"), 1):  # JSON Lines: lines end at \n only
         if not line.strip():
             continue
         try:
