@@ -156,6 +156,12 @@ def generator_loss(
     if bad:
         raise ValueError(f"objective orders {bad} are not among the model's orders {list(model.config.orders)}")
     model.check_grid(tuple(ids.shape[1:]), "clip")
+    if ids.dtype.is_floating_point or ids.dtype == torch.bool:
+        raise ValueError(f"token ids must be integers, got {ids.dtype}")
+    lo, hi = (int(v) for v in ids.aminmax())
+    if lo < 0 or hi >= model.config.vocab_size:  # the mask or start id as a target was an IndexError (on CUDA a
+        # device assert), and unmasked in a MaskGIT grid it trained silently as a clean context token
+        raise ValueError(f"token ids must be codes in [0, {model.config.vocab_size}), got ids in [{lo}, {hi}]")
     order = orders[int(torch.randint(len(orders), (), generator=generator))] if len(orders) > 1 else orders[0]
     cond = drop_condition(cond, cfg.cond_dropout, generator)
     if model.config.style == "ar":

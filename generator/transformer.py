@@ -90,8 +90,9 @@ class GeneratorConfig:
             unit_extent("cube", self.max_grid, self.cube_size)
         if self.target_positions and self.style != "ar":
             raise ValueError("target_positions is for GPT-style models: a masked token's position is its own")
-        if self.dim % self.num_heads or (self.dim // self.num_heads) % 2:
-            raise ValueError(f"dim {self.dim} / num_heads {self.num_heads} must give an even head size")
+        if self.dim % self.num_heads or (self.dim // self.num_heads) % 2 or self.dim // self.num_heads < 6:
+            # below 6, 3D RoPE gives h and w no frequency pair: every position of a frame looks the same
+            raise ValueError(f"dim {self.dim} / num_heads {self.num_heads} must give an even head size of at least 6")
 
     def weights_identity(self) -> dict:
         """The fields that define the weights and what they mean: all but the runtime choices (attention backend,

@@ -518,10 +518,29 @@ def test_layout_knows_its_order_and_refuses_bad_grids_and_cubes():
     ("field", "value", "message"),
     [("num_heads", 0, "num_heads must be an integer >= 1"), ("depth", 0, "depth must be"), ("dim", 0, "dim must be"),
      ("vocab_size", -5, "vocab_size must be"), ("max_grid", (0, 4, 4), "max_grid must be three integers"),
-     ("mlp_ratio", -1.0, "mlp_ratio must be a positive number"), ("depth", True, "depth must be")],
+     ("mlp_ratio", -1.0, "mlp_ratio must be a positive number"), ("depth", True, "depth must be"),
+     ("num_heads", 64, "even head size of at least 6")],  # head size 4: 3D RoPE gave h and w no frequency
 )  # fmt: skip
 def test_generator_sizes_that_make_no_model_are_refused(field, value, message):
     """num_heads 0 was a ZeroDivisionError (a traceback from every CLI), depth 0 or -1 built a model without a
     block, dim 0 one without parameters, and vocab_size -5 or mlp_ratio -1 failed later inside torch."""
     with pytest.raises(ValueError, match=message):
         GeneratorConfig(**{field: value})
+
+
+def test_the_loss_refuses_ids_that_are_not_codes():
+    """The mask or start id as a GPT-style target was an IndexError inside cross_entropy (a device assert on CUDA);
+    left unmasked in a MaskGIT grid it trained silently as a clean context token."""
+    from generator.objectives import ObjectiveConfig, generator_loss
+
+    for style in ("ar", "maskgit"):
+        m = tiny(style).train()
+        ids = torch.randint(0, 64, (2, *GRID))
+        generator_loss(m, ids, cond2(), ObjectiveConfig(orders=("frame",)))  # codes: fine
+        for bad in (m.config.mask_id, m.config.start_id, -1):
+            wrong = ids.clone()
+            wrong[0, 0, 0, 0] = bad
+            with pytest.raises(ValueError, match=r"token ids must be codes in \[0, 64\)"):
+                generator_loss(m, wrong, cond2(), ObjectiveConfig(orders=("frame",)))
+        with pytest.raises(ValueError, match="must be integers"):
+            generator_loss(m, ids.float(), cond2(), ObjectiveConfig(orders=("frame",)))
