@@ -239,7 +239,11 @@ class Generator(nn.Module):
         Returns:
             logits: (B, N, vocab_size).
         """
+        if ids.ndim != 2 or ids.shape[1] < 1 or ids.dtype.is_floating_point or ids.dtype == torch.bool:
+            raise ValueError(f"ids must be (B, N) integer token ids with N >= 1, got {ids.dtype} {tuple(ids.shape)}")
         B, N = ids.shape
+        if cache is not None and cache.k.shape[1] != B:  # a shape error inside the attention before
+            raise ValueError(f"the cache holds {cache.k.shape[1]} rows but ids have {B}")
         if coords.shape != (N, 3) or mask.shape != (N, N):
             raise ValueError(
                 f"coords must be ({N}, 3) and mask ({N}, {N}), got {tuple(coords.shape)} and {tuple(mask.shape)}"
@@ -255,6 +259,8 @@ class Generator(nn.Module):
         if self.target_emb is not None:
             if targets is None or targets.shape != (N, 3):
                 raise ValueError(f"give targets, the ({N}, 3) positions the inputs predict (config.target_positions)")
+            if bool((targets < 0).any()) or bool((targets >= targets.new_tensor(self.config.max_grid)).any()):
+                raise ValueError(f"targets must lie in the grid {tuple(self.config.max_grid)}")  # an IndexError
             x = x + self.target_emb(targets.to(dev)).to(x.dtype)
         key_valid = None  # (B, P + N) validity of the keys written now; None = all valid
         if cache is None or cache.length == 0:

@@ -544,3 +544,22 @@ def test_the_loss_refuses_ids_that_are_not_codes():
                 generator_loss(m, wrong, cond2(), ObjectiveConfig(orders=("frame",)))
         with pytest.raises(ValueError, match="must be integers"):
             generator_loss(m, ids.float(), cond2(), ObjectiveConfig(orders=("frame",)))
+
+
+def test_forward_refuses_inputs_it_cannot_take_in_one_line():
+    """A cache of another batch size was a matmul shape error; targets outside the grid an IndexError; float or
+    empty ids a RuntimeError."""
+    from generator.kv_cache import KVCache
+
+    m = tiny("ar", target_positions=True)
+    layout = make_layout(GRID, "token")
+    ids, coords = torch.zeros(2, 3, dtype=torch.long), layout.coords[:3]
+    mask = torch.ones(3, 3, dtype=torch.bool).tril()
+    cache = KVCache(m.config.depth, 3, m.config.num_heads, 64, m.config.dim // m.config.num_heads)
+    with pytest.raises(ValueError, match="the cache holds 3 rows but ids have 2"):
+        m(ids, cond2(), cache, coords=coords, mask=mask, targets=layout.coords[1:4])
+    with pytest.raises(ValueError, match=r"targets must lie in the grid \(3, 4, 4\)"):
+        m(ids, cond2(), coords=coords, mask=mask, targets=torch.tensor([[0, 0, 1], [0, 0, 2], [9, 0, 0]]))
+    for bad in (ids.float(), torch.zeros(2, 0, dtype=torch.long), torch.zeros(2, 3, 1, dtype=torch.long)):
+        with pytest.raises(ValueError, match="ids must be"):
+            m(bad, cond2(), coords=coords, mask=mask, targets=layout.coords[1:4])
