@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from bench.table import format_table, record, write_json
+from bench.table import check_json_target, format_table, record, write_json
 from core.cli import CliParser, int_at_least, run_cli
 from generator import Generator
 from generator.layers import DecodingLinear, decoding_layout_
@@ -112,6 +112,7 @@ def _main(argv: Sequence[str] | None) -> int:
     parser.add_argument("--json", metavar="PATH", help="also write the records as JSON")
     parser.add_argument("--threads", type=int_at_least(1), default=None, help="torch threads (default: torch's own)")
     args = parser.parse_args(argv)
+    check_json_target(args.json)  # before the benchmark, not after it
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     records = run(quick=args.quick)

@@ -42,7 +42,7 @@ from dataclasses import asdict
 
 import torch
 
-from bench.table import format_table, record, write_json
+from bench.table import check_json_target, format_table, record, write_json
 from bench.timing import CPU, read_bandwidth_gbs, timed
 from core.cli import CliParser, int_at_least, parse_device, run_cli
 from generator import Condition, Generator, GeneratorConfig, make_layout
@@ -342,6 +342,7 @@ def _main(argv: Sequence[str] | None) -> int:
     )
     parser.add_argument("--device", default="cpu", help="where both sides run: cpu, cuda, cuda:1, ...")
     args = parser.parse_args(argv)
+    check_json_target(args.json)  # before the benchmark, not after it
     device = parse_device(args.device)
     warnings.filterwarnings("ignore")
     if args.threads is not None:

@@ -19,16 +19,16 @@ import psutil
 
 @dataclass
 class Measured:
-    """What :func:`run_measured` returns: the finished process, wall seconds, peak tree RSS in MB,
-    and every (seconds since start, tree RSS MB) sample."""
+    """What :func:`run_measured` returns: the finished process, wall seconds, peak tree RSS in MiB (2**20 bytes),
+    and every (seconds since start, tree RSS MiB) sample."""
 
     proc: subprocess.CompletedProcess
     seconds: float
-    peak_rss_mb: float
+    peak_rss_mib: float
     samples: list[tuple[float, float]]
 
     def peak_between(self, start: float, stop: float) -> float:
-        """Peak RSS (MB) among samples taken in [start, stop) fractions of the run."""
+        """Peak RSS (MiB) among samples taken in [start, stop) fractions of the run."""
         picked = [mb for t, mb in self.samples if start * self.seconds <= t < stop * self.seconds]
         return max(picked, default=0.0)
 
@@ -61,12 +61,16 @@ def run_measured(cmd: list[str], env: dict | None = None, cwd: str | None = None
         samples: list[tuple[float, float]] = []
         try:
             ps = psutil.Process(popen.pid)
-            while popen.poll() is None:
+            while True:
                 try:
                     samples.append((time.perf_counter() - t0, tree_rss(ps) / 2**20))
                 except psutil.Error:
                     break
-                time.sleep(interval)
+                try:  # returns as the child exits: a sleep here added up to one interval to every wall time
+                    popen.wait(timeout=interval)
+                    break
+                except subprocess.TimeoutExpired:
+                    pass
         finally:
             popen.wait()
         seconds = time.perf_counter() - t0

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from core.files import atomic_write_text
+from core.files import atomic_write_text, check_file_target
 from core.tables import format_number, is_number, records_table
 
 MET = {True: "yes", False: "NO", None: "-"}
@@ -37,6 +37,17 @@ def record(name: str, ours: float, peer: float, unit: str, goal: float | None, g
 def write_json(path: str | Path, payload: dict) -> None:
     """A bench script's ``--json`` output: its records and details (non-JSON values as text)."""
     atomic_write_text(path, json.dumps(payload, indent=2, default=str) + "\n")  # a failed dump keeps the old file
+
+
+def check_json_target(path: str | Path | None, model: str | Path | None = None) -> None:
+    """Before a benchmark runs (minutes): ValueError when ``--json`` cannot become a file, or lies in ``--model``'s
+    folder, whose files it would replace (``--json MODEL/pipeline.yaml`` wrote the results over the model's
+    config). None passes."""
+    if path is None:
+        return
+    check_file_target(path, "--json")
+    if model is not None and Path(model).resolve() in Path(path).resolve().parents:
+        raise ValueError(f"--json {str(path)!r} lies in --model {str(model)!r}: give a path outside the model")
 
 
 def goal_text(record: Mapping[str, Any]) -> str:

@@ -20,7 +20,6 @@ measurements must live in the one script that runs inside the bench venv.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -30,7 +29,8 @@ import time
 from dataclasses import asdict
 from typing import TYPE_CHECKING
 
-from bench.table import format_table, record, write_json
+from bench.table import check_json_target, format_table, record, write_json
+from core.cli import CliParser, run_cli
 
 if TYPE_CHECKING:
     from tokenizer import TokenizerConfig
@@ -371,10 +371,15 @@ def run_detailed(quick: bool = False, ours: str = "default") -> tuple[list[dict]
 
 
 def main(argv: list[str] | None = None) -> int:
+    """0, or 2 with one ``error:`` line on bad input or without the peer installed."""
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--child"]:  # internal: one measurement in a fresh process
         return child_main(argv[1:])
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    return run_cli(_main, argv)
+
+
+def _main(argv: list[str]) -> int:
+    parser = CliParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--quick", action="store_true", help="1 warm-up + 2 timed calls per side and phase (default 1 + 5)"
     )
@@ -383,12 +388,11 @@ def main(argv: list[str] | None = None) -> int:
         "--ours", choices=sorted(OURS_PRESETS), default="narrow-stem", help="our config (default: %(default)s)"
     )
     args = parser.parse_args(argv)
-
+    check_json_target(args.json)
     try:
         records, details = run_detailed(quick=args.quick, ours=args.ours)
     except PeerUnavailable as err:
-        print(f"tokenizer_throughput: magvit2-pytorch does not import here ({err}); {SETUP_HINT}", file=sys.stderr)
-        return 2
+        raise ValueError(f"magvit2-pytorch does not import here ({err}); {SETUP_HINT}") from None
     timing = [d for d in details if d["kind"] == "time"]
     print(
         f"tokenizer throughput, ours={args.ours}, CPU fp32, torch {timing[0]['torch']}, "

@@ -53,7 +53,7 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 import numpy as np
 import torch
 
-from bench.table import format_table, record, write_json
+from bench.table import check_json_target, format_table, record, write_json
 from core.cli import CliParser, int_at_least, run_cli
 from core.config import build_config
 from generator import Generator, generator_loss, processed_length, train_flops_per_clip
@@ -282,6 +282,7 @@ def _main(argv: Sequence[str] | None) -> int:
         "--profile", type=int_at_least(0), default=0, metavar="STEPS", help="also cProfile STEPS steps of each side"
     )
     args = parser.parse_args(argv)
+    check_json_target(args.json)  # before the benchmark, not after it
     warnings.filterwarnings("ignore")
     if args.threads is not None:
         torch.set_num_threads(args.threads)

@@ -144,3 +144,40 @@ def test_a_benchmark_child_killed_without_a_message_is_a_skipped_row_not_a_crash
     failed = subprocess.run([sys.executable, "-c", "raise SystemExit('error: bad')"], check=False, capture_output=True,
                             text=True)  # fmt: skip
     assert failure_line(failed) == "error: bad"
+
+
+def test_a_measured_wall_time_ends_when_the_child_exits_not_at_the_next_sample():
+    """The sampler slept a whole interval before it saw the exit: every wall time held up to 50 ms too much (with
+    this 5 s interval the 0.1 s child measured over 5 s)."""
+    from bench.measure import run_measured
+
+    m = run_measured([sys.executable, "-c", "import time; time.sleep(0.1)"], interval=5.0)
+    assert m.proc.returncode == 0 and m.seconds < 2.5, m.seconds
+    assert m.peak_rss_mib > 0  # MiB (2**20 bytes), which the records labelled MB
+
+
+@pytest.mark.parametrize("module", ["bench.generate_cli", "bench.serve_latency", "bench.cache_throughput",
+                                    "bench.tokenizer_throughput", "bench.decoding_products"])  # fmt: skip
+def test_every_bench_script_checks_json_and_flags_before_it_measures(module, tmp_path, monkeypatch, capsys):
+    """--json was written after the whole run (a folder was a traceback after minutes); --json MODEL/pipeline.yaml
+    replaced the model's config with the results; a bad flag printed usage plus an error (two lines)."""
+    import importlib
+
+    bench = importlib.import_module(module)
+    for name in ("run", "run_detailed"):
+        if hasattr(bench, name):
+            monkeypatch.setattr(bench, name, lambda *a, **k: pytest.fail("measured before checking its arguments"))
+    (tmp_path / "folder.json").mkdir()
+    cases = [(["--json", str(tmp_path / "folder.json")], "--json"), (["--bogus"], "unrecognized arguments")]
+    if module in ("bench.generate_cli", "bench.serve_latency"):
+        model = tmp_path / "model"
+        model.mkdir()
+        (model / "pipeline.yaml").write_text("mine\n")
+        cases.append((["--model", str(model), "--json", str(model / "pipeline.yaml")], "lies in --model"))
+    for argv, message in cases:
+        capsys.readouterr()
+        assert bench.main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and message in err, err
+    if module in ("bench.generate_cli", "bench.serve_latency"):
+        assert (tmp_path / "model" / "pipeline.yaml").read_text() == "mine\n"
