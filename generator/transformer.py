@@ -24,7 +24,7 @@ from core.weights import WEIGHTS_NAME, load_config, load_state, load_strict, sav
 from generator.conditioning import Condition, ConditionEmbedder
 from generator.kv_cache import KVCache
 from generator.layers import Attention, DecodingLinear, RMSNorm, Rope3d, SwiGLU, decoding_layout_
-from generator.units import ORDERS, unit_extent
+from generator.units import ORDERS, make_layout, unit_extent
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -93,6 +93,13 @@ class GeneratorConfig:
         if self.dim % self.num_heads or (self.dim // self.num_heads) % 2 or self.dim // self.num_heads < 6:
             # below 6, 3D RoPE gives h and w no frequency pair: every position of a frame looks the same
             raise ValueError(f"dim {self.dim} / num_heads {self.num_heads} must give an even head size of at least 6")
+        if self.style == "ar" and not self.target_positions:
+            layouts = {tuple(make_layout(self.max_grid, o, self.cube_size).perm.tolist()) for o in self.orders}
+            if len(layouts) > 1:  # the same inputs at the same positions would be asked for different next tokens
+                raise ValueError(
+                    f"GPT-style orders {list(self.orders)} lay tokens out differently: one model learns them all only "
+                    "with target_positions: true (each input then knows the position it predicts)"
+                )
 
     def weights_identity(self) -> dict:
         """The fields that define the weights and what they mean: all but the runtime choices (attention backend,

@@ -45,7 +45,9 @@ def make_tiny_pipeline(
         **({"text_dim": 32, "max_text_len": 48} if text else {"num_classes": num_classes}),
     )
     gens = {
-        "ar": Generator(GeneratorConfig(style="ar", orders=("token", "cube", "frame"), **common)),
+        "ar": Generator(
+            GeneratorConfig(style="ar", orders=("token", "cube", "frame"), target_positions=True, **common)
+        ),
         "maskgit": Generator(GeneratorConfig(style="maskgit", orders=("clip", "frame", "cube"), **common)),
     }
     cfg = PipelineConfig(

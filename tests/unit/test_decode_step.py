@@ -18,8 +18,9 @@ from generator.sampling.context import DecodeContext, StepTables
 GRID = (3, 4, 4)
 
 
-def text_model(target_positions: bool) -> Generator:
-    cfg = GeneratorConfig(style="ar", orders=("token", "cube", "frame"), vocab_size=64, max_grid=GRID, dim=32,
+def text_model(target_positions: bool, orders: tuple[str, ...] = ("token", "cube", "frame")) -> Generator:
+    """Without target positions a GPT-style model serves one layout: give it one order."""
+    cfg = GeneratorConfig(style="ar", orders=orders, vocab_size=64, max_grid=GRID, dim=32,
                           depth=2, num_heads=2, cond="text", text_dim=12, max_text_len=6, text_pooled=True,
                           target_positions=target_positions)  # fmt: skip
     torch.manual_seed(0)
@@ -108,7 +109,7 @@ def test_decoding_linear_keeps_gradients_flowing():
 def test_step_logits_equal_the_general_forward_pass(target_positions, cfg, order):
     """Teacher-forced over a whole video, every one-token step's logits equal those of the forward pass: same
     rotary position, target position, padding mask and guidance (mixed before the head instead of after)."""
-    m = text_model(target_positions)
+    m = text_model(target_positions, ("token", "cube", "frame") if target_positions else (order,))
     cond = padded_text(2)
     sc = SamplingConfig(cfg_scale=cfg[0], cfg_schedule=cfg[1])
     layout = make_layout(GRID, order, m.config.cube_size)
@@ -138,7 +139,7 @@ def test_step_logits_equal_the_general_forward_pass(target_positions, cfg, order
 
 
 def test_step_logits_need_a_filled_cache():
-    m = text_model(False)
+    m = text_model(False, ("token",))
     layout = make_layout(GRID, "token", m.config.cube_size)
     ctx = DecodeContext(m, padded_text(2), SamplingConfig(), max_tokens=4)
     with pytest.raises(ValueError, match="filled"):

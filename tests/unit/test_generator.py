@@ -25,7 +25,10 @@ MG_ORDERS = ("token", "cube", "frame", "clip")
 
 
 def tiny(style: str, **kw) -> Generator:
-    orders = AR_ORDERS if style == "ar" else MG_ORDERS
+    """Without target positions a GPT-style model serves one layout: token and frame (the same raster), unless
+    ``orders`` says otherwise; :func:`tiny_all` gives one that serves every order."""
+    default = AR_ORDERS if kw.get("target_positions") else ("token", "frame")
+    orders = kw.pop("orders", default if style == "ar" else MG_ORDERS)
     cfg = GeneratorConfig(
         style=style,
         orders=orders,
@@ -40,6 +43,11 @@ def tiny(style: str, **kw) -> Generator:
     )
     torch.manual_seed(0)
     return Generator(cfg).eval()
+
+
+def tiny_all(style: str, **kw) -> Generator:
+    """A model that samples and trains every order of its style (GPT-style: with target positions)."""
+    return tiny(style, **({"target_positions": True} if style == "ar" else {}), **kw)
 
 
 def cond2():
@@ -106,7 +114,7 @@ def test_samplers_put_each_prediction_at_its_own_position(style, order, monkeypa
     monkeypatch.setattr(DecodeContext, "logits", logits)
     monkeypatch.setattr(DecodeContext, "step_logits", step_logits)
     sc = SamplingConfig(temperature=0.0, steps=3, choice_temperature=0.0, cfg_scale=1.0)
-    ids = sampler(style)(tiny(style), cond2(), GRID, order=order, sampling=sc)
+    ids = sampler(style)(tiny_all(style), cond2(), GRID, order=order, sampling=sc)
     t, h, w = torch.meshgrid(*(torch.arange(n) for n in GRID), indexing="ij")
     assert torch.equal(ids, code(torch.stack([t, h, w], -1).view(-1, 3)).view(1, *GRID).expand(2, -1, -1, -1))
 
@@ -188,7 +196,7 @@ def test_samplers_refuse_grids_longer_than_trained(style, order):
 def test_samplers_with_and_without_cache_agree(style, order, monkeypatch):
     """Multi-unit orders only: a single unit (order 'clip') never uses a cache, so it would compare a path to itself.
     ``use_cache=False`` must really recompute: no forward pass of that run gets a cache."""
-    m = tiny(style)
+    m = tiny_all(style)
     caches = []
     original = Generator.forward
 
@@ -306,7 +314,7 @@ def test_unsupported_order_and_style():
 
 def test_objective_runs_for_every_order_and_gradients_flow():
     for style, orders in (("ar", AR_ORDERS), ("maskgit", MG_ORDERS)):
-        m = tiny(style).train()
+        m = tiny_all(style).train()
         for order in orders:
             m.zero_grad()
             out = generator_loss(
@@ -379,7 +387,7 @@ def test_target_positions_train_in_every_order():
 def test_the_condition_prefix_is_computed_once_per_video(style, order, monkeypatch):
     """Every order, unit 0 and 'clip' included: the prefix is embedded once, and the result is what
     recomputing everything at every step gives."""
-    m = tiny(style)
+    m = tiny_all(style)
     calls = []
     original = m.cond_emb.forward
     monkeypatch.setattr(m.cond_emb, "forward", lambda cond: calls.append(1) or original(cond))
@@ -563,3 +571,13 @@ def test_forward_refuses_inputs_it_cannot_take_in_one_line():
     for bad in (ids.float(), torch.zeros(2, 0, dtype=torch.long), torch.zeros(2, 3, 1, dtype=torch.long)):
         with pytest.raises(ValueError, match="ids must be"):
             m(bad, cond2(), coords=coords, mask=mask, targets=layout.coords[1:4])
+
+
+def test_a_gpt_style_model_without_target_positions_serves_one_layout():
+    """token and cube orders without target positions were accepted: at position 2 both give the model the same
+    inputs at the same rotary positions but ask for different grid cells, so training averaged two targets."""
+    with pytest.raises(ValueError, match=r"lay tokens out differently: one model learns them all only with"):
+        GeneratorConfig(style="ar", orders=("token", "cube"), max_grid=GRID, dim=32, num_heads=2)
+    GeneratorConfig(style="ar", orders=("token", "frame"), max_grid=GRID, dim=32, num_heads=2)  # one raster
+    GeneratorConfig(style="ar", orders=("token", "cube"), max_grid=GRID, dim=32, num_heads=2, target_positions=True)
+    GeneratorConfig(style="ar", orders=("frame", "cube"), cube_size=(1, 1, 1), max_grid=GRID, dim=32, num_heads=2)

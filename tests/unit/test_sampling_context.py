@@ -7,7 +7,7 @@ import torch
 from generator import Condition, make_layout
 from generator.sampling import SamplingConfig, sample_ar, sample_maskgit
 from generator.sampling.context import context_sequence
-from tests.unit.test_generator import GRID, cond2, sampler, tiny
+from tests.unit.test_generator import GRID, cond2, sampler, tiny, tiny_all
 
 CASES = [("ar", "token"), ("ar", "frame"), ("ar", "cube"), ("maskgit", "frame"), ("maskgit", "cube"),
          ("maskgit", "token"), ("maskgit", "clip")]  # fmt: skip
@@ -20,7 +20,7 @@ def context_ids(t_c: int) -> torch.Tensor:
 @pytest.mark.parametrize("style,order", CASES)
 @pytest.mark.parametrize("t_c", [1, 2])
 def test_context_is_kept_and_cache_equals_recomputation(style, order, t_c):
-    m, ctx = tiny(style), context_ids(t_c)
+    m, ctx = tiny_all(style), context_ids(t_c)
     sc = SamplingConfig(temperature=1.0, steps=3, cfg_scale=2.0, top_k=20)
     kw = dict(order=order, context=ctx, sampling=sc)
     a = sampler(style)(m, cond2(), GRID, generator=torch.Generator().manual_seed(3), **kw)
@@ -121,7 +121,7 @@ def test_gpt_style_continues_token_by_token_inside_a_cube():
     grid = (4, 4, 4)
     ctx = torch.randint(0, 64, (2, 1, 4, 4), generator=torch.Generator().manual_seed(7))
     for style in ("ar", "maskgit"):
-        cfg = dataclasses.replace(tiny(style).config, cube_size=(2, 4, 4), max_grid=grid)
+        cfg = dataclasses.replace(tiny_all(style).config, cube_size=(2, 4, 4), max_grid=grid)
         torch.manual_seed(0)
         m = Generator(cfg).eval()
         if style == "maskgit":

@@ -14,7 +14,7 @@ from generator.sampling import DecodeContext, SamplingConfig, sample_ar, sample_
 from generator.sampling.filtering import filter_logits, sample_logits
 from generator.schedules import gamma, num_masked_after_step
 from tests.helpers.refusals import refused_exactly
-from tests.unit.test_generator import GRID, cond2, tiny
+from tests.unit.test_generator import GRID, cond2, tiny, tiny_all
 
 
 def kept(logits: torch.Tensor) -> set[int]:
@@ -306,7 +306,7 @@ def test_samplers_lay_cube_order_out_with_the_models_cube_size(style, monkeypatc
 
     from generator import Generator, make_layout
 
-    cfg = dataclasses.replace(tiny(style).config, cube_size=(1, 4, 2))
+    cfg = dataclasses.replace(tiny_all(style).config, cube_size=(1, 4, 2))
     torch.manual_seed(0)
     m = Generator(cfg).eval()
     calls = _spy_logits(monkeypatch)

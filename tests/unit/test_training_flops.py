@@ -24,7 +24,7 @@ ORDERS = {"ar": ("token", "cube", "frame"), "maskgit": ("token", "cube", "frame"
 def tiny(style: str) -> Generator:
     cfg = GeneratorConfig(
         style=style, orders=ORDERS[style], vocab_size=64, max_grid=GRID, dim=32, depth=2, num_heads=2,
-        cube_size=(1, 2, 2), cond="class", num_classes=5,
+        cube_size=(1, 2, 2), cond="class", num_classes=5, target_positions=style == "ar",
     )  # fmt: skip
     torch.manual_seed(0)
     return Generator(cfg)

@@ -15,7 +15,7 @@ from generator.sampling import DecodeContext, SamplingConfig
 from generator.sampling.ar import START_COORDS
 from generator.schedules import gamma, training_mask
 from generator.units import causal_mask
-from tests.unit.test_generator import GRID, cond2, tiny
+from tests.unit.test_generator import GRID, cond2, tiny, tiny_all
 from videotrain.ema import EMA
 from videotrain.guards import GradientCheck, NonFiniteGuard, StopSignals
 
@@ -403,7 +403,7 @@ def test_condition_dropout_drops_that_share_of_rows_keeps_earlier_drops_and_the_
 def test_generator_loss_checks_and_draws_every_configured_order(monkeypatch):
     import generator.objectives as objectives
 
-    m = tiny("ar")
+    m = tiny_all("ar")
     ids = torch.randint(0, 64, (2, *GRID), generator=torch.Generator().manual_seed(0))
     with pytest.raises(ValueError, match=r"objective orders \['clip'\] are not among the model's orders"):
         generator_loss(m, ids, cond2(), ObjectiveConfig(orders=("clip",)))
