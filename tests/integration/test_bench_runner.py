@@ -146,13 +146,22 @@ def test_a_benchmark_child_killed_without_a_message_is_a_skipped_row_not_a_crash
     assert failure_line(failed) == "error: bad"
 
 
-def test_a_measured_wall_time_ends_when_the_child_exits_not_at_the_next_sample():
-    """The sampler slept a whole interval before it saw the exit: every wall time held up to 50 ms too much (with
-    this 5 s interval the 0.1 s child measured over 5 s)."""
-    from bench.measure import run_measured
+def test_a_measured_wall_time_ends_when_the_child_exits_not_at_the_next_sample(monkeypatch):
+    """The sampler slept a whole interval before it looked again, so every wall time held up to 50 ms after the
+    child's exit. It now waits on the child with the interval as a timeout, returning as the child exits; a sleep
+    between samples fails here (no clock is compared)."""
+    import bench.measure as measure
 
-    m = run_measured([sys.executable, "-c", "import time; time.sleep(0.1)"], interval=5.0)
-    assert m.proc.returncode == 0 and m.seconds < 2.5, m.seconds
+    real_sleep = measure.time.sleep
+
+    def sleep(seconds):  # subprocess's own timed wait sleeps in steps of a few ms; the old loop slept the interval
+        if seconds >= 0.5:
+            pytest.fail(f"slept the whole {seconds} s interval between samples")
+        real_sleep(seconds)
+
+    monkeypatch.setattr(measure.time, "sleep", sleep)
+    m = measure.run_measured([sys.executable, "-c", "import time; time.sleep(0.1)"], interval=0.5)
+    assert m.proc.returncode == 0 and m.samples
     assert m.peak_rss_mib > 0  # MiB (2**20 bytes), which the records labelled MB
 
 
