@@ -137,9 +137,20 @@ class Rope3d(nn.Module):
         pairs = head_dim // 2
         hw = pairs // 3
         self.split = (pairs - 2 * hw, hw, hw)  # frequency pairs for t, h, w
-        for axis, n in zip("thw", self.split):
-            inv = 1.0 / base ** (torch.arange(n, dtype=torch.float64) / max(n, 1))
+        # float64 masters on the CPU: the buffers are rebuilt from them after every move or cast (``_apply``), so
+        # ``model.to(torch.bfloat16)`` does not round the frequencies to 8 bits and every angle with them.
+        self._masters = {
+            axis: 1.0 / base ** (torch.arange(n, dtype=torch.float64) / max(n, 1)) for axis, n in zip("thw", self.split)
+        }
+        for axis, inv in self._masters.items():
             self.register_buffer(f"inv_{axis}", inv.float(), persistent=False)
+
+    def _apply(self, fn, recurse=True):  # noqa: ANN001, ANN202 - torch's own signature
+        super()._apply(fn, recurse)
+        for axis, inv in self._masters.items():
+            device = getattr(self, f"inv_{axis}").device
+            setattr(self, f"inv_{axis}", inv.to(device=device, dtype=torch.float32))
+        return self
 
     def angles(self, coords: torch.Tensor) -> torch.Tensor:
         """(N, 3) long coordinates -> (N, head_dim/2) rotation angles (0 for prefix tokens)."""

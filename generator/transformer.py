@@ -238,7 +238,8 @@ class Generator(nn.Module):
             ids: (B, N) token ids (codes, ``mask_id`` or ``start_id``).
             cond: the condition (B rows).
             cache: optional static KV cache.
-            coords: (N, 3) long (t, h, w) position of each new token (for 3D RoPE).
+            coords: (N, 3) long (t, h, w) position of each new token (for 3D RoPE), inside ``max_grid``; -1 on
+                every axis for the start token, which stays unrotated.
             mask: (N, N) bool, True where new token i may attend new token j.
             targets: (N, 3) long (t, h, w) position each new token predicts; needed (and only used)
                 with ``config.target_positions``.
@@ -255,6 +256,11 @@ class Generator(nn.Module):
             raise ValueError(
                 f"coords must be ({N}, 3) and mask ({N}, {N}), got {tuple(coords.shape)} and {tuple(mask.shape)}"
             )
+        if coords.dtype.is_floating_point or coords.dtype == torch.bool:
+            raise ValueError(f"coords must be integer (t, h, w) positions, got {coords.dtype}")
+        inside = (coords >= 0) & (coords < coords.new_tensor(self.config.max_grid))  # (N, 3)
+        if not bool((inside.all(1) | (coords == -1).all(1)).all()):  # rotations never trained, silently
+            raise ValueError(f"coords must lie in the grid {tuple(self.config.max_grid)}, or be -1 on every axis")
         if mask.dtype != torch.bool:  # a 0/1 float mask would be added to the scores as a bias, masking nothing
             raise ValueError(f"mask must be a bool tensor (True where attention is allowed), got {mask.dtype}")
         lo, hi = torch.aminmax(ids)

@@ -415,7 +415,7 @@ def test_decoding_layout_keeps_values_outputs_and_the_state_dict():
     m = tiny("ar")
     state = {k: v.clone() for k, v in m.state_dict().items()}
     ids = torch.randint(0, 64, (2, 5))
-    coords, mask = make_layout((1, 1, 5), "token").coords, torch.ones(5, 5, dtype=torch.bool).tril()
+    coords, mask = make_layout((1, 2, 4), "token").coords[:5], torch.ones(5, 5, dtype=torch.bool).tril()
     with torch.no_grad():
         before = m(ids, cond2(), coords=coords, mask=mask)
         m.decoding_layout_()
@@ -469,7 +469,7 @@ def test_xformers_backend_falls_back_to_sdpa_off_cuda():
     xf = Generator(dataclasses.replace(sdpa.config, attention_backend="xformers"))
     xf.load_state_dict(sdpa.state_dict())
     ids = torch.randint(0, 64, (2, 5))
-    coords, mask = make_layout((1, 1, 5), "token").coords, torch.ones(5, 5, dtype=torch.bool).tril()
+    coords, mask = make_layout((1, 2, 4), "token").coords[:5], torch.ones(5, 5, dtype=torch.bool).tril()
     with torch.no_grad():
         assert torch.equal(xf(ids, cond2(), coords=coords, mask=mask), sdpa(ids, cond2(), coords=coords, mask=mask))
 
@@ -571,6 +571,29 @@ def test_forward_refuses_inputs_it_cannot_take_in_one_line():
     for bad in (ids.float(), torch.zeros(2, 0, dtype=torch.long), torch.zeros(2, 3, 1, dtype=torch.long)):
         with pytest.raises(ValueError, match="ids must be"):
             m(bad, cond2(), coords=coords, mask=mask, targets=layout.coords[1:4])
+    # coordinates outside the grid were rotated by angles the model never saw, silently; a start row is -1 in full
+    for bad in ([[0, 0, 0], [0, 4, 0], [0, 0, 1]], [[0, 0, 0], [-1, 0, 0], [0, 0, 1]], [[3, 0, 0]] * 3):
+        with pytest.raises(ValueError, match=r"coords must lie in the grid \(3, 4, 4\)"):
+            m(ids, cond2(), coords=torch.tensor(bad), mask=mask, targets=layout.coords[1:4])
+    with pytest.raises(ValueError, match="coords must be integer"):
+        m(ids, cond2(), coords=coords.float(), mask=mask, targets=layout.coords[1:4])
+    start = torch.cat([torch.full((1, 3), -1), layout.coords[:2]])
+    assert m(ids, cond2(), coords=start, mask=mask, targets=layout.coords[:3]).shape == (2, 3, 64)
+
+
+def test_rotary_frequencies_stay_float32_when_the_model_is_cast():
+    """``.to(bfloat16)`` rounded the inverse frequencies to 8 bits (e.g. 0.3162 -> 0.3164): every rotary angle of a
+    bf16 model was off, by up to 0.02 rad at the grid's far edge, against the fp32 model it was made from."""
+    m32 = tiny("ar")
+    for dtype in (torch.bfloat16, torch.float16):
+        m = tiny("ar").to(dtype)
+        for axis in "thw":
+            ref, got = getattr(m32.rope, f"inv_{axis}"), getattr(m.rope, f"inv_{axis}")
+            assert got.dtype == torch.float32 and torch.equal(got, ref)
+        coords = make_layout(GRID, "token").coords
+        assert torch.equal(m.rope.angles(coords), m32.rope.angles(coords))
+    m = tiny("ar").to(torch.bfloat16).float()  # and back: not the rounded values cast up
+    assert torch.equal(m.rope.inv_h, m32.rope.inv_h)
 
 
 def test_a_gpt_style_model_without_target_positions_serves_one_layout():
