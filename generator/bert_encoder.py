@@ -137,6 +137,22 @@ class BertModel(nn.Module):
         return model.float().eval()
 
 
+def bert_normalizer(path: Path) -> Any:
+    """The normalizer ``transformers``' BertTokenizer builds: from ``tokenizer_config.json``'s ``do_lower_case``,
+    ``strip_accents`` and ``tokenize_chinese_chars`` (its defaults where absent), not from ``tokenizer.json``,
+    whose own normalizer it replaces. A cased checkpoint whose ``tokenizer.json`` still lowercases is read cased."""
+    from tokenizers import normalizers
+
+    config_file = path / "tokenizer_config.json"
+    config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+    return normalizers.BertNormalizer(
+        clean_text=True,
+        handle_chinese_chars=bool(config.get("tokenize_chinese_chars", True)),
+        strip_accents=config.get("strip_accents"),
+        lowercase=bool(config.get("do_lower_case", True)),
+    )
+
+
 class BertTokenizer:
     """``tokenizer.json`` through the ``tokenizers`` library, with the calls TextEncoder makes."""
 
@@ -146,6 +162,7 @@ class BertTokenizer:
         from tokenizers import Tokenizer
 
         self._tok = Tokenizer.from_file(str(path / "tokenizer.json"))
+        self._tok.normalizer = bert_normalizer(path)
         self._tok.no_padding()
         self._tok.no_truncation()
         self.pad_token_id = self._tok.token_to_id("[PAD]")

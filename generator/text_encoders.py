@@ -297,7 +297,7 @@ class BertTextEncoder(TextEncoder):
             raise ValueError(
                 f"max_length={config.max_length} exceeds the {max_positions} positions of the model in {str(path)!r}"
             )
-        if model_type == "bert" and (path / "tokenizer.json").is_file():
+        if model_type == "bert" and (path / "tokenizer.json").is_file() and _bert_tokenizer_class(path):
             model, tokenizer = BertModel.load(path), BertTokenizer(path)  # no transformers import
         else:
             from transformers import AutoModel
@@ -306,6 +306,13 @@ class BertTextEncoder(TextEncoder):
             tokenizer = load_tokenizer(path)
         check_vocab(tokenizer, model, path)
         return cls(model, tokenizer, config)
+
+
+def _bert_tokenizer_class(path: Path) -> bool:
+    """Whether ``AutoTokenizer`` would build BERT's own tokenizer here, the one :class:`BertTokenizer` mirrors."""
+    config_file = path / "tokenizer_config.json"
+    config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+    return config.get("tokenizer_class") in (None, "BertTokenizer", "BertTokenizerFast")
 
 
 TEXT_ENCODERS: dict[str, type[TextEncoder]] = {"t5": T5TextEncoder, "bert": BertTextEncoder}

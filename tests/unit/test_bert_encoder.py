@@ -61,3 +61,25 @@ def test_loading_minilm_does_not_import_transformers():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("settings", [{"do_lower_case": False}, {"strip_accents": False}, {}])
+def test_tokenizer_config_casing_is_read_as_transformers_reads_it(tmp_path, settings):
+    """The fast path read casing and accents from ``tokenizer.json``'s normalizer only; transformers rebuilds it from
+    ``tokenizer_config.json``. A cased checkpoint (do_lower_case false) got lowercased ids from one and [UNK] from the
+    other, so a generator trained through one loader was prompted through another's ids."""
+    import json
+    import shutil
+
+    from generator.bert_encoder import BertTokenizer
+
+    src = minilm.get_model_path()
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        shutil.copy(src / name, tmp_path / name)
+    config = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({**config, **settings}))
+    prompts = ["Moving leftward, a small RED square", "café naïve", "a red circle"]
+    ours, reference = BertTokenizer(tmp_path)(prompts)["input_ids"], load_tokenizer(tmp_path)(prompts)["input_ids"]
+    assert ours == reference
+    if settings.get("do_lower_case") is False:
+        assert 100 in ours[0]  # [UNK]: the uncased vocabulary has no "RED"
