@@ -355,6 +355,7 @@ def test_bad_input_raises_value_error(name: str) -> None:
     [
         (FSQConfig, dict(levels=(1, 5))),
         (FSQConfig, dict(levels=())),
+        (FSQConfig, dict(levels=(8, 1002))),  # its two outermost values were never produced, yet counted as codes
         (LFQConfig, dict(dim=0)),
         (BSQConfig, dict(entropy_group_size=0)),
         (LFQConfig, dict(entropy_temperature=0.0)),
@@ -633,3 +634,41 @@ def test_vq_dead_codes_k_and_k_plus_n_restart_on_different_latents() -> None:
     assert q(z).stats["restarted"] == 2
     rows = torch.cdist(q.ema_embed_sum[[1, 5]] / q.ema_cluster_size[[1, 5], None], flat(z)).argmin(dim=1)
     assert rows[0] != rows[1]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_nan_latent_gives_valid_ids_and_a_nan_loss_or_codes(name: str) -> None:
+    """FSQ cast a NaN latent to int64's minimum digit, and its usage bincount raised: one overflow in the encoder
+    stopped the run, where the trainer's guard drops a batch whose loss is not finite. Every quantizer must return
+    ids in range and let the NaN through, to the codes or a loss."""
+    q = make(name).train()
+    z = latent(q)
+    z[0, :, 0, 0, 0] = float("nan")
+    out = q(z)
+    assert int(out.ids.min()) >= 0 and int(out.ids.max()) < q.codebook_size
+    assert not out.codes.isfinite().all() or any(not v.isfinite() for v in out.losses.values())
+
+
+def test_vq_ema_state_stays_float32_when_the_module_is_cast() -> None:
+    """``.to(bfloat16)`` cast the EMA counts and sums: a 1% step below half a bf16 rounding step was lost, so the
+    counts stalled (206 of a true 256 a step); in fp16 their sum overflowed past 65,504 and every code became NaN.
+    Here one code takes all 256 latents a step, from a count of 230: each step adds 0.26, under bf16's half step of
+    0.5 there, so the old bf16 count stayed at 230 while the fp32 one rose to 234.7 in 20 steps."""
+    z = torch.randn(4, 3, 1, 8, 8, generator=torch.Generator().manual_seed(0))  # 256 latents
+    ref = ema_vq(codebook_size=1, ema_decay=0.99).train()
+    ref.ema_cluster_size.fill_(230.0)
+    for dtype in (torch.bfloat16, torch.float16):
+        q = ema_vq(codebook_size=1, ema_decay=0.99).to(dtype).train()
+        assert q.ema_cluster_size.dtype == q.ema_embed_sum.dtype == torch.float32 and q.codebook.dtype == dtype
+        q.ema_cluster_size.fill_(230.0)
+        for _ in range(20):
+            q(z.to(dtype))
+        assert float(q.ema_cluster_size) > 234.0
+    for _ in range(20):
+        ref(z)
+    assert abs(float(q.ema_cluster_size - ref.ema_cluster_size)) < 0.01
+    q = ema_vq(codebook_size=4).half().train()
+    q.ema_cluster_size.fill_(30_000.0)  # sums to 120,000, above fp16's 65,504
+    q(z.half())
+    assert q.codebook.isfinite().all()
+    assert q.float().ema_cluster_size.dtype == torch.float32

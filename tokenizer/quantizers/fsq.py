@@ -25,6 +25,7 @@ from einops import rearrange
 from tokenizer.quantizers.base import Quantizer, QuantizerOutput, check_ids, check_latent, usage_stats
 
 BOUND_EPS = 1e-3  # keeps the bounded range strictly inside the rounding cells
+MAX_LEVEL = 1001  # with more values per channel the shrunken range no longer reaches the outermost integers
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -49,6 +50,8 @@ class FSQConfig:
             raise ValueError(f"FSQConfig.levels must be a non-empty tuple of ints >= 2, got {self.levels}")
         if not (self.bound_loss_weight >= 0 and self.bound_range > 0):  # written so that NaN fails too
             raise ValueError("FSQConfig.bound_loss_weight must be >= 0 and bound_range > 0")
+        if any(level > MAX_LEVEL for level in self.levels):  # (L - 1) * BOUND_EPS > 1: the outermost never appear
+            raise ValueError(f"FSQConfig.levels must be at most {MAX_LEVEL} each, got {self.levels}")
         if math.prod(self.levels) >= 2**62:
             raise ValueError(f"FSQConfig.levels {self.levels} give a codebook too large for int64 ids")
 
@@ -108,7 +111,9 @@ class FSQ(Quantizer):
         check_latent(z, self.dim, "FSQ")
         bounded = self.bound(z)
         rounded = bounded.round()
-        ids = self._digits_to_ids(rounded.long() + _per_channel(self.half_width))
+        # A NaN latent (an overflow upstream) gets the middle digit, so the ids stay valid and its NaN codes reach the
+        # loss, where the trainer drops the batch; NaN cast to long was int64's minimum, and bincount stopped the run.
+        ids = self._digits_to_ids(rounded.nan_to_num(0.0).long() + _per_channel(self.half_width))
         codes = (bounded + (rounded - bounded).detach()) / _per_channel(self.half_width)
         losses = {}
         if self.config.bound_loss_weight > 0:

@@ -109,6 +109,20 @@ class VQ(Quantizer):
             self.codebook = nn.Parameter(init)
         self.register_buffer("ema_cluster_size", torch.ones(config.codebook_size))  # (K,)
 
+    _FP32_STATE = ("ema_cluster_size", "ema_embed_sum")
+
+    def _apply(self, fn, recurse=True):  # noqa: ANN001, ANN202 - torch's own signature
+        """Moves the EMA state with the module but never casts it: in bf16 a 1% step smaller than half a rounding step
+        was lost (the averages stalled short of the data), and in fp16 the summed counts passed 65,504 and turned
+        every code to NaN. The codebook follows the module's dtype; the EMA update computes it in fp32."""
+        kept = {name: getattr(self, name) for name in self._FP32_STATE if hasattr(self, name)}
+        super()._apply(fn, recurse)
+        for name, old in kept.items():
+            new = getattr(self, name)
+            if new.dtype != old.dtype:
+                setattr(self, name, old.to(device=new.device))
+        return self
+
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
         """Quantizes a latent; in training mode also updates the codebook state.
 
