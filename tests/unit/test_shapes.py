@@ -212,6 +212,52 @@ def test_overwriting_a_dataset_leaves_none_of_its_clips(tmp_path):
     assert not [p for p in out.iterdir() if p.name.startswith(".clips")]
 
 
+def test_rerunning_an_interrupted_render_leaves_none_of_its_clips(tmp_path, monkeypatch):
+    """Old clips were cleared only when manifest.jsonl existed: a render stopped at clip 5, rerun with 2 clips (with
+    or without --overwrite), kept clips 2-4 beside the new manifest."""
+    out, real = tmp_path / "d", dataset._write_png_folder
+
+    def fail_at_5(folder, frames):
+        if folder.name == "000005":
+            raise OSError("disk full")
+        real(folder, frames)
+
+    monkeypatch.setattr(dataset, "_write_png_folder", fail_at_5)
+    with pytest.raises(OSError, match="disk full"):
+        render_dataset(out, 6, format="png", num_workers=1)
+    monkeypatch.setattr(dataset, "_write_png_folder", real)
+    assert len(list((out / "clips").iterdir())) >= 5
+    render_dataset(out, 2, format="png")
+    assert sorted(p.name for p in (out / "clips").iterdir()) == ["000000", "000001"]
+
+
+def test_a_symlinked_clips_folder_is_refused_before_anything_is_deleted(tmp_path):
+    """rmtree raised on the link (a traceback, exit 1) after the old manifests were already deleted."""
+    out, elsewhere = tmp_path / "d", tmp_path / "elsewhere"
+    render_dataset(out, 2, format="png")
+    (out / "clips").rename(elsewhere)
+    (out / "clips").symlink_to(elsewhere)
+    with pytest.raises(ValueError, match="is a symbolic link to clips that rendering would replace"):
+        render_dataset(out, 2, format="png", overwrite=True)
+    assert (out / "manifest.jsonl").is_file() and sorted(p.name for p in elsewhere.iterdir()) == ["000000", "000001"]
+
+
+def test_seeds_beyond_32_bits_and_an_all_held_out_render_are_refused(tmp_path):
+    """numpy splits a seed into 32-bit words: clip 0 of seed 2**32 + 5 was clip 1 of seed 5, the same draws. And a
+    holdout covering every class of a short render wrote an empty manifest.jsonl and exited 0."""
+    spec = lambda i, seed: dataset.clip_spec(i, seed)[0]  # noqa: E731
+    assert spec(0, 2**32 - 1) != spec(1, 0)  # the largest seed is accepted
+    for bad in (2**32, 2**32 + 5, -1):
+        with pytest.raises(ValueError, match=r"seed must be an integer in \[0, 4294967295\]"):
+            spec(0, bad)
+        with pytest.raises(ValueError, match="seed must be"):
+            render_dataset(tmp_path / "x", 1, seed=bad)
+    label = dataset.class_of(0, 0)
+    with pytest.raises(ValueError, match="cover every class of the 1 clip"):
+        render_dataset(tmp_path / "x", 1, seed=0, holdout=" ".join(dataset.attributes_of(label)))
+    assert not (tmp_path / "x").exists()
+
+
 def test_a_shapes_manifest_path_must_be_a_string(tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"path": 5, "color": "red", "shape": "circle", "motion": "up"}\n')
     with pytest.raises(ValueError, match="line 1: path must be a non-empty string, got 5"):

@@ -104,6 +104,15 @@ def parse_holdout(holdout: str | Iterable[str] | None) -> tuple[tuple[str, str, 
     return tuple(sorted(combos, key=lambda c: label_of(*c)))
 
 
+MAX_SEED = 2**32 - 1  # numpy splits larger seeds into 32-bit words: [s + 2**32 k, 0] draws what [s, k] draws
+
+
+def check_seed(seed: int) -> None:
+    """ValueError unless ``seed`` is an int in [0, 2**32): beyond it clip 0 of one seed repeated clip k of another."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"seed must be an integer in [0, {MAX_SEED}], got {seed!r}")
+
+
 def class_of(index: int, seed: int) -> int:
     """Class of clip ``index``: each block of 72 clips holds every class once, shuffled by ``seed``.
 
@@ -112,6 +121,7 @@ def class_of(index: int, seed: int) -> int:
     """
     if isinstance(index, bool) or not isinstance(index, int) or index < 0:
         raise ValueError(f"index must be a non-negative int, got {index!r}")
+    check_seed(seed)
     block, position = divmod(index, NUM_CLASSES)
     return int(np.random.default_rng([seed, block, 1]).permutation(NUM_CLASSES)[position])
 
@@ -231,8 +241,7 @@ def render_dataset(
     """
     if isinstance(num_clips, bool) or not isinstance(num_clips, int) or num_clips < 1:
         raise ValueError(f"num_clips must be a positive integer, got {num_clips!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    check_seed(seed)
     if format not in FORMATS:
         raise ValueError(f"format must be one of {list(FORMATS)}, got {format!r}")
     if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 1:
@@ -246,6 +255,10 @@ def render_dataset(
     combos = parse_holdout(holdout)
     if len(combos) == NUM_CLASSES:
         raise ValueError("the holdout combinations cover all 72 classes: nothing is left to train on")
+    drawn = {class_of(i, seed) for i in range(min(num_clips, NUM_CLASSES))}  # every class from 72 clips on
+    if drawn <= {label_of(*c) for c in combos}:  # it wrote an empty manifest.jsonl and exited 0
+        raise ValueError(f"the holdout combinations cover every class of the {num_clips} clip(s) of seed {seed}: "
+                         "nothing is left to train on; render more clips")  # fmt: skip
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {str(out)!r} exists and is not a folder")
@@ -255,14 +268,18 @@ def render_dataset(
             f"{str(out)!r} already holds a dataset ({MANIFEST}); pass overwrite=True / --overwrite to replace it"
         )
     clips_held = (out / "clips").is_dir() and any((out / "clips").iterdir())
+    if clips_held and (out / "clips").is_symlink():  # rmtree refused the link, after the manifests were gone
+        raise ValueError(f"{str(out / 'clips')!r} is a symbolic link to clips that rendering would replace; remove "
+                         "the link or choose another --out")  # fmt: skip
     foreign = [p.name for p in finished if p.exists()] + (["clips/"] if clips_held else [])
     if foreign and not (out / RENDER_MARK).exists() and not overwrite:  # not a render of ours, finished or not
         raise ValueError(f"{str(out)!r} already holds {', '.join(foreign)}, which rendering would replace; choose an "
                          "empty --out or pass overwrite=True / --overwrite")  # fmt: skip
-    replacing = (out / MANIFEST).exists()
     for path in finished:  # manifest.jsonl first: from here on the folder reads as unfinished
         path.unlink(missing_ok=True)
-    if replacing and (out / "clips").is_dir():  # the old dataset's clips: fewer clips or another format left some
+    # Clips already here are an earlier render's, finished or interrupted, or --overwrite allows replacing them: kept,
+    # fewer clips or another format left some beside the new ones, for anything that reads the folder.
+    if clips_held:
         stale = out / f".clips-replaced-{os.getpid()}"
         (out / "clips").rename(stale)
         shutil.rmtree(stale)
