@@ -12,6 +12,7 @@ import dataclasses
 import math
 import os
 import re
+import reprlib
 import types
 import typing
 from pathlib import Path
@@ -28,13 +29,43 @@ T = TypeVar("T")
 _EXPONENT_FLOAT = re.compile(r"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+")
 
 
+_INT, _FLOAT = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
+# YAML 1.1 numbers that YAML 1.2 and Python read otherwise, left as strings so that a number field refuses them:
+# a leading zero was octal (seed 010 gave 8, steps 02000 gave 1024) and a:b base 60 (max_minutes 1:30 gave 90).
+_DECIMAL_INT = re.compile(r"^(?:[-+]?(?:0|[1-9][0-9_]*)|0x[0-9a-fA-F_]+)$")
+_DECIMAL_FLOAT = re.compile(
+    r"^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+][0-9]+)?|\.[0-9][0-9_]*(?:[eE][-+][0-9]+)?"
+    r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+)
+_shown = reprlib.Repr()  # keyword arguments only from Python 3.12
+_shown.maxstring = _shown.maxother = 80
+_shown.maxlist = _shown.maxtuple = _shown.maxdict = 6
+_shown.maxlevel = 3
+
+
+def _show(value: Any) -> str:
+    """A bounded repr for messages: an aliased YAML value expanded in full was millions of characters."""
+    return _shown.repr(value)
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that refuses a mapping key given twice (PyYAML keeps the last one silently)."""
+    """``yaml.SafeLoader`` that refuses a mapping key given twice (PyYAML keeps the last one silently), a second
+    ``<<`` merge in one mapping, and YAML 1.1's octal and base-60 numbers (they stay strings)."""
+
+    yaml_implicit_resolvers = {
+        first: [(tag, rx) for tag, rx in resolvers if tag not in (_INT, _FLOAT)]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen = set()
+        merges = 0
         for key_node, _ in node.value:
             if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`: merged keys may be overridden
+                merges += 1
+                if merges > 1:  # one of the two merged sections won silently
+                    line = key_node.start_mark.line + 1
+                    raise ValueError(f"a second '<<' merge key at line {line}: merge a list of anchors in one instead")
                 continue
             key = self.construct_object(key_node, deep=True)
             if not isinstance(key, typing.Hashable):
@@ -44,6 +75,10 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                 raise ValueError(f"duplicate key {key!r} at line {line}: each key may appear once in a mapping")
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_implicit_resolver(_INT, _DECIMAL_INT, list("-+0123456789"))
+_UniqueKeyLoader.add_implicit_resolver(_FLOAT, _DECIMAL_FLOAT, list("-+0123456789."))
 
 
 def _type_name(tp: Any) -> str:
@@ -66,18 +101,18 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         for arm, err in errors.items():
             if dataclasses.is_dataclass(arm) and isinstance(value, dict):
                 raise err
-        raise ValueError(f"{where}: {value!r} does not match {_type_name(tp)}")
+        raise ValueError(f"{where}: {_show(value)} does not match {_type_name(tp)}")
     if tp is type(None):
         if value is None:
             return None
-        raise ValueError(f"{where}: expected null, got {value!r}")
+        raise ValueError(f"{where}: expected null, got {_show(value)}")
     if origin is typing.Literal:
         if value in get_args(tp):
             return value
-        raise ValueError(f"{where}: {value!r} is not one of {list(get_args(tp))}")
+        raise ValueError(f"{where}: {_show(value)} is not one of {list(get_args(tp))}")
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
-            raise ValueError(f"{where}: expected a list, got {value!r}")
+            raise ValueError(f"{where}: expected a list, got {_show(value)}")
         args = get_args(tp)
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
@@ -86,35 +121,39 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
     if origin is dict:
         if not isinstance(value, dict):
-            raise ValueError(f"{where}: expected a mapping, got {value!r}")
+            raise ValueError(f"{where}: expected a mapping, got {_show(value)}")
         k_tp, v_tp = get_args(tp)
         return {_coerce(k, k_tp, where): _coerce(v, v_tp, f"{where}.{k}") for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
         if not isinstance(value, dict):
-            raise ValueError(f"{where}: expected a mapping for {tp.__name__}, got {value!r}")
+            raise ValueError(f"{where}: expected a mapping for {tp.__name__}, got {_show(value)}")
         return from_dict(tp, value, where)
     if tp is bool:
         if isinstance(value, bool):
             return value
-        raise ValueError(f"{where}: expected true/false, got {value!r}")
+        raise ValueError(f"{where}: expected true/false, got {_show(value)}")
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        raise ValueError(f"{where}: expected an integer, got {value!r}")
+        raise ValueError(f"{where}: expected an integer, got {_show(value)}")
     if tp is float:
         if isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value.strip()):
             value = float(value)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            if not math.isfinite(value):  # NaN passes every `x < 0` check a config makes
-                raise ValueError(f"{where}: expected a finite number, got {value!r}")
-            return float(value)
-        raise ValueError(f"{where}: expected a number, got {value!r}")
+            try:
+                number = float(value)  # an int of 400 digits: OverflowError
+            except OverflowError:
+                number = math.inf
+            if not math.isfinite(number):  # NaN passes every `x < 0` check a config makes
+                raise ValueError(f"{where}: expected a finite number, got {_show(value)}")
+            return number
+        raise ValueError(f"{where}: expected a number, got {_show(value)}")
     if tp is str:
         if isinstance(value, str):
             return value
-        raise ValueError(f"{where}: expected a string, got {value!r}")
+        raise ValueError(f"{where}: expected a string, got {_show(value)}")
     raise ValueError(f"{where}: unsupported config type {_type_name(tp)}")
 
 
@@ -188,6 +227,8 @@ def parse_override(item: str) -> dict[str, Any]:
         value = yaml.load(raw, Loader=_UniqueKeyLoader) if raw.strip() else ""
     except ValueError as err:
         raise ValueError(f"override {item!r}: {err}") from None
+    except RecursionError:
+        raise ValueError(f"override {key!r}: the value is nested too deeply") from None
     except yaml.YAMLError as err:
         problem = getattr(err, "problem", None) or "cannot be parsed"
         raise ValueError(f"override {item!r}: the value is not valid YAML ({problem})") from None
@@ -211,6 +252,8 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
         data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # a SafeLoader subclass: no arbitrary objects
     except ValueError as err:
         raise ValueError(f"config file {str(path)!r}: {err}") from None
+    except RecursionError:
+        raise ValueError(f"config file {str(path)!r} is nested too deeply") from None
     except yaml.YAMLError as err:
         raise ValueError(f"config file {str(path)!r} is not valid YAML: {err}") from None
     if data is None:

@@ -2,7 +2,8 @@
 
 Every writer in tokvid goes through :func:`atomic_path`: the bytes land in a hidden temp file
 next to the target, which is fsynced and then renamed over it, so a reader (or a run killed
-mid-write) never sees half a file. New files get the usual mode, 0o666 minus the umask.
+mid-write) never sees half a file. New files get the usual mode, 0o666 minus the umask; a file that replaces
+another keeps that one's mode.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 import os
 import secrets
 import shutil
+import stat
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
@@ -46,10 +48,22 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     )
     try:
         yield tmp
+        _keep_mode(tmp, path)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _keep_mode(tmp: Path, path: Path) -> None:
+    """Gives ``tmp`` the mode of the regular file it replaces: rewriting a private (0o600) config or weights file
+    made it 0o644, readable by everyone. A symlink at ``path`` is replaced, not followed, so it lends no mode."""
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    if stat.S_ISREG(st.st_mode):
+        os.chmod(tmp, stat.S_IMODE(st.st_mode))
 
 
 @contextlib.contextmanager

@@ -10,12 +10,21 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from core.checks import is_int
+
+
+def check_size(size: object) -> tuple[int, int]:
+    """(h, w) of an output ``size``: a positive int (square) or a pair of them, NumPy's included; ValueError for
+    anything else (a NumPy int was a TypeError, True was a side of 1, a triple a bare unpacking error)."""
+    pair = (size, size) if is_int(size) else tuple(size) if isinstance(size, (tuple, list)) else None
+    if pair is None or len(pair) != 2 or not all(is_int(v) and v > 0 for v in pair):
+        raise ValueError(f"size must be a positive int or (h, w) of positive ints, got {size!r}")
+    return int(pair[0]), int(pair[1])
+
 
 def cover_size(height: int, width: int, size: int | tuple[int, int]) -> tuple[int, int]:
     """(h, w) that keeps the aspect ratio of ``height`` x ``width`` and just covers ``size`` (an int is square)."""
-    h, w = (size, size) if isinstance(size, int) else tuple(size)
-    if not (isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0):
-        raise ValueError(f"size must be a positive int or (h, w) of positive ints, got {size!r}")
+    h, w = check_size(size)
     scale = max(h / height, w / width)
     return max(h, round(height * scale)), max(w, round(width * scale))
 
@@ -58,7 +67,7 @@ def resize_center_crop(frames: np.ndarray, size: int | tuple[int, int]) -> np.nd
     check_frames(frames)
     T, H, W, _ = frames.shape
     new_h, new_w = cover_size(H, W, size)
-    h, w = (size, size) if isinstance(size, int) else tuple(size)
+    h, w = check_size(size)
     if (new_h, new_w) != (H, W):
         out = np.empty((T, new_h, new_w, 3), dtype=np.uint8)
         for i in range(0, T, 16):  # chunks bound the float32 copy of long clips
@@ -79,7 +88,8 @@ def frames_to_tensor(frames: np.ndarray) -> torch.Tensor:
 
 
 def tensor_to_frames(video: torch.Tensor) -> np.ndarray:
-    """Float video in [-1, 1] -> uint8 frames (values are clamped, then rounded).
+    """Float video in [-1, 1] -> uint8 frames (values are clamped, then rounded); ValueError on NaN or infinity,
+    which the cast made black (a diverged decoder wrote black videos without a word).
 
     Args:
         video: (3, T, H, W) or (B, 3, T, H, W), any float dtype and device.
@@ -90,5 +100,7 @@ def tensor_to_frames(video: torch.Tensor) -> np.ndarray:
     if not isinstance(video, torch.Tensor) or video.ndim not in (4, 5) or video.shape[-4] != 3:
         shape = tuple(video.shape) if isinstance(video, torch.Tensor) else type(video).__name__
         raise ValueError(f"video must be a (3, T, H, W) or (B, 3, T, H, W) tensor, got {shape}")
+    if not bool(torch.isfinite(video).all()):
+        raise ValueError("video holds NaN or infinite values: the model that made it produced no picture there")
     x = ((video.detach().float() + 1.0) * 127.5).clamp_(0, 255).round_().to(torch.uint8).cpu()
     return x.movedim(-4, -1).numpy()  # (..., T, H, W, 3)

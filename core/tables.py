@@ -68,7 +68,8 @@ def format_table(head: Sequence[str], rows: Sequence[Sequence[Any]], *, align: s
     Raises:
         ValueError: a row whose length differs from ``head``'s, or an ``align`` of the wrong length.
     """
-    cells = [[c if isinstance(c, str) else format_number(c) for c in row] for row in rows]
+    cells = [[_cell(c if isinstance(c, str) else format_number(c)) for c in row] for row in rows]
+    head = [_cell(h) for h in head]
     for i, row in enumerate(cells):
         if len(row) != len(head):
             raise ValueError(f"table row {i} has {len(row)} cells for {len(head)} columns")
@@ -84,6 +85,11 @@ def format_table(head: Sequence[str], rows: Sequence[Sequence[Any]], *, align: s
 
     rule = "|" + "|".join("-" * (w + 1) + ":" if a == "r" else "-" * (w + 2) for w, a in zip(widths, align)) + "|"
     return "\n".join([line(list(head)), rule, *map(line, cells)])
+
+
+def _cell(text: str) -> str:
+    """A cell's text with ``|`` escaped and line breaks as spaces: a file name holding either split its row."""
+    return text.replace("|", "\\|").replace("\r", " ").replace("\n", " ")
 
 
 def _numeric_column(cells: Sequence[str]) -> bool:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import struct
 import threading
 import warnings
@@ -23,7 +24,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, ImageSequence, UnidentifiedImageError
+from PIL import Image, ImageSequence, UnidentifiedImageError
 
 from core.checks import is_int
 from core.frames import cover_size, decoded_size, resize_center_crop
@@ -120,6 +121,14 @@ PIL_DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, I
                      Image.DecompressionBombError, Image.DecompressionBombWarning)  # fmt: skip
 
 
+_EXIF_ORIENTATION = 0x0112
+_EXIF_TRANSPOSE = {  # EXIF orientation -> the transpose that shows the image upright (as ImageOps.exif_transpose)
+    2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}  # fmt: skip
+
+
 def _read_pil(path: Path, pick: _Pick, size: int | tuple[int, int] | None = None) -> tuple[list[np.ndarray], int]:
     """Decodes frames with Pillow; with ``size`` each is resized and cropped as it is decoded, so an animated GIF
     never holds all its frames at full size. Returns the wanted frames and the number of frames seen."""
@@ -129,11 +138,12 @@ def _read_pil(path: Path, pick: _Pick, size: int | tuple[int, int] | None = None
             # Pillow warns past MAX_IMAGE_PIXELS and raises past twice that: both are refused here
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as im:
+                turn = _EXIF_TRANSPOSE.get(im.getexif().get(_EXIF_ORIENTATION, 1))  # the file's, for every frame
                 for i, frame in enumerate(ImageSequence.Iterator(im)):
                     total = i + 1
                     if i in pick:
-                        # EXIF rotation only applies to stills (frame 0 of a 1-frame file).
-                        rgb = _pil_rgb(ImageOps.exif_transpose(frame) if i == 0 else frame)  # (H, W, 3)
+                        # Frame 0 alone was turned: an animated WebP mixed two orientations, or failed to stack.
+                        rgb = _pil_rgb(frame if turn is None else frame.transpose(turn))  # (H, W, 3)
                         frames.append(rgb if size is None else resize_center_crop(rgb[None], size)[0])
                     if pick.last is not None and i >= pick.last:
                         break
@@ -167,9 +177,18 @@ def _pil_rgb(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
 
+def _natural_key(path: Path) -> tuple[object, ...]:
+    """``frame2.png`` before ``frame10.png``, and ``99999.png`` before ``100000.png``: runs of digits compare as numbers
+    (as text, frames 100000 on sorted between 10000 and 10001, and an unpadded 10.png before 2.png)."""
+    parts = re.split(r"(\d+)", path.name)  # text, digits, text, ...: the kinds line up between names
+    return tuple(int(part) if i % 2 else part for i, part in enumerate(parts))
+
+
 def frame_files(folder: str | os.PathLike) -> list[Path]:
-    """The image frames of a folder that is one video, in file-name order (hidden files skipped)."""
-    return [p for p in sorted(Path(folder).iterdir()) if p.suffix.lower() in IMAGE_EXTS and not p.name.startswith(".")]
+    """The image frames of a folder that is one video, in file-name order with numbers compared as numbers
+    (hidden files skipped)."""
+    files = [p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_EXTS and not p.name.startswith(".")]
+    return sorted(files, key=_natural_key)
 
 
 def _read_frame_folder(
@@ -323,9 +342,10 @@ def read_frames(
     Raises:
         ValueError: as :func:`read_video`, or no or negative indices.
     """
-    order = [int(i) for i in indices]
-    if not order or min(order) < 0:
-        raise ValueError(f"indices must be a non-empty list of frame indices >= 0, got {order[:8]}")
+    order = list(indices)
+    if not order or not all(is_int(i) for i in order) or min(order) < 0:  # int() took 2.9 as 2 and True as 1
+        raise ValueError(f"indices must be a non-empty list of integer frame indices >= 0, got {order[:8]}")
+    order = [int(i) for i in order]
     pick = _Pick.of(order)
     unique = sorted(pick.wanted)
     frames = _read(Path(path), pick, unique[-1] + 1, len(unique), f"frame {unique[-1]}", size)

@@ -7,8 +7,10 @@ mp4 is H.264 yuv420p through imageio-ffmpeg's ffmpeg binary; GIF goes through Pi
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
+import numbers
 import os
 import subprocess
 from fractions import Fraction
@@ -25,7 +27,13 @@ log = logging.getLogger(__name__)
 _WRITE_EXTS = (".mp4", ".gif")
 
 
-def _write_mp4(tmp: Path, frames: np.ndarray, fps: float, crf: int) -> None:
+_FFMPEG_ERRNOS = {  # what ffmpeg prints -> the errno a CLI reports as one line (an OSError without one: a traceback)
+    "No space left on device": errno.ENOSPC, "Disk quota exceeded": errno.EDQUOT,
+    "Permission denied": errno.EACCES, "Read-only file system": errno.EROFS,
+}  # fmt: skip
+
+
+def _write_mp4(tmp: Path, frames: np.ndarray, fps: float, crf: int, target: Path) -> None:
     import imageio_ffmpeg
 
     H, W = frames.shape[1:3]  # frames: (T, H, W, 3)
@@ -43,8 +51,12 @@ def _write_mp4(tmp: Path, frames: np.ndarray, fps: float, crf: int) -> None:
     ]  # fmt: skip
     proc = subprocess.run(cmd, input=np.ascontiguousarray(frames).tobytes(), capture_output=True, check=False)
     if proc.returncode != 0:
-        msg = proc.stderr.decode(errors="replace").strip().splitlines()
-        raise OSError(f"ffmpeg could not write {str(tmp)!r}: {msg[-1] if msg else f'exit {proc.returncode}'}")
+        lines = proc.stderr.decode(errors="replace").strip().splitlines()
+        last = lines[-1] if lines else f"exit {proc.returncode}"
+        code = next((n for text, n in _FFMPEG_ERRNOS.items() if any(text in line for line in lines)), None)
+        if code is not None:
+            raise OSError(code, f"ffmpeg could not write {str(target)!r}: {os.strerror(code)}", str(target))
+        raise OSError(f"ffmpeg could not write {str(target)!r}: {last}")
 
 
 def _write_gif(tmp: Path, frames: np.ndarray, fps: float) -> None:
@@ -55,8 +67,13 @@ def _write_gif(tmp: Path, frames: np.ndarray, fps: float) -> None:
     if fps > 50:
         log.warning("GIF at %.1f fps: many players slow down frames shorter than 20 ms", fps)
     images = [Image.fromarray(f) for f in frames]
-    # Pillow folds a frame identical to its predecessor into it (adding the delays), so
-    # timing is kept but such a GIF reads back with fewer frames.
+    # Pillow folds a frame identical to its predecessor into it (adding the delays), and has no option not to: the
+    # timing is kept but such a GIF reads back with fewer frames, so say so.
+    repeats = sum(bool(np.array_equal(a, b)) for a, b in zip(frames[:-1], frames[1:]))
+    if repeats:
+        log.warning("%s: %d frame(s) equal to the one before are merged into it (GIF); it reads back with %d of %d "
+                    "frames, at the same timing: write .mp4 to keep every frame", tmp.name, repeats,
+                    len(frames) - repeats, len(frames))  # fmt: skip
     images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=durations_ms, loop=0)
 
 
@@ -67,7 +84,8 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float, *, crf:
     size reads back one pixel larger. Missing parent folders are created.
 
     Args:
-        path: destination; the extension picks the format.
+        path: destination; the extension picks the format. A GIF merges a frame equal to the one before it into that
+            one (Pillow's writer; a warning says how many), so it can read back with fewer frames than written.
         frames: (T, H, W, 3) uint8 RGB.
         fps: frames per second, > 0.
         crf: x264 constant rate factor for mp4 (0 = lossless luma, 18 = visually lossless).
@@ -84,15 +102,16 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float, *, crf:
     check_fps(fps)
     with atomic_path(path) as tmp:
         if ext == ".mp4":
-            _write_mp4(tmp, frames, float(fps), crf)
+            _write_mp4(tmp, frames, float(fps), crf, path)
         else:
             _write_gif(tmp, frames, float(fps))
 
 
 def check_fps(fps: object) -> None:
-    """ValueError unless ``fps`` is a frame rate a video can be written at: a number in [0.01, 1000] (a rate of
-    1e-6 became 0/1 in the container's time base, an OSError or an OverflowError while writing)."""
-    if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not math.isfinite(fps) or not 0.01 <= fps <= 1000:
+    """ValueError unless ``fps`` is a frame rate a video can be written at: a real number in [0.01, 1000] (a rate of
+    1e-6 became 0/1 in the container's time base, an OSError or an OverflowError while writing); NumPy's count."""
+    real = isinstance(fps, numbers.Real) and not isinstance(fps, bool)
+    if not real or not math.isfinite(fps) or not 0.01 <= fps <= 1000:
         raise ValueError(f"fps must be a number in [0.01, 1000], got {fps!r}")
 
 

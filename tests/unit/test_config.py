@@ -172,3 +172,47 @@ def test_a_section_given_in_part_keeps_the_rest_of_the_fields_own_default():
     assert cfg.disc_optim == replace(default.disc_optim, lr=0.0001)
     assert cfg.run == replace(default.run, steps=7)
     assert (cfg.optim.betas, cfg.optim.weight_decay, cfg.disc_optim.schedule) == ((0.9, 0.99), 0.0, "constant")
+
+
+@pytest.mark.parametrize("raw", ["010", "02000", "1:30", "1:30.5", "0b101"])
+def test_yaml_11_octal_and_base_60_numbers_are_refused_not_converted(tmp_path, raw):
+    """PyYAML reads 010 as 8, 02000 as 1024 and 1:30 as 90: a seed, a step count or a time limit changed silently."""
+    with pytest.raises(ValueError, match=r"model\.depth: expected an integer, got '"):
+        build_config(Outer, overrides=[f"model.depth={raw}"])
+    with pytest.raises(ValueError, match="lr: expected a number"):
+        build_config(Outer, overrides=[f"lr={raw}"])
+    (tmp_path / "a.yaml").write_text(f"model:\n  depth: {raw}\n")
+    with pytest.raises(ValueError, match=r"model\.depth: expected an integer"):
+        build_config(Outer, [tmp_path / "a.yaml"])
+    ok = build_config(Outer, overrides=["model.depth=10", "lr=1_000", "model.widths=[0x10, -3, +4]"])
+    assert ok.model.depth == 10 and ok.lr == 1000.0 and ok.model.widths == (16, -3, 4)
+
+
+def test_hostile_or_deep_yaml_is_one_short_value_error(tmp_path):
+    """An alias bomb of 350 bytes printed its expanded value in the message (52 MB, 15 s); 2,000 nested brackets were
+    a RecursionError and an int of 400 digits in a float field an OverflowError, tracebacks in a CLI."""
+    bomb = ["a: &a [x, x, x, x, x, x, x, x, x, x]"]
+    for i, name in enumerate("bcdefg"):
+        prev = "abcdefg"[i]
+        bomb.append(f"{name}: &{name} [*{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}]")
+    bomb.append("lr: *g")
+    (tmp_path / "bomb.yaml").write_text("\n".join(bomb) + "\n")
+    (tmp_path / "deep.yaml").write_text("lr: " + "[" * 2000 + "]" * 2000 + "\n")
+    with pytest.raises(ValueError) as err:
+        build_config(Outer, [tmp_path / "bomb.yaml"])
+    assert len(str(err.value)) < 500
+    with pytest.raises(ValueError, match="nested too deeply"):
+        build_config(Outer, [tmp_path / "deep.yaml"])
+    with pytest.raises(ValueError, match="nested too deeply"):
+        build_config(Outer, overrides=["lr=" + "[" * 2000 + "]" * 2000])
+    with pytest.raises(ValueError, match="lr: expected a finite number"):
+        build_config(Outer, overrides=["lr=1" + "0" * 400])
+
+
+def test_a_second_merge_key_in_one_mapping_is_refused(tmp_path):
+    """Both `<<` keys were skipped by the duplicate check, and one merged section silently won."""
+    (tmp_path / "a.yaml").write_text("x: &x {lr: 0.1}\ny: &y {lr: 0.2}\nz:\n  <<: *x\n  <<: *y\n")
+    with pytest.raises(ValueError, match="a second '<<' merge key at line 5"):
+        load_yaml(tmp_path / "a.yaml")
+    (tmp_path / "b.yaml").write_text("x: &x {lr: 0.1}\ny: &y {use_ema: true}\nz:\n  <<: [*x, *y]\n")
+    assert load_yaml(tmp_path / "b.yaml")["z"] == {"lr": 0.1, "use_ema": True}
