@@ -107,9 +107,7 @@ def check_file_target(
     target = Path(path)
     if target.is_dir() or any(parent.exists() and not parent.is_dir() for parent in target.parents):
         raise ValueError(f"{what} {str(path)!r} is a folder or lies inside a file: give a file path")
-    for name, source in (inputs or {}).items():
-        if source is not None and Path(source).resolve() == target.resolve():
-            raise ValueError(f"{what} {str(path)!r} is {name}, which it would replace: give another path")
+    check_not_over_inputs(path, inputs or {}, what)  # a file holds no input: only the same path is refused
 
 
 def check_dir_target(path: str | os.PathLike, what: str) -> None:

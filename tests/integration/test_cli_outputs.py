@@ -52,7 +52,7 @@ def test_fvd_outputs_never_replace_its_inputs_and_a_corrupt_stats_file_is_named_
     before = _digest(fake)
     common = ["fvd", "--protocol", "quick", "--num-videos", "2", "--i3d", i3d, "--device", "cpu"]
     _refused(capsys, main, [*common, "--real", real, "--fake", fake, "--save-stats", fake], "--save-stats")
-    _refused(capsys, main, [*common, "--real", fake, "--fake", real, "--json", fake], "is --real, which it would")
+    _refused(capsys, main, [*common, "--real", fake, "--fake", real, "--json", fake], "would replace --real")
     assert _digest(fake) == before
     # numpy's message for a file that is no zip advised loading it with pickles allowed
     _refused(capsys, main, [*common, "--real", fake, "--fake", real], "is not a .npz of FVD stats written by")
@@ -74,11 +74,11 @@ def test_eval_tokenizer_and_roundtrip_never_replace_their_inputs(tok, tmp_path, 
     afile.write_text("mine")
     before = {p: _digest(p) for p in (video, manifest, afile)}
     base = ["--tokenizer", tok, "--data", manifest, "--num-frames", "9", "--size", "32", "--device", "cpu"]
-    _refused(capsys, eval_tokenizer, [*base, "--json", manifest], "is --data, which it would replace")
+    _refused(capsys, eval_tokenizer, [*base, "--json", manifest], "would replace --data")
     _refused(capsys, eval_tokenizer, [*base, "--previews", afile], "--previews")
     _refused(capsys, eval_tokenizer, [*base[:-4], "--size", "100000"], "larger than 4096 px a side")
     rt = ["--tokenizer", tok, "--video", video, "--num-frames", "9", "--size", "32"]
-    _refused(capsys, roundtrip, [*rt, "--out", video.parent], "is --video, which it would replace")
+    _refused(capsys, roundtrip, [*rt, "--out", video.parent], "would replace --video")
     _refused(capsys, roundtrip, [*rt, "--out", afile], "--out")
     _refused(capsys, roundtrip, [*rt[:-2], "--size", "100000", "--out", tmp_path / "o"], "larger than 4096")
     assert {p: _digest(p) for p in before} == before
