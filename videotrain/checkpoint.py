@@ -107,10 +107,7 @@ def check_resumable(folder: Path, config: Any, keys: tuple[str, ...] = ()) -> No
         saved, own = _identity(config.model, saved_all["model"]), _identity(config.model, own_all["model"])
         diff = sorted(k for k in set(saved) | set(own) if saved.get(k) != own.get(k))
         changes += [f"model.{k}: {saved.get(k)!r} -> {own.get(k)!r}" for k in diff]
-    for key in keys:
-        before, now = _dotted(saved_all, key), _dotted(own_all, key)
-        if before is not _MISSING and before != now:
-            changes.append(f"{key}: {before!r} -> {now!r}")
+    changes += changed_settings(folder, config, keys)
     if changes:
         raise ValueError(
             f"checkpoint {folder} was written with other settings ({'; '.join(changes)}): resume with its config, "
@@ -119,6 +116,21 @@ def check_resumable(folder: Path, config: Any, keys: tuple[str, ...] = ()) -> No
 
 
 _MISSING = object()
+
+
+def changed_settings(folder: Path, config: Any, keys: tuple[str, ...]) -> list[str]:
+    """``"key: before -> now"`` for each dotted key whose value in the checkpoint's ``train_config.yaml`` differs
+    from ``config``'s (a key the checkpoint lacks counts as unchanged)."""
+    saved_path = folder / "train_config.yaml"
+    if not saved_path.is_file():
+        return []
+    saved_all, own_all = load_yaml(saved_path), to_dict(config)
+    changes = []
+    for key in keys:
+        before, now = _dotted(saved_all, key), _dotted(own_all, key)
+        if before is not _MISSING and before != now:
+            changes.append(f"{key}: {before!r} -> {now!r}")
+    return changes
 
 
 def _identity(model_config: Any, data: dict) -> dict:
@@ -146,7 +158,12 @@ def load(engine, ckpt_dir: Path, tag: str, rank: int) -> tuple[dict[str, Any], d
     if path is None:
         raise ValueError(f"DeepSpeed could not load checkpoint {ckpt_dir / tag}")
     folder = ckpt_dir / tag
+    return read_state(folder, rank), load_state(folder / f"rank{rank:05d}.safetensors")
+
+
+def read_state(folder: Path, rank: int) -> dict[str, Any]:
+    """This rank's JSON state in the checkpoint ``folder`` (step, world size, ZeRO stage, the task's own)."""
     state_file = folder / f"rank{rank:05d}.json"
     if not state_file.is_file():
         raise ValueError(f"checkpoint {folder} has no state for rank {rank}: was it saved with another world size?")
-    return json.loads(state_file.read_text()), load_state(folder / f"rank{rank:05d}.safetensors")
+    return json.loads(state_file.read_text())

@@ -206,7 +206,7 @@ class Trainer:
     def save(self) -> None:
         """A checkpoint of every engine and every rank's state (collective)."""
         state, tensors = self.task_state()
-        state = {"step": self.step, "world_size": self.dist.world_size, **state}
+        state = {"step": self.step, "world_size": self.dist.world_size, "zero_stage": self.zero_stage, **state}
         tensors = {"torch_rng": torch.get_rng_state(), **tensors}
         if self.dist.device.type == "cuda":
             tensors["cuda_rng"] = torch.cuda.get_rng_state(self.dist.device)
@@ -227,6 +227,17 @@ class Trainer:
         optim_keys = tuple(f"{section}.{key}" for section in ("optim", "disc_optim") if hasattr(self.cfg, section)
                            for key in ("betas", "eps", "weight_decay"))  # fmt: skip
         checkpoint.check_resumable(self.ckpt_dir / tag, self.cfg, self.resume_keys + optim_keys)
+        # Another ZeRO stage lays the optimizer state out otherwise: DeepSpeed failed halfway through loading it
+        # (an AttributeError traceback, or a missing zero_pp_rank file that read like a damaged checkpoint).
+        saved_stage = checkpoint.read_state(self.ckpt_dir / tag, self.dist.rank).get("zero_stage", self.zero_stage)
+        if saved_stage != self.zero_stage:
+            raise ValueError(f"checkpoint {tag} was written with ZeRO stage {saved_stage}, this run has stage "
+                             f"{self.zero_stage}: resume with run.zero_stage={saved_stage}, or use a new --out")  # fmt: skip
+        steering = tuple(f"{section}.{key}" for section in ("optim", "disc_optim") if hasattr(self.cfg, section)
+                         for key in ("lr", "grad_accum", "warmup_steps", "schedule", "min_lr_ratio"))  # fmt: skip
+        changed = checkpoint.changed_settings(self.ckpt_dir / tag, self.cfg, ("run.micro_batch", *steering))
+        if changed:  # allowed (a lower learning rate to finish a run), but said: the batch or schedule moves on
+            log.warning("resuming %s with other settings from here on: %s", tag, "; ".join(changed))
         state, tensors = checkpoint.load(self.checkpointed, self.ckpt_dir, tag, self.dist.rank)
         if state["world_size"] != self.dist.world_size:
             raise ValueError(

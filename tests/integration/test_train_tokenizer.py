@@ -144,7 +144,7 @@ def test_settings_that_would_fail_later_or_train_garbage_are_refused_at_start(tm
     assert not (tmp_path / "run" / "tokenizer").exists()
 
 
-def test_resuming_with_another_model_is_refused_before_anything_is_overwritten(tmp_path, repo_root, capsys):
+def test_resuming_with_another_model_is_refused_before_anything_is_overwritten(tmp_path, repo_root, capsys, caplog):
     """The same weight shapes with other FSQ levels resumed silently into another token space (and another
     architecture failed inside DeepSpeed's loader); train_config.yaml was overwritten with the new config first."""
     common = ["--config", str(repo_root / "configs/tiny/train_tokenizer.yaml"), "--data",
@@ -161,10 +161,17 @@ def test_resuming_with_another_model_is_refused_before_anything_is_overwritten(t
     assert main([*common, "run.steps=2", "optim.weight_decay=0.5", "disc_optim.betas=[0.5,0.6]"]) == 2
     err = capsys.readouterr().err
     assert "optim.weight_decay: 0.05 -> 0.5" in err and "disc_optim.betas: " in err and "Traceback" not in err
+    # another ZeRO stage failed inside DeepSpeed's loader: from 1 to 0 an AttributeError traceback
+    assert main([*common, "run.steps=2", "run.zero_stage=1"]) == 2
+    err = capsys.readouterr().err
+    assert "written with ZeRO stage 0, this run has stage 1" in err and "Traceback" not in err
     # a longer run of the same model resumes, also with another training-only quantizer setting (a loss weight),
-    # and a resumed stage does not read run.init_from (the stage it started from may be gone)
+    # and a resumed stage does not read run.init_from (the stage it started from may be gone); a new learning rate
+    # is allowed, and said
     gone = f"run.init_from={tmp_path / 'deleted_stage' / 'tokenizer'}"
-    assert main([*common, "run.steps=2", "model.fsq.bound_loss_weight=0.5", gone]) == 0
+    with caplog.at_level("WARNING", logger="videotrain.trainer"):
+        assert main([*common, "run.steps=2", "model.fsq.bound_loss_weight=0.5", gone, "optim.lr=0.0001"]) == 0
+    assert "with other settings from here on: optim.lr: " in caplog.text
 
 
 def gan_config(repo_root, *overrides: str) -> TokenizerTrainConfig:
