@@ -231,8 +231,10 @@ class Trainer:
         # (an AttributeError traceback, or a missing zero_pp_rank file that read like a damaged checkpoint).
         saved_stage = checkpoint.read_state(self.ckpt_dir / tag, self.dist.rank).get("zero_stage", self.zero_stage)
         if saved_stage != self.zero_stage:
-            raise ValueError(f"checkpoint {tag} was written with ZeRO stage {saved_stage}, this run has stage "
-                             f"{self.zero_stage}: resume with run.zero_stage={saved_stage}, or use a new --out")  # fmt: skip
+            raise ValueError(
+                f"checkpoint {tag} was written with ZeRO stage {saved_stage}, this run has stage "
+                f"{self.zero_stage}: resume with run.zero_stage={saved_stage} or use a new --out"
+            )
         steering = tuple(f"{section}.{key}" for section in ("optim", "disc_optim") if hasattr(self.cfg, section)
                          for key in ("lr", "grad_accum", "warmup_steps", "schedule", "min_lr_ratio"))  # fmt: skip
         changed = checkpoint.changed_settings(self.ckpt_dir / tag, self.cfg, ("run.micro_batch", *steering))
