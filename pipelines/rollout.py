@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from core.frames import tensor_to_frames
 from tokenizer import VideoTokenizer
 
 # sample(grid (t, h, w), context ids (B, t_c, h, w) or None) -> ids (B, t, h, w)
@@ -51,9 +52,9 @@ def default_overlap(max_latents: int) -> int:
 
 
 def to_pixels(video: torch.Tensor) -> np.ndarray:
-    """(B, 3, T, H, W) in [-1, 1] -> (B, T, H, W, 3) uint8."""
-    pixels = (video.float().clamp(-1, 1).permute(0, 2, 3, 4, 1) + 1) * 127.5  # (B, T, H, W, 3)
-    return pixels.round().clamp(0, 255).to(torch.uint8).cpu().numpy()
+    """(B, 3, T, H, W) in [-1, 1] -> (B, T, H, W, 3) uint8; ValueError on NaN or infinity (a diverged decoder, e.g.
+    an fp16 overflow, gave black frames without a word, and a long video re-encoded them as its next context)."""
+    return tensor_to_frames(video)
 
 
 def to_video(frames: np.ndarray, like: torch.Tensor) -> torch.Tensor:

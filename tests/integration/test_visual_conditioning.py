@@ -203,3 +203,14 @@ def test_a_one_latent_generator_refuses_to_continue_instead_of_slicing_nothing(p
     for num_frames, context in ((5, None), (5, np.zeros((1, 1, 32, 32, 3), np.uint8))):
         with pytest.raises(ValueError, match="^a generator of 1 latent frame makes single images"):
             roll_out(sample, pipe.tokenizer, num_frames=num_frames, context=context, **kw)
+
+
+def test_a_decoder_that_gives_nan_is_an_error_not_a_black_video(model_dir):
+    """rollout.to_pixels cast NaN to 0: a diverged decoder (an fp16 overflow) gave an all-black video without a word,
+    and a long video re-encoded the black frames as its next window's context."""
+    broken = VideoPipeline.from_pretrained(model_dir)
+    convs = [m for m in broken.tokenizer.decoder.modules() if isinstance(m, (torch.nn.Conv3d, torch.nn.Conv2d))]
+    with torch.no_grad():
+        convs[-1].bias.fill_(float("nan"))
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        broken("a", mode="maskgit", order="frame", num_frames=9, generator=torch.Generator().manual_seed(0))
