@@ -6,6 +6,7 @@ frames are the last ones of an upload that may hold 10^5 of them.
 
 from __future__ import annotations
 
+import itertools
 import os
 import warnings
 from pathlib import Path
@@ -85,6 +86,23 @@ def video_fps(path: str | os.PathLike) -> float:
     except av.FFmpegError as err:
         raise ValueError(f"cannot decode {str(path)!r}: {err}") from None
     raise ValueError(f"{str(path)!r} has no video stream with a frame rate")
+
+
+def frame_starts(path: str | os.PathLike) -> list[float] | None:
+    """When each frame of an animated image (GIF, WebP, APNG) starts, in seconds, from its frame delays: a GIF's
+    frames may each last a different time (a title card, a pause), which one average rate misplaces. None for other
+    files, stills, and files where some frame before the last gives no delay (players choose their own there).
+
+    Raises:
+        ValueError: the file cannot be decoded.
+    """
+    path = Path(path)
+    if path.suffix.lower() not in PIL_EXTS:
+        return None
+    durations = _pil_durations(path)
+    if len(durations) < 2 or any(d <= 0 for d in durations[:-1]):
+        return None
+    return [total / 1000.0 for total in itertools.accumulate(durations[:-1], initial=0)]
 
 
 def _pil_durations(path: Path) -> list[int]:

@@ -11,6 +11,8 @@ continuation keeps are decoded (a file is counted from its index first).
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import logging
 import math
 import os
@@ -21,7 +23,7 @@ import numpy as np
 from core.checks import is_int
 from core.frames import resize_center_crop
 from core.video_io import PIL_EXTS, VIDEO_EXTS, read_frames, read_video
-from core.video_probe import frame_count, video_fps
+from core.video_probe import frame_count, frame_starts, video_fps
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +81,12 @@ def frame_indices(path: str | os.PathLike, fps: float | None = None) -> list[int
     n = frame_count(path)
     keep = list(range(n))
     if fps is not None and n > 1 and path.is_file() and path.suffix.lower() in VIDEO_EXTS:
+        starts = frame_starts(path)  # an animated image's own frame times; None for a video file
+        if starts is not None and len(starts) == n:
+            keep = resample_times(starts, fps)
+            if keep != list(range(n)):
+                log.info("%s: %d frames over %.3g s -> %d at %.3g fps", path.name, n, starts[-1], len(keep), fps)
+            return keep
         rate = _frame_rate(path)
         if rate is not None:
             keep = resample_indices(n, rate, fps)
@@ -129,6 +137,24 @@ def resample_indices(num_frames: int, source_fps: float, target_fps: float) -> l
         return list(range(num_frames))
     count = math.floor((num_frames - 1) / step + 1e-6) + 1  # target frames within the clip's span
     return [math.floor(num_frames - 1 - k * step + 0.5) for k in reversed(range(count))]
+
+
+def resample_times(starts: list[float], target_fps: float) -> list[int]:
+    """Indices of the frames starting at ``starts`` (seconds, increasing) that show them at ``target_fps``: time
+    steps of ``1 / target_fps`` counted back from the last frame's start, each taking the frame that starts nearest,
+    a tie the later one. At a constant rate this is :func:`resample_indices`; with uneven delays (a GIF's title card
+    or pause) each frame is taken as often as it is shown, where one average rate spread them evenly and so continued
+    the motion before the end at the wrong speed."""
+    if not (math.isfinite(target_fps) and target_fps > 0):
+        raise ValueError(f"frame rates must be positive, got {target_fps}")
+    step, last, keep = 1.0 / target_fps, starts[-1], []
+    for k in itertools.count():
+        t = last - k * step
+        if t < starts[0] - 1e-9:
+            break
+        i = min(bisect.bisect_left(starts, t - 1e-9), len(starts) - 1)  # the first frame starting at or after t
+        keep.append(i if i == 0 or starts[i] - t <= t - starts[i - 1] + 1e-9 else i - 1)
+    return keep[::-1]
 
 
 def context_frames(

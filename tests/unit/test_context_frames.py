@@ -164,3 +164,25 @@ def test_a_video_given_as_the_image_is_refused_before_its_frames_are_decoded(tmp
     monkeypatch.setattr(ctx, "read_video", lambda *a, **kw: pytest.fail("the video was decoded"))
     with pytest.raises(ValueError, match="image must be one frame, got 30"):
         context_frames(path, None, None, temporal_compression=4, size=(64, 64), fps=8.0)
+
+
+def test_a_gif_with_uneven_delays_is_resampled_at_its_own_frame_times(tmp_path):
+    """One average rate was used for every frame: a GIF that holds its first frame 2 s and then plays at 8 fps
+    averaged 4.2 fps, so at 8 fps each of its last frames was taken twice and the motion before the end was
+    continued at half speed (context 13, 13, 14, 14, 15 instead of 11-15)."""
+    from pipelines.context import frame_indices
+
+    path = tmp_path / "hold_first.gif"
+    frames = [Image.fromarray(np.full((8, 8, 3), 16 * i, np.uint8)) for i in range(16)]
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=[2000] + [120] * 15, loop=0)
+    got = load_frames(path, "video", fps=8, size=(8, 8), last=5)
+    assert [round(float(f.mean()) / 16) for f in got] == [11, 12, 13, 14, 15]
+    keep = frame_indices(path, 8)  # 3.68 s from the first frame's start to the last's: 30 steps of 1/8 s, not 16
+    assert len(keep) == 30 and keep == sorted(keep) and keep.count(0) >= 7
+
+
+def test_resampling_at_frame_times_equals_resampling_at_one_rate_when_the_rate_is_constant():
+    from pipelines.context import resample_times
+
+    for n, src, dst in ((17, 30, 8), (9, 4, 8), (33, 24, 8), (5, 8, 8)):  # at one rate: resample_indices exactly
+        assert resample_times([i / src for i in range(n)], dst) == resample_indices(n, src, dst)
