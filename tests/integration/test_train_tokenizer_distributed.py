@@ -83,7 +83,12 @@ def test_two_processes_zero2_two_engines_and_a_nan_on_one_rank(tmp_path):
     assert sorted(p.name for p in ckpts.glob("step_*")) == ["step_00000002", "step_00000004"]
     last = ckpts / "step_00000004"
     assert (last / "COMPLETE").is_file()
-    assert json.loads((last / "rank00001.json").read_text()) == {"step": 4, "world_size": 2, "adversarial": True}
+    assert json.loads((last / "rank00001.json").read_text()) == {
+        "step": 4,
+        "world_size": 2,
+        "zero_stage": 2,
+        "adversarial": True,
+    }
     for folder in (last, last / "discriminator"):  # both engines, ZeRO-2 optimizer shards per rank
         assert {p.name for p in folder.glob("zero_pp_rank_*_optim_states.pt")} == {
             f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in (0, 1)
