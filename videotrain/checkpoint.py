@@ -107,7 +107,7 @@ def check_resumable(folder: Path, config: Any, keys: tuple[str, ...] = ()) -> No
         saved, own = _identity(config.model, saved_all["model"]), _identity(config.model, own_all["model"])
         diff = sorted(k for k in set(saved) | set(own) if saved.get(k) != own.get(k))
         changes += [f"model.{k}: {saved.get(k)!r} -> {own.get(k)!r}" for k in diff]
-    changes += changed_settings(folder, config, keys)
+    changes += _changed(saved_all, own_all, keys)
     if changes:
         raise ValueError(
             f"checkpoint {folder} was written with other settings ({'; '.join(changes)}): resume with its config, "
@@ -124,7 +124,10 @@ def changed_settings(folder: Path, config: Any, keys: tuple[str, ...]) -> list[s
     saved_path = folder / "train_config.yaml"
     if not saved_path.is_file():
         return []
-    saved_all, own_all = load_yaml(saved_path), to_dict(config)
+    return _changed(load_yaml(saved_path), to_dict(config), keys)
+
+
+def _changed(saved_all: dict, own_all: dict, keys: tuple[str, ...]) -> list[str]:
     changes = []
     for key in keys:
         before, now = _dotted(saved_all, key), _dotted(own_all, key)

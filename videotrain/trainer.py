@@ -217,6 +217,11 @@ class Trainer:
         )
         self._saved_step = self.step
 
+    def _optim_keys(self, *names: str) -> tuple[str, ...]:
+        """Dotted keys ``optim.<name>`` (and ``disc_optim.<name>`` where the task has a second optimizer)."""
+        sections = [section for section in ("optim", "disc_optim") if hasattr(self.cfg, section)]
+        return tuple(f"{section}.{n}" for section in sections for n in names)
+
     def resume(self) -> None:
         """Loads the newest complete checkpoint under ``<out>/checkpoints``, if any."""
         tag = checkpoint.latest_complete(self.ckpt_dir)
@@ -224,8 +229,7 @@ class Trainer:
             return
         # The optimizer's state restores its param groups, betas, eps and weight decay included, and only the
         # learning rate is set again each step: a changed value would be written to train_config.yaml, not used.
-        optim_keys = tuple(f"{section}.{key}" for section in ("optim", "disc_optim") if hasattr(self.cfg, section)
-                           for key in ("betas", "eps", "weight_decay"))  # fmt: skip
+        optim_keys = self._optim_keys("betas", "eps", "weight_decay")
         checkpoint.check_resumable(self.ckpt_dir / tag, self.cfg, self.resume_keys + optim_keys)
         # Another ZeRO stage lays the optimizer state out otherwise: DeepSpeed failed halfway through loading it
         # (an AttributeError traceback, or a missing zero_pp_rank file that read like a damaged checkpoint).
@@ -235,8 +239,7 @@ class Trainer:
                 f"checkpoint {tag} was written with ZeRO stage {saved_stage}, this run has stage "
                 f"{self.zero_stage}: resume with run.zero_stage={saved_stage} or use a new --out"
             )
-        steering = tuple(f"{section}.{key}" for section in ("optim", "disc_optim") if hasattr(self.cfg, section)
-                         for key in ("lr", "grad_accum", "warmup_steps", "schedule", "min_lr_ratio"))  # fmt: skip
+        steering = self._optim_keys("lr", "grad_accum", "warmup_steps", "schedule", "min_lr_ratio")
         changed = checkpoint.changed_settings(self.ckpt_dir / tag, self.cfg, ("run.micro_batch", *steering))
         if changed:  # allowed (a lower learning rate to finish a run), but said: the batch or schedule moves on
             log.warning("resuming %s with other settings from here on: %s", tag, "; ".join(changed))

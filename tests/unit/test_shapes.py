@@ -168,19 +168,24 @@ def test_render_is_deterministic_and_independent_of_workers(tmp_path):
         np.testing.assert_array_equal(*(load_clip(tmp_path / m / f"clips/{i:06d}.mp4") for m in ("m1", "m2")))
 
 
+def fail_png_write_at(monkeypatch, name: str) -> None:
+    """Writing the PNG folder of clip ``name`` raises a full-disk OSError (the others are written)."""
+    real = dataset._write_png_folder
+
+    def failing(folder, frames):
+        if folder.name == name:
+            raise OSError("disk full")
+        real(folder, frames)
+
+    monkeypatch.setattr(dataset, "_write_png_folder", failing)
+
+
 def test_partial_render_leaves_no_manifest(tmp_path, monkeypatch):
     out = tmp_path / "d"
     render_dataset(out, 3, format="png")
     with pytest.raises(ValueError, match="overwrite"):
         render_dataset(out, 3, format="png")
-    real = dataset._write_png_folder
-
-    def failing(folder, frames):
-        if folder.name == "000002":
-            raise OSError("disk full")
-        real(folder, frames)
-
-    monkeypatch.setattr(dataset, "_write_png_folder", failing)
+    fail_png_write_at(monkeypatch, "000002")
     with pytest.raises(OSError, match="disk full"):
         render_dataset(out, 4, format="png", overwrite=True)
     assert not (out / "manifest.jsonl").exists() and not (out / "manifest.csv").exists()
@@ -215,17 +220,11 @@ def test_overwriting_a_dataset_leaves_none_of_its_clips(tmp_path):
 def test_rerunning_an_interrupted_render_leaves_none_of_its_clips(tmp_path, monkeypatch):
     """Old clips were cleared only when manifest.jsonl existed: a render stopped at clip 5, rerun with 2 clips (with
     or without --overwrite), kept clips 2-4 beside the new manifest."""
-    out, real = tmp_path / "d", dataset._write_png_folder
-
-    def fail_at_5(folder, frames):
-        if folder.name == "000005":
-            raise OSError("disk full")
-        real(folder, frames)
-
-    monkeypatch.setattr(dataset, "_write_png_folder", fail_at_5)
+    out = tmp_path / "d"
+    fail_png_write_at(monkeypatch, "000005")
     with pytest.raises(OSError, match="disk full"):
         render_dataset(out, 6, format="png", num_workers=1)
-    monkeypatch.setattr(dataset, "_write_png_folder", real)
+    monkeypatch.undo()
     assert len(list((out / "clips").iterdir())) >= 5
     render_dataset(out, 2, format="png")
     assert sorted(p.name for p in (out / "clips").iterdir()) == ["000000", "000001"]
