@@ -79,6 +79,8 @@ def cache_end_to_end(
         "--start-offsets",
         "even",
         "--no-progress",
+        "--device",  # as encode_only: left out, a CUDA machine would cache on the GPU against CPU encoding
+        "cpu",
     ]
     m = run_measured(cmd, env={**os.environ, "PYTHONPATH": str(ROOT)})
     proc, seconds = m.proc, m.seconds

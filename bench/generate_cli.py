@@ -49,6 +49,8 @@ def measure(model: Path, extra: list[str], importtime: bool = False) -> dict:
         ]
         m = run_measured(cmd, env={**os.environ, "PYTHONPATH": str(ROOT)}, cwd=tmp)
         proc, wall = m.proc, m.seconds
+        if proc.returncode == 2:  # generate.py's answer to bad input (here: an unusable model folder)
+            raise ValueError(failure_line(proc).removeprefix("error: "))
         if proc.returncode != 0:
             raise RuntimeError(failure_line(proc))
         if not Path(f"{tmp}/v.mp4").is_file():
@@ -95,6 +97,7 @@ def info(name: str, seconds: float) -> dict:
 
 
 def run(quick: bool, model: Path = DEFAULT_MODEL) -> list[dict]:
+    model = Path(model).resolve()  # generate.py runs in a temporary folder: a relative path would point there
     if not (model / "pipeline.yaml").is_file():
         raise ValueError(f"--model {str(model)!r} holds no pipeline.yaml: give a pipeline folder")
     runs, floors = [], []

@@ -54,7 +54,7 @@ import numpy as np
 import torch
 
 from bench.table import check_json_target, format_table, record, write_json
-from core.cli import CliParser, int_at_least, run_cli
+from core.cli import CliParser, float_at_least, int_at_least, run_cli
 from core.config import build_config
 from generator import Generator, generator_loss, processed_length, train_flops_per_clip
 from videodata.cache.format import FORMAT_NAME, FORMAT_VERSION, token_dtype
@@ -192,6 +192,11 @@ def run(quick: bool = False, style: str = "maskgit", peak_tflops: float = 0.0, p
         time (ratio = ours / plain = the overhead; goal <= 1.10), tokens/s, and MFU rows when
         ``peak_tflops`` is given.
     """
+    if torch.cuda.is_available():  # the trainer would take the GPU (nccl, cuda:LOCAL_RANK) and the plain loop the CPU
+        raise RuntimeError(
+            "the training-overhead benchmark measures the CPU path: run it with no CUDA device visible "
+            "(CUDA_VISIBLE_DEVICES=)"
+        )
     warmup, repeats, per_repeat = QUICK if quick else FULL
     total = warmup + repeats * per_repeat + profile
     load = [os.getloadavg()[0]]
@@ -277,7 +282,9 @@ def _main(argv: Sequence[str] | None) -> int:
     parser.add_argument(
         "--style", choices=("maskgit", "ar"), default="maskgit", help="generator style (default: %(default)s)"
     )
-    parser.add_argument("--peak-tflops", type=float, default=0.0, help="device peak TFLOP/s for an MFU estimate")
+    parser.add_argument(
+        "--peak-tflops", type=float_at_least(0.0), default=0.0, help="device peak TFLOP/s for an MFU estimate (0: none)"
+    )
     parser.add_argument(
         "--profile", type=int_at_least(0), default=0, metavar="STEPS", help="also cProfile STEPS steps of each side"
     )

@@ -66,6 +66,9 @@ def test_unknown_benchmark_exits_2():
         ("generator_bench", ["--device", "tpu"], "unknown device 'tpu': use cpu, cuda or cuda:N"),
         ("train_overhead", ["--threads", "-2"], "argument --threads: must be >= 1, got -2"),
         ("train_overhead", ["--profile", "x"], "argument --profile: expected an integer, got 'x'"),
+        ("train_overhead", ["--peak-tflops", "nan"], "argument --peak-tflops: must be a finite number, got 'nan'"),
+        ("train_overhead", ["--peak-tflops", "inf"], "argument --peak-tflops: must be a finite number, got 'inf'"),
+        ("train_overhead", ["--peak-tflops", "-5"], "argument --peak-tflops: must be >= 0, got -5"),
     ],
 )
 def test_bad_numbers_exit_2_with_one_line_before_measuring(module, args, message, monkeypatch, capsys):
@@ -190,3 +193,48 @@ def test_every_bench_script_checks_json_and_flags_before_it_measures(module, tmp
         assert len(err.splitlines()) == 1 and message in err, err
     if module in ("bench.generate_cli", "bench.serve_latency"):
         assert (tmp_path / "model" / "pipeline.yaml").read_text() == "mine\n"
+
+
+def test_the_cache_benchmark_caches_on_the_cpu_as_its_encode_only_peer_does(monkeypatch, tmp_path):
+    """Without --device, tools/cache_tokens.py took cuda:LOCAL_RANK on a GPU machine while encode_only ran on the
+    CPU: the "caching vs encode-only" goal compared two devices."""
+    from bench import cache_throughput
+
+    seen = []
+
+    def fake_run(cmd, env=None, cwd=None):
+        seen.append(cmd)
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr(cache_throughput, "run_measured", fake_run)
+    with pytest.raises(RuntimeError, match="stop"):
+        cache_throughput.cache_end_to_end("data", tmp_path / "tok", tmp_path / "out", 17, 64, 8, 1)
+    cmd = seen[0]
+    assert cmd[cmd.index("--device") + 1] == "cpu"
+
+
+def test_the_training_overhead_benchmark_refuses_a_visible_gpu_before_building_anything(monkeypatch):
+    """With CUDA visible the trainer went to nccl and cuda:0 while the plain loop stayed on the CPU."""
+    from bench import train_overhead
+
+    monkeypatch.setattr(train_overhead.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(train_overhead, "write_random_cache", lambda *a: pytest.fail("built despite a visible GPU"))
+    with pytest.raises(RuntimeError, match="CUDA_VISIBLE_DEVICES"):
+        train_overhead.run(quick=True)
+
+
+def test_the_generate_benchmark_takes_a_relative_model_path_and_reports_a_bad_model_in_one_line(
+    tmp_path, monkeypatch, capsys
+):
+    """generate.py ran in a temporary folder with the relative --model unchanged (so `--model models/shapes` from the
+    repository root failed), and its exit 2 on a bad model came back as a RuntimeError traceback."""
+    from bench import generate_cli
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "pipeline.yaml").write_text("mine\n")
+    monkeypatch.chdir(tmp_path)
+    assert generate_cli.main(["--quick", "--model", "model"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "must hold a mapping" in err[0], err
+    assert str(model / "pipeline.yaml") in err[0]  # the child was given the absolute path
