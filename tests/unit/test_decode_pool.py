@@ -30,3 +30,12 @@ def test_a_worker_that_never_begins_its_task_times_out():
     ) as pool:
         [(_, result)] = list(pool.imap([7], window=1))
     assert isinstance(result, Failure) and result.kind == "timeout" and "did not begin" in result.detail, result
+
+
+def test_an_imap_left_early_does_not_hand_its_results_to_the_next_one():
+    """The consumer of the first imap stops after one result while the workers still hold its slower tasks; the
+    second imap numbered its tasks from 0 again and took those stale results as its own (0.3 -> 1.0)."""
+    with DecodePool(sleep_for, num_workers=2, timeout_s=30.0, preload=PRELOAD) as pool:
+        for _ in pool.imap([0.0, 1.0, 1.5], window=3):
+            break
+        assert list(pool.imap([0.2, 0.3, 0.4], window=3)) == [(0.2, 0.2), (0.3, 0.3), (0.4, 0.4)]

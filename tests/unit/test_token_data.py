@@ -103,7 +103,9 @@ def test_global_index_is_the_same_for_one_and_two_ranks(tmp_path):
 
 
 def test_wide_codebooks_use_int32(tmp_path):
-    assert token_dtype(65_536) == np.uint16 and token_dtype(65_537) == np.int32
+    assert token_dtype(65_536) == np.uint16 and token_dtype(65_537) == np.int32 and token_dtype(2**31) == np.int32
+    with pytest.raises(ValueError, match="does not fit the cache.s int32 ids"):  # FSQ [256]*4: ids wrapped to negative
+        token_dtype(2**31 + 1)
     ids = make_cache(tmp_path / "c", codebook_size=70_000)
     cache = TokenCache(tmp_path / "c")
     assert cache._arrays(0)[0].dtype == np.int32
@@ -312,3 +314,23 @@ def test_captionless_lists_the_clips_without_a_usable_caption(tmp_path):
     assert TokenCache(tmp_path / "c").captionless() == [2, 5]
     make_cache(tmp_path / "d", num_clips=4)
     assert TokenCache(tmp_path / "d").captionless() == []
+
+
+def test_a_second_writer_on_a_rank_is_refused_and_the_first_keeps_its_files(tmp_path):
+    """A command launched twice (or a requeued job whose first copy still ran) took the folder as a resume, and its
+    scan deleted the shard files the first was writing; the first then marked the missing shard done."""
+    out = tmp_path / "c"
+    make_cache(out, num_clips=2, shard_size=2)  # a spec to write against
+    for name in [p.name for p in out.iterdir() if p.name.startswith(("shard-", "rank-", "manifest"))]:
+        (out / name).unlink()
+    first = RankWriter(out, rank=0, world_size=1, shard_size=1, dtype=np.uint16, grid=GRID)
+    first.add(np.zeros(GRID, np.int64), source=0, clip=0, start=0, stride=1, label=0, caption="", last_of_source=True)
+    written = sorted(p.name for p in out.iterdir())
+    with pytest.raises(ValueError, match="another process is writing rank 0"):
+        RankWriter(out, rank=0, world_size=1, shard_size=1, dtype=np.uint16, grid=GRID)
+    assert sorted(p.name for p in out.iterdir()) == written
+    RankWriter(out, rank=1, world_size=1, shard_size=1, dtype=np.uint16, grid=GRID).close()  # other ranks are free
+    first.finish()
+    again = RankWriter(out, rank=0, world_size=1, shard_size=1, dtype=np.uint16, grid=GRID)  # the lock is released
+    assert again.complete and again.num_clips == 1
+    again.close()

@@ -51,6 +51,7 @@ from videodata.cache.sources import (
     decode_source,
     discover_sources,
     rank_slice,
+    source_sizes_sha256,
     sources_sha256,
     worker_init,
 )
@@ -283,6 +284,7 @@ def build_cache(cfg: BuildConfig) -> BuildSummary:
             "world_size": world,
             "num_sources": len(sources),
             "sources_sha256": sources_sha256(sources),
+            "source_sizes_sha256": source_sizes_sha256(root, sources),
         },
         "tokenizer": {"path": str(Path(cfg.tokenizer).resolve()), "config": to_dict(tokenizer.config)},
         "data": str(root),
@@ -299,19 +301,22 @@ def build_cache(cfg: BuildConfig) -> BuildSummary:
     prepare_cache_dir(out, cache_spec)
     writer = RankWriter(out, rank=rank, world_size=world, shard_size=cfg.shard_size, dtype=dtype, grid=grid)
     quarantined, steady = 0, None
-    if not writer.complete:
-        work = _Work(root=root, sources=sources, own=rank_slice(len(sources), rank, world), window=window)
-        num_workers = cfg.num_workers if cfg.num_workers is not None else default_num_workers(local_world)
-        pool = DecodePool(
-            decode_source, num_workers=num_workers, timeout_s=cfg.decode_timeout_s,
-            initializer=worker_init, preload=["videodata.cache.sources", "av"],
-        )  # fmt: skip
-        with pool, _deterministic_torch(cfg.threads):
-            quarantined, steady = _encode_slice(
-                work, pool, ClipEncoder(tokenizer, device, dtype), writer,
-                batch_size=cfg.batch_size, window=2 * max(1, num_workers) + 2, progress=cfg.progress and rank == 0,
+    try:
+        if not writer.complete:
+            work = _Work(root=root, sources=sources, own=rank_slice(len(sources), rank, world), window=window)
+            num_workers = cfg.num_workers if cfg.num_workers is not None else default_num_workers(local_world)
+            pool = DecodePool(
+                decode_source, num_workers=num_workers, timeout_s=cfg.decode_timeout_s,
+                initializer=worker_init, preload=["videodata.cache.sources", "av"],
             )  # fmt: skip
-        writer.finish()
+            with pool, _deterministic_torch(cfg.threads):
+                quarantined, steady = _encode_slice(
+                    work, pool, ClipEncoder(tokenizer, device, dtype), writer, batch_size=cfg.batch_size,
+                    window=2 * max(1, num_workers) + 2, progress=cfg.progress and rank == 0,
+                )  # fmt: skip
+            writer.finish()
+    finally:
+        writer.close()
     summary = {
         "rank": rank, "world_size": world, "num_sources": len(sources), "rank_clips": writer.num_clips,
         "rank_shards": len(writer.shards), "rank_quarantined": quarantined, "steady_clips_per_s": steady,
@@ -371,11 +376,10 @@ def _encode_slice(
         src = work.sources[task.index]
         if isinstance(result, Failure):
             bar.total -= per_source
-            if task.min_clip > 0:  # its first clips are already in a shard: never quarantine it now
-                why = f"{result.kind}: {result.detail}"
-                log.warning("%s failed on resume (%s); its remaining clips are skipped", src.path, why)
-                continue
             entry = _quarantine_entry(task.index, src, result)
+            if task.min_clip > 0:  # its first clips are in a shard already: the entry records the loss of the rest
+                lost = f"clips from {task.min_clip} on lost on resume ({entry['reason']}): {entry['detail']}"
+                entry |= {"reason": "partial", "detail": lost}
             writer.quarantine(entry)
             quarantined += 1
             log.warning("quarantined %s (%s): %s", src.path, entry["reason"], entry["detail"])

@@ -219,26 +219,35 @@ class DecodePool:
         queued: deque[tuple[int, Any]] = deque()
         by_idx: dict[int, Any] = {}
         results: dict[int, Any] = {}
-        while True:
-            while not exhausted and submitted - next_out < max(1, window):
-                try:
-                    task = next(it)
-                except StopIteration:
-                    exhausted = True
-                    break
-                queued.append((submitted, task))
-                by_idx[submitted] = task
-                submitted += 1
-            for i, w in enumerate(self._workers):
-                if w.idx is None and queued:
-                    self._assign(i, *queued.popleft())
-            if next_out in results:
-                yield by_idx.pop(next_out), results.pop(next_out)
-                next_out += 1
-                continue
-            if exhausted and next_out == submitted:
-                return
-            self._collect(results)
+        try:
+            while True:
+                while not exhausted and submitted - next_out < max(1, window):
+                    try:
+                        task = next(it)
+                    except StopIteration:
+                        exhausted = True
+                        break
+                    queued.append((submitted, task))
+                    by_idx[submitted] = task
+                    submitted += 1
+                for i, w in enumerate(self._workers):
+                    if w.idx is None and queued:
+                        self._assign(i, *queued.popleft())
+                if next_out in results:
+                    yield by_idx.pop(next_out), results.pop(next_out)
+                    next_out += 1
+                    continue
+                if exhausted and next_out == submitted:
+                    return
+                self._collect(results)
+        finally:
+            # Left early (the consumer stopped or raised): a busy worker's result would reach the next imap, which
+            # numbers its tasks from 0 again, as the answer to its own task. Stop those workers; the next task
+            # given to one finds it dead and replaces it (see _assign).
+            for w in self._workers:
+                if w.idx is not None:
+                    w.idx = None
+                    w.stop(kill=True)
 
     def _assign(self, i: int, idx: int, task: Any) -> None:
         """Sends a task to idle worker ``i``, first replacing it if it has died since its last task."""

@@ -61,9 +61,11 @@ def rank_done_name(rank: int) -> str:
 
 
 def token_dtype(codebook_size: int) -> np.dtype:
-    """uint16 when every id fits (codebook <= 65,536), else int32."""
+    """uint16 when every id fits (codebook <= 65,536), else int32; larger than int32 holds is refused."""
     if codebook_size < 1:
         raise ValueError(f"codebook_size must be >= 1, got {codebook_size}")
+    if codebook_size > 2**31:  # astype(int32) wrapped the larger ids to negative ones without a word
+        raise ValueError(f"a codebook of {codebook_size:,} ids does not fit the cache's int32 ids (at most 2**31)")
     return np.dtype(np.uint16) if codebook_size <= UINT16_MAX_CODEBOOK else np.dtype(np.int32)
 
 

@@ -270,6 +270,26 @@ def sources_sha256(sources: list[Source]) -> str:
     return sha256_bytes(blob.encode())
 
 
+def source_sizes_sha256(root: Path, sources: list[Source]) -> str:
+    """sha256 over each source's size in bytes (a folder of frames: the sum over its files; missing: -1).
+
+    The source list names files by path only, so a resume with ``--data`` on another folder with the same names
+    passed its check and mixed two datasets in one cache. Sizes are a cheap stat each and still allow the folder
+    to move; a same-size edit of a file goes unseen.
+    """
+    sizes = []
+    for s in sources:
+        path = root / s.path
+        try:
+            if path.is_dir():
+                sizes.append(sum(e.stat().st_size for e in os.scandir(path) if e.is_file()))
+            else:
+                sizes.append(path.stat().st_size)
+        except OSError:
+            sizes.append(-1)
+    return sha256_bytes(json.dumps(sizes).encode())
+
+
 def rank_slice(num_sources: int, rank: int, world_size: int) -> range:
     """The contiguous block of source indices a rank owns (sizes differ by at most one).
 

@@ -13,8 +13,10 @@ every entry is written exactly once however often a run is killed and resumed.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
+import os
 import re
 import time
 from datetime import datetime, timezone
@@ -94,6 +96,10 @@ class RankWriter:
         shard_size: clips per shard; the last shard of a rank may hold fewer.
         dtype: token dtype (uint16 or int32).
         grid: (t, h, w) of every clip.
+
+    The writer holds an exclusive lock on the hidden ``.rank-RRR.lock`` from its start until :meth:`finish` or
+    :meth:`close`: a second process on the same rank (a command launched twice, a requeued job whose first copy
+    still runs) is refused, where its resume scan used to delete the files the first was writing.
     """
 
     def __init__(
@@ -116,7 +122,18 @@ class RankWriter:
         self._meta: list[tuple[int, ...]] = []
         self._captions: list[str | list[str]] = []
         self._last_of_source = False
-        self._scan()
+        self._lock = _lock_rank(out, rank)
+        try:
+            self._scan()
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Releases the rank's lock (idempotent); :meth:`finish` calls it."""
+        if not self._lock.closed:
+            Path(self._lock.name).unlink(missing_ok=True)  # first: whoever locks the file after this retries
+            self._lock.close()  # closing the file releases its flock
 
     # ----------------------------------------------------------------- resume
     def _scan(self) -> None:
@@ -213,6 +230,7 @@ class RankWriter:
         self._write(rank_done_name(self.rank), json_bytes(record))
         self.pending_quarantine = []
         self.complete = True
+        self.close()
 
     def _write(self, name: str, data: bytes) -> dict[str, Any]:
         """Writes one file atomically; every file of the rank goes through here. Returns its record."""
@@ -248,6 +266,31 @@ class RankWriter:
         self.shards.append(record)
         self._tokens, self._meta, self._captions = [], [], []
         log.debug("wrote %s (%d clips)", name, len(tokens))
+
+
+def _lock_rank(out: Path, rank: int):
+    """Opens and exclusively locks ``out/.rank-RRR.lock``; ValueError when another process holds it.
+
+    The holder removes the file before it lets go (:meth:`RankWriter.close`), so a lock taken on a file that is
+    no longer the one at the path is retried on the new one.
+    """
+    path = out / f".rank-{rank:03d}.lock"
+    while True:
+        handle = open(path, "a+b")  # noqa: SIM115 - held for the writer's life, closed by RankWriter.close
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise ValueError(
+                f"another process is writing rank {rank} of the cache {str(out)!r} (it holds {path.name}): "
+                "wait for it to end or stop it, then run again"
+            ) from None
+        try:
+            if os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino:
+                return handle
+        except FileNotFoundError:
+            pass
+        handle.close()  # the holder removed it between our open and our lock: take the new one
 
 
 def merge_manifest(
