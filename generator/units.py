@@ -19,6 +19,8 @@ from typing import Literal
 
 import torch
 
+from core.checks import is_int
+
 Order = Literal["token", "cube", "frame", "clip"]
 ORDERS: tuple[str, ...] = ("token", "cube", "frame", "clip")
 
@@ -99,8 +101,8 @@ def check_order(order: str, supported: tuple[str, ...], style: str) -> None:
 
 def make_layout(grid: tuple[int, int, int], order: str, cube: tuple[int, int, int] = (1, 2, 2)) -> UnitLayout:
     """Builds the :class:`UnitLayout` of a grid for an order (``cube`` is used by order='cube')."""
-    if len(grid) != 3:
-        raise ValueError(f"token grid must be (t, h, w), got {tuple(grid)}")
+    if len(grid) != 3 or not all(is_int(g) for g in grid):  # int(2.7) made a 2.7-frame grid 2 frames silently
+        raise ValueError(f"token grid must be three integers (t, h, w), got {tuple(grid)}")
     grid = tuple(int(g) for g in grid)  # a list would never equal the grid of an ids tensor's shape
     t, h, w = grid
     if min(grid) < 1:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from numbers import Real
 
+from core.checks import is_int
 from generator.schedules import SCHEDULES
 
 MAX_CFG_SCALE = 100.0  # guidance weights in use are 1-10; far larger ones overflow the logits
@@ -45,10 +47,18 @@ class SamplingConfig:
     corrector_fraction: float = 0.05
 
     def __post_init__(self) -> None:
+        for name in ("top_k", "steps", "corrector_rounds"):  # a float reached torch.topk / range() as a TypeError
+            if not is_int(getattr(self, name)):
+                raise ValueError(f"{name} must be an integer, got {getattr(self, name)!r}")
+        for name in ("cfg_schedule", "mask_schedule"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"{name} must be a string, got {getattr(self, name)!r}")
         numbers = {"temperature": self.temperature, "top_p": self.top_p, "cfg_scale": self.cfg_scale,
                    "choice_temperature": self.choice_temperature, "context_temperature": self.context_temperature,
                    "corrector_fraction": self.corrector_fraction}  # fmt: skip
         for name, value in numbers.items():  # NaN and inf pass `< 0`: NaN probabilities, or every token equal
+            if value is not None and (not isinstance(value, Real) or isinstance(value, bool)):
+                raise ValueError(f"{name} must be a number, got {value!r}")
             if value is not None and not math.isfinite(value):
                 raise ValueError(f"{name} must be a finite number, got {value}")
         if self.temperature < 0:

@@ -23,7 +23,15 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
 
 
 def sample_logits(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator | None) -> torch.Tensor:
-    """Draws ids (...,) from logits (..., V) with temperature, top-k and top-p; greedy at T=0."""
+    """Draws ids (...,) from logits (..., V) with temperature, top-k and top-p; greedy at T=0.
+
+    Raises:
+        ValueError: a logit is NaN or +inf, or every logit of a row is -inf (a broken model: NaN weights, or a
+            half-precision head that overflowed). A +inf used to become NaN in the shift below, so that every
+            token but the certain one was drawn, and greedy decoding returned a NaN's position.
+    """
+    if bool((logits.isnan() | logits.isposinf()).any() | (logits.amax(-1) == float("-inf")).any()):
+        raise ValueError("the model gave logits that are NaN, +inf or -inf for every token: it cannot be sampled")
     if cfg.temperature == 0:
         return logits.argmax(-1)
     scaled = logits.float() if cfg.temperature == 1.0 else logits.float() / cfg.temperature  # x / 1 == x

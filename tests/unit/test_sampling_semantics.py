@@ -289,8 +289,35 @@ def test_sampling_config_bounds_are_inclusive_and_errors_say_which_setting():
         r"temperature must be a finite number, got inf": dict(temperature=float("inf")),
         r"context_temperature must be a finite number, got nan": dict(context_temperature=float("nan")),
         r"choice_temperature must be a finite number, got inf": dict(choice_temperature=float("inf")),
+        # accepted, then a TypeError deep in torch.topk / range() at sampling time
+        r"top_k must be an integer, got 2.5": dict(top_k=2.5),
+        r"steps must be an integer, got 2.5": dict(steps=2.5),
+        r"corrector_rounds must be an integer, got True": dict(corrector_rounds=True),
+        r"top_k must be an integer, got None": dict(top_k=None),
+        r"temperature must be a number, got '0.5'": dict(temperature="0.5"),
+        r"cfg_scale must be a number, got True": dict(cfg_scale=True),
+        r"mask_schedule must be a string, got 3": dict(mask_schedule=3),
     }
     refused_exactly(SamplingConfig, bad)
+
+
+def test_a_grid_of_non_integers_is_refused_not_truncated():
+    """make_layout called int() on each entry: a grid of 2.7 frames sampled 2 frames without a word."""
+    m = tiny("maskgit")
+    with pytest.raises(ValueError, match=r"token grid must be three integers \(t, h, w\), got \(2.7, 4, 4\)"):
+        sample_maskgit(m, cond2(), (2.7, 4, 4), sampling=SamplingConfig(steps=2), generator=torch.Generator())
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.7, 1.0])
+@pytest.mark.parametrize("bad", [[0.0, math.inf, -1.0], [0.0, math.nan, 3.0], [-math.inf, -math.inf, -math.inf]])
+def test_logits_a_broken_model_gives_are_refused_not_sampled(bad, temperature):
+    """A +inf logit became NaN in the overflow shift and was the one token never drawn (the others uniformly); greedy
+    decoding returned a NaN's position; at T > 0 NaN or an all -inf row was a RuntimeError from torch.multinomial."""
+    logits = torch.tensor([[0.0, 1.0, 2.0], bad])
+    with pytest.raises(ValueError, match="NaN, \\+inf or -inf for every token"):
+        sample_logits(logits, SamplingConfig(temperature=temperature), torch.Generator().manual_seed(0))
+    some_masked = torch.tensor([[0.0, -math.inf, 2.0]])  # -inf on some tokens is a mask, and fine
+    assert sample_logits(some_masked, SamplingConfig(temperature=temperature), None).item() in (0, 2)
 
 
 def test_linear_guidance_ramps_from_one_to_the_scale():
