@@ -105,12 +105,22 @@ def frame_starts(path: str | os.PathLike) -> list[float] | None:
     return [total / 1000.0 for total in itertools.accumulate(durations[:-1], initial=0)]
 
 
+def _frame_duration(frame: Image.Image) -> int:
+    """One animated frame's display time in ms, 0 where none is given. WebP sets it when the frame is decoded, not
+    when it is sought (an animated WebP was read as having no delays, its frames taken one for one at any rate)."""
+    if frame.info.get("duration") is None:
+        frame.load()
+    return frame.info.get("duration") or 0
+
+
 def _pil_durations(path: Path) -> list[int]:
     """Each frame's display time in ms (0 where the file gives none) of an image or GIF Pillow opens."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)  # refused, as core.video_io refuses it
             with Image.open(path) as im:
-                return [f.info.get("duration", 0) for f in ImageSequence.Iterator(im)]
+                if getattr(im, "n_frames", 1) < 2:  # a still: nothing to decode for its timing
+                    return [im.info.get("duration") or 0]
+                return [_frame_duration(f) for f in ImageSequence.Iterator(im)]
     except PIL_DECODE_ERRORS as err:
         raise ValueError(f"cannot decode {str(path)!r}: Pillow: {err or type(err).__name__}") from None

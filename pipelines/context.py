@@ -72,7 +72,8 @@ def load_frames(
 
 def frame_indices(path: str | os.PathLike, fps: float | None = None) -> list[int]:
     """The file's frames :func:`load_frames` takes, as indices, counted from the file's index without decoding:
-    every frame, or at ``fps`` those :func:`resample_indices` keeps of a video or animated GIF.
+    every frame, or at ``fps`` those :func:`resample_indices` keeps of a video or an animated image (GIF, WebP,
+    APNG: at their own frame times, see :func:`resample_times`).
 
     Raises:
         ValueError: a path that does not exist or that no backend can open.
@@ -80,7 +81,7 @@ def frame_indices(path: str | os.PathLike, fps: float | None = None) -> list[int
     path = Path(path)
     n = frame_count(path)
     keep = list(range(n))
-    if fps is not None and n > 1 and path.is_file() and path.suffix.lower() in VIDEO_EXTS:
+    if fps is not None and n > 1 and path.is_file():  # VIDEO_EXTS alone took an animated WebP or APNG frame by frame
         starts = frame_starts(path)  # an animated image's own frame times; None for a video file
         if starts is not None and len(starts) == n:
             keep = resample_times(starts, fps)

@@ -34,7 +34,7 @@ from starlette.exceptions import HTTPException
 from core.files import atomic_path
 from pipelines import VideoPipeline
 from pipelines.context import frame_indices, load_frames
-from pipelines.generate import GenerationRequest, generate_with, sampling_for
+from pipelines.generate import GeneratedFiles, GenerationRequest, generate_with, sampling_for
 from videoserve.requests import parse_request
 from videoserve.store import OutputStore, new_id
 from videoserve.worker import Busy, GenerationWorker
@@ -116,12 +116,27 @@ def _run_job(pipe: VideoPipeline, store: OutputStore, request: GenerationRequest
     video, sheet = store.result_paths(result_id)
     try:
         made = generate_with(pipe, request, [video], progress=False)
+        record = _record(result_id, video, sheet, made, request, submitted, started)
+        store.finish(result_id, record)  # a record that cannot be written (a full disk) discards the files too
     except BaseException:
         store.discard(result_id)
         raise
+    return record
+
+
+def _record(
+    result_id: str,
+    video: Path,
+    sheet: Path,
+    made: GeneratedFiles,
+    request: GenerationRequest,
+    submitted: float,
+    started: float,
+) -> dict:
+    """The JSON record of a finished result: what was asked, what was made, and where the time went."""
     done = time.perf_counter()
     frames = made.output.frames
-    record = {
+    return {
         "id": result_id,
         "video": f"/outputs/{video.name}",
         "sheet": f"/outputs/{sheet.name}",
@@ -143,8 +158,6 @@ def _run_job(pipe: VideoPipeline, store: OutputStore, request: GenerationRequest
         },
         "created": time.time(),
     }
-    store.finish(result_id, record)
-    return record
 
 
 def create_app(
@@ -234,8 +247,13 @@ def create_app(
                     f.write(chunk)
         except _TooLarge:  # atomic_path removed the partial file
             return _error(413, f"the upload is larger than this server's limit of {max_upload_bytes} bytes")
+        try:  # on the worker: its torch resize runs on the one torch thread, queued like a generation
+            future = worker.submit(lambda: _check_upload(path, pipe.config.fps, frame_size))
+        except Busy as err:
+            path.unlink(missing_ok=True)
+            return _error(503, str(err))
         try:
-            count = await asyncio.to_thread(_check_upload, path, pipe.config.fps, frame_size)
+            count = await asyncio.wrap_future(future)
         except ValueError as err:
             path.unlink(missing_ok=True)
             return _error(400, str(err).replace(str(path), path.name))  # not the server's folders

@@ -33,6 +33,8 @@ def check_port(host: str, port: int) -> None:
     if not 1 <= port <= 65535:
         raise ValueError(f"--port must be in [1, 65535], got {port}")
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        # as uvicorn binds: without it a port left in TIME_WAIT by the last run's connections was "in use" for ~60 s
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError as err:
@@ -85,8 +87,9 @@ def serve(
     for flag, mb in (("--max-output-mb", max_output_mb), ("--max-upload-mb", max_upload_mb)):
         if not (math.isfinite(mb) and mb > 0):  # int(inf) was an OverflowError traceback
             raise ValueError(f"{flag} must be a positive number of megabytes, got {mb}")
-    if int(max_output_mb * 1024 * 1024) < 1:
-        raise ValueError(f"--max-output-mb must be at least one byte, got {max_output_mb}")
+    for flag, mb in (("--max-output-mb", max_output_mb), ("--max-upload-mb", max_upload_mb)):
+        if int(mb * 1024 * 1024) < 1:  # an upload limit of 0 bytes refused every upload with a 413
+            raise ValueError(f"{flag} must be at least one byte, got {mb}")
     check_port(host, port)
     worker = GenerationWorker(max_waiting)
     pipe = load_for_serving(model, torch.device(device), worker)

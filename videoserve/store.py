@@ -92,10 +92,16 @@ class OutputStore:
         return self.root / f"{result_id}.mp4", self.root / f"{result_id}.png"
 
     def finish(self, result_id: str, record: dict) -> None:
-        """Writes the result's record (making it visible), then enforces the size cap."""
-        atomic_write_json(self.root / f"{result_id}.json", record)
-        with self._lock:
-            self._busy.discard(result_id)
+        """Writes the result's record (making it visible), then enforces the size cap.
+
+        The id leaves the busy set whatever happens: a record that could not be written (a full disk) left its
+        files protected from the cap, unlisted, for the server's lifetime. The caller discards them then.
+        """
+        try:
+            atomic_write_json(self.root / f"{result_id}.json", record)
+        finally:
+            with self._lock:
+                self._busy.discard(result_id)
         self.enforce_cap(keep=result_id)
 
     def served_file(self, name: str) -> Path | None:
@@ -152,6 +158,8 @@ class OutputStore:
         """The server's files by id: ``<id>.mp4/.png/.json`` in ``root`` and ``uploads/<id><ext>``; nothing else."""
         groups: dict[str, list[Path]] = {}
         for folder, pattern in ((self.root, _RESULT_FILE), (self.uploads, _UPLOAD_FILE)):
+            if not folder.is_dir():  # removed by hand while serving: nothing of ours is there (it was a 500)
+                continue
             for path in folder.iterdir():
                 match = pattern.match(path.name)
                 if match and path.is_file():

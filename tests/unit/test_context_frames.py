@@ -186,3 +186,18 @@ def test_resampling_at_frame_times_equals_resampling_at_one_rate_when_the_rate_i
 
     for n, src, dst in ((17, 30, 8), (9, 4, 8), (33, 24, 8), (5, 8, 8)):  # at one rate: resample_indices exactly
         assert resample_times([i / src for i in range(n)], dst) == resample_indices(n, src, dst)
+
+
+@pytest.mark.parametrize("fmt, suffix", [("WEBP", ".webp"), ("PNG", ".png"), ("GIF", ".gif")])
+def test_animated_webp_and_apng_are_resampled_like_a_gif(tmp_path, fmt, suffix):
+    """Only VIDEO_EXTS (which hold .gif) were resampled: a 40 fps animated WebP or APNG was continued frame for frame,
+    its last 5 context frames spanning 1/8 s where a GIF's or an mp4's span 5/8 s (the motion ~5x too slow)."""
+    from pipelines.context import frame_indices
+
+    path = tmp_path / f"clip{suffix}"
+    frames = [Image.fromarray(np.full((8, 8, 3), 6 * i, np.uint8)) for i in range(40)]
+    frames[0].save(path, format=fmt, save_all=True, append_images=frames[1:], duration=[25] * 40, loop=0)
+    if fmt == "GIF":  # GIF delays are in 1/100 s: 25 ms is stored as 20 or 30; give it 50 fps
+        frames[0].save(path, format=fmt, save_all=True, append_images=frames[1:], duration=[20] * 40, loop=0)
+    rate = 50.0 if fmt == "GIF" else 40.0
+    assert frame_indices(path, 8.0) == resample_indices(40, rate, 8.0)
