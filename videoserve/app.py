@@ -252,6 +252,8 @@ def create_app(
         except Busy as err:
             path.unlink(missing_ok=True)
             return _error(503, str(err))
+        # a client gone while the check waits cancels it: the unchecked file, whose id nobody got, is removed
+        future.add_done_callback(lambda f: path.unlink(missing_ok=True) if f.cancelled() else None)
         try:
             count = await asyncio.wrap_future(future)
         except ValueError as err:

@@ -80,8 +80,8 @@ class OutputStore:
             return result_id
 
     def discard(self, result_id: str) -> None:
-        """Removes whatever a failed result left behind."""
-        for path in self.result_paths(result_id):
+        """Removes whatever a failed result left behind, its record included (the cap may fail after it is written)."""
+        for path in (*self.result_paths(result_id), self.root / f"{result_id}.json"):
             path.unlink(missing_ok=True)
         with self._lock:
             self._busy.discard(result_id)

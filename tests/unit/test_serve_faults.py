@@ -55,6 +55,20 @@ def test_a_record_that_cannot_be_written_leaves_no_files_the_cap_cannot_drop(pip
         assert c.post("/api/generate", json=REQUEST).status_code == 200
 
 
+def test_a_result_whose_cap_check_fails_is_removed_with_its_record(pipe, tmp_path, monkeypatch):  # noqa: F811
+    """The files of a failed result were removed but not its record, which then listed a video that was gone."""
+    store = OutputStore(tmp_path / "out", max_bytes=10**9)
+
+    def broken_cap(keep=""):
+        raise RuntimeError("cap failed")
+
+    monkeypatch.setattr(store, "enforce_cap", broken_cap)
+    with TestClient(create_app(pipe, store, model_name="shapes"), base_url=LOCAL) as c:
+        assert c.post("/api/generate", json=REQUEST).status_code == 500
+        assert c.get("/api/recent").json()["results"] == []
+    assert not [p.name for p in (tmp_path / "out").iterdir() if p.is_file()]
+
+
 def test_an_upload_huge_in_pixels_is_shrunk_before_its_float_resize(pipe, tmp_path, monkeypatch):  # noqa: F811
     """A one-colour 6000x6000 PNG is a few KB, but its float copies for the resize to 64x64 took gigabytes (1.7 GB at
     9000x9000). It is box-reduced first, so the resize sees at most a few times the target; it runs on the worker
