@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numbers
+import unicodedata
 
 
 def is_int(x: object) -> bool:
@@ -18,3 +19,11 @@ def check_text(text: str, what: str) -> None:
         text.encode("utf-8")
     except UnicodeEncodeError as err:
         raise ValueError(f"{what} is not valid Unicode text (character {err.start}: {text[err.start]!r})") from None
+
+
+def has_text(text: str) -> bool:
+    """Whether ``text`` holds anything a text encoder reads: characters other than whitespace, separators, control
+    and format characters (zero-width spaces, BOMs) and lone combining marks, which BERT-style tokenizers drop.
+    ``"   "`` or ``"\u200b"`` passes ``str.strip()`` or ``bool()`` checks and then leaves a prompt with no tokens."""
+    return any(not ch.isspace() and unicodedata.category(ch)[0] not in "CZ" and unicodedata.category(ch) != "Mn"
+               for ch in text)  # fmt: skip

@@ -11,6 +11,7 @@ tokenizer learns images (1-frame videos) and videos in one token space.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -78,6 +79,11 @@ class ClipDataConfig:
     max_frames_per_video: int = 300
 
     def __post_init__(self) -> None:
+        if isinstance(self.paths, (str, os.PathLike)):  # a string was read letter by letter: "/" first, scanned whole
+            raise ValueError(f"data.paths must be a list of paths, got the single {type(self.paths).__name__} "
+                             f"{str(self.paths)!r}: write [{str(self.paths)!r}]")  # fmt: skip
+        if self.size > MAX_FRAME_SIDE:  # ClipPool asked for a 100000x100000 frame (30 GB) per file
+            raise ValueError(f"data.size {self.size} is larger than {MAX_FRAME_SIDE} px a side")
         counts = {"num_frames": self.num_frames, "size": self.size, "stride": self.stride,
                   "max_frames_per_video": self.max_frames_per_video}  # fmt: skip
         for name, value in counts.items():

@@ -25,6 +25,9 @@ RENAMED: dict[str, str] = {
 }
 
 
+MAX_RUN_SEED = 2**53  # seed * 1000 + rank stays within int64 (torch.manual_seed); exact as a JSON number
+
+
 @dataclass(frozen=True, kw_only=True)
 class RunConfig:
     """Length, batching, engine, guards, logging and checkpoints of one training run.
@@ -109,6 +112,8 @@ class RunConfig:
         for name, low in at_least.items():
             if getattr(self, name) < low:
                 raise ValueError(f"run.{name} must be >= {low}, got {getattr(self, name)}")
+        if self.seed >= MAX_RUN_SEED:  # the trainers seed each rank with seed * 1000 + rank, which must stay int64
+            raise ValueError(f"run.seed must be < 2**53, got {self.seed}")
 
 
 def check_supported(run: RunConfig, unsupported: tuple[str, ...], task: str) -> None:

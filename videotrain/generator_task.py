@@ -132,6 +132,27 @@ def _caption(sample: TokenSample, pick: torch.Generator | None) -> str:
 DEFAULT_SAMPLE_FPS = 8.0  # sample videos of a cache cut by frame stride rather than a frame rate
 
 
+def split_by_source(sources: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(eval, train) sorted clip indices: whole source videos are held out, in a seeded order, until they hold
+    ``round(fraction * N)`` clips, and at least one source is left to train on.
+
+    Clips were drawn one by one: with several clips per video (``cache_tokens --clips-per-video``) a held-out clip
+    shared most of its frames with training clips of the same video, and the eval loss read too low. With one
+    clip per source (the shapes cache) the split is the one the clip-wise draw gave.
+    """
+    n = len(sources)
+    want = min(n - 1, int(round(fraction * n))) if fraction > 0 else 0
+    ids, clips_per_id = np.unique(sources, return_counts=True)  # sorted source ids and their clip counts
+    if want <= 0 or len(ids) < 2:
+        if want > 0:
+            log.warning("data.eval_fraction: every clip comes from one source video, so none is held out")
+        return np.zeros(0, dtype=np.int64), np.arange(n)
+    order = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, 7]))).permutation(len(ids))
+    taken = min(int(np.searchsorted(np.cumsum(clips_per_id[order]), want)) + 1, len(ids) - 1)
+    held = np.isin(sources, ids[order[:taken]])
+    return np.flatnonzero(held), np.flatnonzero(~held)
+
+
 class GeneratorTrainer(Trainer):
     """Trains a :class:`~generator.Generator` on a token cache (see :class:`~videotrain.trainer.Trainer`)."""
 
@@ -155,10 +176,7 @@ class GeneratorTrainer(Trainer):
             self._init_from(run.init_from)
         self.model.check_grid(self.cache.grid, "clip")
         self._check_labels()
-        n = len(self.cache)
-        perm = np.random.Generator(np.random.PCG64(np.random.SeedSequence([run.seed, 7]))).permutation(n)
-        n_eval = min(n - 1, int(round(cfg.data.eval_fraction * n))) if cfg.data.eval_fraction > 0 else 0
-        self.eval_idx, train_idx = np.sort(perm[:n_eval]), np.sort(perm[n_eval:])
+        self.eval_idx, train_idx = split_by_source(self.cache.source_ids(), cfg.data.eval_fraction, run.seed)
         self.stream = BatchStream(
             ShuffledSampler(len(train_idx), run.seed, self.dist.rank, self.dist.world_size), train_idx
         )

@@ -203,7 +203,10 @@ def test_manifest_sources_csv_and_jsonl(tmp_path):
     for text, message in [
         ('{"path": "a.mp4", "caption": "x", "captions": ["y"]}\n', "not both"),
         ('{"path": "a.mp4", "captions": []}\n', "non-empty list"),
-        ('{"path": "a.mp4", "captions": ["ok", 3]}\n', "non-empty list of non-empty strings"),
+        ('{"path": "a.mp4", "captions": ["ok", 3]}\n', "non-empty list of non-blank strings"),
+        # a blank entry among good ones passed, and stopped a text-conditional run when training drew it
+        ('{"path": "a.mp4", "captions": ["ok", "   "]}\n', "non-empty list of non-blank strings"),
+        ('{"path": "a.mp4", "captions": ["ok", "\\u200b"]}\n', "non-empty list of non-blank strings"),
         ('{"path": "a.mp4", "label": "x"}\n', "line 1: label 'x' is not an integer"),
         ('{"caption": "no path"}\n', "line 1: needs a non-empty 'path'"),
         ("[1, 2]\n", "line 1: expected a JSON object"),
@@ -310,8 +313,9 @@ def test_a_rank_that_finds_spec_json_appearing_is_not_refused(tmp_path, monkeypa
 
 def test_captionless_lists_the_clips_without_a_usable_caption(tmp_path):
     """A text-conditional run drew such a clip mid-run and stopped; the trainer now refuses the cache at build."""
-    make_cache(tmp_path / "c", num_clips=7, shard_size=3, caption=lambda i: {2: "", 5: "   "}.get(i, f"caption {i}"))
-    assert TokenCache(tmp_path / "c").captionless() == [2, 5]
+    odd = {2: "", 5: "   ", 3: ["good", "\u200b"], 6: ["  ", "good"]}  # one blank caption of several counts too
+    make_cache(tmp_path / "c", num_clips=7, shard_size=3, caption=lambda i: odd.get(i, f"caption {i}"))
+    assert TokenCache(tmp_path / "c").captionless() == [2, 3, 5, 6]
     make_cache(tmp_path / "d", num_clips=4)
     assert TokenCache(tmp_path / "d").captionless() == []
 

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from core.checks import has_text
 from videodata.cache.format import (
     META_DTYPE,
     SHARD_FILES,
@@ -169,17 +170,27 @@ class TokenCache(Dataset):
 
     def labels(self) -> np.ndarray:
         """(N,) int64 class label of every clip in index order, -1 where the source had none."""
+        return self._meta_column("label")
+
+    def source_ids(self) -> np.ndarray:
+        """(N,) int64 source index (into :attr:`sources`) of every clip in index order."""
+        return self._meta_column("source")
+
+    def _meta_column(self, name: str) -> np.ndarray:
         if not self.shards:
             return np.zeros(0, dtype=np.int64)
-        return np.concatenate([self._arrays(i)[1]["label"].astype(np.int64) for i in range(len(self.shards))])  # copies
+        return np.concatenate([self._arrays(i)[1][name].astype(np.int64) for i in range(len(self.shards))])  # copies
 
     def captionless(self) -> list[int]:
-        """Indices of the clips with no caption, or only empty ones (every shard's captions file is read once)."""
+        """Indices of the clips with no caption or with a blank one (every shard's captions file is read once).
+
+        Training draws any one of a clip's captions: a single blank one among good ones ("   ", a zero-width space)
+        stopped a text-conditional run when it was drawn, so it counts too."""
         out, start = [], 0
         for shard, entry in enumerate(self.shards):
             for row, item in enumerate(self._shard_captions(shard)):
                 captions = item if isinstance(item, list) else [item]
-                if not any(isinstance(c, str) and c.strip() for c in captions):
+                if not all(isinstance(c, str) and has_text(c) for c in captions):
                     out.append(start + row)
             start += entry["num_clips"]
         return out

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from core.checks import has_text
 from core.files import sha256_bytes
 from core.video_io import list_media, read_frames
 from core.video_probe import frame_count, video_fps
@@ -221,8 +222,9 @@ def _source(row: dict[str, Any], where: str) -> Source:
     if several is not None:
         if caption is not None:
             raise ValueError(f"{where}: give 'caption' or 'captions', not both")
-        if not isinstance(several, list) or not several or not all(isinstance(c, str) and c for c in several):
-            raise ValueError(f"{where}: captions must be a non-empty list of non-empty strings, got {several!r}")
+        if not isinstance(several, list) or not several or not all(isinstance(c, str) and has_text(c) for c in several):
+            # a blank entry ("   ", a zero-width space) passed, and stopped a text-conditional run when it was drawn
+            raise ValueError(f"{where}: captions must be a non-empty list of non-blank strings, got {several!r}")
     captions = tuple(several) if several is not None else ((caption,) if caption else ())
     return Source(path=path.strip(), captions=captions, label=_parse_label(row.get("label"), where))
 
