@@ -54,13 +54,15 @@ def assemble_pipeline(
         class_names: one caption per class id (replaces the config's), e.g. the shapes classes.
         holdout: attribute combinations held out of training, written to ``holdout.json``.
         dtype: storage precision of the weights, a key of :data:`DTYPES`.
-        force: replace an existing ``out``.
+        force: replace an existing ``out``: a pipeline folder (one with ``pipeline.yaml``) or an empty folder; a
+            file or any other folder is refused, as ``--out .`` or ``--out models`` would have been wiped whole.
 
     Returns:
         ``out``, which now loads with :meth:`VideoPipeline.from_pretrained`.
 
     Raises:
-        ValueError: ``out`` exists without ``force``, no generator, an unknown dtype, or parts
+        ValueError: ``out`` exists without ``force`` (or, with it, is a folder of other files), no generator, an
+            unknown dtype, or parts
             that do not fit together (vocabulary, orders, text encoder).
     """
     out = Path(out)
@@ -85,6 +87,7 @@ def assemble_pipeline(
         out, {"the tokenizer": tokenizer, **{f"the {m} generator": g for m, g in generators.items()},
               "the text encoder": encoder_source}, "--out"
     )  # fmt: skip
+    check_replaceable(out)
     pipe = VideoPipeline(
         VideoTokenizer.from_pretrained(tokenizer),
         {mode: Generator.from_pretrained(path) for mode, path in generators.items()},
@@ -102,6 +105,19 @@ def assemble_pipeline(
             atomic_write_json(tmp / HOLDOUT_FILE, list(holdout))
         VideoPipeline.from_pretrained(tmp)  # what we ship must load
     return out
+
+
+def check_replaceable(out: str | os.PathLike) -> None:
+    """ValueError when ``out`` is a file, or a folder that is neither empty nor a pipeline (no ``pipeline.yaml``):
+    replacing it would delete what was never a pipeline's."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {str(out)!r} is a file, not a pipeline folder: give a folder")
+    if out.is_dir() and not (out / "pipeline.yaml").is_file() and any(out.iterdir()):
+        raise ValueError(
+            f"--out {str(out)!r} is a folder of other files, not a pipeline (no pipeline.yaml): "
+            "give a new or empty folder, or a pipeline folder to replace"
+        )
 
 
 def _text_encoder_source(config: PipelineConfig, out: Path) -> tuple[Path, bool]:

@@ -5,11 +5,12 @@
 # Needs the project installed with a CUDA build of torch (scripts/install.sh says how); xformers is optional
 # (its comparison test is skipped without it). The tests never download anything. PYTHON picks the interpreter.
 set -uo pipefail
-out="${1:-}"
+out=""
+case "${1:-}" in -*|"") ;; *) out=$1; shift ;; esac  # a leading pytest option (-k ...) is not the folder
 case "$out" in ""|/*) ;; *) out="$PWD/$out" ;; esac  # a folder you name is read from where you are
 cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # this checkout's packages for bench/, not another clone's
 out="${out:-outputs/gpu_checks}"
-shift || true
 mkdir -p "$out" 2>/dev/null || { echo "error: cannot create the output folder $out" >&2; exit 2; }
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1
 py="${PYTHON:-python}"  # PYTHON=python3 where there is no `python`

@@ -4,6 +4,7 @@
 set -euo pipefail
 case "${OUT:-}" in ""|/*) ;; *) OUT="$PWD/$OUT" ;; esac  # a folder you name is read from where you are
 cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # this checkout's packages, not those another clone installed
 bash scripts/install.sh
 OUT=${OUT:-outputs/quickstart}
 MINUTES=${MINUTES:-3}

@@ -13,12 +13,14 @@
 # TRAIN_OVERRIDES (dotted overrides) come last on every training's command line, so they win;
 # EVAL_ARGS come last on the evaluation's. A RUN remembers NUM_CLIPS, TOKENIZER_CLIPS and TRAIN_OVERRIDES
 # (RUN/settings) and refuses to resume with others: a full run would otherwise reuse a smoke run's data and models.
-# A failing stage prints the end of its log.
+# A failing stage prints the end of its log. A signal to the script (Ctrl-C, SIGTERM to it or to its process group,
+# SIGHUP) is passed on once to the running stage, which saves and exports; the script waits for it, then stops.
 set -euo pipefail
 for var in RUN OUT; do  # folders you name are read from where you are; the defaults live in the checkout
     case "${!var:-}" in ""|/*) ;; *) printf -v "$var" '%s/%s' "$PWD" "${!var}" ;; esac
 done
 cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # this checkout's packages, not those another clone installed
 RUN=${RUN:-runs/shapes}
 OUT=${OUT:-$RUN/model}
 HOLDOUT="green triangle up,blue circle left,magenta square down"
@@ -26,8 +28,15 @@ NUM_CLIPS=${NUM_CLIPS:-34560}
 TOKENIZER_CLIPS=${TOKENIZER_CLIPS:-4140}
 TRAIN_OVERRIDES=${TRAIN_OVERRIDES:-}
 EVAL_ARGS=${EVAL_ARGS:-}
+for var in NUM_CLIPS TOKENIZER_CLIPS; do  # checked before RUN/settings records them
+    case "${!var}" in ""|*[!0-9]*|0*) echo "error: $var must be a positive integer, got '${!var}'" >&2; exit 2 ;; esac
+done
 # OUT is replaced whole at the end (make_pipeline --force): refuse now, not after hours, an OUT that is RUN, holds it,
-# or is one of its stage folders
+# or is one of its stage folders, and an existing OUT that is not an earlier build's pipeline folder
+if [ -e "$OUT" ] && ! { [ -d "$OUT" ] && { [ -f "$OUT/pipeline.yaml" ] || [ -z "$(ls -A "$OUT")" ]; }; }; then
+    echo "error: OUT=$OUT exists and is not a pipeline folder: the build would replace it; give a new OUT" >&2
+    exit 2
+fi
 out_abs=$(realpath -m "$OUT")
 for keep in "$RUN" "$RUN"/{data,tok,tok1,tok2,tok3,tok4,cache,ar,maskgit,eval}; do
     case "$(realpath -m "$keep")/" in "$out_abs"/*)
@@ -48,23 +57,54 @@ failed() {  # failed STAGE STATUS: the log holds the stage's output; show where 
     tail -n 5 "$RUN/$1.log" >&2
     exit "$2"
 }
+quoted() {  # quoted VALUE: VALUE as a YAML single-quoted string, for dotted overrides (a RUN with ": " or " #")
+    printf "'%s'" "${1//\'/\'\'}"
+}
+# Each stage runs in its own process group (set -m), so a signal to this script's group reaches the script alone,
+# which passes it on once: a stage run in the foreground was orphaned by a SIGTERM to the script (a rerun then
+# started a second trainer on the same folder), and one killed with its group left no "stopped" line.
+set -m
+child="" signalled=0
+forward() {  # forward SIGNAL NUMBER
+    signalled=$2
+    if [ -n "$child" ]; then kill -s "$1" "$child" 2>/dev/null || true; fi
+}
+trap 'forward INT 2' INT
+trap 'forward TERM 15' TERM
+trap 'forward HUP 1' HUP
+run() {  # run CMD...: its exit status once it has ended (128 + the signal if one was passed on and it exited 0)
+    "$@" &
+    child=$!
+    local rc=0
+    wait "$child" || rc=$?
+    while kill -0 "$child" 2>/dev/null; do  # the wait ended for a signal, not because the stage did
+        rc=0
+        wait "$child" || rc=$?
+    done
+    child=""
+    if [ "$rc" -eq 0 ] && [ "$signalled" -ne 0 ]; then rc=$((128 + signalled)); fi
+    return "$rc"
+}
 
 # 1. 34,560 clips (17x64x64 PNG frames, 8 fps, 8 captions each); three combinations held out of training.
 #    PNG keeps the tokenizer's targets free of H.264's 4:2:0 chroma loss. The tokenizer trains on the first
 #    4,320 clips (their 4,140 training entries, which lead the manifest); the generators on all of them.
-[ -f "$RUN/data/manifest.jsonl" ] || python tools/make_shapes.py render --out "$RUN/data" --num-clips "$NUM_CLIPS" \
-    --seed 0 --holdout "$HOLDOUT" --num-workers 2 --format png --captions-per-clip 8
-[ -f "$RUN/data/manifest_tokenizer.jsonl" ] || {
-    head -n "$TOKENIZER_CLIPS" "$RUN/data/manifest.jsonl" > "$RUN/data/manifest_tokenizer.tmp" &&
-    mv "$RUN/data/manifest_tokenizer.tmp" "$RUN/data/manifest_tokenizer.jsonl"; }
+[ -f "$RUN/data/manifest.jsonl" ] || run python tools/make_shapes.py render --out "$RUN/data" \
+    --num-clips "$NUM_CLIPS" --seed 0 --holdout "$HOLDOUT" --num-workers 2 --format png --captions-per-clip 8
+if [ ! -f "$RUN/data/manifest_tokenizer.jsonl" ]; then  # not a { a && b; } group, whose failure set -e lets pass
+    head -n "$TOKENIZER_CLIPS" "$RUN/data/manifest.jsonl" > "$RUN/data/manifest_tokenizer.tmp" ||
+        { rm -f "$RUN/data/manifest_tokenizer.tmp"; exit 1; }
+    mv "$RUN/data/manifest_tokenizer.tmp" "$RUN/data/manifest_tokenizer.jsonl"
+fi
 
 # 2. Tokenizer: 9-frame crops; whole 17-frame clips (twice, the second at a lower rate); the decoder alone
 #    (twice, the second at a lower rate with a longer EMA). Stages 4 and 5 keep every token id of stage 3.
 tok() {  # tok OUT INIT(stage to start from, or "") CONFIGS... OVERRIDES...
     local out=$1 init=$2; shift 2
     [ -f "$RUN/$out/finished" ] && return 0
-    python tools/train_tokenizer.py --data "$RUN/data/manifest_tokenizer.jsonl" --out "$RUN/$out" "$@" \
-        ${init:+run.init_from="$RUN/$init/tokenizer"} $TRAIN_OVERRIDES >> "$RUN/$out.log" 2>&1 || failed "$out" $?
+    run python tools/train_tokenizer.py --data "$RUN/data/manifest_tokenizer.jsonl" --out "$RUN/$out" "$@" \
+        ${init:+run.init_from="$(quoted "$RUN/$init/tokenizer")"} $TRAIN_OVERRIDES >> "$RUN/$out.log" 2>&1 ||
+        failed "$out" $?
     touch "$RUN/$out/finished"
 }
 SHAPES="--config configs/tokenizer/shapes.yaml"
@@ -77,7 +117,7 @@ tok tok4 tok3 $DECODER
 tok tok tok4 $DECODER optim.lr=0.0002 optim.min_lr_ratio=0.05 run.steps=1500 run.ema_decay=0.999
 
 # 3. Token cache of the training clips (17 frames -> 5x8x8 tokens per clip, 8 captions each).
-[ -f "$RUN/cache/manifest.json" ] || python tools/cache_tokens.py --data "$RUN/data/manifest.jsonl" \
+[ -f "$RUN/cache/manifest.json" ] || run python tools/cache_tokens.py --data "$RUN/data/manifest.jsonl" \
     --tokenizer "$RUN/tok/tokenizer" --out "$RUN/cache" --num-frames 17 --size 64 --shard-size 4096 --batch-size 16
 
 # 4. Generators (2 threads each, one at a time): GPT-style on augmented captions, then MaskGIT-style from
@@ -85,18 +125,19 @@ tok tok tok4 $DECODER optim.lr=0.0002 optim.min_lr_ratio=0.05 run.steps=1500 run
 gen() {  # gen OUT CONFIGS... OVERRIDES...
     local out=$1; shift
     [ -f "$RUN/$out/finished" ] && return 0
-    python tools/train.py --out "$RUN/$out" "$@" data.cache="$RUN/cache" data.tokenizer="$RUN/tok/tokenizer" \
-        data.text_encoder.path="$MINILM" run.num_threads=2 $TRAIN_OVERRIDES >> "$RUN/$out.log" 2>&1 || failed "$out" $?
+    run python tools/train.py --out "$RUN/$out" "$@" data.cache="$(quoted "$RUN/cache")" \
+        data.tokenizer="$(quoted "$RUN/tok/tokenizer")" data.text_encoder.path="$(quoted "$MINILM")" run.num_threads=2 \
+        $TRAIN_OVERRIDES >> "$RUN/$out.log" 2>&1 || failed "$out" $?
     touch "$RUN/$out/finished"
 }
 gen ar --config configs/generator/shapes_ar.yaml --config configs/generator/shapes_captions.yaml
 gen maskgit --config configs/generator/shapes_maskgit.yaml --config configs/generator/shapes_captions.yaml \
-    run.init_from="$RUN/ar/export"
+    run.init_from="$(quoted "$RUN/ar/export")"
 
 # 5. The pipeline directory (fp16 storage) and its evaluation: fresh phrasings of all classes on the
 #    reporting seed, the tokenizer's ceiling, and the visual-conditioning tasks.
-python tools/make_pipeline.py --config configs/pipeline/shapes.yaml --tokenizer "$RUN/tok/tokenizer" \
+run python tools/make_pipeline.py --config configs/pipeline/shapes.yaml --tokenizer "$RUN/tok/tokenizer" \
     --generator ar="$RUN/ar/export" --generator maskgit="$RUN/maskgit/export" --shapes-dataset "$RUN/data" \
     --dtype float16 --out "$OUT" --force
-python tools/eval_shapes.py --model "$OUT" --orders frame,cube --out "$RUN/eval" \
+run python tools/eval_shapes.py --model "$OUT" --orders frame,cube --out "$RUN/eval" \
     --tasks prompts,continuation,image,long,story $EVAL_ARGS

@@ -182,3 +182,27 @@ def test_class_names_must_name_every_class_of_a_class_model(tmp_path: Path) -> N
         else:
             raise AssertionError(f"{len(names)} names for 3 classes were accepted")
     check_parts(pipe.tokenizer, pipe.generators, pipe.text_encoder, dataclasses.replace(pipe.config, class_names=()))
+
+
+def test_force_replaces_a_pipeline_or_an_empty_folder_but_no_other_folder_or_file(tmp_path: Path, capsys) -> None:
+    """--force replaced any --out whole: `--out .` from a checkout, or `--out models`, deleted everything there."""
+    from tools.make_pipeline import main
+
+    src = make_tiny_pipeline(tmp_path / "src", cond="class", num_classes=3)
+    cfg = tmp_path / "pipe.yaml"
+    cfg.write_text("num_frames: 9\nfps: 8\ndefault_mode: ar\nclass_names: [a, b, c]\n")
+    args = ["--config", str(cfg), "--tokenizer", str(src / "tokenizer"), "--generator", f"ar={src / 'generator_ar'}",
+            "--force"]  # fmt: skip
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "README.md").write_text("keep me")
+    (tmp_path / "notes.txt").write_text("keep me too")
+    for out, message in ((mine, "is a folder of other files"), (tmp_path / "notes.txt", "is a file")):
+        capsys.readouterr()
+        assert main([*args, "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+    assert (mine / "README.md").read_text() == "keep me" and (tmp_path / "notes.txt").read_text() == "keep me too"
+    (tmp_path / "empty").mkdir()
+    assert main([*args, "--out", str(tmp_path / "empty")]) == 0
+    assert main([*args, "--out", str(tmp_path / "empty")]) == 0  # now a pipeline folder: replaced again

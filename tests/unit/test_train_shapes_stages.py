@@ -31,6 +31,7 @@ case $tool in
   train_tokenizer.py) mkdir -p "$out/tokenizer"; echo exported > "$out/tokenizer/config.yaml" ;;
   cache_tokens.py) mkdir -p "$out"; echo '{}' > "$out/manifest.json" ;;
   train.py) mkdir -p "$out/export"; echo exported > "$out/export/config.yaml" ;;
+  make_pipeline.py) mkdir -p "$out"; echo pipeline > "$out/pipeline.yaml" ;;
   *) mkdir -p "$out" ;;
 esac
 if [ "$stage" = "${FAKE_STOP:-}" ]; then exit 143; fi
