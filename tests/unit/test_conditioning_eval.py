@@ -89,7 +89,9 @@ def test_summaries_count_every_row():
     long = [{"windows": 3, "visible": 2, "right": 1, "second_object": True},
             {"windows": 3, "visible": 0, "right": 0, "second_object": False}]  # fmt: skip
     s = summarize_task("long/33", long)
-    assert s["windows_right"] == 0.5 and s["second_object"] == 0.5 and s["visible_windows"] == 2
+    # over all 6 windows: the 4 where the object was lost count as wrong (they were left out: 1 of 2 visible, 50%)
+    assert s["windows_right"] == pytest.approx(1 / 6) and s["visible_right"] == 0.5
+    assert s["second_object"] == 0.5 and s["visible_windows"] == 2
     story = [{"direction_right": [True, False], "kept": True}, {"direction_right": [True, True], "kept": True}]
     s = summarize_task("story/2", story)
     assert s["direction_right"] == 0.75 and s["kept"] == 1.0 and s["all_right"] == 0.5
@@ -127,3 +129,25 @@ def test_pixel_errors_are_summarized_over_every_video_a_lost_object_counting_as_
     assert s["center_p90_px"] == math.inf and s["center_median_px"] == pytest.approx(5.5) and s["center_missing"] == 3
     assert population_percentile([1.0, 2.0, 3.0, 4.0], 90) == pytest.approx(np.percentile([1, 2, 3, 4], 90))
     assert math.isnan(population_percentile([], 50))
+
+
+def test_a_continuation_is_judged_on_its_generated_frames_not_on_the_given_context(monkeypatch):
+    """The 5 context frames (the source's own, returned first by the pipeline) were judged with the 12 generated
+    ones: a continuation that turned orange was read as the source's red and counted equal to it."""
+    import colorsys
+    import dataclasses
+
+    from videodata.shapes.render import render_clip, sample_spec
+    from videoeval import conditioning
+
+    spec = dataclasses.replace(sample_spec("red", "square", "right", np.random.default_rng(3)), rgb=(255.0, 0, 0))
+    truth = render_clip(spec)
+    orange = render_clip(dataclasses.replace(spec, rgb=tuple(255 * v for v in colorsys.hsv_to_rgb(0.1, 1, 1))))
+    made = np.concatenate([truth[:5], orange[5:]])[None]  # (1, 17, H, W, 3): what pipe(video=...) returns
+    ev = conditioning.ConditioningEval.__new__(conditioning.ConditioningEval)
+    ev.batch = 8
+    monkeypatch.setattr(ev, "reconstruction", lambda clips: [(30.0, 0.5)], raising=False)
+    monkeypatch.setattr(ev, "_call", lambda *a, **kw: made, raising=False)
+    [row] = ev.continuation_rows([(spec, truth)], prompted=False)
+    assert row["read"][0] != "red" and not row["right"]
+    assert conditioning.analyze(made[0]).color == "red"  # the whole clip still reads as the source
