@@ -21,7 +21,7 @@ import re
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
@@ -268,7 +268,7 @@ class RankWriter:
         log.debug("wrote %s (%d clips)", name, len(tokens))
 
 
-def _lock_rank(out: Path, rank: int):
+def _lock_rank(out: Path, rank: int) -> IO[bytes]:
     """Opens and exclusively locks ``out/.rank-RRR.lock``; ValueError when another process holds it.
 
     The holder removes the file before it lets go (:meth:`RankWriter.close`), so a lock taken on a file that is
