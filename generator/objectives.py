@@ -162,6 +162,7 @@ def generator_loss(
     if lo < 0 or hi >= model.config.vocab_size:  # the mask or start id as a target was an IndexError (on CUDA a
         # device assert), and unmasked in a MaskGIT grid it trained silently as a clean context token
         raise ValueError(f"token ids must be codes in [0, {model.config.vocab_size}), got ids in [{lo}, {hi}]")
+    ids = ids.long()  # int32 or int16 ids (numpy's, a compact cache's) passed the check, then failed inside torch
     order = orders[int(torch.randint(len(orders), (), generator=generator))] if len(orders) > 1 else orders[0]
     cond = drop_condition(cond, cfg.cond_dropout, generator)
     if model.config.style == "ar":

@@ -21,7 +21,15 @@ import torch
 from torch import nn
 
 from core.weights import WEIGHTS_NAME, load_config, load_state, load_strict
-from generator import Condition, Generator, GeneratorConfig, ObjectiveConfig, generator_loss, train_flops_per_clip
+from generator import (
+    Condition,
+    Generator,
+    GeneratorConfig,
+    ObjectiveConfig,
+    generator_loss,
+    make_layout,
+    train_flops_per_clip,
+)
 from generator.text_encoders import TextEncoderConfig
 from videodata.cache.reader import ShuffledSampler, TokenCache, TokenSample, tokenizer_fingerprint
 from videodata.captions import CaptionAugmentConfig, augment_caption
@@ -175,6 +183,11 @@ class GeneratorTrainer(Trainer):
         if run.init_from and checkpoint.latest_complete(self.ckpt_dir) is None:  # a resumed run has its own weights
             self._init_from(run.init_from)
         self.model.check_grid(self.cache.grid, "clip")
+        for order in cfg.objective.orders or cfg.model.orders:  # a bad one failed when a batch first drew it
+            try:
+                make_layout(self.cache.grid, order, cfg.model.cube_size)
+            except ValueError as err:
+                raise ValueError(f"objective order {order!r} cannot train on the cache's token grid: {err}") from None
         self._check_labels()
         self.eval_idx, train_idx = split_by_source(self.cache.source_ids(), cfg.data.eval_fraction, run.seed)
         self.stream = BatchStream(
@@ -311,7 +324,8 @@ class GeneratorTrainer(Trainer):
         # has run out repeats a clip with weight 0. The mean is over clips, not over ranks.
         batches = min(self.run.eval_batches, -(-len(self.eval_idx[::world]) // mb))
         # the loss the model is asked to lower on real prompts: no condition dropout, no masked context
-        objective = replace(self.cfg.objective, cond_dropout=0.0, context_mask_ratio=0.0)
+        # the held-out negative log-likelihood: with label smoothing a perfect predictor read 5.0 at 0.1, not 0
+        objective = replace(self.cfg.objective, cond_dropout=0.0, context_mask_ratio=0.0, label_smoothing=0.0)
         loss_sum, clips = 0.0, 0
         for b in range(batches):
             idx = mine[b * mb : (b + 1) * mb]

@@ -3,7 +3,9 @@
 
 import numpy as np
 import pytest
+import torch
 
+from generator import ObjectiveConfig
 from videodata.clips import ClipDataConfig
 from videotrain.config import RunConfig
 from videotrain.generator_task import split_by_source
@@ -52,3 +54,69 @@ def test_clip_data_refuses_one_string_of_paths_and_a_size_no_frame_can_take():
     with pytest.raises(ValueError, match="data.size 100000 is larger than 4096 px a side"):
         ClipDataConfig(paths=("x",), size=100000)
     ClipDataConfig(paths=("x",), size=4096)
+
+
+def _tiny_trainer_config(cache, *extra: str):
+    from core.config import build_config
+    from videotrain.generator_task import GeneratorTrainConfig
+
+    return build_config(GeneratorTrainConfig, [], [
+        "model.style=maskgit", "model.orders=[frame,cube]", "model.cube_size=[1,2,2]", "model.vocab_size=100",
+        "model.max_grid=[2,4,4]", "model.dim=16", "model.depth=1", "model.num_heads=2", "model.num_classes=3",
+        "optim.warmup_steps=0", "run.micro_batch=2", "run.steps=4", "run.checkpoint_every=0", f"data.cache={cache}",
+        *extra,
+    ])  # fmt: skip
+
+
+def test_an_objective_order_that_cannot_cut_the_caches_grid_is_refused_at_build(tmp_path):
+    """max_grid [2,4,4] takes 1x2x2 cubes but the cache's (2,3,3) grid does not: the run built and trained, and died
+    at whichever step first drew the cube order (step 27 in the reviewer's run)."""
+    from tests.unit.test_token_data import make_cache
+    from videotrain.engines import restored_env
+    from videotrain.generator_task import GeneratorTrainer
+
+    make_cache(tmp_path / "cache", num_clips=8, shard_size=8)  # grid (2, 3, 3)
+    cfg = _tiny_trainer_config(tmp_path / "cache", "objective.orders=[frame,frame,cube]")
+    with restored_env(), pytest.raises(ValueError, match=r"objective order 'cube' cannot train on the cache's token"):
+        GeneratorTrainer(cfg, tmp_path / "run")
+
+
+def test_the_held_out_loss_is_the_negative_log_likelihood_without_label_smoothing(tmp_path, monkeypatch):
+    """eval_logs turned off condition dropout but kept label smoothing: at 0.1 a perfect predictor read 5.0."""
+    from tests.unit.test_token_data import make_cache
+    from videotrain import generator_task
+    from videotrain.engines import restored_env
+
+    make_cache(tmp_path / "cache", num_clips=8, shard_size=8)
+    cfg = _tiny_trainer_config(tmp_path / "cache", "model.orders=[frame]", "model.max_grid=[2,3,3]",
+                               "objective.label_smoothing=0.1", "data.eval_fraction=0.25")  # fmt: skip
+    seen = []
+    real = generator_task.generator_loss
+
+    def spy(model, ids, cond, objective, generator):
+        seen.append(objective)
+        return real(model, ids, cond, objective, generator)
+
+    with restored_env():
+        trainer = generator_task.GeneratorTrainer(cfg, tmp_path / "run")
+        monkeypatch.setattr(generator_task, "generator_loss", spy)
+        logs = trainer.eval_logs()
+    assert np.isfinite(logs["eval_loss"]) and seen
+    assert all(o.label_smoothing == 0.0 and o.cond_dropout == 0.0 for o in seen)
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int16, torch.uint8])
+def test_generator_loss_takes_any_integer_ids(dtype):
+    """int32 or int16 ids passed the dtype check, then failed inside torch (cross_entropy, the embedding)."""
+    from generator import Condition, generator_loss
+    from tests.unit.test_generator import GRID as GEN_GRID
+    from tests.unit.test_generator import tiny
+
+    for style in ("ar", "maskgit"):
+        m = tiny(style)
+        ids = torch.randint(0, 64, (2, *GEN_GRID))
+        want = generator_loss(m, ids, Condition(labels=torch.tensor([1, 2])), ObjectiveConfig(),
+                              torch.Generator().manual_seed(0)).loss  # fmt: skip
+        got = generator_loss(m, ids.to(dtype), Condition(labels=torch.tensor([1, 2])), ObjectiveConfig(),
+                             torch.Generator().manual_seed(0)).loss  # fmt: skip
+        assert torch.equal(got, want)
