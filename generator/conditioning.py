@@ -35,10 +35,14 @@ class Condition:
 
     @property
     def batch_size(self) -> int:
-        for t in (self.labels, self.text, self.drop):
+        for name, t in (("labels", self.labels), ("text", self.text), ("drop", self.drop)):
             if t is not None:
+                if not isinstance(t, torch.Tensor):  # a list of labels failed on .ndim
+                    raise ValueError(f"Condition.{name} must be a tensor, got {type(t).__name__}")
                 if t.ndim == 0:
                     raise ValueError("condition tensors need a batch dimension, got a 0-d tensor")
+                if t.shape[0] < 1:  # the samplers failed deep inside torch on an empty batch
+                    raise ValueError("the condition has no rows: give at least one")
                 return t.shape[0]
         raise ValueError("an empty Condition has no batch size; pass drop=torch.ones(B, dtype=torch.bool)")
 
@@ -110,6 +114,11 @@ class ConditionEmbedder(nn.Module):
 
     def forward(self, cond: Condition) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns prefix embeddings (B, P, D) and key validity (B, P) bool."""
+        if not isinstance(cond, Condition):  # None gave an AttributeError, even for an unconditional model
+            raise ValueError(
+                f"cond must be a Condition, got {type(cond).__name__}; an unconditional batch is "
+                "Condition(drop=torch.ones(B, dtype=torch.bool))"
+            )
         B = cond.batch_size
         if self.kind == "none":
             emb = self.start[None].expand(B, -1, -1)

@@ -249,6 +249,7 @@ class Generator(nn.Module):
         """
         if ids.ndim != 2 or ids.shape[1] < 1 or ids.dtype.is_floating_point or ids.dtype == torch.bool:
             raise ValueError(f"ids must be (B, N) integer token ids with N >= 1, got {ids.dtype} {tuple(ids.shape)}")
+        ids = ids.long()  # the embedding takes int32/int64 only; int16/uint8 ids (a compact cache's) failed there
         B, N = ids.shape
         if cache is not None and cache.k.shape[1] != B:  # a shape error inside the attention before
             raise ValueError(f"the cache holds {cache.k.shape[1]} rows but ids have {B}")
@@ -272,6 +273,9 @@ class Generator(nn.Module):
         if self.target_emb is not None:
             if targets is None or targets.shape != (N, 3):
                 raise ValueError(f"give targets, the ({N}, 3) positions the inputs predict (config.target_positions)")
+            if targets.dtype.is_floating_point or targets.dtype == torch.bool:
+                raise ValueError(f"targets must be integer (t, h, w) positions, got {targets.dtype}")
+            targets = targets.long()
             if bool((targets < 0).any()) or bool((targets >= targets.new_tensor(self.config.max_grid)).any()):
                 raise ValueError(f"targets must lie in the grid {tuple(self.config.max_grid)}")  # an IndexError
             x = x + self.target_emb(targets.to(dev)).to(x.dtype)
@@ -318,6 +322,8 @@ class Generator(nn.Module):
         if cache.length:
             raise ValueError("prefill needs an empty KV cache")
         prefix, p_valid = self.cond_emb(cond)
+        if prefix.shape[0] != cache.k.shape[1]:  # a shape error inside the attention, after the cache was reserved
+            raise ValueError(f"the cache holds {cache.k.shape[1]} rows but the condition has {prefix.shape[0]}")
         P, dev = prefix.shape[1], prefix.device
         coords = torch.full((P, 3), -1, dtype=torch.long, device=dev)
         full = torch.ones(1, 1, P, P, dtype=torch.bool, device=dev)
