@@ -61,7 +61,8 @@ from videodata.cache.format import FORMAT_NAME, FORMAT_VERSION, token_dtype
 from videodata.cache.reader import ShuffledSampler
 from videodata.cache.writer import RankWriter, merge_manifest, prepare_cache_dir
 from videotrain import distributed
-from videotrain.generator_task import BatchStream, GeneratorTrainConfig, GeneratorTrainer
+from videotrain.generator_data import BatchStream
+from videotrain.generator_task import GeneratorTrainConfig, GeneratorTrainer
 from videotrain.optim import build_adamw
 
 GRID = (5, 8, 8)  # 320 video tokens per clip

@@ -121,7 +121,7 @@ class BertModel(nn.Module):
     @classmethod
     def load(cls, path: Path) -> BertModel:
         """Weights from ``path/*.safetensors``, strictly: every tensor the stack needs, and nothing but the
-        pooler, ``position_ids`` and an optional ``bert.`` prefix besides."""
+        pooler, the pre-training heads (``cls.``), ``position_ids`` and an optional ``bert.`` prefix besides."""
         from safetensors.torch import load_file
 
         model = cls(BertShape.read(path))
@@ -129,7 +129,8 @@ class BertModel(nn.Module):
         for file in sorted(path.glob("*.safetensors")):
             state.update(load_file(file))
         state = {k.removeprefix("bert."): v for k, v in state.items()}
-        state = {k: v for k, v in state.items() if not k.startswith("pooler.") and not k.endswith("position_ids")}
+        heads = ("pooler.", "cls.")  # BertForMaskedLM / BertForPreTraining checkpoints carry their heads
+        state = {k: v for k, v in state.items() if not k.startswith(heads) and not k.endswith("position_ids")}
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:
             why = f"missing {missing[:3]}, unexpected {unexpected[:3]}"
@@ -166,11 +167,16 @@ class BertTokenizer:
         self._tok.no_padding()
         self._tok.no_truncation()
         self.pad_token_id = self._tok.token_to_id("[PAD]")
+        self.unk_token_id = self._tok.token_to_id("[UNK]")
+        self.all_special_ids = sorted(set(self._tok.encode("").ids) | {self.pad_token_id} - {None})
         self._num_special = len(self._tok.encode("").ids)  # [CLS] and [SEP] for BERT
         self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
 
     def __len__(self) -> int:
         return self.vocab_size
+
+    def convert_tokens_to_ids(self, token: str) -> int | None:
+        return self._tok.token_to_id(token)
 
     def num_special_tokens_to_add(self) -> int:
         return self._num_special

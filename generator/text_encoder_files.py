@@ -8,15 +8,20 @@ this one knows the files on disk and nothing of prompts or features.
 from __future__ import annotations
 
 import hashlib
+import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import torch
 
 if TYPE_CHECKING:  # transformers is imported only when an encoder is loaded
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+T = TypeVar("T")
+
 CONFIG_FILE = "config.json"
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
 # Files that define how text becomes ids. Only those present are read; which one a tokenizer
 # actually uses is up to transformers, so the fingerprint hashes all of them.
 TOKENIZER_FILES = (
@@ -44,6 +49,11 @@ def check_directory(path: str, tokenizer_files: tuple[str, ...]) -> Path:
     if not any(directory.glob("*.safetensors")):
         hint = "; convert the .bin weights to safetensors" if any(directory.glob("*.bin")) else ""
         raise ValueError(f"text encoder directory {path!r} has no *.safetensors weights{hint} (expected {expected})")
+    if not any((directory / name).is_file() for name in WEIGHT_FILES):  # what from_pretrained looks for
+        raise ValueError(
+            f"text encoder directory {path!r} has safetensors weights but no {' or '.join(WEIGHT_FILES)}: name a "
+            "single weights file model.safetensors"
+        )
     if not any((directory / name).is_file() for name in tokenizer_files):
         names = ", ".join(tokenizer_files)
         raise ValueError(f"text encoder directory {path!r} has no tokenizer file (expected one of {names})")
@@ -66,6 +76,23 @@ def load_model(model_cls: type, path: Path, optional_prefixes: tuple[str, ...] =
         what = type(model).__name__
         raise ValueError(f"the weights in {str(path)!r} lack {len(missing)} tensor(s) of {what}: {shown}")
     return model
+
+
+def read_tokenizer(build: Callable[[Path], T], path: Path) -> T:
+    """``build(path)``, with any failure of the tokenizer files (the ``tokenizers`` library raises a bare
+    ``Exception`` on a truncated ``tokenizer.json``) as a ValueError naming the folder."""
+    try:
+        return build(path)
+    except ValueError as err:
+        if not isinstance(err, json.JSONDecodeError):  # a truncated file gave "Expecting ',' delimiter", no file
+            raise
+        first = str(err)
+        raise ValueError(f"the tokenizer files in {str(path)!r} could not be read: {first}") from err
+    except Exception as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise ValueError(
+            f"the tokenizer files in {str(path)!r} could not be read: {type(err).__name__}: {first}"
+        ) from err
 
 
 def load_tokenizer(path: Path) -> PreTrainedTokenizerBase:

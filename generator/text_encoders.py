@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -42,6 +43,7 @@ from generator.text_encoder_files import (
     hash_files,
     load_model,
     load_tokenizer,
+    read_tokenizer,
 )
 
 if TYPE_CHECKING:  # transformers is imported only when an encoder is loaded
@@ -77,6 +79,8 @@ class TextEncoderConfig:
     def __post_init__(self) -> None:
         if self.kind not in ("t5", "bert"):
             raise ValueError(f"kind must be one of ['bert', 't5'], got {self.kind!r}")
+        if isinstance(self.path, os.PathLike):  # a package's get_model_path() gives a Path
+            object.__setattr__(self, "path", os.fspath(self.path))
         if not isinstance(self.path, str) or not self.path:
             raise ValueError(f"path must be a non-empty directory path, got {self.path!r}")
         if isinstance(self.max_length, bool) or not isinstance(self.max_length, int) or self.max_length < 2:
@@ -134,6 +138,10 @@ class TextEncoder(nn.Module):
                 f"max_length={config.max_length} leaves no room for text: "
                 f"the tokenizer adds {num_special} special token(s)"
             )
+        # The unknown token and SentencePiece's bare word marker ("▁", which T5 puts before an unknown emoji):
+        # a prompt of these alone carries no text.
+        unknown = {self.tokenizer.unk_token_id, self.tokenizer.convert_tokens_to_ids("\u2581")}
+        self._unknown_ids = {t for t in unknown if t is not None}
         self.requires_grad_(False)
         self.eval()
 
@@ -165,20 +173,11 @@ class TextEncoder(nn.Module):
                 whitespace-only or tokenizes to special tokens only, or (with
                 ``on_too_long="error"``) a prompt has more than ``max_length`` tokens.
         """
-        check_prompts(prompts)
-        counts = [len(ids) for ids in self.tokenizer(list(prompts), truncation=False)["input_ids"]]
-        num_special = self.tokenizer.num_special_tokens_to_add()
-        for i, n in enumerate(counts):
-            if n <= num_special:  # e.g. only zero-width or control characters, dropped by the tokenizer
-                raise ValueError(f"prompt {i} has no tokens besides the special ones: {prompts[i]!r}")
+        counts, refused = self._check(prompts)
+        if refused:
+            i, why = next(iter(refused.items()))
+            raise ValueError(f"prompt {i} {why}")
         too_long = [(i, n) for i, n in enumerate(counts) if n > self.max_length]
-        if too_long and self.config.on_too_long == "error":
-            i, n = too_long[0]
-            raise ValueError(
-                f"prompt {i} has {n} tokens (special tokens included), more than max_length={self.max_length}; "
-                "shorten it, or set on_too_long='truncate' to keep its first tokens (a trained generator fixes "
-                "max_length)"
-            )
         if too_long:
             shown = ", ".join(f"prompt {i} ({n} tokens)" for i, n in too_long[:5])
             more = f" and {len(too_long) - 5} more" if len(too_long) > 5 else ""
@@ -193,6 +192,33 @@ class TextEncoder(nn.Module):
             return_tensors="pt",
         )
         return batch["input_ids"].long(), batch["attention_mask"].bool()
+
+    def refusals(self, prompts: list[str]) -> dict[int, str]:
+        """Why :meth:`tokenize` would refuse each prompt it refuses: index -> reason, empty when it takes all.
+
+        For checking many prompts up front (a training cache's captions) without encoding them. Raises
+        ValueError, like :meth:`tokenize`, when ``prompts`` is not a non-empty list of non-blank strings."""
+        return self._check(prompts)[1]
+
+    def _check(self, prompts: list[str]) -> tuple[list[int], dict[int, str]]:
+        """(token count of each prompt, special tokens included; index -> reason of each refused prompt)."""
+        check_prompts(prompts)
+        all_ids = self.tokenizer(list(prompts), truncation=False)["input_ids"]
+        special = set(self.tokenizer.all_special_ids)
+        refused: dict[int, str] = {}
+        for i, ids in enumerate(all_ids):
+            content = [t for t in ids if t not in special]
+            if not content:  # e.g. only zero-width or control characters, dropped by the tokenizer
+                refused[i] = f"has no tokens besides the special ones: {prompts[i]!r}"
+            elif set(content) <= self._unknown_ids:  # emoji alone: every such prompt gave the same features
+                refused[i] = f"has only tokens that the text encoder does not know: {prompts[i]!r}"
+            elif len(ids) > self.max_length and self.config.on_too_long == "error":
+                refused[i] = (
+                    f"has {len(ids)} tokens (special tokens included), more than max_length={self.max_length}; "
+                    "shorten it, or set on_too_long='truncate' to keep its first tokens (a trained generator fixes "
+                    "max_length)"
+                )
+        return [len(ids) for ids in all_ids], refused
 
     # ----------------------------------------------------------------- ids -> features
     @torch.no_grad()
@@ -266,7 +292,7 @@ class T5TextEncoder(TextEncoder):
                 f"got {model_type!r} in {str(path)!r}; use kind 'bert' for encoder-only models"
             )
         model = load_model(models[model_type], path)
-        tokenizer = load_tokenizer(path)
+        tokenizer = read_tokenizer(load_tokenizer, path)
         if (path / "spiece.model").is_file():
             check_spiece(tokenizer, path / "spiece.model")
         check_vocab(tokenizer, model, path)
@@ -298,12 +324,12 @@ class BertTextEncoder(TextEncoder):
                 f"max_length={config.max_length} exceeds the {max_positions} positions of the model in {str(path)!r}"
             )
         if model_type == "bert" and (path / "tokenizer.json").is_file() and _bert_tokenizer_class(path):
-            model, tokenizer = BertModel.load(path), BertTokenizer(path)  # no transformers import
+            model, tokenizer = BertModel.load(path), read_tokenizer(BertTokenizer, path)  # no transformers import
         else:
             from transformers import AutoModel
 
             model = load_model(AutoModel, path, optional_prefixes=("pooler.",))
-            tokenizer = load_tokenizer(path)
+            tokenizer = read_tokenizer(load_tokenizer, path)
         check_vocab(tokenizer, model, path)
         return cls(model, tokenizer, config)
 
@@ -319,8 +345,23 @@ TEXT_ENCODERS: dict[str, type[TextEncoder]] = {"t5": T5TextEncoder, "bert": Bert
 
 
 def load_text_encoder(config: TextEncoderConfig) -> TextEncoder:
-    """Loads the frozen text encoder described by ``config`` (float32, on the CPU, eval mode)."""
-    return TEXT_ENCODERS[config.kind].load(config)
+    """Loads the frozen text encoder described by ``config`` (float32, on the CPU, eval mode).
+
+    Raises:
+        ValueError: the folder is not a loadable encoder of ``config.kind``, including unreadable files (a
+            truncated download, a config whose sizes differ from the weights').
+    """
+    from safetensors import SafetensorError
+
+    try:
+        return TEXT_ENCODERS[config.kind].load(config)
+    except ValueError:
+        raise
+    except (OSError, RuntimeError, KeyError, TypeError, SafetensorError) as err:  # a traceback in the CLIs before
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise ValueError(
+            f"text encoder folder {config.path!r} could not be read: {type(err).__name__}: {first}"
+        ) from err
 
 
 def check_prompts(prompts: list[str]) -> None:

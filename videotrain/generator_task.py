@@ -16,7 +16,6 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import ClassVar
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -35,6 +34,7 @@ from videodata.cache.reader import ShuffledSampler, TokenCache, TokenSample, tok
 from videodata.captions import CaptionAugmentConfig, augment_caption
 from videotrain import checkpoint, distributed
 from videotrain.config import RENAMED, RunConfig
+from videotrain.generator_data import BatchStream, check_captions_encode, pick_caption, split_by_source
 from videotrain.optim import OptimConfig, build_adamw
 from videotrain.outputs import export_generator, write_generator_samples
 from videotrain.trainer import Trainer, run_training
@@ -97,31 +97,6 @@ class GeneratorTask(nn.Module):
         return out.loss, out.stats
 
 
-class BatchStream:
-    """Draws this rank's indices from a :class:`ShuffledSampler`, epoch after epoch, resumably."""
-
-    def __init__(self, sampler: ShuffledSampler, indices: np.ndarray) -> None:
-        self.sampler, self.indices = sampler, indices
-        self._epoch_idx = sampler.indices(sampler.epoch)
-
-    def take(self, k: int) -> list[int]:
-        out = []
-        while len(out) < k:
-            if self.sampler.position >= len(self._epoch_idx):
-                self.sampler.set_epoch(self.sampler.epoch + 1)
-                self._epoch_idx = self.sampler.indices(self.sampler.epoch)
-            out.append(int(self.indices[self._epoch_idx[self.sampler.position]]))
-            self.sampler.position += 1
-        return out
-
-    def state_dict(self) -> dict:
-        return self.sampler.state_dict()
-
-    def load_state_dict(self, state: dict) -> None:
-        self.sampler.load_state_dict(state)
-        self._epoch_idx = self.sampler.indices(self.sampler.epoch)
-
-
 # GeneratorConfig fields a warm start may change: they set the attention pattern or the runtime, not the weights.
 # Fields that may differ between run.init_from's model and the new one. A GPT-style model's target-position
 # tables are left out when a model without them (MaskGIT-style) starts from its weights.
@@ -130,35 +105,7 @@ _NOT_ARCHITECTURE = (
 )  # fmt: skip
 
 
-def _caption(sample: TokenSample, pick: torch.Generator | None) -> str:
-    """One of the sample's captions: drawn with ``pick`` when it has several, else its first."""
-    if pick is None or len(sample.captions) < 2:
-        return sample.caption
-    return sample.captions[int(torch.randint(len(sample.captions), (), generator=pick))]
-
-
 DEFAULT_SAMPLE_FPS = 8.0  # sample videos of a cache cut by frame stride rather than a frame rate
-
-
-def split_by_source(sources: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(eval, train) sorted clip indices: whole source videos are held out, in a seeded order, until they hold
-    ``round(fraction * N)`` clips, and at least one source is left to train on.
-
-    Clips were drawn one by one: with several clips per video (``cache_tokens --clips-per-video``) a held-out clip
-    shared most of its frames with training clips of the same video, and the eval loss read too low. With one
-    clip per source (the shapes cache) the split is the one the clip-wise draw gave.
-    """
-    n = len(sources)
-    want = min(n - 1, int(round(fraction * n))) if fraction > 0 else 0
-    ids, clips_per_id = np.unique(sources, return_counts=True)  # sorted source ids and their clip counts
-    if want <= 0 or len(ids) < 2:
-        if want > 0:
-            log.warning("data.eval_fraction: every clip comes from one source video, so none is held out")
-        return np.zeros(0, dtype=np.int64), np.arange(n)
-    order = np.random.Generator(np.random.PCG64(np.random.SeedSequence([seed, 7]))).permutation(len(ids))
-    taken = min(int(np.searchsorted(np.cumsum(clips_per_id[order]), want)) + 1, len(ids) - 1)
-    held = np.isin(sources, ids[order[:taken]])
-    return np.flatnonzero(held), np.flatnonzero(~held)
 
 
 class GeneratorTrainer(Trainer):
@@ -213,6 +160,7 @@ class GeneratorTrainer(Trainer):
                     f"a text-conditional model needs a caption for every clip; {len(empty)} clip(s) of "
                     f"{cfg.data.cache} have none (the first: {empty[:5]})"
                 )
+            check_captions_encode(self.cache.all_captions(), self.text_encoder, cfg.data.cache)
         self.model.to(self.dist.device)
         opt = build_adamw(self.model, self.optim)
         self.engine = self.make_engine(GeneratorTask(self.model, cfg.objective), opt, self.optim.grad_clip)
@@ -258,9 +206,13 @@ class GeneratorTrainer(Trainer):
         if kind == "class":
             return Condition(labels=torch.tensor([s.label for s in samples], device=device))
         if kind == "text":
-            captions = [_caption(s, pick) for s in samples]
+            captions = [pick_caption(s, pick) for s in samples]
             if pick is not None:
-                captions = [augment_caption(c, self.cfg.data.caption_augment, pick) for c in captions]
+                augmented = [augment_caption(c, self.cfg.data.caption_augment, pick) for c in captions]
+                # An augmented caption the encoder refuses (a filler that made it too long) stopped the run when
+                # drawn; its clip's caption, checked at the start, takes its place.
+                refused = self.text_encoder.refusals(augmented)
+                captions = [c if i in refused else a for i, (c, a) in enumerate(zip(captions, augmented))]
             feats = self.text_encoder.encode(captions)
             return Condition(text=feats.features, text_mask=feats.mask)
         return Condition(drop=torch.zeros(len(samples), dtype=torch.bool, device=device))

@@ -257,16 +257,16 @@ def test_manifests_keep_line_breaks_inside_fields_and_accept_a_byte_order_mark(t
 
 
 def test_several_captions_travel_through_the_cache_and_training_draws_each(tmp_path):
-    from videotrain.generator_task import _caption
+    from videotrain.generator_data import pick_caption
 
     make_cache(tmp_path / "c", caption=lambda i: [f"first {i}", f"second {i}"] if i % 2 else f"only {i}")
     cache = TokenCache(tmp_path / "c")
     assert (cache[1].caption, cache[1].captions) == ("first 1", ("first 1", "second 1"))
     assert (cache[2].caption, cache[2].captions) == ("only 2", ("only 2",))
     g = torch.Generator().manual_seed(0)
-    drawn = {_caption(cache[1], g) for _ in range(50)}
+    drawn = {pick_caption(cache[1], g) for _ in range(50)}
     assert drawn == {"first 1", "second 1"}
-    assert _caption(cache[1], None) == "first 1" and _caption(cache[2], g) == "only 2"
+    assert pick_caption(cache[1], None) == "first 1" and pick_caption(cache[2], g) == "only 2"
 
 
 def test_a_folder_of_frames_is_decoded_like_a_video(tmp_path):

@@ -8,7 +8,7 @@ import torch
 from generator import ObjectiveConfig
 from videodata.clips import ClipDataConfig
 from videotrain.config import RunConfig
-from videotrain.generator_task import split_by_source
+from videotrain.generator_data import split_by_source
 
 
 def test_held_out_clips_share_no_source_video_with_training_clips():

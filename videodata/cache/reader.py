@@ -186,13 +186,18 @@ class TokenCache(Dataset):
 
         Training draws any one of a clip's captions: a single blank one among good ones ("   ", a zero-width space)
         stopped a text-conditional run when it was drawn, so it counts too."""
-        out, start = [], 0
-        for shard, entry in enumerate(self.shards):
-            for row, item in enumerate(self._shard_captions(shard)):
-                captions = item if isinstance(item, list) else [item]
-                if not all(isinstance(c, str) and has_text(c) for c in captions):
-                    out.append(start + row)
-            start += entry["num_clips"]
+        return [
+            i
+            for i, captions in enumerate(self.all_captions())
+            if not captions or not all(isinstance(c, str) and has_text(c) for c in captions)
+        ]
+
+    def all_captions(self) -> list[list]:
+        """Every clip's captions in index order, as stored (a list per clip; no caption gives ``[]``)."""
+        out = []
+        for shard in range(len(self.shards)):
+            for item in self._shard_captions(shard):
+                out.append(list(item) if isinstance(item, list) else ([item] if item else []))
         return out
 
     def _arrays(self, shard: int) -> tuple[np.ndarray, np.ndarray]:
