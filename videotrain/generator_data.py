@@ -62,13 +62,19 @@ class BatchStream:
 
 def check_captions_encode(captions: list[list], encoder: TextEncoder, cache: str, chunk: int = 4096) -> None:
     """ValueError naming the clips whose captions ``encoder`` refuses (too long, no known token), up front: such a
-    caption stopped a run at the step that first drew it, hours in, naming only its place in the batch."""
-    flat = [(clip, c) for clip, clip_captions in enumerate(captions) for c in clip_captions]
-    bad: list[str] = []
-    for lo in range(0, len(flat), chunk):
-        part = flat[lo : lo + chunk]
-        for i, why in encoder.refusals([c for _, c in part]).items():
-            bad.append(f"clip {part[i][0]}: caption {why}")
+    caption stopped a run at the step that first drew it, hours in, naming only its place in the batch. Each
+    distinct caption is tokenized once (the shapes cache's 265k captions hold a few thousand)."""
+    distinct = list(dict.fromkeys(c for clip_captions in captions for c in clip_captions))
+    why: dict[str, str] = {}
+    for lo in range(0, len(distinct), chunk):
+        part = distinct[lo : lo + chunk]
+        why.update((part[i], reason) for i, reason in encoder.refusals(part).items())
+    bad = [
+        f"clip {clip}: caption {why[c]}"
+        for clip, clip_captions in enumerate(captions)
+        for c in clip_captions
+        if c in why
+    ]
     if bad:
         raise ValueError(
             f"{len(bad)} caption(s) of {cache} cannot be encoded; {bad[0]}"
