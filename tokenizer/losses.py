@@ -165,6 +165,7 @@ class LeCam(nn.Module):
 
     def forward(self, logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:
         """Updates the EMAs (in training mode) and returns the regulariser."""
+        logits_real, logits_fake = logits_real.float(), logits_fake.float()  # bf16 logits failed in the fp32 lerp
         if self.training:
             with torch.no_grad():
                 self.ema_real.lerp_(logits_real.mean(), 1 - self.decay)

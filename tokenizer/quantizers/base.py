@@ -59,12 +59,16 @@ def usage_stats(ids: torch.Tensor, codebook_size: int) -> dict[str, torch.Tensor
 
 def check_latent(z: torch.Tensor, dim: int, name: str) -> None:
     """Raises ValueError unless ``z`` is (B, dim, t, h, w)."""
+    if not isinstance(z, torch.Tensor):
+        raise ValueError(f"{name} expects a latent torch.Tensor (B, {dim}, t, h, w), got {type(z).__name__}")
     if z.ndim != 5 or z.shape[1] != dim:
         raise ValueError(f"{name} expects a latent of shape (B, {dim}, t, h, w), got {tuple(z.shape)}")
 
 
 def check_ids(ids: torch.Tensor, codebook_size: int, name: str) -> None:
     """Raises ValueError unless ``ids`` is an integer (B, t, h, w) tensor within the codebook."""
+    if not isinstance(ids, torch.Tensor):  # a list or numpy array failed with an AttributeError
+        raise ValueError(f"{name} expects ids as an integer torch.Tensor (B, t, h, w), got {type(ids).__name__}")
     if ids.ndim != 4 or min(ids.shape[1:]) < 1:  # an empty t, h or w failed deep inside the decoder
         raise ValueError(f"{name} expects ids of shape (B, t, h, w) with t, h, w >= 1, got {tuple(ids.shape)}")
     if ids.dtype.is_floating_point or ids.dtype == torch.bool:

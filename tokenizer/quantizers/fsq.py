@@ -25,7 +25,9 @@ from einops import rearrange
 from tokenizer.quantizers.base import Quantizer, QuantizerOutput, check_ids, check_latent, usage_stats
 
 BOUND_EPS = 1e-3  # keeps the bounded range strictly inside the rounding cells
-MAX_LEVEL = 1001  # with more values per channel the shrunken range no longer reaches the outermost integers
+# A code in [-1, 1] reaches the decoder in its dtype: bf16 keeps 512 values of a channel apart (at 600, 44 ids
+# merged with a neighbour), and past 1001 the shrunken range no longer reaches the outermost integers.
+MAX_LEVEL = 512
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -50,7 +52,7 @@ class FSQConfig:
             raise ValueError(f"FSQConfig.levels must be a non-empty tuple of ints >= 2, got {self.levels}")
         if not (self.bound_loss_weight >= 0 and self.bound_range > 0):  # written so that NaN fails too
             raise ValueError("FSQConfig.bound_loss_weight must be >= 0 and bound_range > 0")
-        if any(level > MAX_LEVEL for level in self.levels):  # (L - 1) * BOUND_EPS > 1: the outermost never appear
+        if any(level > MAX_LEVEL for level in self.levels):  # see MAX_LEVEL
             raise ValueError(f"FSQConfig.levels must be at most {MAX_LEVEL} each, got {self.levels}")
         if math.prod(self.levels) >= 2**62:
             raise ValueError(f"FSQConfig.levels {self.levels} give a codebook too large for int64 ids")

@@ -173,7 +173,8 @@ class VQ(Quantizer):
         flat = rearrange(codes.float(), "b d t h w -> (b t h w) d")
         if self.config.l2_normalize:
             flat = F.normalize(flat, dim=-1)
-        ids = self._nearest(flat, self._codebook().detach())
+        with torch.autocast(device_type=flat.device.type, enabled=False):  # a bf16 distance picked another code
+            ids = self._nearest(flat, self._codebook().detach().float())
         return rearrange(ids, "(b t h w) -> b t h w", b=b, t=t, h=h, w=w)
 
     def ids_to_codes(self, ids: torch.Tensor) -> torch.Tensor:
