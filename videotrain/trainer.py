@@ -233,14 +233,22 @@ class Trainer:
         checkpoint.check_resumable(self.ckpt_dir / tag, self.cfg, self.resume_keys + optim_keys)
         # Another ZeRO stage lays the optimizer state out otherwise: DeepSpeed failed halfway through loading it
         # (an AttributeError traceback, or a missing zero_pp_rank file that read like a damaged checkpoint).
-        saved_stage = checkpoint.read_state(self.ckpt_dir / tag, self.dist.rank).get("zero_stage", self.zero_stage)
+        saved = checkpoint.read_state(self.ckpt_dir / tag, self.dist.rank)
+        saved_stage = saved.get("zero_stage", self.zero_stage)
+        if saved.get("world_size", self.dist.world_size) != self.dist.world_size:  # ZeRO-1/2 failed in DeepSpeed
+            raise ValueError(
+                f"checkpoint {tag} was written by {saved['world_size']} processes, this run has {self.dist.world_size}"
+            )
         if saved_stage != self.zero_stage:
             raise ValueError(
                 f"checkpoint {tag} was written with ZeRO stage {saved_stage}, this run has stage "
                 f"{self.zero_stage}: resume with run.zero_stage={saved_stage} or use a new --out"
             )
         steering = self._optim_keys("lr", "grad_accum", "warmup_steps", "schedule", "min_lr_ratio")
-        changed = checkpoint.changed_settings(self.ckpt_dir / tag, self.cfg, ("run.micro_batch", *steering))
+        # run.steps spans the decay: another value moves every later learning rate (4 -> 8 steps doubled it)
+        changed = checkpoint.changed_settings(
+            self.ckpt_dir / tag, self.cfg, ("run.micro_batch", "run.steps", *steering)
+        )
         if changed:  # allowed (a lower learning rate to finish a run), but said: the batch or schedule moves on
             log.warning("resuming %s with other settings from here on: %s", tag, "; ".join(changed))
         state, tensors = checkpoint.load(self.checkpointed, self.ckpt_dir, tag, self.dist.rank)

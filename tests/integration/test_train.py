@@ -430,11 +430,23 @@ def test_two_nodes_on_localhost(data, tmp_path):
             f"data.cache={data / 'cache'}",
             f"data.tokenizer={data / 'tok'}",
             "run.steps=4",
+            "run.zero_stage=1",
         ]
         procs.append(subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     results = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], results[0][1][-2000:] + results[1][1][-2000:]
     assert json.loads((out / "checkpoints" / "step_00000004" / "rank00001.json").read_text())["world_size"] == 2
+    # Resumed by one process, ZeRO-1's sharded optimizer state failed inside DeepSpeed's loader (a traceback)
+    # before the trainer's own world-size check was reached.
+    one = subprocess.run(
+        [sys.executable, str(ROOT / "tools/train.py"), "--config", CFG, "--out", str(out),
+         f"data.cache={data / 'cache'}", f"data.tokenizer={data / 'tok'}", "run.steps=6", "run.zero_stage=1"],
+        env={**ENV, "RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+             "MASTER_PORT": str(free_port())},
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert one.returncode == 2, one.stderr[-2000:]
+    assert "was written by 2 processes, this run has 1" in one.stderr and "Traceback" not in one.stderr
 
 
 def test_mismatched_cache_is_refused(data, tmp_path):

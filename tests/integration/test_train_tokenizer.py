@@ -171,7 +171,7 @@ def test_resuming_with_another_model_is_refused_before_anything_is_overwritten(t
     gone = f"run.init_from={tmp_path / 'deleted_stage' / 'tokenizer'}"
     with caplog.at_level("WARNING", logger="videotrain.trainer"):
         assert main([*common, "run.steps=2", "model.fsq.bound_loss_weight=0.5", gone, "optim.lr=0.0001"]) == 0
-    assert "with other settings from here on: optim.lr: " in caplog.text
+    assert "with other settings from here on: run.steps: 1 -> 2; optim.lr: " in caplog.text  # the decay re-spans
 
 
 def gan_config(repo_root, *overrides: str) -> TokenizerTrainConfig:
