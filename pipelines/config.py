@@ -7,6 +7,7 @@ frame rate, after sampling, when the video is written).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import PurePosixPath
 
 from core.checks import is_int
 from core.video_write import check_fps
@@ -45,6 +46,14 @@ class PipelineConfig:
 
     def __post_init__(self) -> None:
         check_fps(self.fps)  # else it failed when the video was written, after sampling
+        for mode, sub in self.generators.items():
+            # save_pretrained writes directory / sub: "../x" or "/abs/x" rewrote a folder outside the pipeline
+            parts = PurePosixPath(sub).parts if isinstance(sub, str) else ()
+            if not parts or PurePosixPath(sub).is_absolute() or ".." in parts or "\\" in sub or parts[0] == "tokenizer":
+                raise ValueError(
+                    f"generators.{mode} must be a folder inside the pipeline directory (relative, no '..', not "
+                    f"'tokenizer'), got {sub!r}"
+                )
         if not is_int(self.num_frames) or self.num_frames < 1:
             raise ValueError(f"num_frames must be an integer >= 1, got {self.num_frames!r}")
 

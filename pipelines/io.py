@@ -51,9 +51,9 @@ def check_writable(paths: list[Path], inputs: tuple[str | os.PathLike | None, ..
                 pass
         except OSError as err:
             raise ValueError(f"cannot write to {str(folder)!r}: {err.strerror or err}") from None
-    for p in paths:
-        if p.is_dir():
-            raise ValueError(f"cannot write video {str(p)!r}: a directory is in the way")
+    for target in (f for path in paths for f in _files_of(path, gif)):  # the sheet and gif too: found after sampling
+        if target.is_dir():
+            raise ValueError(f"cannot write {str(target)!r}: a directory is in the way")
 
 
 def save_output(output: VideoOutput, paths: list[Path], gif: bool = False) -> list[Path]:

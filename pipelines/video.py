@@ -32,6 +32,9 @@ from tokenizer import VideoTokenizer
 log = logging.getLogger(__name__)
 
 PIPELINE_CONFIG = "pipeline.yaml"
+# The longest video one call makes (about 8.5 min at 8 fps): a typo of 10^9 frames sampled window after window, for
+# days, copying the whole growing video each time.
+MAX_NUM_FRAMES = 4097
 # The shipped shapes model: the default --model of generate.py, eval_shapes and report.
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "models" / "shapes"
 
@@ -156,6 +159,8 @@ class VideoPipeline:
                 f"num_frames={num_frames} is not reachable: the tokenizer needs 1 + k*{ct} frames "
                 f"(e.g. 1, {1 + ct}, {1 + 4 * ct})"
             )
+        if num_frames > MAX_NUM_FRAMES:
+            raise ValueError(f"num_frames={num_frames} is more than the {MAX_NUM_FRAMES} frames one call makes")
         return 1 + (num_frames - 1) // ct
 
     def condition(
@@ -353,10 +358,18 @@ class VideoPipeline:
         self.latent_frames(segment_frames)
         if segment_frames < 1 + self.tokenizer.config.temporal_compression:
             raise ValueError(f"segment_frames={segment_frames} adds no frames after the first segment")
+        total = 1 + len(prompts) * (segment_frames - 1) + (0 if context is None else context.shape[1] - 1)
+        if total > MAX_NUM_FRAMES:
+            raise ValueError(f"the story has {total} frames, more than the {MAX_NUM_FRAMES} one call makes")
+        if gen.config.cond == "text" and self.text_encoder is not None:  # every prompt, before any sampling
+            refused = self.text_encoder.refusals(list(prompts))
+            if refused:
+                k, why = next(iter(refused.items()))
+                raise ValueError(f"prompt {k} {why}")
+        conds = [self.condition(gen, prompt, None, num_videos) for prompt in prompts]
         frames = None if context is None else per_video(context, num_videos)  # (B, N, H, W, 3)
         ids, timings = [], {}
-        for k, prompt in enumerate(prompts):
-            cond = self.condition(gen, prompt, None, num_videos)
+        for k, cond in enumerate(conds):
             total = segment_frames if frames is None else frames.shape[1] + segment_frames - 1
             out = self._roll(gen, cond, order=order, sampling=sampling, generator=generator, progress=progress,
                              num_frames=total, context=frames,
