@@ -118,6 +118,12 @@ def check_dir_target(path: str | os.PathLike, what: str) -> None:
         raise ValueError(f"{what} {str(path)!r} is a file or lies inside a file: give a folder")
 
 
+def overlapping(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether two paths are the same or one lies inside the other (resolved: links and ".." followed)."""
+    pa, pb = Path(a).resolve(), Path(b).resolve()
+    return pa == pb or pa in pb.parents or pb in pa.parents
+
+
 def check_not_over_inputs(out: str | os.PathLike, inputs: Mapping[str, str | os.PathLike | None], what: str) -> None:
     """ValueError when writing the folder ``out`` whole (:func:`atomic_dir` replaces it) would delete an input:
     ``out`` is one of ``inputs`` (name -> path; None is skipped) or a folder that holds one."""

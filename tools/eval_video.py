@@ -78,7 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging()
-    inputs = {f"--{k}": getattr(args, k, None) for k in ("real", "fake", "i3d", "lpips", "model")}
+    inputs = {f"--{k.replace('_', '-')}": getattr(args, k, None) for k in ("real", "fake", "i3d", "lpips", "model",
+                                                                            "save_stats")}  # fmt: skip
     if args.json is not None:
         check_file_target(args.json, "--json", inputs)  # before the evaluation, not after it
     if args.command == "fvd":

@@ -289,7 +289,12 @@ class FeatureStats:
                 d = {k: data[k] for k in keys if k in data.files}
         except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:  # ValueError: pickled objects
             # numpy's own text (for a file that is no zip too) advises loading with pickles allowed: never for these
-            why = "it holds pickled objects, which are never loaded" if "pickle" in str(err) else type(err).__name__
+            if not zipfile.is_zipfile(path):  # a JSON or text file read as "holds pickled objects"
+                why = "it is not an .npz archive"
+            elif "pickle" in str(err):
+                why = "it holds pickled objects, which are never loaded"
+            else:
+                why = type(err).__name__
             raise ValueError(f"{str(path)!r} is not a .npz of FVD stats written by --save-stats ({why})") from None
         missing = [k for k in keys if k not in d]
         if missing:

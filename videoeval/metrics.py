@@ -162,14 +162,24 @@ class LPIPS(nn.Module):
         """
         if not (isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor)) or x.shape != y.shape:
             raise ValueError("LPIPS expects two tensors of equal shape")
-        if x.ndim == 5 and x.shape[1] == 3:
+        if x.ndim not in (4, 5) or x.shape[1] != 3:
+            raise ValueError(f"LPIPS expects (N, 3, H, W) images or (B, 3, T, H, W) videos, got {tuple(x.shape)}")
+        try:
+            if x.ndim == 4:
+                return self._distances(x, y)
             B, C, T, H, W = x.shape
             a = x.transpose(1, 2).reshape(B * T, C, H, W)  # (B*T, 3, H, W)
             b = y.transpose(1, 2).reshape(B * T, C, H, W)
             return self._distances(a, b).reshape(B, T).mean(dim=1)  # (B,)
-        if x.ndim == 4 and x.shape[1] == 3:
-            return self._distances(x, y)
-        raise ValueError(f"LPIPS expects (N, 3, H, W) images or (B, 3, T, H, W) videos, got {tuple(x.shape)}")
+        except RuntimeError as err:  # AlexNet's pooling needs about 31 px: a traceback on 16 or 24 px clips
+            if isinstance(err, torch.cuda.OutOfMemoryError):
+                raise
+            size = "x".join(map(str, x.shape[-2:]))
+            first = (str(err).strip().splitlines() or [""])[0]
+            raise ValueError(
+                f"the LPIPS network failed on frames of {size} px (AlexNet-style networks need about 32 px a side): "
+                f"{first}"
+            ) from None
 
     def _distances(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) pairs -> (N,) distances, ``frame_batch_size`` at a time."""

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from core.files import overlapping
 from core.video_write import write_frame_folder, write_video
 from pipelines import VideoPipeline
 from videoeval.fvd import FVDProtocol, resolve_protocol
@@ -79,8 +80,7 @@ def predict_continuations(
     num_context = context_frames if context_frames is not None else protocol.context_frames
     if num_context < 1:
         raise ValueError(f"protocol {protocol.name!r} has no context frames: give --context-frames")
-    out_abs, real_abs = Path(out).resolve(), Path(real).resolve()
-    if out_abs == real_abs or real_abs in out_abs.parents or out_abs in real_abs.parents:
+    if overlapping(out, real):
         raise ValueError(f"--out {str(out)!r} and --real {str(real)!r} overlap: predictions would replace or mix with "
                          "the real clips")  # fmt: skip
     sources = list(videos_by_key(real, "--real").values())  # two with one key would write one prediction

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from core.files import check_dir_target, check_file_target
+from core.files import check_dir_target, check_file_target, overlapping
 from core.frames import frames_to_tensor, resize_center_crop, tensor_to_frames
 from core.tables import format_table
 from core.video_io import IMAGE_EXTS, read_video
@@ -98,7 +98,10 @@ def evaluate(
             log.warning("skipping %s", err)
             continue
         x = frames_to_tensor(frames).unsqueeze(0).to(device)  # (1, 3, T, H, W)
-        recon = tokenizer.reconstruct(x).float().clamp(-1, 1)  # (1, 3, T, H, W)
+        recon = tokenizer.reconstruct(x).float()  # (1, 3, T, H, W)
+        if not bool(torch.isfinite(recon).all()):  # clamp keeps NaN: a diverged tokenizer was scored "nan", exit 0
+            raise ValueError(f"the tokenizer returned non-finite values for {str(path)!r}: has its training diverged?")
+        recon = recon.clamp(-1, 1)
         row: dict[str, Any] = {
             "path": str(path),
             "num_frames": frames.shape[0],
@@ -275,6 +278,9 @@ def roundtrip(
     """
     out = Path(out)
     check_dir_target(out, "--out")  # before the work: "[Errno 17] File exists" came after it
+    if Path(video).is_dir() and overlapping(out, video) and Path(out).resolve() not in Path(video).resolve().parents:
+        # an mp4 and png written into a folder of frames made it a folder that "holds a video": the frames were lost
+        raise ValueError(f"--out {str(out)!r} lies inside the frame folder --video {str(video)!r}: give another")
     for name in ("roundtrip.mp4", "roundtrip.png"):  # --video out/roundtrip.mp4 was replaced by its own round trip
         check_file_target(out / name, "--out", {"--video": video})
     tok = VideoTokenizer.from_pretrained(tokenizer_dir)

@@ -54,10 +54,16 @@ def load_adherence(path: Path) -> dict[str, Any]:
             is_number(row.get(k)) and math.isfinite(row[k]) for k in ADHERENCE_KEYS
         )  # Infinity and NaN are valid JSON to Python's reader
         count = row.get("n") if isinstance(row, dict) else None
-        if len(key.split("/")) != 3 or not numbers or count != int(count) or count < 0:
+        if numbers and not row.get("balanced", 1):  # split_label reads them: a KeyError after all the sampling
+            numbers = all(
+                is_number(row.get(k)) and math.isfinite(row[k])
+                for k in ("classes", "class_total")
+                if k in row or k == "classes"
+            )
+        if len(key.split("/")) != 3 or not numbers or not is_number(count) or count != int(count) or count < 0:
             raise ValueError(
                 f"--adherence {str(path)!r}: summary entry {key!r} is not 'mode/order/split' "
-                f"with finite numbers {list(ADHERENCE_KEYS)} and a whole count n"
+                f"with finite numbers {list(ADHERENCE_KEYS)} (and 'classes' when not balanced) and a whole count n"
             )
     return data
 

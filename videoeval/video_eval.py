@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from core.files import check_file_target, sha256_file
+from core.files import check_file_target, overlapping, sha256_file
 from core.frames import frames_to_tensor
 from videoeval.fvd import FeatureStats, FVDProtocol, frechet_distance, inception_score, iter_clips, resolve_protocol
 from videoeval.i3d import KINETICS_CLASSES, I3DNetwork, extract_features, resolve_i3d_path
@@ -138,6 +138,10 @@ def evaluate_fvd(
         raise ValueError(f"--save-stats must name a .npz file, got {str(save_stats)!r}")
     if fake is None and save_stats is None:
         raise ValueError("give --fake, or --save-stats to only compute the real statistics")
+    if fake is not None and not _is_stats_file(real) and not _is_stats_file(fake) and overlapping(real, fake):
+        # the folders are searched whole: the generated videos were read as real ones too (FVD 0 when they sorted
+        # first)
+        raise ValueError(f"--real {str(real)!r} and --fake {str(fake)!r} overlap: give two separate folders")
     i3d_file = resolve_i3d_path(i3d_path)
     if save_stats is not None:  # before the real features (hours for k600); --fake's stats were replaced, FVD 0
         check_file_target(save_stats, "--save-stats", {"--real": real, "--fake": fake, "--i3d": i3d_file})
