@@ -289,13 +289,16 @@ def build_config(
     return from_dict(cls, data)
 
 
-def _dotted_keys(data: dict[str, Any], prefix: str = "") -> list[str]:
-    """Every key of a nested mapping as a dotted path, sections included."""
+def _dotted_keys(data: dict[str, Any], depth: int, prefix: str = "") -> list[str]:
+    """Every key of a nested mapping as a dotted path, sections included, down to ``depth`` levels.
+
+    The bound matters: YAML aliases make a mapping that holds itself (``a: &x {b: *x}``, endless recursion) or
+    ~600 bytes that expand to millions of keys."""
     keys = []
     for k, v in data.items():
         keys.append(prefix + str(k))
-        if isinstance(v, dict):
-            keys += _dotted_keys(v, f"{prefix}{k}.")
+        if isinstance(v, dict) and depth > 1:
+            keys += _dotted_keys(v, depth - 1, f"{prefix}{k}.")
     return keys
 
 
@@ -305,7 +308,10 @@ def _refuse_renamed(data: dict[str, Any], renamed: typing.Mapping[str, str]) -> 
     ``renamed`` maps old dotted keys to new ones (a config class's ``RENAMED`` class variable); a
     longer, more specific entry wins over a whole-section one.
     """
-    for key in sorted(_dotted_keys(data), key=lambda k: -k.count(".")):  # the most specific key first
+    if not renamed:
+        return
+    depth = max(old.count(".") + 1 for old in renamed)  # no renamed key lies deeper
+    for key in sorted(_dotted_keys(data, depth), key=lambda k: -k.count(".")):  # the most specific key first
         hits = [old for old in renamed if key == old or key.startswith(old + ".")]
         if hits:
             old = max(hits, key=len)

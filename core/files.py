@@ -27,7 +27,9 @@ def _fresh_sibling(path: Path, stem: str, suffix: str, create: Callable[[Path], 
     created with the widest mode (0o666, 0o777) so that the kernel applies the umask, as to any new file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     for _ in range(100):
-        tmp = path.with_name(f".{stem}.tmp{secrets.token_hex(4)}{suffix}")
+        # at most 200 bytes of the stem: a target name of 243-255 bytes made a temp name over the 255-byte limit
+        short = stem.encode()[:200].decode(errors="ignore")
+        tmp = path.with_name(f".{short}.tmp{secrets.token_hex(4)}{suffix}")
         try:
             create(tmp)
             return tmp

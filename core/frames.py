@@ -22,11 +22,20 @@ def check_size(size: object) -> tuple[int, int]:
     return int(pair[0]), int(pair[1])
 
 
+MAX_COVER_AREA = 64  # how much larger than the crop the resized frame may be: a 64:1 strip of the crop's shape
+
+
 def cover_size(height: int, width: int, size: int | tuple[int, int]) -> tuple[int, int]:
     """(h, w) that keeps the aspect ratio of ``height`` x ``width`` and just covers ``size`` (an int is square)."""
     h, w = check_size(size)
     scale = max(h / height, w / width)
-    return max(h, round(height * scale)), max(w, round(width * scale))
+    new_h, new_w = max(h, round(height * scale)), max(w, round(width * scale))
+    if new_h * new_w > MAX_COVER_AREA * h * w:  # a 102-byte 1x8000 PNG became 64x512000 floats (567 MiB) to crop
+        raise ValueError(
+            f"a {height}x{width} frame is too far from the {h}x{w} it is cropped to: its sides differ by more than "
+            f"{MAX_COVER_AREA}:1 against the crop's"
+        )
+    return new_h, new_w
 
 
 def decoded_size(

@@ -42,13 +42,19 @@ def video_display(path: str | os.PathLike) -> Display:
     return _video_display(os.fspath(path), stat.st_ino, stat.st_mtime_ns, stat.st_size)
 
 
+def ffmpeg_path(path: str | os.PathLike) -> str:
+    """``path`` as FFmpeg, PyAV and decord should be given it: absolute, so that a relative name with a colon
+    ("take1:2.mp4") is not read as a protocol ("Protocol not found")."""
+    return os.path.abspath(os.fspath(path))
+
+
 @functools.lru_cache(maxsize=4096)
 def _video_display(path: str, inode: int, mtime_ns: int, size: int) -> Display:
     del inode, mtime_ns, size  # the cache key: a changed file is read again
     import av  # only for video files
 
     try:
-        container = av.open(path)
+        container = av.open(ffmpeg_path(path))
     except av.FFmpegError as err:
         raise ValueError(f"cannot decode {path!r}: {err}") from None
     with container:

@@ -28,7 +28,7 @@ from PIL import Image, ImageSequence, UnidentifiedImageError
 
 from core.checks import is_int
 from core.frames import cover_size, decoded_size, resize_center_crop
-from core.video_display import pixel_aspect, quarter_turns, video_display
+from core.video_display import ffmpeg_path, pixel_aspect, quarter_turns, video_display
 
 try:  # decord has no wheels for some platforms; PyAV covers those.
     import decord
@@ -242,7 +242,7 @@ def decord_reader(path: str | os.PathLike, width: int = -1, height: int = -1) ->
             video_display(path)  # PyAV opens it first: decord's C++ log would print past every handler
         except ValueError as err:
             raise RuntimeError(str(err)) from None
-        _reader_slot.reader = decord.VideoReader(os.fspath(path), width=width, height=height, num_threads=1)
+        _reader_slot.reader = decord.VideoReader(ffmpeg_path(path), width=width, height=height, num_threads=1)
         _reader_slot.key = key
     return _reader_slot.reader
 
@@ -284,7 +284,7 @@ def _read_pyav(path: Path, pick: _Pick, size: int | tuple[int, int] | None = Non
 
     frames, total = [], 0
     try:
-        with av.open(str(path)) as container:
+        with av.open(ffmpeg_path(path)) as container:
             if not container.streams.video:
                 raise _DecodeError("PyAV: the file has no video stream")
             stream = container.streams.video[0]
@@ -302,6 +302,10 @@ def _read_pyav(path: Path, pick: _Pick, size: int | tuple[int, int] | None = Non
                     frames.append(np.rot90(rgb, turns) if turns else rgb)  # as shown (np.stack copies the view)
                 if pick.last is not None and i >= pick.last:
                     break
+            else:  # read to the end: a file cut short still lists its whole length in its index
+                listed = int(stream.frames or 0)
+                if listed > total:
+                    raise _DecodeError(f"PyAV: the file ends after {total} of the {listed} frames its index lists")
     except av.FFmpegError as err:
         raise _DecodeError(f"PyAV: {err}") from None
     return frames, total

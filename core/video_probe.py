@@ -13,6 +13,7 @@ from pathlib import Path
 
 from PIL import Image, ImageSequence
 
+from core.video_display import ffmpeg_path
 from core.video_io import PIL_DECODE_ERRORS, PIL_EXTS, decord, decord_reader, frame_files
 
 
@@ -44,7 +45,7 @@ def frame_count(path: str | os.PathLike) -> int:
     import av
 
     try:
-        with av.open(str(path)) as container:
+        with av.open(ffmpeg_path(path)) as container:
             if not container.streams.video:
                 raise ValueError(f"cannot decode {str(path)!r}: PyAV: the file has no video stream")
             stream = container.streams.video[0]
@@ -78,7 +79,7 @@ def video_fps(path: str | os.PathLike) -> float:
     import av
 
     try:
-        with av.open(str(path)) as container:
+        with av.open(ffmpeg_path(path)) as container:
             if container.streams.video:
                 rate = container.streams.video[0].average_rate or container.streams.video[0].guessed_rate
                 if rate:

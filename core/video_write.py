@@ -21,12 +21,15 @@ from PIL import Image
 
 from core.files import atomic_dir, atomic_path
 from core.frames import check_frames
+from core.video_display import ffmpeg_path
 
 log = logging.getLogger(__name__)
 
 _WRITE_EXTS = (".mp4", ".gif")
 
 
+MAX_MP4_SIDE = 16384  # libx264's largest frame side
+MAX_GIF_FPS = 100  # one centisecond, a GIF's shortest delay
 _FFMPEG_ERRNOS = {  # what ffmpeg prints -> the errno a CLI reports as one line (an OSError without one: a traceback)
     "No space left on device": errno.ENOSPC, "Disk quota exceeded": errno.EDQUOT,
     "Permission denied": errno.EACCES, "Read-only file system": errno.EROFS,
@@ -47,7 +50,7 @@ def _write_mp4(tmp: Path, frames: np.ndarray, fps: float, crf: int, target: Path
         "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{frames.shape[2]}x{frames.shape[1]}",
         "-r", f"{rate.numerator}/{rate.denominator}", "-i", "-", "-an",
         "-c:v", "libx264", "-preset", "medium", "-crf", str(crf), "-pix_fmt", "yuv420p",
-        "-movflags", "+faststart", "-f", "mp4", str(tmp),
+        "-movflags", "+faststart", "-f", "mp4", ffmpeg_path(tmp),
     ]  # fmt: skip
     proc = subprocess.run(cmd, input=np.ascontiguousarray(frames).tobytes(), capture_output=True, check=False)
     if proc.returncode != 0:
@@ -100,6 +103,11 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float, *, crf:
         raise ValueError(f"cannot write {str(path)!r}: the extension must be one of {list(_WRITE_EXTS)}")
     check_frames(frames)
     check_fps(fps)
+    if ext == ".mp4" and max(frames.shape[1:3]) > MAX_MP4_SIDE:  # libx264 failed with "Nothing was written"
+        raise ValueError(f"cannot write {str(path)!r}: H.264 takes frames up to {MAX_MP4_SIDE} px a side, got "
+                         f"{frames.shape[2]}x{frames.shape[1]}")  # fmt: skip
+    if ext == ".gif" and fps > MAX_GIF_FPS:  # delays are whole centiseconds: 1000 fps was written at 100
+        raise ValueError(f"cannot write {str(path)!r} at {fps} fps: a GIF holds at most {MAX_GIF_FPS} (write .mp4)")
     with atomic_path(path) as tmp:
         if ext == ".mp4":
             _write_mp4(tmp, frames, float(fps), crf, path)
