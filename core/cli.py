@@ -33,10 +33,11 @@ class CliParser(argparse.ArgumentParser):
         raise UsageError(message)
 
     def add_argument(self, *names, **kwargs):
-        """As ``ArgumentParser.add_argument``; ``--out`` and every ``Path`` argument also refuse an empty value,
+        """As ``ArgumentParser.add_argument``; every text or ``Path`` value also refuses an empty one,
         which an unset shell variable gives (``--out "$OUT"``, ``--data "$DATA"``) and which ``Path("")`` turns into
         the current folder: written into, or scanned and cached."""
-        if "--out" in names or kwargs.get("type") is Path:
+        takes_text = kwargs.get("action") in (None, "store", "append") and kwargs.get("type") in (None, str, Path)
+        if takes_text:  # every text or path value: a plain-str "--data" of "" trained on the current folder
             kwargs["type"] = _nonempty(kwargs.get("type") or str)
         return super().add_argument(*names, **kwargs)
 
@@ -64,6 +65,18 @@ def int_at_least(minimum: int) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+SEED_MAX = 2**62  # seeds plus an evaluation's offsets fit torch.Generator's signed 64 bits
+
+
+def seed_value(text: str) -> int:
+    """An argparse ``type`` for ``--seed``: an integer in [0, 2**62] (torch failed with "Overflow when unpacking
+    long long" past 2**63, and numpy's generators refuse negative seeds)."""
+    value = int_at_least(0)(text)
+    if value > SEED_MAX:
+        raise argparse.ArgumentTypeError(f"must be <= 2**62, got {value}")
+    return value
 
 
 def float_at_least(minimum: float) -> Callable[[str], float]:

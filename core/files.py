@@ -110,6 +110,10 @@ def check_file_target(
     if target.is_dir() or any(parent.exists() and not parent.is_dir() for parent in target.parents):
         raise ValueError(f"{what} {str(path)!r} is a folder or lies inside a file: give a file path")
     check_not_over_inputs(path, inputs or {}, what)  # a file holds no input: only the same path is refused
+    if target.exists():  # a file of an input folder (a model's pipeline.yaml, a video of --fake) was replaced
+        for name, source in (inputs or {}).items():
+            if source is not None and Path(source).is_dir() and Path(source).resolve() in target.resolve().parents:
+                raise ValueError(f"{what} {str(path)!r} would replace a file of {name} {str(source)!r}: give another")
 
 
 def check_dir_target(path: str | os.PathLike, what: str) -> None:

@@ -42,7 +42,7 @@ def _main(argv: Sequence[str] | None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     device = parse_device(args.device) if args.device is not None else None
     if args.json is not None:
-        inputs = {"--data": args.data, "--lpips": args.lpips}  # --json onto the manifest replaced it
+        inputs = {"--data": args.data, "--lpips": args.lpips, "--tokenizer": args.tokenizer}  # onto an input: lost
         check_file_target(args.json, "--json", inputs)  # before the evaluation, not after it
     report = evaluate_dataset(
         args.tokenizer, args.data, num_frames=args.num_frames, size=args.size, stride=args.stride,

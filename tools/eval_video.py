@@ -21,7 +21,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from core.cli import CliParser, parse_device, run_cli, setup_logging
+from core.cli import CliParser, parse_device, run_cli, seed_value, setup_logging
 from core.files import atomic_write_json, check_file_target
 from videoeval.fvd import PROTOCOLS
 from videoeval.prediction import predict_continuations
@@ -64,7 +64,7 @@ def build_parser() -> CliParser:
     q.add_argument("--order", default=None, help="prediction units (default from the model)")
     q.add_argument("--prompt", default=None, help="one prompt for every clip (default: none, frames alone)")
     q.add_argument("--batch-size", type=int, default=8, help="clips per pipeline call (default 8)")
-    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--seed", type=seed_value, default=0)
     q.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
     q.add_argument("--json", type=Path, default=None, help="write the summary here")
     return p

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from core.cli import CliParser, parse_device, run_cli
+from core.cli import CliParser, parse_device, run_cli, seed_value
 from pipelines import DEFAULT_MODEL_DIR
 from videoeval.report import build_report
 
@@ -39,7 +39,7 @@ def _main(argv: Sequence[str] | None) -> int:
         "--prompts", help="comma-separated prompts, class names or class ids (default: the first two class names)"
     )
     p.add_argument("--steps", type=int, help="MaskGIT steps per unit (default: the model's for each mode and order)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_value, default=0)
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     args = p.parse_args(argv)
     prompts = [s.strip() for s in args.prompts.split(",") if s.strip()] if args.prompts is not None else None

@@ -4,7 +4,8 @@ The training captions come from :func:`videodata.shapes.render.caption_for` (8 t
 phrases each). The phrasings below were written for evaluation before the v2 generators were trained, and they
 differ from every training caption: new verbs ("rolls", "scoots", "zips", "climbs"), other word orders (the
 direction or the shape first, the color after the shape), trailing clauses and keyword lists. Each keeps the color
-word, the shape word and exactly one direction word, and fits the text encoder's 16 tokens (14 word pieces with [CLS] and [SEP]).
+word, the shape word and exactly one direction word, and fits the text encoder's 16 tokens (14 word pieces with
+[CLS] and [SEP]).
 
 Seeds for evaluation are published in :data:`REPORT_SEEDS`; settings are chosen on :data:`SELECTION_SEEDS`.
 """

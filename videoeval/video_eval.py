@@ -230,6 +230,8 @@ def evaluate_recon(
     """
     if num_frames is not None and num_frames < 1:
         raise ValueError(f"--num-frames must be >= 1, got {num_frames}")
+    if overlapping(real_root, fake_root):  # the same folder scored a perfect reconstruction: 100 dB, SSIM 1
+        raise ValueError(f"--real {str(real_root)!r} and --fake {str(fake_root)!r} overlap: give two separate folders")
     rows = []
     for real_src, fake_src in _pairs(Path(real_root), Path(fake_root)):
         a, b = real_src.read(num_frames=num_frames), fake_src.read(num_frames=num_frames)  # (T, H, W, 3)

@@ -37,7 +37,7 @@ from videotrain.config import RENAMED, RunConfig
 from videotrain.generator_data import BatchStream, check_captions_encode, pick_caption, split_by_source
 from videotrain.optim import OptimConfig, build_adamw
 from videotrain.outputs import export_generator, write_generator_samples
-from videotrain.trainer import Trainer, run_training
+from videotrain.trainer import Trainer, check_out_apart, run_training
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +118,7 @@ class GeneratorTrainer(Trainer):
         cfg = self.cfg
         if not cfg.data.cache:
             raise ValueError("data.cache is not set: point it at a folder written by tools/cache_tokens.py")
+        check_out_apart(self.out, {"data.cache": [cfg.data.cache], "data.tokenizer": [cfg.data.tokenizer]})
         other = [o for o in cfg.objective.orders if o not in cfg.model.orders]
         if other:
             raise ValueError(f"objective.orders {other} are not among model.orders {list(cfg.model.orders)}")

@@ -38,7 +38,7 @@ from videotrain import checkpoint, distributed
 from videotrain.config import RENAMED, RunConfig
 from videotrain.engines import EngineGroup, average_buffers, persistent_buffers
 from videotrain.optim import OptimConfig, build_adamw, lr_at
-from videotrain.trainer import Trainer, run_training
+from videotrain.trainer import Trainer, check_out_apart, run_training
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +178,7 @@ class TokenizerTrainer(Trainer):
 
     def validate(self) -> None:
         cfg = self.cfg
+        check_out_apart(self.out, {"data.paths": cfg.data.paths})
         if cfg.loss.perceptual_weight > 0 and self.perceptual is None:
             raise ValueError("loss.perceptual_weight > 0 needs a perceptual network (--perceptual PATH)")
         tokenizer = VideoTokenizer(cfg.model)

@@ -16,7 +16,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -24,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 from core.config import save_config
-from core.files import check_dir_target
+from core.files import check_dir_target, overlapping
 from videotrain import checkpoint, distributed
 from videotrain.config import RunConfig, check_supported
 from videotrain.ema import EMA
@@ -36,6 +36,15 @@ from videotrain.outputs import MetricsLog
 log = logging.getLogger(__name__)
 
 T = TypeVar("T", bound="Trainer")
+
+
+def check_out_apart(out: Path, inputs: dict[str, Sequence[str | os.PathLike]]) -> None:
+    """ValueError when the run folder is, holds or lies inside one of ``inputs`` (name -> paths; empty ones are
+    skipped): ``--out`` equal to the data folder made the run's own previews training images on resume."""
+    for name, paths in inputs.items():
+        for path in paths:
+            if path and overlapping(out, path):
+                raise ValueError(f"--out {str(out)!r} overlaps {name} {str(path)!r}: give the run a folder of its own")
 
 
 class Trainer:

