@@ -32,12 +32,14 @@ class CliParser(argparse.ArgumentParser):
     def error(self, message: str):  # no usage dump, no SystemExit from inside a library call
         raise UsageError(message)
 
-    def add_argument(self, *names, **kwargs):
+    def add_argument(self, *names, allow_empty: bool = False, **kwargs):
         """As ``ArgumentParser.add_argument``; every text or ``Path`` value also refuses an empty one,
         which an unset shell variable gives (``--out "$OUT"``, ``--data "$DATA"``) and which ``Path("")`` turns into
-        the current folder: written into, or scanned and cached."""
+        the current folder: written into, or scanned and cached. ``allow_empty`` marks an option where "" says
+        "none" (``eval_shapes --holdout ""``)."""
         takes_text = kwargs.get("action") in (None, "store", "append") and kwargs.get("type") in (None, str, Path)
-        if takes_text:  # every text or path value: a plain-str "--data" of "" trained on the current folder
+        if takes_text and not allow_empty and kwargs.get("default") != "":  # "" as the default: empty means "all"
+            # every other text or path value: a plain-str "--data" of "" trained on the current folder
             kwargs["type"] = _nonempty(kwargs.get("type") or str)
         return super().add_argument(*names, **kwargs)
 

@@ -52,7 +52,8 @@ def _main(argv: Sequence[str] | None) -> int:
     p.add_argument(
         "--holdout",
         default=None,
-        help='held-out combinations, e.g. "green triangle up" (default: the model\'s holdout.json)',
+        allow_empty=True,
+        help='held-out combinations, e.g. "green triangle up" (default: the model\'s holdout.json; "" for none)',
     )
     p.add_argument("--batch", type=int, default=8)
     for flag, (field, kind, text) in SAMPLING_FLAGS.items():

@@ -234,7 +234,7 @@ def test_bad_input_exits_2_with_one_line(model, inputs, tmp_path, capsys):
         "has no list of named 'records'": [*base, "--bench", str(adherence)],
         "1 + k*4": [*base, "--num-frames", "6"],
         "must be >= 1": [*base, "--steps", "0"],
-        "invalid int value": [*base, "--seed", "many"],
+        "--seed: expected an integer": [*base, "--seed", "many"],
         "unknown class 999": [*base, "--prompts", "999"],  # wrote a page of 0 videos and exited 0
         "--clip-size must be >= 1": [*base, "--clip-size", "0"],  # named --size, after all the sampling
         "--clip-size 12x12 must be a positive multiple": [*base, "--clip-size", "12"],  # the same, for these two

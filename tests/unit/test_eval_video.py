@@ -3,6 +3,7 @@ clip loader, stats caching and its refusals, the missing-I3D error, recon metric
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -331,7 +332,8 @@ def test_inception_score_known_values():
 def test_recon_identical_dirs_give_psnr_cap_and_ssim_one(data, tmp_path, capsys):
     root, _, _, _ = data
     out = tmp_path / "recon.json"
-    assert main(["recon", "--real", str(root / "real"), "--fake", str(root / "real"), "--json", str(out)]) == 0
+    shutil.copytree(root / "real", tmp_path / "copy")  # the same folder twice is refused (tests/integration)
+    assert main(["recon", "--real", str(root / "real"), "--fake", str(tmp_path / "copy"), "--json", str(out)]) == 0
     report = json.loads(out.read_text())
     assert len(report["videos"]) == NUM
     assert report["mean"]["psnr"] == PSNR_MAX_DB and report["mean"]["ssim"] == pytest.approx(1.0, abs=1e-6)
@@ -353,8 +355,9 @@ def test_recon_pairs_by_relative_path_across_formats(tmp_path):
 def test_recon_takes_one_video_file_on_each_side(tmp_path):
     """The docstring says "or one video": a file as --real failed with "PosixPath('.') has an empty name"."""
     clip = random_clip(7)
-    write_frame_folder(tmp_path / "frames", clip)
-    rows = evaluate_recon(tmp_path / "frames", tmp_path / "frames")  # a folder of frames as the root
+    write_frame_folder(tmp_path / "r" / "frames", clip)
+    write_frame_folder(tmp_path / "f" / "frames", clip)
+    rows = evaluate_recon(tmp_path / "r" / "frames", tmp_path / "f" / "frames")  # a folder of frames as the root
     assert len(rows) == 1 and rows[0]["psnr"] == PSNR_MAX_DB
     from core.video_write import write_video
 
