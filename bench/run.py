@@ -160,7 +160,10 @@ def _main(argv: Sequence[str] | None) -> int:
     if args.json is not None:
         check_file_target(args.json, "--json")
     start = time.time()
-    records = run_benchmarks([n for n in args.only.split(",") if n], args.quick, None)
+    names = [n.strip() for n in args.only.split(",") if n.strip()]
+    if args.only.strip() and not names:  # "," meant "all" (tens of minutes)
+        raise ValueError(f"--only {args.only!r} names no benchmark: give some of {sorted(BENCHES)}")
+    records = run_benchmarks(names, args.quick, None)
     print(format_table(records), flush=True)  # the table first: a failed write must not lose the run's results
     if args.json is not None:
         write_records(args.json, records, args.quick, time.time() - start)

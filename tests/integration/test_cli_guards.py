@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from pathlib import Path
@@ -92,3 +93,28 @@ def test_seeds_out_of_range_are_refused_naming_the_flag(tmp_path, capsys, seed, 
     err = capsys.readouterr().err
     assert rc == 2 and "--seed" in err and len(err.strip().splitlines()) == 1
     assert re.search(why, err)
+
+
+def test_lists_that_name_nothing_are_refused(capsys, monkeypatch):
+    """``make_shapes render --holdout ","`` rendered without a holdout; ``bench/run.py --only ","`` ran every
+    benchmark (tens of minutes)."""
+    from bench import run as runner
+    from videodata.shapes.dataset import parse_holdout
+
+    with pytest.raises(ValueError, match="names no combination"):
+        parse_holdout(" , ")
+    assert parse_holdout("") == () and parse_holdout(None) == ()
+    monkeypatch.setattr(runner, "run_benchmarks", lambda *a, **k: pytest.fail("benchmarks began"))
+    assert runner.main(["--only", ","]) == 2
+    assert "names no benchmark" in capsys.readouterr().err
+
+
+def test_a_launcher_variable_that_is_no_integer_is_named():
+    from videotrain.distributed import init_distributed
+    from videotrain.engines import restored_env
+
+    with restored_env():
+        os.environ.pop("RANK", None)
+        os.environ["MASTER_PORT"] = "abc"
+        with pytest.raises(ValueError, match="MASTER_PORT='abc' must be a non-negative integer"):
+            init_distributed()
