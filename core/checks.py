@@ -27,3 +27,9 @@ def has_text(text: str) -> bool:
     ``"   "`` or ``"\u200b"`` passes ``str.strip()`` or ``bool()`` checks and then leaves a prompt with no tokens."""
     return any(not ch.isspace() and unicodedata.category(ch)[0] not in "CZ" and unicodedata.category(ch) != "Mn"
                for ch in text)  # fmt: skip
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message, or its type's name when it has none: what an error line shows
+    of a library's multi-line message (a torch or FFmpeg dump)."""
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]

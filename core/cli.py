@@ -18,6 +18,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from core.checks import first_line
+
 if TYPE_CHECKING:
     import torch
 
@@ -159,8 +161,7 @@ def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | N
         IsADirectoryError,
         NotADirectoryError,
     ) as err:
-        msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        print(f"error: {msg}", file=sys.stderr)
+        print(f"error: {first_line(err)}", file=sys.stderr)
         return 2
     except OSError as err:
         if err.errno not in USER_PATH_ERRNOS:  # not about the paths the user gave: a bug, with its traceback

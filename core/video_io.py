@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageSequence, UnidentifiedImageError
 
-from core.checks import is_int
+from core.checks import first_line, is_int
 from core.frames import cover_size, decoded_size, resize_center_crop
 from core.video_display import ffmpeg_path, pixel_aspect, quarter_turns, video_display
 
@@ -270,8 +270,7 @@ def _read_decord(path: Path, pick: _Pick, size: int | tuple[int, int] | None = N
                 vr = decord_reader(path, width=new_w, height=new_h)
         batch = vr.get_batch(indices).asnumpy()  # (T, H, W, 3)
     except (RuntimeError, decord.DECORDError) as err:  # DECORDError is not a RuntimeError
-        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise _DecodeError(f"decord: {first_line}") from None
+        raise _DecodeError(f"decord: {first_line(err)}") from None
     if batch.ndim != 4 or batch.shape[0] != len(indices) or batch.shape[-1] != 3:
         raise _DecodeError(f"decord: returned frames of shape {batch.shape}")
     return list(batch), total

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from PIL import Image, ImageSequence
 
+from core.checks import first_line
 from core.video_display import ffmpeg_path
 from core.video_io import PIL_DECODE_ERRORS, PIL_EXTS, decord, decord_reader, frame_files
 
@@ -41,7 +42,7 @@ def frame_count(path: str | os.PathLike) -> int:
         try:
             return len(decord_reader(path))
         except (RuntimeError, decord.DECORDError) as err:  # DECORDError is not a RuntimeError
-            reasons.append("decord: " + (str(err).strip().splitlines() or [type(err).__name__])[0])
+            reasons.append("decord: " + first_line(err))
     import av
 
     try:

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, TypeVar
 
 import torch
 
+from core.checks import first_line
+
 if TYPE_CHECKING:  # transformers is imported only when an encoder is loaded
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -86,13 +88,10 @@ def read_tokenizer(build: Callable[[Path], T], path: Path) -> T:
     except ValueError as err:
         if not isinstance(err, json.JSONDecodeError):  # a truncated file gave "Expecting ',' delimiter", no file
             raise
-        first = str(err)
-        raise ValueError(f"the tokenizer files in {str(path)!r} could not be read: {first}") from err
+        why = str(err)
     except Exception as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        raise ValueError(
-            f"the tokenizer files in {str(path)!r} could not be read: {type(err).__name__}: {first}"
-        ) from err
+        why = f"{type(err).__name__}: {first_line(err)}"
+    raise ValueError(f"the tokenizer files in {str(path)!r} could not be read: {why}")
 
 
 def load_tokenizer(path: Path) -> PreTrainedTokenizerBase:

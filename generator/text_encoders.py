@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Literal
 import torch
 from torch import nn
 
-from core.checks import check_text
+from core.checks import check_text, first_line
 from generator.bert_encoder import BertModel, BertTokenizer
 from generator.text_encoder_files import (
     check_directory,
@@ -358,10 +358,8 @@ def load_text_encoder(config: TextEncoderConfig) -> TextEncoder:
     except ValueError:
         raise
     except (OSError, RuntimeError, KeyError, TypeError, SafetensorError) as err:  # a traceback in the CLIs before
-        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        raise ValueError(
-            f"text encoder folder {config.path!r} could not be read: {type(err).__name__}: {first}"
-        ) from err
+        why = f"{type(err).__name__}: {first_line(err)}"
+        raise ValueError(f"text encoder folder {config.path!r} could not be read: {why}") from err
 
 
 def check_prompts(prompts: list[str]) -> None:

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.checks import first_line
+
 # PSNR of (near-)identical videos: 10*log10(1/MSE) is +inf at MSE = 0, which breaks means and
 # JSON. 100 dB is far above any lossy codec (8-bit rounding alone gives ~59 dB).
 PSNR_MAX_DB = 100.0
@@ -175,10 +177,9 @@ class LPIPS(nn.Module):
             if isinstance(err, torch.cuda.OutOfMemoryError):
                 raise
             size = "x".join(map(str, x.shape[-2:]))
-            first = (str(err).strip().splitlines() or [""])[0]
             raise ValueError(
                 f"the LPIPS network failed on frames of {size} px (AlexNet-style networks need about 32 px a side): "
-                f"{first}"
+                f"{first_line(err)}"
             ) from None
 
     def _distances(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

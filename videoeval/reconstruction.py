@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from core.files import check_dir_target, check_file_target, overlapping
+from core.files import check_dir_target, check_file_target
 from core.frames import frames_to_tensor, resize_center_crop, tensor_to_frames
 from core.tables import format_table
 from core.video_io import IMAGE_EXTS, read_video
@@ -278,7 +278,8 @@ def roundtrip(
     """
     out = Path(out)
     check_dir_target(out, "--out")  # before the work: "[Errno 17] File exists" came after it
-    if Path(video).is_dir() and overlapping(out, video) and Path(out).resolve() not in Path(video).resolve().parents:
+    source, target = Path(video).resolve(), out.resolve()
+    if source.is_dir() and (target == source or source in target.parents):
         # an mp4 and png written into a folder of frames made it a folder that "holds a video": the frames were lost
         raise ValueError(f"--out {str(out)!r} lies inside the frame folder --video {str(video)!r}: give another")
     for name in ("roundtrip.mp4", "roundtrip.png"):  # --video out/roundtrip.mp4 was replaced by its own round trip

@@ -15,15 +15,9 @@ from core.video_io import read_video
 from generator.sampling import SamplingConfig
 from pipelines import VideoPipeline
 from pipelines.generate import generate_to_files, parse_label, sampling_for
-from tests.helpers.tiny_pipeline import make_tiny_pipeline
 from tools.generate import main
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return make_tiny_pipeline(tmp_path_factory.mktemp("pipe"))
 
 
 def run_cli(*args, cwd=None):

@@ -16,18 +16,7 @@ import yaml
 from pipelines import PipelineConfig, VideoPipeline
 from pipelines.io import check_writable
 from pipelines.video import MAX_NUM_FRAMES
-from tests.helpers.tiny_pipeline import make_tiny_pipeline
 from tools.generate import main
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return make_tiny_pipeline(tmp_path_factory.mktemp("pipe"))
-
-
-@pytest.fixture(scope="module")
-def pipe(model_dir):
-    return VideoPipeline.from_pretrained(model_dir)
 
 
 @pytest.fixture

@@ -16,20 +16,9 @@ from core.video_io import read_video
 from core.video_write import write_video
 from pipelines import VideoPipeline
 from pipelines.rollout import to_video
-from tests.helpers.tiny_pipeline import make_tiny_pipeline
 from tools.generate import main
 
 PROMPT = "a red circle moving left"
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return make_tiny_pipeline(tmp_path_factory.mktemp("pipe"))
-
-
-@pytest.fixture(scope="module")
-def pipe(model_dir):
-    return VideoPipeline.from_pretrained(model_dir)
 
 
 @pytest.fixture(scope="module")

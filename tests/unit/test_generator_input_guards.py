@@ -6,28 +6,10 @@ so that a retry was refused too."""
 import pytest
 import torch
 
-from generator import Condition, Generator, GeneratorConfig, make_layout
+from generator import Condition, make_layout
 from generator.sampling import sample_ar, sample_maskgit
 from generator.units import causal_mask
-
-GRID = (2, 2, 2)
-
-
-def tiny(style: str, **kw) -> Generator:
-    orders = ("token", "cube", "frame") if kw.get("target_positions") else ("token", "frame")
-    cfg = GeneratorConfig(
-        style=style,
-        orders=orders if style == "ar" else ("clip", "frame"),
-        vocab_size=16,
-        max_grid=GRID,
-        dim=16,
-        depth=1,
-        num_heads=2,
-        num_classes=3,
-        **kw,
-    )
-    torch.manual_seed(0)
-    return Generator(cfg).eval()
+from tests.unit.test_generator import GRID, tiny
 
 
 @pytest.mark.parametrize("rows", [1, 3])
