@@ -17,7 +17,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from core.files import atomic_dir, atomic_path
 from core.frames import check_frames
@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 _WRITE_EXTS = (".mp4", ".gif")
 
 
+MARK = "tokvid"  # a GIF's comment and a PNG sheet's "Software" text: files tokvid wrote (see :func:`written_by_tokvid`)
 MAX_MP4_SIDE = 16384  # libx264's largest frame side
 MAX_GIF_FPS = 100  # one centisecond, a GIF's shortest delay
 _FFMPEG_ERRNOS = {  # what ffmpeg prints -> the errno a CLI reports as one line (an OSError without one: a traceback)
@@ -77,7 +78,22 @@ def _write_gif(tmp: Path, frames: np.ndarray, fps: float) -> None:
         log.warning("%s: %d frame(s) equal to the one before are merged into it (GIF); it reads back with %d of %d "
                     "frames, at the same timing: write .mp4 to keep every frame", tmp.name, repeats,
                     len(frames) - repeats, len(frames))  # fmt: skip
-    images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=durations_ms, loop=0)
+    images[0].save(
+        tmp, format="GIF", save_all=True, append_images=images[1:], duration=durations_ms, loop=0, comment=MARK
+    )
+
+
+def written_by_tokvid(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a GIF or PNG contact sheet that tokvid wrote (it carries :data:`MARK`); False for any other
+    file, one that cannot be read as an image included. Writers that put files beside the one a user named (a sheet
+    next to ``--out x.mp4``) replace only these."""
+    try:
+        with Image.open(path) as image:
+            if image.format == "GIF":
+                return image.info.get("comment") == MARK.encode()
+            return image.format == "PNG" and image.text.get("Software") == MARK
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return False
 
 
 def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float, *, crf: int = 18) -> None:
@@ -173,4 +189,6 @@ def write_contact_sheet(
             sheet[y : y + H, x : x + W] = row[t]
         y += H + pad
     with atomic_path(path) as tmp:
-        Image.fromarray(sheet).save(tmp, format="PNG")
+        info = PngImagePlugin.PngInfo()
+        info.add_text("Software", MARK)
+        Image.fromarray(sheet).save(tmp, format="PNG", pnginfo=info)

@@ -166,7 +166,9 @@ class ConditionEmbedder(nn.Module):
         empty = ~mask.any(1) if drop is None else ~mask.any(1) & ~drop
         if bool(empty.any()):  # its prefix would attend to nothing: NaN that spreads to every token
             raise ValueError(f"text_mask row(s) {empty.nonzero().flatten().tolist()} mark no token; drop them instead")
-        text = text.to(null.dtype)
+        # padding holds whatever the encoder left there: zero it, so that NaN or inf in a padded position cannot reach
+        # the logits through the pooled mean or as 0 * NaN in attention (masked keys still multiply their values)
+        text = text.to(null.dtype).masked_fill(~mask[:, :, None], 0.0)
         emb = self.text_proj(text) + self.text_pos[None]
         if self.text_pooled:
             w = mask.to(text.dtype)[:, :, None]  # (B, L, 1)

@@ -6,7 +6,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from core.video_write import write_contact_sheet, write_video
+from core.video_write import write_contact_sheet, write_video, written_by_tokvid
 from pipelines.video import VideoOutput
 
 VIDEO_SUFFIXES = (".mp4", ".gif")
@@ -32,8 +32,10 @@ def _files_of(path: Path, gif: bool) -> list[Path]:
 
 
 def check_writable(paths: list[Path], inputs: tuple[str | os.PathLike | None, ...] = (), gif: bool = False) -> None:
-    """Fails before any work when an output folder cannot be created or written, or when an output file would
-    replace one of ``inputs`` (``--image first.png --out first.mp4`` wrote its contact sheet over first.png)."""
+    """Fails before any work when an output folder cannot be created or written, when an output file would
+    replace one of ``inputs`` (``--image first.png --out first.mp4`` wrote its contact sheet over first.png), or when
+    a file written beside a named video (its sheet, its gif) would replace one that tokvid did not write (``--out
+    x.mp4`` replaced the user's own x.png). The named videos themselves are replaced."""
     given = {Path(i).resolve() for i in inputs if i is not None}
     for target in (f for path in paths for f in _files_of(path, gif)):
         if target.resolve() in given:
@@ -54,6 +56,11 @@ def check_writable(paths: list[Path], inputs: tuple[str | os.PathLike | None, ..
     for target in (f for path in paths for f in _files_of(path, gif)):  # the sheet and gif too: found after sampling
         if target.is_dir():
             raise ValueError(f"cannot write {str(target)!r}: a directory is in the way")
+    for path in paths:
+        for extra in _files_of(path, gif)[1:]:
+            if extra.exists() and not written_by_tokvid(extra):
+                raise ValueError(f"writing {str(extra)!r} beside {path.name!r} would replace a file that tokvid did "
+                                 "not write: move it, or choose another --out")  # fmt: skip
 
 
 def save_output(output: VideoOutput, paths: list[Path], gif: bool = False) -> list[Path]:

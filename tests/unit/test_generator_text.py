@@ -58,8 +58,10 @@ def test_text_conditioned_training_and_sampling(encoder, style, order, pooled):
     assert ids.shape == (2, *GRID) and int(ids.max()) < 64
 
 
-def test_prompts_change_logits_and_padding_does_not(encoder):
+@pytest.mark.parametrize("pooled", [False, True])
+def test_prompts_change_logits_and_padding_does_not(encoder, pooled):
     cfg = GeneratorConfig(
+        text_pooled=pooled,
         style="maskgit",
         orders=("clip",),
         vocab_size=64,
@@ -89,6 +91,11 @@ def test_prompts_change_logits_and_padding_does_not(encoder):
     noisy[~cond.text_mask] = torch.randn_like(noisy[~cond.text_mask]) * 10
     c = logits(Condition(text=noisy, text_mask=cond.text_mask))
     assert (a - c).abs().max() < 1e-5
+    # NaN or inf there (an encoder overflowing on its padding) made every logit NaN: 0 * NaN in attention
+    for bad in (float("nan"), float("inf")):
+        noisy[~cond.text_mask] = bad
+        d = logits(Condition(text=noisy, text_mask=cond.text_mask))
+        assert torch.isfinite(d).all() and (a - d).abs().max() < 1e-5
 
 
 @pytest.mark.parametrize("prompt", ["", "   "])

@@ -43,6 +43,25 @@ def test_an_output_never_replaces_an_input_file(tmp_path):
     pio.check_writable([tmp_path / "clip.mp4"], (None, clip))  # no gif asked for: clip.gif is not written
 
 
+@pytest.mark.parametrize("side", ["v.png", "v.gif"])
+def test_a_file_beside_the_video_is_replaced_only_when_tokvid_wrote_it(tmp_path, side):
+    """``--out v.mp4`` wrote its contact sheet (and, with ``--gif``, its gif) over the user's own v.png / v.gif."""
+    from PIL import Image
+
+    theirs = tmp_path / side
+    Image.fromarray(np.full((8, 8, 3), 7, dtype=np.uint8)).save(theirs)
+    before = theirs.read_bytes()
+    with pytest.raises(ValueError, match=f"writing '{theirs}' beside 'v.mp4' would replace a file that tokvid did not"):
+        pio.check_writable([tmp_path / "v.mp4"], gif=True)
+    assert theirs.read_bytes() == before
+    theirs.unlink()
+    pio.save_output(_output(), [tmp_path / "v.mp4"], gif=True)  # a rerun over tokvid's own files is fine
+    pio.check_writable([tmp_path / "v.mp4"], gif=True)
+    pio.check_writable([tmp_path / "v.gif"])  # the named video itself is the user's choice to replace
+    (tmp_path / "w.gif").write_bytes(before)
+    pio.check_writable([tmp_path / "w.mp4"])  # no gif asked for: w.gif is not written
+
+
 def test_check_writable_leaves_no_probe_file(tmp_path):
     pio.check_writable([tmp_path / "new" / "v.mp4"])
     assert list(tmp_path.iterdir()) == []  # nothing created, the probe file is gone
