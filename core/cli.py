@@ -172,8 +172,7 @@ def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | N
         print(f"error: {err}", file=sys.stderr)
         return 1
     except MemoryError as err:  # numpy's "Unable to allocate 475. GiB": the sizes asked for, not a bug
-        first = (str(err).strip().splitlines() or ["MemoryError"])[0]
-        print(f"error: out of memory ({first}): ask for smaller frames, fewer frames or a smaller batch",
+        print(f"error: out of memory ({first_line(err)}): ask for smaller frames, fewer frames or a smaller batch",
               file=sys.stderr)  # fmt: skip
         return 1
     except KeyboardInterrupt:

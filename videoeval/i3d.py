@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from core.checks import first_line
 from core.files import sha256_file
 from core.frames import frames_to_tensor
 
@@ -94,8 +95,7 @@ class I3DNetwork:
         try:
             net = torch.jit.load(str(self.path), map_location=self.device)
         except (RuntimeError, ValueError) as err:
-            first_line = (str(err).strip().splitlines() or ["unknown error"])[0]
-            raise ValueError(f"{str(self.path)!r} is not a TorchScript I3D ({first_line}): {I3D_HOW}") from None
+            raise ValueError(f"{str(self.path)!r} is not a TorchScript I3D ({first_line(err)}): {I3D_HOW}") from None
         self._worked = False  # until a first call succeeds, a RuntimeError means the file is not an I3D
         self.net = net.eval()
 
@@ -107,8 +107,7 @@ class I3DNetwork:
         except RuntimeError as err:  # another network's file (an LPIPS one): its forward takes other arguments
             if self._worked:
                 raise
-            first_line = (str(err).strip().splitlines() or ["unknown error"])[0]
-            raise ValueError(f"{str(self.path)!r} does not run as I3D ({first_line}): {I3D_HOW}") from None
+            raise ValueError(f"{str(self.path)!r} does not run as I3D ({first_line(err)}): {I3D_HOW}") from None
         self._worked = True
         if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != x.shape[0]:
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__

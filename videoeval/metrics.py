@@ -138,8 +138,7 @@ class LPIPS(nn.Module):
         try:
             net = torch.jit.load(str(path), map_location="cpu")
         except (RuntimeError, ValueError) as err:
-            first_line = (str(err).strip().splitlines() or ["unknown error"])[0]
-            raise ValueError(f"{str(path)!r} is not a TorchScript LPIPS file ({first_line}): {how}") from None
+            raise ValueError(f"{str(path)!r} is not a TorchScript LPIPS file ({first_line(err)}): {how}") from None
         for param in net.parameters():  # ScriptModules have no requires_grad_()
             param.requires_grad_(False)
         self.net = net.eval()
@@ -149,8 +148,7 @@ class LPIPS(nn.Module):
             with torch.no_grad():
                 self._distances(probe, probe)
         except RuntimeError as err:
-            first_line = (str(err).strip().splitlines() or ["unknown error"])[0]
-            raise ValueError(f"{str(path)!r} does not run as LPIPS ({first_line}): {how}") from None
+            raise ValueError(f"{str(path)!r} does not run as LPIPS ({first_line(err)}): {how}") from None
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """LPIPS per image, or the mean over the frames of each video.
