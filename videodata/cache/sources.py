@@ -194,6 +194,8 @@ def discover_sources(data: str | os.PathLike) -> tuple[Path, list[Source]]:
         root, sources = data, [Source(path=p.relative_to(data).as_posix()) for p in list_media(data)]
     else:
         root, sources = data.parent, [Source(path=p.name) for p in list_media(data)]
+    for s in sources:  # a name that is not UTF-8 (Latin-1 bytes) stopped the build later without naming the file
+        _check_utf8(s.path, f"file name {s.path!r} under {str(root)!r}")
     if not sources:
         raise ValueError(f"no videos or images found under {str(data)!r}")
     order = sorted(range(len(sources)), key=lambda i: (sources[i].path, i))
@@ -226,7 +228,28 @@ def _source(row: dict[str, Any], where: str) -> Source:
             # a blank entry ("   ", a zero-width space) passed, and stopped a text-conditional run when it was drawn
             raise ValueError(f"{where}: captions must be a non-empty list of non-blank strings, got {several!r}")
     captions = tuple(several) if several is not None else ((caption,) if caption else ())
+    for text in captions:  # JSON's "\ud800" is a lone surrogate: no text encoder or JSON writer takes it
+        _check_utf8(text, f"{where}: caption {text!r}")
     return Source(path=path.strip(), captions=captions, label=_parse_label(row.get("label"), where))
+
+
+def _check_utf8(text: str, what: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{what} is not valid UTF-8 text (a lone surrogate, or bytes of another encoding)") from None
+
+
+def _check_unique(sources: list[Source], wheres: list[str], root: Path) -> None:
+    """ValueError when two rows name one file (``a.mp4`` and ``./a.mp4`` too): each row became its own source, so
+    the same clip could be held out for evaluation and trained on."""
+    seen: dict[str, str] = {}
+    for source, where in zip(sources, wheres):
+        key = os.path.normcase(os.path.abspath(os.path.join(root, source.path)))
+        if key in seen:
+            raise ValueError(f"{where} names {source.path!r} again (as {seen[key]} did): list each video once; "
+                             "several captions of one video go in a JSONL row's 'captions' list")  # fmt: skip
+        seen[key] = where
 
 
 def _read_manifest(path: Path) -> list[Source]:
@@ -234,7 +257,7 @@ def _read_manifest(path: Path) -> list[Source]:
         text = path.read_text(encoding="utf-8-sig")  # -sig: a byte-order mark (spreadsheet exports) is not text
     except UnicodeDecodeError as err:
         raise ValueError(f"manifest {str(path)!r} is not UTF-8 text: {err}") from None
-    sources = []
+    sources, wheres = [], []
     if path.suffix.lower() == ".csv":
         # newline="": line breaks inside quoted fields stay part of the field (csv's own rule)
         # strict: a quote opened and never closed is an error; without it the rest of the file became that
@@ -246,10 +269,12 @@ def _read_manifest(path: Path) -> list[Source]:
                 raise ValueError(f"manifest {str(path)!r} needs a header row with a 'path' column")
             done = reader.line_num
             for row in reader:
-                sources.append(_source(row, f"{path.name} line {done + 1}"))  # the line the row starts on
+                wheres.append(f"{path.name} line {done + 1}")  # the line the row starts on
+                sources.append(_source(row, wheres[-1]))
                 done = reader.line_num
         except csv.Error as err:
             raise ValueError(f"{path.name} line {done + 1}: not valid CSV: {err} (an unclosed quote?)") from None
+        _check_unique(sources, wheres, path.parent)
         return sources
     # JSON Lines ends a line only at \n; str.splitlines() also splits at U+2028, U+0085 and \x0c, which JSON
     # allows unescaped inside strings (json.dumps(ensure_ascii=False) writes them so)
@@ -262,7 +287,9 @@ def _read_manifest(path: Path) -> list[Source]:
             raise ValueError(f"{path.name} line {i}: not valid JSON: {err}") from None
         if not isinstance(row, dict):
             raise ValueError(f"{path.name} line {i}: expected a JSON object, got {type(row).__name__}")
-        sources.append(_source(row, f"{path.name} line {i}"))
+        wheres.append(f"{path.name} line {i}")
+        sources.append(_source(row, wheres[-1]))
+    _check_unique(sources, wheres, path.parent)
     return sources
 
 

@@ -38,6 +38,7 @@ from videodata.cache.format import (
     rank_done_name,
     read_json,
     sha256_bytes,
+    sha256_file,
     shard_file,
     shard_name,
 )
@@ -145,8 +146,9 @@ class RankWriter:
                 record = read_json(self.out / shard_file(shard_name(self.rank, index), "done"), "shard record")
             except ValueError:  # a damaged record: redo the shard
                 record = None
-            if not self._intact(record):
-                log.warning("shard %s is incomplete or damaged; redoing it", shard_name(self.rank, index))
+            problem = "has a damaged record" if record is None else _shard_problem(self.out, record)
+            if problem is not None:
+                log.warning("shard %s %s; redoing it and the shards after it", shard_name(self.rank, index), problem)
                 break
             self.shards.append(record)
             index += 1
@@ -158,6 +160,9 @@ class RankWriter:
             ):
                 self.complete = True
                 return
+        # The cache is unfinished again: a manifest from an earlier run would still call it complete while the
+        # shards below are removed and rewritten. It goes first.
+        (self.out / MANIFEST_NAME).unlink(missing_ok=True)
         done_path.unlink(missing_ok=True)
         # Everything at or after the first missing shard is from an unfinished run: remove it.
         pattern = re.compile(rf"^\.?{prefix}-(\d{{5}})\.")
@@ -170,13 +175,6 @@ class RankWriter:
             source, clip = self.resume_from
             where = f"source {source}, clip {clip}"
             log.info("rank %d: resuming after %d complete shard(s) at %s", self.rank, index, where)
-
-    def _intact(self, record: Any) -> bool:
-        try:
-            files = record["files"]
-            return all((self.out / files[k]["file"]).stat().st_size == files[k]["bytes"] for k in SHARD_FILES)
-        except (KeyError, TypeError, OSError):
-            return False
 
     # ----------------------------------------------------------------- writing
     @property
@@ -293,6 +291,22 @@ def _lock_rank(out: Path, rank: int) -> IO[bytes]:
         handle.close()  # the holder removed it between our open and our lock: take the new one
 
 
+def _shard_problem(out: Path, record: Any) -> str | None:
+    """What is wrong with a shard's files against its ``.done.json`` record (size, then sha256), or None. A byte
+    flipped in place kept the size, so a resume used to keep the shard and write a manifest that failed verify."""
+    try:
+        files = [record["files"][k] for k in SHARD_FILES]
+        for entry in files:
+            if (out / entry["file"]).stat().st_size != entry["bytes"]:
+                return f"file {entry['file']} has another size than its record"
+        for entry in files:
+            if sha256_file(out / entry["file"]) != entry["sha256"]:
+                return f"file {entry['file']} has another sha256 than its record"
+    except (KeyError, TypeError, OSError) as err:
+        return f"has an unreadable record or file ({type(err).__name__}: {err})"
+    return None
+
+
 def merge_manifest(
     out: Path, spec: dict[str, Any], *, world_size: int, wait_timeout_s: float, elapsed_s: float, poll_s: float = 0.5
 ) -> dict[str, Any]:
@@ -317,6 +331,9 @@ def merge_manifest(
         rank_record = read_json(out / rank_done_name(r), "rank record")
         for i in range(rank_record["num_shards"]):
             record = read_json(out / shard_file(shard_name(r, i), "done"), "shard record")
+            problem = _shard_problem(out, record)
+            if problem is not None:  # damaged, or a stale rank record read while that rank rewrites its shards
+                raise ValueError(f"shard {shard_name(r, i)} {problem}: rerun the same command to redo it")
             quarantine.extend(record.pop("quarantine"))
             record.pop("resume")
             shards.append(record)
