@@ -59,7 +59,11 @@ class SamplingConfig:
         for name, value in numbers.items():  # NaN and inf pass `< 0`: NaN probabilities, or every token equal
             if value is not None and (not isinstance(value, Real) or isinstance(value, bool)):
                 raise ValueError(f"{name} must be a number, got {value!r}")
-            if value is not None and not math.isfinite(value):
+            try:  # an int of 400 digits (a JSON request body) raised OverflowError here: a 500 from the server
+                finite = value is None or math.isfinite(value)
+            except OverflowError:
+                raise ValueError(f"{name} must be a finite number, got an integer too large for a float") from None
+            if not finite:
                 raise ValueError(f"{name} must be a finite number, got {value}")
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")

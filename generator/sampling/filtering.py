@@ -8,7 +8,13 @@ from generator.sampling.config import SamplingConfig
 
 
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
-    """Sets logits outside top-k / top-p to -inf. (..., V) -> (..., V)."""
+    """Sets logits outside top-k / top-p to -inf; the top token always stays. (..., V) -> (..., V).
+
+    Raises:
+        ValueError: ``top_k`` < 0 or ``top_p`` outside (0, 1] (top_p = 0 dropped every token: NaN probabilities).
+    """
+    if top_k < 0 or not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_k must be >= 0 and top_p in (0, 1], got {top_k} and {top_p}")
     if top_k and top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))

@@ -40,6 +40,9 @@ def test_top_p_keeps_the_smallest_prefix_that_reaches_p():
     assert kept(filter_logits(logits, top_p=0.999)) == {0, 1, 2, 3}
     assert kept(filter_logits(logits, top_p=1e-6)) == {1}  # the top token always stays
     assert kept(filter_logits(logits, top_k=3, top_p=0.7)) == {1, 3}  # both filters apply
+    for bad in (dict(top_p=0.0), dict(top_p=1.5), dict(top_k=-1)):  # p = 0 dropped every token: NaN probabilities
+        with pytest.raises(ValueError, match=r"top_k must be >= 0 and top_p in \(0, 1\]"):
+            filter_logits(logits, **bad)
 
 
 def test_filters_that_are_off_change_nothing():
@@ -289,6 +292,9 @@ def test_sampling_config_bounds_are_inclusive_and_errors_say_which_setting():
         r"temperature must be a finite number, got inf": dict(temperature=float("inf")),
         r"context_temperature must be a finite number, got nan": dict(context_temperature=float("nan")),
         r"choice_temperature must be a finite number, got inf": dict(choice_temperature=float("inf")),
+        # an int of 400 digits (a JSON body to the server) raised OverflowError: a 500, not a 400
+        r"temperature must be a finite number, got an integer too large for a float": dict(temperature=10**400),
+        r"cfg_scale must be a finite number, got an integer too large for a float": dict(cfg_scale=-(10**400)),
         # accepted, then a TypeError deep in torch.topk / range() at sampling time
         r"top_k must be an integer, got 2.5": dict(top_k=2.5),
         r"steps must be an integer, got 2.5": dict(steps=2.5),
