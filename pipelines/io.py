@@ -12,6 +12,15 @@ from pipelines.video import VideoOutput
 VIDEO_SUFFIXES = (".mp4", ".gif")
 
 
+class OutputWriteError(ValueError):
+    """A result could not be written (a full disk, a folder gone): the message names the user's path and the
+    system's reason, ``reason`` the reason alone (what a server shows, without its own folders)."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"cannot write {str(path)!r}: {reason}")
+        self.reason = reason
+
+
 def output_paths(out: str | os.PathLike, num_videos: int) -> list[Path]:
     """Video paths for ``num_videos`` videos: ``out`` itself for one video (an .mp4 or .gif file),
     ``out/video_000.mp4`` ... when ``out`` is a directory or several videos are asked for."""
@@ -68,6 +77,9 @@ def save_output(output: VideoOutput, paths: list[Path], gif: bool = False) -> li
 
     Returns:
         Every file written.
+
+    Raises:
+        OutputWriteError: an OS error while writing (what was already written is kept).
     """
     written: list[Path] = []
     target = None
@@ -81,5 +93,5 @@ def save_output(output: VideoOutput, paths: list[Path], gif: bool = False) -> li
                     write_video(target, frames, output.fps)
                 written.append(target)
     except OSError as err:
-        raise ValueError(f"cannot write {str(target)!r}: {err.strerror or err}") from None
+        raise OutputWriteError(target, str(err.strerror or err)) from None
     return written

@@ -21,6 +21,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import time
 from dataclasses import asdict
 from importlib import resources
@@ -28,13 +29,16 @@ from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException
 
 from core.files import atomic_path
+from core.video_io import PIL_EXTS
+from core.video_probe import frame_count, image_frames_at_most
 from pipelines import VideoPipeline
 from pipelines.context import frame_indices, load_frames
 from pipelines.generate import GeneratedFiles, GenerationRequest, generate_with, sampling_for
+from pipelines.io import OutputWriteError
 from videoserve.requests import parse_request
 from videoserve.store import OutputStore, new_id
 from videoserve.worker import Busy, GenerationWorker
@@ -42,6 +46,7 @@ from videoserve.worker import Busy, GenerationWorker
 log = logging.getLogger(__name__)
 
 MAX_JSON_BYTES = 64 * 1024
+MAX_IMAGE_FRAMES = 4096  # an animated upload's frames: Pillow walks them all, on the one worker, to count and time
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 KNOBS = {  # shown per style
     "ar": ("cfg_scale", "temperature", "context_temperature"),
@@ -74,13 +79,37 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
-def _check_upload(path: Path, fps: float, frame_size: tuple[int, int]) -> int:
-    """The frames an upload gives at the model's rate, counted from the file's index, after decoding its last one
-    as a request will: an upload of 10^5 frames is not decoded whole just to be counted (a continuation reads
-    only its last frames, an image its one)."""
+def _check_upload(path: Path, fps: float, frame_size: tuple[int, int]) -> tuple[int, int]:
+    """(frames in the file, frames it gives at the model's rate), counted from the file's index, after decoding its
+    last one as a request will: an upload of 10^5 frames is not decoded whole just to be counted (a continuation
+    reads only its last frames, an image its one). An animated image has no index: one of more than
+    :data:`MAX_IMAGE_FRAMES` is refused after that many seeks (a 230 KB GIF of 10^4 frames held the worker 24 s)."""
+    if path.suffix.lower() in PIL_EXTS and image_frames_at_most(path, MAX_IMAGE_FRAMES) > MAX_IMAGE_FRAMES:
+        raise ValueError(f"an animated image of more than {MAX_IMAGE_FRAMES} frames: upload it as an mp4")
     count = len(frame_indices(path, fps))
     load_frames(path, "upload", fps, frame_size, last=1)
-    return count
+    return frame_count(path), count
+
+
+_RANGE = re.compile(r"\s*(\d*)\s*-\s*(\d*)\s*")
+
+
+def _range_problem(header: str | None, size: int) -> tuple[int, str] | None:
+    """(status, message) for a ``Range`` header that a file of ``size`` bytes cannot answer, else None: 400 for a
+    malformed one, 416 for one that starts past the end (RFC 9110 14.1.2: ``bytes=first-last``, ``bytes=-suffix``)."""
+    if header is None:
+        return None
+    unit, _, spec = header.partition("=")
+    if unit.strip().lower() != "bytes" or not spec.strip():
+        return 400, f"the Range header must be bytes=first-last, got {header[:80]!r}"
+    for part in spec.split(","):
+        match = _RANGE.fullmatch(part)
+        first, last = (match.group(1), match.group(2)) if match else ("", "")
+        if not (first or last) or (first and last and int(first) > int(last)):
+            return 400, f"the Range header must be bytes=first-last, got {header[:80]!r}"
+        if first and int(first) >= size:
+            return 416, f"the Range header starts past the file's {size} bytes"
+    return None
 
 
 def _model_info(pipe: VideoPipeline) -> dict:
@@ -255,7 +284,7 @@ def create_app(
         # a client gone while the check waits cancels it: the unchecked file, whose id nobody got, is removed
         future.add_done_callback(lambda f: path.unlink(missing_ok=True) if f.cancelled() else None)
         try:
-            count = await asyncio.wrap_future(future)
+            file_frames, count = await asyncio.wrap_future(future)
         except ValueError as err:
             path.unlink(missing_ok=True)
             return _error(400, str(err).replace(str(path), path.name))  # not the server's folders
@@ -264,7 +293,7 @@ def create_app(
             log.exception("checking upload %s failed", path.name)
             return _error(500, f"checking the upload failed: {type(err).__name__}")
         store.enforce_cap(keep=upload_id)
-        return JSONResponse({"id": upload_id, "frames": count})
+        return JSONResponse({"id": upload_id, "frames": count, "file_frames": file_frames})
 
     @app.post("/api/generate")
     async def generate(request: Request) -> JSONResponse:
@@ -304,6 +333,10 @@ def create_app(
         future.add_done_callback(lambda f: store.release(held) if f.cancelled() else None)
         try:
             record = await asyncio.wrap_future(future)
+        except (OutputWriteError, OSError) as err:  # the server's fault (a full disk), not the input's: its folders
+            log.error("writing a result failed: %s", err)  # stay out of the answer (an OSError names its file)
+            reason = err.reason if isinstance(err, OutputWriteError) else err.strerror or type(err).__name__
+            return _error(500, f"the server could not write the result: {reason}")
         except ValueError as err:
             return _error(400, str(err).replace(f"{store.uploads}{os.sep}", ""))  # not the server's folders
         except Exception as err:  # a bug, not the user's input: logged with its traceback
@@ -312,10 +345,13 @@ def create_app(
         return JSONResponse(record)
 
     @app.get("/outputs/{name}")
-    async def output(name: str) -> FileResponse:
+    async def output(name: str, request: Request) -> Response:
         path = store.served_file(name)
         if path is None:
             raise HTTPException(404, f"no finished result named {name!r}")
+        problem = _range_problem(request.headers.get("range"), path.stat().st_size)
+        if problem is not None:  # Starlette's own answer to these is a plain-text 400
+            return _error(*problem)
         return FileResponse(path, media_type="video/mp4" if path.suffix == ".mp4" else "image/png")
 
     return app

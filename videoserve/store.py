@@ -54,7 +54,7 @@ class OutputStore:
     def __init__(self, root: str | Path, max_bytes: int) -> None:
         if max_bytes < 1:
             raise ValueError(f"the output size cap must be positive, got {max_bytes} bytes")
-        self.root = Path(root)
+        self.root = Path(root).absolute()  # decoders name files by absolute path: error messages strip this prefix
         self.uploads = self.root / UPLOADS
         self.uploads.mkdir(parents=True, exist_ok=True)
         self.max_bytes = max_bytes

@@ -1,0 +1,115 @@
+"""The demo server's uploads and errors: an animated image of 10^4 tiny frames is refused after a bounded count, the
+upload reply tells a one-frame file from a short clip, and a full disk, a relative output folder or a malformed
+Range header never give a plain-text or path-naming answer."""
+
+import errno
+import os
+import struct
+
+import numpy as np
+import pytest
+
+pytest.importorskip("fastapi")
+from starlette.testclient import TestClient  # noqa: E402
+
+import core.video_probe  # noqa: E402
+import pipelines.io  # noqa: E402
+from core.video_write import write_video  # noqa: E402
+from tests.unit.test_serve import LOCAL, pipe  # noqa: E402, F401 - the shipped model, loaded once per module
+from videoserve.app import MAX_IMAGE_FRAMES, create_app  # noqa: E402
+from videoserve.store import OutputStore  # noqa: E402
+
+REQUEST = {"prompt": "a red circle moving left", "num_frames": 5}
+
+
+def tiny_gif(num_frames: int, delay_cs: int) -> bytes:
+    """A GIF of ``num_frames`` 1x1 frames, each ``delay_cs`` centiseconds (Pillow's writer merges equal frames)."""
+    out = bytearray(b"GIF89a" + struct.pack("<HHBBB", 1, 1, 0x80, 0, 0) + b"\x00\x00\x00\xff\xff\xff")
+    out += b"\x21\xff\x0bNETSCAPE2.0\x03\x01\x00\x00\x00"  # loop forever
+    for i in range(num_frames):
+        out += b"\x21\xf9\x04\x00" + struct.pack("<H", delay_cs) + b"\x00\x00"  # graphic control: the delay
+        out += b"\x2c" + struct.pack("<HHHHB", 0, 0, 1, 1, 0)  # image descriptor
+        codes, bits, nbits, data = [4, i % 2, 5], 0, 0, bytearray()  # LZW: clear, one pixel, end (3-bit codes)
+        for code in codes:
+            bits |= code << nbits
+            nbits += 3
+            while nbits >= 8:
+                data.append(bits & 0xFF)
+                bits, nbits = bits >> 8, nbits - 8
+        data.append(bits & 0xFF)
+        out += b"\x02" + bytes([len(data)]) + data + b"\x00"
+    return bytes(out + b"\x3b")
+
+
+@pytest.fixture()
+def client(pipe, tmp_path):  # noqa: F811
+    store = OutputStore(tmp_path / "out", max_bytes=10**9)
+    with TestClient(create_app(pipe, store, model_name="shapes"), base_url=LOCAL) as c:
+        yield c
+
+
+def test_an_animated_image_of_too_many_frames_is_refused_before_it_is_walked(client, monkeypatch):
+    """A 230 KB GIF of 10^4 frames held the one worker 24 s (Pillow walked it five times) while generations
+    waited; the limit counted bytes only."""
+    walked = []
+    monkeypatch.setattr(core.video_probe, "_pil_durations", lambda path: walked.append(path) or [0])
+    r = client.post("/api/uploads?name=many.gif", content=tiny_gif(MAX_IMAGE_FRAMES + 1, 1))
+    assert r.status_code == 400 and r.json() == {
+        "error": f"an animated image of more than {MAX_IMAGE_FRAMES} frames: upload it as an mp4"
+    }
+    assert walked == []  # refused on the bounded count alone, before any full walk
+    monkeypatch.undo()
+    r = client.post("/api/uploads?name=some.gif", content=tiny_gif(40, 25))  # 40 frames at 4 fps: 10 s
+    assert r.status_code == 200, r.text
+    assert r.json()["file_frames"] == 40 and r.json()["frames"] == 79  # at 8 fps, up to the last frame's start (9.75 s)
+
+
+def test_the_reply_tells_a_still_from_a_short_clip(client, tmp_path):
+    """The reply gave only the frames at the model's rate: a 3-frame GIF of 20 ms frames gives 1, and the page sent
+    it as an image, which the API then refused ("image must be one frame, got 3")."""
+    r = client.post("/api/uploads?name=sticker.gif", content=tiny_gif(3, 2))
+    assert r.status_code == 200 and (r.json()["file_frames"], r.json()["frames"]) == (3, 1)
+    write_video(tmp_path / "clip.mp4", np.zeros((3, 64, 64, 3), np.uint8), fps=30)
+    r = client.post("/api/uploads?name=clip.mp4", content=(tmp_path / "clip.mp4").read_bytes())
+    assert r.status_code == 200 and (r.json()["file_frames"], r.json()["frames"]) == (3, 1)
+    page = client.get("/").text
+    assert "if (file_frames > 1)" in page and "if (frames < want)" in page  # the page decides by the file's count
+
+
+def test_a_decode_error_with_a_relative_output_folder_does_not_name_the_servers_folder(pipe, tmp_path, monkeypatch):  # noqa: F811
+    """Decoders get absolute paths; the message was cleaned of the relative ``outputs/serve/uploads/`` only, so the
+    working folder (and a mangled path) reached the client."""
+    monkeypatch.chdir(tmp_path)
+    store = OutputStore("outputs/serve", max_bytes=10**9)
+    with TestClient(create_app(pipe, store, model_name="shapes"), base_url=LOCAL) as c:
+        r = c.post("/api/uploads?name=broken.mp4", content=b"\x00\x00\x00\x18ftypmp42" + b"junk" * 100)
+    assert r.status_code == 400 and "cannot decode" in r.json()["error"]
+    assert str(tmp_path) not in r.json()["error"] and "outputs" not in r.json()["error"]
+
+
+def test_a_full_disk_is_a_500_that_names_no_folder(client, monkeypatch, tmp_path):
+    """It came back as a 400 (bad input) naming the server's absolute output path."""
+
+    def full_disk(path, frames, fps):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(pipelines.io, "write_video", full_disk)
+    r = client.post("/api/generate", json=REQUEST)
+    assert r.status_code == 500
+    assert r.json() == {"error": f"the server could not write the result: {os.strerror(errno.ENOSPC)}"}
+    monkeypatch.undo()
+    assert client.post("/api/generate", json=REQUEST).status_code == 200  # nothing is left wedged
+
+
+def test_a_range_header_the_file_cannot_answer_gets_the_json_error_shape(client):
+    """Starlette answered these with a plain-text 400 ("Range header: range must be requested")."""
+    video = client.post("/api/generate", json=REQUEST).json()["video"]
+    size = len(client.get(video).content)
+    for bad in ("bytes=abc", "bytes=5-2", "items=0-5", "bytes=", "bytes=-"):
+        r = client.get(video, headers={"Range": bad})
+        assert r.status_code == 400 and "the Range header must be bytes=first-last" in r.json()["error"], bad
+    r = client.get(video, headers={"Range": f"bytes={size}-"})
+    assert r.status_code == 416 and "starts past" in r.json()["error"]
+    for good, length in (("bytes=0-3", 4), ("bytes=-5", 5), ("bytes=2-", size - 2), ("bytes=3-3", 1)):
+        r = client.get(video, headers={"Range": good})
+        assert r.status_code == 206 and len(r.content) == length, good
