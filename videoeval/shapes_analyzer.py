@@ -22,15 +22,17 @@ adherence of generated videos without being trained on them. Per frame it:
      equilateral triangle (mass low, y downward) is 1 and a disk or square is 0.
 
    These are exact for the ideal shapes (1/240 and 8 / (360 * 3^(1/4)) before scaling) and
-   measure within ~0.06 of 0 or 1 on rendered clips (~0.2 after H.264 at crf 18); blur, noise and compression move them
-   toward the 0.5 thresholds, which the shape confidence reflects.
+   measure within ~0.06 of 0 or 1 on rendered clips (typically ~0.2 after H.264 at crf 18, but up to ~0.5 for the
+   smallest circles centred on the pixel grid, where one of 1,152 extreme renders read as a square); blur, noise and
+   compression move them toward the 0.5 thresholds, which the shape confidence reflects.
 
 Frames with no object, with an implausibly large one (noise), or whose area is far from the clip's
-median area or whose hue is far from the circular mean of its hues are dropped as garbage (a clip split
-between two hues can lose every frame and then reads as no colour: the judge is strict about colour drift).
-Color is the nearest of the six hues to the circular mean of frame hues; shape is a vote of per-frame
-decisions (triangle if bottom >= 0.5, else square if corner >= 0.5, else circle if both are within 0.5 of 0,
-else none);
+median area or whose hue is more than ``HUE_OUTLIER`` from the circular mean of its hues are dropped as garbage.
+Color is the named hue that more than half of the usable frames are nearest to: a clip split evenly between two
+colours reads as no colour, and one that turns to a neighbouring colour in fewer than half its frames keeps the
+colour of the rest (that drift is what hue stability, :mod:`videoeval.shapes_scoring`, reports). Shape is a vote
+of per-frame decisions (triangle if bottom >= 0.5, else square if corner >= 0.5, else circle if both are within 0.5
+of 0, else none);
 motion is the dominant axis and sign of a Theil-Sen line through the centroid track, if it
 travels at least ``MIN_DISPLACEMENT`` of the frame side. Each attribute's confidence in [0, 1]
 multiplies its margin by the agreement across frames; the overall confidence is the smallest
@@ -58,7 +60,7 @@ TOP_FRACTION = 0.002  # share of pixels whose mean chroma is the frame's peak le
 MAX_AREA = 0.25  # an "object" covering more of the frame than this is noise
 MIN_AREA = 0.0008  # ... and less than this is a speck (3.3 px at 64x64)
 AREA_OUTLIER = 2.0  # frames whose area is off the median by more than this factor are dropped
-HUE_OUTLIER = 40.0  # degrees; frames whose hue is further than this from the median are dropped
+HUE_OUTLIER = 40.0  # degrees; frames whose hue is further than this from the circular mean are dropped
 MIN_VALID_FRACTION = 0.5  # fewer usable frames than this and nothing is reported
 MIN_DISPLACEMENT = 0.05  # of min(H, W): less travel than this is "no motion"
 # Values of the unscaled shape features for the ideal shapes (see the module docstring):
@@ -289,15 +291,21 @@ def _theil_sen(t: np.ndarray, v: np.ndarray) -> tuple[float, float]:
     return slope, float(np.mean(np.sign(slopes) == np.sign(slope))) if slope else 0.0
 
 
-def _read_color(hues: np.ndarray) -> tuple[str, float, float]:
-    """Nearest named hue to the circular mean; confidence = margin * frame agreement."""
+def _read_color(hues: np.ndarray) -> tuple[str | None, float, float]:
+    """(colour, circular mean hue, confidence). The colour is the named hue nearest to more than half of the frames'
+    hues, else None; confidence = the margin of those frames' mean hue * their share. The colour nearest to the mean
+    of all frames read a clip split evenly between two neighbours as the one listed first in ``COLORS``."""
     mean = _circular_mean(hues)
-    names = np.array(COLORS)
     centers = np.array([HUES[c] for c in COLORS])
-    color = str(names[np.argmin(angle_diff(mean, centers))])
-    margin = 1.0 - float(angle_diff(mean, HUES[color])) / 30.0  # 30 degrees = half-way to the next hue
-    per_frame = names[np.argmin(angle_diff(hues[:, None], centers[None, :]), axis=1)]
-    return color, mean, max(0.0, margin) * float(np.mean(per_frame == color))
+    per_frame = np.argmin(angle_diff(hues[:, None], centers[None, :]), axis=1)  # (n,) index into COLORS
+    votes = np.bincount(per_frame, minlength=len(COLORS))
+    winner = int(votes.argmax())
+    if 2 * votes[winner] <= len(hues):
+        return None, mean, 0.0
+    color = COLORS[winner]
+    agreeing = _circular_mean(hues[per_frame == winner])
+    margin = 1.0 - float(angle_diff(agreeing, HUES[color])) / 30.0  # 30 degrees = half-way to the next hue
+    return color, mean, max(0.0, margin) * float(votes[winner] / len(hues))
 
 
 def _read_shape(corner: np.ndarray, bottom: np.ndarray) -> tuple[str | None, float]:

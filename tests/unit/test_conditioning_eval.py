@@ -150,4 +150,4 @@ def test_a_continuation_is_judged_on_its_generated_frames_not_on_the_given_conte
     monkeypatch.setattr(ev, "_call", lambda *a, **kw: made, raising=False)
     [row] = ev.continuation_rows([(spec, truth)], prompted=False)
     assert row["read"][0] != "red" and not row["right"]
-    assert conditioning.analyze(made[0]).color == "red"  # the whole clip still reads as the source
+    assert conditioning.analyze(made[0, :9]).color == "red"  # judged with the context, 4 generated frames read red

@@ -333,6 +333,24 @@ def test_analyzer_is_robust_to_blur_noise_color_shift_and_garbage_frames():
     assert right >= 23, right  # of 24
 
 
+@pytest.mark.parametrize("first,second", [("red", "yellow"), ("yellow", "red"), ("magenta", "red"), ("blue", "cyan")])
+def test_a_clip_split_between_two_colours_reads_as_neither_and_a_majority_wins(first, second):
+    """The colour nearest to the mean of all frames' hues read an even split between neighbours (30 degrees from
+    each) as whichever comes first in COLORS: right when that one was asked for, wrong otherwise."""
+    import dataclasses
+
+    from videodata.shapes.render import HUES, sample_spec
+
+    spec = sample_spec(first, "square", "left", np.random.default_rng(5))
+    rgb = tuple(255 * v for v in colorsys.hsv_to_rgb(HUES[second] / 360, 1, 1))
+    a, b = render_clip(spec), render_clip(dataclasses.replace(spec, color=second, rgb=rgb))
+    even = np.concatenate([a[:8], b[8:16]])  # 8 frames each
+    assert analyze(even).color is None and analyze(even[::-1]).color is None
+    assert analyze(even).shape == "square"  # the rest is still read
+    assert analyze(np.concatenate([a[:9], b[9:16]])).color == first  # 9 of 16
+    assert analyze(np.concatenate([a[:7], b[7:16]])).color == second
+
+
 def test_analyzer_without_an_object_returns_none():
     rng = np.random.default_rng(0)
     videos = {
