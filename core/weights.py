@@ -63,6 +63,9 @@ def load_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise ValueError(f"weights file {str(path)!r} is not a readable safetensors file: {err}") from None
 
 
+MAX_LISTED = 4  # offending keys named per kind in load_strict's message
+
+
 def load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str = "model") -> None:
     """Loads ``state`` into ``module``; any missing, unexpected, mis-shaped or mis-typed key is a ValueError.
 
@@ -85,14 +88,11 @@ def load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], what: s
         if not (state[k].is_floating_point() and own[k].is_floating_point()) and state[k].dtype != own[k].dtype
     ]
     problems = []
-    if missing:
-        problems.append(f"missing keys {missing}")
-    if unexpected:
-        problems.append(f"unexpected keys {unexpected}")
-    if mismatched:
-        problems.append(f"shape mismatches [{'; '.join(mismatched)}]")
-    if mistyped:
-        problems.append(f"dtype mismatches [{'; '.join(mistyped)}]")
+    for kind, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched),
+                        ("dtype mismatches", mistyped)):  # fmt: skip
+        if items:  # a config from another model listed ~60 keys in 3,000 characters: the first few say enough
+            more = f"; and {len(items) - MAX_LISTED} more" if len(items) > MAX_LISTED else ""
+            problems.append(f"{len(items)} {kind} [{'; '.join(items[:MAX_LISTED])}{more}]")
     if problems:
         raise ValueError(f"{what} weights do not match its config: " + ", ".join(problems))
     module.load_state_dict(state, strict=True)

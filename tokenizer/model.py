@@ -300,5 +300,5 @@ class VideoTokenizer(nn.Module):
         """Rebuilds the model from ``config.yaml`` and loads the weights strictly (no unpickling)."""
         config = load_config(TokenizerConfig, directory)
         model = cls(config)
-        load_strict(model, load_state(os.path.join(directory, WEIGHTS_NAME)), what="tokenizer")
+        load_strict(model, load_state(os.path.join(directory, WEIGHTS_NAME)), what=f"tokenizer {str(directory)!r}")
         return model.eval()

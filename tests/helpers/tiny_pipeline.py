@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from dataclasses import replace
 from pathlib import Path
 
@@ -29,8 +31,9 @@ def make_tiny_pipeline(
     """Writes a complete pipeline directory at ``root`` (9-frame videos, 3x4x4 token grid by default); ``cond``
     "class" makes class-conditional generators of ``num_classes`` classes and no text encoder."""
     text = cond == "text"
+    source = Path(tempfile.mkdtemp(prefix="tiny-t5-"))  # save_pretrained copies it in: the pipeline's folder is new
     if text:
-        make_tiny_t5(root / "text_encoder")
+        make_tiny_t5(source)
     te_cfg = TextEncoderConfig(kind="t5", path="text_encoder", max_length=48) if text else None
     torch.manual_seed(0)
     tok = VideoTokenizer(build_config(TokenizerConfig, [ROOT / tokenizer_yaml]))
@@ -59,6 +62,9 @@ def make_tiny_pipeline(
         text_encoder=te_cfg,
         sampling={"maskgit": SamplingConfig(steps=4, cfg_scale=2.0), "ar": SamplingConfig(top_k=20)},
     )
-    te = load_text_encoder(replace(te_cfg, path=str(root / "text_encoder"))) if text else None
-    VideoPipeline(tok, gens, te, cfg).save_pretrained(root)
+    te = load_text_encoder(replace(te_cfg, path=str(source))) if text else None
+    try:
+        VideoPipeline(tok, gens, te, cfg).save_pretrained(root)
+    finally:
+        shutil.rmtree(source, ignore_errors=True)
     return root

@@ -1,0 +1,69 @@
+"""What a pipeline folder holds, and the check before one is replaced.
+
+A pipeline folder is ``pipeline.yaml``, ``tokenizer/``, one folder per generator, the text encoder's folder when
+``text_encoder.path`` is relative, and optionally ``holdout.json``. Replacing a folder (``make_pipeline --force``,
+``save_pretrained`` onto an existing pipeline) writes a whole new one in its place, so anything else in it (a model
+card, contact sheets) would be lost: such a folder is refused, naming what it holds.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path, PurePosixPath
+
+from core.weights import load_config
+from pipelines.config import PipelineConfig
+
+PIPELINE_CONFIG = "pipeline.yaml"
+HOLDOUT_FILE = "holdout.json"  # held-out attribute combinations of the training data, read by eval_shapes
+
+
+def owned_entries(config: PipelineConfig) -> set[str]:
+    """The top-level names a pipeline folder of ``config`` holds."""
+    names = {PIPELINE_CONFIG, HOLDOUT_FILE, "tokenizer"}
+    names |= {PurePosixPath(sub).parts[0] for sub in config.generators.values()}
+    if config.text_encoder is not None and not config.text_encoder_package:
+        path = PurePosixPath(config.text_encoder.path)
+        if not path.is_absolute() and path.parts:
+            names.add(path.parts[0])
+    return names
+
+
+def relative_text_encoder(config: PipelineConfig) -> str | None:
+    """``text_encoder.path`` when it names a folder inside the pipeline (relative, no package), else None."""
+    if config.text_encoder is None or config.text_encoder_package:
+        return None
+    path = PurePosixPath(config.text_encoder.path)
+    return None if path.is_absolute() or not path.parts else str(path)
+
+
+def check_replaceable(out: str | os.PathLike, config: PipelineConfig | None = None) -> None:
+    """ValueError when ``out`` is a file, a folder that is neither empty nor a pipeline (no ``pipeline.yaml``), or a
+    pipeline folder that also holds entries no pipeline writes (neither the old one's, as its ``pipeline.yaml``
+    names them, nor ``config``'s): replacing it would delete what was never a pipeline's.
+    ``make_pipeline --force`` over ``models/shapes`` deleted its model card and failure sheets."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{str(out)!r} is a file, not a pipeline folder: give a folder")
+    if not out.is_dir():
+        return
+    entries = {p.name for p in out.iterdir() if not p.name.startswith(".")}  # hidden: temps of an earlier write
+    if not entries:
+        return
+    if PIPELINE_CONFIG not in entries:
+        raise ValueError(
+            f"{str(out)!r} is a folder of other files, not a pipeline (no {PIPELINE_CONFIG}): "
+            "give a new or empty folder, or a pipeline folder to replace"
+        )
+    owned = owned_entries(config) if config is not None else {PIPELINE_CONFIG, HOLDOUT_FILE, "tokenizer"}
+    try:
+        owned |= owned_entries(load_config(PipelineConfig, out, PIPELINE_CONFIG))
+    except ValueError:  # a damaged pipeline.yaml: only the names every pipeline has
+        pass
+    others = sorted(entries - owned)
+    if others:
+        shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+        raise ValueError(
+            f"{str(out)!r} also holds {shown}, which a pipeline does not write: replacing the folder would delete "
+            "them; move them, or give another folder"
+        )
