@@ -138,6 +138,9 @@ class GeneratorTrainer(Trainer):
                 raise ValueError(f"objective order {order!r} cannot train on the cache's token grid: {err}") from None
         self._check_labels()
         self.eval_idx, train_idx = split_by_source(self.cache.source_ids(), cfg.data.eval_fraction, run.seed)
+        if len(self.eval_idx) == 0 and run.eval_every > 0:  # every eval row read "eval_loss": NaN, unexplained
+            log.warning("no held-out clips (data.eval_fraction=%g of %d clips holds none out): no held-out loss is "
+                        "computed", cfg.data.eval_fraction, len(self.cache))  # fmt: skip
         self.stream = BatchStream(
             ShuffledSampler(len(train_idx), run.seed, self.dist.rank, self.dist.world_size), train_idx
         )
@@ -266,9 +269,10 @@ class GeneratorTrainer(Trainer):
 
     @torch.no_grad()
     def eval_logs(self) -> dict[str, float]:
-        """Mean held-out loss over ``run.eval_batches`` fixed batches (same masks every time)."""
+        """Mean held-out loss over ``run.eval_batches`` fixed batches (same masks every time); nothing without
+        held-out clips (a warning at build says so)."""
         if len(self.eval_idx) == 0:
-            return {"eval_loss": float("nan")}
+            return {}
         self.model.eval()
         rng = torch.Generator().manual_seed(12345 + self.dist.rank)
         world, mb = self.dist.world_size, self.run.micro_batch

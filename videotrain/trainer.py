@@ -92,6 +92,10 @@ class Trainer:
         self.ema = EMA(self.model, self.run.ema_decay) if self.run.ema_decay > 0 else None
         if self.ema is not None and self.zero_stage == 3:
             raise ValueError("run.ema_decay needs ZeRO stage 0-2 (ZeRO-3 partitions the weights)")
+        kept = self.run.ema_decay**self.run.steps if self.ema is not None else 0.0
+        if kept > 0.1:  # the average starts at the weights the run starts from: a short run exports mostly those
+            log.warning("run.ema_decay=%g over run.steps=%d: the exported average keeps %.0f%% of the weights the run "
+                        "starts from", self.run.ema_decay, self.run.steps, 100 * kept)  # fmt: skip
 
     # ------------------------------------------------------------------ what a task supplies
     def validate(self) -> None:
@@ -256,7 +260,7 @@ class Trainer:
         steering = self._optim_keys("lr", "grad_accum", "warmup_steps", "schedule", "min_lr_ratio")
         # run.steps spans the decay: another value moves every later learning rate (4 -> 8 steps doubled it)
         changed = checkpoint.changed_settings(
-            self.ckpt_dir / tag, self.cfg, ("run.micro_batch", "run.steps", *steering)
+            self.ckpt_dir / tag, self.cfg, ("run.micro_batch", "run.steps", "run.ema_decay", *steering)
         )
         if changed:  # allowed (a lower learning rate to finish a run), but said: the batch or schedule moves on
             log.warning("resuming %s with other settings from here on: %s", tag, "; ".join(changed))
@@ -269,7 +273,11 @@ class Trainer:
         torch.set_rng_state(tensors["torch_rng"])
         if "cuda_rng" in tensors and self.dist.device.type == "cuda":
             torch.cuda.set_rng_state(tensors["cuda_rng"], self.dist.device)
-        if self.ema is not None:
+        if self.ema is not None and self.dist.is_main and not any(k.startswith("ema.") for k in tensors):
+            # written with run.ema_decay=0: the average starts here ("checkpoint lacks EMA weights" read as damage)
+            log.warning("checkpoint %s holds no EMA weights: the average starts from its weights", tag)
+            self.ema = EMA(self.model, self.run.ema_decay)
+        elif self.ema is not None:
             own = tensors if self.dist.is_main else {f"ema.{k}": v for k, v in self.ema.shadow.items()}
             self.ema.load_state_dict(own)
         self.load_task_state(state, tensors)
@@ -358,8 +366,8 @@ class Trainer:
                 logs = {**self._mean_over_ranks(step_logs), **speed}
                 bar.set_postfix({k: f"{logs[k]:.4g}" for k in ("loss", "psnr", "lr") if k in logs})
                 metrics.write(self.step, {"time": time.time() - start, **logs})
-            if self._due(run.eval_every):
-                metrics.write(self.step, self.eval_logs())
+            if self._due(run.eval_every) and (held_out := self.eval_logs()):
+                metrics.write(self.step, held_out)
             if self._due(run.sample_every):
                 self.write_samples()
             if self._due(run.checkpoint_every):

@@ -1,0 +1,32 @@
+"""tools/train.py says what its settings do to the held-out loss and the EMA: a split that holds no clip out wrote
+``"eval_loss": NaN`` rows (not JSON) with no word why; resuming with EMA turned on was refused as if the checkpoint were
+damaged; and a run too short for its EMA decay exported mostly the weights it started from, unsaid."""
+
+import json
+
+from tests.integration.test_train import data, losses, train  # noqa: F401 - the module's tiny cache
+
+
+def _rows(out) -> list[dict]:
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line, parse_constant=lambda name: 1 / 0) for line in lines]  # a bare NaN raises
+
+
+def test_a_split_that_holds_no_clip_out_says_so_and_writes_no_eval_rows(data, tmp_path):  # noqa: F811
+    out = tmp_path / "run"
+    proc = train(data, out, "run.steps=2", "run.eval_every=1", "run.checkpoint_every=0", "data.eval_fraction=0.0")
+    assert "no held-out clips (data.eval_fraction=0 of 32 clips holds none out)" in proc.stderr
+    rows = _rows(out)  # strict JSON: a bare NaN raises
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2] and not [r for r in rows if "loss" not in r]
+
+
+def test_ema_turned_on_at_a_resume_starts_there_and_a_short_ema_is_named(data, tmp_path):  # noqa: F811
+    out = tmp_path / "run"
+    common = ("run.checkpoint_every=2", "run.eval_every=0")
+    first = train(data, out, "run.steps=2", *common)
+    assert "ema_decay" not in first.stderr and "EMA" not in first.stderr
+    again = train(data, out, "run.steps=3", "run.ema_decay=0.5", *common)
+    assert "holds no EMA weights: the average starts from its weights" in again.stderr
+    assert "run.ema_decay: 0.0 -> 0.5" in again.stderr
+    assert "run.ema_decay=0.5 over run.steps=3: the exported average keeps 12% of the weights" in again.stderr
+    assert sorted(losses(out)) == [1, 2, 3] and (out / "export" / "model.safetensors").is_file()
