@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from core.checks import is_int
 from core.frames import tensor_to_frames
 from tokenizer import VideoTokenizer
 
@@ -90,8 +91,18 @@ def roll_out(
 
     Returns:
         the :class:`Rollout`.
+
+    Raises:
+        ValueError: ``num_frames`` or the context's length is not 1 + k * ct (a last window of no new latents
+            appended re-decoded old frames as new ones), or the context is not shorter than ``num_frames``.
     """
     ct = tokenizer.config.temporal_compression
+    lengths = {"num_frames": num_frames, **({"the context's frames": context.shape[1]} if context is not None else {})}
+    for what, n in lengths.items():
+        if not is_int(n) or n < 1 or (n - 1) % ct:
+            raise ValueError(f"{what} must be 1 + k*{ct} (the tokenizer's frames), got {n!r}")
+    if context is not None and context.shape[1] >= num_frames:
+        raise ValueError(f"{context.shape[1]} context frames leave nothing to generate of {num_frames}")
     if max_latents < 2 and (context is not None or num_frames > 1):
         raise ValueError(
             f"a generator of {max_latents} latent frame makes single images: it cannot continue frames or make "

@@ -77,8 +77,19 @@ def foreground_mask(video: torch.Tensor, threshold: float, dilation: int = 0) ->
     return mask
 
 
+def check_same_shape(recon: torch.Tensor, target: torch.Tensor) -> None:
+    """ValueError unless a reconstruction and its target have one shape."""
+    if recon.shape != target.shape:
+        raise ValueError(f"recon {tuple(recon.shape)} and target {tuple(target.shape)} must have the same shape")
+
+
 def reconstruction_loss(recon: torch.Tensor, target: torch.Tensor, cfg: LossConfig) -> dict[str, torch.Tensor]:
-    """Weighted L1 and L2 between (B, C, T, H, W) videos; returns the weighted terms."""
+    """Weighted L1 and L2 between (B, C, T, H, W) videos; returns the weighted terms.
+
+    Raises:
+        ValueError: the shapes differ (a 1-frame recon against a 9-frame target broadcast silently).
+    """
+    check_same_shape(recon, target)
     weight = 1.0
     if cfg.foreground_weight != 1.0:
         fg = foreground_mask(target, cfg.foreground_threshold, cfg.foreground_dilation)
@@ -98,7 +109,11 @@ def perceptual_loss(recon: torch.Tensor, target: torch.Tensor, net: nn.Module, n
     Args:
         recon, target: (B, C, T, H, W) in [-1, 1].
         net: maps two (N, C, H, W) image batches in [-1, 1] to distances of any shape with N leading.
+
+    Raises:
+        ValueError: the shapes differ.
     """
+    check_same_shape(recon, target)
     T = recon.shape[2]
     idx = torch.linspace(0, T - 1, min(num_frames, T)).round().long().unique()
     a = recon[:, :, idx].transpose(1, 2).flatten(0, 1)  # (B*n, C, H, W)

@@ -23,6 +23,7 @@ from tokenizer.layers import StreamState
 from tokenizer.quantizers import QUANTIZERS, BSQConfig, FSQConfig, LFQConfig, QuantizerOutput, VQConfig
 
 TEMPORAL_COMPRESSIONS = (1, 2, 4, 8)
+VALUE_TOLERANCE = 1e-3  # how far past [-1, 1] an input video may reach (rounding of a resize or a cast)
 SPATIAL_COMPRESSIONS = (4, 8, 16)
 
 
@@ -198,6 +199,9 @@ class VideoTokenizer(nn.Module):
             raise ValueError(f"video must have shape {expected}, got {tuple(video.shape)}: {err}") from None
         if not torch.isfinite(video).all():
             raise ValueError("video contains NaN or infinite values")
+        peak = float(video.detach().abs().amax()) if video.numel() else 0.0
+        if peak > 1.0 + VALUE_TOLERANCE:  # frames.float() of uint8 (0..255) gave other tokens, silently
+            raise ValueError(f"video values must lie in [-1, 1] (uint8 frames: x / 127.5 - 1), got up to {peak:.4g}")
 
     # ----------------------------------------------------------------- encode / decode
     def _latents(self, video: torch.Tensor, state: StreamState | None = None) -> torch.Tensor:

@@ -194,6 +194,22 @@ def test_a_one_latent_generator_refuses_to_continue_instead_of_slicing_nothing(p
             roll_out(sample, pipe.tokenizer, num_frames=num_frames, context=context, **kw)
 
 
+@pytest.mark.parametrize("num_frames,context", [(9, 6), (7, 5), (9, 9)])
+def test_roll_out_refuses_lengths_the_tokenizer_cannot_make(pipe, num_frames, context):
+    """Called directly with a 6-frame context and num_frames=9, the last window held no new latent, and its whole
+    re-decoded window was appended: frames 6-8 of the output were context frames 1-3 again."""
+    from pipelines.rollout import roll_out
+
+    def sample(grid, ctx):
+        return torch.zeros((1, *grid), dtype=torch.long)
+
+    frames, kw = np.zeros((1, context, 32, 32, 3), np.uint8), dict(max_latents=3, latent_hw=(4, 4), batch=1)
+    with pytest.raises(ValueError, match=r"must be 1 \+ k\*4|leave nothing to generate"):
+        roll_out(sample, pipe.tokenizer, num_frames=num_frames, context=frames, **kw)
+    out = roll_out(sample, pipe.tokenizer, num_frames=9, context=frames[:, :5], **kw)
+    assert out.frames.shape[1] == 9 and out.ids.shape[1] == 3  # a right length still works
+
+
 def test_a_decoder_that_gives_nan_is_an_error_not_a_black_video(model_dir):
     """rollout.to_pixels cast NaN to 0: a diverged decoder (an fp16 overflow) gave an all-black video without a word,
     and a long video re-encoded the black frames as its next window's context."""

@@ -51,3 +51,41 @@ def test_every_fsq_level_count_the_config_takes_keeps_distinct_codes_in_bf16():
         assert torch.equal(q.codes_to_ids(codes), ids)
     with pytest.raises(ValueError, match=f"at most {MAX_LEVEL}"):
         FSQConfig(levels=(MAX_LEVEL + 1,))
+
+
+def test_a_video_outside_minus_one_to_one_is_refused(repo_root):
+    """frames.float() of uint8 (0..255) was encoded without a word: half the ids differed from the scaled clip's,
+    and reconstruct's clamp hid it."""
+    from tests.unit.test_tokenizer import tiny, video
+
+    tok = tiny(repo_root)
+    x = video(B=1)
+    for bad in ((x + 1) * 127.5, x * 1.01):
+        for call in (tok.encode, tok.reconstruct):
+            with pytest.raises(ValueError, match=r"video values must lie in \[-1, 1\] \(uint8 frames: x / 127.5 - 1\)"):
+                call(bad)
+    tok.encode(x.clamp(-1, 1) * (1 + 5e-4))  # rounding past the edge (a resize, a cast) is taken
+
+
+@pytest.mark.parametrize("dtype", [torch.uint16, torch.uint32])
+def test_ids_in_a_token_caches_unsigned_dtypes_decode(repo_root, dtype):
+    """uint16 is the cache's on-disk dtype: decode(torch.from_numpy(shard)) raised NotImplementedError (no min
+    kernel for UInt16) while int16 and int32 decoded."""
+    from tests.unit.test_tokenizer import tiny, video
+
+    tok = tiny(repo_root)
+    ids = tok.encode(video(B=1))
+    assert torch.equal(tok.decode(ids.to(dtype)), tok.decode(ids))
+    with pytest.raises(ValueError, match="ids must lie in"):
+        tok.decode(torch.full_like(ids, tok.codebook_size).to(dtype))
+
+
+@pytest.mark.parametrize("recon_shape", [(2, 3, 1, 16, 16), (2, 9, 3, 16, 16), (1, 3, 9, 16, 16)])
+def test_losses_refuse_shapes_that_differ_instead_of_broadcasting(recon_shape):
+    from tokenizer.losses import LossConfig, perceptual_loss, reconstruction_loss
+
+    target = torch.zeros(2, 3, 9, 16, 16)
+    with pytest.raises(ValueError, match="must have the same shape"):
+        reconstruction_loss(torch.zeros(recon_shape), target, LossConfig())
+    with pytest.raises(ValueError, match="must have the same shape"):
+        perceptual_loss(torch.zeros(recon_shape), target, lambda a, b: (a - b).abs())

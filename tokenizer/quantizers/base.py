@@ -73,10 +73,10 @@ def check_ids(ids: torch.Tensor, codebook_size: int, name: str) -> None:
         raise ValueError(f"{name} expects ids of shape (B, t, h, w) with t, h, w >= 1, got {tuple(ids.shape)}")
     if ids.dtype.is_floating_point or ids.dtype == torch.bool:
         raise ValueError(f"{name} expects integer ids, got {ids.dtype}")
-    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= codebook_size):
-        raise ValueError(
-            f"{name}: ids must lie in [0, {codebook_size}), got range [{int(ids.min())}, {int(ids.max())}]"
-        )
+    # uint16/uint32 (a token cache's on-disk dtypes) have no min/max kernel: NotImplementedError before
+    low, high = ids.aminmax() if ids.dtype not in (torch.uint16, torch.uint32, torch.uint64) else ids.long().aminmax()
+    if ids.numel() and (int(low) < 0 or int(high) >= codebook_size):
+        raise ValueError(f"{name}: ids must lie in [0, {codebook_size}), got range [{int(low)}, {int(high)}]")
 
 
 class Quantizer(nn.Module):
