@@ -68,6 +68,15 @@ def test_an_out_that_is_not_a_pipeline_folder_is_refused_before_any_stage(tmp_pa
     (tmp_path / "empty").mkdir()
     assert _script(_env(tmp_path, OUT=str(tmp_path / "empty"))).returncode == 0  # an empty folder is fine
     assert _script(_env(tmp_path, OUT=str(tmp_path / "empty"))).returncode == 0  # and so is the pipeline it became
+    shipped = tmp_path / "shipped"  # OUT=models/shapes: make_pipeline --force deleted its card and failure sheets
+    shipped.mkdir()
+    for name in ("pipeline.yaml", "holdout.json", "MODEL_CARD.md", "failures.png"):
+        (shipped / name).write_text("x")
+    (tmp_path / "calls.txt").write_text("")
+    proc = _script(_env(tmp_path, OUT=str(shipped)))
+    assert proc.returncode == 2 and "which a pipeline does not write" in proc.stderr, proc.stderr
+    assert "MODEL_CARD.md" in proc.stderr and "failures.png" in proc.stderr and "holdout.json" not in proc.stderr
+    assert (tmp_path / "calls.txt").read_text() == "" and (shipped / "MODEL_CARD.md").is_file()
 
 
 @pytest.mark.parametrize("name", ["exp: v2", "run #2", "it's"])
