@@ -22,11 +22,8 @@ def owned_entries(config: PipelineConfig) -> set[str]:
     """The top-level names a pipeline folder of ``config`` holds."""
     names = {PIPELINE_CONFIG, HOLDOUT_FILE, "tokenizer"}
     names |= {PurePosixPath(sub).parts[0] for sub in config.generators.values()}
-    if config.text_encoder is not None and not config.text_encoder_package:
-        path = PurePosixPath(config.text_encoder.path)
-        if not path.is_absolute() and path.parts:
-            names.add(path.parts[0])
-    return names
+    encoder = relative_text_encoder(config)
+    return names | ({PurePosixPath(encoder).parts[0]} if encoder is not None else set())
 
 
 def relative_text_encoder(config: PipelineConfig) -> str | None:
