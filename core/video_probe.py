@@ -36,7 +36,7 @@ def frame_count(path: str | os.PathLike) -> int:
     if path.stat().st_size == 0:
         raise ValueError(f"{str(path)!r} is empty (0 bytes)")
     if path.suffix.lower() in PIL_EXTS:
-        return len(_pil_durations(path))
+        return len(image_durations(path))
     reasons = []
     if decord is not None:
         try:
@@ -68,10 +68,10 @@ def video_fps(path: str | os.PathLike) -> float:
     if not path.is_file() or path.stat().st_size == 0:
         raise ValueError(f"{str(path)!r} does not exist or is empty")
     if path.suffix.lower() in PIL_EXTS:
-        durations = _pil_durations(path)
-        if len(durations) < 2 or sum(durations) <= 0:
+        rate = fps_from_durations(image_durations(path))
+        if rate is None:
             raise ValueError(f"{str(path)!r} is a still image and has no frame rate")
-        return 1000.0 * len(durations) / sum(durations)
+        return rate
     if decord is not None:
         try:
             return float(decord_reader(path).get_avg_fps())
@@ -101,10 +101,21 @@ def frame_starts(path: str | os.PathLike) -> list[float] | None:
     path = Path(path)
     if path.suffix.lower() not in PIL_EXTS:
         return None
-    durations = _pil_durations(path)
+    return starts_from_durations(image_durations(path))
+
+
+def starts_from_durations(durations: list[int]) -> list[float] | None:
+    """Frame start times in seconds from an animated image's frame delays in ms (see :func:`frame_starts`)."""
     if len(durations) < 2 or any(d <= 0 for d in durations[:-1]):
         return None
     return [total / 1000.0 for total in itertools.accumulate(durations[:-1], initial=0)]
+
+
+def fps_from_durations(durations: list[int]) -> float | None:
+    """An animated image's average frame rate from its frame delays in ms; None for a still or one without delays."""
+    if len(durations) < 2 or sum(durations) <= 0:
+        return None
+    return 1000.0 * len(durations) / sum(durations)
 
 
 def image_frames_at_most(path: str | os.PathLike, limit: int) -> int:
@@ -139,8 +150,14 @@ def _frame_duration(frame: Image.Image) -> int:
     return frame.info.get("duration") or 0
 
 
-def _pil_durations(path: Path) -> list[int]:
-    """Each frame's display time in ms (0 where the file gives none) of an image or GIF Pillow opens."""
+def image_durations(path: str | os.PathLike) -> list[int]:
+    """Each frame's display time in ms (0 where the file gives none) of an image or GIF Pillow opens, one walk over
+    its frames: its frame count, start times and rate all follow from it (:func:`starts_from_durations`,
+    :func:`fps_from_durations`), so a caller that needs several walks the frames once.
+
+    Raises:
+        ValueError: the file cannot be decoded.
+    """
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)  # refused, as core.video_io refuses it

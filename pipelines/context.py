@@ -23,7 +23,7 @@ import numpy as np
 from core.checks import is_int
 from core.frames import resize_center_crop
 from core.video_io import PIL_EXTS, VIDEO_EXTS, read_frames, read_video
-from core.video_probe import frame_count, frame_starts, video_fps
+from core.video_probe import fps_from_durations, frame_count, image_durations, starts_from_durations, video_fps
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ def load_frames(
         path = Path(source)
         keep = frame_indices(path, fps)
         keep = keep if last is None else keep[-last:]
-        frames = read_frames(path, keep, size=size) if keep else read_video(path, size=size)  # none: its error
+        frames = read_kept(path, keep, size)
     elif isinstance(source, np.ndarray):
         frames = source[None] if source.ndim == 3 else source
         frames = frames if last is None or frames.ndim != 4 else frames[-last:]
@@ -68,6 +68,12 @@ def load_frames(
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or 0 in frames.shape:
         raise ValueError(f"{what} must be (H, W, 3) or (T, H, W, 3) uint8 RGB, got {frames.dtype} {frames.shape}")
     return frames
+
+
+def read_kept(path: Path, keep: list[int], size: tuple[int, int] | None) -> np.ndarray:
+    """The frames ``keep`` of a file (from :func:`frame_indices`) at ``size``; a file with none gives its reader's
+    error, one line."""
+    return read_frames(path, keep, size=size) if keep else read_video(path, size=size)
 
 
 def frame_indices(path: str | os.PathLike, fps: float | None = None) -> list[int]:
@@ -79,33 +85,24 @@ def frame_indices(path: str | os.PathLike, fps: float | None = None) -> list[int
         ValueError: a path that does not exist or that no backend can open.
     """
     path = Path(path)
-    n = frame_count(path)
+    durations = image_durations(path) if path.is_file() and path.suffix.lower() in PIL_EXTS else None
+    n = frame_count(path) if durations is None else len(durations)  # one walk over an animated image's frames
     keep = list(range(n))
     if fps is not None and n > 1 and path.is_file():  # VIDEO_EXTS alone took an animated WebP or APNG frame by frame
-        starts = frame_starts(path)  # an animated image's own frame times; None for a video file
+        starts = None if durations is None else starts_from_durations(durations)  # an animated image's own times
         if starts is not None and len(starts) == n:
             keep = resample_times(starts, fps)
             if keep != list(range(n)):
                 log.info("%s: %d frames over %.3g s -> %d at %.3g fps", path.name, n, starts[-1], len(keep), fps)
             return keep
-        rate = _frame_rate(path)
-        if rate is not None:
+        rate = video_fps(path) if durations is None else fps_from_durations(durations)
+        if rate is None:  # an animated GIF without frame delays (browsers play those at their own rate)
+            log.info("%s has no frame delays: its frames are taken one for one", path.name)
+        else:
             keep = resample_indices(n, rate, fps)
             if keep != list(range(n)):
                 log.info("%s: %d frames at %.3g fps -> %d at %.3g fps", path.name, n, rate, len(keep), fps)
     return keep
-
-
-def _frame_rate(path: Path) -> float | None:
-    """A video's frame rate; None for an animated GIF without frame delays (browsers play those at their own
-    rate), whose frames are then taken frame for frame, as arrays are."""
-    if path.suffix.lower() in PIL_EXTS:
-        try:
-            return video_fps(path)
-        except ValueError:  # the frames were decoded already: what is missing is the timing
-            log.info("%s has no frame delays: its frames are taken one for one", path.name)
-            return None
-    return video_fps(path)
 
 
 def probe_frames(source: FrameSource, what: str) -> None:

@@ -36,7 +36,7 @@ from core.files import atomic_path
 from core.video_io import PIL_EXTS
 from core.video_probe import frame_count, image_frames_at_most
 from pipelines import VideoPipeline
-from pipelines.context import frame_indices, load_frames
+from pipelines.context import frame_indices, read_kept
 from pipelines.generate import GeneratedFiles, GenerationRequest, generate_with, sampling_for
 from pipelines.io import OutputWriteError
 from videoserve.requests import parse_request
@@ -84,11 +84,13 @@ def _check_upload(path: Path, fps: float, frame_size: tuple[int, int]) -> tuple[
     last one as a request will: an upload of 10^5 frames is not decoded whole just to be counted (a continuation
     reads only its last frames, an image its one). An animated image has no index: one of more than
     :data:`MAX_IMAGE_FRAMES` is refused after that many seeks (a 230 KB GIF of 10^4 frames held the worker 24 s)."""
-    if path.suffix.lower() in PIL_EXTS and image_frames_at_most(path, MAX_IMAGE_FRAMES) > MAX_IMAGE_FRAMES:
+    image = path.suffix.lower() in PIL_EXTS
+    file_frames = image_frames_at_most(path, MAX_IMAGE_FRAMES) if image else frame_count(path)
+    if file_frames > MAX_IMAGE_FRAMES and image:
         raise ValueError(f"an animated image of more than {MAX_IMAGE_FRAMES} frames: upload it as an mp4")
-    count = len(frame_indices(path, fps))
-    load_frames(path, "upload", fps, frame_size, last=1)
-    return frame_count(path), count
+    keep = frame_indices(path, fps)  # an animated image's frames walked once more, for their delays
+    read_kept(path, keep[-1:], frame_size)  # decoded as a request will: the last frame it gives
+    return file_frames, len(keep)
 
 
 _RANGE = re.compile(r"\s*(\d*)\s*-\s*(\d*)\s*")

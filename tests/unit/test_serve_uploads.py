@@ -13,6 +13,7 @@ pytest.importorskip("fastapi")
 from starlette.testclient import TestClient  # noqa: E402
 
 import core.video_probe  # noqa: E402
+import pipelines.context  # noqa: E402
 import pipelines.io  # noqa: E402
 from core.video_write import write_video  # noqa: E402
 from tests.unit.test_serve import LOCAL, pipe  # noqa: E402, F401 - the shipped model, loaded once per module
@@ -52,7 +53,7 @@ def test_an_animated_image_of_too_many_frames_is_refused_before_it_is_walked(cli
     """A 230 KB GIF of 10^4 frames held the one worker 24 s (Pillow walked it five times) while generations
     waited; the limit counted bytes only."""
     walked = []
-    monkeypatch.setattr(core.video_probe, "_pil_durations", lambda path: walked.append(path) or [0])
+    monkeypatch.setattr(core.video_probe, "image_durations", lambda path: walked.append(path) or [0])
     r = client.post("/api/uploads?name=many.gif", content=tiny_gif(MAX_IMAGE_FRAMES + 1, 1))
     assert r.status_code == 400 and r.json() == {
         "error": f"an animated image of more than {MAX_IMAGE_FRAMES} frames: upload it as an mp4"
@@ -62,6 +63,18 @@ def test_an_animated_image_of_too_many_frames_is_refused_before_it_is_walked(cli
     r = client.post("/api/uploads?name=some.gif", content=tiny_gif(40, 25))  # 40 frames at 4 fps: 10 s
     assert r.status_code == 200, r.text
     assert r.json()["file_frames"] == 40 and r.json()["frames"] == 79  # at 8 fps, up to the last frame's start (9.75 s)
+
+
+def test_an_accepted_animated_image_is_walked_once(client, monkeypatch):
+    """The check walked an animated upload's frames up to six times (a bounded count, the count and delays for the
+    rate, again inside the decode of its last frame, and the count once more for the reply): 4,096 tiny frames
+    take about 1.2 s a walk, which the one worker spent while generations waited."""
+    walked, real = [], core.video_probe.image_durations
+    monkeypatch.setattr(core.video_probe, "image_durations", lambda path: walked.append(path) or real(path))
+    monkeypatch.setattr(pipelines.context, "image_durations", core.video_probe.image_durations)
+    r = client.post("/api/uploads?name=some.gif", content=tiny_gif(40, 25))
+    assert r.status_code == 200 and (r.json()["file_frames"], r.json()["frames"]) == (40, 79), r.text
+    assert len(walked) == 1
 
 
 def test_the_reply_tells_a_still_from_a_short_clip(client, tmp_path):
