@@ -33,3 +33,11 @@ def first_line(err: BaseException) -> str:
     """The first line of an exception's message, or its type's name when it has none: what an error line shows
     of a library's multi-line message (a torch or FFmpeg dump)."""
     return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
+def shown(text: str, limit: int = 60) -> str:
+    """``repr(text)`` for an error line, cut to about ``limit`` characters with the full length given: a 60 KB prompt
+    of emoji was echoed whole in its one-line refusal."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text)} characters)"

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Literal
 import torch
 from torch import nn
 
-from core.checks import check_text, first_line
+from core.checks import check_text, first_line, shown
 from generator.bert_encoder import BertModel, BertTokenizer
 from generator.text_encoder_files import (
     check_directory,
@@ -209,9 +209,9 @@ class TextEncoder(nn.Module):
         for i, ids in enumerate(all_ids):
             content = [t for t in ids if t not in special]
             if not content:  # e.g. only zero-width or control characters, dropped by the tokenizer
-                refused[i] = f"has no tokens besides the special ones: {prompts[i]!r}"
+                refused[i] = f"has no tokens besides the special ones: {shown(prompts[i])}"
             elif set(content) <= self._unknown_ids:  # emoji alone: every such prompt gave the same features
-                refused[i] = f"has only tokens that the text encoder does not know: {prompts[i]!r}"
+                refused[i] = f"has only tokens that the text encoder does not know: {shown(prompts[i])}"
             elif len(ids) > self.max_length and self.config.on_too_long == "error":
                 refused[i] = (
                     f"has {len(ids)} tokens (special tokens included), more than max_length={self.max_length}; "

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from core.checks import check_text, is_int
+from core.checks import check_text, is_int, shown
 from generator.sampling import SamplingConfig
 from pipelines.context import probe_frames
 from pipelines.io import check_writable, output_paths, save_output
@@ -60,7 +60,7 @@ def parse_label(text: str, class_names: Sequence[str]) -> int:
         if text.strip().lower() in names:
             return names.index(text.strip().lower())
         how = f"give a class id 0..{len(names) - 1} or an exact class name"
-        raise ValueError(f"unknown class {text!r}: {how}") from None
+        raise ValueError(f"unknown class {shown(text)}: {how}") from None
 
 
 def sampling_for(

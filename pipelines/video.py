@@ -166,12 +166,13 @@ class VideoPipeline:
 
     # ----------------------------------------------------------------- checks
     def resolve_mode_order(self, mode: str | None, order: str | None) -> tuple[str, str]:
-        """Fills defaults and refuses combinations the shipped generators do not support."""
-        mode = mode or self.config.default_mode
+        """Fills defaults (for None only: an empty string is refused, not read as "the default") and refuses
+        combinations the shipped generators do not support."""
+        mode = self.config.default_mode if mode is None else mode
         if mode not in self.generators:
             raise ValueError(f"mode {mode!r} is not available in this model; it has {sorted(self.generators)}")
         gen = self.generators[mode]
-        order = order or self.config.default_orders.get(mode) or gen.config.orders[0]
+        order = (self.config.default_orders.get(mode) or gen.config.orders[0]) if order is None else order
         if order not in gen.config.orders:
             raise ValueError(f"the {mode} generator supports orders {list(gen.config.orders)}, not {order!r}")
         return mode, order

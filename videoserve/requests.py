@@ -13,6 +13,7 @@ import math
 from collections.abc import Callable
 from pathlib import Path
 
+from core.checks import shown
 from pipelines.generate import MAX_SEED, GenerationRequest
 
 MAX_STEPS = 64  # MaskGIT steps per unit: one request must not hold the only worker for hours
@@ -70,7 +71,10 @@ def parse_request(
         raise ValueError('the request body must be a JSON object, e.g. {"prompt": "a red circle moving left"}')
     unknown = sorted(set(body) - set(FIELDS))
     if unknown:
-        raise ValueError(f"unknown field(s) {unknown}; known fields: {', '.join(FIELDS)}")
+        names = ", ".join(shown(name) for name in unknown[:5]) + (
+            f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+        )
+        raise ValueError(f"unknown field(s) [{names}]; known fields: {', '.join(FIELDS)}")
     v = {name: _checked(body, name) for name in FIELDS}
     seed = 0 if v["seed"] is None else v["seed"]
     if not 0 <= seed <= MAX_SEED:

@@ -76,7 +76,11 @@ def test_generate_returns_the_record_and_playable_files(served, pipe):
         ({"prompt": ""}, "the prompt is empty"),
         ({"prompt": "x", "mode": "ar", "order": "clip"}, "supports orders"),
         ({"prompt": "x", "mode": "video"}, "mode 'video' is not available"),
+        ({"prompt": "x", "mode": ""}, "mode '' is not available"),  # was read as "the default"
+        ({"prompt": "x", "mode": "ar", "order": ""}, "not ''"),
         ({"promt": "a red circle"}, "unknown field(s) ['promt']"),
+        ({"x" * 60_000: 1, "y": 2}, "unknown field(s) ['xxxxxxxx"),  # a 60 KB key was echoed whole
+        ({"prompt": "x", "label": "z" * 60_000}, "(60000 characters)"),
         ({"prompt": 5}, "prompt must be a string"),
         ({"prompt": ["a", 3]}, "prompt must be a string or a list of strings"),
         ({"prompt": "x", "seed": -1}, "seed must be in"),
@@ -94,7 +98,7 @@ def test_bad_requests_get_400_with_one_line(client, body, message):
     r = client.post("/api/generate", json=body)
     assert r.status_code == 400, r.text
     error = r.json()["error"]
-    assert message in error and "\n" not in error
+    assert message in error and "\n" not in error and len(error) < 600
 
 
 @pytest.mark.parametrize(

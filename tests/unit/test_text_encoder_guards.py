@@ -50,6 +50,13 @@ def test_a_prompt_of_unknown_tokens_alone_is_refused(minilm, prompt):
     minilm.encode([f"a red {prompt} circle"])  # some known words: taken
 
 
+def test_a_huge_refused_prompt_is_not_echoed_whole(minilm):
+    """A 60 KB prompt of emoji was echoed whole in its one-line refusal (the server's 400, the CLI's error line)."""
+    with pytest.raises(ValueError, match="does not know") as err:
+        minilm.encode(["\U0001f680" * 15_000])
+    assert len(str(err.value)) < 300 and "(15000 characters)" in str(err.value)
+
+
 def test_refusals_name_every_refused_prompt_and_nothing_else(minilm):
     prompts = ["a red circle", "\U0001f680", "a red circle moving left across the whole frame", "\u200b", "blue"]
     refused = minilm.refusals(prompts)
