@@ -34,7 +34,7 @@ _INT, _FLOAT = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
 # a leading zero was octal (seed 010 gave 8, steps 02000 gave 1024) and a:b base 60 (max_minutes 1:30 gave 90).
 _DECIMAL_INT = re.compile(r"^(?:[-+]?(?:0|[1-9][0-9_]*)|0x[0-9a-fA-F_]+)$")
 _DECIMAL_FLOAT = re.compile(
-    r"^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+][0-9]+)?|\.[0-9][0-9_]*(?:[eE][-+][0-9]+)?"
+    r"^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+][0-9]+)?|[-+]?\.[0-9][0-9_]*(?:[eE][-+][0-9]+)?"
     r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
 )
 _shown = reprlib.Repr()  # keyword arguments only from Python 3.12
@@ -174,7 +174,7 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
         kwargs[k] = _coerce(v, hints[k], f"{where}.{k}")
     try:
         return cls(**kwargs)
-    except TypeError as err:  # a required field is missing
+    except (TypeError, ValueError) as err:  # a required field is missing, or a check of the section's own refused it
         raise ValueError(f"{where}: {err}") from None
 
 
@@ -212,6 +212,21 @@ def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _has_comment(raw: str) -> bool:
+    """Whether YAML reads part of ``raw`` as a comment: a ``#`` outside every token (``/data/cache #v2`` is the
+    path ``/data/cache``); a ``#`` inside a quoted item (``["/data/run #2/a.jsonl"]``) or a word (``a#b``) is not."""
+    try:
+        tokens = list(yaml.scan(raw, Loader=yaml.SafeLoader))
+    except yaml.YAMLError:
+        return False  # the parse reports it
+    pos = 0
+    for token in tokens:
+        if "#" in raw[pos : token.start_mark.index]:
+            return True
+        pos = max(pos, token.end_mark.index)
+    return "#" in raw[pos:]
+
+
 def parse_override(item: str) -> dict[str, Any]:
     """Turns ``"model.depth=8"`` into ``{"model": {"depth": 8}}``; the value is parsed as YAML."""
     if "=" not in item:
@@ -219,8 +234,7 @@ def parse_override(item: str) -> dict[str, Any]:
     key, raw = item.split("=", 1)
     if not key or any(not part for part in key.split(".")):
         raise ValueError(f"override {item!r} has an empty key")
-    quoted = raw.strip().startswith(("'", '"'))
-    if not quoted and (raw.lstrip().startswith("#") or " #" in raw or "\t#" in raw):  # YAML drops the rest
+    if _has_comment(raw):  # YAML drops the rest
         raise ValueError(f"override {item!r}: ' #' starts a YAML comment, which would cut the value short; quote it "
                          f"in YAML, e.g. {key}='\"...\"'")  # fmt: skip
     try:

@@ -5,7 +5,7 @@ from dataclasses import dataclass, field, replace
 import pytest
 import yaml
 
-from core.config import build_config, from_dict, load_yaml, save_config, to_dict
+from core.config import build_config, from_dict, load_yaml, parse_override, save_config, to_dict
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -63,6 +63,43 @@ def test_exponent_floats_without_a_dot_are_numbers(tmp_path):
     assert build_config(Outer, [f]).lr == 3e-4
     with pytest.raises(ValueError, match="expected an integer"):
         build_config(Outer, [], ["model.depth=1e3"])  # only float fields read exponents
+
+
+def test_a_quoted_hash_inside_a_list_is_not_a_comment():
+    """``train_tokenizer.py --data "/runs/a #b/m.jsonl"`` became ``data.paths=["/runs/a #b/m.jsonl"]``, which the
+    comment check refused (it spared only values starting with a quote), so train_shapes.sh failed for RUN='x #2'."""
+    assert build_config(Outer, [], ["model.widths=[1, 2]", 'model.name="/runs/a #b"']).model.name == "/runs/a #b"
+    assert parse_override('paths=["/runs/a #b/m.jsonl", "c"]') == {"paths": ["/runs/a #b/m.jsonl", "c"]}
+    assert parse_override("name=a#b") == {"name": "a#b"}  # no space: part of the word, as YAML reads it
+    for cut in ("model.widths=[1, 2] # 3", "model.name='x' #y", "model.name=#x"):
+        with pytest.raises(ValueError, match="starts a YAML comment"):
+            build_config(Outer, [], [cut])
+
+
+def test_signed_floats_without_a_leading_digit_are_numbers():
+    """``-.5`` and ``+.1`` were strings ("expected a number") while ``.5`` was a number."""
+    assert build_config(Outer, [], ["lr=-.5"]).lr == -0.5
+    assert build_config(Outer, [], ["lr=+.25e-1"]).lr == 0.025
+
+
+def test_a_sections_own_check_names_the_section():
+    """A ValueError from a nested section's ``__post_init__`` did not say which section: the README's training
+    command without ``data.text_encoder.path`` said only "path must be a non-empty directory path, got ''"."""
+
+    @dataclass(frozen=True, kw_only=True)
+    class Checked:
+        path: str = ""
+
+        def __post_init__(self):
+            if not self.path:
+                raise ValueError(f"path must be a non-empty directory path, got {self.path!r}")
+
+    @dataclass(frozen=True, kw_only=True)
+    class Top:
+        encoder: Checked = field(default_factory=lambda: Checked(path="x"))
+
+    with pytest.raises(ValueError, match=r"^config\.encoder: path must be a non-empty"):
+        build_config(Top, [], ["encoder.path="])
 
 
 def test_round_trip_through_yaml(tmp_path):
