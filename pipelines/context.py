@@ -155,6 +155,32 @@ def resample_times(starts: list[float], target_fps: float) -> list[int]:
     return keep[::-1]
 
 
+def check_context_count(has_image: bool, has_video: bool, num_context: int | None, ct: int) -> None:
+    """The checks of :func:`context_frames` that need no file: one source at most, ``num_context`` with a video
+    only (an image is one frame), and 1 + k*``ct`` frames, which the tokenizer encodes as a clip of their own.
+
+    Raises:
+        ValueError: one line saying which.
+    """
+    if has_image and has_video:
+        raise ValueError("give an image or a video to continue, not both")
+    if not has_video:
+        if has_image and num_context not in (None, 1):
+            raise ValueError("an image is one context frame: leave context_frames unset")
+        if not has_image and num_context is not None:
+            raise ValueError("context_frames needs a video to take them from")
+        return
+    if num_context is None:
+        raise ValueError(f"continuing a video needs context_frames (1 + k*{ct} frames, e.g. {1 + ct})")
+    if not is_int(num_context):
+        raise ValueError(f"context_frames must be an integer, got {num_context!r}")
+    if num_context < 1 or (num_context - 1) % ct:
+        raise ValueError(
+            f"context_frames={num_context} cannot be encoded on its own: the tokenizer needs 1 + k*{ct} frames "
+            f"(e.g. 1, {1 + ct}, {1 + 2 * ct})"
+        )
+
+
 def context_frames(
     image: FrameSource | list[FrameSource] | None,
     video: FrameSource | list[FrameSource] | None,
@@ -181,17 +207,14 @@ def context_frames(
         ValueError: both or neither source with ``num_context``, an N the tokenizer cannot encode
             alone, or a video shorter than N.
     """
-    if image is not None and video is not None:
-        raise ValueError("give an image or a video to continue, not both")
+    check_context_count(image is not None, video is not None, num_context, temporal_compression)
     source = image if image is not None else video
     if source is None:
-        if num_context is not None:
-            raise ValueError("context_frames needs a video to take them from")
         return None
     rows = source if isinstance(source, list) else [source]
     if not rows:
         raise ValueError("the list of context images or videos is empty")
-    kw = dict(temporal_compression=temporal_compression, size=size, fps=fps)
+    kw = dict(size=size, fps=fps)
     return np.stack([_one_context(r if image is not None else None, r if video is not None else None,
                                   num_context, **kw) for r in rows])  # fmt: skip
 
@@ -201,31 +224,19 @@ def _one_context(
     video: FrameSource | None,
     num_context: int | None,
     *,
-    temporal_compression: int,
     size: tuple[int, int],
     fps: float | None,
 ) -> np.ndarray:
-    """(N, H, W, 3) context frames of one image or video (see :func:`context_frames`)."""
-    ct = temporal_compression
+    """(N, H, W, 3) context frames of one image or video (see :func:`context_frames`, which checked the count)."""
     if image is not None:
-        if num_context not in (None, 1):
-            raise ValueError("an image is one context frame: leave context_frames unset")
         if isinstance(image, (str, os.PathLike)) and (count := frame_count(image)) != 1:  # before decoding them
             raise ValueError(f"image must be one frame, got {count}")
         frames = load_frames(image, "image", size=size)
         if frames.shape[0] != 1:
             raise ValueError(f"image must be one frame, got {frames.shape[0]}")
         return resize_center_crop(frames, size)  # (1, H, W, 3)
-    if num_context is None:
-        raise ValueError(f"continuing a video needs context_frames (1 + k*{ct} frames, e.g. {1 + ct})")
-    if not is_int(num_context):
-        raise ValueError(f"context_frames must be an integer, got {num_context!r}")
-    if num_context < 1 or (num_context - 1) % ct:
-        raise ValueError(
-            f"context_frames={num_context} cannot be encoded on its own: the tokenizer needs 1 + k*{ct} frames "
-            f"(e.g. 1, {1 + ct}, {1 + 2 * ct})"
-        )
     frames = load_frames(video, "video", fps, size, last=num_context)  # decodes only the frames it keeps
     if frames.shape[0] < num_context:
-        raise ValueError(f"the video has {frames.shape[0]} frames, fewer than context_frames={num_context}")
+        rate = "" if fps is None or not isinstance(video, (str, os.PathLike)) else f" at the model's {fps:g} fps"
+        raise ValueError(f"the video gives {frames.shape[0]} frames{rate}, fewer than context_frames={num_context}")
     return resize_center_crop(frames[-num_context:], size)  # (N, H, W, 3)

@@ -1,22 +1,27 @@
 """Prompt or class label in, video files out: the work behind ``generate.py`` (``tools/generate.py``).
 
-Every check that can fail on the user's input (an empty prompt, an output folder that cannot be
-written) runs before the model is loaded, so a bad command fails in a second, not after sampling.
+The checks that can fail on the user's input run before the model is loaded, so a bad command fails in a second,
+not after minutes of loading or sampling: the prompt, seed and video count, the output paths, that an image or video
+file opens, and, read from the folder's YAML files alone (:class:`pipelines.spec.PipelineSpec`), the mode and order,
+the label, the sampling settings, the frame counts and the number of context frames (:func:`check_request`). What
+needs the loaded model or the decoded frames (a prompt the text encoder cannot read, a video shorter than its
+context) is checked when the pipeline runs.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from core.checks import check_text, is_int, shown
 from generator.sampling import SamplingConfig
-from pipelines.context import probe_frames
+from pipelines.context import check_context_count, probe_frames
 from pipelines.io import check_writable, output_paths, save_output
+from pipelines.spec import PipelineSpec
 from pipelines.video import DEFAULT_MODEL_DIR, VideoOutput, VideoPipeline
 
 DEFAULT_PROMPT = "a red circle moving left"
@@ -66,23 +71,9 @@ def parse_label(text: str, class_names: Sequence[str]) -> int:
 def sampling_for(
     pipe: VideoPipeline, mode: str, order: str, overrides: Mapping[str, object] | None = None
 ) -> SamplingConfig:
-    """The model's sampling settings for ``mode`` in ``order`` with the given fields replaced (None values are
-    ignored).
-
-    A ``temperature`` given without a ``context_temperature`` applies to every call, those with an image or
-    a video too: the model's ``context_temperature`` is dropped.
-
-    Raises:
-        ValueError: an override that names no field of :class:`SamplingConfig`.
-    """
-    sampling = pipe.config.sampling_for(mode, order)
-    changes = {k: v for k, v in (overrides or {}).items() if v is not None}
-    unknown = sorted(set(changes) - {f.name for f in fields(sampling)})
-    if unknown:
-        raise ValueError(f"unknown sampling setting(s) {unknown}")
-    if "temperature" in changes:
-        changes.setdefault("context_temperature", None)
-    return replace(sampling, **changes)
+    """The model's sampling settings for ``mode`` in ``order`` with the given fields replaced: see
+    :meth:`pipelines.spec.PipelineSpec.sampling_for`."""
+    return pipe.spec.sampling_for(mode, order, overrides)
 
 
 @dataclass(frozen=True)
@@ -155,6 +146,28 @@ def generate_with(
         ValueError: a context file that cannot be read, or settings the model cannot do.
     """
     return _run(pipe, request, _visual(request), paths, gif=gif, progress=progress)
+
+
+def check_request(spec: PipelineSpec, request: GenerationRequest) -> None:
+    """The checks of ``request`` that need only the model's configs, with the messages the pipeline gives: mode and
+    order, label, sampling settings, frame counts and context frames.
+
+    Raises:
+        ValueError: one line naming what is wrong.
+    """
+    mode, order = spec.resolve_mode_order(request.mode, request.order)
+    if request.label is not None:
+        spec.class_ids(spec.generators[mode], parse_label(request.label, spec.config.class_names))
+    spec.sampling_for(mode, order, request.sampling)
+    ct = spec.tokenizer.temporal_compression
+    check_context_count(request.image is not None, request.video is not None, request.context_frames, ct)
+    if request.segment_frames is not None:
+        spec.check_segment_frames(request.segment_frames)
+    else:
+        num_frames = spec.config.num_frames if request.num_frames is None else request.num_frames
+        spec.latent_frames(num_frames)
+        given = request.context_frames if request.video is not None else int(request.image is not None)
+        spec.check_room(num_frames, given)
 
 
 def _visual(request: GenerationRequest) -> dict:
@@ -247,6 +260,7 @@ def generate_to_files(
     )  # fmt: skip
     paths = output_paths(out or ("outputs/video.mp4" if num_videos == 1 else "outputs"), num_videos)
     check_writable(paths, (image, video), gif=gif)
-    visual = _visual(request)  # before the model loads: an unreadable file fails in a second
+    check_request(PipelineSpec.from_dir(model), request)  # before the model loads: its YAML files alone
+    visual = _visual(request)  # an unreadable file fails in a second too
     pipe = VideoPipeline.from_pretrained(model).to(torch.device(device), dtype)
     return _run(pipe, request, visual, paths, gif=gif, progress=progress)

@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from core.checks import is_int
 from core.config import save_config
 from core.files import atomic_dir
 from core.weights import load_config
@@ -30,13 +29,11 @@ from pipelines.config import PipelineConfig, check_parts
 from pipelines.context import FrameSource, context_frames
 from pipelines.folder import HOLDOUT_FILE, PIPELINE_CONFIG, check_replaceable, relative_text_encoder
 from pipelines.rollout import Rollout, default_overlap, roll_out
+from pipelines.spec import MAX_NUM_FRAMES, PipelineSpec
 from tokenizer import VideoTokenizer
 
 log = logging.getLogger(__name__)
 
-# The longest video one call makes (about 8.5 min at 8 fps): a typo of 10^9 frames sampled window after window, for
-# days, copying the whole growing video each time.
-MAX_NUM_FRAMES = 4097
 # The shipped shapes model: the default --model of generate.py, eval_shapes and report.
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[1] / "models" / "shapes"
 
@@ -160,33 +157,23 @@ class VideoPipeline:
         return self
 
     @property
+    def spec(self) -> PipelineSpec:
+        """The parts' configs, which every call's checks read (built from the parts, so a replaced config counts)."""
+        return PipelineSpec(self.config, self.tokenizer.config, {m: g.config for m, g in self.generators.items()})
+
+    @property
     def device(self) -> torch.device:
         """The device of the parts (:meth:`to` moves them together)."""
         return self.tokenizer.device
 
     # ----------------------------------------------------------------- checks
     def resolve_mode_order(self, mode: str | None, order: str | None) -> tuple[str, str]:
-        """Fills defaults (for None only: an empty string is refused, not read as "the default") and refuses
-        combinations the shipped generators do not support."""
-        mode = self.config.default_mode if mode is None else mode
-        if mode not in self.generators:
-            raise ValueError(f"mode {mode!r} is not available in this model; it has {sorted(self.generators)}")
-        gen = self.generators[mode]
-        order = (self.config.default_orders.get(mode) or gen.config.orders[0]) if order is None else order
-        if order not in gen.config.orders:
-            raise ValueError(f"the {mode} generator supports orders {list(gen.config.orders)}, not {order!r}")
-        return mode, order
+        """Fills defaults and refuses combinations the generators do not support (:class:`PipelineSpec`)."""
+        return self.spec.resolve_mode_order(mode, order)
 
     def latent_frames(self, num_frames: int) -> int:
-        ct = self.tokenizer.config.temporal_compression
-        if not is_int(num_frames) or num_frames < 1 or (num_frames - 1) % ct:
-            raise ValueError(
-                f"num_frames={num_frames} is not reachable: the tokenizer needs 1 + k*{ct} frames "
-                f"(e.g. 1, {1 + ct}, {1 + 4 * ct})"
-            )
-        if num_frames > MAX_NUM_FRAMES:
-            raise ValueError(f"num_frames={num_frames} is more than the {MAX_NUM_FRAMES} frames one call makes")
-        return 1 + (num_frames - 1) // ct
+        """Latent frames of ``num_frames`` frames; a ValueError when the tokenizer cannot make them."""
+        return self.spec.latent_frames(num_frames)
 
     def condition(
         self, gen: Generator, prompt: str | list[str] | None, labels: int | list[int] | None, batch: int
@@ -204,13 +191,7 @@ class VideoPipeline:
         if gen.config.cond == "none":
             raise ValueError(f"the {gen.config.style} generator is unconditional: it takes neither prompts nor labels")
         if labels is not None:
-            labels = [labels] if is_int(labels) else list(labels)
-            n = len(self.config.class_names) or gen.config.num_classes
-            for lab in labels:
-                if not is_int(lab) or not 0 <= lab < n:
-                    raise ValueError(f"unknown class {lab!r}: valid class ids are 0..{n - 1}")
-            labels = [int(lab) for lab in labels]
-            labels = repeat_rows(labels, batch)
+            labels = repeat_rows(self.spec.class_ids(gen.config, labels), batch)
             if gen.config.cond == "class":
                 return Condition(labels=torch.tensor(labels, device=device))
             if not self.config.class_names:
@@ -326,11 +307,7 @@ class VideoPipeline:
         mode, order, gen, sampling, context = self._setup(mode, order, sampling, image, video, context_frames)
         num_frames = self.config.num_frames if num_frames is None else num_frames
         self.latent_frames(num_frames)  # validates 1 + k*ct
-        if context is not None and context.shape[1] >= num_frames:
-            raise ValueError(
-                f"{context.shape[1]} context frames leave nothing to generate: num_frames ({num_frames}) "
-                "is the total length and must be larger"
-            )
+        self.spec.check_room(num_frames, 0 if context is None else context.shape[1])
         given = prompt if prompt is not None else labels
         batch = batch_size(given, num_videos, 1 if context is None else context.shape[0])
         cond = self.condition(gen, prompt, labels, batch)
@@ -380,9 +357,7 @@ class VideoPipeline:
             raise ValueError("a story needs a list of at least one prompt")
         mode, order, gen, sampling, context = self._setup(mode, order, sampling, image, video, context_frames)
         num_videos = batch_size(None, num_videos, 1 if context is None else context.shape[0])
-        self.latent_frames(segment_frames)
-        if segment_frames < 1 + self.tokenizer.config.temporal_compression:
-            raise ValueError(f"segment_frames={segment_frames} adds no frames after the first segment")
+        self.spec.check_segment_frames(segment_frames)
         total = 1 + len(prompts) * (segment_frames - 1) + (0 if context is None else context.shape[1] - 1)
         if total > MAX_NUM_FRAMES:
             raise ValueError(f"the story has {total} frames, more than the {MAX_NUM_FRAMES} one call makes")

@@ -152,7 +152,10 @@ def test_continuing_a_long_video_decodes_only_the_context_it_keeps(tmp_path, mon
     same_rate = context_frames(None, path, 9, temporal_compression=4, size=(64, 64), fps=24.0)
     assert asked == [list(range(111, 120))]
     np.testing.assert_array_equal(same_rate[0], whole[-9:])
-    with pytest.raises(ValueError, match="fewer than context_frames=45"):  # 120 frames at 24 fps are 40 at 8
+    # 120 frames at 24 fps are 40 at 8: the message said "the video has 40 frames" of a 120-frame file
+    with pytest.raises(
+        ValueError, match=r"the video gives 40 frames at the model's 8 fps, fewer than context_frames=45"
+    ):
         context_frames(None, path, 45, temporal_compression=4, size=(64, 64), fps=8.0)
 
 
