@@ -44,11 +44,23 @@ class BertShape:
     @classmethod
     def read(cls, path: Path) -> BertShape:
         raw = json.loads((path / "config.json").read_text())
-        if raw.get("position_embedding_type", "absolute") != "absolute":
-            raise ValueError(f"{str(path)!r}: only absolute position embeddings are supported")
-        if raw.get("hidden_act") not in SUPPORTED_ACTIVATIONS:
-            raise ValueError(f"{str(path)!r}: activation {raw.get('hidden_act')!r} is not supported")
+        if why := unsupported(raw):
+            raise ValueError(f"{str(path)!r}: {why}")
         return cls(**{name: raw[name] for name in cls.__dataclass_fields__})
+
+
+def unsupported(config: dict) -> str | None:
+    """Why :class:`BertModel` would not compute what transformers computes for this ``config.json``, else None:
+    such checkpoints load through ``AutoModel`` (a saved ``BertLMHeadModel`` has ``is_decoder``, so transformers
+    attends causally, and this bidirectional path gave features up to 1.4 apart)."""
+    if config.get("position_embedding_type", "absolute") != "absolute":
+        return "only absolute position embeddings are supported"
+    if config.get("hidden_act") not in SUPPORTED_ACTIVATIONS:
+        return f"activation {config.get('hidden_act')!r} is not supported"
+    if config.get("is_decoder") or config.get("add_cross_attention"):
+        return "a decoder (causal attention, cross-attention) is not supported"
+    missing = sorted(set(BertShape.__dataclass_fields__) - set(config))
+    return f"config.json lacks {missing}" if missing else None
 
 
 @dataclass
@@ -168,7 +180,10 @@ class BertTokenizer:
         self._tok.no_truncation()
         self.pad_token_id = self._tok.token_to_id("[PAD]")
         self.unk_token_id = self._tok.token_to_id("[UNK]")
-        self.all_special_ids = sorted(set(self._tok.encode("").ids) | {self.pad_token_id} - {None})
+        # The tokens tokenizer.json marks special ([MASK] too, which transformers counts): a prompt "[MASK]" carries
+        # no text on either path (the ids [CLS] and [SEP] that encode("") gives missed it).
+        marked = {i for i, token in self._tok.get_added_tokens_decoder().items() if token.special}
+        self.all_special_ids = sorted(marked | set(self._tok.encode("").ids) | {self.pad_token_id} - {None})
         self._num_special = len(self._tok.encode("").ids)  # [CLS] and [SEP] for BERT
         self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
 

@@ -36,6 +36,7 @@ from torch import nn
 
 from core.checks import check_text, first_line, shown
 from generator.bert_encoder import BertModel, BertTokenizer
+from generator.bert_encoder import unsupported as bert_unsupported
 from generator.text_encoder_files import (
     check_directory,
     check_spiece,
@@ -204,7 +205,7 @@ class TextEncoder(nn.Module):
         """(token count of each prompt, special tokens included; index -> reason of each refused prompt)."""
         check_prompts(prompts)
         all_ids = self.tokenizer(list(prompts), truncation=False)["input_ids"]
-        special = set(self.tokenizer.all_special_ids)
+        special = set(self.tokenizer.all_special_ids) - self._unknown_ids  # an unknown token is refused below, by name
         refused: dict[int, str] = {}
         for i, ids in enumerate(all_ids):
             content = [t for t in ids if t not in special]
@@ -323,7 +324,8 @@ class BertTextEncoder(TextEncoder):
             raise ValueError(
                 f"max_length={config.max_length} exceeds the {max_positions} positions of the model in {str(path)!r}"
             )
-        if model_type == "bert" and (path / "tokenizer.json").is_file() and _bert_tokenizer_class(path):
+        fast = model_type == "bert" and (path / "tokenizer.json").is_file() and _bert_tokenizer_class(path)
+        if fast and bert_unsupported(hf_config) is None:  # else transformers, which computes what the config says
             model, tokenizer = BertModel.load(path), read_tokenizer(BertTokenizer, path)  # no transformers import
         else:
             from transformers import AutoModel

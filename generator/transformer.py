@@ -76,6 +76,11 @@ class GeneratorConfig:
         for name, value in sizes.items():  # num_heads 0 was a ZeroDivisionError, depth 0 a model without blocks
             if not is_int(value) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        choices = {"style": ("ar", "maskgit"), "cond": ("class", "text", "none"),
+                   "attention_backend": ("sdpa", "xformers")}  # fmt: skip
+        for name, allowed in choices.items():  # a Python-built style="AR" trained as MaskGIT, and did not load back
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {list(allowed)}, got {getattr(self, name)!r}")
         for name, grid in (("max_grid", self.max_grid), ("cube_size", self.cube_size)):
             if len(grid) != 3 or not all(is_int(n) and n >= 1 for n in grid):
                 raise ValueError(f"{name} must be three integers >= 1 (t, h, w), got {list(grid)}")

@@ -527,7 +527,10 @@ def test_layout_knows_its_order_and_refuses_bad_grids_and_cubes():
     [("num_heads", 0, "num_heads must be an integer >= 1"), ("depth", 0, "depth must be"), ("dim", 0, "dim must be"),
      ("vocab_size", -5, "vocab_size must be"), ("max_grid", (0, 4, 4), "max_grid must be three integers"),
      ("mlp_ratio", -1.0, "mlp_ratio must be a positive number"), ("depth", True, "depth must be"),
-     ("num_heads", 64, "even head size of at least 6")],  # head size 4: 3D RoPE gave h and w no frequency
+     ("num_heads", 64, "even head size of at least 6"),  # head size 4: 3D RoPE gave h and w no frequency
+     # built in Python (YAML was checked): style "AR" trained as MaskGIT and then did not load; "xformer" ran SDPA
+     ("style", "AR", "style must be one of"), ("cond", "txt", "cond must be one of"),
+     ("attention_backend", "xformer", "attention_backend must be one of")],
 )  # fmt: skip
 def test_generator_sizes_that_make_no_model_are_refused(field, value, message):
     """num_heads 0 was a ZeroDivisionError (a traceback from every CLI), depth 0 or -1 built a model without a

@@ -83,6 +83,36 @@ def test_a_bert_checkpoint_with_its_pretraining_heads_loads_with_the_same_featur
     assert torch.equal(mlm.encode(prompts).features, minilm.encode(prompts).features)
 
 
+@pytest.mark.parametrize(
+    "change", [{"is_decoder": True}, {"hidden_act": "gelu_new"}, {"position_embedding_type": "relative_key"}]
+)
+def test_a_bert_config_the_fast_path_cannot_compute_goes_through_transformers(minilm_dir, tmp_path, change):
+    """A saved ``BertLMHeadModel`` (``is_decoder``) loaded on the fast path, which attends both ways where
+    transformers attends causally: features up to 1.4 apart, without a word. ``gelu_new`` or relative positions
+    were refused, though transformers loads them."""
+    from transformers import AutoModel
+
+    from generator.bert_encoder import BertModel
+
+    folder = copy_encoder(minilm_dir, tmp_path / "variant")
+    cfg = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**cfg, **change}))
+    enc = load_text_encoder(TextEncoderConfig(kind="bert", path=str(folder), max_length=MAX_LEN))
+    assert not isinstance(enc.model, BertModel)
+    ids, mask = enc.tokenize(["a red circle moving left"])
+    reference = AutoModel.from_pretrained(folder, local_files_only=True).eval()
+    with torch.no_grad():
+        want = reference(input_ids=ids, attention_mask=mask.long()).last_hidden_state * mask[..., None]
+    torch.testing.assert_close(enc.encode(["a red circle moving left"]).features, want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("prompt", ["[MASK]", "[MASK] [CLS]"])
+def test_special_token_text_alone_is_refused_on_the_fast_path_as_in_transformers(minilm, prompt):
+    """The fast tokenizer counted only [CLS], [SEP] and [PAD] as special: "[MASK]" passed as a prompt with text."""
+    with pytest.raises(ValueError, match="has no tokens besides the special ones"):
+        minilm.encode([prompt])
+
+
 def _edit_config(folder: Path) -> None:
     cfg = json.loads((folder / "config.json").read_text())
     cfg["intermediate_size"] += 8
