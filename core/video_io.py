@@ -373,6 +373,12 @@ def read_frames(
     return frames[[where[i] for i in order]]
 
 
+# Backends by file suffix, in turn (others: decord, then PyAV). AVI goes to PyAV's in-order decode: decord maps
+# indices to the wrong frames of an AVI with B-frames (MPEG-4 Part 2, as UCF-101's Xvid files), so a strided or
+# later read of a 60-frame clip returned frames 12-19 for 31-38, and frame 11 for 30, without an error.
+BACKENDS: dict[str, list] = {**{ext: [_read_pil] for ext in PIL_EXTS}, ".avi": [_read_pyav]}
+
+
 def _read(
     path: Path, pick: _Pick, needed: int, count: int | None, want: str, size: int | tuple[int, int] | None
 ) -> np.ndarray:
@@ -386,7 +392,7 @@ def _read(
     elif path.stat().st_size == 0:
         raise ValueError(f"{str(path)!r} is empty (0 bytes)")
     else:
-        backends = [_read_pil] if path.suffix.lower() in PIL_EXTS else [_read_decord, _read_pyav]
+        backends = BACKENDS.get(path.suffix.lower(), [_read_decord, _read_pyav])
     reasons = []
     for backend in backends:
         name = backend.__name__.removeprefix("_read_")

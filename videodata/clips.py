@@ -123,7 +123,11 @@ class ClipPool:
         if not self.videos:
             raise ValueError(f"none of the {len(files)} media files could be decoded")
         if not self.clip_videos and cfg.image_ratio < 1.0:
-            raise ValueError(f"no video has the {cfg.num_frames} frames a training clip needs")
+            span = 1 + (cfg.num_frames - 1) * cfg.stride  # source frames of one clip
+            raise ValueError(
+                f"no video gives the {cfg.num_frames} frames a training clip needs at stride {cfg.stride} ({span} "
+                f"source frames); the longest gives {max(len(v) for v in self.videos)}"
+            )
         counts = len(self.videos), len(self.clip_videos), len(self.skipped)
         log.info("clip pool: %d files (%d long enough for clips), %d skipped", *counts)
 

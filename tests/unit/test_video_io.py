@@ -378,6 +378,13 @@ def test_clip_pool_decodes_no_more_than_max_frames_per_video(clips, monkeypatch)
     np.testing.assert_array_equal(pool.videos[0], full)
 
 
+def test_a_pool_too_short_at_its_stride_says_so(clips):
+    """carphone has 120 frames; 17 at stride 8 span 129, and the error said only "no video has the 17 frames"."""
+    carphone = clips / "carphone_pristine.mp4"
+    with pytest.raises(ValueError, match=r"at stride 8 \(129 source frames\); the longest gives 15$"):
+        ClipPool(ClipDataConfig(paths=(str(carphone),), num_frames=17, size=32, stride=8))
+
+
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [("stride", 0, "data.stride must be >= 1"), ("max_frames_per_video", 0, "data.max_frames_per_video must be"),
@@ -410,3 +417,34 @@ def test_a_folder_of_frames_is_one_video_in_name_order(tmp_path):
     empty.mkdir()
     with pytest.raises(ValueError, match="no frames"):
         read_video(empty)
+
+
+def test_an_avi_with_b_frames_gives_the_frames_asked_for(tmp_path):
+    """decord maps indices to other frames of an AVI with B-frames (MPEG-4 Part 2, as UCF-101's Xvid files): a read
+    of frames 31-38 gave 12-19, a stride of 7 went back to frame 2 after 14, and ``read_frames([59, 30])`` gave 58
+    and 11, all without an error; training clips and cache shards then held frames out of order."""
+    av = pytest.importorskip("av")
+    frames = np.zeros((60, 64, 96, 3), np.uint8)
+    for t in range(60):  # each frame unlike the others: a moving bar over a shifting ramp
+        frames[t, :, :, 0] = (np.arange(96) * 2 + t * 4) % 256
+        frames[t, 10 + t // 2 : 20 + t // 2, t : t + 8] = 255
+    path = tmp_path / "bframes.avi"
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("mpeg4", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
+        stream.options = {"g": "20", "bf": "2"}
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    with av.open(str(path)) as container:  # the reference: every frame decoded in order
+        ref = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(container.streams.video[0])])
+
+    def which(got: np.ndarray) -> list[int]:  # the reference frame each read frame is closest to
+        err = np.abs(ref[None].astype(np.int16) - got[:, None].astype(np.int16)).reshape(len(got), len(ref), -1)
+        return err.mean(-1).argmin(1).tolist()
+
+    assert which(read_video(path, start=31, num_frames=8)) == list(range(31, 39))
+    assert which(read_video(path, stride=7, num_frames=8)) == list(range(0, 50, 7))
+    assert which(read_frames(path, [59, 30, 5, 17])) == [59, 30, 5, 17]
