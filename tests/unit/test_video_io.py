@@ -380,6 +380,8 @@ def test_clip_pool_decodes_no_more_than_max_frames_per_video(clips, monkeypatch)
 
 def test_a_pool_too_short_at_its_stride_says_so(clips):
     """carphone has 120 frames; 17 at stride 8 span 129, and the error said only "no video has the 17 frames"."""
+    from videodata.clips import ClipDataConfig, ClipPool
+
     carphone = clips / "carphone_pristine.mp4"
     with pytest.raises(ValueError, match=r"at stride 8 \(129 source frames\); the longest gives 15$"):
         ClipPool(ClipDataConfig(paths=(str(carphone),), num_frames=17, size=32, stride=8))
