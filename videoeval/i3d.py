@@ -107,6 +107,10 @@ class I3DNetwork:
         except RuntimeError as err:  # another network's file (an LPIPS one): its forward takes other arguments
             if self._worked:
                 raise
+            if isinstance(err, torch.cuda.OutOfMemoryError):  # a too large first batch is not a wrong file
+                raise ValueError(
+                    f"I3D ran out of device memory on a batch of {x.shape[0]} clips: lower --batch-size"
+                ) from None
             raise ValueError(f"{str(self.path)!r} does not run as I3D ({first_line(err)}): {I3D_HOW}") from None
         self._worked = True
         if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != x.shape[0]:

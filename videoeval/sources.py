@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.video_io import IMAGE_EXTS, VIDEO_EXTS, list_media, read_video
+from core.video_io import IMAGE_EXTS, VIDEO_EXTS, frame_files, list_media, read_video
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +65,11 @@ class VideoSource:
 def find_videos(root: str | os.PathLike) -> list[VideoSource]:
     """Lists the videos under ``root``, sorted by relative path.
 
-    Every file with a suffix in ``VIDEO_EXTS`` is one video; every folder (``root`` included)
-    that directly holds files with a suffix in ``IMAGE_EXTS``, and no video file, is one video made of those
-    images in name order. Images beside video files are not frames (``generate.py`` writes a contact sheet
-    ``video_000.png`` beside each ``video_000.mp4``: they were read as one more video). Hidden files and folders
-    (".name") are skipped.
+    Every file with a suffix in ``VIDEO_EXTS`` is one video; every folder (``root`` included) that directly holds
+    files with a suffix in ``IMAGE_EXTS``, and no video file, is one video made of those images in
+    :func:`core.video_io.frame_files` order (numbers compared as numbers). Images beside video files are not frames
+    (``generate.py`` writes a contact sheet ``video_000.png`` beside each ``video_000.mp4``: they were read as one
+    more video). Hidden files and folders (".name") are skipped.
 
     Args:
         root: a folder, or a single video file.
@@ -81,7 +81,7 @@ def find_videos(root: str | os.PathLike) -> list[VideoSource]:
     if root.is_file():
         return [VideoSource(p) for p in list_media(root, exts=VIDEO_EXTS)]
     sources, frame_folders = [], {}
-    for path in list_media(root, exts=VIDEO_EXTS | IMAGE_EXTS):  # sorted: a folder's images in name order
+    for path in list_media(root, exts=VIDEO_EXTS | IMAGE_EXTS):  # sorted
         if path.suffix.lower() in VIDEO_EXTS:
             sources.append(VideoSource(path))
         else:
@@ -91,7 +91,9 @@ def find_videos(root: str | os.PathLike) -> list[VideoSource]:
     if ignored:
         log.info("%d folder(s) hold videos and images: their images are not read as frames (e.g. %s)",
                  len(ignored), ignored[0])  # fmt: skip
-    sources += [VideoSource(folder, tuple(images)) for folder, images in frame_folders.items() if folder not in ignored]
+    # a folder's frames in frame_files' order, the one read_video reads: numbers as numbers (frame_2 before frame_10;
+    # the name order of list_media read ffmpeg's unpadded out_%d.png time-shuffled, and identical videos at 9 dB)
+    sources += [VideoSource(folder, tuple(frame_files(folder))) for folder in frame_folders if folder not in ignored]
     return sorted(sources, key=lambda s: s.key(root))
 
 

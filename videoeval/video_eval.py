@@ -142,6 +142,8 @@ def evaluate_fvd(
         # the folders are searched whole: the generated videos were read as real ones too (FVD 0 when they sorted
         # first)
         raise ValueError(f"--real {str(real)!r} and --fake {str(fake)!r} overlap: give two separate folders")
+    if fake is not None and _is_stats_file(real) and _is_stats_file(fake) and Path(real).samefile(fake):
+        raise ValueError(f"--real and --fake are the same stats file {str(real)!r}: its FVD with itself is 0")
     i3d_file = resolve_i3d_path(i3d_path)
     if save_stats is not None:  # before the real features (hours for k600); --fake's stats were replaced, FVD 0
         check_file_target(save_stats, "--save-stats", {"--real": real, "--fake": fake, "--i3d": i3d_file})

@@ -301,13 +301,30 @@ def test_missing_i3d_says_what_to_obtain(data, tmp_path, monkeypatch, capsys):
 def test_i3d_from_env_and_non_torchscript_file(data, tmp_path, monkeypatch):
     root, i3d, stats, _ = data
     monkeypatch.setenv(I3D_ENV, str(i3d))
-    report = evaluate_fvd(stats, stats, PROTOCOLS["quick"].with_num_videos(NUM), compute_is=True)
+    copy = shutil.copy(stats, tmp_path / "copy.npz")
+    report = evaluate_fvd(stats, copy, PROTOCOLS["quick"].with_num_videos(NUM), compute_is=True)
     assert report["fvd"] == pytest.approx(0.0, abs=1e-9) and report["i3d"]["path"] == str(i3d)
+    with pytest.raises(ValueError, match="are the same stats file"):  # FVD 0.000 and exit 0: a typo, not a result
+        evaluate_fvd(stats, stats, PROTOCOLS["quick"].with_num_videos(NUM))
     assert "stats file" in report["inception_score_skipped"]
     bogus = tmp_path / "weights.pt"
     torch.save({"w": torch.zeros(2)}, bogus)
     with pytest.raises(ValueError, match="not a TorchScript I3D"):
         I3DNetwork(bogus)
+
+
+def test_running_out_of_memory_on_the_first_i3d_batch_is_not_called_a_wrong_file(tmp_path):
+    """A too large --batch-size fails on the first batch: the error said the file "does not run as I3D" and sent the
+    user to fetch another network."""
+    net = I3DNetwork(save_stand_in(tmp_path / "i3d.pt"))
+
+    class OutOfMemory(nn.Module):
+        def forward(self, x, rescale, resize, return_features):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 21.00 GiB")
+
+    net.net = OutOfMemory()
+    with pytest.raises(ValueError, match="ran out of device memory on a batch of 2 clips: lower --batch-size"):
+        net(torch.zeros(2, 3, 16, 224, 224))
 
 
 def test_inception_score_is_skipped_for_non_logit_features(data, tmp_path):
@@ -389,6 +406,21 @@ def test_contact_sheets_beside_videos_are_not_read_as_one_more_video(tmp_path):
     write_frame_folder(tmp_path / "gen" / "frames_clip", gray_ramp(16))  # a real frame folder is still a video
     sources = find_videos(tmp_path / "gen")
     assert sorted(s.key(tmp_path / "gen") for s in sources) == ["frames_clip", "video_000", "video_001"]
+
+
+def test_a_frame_folder_with_unpadded_numbers_is_read_in_time_order(tmp_path):
+    """``ffmpeg -i in.mp4 out_%d.png`` names frames out_1 ... out_20: FVD, recon and predict read them in text order
+    (1, 10, ..., 19, 2, 20, 3, ...) while read_video reads numbers as numbers, so two identical videos, one with
+    zero-padded names, scored 9.0 dB and SSIM 0.61 against each other."""
+    frames = np.stack([np.full((32, 32, 3), 10 * i, np.uint8) for i in range(20)])
+    for i, frame in enumerate(frames):
+        (tmp_path / "a" / "clip").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(frame).save(tmp_path / "a" / "clip" / f"out_{i + 1}.png")
+    write_frame_folder(tmp_path / "b" / "clip", frames)
+    (source,) = find_videos(tmp_path / "a")
+    assert source.read(num_frames=20)[:, 0, 0, 0].tolist() == list(range(0, 200, 10))
+    (row,) = evaluate_recon(tmp_path / "b", tmp_path / "a", num_frames=20)
+    assert row["psnr"] == PSNR_MAX_DB and row["ssim"] == pytest.approx(1.0)
 
 
 def test_inception_score_over_splits_of_one_clip_is_refused(data):
