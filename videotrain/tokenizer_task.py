@@ -171,6 +171,9 @@ class TokenizerTrainer(Trainer):
 
     task = "tokenizer"
     unsupported = ("eval_every", "eval_batches", "sample_steps", "peak_tflops")
+    # A change of the frozen parts changes the optimizer's parameter groups: DeepSpeed failed on them with "loaded
+    # state dict contains a parameter group that doesn't match the size of optimizer's group".
+    resume_keys = ("frozen",)
 
     def __init__(self, cfg: TokenizerTrainConfig, out: str | Path, perceptual: nn.Module | None = None) -> None:
         self.perceptual = perceptual
@@ -207,6 +210,22 @@ class TokenizerTrainer(Trainer):
                 "or bf16: ZeRO's and fp16's master copies of the weights overwrite every restarted code at the next "
                 "step; use model.vq.use_ema=true, model.vq.dead_code_threshold=0 or run.zero_stage=0"
             )
+        if cfg.frozen and (ds.get("fp16", {}).get("enabled") or ds.get("bf16", {}).get("enabled")):
+            raise ValueError(
+                f"frozen: {list(cfg.frozen)} needs run.precision=fp32 (or bf16 on a CPU, which autocasts): a "
+                f"{self.run.precision} engine holds the whole module in {self.run.precision}, and the export would "
+                "round the frozen weights and change token ids"
+            )
+        if cfg.loss.adversarial_weight > 0 and cfg.data.image_ratio >= 1.0:
+            raise ValueError(
+                "loss.adversarial_weight > 0 with data.image_ratio=1: image steps skip the discriminator, so it would "
+                "never train; lower data.image_ratio or set loss.adversarial_weight=0"
+            )
+        if cfg.loss.adversarial_weight > 0 and cfg.loss.adversarial_start_step >= self.run.steps:
+            log.warning(
+                "loss.adversarial_start_step=%d >= run.steps=%d: the adversarial loss never applies in this run",
+                cfg.loss.adversarial_start_step, self.run.steps,
+            )  # fmt: skip
         if cfg.loss.adversarial_weight > 0 and stage == 3:
             raise ValueError(
                 "loss.adversarial_weight > 0 needs ZeRO stage 0-2: the adaptive weight takes the gradient "

@@ -258,6 +258,20 @@ def test_vq_dead_code_restarted_in_training_only(use_ema: bool) -> None:
     assert q.train()(z).stats["restarted"] == 0  # alive again
 
 
+@pytest.mark.parametrize("use_ema", [True, False])
+def test_vq_a_threshold_above_one_does_not_restart_live_codes_for_ever(use_ema: bool) -> None:
+    """A restart set the count to 1.0: with dead_code_threshold=2 (a count per batch, which the config accepts) the
+    code was dead again at the next forward, and 50 of 64 well-used codes were still restarted at step 300."""
+    torch.manual_seed(0)
+    q = VQ(VQConfig(codebook_size=64, dim=4, dead_code_threshold=2.0, use_ema=use_ema)).train()
+    centres = torch.randn(64, 4)
+    restarted = []
+    for _ in range(60):  # 1,536 latents from 64 tight clusters: 24 per code per batch, far above the threshold
+        z = centres[torch.randint(0, 64, (1536,))] + 0.05 * torch.randn(1536, 4)
+        restarted.append(int(q(z.T.reshape(4, 2, 3, 16, 16).transpose(0, 1)).stats["restarted"]))
+    assert restarted[0] == 64 and sum(restarted[-20:]) <= 2  # every code at the start (counts start at 1)
+
+
 def test_vq_restarts_draw_no_random_numbers_and_put_dead_codes_on_distinct_latents() -> None:
     """Restarts are reproducible without the global RNG (a resumed run restarts as the original did), and codes
     that die together are not restarted onto one latent (they would stay duplicates)."""

@@ -13,7 +13,8 @@ Codebook training, in training mode only:
   per-code counts is kept for dead-code detection only.
 
 Dead codes: at the start of each training forward, codes whose EMA count (expected
-assignments per batch, starting at 1) is below ``dead_code_threshold`` are replaced by
+assignments per batch, starting at 1, and at ``max(1, 2 * threshold)`` after a restart) is below
+``dead_code_threshold`` are replaced by
 latents of the current batch, before lookup, so that no autograd graph holds the old
 values. The j-th dead code (in code order) takes row ``(j * 2654435761) mod N`` of the batch's N
 latents (Knuth's multiplicative hash: dead codes land on distinct rows spread over the batch, up to N
@@ -220,10 +221,12 @@ class VQ(Quantizer):
         broadcast_from_first_(samples)  # rank 0's rows on every rank
         dead &= samples.isfinite().all(dim=-1)  # never restart a code at a NaN
         self.codebook.copy_(torch.where(dead[:, None], samples, self.codebook))
-        if self.config.use_ema:
-            # Restart the EMA as if the code had been used once, at its new position.
-            self.ema_embed_sum.copy_(torch.where(dead[:, None], samples, self.ema_embed_sum))
-        self.ema_cluster_size.masked_fill_(dead, 1.0)
+        # Restart the count at twice the threshold (at least once used): at 1.0 a threshold >= 1 found the code dead
+        # again at the next forward, and most codes were restarted at every step, for ever.
+        start = max(1.0, 2.0 * self.config.dead_code_threshold)
+        if self.config.use_ema:  # the EMA as if the code had been used ``start`` times, at its new position
+            self.ema_embed_sum.copy_(torch.where(dead[:, None], samples * start, self.ema_embed_sum))
+        self.ema_cluster_size.masked_fill_(dead, start)
         return dead.sum().float()
 
     @torch.no_grad()
