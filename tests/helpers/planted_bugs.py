@@ -45,13 +45,14 @@ class Bug:
 
 BUGS = (
     Bug("filter_logits returns its input (top-k and top-p off)", "generator/sampling/filtering.py",
-        '    """Sets logits outside top-k / top-p to -inf. (..., V) -> (..., V)."""\n',
-        '    """Sets logits outside top-k / top-p to -inf. (..., V) -> (..., V)."""\n    return logits\n'),
+        '        raise ValueError(f"top_k must be >= 0 and top_p in (0, 1], got {top_k} and {top_p}")\n',
+        '        raise ValueError(f"top_k must be >= 0 and top_p in (0, 1], got {top_k} and {top_p}")\n'
+        '    return logits\n'),
     Bug("MaskGIT re-masks its most confident tokens", "generator/sampling/maskgit.py",
         "torch.topk(conf, keep_masked, dim=-1, largest=False)",
         "torch.topk(conf.masked_fill(~masked, float('-inf')), keep_masked, dim=-1, largest=True)"),
     Bug("MaskGIT choice without Gumbel noise", "generator/sampling/maskgit.py",
-        "                if anneal > 0:\n", "                if anneal > 0 and False:\n"),
+        "        if anneal > 0:\n", "        if anneal > 0 and False:\n"),
     Bug("MaskGIT Gumbel noise never annealed", "generator/sampling/maskgit.py",
         "sampling.choice_temperature * (1.0 - (s + 1) / steps)", "sampling.choice_temperature"),
     Bug("two-stream mask: masked tokens see the clean copy of their own unit", "generator/units.py",
@@ -93,8 +94,7 @@ BUGS = (
         "entropy = per_sample - cfg.codebook_entropy_weight * codebook", "entropy = per_sample", QUANTIZER_TESTS),
     # Found by the 2026-12-02 mutation run: each passed every test written before it.
     Bug("MaskGIT never commits a finished unit (later units do not see it)", "generator/sampling/maskgit.py",
-        "ctx.logits(cur, coords, keep=True, progress=(u + 1) / layout.num_units)",
-        "ctx.logits(cur, coords, keep=False, progress=(u + 1) / layout.num_units)"),
+        "ctx.logits(cur, coords, keep=True, progress=done)", "ctx.logits(cur, coords, keep=False, progress=done)"),
     Bug("sampling ignores the model's cube size", "generator/sampling/context.py",
         "make_layout(grid, order, model.config.cube_size)", "make_layout(grid, order)"),
     Bug("a linear CFG schedule sees no progress in GPT-style sampling", "generator/sampling/ar.py",
@@ -118,12 +118,18 @@ def copy_tree(dest: Path) -> None:
             shutil.copy2(src, dest / rel)
 
 
+def stale(tree: Path, bug: Bug) -> str | None:
+    """Why ``bug`` cannot be planted in ``tree`` (its text does not occur exactly once there, e.g. after a
+    refactor), else None."""
+    count = (tree / bug.path).read_text().count(bug.old)
+    return None if count == 1 else f"{bug.name}: the text to replace occurs {count} times in {bug.path}"
+
+
 def plant(tree: Path, bug: Bug) -> None:
+    if why := stale(tree, bug):
+        raise RuntimeError(why)
     path = tree / bug.path
-    text = path.read_text()
-    if text.count(bug.old) != 1:
-        raise RuntimeError(f"{bug.name}: the text to replace occurs {text.count(bug.old)} times in {bug.path}")
-    path.write_text(text.replace(bug.old, bug.new))
+    path.write_text(path.read_text().replace(bug.old, bug.new))
 
 
 def caught(tree: Path, bug: Bug) -> bool:
@@ -140,6 +146,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", default=None, help="substrings of bug names to run")
     args = parser.parse_args(argv)
     bugs = [b for b in BUGS if args.only is None or any(s in b.name for s in args.only)]
+    problems = [why for bug in bugs if (why := stale(ROOT, bug))]
+    if problems:  # before minutes of tests, not at the first stale bug after them
+        print("cannot plant:", *problems, sep="\n  ")
+        return 1
     missed = 0
     with tempfile.TemporaryDirectory(prefix="planted-") as tmp:
         clean = Path(tmp) / "clean"
