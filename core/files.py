@@ -21,15 +21,20 @@ from pathlib import Path
 _CHUNK = 1 << 20
 
 
+def _short(name: str, limit: int = 200) -> str:
+    """At most ``limit`` bytes of a file name, in the file system's encoding (a Linux name that is not UTF-8, such as
+    Latin-1 ``caf\xe9``, failed in ``str.encode``): a target of 243-255 bytes made a temp or move-aside name over
+    the 255-byte limit."""
+    return os.fsdecode(os.fsencode(name)[:limit])  # a cut inside a character keeps its bytes, as the name's own
+
+
 def _fresh_sibling(path: Path, stem: str, suffix: str, create: Callable[[Path], object]) -> Path:
     """Creates (``create`` must fail with FileExistsError on a taken name) and returns a hidden, randomly named
     sibling of ``path``, ``.<stem>.tmp<hex><suffix>``; the parent folder is made first. Files and folders are
     created with the widest mode (0o666, 0o777) so that the kernel applies the umask, as to any new file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     for _ in range(100):
-        # at most 200 bytes of the stem: a target name of 243-255 bytes made a temp name over the 255-byte limit
-        short = stem.encode()[:200].decode(errors="ignore")
-        tmp = path.with_name(f".{short}.tmp{secrets.token_hex(4)}{suffix}")
+        tmp = path.with_name(f".{_short(stem)}.tmp{secrets.token_hex(4)}{_short(suffix, 32)}")
         try:
             create(tmp)
             return tmp
@@ -84,7 +89,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         if not (path.exists() or path.is_symlink()):
             os.replace(tmp, path)
             return
-        old = path.with_name(f".{path.name}.old{secrets.token_hex(4)}")
+        old = path.with_name(f".{_short(path.name)}.old{secrets.token_hex(4)}")
         os.replace(path, old)  # a rename cannot replace a non-empty folder
         try:
             os.replace(tmp, path)
@@ -109,6 +114,11 @@ def check_file_target(
     target = Path(path)
     if target.is_dir() or any(parent.exists() and not parent.is_dir() for parent in target.parents):
         raise ValueError(f"{what} {str(path)!r} is a folder or lies inside a file: give a file path")
+    if target.exists() and not target.is_file():  # /dev/stdout, a FIFO: the rename replaced it, or failed at the end
+        raise ValueError(f"{what} {str(path)!r} is not a regular file (a device or a pipe): give a file path")
+    parent = next(p for p in target.absolute().parents if p.exists())
+    if not os.access(parent, os.W_OK | os.X_OK):  # the temp file beside it fails after the work, naming itself
+        raise ValueError(f"{what} {str(path)!r}: cannot write in {str(parent)!r} (permission denied)")
     check_not_over_inputs(path, inputs or {}, what)  # a file holds no input: only the same path is refused
     if target.exists():  # a file of an input folder (a model's pipeline.yaml, a video of --fake) was replaced
         for name, source in (inputs or {}).items():

@@ -269,8 +269,8 @@ def _read_decord(path: Path, pick: _Pick, size: int | tuple[int, int] | None = N
             if (new_h, new_w) != (height, width):  # scaling in the decoder: no full-size frame reaches numpy
                 vr = decord_reader(path, width=new_w, height=new_h)
         batch = vr.get_batch(indices).asnumpy()  # (T, H, W, 3)
-    except (RuntimeError, decord.DECORDError) as err:  # DECORDError is not a RuntimeError
-        raise _DecodeError(f"decord: {first_line(err)}") from None
+    except (RuntimeError, decord.DECORDError, UnicodeError) as err:  # DECORDError is not a RuntimeError; decord
+        raise _DecodeError(f"decord: {first_line(err)}") from None  # takes no file name that is not UTF-8 (caf\xe9)
     if batch.ndim != 4 or batch.shape[0] != len(indices) or batch.shape[-1] != 3:
         raise _DecodeError(f"decord: returned frames of shape {batch.shape}")
     return list(batch), total

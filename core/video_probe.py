@@ -41,7 +41,7 @@ def frame_count(path: str | os.PathLike) -> int:
     if decord is not None:
         try:
             return len(decord_reader(path))
-        except (RuntimeError, decord.DECORDError) as err:  # DECORDError is not a RuntimeError
+        except (RuntimeError, decord.DECORDError, UnicodeError) as err:  # a name that is not UTF-8: PyAV takes it
             reasons.append("decord: " + first_line(err))
     import av
 
@@ -75,7 +75,7 @@ def video_fps(path: str | os.PathLike) -> float:
     if decord is not None:
         try:
             return float(decord_reader(path).get_avg_fps())
-        except (RuntimeError, decord.DECORDError):
+        except (RuntimeError, decord.DECORDError, UnicodeError):
             pass
     import av
 

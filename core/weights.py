@@ -7,7 +7,9 @@ config, so a directory whose config exists always has complete weights next to i
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 import stat
 from pathlib import Path
 from typing import Any, TypeVar
@@ -43,7 +45,11 @@ def save_state(state: dict[str, torch.Tensor], path: str | os.PathLike, dtype: t
         plain = cast
     with atomic_path(path) as tmp:
         mode = stat.S_IMODE(os.stat(tmp).st_mode)  # 0o666 less the umask, as every file tokvid writes
-        save_file(plain, tmp)  # safetensors writes its own 0o600 temp file and renames it over ours
+        try:  # safetensors writes its own 0o600 temp file and renames it over ours
+            save_file(plain, tmp)
+        except SafetensorError as err:  # an I/O error (a full disk) in its own type: the CLIs showed a traceback
+            code = re.search(r"\(os error (\d+)\)", str(err))
+            raise OSError(int(code.group(1)) if code else errno.EIO, f"cannot write {str(path)!r}: {err}") from None
         os.chmod(tmp, mode)
         fd = os.open(tmp, os.O_RDONLY)
         try:  # on disk before the rename, and before the config that says the folder is complete

@@ -49,9 +49,15 @@ def check_writable(paths: list[Path], inputs: tuple[str | os.PathLike | None, ..
     for target in (f for path in paths for f in _files_of(path, gif)):
         if target.resolve() in given:
             raise ValueError(f"writing {str(target)!r} would replace an input file: choose another --out")
+        inside = [i for i in given if i.is_dir() and i in target.resolve().parents]
+        if inside:  # a frame folder given as --video: a sheet written into it made it unreadable
+            raise ValueError(f"writing {str(target)!r} would put a file into the input folder {str(inside[0])!r}: "
+                             "choose another --out")  # fmt: skip
     for folder in {p.parent for p in paths}:
         probe = folder
         while not probe.exists():
+            if probe.is_symlink():  # a link to a disk that is not mounted: mkdir failed after sampling
+                raise ValueError(f"cannot write to {str(folder)!r}: {str(probe)!r} is a link to nothing")
             probe = probe.parent
         if not probe.is_dir():
             raise ValueError(f"cannot write to {str(folder)!r}: {str(probe)!r} is not a directory")
@@ -85,6 +91,7 @@ def save_output(output: VideoOutput, paths: list[Path], gif: bool = False) -> li
     target = None
     try:  # an OS error names the user's path, not the temporary file it was being written to
         for frames, path in zip(output.frames, paths):
+            target = path  # an error making its folder names this video, not None or the one before
             path.parent.mkdir(parents=True, exist_ok=True)
             for target in _files_of(path, gif):
                 if target.suffix.lower() == ".png":

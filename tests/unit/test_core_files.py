@@ -79,3 +79,30 @@ def test_a_folder_written_whole_gets_the_umask_mode_and_replaces_a_folder_or_a_f
         assert sorted(p.name for p in tmp_path.iterdir()) == ["pipe"]
     finally:
         os.umask(old)
+
+
+def test_names_the_file_system_takes_are_written_and_rewritten(tmp_path):
+    """A Latin-1 name (``caf\\xe9``, legal on Linux) failed in ``str.encode`` before any write; a folder name of
+    243-255 bytes was written once and then failed when rewritten (its move-aside name was not cut); a long suffix
+    made a temp name over the 255-byte limit."""
+    latin1 = tmp_path / os.fsdecode(b"caf\xe9.txt")
+    files.atomic_write_text(latin1, "x")
+    assert latin1.read_text() == "x"
+    long_dir = tmp_path / ("\u5b57" * 83)  # 249 bytes
+    for i in range(2):
+        with files.atomic_dir(long_dir) as tmp:
+            (tmp / "a").write_text(str(i))
+    assert (long_dir / "a").read_text() == "1"
+    long_suffix = tmp_path / ("run." + "x" * 240)
+    atomic_write_bytes(long_suffix, b"y")
+    assert long_suffix.read_bytes() == b"y" and len(list(tmp_path.iterdir())) == 3
+
+
+def test_a_device_or_pipe_is_not_a_file_target(tmp_path):
+    """``--json /dev/stdout`` passed the check; the write then renamed a temp file over the link (as root) or failed
+    after the whole evaluation naming the temp file."""
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    with pytest.raises(ValueError, match="is not a regular file"):
+        files.check_file_target(fifo, "--json")
+    files.check_file_target(tmp_path / "new.json", "--json")  # a new file is fine

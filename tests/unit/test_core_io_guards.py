@@ -76,3 +76,14 @@ def test_a_yaml_mapping_that_holds_itself_is_one_value_error(tmp_path, where):
     files, overrides = ([tmp_path / "c.yaml"], []) if where == "file" else ([], ["optim.lr=&a {b: *a}"])
     with pytest.raises(ValueError, match="optim.lr"):
         build_config(GeneratorTrainConfig, files, overrides)
+
+
+def test_a_video_whose_name_is_not_utf8_is_read(tmp_path):
+    """decord takes no file name that is not UTF-8 (a Latin-1 ``caf\\xe9.mp4``): its UnicodeEncodeError escaped, so
+    PyAV, which opens the file, was never tried, and the CLIs said only "'utf-8' codec can't encode"."""
+    frames = np.zeros((5, 32, 32, 3), np.uint8)
+    frames[:, 8:24, 8:24, 0] = 200
+    path = tmp_path / os.fsdecode(b"caf\xe9.mp4")
+    write_video(path, frames, fps=8)
+    assert frame_count(path) == 5 and video_fps(path) == pytest.approx(8.0)
+    assert read_video(path).shape == (5, 32, 32, 3)

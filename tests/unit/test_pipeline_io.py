@@ -43,6 +43,27 @@ def test_an_output_never_replaces_an_input_file(tmp_path):
     pio.check_writable([tmp_path / "clip.mp4"], (None, clip))  # no gif asked for: clip.gif is not written
 
 
+def test_no_output_goes_into_an_input_frame_folder(tmp_path):
+    """``--video clip/ --out clip/next.mp4`` wrote next.png into the frame folder, which then failed to read ("the
+    frames differ in size")."""
+    frames = tmp_path / "clip"
+    frames.mkdir()
+    with pytest.raises(ValueError, match="would put a file into the input folder"):
+        pio.check_writable([frames / "next.mp4"], (None, frames))
+    pio.check_writable([tmp_path / "next.mp4"], (None, frames))  # beside it is fine
+
+
+def test_an_output_folder_behind_a_dangling_link_is_refused_up_front(tmp_path):
+    """``outputs`` linked to a disk that is not mounted passed the check; after sampling the write failed as
+    "cannot write 'None': File exists"."""
+    (tmp_path / "outputs").symlink_to(tmp_path / "unmounted" / "disk")
+    with pytest.raises(ValueError, match="is a link to nothing"):
+        pio.check_writable([tmp_path / "outputs" / "v.mp4"])
+    with pytest.raises(pio.OutputWriteError) as err:  # and a write that fails there names the video
+        pio.save_output(_output(), [tmp_path / "outputs" / "v.mp4"])
+    assert "v.mp4" in str(err.value) and "None" not in str(err.value)
+
+
 @pytest.mark.parametrize("side", ["v.png", "v.gif"])
 def test_a_file_beside_the_video_is_replaced_only_when_tokvid_wrote_it(tmp_path, side):
     """``--out v.mp4`` wrote its contact sheet (and, with ``--gif``, its gif) over the user's own v.png / v.gif."""

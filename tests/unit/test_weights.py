@@ -55,3 +55,25 @@ def test_weights_are_stored_in_a_floating_point_dtype_only(tmp_path):
     """dtype=torch.int8 stored every weight as 0 without a word."""
     with pytest.raises(ValueError, match="floating-point dtype only, got torch.int8"):
         save_state(Tiny().state_dict(), tmp_path / "w.safetensors", torch.int8)
+
+
+def test_a_failed_write_is_an_os_error_and_keeps_the_old_file(tmp_path, monkeypatch):
+    """safetensors reports a full disk as its own SafetensorError, neither an OSError nor a ValueError: the CLIs
+    printed a traceback (make_pipeline under a file-size limit: "File too large (os error 27)")."""
+    import errno
+
+    from safetensors import SafetensorError
+
+    import core.weights
+
+    path = tmp_path / "model.safetensors"
+    save_state({"w": torch.ones(2)}, path)
+
+    def full(state, filename):
+        raise SafetensorError("Error while serializing: I/O error: File too large (os error 27)")
+
+    monkeypatch.setattr(core.weights, "save_file", full)
+    with pytest.raises(OSError) as err:
+        save_state({"w": torch.zeros(2)}, path)
+    assert err.value.errno == errno.EFBIG and "model.safetensors" in str(err.value)
+    assert torch.equal(load_state(path)["w"], torch.ones(2)) and [p.name for p in tmp_path.iterdir()] == [path.name]

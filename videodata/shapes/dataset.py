@@ -22,7 +22,6 @@ import io
 import json
 import logging
 import os
-import secrets
 import shutil
 import time
 from collections.abc import Iterable
@@ -33,7 +32,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from core.files import atomic_write_json, atomic_write_text
+from core.files import atomic_dir, atomic_write_json, atomic_write_text
 from core.video_io import read_video
 from core.video_write import write_video
 from videodata.shapes.render import (
@@ -165,18 +164,10 @@ class RenderSummary:
 
 
 def _write_png_folder(folder: Path, frames: np.ndarray) -> None:
-    """Writes frames as ``00.png, 01.png, ...`` into a temp folder, then renames it to ``folder``."""
-    tmp = folder.with_name(f".{folder.name}.tmp{secrets.token_hex(4)}")
-    tmp.mkdir(parents=True)
-    try:
+    """Writes frames as ``00.png, 01.png, ...`` into a temp folder that then takes ``folder``'s place whole."""
+    with atomic_dir(folder) as tmp:
         for t, frame in enumerate(frames):
             Image.fromarray(frame).save(tmp / f"{t:02d}.png", format="PNG")
-        if folder.exists():
-            shutil.rmtree(folder)  # a rename cannot replace a non-empty folder
-        os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _render_one(index: int, seed: int, out: Path, fmt: str, held: frozenset, num_captions: int) -> dict:
