@@ -40,8 +40,9 @@ def _main(argv: Sequence[str] | None) -> int:
     p.add_argument(
         "--holdout-videos",
         type=int,
-        default=48,
-        help="videos per mode and order for the held-out combinations alone (0 skips them)",
+        default=None,
+        help="videos per mode and order for the held-out combinations alone (0 skips them; default 48 when the "
+        "model holds combinations out, else 0)",
     )
     p.add_argument(
         "--phrasing", choices=sorted(PHRASINGS), default="fresh",

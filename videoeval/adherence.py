@@ -161,10 +161,27 @@ def report_markdown(summary: dict, model: str, seconds: float, phrasing: str, se
     return "\n".join(lines)
 
 
+HOLDOUT_VIDEOS = 48  # the default held-out row: each of 3 combinations in all 16 fresh phrasings
+
+
 def model_holdout(model: str | os.PathLike) -> str:
-    """The held-out combinations recorded with a model (its ``holdout.json``), comma-separated; "" if none."""
+    """The held-out combinations recorded with a model (its ``holdout.json``, a JSON list of combination strings),
+    comma-separated; "" if none.
+
+    Raises:
+        ValueError: a ``holdout.json`` that is not such a list (``[1, 2]`` and ``null`` were tracebacks, a string was
+            read letter by letter, a mapping was taken as its keys), naming the file.
+    """
     card = Path(model) / HOLDOUT_FILE
-    return ",".join(json.loads(card.read_text())) if card.is_file() else ""
+    if not card.is_file():
+        return ""
+    try:
+        combos = json.loads(card.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{str(card)!r} is not JSON ({err})") from None
+    if not isinstance(combos, list) or not all(isinstance(c, str) and "," not in c for c in combos):
+        raise ValueError(f'{str(card)!r} must be a JSON list of combinations such as "green triangle up"')
+    return ",".join(combos)
 
 
 def evaluate_adherence(
@@ -172,7 +189,7 @@ def evaluate_adherence(
     out: str | os.PathLike,
     *,
     num_videos: int = 216,
-    holdout_videos: int = 48,
+    holdout_videos: int | None = None,
     modes: Sequence[str] = (),
     orders: Sequence[str] = (),
     holdout: str | None = None,
@@ -189,7 +206,8 @@ def evaluate_adherence(
         model: pipeline directory.
         out: report folder (created).
         num_videos: videos per mode and order, cycling through all 72 classes (0 skips them).
-        holdout_videos: videos per mode and order for the held-out combinations alone (0 skips them).
+        holdout_videos: videos per mode and order for the held-out combinations alone (0 skips them); None:
+            :data:`HOLDOUT_VIDEOS` when the model has held-out combinations, else 0.
         modes: modes to evaluate (default: all in the model).
         orders: orders to try per mode (default: each mode's default order).
         holdout: held-out combinations, e.g. ``"green triangle up"`` (default: the model's ``holdout.json``).
@@ -213,14 +231,21 @@ def evaluate_adherence(
     """
     if batch < 1 or not 0 <= seed <= MAX_SEED:
         raise ValueError(f"--batch must be >= 1 and --seed in [0, 2**62], got {batch} and {seed}")
+    held = parse_holdout((model_holdout(model) if holdout is None else holdout) or None)
+    if holdout_videos is None:  # the default: the held-out rows when the model holds combinations out
+        holdout_videos = HOLDOUT_VIDEOS if held else 0
     if num_videos < 0 or holdout_videos < 0 or recon_videos < 0:
         raise ValueError("--num-videos, --holdout-videos and --recon-videos must be >= 0 (0 skips them)")
     if not (num_videos or holdout_videos or recon_videos):
         raise ValueError("--num-videos, --holdout-videos and --recon-videos are all 0: nothing to evaluate")
     if phrasing not in PHRASINGS:
         raise ValueError(f"unknown phrasing {phrasing!r}; choose from {', '.join(PHRASINGS)}")
+    if holdout_videos and not held:  # the row was dropped without a word, and a run of it alone wrote an empty report
+        raise ValueError(
+            f"--holdout-videos {holdout_videos} but the model has no held-out combinations (no {HOLDOUT_FILE}, or "
+            "--holdout ''): name them with --holdout, or give --holdout-videos 0"
+        )
     pipe = VideoPipeline.from_pretrained(model) if pipe is None else pipe
-    held = parse_holdout((model_holdout(model) if holdout is None else holdout) or None)
     runs = evaluation_runs(pipe, modes, orders, sampling)  # all checked before anything is written
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -258,6 +283,9 @@ def evaluate_adherence(
 SHAPES_TASKS = ("prompts", *CONDITIONING_TASKS)
 
 
+REPORT_FILES = ("results.json", "conditioning.json")  # what a report folder holds once written
+
+
 def evaluate_shapes(
     model: str | os.PathLike,
     out: str | os.PathLike,
@@ -288,6 +316,9 @@ def evaluate_shapes(
         raise ValueError("--conditioning-videos must be >= 1")
     check_dir_target(out, "--out")  # "[Errno 17] File exists", not naming the flag, before
     check_not_over_inputs(out, {"--model": model}, "--out")
+    earlier = [name for name in REPORT_FILES if (Path(out) / name).exists()]
+    if earlier:  # the earlier report was replaced, and its videos stayed beside the new ones that it no longer lists
+        raise ValueError(f"--out {str(out)!r} already holds a report ({', '.join(earlier)}): give a new folder")
     pipe = VideoPipeline.from_pretrained(model).to(device)  # once for every task
     summary: dict[str, dict[str, float]] = {}
     if "prompts" in tasks:

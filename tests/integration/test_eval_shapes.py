@@ -96,6 +96,10 @@ def test_cli_writes_report(tmp_path):
     assert res["summary"]["maskgit/clip/held-out"]["n"] == 2
     md = (out / "report.md").read_text()
     assert "| maskgit | clip | held-out | 2 |" in md and (out / "sheet_maskgit_clip.png").is_file()
+    # the same --out again: the report was replaced and its videos stayed among the new run's, unlisted
+    before = (out / "results.json").read_bytes()
+    assert main(["--model", str(model), "--num-videos", "2", "--recon-videos", "0", "--out", str(out)]) == 2
+    assert (out / "results.json").read_bytes() == before
 
 
 def test_ceiling_scores_a_lossless_tokenizer_perfectly_and_a_blind_one_at_zero(tmp_path):
@@ -288,6 +292,29 @@ def test_zero_holdout_videos_leaves_the_held_out_row_out(tmp_path, capsys):
     nothing = ["--num-videos", "0", "--holdout-videos", "0", "--recon-videos", "0"]
     assert main(["--model", str(model), *nothing, "--out", str(tmp_path / "none")]) == 2
     assert "all 0: nothing to evaluate" in capsys.readouterr().err and not (tmp_path / "none").exists()
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [("[1, 2]", "must be a JSON list"), ("null", "must be a JSON list"), ('"green triangle up"', "must be a JSON list"),
+     ('{"green triangle up": true}', "must be a JSON list"), ("not json", "is not JSON")],
+)  # fmt: skip
+def test_a_bad_holdout_file_is_one_error_naming_it(tmp_path, capsys, content, message):
+    """``[1, 2]`` or ``null`` were TypeError tracebacks, a string was read letter by letter ("unknown holdout
+    combination 'g'"), and a mapping was accepted as its keys."""
+    model = make_tiny_pipeline(tmp_path / "model")
+    (model / "holdout.json").write_text(content)
+    assert main(["--model", str(model), "--num-videos", "2", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "holdout.json" in err and "Traceback" not in err and not (tmp_path / "r").exists()
+
+
+def test_held_out_videos_without_held_out_combinations_are_refused(tmp_path, capsys):
+    """The row was dropped without a word: asked alone, the run wrote an empty report and exited 0."""
+    model = make_tiny_pipeline(tmp_path / "model")
+    args = ["--model", str(model), "--num-videos", "0", "--holdout-videos", "2", "--recon-videos", "0"]
+    assert main([*args, "--holdout", "", "--out", str(tmp_path / "r")]) == 2
+    assert "has no held-out combinations" in capsys.readouterr().err and not (tmp_path / "r").exists()
 
 
 def test_zero_videos_leaves_the_all_classes_rows_out(tmp_path):
