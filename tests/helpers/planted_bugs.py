@@ -98,7 +98,7 @@ BUGS = (
     Bug("sampling ignores the model's cube size", "generator/sampling/context.py",
         "make_layout(grid, order, model.config.cube_size)", "make_layout(grid, order)"),
     Bug("a linear CFG schedule sees no progress in GPT-style sampling", "generator/sampling/ar.py",
-        "progress=i / L,", "progress=0.0,"),
+        "ctx.step_logits(prev, tables, i - 1, progress=i / L)", "ctx.step_logits(prev, tables, i - 1, progress=0.0)"),
     Bug("a later finite gradient clears a hook's non-finite flag", "videotrain/guards.py",
         "self.bad |= ~torch.isfinite(grad).all()", "self.bad = ~torch.isfinite(grad).all()", TRAINING_TESTS),
     Bug("quantizer codes come back in fp32 from a bf16 latent", "tokenizer/quantizers/vq.py",

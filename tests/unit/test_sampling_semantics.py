@@ -230,11 +230,15 @@ def _spy_logits(monkeypatch) -> list[tuple[bool, float, int, torch.Tensor]]:
     return calls
 
 
-def test_gpt_style_guidance_sees_each_tokens_progress(monkeypatch):
-    """A linear CFG schedule ramps over the video: token i of L is drawn at progress i / L."""
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_gpt_style_guidance_sees_each_tokens_progress(monkeypatch, use_cache):
+    """A linear CFG schedule ramps over the video: token i of L is drawn at progress i / L, on the cached one-token
+    steps and on the uncached path alike (a planted bug in the cached steps went uncaught while only the uncached
+    path's progress was planted)."""
     calls = _spy_logits(monkeypatch)
     grid = (2, 2, 2)
-    sample_ar(tiny("ar"), cond2(), grid, order="token", sampling=SamplingConfig(cfg_scale=3.0, cfg_schedule="linear"))
+    sampling = SamplingConfig(cfg_scale=3.0, cfg_schedule="linear")
+    sample_ar(tiny("ar"), cond2(), grid, order="token", sampling=sampling, use_cache=use_cache)
     assert [c[0] for c in calls] == [True] * 8
     assert [c[1] for c in calls] == pytest.approx([i / 8 for i in range(8)], abs=1e-12)
 
