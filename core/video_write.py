@@ -70,12 +70,16 @@ def _write_gif(tmp: Path, frames: np.ndarray, fps: float) -> None:
     durations_ms = [10 * max(1, e - s) for s, e in zip([0, *ends[:-1]], ends)]
     if fps > 50:
         log.warning("GIF at %.1f fps: many players slow down frames shorter than 20 ms", fps)
-    images = [Image.fromarray(f) for f in frames]
-    # Pillow folds a frame identical to its predecessor into it (adding the delays), and has no option not to: the
-    # timing is kept but such a GIF reads back with fewer frames, so say so.
-    repeats = sum(bool(np.array_equal(a, b)) for a, b in zip(frames[:-1], frames[1:]))
+    # Each frame to 256 colours as Pillow's GIF writer does (an adaptive palette), here, so that what it compares is
+    # known: it folds a frame that shows the same as its predecessor into it (adding the delays), and has no option
+    # not to. The timing is kept but such a GIF reads back with fewer frames, so say so; frames that differ only
+    # before quantization merge too (a count of exactly equal input frames missed those).
+    images = [Image.fromarray(f).convert("P", palette=Image.Palette.ADAPTIVE) for f in frames]
+    shown = [np.asarray(im.convert("RGB")) for im in images]  # (H, W, 3) each, as a player shows the frame
+    repeats = sum(bool(np.array_equal(a, b)) for a, b in zip(shown[:-1], shown[1:]))
     if repeats:
-        log.warning("%s: %d frame(s) equal to the one before are merged into it (GIF); it reads back with %d of %d "
+        log.warning("%s: %d frame(s) that show the same as the one before in 256 colours are merged into it (GIF); "
+                    "it reads back with %d of %d "
                     "frames, at the same timing: write .mp4 to keep every frame", tmp.name, repeats,
                     len(frames) - repeats, len(frames))  # fmt: skip
     images[0].save(

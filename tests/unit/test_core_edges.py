@@ -71,8 +71,20 @@ def test_gif_says_when_it_merges_equal_frames(tmp_path, caplog):
     frames[3] = 200
     with caplog.at_level("WARNING", logger="core.video_write"):
         write_video(tmp_path / "a.gif", frames, fps=8)
-    assert "2 frame(s) equal to the one before are merged" in caplog.text
+    assert "2 frame(s) that show the same as the one before in 256 colours are merged" in caplog.text
     assert len(read_video(tmp_path / "a.gif")) == 2  # what the warning says
+
+
+def test_gif_says_when_frames_that_differ_merge_after_quantization(tmp_path, caplog):
+    """Frames of many colours that differ by one pixel's small change merge after the 256-colour quantization: 8
+    frames read back as 2, and the warning, which counted only exactly equal input frames, said nothing."""
+    base = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    frames = np.stack([base] * 8)
+    frames[:, 0, 0] = np.arange(8)[:, None] * np.array([2, 0, 0])
+    with caplog.at_level("WARNING", logger="core.video_write"):
+        write_video(tmp_path / "a.gif", frames, fps=8)
+    back = len(read_video(tmp_path / "a.gif"))
+    assert back < 8 and f"reads back with {back} of 8 frames" in caplog.text
 
 
 def test_rewriting_a_file_keeps_its_mode(tmp_path):
