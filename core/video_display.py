@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import struct
 from dataclasses import dataclass
 
 
@@ -20,11 +21,14 @@ class Display:
         sar: sample aspect ratio, the width of a stored pixel over its height (not 1 on anamorphic DV or DVD
             sources).
         turns: quarter turns counter-clockwise (``np.rot90``'s ``k``, 0-3) from the display matrix, as phones
-            store portrait video: landscape frames with a rotation to apply. Mirroring in the matrix is not read.
+            store portrait video: landscape frames with a rotation to apply.
+        flip: the turned frame is then mirrored left to right (a matrix that mirrors: QuickTime's "Flip
+            Horizontal", some front cameras); see :func:`orientation`.
     """
 
     sar: float = 1.0
     turns: int = 0
+    flip: bool = False
 
 
 def video_display(path: str | os.PathLike) -> Display:
@@ -66,8 +70,29 @@ def _video_display(path: str, inode: int, mtime_ns: int, size: int) -> Display:
             first = next(container.decode(stream), None)  # the display matrix comes with the frames
         except av.FFmpegError:
             first = None  # a damaged start: the readers report what they cannot decode
-        rotation = getattr(first, "rotation", 0)  # VideoFrame.rotation (0 from an older PyAV, or no frame)
-    return Display(sar=sar, turns=quarter_turns(rotation))
+        turns, flip = orientation(first) if first is not None else (0, False)
+    return Display(sar=sar, turns=turns, flip=flip)
+
+
+# The display matrix's 2x2 part, by sign (a, b, c, d of ``[a b u; c d v; x y w]``), -> (quarter turns, mirror) that
+# shows the stored frame as FFmpeg's autorotate does: checked against ffmpeg for every rotation x hflip x vflip that
+# ffmpeg writes. PyAV's ``rotation`` alone read a mirrored matrix as a turn (hflip as -180) or as nothing (vflip).
+_ORIENTATIONS: dict[tuple[int, int, int, int], tuple[int, bool]] = {
+    (1, 0, 0, 1): (0, False), (1, 0, 0, -1): (2, True), (-1, 0, 0, 1): (0, True), (-1, 0, 0, -1): (2, False),
+    (0, -1, 1, 0): (1, False), (0, 1, 1, 0): (3, True), (0, -1, -1, 0): (1, True), (0, 1, -1, 0): (3, False),
+}  # fmt: skip
+
+
+def orientation(frame: object) -> tuple[int, bool]:
+    """(quarter turns counter-clockwise, then mirror left to right) that show a decoded PyAV frame as players do,
+    from its display matrix; a matrix of another angle is turned to the nearest quarter, as before."""
+    for side in getattr(frame, "side_data", ()):
+        if "DISPLAYMATRIX" in str(getattr(side, "type", "")).upper():
+            m = struct.unpack("<9i", bytes(side))
+            signs = tuple(int(v > 0) - int(v < 0) for v in (m[0], m[1], m[3], m[4]))
+            if signs in _ORIENTATIONS:
+                return _ORIENTATIONS[signs]
+    return quarter_turns(getattr(frame, "rotation", 0)), False  # 0 from an older PyAV
 
 
 def pixel_aspect(value: object) -> float:

@@ -28,7 +28,7 @@ from PIL import Image, ImageSequence, UnidentifiedImageError
 
 from core.checks import first_line, is_int
 from core.frames import cover_size, decoded_size, resize_center_crop
-from core.video_display import ffmpeg_path, pixel_aspect, quarter_turns, video_display
+from core.video_display import ffmpeg_path, orientation, pixel_aspect, video_display
 
 try:  # decord has no wheels for some platforms; PyAV covers those.
     import decord
@@ -255,7 +255,7 @@ def _read_decord(path: Path, pick: _Pick, size: int | tuple[int, int] | None = N
         display = video_display(path)
     except ValueError as err:
         raise _DecodeError(f"decord: {err}") from None
-    if display.turns:  # decord turns some rotated files (180) and fails on others (90: a size mismatch)
+    if display.turns or display.flip:  # decord turns some rotated files (180) and fails on others (90: a size mismatch)
         raise _DecodeError("decord: the video is rotated by its display matrix")
     try:
         vr = decord_reader(path)
@@ -289,16 +289,17 @@ def _read_pyav(path: Path, pick: _Pick, size: int | tuple[int, int] | None = Non
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
             sar = pixel_aspect(stream.sample_aspect_ratio)
-            scaled, turns = {}, 0
+            scaled, turns, flip = {}, 0, False
             for i, frame in enumerate(container.decode(stream)):
                 total = i + 1
                 if i in pick:
                     if not scaled:
-                        turns = quarter_turns(getattr(frame, "rotation", 0))  # 0 from an older PyAV
+                        turns, flip = orientation(frame)  # from the display matrix, mirroring included
                         new_hw = decoded_size(frame.height, frame.width, sar, turns, size)
                         scaled = dict(zip(("height", "width"), new_hw, strict=True))
                     rgb = frame.to_ndarray(format="rgb24", **scaled)  # (h, w, 3) as stored
-                    frames.append(np.rot90(rgb, turns) if turns else rgb)  # as shown (np.stack copies the view)
+                    shown = np.rot90(rgb, turns) if turns else rgb
+                    frames.append(shown[:, ::-1] if flip else shown)  # as shown (np.stack copies the view)
                 if pick.last is not None and i >= pick.last:
                     break
             else:  # read to the end: a file cut short still lists its whole length in its index

@@ -153,3 +153,24 @@ def test_an_unreadable_file_is_one_error_and_decord_is_not_tried(tmp_path, monke
     with pytest.raises(SourceError):
         count_frames(bad)
     assert opened == []
+
+
+@pytest.mark.parametrize(
+    "flags", [["-display_hflip:v:0"], ["-display_vflip:v:0"], ["-display_rotation:v:0", "90", "-display_hflip:v:0"]]
+)
+def test_a_mirrored_video_is_read_as_ffmpeg_shows_it(tmp_path, backend, flags):
+    """PyAV's ``rotation`` reads a mirroring display matrix as a turn (hflip: -180) or as nothing (vflip), so such a
+    file (QuickTime's "Flip Horizontal", some front cameras) came back upside down against what players show. The
+    reference is ffmpeg's own decode, which applies the matrix (autorotate)."""
+    import subprocess
+
+    ffmpeg = imageio_ffmpeg.get_ffmpeg_exe()
+    plain, path = tmp_path / "plain.mp4", tmp_path / "mirrored.mp4"
+    rotated_video(plain, corner_marks(), 0)
+    subprocess.run([ffmpeg, "-y", "-loglevel", "error", *flags, "-i", str(plain), "-c", "copy", str(path)], check=True)
+    ours = read_video(path)
+    raw = subprocess.run([ffmpeg, "-loglevel", "error", "-i", str(path), "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
+                         capture_output=True, check=True).stdout  # fmt: skip
+    shown = np.frombuffer(raw, np.uint8).reshape(ours.shape)  # the sizes agree, or this reshape fails
+    assert mean_abs(ours, shown) < 3.0  # the stored frames turned the wrong way are ~20 off
+    assert video_display(path).flip
