@@ -109,8 +109,10 @@ class StopSignals:
     A preempted job (schedulers send SIGTERM first) or a Ctrl-C then ends like a time budget: the
     loop saves a checkpoint of the last finished step and exports, so the same command resumes
     there. Used as a context manager around the loop; the handlers are installed only in the main
-    thread (Python delivers signals there) and the first signal puts the previous handlers back,
-    so a second one acts as it did before (Ctrl-C twice interrupts at once).
+    thread (Python delivers signals there). The first signal puts the previous SIGINT handler back, so
+    Ctrl-C twice interrupts at once; a repeated SIGTERM is only logged: Slurm and systemd send it to every
+    process of a job, so a stage under a launcher that passes it on (``scripts/train_shapes.sh``) gets two, and
+    the second killed it before its save in 2 of 7 tries.
     """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -128,11 +130,13 @@ class StopSignals:
         self._restore()
 
     def _handle(self, signum: int, frame: object) -> None:
+        if self.signum is not None:  # a SIGTERM after the first signal: already stopping
+            log.info("%s received again: still stopping after this step", signal.Signals(signum).name)
+            return
         self.signum = signum
-        self._restore()
-        log.warning("%s received: stopping after this step (a second one stops at once)", signal.Signals(signum).name)
+        self._restore(keep=(signal.SIGTERM,))
+        log.warning("%s received: stopping after this step (Ctrl-C stops at once)", signal.Signals(signum).name)
 
-    def _restore(self) -> None:
-        for s, handler in self._previous.items():
-            signal.signal(s, handler)
-        self._previous = {}
+    def _restore(self, keep: tuple[int, ...] = ()) -> None:
+        for s in [s for s in self._previous if s not in keep]:
+            signal.signal(s, self._previous.pop(s))

@@ -433,8 +433,10 @@ def test_maskgit_generator_loss_is_reproducible_from_its_generator():
 
 
 def test_stop_signals_record_the_first_and_hand_the_second_to_the_previous_handler():
-    """The first SIGTERM/SIGINT only sets ``signum`` (the loop stops after its step); the handlers in force before
-    are back at once, so a second Ctrl-C interrupts, and after the block nothing of ours is left installed."""
+    """The first SIGTERM/SIGINT only sets ``signum`` (the loop stops after its step); SIGINT's handler in force before
+    is back at once, so a second Ctrl-C interrupts, while a repeated SIGTERM is ignored (Slurm and systemd send it to
+    every process of a job, and train_shapes.sh passes it on too: the second one killed the stage before its save);
+    after the block nothing of ours is left installed."""
     # The handler in force before is set here, Python's own (it raises KeyboardInterrupt): what an earlier test or
     # library left installed for SIGINT (once it was SIG_IGN, and the second signal was silently ignored) is not this
     # test's business.
@@ -445,7 +447,9 @@ def test_stop_signals_record_the_first_and_hand_the_second_to_the_previous_handl
             assert all(signal.getsignal(s) == stop._handle for s in StopSignals.SIGNALS)
             os.kill(os.getpid(), signal.SIGTERM)
             assert stop.signum == signal.SIGTERM  # Python runs the handler before the next bytecode
-            assert {s: signal.getsignal(s) for s in StopSignals.SIGNALS} == before
+            assert signal.getsignal(signal.SIGINT) == before[signal.SIGINT]
+            os.kill(os.getpid(), signal.SIGTERM)  # the same signal again, from the launcher: still here
+            assert stop.signum == signal.SIGTERM and signal.getsignal(signal.SIGTERM) == stop._handle
             with pytest.raises(KeyboardInterrupt):
                 os.kill(os.getpid(), signal.SIGINT)  # the second one: the previous handler
         assert {s: signal.getsignal(s) for s in StopSignals.SIGNALS} == before
