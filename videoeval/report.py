@@ -41,6 +41,8 @@ def _load_json(path: Path, flag: str) -> Any:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{flag} {str(path)!r} is not valid JSON: {err}") from None
+    except RecursionError:  # 10^5 nested brackets: a traceback
+        raise ValueError(f"{flag} {str(path)!r} is not valid JSON: nested too deeply") from None
 
 
 def load_adherence(path: Path) -> dict[str, Any]:
@@ -60,10 +62,12 @@ def load_adherence(path: Path) -> dict[str, Any]:
                 for k in ("classes", "class_total")
                 if k in row or k == "classes"
             )
-        if len(key.split("/")) != 3 or not numbers or not is_number(count) or count != int(count) or count < 0:
+        shares = numbers and all(0.0 <= row[k] <= 1.0 for k in ADHERENCE_KEYS if k != "n")  # percents: 6250.0%
+        if len(key.split("/")) != 3 or not shares or not is_number(count) or count != int(count) or count < 0:
             raise ValueError(
                 f"--adherence {str(path)!r}: summary entry {key!r} is not 'mode/order/split' "
-                f"with finite numbers {list(ADHERENCE_KEYS)} (and 'classes' when not balanced) and a whole count n"
+                f"with finite numbers {list(ADHERENCE_KEYS)}, shares in [0, 1] (and 'classes' when not balanced) and "
+                "a whole count n"
             )
     return data
 
@@ -108,8 +112,11 @@ def sample_videos(pipe, items: Sequence[str], *, num_frames: int, steps: int | N
     """
     conds = _conditions(pipe, items)
     pipe.latent_frames(num_frames)  # ValueError for an unreachable frame count
-    for gen in pipe.generators.values():  # bad input is one error up front, not a page of "not generated" rows
-        for _, kwargs in conds:
+    # an unconditional generator samples one video without a condition (prompts and labels are refused by it)
+    none = [("unconditional", {})]
+    per_gen = {mode: none if g.config.cond == "none" else conds for mode, g in pipe.generators.items()}
+    for mode, gen in pipe.generators.items():  # bad input is one error up front, not a page of "not generated" rows
+        for _, kwargs in per_gen[mode]:
             pipe.condition(gen, kwargs.get("prompt"), kwargs.get("labels"), 1)
     samples = []
     for mode, gen in pipe.generators.items():
@@ -117,7 +124,7 @@ def sample_videos(pipe, items: Sequence[str], *, num_frames: int, steps: int | N
             sampling = pipe.config.sampling_for(mode, order)
             if steps is not None:
                 sampling = replace(sampling, steps=steps)
-            for text, kwargs in conds:
+            for text, kwargs in per_gen[mode]:
                 row: dict[str, Any] = {"mode": mode, "order": order, "prompt": text}
                 g = torch.Generator(device=pipe.device).manual_seed(seed)
                 try:
@@ -180,10 +187,11 @@ def continuation_rows(pipe, *, seed: int, num_clips: int = 2) -> tuple[list[np.n
         captions.append(f"truth: {caption}")
         # the clip's class when the model has it (a text model reads its caption, a class model its id), else none
         label = names.index(caption.lower()) if caption.lower() in names else None
-        for mode in pipe.generators:
+        for mode, gen in pipe.generators.items():
+            given = None if gen.config.cond == "none" else label  # an unconditional generator takes no label
             try:
                 # the first 5 frames, as the page says: the pipeline continues a video from its last N frames
-                out = pipe(None, label, video=frames[:CONTEXT_FRAMES], context_frames=CONTEXT_FRAMES,
+                out = pipe(None, given, video=frames[:CONTEXT_FRAMES], context_frames=CONTEXT_FRAMES,
                            num_frames=frames.shape[0], mode=mode,
                            generator=torch.Generator(pipe.device).manual_seed(seed))  # fmt: skip
             except ValueError as err:  # a model of another size or length: say why, keep the page
@@ -249,8 +257,11 @@ def build_report(
         check_ssim_size(size)
     except ValueError as err:
         raise ValueError(str(err).replace("--size", "--clip-size")) from None
-    text_only = all(g.config.cond == "text" for g in pipe.generators.values())
-    default = ["a red circle moving left"] if text_only else ["0", "1"]  # a text model without class names
+    conds = {g.config.cond for g in pipe.generators.values()}
+    if conds == {"none"} and prompts is not None:  # an unconditional model: every default failed, and no page came
+        raise ValueError("this model is unconditional: leave --prompts out (one video per mode and order)")
+    n_classes = min((g.config.num_classes for g in pipe.generators.values() if g.config.cond == "class"), default=2)
+    default = ["a red circle moving left"] if conds == {"text"} else [str(i) for i in range(min(2, n_classes))]
     items = list(prompts) if prompts is not None else list(pipe.config.class_names[:2]) or default
     samples = sample_videos(pipe, items, num_frames=num_frames, steps=steps, seed=seed)
     recon = reconstruct_clips(pipe.tokenizer, num_frames=num_frames, size=size)

@@ -137,8 +137,9 @@ def samples_html(samples: list[dict], num_frames: int, seed: int) -> str:
                 parts.append(f'<figure class="sample-error">{caption}</figure>')
                 continue
             tm = s["timings"]
-            total = tm["sampling"] + tm["decoding"]
-            when = f"{total:.2f} s (sampling {tm['sampling']:.2f} s, decoding {tm['decoding']:.2f} s)"
+            total = sum(tm.values())  # a video past the model's length also spends time encoding its windows
+            parts_of = ", ".join(f"{k} {v:.2f} s" for k, v in tm.items() if v or k in ("sampling", "decoding"))
+            when = f"{total:.2f} s ({parts_of})"
             img = _img(gif_data_uri(s["frames"], s["fps"]), s["frames"].shape[1], label, "sample-gif")
             data = f'data-mode="{html.escape(mode)}" data-order="{html.escape(s["order"])}"'
             parts.append(

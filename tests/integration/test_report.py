@@ -225,11 +225,17 @@ def test_bad_input_exits_2_with_one_line(model, inputs, tmp_path, capsys):
     adherence, bench = inputs
     (tmp_path / "corrupt.json").write_text('{"records": [')
     (tmp_path / "nosummary.json").write_text('{"model": "x"}')
+    (tmp_path / "deep.json").write_text("[" * 100_000)  # a RecursionError traceback
+    percents = json.loads(adherence.read_text())
+    next(iter(percents["summary"].values()))["all"] = 62.5  # a percent, not a share: the page showed 6250.0%
+    (tmp_path / "percents.json").write_text(json.dumps(percents))
     out = tmp_path / "out.html"
     base = ["--model", str(model), "--out", str(out)]
     cases = {
         "does not exist": ["--model", str(tmp_path / "nope"), "--out", str(out)],
         "is not valid JSON": [*base, "--bench", str(tmp_path / "corrupt.json")],
+        "is not valid JSON: nested too deeply": [*base, "--adherence", str(tmp_path / "deep.json")],
+        "shares in [0, 1]": [*base, "--adherence", str(tmp_path / "percents.json")],
         "has no 'summary'": [*base, "--adherence", str(tmp_path / "nosummary.json")],
         "has no list of named 'records'": [*base, "--bench", str(adherence)],
         "1 + k*4": [*base, "--num-frames", "6"],
@@ -294,3 +300,27 @@ def test_the_continuation_sheet_is_made_for_a_class_conditional_model(tmp_path):
     rows, captions = report.continuation_rows(pipe, seed=0, num_clips=1)
     assert len(rows) == 1 + len(pipe.generators), captions
     assert not any("not generated" in c for c in captions)
+
+
+def test_an_unconditional_model_gets_a_report_of_unconditional_videos(tmp_path, capsys):
+    """Every default prompt ("0", "1") was refused by a generator that takes no condition, and --prompts cannot be
+    empty: such a model got no page at all."""
+    model = make_tiny_pipeline(tmp_path / "uncond", cond="none", num_classes=1)
+    out = tmp_path / "page.html"
+    assert main(["--model", str(model), "--out", str(out), "--num-frames", "5", "--steps", "1"]) == 0
+    page = out.read_text()
+    assert "unconditional" in page and "not generated" not in page
+    assert main(["--model", str(model), "--out", str(out), "--prompts", "0"]) == 2
+    assert "this model is unconditional" in capsys.readouterr().err
+
+
+def test_the_time_of_a_video_past_the_models_length_counts_its_encoding(model, tmp_path):
+    """Window by window a video also spends time encoding its context: the page's total was sampling + decoding."""
+    from videoeval.report import sample_videos
+    from videoeval.report_html import samples_html
+
+    pipe = VideoPipeline.from_pretrained(model)
+    (row, *_) = sample_videos(pipe, ["a red circle moving left"], num_frames=33, steps=1, seed=0)
+    assert row["timings"].get("encoding", 0) > 0  # the premise: more than one window
+    page = samples_html([row], 33, 0)
+    assert f"{sum(row['timings'].values()):.2f} s (" in page and "encoding" in page
