@@ -62,21 +62,29 @@ def check_directory(path: str, tokenizer_files: tuple[str, ...]) -> Path:
     return directory
 
 
-def load_model(model_cls: type, path: Path, optional_prefixes: tuple[str, ...] = ()) -> PreTrainedModel:
-    """``from_pretrained`` offline, float32, safetensors only; missing weights are an error.
+def load_model(
+    model_cls: type, path: Path, optional_prefixes: tuple[str, ...] = (), extra_prefixes: tuple[str, ...] = ()
+) -> PreTrainedModel:
+    """``from_pretrained`` offline, float32, safetensors only; missing weights, and weights the model has no place
+    for, are an error.
 
-    transformers only logs missing keys and leaves them randomly initialised, which for a frozen
-    encoder would silently produce noise features. Keys under ``optional_prefixes`` (the BERT
-    pooler, never used here) may be missing.
+    transformers only logs both: missing keys are left randomly initialised, which for a frozen encoder would
+    silently produce noise features, and a ``config.json`` that lists fewer layers than the weights hold built the
+    shallower model (features up to 2.0 off). Keys under ``optional_prefixes`` (the BERT pooler, never used here)
+    may be missing; keys under ``extra_prefixes`` (a full checkpoint's decoder or pre-training heads) may be left
+    over.
     """
     model, info = model_cls.from_pretrained(
         path, local_files_only=True, use_safetensors=True, dtype=torch.float32, output_loading_info=True
     )
-    missing = sorted(k for k in info["missing_keys"] if not k.startswith(optional_prefixes))
-    if missing:
-        shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
-        what = type(model).__name__
-        raise ValueError(f"the weights in {str(path)!r} lack {len(missing)} tensor(s) of {what}: {shown}")
+    what = type(model).__name__
+    for kind, keys, allowed in (("lack", info["missing_keys"], optional_prefixes),
+                                ("hold", info["unexpected_keys"], extra_prefixes)):  # fmt: skip
+        bad = sorted(k for k in keys if not k.startswith(allowed))
+        if bad:
+            shown = ", ".join(bad[:8]) + (f" and {len(bad) - 8} more" if len(bad) > 8 else "")
+            place = f"tensor(s) of {what}" if kind == "lack" else f"tensor(s) that {what} has no place for"
+            raise ValueError(f"the weights in {str(path)!r} {kind} {len(bad)} {place}: {shown}")
     return model
 
 

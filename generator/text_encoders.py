@@ -292,7 +292,7 @@ class T5TextEncoder(TextEncoder):
                 f"text encoder kind 't5' expects a config.json with model_type in {sorted(models)}, "
                 f"got {model_type!r} in {str(path)!r}; use kind 'bert' for encoder-only models"
             )
-        model = load_model(models[model_type], path)
+        model = load_model(models[model_type], path, extra_prefixes=("decoder.", "lm_head."))  # a full T5 loads
         tokenizer = read_tokenizer(load_tokenizer, path)
         if (path / "spiece.model").is_file():
             check_spiece(tokenizer, path / "spiece.model")
@@ -330,7 +330,7 @@ class BertTextEncoder(TextEncoder):
         else:
             from transformers import AutoModel
 
-            model = load_model(AutoModel, path, optional_prefixes=("pooler.",))
+            model = load_model(AutoModel, path, optional_prefixes=("pooler.",), extra_prefixes=("cls.", "pooler."))
             tokenizer = read_tokenizer(load_tokenizer, path)
         check_vocab(tokenizer, model, path)
         return cls(model, tokenizer, config)

@@ -119,6 +119,12 @@ def _edit_config(folder: Path) -> None:
     (folder / "config.json").write_text(json.dumps(cfg))
 
 
+def _fewer_layers(folder: Path) -> None:  # transformers built the shallower model and logged the rest as unexpected
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["num_hidden_layers"] -= 1
+    (folder / "config.json").write_text(json.dumps(cfg))
+
+
 def _truncate(name: str):
     def cut(folder: Path) -> None:
         data = (folder / name).read_bytes()
@@ -138,8 +144,9 @@ def _rename_weights(folder: Path) -> None:
         (_truncate("model.safetensors"), "could not be read"),
         (_truncate("tokenizer.json"), "tokenizer files .* could not be read"),
         (_rename_weights, "but no model.safetensors or model.safetensors.index.json"),
+        (_fewer_layers, "has no place for|is not a BERT checkpoint"),
     ],
-    ids=["config-sizes", "truncated-weights", "truncated-tokenizer", "other-weights-name"],
+    ids=["config-sizes", "truncated-weights", "truncated-tokenizer", "other-weights-name", "fewer-layers"],
 )
 @pytest.mark.parametrize("fast", [True, False], ids=["fast-bert", "transformers"])
 def test_a_damaged_folder_is_a_value_error_naming_it(minilm_dir, tmp_path, damage, match, fast):
