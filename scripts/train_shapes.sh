@@ -147,5 +147,10 @@ gen maskgit --config configs/generator/shapes_maskgit.yaml --config configs/gene
 run python tools/make_pipeline.py --config configs/pipeline/shapes.yaml --tokenizer "$RUN/tok/tokenizer" \
     --generator ar="$RUN/ar/export" --generator maskgit="$RUN/maskgit/export" --shapes-dataset "$RUN/data" \
     --dtype float16 --out "$OUT" --force
-run python tools/eval_shapes.py --model "$OUT" --orders frame,cube --out "$RUN/eval" \
-    --tasks prompts,continuation,image,long,story $EVAL_ARGS
+# A finished evaluation is kept; an unfinished one is moved aside (eval_shapes refuses a folder that holds a report).
+if [ ! -f "$RUN/eval/finished" ]; then
+    if [ -e "$RUN/eval" ]; then mv "$RUN/eval" "$RUN/eval.unfinished.$(date +%s)"; fi
+    run python tools/eval_shapes.py --model "$OUT" --orders frame,cube --out "$RUN/eval" \
+        --tasks prompts,continuation,image,long,story $EVAL_ARGS
+    mkdir -p "$RUN/eval" && touch "$RUN/eval/finished"
+fi

@@ -64,7 +64,18 @@ def test_every_stage_runs_once_in_order_and_a_rerun_skips_the_finished_ones(tmp_
     rc, calls = _run(tmp_path)
     assert rc == 0 and calls == ALL
     rc, calls = _run(tmp_path)
-    assert rc == 0 and calls == ["make_pipeline.py model", "eval_shapes.py eval"]  # assembled and measured again
+    # assembled again (the same inputs); the finished evaluation is kept: eval_shapes refuses a folder that holds a
+    # report, and the rerun failed there
+    assert rc == 0 and calls == ["make_pipeline.py model"]
+
+
+def test_an_unfinished_evaluation_is_moved_aside_and_run_again(tmp_path):
+    rc, calls = _run(tmp_path, stop="eval")
+    assert rc == 143 and calls == ALL and not (tmp_path / "run" / "eval" / "finished").exists()
+    rc, calls = _run(tmp_path)
+    assert rc == 0 and calls == ["make_pipeline.py model", "eval_shapes.py eval"]
+    assert (tmp_path / "run" / "eval" / "finished").is_file()
+    assert len(list((tmp_path / "run").glob("eval.unfinished.*"))) == 1  # kept, not deleted
 
 
 def test_a_training_stopped_by_a_signal_is_resumed_on_the_rerun_not_taken_as_finished(tmp_path):
