@@ -122,6 +122,19 @@ class GeneratorTrainer(Trainer):
         other = [o for o in cfg.objective.orders if o not in cfg.model.orders]
         if other:
             raise ValueError(f"objective.orders {other} are not among model.orders {list(cfg.model.orders)}")
+        untrained = [o for o in cfg.model.orders if cfg.objective.orders and o not in cfg.objective.orders]
+        if untrained:  # the export lists them as orders the model supports, and the first is its default
+            log.warning("model.orders %s are not in objective.orders %s: this run does not train them, though the "
+                        "exported config lists them", untrained, list(cfg.objective.orders))  # fmt: skip
+        stage = distributed.deepspeed_config(
+            self.run.deepspeed or None, micro_batch=self.run.micro_batch, grad_accum=self.optim.grad_accum,
+            grad_clip=self.optim.grad_clip, precision=self.run.precision, zero_stage=self.run.zero_stage,
+        )["zero_optimization"]["stage"]  # fmt: skip
+        if self.run.sample_every > 0 and (not cfg.data.tokenizer or stage == 3):  # samples were skipped in silence
+            raise ValueError(
+                "run.sample_every > 0 needs data.tokenizer (to decode the samples) and ZeRO stage 0-2 (ZeRO-3 "
+                "partitions the weights the sampler reads); set run.sample_every=0"
+            )
 
     def build(self) -> None:
         cfg, run = self.cfg, self.run
@@ -141,6 +154,10 @@ class GeneratorTrainer(Trainer):
         if len(self.eval_idx) == 0 and run.eval_every > 0:  # every eval row read "eval_loss": NaN, unexplained
             log.warning("no held-out clips (data.eval_fraction=%g of %d clips holds none out): no held-out loss is "
                         "computed", cfg.data.eval_fraction, len(self.cache))  # fmt: skip
+        elif len(self.eval_idx) > 2 * cfg.data.eval_fraction * len(self.cache):  # whole sources: 0.125 held 50% out
+            log.warning("data.eval_fraction=%g holds out %d of %d clips (%.0f%%): whole source videos are held out",
+                        cfg.data.eval_fraction, len(self.eval_idx), len(self.cache),
+                        100 * len(self.eval_idx) / len(self.cache))  # fmt: skip
         self.stream = BatchStream(
             ShuffledSampler(len(train_idx), run.seed, self.dist.rank, self.dist.world_size), train_idx
         )
@@ -334,6 +351,7 @@ class GeneratorTrainer(Trainer):
             directory=self.out / "samples" / f"step_{self.step:08d}",
             sample_steps=self.run.sample_steps,
             fps=self.cache.manifest.get("clip_spec", {}).get("fps") or DEFAULT_SAMPLE_FPS,
+            order=(self.cfg.objective.orders or self.cfg.model.orders)[0],  # one this run trains
             captions=[{"label": s.label, "caption": s.caption} for s in samples],
         )
 

