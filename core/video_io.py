@@ -253,8 +253,8 @@ def _read_decord(path: Path, pick: _Pick, size: int | tuple[int, int] | None = N
         raise _DecodeError("decord: not installed")
     try:
         display = video_display(path)
-    except ValueError as err:
-        raise _DecodeError(f"decord: {err}") from None
+    except ValueError:  # FFmpeg cannot open it (decord, on an older FFmpeg, cannot either): PyAV's reason says why
+        raise _DecodeError("decord: not tried (FFmpeg cannot open the file)") from None
     if display.turns or display.flip:  # decord turns some rotated files (180) and fails on others (90: a size mismatch)
         raise _DecodeError("decord: the video is rotated by its display matrix")
     try:

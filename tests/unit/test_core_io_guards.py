@@ -87,3 +87,13 @@ def test_a_video_whose_name_is_not_utf8_is_read(tmp_path):
     write_video(path, frames, fps=8)
     assert frame_count(path) == 5 and video_fps(path) == pytest.approx(8.0)
     assert read_video(path).shape == (5, 32, 32, 3)
+
+
+def test_a_file_that_is_not_a_video_is_named_once(tmp_path):
+    """The line read "cannot decode 'x.mp4': decord: cannot decode 'x.mp4': [Errno ...]; PyAV: [Errno ...]", the
+    display probe's error wrapped as decord's although decord was never tried."""
+    path = tmp_path / "x.mp4"
+    path.write_text("not a video")
+    with pytest.raises(ValueError) as err:
+        read_video(path)
+    assert str(err.value).count("cannot decode") == 1 and "decord: not tried" in str(err.value)
