@@ -179,6 +179,15 @@ class TokenizerTrainer(Trainer):
         self.perceptual = perceptual
         super().__init__(cfg, out)
 
+    def kept_keys(self, folder: Path) -> tuple[str, ...]:
+        """A checkpoint with the discriminator's state also keeps its shape (another failed inside DeepSpeed's loader
+        with a traceback); one without it (adversarial training switched on later) keeps no disc_optim setting: the
+        new discriminator starts from scratch with the settings given now."""
+        keys = super().kept_keys(folder)
+        if (folder / "discriminator").is_dir():
+            return (*keys, "loss.discriminator_channels", "loss.discriminator_layers")
+        return tuple(k for k in keys if not k.startswith("disc_optim."))
+
     def validate(self) -> None:
         cfg = self.cfg
         check_out_apart(self.out, {"data.paths": cfg.data.paths})

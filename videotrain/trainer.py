@@ -241,6 +241,12 @@ class Trainer:
         )
         self._saved_step = self.step
 
+    def kept_keys(self, folder: Path) -> tuple[str, ...]:
+        """Dotted keys a resume from the checkpoint in ``folder`` must keep: :attr:`resume_keys` and the optimizers'
+        betas, eps and weight decay, which their saved state restores (a changed value would be recorded, not used).
+        """
+        return self.resume_keys + self._optim_keys("betas", "eps", "weight_decay")
+
     def _optim_keys(self, *names: str) -> tuple[str, ...]:
         """Dotted keys ``optim.<name>`` (and ``disc_optim.<name>`` where the task has a second optimizer)."""
         sections = [section for section in ("optim", "disc_optim") if hasattr(self.cfg, section)]
@@ -253,8 +259,7 @@ class Trainer:
             return
         # The optimizer's state restores its param groups, betas, eps and weight decay included, and only the
         # learning rate is set again each step: a changed value would be written to train_config.yaml, not used.
-        optim_keys = self._optim_keys("betas", "eps", "weight_decay")
-        checkpoint.check_resumable(self.ckpt_dir / tag, self.cfg, self.resume_keys + optim_keys)
+        checkpoint.check_resumable(self.ckpt_dir / tag, self.cfg, self.kept_keys(self.ckpt_dir / tag))
         # Another ZeRO stage lays the optimizer state out otherwise: DeepSpeed failed halfway through loading it
         # (an AttributeError traceback, or a missing zero_pp_rank file that read like a damaged checkpoint).
         saved = checkpoint.read_state(self.ckpt_dir / tag, self.dist.rank)
