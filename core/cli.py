@@ -144,6 +144,9 @@ def frozen_imports() -> Iterator[None]:
             gc.enable()
 
 
+PEER_GONE = "Connection closed by peer"  # gloo's message when another rank's process has exited
+
+
 def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
     """Runs ``main(argv)``; a ValueError or OSError becomes ``error: ...`` on stderr and exit 2.
 
@@ -178,6 +181,14 @@ def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | N
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except RuntimeError as err:
+        if PEER_GONE not in str(err):
+            raise
+        # gloo's "Connection closed by peer": another process of the run failed (its own error line says why) while
+        # this one waited in a collective; its ~35-line traceback buried that line
+        print("error: another process of this run stopped (its error is above); this one ended with it",
+              file=sys.stderr)  # fmt: skip
+        return 2
 
 
 def quiet_hub_progress() -> None:

@@ -168,5 +168,10 @@ def read_state(folder: Path, rank: int) -> dict[str, Any]:
     """This rank's JSON state in the checkpoint ``folder`` (step, world size, ZeRO stage, the task's own)."""
     state_file = folder / f"rank{rank:05d}.json"
     if not state_file.is_file():
-        raise ValueError(f"checkpoint {folder} has no state for rank {rank}: was it saved with another world size?")
+        others = sorted(folder.glob("rank*.json"))
+        saved = json.loads(others[0].read_text()).get("world_size") if others else None
+        why = f"it was saved by {saved} processes" if saved is not None else "it holds no rank state at all"
+        if saved is not None and saved > rank:  # the world size fits: the file itself is missing
+            why = f"its world size ({saved}) fits, so the file is missing (an incomplete copy?)"
+        raise ValueError(f"checkpoint {folder} has no state for rank {rank}: {why}")
     return json.loads(state_file.read_text())

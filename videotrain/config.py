@@ -50,7 +50,9 @@ class RunConfig:
         checkpoint_every / keep_last: checkpoints under ``<out>/checkpoints`` every N steps and at the
             last step, keeping the last K (``checkpoint_every: 0`` = no checkpoints, export only).
         log_every: progress-bar and ``metrics.jsonl`` rows every N steps (and at step 1).
-        eval_every / eval_batches: periodic held-out loss over fixed batches (0 = off).
+        eval_every / eval_batches: periodic held-out loss over fixed batches (0 = off); ``eval_batches`` counts
+            micro-batches per rank, so the clips scored are eval_batches x micro_batch x ranks (not the global
+            batch: one rank of 4 clips and two of 1 clip with grad_accum 2 score different clips).
         sample_every / num_samples: sample outputs every N steps: generated videos for a generator,
             originals over reconstructions for a tokenizer (0 = off).
         sample_steps: MaskGIT steps per unit for generator samples.

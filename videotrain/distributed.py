@@ -45,15 +45,28 @@ def init_distributed() -> DistInfo:
     """Initialises torch.distributed through DeepSpeed (gloo on CPU, nccl on CUDA).
 
     A bare single process gets RANK=0, WORLD_SIZE=1, LOCAL_RANK=0 and a free localhost port,
-    so DeepSpeed never looks for MPI.
+    so DeepSpeed never looks for MPI. A launched one (RANK set) must give WORLD_SIZE, MASTER_ADDR and
+    MASTER_PORT, with RANK < WORLD_SIZE; LOCAL_RANK defaults to 0 (a Kubeflow-style launch sets only the
+    others). Without them DeepSpeed went looking for MPI (an mpi4py traceback), and RANK=1 WORLD_SIZE=1
+    waited 30 minutes for a rank 0 that never came.
+
+    Raises:
+        ValueError: a launch environment that is incomplete or inconsistent, naming the variables.
     """
     if "RANK" not in os.environ:
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    missing = [name for name in ("WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if not os.environ.get(name)]
+    if missing:
+        raise ValueError(f"RANK is set but not {', '.join(missing)}: a launched process needs RANK, WORLD_SIZE, "
+                         "MASTER_ADDR and MASTER_PORT (torchrun and deepspeed set them)")  # fmt: skip
+    os.environ.setdefault("LOCAL_RANK", "0")
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT"):  # "invalid literal for int()" named none
         value = os.environ.get(name)
         if value is not None and not value.strip().isdigit():
             raise ValueError(f"the environment variable {name}={value!r} must be a non-negative integer")
+    if not int(os.environ["RANK"]) < int(os.environ["WORLD_SIZE"]):
+        raise ValueError(f"RANK={os.environ['RANK']} must be below WORLD_SIZE={os.environ['WORLD_SIZE']}")
     cuda = torch.cuda.is_available()
     if not cuda:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")

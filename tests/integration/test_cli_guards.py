@@ -118,3 +118,26 @@ def test_a_launcher_variable_that_is_no_integer_is_named():
         os.environ["MASTER_PORT"] = "abc"
         with pytest.raises(ValueError, match="MASTER_PORT='abc' must be a non-negative integer"):
             init_distributed()
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"RANK": "1", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29511"},
+         "RANK=1 must be below WORLD_SIZE=1"),  # waited 30 minutes for a rank 0 that never came
+        ({"RANK": "0", "MASTER_PORT": "29511"}, "RANK is set but not WORLD_SIZE, MASTER_ADDR"),  # an mpi4py traceback
+    ],
+)  # fmt: skip
+def test_an_incomplete_launch_environment_is_one_error_before_any_process_group(env, message):
+    import torch
+
+    from videotrain.distributed import init_distributed
+    from videotrain.engines import restored_env
+
+    with restored_env():
+        for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+            os.environ.pop(name, None)
+        os.environ.update(env)
+        with pytest.raises(ValueError, match=message):
+            init_distributed()
+    assert not torch.distributed.is_initialized()

@@ -352,8 +352,8 @@ def test_two_processes_follow_the_single_process_loss_curve(data, tmp_path, stag
     """The same global batch (1 x 4 clips, or 2 ranks x 2 clips: the sampler deals rank r every other clip of
     the same permutation) gives the same loss curve, within 1e-4 over 6 steps (a GPT-style model, whose loss
     draws no random masks; only the order of floating-point sums differs). The two-process run takes the shipped
-    ZeRO JSON and saves its last step: every rank's state says 2 processes. The held-out loss is the mean over its
-    one clip on both, though rank 1 holds none (it was averaged in as 0, halving the two-process value)."""
+    ZeRO JSON and saves its last step: every rank's state says 2 processes. The held-out loss agrees too (a whole
+    8-clip source is held out, 4 clips per rank; a rank with none is the test below)."""
     common = ["model.style=ar", "model.orders=[frame]", "objective.cond_dropout=0", "run.steps=6", "run.eval_every=6",
               "data.eval_fraction=0.04", "run.log_every=1"]  # fmt: skip
     launcher, zero = torchrun(), ROOT / f"configs/deepspeed/zero{stage}.json"
@@ -693,3 +693,20 @@ def test_samples_use_an_order_the_run_trains_and_cannot_be_asked_without_a_token
     assert "(clip order)" in proc.stderr and "model.orders ['frame'] are not in objective.orders" in proc.stderr
     proc = train(data, tmp_path / "b", "run.steps=1", "run.sample_every=1", "data.tokenizer=", check=False)
     assert proc.returncode == 2 and "run.sample_every > 0 needs data.tokenizer" in proc.stderr
+
+
+def test_the_held_out_loss_of_two_processes_counts_a_rank_with_no_held_out_clip_as_nothing(data, tmp_path):
+    """One source of one clip held out: rank 1's share is empty. Each rank's mean averaged over ranks, with an empty
+    rank as 0, halved the two-process value (the loss-curve test above holds out a whole 8-clip source, so both of
+    its ranks have clips and it no longer sees this). lr 0: the value depends on the starting weights alone."""
+    cache = tmp_path / "cache1"
+    subprocess.run([sys.executable, str(ROOT / "tools/cache_tokens.py"), "--data", str(data / "data.jsonl"),
+                    "--tokenizer", str(data / "tok"), "--out", str(cache), "--num-frames", "9", "--size", "32",
+                    "--clips-per-video", "1", "--no-progress", "--num-workers", "1"],
+                   check=True, env=ENV, capture_output=True, timeout=300)  # fmt: skip
+    common = [f"data.cache={cache}", "data.eval_fraction=0.25", "model.style=ar", "model.orders=[frame]", "optim.lr=0",
+              "optim.warmup_steps=0", "run.steps=1", "run.eval_every=1", "run.checkpoint_every=0"]  # fmt: skip
+    parallel(lambda: train(data, tmp_path / "one", *common, "run.micro_batch=2"),
+             lambda: train(data, tmp_path / "two", *common, "run.micro_batch=1", launcher=torchrun()))  # fmt: skip
+    one, two = (losses(tmp_path / run, "eval_loss")[1] for run in ("one", "two"))
+    assert abs(one - two) < 1e-4 * one, (one, two)

@@ -46,6 +46,37 @@ def test_value_error_is_one_line_and_exit_2(capsys):
     assert err == "error: num_frames 18 cannot be reached\n"
 
 
+def test_a_peer_that_stopped_is_one_line_and_other_runtime_errors_keep_their_traceback(capsys):
+    """When one rank failed with its own one-line error, the others died in a gloo collective with a ~35-line
+    traceback ending "Connection closed by peer" that buried the line which said why."""
+
+    def gone(argv):
+        raise RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by peer [1.2.3.4]")
+
+    assert run_cli(gone) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "another process of this run stopped" in err
+
+    def bug(argv):
+        raise RuntimeError("shape mismatch")
+
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        run_cli(bug)
+
+
+def test_a_missing_rank_state_says_whether_the_world_size_fits(tmp_path):
+    """It guessed "saved with another world size?" even when rank 0's state said 2 processes, as this run has."""
+    import json
+
+    from videotrain.checkpoint import read_state
+
+    (tmp_path / "rank00000.json").write_text(json.dumps({"world_size": 2, "step": 3}))
+    with pytest.raises(ValueError, match=r"world size \(2\) fits, so the file is missing"):
+        read_state(tmp_path, 1)
+    with pytest.raises(ValueError, match="it was saved by 2 processes"):
+        read_state(tmp_path, 2)
+
+
 def test_os_errors_that_name_bad_paths_are_one_line_and_exit_2(capsys):
     """``--out`` naming an existing file: ``mkdir`` raises FileExistsError, an OSError the user caused."""
 
