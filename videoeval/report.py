@@ -89,7 +89,7 @@ def _conditions(pipe, items: Sequence[str]) -> list[tuple[str, dict]]:
     names = [n.lower() for n in pipe.config.class_names]
     out = []
     for item in items:
-        if item.isdigit():
+        if item.isascii() and item.isdigit():  # "²" is a digit to str.isdigit, not to int()
             lab = int(item)
             out.append((pipe.config.class_names[lab] if lab < len(names) else f"class {lab}", {"labels": lab}))
         elif any(g.config.cond == "class" for g in pipe.generators.values()):

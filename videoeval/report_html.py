@@ -11,6 +11,7 @@ import base64
 import datetime
 import html
 import io
+import math
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -196,7 +197,7 @@ def bench_html(data: dict | None) -> str:
         for r in data["records"]
     ]
     run = f"{'quick' if data.get('quick') else 'full'} run"
-    if is_number(data.get("seconds")):
+    if is_number(data.get("seconds")) and math.isfinite(data["seconds"]):  # NaN showed as "nan s"
         run += f", {data['seconds']:.0f} s"
     head = ["benchmark", "ours", "peer/floor", "unit", "ratio", "goal", "met", "note"]
     parts = [_table(head, rows, "bench-table", run)]
@@ -261,8 +262,9 @@ def render_page(
 ) -> str:
     """The whole page as one HTML string (no scripts, no external references)."""
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    name = Path(model).resolve().name  # the folder's own name: --model . gave an empty title
     body = [
-        f"<h1>tokvid report: {html.escape(Path(model).name)}</h1>",
+        f"<h1>tokvid report: {html.escape(name)}</h1>",
         f"<p>Generated {now} by tools/report.py in {seconds:.0f} s with torch {html.escape(torch.__version__)}.</p>",
         model_html(pipe, model),
         "<h2>Prompt adherence</h2>",
@@ -278,7 +280,7 @@ def render_page(
     ]
     return (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-        f"<title>tokvid report: {html.escape(Path(model).name)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n"
+        f"<title>tokvid report: {html.escape(name)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n"
         + "\n".join(body)
         + "\n</body>\n</html>\n"
     )

@@ -324,3 +324,14 @@ def test_the_time_of_a_video_past_the_models_length_counts_its_encoding(model, t
     assert row["timings"].get("encoding", 0) > 0  # the premise: more than one window
     page = samples_html([row], 33, 0)
     assert f"{sum(row['timings'].values()):.2f} s (" in page and "encoding" in page
+
+
+def test_small_report_slips(model, tmp_path, monkeypatch):
+    """A bench file's NaN seconds showed as "nan s"; ``--model .`` gave the page an empty title."""
+    from videoeval.report_html import bench_html
+
+    assert "nan" not in bench_html({"records": [{"name": "x"}], "seconds": float("nan"), "machine": {}})
+    monkeypatch.chdir(model)
+    out = tmp_path / "page.html"
+    assert main(["--model", ".", "--out", str(out), "--num-frames", "5", "--steps", "1"]) == 0
+    assert f"<title>tokvid report: {model.name}</title>" in out.read_text()
