@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from core.checks import check_text, is_int, shown
+from core.video_write import MAX_GIF_FPS
 from generator.sampling import SamplingConfig
 from pipelines.context import check_context_count, probe_frames
 from pipelines.io import check_writable, output_paths, save_output
@@ -260,7 +261,10 @@ def generate_to_files(
     )  # fmt: skip
     paths = output_paths(out or ("outputs/video.mp4" if num_videos == 1 else "outputs"), num_videos)
     check_writable(paths, (image, video), gif=gif)
-    check_request(PipelineSpec.from_dir(model), request)  # before the model loads: its YAML files alone
+    spec = PipelineSpec.from_dir(model)
+    check_request(spec, request)  # before the model loads: its YAML files alone
+    if gif and spec.config.fps > MAX_GIF_FPS:  # found when the GIF was written, after sampling and the mp4
+        raise ValueError(f"--gif: this model makes {spec.config.fps:g} fps, more than a GIF holds ({MAX_GIF_FPS})")
     visual = _visual(request)  # an unreadable file fails in a second too
     pipe = VideoPipeline.from_pretrained(model).to(torch.device(device), dtype)
     return _run(pipe, request, visual, paths, gif=gif, progress=progress)

@@ -69,3 +69,18 @@ def test_a_good_request_passes_the_checks_and_loads(tmp_path, monkeypatch):
         with pytest.raises(RuntimeError, match="stop here"):
             pg.generate_to_files("a red circle moving left", out=tmp_path / "v.mp4", progress=False, **kwargs)
     assert len(loaded) == 3
+
+
+def test_a_gif_of_a_model_faster_than_a_gif_holds_is_refused_before_the_model_loads(tmp_path, monkeypatch):
+    """A model of 120 fps with --gif failed when the GIF was written, after sampling and after its mp4."""
+    from pipelines.video import DEFAULT_MODEL_DIR
+
+    fast = tmp_path / "fast"
+    fast.mkdir()
+    for part in ("tokenizer", "generator_ar", "generator_maskgit"):
+        (fast / part).symlink_to(DEFAULT_MODEL_DIR / part)
+    yaml = (DEFAULT_MODEL_DIR / "pipeline.yaml").read_text().replace("fps: 8.0", "fps: 120.0")
+    (fast / "pipeline.yaml").write_text(yaml)
+    monkeypatch.setattr(pg.VideoPipeline, "from_pretrained", staticmethod(lambda d: pytest.fail("loaded")))
+    with pytest.raises(ValueError, match="this model makes 120 fps, more than a GIF holds"):
+        pg.generate_to_files("a red circle moving left", model=fast, out=tmp_path / "v.mp4", gif=True)
