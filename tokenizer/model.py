@@ -6,6 +6,7 @@ divisible by cs. They become token grids (B, t, h, w) with t = 1 + k, h = H/cs, 
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, field
 from typing import Literal
@@ -16,6 +17,7 @@ from torch import nn
 
 from core.checks import is_int
 from core.config import to_dict
+from core.numerics import exact_numerics
 from core.weights import WEIGHTS_NAME, load_config, load_state, load_strict, save_pretrained
 from tokenizer.decoder import Decoder
 from tokenizer.encoder import CoderSpec, Encoder, StagePlan
@@ -197,6 +199,8 @@ class VideoTokenizer(nn.Module):
             self.latent_shape(*video.shape[2:])
         except ValueError as err:
             raise ValueError(f"video must have shape {expected}, got {tuple(video.shape)}: {err}") from None
+        if video.device != self.device:  # a CPU clip on a CUDA model failed deep in oneDNN with a traceback
+            raise ValueError(f"video is on {video.device}, the tokenizer on {self.device}: move one of them")
         if not torch.isfinite(video).all():
             raise ValueError("video contains NaN or infinite values")
         peak = float(video.detach().abs().amax()) if video.numel() else 0.0
@@ -234,6 +238,10 @@ class VideoTokenizer(nn.Module):
             ids: (B, t, h, w) long.
         """
         self.check_video(video)
+        with exact_numerics() if video.is_cuda else contextlib.nullcontext():  # TF32 moved ids with the batch
+            return self._encode(video, chunk_frames)
+
+    def _encode(self, video: torch.Tensor, chunk_frames: int | None) -> torch.Tensor:
         if chunk_frames is None:
             return self._ids(self._latents(video).float())  # codes are chosen in fp32 whatever the weights
         ct = self.config.temporal_compression
@@ -271,6 +279,8 @@ class VideoTokenizer(nn.Module):
         """
         if isinstance(ids, torch.Tensor) and ids.ndim == 4 and min(ids.shape) < 1:
             raise ValueError(f"ids must be a non-empty (B, t, h, w) grid, got {tuple(ids.shape)}")
+        if isinstance(ids, torch.Tensor) and ids.device != self.device:
+            raise ValueError(f"ids are on {ids.device}, the tokenizer on {self.device}: move one of them")
         codes = self.quantizer.ids_to_codes(ids)
         if chunk_latents is None:
             return self._pixels(codes).float()

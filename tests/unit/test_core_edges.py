@@ -142,3 +142,23 @@ def test_table_cells_with_pipes_or_line_breaks_keep_their_row():
     assert len(lines) == 4
     assert all(line.replace("\\|", "").count("|") == 3 for line in lines)
     assert "a\\|b.mp4" in lines[2] and "c d.mp4" in lines[3]
+
+
+def test_exact_numerics_turns_the_fast_paths_off_inside_and_restores_them():
+    """On a GPU PyTorch convolves in TF32: a clip's ids changed with its batch (2 of 2,560 on an H100). The tokenizer's
+    encode and the cache builder run inside this; the settings come back as they were, even after an error."""
+    import torch
+
+    from core.numerics import exact_numerics
+
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    before = (cudnn.allow_tf32, matmul.allow_tf32, cudnn.benchmark)
+    cudnn.allow_tf32 = matmul.allow_tf32 = cudnn.benchmark = True
+    try:
+        with pytest.raises(RuntimeError), exact_numerics():
+            assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+            assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+            raise RuntimeError("inside")
+        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+    finally:
+        (cudnn.allow_tf32, matmul.allow_tf32, cudnn.benchmark) = before

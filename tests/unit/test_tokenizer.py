@@ -42,6 +42,17 @@ def test_device_and_last_decoder_weight(repo_root):
     assert tok.to("meta").device.type == "meta"
 
 
+def test_inputs_on_another_device_than_the_tokenizer_are_one_error(repo_root):
+    """A CPU clip on a CUDA tokenizer failed deep in oneDNN ("itensor_view_from_dense expects CPU tensor input")."""
+    tok = tiny(repo_root)
+    ids = tok.encode(video(T=5, B=1))
+    tok.to("meta")  # another device than the inputs', on any machine
+    with pytest.raises(ValueError, match="video is on cpu, the tokenizer on meta"):
+        tok.encode(video(T=5, B=1))
+    with pytest.raises(ValueError, match="ids are on cpu, the tokenizer on meta"):
+        tok.decode(ids)
+
+
 @pytest.mark.parametrize(
     "ct,cs,mult", [(1, 4, (1, 2, 2)), (2, 4, (1, 2, 2)), (8, 4, (1, 1, 2, 2)), (2, 16, (1, 1, 2, 2, 2))]
 )

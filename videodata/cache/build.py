@@ -39,6 +39,7 @@ import torch
 from tqdm import tqdm
 
 from core.config import to_dict
+from core.numerics import exact_numerics
 from core.video_io import PIL_EXTS
 from tokenizer import VideoTokenizer
 from videodata.cache.decode_pool import DecodePool, Failure
@@ -201,26 +202,16 @@ class _Work:
 
 @contextlib.contextmanager
 def _deterministic_torch(threads: int) -> Iterator[None]:
-    """fp32 matmuls and fixed cuDNN algorithms (and ``threads`` CPU threads) inside; restored after.
-
-    Tokens must not depend on the hardware's fast paths.
-    """
-    saved = (
-        torch.get_num_threads(), torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
-        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic,
-    )  # fmt: skip
+    """:func:`core.numerics.exact_numerics` (tokens must not depend on the hardware's fast paths) and ``threads`` CPU
+    threads inside; restored after."""
+    saved = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cudnn.benchmark = False
-    torch.backends.cudnn.deterministic = True
     try:
-        yield
+        with exact_numerics():
+            yield
     finally:
-        torch.set_num_threads(saved[0])
-        (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) = saved[1:3]
-        (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic) = saved[3:]
+        torch.set_num_threads(saved)
 
 
 def _check_paths(cfg: BuildConfig) -> None:
