@@ -18,14 +18,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
 import re
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -77,6 +80,21 @@ async def _read_body(request: Request, limit: int) -> bytes:
         if len(body) > limit:
             raise _TooLarge
     return bytes(body)
+
+
+class _HeldFileResponse(FileResponse):
+    """A file response that calls ``release`` once it is sent, or the client is gone (the store keeps the file until
+    then)."""
+
+    def __init__(self, path: Path, release: Callable[[], None], **kwargs: Any) -> None:
+        super().__init__(path, **kwargs)
+        self._release = release
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._release()
 
 
 def _check_upload(path: Path, fps: float, frame_size: tuple[int, int]) -> tuple[int, int]:
@@ -217,6 +235,8 @@ def create_app(
     """
     worker = worker if worker is not None else GenerationWorker(max_waiting)
     max_waiting = worker.max_waiting
+    # an upload larger than the whole store would drop every result and still leave the folder over its cap
+    max_upload_bytes = min(max_upload_bytes, store.max_bytes)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI):
@@ -268,6 +288,13 @@ def create_app(
             path = store.upload_path(upload_id, Path(name).suffix)
         except ValueError as err:
             return _error(400, str(err))
+        store.hold([upload_id])  # from before it is in place until the cap has run with it kept: a result finishing
+        try:  # while its check waited dropped it, and the user was told the file "cannot decode"
+            return await _receive_upload(request, upload_id, path)
+        finally:
+            store.release([upload_id])
+
+    async def _receive_upload(request: Request, upload_id: str, path: Path) -> JSONResponse:
         size = 0
         try:
             with atomic_path(path) as tmp, tmp.open("wb") as f:
@@ -348,12 +375,14 @@ def create_app(
 
     @app.get("/outputs/{name}")
     async def output(name: str, request: Request) -> Response:
-        path = store.served_file(name)
+        path = store.claim_served(name)  # held from the cap until sent: dropped mid-response, it was a plain 500
         if path is None:
             raise HTTPException(404, f"no finished result named {name!r}")
+        release = functools.partial(store.release, [path.name.split(".")[0]])
         problem = _range_problem(request.headers.get("range"), path.stat().st_size)
         if problem is not None:  # Starlette's own answer to these is a plain-text 400
+            release()
             return _error(*problem)
-        return FileResponse(path, media_type="video/mp4" if path.suffix == ".mp4" else "image/png")
+        return _HeldFileResponse(path, release, media_type="video/mp4" if path.suffix == ".mp4" else "image/png")
 
     return app

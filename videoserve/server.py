@@ -90,6 +90,8 @@ def serve(
     for flag, mb in (("--max-output-mb", max_output_mb), ("--max-upload-mb", max_upload_mb)):
         if int(mb * 1024 * 1024) < 1:  # an upload limit of 0 bytes refused every upload with a 413
             raise ValueError(f"{flag} must be at least one byte, got {mb}")
+    if max_upload_mb > max_output_mb:  # one such upload dropped every result and left the folder over its cap
+        raise ValueError(f"--max-upload-mb ({max_upload_mb:g}) must not exceed --max-output-mb ({max_output_mb:g})")
     check_port(host, port)
     worker = GenerationWorker(max_waiting)
     pipe = load_for_serving(model, torch.device(device), worker)

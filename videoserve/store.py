@@ -112,6 +112,15 @@ class OutputStore:
         path = self.root / name
         return path if path.is_file() else None
 
+    def claim_served(self, name: str) -> Path | None:
+        """:meth:`served_file` and :meth:`hold` of its result in one step, so the cap cannot drop the file while it is
+        sent; the caller releases the result's id once the response is done. None when there is no such file."""
+        with self._lock:  # enforce_cap scans and deletes under the same lock
+            path = self.served_file(name)
+            if path is not None:
+                self._held[path.name.split(".")[0]] += 1
+            return path
+
     def recent(self, limit: int) -> list[dict]:
         """The records of the newest finished results, newest first."""
         records = []

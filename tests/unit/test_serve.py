@@ -288,6 +288,37 @@ def test_cap_never_drops_a_result_being_written(tmp_path):
     assert store.result_paths(busy)[0].exists() and store.result_paths(done)[0].exists()
 
 
+def test_cap_keeps_a_result_while_it_is_served(tmp_path):
+    """The cap (run by a result finishing or an upload, on other threads) deleted a file between the route finding it
+    and the response sending it: a plain-text 500 instead of the file or a JSON 404."""
+    store = OutputStore(tmp_path, max_bytes=100)
+    served = store.reserve()
+    store.result_paths(served)[0].write_bytes(b"v" * 500)
+    store.finish(served, {"id": served})  # kept: the caller's own result
+    path = store.claim_served(f"{served}.mp4")
+    assert path is not None and store.enforce_cap() == [] and path.exists()  # held while it is sent
+    store.release([served])
+    assert store.enforce_cap() == [served] and not path.exists()
+
+
+def test_a_served_result_is_released_once_sent(pipe, tmp_path):
+    """The hold taken for a response is given back when it is done: a leaked hold kept the file past the cap."""
+    store = OutputStore(tmp_path / "out", max_bytes=10**9)
+    with TestClient(create_app(pipe, store), base_url=LOCAL) as client:
+        body = client.post("/api/generate", json={"prompt": "a red circle moving left"}).json()
+        assert client.get(body["video"]).status_code == 200
+        assert client.get(body["video"], headers={"Range": "bytes=9999999-"}).status_code == 416
+    assert not store._held
+
+
+def test_an_upload_larger_than_the_store_is_refused(pipe, tmp_path):
+    """With --max-upload-mb above --max-output-mb one upload dropped every result and left the folder over its cap."""
+    store = OutputStore(tmp_path / "out", max_bytes=1000)
+    with TestClient(create_app(pipe, store, max_upload_bytes=10**6), base_url=LOCAL) as client:
+        r = client.post("/api/uploads?name=big.png", content=b"x" * 1500)
+    assert r.status_code == 413 and "limit of 1000 bytes" in r.json()["error"]
+
+
 def test_cap_keeps_uploads_that_waiting_requests_will_read(tmp_path):
     """An upload named by a queued request was the oldest file, so the cap dropped it before the request ran."""
     store = OutputStore(tmp_path, max_bytes=100)
@@ -460,6 +491,14 @@ def test_serve_cli_refuses_limits_that_are_not_positive_numbers(capsys, flag, va
     assert len(err) == 1 and flag in err[0]
 
 
+def test_serve_cli_refuses_an_upload_limit_above_the_output_cap(capsys):
+    from tools.serve import main
+
+    assert main(["--port", "1", "--model", str(Path(DEFAULT_MODEL_DIR)), "--max-upload-mb", "64",
+                 "--max-output-mb", "32"]) == 2  # fmt: skip
+    assert "--max-upload-mb (64) must not exceed --max-output-mb (32)" in capsys.readouterr().err
+
+
 def test_a_class_conditional_model_serves_and_its_default_is_unconditional(tmp_path):
     """The warm-up (and generate.py without --prompt) used the text default prompt, which a class-conditional
     generator refuses: tokvid-serve exited 2 on such a model, and the page had no class to give."""
@@ -557,3 +596,28 @@ def test_a_cancelled_waiting_job_releases_the_uploads_it_held(pipe, tmp_path, mo
         monkeypatch.setattr("videoserve.worker.GenerationWorker.submit", lambda self, job: cancelled_at_once(job))
         c.post("/api/generate", json={"image": upload, "prompt": "a red square moving right"})
     assert not store._held
+
+
+def test_an_upload_is_kept_from_the_cap_while_its_check_waits(pipe, tmp_path, monkeypatch):
+    """The upload was in place, unheld, while its check waited behind a generation: the result that generation
+    finished was kept by the cap and the upload dropped, and the user was told the file "cannot decode"."""
+    import io
+
+    frame = np.zeros((64, 64, 3), np.uint8)
+    frame[20:36, 10:26] = (230, 30, 30)
+    buf = io.BytesIO()
+    Image.fromarray(frame).save(buf, format="PNG")
+    store = OutputStore(tmp_path / "out", max_bytes=len(buf.getvalue()) + 100)
+    real_check = app_module._check_upload
+
+    def a_result_finishes_first(*args):  # what the worker does before it reaches this check
+        result = store.reserve()
+        store.result_paths(result)[0].write_bytes(b"v" * 150)
+        store.finish(result, {"id": result})  # the cap runs, keeping the new result
+        return real_check(*args)
+
+    monkeypatch.setattr(app_module, "_check_upload", a_result_finishes_first)
+    with TestClient(create_app(pipe, store), base_url=LOCAL) as client:
+        r = client.post("/api/uploads?name=first.png", content=buf.getvalue())
+    assert r.status_code == 200, r.text
+    assert store.find_upload(r.json()["id"]).exists() and not store._held
