@@ -36,8 +36,8 @@ from videotrain import checkpoint, distributed
 from videotrain.config import RENAMED, RunConfig
 from videotrain.generator_data import BatchStream, check_captions_encode, pick_caption, split_by_source
 from videotrain.optim import OptimConfig, build_adamw
-from videotrain.outputs import export_generator, write_generator_samples
-from videotrain.trainer import Trainer, check_out_apart, run_training
+from videotrain.outputs import check_out_apart, export_generator, write_generator_samples
+from videotrain.trainer import Trainer, run_training
 
 log = logging.getLogger(__name__)
 
@@ -126,10 +126,7 @@ class GeneratorTrainer(Trainer):
         if untrained:  # the export lists them as orders the model supports, and the first is its default
             log.warning("model.orders %s are not in objective.orders %s: this run does not train them, though the "
                         "exported config lists them", untrained, list(cfg.objective.orders))  # fmt: skip
-        stage = distributed.deepspeed_config(
-            self.run.deepspeed or None, micro_batch=self.run.micro_batch, grad_accum=self.optim.grad_accum,
-            grad_clip=self.optim.grad_clip, precision=self.run.precision, zero_stage=self.run.zero_stage,
-        )["zero_optimization"]["stage"]  # fmt: skip
+        stage = self.engine_config(self.optim.grad_clip)["zero_optimization"]["stage"]
         if self.run.sample_every > 0 and (not cfg.data.tokenizer or stage == 3):  # samples were skipped in silence
             raise ValueError(
                 "run.sample_every > 0 needs data.tokenizer (to decode the samples) and ZeRO stage 0-2 (ZeRO-3 "

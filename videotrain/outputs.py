@@ -6,18 +6,34 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from core.config import save_config
-from core.files import atomic_path, atomic_write_json
+from core.files import atomic_path, atomic_write_json, overlapping
 from core.frames import tensor_to_frames
 from core.video_write import write_contact_sheet, write_video
 from core.weights import CONFIG_NAME, WEIGHTS_NAME, save_state
 
 log = logging.getLogger(__name__)
+
+
+def check_out_apart(out: Path, inputs: dict[str, Sequence[str | os.PathLike]]) -> None:
+    """ValueError when the run folder is, holds or lies inside one of ``inputs`` (name -> paths; empty ones are
+    skipped): ``--out`` equal to the data folder made the run's own previews training images on resume."""
+    for name, paths in inputs.items():
+        for path in paths:
+            if path and overlapping(out, path):
+                raise ValueError(f"--out {str(out)!r} overlaps {name} {str(path)!r}: give the run a folder of its own")
+
+
+# What a run leaves in its folder besides checkpoints: a new run into such a folder, with no checkpoint to resume,
+# would replace them (the exported weights of a run with run.checkpoint_every=0, its metrics).
+EARLIER_RESULTS = ("export", "tokenizer", "metrics.jsonl")
 
 
 class MetricsLog:

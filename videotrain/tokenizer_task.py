@@ -38,7 +38,8 @@ from videotrain import checkpoint, distributed
 from videotrain.config import RENAMED, RunConfig
 from videotrain.engines import EngineGroup, average_buffers, persistent_buffers
 from videotrain.optim import OptimConfig, build_adamw, lr_at
-from videotrain.trainer import Trainer, check_out_apart, run_training
+from videotrain.outputs import check_out_apart
+from videotrain.trainer import Trainer, run_training
 
 log = logging.getLogger(__name__)
 
@@ -202,14 +203,7 @@ class TokenizerTrainer(Trainer):
             )
         if cfg.loss.adversarial_weight > 0:
             check_discriminator_input(cfg.model.in_channels, cfg.loss, cfg.data.num_frames, cfg.data.size)
-        ds = distributed.deepspeed_config(
-            self.run.deepspeed or None,
-            micro_batch=self.run.micro_batch,
-            grad_accum=self.optim.grad_accum,
-            grad_clip=0.0,
-            precision=self.run.precision,
-            zero_stage=self.run.zero_stage,
-        )
+        ds = self.engine_config(self.optim.grad_clip)
         stage = ds["zero_optimization"]["stage"]
         vq = cfg.model.vq
         restarts = cfg.model.quantizer == "vq" and not vq.use_ema and vq.dead_code_threshold > 0
@@ -267,14 +261,7 @@ class TokenizerTrainer(Trainer):
         if lc.adversarial_weight > 0:
             self.disc = PatchDiscriminator3d(cfg.model.in_channels, lc.discriminator_channels, lc.discriminator_layers)
             self.disc.to(device)
-            disc_cfg = distributed.deepspeed_config(
-                self.run.deepspeed or None,
-                micro_batch=self.run.micro_batch,
-                grad_accum=self.optim.grad_accum,
-                grad_clip=cfg.disc_optim.grad_clip,
-                precision=self.run.precision,
-                zero_stage=self.run.zero_stage,
-            )
+            disc_cfg = self.engine_config(cfg.disc_optim.grad_clip)
             disc_opt = build_adamw(self.disc, cfg.disc_optim)
             self.disc_engine = extras["discriminator"] = distributed.build_engine(self.disc, disc_opt, disc_cfg)
             self.lecam = LeCam(lc.lecam_decay).to(device)  # per-rank EMAs, averaged every step

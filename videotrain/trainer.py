@@ -16,7 +16,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -24,32 +24,18 @@ import torch
 from tqdm import tqdm
 
 from core.config import save_config
-from core.files import check_dir_target, overlapping
+from core.files import check_dir_target
 from videotrain import checkpoint, distributed
 from videotrain.config import RunConfig, check_supported
 from videotrain.ema import EMA
 from videotrain.engines import restored_env
 from videotrain.guards import GradientCheck, NonFiniteGuard, StopSignals
 from videotrain.optim import OptimConfig, lr_at
-from videotrain.outputs import MetricsLog
+from videotrain.outputs import EARLIER_RESULTS, MetricsLog, check_out_apart
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T", bound="Trainer")
-
-
-def check_out_apart(out: Path, inputs: dict[str, Sequence[str | os.PathLike]]) -> None:
-    """ValueError when the run folder is, holds or lies inside one of ``inputs`` (name -> paths; empty ones are
-    skipped): ``--out`` equal to the data folder made the run's own previews training images on resume."""
-    for name, paths in inputs.items():
-        for path in paths:
-            if path and overlapping(out, path):
-                raise ValueError(f"--out {str(out)!r} overlaps {name} {str(path)!r}: give the run a folder of its own")
-
-
-# What a run leaves in its folder besides checkpoints: a new run into such a folder, with no checkpoint to resume,
-# would replace them (the exported weights of a run with run.checkpoint_every=0, its metrics).
-EARLIER_RESULTS = ("export", "tokenizer", "metrics.jsonl")
 
 
 class Trainer:
@@ -149,14 +135,7 @@ class Trainer:
         Sets ``self.zero_stage``. On one process with ZeRO-0 in fp32 the gradient check reads and
         completes the gradients itself, so DeepSpeed skips its identity all-reduce.
         """
-        ds_cfg = distributed.deepspeed_config(
-            self.run.deepspeed or None,
-            micro_batch=self.run.micro_batch,
-            grad_accum=self.optim.grad_accum,
-            grad_clip=grad_clip,
-            precision=self.run.precision,
-            zero_stage=self.run.zero_stage,
-        )
+        ds_cfg = self.engine_config(grad_clip)
         self.zero_stage = ds_cfg["zero_optimization"]["stage"]
         if self.run.compile:
             if self.zero_stage == 3:
@@ -164,6 +143,18 @@ class Trainer:
             module.compile()  # in place: the engine, checkpoints and exports see the same parameters
         fills = GradientCheck.reads_params(self.zero_stage, self.run.precision)
         return distributed.build_engine(module, optimizer, ds_cfg, caller_fills_grads=fills)
+
+    def engine_config(self, grad_clip: float) -> dict[str, Any]:
+        """The DeepSpeed config of this run's engines (``run.deepspeed`` + batch, precision and ZeRO stage) with
+        ``grad_clip``; validation reads its ZeRO stage and precision before any engine exists."""
+        return distributed.deepspeed_config(
+            self.run.deepspeed or None,
+            micro_batch=self.run.micro_batch,
+            grad_accum=self.optim.grad_accum,
+            grad_clip=grad_clip,
+            precision=self.run.precision,
+            zero_stage=self.run.zero_stage,
+        )
 
     def set_lr(self, *engines: Any) -> float:
         """Sets the scheduled learning rate of this step on ``engines`` (default: the main one); returns it."""
