@@ -18,6 +18,11 @@ PIPELINE_CONFIG = "pipeline.yaml"
 HOLDOUT_FILE = "holdout.json"  # held-out attribute combinations of the training data, read by eval_shapes
 
 
+def load_pipeline_config(directory: str | os.PathLike) -> PipelineConfig:
+    """The :class:`PipelineConfig` of a pipeline folder (its ``pipeline.yaml``), without loading any weights."""
+    return load_config(PipelineConfig, directory, PIPELINE_CONFIG, ": is it a tokvid pipeline?")
+
+
 def owned_entries(config: PipelineConfig) -> set[str]:
     """The top-level names a pipeline folder of ``config`` holds."""
     names = {PIPELINE_CONFIG, HOLDOUT_FILE, "tokenizer"}
@@ -54,7 +59,7 @@ def check_replaceable(out: str | os.PathLike, config: PipelineConfig | None = No
         )
     owned = owned_entries(config) if config is not None else {PIPELINE_CONFIG, HOLDOUT_FILE, "tokenizer"}
     try:
-        owned |= owned_entries(load_config(PipelineConfig, out, PIPELINE_CONFIG))
+        owned |= owned_entries(load_pipeline_config(out))
     except ValueError:  # a damaged pipeline.yaml: only the names every pipeline has
         pass
     others = sorted(entries - owned)

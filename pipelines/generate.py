@@ -69,14 +69,6 @@ def parse_label(text: str, class_names: Sequence[str]) -> int:
         raise ValueError(f"unknown class {shown(text)}: {how}") from None
 
 
-def sampling_for(
-    pipe: VideoPipeline, mode: str, order: str, overrides: Mapping[str, object] | None = None
-) -> SamplingConfig:
-    """The model's sampling settings for ``mode`` in ``order`` with the given fields replaced: see
-    :meth:`pipelines.spec.PipelineSpec.sampling_for`."""
-    return pipe.spec.sampling_for(mode, order, overrides)
-
-
 @dataclass(frozen=True)
 class GenerationRequest:
     """What to generate, independent of where it is written and which loaded model makes it.
@@ -190,7 +182,7 @@ def _run(
     class_id = parse_label(request.label, pipe.config.class_names) if request.label is not None else None
     mode, order = pipe.resolve_mode_order(request.mode, request.order)
     prompts = request.prompts_for(pipe.generators[mode].config.cond)
-    settings = sampling_for(pipe, mode, order, request.sampling)
+    settings = pipe.spec.sampling_for(mode, order, request.sampling)
     g = torch.Generator(device=pipe.device).manual_seed(request.seed)
     common = dict(
         mode=mode, order=order, num_videos=request.num_videos, sampling=settings, generator=g, progress=progress

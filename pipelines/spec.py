@@ -18,7 +18,7 @@ from core.weights import load_config
 from generator import GeneratorConfig
 from generator.sampling import SamplingConfig
 from pipelines.config import PipelineConfig
-from pipelines.folder import PIPELINE_CONFIG
+from pipelines.folder import load_pipeline_config
 from tokenizer import TokenizerConfig
 
 # The longest video one call makes (about 8.5 min at 8 fps): a typo of 10^9 frames sampled window after window, for
@@ -42,7 +42,7 @@ class PipelineSpec:
             ValueError: a folder that is not a pipeline, or a config that does not validate.
         """
         directory = Path(directory)
-        config = load_config(PipelineConfig, directory, PIPELINE_CONFIG, ": is it a tokvid pipeline?")
+        config = load_pipeline_config(directory)
         tokenizer = load_config(TokenizerConfig, directory / "tokenizer")
         generators = {mode: load_config(GeneratorConfig, directory / sub) for mode, sub in config.generators.items()}
         return cls(config, tokenizer, generators)

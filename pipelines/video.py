@@ -20,14 +20,19 @@ import torch
 
 from core.config import save_config
 from core.files import atomic_dir
-from core.weights import load_config
 from generator import Condition, Generator
 from generator.sampling import SamplingConfig, sample_ar, sample_maskgit
 from generator.text_encoders import TextEncoder, load_text_encoder
 from pipelines.batching import batch_size, per_video, repeat_rows
 from pipelines.config import PipelineConfig, check_parts
 from pipelines.context import FrameSource, context_frames
-from pipelines.folder import HOLDOUT_FILE, PIPELINE_CONFIG, check_replaceable, relative_text_encoder
+from pipelines.folder import (
+    HOLDOUT_FILE,
+    PIPELINE_CONFIG,
+    check_replaceable,
+    load_pipeline_config,
+    relative_text_encoder,
+)
 from pipelines.rollout import Rollout, default_overlap, roll_out
 from pipelines.spec import MAX_NUM_FRAMES, PipelineSpec
 from tokenizer import VideoTokenizer
@@ -78,7 +83,7 @@ class VideoPipeline:
     def from_pretrained(cls, directory: str | os.PathLike) -> VideoPipeline:
         """Loads every part strictly from a pipeline directory (no unpickling, no downloads)."""
         directory = Path(directory)
-        config = cls.load_config(directory)
+        config = load_pipeline_config(directory)
         tokenizer = VideoTokenizer.from_pretrained(directory / "tokenizer")
         generators = {mode: Generator.from_pretrained(directory / sub) for mode, sub in config.generators.items()}
         text_encoder = None
@@ -88,11 +93,6 @@ class VideoPipeline:
         pipe = cls(tokenizer, generators, text_encoder, config)
         pipe.source_dir = directory
         return pipe
-
-    @staticmethod
-    def load_config(directory: str | os.PathLike) -> PipelineConfig:
-        """The :class:`PipelineConfig` of a pipeline directory, without loading any weights."""
-        return load_config(PipelineConfig, directory, PIPELINE_CONFIG, ": is it a tokvid pipeline?")
 
     @staticmethod
     def text_encoder_path(config: PipelineConfig, directory: Path) -> Path:

@@ -40,10 +40,10 @@ from core.video_io import PIL_EXTS
 from core.video_probe import frame_count, image_frames_at_most
 from pipelines import VideoPipeline
 from pipelines.context import frame_indices, read_kept
-from pipelines.generate import GeneratedFiles, GenerationRequest, generate_with, sampling_for
+from pipelines.generate import GeneratedFiles, GenerationRequest, generate_with
 from pipelines.io import OutputWriteError
 from videoserve.requests import parse_request
-from videoserve.store import OutputStore, new_id
+from videoserve.store import OutputStore, file_id, new_id
 from videoserve.worker import Busy, GenerationWorker
 
 log = logging.getLogger(__name__)
@@ -137,7 +137,7 @@ def _model_info(pipe: VideoPipeline) -> dict:
     for mode, gen in pipe.generators.items():
         by_order = {}
         for order in gen.config.orders:
-            settings = asdict(sampling_for(pipe, mode, order))
+            settings = asdict(pipe.spec.sampling_for(mode, order))
             by_order[order] = {k: settings[k] for k in KNOBS[gen.config.style]}
         default_order = pipe.resolve_mode_order(mode, None)[1]
         modes[mode] = {
@@ -336,7 +336,7 @@ def create_app(
 
         def claim(upload_id: object) -> Path:
             path = store.claim_upload(upload_id)
-            held.append(path.name.split(".")[0])
+            held.append(file_id(path))
             return path
 
         try:
@@ -378,7 +378,7 @@ def create_app(
         path = store.claim_served(name)  # held from the cap until sent: dropped mid-response, it was a plain 500
         if path is None:
             raise HTTPException(404, f"no finished result named {name!r}")
-        release = functools.partial(store.release, [path.name.split(".")[0]])
+        release = functools.partial(store.release, [file_id(path)])
         problem = _range_problem(request.headers.get("range"), path.stat().st_size)
         if problem is not None:  # Starlette's own answer to these is a plain-text 400
             release()

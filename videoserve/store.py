@@ -42,6 +42,11 @@ def new_id() -> str:
     return secrets.token_hex(16)
 
 
+def file_id(path: Path) -> str:
+    """The result or upload id a file of the store belongs to (its name up to the first dot)."""
+    return path.name.split(".")[0]
+
+
 class OutputStore:
     """Results and uploads in one folder, oldest dropped first once the folder passes ``max_bytes``.
 
@@ -118,7 +123,7 @@ class OutputStore:
         with self._lock:  # enforce_cap scans and deletes under the same lock
             path = self.served_file(name)
             if path is not None:
-                self._held[path.name.split(".")[0]] += 1
+                self._held[file_id(path)] += 1
             return path
 
     def recent(self, limit: int) -> list[dict]:
@@ -159,7 +164,7 @@ class OutputStore:
         """
         with self._lock:  # enforce_cap scans and deletes under the same lock
             path = self.find_upload(upload_id)
-            self._held[path.name.split(".")[0]] += 1
+            self._held[file_id(path)] += 1
             return path
 
     # ----------------------------------------------------------------- cap

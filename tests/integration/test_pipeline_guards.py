@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from pipelines import PipelineConfig, VideoPipeline
+from pipelines.folder import load_pipeline_config
 from pipelines.io import check_writable
 from pipelines.video import MAX_NUM_FRAMES
 from tools.generate import main
@@ -40,7 +41,7 @@ def test_a_pipeline_yaml_naming_an_outside_generator_does_not_load(model_dir, tm
     cfg["generators"]["ar"] = str(model_dir / "generator_ar")  # an absolute path to a real generator
     (tmp_path / "pipeline.yaml").write_text(yaml.safe_dump(cfg))
     with pytest.raises(ValueError, match="generators.ar must be a folder inside"):
-        VideoPipeline.load_config(tmp_path)
+        load_pipeline_config(tmp_path)
 
 
 def test_too_many_frames_are_refused_before_sampling(no_sampling):
