@@ -20,6 +20,14 @@ def test_a_split_that_holds_no_clip_out_says_so_and_writes_no_eval_rows(data, tm
     assert [r["step"] for r in rows if "loss" in r] == [1, 2] and not [r for r in rows if "loss" not in r]
 
 
+def test_a_split_that_holds_out_far_more_than_asked_says_so(data, tmp_path):  # noqa: F811
+    """Whole source videos are held out: 4% of 4 videos x 8 clips asks for 1 clip and gets a whole video, 8 of 32
+    clips (25%), which the run must say (the training set shrank by a quarter)."""
+    proc = train(data, tmp_path / "run", "run.steps=1", "run.eval_every=0", "run.checkpoint_every=0",
+                 "data.eval_fraction=0.04")  # fmt: skip
+    assert "data.eval_fraction=0.04 holds out 8 of 32 clips (25%): whole source videos are held out" in proc.stderr
+
+
 def test_ema_turned_on_at_a_resume_starts_there_and_a_short_ema_is_named(data, tmp_path):  # noqa: F811
     out = tmp_path / "run"
     common = ("run.checkpoint_every=2", "run.eval_every=0")

