@@ -8,6 +8,7 @@ config, so a directory whose config exists always has complete weights next to i
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import re
 import stat
@@ -25,6 +26,29 @@ T = TypeVar("T")
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.yaml"
+
+
+def folder_fingerprint(directory: str | os.PathLike, what: str) -> str:
+    """sha256 identifying a saved model folder: its ``config.yaml`` bytes, then its ``model.safetensors``.
+
+    Each file contributes its name, a NUL byte, its size as 8 little-endian bytes and its bytes, so the two
+    files cannot be confused by moving bytes between them. The same weights stored in another dtype are
+    another folder (a token cache records its tokenizer's; a generator's export records the cache's).
+
+    Raises:
+        ValueError: the folder or one of the two files is missing (``what`` names the folder: "tokenizer").
+    """
+    directory = Path(directory)
+    h = hashlib.sha256()
+    for name in (CONFIG_NAME, WEIGHTS_NAME):
+        path = directory / name
+        if not path.is_file():
+            raise ValueError(f"{what} folder {str(directory)!r} has no {name}")
+        h.update(name.encode() + b"\0" + path.stat().st_size.to_bytes(8, "little"))
+        with open(path, "rb") as fh:
+            while block := fh.read(1 << 20):
+                h.update(block)
+    return h.hexdigest()
 
 
 def save_state(state: dict[str, torch.Tensor], path: str | os.PathLike, dtype: torch.dtype | None = None) -> None:

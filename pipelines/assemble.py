@@ -7,6 +7,7 @@ then renamed into place: a half-written model is never visible under the final n
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -16,11 +17,16 @@ import torch
 
 from core.config import build_config
 from core.files import atomic_dir, atomic_write_json, check_not_over_inputs
+from core.weights import folder_fingerprint
 from generator import Generator
+from generator.provenance import TRAINED_ON_NAME, read_trained_on
+from generator.text_encoders import TextEncoder, load_text_encoder
 from pipelines.config import PipelineConfig
 from pipelines.folder import HOLDOUT_FILE, check_replaceable
 from pipelines.video import VideoPipeline
 from tokenizer import VideoTokenizer
+
+log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -61,8 +67,8 @@ def assemble_pipeline(
 
     Raises:
         ValueError: ``out`` exists without ``force`` (or, with it, is a folder of other files), no generator, an
-            unknown dtype, or parts
-            that do not fit together (vocabulary, orders, text encoder).
+            unknown dtype, or parts that do not fit together (vocabulary, orders, text encoder; a tokenizer or text
+            encoder other than the one a generator's ``trained_on.json`` names).
     """
     out = Path(out)
     if out.exists() and not force:
@@ -77,8 +83,6 @@ def assemble_pipeline(
         config = replace(config, class_names=tuple(class_names))
     text_encoder, encoder_source, copied = None, None, False
     if config.text_encoder is not None:
-        from generator.text_encoders import load_text_encoder
-
         path, copied = _text_encoder_source(config, out)
         encoder_source = None if copied and out in path.parents else path  # the old pipeline's: copied, then gone
         text_encoder = load_text_encoder(replace(config.text_encoder, path=str(path)))
@@ -95,6 +99,7 @@ def assemble_pipeline(
     )
     for mode in generators:
         pipe.resolve_mode_order(mode, None)  # the default order must be one the generator supports
+    check_trained_with(generators, tokenizer, text_encoder)
 
     with atomic_dir(out) as tmp:
         pipe.save_pretrained(tmp, DTYPES[dtype])  # with the text encoder's folder when its path is relative
@@ -102,6 +107,37 @@ def assemble_pipeline(
             atomic_write_json(tmp / HOLDOUT_FILE, list(holdout))
         VideoPipeline.from_pretrained(tmp)  # what we ship must load
     return out
+
+
+def check_trained_with(
+    generators: Mapping[str, str | os.PathLike], tokenizer: str | os.PathLike, text_encoder: TextEncoder | None
+) -> None:
+    """ValueError when a generator's ``trained_on.json`` names another tokenizer or text encoder than the parts given:
+    another tokenizer of the same vocabulary decodes its ids to other pictures, another encoder of the same width
+    gives its prompts other features, and both load and sample without an error. A generator folder without the
+    file (saved by ``save_pretrained``, or exported before it existed) is only logged."""
+    tokenizer_fp = None
+    for mode, directory in generators.items():
+        trained = read_trained_on(directory)
+        if trained is None:
+            log.warning("the %s generator %s has no %s: its tokenizer and text encoder are not checked", mode,
+                        directory, TRAINED_ON_NAME)  # fmt: skip
+            continue
+        where = f"the {mode} generator ({os.path.join(directory, TRAINED_ON_NAME)})"
+        tokenizer_fp = tokenizer_fp or folder_fingerprint(tokenizer, "tokenizer")
+        if trained.tokenizer != tokenizer_fp:
+            raise ValueError(
+                f"{where} was trained on the tokens of tokenizer {trained.tokenizer[:12]}, but the tokenizer "
+                f"{str(tokenizer)!r} is {tokenizer_fp[:12]}: give the tokenizer folder its token cache was made with"
+            )
+        if trained.text_encoder is not None and text_encoder is not None:
+            given = text_encoder.fingerprint()
+            if trained.text_encoder != given:
+                raise ValueError(
+                    f"{where} was trained with text encoder {trained.text_encoder}, but the pipeline's "
+                    f"({text_encoder.config.path}, max_length {text_encoder.max_length}) is {given}: give the "
+                    "encoder, max_length and weights of its training (data.text_encoder in its train_config.yaml)"
+                )
 
 
 def _text_encoder_source(config: PipelineConfig, out: Path) -> tuple[Path, bool]:

@@ -29,6 +29,7 @@ from generator import (
     make_layout,
     train_flops_per_clip,
 )
+from generator.provenance import TrainedOn
 from generator.text_encoders import TextEncoderConfig
 from videodata.cache.reader import ShuffledSampler, TokenCache, TokenSample, tokenizer_fingerprint
 from videodata.captions import CaptionAugmentConfig, augment_caption
@@ -353,11 +354,13 @@ class GeneratorTrainer(Trainer):
         )
 
     def export(self) -> Path:
-        """``<out>/export``: safetensors + ``config.yaml`` (the GeneratorConfig) + ``train_config.yaml``."""
+        """``<out>/export``: safetensors, ``config.yaml`` (the GeneratorConfig), ``train_config.yaml`` and
+        ``trained_on.json`` (see :mod:`generator.provenance`)."""
         directory = self.out / "export"
         state = self.export_state()
         if self.dist.is_main:
-            export_generator(state, self.cfg, directory)
+            encoder = self.text_encoder.fingerprint() if self.text_encoder is not None else None
+            export_generator(state, self.cfg, directory, TrainedOn(self.cache.fingerprint, encoder))
         distributed.barrier()
         return directory
 

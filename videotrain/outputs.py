@@ -18,6 +18,7 @@ from core.files import atomic_path, atomic_write_json, overlapping
 from core.frames import tensor_to_frames
 from core.video_write import write_contact_sheet, write_video
 from core.weights import CONFIG_NAME, WEIGHTS_NAME, save_state
+from generator.provenance import TrainedOn, write_trained_on
 
 log = logging.getLogger(__name__)
 
@@ -141,11 +142,13 @@ def plot_loss_curve(metrics: Path, png: Path) -> None:
     plt.close(fig)
 
 
-def export_generator(state: dict[str, torch.Tensor], cfg: Any, directory: Path) -> None:
-    """Writes ``model.safetensors`` + ``config.yaml`` (the GeneratorConfig) + ``train_config.yaml``."""
+def export_generator(state: dict[str, torch.Tensor], cfg: Any, directory: Path, trained_on: TrainedOn) -> None:
+    """Writes ``model.safetensors`` + ``config.yaml`` (the GeneratorConfig) + ``train_config.yaml`` +
+    ``trained_on.json`` (the fingerprints of its tokenizer and text encoder, checked when a pipeline is assembled)."""
     directory.mkdir(parents=True, exist_ok=True)
     save_state(state, directory / WEIGHTS_NAME)
     save_config(cfg, directory / "train_config.yaml")
+    write_trained_on(directory, trained_on)
     save_config(cfg.model, directory / CONFIG_NAME)
 
 

@@ -24,7 +24,6 @@ covers every file listed, and readers ignore file kinds they do not know.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -34,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from core.files import atomic_write_bytes, sha256_bytes, sha256_file  # noqa: F401 - re-exported for the cache modules
-from core.weights import CONFIG_NAME, WEIGHTS_NAME
+from core.weights import folder_fingerprint
 
 FORMAT_NAME = "tokvid-token-cache"
 FORMAT_VERSION = 1
@@ -70,25 +69,12 @@ def token_dtype(codebook_size: int) -> np.dtype:
 
 
 def tokenizer_fingerprint(directory: str | os.PathLike) -> str:
-    """sha256 identifying an exported tokenizer: its ``config.yaml`` bytes, then its weights.
-
-    Each file contributes its name, a NUL byte, its size as 8 little-endian bytes and its
-    bytes, so the two files cannot be confused by moving bytes between them.
+    """sha256 identifying an exported tokenizer (:func:`core.weights.folder_fingerprint`).
 
     Raises:
-        ValueError: the folder or one of the two files is missing.
+        ValueError: the folder or one of its two files is missing.
     """
-    directory = Path(directory)
-    h = hashlib.sha256()
-    for name in (CONFIG_NAME, WEIGHTS_NAME):
-        path = directory / name
-        if not path.is_file():
-            raise ValueError(f"tokenizer folder {str(directory)!r} has no {name}")
-        h.update(name.encode() + b"\0" + path.stat().st_size.to_bytes(8, "little"))
-        with open(path, "rb") as fh:
-            while block := fh.read(1 << 20):
-                h.update(block)
-    return h.hexdigest()
+    return folder_fingerprint(directory, "tokenizer")
 
 
 def npy_bytes(array: np.ndarray) -> bytes:

@@ -1,0 +1,67 @@
+"""What a trained generator's tokens and prompts mean: the tokenizer and text encoder it was trained with.
+
+A generator's ids are only meaningful through the tokenizer whose token cache it trained on, and its text
+conditioning only through the encoder that gave its training features. Another tokenizer with the same
+vocabulary, or another encoder of the same width, loads and samples without an error and decodes noise or
+ignores the prompt. The training export therefore writes ``trained_on.json`` beside the weights, and
+:func:`pipelines.assemble.assemble_pipeline` checks the parts it is given against it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from core.files import atomic_write_json
+
+TRAINED_ON_NAME = "trained_on.json"
+
+
+@dataclass(frozen=True)
+class TrainedOn:
+    """Fingerprints of the parts a generator was trained with.
+
+    Attributes:
+        tokenizer: the token cache's tokenizer fingerprint (:func:`core.weights.folder_fingerprint` of its folder).
+        text_encoder: :meth:`generator.text_encoders.TextEncoder.fingerprint` of the training's text encoder, or
+            None for a class-conditional or unconditional model.
+    """
+
+    tokenizer: str
+    text_encoder: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.tokenizer, str) or not self.tokenizer:
+            raise ValueError(f"tokenizer must be a fingerprint string, got {self.tokenizer!r}")
+        if self.text_encoder is not None and (not isinstance(self.text_encoder, str) or not self.text_encoder):
+            raise ValueError(f"text_encoder must be a fingerprint string or null, got {self.text_encoder!r}")
+
+
+def write_trained_on(directory: str | os.PathLike, trained_on: TrainedOn) -> None:
+    """Writes ``trained_on.json`` into ``directory`` (atomically)."""
+    atomic_write_json(Path(directory) / TRAINED_ON_NAME, asdict(trained_on))
+
+
+def read_trained_on(directory: str | os.PathLike) -> TrainedOn | None:
+    """The generator folder's :class:`TrainedOn`, or None when it has no ``trained_on.json`` (a folder saved by
+    :meth:`Generator.save_pretrained`, or exported before the file existed).
+
+    Raises:
+        ValueError: the file is not a JSON object with exactly the fields of :class:`TrainedOn`.
+    """
+    path = Path(directory) / TRAINED_ON_NAME
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{str(path)!r} is not valid JSON: {err}") from None
+    names = {"tokenizer", "text_encoder"}
+    if not isinstance(data, dict) or "tokenizer" not in data or not set(data) <= names:
+        raise ValueError(f"{str(path)!r} must be a JSON object with 'tokenizer' and optionally 'text_encoder'")
+    try:
+        return TrainedOn(**data)
+    except ValueError as err:
+        raise ValueError(f"{str(path)!r}: {err}") from None

@@ -1,0 +1,112 @@
+"""A generator's export names the tokenizer and text encoder it was trained with (``trained_on.json``), and
+make_pipeline refuses other ones: a tokenizer of the same vocabulary decoded its ids to other pictures, and an encoder
+of the same width gave its prompts other features, both assembled and sampled without a word."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from core.weights import folder_fingerprint
+from generator.provenance import TRAINED_ON_NAME, TrainedOn, read_trained_on, write_trained_on
+from generator.text_encoders import TextEncoderConfig, load_text_encoder
+from pipelines import VideoPipeline
+from tests.helpers.tiny_pipeline import make_tiny_pipeline
+from tests.helpers.tiny_text import make_tiny_t5
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_a_text_models_export_records_its_cache_tokenizer_and_encoder(tmp_path):
+    from tests.unit.test_token_data import FINGERPRINT, make_cache
+    from tools.train import main as train_main
+
+    t5 = make_tiny_t5(tmp_path / "t5", d_model=32)
+    make_cache(tmp_path / "cache", num_clips=7, caption=lambda i: f"red {i}")
+    args = ["--config", str(ROOT / "configs/tiny/train_generator.yaml"), "--out", str(tmp_path / "run"),
+            f"data.cache={tmp_path / 'cache'}", "data.tokenizer=", "model.vocab_size=100", "model.max_grid=[2,3,3]",
+            "model.orders=[clip]", "model.cond=text", "data.text_encoder.kind=t5", f"data.text_encoder.path={t5}",
+            "data.text_encoder.max_length=8", "model.max_text_len=8", "model.text_dim=32", "run.steps=1",
+            "run.eval_every=0", "run.sample_every=0", "run.checkpoint_every=0"]  # fmt: skip
+    assert train_main(args) == 0
+    encoder = load_text_encoder(TextEncoderConfig(kind="t5", path=str(t5), max_length=8)).fingerprint()
+    assert read_trained_on(tmp_path / "run" / "export") == TrainedOn(tokenizer=FINGERPRINT, text_encoder=encoder)
+
+
+def _make_pipeline(src: Path, out: Path, *, config: Path) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, str(ROOT / "tools/make_pipeline.py"), "--config", str(config), "--tokenizer",
+           str(src / "tokenizer"), "--generator", f"ar={src / 'generator_ar'}", "--out", str(out)]  # fmt: skip
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+
+
+@pytest.fixture(scope="module")
+def parts(tmp_path_factory):
+    """A tiny pipeline's parts, the pipeline YAML naming its text encoder, and the true fingerprints."""
+    root = tmp_path_factory.mktemp("trained_on")
+    src = make_tiny_pipeline(root / "src")
+    config = root / "pipe.yaml"
+    config.write_text(f"num_frames: 9\nfps: 8\ndefault_mode: ar\ntext_encoder:\n  kind: t5\n  path: "
+                      f"{(src / 'text_encoder').resolve()}\n  max_length: 48\n")  # fmt: skip
+    pipe = VideoPipeline.from_pretrained(src)
+    truth = TrainedOn(folder_fingerprint(src / "tokenizer", "tokenizer"), pipe.text_encoder.fingerprint())
+    return src, config, truth
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (None, None),
+        ({"tokenizer": "0" * 64}, "was trained on the tokens of tokenizer 000000000000, but the tokenizer"),
+        ({"text_encoder": "f" * 16}, "was trained with text encoder ffffffffffffffff, but the pipeline's"),
+    ],
+)
+def test_make_pipeline_refuses_a_tokenizer_or_encoder_the_generator_was_not_trained_with(parts, tmp_path, change,
+                                                                                          message):  # fmt: skip
+    src, config, truth = parts
+    copy = tmp_path / "src"
+    shutil.copytree(src, copy)
+    write_trained_on(copy / "generator_ar", replace(truth, **(change or {})))
+    proc = _make_pipeline(copy, tmp_path / "out", config=config)
+    if message is None:
+        assert proc.returncode == 0, proc.stderr
+        assert "not checked" not in proc.stderr
+        return
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert str(copy / "generator_ar" / TRAINED_ON_NAME) in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_generator_without_the_file_is_assembled_and_said(parts, tmp_path):
+    src, config, _ = parts
+    proc = _make_pipeline(src, tmp_path / "out", config=config)
+    assert proc.returncode == 0, proc.stderr
+    assert f"has no {TRAINED_ON_NAME}: its tokenizer and text encoder are not checked" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("{", "is not valid JSON"),
+        ('{"text_encoder": null}', "must be a JSON object with 'tokenizer'"),
+        ('{"tokenizer": "ab", "tokeniser": "ab"}', "must be a JSON object with 'tokenizer'"),
+        ('{"tokenizer": 7}', "tokenizer must be a fingerprint string"),
+        ("[]", "must be a JSON object"),
+    ],
+)
+def test_a_damaged_trained_on_file_is_one_error(tmp_path, text, message):
+    (tmp_path / TRAINED_ON_NAME).write_text(text)
+    with pytest.raises(ValueError, match=message):
+        read_trained_on(tmp_path)
+
+
+def test_the_file_round_trips(tmp_path):
+    for value in (TrainedOn("ab" * 32), TrainedOn("ab" * 32, "cd" * 8)):
+        write_trained_on(tmp_path, value)
+        assert read_trained_on(tmp_path) == value
+        assert json.loads((tmp_path / TRAINED_ON_NAME).read_text())["tokenizer"] == "ab" * 32
