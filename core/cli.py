@@ -144,6 +144,7 @@ def frozen_imports() -> Iterator[None]:
             gc.enable()
 
 
+CANNOT_ALLOCATE = "can't allocate memory"  # torch's CPU allocator: "DefaultCPUAllocator: can't allocate memory: ..."
 PEER_GONE = "Connection closed by peer"  # gloo's message when another rank's process has exited
 
 
@@ -182,6 +183,10 @@ def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | N
         print("interrupted", file=sys.stderr)
         return 130
     except RuntimeError as err:
+        if type(err).__name__ == "OutOfMemoryError" or CANNOT_ALLOCATE in str(err):  # torch's CPU or CUDA allocator
+            print(f"error: out of memory ({first_line(err)}): ask for smaller frames, fewer frames or a smaller "
+                  "batch", file=sys.stderr)  # fmt: skip
+            return 1
         if PEER_GONE not in str(err):
             raise
         # gloo's "Connection closed by peer": another process of the run failed (its own error line says why) while

@@ -12,17 +12,19 @@ import hashlib
 import os
 import re
 import stat
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from core.config import from_dict, load_yaml, save_config
 from core.files import atomic_path
 
 T = TypeVar("T")
+M = TypeVar("M", bound=torch.nn.Module)
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.yaml"
@@ -96,6 +98,31 @@ def load_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 MAX_LISTED = 4  # offending keys named per kind in load_strict's message
 
 
+def _mismatches(own: dict[str, tuple[tuple[int, ...], torch.dtype]],
+                theirs: dict[str, tuple[tuple[int, ...], torch.dtype]], what: str) -> str | None:  # fmt: skip
+    """The message of :func:`load_strict` for two {key: (shape, dtype)} maps, or None when they fit."""
+    missing = sorted(set(own) - set(theirs))
+    unexpected = sorted(set(theirs) - set(own))
+    both = sorted(set(own) & set(theirs))
+    mismatched = [f"{k}: weights {theirs[k][0]} vs model {own[k][0]}" for k in both if own[k][0] != theirs[k][0]]
+    mistyped = [
+        f"{k}: weights {theirs[k][1]} vs model {own[k][1]}"
+        for k in both
+        if not (theirs[k][1].is_floating_point and own[k][1].is_floating_point) and theirs[k][1] != own[k][1]
+    ]
+    problems = []
+    for kind, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched),
+                        ("dtype mismatches", mistyped)):  # fmt: skip
+        if items:  # a config from another model listed ~60 keys in 3,000 characters: the first few say enough
+            more = f"; and {len(items) - MAX_LISTED} more" if len(items) > MAX_LISTED else ""
+            problems.append(f"{len(items)} {kind} [{'; '.join(items[:MAX_LISTED])}{more}]")
+    return f"{what} weights do not match its config: " + ", ".join(problems) if problems else None
+
+
+def _layout(state: dict[str, torch.Tensor]) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    return {k: (tuple(v.shape), v.dtype) for k, v in state.items()}
+
+
 def load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str = "model") -> None:
     """Loads ``state`` into ``module``; any missing, unexpected, mis-shaped or mis-typed key is a ValueError.
 
@@ -104,28 +131,57 @@ def load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], what: s
     parameter, and a float one truncated into an integer buffer). The message lists every offending key
     with both shapes or dtypes, so a user can see at once whether the config or the weights are wrong.
     """
-    own = module.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    mismatched = [
-        f"{k}: weights {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in sorted(set(own) & set(state))
-        if tuple(own[k].shape) != tuple(state[k].shape)
-    ]
-    mistyped = [
-        f"{k}: weights {state[k].dtype} vs model {own[k].dtype}"
-        for k in sorted(set(own) & set(state))
-        if not (state[k].is_floating_point() and own[k].is_floating_point()) and state[k].dtype != own[k].dtype
-    ]
-    problems = []
-    for kind, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched),
-                        ("dtype mismatches", mistyped)):  # fmt: skip
-        if items:  # a config from another model listed ~60 keys in 3,000 characters: the first few say enough
-            more = f"; and {len(items) - MAX_LISTED} more" if len(items) > MAX_LISTED else ""
-            problems.append(f"{len(items)} {kind} [{'; '.join(items[:MAX_LISTED])}{more}]")
-    if problems:
-        raise ValueError(f"{what} weights do not match its config: " + ", ".join(problems))
+    problem = _mismatches(_layout(module.state_dict()), _layout(state), what)
+    if problem:
+        raise ValueError(problem)
     module.load_state_dict(state, strict=True)
+
+
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "I64": torch.int64,
+    "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
+}  # fmt: skip
+
+
+def weights_layout(path: str | os.PathLike) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """{key: (shape, dtype)} of a safetensors file, read from its header alone (no tensor is loaded).
+
+    Raises:
+        ValueError: a missing or unreadable file, or a dtype torch has no type for.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"weights file {str(path)!r} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            slices = {k: f.get_slice(k) for k in f.keys()}
+            layout = {k: (tuple(s.get_shape()), s.get_dtype()) for k, s in slices.items()}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ValueError(f"weights file {str(path)!r} is not a readable safetensors file: {err}") from None
+    unknown = sorted({d for _, d in layout.values()} - set(_SAFETENSORS_DTYPES))
+    if unknown:
+        raise ValueError(f"weights file {str(path)!r} holds tensors of dtype {unknown}, which tokvid does not load")
+    return {k: (shape, _SAFETENSORS_DTYPES[d]) for k, (shape, d) in layout.items()}
+
+
+def load_pretrained(build: Callable[[], M], directory: str | os.PathLike, what: str) -> M:
+    """``build()`` with the weights of ``directory/model.safetensors`` loaded strictly (see :func:`load_strict`).
+
+    The model is first built on the meta device, which allocates nothing, and its parameter shapes are compared with
+    the weights file's header: a config that asks for a far larger model than its weights (an extra digit in ``dim``)
+    was built in full first, and either failed with a traceback ("can't allocate memory") or used up the machine's
+    memory before the mismatch was found.
+    """
+    path = Path(directory) / WEIGHTS_NAME
+    theirs = weights_layout(path)
+    with torch.device("meta"):
+        skeleton = build()
+    problem = _mismatches(_layout(skeleton.state_dict()), theirs, what)
+    if problem:
+        raise ValueError(problem)
+    model = build()
+    load_strict(model, load_state(path), what)
+    return model
 
 
 def save_pretrained(

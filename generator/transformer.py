@@ -20,11 +20,15 @@ from torch.utils.checkpoint import checkpoint
 
 from core.checks import is_int
 from core.config import to_dict
-from core.weights import WEIGHTS_NAME, load_config, load_state, load_strict, save_pretrained
+from core.weights import load_config, load_pretrained, save_pretrained
 from generator.conditioning import Condition, ConditionEmbedder
 from generator.kv_cache import KVCache
 from generator.layers import Attention, DecodingLinear, RMSNorm, Rope3d, SwiGLU, decoding_layout_
 from generator.units import ORDERS, make_layout, unit_extent
+
+# The longest token sequence a config may ask for: one full attention over it is already far past any machine this
+# runs on, and the layouts of a larger grid cannot be allocated.
+MAX_GRID_TOKENS = 1 << 20
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -84,6 +88,11 @@ class GeneratorConfig:
         for name, grid in (("max_grid", self.max_grid), ("cube_size", self.cube_size)):
             if len(grid) != 3 or not all(is_int(n) and n >= 1 for n in grid):
                 raise ValueError(f"{name} must be three integers >= 1 (t, h, w), got {list(grid)}")
+        if math.prod(self.max_grid) > MAX_GRID_TOKENS:  # [1e5]*3 allocated 8e15 bytes for its layouts: a traceback
+            raise ValueError(
+                f"max_grid {list(self.max_grid)} holds {math.prod(self.max_grid):,} tokens, more than the "
+                f"{MAX_GRID_TOKENS:,} one sequence may hold"
+            )
         for name, value in (("mlp_ratio", self.mlp_ratio), ("rope_base", self.rope_base)):
             if not math.isfinite(value) or value <= 0:
                 raise ValueError(f"{name} must be a positive number, got {value!r}")
@@ -386,6 +395,5 @@ class Generator(nn.Module):
         """Rebuilds from ``config.yaml`` and loads weights strictly (no unpickling); returns the
         model in eval mode with :meth:`decoding_layout_` applied."""
         config = load_config(GeneratorConfig, directory)
-        model = cls(config)
-        load_strict(model, load_state(os.path.join(directory, WEIGHTS_NAME)), what=f"generator {str(directory)!r}")
+        model = load_pretrained(lambda: cls(config), directory, what=f"generator {str(directory)!r}")
         return model.decoding_layout_().eval()

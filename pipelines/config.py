@@ -59,6 +59,18 @@ class PipelineConfig:
                     f"generators.{mode} must be a folder inside the pipeline directory (relative, no '..', not "
                     f"'tokenizer'), got {sub!r}"
                 )
+        if self.text_encoder is not None and not self.text_encoder_package:
+            # a relative path is a folder of the pipeline, which save_pretrained copies: "../enc" was copied beside
+            # the folder being written, outside its atomic write (or failed with FileExistsError next to the source)
+            path = self.text_encoder.path
+            parts = PurePosixPath(path).parts
+            inside = not PurePosixPath(path).is_absolute()
+            taken = {"tokenizer", *(PurePosixPath(sub).parts[0] for sub in self.generators.values())}
+            if inside and (not parts or ".." in parts or "\\" in path or parts[0] in taken or parts[0] == "."):
+                raise ValueError(
+                    "text_encoder.path must be absolute or a folder inside the pipeline directory (relative, no '..', "
+                    f"not the tokenizer's or a generator's folder), got {path!r}"
+                )
         if self.text_encoder_package and self.text_encoder_package not in TEXT_ENCODER_PACKAGES:
             raise ValueError(
                 f"text_encoder_package {self.text_encoder_package!r} is not one of {sorted(TEXT_ENCODER_PACKAGES)} "

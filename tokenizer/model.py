@@ -18,7 +18,7 @@ from torch import nn
 from core.checks import is_int
 from core.config import to_dict
 from core.numerics import exact_numerics
-from core.weights import WEIGHTS_NAME, load_config, load_state, load_strict, save_pretrained
+from core.weights import load_config, load_pretrained, save_pretrained
 from tokenizer.decoder import Decoder
 from tokenizer.encoder import CoderSpec, Encoder, StagePlan
 from tokenizer.layers import StreamState
@@ -313,6 +313,4 @@ class VideoTokenizer(nn.Module):
     def from_pretrained(cls, directory: str | os.PathLike) -> VideoTokenizer:
         """Rebuilds the model from ``config.yaml`` and loads the weights strictly (no unpickling)."""
         config = load_config(TokenizerConfig, directory)
-        model = cls(config)
-        load_strict(model, load_state(os.path.join(directory, WEIGHTS_NAME)), what=f"tokenizer {str(directory)!r}")
-        return model.eval()
+        return load_pretrained(lambda: cls(config), directory, what=f"tokenizer {str(directory)!r}").eval()

@@ -80,6 +80,20 @@ def test_a_pipeline_yaml_may_name_only_a_known_text_encoder_package(model_dir, t
     assert "this" not in sys.modules  # its top-level code (the Zen of Python) ran at load before
 
 
+def test_a_text_encoder_path_outside_the_folder_is_refused_at_load(model_dir, tmp_path):
+    """A relative text_encoder.path is a folder of the pipeline, copied by save_pretrained: "../enc" loaded, and a
+    save then wrote the encoder beside the target folder, outside its atomic write (FileExistsError next to the
+    source); make_pipeline refused it already, a loaded pipeline.yaml did not."""
+    target = tmp_path / "pipe"
+    shutil.copytree(model_dir, target)
+    config = yaml.safe_load((target / "pipeline.yaml").read_text())
+    for bad in ("../enc_shared", "tokenizer", "generator_ar/enc", "."):
+        text_encoder = {**config["text_encoder"], "path": bad}
+        (target / "pipeline.yaml").write_text(yaml.safe_dump({**config, "text_encoder": text_encoder}))
+        with pytest.raises(ValueError, match=f"text_encoder.path must be absolute or a folder inside .* got '{bad}'"):
+            VideoPipeline.from_pretrained(target)
+
+
 def test_a_mismatched_generator_is_named_and_its_message_is_short(model_dir, tmp_path):
     target = tmp_path / "pipe"
     shutil.copytree(model_dir, target)

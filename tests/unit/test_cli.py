@@ -64,6 +64,26 @@ def test_a_peer_that_stopped_is_one_line_and_other_runtime_errors_keep_their_tra
         run_cli(bug)
 
 
+def test_torch_running_out_of_memory_is_one_line_and_exit_1(capsys):
+    """torch's allocators raise RuntimeErrors, not MemoryError: a batch or a model too large for the machine ended
+    in a traceback, as if it were a bug."""
+
+    def cpu(argv):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:121] data. DefaultCPUAllocator: can't allocate memory: you "
+                           "tried to allocate 1762412986368 bytes. Error code 12 (Cannot allocate memory)")  # fmt: skip
+
+    class OutOfMemoryError(RuntimeError):  # torch.OutOfMemoryError's name, as CUDA raises it
+        pass
+
+    def cuda(argv):
+        raise OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    for main in (cpu, cuda):
+        assert run_cli(main) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("error: out of memory (") and "smaller batch" in err
+
+
 def test_a_missing_rank_state_says_whether_the_world_size_fits(tmp_path):
     """It guessed "saved with another world size?" even when rank 0's state said 2 processes, as this run has."""
     import json

@@ -65,3 +65,13 @@ def test_a_condition_that_is_not_a_condition_of_tensors_is_refused(cond):
     wrapped = cond if cond is None else Condition(labels=cond)
     with pytest.raises(ValueError, match="must be a Condition|must be a tensor"):
         m(torch.zeros(2, 1, dtype=torch.long), wrapped, coords=torch.tensor([[0, 0, 0]]), mask=causal_mask(1))
+
+
+def test_a_grid_too_large_for_one_sequence_is_refused_before_its_layouts_are_built():
+    """max_grid [1e5]*3 with target_positions off built every order's layout in __post_init__: a RuntimeError
+    traceback after trying to allocate 8e15 bytes, from loading a config.yaml alone."""
+    from generator import GeneratorConfig
+
+    with pytest.raises(ValueError, match=r"max_grid \[100000, 100000, 100000\] holds 1,000,000,000,000,000 tokens"):
+        GeneratorConfig(style="ar", vocab_size=8, max_grid=(100_000,) * 3, orders=("frame", "cube"))
+    GeneratorConfig(style="ar", vocab_size=8, max_grid=(16, 256, 256), orders=("frame",))  # 2**20 tokens is allowed

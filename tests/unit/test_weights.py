@@ -1,11 +1,13 @@
 """core.weights: safetensors files load only into a model of the same shapes and kinds of dtype, and
 saving in half precision never turns a weight into inf."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
 
-from core.weights import load_state, load_strict, save_state
+from core.weights import load_pretrained, load_state, load_strict, save_state
 
 
 class Tiny(nn.Module):
@@ -77,3 +79,39 @@ def test_a_failed_write_is_an_os_error_and_keeps_the_old_file(tmp_path, monkeypa
         save_state({"w": torch.zeros(2)}, path)
     assert err.value.errno == errno.EFBIG and "model.safetensors" in str(err.value)
     assert torch.equal(load_state(path)["w"], torch.ones(2)) and [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+def test_a_config_far_larger_than_its_weights_is_refused_before_it_is_built(tmp_path):
+    """The model was built in full before its weights were compared: a generator config with an extra digit in
+    ``dim`` asked for gigabytes (or, larger, failed with "can't allocate memory") before the mismatch was found."""
+    import shutil
+
+    from generator import Generator
+
+    shutil.copytree(Path(__file__).resolve().parents[2] / "models/shapes/generator_ar", tmp_path / "gen")
+    path = tmp_path / "gen" / "config.yaml"
+    path.write_text(path.read_text().replace("dim: 192", f"dim: {6 * 2**24}"))  # 1.7 TB of embeddings alone
+    with pytest.raises(ValueError, match="weights do not match its config: .* shape mismatches"):
+        Generator.from_pretrained(tmp_path / "gen")
+
+
+def test_load_pretrained_builds_on_the_meta_device_until_the_weights_fit(tmp_path):
+    built = []
+
+    def build():
+        built.append(torch.empty(0).device.type)
+        return Tiny()
+
+    save_state(Tiny().state_dict(), tmp_path / "model.safetensors")
+    model = load_pretrained(build, tmp_path, "tiny")
+    assert built == ["meta", "cpu"] and model.lin.weight.device.type == "cpu"
+    built.clear()
+    save_state({"lin.weight": torch.zeros(3, 2), "lin.bias": torch.zeros(2), "steps": torch.zeros(2, dtype=torch.long)},
+               tmp_path / "model.safetensors")  # fmt: skip
+    with pytest.raises(ValueError, match=r"tiny weights do not match its config: 1 shape mismatches \[lin.weight: "
+                                         r"weights \(3, 2\) vs model \(2, 2\)\]"):  # fmt: skip
+        load_pretrained(build, tmp_path, "tiny")
+    assert built == ["meta"]  # never built for real
+    save_state({**Tiny().state_dict(), "steps": torch.zeros(2)}, tmp_path / "model.safetensors")
+    with pytest.raises(ValueError, match="1 dtype mismatches"):  # a float file for an integer buffer, from the header
+        load_pretrained(build, tmp_path, "tiny")
