@@ -14,6 +14,8 @@ def batch_size(given: str | int | list | None, num_videos: int | None, context_r
         raise ValueError(f"nothing to generate: num_videos must be an integer >= 1, got {num_videos!r}")
     if given is None or isinstance(given, str) or is_int(given):
         return int(num_videos) if num_videos is not None else context_rows
+    if not isinstance(given, (list, tuple, np.ndarray)):  # 2.0 or True: a TypeError from len()
+        raise ValueError(f"a prompt or label must be a string, an integer class id or a list of them, got {given!r}")
     if len(given) < 1:
         raise ValueError("nothing to generate: give at least one prompt or label")
     if num_videos is not None and num_videos != len(given):

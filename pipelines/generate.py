@@ -59,6 +59,10 @@ def parse_label(text: str, class_names: Sequence[str]) -> int:
     Raises:
         ValueError: a name that is not one of ``class_names``. Numbers are checked by the pipeline.
     """
+    if not isinstance(text, str):  # int(2.7) and int(True) made classes 2 and 1 of a float and a bool
+        if not is_int(text):
+            raise ValueError(f"a label is a class id (an integer) or a class name, got {text!r}")
+        return int(text)
     try:
         return int(text)
     except ValueError:
@@ -75,7 +79,7 @@ class GenerationRequest:
 
     Attributes:
         prompts: one text prompt, several for a story (with ``segment_frames``), or none.
-        label: class id, or its exact class name (instead of a prompt).
+        label: class id (an integer), or its exact class name (instead of a prompt).
         image: an image file: the first frame of the video (image-to-video).
         video: a video file whose last ``context_frames`` frames the video continues.
         context_frames: frames taken from ``video`` (1 + k*ct).
@@ -90,7 +94,7 @@ class GenerationRequest:
     """
 
     prompts: tuple[str, ...] = ()
-    label: str | None = None
+    label: int | str | None = None
     image: str | os.PathLike | None = None
     video: str | os.PathLike | None = None
     context_frames: int | None = None
@@ -103,6 +107,10 @@ class GenerationRequest:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if isinstance(self.prompts, str):  # "red" was a story of the prompts "r", "e" and "d"
+            raise ValueError("prompts is a sequence of prompts: give (prompt,) for one")
+        if self.label is not None and not (isinstance(self.label, str) or is_int(self.label)):
+            raise ValueError(f"a label is a class id (an integer) or a class name, got {self.label!r}")
         if any(not isinstance(p, str) or not p.strip() for p in self.prompts):
             raise ValueError('the prompt is empty; describe the video, e.g. --prompt "a red circle moving left"')
         for prompt in self.prompts:
@@ -136,8 +144,12 @@ def generate_with(
     """Runs ``request`` on an already loaded pipeline and writes one video (and sheet) per path.
 
     Raises:
-        ValueError: a context file that cannot be read, or settings the model cannot do.
+        ValueError: not one path per video, a path that would replace an input or a file tokvid did not write (see
+            :func:`pipelines.io.check_writable`), a context file that cannot be read, or settings the model cannot do.
     """
+    if len(paths) != request.num_videos:  # the videos past the last path were made and dropped
+        raise ValueError(f"{request.num_videos} videos need as many paths, got {len(paths)}")
+    check_writable(list(paths), (request.image, request.video), gif=gif)  # the sheet replaced an input image
     return _run(pipe, request, _visual(request), paths, gif=gif, progress=progress)
 
 

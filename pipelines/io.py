@@ -87,6 +87,8 @@ def save_output(output: VideoOutput, paths: list[Path], gif: bool = False) -> li
     Raises:
         OutputWriteError: an OS error while writing (what was already written is kept).
     """
+    if len(paths) != len(output.frames):  # zip dropped the videos past the last path without a word
+        raise ValueError(f"{len(output.frames)} videos need as many paths, got {len(paths)}")
     written: list[Path] = []
     target = None
     try:  # an OS error names the user's path, not the temporary file it was being written to

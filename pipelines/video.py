@@ -242,8 +242,13 @@ class VideoPipeline:
         )  # fmt: skip
 
     def _setup(
-        self, mode: str | None, order: str | None, sampling: SamplingConfig | None, image, video, num_context
+        self, mode: str | None, order: str | None, sampling: SamplingConfig | None, generator, image, video, num_context
     ) -> tuple[str, str, Generator, SamplingConfig, np.ndarray | None]:
+        if generator is not None and not isinstance(generator, torch.Generator):  # 0 failed after the prefill
+            raise ValueError(f"generator must be a torch.Generator (e.g. torch.Generator().manual_seed(0)), got "
+                             f"{generator!r}")  # fmt: skip
+        if sampling is not None and not isinstance(sampling, SamplingConfig):  # a dict failed deep in the sampler
+            raise ValueError(f"sampling must be a SamplingConfig (see pipe.spec.sampling_for), got {type(sampling)}")
         mode, order = self.resolve_mode_order(mode, order)
         gen = self.generators[mode]
         ct = self.tokenizer.config.temporal_compression
@@ -304,7 +309,9 @@ class VideoPipeline:
             >>> pipe = VideoPipeline.from_pretrained(DEFAULT_MODEL_DIR)  # doctest: +SKIP
             >>> pipe("a red circle moving left", video=clip, context_frames=5, num_frames=17)  # doctest: +SKIP
         """
-        mode, order, gen, sampling, context = self._setup(mode, order, sampling, image, video, context_frames)
+        mode, order, gen, sampling, context = self._setup(
+            mode, order, sampling, generator, image, video, context_frames
+        )
         num_frames = self.config.num_frames if num_frames is None else num_frames
         self.latent_frames(num_frames)  # validates 1 + k*ct
         self.spec.check_room(num_frames, 0 if context is None else context.shape[1])
@@ -355,7 +362,9 @@ class VideoPipeline:
         """
         if isinstance(prompts, str) or len(prompts) < 1:
             raise ValueError("a story needs a list of at least one prompt")
-        mode, order, gen, sampling, context = self._setup(mode, order, sampling, image, video, context_frames)
+        mode, order, gen, sampling, context = self._setup(
+            mode, order, sampling, generator, image, video, context_frames
+        )
         num_videos = batch_size(None, num_videos, 1 if context is None else context.shape[0])
         self.spec.check_segment_frames(segment_frames)
         total = 1 + len(prompts) * (segment_frames - 1) + (0 if context is None else context.shape[1] - 1)

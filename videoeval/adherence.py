@@ -214,7 +214,7 @@ def evaluate_adherence(
         phrasing: ``"fresh"`` (phrasings training never used) or ``"training"`` (the training templates).
         batch: videos per pipeline call.
         sampling: sampling fields to override for every mode (``steps``, ``cfg_scale``, ...), applied by
-            :func:`pipelines.generate.sampling_for`: None values keep the model's, an unknown field is an error.
+            :meth:`PipelineSpec.sampling_for`: None values keep the model's, an unknown field is an error.
         seed: seed of the phrasings and of the first batch (later batches add their offset). Choose settings
             on other seeds than the ones you report (:data:`videoeval.phrasings.SELECTION_SEEDS`).
         recon_videos: also judge the tokenizer on this many fresh renders of all classes (0 skips it).

@@ -35,7 +35,6 @@ from core.video_io import read_video
 from core.video_write import write_video
 from generator.sampling import SamplingConfig
 from pipelines import VideoPipeline
-from pipelines.generate import sampling_for
 from videodata.shapes.render import (
     MOTIONS,
     NUM_CLASSES,
@@ -340,7 +339,7 @@ def evaluation_runs(
     pipe: VideoPipeline, modes: Sequence[str], orders: Sequence[str], sampling: Mapping[str, Any] | None
 ) -> list[tuple[str, str, SamplingConfig]]:
     """(mode, order, sampling settings) for every mode (default: all in the model) and order (default: the mode's
-    own), with ``sampling`` applied by :func:`pipelines.generate.sampling_for`.
+    own), with ``sampling`` applied by :meth:`pipelines.spec.PipelineSpec.sampling_for`.
 
     Raises:
         ValueError: an unknown mode, an order the mode cannot do, or a bad sampling setting.
@@ -350,7 +349,7 @@ def evaluation_runs(
         default_order = pipe.resolve_mode_order(mode, None)[1]  # an unknown mode fails here, before its orders
         for order in list(orders) or [default_order]:
             pipe.resolve_mode_order(mode, order)
-            runs.append((mode, order, sampling_for(pipe, mode, order, sampling)))
+            runs.append((mode, order, pipe.spec.sampling_for(mode, order, sampling)))
     return runs
 
 
@@ -372,7 +371,7 @@ def conditioning_report(
     ``pipe`` is ``model`` already loaded (None: load it here).
 
     ``sampling`` replaces fields of each mode's sampling settings (``cfg_scale``, ``temperature``, ...) through
-    :func:`pipelines.generate.sampling_for`: None values keep the model's setting, an unknown field is an error.
+    :meth:`PipelineSpec.sampling_for`: None values keep the model's setting, an unknown field is an error.
 
     Returns:
         ``"mode/order/task"`` -> :func:`summarize_task`.

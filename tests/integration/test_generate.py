@@ -15,7 +15,7 @@ import yaml
 from core.video_io import read_video
 from generator.sampling import SamplingConfig
 from pipelines import VideoPipeline
-from pipelines.generate import generate_to_files, parse_label, sampling_for
+from pipelines.generate import generate_to_files, parse_label
 from tools.generate import main
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -266,11 +266,11 @@ def test_a_given_temperature_applies_after_context_too_unless_a_context_temperat
     """--temperature alone must not be overridden after --image/--video by the model's context_temperature."""
     pipe = VideoPipeline.from_pretrained(model_dir)
     pipe.config.sampling["ar"] = SamplingConfig(temperature=0.7, context_temperature=0.3)
-    assert sampling_for(pipe, "ar", "frame").for_context().temperature == 0.3  # the model's setting after context
-    assert sampling_for(pipe, "ar", "frame", {"temperature": 0.9}).for_context().temperature == 0.9
-    both = sampling_for(pipe, "ar", "frame", {"temperature": 0.9, "context_temperature": 0.1})
+    assert pipe.spec.sampling_for("ar", "frame").for_context().temperature == 0.3  # the model's setting after context
+    assert pipe.spec.sampling_for("ar", "frame", {"temperature": 0.9}).for_context().temperature == 0.9
+    both = pipe.spec.sampling_for("ar", "frame", {"temperature": 0.9, "context_temperature": 0.1})
     assert (both.temperature, both.for_context().temperature) == (0.9, 0.1)
-    assert sampling_for(pipe, "ar", "frame", {"cfg_scale": 3.0, "temperature": None}).context_temperature == 0.3
+    assert pipe.spec.sampling_for("ar", "frame", {"cfg_scale": 3.0, "temperature": None}).context_temperature == 0.3
 
 
 def test_an_order_with_its_own_settings_samples_with_them_and_other_orders_keep_the_modes(model_dir, monkeypatch):
@@ -280,9 +280,9 @@ def test_an_order_with_its_own_settings_samples_with_them_and_other_orders_keep_
     pipe = VideoPipeline.from_pretrained(model_dir)
     config = pipe.config
     pipe.config = replace_sampling(config, {"maskgit/clip": SamplingConfig(steps=7, cfg_scale=2.0)})
-    assert sampling_for(pipe, "maskgit", "clip").steps == 7
-    assert sampling_for(pipe, "maskgit", "frame").steps == 4  # the mode's own
-    assert sampling_for(pipe, "maskgit", "clip", {"steps": 2}).steps == 2  # an override still wins
+    assert pipe.spec.sampling_for("maskgit", "clip").steps == 7
+    assert pipe.spec.sampling_for("maskgit", "frame").steps == 4  # the mode's own
+    assert pipe.spec.sampling_for("maskgit", "clip", {"steps": 2}).steps == 2  # an override still wins
     used = []
     real = video.sample_maskgit
     monkeypatch.setattr(video, "sample_maskgit", lambda *a, **k: used.append(k["sampling"].steps) or real(*a, **k))

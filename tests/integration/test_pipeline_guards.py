@@ -72,3 +72,70 @@ def test_a_folder_in_the_way_of_a_side_file_is_found_before_any_work(tmp_path, s
     with pytest.raises(ValueError, match=f"cannot write '{tmp_path / side}': a directory is in the way"):
         check_writable([tmp_path / "v.mp4"], gif=True)
     check_writable([tmp_path / "w.mp4"], gif=True)  # another name is free
+
+
+def test_generate_with_refuses_a_path_over_its_input_and_too_few_paths(no_sampling, tmp_path):
+    """generate_with (the server's and notebooks' call on a loaded pipeline) skipped generate_to_files' checks: the
+    contact sheet of first.mp4 replaced the input image first.png, and a second video with no path of its own was
+    made and dropped by zip."""
+    from PIL import Image
+
+    from pipelines.generate import GenerationRequest, generate_with
+
+    image = tmp_path / "first.png"
+    Image.new("RGB", (32, 32), (200, 0, 0)).save(image)
+    before = image.read_bytes()
+    with pytest.raises(ValueError, match="would replace an input file"):
+        generate_with(no_sampling, GenerationRequest(image=str(image)), [tmp_path / "first.mp4"])
+    assert image.read_bytes() == before
+    with pytest.raises(ValueError, match="2 videos need as many paths, got 1"):
+        generate_with(no_sampling, GenerationRequest(num_videos=2), [tmp_path / "a.mp4"])
+
+
+def test_save_output_refuses_a_path_count_other_than_the_videos(tmp_path):
+    import numpy as np
+
+    from pipelines.io import save_output
+    from pipelines.video import VideoOutput
+
+    output = VideoOutput(frames=np.zeros((2, 1, 8, 8, 3), np.uint8), ids=None, fps=8.0, timings={})
+    with pytest.raises(ValueError, match="2 videos need as many paths, got 1"):
+        save_output(output, [tmp_path / "a.mp4"])
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("label", [2.7, True, 71.9, 2.0])
+def test_a_label_that_is_not_an_integer_or_a_name_is_refused(label):
+    """int(2.7) and int(True) made classes 2 and 1 (the server refused them; the Python request did not)."""
+    from pipelines.generate import GenerationRequest, parse_label
+
+    with pytest.raises(ValueError, match="a label is a class id"):
+        GenerationRequest(label=label)
+    with pytest.raises(ValueError, match="a label is a class id"):
+        parse_label(label, ["a", "b", "c"])
+    assert GenerationRequest(label=3).label == 3 and parse_label("2", ["a", "b", "c"]) == 2
+
+
+def test_one_string_is_not_a_story_of_its_letters():
+    from pipelines.generate import GenerationRequest
+
+    with pytest.raises(ValueError, match=r"give \(prompt,\) for one"):
+        GenerationRequest(prompts="red", segment_frames=5)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"labels": 2.0}, "a prompt or label must be a string, an integer class id or a list of them, got 2.0"),
+        ({"labels": True}, "a prompt or label must be a string, an integer class id or a list of them, got True"),
+        ({"sampling": {"temperature": 0.5}}, "sampling must be a SamplingConfig"),
+        ({"generator": 0}, "generator must be a torch.Generator"),
+    ],
+)
+def test_the_pipeline_call_refuses_arguments_of_the_wrong_type_in_one_line(no_sampling, kwargs, message):
+    """Each failed with a TypeError or AttributeError traceback, some after the text encoder and the prefill ran."""
+    with pytest.raises(ValueError, match=message):
+        no_sampling(**kwargs)
+    if "labels" not in kwargs:
+        with pytest.raises(ValueError, match=message):
+            no_sampling.story(["a red circle moving left"], segment_frames=9, **kwargs)
