@@ -165,6 +165,9 @@ def _main(argv: Sequence[str] | None) -> int:
         raise ValueError(f"--only {args.only!r} names no benchmark: give some of {sorted(BENCHES)}")
     records = run_benchmarks(names, args.quick, None)
     print(format_table(records), flush=True)  # the table first: a failed write must not lose the run's results
+    for r in records:  # why, under the table (the reason was only in the JSON)
+        if r["name"].endswith(": skipped"):
+            print(f"{r['name']}: {r['note']}", flush=True)
     if args.json is not None:
         write_records(args.json, records, args.quick, time.time() - start)
     return 0

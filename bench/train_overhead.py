@@ -71,6 +71,9 @@ MICRO_BATCH = 8
 NUM_CLIPS = 64  # 8 batches an epoch; epochs reshuffle
 SEED = 0
 OVERHEAD_GOAL = 1.10  # ours step time / plain step time = plain tokens/s / ours tokens/s
+# Both sides compute the same steps on the same weights and batches: only the order of floating-point sums may differ.
+# Losses further apart mean they did different work, and their times do not compare.
+SAME_WORK_RTOL = 1e-4
 # (warm-up steps, repeats, timed steps per repeat) per side
 FULL, QUICK = (2, 12, 1), (2, 4, 1)
 
@@ -179,6 +182,17 @@ def profile_steps(step, num_steps: int, top: int = 25) -> str:
     return out.getvalue()
 
 
+def check_same_work(logs: dict[str, list[dict]]) -> None:
+    """RuntimeError (``bench/run.py`` lists the row as skipped, with this reason) when the two sides' losses part by
+    more than :data:`SAME_WORK_RTOL`: the ratio would compare different work. It was printed, never checked."""
+    worst = max(abs(a["loss"] - b["loss"]) / max(abs(b["loss"]), 1e-12) for a, b in zip(logs["ours"], logs["peer"]))
+    if worst > SAME_WORK_RTOL:
+        raise RuntimeError(
+            f"Trainer.train_step and the plain loop did different work: their losses part by {worst:.1e} (relative), "
+            f"more than {SAME_WORK_RTOL:g}"
+        )
+
+
 def run(quick: bool = False, style: str = "maskgit", peak_tflops: float = 0.0, profile: int = 0) -> list[dict]:
     """Times ours and the plain loop in this process, interleaved.
 
@@ -240,6 +254,7 @@ def run(quick: bool = False, style: str = "maskgit", peak_tflops: float = 0.0, p
         raise RuntimeError("the trainer skipped a step (non-finite loss or gradient)")
     loss_diff = max(abs(a["loss"] - b["loss"]) for a, b in zip(logs["ours"], logs["peer"]))
     gnorm_diff = max(abs(a["grad_norm"] - b["grad_norm"]) / b["grad_norm"] for a, b in zip(logs["ours"], logs["peer"]))
+    check_same_work(logs)
     step_s = {side: statistics.median(ts) for side, ts in times.items()}
     cpu_s = {side: statistics.median(ts) for side, ts in cpu_times.items()}
     tokens_per_step = MICRO_BATCH * math.prod(GRID)

@@ -10,10 +10,12 @@ ignores the prompt. The training export therefore writes ``trained_on.json`` bes
 from __future__ import annotations
 
 import json
+import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from core.checks import is_int
 from core.files import atomic_write_json
 
 TRAINED_ON_NAME = "trained_on.json"
@@ -27,16 +29,30 @@ class TrainedOn:
         tokenizer: the token cache's tokenizer fingerprint (:func:`core.weights.folder_fingerprint` of its folder).
         text_encoder: :meth:`generator.text_encoders.TextEncoder.fingerprint` of the training's text encoder, or
             None for a class-conditional or unconditional model.
+        num_frames: frames of the training clips (the cache's ``--num-frames``).
+        fps: the frame rate the cache cut its clips at (``--fps``), or None when it took every ``stride``-th frame of
+            each video at the video's own rate (then the clips have no one rate).
+        stride: that step, when ``fps`` is None.
     """
 
     tokenizer: str
     text_encoder: str | None = None
+    num_frames: int | None = None
+    fps: float | None = None
+    stride: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.tokenizer, str) or not self.tokenizer:
             raise ValueError(f"tokenizer must be a fingerprint string, got {self.tokenizer!r}")
         if self.text_encoder is not None and (not isinstance(self.text_encoder, str) or not self.text_encoder):
             raise ValueError(f"text_encoder must be a fingerprint string or null, got {self.text_encoder!r}")
+        for name in ("num_frames", "stride"):
+            value = getattr(self, name)
+            if value is not None and (not is_int(value) or value < 1):
+                raise ValueError(f"{name} must be an integer >= 1 or null, got {value!r}")
+        if self.fps is not None and (isinstance(self.fps, bool) or not isinstance(self.fps, (int, float))
+                                     or not math.isfinite(self.fps) or self.fps <= 0):  # fmt: skip
+            raise ValueError(f"fps must be a positive number or null, got {self.fps!r}")
 
 
 def write_trained_on(directory: str | os.PathLike, trained_on: TrainedOn) -> None:
@@ -58,9 +74,10 @@ def read_trained_on(directory: str | os.PathLike) -> TrainedOn | None:
         data = json.loads(path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ValueError(f"{str(path)!r} is not valid JSON: {err}") from None
-    names = {"tokenizer", "text_encoder"}
+    names = {f.name for f in fields(TrainedOn)}
     if not isinstance(data, dict) or "tokenizer" not in data or not set(data) <= names:
-        raise ValueError(f"{str(path)!r} must be a JSON object with 'tokenizer' and optionally 'text_encoder'")
+        others = sorted(names - {"tokenizer"})
+        raise ValueError(f"{str(path)!r} must be a JSON object with 'tokenizer' and optionally {others}")
     try:
         return TrainedOn(**data)
     except ValueError as err:

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import torch
 
-from core.config import build_config
+from core.config import build_config, load_yaml, parse_override
 from core.files import atomic_dir, atomic_write_json, check_not_over_inputs
 from core.weights import folder_fingerprint
 from generator import Generator
-from generator.provenance import TRAINED_ON_NAME, read_trained_on
+from generator.provenance import TRAINED_ON_NAME, TrainedOn, read_trained_on
 from generator.text_encoders import TextEncoder, load_text_encoder
 from pipelines.config import PipelineConfig
 from pipelines.folder import HOLDOUT_FILE, check_replaceable
@@ -79,6 +79,8 @@ def assemble_pipeline(
         raise ValueError(f"unknown dtype {dtype!r}; choose from {sorted(DTYPES)}")
     config = build_config(PipelineConfig, list(configs), list(overrides))
     config = replace(config, generators={mode: f"generator_{mode}" for mode in generators})
+    trained = {mode: read_trained_on(path) for mode, path in generators.items()}
+    config = clip_from_training(config, trained, _given_keys(configs, overrides))
     if class_names is not None:
         config = replace(config, class_names=tuple(class_names))
     text_encoder, encoder_source, copied = None, None, False
@@ -99,7 +101,7 @@ def assemble_pipeline(
     )
     for mode in generators:
         pipe.resolve_mode_order(mode, None)  # the default order must be one the generator supports
-    check_trained_with(generators, tokenizer, text_encoder)
+    check_trained_with(generators, trained, tokenizer, text_encoder)
 
     with atomic_dir(out) as tmp:
         pipe.save_pretrained(tmp, DTYPES[dtype])  # with the text encoder's folder when its path is relative
@@ -109,8 +111,59 @@ def assemble_pipeline(
     return out
 
 
+def _given_keys(configs: Sequence[str | os.PathLike], overrides: Sequence[str]) -> set[str]:
+    """The top-level fields the pipeline YAML files and overrides set (the rest are PipelineConfig's defaults)."""
+    keys: set[str] = set()
+    for path in configs:
+        keys |= set(load_yaml(path))
+    for item in overrides:
+        keys |= set(parse_override(item))
+    return keys
+
+
+def clip_from_training(
+    config: PipelineConfig, trained: Mapping[str, TrainedOn | None], given: set[str]
+) -> PipelineConfig:
+    """``config`` with ``num_frames`` and ``fps`` from the clips the generators trained on, unless ``given`` sets them.
+
+    PipelineConfig's defaults (17 frames, 8 fps) are the shapes model's: a generator trained on 9-frame clips cut at
+    25 fps was assembled into a pipeline that rolled out 17 frames and wrote them at 8 fps (3x slow motion), and
+    resampled a video to continue to 8 fps first, all without a word.
+
+    Raises:
+        ValueError: an ``fps`` other than the rate the clips were cut at; no ``fps`` for clips cut every few frames of
+            each video at its own rate (they have no one rate); generators trained on different clips, with
+            ``num_frames`` or ``fps`` not given.
+    """
+    clips = {(t.num_frames, t.fps, t.stride) for t in trained.values() if t is not None and t.num_frames is not None}
+    if not clips:
+        return config
+    if len(clips) > 1 and not {"num_frames", "fps"} <= given:
+        shown = "; ".join(f"{n} frames at {f'{f:g} fps' if f else f'stride {s}'}" for n, f, s in sorted(clips, key=str))
+        raise ValueError(f"the generators were trained on different clips ({shown}): give num_frames= and fps=")
+    num_frames, fps, stride = next(iter(clips))
+    if "num_frames" not in given:
+        config = replace(config, num_frames=num_frames)
+    if fps is None and "fps" not in given:
+        raise ValueError(
+            f"the generators' token cache took every {stride} frame(s) of each video at the video's own rate, so its "
+            "clips have no one frame rate: give fps= (the rate they play at), e.g. as the override fps=25"
+        )
+    if fps is not None and "fps" not in given:
+        config = replace(config, fps=fps)
+    elif fps is not None and len(clips) == 1 and config.fps != fps:
+        raise ValueError(
+            f"fps={config.fps:g}, but the generators trained on clips cut at {fps:g} fps: their videos would play at "
+            f"{config.fps / fps:.3g}x their speed; set fps={fps:g} (or leave fps out)"
+        )
+    return config
+
+
 def check_trained_with(
-    generators: Mapping[str, str | os.PathLike], tokenizer: str | os.PathLike, text_encoder: TextEncoder | None
+    generators: Mapping[str, str | os.PathLike],
+    trained: Mapping[str, TrainedOn | None],
+    tokenizer: str | os.PathLike,
+    text_encoder: TextEncoder | None,
 ) -> None:
     """ValueError when a generator's ``trained_on.json`` names another tokenizer or text encoder than the parts given:
     another tokenizer of the same vocabulary decodes its ids to other pictures, another encoder of the same width
@@ -118,23 +171,23 @@ def check_trained_with(
     file (saved by ``save_pretrained``, or exported before it existed) is only logged."""
     tokenizer_fp = None
     for mode, directory in generators.items():
-        trained = read_trained_on(directory)
-        if trained is None:
-            log.warning("the %s generator %s has no %s: its tokenizer and text encoder are not checked", mode,
-                        directory, TRAINED_ON_NAME)  # fmt: skip
+        made = trained[mode]
+        if made is None:
+            log.warning("the %s generator %s has no %s: its tokenizer, text encoder and clip settings are not "
+                        "checked", mode, directory, TRAINED_ON_NAME)  # fmt: skip
             continue
         where = f"the {mode} generator ({os.path.join(directory, TRAINED_ON_NAME)})"
         tokenizer_fp = tokenizer_fp or folder_fingerprint(tokenizer, "tokenizer")
-        if trained.tokenizer != tokenizer_fp:
+        if made.tokenizer != tokenizer_fp:
             raise ValueError(
-                f"{where} was trained on the tokens of tokenizer {trained.tokenizer[:12]}, but the tokenizer "
+                f"{where} was trained on the tokens of tokenizer {made.tokenizer[:12]}, but the tokenizer "
                 f"{str(tokenizer)!r} is {tokenizer_fp[:12]}: give the tokenizer folder its token cache was made with"
             )
-        if trained.text_encoder is not None and text_encoder is not None:
+        if made.text_encoder is not None and text_encoder is not None:
             given = text_encoder.fingerprint()
-            if trained.text_encoder != given:
+            if made.text_encoder != given:
                 raise ValueError(
-                    f"{where} was trained with text encoder {trained.text_encoder}, but the pipeline's "
+                    f"{where} was trained with text encoder {made.text_encoder}, but the pipeline's "
                     f"({text_encoder.config.path}, max_length {text_encoder.max_length}) is {given}: give the "
                     "encoder, max_length and weights of its training (data.text_encoder in its train_config.yaml)"
                 )

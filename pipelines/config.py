@@ -101,7 +101,10 @@ def check_parts(
                 f"{mode} generator has vocabulary {gen.config.vocab_size}, tokenizer codebook {tokenizer.codebook_size}"
             )
         if gen.config.cond == "text" and text_encoder is None:
-            raise ValueError(f"the {mode} generator is text-conditional but the pipeline has no text encoder")
+            raise ValueError(
+                f"the {mode} generator is text-conditional but the pipeline has no text encoder: set text_encoder.kind "
+                "and text_encoder.path (its train_config.yaml's data.text_encoder), e.g. as overrides"
+            )
         trained = (gen.config.max_text_len, gen.config.text_dim)
         if gen.config.cond == "text" and (text_encoder.max_length, text_encoder.dim) != trained:
             raise ValueError(  # otherwise every prompt fails later, on a shape

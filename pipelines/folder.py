@@ -20,7 +20,8 @@ HOLDOUT_FILE = "holdout.json"  # held-out attribute combinations of the training
 
 def load_pipeline_config(directory: str | os.PathLike) -> PipelineConfig:
     """The :class:`PipelineConfig` of a pipeline folder (its ``pipeline.yaml``), without loading any weights."""
-    return load_config(PipelineConfig, directory, PIPELINE_CONFIG, ": is it a tokvid pipeline?")
+    hint = ": is it a tokvid pipeline? (tools/make_pipeline.py assembles one from a tokenizer and generator exports)"
+    return load_config(PipelineConfig, directory, PIPELINE_CONFIG, hint)
 
 
 def owned_entries(config: PipelineConfig) -> set[str]:

@@ -81,6 +81,12 @@ def load_bench(path: Path) -> dict[str, Any]:
         raise ValueError(f"--bench {str(path)!r} has no list of named 'records' (expected bench/run.py --json output)")
     if not isinstance(data.get("machine", {}), dict):
         raise ValueError(f"--bench {str(path)!r}: 'machine' must be an object")
+    if any("goal_op" in r or isinstance(r.get("goal"), (int, float)) for r in records):
+        # one benchmark script's own --json: its goals are numbers with the direction apart ("<= 1.1" showed "1.1")
+        raise ValueError(
+            f"--bench {str(path)!r} holds a benchmark script's own records (numeric goals): give bench/run.py --json "
+            "output, whose goals carry their direction"
+        )
     return data
 
 

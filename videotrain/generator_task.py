@@ -180,11 +180,26 @@ class GeneratorTrainer(Trainer):
                     f"{cfg.data.cache} have none (the first: {empty[:5]})"
                 )
             check_captions_encode(self.cache.all_captions(), self.text_encoder, cfg.data.cache)
+        self.trained_on = self._trained_on()  # a cache whose clip settings do not read fails now, not at the export
         self.model.to(self.dist.device)
         opt = build_adamw(self.model, self.optim)
         self.engine = self.make_engine(GeneratorTask(self.model, cfg.objective), opt, self.optim.grad_clip)
         self.rng = torch.Generator().manual_seed(run.seed * 1000 + self.dist.rank)
         self._tokenizer = None  # loaded on the first sample
+
+    def _trained_on(self) -> TrainedOn:
+        """What the export records of its tokens, text and clips (see :mod:`generator.provenance`)."""
+        clip = self.cache.manifest.get("clip_spec")
+        clip = clip if isinstance(clip, dict) else {}
+        fps = clip.get("fps")
+        try:
+            return TrainedOn(
+                self.cache.fingerprint,
+                self.text_encoder.fingerprint() if self.text_encoder is not None else None,
+                num_frames=clip.get("num_frames"), fps=fps, stride=clip.get("stride") if fps is None else None,
+            )  # fmt: skip
+        except ValueError as err:
+            raise ValueError(f"token cache {self.cfg.data.cache}: its manifest's clip_spec: {err}") from None
 
     def _init_from(self, directory: str) -> None:
         """Loads an exported generator's weights into the fresh model (see ``run.init_from``)."""
@@ -359,8 +374,7 @@ class GeneratorTrainer(Trainer):
         directory = self.out / "export"
         state = self.export_state()
         if self.dist.is_main:
-            encoder = self.text_encoder.fingerprint() if self.text_encoder is not None else None
-            export_generator(state, self.cfg, directory, TrainedOn(self.cache.fingerprint, encoder))
+            export_generator(state, self.cfg, directory, self.trained_on)
         distributed.barrier()
         return directory
 

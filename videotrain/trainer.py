@@ -301,8 +301,11 @@ class Trainer:
             self.stopped_by = int(flags[1])
             log.warning("stopped by %s at step %d", signal.Signals(self.stopped_by).name, self.step)
             return True
-        if flags[0] > 0:
-            log.info("time budget of %.1f min reached at step %d", self.run.max_minutes, self.step)
+        if flags[0] > 0:  # the schedule was planned for run.steps: a busy machine got 12 of 3,000, inside the warm-up
+            warmup = " and inside its warm-up" if self.step < self.optim.warmup_steps else ""
+            log.warning("time budget of %g min reached at step %d of %d (run.steps): the learning rate stopped part "
+                        "way through its schedule%s; raise run.max_minutes or lower run.steps to finish it",
+                        self.run.max_minutes, self.step, self.run.steps, warmup)  # fmt: skip
             return True
         return False
 

@@ -136,6 +136,19 @@ def test_a_json_path_that_cannot_be_written_is_refused_before_any_benchmark_runs
     assert "x" in capsys.readouterr().out and json.loads((tmp_path / "ok.json").read_text())["records"]
 
 
+def test_a_skipped_benchmark_prints_why_under_the_table(monkeypatch, capsys):
+    """The reason ("bench venv missing: run bash bench/setup_env.sh first") was only in the JSON."""
+
+    def fail(quick):
+        raise RuntimeError("bench venv missing: run `bash bench/setup_env.sh` first")
+
+    monkeypatch.setitem(runner.BENCHES, "generator", ("bench.generator_bench", False))
+    monkeypatch.setattr(runner.importlib, "import_module", lambda name: type("M", (), {"run": staticmethod(fail)}))
+    assert runner.main(["--only", "generator"]) == 0
+    out = capsys.readouterr().out
+    assert "generator: skipped: bench venv missing: run `bash bench/setup_env.sh` first" in out.splitlines()
+
+
 def test_a_benchmark_child_killed_without_a_message_is_a_skipped_row_not_a_crash():
     """``stderr.splitlines()[-1]`` of a child killed by a signal (empty stderr) was an IndexError that ended the
     whole run and lost every earlier benchmark's records."""
@@ -238,3 +251,15 @@ def test_the_generate_benchmark_takes_a_relative_model_path_and_reports_a_bad_mo
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "must hold a mapping" in err[0], err
     assert str(model / "pipeline.yaml") in err[0]  # the child was given the absolute path
+
+
+def test_the_training_overhead_refuses_to_compare_steps_whose_losses_part():
+    """The README says the step-by-step loss agreement checks that the comparison is like for like, but the
+    difference was only printed: a trainer doing other arithmetic still got an overhead ratio and "met"."""
+    from bench.train_overhead import check_same_work
+
+    same = {"ours": [{"loss": 8.0}, {"loss": 7.5}], "peer": [{"loss": 8.0000001}, {"loss": 7.5}]}
+    check_same_work(same)
+    other = {"ours": [{"loss": 8.0}, {"loss": 7.4}], "peer": [{"loss": 8.0}, {"loss": 7.5}]}
+    with pytest.raises(RuntimeError, match=r"did different work: their losses part by 1.3e-02 \(relative\)"):
+        check_same_work(other)

@@ -139,3 +139,10 @@ def test_the_pipeline_call_refuses_arguments_of_the_wrong_type_in_one_line(no_sa
     if "labels" not in kwargs:
         with pytest.raises(ValueError, match=message):
             no_sampling.story(["a red circle moving left"], segment_frames=9, **kwargs)
+
+
+def test_a_folder_without_pipeline_yaml_points_at_make_pipeline(tmp_path):
+    """A generator's export given as --model said only "is it a tokvid pipeline?", not how to make one."""
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"has no pipeline.yaml: is it a tokvid pipeline\? \(tools/make_pipeline.py"):
+        VideoPipeline.from_pretrained(tmp_path)

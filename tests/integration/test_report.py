@@ -229,6 +229,8 @@ def test_bad_input_exits_2_with_one_line(model, inputs, tmp_path, capsys):
     percents = json.loads(adherence.read_text())
     next(iter(percents["summary"].values()))["all"] = 62.5  # a percent, not a share: the page showed 6250.0%
     (tmp_path / "percents.json").write_text(json.dumps(percents))
+    own = {"records": [{"name": "overhead", "ours": 1.0, "peer": 1.0, "ratio": 1.05, "goal": 1.1, "goal_op": "<="}]}
+    (tmp_path / "script.json").write_text(json.dumps(own))  # one bench script's --json: the page showed goal "1.1"
     out = tmp_path / "out.html"
     base = ["--model", str(model), "--out", str(out)]
     cases = {
@@ -238,6 +240,7 @@ def test_bad_input_exits_2_with_one_line(model, inputs, tmp_path, capsys):
         "shares in [0, 1]": [*base, "--adherence", str(tmp_path / "percents.json")],
         "has no 'summary'": [*base, "--adherence", str(tmp_path / "nosummary.json")],
         "has no list of named 'records'": [*base, "--bench", str(adherence)],
+        "holds a benchmark script's own records (numeric goals)": [*base, "--bench", str(tmp_path / "script.json")],
         "1 + k*4": [*base, "--num-frames", "6"],
         "must be >= 1": [*base, "--steps", "0"],
         "--seed: expected an integer": [*base, "--seed", "many"],

@@ -38,3 +38,14 @@ def test_ema_turned_on_at_a_resume_starts_there_and_a_short_ema_is_named(data, t
     assert "run.ema_decay: 0.0 -> 0.5" in again.stderr
     assert "run.ema_decay=0.5 over run.steps=3: the exported average keeps 12% of the weights" in again.stderr
     assert sorted(losses(out)) == [1, 2, 3] and (out / "export" / "model.safetensors").is_file()
+
+
+def test_a_time_budget_that_ends_the_run_early_is_a_warning_naming_the_step(data, tmp_path):  # noqa: F811
+    """The quickstart stopped on its 3-minute budget at step 12 of 3,000 on a busy machine, inside the warm-up, with
+    only an info line: its tokenizer reconstructed colour blobs, and the run still looked finished."""
+    proc = train(data, tmp_path / "run", "run.steps=50", "run.max_minutes=0.0001", "run.eval_every=0",
+                 "run.checkpoint_every=0", "optim.warmup_steps=20")  # fmt: skip
+    said = [line for line in proc.stderr.splitlines() if "time budget" in line]
+    assert len(said) == 1 and " W " in said[0], proc.stderr[-2000:]
+    assert "time budget of 0.0001 min reached at step 1 of 50 (run.steps)" in said[0]
+    assert "inside its warm-up" in said[0]

@@ -5,6 +5,7 @@ of the same width gave its prompts other features, both assembled and sampled wi
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -36,7 +37,8 @@ def test_a_text_models_export_records_its_cache_tokenizer_and_encoder(tmp_path):
             "run.eval_every=0", "run.sample_every=0", "run.checkpoint_every=0"]  # fmt: skip
     assert train_main(args) == 0
     encoder = load_text_encoder(TextEncoderConfig(kind="t5", path=str(t5), max_length=8)).fingerprint()
-    assert read_trained_on(tmp_path / "run" / "export") == TrainedOn(tokenizer=FINGERPRINT, text_encoder=encoder)
+    made = read_trained_on(tmp_path / "run" / "export")  # the cache cut 5-frame clips at stride 1 (no --fps)
+    assert made == TrainedOn(tokenizer=FINGERPRINT, text_encoder=encoder, num_frames=5, fps=None, stride=1)
 
 
 def _make_pipeline(src: Path, out: Path, *, config: Path) -> subprocess.CompletedProcess:
@@ -86,7 +88,7 @@ def test_a_generator_without_the_file_is_assembled_and_said(parts, tmp_path):
     src, config, _ = parts
     proc = _make_pipeline(src, tmp_path / "out", config=config)
     assert proc.returncode == 0, proc.stderr
-    assert f"has no {TRAINED_ON_NAME}: its tokenizer and text encoder are not checked" in proc.stderr
+    assert f"has no {TRAINED_ON_NAME}: its tokenizer, text encoder and clip settings are not checked" in proc.stderr
 
 
 @pytest.mark.parametrize(
@@ -110,3 +112,56 @@ def test_the_file_round_trips(tmp_path):
         write_trained_on(tmp_path, value)
         assert read_trained_on(tmp_path) == value
         assert json.loads((tmp_path / TRAINED_ON_NAME).read_text())["tokenizer"] == "ab" * 32
+
+
+def test_make_pipeline_takes_the_clip_length_and_rate_the_generator_trained_on(parts, tmp_path):
+    """PipelineConfig's defaults are the shapes model's 17 frames at 8 fps: a generator trained on 9-frame clips cut
+    at 25 fps rolled out 17 frames and played them at 8 fps (3x slow motion), unsaid."""
+    src, _, truth = parts
+    copy = tmp_path / "src"
+    shutil.copytree(src, copy)
+    write_trained_on(copy / "generator_ar", replace(truth, num_frames=9, fps=12.5))
+    config = tmp_path / "pipe.yaml"
+    config.write_text(f"default_mode: ar\ntext_encoder:\n  kind: t5\n  path: {(src / 'text_encoder').resolve()}\n"
+                      "  max_length: 48\n")  # fmt: skip
+    proc = _make_pipeline(copy, tmp_path / "out", config=config)
+    assert proc.returncode == 0, proc.stderr
+    made = VideoPipeline.from_pretrained(tmp_path / "out").config
+    assert (made.num_frames, made.fps) == (9, 12.5)
+
+
+@pytest.mark.parametrize(
+    ("clip", "given", "expected"),
+    [
+        ({"num_frames": 9, "fps": 25.0}, {}, (9, 25.0)),  # from the training clips
+        ({"num_frames": 9, "fps": 25.0}, {"num_frames": 33}, (33, 25.0)),  # a longer default video: allowed
+        ({"num_frames": 9, "fps": 25.0}, {"fps": 8.0}, "would play at 0.32x their speed; set fps=25"),
+        ({"num_frames": 9, "stride": 2}, {}, "took every 2 frame(s) of each video at the video's own rate"),
+        ({"num_frames": 9, "stride": 2}, {"fps": 15.0}, (9, 15.0)),  # the user says the rate
+        (None, {}, (17, 8.0)),  # nothing known: the defaults, as before
+    ],
+)
+def test_clip_settings_come_from_training_unless_given(clip, given, expected):
+    from pipelines import PipelineConfig
+    from pipelines.assemble import clip_from_training
+
+    base = PipelineConfig(generators={"ar": "generator_ar"}, **given)
+    trained = {"ar": None if clip is None else TrainedOn("ab" * 32, **clip)}
+    if isinstance(expected, str):
+        with pytest.raises(ValueError, match=re.escape(expected)):
+            clip_from_training(base, trained, set(given))
+        return
+    made = clip_from_training(base, trained, set(given))
+    assert (made.num_frames, made.fps) == expected
+
+
+def test_generators_trained_on_different_clips_need_the_settings_given():
+    from pipelines import PipelineConfig
+    from pipelines.assemble import clip_from_training
+
+    base = PipelineConfig(generators={"ar": "a", "maskgit": "m"})
+    trained = {"ar": TrainedOn("ab" * 32, num_frames=9, fps=25.0), "maskgit": TrainedOn("ab" * 32, num_frames=17,
+                                                                                           fps=25.0)}  # fmt: skip
+    with pytest.raises(ValueError, match=r"trained on different clips \(17 frames at 25 fps; 9 frames at 25 fps\)"):
+        clip_from_training(base, trained, set())
+    assert clip_from_training(replace(base, num_frames=9, fps=25.0), trained, {"num_frames", "fps"}).num_frames == 9
