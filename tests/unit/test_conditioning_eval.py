@@ -74,8 +74,10 @@ def test_videos_are_judged_after_an_mp4_round_trip(clips):
 
 def test_context_frames_are_framed_and_the_rest_untouched(clips):
     _, frames = clips[0]
+    before = frames.copy()
     marked = mark_context(frames, 5)
-    assert (marked[:5, 0, :] == [255, 220, 0]).all() and np.array_equal(marked[5:], frames[5:])
+    assert (marked[:5, 0, :] == [255, 220, 0]).all() and np.array_equal(marked[5:], before[5:])
+    assert np.array_equal(frames, before)  # a copy: the caller's clip (judged afterwards) is not painted
 
 
 def test_summaries_count_every_row():

@@ -152,13 +152,15 @@ def test_exact_numerics_turns_the_fast_paths_off_inside_and_restores_them():
     from core.numerics import exact_numerics
 
     cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
-    before = (cudnn.allow_tf32, matmul.allow_tf32, cudnn.benchmark)
+    before = (cudnn.allow_tf32, matmul.allow_tf32, cudnn.benchmark, cudnn.deterministic)
     cudnn.allow_tf32 = matmul.allow_tf32 = cudnn.benchmark = True
+    cudnn.deterministic = False
     try:
         with pytest.raises(RuntimeError), exact_numerics():
             assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
             assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
             raise RuntimeError("inside")
         assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+        assert torch.backends.cudnn.benchmark and not torch.backends.cudnn.deterministic  # all four come back
     finally:
-        (cudnn.allow_tf32, matmul.allow_tf32, cudnn.benchmark) = before
+        (cudnn.allow_tf32, matmul.allow_tf32, cudnn.benchmark, cudnn.deterministic) = before

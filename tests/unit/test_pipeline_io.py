@@ -43,6 +43,21 @@ def test_an_output_never_replaces_an_input_file(tmp_path):
     pio.check_writable([tmp_path / "clip.mp4"], (None, clip))  # no gif asked for: clip.gif is not written
 
 
+def test_relative_outputs_and_inputs_are_compared_as_the_files_they_name(tmp_path, monkeypatch):
+    """generate.py passes paths as typed: ``--video in.mp4 --out in.mp4`` and ``--video clip --out clip/next.mp4``
+    name the same files as their absolute forms, and must be refused the same way."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "clip").mkdir()
+    with pytest.raises(ValueError, match="would replace an input file"):
+        pio.check_writable([Path("in.mp4")], (None, "in.mp4"))
+    with pytest.raises(ValueError, match="would replace an input file"):
+        pio.check_writable([Path("sub/../in.mp4")], (None, str(tmp_path / "in.mp4")))
+    with pytest.raises(ValueError, match="would put a file into the input folder"):
+        pio.check_writable([Path("clip/next.mp4")], (None, "clip"))
+    with pytest.raises(ValueError, match="would put a file into the input folder"):
+        pio.check_writable([tmp_path / "clip" / "next.mp4"], (None, "./clip"))
+
+
 def test_no_output_goes_into_an_input_frame_folder(tmp_path):
     """``--video clip/ --out clip/next.mp4`` wrote next.png into the frame folder, which then failed to read ("the
     frames differ in size")."""

@@ -138,6 +138,8 @@ def test_shuffle_is_deterministic_and_split_across_ranks():
     ranks = [list(ShuffledSampler(10, seed=3, rank=r, world_size=3)) for r in range(3)]
     assert [len(r) for r in ranks] == [4, 4, 4]  # padded with the permutation's head
     assert set(sum(ranks, [])) == set(range(10))
+    # the two padding draws are the permutation's first two clips (padding with index 0 drew clip 0 three times)
+    assert sorted(sum(ranks, [])) == sorted(first + first[:2])
     assert [len(ShuffledSampler(10, seed=3, rank=r, world_size=3, drop_last=True)) for r in range(3)] == [3, 3, 3]
     with pytest.raises(ValueError):
         ShuffledSampler(10, seed=0, rank=2, world_size=2)
