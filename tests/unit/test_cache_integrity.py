@@ -103,3 +103,31 @@ def test_the_merge_refuses_a_shard_that_differs_from_its_record(tmp_path):
     with pytest.raises(ValueError, match=r"shard shard-r000-00001 has an unreadable record or file"):
         merge_manifest(out, spec, world_size=1, wait_timeout_s=1, elapsed_s=0.0)
     assert not (out / MANIFEST_NAME).exists()
+
+
+def test_the_merge_waits_for_another_rank_to_redo_a_shard_its_old_record_names(tmp_path):
+    """On a rerun rank 0, with its own share complete, merged at once and read rank 1's record from the earlier run
+    before rank 1's scan had removed it: the damaged shard rank 1 was about to redo stopped the run ("rerun the same
+    command"), and a second rerun was needed. Rank 0 now waits while that rank redoes it (here: a thread restores
+    the shard's bytes, as rank 1's rewrite would); one that is never redone still fails at the deadline."""
+    import threading
+    import time
+
+    out = tmp_path / "c"
+    make_cache(out, num_clips=6, shard_size=2, world_size=2)
+    spec = json.loads((out / "spec.json").read_text())
+    (out / MANIFEST_NAME).unlink()
+    tokens = out / shard_file(shard_name(1, 0), "tokens")
+    good = tokens.read_bytes()
+    _flip_a_byte(tokens)
+    with pytest.raises(ValueError, match=r"shard shard-r001-00000 file .*tokens.npy has another sha256"):
+        merge_manifest(out, spec, world_size=2, wait_timeout_s=0.3, elapsed_s=0.0, poll_s=0.05)
+    redo = threading.Timer(0.3, tokens.write_bytes, args=(good,))
+    redo.start()
+    start = time.monotonic()
+    try:
+        manifest = merge_manifest(out, spec, world_size=2, wait_timeout_s=30, elapsed_s=0.0, poll_s=0.05)
+    finally:
+        redo.join()
+    assert time.monotonic() - start >= 0.25 and manifest["num_clips"] == 6
+    assert verify_cache(out)[0] == []

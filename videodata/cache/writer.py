@@ -307,6 +307,38 @@ def _shard_problem(out: Path, record: Any) -> str | None:
     return None
 
 
+class _StaleShard(Exception):
+    def __init__(self, rank: int, shard: str, problem: str) -> None:
+        super().__init__(f"shard {shard} {problem}")
+        self.rank, self.shard, self.problem = rank, shard, problem
+
+
+def _collect_shards(out: Path, world_size: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Every rank's shard records (checked against their files) and quarantine entries; _StaleShard on a problem."""
+    shards, quarantine = [], []
+    for r in range(world_size):
+        try:
+            rank_record = read_json(out / rank_done_name(r), "rank record")
+        except ValueError as err:  # removed by that rank's rerun between our look and our read
+            if (out / rank_done_name(r)).is_file():
+                raise
+            raise _StaleShard(r, rank_done_name(r), "went away while read") from err
+        for i in range(rank_record["num_shards"]):
+            name = shard_name(r, i)
+            try:
+                record = read_json(out / shard_file(name, "done"), "shard record")
+            except ValueError:
+                raise _StaleShard(r, name, "has no readable record") from None
+            problem = _shard_problem(out, record)
+            if problem is not None:
+                raise _StaleShard(r, name, problem)
+            quarantine.extend(record.pop("quarantine"))
+            record.pop("resume")
+            shards.append(record)
+        quarantine.extend(rank_record["quarantine"])
+    return shards, quarantine
+
+
 def merge_manifest(
     out: Path, spec: dict[str, Any], *, world_size: int, wait_timeout_s: float, elapsed_s: float, poll_s: float = 0.5
 ) -> dict[str, Any]:
@@ -319,25 +351,29 @@ def merge_manifest(
         ValueError: a rank did not finish within ``wait_timeout_s``.
     """
     deadline = time.monotonic() + wait_timeout_s
-    missing = list(range(world_size))
-    while missing:
-        missing = [r for r in missing if not (out / rank_done_name(r)).is_file()]
-        if missing and time.monotonic() > deadline:
-            raise ValueError(f"rank(s) {missing} did not finish within {wait_timeout_s:g} s; rerun to resume")
-        if missing:
+    said: set[str] = set()
+    while True:
+        missing = list(range(world_size))
+        while missing:
+            missing = [r for r in missing if not (out / rank_done_name(r)).is_file()]
+            if missing and time.monotonic() > deadline:
+                raise ValueError(f"rank(s) {missing} did not finish within {wait_timeout_s:g} s; rerun to resume")
+            if missing:
+                time.sleep(poll_s)
+        try:
+            shards, quarantine = _collect_shards(out, world_size)
+            break
+        except _StaleShard as err:
+            # Rank 0 checked its own shards before it came here: a problem there is damage. Another rank's may be
+            # an earlier run's record that rank has not reached yet (its scan redoes the shard and rewrites the
+            # record): merging then stopped the run, and the next rerun was needed to finish a cache this one was
+            # already repairing.
+            if err.rank == 0 or time.monotonic() > deadline:
+                raise ValueError(f"shard {err.shard} {err.problem}: rerun the same command to redo it") from None
+            if err.shard not in said:
+                said.add(err.shard)
+                log.info("shard %s %s: waiting for rank %d to redo it", err.shard, err.problem, err.rank)
             time.sleep(poll_s)
-    shards, quarantine = [], []
-    for r in range(world_size):
-        rank_record = read_json(out / rank_done_name(r), "rank record")
-        for i in range(rank_record["num_shards"]):
-            record = read_json(out / shard_file(shard_name(r, i), "done"), "shard record")
-            problem = _shard_problem(out, record)
-            if problem is not None:  # damaged, or a stale rank record read while that rank rewrites its shards
-                raise ValueError(f"shard {shard_name(r, i)} {problem}: rerun the same command to redo it")
-            quarantine.extend(record.pop("quarantine"))
-            record.pop("resume")
-            shards.append(record)
-        quarantine.extend(rank_record["quarantine"])
     identity = spec["identity"]
     manifest = {
         "format": FORMAT_NAME,
