@@ -254,7 +254,8 @@ def test_vq_dead_code_restarted_in_training_only(use_ema: bool) -> None:
     torch.testing.assert_close(q.ema_cluster_size[5], 0.5 + 0.5 * (out.ids == 5).sum().float())
     if not use_ema:  # no EMA update of a parameter: only the dead row changed, to a latent
         assert torch.equal(q.codebook[:5], state["codebook"][:5])
-        assert torch.cdist(q.codebook[5:6].detach(), flat(z)).min() < 1e-6
+        # an exact copy of a latent row (cdist's matrix-product path is ~3e-4 off on some CPU kernels)
+        assert (flat(z) == q.codebook[5].detach()).all(dim=1).any()
     assert q.train()(z).stats["restarted"] == 0  # alive again
 
 
@@ -282,9 +283,9 @@ def test_vq_restarts_draw_no_random_numbers_and_put_dead_codes_on_distinct_laten
     rng = torch.get_rng_state()
     assert q(z).stats["restarted"] == 8
     assert torch.equal(torch.get_rng_state(), rng)
-    dist = torch.cdist(q.codebook.detach(), flat(z))  # (8 codes, 16 latents)
-    assert (dist.min(dim=1).values < 1e-6).all()  # every code is now a latent of the batch
-    assert len(set(dist.argmin(dim=1).tolist())) == 8  # and no two are the same one
+    same = (q.codebook.detach()[:, None, :] == flat(z)[None]).all(dim=2)  # (8 codes, 16 latents): exact copies
+    assert same.any(dim=1).all()  # every code is now a latent of the batch
+    assert len(set(same.float().argmax(dim=1).tolist())) == 8  # and no two are the same one
 
 
 def test_vq_training_takes_an_empty_batch_and_restarts_from_a_single_position() -> None:
