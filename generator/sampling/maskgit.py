@@ -158,7 +158,8 @@ def _correct(
         return cur
     order = torch.randperm(m, generator=generator, device=generator.device if generator is not None else "cpu")
     logp = torch.full(cur.shape, float("inf"), device=cur.device)  # context positions are never chosen
-    for group in positions[order.to(positions.device)].chunk(CORRECTOR_GROUPS):
+    # tensor_split, not chunk: chunk(4) of 5 positions gave groups of 2, 2, 1 (40% masked at once, not a quarter)
+    for group in positions[order.to(positions.device)].tensor_split(min(CORRECTOR_GROUPS, m)):
         probe = cur.clone()
         probe[:, group] = mask_id
         logits = ctx.logits(probe, coords, keep=False, progress=progress)[:, group]  # (B, g, V)

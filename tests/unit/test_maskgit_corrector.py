@@ -66,6 +66,21 @@ def test_each_generated_token_is_scored_once_with_its_own_position_masked():
     assert int((ctx.calls[CORRECTOR_GROUPS][0] == MASK).sum()) == 3
 
 
+@pytest.mark.parametrize(
+    ("generated", "sizes"), [(5, [2, 1, 1, 1]), (6, [2, 2, 1, 1]), (3, [1, 1, 1]), (9, [3, 2, 2, 2])]
+)
+def test_a_unit_whose_generated_count_is_not_a_multiple_of_four_is_still_scored_a_quarter_at_a_time(generated, sizes):
+    """chunk(4) of 5 positions made groups of 2, 2 and 1 (40% masked at once) and of 6 three groups of 2."""
+    ctx, (cur, _, _) = FixedModel(), _unit()
+    free = torch.zeros(64, dtype=torch.bool)
+    free[4 : 4 + generated] = True
+    sc = SamplingConfig(temperature=0.0, corrector_rounds=1, corrector_fraction=0.05)
+    _correct(ctx, cur, free, torch.zeros(64, 3), sc, torch.Generator().manual_seed(2), 1.0)
+    probes = ctx.calls[: len(sizes)]
+    assert sorted((int((p[0] == MASK).sum()) for p in probes), reverse=True) == sizes
+    assert torch.stack([p[0] == MASK for p in probes]).sum(0)[4 : 4 + generated].tolist() == [1] * generated
+
+
 @pytest.mark.parametrize("order", ["clip", "frame"])
 def test_corrector_keeps_the_context_and_returns_codes(order):
     m = tiny("maskgit")
