@@ -14,7 +14,8 @@ makes them), constant learning rate and gradient clipping at 1.0:
   ``backward`` -> ``clip_grad_norm_`` -> ``optimizer.step`` -> ``zero_grad``.
 
 Since both sides do the same arithmetic, their losses agree step by step (to rounding; the
-maximum difference is printed), which checks that the comparison is like for like.
+maximum difference is printed, and one over ``SAME_WORK_RTOL`` relative is an error), which checks that the
+comparison is like for like.
 
 After warm-up steps, repeats of N timed steps alternate ours/peer (ABBA order, so drift and
 other load fall on both alike); the median per-step time gives tokens/s (video tokens: micro

@@ -27,6 +27,8 @@ class TrainedOn:
 
     Attributes:
         tokenizer: the token cache's tokenizer fingerprint (:func:`core.weights.folder_fingerprint` of its folder).
+        tokenizer_ids: the ids that tokenizer gives a fixed probe clip (:func:`tokenizer.probe.probe_ids`), which
+            tell its token space whatever precision it is stored in; None when the training had no tokenizer folder.
         text_encoder: :meth:`generator.text_encoders.TextEncoder.fingerprint` of the training's text encoder, or
             None for a class-conditional or unconditional model.
         num_frames: frames of the training clips (the cache's ``--num-frames``).
@@ -36,6 +38,7 @@ class TrainedOn:
     """
 
     tokenizer: str
+    tokenizer_ids: tuple[int, ...] | None = None
     text_encoder: str | None = None
     num_frames: int | None = None
     fps: float | None = None
@@ -44,6 +47,12 @@ class TrainedOn:
     def __post_init__(self) -> None:
         if not isinstance(self.tokenizer, str) or not self.tokenizer:
             raise ValueError(f"tokenizer must be a fingerprint string, got {self.tokenizer!r}")
+        if self.tokenizer_ids is not None:
+            if not isinstance(self.tokenizer_ids, (list, tuple)) or not all(
+                is_int(i) and i >= 0 for i in self.tokenizer_ids
+            ):
+                raise ValueError("tokenizer_ids must be a list of token ids or null")
+            object.__setattr__(self, "tokenizer_ids", tuple(int(i) for i in self.tokenizer_ids))
         if self.text_encoder is not None and (not isinstance(self.text_encoder, str) or not self.text_encoder):
             raise ValueError(f"text_encoder must be a fingerprint string or null, got {self.text_encoder!r}")
         for name in ("num_frames", "stride"):

@@ -19,12 +19,13 @@ from core.config import build_config, load_yaml, parse_override
 from core.files import atomic_dir, atomic_write_json, check_not_over_inputs
 from core.weights import folder_fingerprint
 from generator import Generator
-from generator.provenance import TRAINED_ON_NAME, TrainedOn, read_trained_on
+from generator.provenance import TRAINED_ON_NAME, TrainedOn, read_trained_on, write_trained_on
 from generator.text_encoders import TextEncoder, load_text_encoder
 from pipelines.config import PipelineConfig
 from pipelines.folder import HOLDOUT_FILE, check_replaceable
 from pipelines.video import VideoPipeline
 from tokenizer import VideoTokenizer
+from tokenizer.probe import PROBE_AGREEMENT, agreement, probe_ids
 
 log = logging.getLogger(__name__)
 
@@ -101,10 +102,13 @@ def assemble_pipeline(
     )
     for mode in generators:
         pipe.resolve_mode_order(mode, None)  # the default order must be one the generator supports
-    check_trained_with(generators, trained, tokenizer, text_encoder)
+    check_trained_with(generators, trained, tokenizer, pipe.tokenizer, text_encoder)
 
     with atomic_dir(out) as tmp:
         pipe.save_pretrained(tmp, DTYPES[dtype])  # with the text encoder's folder when its path is relative
+        for mode, made in trained.items():  # kept, so that a pipeline assembled again from these folders is checked
+            if made is not None:
+                write_trained_on(tmp / config.generators[mode], made)
         if holdout is not None:
             atomic_write_json(tmp / HOLDOUT_FILE, list(holdout))
         VideoPipeline.from_pretrained(tmp)  # what we ship must load
@@ -162,14 +166,20 @@ def clip_from_training(
 def check_trained_with(
     generators: Mapping[str, str | os.PathLike],
     trained: Mapping[str, TrainedOn | None],
-    tokenizer: str | os.PathLike,
+    tokenizer_dir: str | os.PathLike,
+    tokenizer: VideoTokenizer,
     text_encoder: TextEncoder | None,
 ) -> None:
-    """ValueError when a generator's ``trained_on.json`` names another tokenizer or text encoder than the parts given:
-    another tokenizer of the same vocabulary decodes its ids to other pictures, another encoder of the same width
-    gives its prompts other features, and both load and sample without an error. A generator folder without the
-    file (saved by ``save_pretrained``, or exported before it existed) is only logged."""
-    tokenizer_fp = None
+    """ValueError when a generator's ``trained_on.json`` says it was trained with another token space or text encoder
+    than the parts given: another tokenizer of the same vocabulary decodes its ids to other pictures, another encoder
+    of the same width gives its prompts other features, and both load and sample without an error.
+
+    The token space is compared by the ids of a fixed probe clip (:mod:`tokenizer.probe`), so the same tokenizer
+    stored in another precision, or with only its decoder fine-tuned, fits. A file without those ids (a training with
+    no tokenizer folder) is compared by fingerprint, and a difference only logged; a generator folder without the file
+    (saved by ``save_pretrained``, or exported before it existed) is only logged.
+    """
+    ours = None
     for mode, directory in generators.items():
         made = trained[mode]
         if made is None:
@@ -177,12 +187,18 @@ def check_trained_with(
                         "checked", mode, directory, TRAINED_ON_NAME)  # fmt: skip
             continue
         where = f"the {mode} generator ({os.path.join(directory, TRAINED_ON_NAME)})"
-        tokenizer_fp = tokenizer_fp or folder_fingerprint(tokenizer, "tokenizer")
-        if made.tokenizer != tokenizer_fp:
-            raise ValueError(
-                f"{where} was trained on the tokens of tokenizer {made.tokenizer[:12]}, but the tokenizer "
-                f"{str(tokenizer)!r} is {tokenizer_fp[:12]}: give the tokenizer folder its token cache was made with"
-            )
+        if made.tokenizer_ids is not None:
+            ours = ours if ours is not None else probe_ids(tokenizer)
+            share = agreement(made.tokenizer_ids, ours)
+            if share < PROBE_AGREEMENT:
+                raise ValueError(
+                    f"{where} was trained on the tokens of another tokenizer: {str(tokenizer_dir)!r} gives a fixed "
+                    f"probe clip {share:.0%} of the ids its training tokenizer ({made.tokenizer[:12]}) gave; give the "
+                    "tokenizer its token cache was made with (in any precision, or with only its decoder retrained)"
+                )
+        elif made.tokenizer != folder_fingerprint(tokenizer_dir, "tokenizer"):
+            log.warning("%s names tokenizer %s, and %s is another folder (no probe ids to compare the token spaces)",
+                        where, made.tokenizer[:12], tokenizer_dir)  # fmt: skip
         if made.text_encoder is not None and text_encoder is not None:
             given = text_encoder.fingerprint()
             if made.text_encoder != given:

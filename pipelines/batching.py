@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from core.checks import is_int
@@ -14,7 +16,9 @@ def batch_size(given: str | int | list | None, num_videos: int | None, context_r
         raise ValueError(f"nothing to generate: num_videos must be an integer >= 1, got {num_videos!r}")
     if given is None or isinstance(given, str) or is_int(given):
         return int(num_videos) if num_videos is not None else context_rows
-    if not isinstance(given, (list, tuple, np.ndarray)):  # 2.0 or True: a TypeError from len()
+    if isinstance(given, np.ndarray) and given.ndim == 0:  # np.array(1): len() of an unsized object
+        raise ValueError(f"labels {given!r} is a 0-d array: give int(labels), or a 1-d array of class ids")
+    if not isinstance(given, (Sequence, np.ndarray)):  # 2.0 or True: a TypeError from len()
         raise ValueError(f"a prompt or label must be a string, an integer class id or a list of them, got {given!r}")
     if len(given) < 1:
         raise ValueError("nothing to generate: give at least one prompt or label")

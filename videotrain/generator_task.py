@@ -31,6 +31,8 @@ from generator import (
 )
 from generator.provenance import TrainedOn
 from generator.text_encoders import TextEncoderConfig
+from tokenizer import VideoTokenizer
+from tokenizer.probe import probe_ids
 from videodata.cache.reader import ShuffledSampler, TokenCache, TokenSample, tokenizer_fingerprint
 from videodata.captions import CaptionAugmentConfig, augment_caption
 from videotrain import checkpoint, distributed
@@ -192,10 +194,12 @@ class GeneratorTrainer(Trainer):
         clip = self.cache.manifest.get("clip_spec")
         clip = clip if isinstance(clip, dict) else {}
         fps = clip.get("fps")
+        ids = probe_ids(VideoTokenizer.from_pretrained(self.cfg.data.tokenizer)) if self.cfg.data.tokenizer else None
         try:
             return TrainedOn(
                 self.cache.fingerprint,
-                self.text_encoder.fingerprint() if self.text_encoder is not None else None,
+                tokenizer_ids=ids,
+                text_encoder=self.text_encoder.fingerprint() if self.text_encoder is not None else None,
                 num_frames=clip.get("num_frames"), fps=fps, stride=clip.get("stride") if fps is None else None,
             )  # fmt: skip
         except ValueError as err:
@@ -347,8 +351,6 @@ class GeneratorTrainer(Trainer):
         if self.zero_stage == 3 or not self.dist.is_main or not self.cfg.data.tokenizer:
             return
         if self._tokenizer is None:
-            from tokenizer import VideoTokenizer
-
             self._tokenizer = VideoTokenizer.from_pretrained(self.cfg.data.tokenizer).to(self.dist.device)
         n = self.run.num_samples
         held_out = [int(i) for i in self.eval_idx[:n]]

@@ -146,3 +146,16 @@ def test_a_folder_without_pipeline_yaml_points_at_make_pipeline(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"")
     with pytest.raises(ValueError, match=r"has no pipeline.yaml: is it a tokvid pipeline\? \(tools/make_pipeline.py"):
         VideoPipeline.from_pretrained(tmp_path)
+
+
+def test_any_sequence_of_labels_counts_and_a_0d_array_is_one_line():
+    """The type check added for labels=2.0 refused labels=range(3), which worked before; np.array(1) passed it and
+    then failed in len() with a TypeError."""
+    import numpy as np
+
+    from pipelines.batching import batch_size
+
+    assert batch_size(range(3), None, 1) == 3 and batch_size(np.array([0, 2]), None, 1) == 2
+    assert batch_size(("a", "b"), None, 1) == 2
+    with pytest.raises(ValueError, match="is a 0-d array: give int"):
+        batch_size(np.array(1), None, 1)

@@ -20,6 +20,7 @@ from generator.text_encoders import TextEncoderConfig, load_text_encoder
 from pipelines import VideoPipeline
 from tests.helpers.tiny_pipeline import make_tiny_pipeline
 from tests.helpers.tiny_text import make_tiny_t5
+from tokenizer.probe import probe_ids
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -56,15 +57,20 @@ def parts(tmp_path_factory):
     config.write_text(f"num_frames: 9\nfps: 8\ndefault_mode: ar\ntext_encoder:\n  kind: t5\n  path: "
                       f"{(src / 'text_encoder').resolve()}\n  max_length: 48\n")  # fmt: skip
     pipe = VideoPipeline.from_pretrained(src)
-    truth = TrainedOn(folder_fingerprint(src / "tokenizer", "tokenizer"), pipe.text_encoder.fingerprint())
+    truth = TrainedOn(folder_fingerprint(src / "tokenizer", "tokenizer"), tokenizer_ids=probe_ids(pipe.tokenizer),
+                      text_encoder=pipe.text_encoder.fingerprint())  # fmt: skip
     return src, config, truth
+
+
+def _other_ids(ids):
+    return [(i + 1) % 1000 for i in ids]  # every id another: the token space of another tokenizer
 
 
 @pytest.mark.parametrize(
     ("change", "message"),
     [
         (None, None),
-        ({"tokenizer": "0" * 64}, "was trained on the tokens of tokenizer 000000000000, but the tokenizer"),
+        ({"tokenizer_ids": "other"}, "was trained on the tokens of another tokenizer: "),
         ({"text_encoder": "f" * 16}, "was trained with text encoder ffffffffffffffff, but the pipeline's"),
     ],
 )
@@ -73,6 +79,8 @@ def test_make_pipeline_refuses_a_tokenizer_or_encoder_the_generator_was_not_trai
     src, config, truth = parts
     copy = tmp_path / "src"
     shutil.copytree(src, copy)
+    if change and change.get("tokenizer_ids") == "other":
+        change = {"tokenizer_ids": _other_ids(truth.tokenizer_ids)}
     write_trained_on(copy / "generator_ar", replace(truth, **(change or {})))
     proc = _make_pipeline(copy, tmp_path / "out", config=config)
     if message is None:
@@ -108,15 +116,16 @@ def test_a_damaged_trained_on_file_is_one_error(tmp_path, text, message):
 
 
 def test_the_file_round_trips(tmp_path):
-    for value in (TrainedOn("ab" * 32), TrainedOn("ab" * 32, "cd" * 8)):
+    full = TrainedOn("ab" * 32, tokenizer_ids=(3, 0, 7), text_encoder="cd" * 8, num_frames=9, fps=12.5)
+    for value in (TrainedOn("ab" * 32), full, TrainedOn("ab" * 32, num_frames=17, stride=2)):
         write_trained_on(tmp_path, value)
         assert read_trained_on(tmp_path) == value
         assert json.loads((tmp_path / TRAINED_ON_NAME).read_text())["tokenizer"] == "ab" * 32
 
 
-def test_make_pipeline_takes_the_clip_length_and_rate_the_generator_trained_on(parts, tmp_path):
-    """PipelineConfig's defaults are the shapes model's 17 frames at 8 fps: a generator trained on 9-frame clips cut
-    at 25 fps rolled out 17 frames and played them at 8 fps (3x slow motion), unsaid."""
+def _clip_parts(parts, tmp_path):
+    """A copy of the parts whose AR generator trained on 9-frame clips at 12.5 fps, and a pipeline YAML that sets
+    neither num_frames nor fps."""
     src, _, truth = parts
     copy = tmp_path / "src"
     shutil.copytree(src, copy)
@@ -124,6 +133,13 @@ def test_make_pipeline_takes_the_clip_length_and_rate_the_generator_trained_on(p
     config = tmp_path / "pipe.yaml"
     config.write_text(f"default_mode: ar\ntext_encoder:\n  kind: t5\n  path: {(src / 'text_encoder').resolve()}\n"
                       "  max_length: 48\n")  # fmt: skip
+    return copy, config, truth
+
+
+def test_make_pipeline_takes_the_clip_length_and_rate_the_generator_trained_on(parts, tmp_path):
+    """PipelineConfig's defaults are the shapes model's 17 frames at 8 fps: a generator trained on 9-frame clips cut
+    at 25 fps rolled out 17 frames and played them at 8 fps (3x slow motion), unsaid."""
+    copy, config, truth = _clip_parts(parts, tmp_path)
     proc = _make_pipeline(copy, tmp_path / "out", config=config)
     assert proc.returncode == 0, proc.stderr
     made = VideoPipeline.from_pretrained(tmp_path / "out").config
@@ -165,3 +181,47 @@ def test_generators_trained_on_different_clips_need_the_settings_given():
     with pytest.raises(ValueError, match=r"trained on different clips \(17 frames at 25 fps; 9 frames at 25 fps\)"):
         clip_from_training(base, trained, set())
     assert clip_from_training(replace(base, num_frames=9, fps=25.0), trained, {"num_frames", "fps"}).num_frames == 9
+
+
+def test_the_same_token_space_in_another_precision_or_with_another_decoder_is_accepted(parts, tmp_path):
+    """The file bytes are not the token space: make_pipeline --dtype float16 stores the tokenizer in fp16 (the shipped
+    and train_shapes way), and a decoder fine-tuned with the encoder frozen keeps every id. Both were refused as
+    "another tokenizer". A pipeline assembled again from its own folders keeps trained_on.json, its clip length and
+    rate (it fell back to 17 frames at 8 fps), and its checks; an encoder that changed is refused."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    copy, config, truth = _clip_parts(parts, tmp_path)
+    first = tmp_path / "first"
+    cmd = [sys.executable, str(ROOT / "tools/make_pipeline.py"), "--config", str(config), "--dtype", "float16"]
+    proc = subprocess.run([*cmd, "--tokenizer", str(copy / "tokenizer"), "--generator", f"ar={copy / 'generator_ar'}",
+                           "--out", str(first)], capture_output=True, text=True, cwd=ROOT)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert read_trained_on(first / "generator_ar") == replace(truth, num_frames=9, fps=12.5)
+    again = tmp_path / "again"  # from the fp16 pipeline's own folders
+    proc = subprocess.run([*cmd, "--tokenizer", str(first / "tokenizer"), "--generator",
+                           f"ar={first / 'generator_ar'}", "--out", str(again)], capture_output=True, text=True,
+                          cwd=ROOT)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    made = VideoPipeline.from_pretrained(again).config
+    assert (made.num_frames, made.fps) == (9, 12.5) and "not checked" not in proc.stderr
+    weights = copy / "tokenizer" / "model.safetensors"
+    state = load_file(str(weights))
+    decoder = next(k for k in state if k.startswith("decoder.") and state[k].is_floating_point())
+    save_file({**state, decoder: state[decoder] + 1e-3}, str(weights))  # a decoder-only change: the same ids
+    proc = _make_pipeline(copy, tmp_path / "decoder", config=config)
+    assert proc.returncode == 0, proc.stderr
+    encoder = next(k for k in state if k.startswith("encoder.") and state[k].dim() > 1)
+    save_file({**state, encoder: torch.randn_like(state[encoder])}, str(weights))  # another encoder: other ids
+    proc = _make_pipeline(copy, tmp_path / "encoder", config=config)
+    assert proc.returncode == 2 and "was trained on the tokens of another tokenizer" in proc.stderr, proc.stderr
+
+
+def test_without_probe_ids_another_tokenizer_folder_is_only_said(parts, tmp_path):
+    src, config, truth = parts
+    copy = tmp_path / "src"
+    shutil.copytree(src, copy)
+    write_trained_on(copy / "generator_ar", replace(truth, tokenizer="0" * 64, tokenizer_ids=None))
+    proc = _make_pipeline(copy, tmp_path / "out", config=config)
+    assert proc.returncode == 0, proc.stderr
+    assert "names tokenizer 000000000000, and" in proc.stderr and "no probe ids" in proc.stderr
