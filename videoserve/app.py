@@ -86,11 +86,13 @@ class _HeldFileResponse(FileResponse):
     """A file response that calls ``release`` once it is sent, or the client is gone (the store keeps the file until
     then)."""
 
-    def __init__(self, path: Path, release: Callable[[], None], **kwargs: Any) -> None:
+    def __init__(self, path: Path, release: Callable[[], None], *, whole: bool = False, **kwargs: Any) -> None:
         super().__init__(path, **kwargs)
-        self._release = release
+        self._release, self._whole = release, whole
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if self._whole:  # a Range in a unit we do not serve is ignored: the whole file (RFC 9110 14.2)
+            scope = {**scope, "headers": [(k, v) for k, v in scope["headers"] if k.lower() != b"range"]}
         try:
             await super().__call__(scope, receive, send)
         finally:
@@ -117,10 +119,10 @@ _RANGE = re.compile(r"\s*(\d*)\s*-\s*(\d*)\s*")
 def _range_problem(header: str | None, size: int) -> tuple[int, str] | None:
     """(status, message) for a ``Range`` header that a file of ``size`` bytes cannot answer, else None: 400 for a
     malformed one, 416 for one that starts past the end (RFC 9110 14.1.2: ``bytes=first-last``, ``bytes=-suffix``)."""
-    if header is None:
+    if header is None or not _bytes_range(header):
         return None
-    unit, _, spec = header.partition("=")
-    if unit.strip().lower() != "bytes" or not spec.strip():
+    spec = header.partition("=")[2]
+    if not spec.strip():
         return 400, f"the Range header must be bytes=first-last, got {header[:80]!r}"
     for part in spec.split(","):
         match = _RANGE.fullmatch(part)
@@ -129,7 +131,14 @@ def _range_problem(header: str | None, size: int) -> tuple[int, str] | None:
             return 400, f"the Range header must be bytes=first-last, got {header[:80]!r}"
         if first and int(first) >= size:
             return 416, f"the Range header starts past the file's {size} bytes"
+        if not first and int(last) == 0:  # Starlette answered "bytes=-0" with an empty plain-text 416
+            return 416, "the Range header asks for the last 0 bytes"
     return None
+
+
+def _bytes_range(header: str | None) -> bool:
+    """Whether a ``Range`` header is in bytes, the one unit served; another is ignored (RFC 9110 14.2)."""
+    return header is not None and header.partition("=")[0].strip().lower() == "bytes"
 
 
 def _model_info(pipe: VideoPipeline) -> dict:
@@ -192,6 +201,8 @@ def _record(
         "prompt": made.prompts,
         "label": made.label,
         "context": "image" if request.image else "video" if request.video else None,
+        "context_frames": 1 if request.image else request.context_frames,  # the frames given, None for none
+        "segment_frames": request.segment_frames,
         "mode": made.mode,
         "order": made.order,
         "num_frames": int(frames.shape[1]),
@@ -373,7 +384,7 @@ def create_app(
             return _error(500, f"generation failed: {type(err).__name__}: {err}")
         return JSONResponse(record)
 
-    @app.get("/outputs/{name}")
+    @app.api_route("/outputs/{name}", methods=["GET", "HEAD"])  # players and link checkers ask HEAD first (a 405)
     async def output(name: str, request: Request) -> Response:
         path = store.claim_served(name)  # held from the cap until sent: dropped mid-response, it was a plain 500
         if path is None:
@@ -383,6 +394,8 @@ def create_app(
         if problem is not None:  # Starlette's own answer to these is a plain-text 400
             release()
             return _error(*problem)
-        return _HeldFileResponse(path, release, media_type="video/mp4" if path.suffix == ".mp4" else "image/png")
+        media = "video/mp4" if path.suffix == ".mp4" else "image/png"
+        whole = not _bytes_range(request.headers.get("range"))
+        return _HeldFileResponse(path, release, whole=whole, media_type=media)
 
     return app

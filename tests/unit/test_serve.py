@@ -217,6 +217,19 @@ def test_upload_an_image_and_animate_it(client, tmp_path):
     r = client.post("/api/generate", json={"image": up.json()["id"], "prompt": "a red square moving right"})
     assert r.status_code == 200, r.text
     assert r.json()["context"] == "image" and r.json()["num_frames"] == 17
+    assert (r.json()["context_frames"], r.json()["segment_frames"]) == (1, None)  # the record says what was given
+
+
+def test_a_continued_story_records_its_context_and_segment_frames(client, tmp_path):
+    """The record (and the gallery) could not tell a 5-frame from a 9-frame continuation, nor a story's segments."""
+    from core.video_write import write_video
+
+    write_video(tmp_path / "c.mp4", np.zeros((9, 64, 64, 3), np.uint8), fps=8)
+    video = client.post("/api/uploads?name=c.mp4", content=(tmp_path / "c.mp4").read_bytes()).json()["id"]
+    story = {"prompt": ["a red circle moving left"], "video": video, "context_frames": 5, "segment_frames": 9}
+    r = client.post("/api/generate", json=story)
+    assert r.status_code == 200, r.text
+    assert (r.json()["context"], r.json()["context_frames"], r.json()["segment_frames"]) == ("video", 5, 9)
 
 
 @pytest.mark.parametrize(
