@@ -377,7 +377,8 @@ def read_frames(
 # Backends by file suffix, in turn (others: decord, then PyAV). AVI goes to PyAV's in-order decode: decord maps
 # indices to the wrong frames of an AVI with B-frames (MPEG-4 Part 2, as UCF-101's Xvid files), so a strided or
 # later read of a 60-frame clip returned frames 12-19 for 31-38, and frame 11 for 30, without an error.
-BACKENDS: dict[str, list] = {**{ext: [_read_pil] for ext in PIL_EXTS}, ".avi": [_read_pyav]}
+PYAV_ONLY_EXTS = frozenset({".avi"})
+BACKENDS: dict[str, list] = {**{ext: [_read_pil] for ext in PIL_EXTS}, **{ext: [_read_pyav] for ext in PYAV_ONLY_EXTS}}
 
 
 def _read(

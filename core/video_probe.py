@@ -15,7 +15,7 @@ from PIL import Image, ImageSequence
 
 from core.checks import first_line
 from core.video_display import ffmpeg_path
-from core.video_io import PIL_DECODE_ERRORS, PIL_EXTS, decord, decord_reader, frame_files
+from core.video_io import PIL_DECODE_ERRORS, PIL_EXTS, PYAV_ONLY_EXTS, decord, decord_reader, frame_files
 
 
 def frame_count(path: str | os.PathLike) -> int:
@@ -91,17 +91,49 @@ def video_fps(path: str | os.PathLike) -> float:
 
 
 def frame_starts(path: str | os.PathLike) -> list[float] | None:
-    """When each frame of an animated image (GIF, WebP, APNG) starts, in seconds, from its frame delays: a GIF's
-    frames may each last a different time (a title card, a pause), which one average rate misplaces. None for other
-    files, stills, and files where some frame before the last gives no delay (players choose their own there).
+    """When each frame starts, in seconds, without decoding: an animated image's (GIF, WebP, APNG) from its frame
+    delays, a video file's from its presentation timestamps (:func:`video_frame_starts`). A GIF's frames may each last
+    a different time (a title card, a pause), and a phone's video is often recorded at a variable rate; one average
+    rate misplaces their frames. None for stills, folders, and files whose times are missing or not increasing.
 
     Raises:
         ValueError: the file cannot be decoded.
     """
     path = Path(path)
-    if path.suffix.lower() not in PIL_EXTS:
+    if path.suffix.lower() in PIL_EXTS:
+        return starts_from_durations(image_durations(path))
+    return video_frame_starts(path) if path.is_file() else None
+
+
+def video_frame_starts(path: str | os.PathLike) -> list[float] | None:
+    """A video file's frame start times in seconds, in display order, from its index (decord's, as reads use; PyAV's
+    packet timestamps for files decord does not read): no frame is decoded. None when a frame has no timestamp or two
+    frames share one (then the average rate is all there is)."""
+    path = Path(path)
+    starts = None
+    if decord is not None and path.suffix.lower() not in PYAV_ONLY_EXTS:
+        try:
+            reader = decord_reader(path)
+            starts = reader.get_frame_timestamp(range(len(reader)))[:, 0].tolist()
+        except (RuntimeError, decord.DECORDError, UnicodeError):
+            starts = None
+    if starts is None:
+        import av
+
+        try:
+            with av.open(ffmpeg_path(path)) as container:
+                if not container.streams.video:
+                    return None
+                stream = container.streams.video[0]
+                pts = [packet.pts for packet in container.demux(stream) if packet.size]
+                if not pts or any(p is None for p in pts) or stream.time_base is None:
+                    return None
+                starts = sorted(float(p * stream.time_base) for p in pts)
+        except av.FFmpegError:
+            return None
+    if len(starts) < 2 or any(b <= a for a, b in itertools.pairwise(starts)):
         return None
-    return starts_from_durations(image_durations(path))
+    return starts
 
 
 def starts_from_durations(durations: list[int]) -> list[float] | None:

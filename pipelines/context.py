@@ -23,7 +23,14 @@ import numpy as np
 from core.checks import is_int
 from core.frames import resize_center_crop
 from core.video_io import PIL_EXTS, VIDEO_EXTS, read_frames, read_video
-from core.video_probe import fps_from_durations, frame_count, image_durations, starts_from_durations, video_fps
+from core.video_probe import (
+    fps_from_durations,
+    frame_count,
+    image_durations,
+    starts_from_durations,
+    video_fps,
+    video_frame_starts,
+)
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +96,9 @@ def frame_indices(path: str | os.PathLike, fps: float | None = None) -> list[int
     n = frame_count(path) if durations is None else len(durations)  # one walk over an animated image's frames
     keep = list(range(n))
     if fps is not None and n > 1 and path.is_file():  # VIDEO_EXTS alone took an animated WebP or APNG frame by frame
-        starts = None if durations is None else starts_from_durations(durations)  # an animated image's own times
+        # an animated image's own times, or a video's timestamps (a variable-rate phone video: its average rate put
+        # the context 0.8 s early and 1.6x too fast)
+        starts = starts_from_durations(durations) if durations is not None else video_frame_starts(path)
         if starts is not None and len(starts) == n:
             keep = resample_times(starts, fps)
             if keep != list(range(n)):
@@ -141,8 +150,9 @@ def resample_times(starts: list[float], target_fps: float) -> list[int]:
     """Indices of the frames starting at ``starts`` (seconds, increasing) that show them at ``target_fps``: time
     steps of ``1 / target_fps`` counted back from the last frame's start, each taking the frame that starts nearest,
     a tie the later one. At a constant rate this is :func:`resample_indices`; with uneven delays (a GIF's title card
-    or pause) each frame is taken as often as it is shown, where one average rate spread them evenly and so continued
-    the motion before the end at the wrong speed."""
+    or pause, a variable-rate video) the frames follow their own times, where one average rate spread them evenly and
+    so continued the motion before the end at the wrong speed. Nearest start, not the frame on screen: after a long
+    pause the next frame is taken from half a step before it starts."""
     if not (math.isfinite(target_fps) and target_fps > 0):
         raise ValueError(f"frame rates must be positive, got {target_fps}")
     step, last, keep = 1.0 / target_fps, starts[-1], []

@@ -204,3 +204,39 @@ def test_animated_webp_and_apng_are_resampled_like_a_gif(tmp_path, fmt, suffix):
         frames[0].save(path, format=fmt, save_all=True, append_images=frames[1:], duration=[20] * 40, loop=0)
     rate = 50.0 if fmt == "GIF" else 40.0
     assert frame_indices(path, 8.0) == resample_indices(40, rate, 8.0)
+
+
+def _write_timed_mp4(path, starts):
+    """An H.264 mp4 whose frame i (grey level 4 * i) starts at ``starts[i]`` seconds (ms timestamps)."""
+    from fractions import Fraction
+
+    import av
+
+    tb = Fraction(1, 1000)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.options = {"crf": "0", "bf": "0"}
+        stream.time_base = stream.codec_context.time_base = tb
+        for i, t in enumerate(starts):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 4 * i, np.uint8), format="rgb24")
+            frame.pts, frame.time_base = round(t * 1000), tb
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def test_a_variable_rate_video_is_resampled_at_its_own_frame_times(tmp_path):
+    """A phone video recorded at a variable rate was picked by its average rate (24.5 fps here: a step of 3 frames),
+    so 9 context frames at 8 fps reached 0.8 s too far back and moved 1.6x too fast. Its timestamps give each time
+    step the frame that starts nearest, as for a GIF's delays."""
+    from pipelines.context import frame_indices
+
+    starts = [i / 60 for i in range(20)] + [20 / 60 + i / 15 for i in range(20)]  # 60 fps, then 15 fps
+    path = tmp_path / "vfr.mp4"
+    _write_timed_mp4(path, starts)
+    keep = frame_indices(path, 8.0)
+    assert keep[-9:] == [24, 26, 28, 30, 32, 33, 35, 37, 39]  # 0.125 s apart, counted back from the last frame
+    frames = load_frames(path, "video", fps=8.0)
+    assert [round(float(f.mean()) / 4) for f in frames[-9:]] == keep[-9:]  # the decoded frames are those frames
