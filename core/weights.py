@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import math
 import os
 import re
 import stat
@@ -20,6 +21,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from core.checks import first_line
 from core.config import from_dict, load_yaml, save_config
 from core.files import atomic_path
 
@@ -167,19 +169,26 @@ def weights_layout(path: str | os.PathLike) -> dict[str, tuple[tuple[int, ...], 
 def load_pretrained(build: Callable[[], M], directory: str | os.PathLike, what: str) -> M:
     """``build()`` with the weights of ``directory/model.safetensors`` loaded strictly (see :func:`load_strict`).
 
-    The model is first built on the meta device, which allocates nothing, and its parameter shapes are compared with
-    the weights file's header: a config that asks for a far larger model than its weights (an extra digit in ``dim``)
-    was built in full first, and either failed with a traceback ("can't allocate memory") or used up the machine's
-    memory before the mismatch was found.
+    The file's header is read first (a missing or damaged file fails before the model is built), and the built
+    model's shapes are compared with it before any tensor is read. A config that asks for more memory than the
+    machine has (an extra digit in ``dim``: 1.7 TB) is a ValueError naming it, not torch's allocator traceback.
+    A build on the meta device would find the mismatch without allocating, but torch runs several of its ops there
+    through Python references that import torch._dynamo, a second on generate.py's path: not done.
     """
     path = Path(directory) / WEIGHTS_NAME
     theirs = weights_layout(path)
-    with torch.device("meta"):
-        skeleton = build()
-    problem = _mismatches(_layout(skeleton.state_dict()), theirs, what)
+    try:
+        model = build()
+    except RuntimeError as err:
+        if "can't allocate memory" not in str(err) and type(err).__name__ != "OutOfMemoryError":
+            raise
+        raise ValueError(
+            f"{what}: its config asks for a model larger than this machine's memory ({first_line(err)}): is its "
+            f"config right? Its weights file holds {sum(math.prod(s) for s, _ in theirs.values()):,} values"
+        ) from None
+    problem = _mismatches(_layout(model.state_dict()), theirs, what)
     if problem:
         raise ValueError(problem)
-    model = build()
     load_strict(model, load_state(path), what)
     return model
 
