@@ -132,7 +132,9 @@ def test_not_json_is_400(client):
 
 
 @pytest.mark.parametrize("name", ["../../etc/passwd", "..%2F..%2Fetc%2Fpasswd", "x.mp4", "0" * 32 + ".json"])
-def test_only_finished_results_are_served(served, client, name):
+def test_a_name_that_is_no_result_of_the_server_is_404(served, client, name):
+    """Paths out of the folder, a name that is no result id, and a result's JSON record are never served (with a
+    finished result in the store; an unfinished one is the next test)."""
     r = client.get(f"/outputs/{name}")
     assert r.status_code == 404 and "error" in r.json()
 
