@@ -176,8 +176,8 @@ def check_trained_with(
 
     The token space is compared by the ids of a fixed probe clip (:mod:`tokenizer.probe`), so the same tokenizer
     stored in another precision, or with only its decoder fine-tuned, fits. A file without those ids (a training with
-    no tokenizer folder) is compared by fingerprint, and a difference only logged; a generator folder without the file
-    (saved by ``save_pretrained``, or exported before it existed) is only logged.
+    no tokenizer folder) is compared by the folder's fingerprint; a generator folder without the file (saved by
+    ``save_pretrained``, or exported before it existed) is only logged.
     """
     ours = None
     for mode, directory in generators.items():
@@ -196,9 +196,11 @@ def check_trained_with(
                     f"probe clip {share:.0%} of the ids its training tokenizer ({made.tokenizer[:12]}) gave; give the "
                     "tokenizer its token cache was made with (in any precision, or with only its decoder retrained)"
                 )
-        elif made.tokenizer != folder_fingerprint(tokenizer_dir, "tokenizer"):
-            log.warning("%s names tokenizer %s, and %s is another folder (no probe ids to compare the token spaces)",
-                        where, made.tokenizer[:12], tokenizer_dir)  # fmt: skip
+        elif made.tokenizer != folder_fingerprint(tokenizer_dir, "tokenizer"):  # a training without data.tokenizer
+            raise ValueError(
+                f"{where} names tokenizer {made.tokenizer[:12]} and no probe ids (its training had no data.tokenizer), "
+                f"and {str(tokenizer_dir)!r} is another folder: give the very folder its token cache was made with"
+            )
         if made.text_encoder is not None and text_encoder is not None:
             given = text_encoder.fingerprint()
             if made.text_encoder != given:

@@ -16,6 +16,7 @@ import itertools
 import logging
 import math
 import os
+import statistics
 from pathlib import Path
 
 import numpy as np
@@ -49,8 +50,8 @@ def load_frames(
     Args:
         source: (H, W, 3) or (T, H, W, 3) uint8 array, or a path.
         what: "image" or "video", named in errors.
-        fps: the model's frame rate: a video file (or animated GIF) at another rate is resampled to it by
-            :func:`resample_indices`. None, an array or a still image keeps every frame.
+        fps: the model's frame rate: a video file (or animated GIF) at another rate is resampled to it (see
+            :func:`frame_indices`). None, an array or a still image keeps every frame.
         size: (H, W) a file is read at, scaled to cover it and center-cropped by the decoder, so that a long or
             large video never holds its frames at full size (a minute of 1080p is 11 GB of them); None keeps
             the file's size. Arrays are returned as given.
@@ -85,8 +86,9 @@ def read_kept(path: Path, keep: list[int], size: tuple[int, int] | None) -> np.n
 
 def frame_indices(path: str | os.PathLike, fps: float | None = None) -> list[int]:
     """The file's frames :func:`load_frames` takes, as indices, counted from the file's index without decoding:
-    every frame, or at ``fps`` those :func:`resample_indices` keeps of a video or an animated image (GIF, WebP,
-    APNG: at their own frame times, see :func:`resample_times`).
+    every frame, or at ``fps`` those :func:`resample_indices` keeps of a constant-rate video, or those
+    :func:`resample_times` keeps at their own frame times of a variable-rate video or an animated image (GIF, WebP,
+    APNG).
 
     Raises:
         ValueError: a path that does not exist or that no backend can open.
@@ -99,12 +101,17 @@ def frame_indices(path: str | os.PathLike, fps: float | None = None) -> list[int
         # an animated image's own times, or a video's timestamps (a variable-rate phone video: its average rate put
         # the context 0.8 s early and 1.6x too fast)
         starts = starts_from_durations(durations) if durations is not None else video_frame_starts(path)
-        if starts is not None and len(starts) == n:
+        rate = None
+        if starts is not None and len(starts) == n and durations is None and _steady(starts):
+            rate = _steady_rate(starts)  # a constant-rate video: its one rate, ties as resample_indices takes them
+        elif starts is not None and len(starts) == n:
             keep = resample_times(starts, fps)
             if keep != list(range(n)):
-                log.info("%s: %d frames over %.3g s -> %d at %.3g fps", path.name, n, starts[-1], len(keep), fps)
+                log.info("%s: %d frames over %.3g s -> %d at %.3g fps", path.name, n, starts[-1] - starts[0],
+                         len(keep), fps)  # fmt: skip
             return keep
-        rate = video_fps(path) if durations is None else fps_from_durations(durations)
+        if rate is None:
+            rate = video_fps(path) if durations is None else fps_from_durations(durations)
         if rate is None:  # an animated GIF without frame delays (browsers play those at their own rate)
             log.info("%s has no frame delays: its frames are taken one for one", path.name)
         else:
@@ -146,6 +153,29 @@ def resample_indices(num_frames: int, source_fps: float, target_fps: float) -> l
     return [math.floor(num_frames - 1 - k * step + 0.5) for k in reversed(range(count))]
 
 
+def _steady(starts: list[float]) -> bool:
+    """Whether frame times are a constant rate, give or take 10% of the median frame interval (timestamps rounded to
+    a millisecond or stored in float32 jitter that much)."""
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    median = statistics.median(gaps)
+    return all(abs(g - median) <= 0.1 * median for g in gaps)
+
+
+def _steady_rate(starts: list[float]) -> float:
+    """The rate of constant-rate frame times: the least-squares slope (millisecond rounding averages out), then the
+    simplest fraction within 0.05% of it (30, 12, or 29.97 as 30000/1001 and the like), so that the half-frame ties of
+    a 12 fps video at 8 fps stay exact ties. A container's declared rate can be another than its times."""
+    n = len(starts)
+    mean_i, mean_t = (n - 1) / 2, sum(starts) / n
+    slope = sum((i - mean_i) * (t - mean_t) for i, t in enumerate(starts)) / sum((i - mean_i) ** 2 for i in range(n))
+    rate = 1.0 / slope
+    for denominator in range(1, 1002):
+        snapped = round(rate * denominator) / denominator
+        if abs(snapped - rate) <= 5e-4 * rate:
+            return snapped
+    return rate
+
+
 def resample_times(starts: list[float], target_fps: float) -> list[int]:
     """Indices of the frames starting at ``starts`` (seconds, increasing) that show them at ``target_fps``: time
     steps of ``1 / target_fps`` counted back from the last frame's start, each taking the frame that starts nearest,
@@ -155,13 +185,16 @@ def resample_times(starts: list[float], target_fps: float) -> list[int]:
     pause the next frame is taken from half a step before it starts."""
     if not (math.isfinite(target_fps) and target_fps > 0):
         raise ValueError(f"frame rates must be positive, got {target_fps}")
+    # Times closer than 1% of a frame count as equal: decord gives timestamps in float32 (1/30 s is 5e-8 off), and a
+    # tie read as no tie picked the earlier frame at half the steps of a 12 fps video (a stutter, steps 1, 2, 2, 1).
+    tol = 0.01 * statistics.median(b - a for a, b in itertools.pairwise(starts)) if len(starts) > 1 else 1e-9
     step, last, keep = 1.0 / target_fps, starts[-1], []
     for k in itertools.count():
         t = last - k * step
-        if t < starts[0] - 1e-9:
+        if t < starts[0] - tol:
             break
-        i = min(bisect.bisect_left(starts, t - 1e-9), len(starts) - 1)  # the first frame starting at or after t
-        keep.append(i if i == 0 or starts[i] - t <= t - starts[i - 1] + 1e-9 else i - 1)
+        i = min(bisect.bisect_left(starts, t - tol), len(starts) - 1)  # the first frame starting at or after t
+        keep.append(i if i == 0 or starts[i] - t <= t - starts[i - 1] + tol else i - 1)
     return keep[::-1]
 
 

@@ -390,10 +390,14 @@ def create_app(
         if path is None:
             raise HTTPException(404, f"no finished result named {name!r}")
         release = functools.partial(store.release, [file_id(path)])
-        problem = _range_problem(request.headers.get("range"), path.stat().st_size)
+        size = path.stat().st_size
+        problem = _range_problem(request.headers.get("range"), size)
         if problem is not None:  # Starlette's own answer to these is a plain-text 400
             release()
-            return _error(*problem)
+            response = _error(*problem)
+            if problem[0] == 416:  # RFC 9110 15.5.17: a 416 says the file's length
+                response.headers["content-range"] = f"bytes */{size}"
+            return response
         media = "video/mp4" if path.suffix == ".mp4" else "image/png"
         whole = not _bytes_range(request.headers.get("range"))
         return _HeldFileResponse(path, release, whole=whole, media_type=media)

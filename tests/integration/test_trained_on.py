@@ -217,11 +217,15 @@ def test_the_same_token_space_in_another_precision_or_with_another_decoder_is_ac
     assert proc.returncode == 2 and "was trained on the tokens of another tokenizer" in proc.stderr, proc.stderr
 
 
-def test_without_probe_ids_another_tokenizer_folder_is_only_said(parts, tmp_path):
+def test_without_probe_ids_the_tokenizer_folder_must_be_the_one_named(parts, tmp_path):
+    """A training without data.tokenizer records no probe ids: only the very folder its cache names is accepted (a
+    random tokenizer of the same vocabulary was assembled, with a warning)."""
     src, config, truth = parts
     copy = tmp_path / "src"
     shutil.copytree(src, copy)
+    write_trained_on(copy / "generator_ar", replace(truth, tokenizer_ids=None))
+    assert _make_pipeline(copy, tmp_path / "same", config=config).returncode == 0
     write_trained_on(copy / "generator_ar", replace(truth, tokenizer="0" * 64, tokenizer_ids=None))
     proc = _make_pipeline(copy, tmp_path / "out", config=config)
-    assert proc.returncode == 0, proc.stderr
-    assert "names tokenizer 000000000000, and" in proc.stderr and "no probe ids" in proc.stderr
+    assert proc.returncode == 2 and "names tokenizer 000000000000 and no probe ids" in proc.stderr, proc.stderr
+    assert not (tmp_path / "out").exists()

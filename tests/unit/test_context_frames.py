@@ -240,3 +240,15 @@ def test_a_variable_rate_video_is_resampled_at_its_own_frame_times(tmp_path):
     assert keep[-9:] == [24, 26, 28, 30, 32, 33, 35, 37, 39]  # 0.125 s apart, counted back from the last frame
     frames = load_frames(path, "video", fps=8.0)
     assert [round(float(f.mean()) / 4) for f in frames[-9:]] == keep[-9:]  # the decoded frames are those frames
+
+
+@pytest.mark.parametrize(("fps", "frames"), [(12, 41), (30, 20), (12, 25), (25, 50)])
+def test_a_constant_rate_video_is_picked_by_its_one_rate_whatever_its_timestamps_round_to(tmp_path, fps, frames):
+    """decord gives timestamps in float32 (1/30 s is 5e-8 off): a time step halfway between two frames, a tie that
+    takes the later one, went either way, so a 12 fps video's 9 context frames stuttered (steps 1, 2, 2, 1) and the
+    same file gave other frames through decord than through PyAV."""
+    from pipelines.context import frame_indices
+
+    path = tmp_path / "c.mp4"
+    _write_timed_mp4(path, [i / fps for i in range(frames)])
+    assert frame_indices(path, 8.0) == resample_indices(frames, float(fps), 8.0)

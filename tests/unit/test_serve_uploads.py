@@ -123,8 +123,10 @@ def test_a_range_header_the_file_cannot_answer_gets_the_json_error_shape(client)
         assert r.status_code == 400 and "the Range header must be bytes=first-last" in r.json()["error"], bad
     r = client.get(video, headers={"Range": f"bytes={size}-"})
     assert r.status_code == 416 and "starts past" in r.json()["error"]
+    assert r.headers["content-range"] == f"bytes */{size}"  # a 416 says the file's length (RFC 9110)
     r = client.get(video, headers={"Range": "bytes=-0"})  # Starlette's empty plain-text 416
     assert r.status_code == 416 and "the last 0 bytes" in r.json()["error"]
+    assert r.headers["content-range"] == f"bytes */{size}"
     for good, length in (("bytes=0-3", 4), ("bytes=-5", 5), ("bytes=2-", size - 2), ("bytes=3-3", 1)):
         r = client.get(video, headers={"Range": good})
         assert r.status_code == 206 and len(r.content) == length, good
