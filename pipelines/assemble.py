@@ -79,7 +79,13 @@ def assemble_pipeline(
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; choose from {sorted(DTYPES)}")
     config = build_config(PipelineConfig, list(configs), list(overrides))
-    config = replace(config, generators={mode: f"generator_{mode}" for mode in generators})
+    # a pipeline YAML is a template for every mode (configs/pipeline/shapes.yaml): the settings of modes not given go
+    config = replace(
+        config,
+        generators={mode: f"generator_{mode}" for mode in generators},
+        default_orders={mode: order for mode, order in config.default_orders.items() if mode in generators},
+        sampling={key: value for key, value in config.sampling.items() if key.split("/")[0] in generators},
+    )
     trained = {mode: read_trained_on(path) for mode, path in generators.items()}
     config = clip_from_training(config, trained, _given_keys(configs, overrides))
     if class_names is not None:

@@ -206,3 +206,22 @@ def test_force_replaces_a_pipeline_or_an_empty_folder_but_no_other_folder_or_fil
     (tmp_path / "empty").mkdir()
     assert main([*args, "--out", str(tmp_path / "empty")]) == 0
     assert main([*args, "--out", str(tmp_path / "empty")]) == 0  # now a pipeline folder: replaced again
+
+
+def test_one_mode_takes_a_template_yaml_that_also_sets_the_other_mode(tmp_path: Path) -> None:
+    """README's stage-4 command (configs/pipeline/shapes.yaml, one maskgit export, default_mode=maskgit) failed:
+    the YAML's default_orders.ar and sampling.ar named a mode the pipeline does not have."""
+    src = make_tiny_pipeline(tmp_path / "src")
+    cfg = tmp_path / "pipe.yaml"
+    te = (src / "text_encoder").resolve()
+    cfg.write_text(
+        f"num_frames: 9\nfps: 8\ndefault_mode: ar\ndefault_orders:\n  ar: frame\n  maskgit: frame\nsampling:\n"
+        f"  ar:\n    temperature: 0.7\n  maskgit:\n    steps: 3\n  maskgit/clip:\n    steps: 5\n"
+        f"text_encoder:\n  kind: t5\n  path: {te}\n  max_length: 48\n"
+    )
+    out = tmp_path / "mine"
+    r = _run("--config", str(cfg), "--tokenizer", str(src / "tokenizer"), "--generator",
+             f"maskgit={src / 'generator_maskgit'}", "--out", str(out), "default_mode=maskgit")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    made = VideoPipeline.from_pretrained(out).config
+    assert made.default_orders == {"maskgit": "frame"} and set(made.sampling) == {"maskgit", "maskgit/clip"}
