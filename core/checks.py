@@ -41,3 +41,11 @@ def shown(text: str, limit: int = 60) -> str:
     if len(text) <= limit:
         return repr(text)
     return f"{text[:limit]!r}... ({len(text)} characters)"
+
+
+def out_of_memory(err: BaseException) -> bool:
+    """Whether ``err`` is torch running out of memory: its CPU allocator's RuntimeError ("can't allocate memory") or
+    CUDA's ``torch.OutOfMemoryError`` (a RuntimeError too; matched by name, so no torch import here)."""
+    return isinstance(err, RuntimeError) and (
+        type(err).__name__ == "OutOfMemoryError" or "can't allocate memory" in str(err)
+    )

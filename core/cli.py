@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from core.checks import first_line
+from core.checks import first_line, out_of_memory
 
 if TYPE_CHECKING:
     import torch
@@ -144,7 +144,6 @@ def frozen_imports() -> Iterator[None]:
             gc.enable()
 
 
-CANNOT_ALLOCATE = "can't allocate memory"  # torch's CPU allocator: "DefaultCPUAllocator: can't allocate memory: ..."
 PEER_GONE = "Connection closed by peer"  # gloo's message when another rank's process has exited
 
 
@@ -183,7 +182,7 @@ def run_cli(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | N
         print("interrupted", file=sys.stderr)
         return 130
     except RuntimeError as err:
-        if type(err).__name__ == "OutOfMemoryError" or CANNOT_ALLOCATE in str(err):  # torch's CPU or CUDA allocator
+        if out_of_memory(err):  # torch's CPU or CUDA allocator
             print(f"error: out of memory ({first_line(err)}): ask for smaller frames, fewer frames or a smaller "
                   "batch", file=sys.stderr)  # fmt: skip
             return 1

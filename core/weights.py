@@ -21,7 +21,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from core.checks import first_line
+from core.checks import first_line, out_of_memory
 from core.config import from_dict, load_yaml, save_config
 from core.files import atomic_path
 
@@ -180,7 +180,7 @@ def load_pretrained(build: Callable[[], M], directory: str | os.PathLike, what: 
     try:
         model = build()
     except RuntimeError as err:
-        if "can't allocate memory" not in str(err) and type(err).__name__ != "OutOfMemoryError":
+        if not out_of_memory(err):
             raise
         raise ValueError(
             f"{what}: its config asks for a model larger than this machine's memory ({first_line(err)}): is its "
