@@ -19,7 +19,7 @@ from core.config import build_config, load_yaml, parse_override
 from core.files import atomic_dir, atomic_write_json, check_not_over_inputs
 from core.weights import folder_fingerprint
 from generator import Generator
-from generator.provenance import TRAINED_ON_NAME, TrainedOn, read_trained_on, write_trained_on
+from generator.provenance import TRAINED_ON_NAME, TrainedOn, read_trained_on
 from generator.text_encoders import TextEncoder, load_text_encoder
 from pipelines.config import PipelineConfig
 from pipelines.folder import HOLDOUT_FILE, check_replaceable
@@ -110,11 +110,9 @@ def assemble_pipeline(
         pipe.resolve_mode_order(mode, None)  # the default order must be one the generator supports
     check_trained_with(generators, trained, tokenizer, pipe.tokenizer, text_encoder)
 
+    pipe.trained_on = {mode: made for mode, made in trained.items() if made is not None}  # written with the weights
     with atomic_dir(out) as tmp:
         pipe.save_pretrained(tmp, DTYPES[dtype])  # with the text encoder's folder when its path is relative
-        for mode, made in trained.items():  # kept, so that a pipeline assembled again from these folders is checked
-            if made is not None:
-                write_trained_on(tmp / config.generators[mode], made)
         if holdout is not None:
             atomic_write_json(tmp / HOLDOUT_FILE, list(holdout))
         VideoPipeline.from_pretrained(tmp)  # what we ship must load

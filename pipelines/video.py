@@ -21,6 +21,7 @@ import torch
 from core.config import save_config
 from core.files import atomic_dir
 from generator import Condition, Generator
+from generator.provenance import TrainedOn, read_trained_on, write_trained_on
 from generator.sampling import SamplingConfig, sample_ar, sample_maskgit
 from generator.text_encoders import TextEncoder, load_text_encoder
 from pipelines.batching import batch_size, per_video, repeat_rows
@@ -77,6 +78,9 @@ class VideoPipeline:
         self.text_encoder = text_encoder
         self.config = config
         self.source_dir: Path | None = None  # the folder it was loaded from: save_pretrained copies holdout.json
+        # what each generator was trained on (generator.provenance), written back by save_pretrained; set a mode's
+        # entry (or drop it) when replacing that generator, or the folder would vouch for the old one's parts
+        self.trained_on: dict[str, TrainedOn] = {}
 
     # ----------------------------------------------------------------- files
     @classmethod
@@ -92,6 +96,8 @@ class VideoPipeline:
             text_encoder = load_text_encoder(replace(config.text_encoder, path=str(path)))
         pipe = cls(tokenizer, generators, text_encoder, config)
         pipe.source_dir = directory
+        trained = {mode: read_trained_on(directory / sub) for mode, sub in config.generators.items()}
+        pipe.trained_on = {mode: made for mode, made in trained.items() if made is not None}
         return pipe
 
     @staticmethod
@@ -112,21 +118,28 @@ class VideoPipeline:
 
     def save_pretrained(self, directory: str | os.PathLike, dtype: torch.dtype | None = None) -> None:
         """Writes the pipeline folder whole, or not at all: tokenizer, generators, the text encoder's folder when
-        ``text_encoder.path`` is relative, ``holdout.json`` when the folder it was loaded from had one, and
-        ``pipeline.yaml``. ``dtype`` stores the float weights in that precision (loading restores the models' own).
+        ``text_encoder.path`` is relative, ``holdout.json`` when the folder it was loaded from had one, each
+        generator's ``trained_on.json`` from :attr:`trained_on`, and ``pipeline.yaml``. ``dtype`` stores the float
+        weights in that precision (loading restores the models' own).
 
         Raises:
             ValueError: ``directory`` is a file or holds files a pipeline does not write
-                (:func:`pipelines.folder.check_replaceable`), or a weight does not fit ``dtype``; the folder that was
+                (:func:`pipelines.folder.check_replaceable`), :attr:`trained_on` names a mode without a generator, or
+                a weight does not fit ``dtype``; the folder that was
                 there is then untouched (a failure used to leave the new tokenizer beside the old generators).
         """
         directory = Path(directory)
         check_replaceable(directory, self.config)
         encoder = relative_text_encoder(self.config)
+        unknown = sorted(set(self.trained_on) - set(self.config.generators))
+        if unknown:
+            raise ValueError(f"trained_on names modes the pipeline has no generator for: {unknown}")
         with atomic_dir(directory) as tmp:
             self.tokenizer.save_pretrained(tmp / "tokenizer", dtype)
             for mode, sub in self.config.generators.items():
                 self.generators[mode].save_pretrained(tmp / sub, dtype)
+                if mode in self.trained_on:  # so that make_pipeline checks the parts again when this folder is reused
+                    write_trained_on(tmp / sub, self.trained_on[mode])
             if encoder is not None and self.text_encoder is not None:  # a relative path names a part of the folder
                 shutil.copytree(Path(self.text_encoder.config.path), tmp / encoder)
             if self.source_dir is not None and (self.source_dir / HOLDOUT_FILE).is_file():

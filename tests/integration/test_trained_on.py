@@ -229,3 +229,23 @@ def test_without_probe_ids_the_tokenizer_folder_must_be_the_one_named(parts, tmp
     proc = _make_pipeline(copy, tmp_path / "out", config=config)
     assert proc.returncode == 2 and "names tokenizer 000000000000 and no probe ids" in proc.stderr, proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_pipeline_loaded_and_saved_again_keeps_what_its_generators_were_trained_on(parts, tmp_path):
+    """save_pretrained wrote the weights without ``trained_on.json``: a pipeline re-saved through the API (to
+    change its precision, say) lost the record, and make_pipeline assembled a wrong tokenizer with it unchecked."""
+    src, _, truth = parts
+    copy = tmp_path / "src"
+    shutil.copytree(src, copy)
+    write_trained_on(copy / "generator_ar", truth)
+    pipe = VideoPipeline.from_pretrained(copy)
+    assert pipe.trained_on == {"ar": truth}
+    pipe.save_pretrained(tmp_path / "again")
+    assert read_trained_on(tmp_path / "again" / "generator_ar") == truth
+    pipe.trained_on = {}  # the caller replaced the generator and knows no record for it
+    pipe.save_pretrained(tmp_path / "bare")
+    assert read_trained_on(tmp_path / "bare" / "generator_ar") is None
+    pipe.trained_on = {"gpt": truth}
+    with pytest.raises(ValueError, match=r"trained_on names modes the pipeline has no generator for: \['gpt'\]"):
+        pipe.save_pretrained(tmp_path / "wrong")
+    assert not (tmp_path / "wrong").exists()
