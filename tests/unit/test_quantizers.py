@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -534,6 +535,9 @@ def test_error_messages_name_the_quantizer(name: str, label: str) -> None:
     b, t, h, w = SHAPE
     with pytest.raises(ValueError, match=rf"^{label} expects a latent"):
         q(torch.randn(b, q.dim + 1, t, h, w))
+    for not_a_tensor in ([[0.0]], np.zeros((b, q.dim, t, h, w), np.float32)):  # an AttributeError (z.device) before
+        with pytest.raises(ValueError, match=rf"^{label} expects a latent torch.Tensor"):
+            q(not_a_tensor)
     with pytest.raises(ValueError, match=rf"^{label} expects a latent"):
         q.codes_to_ids(torch.randn(b, q.dim + 1, t, h, w))
     with pytest.raises(ValueError, match=rf"^{label} expects ids"):

@@ -92,6 +92,10 @@ class Quantizer(nn.Module):
     codebook_size: int
 
     def __call__(self, z: torch.Tensor, *args, **kwargs):
+        if not isinstance(z, torch.Tensor):  # z.device below raised an AttributeError before forward's own check
+            raise ValueError(
+                f"{type(self).__name__} expects a latent torch.Tensor (B, D, t, h, w), got {type(z).__name__}"
+            )
         with torch.autocast(device_type=z.device.type, enabled=False):
             return super().__call__(z, *args, **kwargs)
 
