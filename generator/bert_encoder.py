@@ -3,7 +3,8 @@
 Importing ``transformers`` and building a model through ``AutoModel`` costs about 1.7 s on 2 CPU cores,
 more than sampling a video with the default model. A checkpoint whose ``config.json`` says
 ``model_type: bert`` (post-LayerNorm, absolute positions, GELU) and that ships a ``tokenizer.json`` is
-loaded here instead: the weights strictly from ``*.safetensors`` and the tokenizer with the ``tokenizers``
+loaded here instead: the weights strictly from ``model.safetensors`` (or its index's shards), as
+``from_pretrained`` reads them, and the tokenizer with the ``tokenizers``
 library, which reads the same normalizer, WordPiece vocabulary and special-token template that
 ``transformers``' fast tokenizer reads. Tests compare features and ids with ``transformers`` on the real
 MiniLM weights.
@@ -14,7 +15,6 @@ MiniLM weights.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +23,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from generator.text_encoder_files import read_json_object, weight_files
 
 SUPPORTED_ACTIVATIONS = {"gelu": F.gelu}  # exact (erf) GELU, as transformers' "gelu"
 
@@ -43,7 +45,7 @@ class BertShape:
 
     @classmethod
     def read(cls, path: Path) -> BertShape:
-        raw = json.loads((path / "config.json").read_text())
+        raw = read_json_object(path / "config.json")
         if why := unsupported(raw):
             raise ValueError(f"{str(path)!r}: {why}")
         return cls(**{name: raw[name] for name in cls.__dataclass_fields__})
@@ -132,13 +134,14 @@ class BertModel(nn.Module):
 
     @classmethod
     def load(cls, path: Path) -> BertModel:
-        """Weights from ``path/*.safetensors``, strictly: every tensor the stack needs, and nothing but the
-        pooler, the pre-training heads (``cls.``), ``position_ids`` and an optional ``bert.`` prefix besides."""
+        """Weights from ``path``'s ``model.safetensors`` (or the shards of its index), strictly: every tensor the
+        stack needs, and nothing but the pooler, the pre-training heads (``cls.``), ``position_ids`` and an optional
+        ``bert.`` prefix besides."""
         from safetensors.torch import load_file
 
         model = cls(BertShape.read(path))
         state: dict[str, torch.Tensor] = {}
-        for file in sorted(path.glob("*.safetensors")):
+        for file in weight_files(path):
             state.update(load_file(file))
         state = {k.removeprefix("bert."): v for k, v in state.items()}
         heads = ("pooler.", "cls.")  # BertForMaskedLM / BertForPreTraining checkpoints carry their heads
@@ -157,7 +160,7 @@ def bert_normalizer(path: Path) -> Any:
     from tokenizers import normalizers
 
     config_file = path / "tokenizer_config.json"
-    config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+    config = read_json_object(config_file) if config_file.is_file() else {}
     return normalizers.BertNormalizer(
         clean_text=True,
         handle_chinese_chars=bool(config.get("tokenize_chinese_chars", True)),

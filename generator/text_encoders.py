@@ -24,7 +24,6 @@ Reading the directory (checks, strict loading, hashing) lives in :mod:`generator
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -44,6 +43,7 @@ from generator.text_encoder_files import (
     hash_files,
     load_model,
     load_tokenizer,
+    read_json_object,
     read_tokenizer,
 )
 
@@ -307,7 +307,7 @@ class BertTextEncoder(TextEncoder):
     def load(cls, config: TextEncoderConfig) -> BertTextEncoder:
         """Loads an encoder-only checkpoint from ``config.path``; its last hidden state is the output."""
         path = check_directory(config.path, ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model"))
-        hf_config = json.loads((path / "config.json").read_text())
+        hf_config = read_json_object(path / "config.json")
         model_type = hf_config.get("model_type")
         # A saved T5EncoderModel has is_encoder_decoder=False, so check the family by name too.
         if model_type in T5_MODEL_TYPES or hf_config.get("is_encoder_decoder", False):
@@ -339,7 +339,7 @@ class BertTextEncoder(TextEncoder):
 def _bert_tokenizer_class(path: Path) -> bool:
     """Whether ``AutoTokenizer`` would build BERT's own tokenizer here, the one :class:`BertTokenizer` mirrors."""
     config_file = path / "tokenizer_config.json"
-    config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+    config = read_json_object(config_file) if config_file.is_file() else {}
     return config.get("tokenizer_class") in (None, "BertTokenizer", "BertTokenizerFast")
 
 

@@ -1,5 +1,7 @@
 """generator.bert_encoder: the transformers-free BERT path gives transformers' ids and features on real MiniLM."""
 
+import json
+import re
 import subprocess
 import sys
 
@@ -83,3 +85,54 @@ def test_tokenizer_config_casing_is_read_as_transformers_reads_it(tmp_path, sett
     assert ours == reference
     if settings.get("do_lower_case") is False:
         assert 100 in ours[0]  # [UNK]: the uncased vocabulary has no "RED"
+
+
+def _minilm_copy(tmp_path):
+    import shutil
+
+    copy = tmp_path / "minilm"
+    shutil.copytree(minilm.get_model_path(), copy)
+    return copy
+
+
+def test_only_the_weights_from_pretrained_reads_are_loaded(pair, tmp_path):
+    """Every ``*.safetensors`` in the folder was read, the last in name order winning: a ``model_fp16.safetensors``
+    of other values beside ``model.safetensors`` replaced the real weights (features 6.8 off), where transformers
+    reads ``model.safetensors`` alone. A sharded folder (an index and its shards) loads the same tensors."""
+    from safetensors.torch import load_file, save_file
+
+    _, reference = pair
+    copy = _minilm_copy(tmp_path)
+    real = load_file(copy / "model.safetensors")
+    gen = torch.Generator().manual_seed(0)
+    save_file({k: torch.randn(v.shape, generator=gen) for k, v in real.items()}, copy / "model_fp16.safetensors")
+    cfg = TextEncoderConfig(kind="bert", path=str(copy), max_length=16, on_too_long="truncate")
+    ours = load_text_encoder(cfg)
+    assert type(ours.model).__module__ == "generator.bert_encoder"
+    expected = reference.encode(PROMPTS).features
+    assert torch.allclose(ours.encode(PROMPTS).features, expected, atol=1e-4)
+
+    (copy / "model_fp16.safetensors").unlink()
+    (copy / "model.safetensors").unlink()
+    names = sorted(real)
+    half = len(names) // 2
+    shards = {"model-00001-of-00002.safetensors": names[:half], "model-00002-of-00002.safetensors": names[half:]}
+    for file, keys in shards.items():
+        save_file({k: real[k].contiguous() for k in keys}, copy / file)
+    index = {"metadata": {}, "weight_map": {k: file for file, keys in shards.items() for k in keys}}
+    (copy / "model.safetensors.index.json").write_text(json.dumps(index))
+    assert torch.allclose(load_text_encoder(cfg).encode(PROMPTS).features, expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["config.json", "tokenizer_config.json"])
+@pytest.mark.parametrize(
+    ("text", "message"), [("", "could not be read as JSON"), ("[1, 2]", "must hold a JSON object")]
+)
+def test_a_damaged_config_file_is_one_error_naming_it(tmp_path, name, text, message):
+    """An empty ``config.json`` gave "Expecting value: line 1 column 1 (char 0)", naming no file; a list gave an
+    AttributeError."""
+    copy = _minilm_copy(tmp_path)
+    (copy / name).write_text(text)
+    cfg = TextEncoderConfig(kind="bert", path=str(copy), max_length=16)
+    with pytest.raises(ValueError, match=rf"^'{re.escape(str(copy / name))}' {message}"):
+        load_text_encoder(cfg)
