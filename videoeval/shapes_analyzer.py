@@ -309,7 +309,8 @@ def _read_color(hues: np.ndarray) -> tuple[str | None, float, float]:
 
 
 def _read_shape(corner: np.ndarray, bottom: np.ndarray) -> tuple[str | None, float]:
-    """Vote of per-frame shapes; confidence = vote share * median margin to the thresholds.
+    """Vote of per-frame shapes: the shape of a strict majority of the frames that show one (else None);
+    confidence = vote share * median margin to the thresholds.
 
     A frame is a triangle when ``bottom >= 0.5``, else a square when ``corner >= 0.5``, else a
     circle when both are within 0.5 of 0; anything else (a diamond, an inverted triangle) is
@@ -323,6 +324,8 @@ def _read_shape(corner: np.ndarray, bottom: np.ndarray) -> tuple[str | None, flo
     winner = int(votes.argmax())
     if votes[winner] == 0 or 2 * votes[winner] <= len(corner) - votes.sum():
         return None, 0.0  # most frames show no known shape
+    if 2 * votes[winner] <= votes.sum():  # no strict majority: argmax gave a tie to the shape listed first in SHAPES,
+        return None, 0.0  # so a square clip turning circle half-way read "circle" and the reverse did not
     margin = (  # distance to the nearest threshold the winner had to pass, over 0.5
         np.minimum(0.5 - np.abs(corner), 0.5 - np.abs(bottom)),
         np.minimum(corner - 0.5, 0.5 - bottom),

@@ -351,6 +351,25 @@ def test_a_clip_split_between_two_colours_reads_as_neither_and_a_majority_wins(f
     assert analyze(np.concatenate([a[:7], b[7:16]])).color == second
 
 
+@pytest.mark.parametrize("first,second", [("square", "circle"), ("circle", "square"), ("triangle", "circle"),
+                                          ("square", "triangle")])  # fmt: skip
+def test_a_clip_split_between_two_shapes_reads_as_neither_and_a_majority_wins(first, second):
+    """The per-frame shape votes' argmax gave a tie to the shape listed first in SHAPES: a square turning into a
+    circle half-way read "circle", right for a circle prompt and wrong for a square one."""
+    import dataclasses
+
+    from videodata.shapes.render import sample_spec
+
+    spec = sample_spec("red", first, "right", np.random.default_rng(5))
+    a, b = render_clip(spec), render_clip(dataclasses.replace(spec, shape=second))
+    assert analyze(a).shape == first and analyze(b).shape == second
+    even = np.concatenate([a[:8], b[8:16]])  # 8 frames each
+    assert analyze(even).shape is None and analyze(even[::-1]).shape is None
+    assert analyze(even).color == "red"  # the rest is still read
+    assert analyze(np.concatenate([a[:9], b[9:16]])).shape == first  # 9 of 16
+    assert analyze(np.concatenate([a[:7], b[7:16]])).shape == second
+
+
 def test_analyzer_without_an_object_returns_none():
     rng = np.random.default_rng(0)
     videos = {
