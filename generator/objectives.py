@@ -97,7 +97,9 @@ def maskgit_loss(
     cfg: ObjectiveConfig,
     generator: torch.Generator | None,
 ) -> LossOutput:
-    """Masked-token cross-entropy for a (B, t, h, w) grid with units of ``order``."""
+    """Masked-token cross-entropy for a (B, t, h, w) grid with units of ``order``: the mean over this batch's masked
+    tokens, whose count varies with the drawn ratios (so accumulated micro-batches, and ranks, count equally rather
+    than per token)."""
     layout = make_layout(tuple(ids.shape[1:]), order, model.config.cube_size)
     seq = layout.to_sequence(ids)
     B, L = seq.shape

@@ -1,7 +1,8 @@
 """Mask schedules shared by MaskGIT training and sampling.
 
-One schedule, two users: :mod:`generator.objectives` draws training masks from it and
-:mod:`generator.sampling.maskgit` unmasks by it, so it lives beside both, not inside either.
+Two users: :mod:`generator.objectives` draws training masks from ``objective.mask_schedule`` and
+:mod:`generator.sampling.maskgit` unmasks by ``SamplingConfig.mask_schedule`` (set on its own, cosine by
+default, as MaskGIT chooses its decoding schedule apart from training's), so the schedules live beside both.
 
 ``gamma(r)`` is the fraction of a unit's tokens still masked at progress ``r`` in [0, 1]:
 gamma(0) = 1 (all masked) and gamma(1) = 0 (nothing masked), decreasing in between. Training

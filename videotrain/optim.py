@@ -30,7 +30,8 @@ class OptimConfig:
         min_lr_ratio: the final learning rate as a fraction of ``lr``.
         schedule: "cosine", "linear" or "constant" (constant ignores ``min_lr_ratio``).
         grad_clip: global gradient-norm clipping (0 = off).
-        grad_accum: micro-batches per optimizer step.
+        grad_accum: micro-batches per optimizer step, each weighted equally (for MaskGIT, whose loss is a
+            micro-batch's mean over its own masked tokens, not exactly one batch grad_accum times larger).
     """
 
     lr: float = 3e-4
