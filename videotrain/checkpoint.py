@@ -169,9 +169,23 @@ def read_state(folder: Path, rank: int) -> dict[str, Any]:
     state_file = folder / f"rank{rank:05d}.json"
     if not state_file.is_file():
         others = sorted(folder.glob("rank*.json"))
-        saved = json.loads(others[0].read_text()).get("world_size") if others else None
+        saved = _read_json(others[0]).get("world_size") if others else None
         why = f"it was saved by {saved} processes" if saved is not None else "it holds no rank state at all"
         if saved is not None and saved > rank:  # the world size fits: the file itself is missing
             why = f"its world size ({saved}) fits, so the file is missing (an incomplete copy?)"
         raise ValueError(f"checkpoint {folder} has no state for rank {rank}: {why}")
-    return json.loads(state_file.read_text())
+    return _read_json(state_file)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    """A rank's JSON state; a damaged one is a ValueError naming it (the bare JSON error named no file)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        data = err
+    if not isinstance(data, dict):
+        why = data if isinstance(data, Exception) else f"a {type(data).__name__}, not an object"
+        raise ValueError(
+            f"checkpoint state {path} is damaged ({why}); remove {path.parent} to resume from the checkpoint before it"
+        )
+    return data

@@ -11,12 +11,15 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from core.checks import first_line
 
 log = logging.getLogger(__name__)
 
@@ -235,7 +238,15 @@ class SafeCheckpointEngine:
         return getattr(self._inner, name)
 
     def load(self, path: str, map_location=None):  # noqa: ANN001 - DeepSpeed's signature
-        return torch.load(path, map_location=map_location, weights_only=True)
+        """``torch.load(weights_only=True)``; a damaged file (torch's EOFError or RuntimeError, which ended the CLIs
+        in a traceback) or one that is not DeepSpeed's is a ValueError naming it and how to go on."""
+        try:
+            return torch.load(path, map_location=map_location, weights_only=True)
+        except (EOFError, RuntimeError, pickle.UnpicklingError) as err:
+            raise ValueError(
+                f"checkpoint file {path} is damaged or not a DeepSpeed checkpoint ({type(err).__name__}: "
+                f"{first_line(err)}); remove {Path(path).parent} to resume from the checkpoint before it"
+            ) from None
 
 
 def _multi_process() -> bool:

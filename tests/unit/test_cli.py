@@ -97,6 +97,36 @@ def test_a_missing_rank_state_says_whether_the_world_size_fits(tmp_path):
         read_state(tmp_path, 2)
 
 
+@pytest.mark.parametrize("text", ["{", "[1]", "\udcff"])
+def test_a_damaged_rank_state_is_one_error_naming_the_file(tmp_path, text):
+    """A rank state of "{" printed only "Expecting property name enclosed in double quotes": no file, no way on."""
+    from videotrain.checkpoint import read_state
+
+    (tmp_path / "rank00000.json").write_bytes(text.encode("utf-8", "surrogateescape"))
+    for rank in (0, 1):  # its own file, and rank 0's read for the world size when rank 1's is missing
+        with pytest.raises(ValueError, match=rf"^checkpoint state {tmp_path / 'rank00000.json'} is damaged .*; remove"):
+            read_state(tmp_path, rank)
+
+
+@pytest.mark.parametrize("cut", [100, 0.5])
+def test_a_damaged_deepspeed_file_is_one_error_naming_it(tmp_path, cut):
+    """DeepSpeed loads its model-states file through our engine: a truncated one raised torch's EOFError or
+    RuntimeError, and tools/train.py ended in a traceback."""
+    import torch
+
+    from videotrain.distributed import SafeCheckpointEngine
+
+    path = tmp_path / "step_00000004" / "mp_rank_00_model_states.pt"
+    path.parent.mkdir()
+    torch.save({"module": {"w": torch.zeros(1000)}}, path)
+    engine = SafeCheckpointEngine()
+    assert torch.equal(engine.load(str(path))["module"]["w"], torch.zeros(1000))
+    data = path.read_bytes()
+    path.write_bytes(data[: cut if isinstance(cut, int) else int(len(data) * cut)])
+    with pytest.raises(ValueError, match=rf"^checkpoint file {path} is damaged .*; remove {path.parent} to resume"):
+        engine.load(str(path))
+
+
 def test_os_errors_that_name_bad_paths_are_one_line_and_exit_2(capsys):
     """``--out`` naming an existing file: ``mkdir`` raises FileExistsError, an OSError the user caused."""
 
