@@ -100,7 +100,7 @@ def parse_holdout(holdout: str | Iterable[str] | None) -> tuple[tuple[str, str, 
         if len(found) != 3:
             raise ValueError(f"holdout combination {item.strip()!r} must name a color, a shape and a motion")
         combos.add((found["color"], found["shape"], found["motion"]))
-    if not combos and any(items) and isinstance(holdout, str) and holdout.strip():  # "," rendered no holdout
+    if not combos and isinstance(holdout, str) and holdout.strip():  # "," ("$A,$B" unset) rendered no holdout
         raise ValueError(f"holdout {holdout!r} names no combination (expected e.g. 'green triangle up')")
     return tuple(sorted(combos, key=lambda c: label_of(*c)))
 
