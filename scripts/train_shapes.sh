@@ -86,6 +86,9 @@ run() {  # run CMD...: its exit status once it has ended (128 + the signal if on
     local rc=0
     wait "$child" || rc=$?
     while kill -0 "$child" 2>/dev/null; do  # the wait ended for a signal, not because the stage did
+        # or because the stage was stopped (SIGSTOP, Ctrl-Z): job control's wait then returns at once, every time,
+        # and this loop spun a core at 100% for as long as the stage stayed stopped
+        sleep 1
         rc=0
         wait "$child" || rc=$?
     done

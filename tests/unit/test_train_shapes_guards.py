@@ -130,3 +130,40 @@ def test_a_sigterm_is_passed_on_and_the_script_waits_for_the_stage(tmp_path, to_
     assert calls.read_text().splitlines()[-3:] == ["started", "got signal", "exported"]  # once, and waited for
     assert not (tmp_path / "run" / "tok2" / "finished").exists()
     assert stray == "", stray
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def test_a_stopped_stage_does_not_make_the_script_spin(tmp_path):
+    """With job control on, wait returns as soon as the stage is stopped (SIGSTOP, Ctrl-Z), and returned again at
+    once on every turn of the loop that waits for it: the script took a whole core for as long as the stage was
+    paused (a paused rebuild's script used 7 CPU-minutes in 11 minutes)."""
+    env = _env(tmp_path, FAKE_HANG="tok2")
+    proc = subprocess.Popen(["bash", str(SCRIPT)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)  # fmt: skip
+    calls = tmp_path / "calls.txt"
+    stage = None
+    try:
+        for _ in range(600):
+            if "started" in calls.read_text():
+                break
+            time.sleep(0.05)
+        found = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        assert len(found) == 1, found
+        stage = int(found[0])
+        os.kill(stage, signal.SIGSTOP)
+        time.sleep(0.5)
+        before = _cpu_seconds(proc.pid)
+        time.sleep(2.0)
+        used = _cpu_seconds(proc.pid) - before
+        os.kill(stage, signal.SIGCONT)
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+        subprocess.run(["pkill", "-f", str(tmp_path / "bin")], check=False)
+    assert used < 0.2, f"the script used {used:.2f} CPU seconds in 2 s while its stage was stopped"
+    assert proc.returncode == 143  # and the stage, continued, was still waited for
