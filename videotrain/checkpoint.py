@@ -157,7 +157,12 @@ def _dotted(data: dict, key: str) -> Any:
 
 def load(engine, ckpt_dir: Path, tag: str, rank: int) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Loads engine state (module, optimizer, ZeRO shards) and this rank's own state."""
-    path, _ = engine.load_checkpoint(str(ckpt_dir), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=False)
+    try:
+        path, _ = engine.load_checkpoint(
+            str(ckpt_dir), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=False
+        )
+    except distributed.DamagedCheckpointFile as err:  # the whole checkpoint goes: its engines' states belong together
+        raise ValueError(f"{err}; remove {ckpt_dir / tag} to resume from the checkpoint before it") from None
     if path is None:
         raise ValueError(f"DeepSpeed could not load checkpoint {ckpt_dir / tag}")
     folder = ckpt_dir / tag

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from core.checks import first_line
+from core.checks import first_line, out_of_memory
 
 log = logging.getLogger(__name__)
 
@@ -238,15 +238,23 @@ class SafeCheckpointEngine:
         return getattr(self._inner, name)
 
     def load(self, path: str, map_location=None):  # noqa: ANN001 - DeepSpeed's signature
-        """``torch.load(weights_only=True)``; a damaged file (torch's EOFError or RuntimeError, which ended the CLIs
-        in a traceback) or one that is not DeepSpeed's is a ValueError naming it and how to go on."""
+        """``torch.load(weights_only=True)``; a file torch's readers cannot read (a truncated one raised EOFError or
+        RuntimeError and ended the CLIs in a traceback) is a :class:`DamagedCheckpointFile` naming it. Running out
+        of memory stays what it is: the file is not at fault."""
         try:
             return torch.load(path, map_location=map_location, weights_only=True)
         except (EOFError, RuntimeError, pickle.UnpicklingError) as err:
-            raise ValueError(
-                f"checkpoint file {path} is damaged or not a DeepSpeed checkpoint ({type(err).__name__}: "
-                f"{first_line(err)}); remove {Path(path).parent} to resume from the checkpoint before it"
-            ) from None
+            if out_of_memory(err):
+                raise
+            why = f"{type(err).__name__}: {first_line(err)}"
+            if "Weights only load failed" in str(err):
+                why += "; a file of another DeepSpeed version may hold objects this loader does not allow"
+            raise DamagedCheckpointFile(f"checkpoint file {path} could not be read ({why})") from None
+
+
+class DamagedCheckpointFile(ValueError):
+    """A DeepSpeed checkpoint file that ``torch.load`` could not read; :func:`videotrain.checkpoint.load` adds which
+    checkpoint to remove (a discriminator's file sits one folder below it)."""
 
 
 def _multi_process() -> bool:

@@ -109,22 +109,48 @@ def test_a_damaged_rank_state_is_one_error_naming_the_file(tmp_path, text):
 
 
 @pytest.mark.parametrize("cut", [100, 0.5])
-def test_a_damaged_deepspeed_file_is_one_error_naming_it(tmp_path, cut):
-    """DeepSpeed loads its model-states file through our engine: a truncated one raised torch's EOFError or
-    RuntimeError, and tools/train.py ended in a traceback."""
+@pytest.mark.parametrize("where", [".", "disc"])  # the main engine's file, and the discriminator's one folder below
+def test_a_damaged_deepspeed_file_is_one_error_naming_it_and_the_checkpoint_to_remove(tmp_path, cut, where):
+    """DeepSpeed loads its files through our engine: a truncated one raised torch's EOFError or RuntimeError, and
+    tools/train.py ended in a traceback. The advice names the checkpoint, not the discriminator's subfolder:
+    removing that left the checkpoint complete, and the resume restarted the discriminator from scratch."""
     import torch
 
-    from videotrain.distributed import SafeCheckpointEngine
+    from videotrain import checkpoint
+    from videotrain.distributed import DamagedCheckpointFile, SafeCheckpointEngine
 
-    path = tmp_path / "step_00000004" / "mp_rank_00_model_states.pt"
-    path.parent.mkdir()
+    tag = tmp_path / "step_00000004"
+    path = tag / where / "mp_rank_00_model_states.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"module": {"w": torch.zeros(1000)}}, path)
     engine = SafeCheckpointEngine()
     assert torch.equal(engine.load(str(path))["module"]["w"], torch.zeros(1000))
     data = path.read_bytes()
     path.write_bytes(data[: cut if isinstance(cut, int) else int(len(data) * cut)])
-    with pytest.raises(ValueError, match=rf"^checkpoint file {path} is damaged .*; remove {path.parent} to resume"):
+    with pytest.raises(DamagedCheckpointFile, match=rf"^checkpoint file {path} could not be read \("):
         engine.load(str(path))
+
+    class Engine:  # DeepSpeed's load_checkpoint reads the file through the checkpoint engine
+        def load_checkpoint(self, load_dir, tag, **kwargs):
+            return engine.load(str(path)), None
+
+    with pytest.raises(ValueError, match=rf"^checkpoint file {path} could not be read .*; remove {tag} to resume"):
+        checkpoint.load(Engine(), tmp_path, tag.name, 0)
+
+
+def test_running_out_of_memory_while_loading_a_checkpoint_is_not_called_damage(tmp_path, monkeypatch):
+    """Every RuntimeError was relabelled: the CPU allocator's "can't allocate memory" on a good checkpoint said the
+    file was damaged and to remove it."""
+    import torch
+
+    from videotrain.distributed import SafeCheckpointEngine
+
+    def full(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")
+
+    monkeypatch.setattr(torch, "load", full)
+    with pytest.raises(RuntimeError, match="can't allocate memory"):
+        SafeCheckpointEngine().load(str(tmp_path / "mp_rank_00_model_states.pt"))
 
 
 def test_os_errors_that_name_bad_paths_are_one_line_and_exit_2(capsys):
