@@ -133,7 +133,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point: build (default, or ``build ...``) or ``verify CACHE_DIR``.
 
     Returns:
-        0 on success, 1 when verify finds a mismatch, 2 on bad input (one ``error:`` line).
+        0 on success, 1 when verify finds a mismatch or a build cached no clip (every source quarantined), 2 on bad
+        input (one ``error:`` line).
     """
     return run_cli(_main, argv)
 

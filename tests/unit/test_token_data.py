@@ -271,9 +271,10 @@ def test_several_captions_travel_through_the_cache_and_training_draws_each(tmp_p
     assert pick_caption(cache[1], None) == "first 1" and pick_caption(cache[2], g) == "only 2"
 
 
-def test_a_folder_of_frames_is_decoded_like_a_video(tmp_path):
+def test_a_folder_of_frames_is_decoded_like_a_video(tmp_path, monkeypatch):
     from PIL import Image
 
+    from videodata.cache import sources
     from videodata.cache.sources import DecodeTask, SourceError, count_frames, decode_source
 
     frames = np.random.default_rng(0).integers(0, 256, (9, 16, 16, 3), dtype=np.uint8)
@@ -286,8 +287,15 @@ def test_a_folder_of_frames_is_decoded_like_a_video(tmp_path):
     np.testing.assert_array_equal(got.frames[0], frames[:5])
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(SourceError, match="empty"):
+    with pytest.raises(SourceError, match="is a folder without image frames"):
         decode_source(DecodeTask(index=0, file=str(empty), window=ClipWindow(num_frames=5, size=16)))
+    (tmp_path / "none.mp4").write_bytes(b"\0")  # a file whose decoder counts no frame was called a folder
+    with monkeypatch.context() as patch:
+        patch.setattr(sources, "count_frames", lambda path: 0)
+        with pytest.raises(SourceError, match="none.mp4' is a file without frames"):
+            decode_source(
+                DecodeTask(index=0, file=str(tmp_path / "none.mp4"), window=ClipWindow(num_frames=5, size=16))
+            )
     with pytest.raises(SourceError, match="no frame rate"):
         decode_source(DecodeTask(index=0, file=str(clip), window=ClipWindow(num_frames=5, size=16, fps=4.0)))
     late = ClipWindow(num_frames=5, size=16, clips_per_video=1, start_offsets=(6,))  # 9 frames; offset 6 needs 11

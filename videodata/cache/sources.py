@@ -400,7 +400,8 @@ def decode_source(task: DecodeTask) -> DecodedSource:
         raise SourceError("empty", f"{str(path)!r} is 0 bytes")
     total = count_frames(path)
     if total == 0:
-        raise SourceError("empty", f"{str(path)!r} is a folder without image frames")
+        what = "a folder without image frames" if path.is_dir() else "a file without frames"
+        raise SourceError("empty", f"{str(path)!r} is {what}")
     stride = _source_stride(path, window, total)
     planned = plan_starts(total, window, stride)
     if not planned:
