@@ -5,7 +5,8 @@
 # its weights -> assemble the pipeline -> measure it on fresh phrasings of all
 # classes. Stage by stage wall times on 2 CPU cores are in models/shapes/MODEL_CARD.md (about 7 hours).
 #   RUN=runs/shapes OUT=runs/shapes/model bash scripts/train_shapes.sh
-# Each training resumes from its latest checkpoint when rerun; finished stages are skipped. A training is
+# Each training resumes from its latest checkpoint when rerun (one killed before its first checkpoint starts
+# over, its records kept in interrupted-<n>/); finished stages are skipped. A training is
 # finished when its command exited 0 (it then gets a `finished` file): one stopped by SIGTERM or Ctrl-C also
 # exports its weights, but exits 128 + the signal, so it is resumed, not taken as done. Logs are appended to.
 # A smoke run of every command at a tiny scale, in its own RUN (tests/integration/test_train_shapes_script.py):

@@ -32,9 +32,29 @@ def check_out_apart(out: Path, inputs: dict[str, Sequence[str | os.PathLike]]) -
                 raise ValueError(f"--out {str(out)!r} overlaps {name} {str(path)!r}: give the run a folder of its own")
 
 
-# What a run leaves in its folder besides checkpoints: a new run into such a folder, with no checkpoint to resume,
-# would replace them (the exported weights of a run with run.checkpoint_every=0, its metrics).
+# What a finished run leaves in its folder besides checkpoints: a new run into such a folder, with no checkpoint to
+# resume, would replace them (the exported weights of a run with run.checkpoint_every=0, its metrics).
 EARLIER_RESULTS = ("export", "tokenizer", "metrics.jsonl")
+# What a run killed before its first checkpoint (and before its export) leaves: rerunning the same command starts
+# it over, after moving these into ``interrupted-<n>/`` (:func:`set_aside_interrupted_run`).
+INTERRUPTED_RUN = ("metrics.jsonl", "train_config.yaml", "loss_curve.png")
+
+
+def set_aside_interrupted_run(out: Path) -> Path:
+    """Moves the files of a run that was killed before it could checkpoint or export (SIGKILL, a lost node) into
+    ``out/interrupted-<n>/``, the first free n, so that they are kept and not mixed with the new run's records.
+    Returns that folder."""
+    n = 1
+    while (out / f"interrupted-{n}").exists():
+        n += 1
+    folder = out / f"interrupted-{n}"
+    folder.mkdir()
+    for name in INTERRUPTED_RUN:
+        if (out / name).exists():
+            os.replace(out / name, folder / name)
+    log.warning("%s: an earlier run stopped before its first checkpoint; it starts over, its records moved to %s",
+                out, folder)  # fmt: skip
+    return folder
 
 
 class MetricsLog:

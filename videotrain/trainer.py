@@ -31,7 +31,7 @@ from videotrain.ema import EMA
 from videotrain.engines import restored_env
 from videotrain.guards import GradientCheck, NonFiniteGuard, StopSignals
 from videotrain.optim import OptimConfig, lr_at
-from videotrain.outputs import EARLIER_RESULTS, MetricsLog, check_out_apart
+from videotrain.outputs import EARLIER_RESULTS, MetricsLog, check_out_apart, set_aside_interrupted_run
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +65,13 @@ class Trainer:
         self.ckpt_dir = self.out / "checkpoints"
         check_supported(self.run, self.unsupported, self.task)
         check_out_apart(self.out, {"run.init_from": [self.run.init_from]})  # loaded, then overwritten by the export
-        if checkpoint.latest_complete(self.ckpt_dir) is None:  # nothing to resume: a run folder of its own
+        earlier = []  # a finished run's results, with no checkpoint to resume: its export would be overwritten
+        if checkpoint.latest_complete(self.ckpt_dir) is None:
             earlier = [name for name in EARLIER_RESULTS if (self.out / name).exists()]
-            if earlier:  # its export was overwritten and its metrics dropped, without a word
+            if earlier not in ([], ["metrics.jsonl"]):  # metrics alone: a run killed before it could checkpoint
                 raise ValueError(f"--out {str(self.out)!r} holds an earlier run's {', '.join(earlier)} and no "
                                  "checkpoint to resume: give a new --out, or remove that folder")  # fmt: skip
+        self.interrupted = earlier == ["metrics.jsonl"]  # fit() sets its files aside and starts over
         self.validate()  # before the process group, so bad input fails fast
         self.dist = distributed.init_distributed()
         if self.run.num_threads:
@@ -339,6 +341,8 @@ class Trainer:
         self.resume()  # first: a run resumed with another model must not overwrite train_config.yaml
         if main:
             self.out.mkdir(parents=True, exist_ok=True)
+            if self.interrupted:
+                set_aside_interrupted_run(self.out)
             save_config(self.cfg, self.out / "train_config.yaml")
         metrics = MetricsLog(self.out, enabled=main, tensorboard=run.tensorboard, start_step=self.step)
         bar = tqdm(

@@ -170,6 +170,25 @@ def test_kill_and_resume_equals_uninterrupted(data, tmp_path, uninterrupted):
     assert "was written on another token cache (32 clips" in proc.stderr and "(16 clips" in proc.stderr
 
 
+def test_a_run_killed_before_its_first_checkpoint_starts_over(data, tmp_path, uninterrupted):
+    """A run killed in its first checkpoint save (SIGKILL, a lost node) leaves metrics.jsonl and an incomplete
+    checkpoint: rerunning the same command was refused ("holds an earlier run's metrics.jsonl"), so a rerun of
+    scripts/train_shapes.sh stopped there. It now starts over and keeps the killed run's records aside."""
+    out = tmp_path / "b"
+    proc = train(data, out, *RESUMABLE, faults=["exit_in_save=4"], check=False)
+    assert proc.returncode == 17 and not (out / "export").exists()
+    killed = (out / "metrics.jsonl").read_text()
+    assert killed and (out / "checkpoints").is_dir()
+    train(data, out, *RESUMABLE)
+    assert losses(out) == uninterrupted  # started over: bit-identical to a run that nothing interrupted
+    assert (out / "interrupted-1" / "metrics.jsonl").read_text() == killed
+    assert (out / "interrupted-1" / "train_config.yaml").is_file()
+    # a finished run's export is still never overwritten by a run with nothing to resume
+    shutil.rmtree(out / "checkpoints")
+    proc = train(data, out, *RESUMABLE, check=False)
+    assert proc.returncode == 2 and "holds an earlier run's export, metrics.jsonl and no checkpoint" in proc.stderr
+
+
 def test_sigterm_saves_the_step_reached_and_resumes_exactly(data, tmp_path, uninterrupted):
     """A preempted run (SIGTERM between checkpoints) finishes its step, saves it, exits 143 with one line
     saying so, and resumes there; without the handler it would die and lose the steps after the last save."""
