@@ -17,6 +17,7 @@ import shutil
 import stat
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 _CHUNK = 1 << 20
 
@@ -184,3 +185,25 @@ def sha256_file(path: str | os.PathLike) -> str:
         while block := fh.read(_CHUNK):
             h.update(block)
     return h.hexdigest()
+
+
+def read_json(path: str | os.PathLike, what: str) -> Any:
+    """The JSON value in ``path``. A missing file, or one that is not UTF-8 JSON (including nesting too deep for
+    Python's reader, a RecursionError otherwise), is one ValueError that starts with ``what`` and the path."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{what} {str(path)!r} does not exist")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{what} {str(path)!r} is not valid JSON: {err}") from None
+    except RecursionError:  # 10^5 nested brackets
+        raise ValueError(f"{what} {str(path)!r} is not valid JSON: nested too deeply") from None
+
+
+def read_json_object(path: str | os.PathLike, what: str) -> dict[str, Any]:
+    """:func:`read_json` of a file that must hold a JSON object; anything else is a ValueError naming it."""
+    data = read_json(path, what)
+    if not isinstance(data, dict):
+        raise ValueError(f"{what} {str(Path(path))!r} must hold a JSON object, got {type(data).__name__}")
+    return data

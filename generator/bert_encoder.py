@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from generator.text_encoder_files import read_json_object, weight_files
+from core.files import read_json_object
+from generator.text_encoder_files import weight_files
 
 SUPPORTED_ACTIVATIONS = {"gelu": F.gelu}  # exact (erf) GELU, as transformers' "gelu"
 
@@ -45,7 +46,7 @@ class BertShape:
 
     @classmethod
     def read(cls, path: Path) -> BertShape:
-        raw = read_json_object(path / "config.json")
+        raw = read_json_object(path / "config.json", "text encoder file")
         if why := unsupported(raw):
             raise ValueError(f"{str(path)!r}: {why}")
         return cls(**{name: raw[name] for name in cls.__dataclass_fields__})
@@ -160,7 +161,7 @@ def bert_normalizer(path: Path) -> Any:
     from tokenizers import normalizers
 
     config_file = path / "tokenizer_config.json"
-    config = read_json_object(config_file) if config_file.is_file() else {}
+    config = read_json_object(config_file, "text encoder file") if config_file.is_file() else {}
     return normalizers.BertNormalizer(
         clean_text=True,
         handle_chinese_chars=bool(config.get("tokenize_chinese_chars", True)),

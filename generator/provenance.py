@@ -9,14 +9,13 @@ ignores the prompt. The training export therefore writes ``trained_on.json`` bes
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from core.checks import is_int
-from core.files import atomic_write_json
+from core.files import atomic_write_json, read_json
 
 TRAINED_ON_NAME = "trained_on.json"
 
@@ -79,10 +78,7 @@ def read_trained_on(directory: str | os.PathLike) -> TrainedOn | None:
     path = Path(directory) / TRAINED_ON_NAME
     if not path.is_file():
         return None
-    try:
-        data = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{str(path)!r} is not valid JSON: {err}") from None
+    data = read_json(path, "trained_on record")
     names = {f.name for f in fields(TrainedOn)}
     if not isinstance(data, dict) or "tokenizer" not in data or not set(data) <= names:
         others = sorted(names - {"tokenizer"})

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, TypeVar
 import torch
 
 from core.checks import first_line
+from core.files import read_json_object
 
 if TYPE_CHECKING:  # transformers is imported only when an encoder is loaded
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -62,19 +63,6 @@ def check_directory(path: str, tokenizer_files: tuple[str, ...]) -> Path:
     return directory
 
 
-def read_json_object(file: Path) -> dict:
-    """The JSON object in ``file`` (``config.json``, ``tokenizer_config.json``); a damaged file, or one that holds
-    something other than an object, is a ValueError naming it (a bare "Expecting value: line 1 column 1" named no
-    file, and a list failed later with an AttributeError)."""
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{str(file)!r} could not be read as JSON: {err}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{str(file)!r} must hold a JSON object, got {type(data).__name__}")
-    return data
-
-
 def weight_files(directory: Path) -> list[Path]:
     """The safetensors files ``from_pretrained`` reads: ``model.safetensors``, else the shards its index names.
     Other ``*.safetensors`` files in the folder (a ``model_fp16.safetensors`` beside the weights) are not weights
@@ -82,7 +70,7 @@ def weight_files(directory: Path) -> list[Path]:
     if (directory / WEIGHT_FILES[0]).is_file():
         return [directory / WEIGHT_FILES[0]]
     index = directory / WEIGHT_FILES[1]
-    weight_map = read_json_object(index).get("weight_map")
+    weight_map = read_json_object(index, "text encoder file").get("weight_map")
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
         raise ValueError(f"{str(index)!r} has no weight_map of tensor names to file names")
     shards = sorted(set(weight_map.values()))

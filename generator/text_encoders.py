@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from core.checks import check_text, first_line, shown
+from core.files import read_json_object
 from generator.bert_encoder import BertModel, BertTokenizer
 from generator.bert_encoder import unsupported as bert_unsupported
 from generator.text_encoder_files import (
@@ -43,7 +44,6 @@ from generator.text_encoder_files import (
     hash_files,
     load_model,
     load_tokenizer,
-    read_json_object,
     read_tokenizer,
 )
 
@@ -307,7 +307,7 @@ class BertTextEncoder(TextEncoder):
     def load(cls, config: TextEncoderConfig) -> BertTextEncoder:
         """Loads an encoder-only checkpoint from ``config.path``; its last hidden state is the output."""
         path = check_directory(config.path, ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model"))
-        hf_config = read_json_object(path / "config.json")
+        hf_config = read_json_object(path / "config.json", "text encoder file")
         model_type = hf_config.get("model_type")
         # A saved T5EncoderModel has is_encoder_decoder=False, so check the family by name too.
         if model_type in T5_MODEL_TYPES or hf_config.get("is_encoder_decoder", False):
@@ -339,7 +339,7 @@ class BertTextEncoder(TextEncoder):
 def _bert_tokenizer_class(path: Path) -> bool:
     """Whether ``AutoTokenizer`` would build BERT's own tokenizer here, the one :class:`BertTokenizer` mirrors."""
     config_file = path / "tokenizer_config.json"
-    config = read_json_object(config_file) if config_file.is_file() else {}
+    config = read_json_object(config_file, "text encoder file") if config_file.is_file() else {}
     return config.get("tokenizer_class") in (None, "BertTokenizer", "BertTokenizerFast")
 
 

@@ -15,7 +15,6 @@ The default protocol (:func:`evaluate_adherence`), for each mode (and its defaul
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -28,7 +27,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from core.files import atomic_write_json, atomic_write_text, check_dir_target, check_not_over_inputs
+from core.files import atomic_write_json, atomic_write_text, check_dir_target, check_not_over_inputs, read_json
 from core.video_io import read_video
 from core.video_write import write_contact_sheet, write_video
 from generator.sampling import SamplingConfig
@@ -175,10 +174,7 @@ def model_holdout(model: str | os.PathLike) -> str:
     card = Path(model) / HOLDOUT_FILE
     if not card.is_file():
         return ""
-    try:
-        combos = json.loads(card.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{str(card)!r} is not JSON ({err})") from None
+    combos = read_json(card, "held-out combinations")
     if not isinstance(combos, list) or not all(isinstance(c, str) and "," not in c for c in combos):
         raise ValueError(f'{str(card)!r} must be a JSON list of combinations such as "green triangle up"')
     return ",".join(combos)

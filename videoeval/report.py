@@ -10,7 +10,6 @@ corrupt input file is an error; an input that was not given is a note on the pag
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -22,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from core.files import atomic_write_text, check_file_target
+from core.files import atomic_write_text, check_file_target, read_json
 from core.frames import resize_center_crop
 from core.tables import is_number
 from pipelines import VideoPipeline
@@ -34,20 +33,9 @@ from videoeval.reconstruction import check_ssim_size, evaluate
 from videoeval.report_html import ADHERENCE_KEYS, render_page, side_by_side
 
 
-def _load_json(path: Path, flag: str) -> Any:
-    if not path.is_file():
-        raise ValueError(f"{flag} {str(path)!r} does not exist")
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{flag} {str(path)!r} is not valid JSON: {err}") from None
-    except RecursionError:  # 10^5 nested brackets: a traceback
-        raise ValueError(f"{flag} {str(path)!r} is not valid JSON: nested too deeply") from None
-
-
 def load_adherence(path: Path) -> dict[str, Any]:
     """Reads ``tools/eval_shapes.py``'s results.json; ValueError unless its summary is well formed."""
-    data = _load_json(path, "--adherence")
+    data = read_json(path, "--adherence")
     summary = data.get("summary") if isinstance(data, dict) else None
     if not isinstance(summary, dict) or not summary:
         raise ValueError(f"--adherence {str(path)!r} has no 'summary' (expected tools/eval_shapes.py's results.json)")
@@ -74,7 +62,7 @@ def load_adherence(path: Path) -> dict[str, Any]:
 
 def load_bench(path: Path) -> dict[str, Any]:
     """Reads ``bench/run.py --json`` output; ValueError unless it has named records."""
-    data = _load_json(path, "--bench")
+    data = read_json(path, "--bench")
     records = data.get("records") if isinstance(data, dict) else None
     named = isinstance(records, list) and all(isinstance(r, dict) and isinstance(r.get("name"), str) for r in records)
     if not named:

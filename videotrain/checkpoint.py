@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from core.config import from_dict, load_yaml, save_config, to_dict
-from core.files import atomic_write_text
+from core.files import atomic_write_text, read_json_object
 from core.weights import load_state, save_state
 from videotrain import distributed
 
@@ -183,14 +183,8 @@ def read_state(folder: Path, rank: int) -> dict[str, Any]:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    """A rank's JSON state; a damaged one is a ValueError naming it (the bare JSON error named no file)."""
+    """A rank's JSON state; a damaged one is a ValueError naming it and the checkpoint to remove."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        data = err
-    if not isinstance(data, dict):
-        why = data if isinstance(data, Exception) else f"a {type(data).__name__}, not an object"
-        raise ValueError(
-            f"checkpoint state {path} is damaged ({why}); remove {path.parent} to resume from the checkpoint before it"
-        )
-    return data
+        return read_json_object(path, "checkpoint state")
+    except ValueError as err:
+        raise ValueError(f"{err}; remove {path.parent} to resume from the checkpoint before it") from None

@@ -8,18 +8,17 @@ runs on the CPU over gloo.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import pickle
 import socket
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from core.checks import first_line, out_of_memory
+from core.files import read_json
 
 log = logging.getLogger(__name__)
 
@@ -114,13 +113,7 @@ def deepspeed_config(
     """
     cfg: dict[str, Any] = {}
     if engine_json:
-        path = Path(engine_json)
-        if not path.is_file():
-            raise ValueError(f"DeepSpeed config {engine_json!r} does not exist")
-        try:
-            cfg = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"DeepSpeed config {engine_json!r} is not valid JSON: {err}") from None
+        cfg = read_json(engine_json, "DeepSpeed config")
         if not isinstance(cfg, dict) or not isinstance(cfg.get("zero_optimization", {}), dict):
             raise ValueError(
                 f"DeepSpeed config {engine_json!r} must be a JSON object whose 'zero_optimization' is an object"

@@ -297,7 +297,7 @@ def test_zero_holdout_videos_leaves_the_held_out_row_out(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("content", "message"),
     [("[1, 2]", "must be a JSON list"), ("null", "must be a JSON list"), ('"green triangle up"', "must be a JSON list"),
-     ('{"green triangle up": true}', "must be a JSON list"), ("not json", "is not JSON")],
+     ('{"green triangle up": true}', "must be a JSON list"), ("not json", "is not valid JSON")],
 )  # fmt: skip
 def test_a_bad_holdout_file_is_one_error_naming_it(tmp_path, capsys, content, message):
     """``[1, 2]`` or ``null`` were TypeError tracebacks, a string was read letter by letter ("unknown holdout

@@ -125,14 +125,12 @@ def test_only_the_weights_from_pretrained_reads_are_loaded(pair, tmp_path):
 
 
 @pytest.mark.parametrize("name", ["config.json", "tokenizer_config.json"])
-@pytest.mark.parametrize(
-    ("text", "message"), [("", "could not be read as JSON"), ("[1, 2]", "must hold a JSON object")]
-)
+@pytest.mark.parametrize(("text", "message"), [("", "is not valid JSON"), ("[1, 2]", "must hold a JSON object")])
 def test_a_damaged_config_file_is_one_error_naming_it(tmp_path, name, text, message):
     """An empty ``config.json`` gave "Expecting value: line 1 column 1 (char 0)", naming no file; a list gave an
     AttributeError."""
     copy = _minilm_copy(tmp_path)
     (copy / name).write_text(text)
     cfg = TextEncoderConfig(kind="bert", path=str(copy), max_length=16)
-    with pytest.raises(ValueError, match=rf"^'{re.escape(str(copy / name))}' {message}"):
+    with pytest.raises(ValueError, match=rf"^text encoder file '{re.escape(str(copy / name))}' {message}"):
         load_text_encoder(cfg)

@@ -106,3 +106,49 @@ def test_a_device_or_pipe_is_not_a_file_target(tmp_path):
     with pytest.raises(ValueError, match="is not a regular file"):
         files.check_file_target(fifo, "--json")
     files.check_file_target(tmp_path / "new.json", "--json")  # a new file is fine
+
+
+DEEP = "[" * 100_000 + "]" * 100_000  # Python's JSON reader raises RecursionError, not a JSONDecodeError
+
+
+def _json_readers(tmp_path):
+    """Every reader of a JSON file that a user gives or a run leaves, through its public entry point."""
+    from generator.provenance import read_trained_on
+    from videodata.cache.format import load_manifest
+    from videodata.shapes.dataset import dataset_holdout
+    from videoeval.adherence import model_holdout
+    from videotrain.checkpoint import read_state
+    from videotrain.distributed import deepspeed_config
+
+    engine = dict(micro_batch=1, grad_accum=1, grad_clip=1.0, precision="fp32", zero_stage=None)
+    return {
+        "manifest.json": lambda: load_manifest(tmp_path),
+        "trained_on.json": lambda: read_trained_on(tmp_path),
+        "dataset.json": lambda: dataset_holdout(tmp_path),
+        "holdout.json": lambda: model_holdout(tmp_path),
+        "rank00000.json": lambda: read_state(tmp_path, 0),
+        "ds.json": lambda: deepspeed_config(str(tmp_path / "ds.json"), **engine),
+    }
+
+
+@pytest.mark.parametrize("content", [DEEP.encode(), b"\xff\xfe{", b"{"])
+@pytest.mark.parametrize("name", ["manifest.json", "trained_on.json", "dataset.json", "holdout.json",
+                                  "rank00000.json", "ds.json"])  # fmt: skip
+def test_every_json_reader_names_its_file_for_deep_nesting_bytes_that_are_not_utf8_and_bad_json(tmp_path, name,
+                                                                                                content):  # fmt: skip
+    """Five near-copies of "read a JSON file" caught different errors: 10^5 nested brackets ended all but one in a
+    RecursionError traceback, and bytes that are not UTF-8 gave a UnicodeDecodeError that named no file."""
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(ValueError, match=rf"'{tmp_path / name}' is not valid JSON: .") as err:
+        _json_readers(tmp_path)[name]()
+    assert (str(tmp_path / name) in str(err.value)) and "\n" not in str(err.value)
+
+
+def test_read_json_object_refuses_other_values_and_a_missing_file_naming_them(tmp_path):
+    (tmp_path / "a.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match=r"^text encoder file '.*a\.json' must hold a JSON object, got list$"):
+        files.read_json_object(tmp_path / "a.json", "text encoder file")
+    with pytest.raises(ValueError, match=r"^manifest '.*b\.json' does not exist$"):
+        files.read_json(tmp_path / "b.json", "manifest")
+    (tmp_path / "c.json").write_text('{"a": [1, {"b": null}]}')
+    assert files.read_json_object(tmp_path / "c.json", "x") == {"a": [1, {"b": None}]}

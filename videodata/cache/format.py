@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from core.files import atomic_write_bytes, sha256_bytes, sha256_file  # noqa: F401 - re-exported for the cache modules
+from core.files import atomic_write_bytes, read_json, sha256_bytes, sha256_file  # noqa: F401 - re-exported for the cache modules
 from core.weights import folder_fingerprint
 
 FORMAT_NAME = "tokvid-token-cache"
@@ -86,17 +86,6 @@ def npy_bytes(array: np.ndarray) -> bytes:
 
 def json_bytes(data: Any) -> bytes:
     return (json.dumps(data, indent=1, allow_nan=False, ensure_ascii=False) + "\n").encode()
-
-
-def read_json(path: str | os.PathLike, what: str) -> Any:
-    """``json.loads`` of a file; a missing or malformed file is a ValueError naming ``what``."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{what} {str(path)!r} does not exist")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{what} {str(path)!r} is not valid JSON: {err}") from None
 
 
 def load_manifest(cache_dir: str | os.PathLike) -> dict[str, Any]:

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from core.files import atomic_dir, atomic_write_json, atomic_write_text
+from core.files import atomic_dir, atomic_write_json, atomic_write_text, read_json
 from core.video_io import read_video
 from core.video_write import write_video
 from videodata.shapes.render import (
@@ -341,10 +341,7 @@ def dataset_holdout(folder: str | os.PathLike) -> list[str]:
     meta = Path(folder) / "dataset.json"
     if not meta.is_file():
         raise ValueError(f"{folder} has no dataset.json: is it a tools/make_shapes.py folder?")
-    try:
-        info = json.loads(meta.read_text())
-    except ValueError as err:
-        raise ValueError(f"{meta} is not valid JSON: {err}") from None
+    info = read_json(meta, "dataset file")
     holdout = info.get("holdout", []) if isinstance(info, dict) else None
     if not isinstance(holdout, list) or not all(isinstance(h, str) for h in holdout):
         raise ValueError(f"{meta} is not a tools/make_shapes.py dataset.json: 'holdout' must be a list of strings")
