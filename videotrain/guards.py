@@ -14,6 +14,13 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 
+# What is dropped for a non-finite ``what`` (otherwise the step).
+SKIPPED = {
+    "loss": "micro-batch dropped, the next one takes its place",
+    "discriminator gradient": "the discriminator's update skipped (the tokenizer's was made)",
+}
+
+
 class NonFiniteGuard:
     """The ``run.nonfinite`` policy: what a non-finite loss or gradient does to the run.
 
@@ -27,12 +34,13 @@ class NonFiniteGuard:
         self.in_a_row = 0
 
     def record(self, what: str, step: int) -> None:
-        """Counts one non-finite ``what`` ("loss" or "gradient") at ``step``; raises when the run must stop."""
+        """Counts one non-finite ``what`` ("loss", "gradient" or "discriminator gradient") at ``step``; raises when
+        the run must stop."""
         self.in_a_row += 1
         if self.policy == "stop" or self.in_a_row >= self.max_in_a_row:
             why = "run.nonfinite=stop" if self.policy == "stop" else f"{self.in_a_row} non-finite in a row"
             raise FloatingPointError(f"non-finite {what} at step {step}; stopped before the optimizer step ({why})")
-        done = "micro-batch dropped, the next one takes its place" if what == "loss" else "step skipped"
+        done = SKIPPED.get(what, "step skipped")
         log.warning("non-finite %s at step %d: %s", what, step, done)
 
     def record_scale_overflow(self, step: int) -> None:

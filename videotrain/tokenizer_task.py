@@ -36,7 +36,9 @@ from videodata.clips import ClipDataConfig, ClipPool
 from videoeval.metrics import psnr
 from videotrain import checkpoint, distributed
 from videotrain.config import RENAMED, RunConfig
+from videotrain.discriminator_update import DiscriminatorUpdate
 from videotrain.engines import EngineGroup, average_buffers, persistent_buffers
+from videotrain.guards import NonFiniteGuard
 from videotrain.optim import OptimConfig, build_adamw, lr_at
 from videotrain.outputs import check_out_apart
 from videotrain.trainer import Trainer, run_training
@@ -264,6 +266,9 @@ class TokenizerTrainer(Trainer):
             disc_cfg = self.engine_config(cfg.disc_optim.grad_clip)
             disc_opt = build_adamw(self.disc, cfg.disc_optim)
             self.disc_engine = extras["discriminator"] = distributed.build_engine(self.disc, disc_opt, disc_cfg)
+            guard = NonFiniteGuard(self.run.nonfinite, self.run.max_nonfinite)
+            self.disc_update = DiscriminatorUpdate(self.disc_engine, self.disc, self.zero_stage, self.run.precision,
+                                                   device, guard)  # fmt: skip
             self.lecam = LeCam(lc.lecam_decay).to(device)  # per-rank EMAs, averaged every step
         self.checkpointed = EngineGroup(self.engine, **extras)
         # Updated by the forward (VQ codebook EMAs) and by the discriminator's loss (LeCam EMAs): restored together.
@@ -323,15 +328,13 @@ class TokenizerTrainer(Trainer):
             if not self.backward(total, boundary):
                 self._restore(step_start)
                 if self.disc_engine is not None:  # its micro-batches of this step are dropped too
-                    distributed.discard_gradients(self.disc_engine)
+                    self.disc_update.discard()
                 return None
             self.engine.step()
             if use_gan:
                 if cfg.loss.lecam_weight > 0:
                     d_loss = d_loss + cfg.loss.lecam_weight * self.lecam(real, fake)
-                self.disc_engine.set_gradient_accumulation_boundary(boundary)
-                self.disc_engine.backward(d_loss)
-                self.disc_engine.step()
+                self.disc_update.backward(d_loss, boundary, self.step)
                 logs["d_loss"] = d_loss.detach()
             rows.append(logs)
         average_buffers(self.model, *([self.lecam] if self.lecam is not None else []))

