@@ -28,7 +28,7 @@ from core.cli import CliParser, run_cli
 from core.config import build_config
 from core.files import atomic_write_text
 from tokenizer import VideoTokenizer
-from videotrain.tokenizer_task import TokenizerTrainConfig
+from videotrain.tokenizer_config import TokenizerTrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 

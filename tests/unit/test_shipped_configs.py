@@ -11,7 +11,7 @@ from generator import Generator
 from tokenizer import VideoTokenizer
 from videotrain.distributed import deepspeed_config
 from videotrain.generator_task import GeneratorTrainConfig as TrainConfig
-from videotrain.tokenizer_task import TokenizerTrainConfig
+from videotrain.tokenizer_config import TokenizerTrainConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 
