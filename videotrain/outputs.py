@@ -37,7 +37,7 @@ def check_out_apart(out: Path, inputs: dict[str, Sequence[str | os.PathLike]]) -
 EARLIER_RESULTS = ("export", "tokenizer", "metrics.jsonl")
 # What a run killed before its first checkpoint (and before its export) leaves: rerunning the same command starts
 # it over, after moving these into ``interrupted-<n>/`` (:func:`set_aside_interrupted_run`).
-INTERRUPTED_RUN = ("metrics.jsonl", "train_config.yaml", "loss_curve.png")
+INTERRUPTED_RUN = ("metrics.jsonl", "train_config.yaml", "loss_curve.png", "tensorboard", "previews", "samples")
 
 
 def set_aside_interrupted_run(out: Path) -> Path:

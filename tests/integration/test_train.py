@@ -175,14 +175,17 @@ def test_a_run_killed_before_its_first_checkpoint_starts_over(data, tmp_path, un
     checkpoint: rerunning the same command was refused ("holds an earlier run's metrics.jsonl"), so a rerun of
     scripts/train_shapes.sh stopped there. It now starts over and keeps the killed run's records aside."""
     out = tmp_path / "b"
-    proc = train(data, out, *RESUMABLE, faults=["exit_in_save=4"], check=False)
+    sampled = ["run.sample_every=2", "run.num_samples=1"]
+    proc = train(data, out, *RESUMABLE, *sampled, faults=["exit_in_save=4"], check=False)
     assert proc.returncode == 17 and not (out / "export").exists()
     killed = (out / "metrics.jsonl").read_text()
-    assert killed and (out / "checkpoints").is_dir()
-    train(data, out, *RESUMABLE)
+    assert killed and (out / "checkpoints").is_dir() and (out / "samples" / "step_00000002").is_dir()
+    train(data, out, *RESUMABLE)  # without samples this time
     assert losses(out) == uninterrupted  # started over: bit-identical to a run that nothing interrupted
     assert (out / "interrupted-1" / "metrics.jsonl").read_text() == killed
     assert (out / "interrupted-1" / "train_config.yaml").is_file()
+    # its samples go with its records: left in place, they looked like the new run's
+    assert not (out / "samples").exists() and (out / "interrupted-1" / "samples" / "step_00000002").is_dir()
     # a finished run's export is still never overwritten by a run with nothing to resume
     shutil.rmtree(out / "checkpoints")
     proc = train(data, out, *RESUMABLE, check=False)
