@@ -39,6 +39,10 @@ def test_top_p_keeps_the_smallest_prefix_that_reaches_p():
     assert kept(filter_logits(logits, top_p=0.81)) == {0, 1, 3}
     assert kept(filter_logits(logits, top_p=0.999)) == {0, 1, 2, 3}
     assert kept(filter_logits(logits, top_p=1e-6)) == {1}  # the top token always stays
+    # also below float32's range: 1e-300 became 0 against the float32 masses, and every token was dropped (a
+    # RuntimeError in torch.multinomial: a 500 from the server, a traceback from generate.py)
+    assert kept(filter_logits(logits, top_p=1e-300)) == {1}
+    assert kept(filter_logits(torch.stack([logits, logits.flip(0)]), top_p=5e-324)[1]) == {2}
     assert kept(filter_logits(logits, top_k=3, top_p=0.7)) == {1, 3}  # both filters apply
     for bad in (dict(top_p=0.0), dict(top_p=1.5), dict(top_k=-1)):  # p = 0 dropped every token: NaN probabilities
         with pytest.raises(ValueError, match=r"top_k must be >= 0 and top_p in \(0, 1\]"):
