@@ -34,6 +34,8 @@ from core.video_probe import (
 )
 
 log = logging.getLogger(__name__)
+# The most frames a file may give at the model's rate (2.3 hours at 8 fps); a continuation reads only its last ones.
+MAX_RESAMPLED_FRAMES = 65_536
 
 FrameSource = np.ndarray | str | os.PathLike
 
@@ -150,7 +152,17 @@ def resample_indices(num_frames: int, source_fps: float, target_fps: float) -> l
     if abs(step - 1.0) < 1e-3:
         return list(range(num_frames))
     count = math.floor((num_frames - 1) / step + 1e-6) + 1  # target frames within the clip's span
+    _check_resampled_count(count, (num_frames - 1) / source_fps, target_fps)
     return [math.floor(num_frames - 1 - k * step + 0.5) for k in reversed(range(count))]
+
+
+def _check_resampled_count(count: int, span: float, target_fps: float) -> None:
+    """ValueError when a file's frames span so long that they give more than :data:`MAX_RESAMPLED_FRAMES` at the
+    model's rate: an 8-frame animated image of 632 bytes with 4.6-hour delays listed 940,867 indices, and 4,096 such
+    frames would take minutes and gigabytes before anything was refused."""
+    if count > MAX_RESAMPLED_FRAMES:
+        raise ValueError(f"the frames span {span:.6g} s, {count} frames at {target_fps:g} fps, more than "
+                         f"{MAX_RESAMPLED_FRAMES}: trim the video, or give it shorter frame delays")  # fmt: skip
 
 
 def _steady(starts: list[float]) -> bool:
@@ -189,6 +201,7 @@ def resample_times(starts: list[float], target_fps: float) -> list[int]:
     # tie read as no tie picked the earlier frame at half the steps of a 12 fps video (a stutter, steps 1, 2, 2, 1).
     tol = 0.01 * statistics.median(b - a for a, b in itertools.pairwise(starts)) if len(starts) > 1 else 1e-9
     step, last, keep = 1.0 / target_fps, starts[-1], []
+    _check_resampled_count(math.floor((last - starts[0] + tol) / step) + 1, last - starts[0], target_fps)
     for k in itertools.count():
         t = last - k * step
         if t < starts[0] - tol:

@@ -252,3 +252,14 @@ def test_a_constant_rate_video_is_picked_by_its_one_rate_whatever_its_timestamps
     path = tmp_path / "c.mp4"
     _write_timed_mp4(path, [i / fps for i in range(frames)])
     assert frame_indices(path, 8.0) == resample_indices(frames, float(fps), 8.0)
+
+
+def test_a_span_past_the_limit_is_refused_before_its_indices_are_listed():
+    from pipelines.context import MAX_RESAMPLED_FRAMES, resample_times
+
+    hour = [0.0, 3600.0, 7200.0, 10800.0]  # 4 frames an hour apart: 86,401 frames at 8 fps
+    with pytest.raises(ValueError, match=r"^the frames span 10800 s, \d+ frames at 8 fps, more than 65536"):
+        resample_times(hour, 8.0)
+    with pytest.raises(ValueError, match="more than 65536"):
+        resample_indices(4, 1 / 3600, 8.0)
+    assert 57601 <= len(resample_times(hour[:3], 8.0)) <= MAX_RESAMPLED_FRAMES  # 2 hours still go
