@@ -33,6 +33,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 
 from core.files import atomic_path
@@ -44,7 +45,7 @@ from pipelines.generate import GeneratedFiles, GenerationRequest, generate_with
 from pipelines.io import OutputWriteError
 from videoserve.requests import parse_request
 from videoserve.store import OutputStore, file_id, new_id
-from videoserve.worker import Busy, GenerationWorker
+from videoserve.worker import Busy, ClientGone, GenerationWorker, result_unless_gone
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,30 @@ def _host_name(host: str) -> str:
     if host.startswith("["):
         return host[1 : host.find("]")] if "]" in host else host
     return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+class _SameSiteOnly:
+    """Refuses a request addressed to a host name other than ``allowed_hosts`` (DNS rebinding; None: any) and a
+    cross-origin POST. Plain ASGI: Starlette's ``@app.middleware("http")`` wraps ``receive``, and behind it
+    ``Request.is_disconnected()`` never saw a client leave, so a queued job whose client had gone still ran."""
+
+    def __init__(self, app: Any, allowed_hosts: tuple[str, ...] | None) -> None:
+        self.app, self.allowed_hosts = app, allowed_hosts
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            headers = Headers(scope=scope)
+            host, origin = headers.get("host", ""), headers.get("origin")
+            problem = None
+            if self.allowed_hosts is not None and _host_name(host) not in self.allowed_hosts:
+                allowed = ", ".join(self.allowed_hosts)
+                problem = _error(400, f"this server answers requests addressed to {allowed}, not {host!r}")
+            elif scope["method"] == "POST" and origin is not None and origin.split("://", 1)[-1] != host:
+                problem = _error(403, f"cross-origin requests are refused (Origin {origin!r}, Host {host!r})")
+            if problem is not None:
+                await problem(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -113,7 +138,8 @@ def _check_upload(path: Path, fps: float, frame_size: tuple[int, int]) -> tuple[
     return file_frames, len(keep)
 
 
-_RANGE = re.compile(r"\s*(\d*)\s*-\s*(\d*)\s*")
+# At most 18 digits (10^18 bytes): Python's int() refuses over 4,300, a 500 (and a result held from the cap for good).
+_RANGE = re.compile(r"\s*(\d{0,18})\s*-\s*(\d{0,18})\s*")
 
 
 def _range_problem(header: str | None, size: int) -> tuple[int, str] | None:
@@ -260,15 +286,7 @@ def create_app(
     page = resources.files("videoserve").joinpath("page.html").read_text(encoding="utf-8")
     app.state.worker, app.state.store = worker, store
 
-    @app.middleware("http")
-    async def same_site_only(request: Request, call_next):
-        host = request.headers.get("host", "")
-        if allowed_hosts is not None and _host_name(host) not in allowed_hosts:
-            return _error(400, f"this server answers requests addressed to {', '.join(allowed_hosts)}, not {host!r}")
-        origin = request.headers.get("origin")
-        if request.method == "POST" and origin is not None and origin.split("://", 1)[-1] != host:
-            return _error(403, f"cross-origin requests are refused (Origin {origin!r}, Host {host!r})")
-        return await call_next(request)
+    app.add_middleware(_SameSiteOnly, allowed_hosts=allowed_hosts)
 
     @app.exception_handler(HTTPException)
     async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
@@ -324,7 +342,9 @@ def create_app(
         # a client gone while the check waits cancels it: the unchecked file, whose id nobody got, is removed
         future.add_done_callback(lambda f: path.unlink(missing_ok=True) if f.cancelled() else None)
         try:
-            file_frames, count = await asyncio.wrap_future(future)
+            file_frames, count = await result_unless_gone(future, request.is_disconnected)
+        except ClientGone:
+            return _error(499, "the client disconnected before its upload was checked")  # nobody reads it
         except ValueError as err:
             path.unlink(missing_ok=True)
             return _error(400, str(err).replace(str(path), path.name))  # not the server's folders
@@ -368,11 +388,13 @@ def create_app(
         except Busy as err:
             store.release(held)
             return _error(503, str(err))
-        # A client that disconnects while its job waits cancels the job (asyncio.wrap_future passes the cancel on),
-        # which then never runs its own release: the cap would have kept its uploads for the server's lifetime.
+        # A client that disconnects while its job waits cancels the job (result_unless_gone), which then never runs
+        # its own release: the cap would have kept its uploads for the server's lifetime.
         future.add_done_callback(lambda f: store.release(held) if f.cancelled() else None)
         try:
-            record = await asyncio.wrap_future(future)
+            record = await result_unless_gone(future, request.is_disconnected)
+        except ClientGone:
+            return _error(499, "the client disconnected before its job ran")  # nobody reads it
         except (OutputWriteError, OSError) as err:  # the server's fault (a full disk), not the input's: its folders
             log.error("writing a result failed: %s", err)  # stay out of the answer (an OSError names its file)
             reason = err.reason if isinstance(err, OutputWriteError) else err.strerror or type(err).__name__
@@ -390,8 +412,12 @@ def create_app(
         if path is None:
             raise HTTPException(404, f"no finished result named {name!r}")
         release = functools.partial(store.release, [file_id(path)])
-        size = path.stat().st_size
-        problem = _range_problem(request.headers.get("range"), size)
+        try:
+            size = path.stat().st_size
+            problem = _range_problem(request.headers.get("range"), size)
+        except BaseException:  # not left held from the cap by a failure before the response takes it
+            release()
+            raise
         if problem is not None:  # Starlette's own answer to these is a plain-text 400
             release()
             response = _error(*problem)

@@ -11,8 +11,9 @@ rather than queued without bound.
 
 from __future__ import annotations
 
+import asyncio
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
@@ -21,6 +22,24 @@ T = TypeVar("T")
 
 class Busy(Exception):
     """The queue is full; the caller should answer 503 and the client retry later."""
+
+
+class ClientGone(Exception):
+    """The client disconnected while its job waited in the queue; the job was cancelled and never runs."""
+
+
+async def result_unless_gone(future: Future[T], disconnected: Callable[[], Awaitable[bool]], poll: float = 0.25) -> T:
+    """The job's result, awaited without blocking the event loop; a client gone while its job still waits (checked
+    every ``poll`` seconds with ``disconnected``, Starlette's ``Request.is_disconnected``) cancels the job and raises
+    :class:`ClientGone`. Uvicorn does not cancel an endpoint whose client leaves, so a queued job ran anyway, held a
+    queue place and wrote a result nobody would fetch. A job that has started runs to its end."""
+    waiting = asyncio.wrap_future(future)
+    while True:
+        done, _ = await asyncio.wait({waiting}, timeout=poll)
+        if done:
+            return waiting.result()
+        if await disconnected() and future.cancel():
+            raise ClientGone
 
 
 class GenerationWorker:

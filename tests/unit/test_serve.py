@@ -613,6 +613,32 @@ def test_a_cancelled_waiting_job_releases_the_uploads_it_held(pipe, tmp_path, mo
     assert not store._held
 
 
+def test_a_client_gone_while_its_job_waits_cancels_the_job(pipe, tmp_path, monkeypatch):
+    """Uvicorn does not cancel an endpoint whose client leaves, so the cancel above never happened in a real server:
+    a queued job ran anyway, held a place in the queue and wrote a result that nobody fetched."""
+    import threading
+    from concurrent.futures import Future
+
+    futures = []
+
+    def queued(job):  # a job that would finish 3 s later, unless it is cancelled first
+        future = Future()
+        futures.append(future)
+        finish = lambda: future.set_running_or_notify_cancel() and future.set_result({"id": "ran anyway"})  # noqa: E731
+        threading.Timer(3.0, finish).start()
+        return future
+
+    async def gone(self):
+        return True
+
+    monkeypatch.setattr("videoserve.worker.GenerationWorker.submit", lambda self, job: queued(job))
+    monkeypatch.setattr("starlette.requests.Request.is_disconnected", gone)
+    store = OutputStore(tmp_path / "out", max_bytes=10**9)
+    with TestClient(create_app(pipe, store), base_url=LOCAL) as c:
+        r = c.post("/api/generate", json={"prompt": "a red square moving right"})
+    assert futures[0].cancelled() and r.status_code == 499
+
+
 def test_an_upload_is_kept_from_the_cap_while_its_check_waits(pipe, tmp_path, monkeypatch):
     """The upload was in place, unheld, while its check waited behind a generation: the result that generation
     finished was kept by the cap and the upload dropped, and the user was told the file "cannot decode"."""

@@ -118,9 +118,14 @@ def test_a_range_header_the_file_cannot_answer_gets_the_json_error_shape(client)
     """Starlette answered these with a plain-text 400 ("Range header: range must be requested")."""
     video = client.post("/api/generate", json=REQUEST).json()["video"]
     size = len(client.get(video).content)
-    for bad in ("bytes=abc", "bytes=5-2", "bytes=", "bytes=-"):
-        r = client.get(video, headers={"Range": bad})
-        assert r.status_code == 400 and "the Range header must be bytes=first-last" in r.json()["error"], bad
+    huge = "9" * 5000  # over int()'s 4,300 digits: a plain-text 500, and the result held from the cap for good
+    for bad in ("bytes=abc", "bytes=5-2", "bytes=", "bytes=-", f"bytes=0-{huge}", f"bytes=-{huge}", f"bytes={huge}-"):
+        for method in (client.get, client.head):
+            r = method(video, headers={"Range": bad})
+            assert r.status_code == 400, (bad[:20], method)
+            if method == client.get:
+                assert "the Range header must be bytes=first-last" in r.json()["error"], bad[:20]
+    assert not +client.app.state.store._held  # every refused request released the result it claimed
     r = client.get(video, headers={"Range": f"bytes={size}-"})
     assert r.status_code == 416 and "starts past" in r.json()["error"]
     assert r.headers["content-range"] == f"bytes */{size}"  # a 416 says the file's length (RFC 9110)
@@ -134,3 +139,12 @@ def test_a_range_header_the_file_cannot_answer_gets_the_json_error_shape(client)
     assert r.status_code == 200 and len(r.content) == size
     r = client.head(video)  # players and link checkers ask HEAD first: it was a 405
     assert r.status_code == 200 and int(r.headers["content-length"]) == size and r.content == b""
+
+
+def test_an_upload_whose_frames_span_hours_is_refused_before_its_frames_are_listed(client):
+    """Only the frame count was limited: 20 frames of 655 s each (a 0.4 KB GIF) listed 104,800 frame indices at 8 fps
+    in Python, and a few hundred such frames took minutes and gigabytes of the one worker."""
+    r = client.post("/api/uploads?name=slow.gif", content=tiny_gif(20, 65535))
+    assert r.status_code == 400 and "more than 65536" in r.json()["error"] and "frame delays" in r.json()["error"]
+    r = client.post("/api/uploads?name=ok.gif", content=tiny_gif(8, 65535))  # 7 delays of 655 s: 4,587 s at 8 fps
+    assert r.status_code == 200 and 36_000 < r.json()["frames"] <= 65_536
