@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import pickle
-import socket
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,27 +36,22 @@ class DistInfo:
         return self.rank == 0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def init_distributed() -> DistInfo:
     """Initialises torch.distributed through DeepSpeed (gloo on CPU, nccl on CUDA).
 
-    A bare single process gets RANK=0, WORLD_SIZE=1, LOCAL_RANK=0 and a free localhost port,
-    so DeepSpeed never looks for MPI. A launched one (RANK set) must give WORLD_SIZE, MASTER_ADDR and
-    MASTER_PORT, with RANK < WORLD_SIZE; LOCAL_RANK defaults to 0 (a Kubeflow-style launch sets only the
-    others). Without them DeepSpeed went looking for MPI (an mpi4py traceback), and RANK=1 WORLD_SIZE=1
-    waited 30 minutes for a rank 0 that never came.
+    A bare single process gets RANK=0, WORLD_SIZE=1, LOCAL_RANK=0 and a localhost store on a port that the OS
+    picks as it binds (unless MASTER_PORT is set), so DeepSpeed never looks for MPI; a port probed free and bound
+    later was now and then taken in between by another process (EADDRINUSE in a test run of parallel trainings).
+    A launched one (RANK set) must give WORLD_SIZE, MASTER_ADDR and MASTER_PORT, with RANK < WORLD_SIZE; LOCAL_RANK
+    defaults to 0 (a Kubeflow-style launch sets only the others). Without them DeepSpeed went looking for MPI (an
+    mpi4py traceback), and RANK=1 WORLD_SIZE=1 waited 30 minutes for a rank 0 that never came.
 
     Raises:
         ValueError: a launch environment that is incomplete or inconsistent, naming the variables.
     """
     if "RANK" not in os.environ:
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        os.environ.setdefault("MASTER_PORT", "0")  # 0: bound below, by the store itself
     missing = [name for name in ("WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if not os.environ.get(name)]
     if missing:
         raise ValueError(f"RANK is set but not {', '.join(missing)}: a launched process needs RANK, WORLD_SIZE, "
@@ -78,7 +72,12 @@ def init_distributed() -> DistInfo:
     # DeepSpeed's shared-memory CPU all-reduce needs a ~30 s g++ build; gloo is fine for us.
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     if not torch.distributed.is_initialized():
-        deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
+        backend = "nccl" if cuda else "gloo"
+        if os.environ["WORLD_SIZE"] == "1" and os.environ["MASTER_PORT"] == "0":
+            store = torch.distributed.TCPStore("127.0.0.1", 0, 1, is_master=True, wait_for_workers=False)
+            os.environ["MASTER_PORT"] = str(store.port)
+            torch.distributed.init_process_group(backend, store=store, rank=0, world_size=1)
+        deepspeed.init_distributed(dist_backend=backend)  # takes over a process group that is already up
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     local = int(os.environ.get("LOCAL_RANK", "0"))
     device = torch.device("cuda", local) if cuda else torch.device("cpu")
