@@ -22,18 +22,14 @@ import functools
 import json
 import logging
 import os
-import re
 import time
-from collections.abc import Callable
 from dataclasses import asdict
 from importlib import resources
 from pathlib import Path
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
-from starlette.datastructures import Headers
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException
 
 from core.files import atomic_path
@@ -45,6 +41,7 @@ from pipelines.generate import GeneratedFiles, GenerationRequest, generate_with
 from pipelines.io import OutputWriteError
 from videoserve.requests import parse_request
 from videoserve.store import OutputStore, file_id, new_id
+from videoserve.web import HeldFileResponse, SameSiteOnly, bytes_range, error_response, range_problem
 from videoserve.worker import Busy, ClientGone, GenerationWorker, result_unless_gone
 
 log = logging.getLogger(__name__)
@@ -62,41 +59,6 @@ class _TooLarge(Exception):
     """An upload passed the size limit."""
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
-
-
-def _host_name(host: str) -> str:
-    """The name in a ``Host`` header, without its port: ``[::1]:8000`` -> ``::1``."""
-    if host.startswith("["):
-        return host[1 : host.find("]")] if "]" in host else host
-    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-
-
-class _SameSiteOnly:
-    """Refuses a request addressed to a host name other than ``allowed_hosts`` (DNS rebinding; None: any) and a
-    cross-origin POST. Plain ASGI: Starlette's ``@app.middleware("http")`` wraps ``receive``, and behind it
-    ``Request.is_disconnected()`` never saw a client leave, so a queued job whose client had gone still ran."""
-
-    def __init__(self, app: Any, allowed_hosts: tuple[str, ...] | None) -> None:
-        self.app, self.allowed_hosts = app, allowed_hosts
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
-            headers = Headers(scope=scope)
-            host, origin = headers.get("host", ""), headers.get("origin")
-            problem = None
-            if self.allowed_hosts is not None and _host_name(host) not in self.allowed_hosts:
-                allowed = ", ".join(self.allowed_hosts)
-                problem = _error(400, f"this server answers requests addressed to {allowed}, not {host!r}")
-            elif scope["method"] == "POST" and origin is not None and origin.split("://", 1)[-1] != host:
-                problem = _error(403, f"cross-origin requests are refused (Origin {origin!r}, Host {host!r})")
-            if problem is not None:
-                await problem(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
-
-
 async def _read_body(request: Request, limit: int) -> bytes:
     """The body, refused past ``limit`` bytes while it arrives (a chunked body has no Content-Length to check)."""
     body = bytearray()
@@ -105,23 +67,6 @@ async def _read_body(request: Request, limit: int) -> bytes:
         if len(body) > limit:
             raise _TooLarge
     return bytes(body)
-
-
-class _HeldFileResponse(FileResponse):
-    """A file response that calls ``release`` once it is sent, or the client is gone (the store keeps the file until
-    then)."""
-
-    def __init__(self, path: Path, release: Callable[[], None], *, whole: bool = False, **kwargs: Any) -> None:
-        super().__init__(path, **kwargs)
-        self._release, self._whole = release, whole
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if self._whole:  # a Range in a unit we do not serve is ignored: the whole file (RFC 9110 14.2)
-            scope = {**scope, "headers": [(k, v) for k, v in scope["headers"] if k.lower() != b"range"]}
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            self._release()
 
 
 def _check_upload(path: Path, fps: float, frame_size: tuple[int, int]) -> tuple[int, int]:
@@ -136,35 +81,6 @@ def _check_upload(path: Path, fps: float, frame_size: tuple[int, int]) -> tuple[
     keep = frame_indices(path, fps)  # an animated image's frames walked once more, for their delays
     read_kept(path, keep[-1:], frame_size)  # decoded as a request will: the last frame it gives
     return file_frames, len(keep)
-
-
-# At most 18 digits (10^18 bytes): Python's int() refuses over 4,300, a 500 (and a result held from the cap for good).
-_RANGE = re.compile(r"\s*(\d{0,18})\s*-\s*(\d{0,18})\s*")
-
-
-def _range_problem(header: str | None, size: int) -> tuple[int, str] | None:
-    """(status, message) for a ``Range`` header that a file of ``size`` bytes cannot answer, else None: 400 for a
-    malformed one, 416 for one that starts past the end (RFC 9110 14.1.2: ``bytes=first-last``, ``bytes=-suffix``)."""
-    if header is None or not _bytes_range(header):
-        return None
-    spec = header.partition("=")[2]
-    if not spec.strip():
-        return 400, f"the Range header must be bytes=first-last, got {header[:80]!r}"
-    for part in spec.split(","):
-        match = _RANGE.fullmatch(part)
-        first, last = (match.group(1), match.group(2)) if match else ("", "")
-        if not (first or last) or (first and last and int(first) > int(last)):
-            return 400, f"the Range header must be bytes=first-last, got {header[:80]!r}"
-        if first and int(first) >= size:
-            return 416, f"the Range header starts past the file's {size} bytes"
-        if not first and int(last) == 0:  # Starlette answered "bytes=-0" with an empty plain-text 416
-            return 416, "the Range header asks for the last 0 bytes"
-    return None
-
-
-def _bytes_range(header: str | None) -> bool:
-    """Whether a ``Range`` header is in bytes, the one unit served; another is ignored (RFC 9110 14.2)."""
-    return header is not None and header.partition("=")[0].strip().lower() == "bytes"
 
 
 def _model_info(pipe: VideoPipeline) -> dict:
@@ -286,17 +202,17 @@ def create_app(
     page = resources.files("videoserve").joinpath("page.html").read_text(encoding="utf-8")
     app.state.worker, app.state.store = worker, store
 
-    app.add_middleware(_SameSiteOnly, allowed_hosts=allowed_hosts)
+    app.add_middleware(SameSiteOnly, allowed_hosts=allowed_hosts)
 
     @app.exception_handler(HTTPException)
     async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
-        return _error(exc.status_code, str(exc.detail))
+        return error_response(exc.status_code, str(exc.detail))
 
     @app.exception_handler(RequestValidationError)
     async def bad_parameter(_: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(x) for x in first.get("loc", ()))
-        return _error(400, f"{where}: {first.get('msg', 'invalid request')}")
+        return error_response(400, f"{where}: {first.get('msg', 'invalid request')}")
 
     @app.get("/", response_class=HTMLResponse)
     async def index() -> HTMLResponse:
@@ -316,7 +232,7 @@ def create_app(
         try:
             path = store.upload_path(upload_id, Path(name).suffix)
         except ValueError as err:
-            return _error(400, str(err))
+            return error_response(400, str(err))
         store.hold([upload_id])  # from before it is in place until the cap has run with it kept: a result finishing
         try:  # while its check waited dropped it, and the user was told the file "cannot decode"
             return await _receive_upload(request, upload_id, path)
@@ -333,25 +249,25 @@ def create_app(
                         raise _TooLarge
                     f.write(chunk)
         except _TooLarge:  # atomic_path removed the partial file
-            return _error(413, f"the upload is larger than this server's limit of {max_upload_bytes} bytes")
+            return error_response(413, f"the upload is larger than this server's limit of {max_upload_bytes} bytes")
         try:  # on the worker: its torch resize runs on the one torch thread, queued like a generation
             future = worker.submit(lambda: _check_upload(path, pipe.config.fps, frame_size))
         except Busy as err:
             path.unlink(missing_ok=True)
-            return _error(503, str(err))
+            return error_response(503, str(err))
         # a client gone while the check waits cancels it: the unchecked file, whose id nobody got, is removed
         future.add_done_callback(lambda f: path.unlink(missing_ok=True) if f.cancelled() else None)
         try:
             file_frames, count = await result_unless_gone(future, request.is_disconnected)
         except ClientGone:
-            return _error(499, "the client disconnected before its upload was checked")  # nobody reads it
+            return error_response(499, "the client disconnected before its upload was checked")  # nobody reads it
         except ValueError as err:
             path.unlink(missing_ok=True)
-            return _error(400, str(err).replace(str(path), path.name))  # not the server's folders
+            return error_response(400, str(err).replace(str(path), path.name))  # not the server's folders
         except Exception as err:  # a bug: the file it could not check is not kept, and the page gets JSON
             path.unlink(missing_ok=True)
             log.exception("checking upload %s failed", path.name)
-            return _error(500, f"checking the upload failed: {type(err).__name__}")
+            return error_response(500, f"checking the upload failed: {type(err).__name__}")
         store.enforce_cap(keep=upload_id)
         return JSONResponse({"id": upload_id, "frames": count, "file_frames": file_frames})
 
@@ -360,9 +276,9 @@ def create_app(
         try:
             body = json.loads(await _read_body(request, MAX_JSON_BYTES))
         except _TooLarge:
-            return _error(413, f"the request body is larger than {MAX_JSON_BYTES} bytes")
+            return error_response(413, f"the request body is larger than {MAX_JSON_BYTES} bytes")
         except (ValueError, RecursionError):  # RecursionError: deeply nested arrays
-            return _error(400, 'the request body must be JSON, e.g. {"prompt": "a red circle moving left"}')
+            return error_response(400, 'the request body must be JSON, e.g. {"prompt": "a red circle moving left"}')
         held: list[str] = []  # uploads this request reads: the size cap must not drop them until it has run
 
         def claim(upload_id: object) -> Path:
@@ -374,7 +290,7 @@ def create_app(
             gen_request = parse_request(body, claim, max_frames, pipe.config.num_frames)
         except ValueError as err:
             store.release(held)
-            return _error(400, str(err))
+            return error_response(400, str(err))
         submitted = time.perf_counter()
 
         def job() -> dict:
@@ -387,23 +303,23 @@ def create_app(
             future = worker.submit(job)
         except Busy as err:
             store.release(held)
-            return _error(503, str(err))
+            return error_response(503, str(err))
         # A client that disconnects while its job waits cancels the job (result_unless_gone), which then never runs
         # its own release: the cap would have kept its uploads for the server's lifetime.
         future.add_done_callback(lambda f: store.release(held) if f.cancelled() else None)
         try:
             record = await result_unless_gone(future, request.is_disconnected)
         except ClientGone:
-            return _error(499, "the client disconnected before its job ran")  # nobody reads it
+            return error_response(499, "the client disconnected before its job ran")  # nobody reads it
         except (OutputWriteError, OSError) as err:  # the server's fault (a full disk), not the input's: its folders
             log.error("writing a result failed: %s", err)  # stay out of the answer (an OSError names its file)
             reason = err.reason if isinstance(err, OutputWriteError) else err.strerror or type(err).__name__
-            return _error(500, f"the server could not write the result: {reason}")
+            return error_response(500, f"the server could not write the result: {reason}")
         except ValueError as err:
-            return _error(400, str(err).replace(f"{store.uploads}{os.sep}", ""))  # not the server's folders
+            return error_response(400, str(err).replace(f"{store.uploads}{os.sep}", ""))  # not the server's folders
         except Exception as err:  # a bug, not the user's input: logged with its traceback
             log.exception("generation failed")
-            return _error(500, f"generation failed: {type(err).__name__}: {err}")
+            return error_response(500, f"generation failed: {type(err).__name__}: {err}")
         return JSONResponse(record)
 
     @app.api_route("/outputs/{name}", methods=["GET", "HEAD"])  # players and link checkers ask HEAD first (a 405)
@@ -414,18 +330,18 @@ def create_app(
         release = functools.partial(store.release, [file_id(path)])
         try:
             size = path.stat().st_size
-            problem = _range_problem(request.headers.get("range"), size)
+            problem = range_problem(request.headers.get("range"), size)
         except BaseException:  # not left held from the cap by a failure before the response takes it
             release()
             raise
         if problem is not None:  # Starlette's own answer to these is a plain-text 400
             release()
-            response = _error(*problem)
+            response = error_response(*problem)
             if problem[0] == 416:  # RFC 9110 15.5.17: a 416 says the file's length
                 response.headers["content-range"] = f"bytes */{size}"
             return response
         media = "video/mp4" if path.suffix == ".mp4" else "image/png"
-        whole = not _bytes_range(request.headers.get("range"))
-        return _HeldFileResponse(path, release, whole=whole, media_type=media)
+        whole = not bytes_range(request.headers.get("range"))
+        return HeldFileResponse(path, release, whole=whole, media_type=media)
 
     return app
