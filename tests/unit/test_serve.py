@@ -621,11 +621,13 @@ def test_a_client_gone_while_its_job_waits_cancels_the_job(pipe, tmp_path, monke
 
     futures = []
 
-    def queued(job):  # a job that would finish 3 s later, unless it is cancelled first
+    def queued(job):  # a job that would finish 30 s later (the old code then answered), unless cancelled first
         future = Future()
         futures.append(future)
         finish = lambda: future.set_running_or_notify_cancel() and future.set_result({"id": "ran anyway"})  # noqa: E731
-        threading.Timer(3.0, finish).start()
+        timer = threading.Timer(30.0, finish)
+        timer.daemon = True  # a loaded machine's slow first poll must not let the job finish first
+        timer.start()
         return future
 
     async def gone(self):
