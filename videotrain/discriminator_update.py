@@ -6,9 +6,7 @@ import torch
 from torch import nn
 
 from videotrain import distributed
-from videotrain.guards import GradientCheck, NonFiniteGuard
-
-WHAT = "discriminator gradient"
+from videotrain.guards import DISCRIMINATOR_GRADIENT, GradientCheck, NonFiniteGuard
 
 
 class DiscriminatorUpdate:
@@ -38,7 +36,7 @@ class DiscriminatorUpdate:
             _, bad = self.grads.read()
             if distributed.all_reduce_max(float(bad), self.device) > 0:
                 self.discard()
-                self.guard.record(WHAT, step)  # raises under "stop" or after run.max_nonfinite in a row
+                self.guard.record(DISCRIMINATOR_GRADIENT, step)  # raises under "stop" or at run.max_nonfinite in a row
                 return False
         self.engine.step()
         if boundary:

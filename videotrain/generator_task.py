@@ -35,7 +35,7 @@ from tokenizer import VideoTokenizer
 from tokenizer.probe import probe_ids
 from videodata.cache.reader import ShuffledSampler, TokenCache, TokenSample, tokenizer_fingerprint
 from videodata.captions import CaptionAugmentConfig, augment_caption
-from videotrain import checkpoint, distributed
+from videotrain import checkpoint, distributed, guards
 from videotrain.config import RENAMED, RunConfig
 from videotrain.generator_data import BatchStream, check_captions_encode, pick_caption, split_by_source
 from videotrain.optim import OptimConfig, build_adamw
@@ -275,7 +275,7 @@ class GeneratorTrainer(Trainer):
             ids, cond = self.batch(self.stream.take(self.run.micro_batch), pick=self.rng)
             loss, stats = self.engine(ids, cond, self.rng)
             if self.any_nonfinite(loss):
-                self.guard.record("loss", self.step)
+                self.guard.record(guards.LOSS, self.step)
                 continue
             if not self.backward(loss, boundary=len(losses) == gas - 1):
                 return None

@@ -14,10 +14,12 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 
-# What is dropped for a non-finite ``what`` (otherwise the step).
+# The kinds of non-finite event that do not drop the whole step, and what is dropped for each.
+LOSS = "loss"
+DISCRIMINATOR_GRADIENT = "discriminator gradient"
 SKIPPED = {
-    "loss": "micro-batch dropped, the next one takes its place",
-    "discriminator gradient": "the discriminator's update skipped (the tokenizer's was made)",
+    LOSS: "micro-batch dropped, the next one takes its place",
+    DISCRIMINATOR_GRADIENT: "the discriminator's update skipped (the tokenizer's was made)",
 }
 
 

@@ -32,7 +32,7 @@ from tokenizer.losses import (
 )
 from videodata.clips import ClipPool
 from videoeval.metrics import psnr
-from videotrain import checkpoint, distributed
+from videotrain import checkpoint, distributed, guards
 from videotrain.discriminator_update import DiscriminatorUpdate
 from videotrain.engines import EngineGroup, average_buffers, persistent_buffers
 from videotrain.guards import NonFiniteGuard
@@ -258,7 +258,7 @@ class TokenizerTrainer(Trainer):
                 d_loss = hinge_d_loss(real, fake)
             if self.any_nonfinite(total, d_loss):
                 self._restore(kept)
-                self.guard.record("loss", self.step)
+                self.guard.record(guards.LOSS, self.step)
                 continue
             boundary = len(rows) == gas - 1
             if not self.backward(total, boundary):
