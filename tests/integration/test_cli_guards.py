@@ -13,6 +13,8 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -142,3 +144,49 @@ def test_an_incomplete_launch_environment_is_one_error_before_any_process_group(
         with pytest.raises(ValueError, match=message):
             init_distributed()
     assert not torch.distributed.is_initialized()
+
+
+_PORT_THIEF = """
+import os, socket, sys
+import torch
+
+taken = []
+plain_close = socket.socket.close
+
+
+def close_and_lose_the_port(self):  # another process binds a port the moment this process lets go of it
+    try:
+        host, port = self.getsockname()[:2]
+    except OSError:
+        host, port = None, 0
+    plain_close(self)
+    if host == "127.0.0.1" and port and self.type == socket.SOCK_STREAM:
+        thief = socket.socket()
+        thief.bind(("127.0.0.1", port))
+        thief.listen()
+        taken.append(thief)
+
+
+socket.socket.close = close_and_lose_the_port
+from videotrain.distributed import init_distributed
+
+info = init_distributed()
+x = torch.ones(1)
+torch.distributed.all_reduce(x)
+print("ok", info.world_size, os.environ["MASTER_PORT"], float(x))
+"""
+
+
+def test_a_bare_process_binds_its_own_port_so_no_other_process_can_take_it_between_probe_and_bind():
+    """A bare single process used to probe a free port, close it, and bind it later: a parallel test worker took it
+    in between now and then (EADDRINUSE). Here every port this process closes is taken at once by another socket,
+    so a probe-then-bind loses the race every time; a store bound on port 0 has nothing to lose."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
+                                                                 "MASTER_PORT")}  # fmt: skip
+    env["DS_ACCELERATOR"] = "cpu"
+    done = subprocess.run([sys.executable, "-c", _PORT_THIEF], env=env, capture_output=True, text=True, timeout=300,
+                          cwd=Path(__file__).resolve().parents[2])  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    word, world, port, total = done.stdout.split()[-4:]
+    assert (word, world, total) == ("ok", "1", "1.0")
+    assert int(port) > 0
