@@ -61,8 +61,12 @@ def training_mask(
     r = torch.rand(batch, num_units, generator=generator, device=device)
     k = torch.ceil(gamma(r, schedule) * sizes).clamp_min(1)  # (B, U) tokens to mask per unit
     score = torch.rand(batch, unit_of.numel(), generator=generator, device=device)
-    # rank of each token's score inside its unit: mask the k lowest-ranked ones
-    order = torch.argsort(score + unit_of[None].float() * 2.0, dim=1)  # units contiguous, random inside
+    # rank of each token's score inside its unit: mask the k lowest-ranked ones. Sorted by score, then stably by
+    # unit: units contiguous, random inside. (One key, score + 2 * unit, rounded in float32 once units number in the
+    # thousands, and tied scores inside a unit were then ranked by position, not by their draw.)
+    by_score = torch.argsort(score, dim=1)  # (B, L)
+    by_unit = torch.argsort(unit_of[by_score], dim=1, stable=True)  # (B, L)
+    order = by_score.gather(1, by_unit)
     starts = torch.cumsum(sizes, 0) - sizes  # (U,)
     rank = torch.empty_like(order)
     rank.scatter_(1, order, torch.arange(unit_of.numel(), device=device).expand(batch, -1).contiguous())

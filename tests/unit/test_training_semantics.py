@@ -261,6 +261,22 @@ def _expected_mask_share(schedule: str, n: int) -> float:
     return float((torch.ceil(gamma(r, schedule) * n).clamp_min(1) / n).mean())
 
 
+def test_training_mask_masks_the_lowest_draws_of_each_unit_however_many_units():
+    """Each unit masks the k tokens with the lowest of its random draws. The sort key was score + 2 * unit in
+    float32: with 2**16 units it rounds the scores to 1/64, and tied tokens of a unit were ranked by position."""
+    units, size = 2**16, 4
+    unit_of = torch.arange(units).repeat(size)  # (L,) units interleaved, not contiguous
+    masked = training_mask(unit_of, 2, "cosine", torch.Generator().manual_seed(3))
+    g = torch.Generator().manual_seed(3)  # the function's draws, in its order
+    r = torch.rand(2, units, generator=g)
+    score = torch.rand(2, unit_of.numel(), generator=g)
+    k = torch.ceil(gamma(r, "cosine") * size).clamp_min(1)  # (B, U)
+    per_unit = score.view(2, size, units)  # (B, size, U): position i * units + u is token i of unit u
+    rank = per_unit.argsort(1).argsort(1)  # (B, size, U) rank of each token's draw in its unit
+    expected = (rank < k[:, None, :]).reshape(2, -1)  # (B, L)
+    assert torch.equal(masked, expected)
+
+
 @pytest.mark.parametrize("schedule", ["linear", "cosine"])
 def test_training_mask_draws_a_ratio_per_row_and_unit_from_the_schedule(schedule):
     unit_of = make_layout(GRID, "frame").unit_of  # 3 units of 16 tokens
