@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from core.frames import tensor_to_frames
 from core.video_io import read_video
 from core.video_write import write_video
 from generator.sampling import SamplingConfig
@@ -150,8 +151,7 @@ class ConditioningEval:
                 continue
             truth = np.stack([f for _, f in chunk])  # (B, T, H, W, 3)
             recon = tok.decode(tok.encode(_pixels(truth).to(like.device, like.dtype)))
-            frames = ((recon.float().clamp(-1, 1).permute(0, 2, 3, 4, 1) + 1) * 127.5).round()  # (B, T, H, W, 3)
-            frames = as_received(frames.to(torch.uint8).cpu().numpy(), self.pipe.config.fps)
+            frames = as_received(tensor_to_frames(recon), self.pipe.config.fps)  # (B, T, H, W, 3); NaN raises
             values = psnr(_pixels(frames[:, CONTEXT_FRAMES:]), _pixels(truth[:, CONTEXT_FRAMES:]))
             for i, v in enumerate(values.tolist()):
                 self._recon[start + i] = (v, _extrapolation_error(frames[i, :CONTEXT_FRAMES], chunk[i][0]))

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from core.frames import tensor_to_frames
 from core.video_io import read_video
 from core.video_write import write_video
 from tokenizer import VideoTokenizer
@@ -48,8 +49,7 @@ def reconstruct(tokenizer: VideoTokenizer, clips: np.ndarray, batch: int) -> np.
     for start in range(0, len(clips), batch):
         x = torch.from_numpy(clips[start : start + batch]).permute(0, 4, 1, 2, 3)  # (B, C, T, H, W)
         video = x.to(tokenizer.device, torch.float32) / 127.5 - 1.0
-        recon = tokenizer.decode(tokenizer.encode(video)).clamp(-1, 1)
-        out.append(((recon.permute(0, 2, 3, 4, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy())
+        out.append(tensor_to_frames(tokenizer.decode(tokenizer.encode(video))))  # (B, T, H, W, 3); NaN raises
     return np.concatenate(out)
 
 

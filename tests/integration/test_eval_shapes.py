@@ -133,6 +133,13 @@ def test_ceiling_scores_a_lossless_tokenizer_perfectly_and_a_blind_one_at_zero(t
             self.batches += 1
             return ids if self.batches == 1 else ids * 0 - 1
 
+    class Diverged(Identity):  # NaN was clamped, kept, and cast to black frames scored as the ceiling
+        def decode(self, ids):
+            return ids * float("nan")
+
+    with pytest.raises(ValueError, match="NaN"):
+        ceiling_results(Diverged(), tmp_path / "nan", num_videos=2, seed=1, batch=2)
+
     rows, extra, _ = ceiling_results(LosesYellow(), tmp_path / "y", num_videos=24, seed=1, batch=12)
     assert {r["color"] for r in rows} == {"red", "yellow"}
     assert math.isnan(extra["hue_error_yellow"]) and math.isnan(extra["hue_error"])  # max() kept red's 1-2 degrees

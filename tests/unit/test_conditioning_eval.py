@@ -153,3 +153,27 @@ def test_a_continuation_is_judged_on_its_generated_frames_not_on_the_given_conte
     [row] = ev.continuation_rows([(spec, truth)], prompted=False)
     assert row["read"][0] != "red" and not row["right"]
     assert conditioning.analyze(made[0, :9]).color == "red"  # judged with the context, 4 generated frames read red
+
+
+def test_a_tokenizer_that_decodes_nan_is_an_error_not_a_black_reconstruction(clips):
+    """The reconstruction was cast to uint8 after a clamp, which keeps NaN: a diverged tokenizer (or an fp16
+    overflow) gave black frames, and the eval reported their PSNR as the tokenizer's bound."""
+    import torch
+
+    from videoeval import conditioning
+
+    class NaNTokenizer(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def encode(self, video):
+            return video
+
+        def decode(self, ids):
+            return ids * float("nan")
+
+    pipe = type("P", (), {"tokenizer": NaNTokenizer(), "config": type("C", (), {"fps": 8})()})()
+    ev = conditioning.ConditioningEval(pipe, "ar", "frame", batch=4, seed=0, sampling=None)
+    with pytest.raises(ValueError, match="NaN"):
+        ev.reconstruction(clips[:2])
