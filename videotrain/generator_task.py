@@ -182,19 +182,22 @@ class GeneratorTrainer(Trainer):
                     f"{cfg.data.cache} have none (the first: {empty[:5]})"
                 )
             check_captions_encode(self.cache.all_captions(), self.text_encoder, cfg.data.cache)
-        self.trained_on = self._trained_on()  # a cache whose clip settings do not read fails now, not at the export
+        tokenizer = VideoTokenizer.from_pretrained(cfg.data.tokenizer) if cfg.data.tokenizer else None
+        self.trained_on = self._trained_on(tokenizer)  # a cache whose clip settings do not read fails now
         self.model.to(self.dist.device)
         opt = build_adamw(self.model, self.optim)
         self.engine = self.make_engine(GeneratorTask(self.model, cfg.objective), opt, self.optim.grad_clip)
         self.rng = torch.Generator().manual_seed(run.seed * 1000 + self.dist.rank)
-        self._tokenizer = None  # loaded on the first sample
+        sampler = tokenizer is not None and run.sample_every > 0 and self.dist.is_main  # decodes the samples
+        self._tokenizer = tokenizer.to(self.dist.device) if sampler else None
 
-    def _trained_on(self) -> TrainedOn:
-        """What the export records of its tokens, text and clips (see :mod:`generator.provenance`)."""
+    def _trained_on(self, tokenizer: VideoTokenizer | None) -> TrainedOn:
+        """What the export records of its tokens, text and clips (see :mod:`generator.provenance`); ``tokenizer``
+        is ``data.tokenizer``'s, loaded."""
         clip = self.cache.manifest.get("clip_spec")
         clip = clip if isinstance(clip, dict) else {}
         fps = clip.get("fps")
-        ids = probe_ids(VideoTokenizer.from_pretrained(self.cfg.data.tokenizer)) if self.cfg.data.tokenizer else None
+        ids = probe_ids(tokenizer) if tokenizer is not None else None
         try:
             return TrainedOn(
                 self.cache.fingerprint,
@@ -348,10 +351,8 @@ class GeneratorTrainer(Trainer):
 
     def write_samples(self) -> None:
         """Sample videos of held-out clips' conditions, decoded by ``data.tokenizer`` (rank 0, ZeRO 0-2)."""
-        if self.zero_stage == 3 or not self.dist.is_main or not self.cfg.data.tokenizer:
+        if self._tokenizer is None:  # no data.tokenizer, or not rank 0 (ZeRO-3 with samples is refused)
             return
-        if self._tokenizer is None:
-            self._tokenizer = VideoTokenizer.from_pretrained(self.cfg.data.tokenizer).to(self.dist.device)
         n = self.run.num_samples
         held_out = [int(i) for i in self.eval_idx[:n]]
         held = set(held_out)

@@ -732,3 +732,20 @@ def test_the_held_out_loss_of_two_processes_counts_a_rank_with_no_held_out_clip_
              lambda: train(data, tmp_path / "two", *common, "run.micro_batch=1", launcher=torchrun()))  # fmt: skip
     one, two = (losses(tmp_path / run, "eval_loss")[1] for run in ("one", "two"))
     assert abs(one - two) < 1e-4 * one, (one, two)
+
+
+def test_the_tokenizer_is_read_once_for_the_probe_and_the_samples(data, tmp_path, monkeypatch):
+    """``data.tokenizer`` was read twice: once for the export's probe ids, once more at the first sample."""
+    import videotrain.generator_task as gt
+    from videotrain.engines import restored_env
+
+    reads, real = [], gt.VideoTokenizer.from_pretrained
+    monkeypatch.setattr(gt.VideoTokenizer, "from_pretrained", lambda path: reads.append(path) or real(path))
+    cfg = build_config(gt.GeneratorTrainConfig, [CFG], [
+        f"data.cache={data / 'cache'}", f"data.tokenizer={data / 'tok'}", "run.steps=1", "run.sample_every=1",
+        "run.checkpoint_every=0", "run.eval_every=0"])  # fmt: skip
+    with restored_env():
+        trainer = gt.GeneratorTrainer(cfg, tmp_path / "run")
+        trainer.write_samples()
+    assert reads == [str(data / "tok")]
+    assert (tmp_path / "run" / "samples" / "step_00000000" / "contact_sheet.png").is_file()
