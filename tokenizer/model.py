@@ -257,6 +257,9 @@ class VideoTokenizer(nn.Module):
     def _ids(self, latents: torch.Tensor) -> torch.Tensor:
         """The quantizer's ids of (B, D, t, h, w) latents, in eval mode whatever the module's mode: in training
         mode a VQ quantizer would also move its codebook, so encoding would change the token space."""
+        if not bool(torch.isfinite(latents).all()):  # every quantizer maps NaN to a valid id: a constant grid
+            raise ValueError("the tokenizer's encoder gave NaN or infinite latents (non-finite weights, or an "
+                             "overflow in half precision): it has no tokens for this video")  # fmt: skip
         was_training = self.quantizer.training
         self.quantizer.eval()
         try:

@@ -283,3 +283,16 @@ def test_tokenizer_convolutions_follow_a_cpu_autocast(repo_root):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert conv(x).dtype == torch.bfloat16
     assert conv(x).dtype == torch.float32
+
+
+@pytest.mark.parametrize("quantizer", ["vq", "fsq", "lfq", "bsq"])
+def test_an_encoder_that_gives_nan_is_an_error_not_a_constant_token_grid(repo_root, quantizer):
+    """Every quantizer maps a NaN latent to a valid id (FSQ its middle code, the others 0): a tokenizer whose
+    weights had gone NaN encoded every video to one constant grid, which the cache stored and the pipelines
+    continued, without a word."""
+    tok = tiny(repo_root, f"quantizer={quantizer}")
+    with torch.no_grad():
+        next(p for name, p in tok.encoder.named_parameters() if name.endswith("bias"))[0] = float("nan")
+    for chunk in (None, 4):
+        with pytest.raises(ValueError, match="encoder gave NaN or infinite latents"):
+            tok.encode(video(T=5), chunk_frames=chunk)
