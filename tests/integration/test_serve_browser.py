@@ -128,3 +128,32 @@ def test_an_animated_gif_is_continued_as_a_video_and_a_class_replaces_the_prompt
     assert details.startswith("class 1 ·"), details
     (record,) = [json.loads(p.read_text()) for p in (tmp_path / "out").glob("*.json")]
     assert record["context"] == "video" and record["label"] == 1 and record["prompt"] == []
+
+
+def test_a_seed_beyond_two_to_the_53_reaches_the_server_and_the_page_exactly(browser, tmp_path):
+    """The page sent Number(seed): 2**53 + 1 arrived as 2**53, another video than the seed typed, and a long seed
+    read back from the server was shown rounded."""
+    import json
+
+    seed = 2**53 + 1
+    pipe = VideoPipeline.from_pretrained(DEFAULT_MODEL_DIR)
+    store = OutputStore(tmp_path / "out", max_bytes=10**9)
+    with live_server(create_app(pipe, store, model_name="shapes")) as url:
+        browser.get(url)
+        wait = WebDriverWait(browser, 120)
+        wait.until(lambda d: d.find_element(By.ID, "mode").get_attribute("value"))  # health loaded
+        box = browser.find_element(By.ID, "seed")
+        box.clear()
+        box.send_keys(str(seed))
+        browser.find_element(By.ID, "generate").click()
+        wait.until(lambda d: "done in" in d.find_element(By.ID, "status").text
+                   or "error" in (d.find_element(By.ID, "status").get_attribute("class") or ""))  # fmt: skip
+        status = browser.find_element(By.ID, "status").text
+        details = browser.find_element(By.ID, "details").text
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#gallery figure"))
+        browser.find_element(By.CSS_SELECTOR, "#gallery figure").click()  # shown again from /api/recent
+        again = browser.find_element(By.ID, "details").text
+    assert "done in" in status, status
+    (record,) = [json.loads(p.read_text()) for p in (tmp_path / "out").glob("*.json")]
+    assert record["seed"] == seed
+    assert f"seed {seed} ·" in details and f"seed {seed} ·" in again
