@@ -1,6 +1,7 @@
 """The demo page in a real headless browser (Debian's chromium + chromium-driver, driven by Selenium):
 type a prompt, click Generate, and a playable mp4 appears in the page."""
 
+import contextlib
 import shutil
 
 import pytest
@@ -39,13 +40,21 @@ def browser():
     driver.quit()
 
 
-def test_type_a_prompt_click_generate_and_a_playable_video_appears(browser, tmp_path):
+@contextlib.contextmanager
+def demo_page(browser, tmp_path, timeout: float):
+    """The shipped model's demo server, live, with ``browser`` on its page once /api/health has answered; yields a
+    wait of ``timeout`` seconds."""
     pipe = VideoPipeline.from_pretrained(DEFAULT_MODEL_DIR)
     store = OutputStore(tmp_path / "out", max_bytes=10**9)
     with live_server(create_app(pipe, store, model_name="shapes")) as url:
         browser.get(url)
-        wait = WebDriverWait(browser, 120)
+        wait = WebDriverWait(browser, timeout)
         wait.until(lambda d: d.find_element(By.ID, "mode").get_attribute("value"))  # health loaded
+        yield wait
+
+
+def test_type_a_prompt_click_generate_and_a_playable_video_appears(browser, tmp_path):
+    with demo_page(browser, tmp_path, 120) as wait:
         # a typed temperature also applies after context (the API's rule): the second box says so
         temperature, after = browser.find_element(By.ID, "temperature"), browser.find_element(By.ID, "ctxtemp")
         defaults = (temperature.get_attribute("placeholder"), after.get_attribute("placeholder"))
@@ -107,11 +116,7 @@ def test_an_animated_gif_is_continued_as_a_video_and_a_class_replaces_the_prompt
     gif = tmp_path / "clip.gif"
     images = [Image.fromarray(f) for f in frames]
     images[0].save(gif, save_all=True, append_images=images[1:], duration=125, loop=0)
-    pipe = VideoPipeline.from_pretrained(DEFAULT_MODEL_DIR)
-    store = OutputStore(tmp_path / "out", max_bytes=10**9)
-    with live_server(create_app(pipe, store, model_name="shapes")) as url:
-        browser.get(url)
-        wait = WebDriverWait(browser, 300)
+    with demo_page(browser, tmp_path, 300) as wait:
         wait.until(lambda d: len(Select(d.find_element(By.ID, "label")).options) == 73)  # none + 72 classes
         Select(browser.find_element(By.ID, "label")).select_by_value("1")
         assert not browser.find_element(By.ID, "prompt").is_enabled()  # the class replaces it
@@ -136,12 +141,7 @@ def test_a_seed_beyond_two_to_the_53_reaches_the_server_and_the_page_exactly(bro
     import json
 
     seed = 2**53 + 1
-    pipe = VideoPipeline.from_pretrained(DEFAULT_MODEL_DIR)
-    store = OutputStore(tmp_path / "out", max_bytes=10**9)
-    with live_server(create_app(pipe, store, model_name="shapes")) as url:
-        browser.get(url)
-        wait = WebDriverWait(browser, 120)
-        wait.until(lambda d: d.find_element(By.ID, "mode").get_attribute("value"))  # health loaded
+    with demo_page(browser, tmp_path, 120) as wait:
         box = browser.find_element(By.ID, "seed")
         box.clear()
         box.send_keys(str(seed))
