@@ -258,8 +258,11 @@ class VideoPipeline:
         self, mode: str | None, order: str | None, sampling: SamplingConfig | None, generator, image, video, num_context
     ) -> tuple[str, str, Generator, SamplingConfig, np.ndarray | None]:
         if generator is not None and not isinstance(generator, torch.Generator):  # 0 failed after the prefill
-            raise ValueError(f"generator must be a torch.Generator (e.g. torch.Generator().manual_seed(0)), got "
-                             f"{generator!r}")  # fmt: skip
+            raise ValueError(f"generator must be a torch.Generator (e.g. torch.Generator(device=pipe.device)"
+                             f".manual_seed(0)), got {generator!r}")  # fmt: skip
+        if generator is not None and generator.device.type != self.device.type:  # torch's error came mid-sampling
+            raise ValueError(f"generator is on {generator.device}, the pipeline on {self.device}: draw from "
+                             "torch.Generator(device=pipe.device)")  # fmt: skip
         if sampling is not None and not isinstance(sampling, SamplingConfig):  # a dict failed deep in the sampler
             raise ValueError(f"sampling must be a SamplingConfig (see pipe.spec.sampling_for), got {type(sampling)}")
         mode, order = self.resolve_mode_order(mode, order)
@@ -311,7 +314,7 @@ class VideoPipeline:
                 list of them is given; with a list of prompts or labels, one video each (a different
                 ``num_videos`` is refused).
             sampling: temperature, top-k/p, CFG, MaskGIT steps (default: the config's for this mode and order).
-            generator: RNG for sampling (seeded = reproducible).
+            generator: RNG for sampling, on the pipeline's device (seeded = reproducible).
             progress: show progress bars.
 
         Returns:

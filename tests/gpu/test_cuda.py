@@ -199,3 +199,13 @@ def test_shapes_evaluation_samples_on_cuda(tmp_path):
     assert len(results) == 4 and shown[0].shape == (9, 32, 32, 3)
     task = ConditioningEval(pipe, "maskgit", "frame", batch=2, seed=0, sampling=None)
     assert task._gen(3).device.type == "cuda"
+
+
+def test_a_cpu_generator_on_a_cuda_pipeline_is_one_line(tmp_path):
+    """It failed inside torch's sampler with a RuntimeError traceback (the CPU test only plays the CUDA device)."""
+    from tests.helpers.tiny_pipeline import make_tiny_pipeline
+
+    pipe = VideoPipeline.from_pretrained(make_tiny_pipeline(tmp_path / "model")).to("cuda")
+    with pytest.raises(ValueError, match="generator is on cpu, the pipeline on cuda"):
+        pipe("a red circle moving left", generator=torch.Generator().manual_seed(0))
+    assert pipe("a red circle moving left", generator=torch.Generator("cuda").manual_seed(0)).frames.shape[0] == 1

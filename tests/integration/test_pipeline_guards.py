@@ -141,6 +141,16 @@ def test_the_pipeline_call_refuses_arguments_of_the_wrong_type_in_one_line(no_sa
             no_sampling.story(["a red circle moving left"], segment_frames=9, **kwargs)
 
 
+def test_a_generator_on_another_device_than_the_pipeline_is_one_line(no_sampling, monkeypatch):
+    """A CPU torch.Generator (the form the old message suggested) on a CUDA pipeline failed inside torch's sampler
+    with a RuntimeError traceback. This CPU-only test plays the CUDA pipeline by its device; tests/gpu runs it."""
+    import torch
+
+    monkeypatch.setattr(type(no_sampling), "device", property(lambda self: torch.device("cuda", 0)))
+    with pytest.raises(ValueError, match=r"generator is on cpu, the pipeline on cuda:0"):
+        no_sampling("a red circle moving left", generator=torch.Generator().manual_seed(0))
+
+
 def test_a_folder_without_pipeline_yaml_points_at_make_pipeline(tmp_path):
     """A generator's export given as --model said only "is it a tokvid pipeline?", not how to make one."""
     (tmp_path / "model.safetensors").write_bytes(b"")
