@@ -61,7 +61,8 @@ def list_media(root: str | os.PathLike, exts: Iterable[str] | None = None) -> li
     Returns:
         Paths whose lower-cased suffix is in ``exts``, sorted by their path relative to
         ``root`` so the order is the same on every machine. Hidden files and folders (names
-        starting with ".", e.g. temps of an unfinished write) are skipped.
+        starting with ".", e.g. temps of an unfinished write) are skipped; linked folders are followed, each
+        folder once.
 
     Raises:
         ValueError: ``root`` does not exist, or is a file whose suffix is not in ``exts``.
@@ -74,8 +75,16 @@ def list_media(root: str | os.PathLike, exts: Iterable[str] | None = None) -> li
         return [root]
     if not root.is_dir():
         raise ValueError(f"{str(root)!r} does not exist")
-    rel = sorted(p.relative_to(root) for p in root.rglob("*") if p.suffix.lower() in exts and p.is_file())
-    return [root / r for r in rel if not any(part.startswith(".") for part in r.parts)]
+    found, walked = [], set()  # walked: (device, inode) of each folder, as a linked folder can lead back up
+    for folder, dirs, files in os.walk(root, followlinks=True):  # rglob("*") never entered a linked folder
+        st = os.stat(folder)
+        if (st.st_dev, st.st_ino) in walked:
+            dirs[:] = []
+            continue
+        walked.add((st.st_dev, st.st_ino))
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found += [Path(folder, f) for f in files if not f.startswith(".") and Path(f).suffix.lower() in exts]
+    return [root / r for r in sorted(p.relative_to(root) for p in found if p.is_file())]
 
 
 def _needed_frames(num_frames: int | None, stride: int, start: int) -> int:

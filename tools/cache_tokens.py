@@ -7,7 +7,7 @@ Usage::
     torchrun --nproc_per_node 8 tools/cache_tokens.py --data ... --out /shared/cache   # or deepspeed
     python tools/cache_tokens.py verify cache/
 
-``--data`` is a folder (scanned recursively), a media file, or a ``.csv``/``.jsonl`` manifest
+``--data`` is a folder (scanned recursively, linked folders included), a media file, or a ``.csv``/``.jsonl`` manifest
 with ``path`` and optional ``caption`` and ``label`` columns. Each source gives up to
 ``--clips-per-video`` clips (evenly spread, or at ``--start-offsets``). Killing a run and
 rerunning the same command resumes it; every rank of a torchrun / deepspeed launch writes its

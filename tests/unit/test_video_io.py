@@ -335,6 +335,21 @@ def test_list_media_is_recursive_sorted_and_skips_hidden(tmp_path):
         list_media(tmp_path / "b.mp4", exts={".png"})
 
 
+def test_list_media_follows_linked_folders_once_each(tmp_path):
+    """rglob("*") never entered a linked folder: data/linked -> /disk2/videos was cached, trained on or evaluated
+    without its videos, exit 0 and not a word. A link back up (a loop) and a second link to a folder already walked
+    add nothing."""
+    data, elsewhere = tmp_path / "data", tmp_path / "disk2" / "videos"
+    for path in (data / "top.mp4", elsewhere / "far.mp4", elsewhere / "deeper" / "farther.gif"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+    (data / "linked").symlink_to(elsewhere, target_is_directory=True)
+    (data / "same_again").symlink_to(elsewhere, target_is_directory=True)
+    (elsewhere / "deeper" / "up").symlink_to(data, target_is_directory=True)  # a loop through the link
+    found = [p.relative_to(data).as_posix() for p in list_media(data)]
+    assert found == ["linked/deeper/farther.gif", "linked/far.mp4", "top.mp4"]
+
+
 def test_clip_pool_reads_a_jsonl_manifest(tmp_path):
     import json
 
