@@ -23,14 +23,19 @@ class OutputWriteError(ValueError):
 
 def output_paths(out: str | os.PathLike, num_videos: int) -> list[Path]:
     """Video paths for ``num_videos`` videos: ``out`` itself for one video (an .mp4 or .gif file),
-    ``out/video_000.mp4`` ... when ``out`` is a directory or several videos are asked for."""
+    ``out/video_000.mp4`` ... when ``out`` is a directory, ends with a path separator (``run.v2/``), or several
+    videos are asked for."""
+    folder = str(out).endswith((os.sep, os.altsep or os.sep))  # Path() drops it: clips.mp4/ was written as a file
     out = Path(out)
+    if folder:
+        return [out / f"video_{i:03d}.mp4" for i in range(num_videos)]
     if num_videos == 1 and out.suffix.lower() in VIDEO_SUFFIXES:
         return [out]
     if out.suffix.lower() in VIDEO_SUFFIXES:
         raise ValueError(f"{num_videos} videos need a directory for --out, not the file {str(out)!r}")
     if out.suffix and not out.is_dir():  # clip.webm / clip.png silently became a folder of that name
-        raise ValueError(f"--out {str(out)!r} must be an .mp4 or .gif file, or a directory")
+        raise ValueError(f"--out {str(out)!r} must be an .mp4 or .gif file, or a directory (end a new folder's "
+                         "name with /)")  # fmt: skip
     return [out / f"video_{i:03d}.mp4" for i in range(num_videos)]
 
 

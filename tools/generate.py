@@ -62,7 +62,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--context-temperature", type=float, help="temperature after --image/--video and in later windows")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-videos", type=int, default=1)
-    p.add_argument("--out", help="an .mp4/.gif file for one video, a directory for several (default "
+    p.add_argument("--out", help="an .mp4/.gif file for one video, a directory for several (a name ending in / is "
+                   "always a directory; default "
                    "outputs/video.mp4 for one, outputs/ for several); the "
                    ".png sheet and .gif beside a video replace only files that tokvid wrote")  # fmt: skip
     p.add_argument("--gif", action="store_true", help="also write a .gif next to each mp4")

@@ -33,6 +33,14 @@ def test_output_paths_file_or_directory(tmp_path):
     assert pio.output_paths(tmp_path / "runs.v2", 1) == [tmp_path / "runs.v2" / "video_000.mp4"]
 
 
+def test_a_trailing_separator_makes_out_a_folder_whatever_its_name(tmp_path):
+    """Path() drops a trailing "/": --out clips.mp4/ wrote a file clips.mp4, and a new folder 2024.06.01/ was refused
+    as a file of an unknown type."""
+    for name in ("clips.mp4", "2024.06.01", "run.v2"):
+        assert pio.output_paths(f"{tmp_path / name}/", 2 if name == "run.v2" else 1)[0] == (
+            tmp_path / name / "video_000.mp4")  # fmt: skip
+
+
 def test_an_output_never_replaces_an_input_file(tmp_path):
     """``--image first.png --out first.mp4`` wrote the contact sheet over the user's first.png."""
     image, clip = tmp_path / "first.png", tmp_path / "clip.gif"
