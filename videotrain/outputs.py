@@ -81,6 +81,10 @@ class MetricsLog:
     def write(self, step: int, values: dict[str, float]) -> None:
         if not self.enabled:
             return
+        bad = [k for k, v in values.items() if isinstance(v, float) and not math.isfinite(v)]
+        if bad:  # a held-out loss that overflowed was written as NaN and left out of the curve without a word
+            log.warning("step %d: %s not finite (written to metrics.jsonl as NaN or Infinity, left out of "
+                        "loss_curve.png)", step, ", ".join(bad))  # fmt: skip
         self.file.write(json.dumps({"step": step, **values}) + "\n")
         self.file.flush()
         if self.tb is not None:

@@ -494,6 +494,21 @@ def test_a_resumed_metrics_log_drops_the_killed_runs_unfinished_record(tmp_path)
     assert (tmp_path / "loss_curve.png").stat().st_size > 0
 
 
+def test_a_non_finite_logged_value_is_a_warning_not_only_a_nan_in_the_file(tmp_path, caplog):
+    """The training loss has its guard, but a held-out loss that overflowed went to metrics.jsonl as NaN and was left
+    out of loss_curve.png, with nothing in the log."""
+    from videotrain.outputs import MetricsLog
+
+    metrics = MetricsLog(tmp_path, enabled=True)
+    with caplog.at_level("WARNING", logger="videotrain.outputs"):
+        metrics.write(10, {"eval_loss": 0.5})
+        assert not caplog.records
+        metrics.write(20, {"eval_loss": float("nan"), "other": float("inf"), "fine": 1.0})
+    metrics.close()
+    [record] = caplog.records
+    assert record.getMessage().startswith("step 20: eval_loss, other not finite (written to metrics.jsonl as NaN")
+
+
 def test_weight_decay_applies_to_linear_and_convolution_weights_only():
     """ "emb" in a parameter's path kept the linear text projections inside `cond_emb` from being decayed."""
     from generator import Generator, GeneratorConfig
