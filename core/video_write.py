@@ -53,14 +53,17 @@ def _write_mp4(tmp: Path, frames: np.ndarray, fps: float, crf: int, target: Path
         "-c:v", "libx264", "-preset", "medium", "-crf", str(crf), "-pix_fmt", "yuv420p",
         "-movflags", "+faststart", "-f", "mp4", ffmpeg_path(tmp),
     ]  # fmt: skip
-    proc = subprocess.run(cmd, input=np.ascontiguousarray(frames).tobytes(), capture_output=True, check=False)
+    # Its own session: a terminal's Ctrl-C meant for a server let the server finish its jobs but killed this encode
+    # (a 500); in a CLI the KeyboardInterrupt makes subprocess.run kill it.
+    frames = np.ascontiguousarray(frames).tobytes()
+    proc = subprocess.run(cmd, input=frames, capture_output=True, check=False, start_new_session=True)
     if proc.returncode != 0:
-        lines = proc.stderr.decode(errors="replace").strip().splitlines()
+        lines = proc.stderr.decode(errors="replace").strip().replace(ffmpeg_path(tmp), tmp.name).splitlines()
         last = lines[-1] if lines else f"exit {proc.returncode}"
         code = next((n for text, n in _FFMPEG_ERRNOS.items() if any(text in line for line in lines)), None)
-        if code is not None:
-            raise OSError(code, f"ffmpeg could not write {str(target)!r}: {os.strerror(code)}", str(target))
-        raise OSError(f"ffmpeg could not write {str(target)!r}: {last}")
+        # strerror is the reason alone, without the folder (a server shows it); the path is the filename
+        reason = os.strerror(code) if code is not None else f"ffmpeg failed: {last}"
+        raise OSError(code if code is not None else errno.EIO, reason, str(target))
 
 
 def _write_gif(tmp: Path, frames: np.ndarray, fps: float) -> None:

@@ -164,3 +164,41 @@ def test_exact_numerics_turns_the_fast_paths_off_inside_and_restores_them():
         assert torch.backends.cudnn.benchmark and not torch.backends.cudnn.deterministic  # all four come back
     finally:
         (cudnn.allow_tf32, matmul.allow_tf32, cudnn.benchmark, cudnn.deterministic) = before
+
+
+_ENCODE_THROUGH_CTRL_C = """
+import signal, sys
+import imageio_ffmpeg
+import numpy as np
+from core.video_write import write_video
+imageio_ffmpeg.get_ffmpeg_exe()  # found once, as a server's warm-up does (the lookup runs ffmpeg itself)
+signal.signal(signal.SIGINT, lambda *a: print("sigint", flush=True))  # as a server does: finish the running job
+frames = np.random.default_rng(0).integers(0, 256, (240, 256, 256, 3), dtype=np.uint8)  # noise: a slow encode
+print("encoding", flush=True)
+write_video(sys.argv[1], frames, fps=24)
+print("written", flush=True)
+"""
+
+
+def test_ctrl_c_in_the_terminal_does_not_kill_an_encode_the_process_lets_finish(tmp_path):
+    """ffmpeg ran in the caller's process group, so a terminal's Ctrl-C reached it as well: the web demo, which lets
+    its running job finish, answered that request with a 500 ("ffmpeg could not write ...: exit -2")."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import imageio.v3 as iio
+
+    target = tmp_path / "noise.mp4"
+    proc = subprocess.Popen([sys.executable, "-c", _ENCODE_THROUGH_CTRL_C, str(target)], stdout=subprocess.PIPE,
+                            text=True, start_new_session=True, cwd=Path(__file__).resolve().parents[2])  # fmt: skip
+    assert proc.stdout.readline().strip() == "encoding"
+    deadline = time.monotonic() + 60
+    while not any(p.stat().st_size for p in tmp_path.glob(".noise.tmp*")) and time.monotonic() < deadline:
+        time.sleep(0.01)  # until ffmpeg has written some of the video
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole foreground group
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and out.split() == ["sigint", "written"], out
+    assert iio.improps(target, plugin="pyav").shape[0] == 240

@@ -100,16 +100,23 @@ def test_a_decode_error_with_a_relative_output_folder_does_not_name_the_servers_
     assert str(tmp_path) not in r.json()["error"] and "outputs" not in r.json()["error"]
 
 
-def test_a_full_disk_is_a_500_that_names_no_folder(client, monkeypatch, tmp_path):
-    """It came back as a 400 (bad input) naming the server's absolute output path."""
+@pytest.mark.parametrize(
+    ("said", "reason"),
+    [("No space left on device", os.strerror(errno.ENOSPC)), ("Broken encoder", "ffmpeg failed: Error writing .")],
+)
+def test_a_full_disk_is_a_500_that_names_no_folder(client, monkeypatch, tmp_path, said, reason):
+    """It came back as a 400 (bad input) naming the server's absolute output path; then, through the real
+    write_video, as a 500 whose reason still named it (ffmpeg's message carried the target's path)."""
+    import imageio_ffmpeg
 
-    def full_disk(path, frames, fps):
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
-
-    monkeypatch.setattr(pipelines.io, "write_video", full_disk)
+    ffmpeg = tmp_path / "ffmpeg"  # says what ffmpeg says, naming the file it writes (its last argument)
+    ffmpeg.write_text(f'#!/bin/sh\nfor a; do last=$a; done\necho "Error writing $last: {said}" >&2\nexit 1\n')
+    ffmpeg.chmod(0o755)
+    monkeypatch.setattr(imageio_ffmpeg, "get_ffmpeg_exe", lambda: str(ffmpeg))
     r = client.post("/api/generate", json=REQUEST)
     assert r.status_code == 500
-    assert r.json() == {"error": f"the server could not write the result: {os.strerror(errno.ENOSPC)}"}
+    error = r.json()["error"]
+    assert error.startswith(f"the server could not write the result: {reason}") and str(tmp_path) not in error
     monkeypatch.undo()
     assert client.post("/api/generate", json=REQUEST).status_code == 200  # nothing is left wedged
 

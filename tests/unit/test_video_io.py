@@ -255,7 +255,7 @@ def test_ffmpeg_failure_is_an_os_error(tmp_path, monkeypatch):
     import imageio_ffmpeg
 
     monkeypatch.setattr(imageio_ffmpeg, "get_ffmpeg_exe", lambda: "false")  # exits 1
-    with pytest.raises(OSError, match="ffmpeg could not write"):
+    with pytest.raises(OSError, match="ffmpeg failed: exit 1"):
         write_video(tmp_path / "a.mp4", smooth_clip(T=2, H=16, W=16), fps=8)
     assert list(tmp_path.iterdir()) == []
 
