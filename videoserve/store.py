@@ -5,6 +5,7 @@ Layout of ``root``::
     <id>.mp4, <id>.png     a result's video and contact sheet (written atomically by the pipeline)
     <id>.json              its record; written last, so a result without one is unfinished
     uploads/<id><ext>      uploaded context images and videos
+    .<id>.tmp<8 hex>.<ext> a file being written (in either folder); a killed server's count against the cap
 
 Ids are 32 random hex digits (:func:`secrets.token_hex`). Only names of that form are ever served, listed,
 counted against the cap or deleted, so a request cannot reach a file outside ``root`` or guess another user's
@@ -31,9 +32,13 @@ log = logging.getLogger(__name__)
 _ID = re.compile(r"^[0-9a-f]{32}$")
 _SERVED = re.compile(r"^([0-9a-f]{32})\.(mp4|png)$")
 _RESULT_FILE = re.compile(r"^([0-9a-f]{32})\.(mp4|png|json)$")
+# and the temp files they are written through (core.files.atomic_path): a server killed mid-write leaves them
+_TEMP = r"^\.([0-9a-f]{32})\.tmp[0-9a-f]{8}"
+_RESULT_TEMP = re.compile(_TEMP + r"\.(mp4|png|json)$")
 _RECORD = re.compile(r"^[0-9a-f]{32}\.json$")
 UPLOAD_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".mp4", ".webm", ".mov")
 _UPLOAD_FILE = re.compile(r"^([0-9a-f]{32})(" + "|".join(re.escape(x) for x in UPLOAD_SUFFIXES) + r")$")
+_UPLOAD_TEMP = re.compile(_TEMP + "(" + "|".join(re.escape(x) for x in UPLOAD_SUFFIXES) + r")$")
 UPLOADS = "uploads"
 
 
@@ -169,13 +174,17 @@ class OutputStore:
 
     # ----------------------------------------------------------------- cap
     def _own_files(self) -> dict[str, list[Path]]:
-        """The server's files by id: ``<id>.mp4/.png/.json`` in ``root`` and ``uploads/<id><ext>``; nothing else."""
+        """The server's files by id: ``<id>.mp4/.png/.json`` in ``root`` and ``uploads/<id><ext>``, and the hidden
+        temp files they are written through (a killed server's stayed forever, outside the cap); nothing else."""
         groups: dict[str, list[Path]] = {}
-        for folder, pattern in ((self.root, _RESULT_FILE), (self.uploads, _UPLOAD_FILE)):
+        for folder, patterns in (
+            (self.root, (_RESULT_FILE, _RESULT_TEMP)),
+            (self.uploads, (_UPLOAD_FILE, _UPLOAD_TEMP)),
+        ):
             if not folder.is_dir():  # removed by hand while serving: nothing of ours is there (it was a 500)
                 continue
             for path in folder.iterdir():
-                match = pattern.match(path.name)
+                match = patterns[0].match(path.name) or patterns[1].match(path.name)
                 if match and path.is_file():
                     groups.setdefault(match.group(1), []).append(path)
         return groups

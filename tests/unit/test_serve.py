@@ -293,6 +293,28 @@ def test_the_cap_and_the_listing_leave_other_files_in_the_folder_alone(tmp_path)
         assert (tmp_path / name).read_bytes() == data, name
 
 
+def test_a_killed_servers_temp_files_count_against_the_cap_and_go_with_it(tmp_path):
+    """A server killed while writing left hidden ``.<id>.tmpXXXXXXXX.mp4`` files (and uploads' likewise) that the
+    cap neither counted nor removed: they stayed forever. A user's own hidden files are still left alone."""
+    dead, gone = "c" * 32, "d" * 32
+    leftovers = [tmp_path / f".{dead}.tmp0123abcd.mp4", tmp_path / f".{dead}.tmp89abcdef.png",
+                 tmp_path / UPLOADS / f".{gone}.tmp00ff00ff.gif"]  # fmt: skip
+    mine = [tmp_path / ".holiday.tmp0123abcd.mp4", tmp_path / f".{dead}.mp4.swp"]
+    for path in leftovers + mine:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"t" * 400)
+    store = OutputStore(tmp_path, max_bytes=1000)
+    assert store.size() == 3 * 400
+    writing = store.reserve()  # a result being written now: its temp file is safe
+    live = store.result_paths(writing)[0].with_name(f".{writing}.tmp11223344.mp4")
+    live.write_bytes(b"w" * 300)
+    done = store.reserve()
+    store.result_paths(done)[0].write_bytes(b"v" * 300)
+    store.finish(done, {"id": done})
+    assert not any(p.exists() for p in leftovers)
+    assert all(p.exists() for p in mine) and live.exists()
+
+
 def test_cap_never_drops_a_result_being_written(tmp_path):
     store = OutputStore(tmp_path, max_bytes=100)
     busy = store.reserve()
