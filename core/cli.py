@@ -24,6 +24,19 @@ if TYPE_CHECKING:
     import torch
 
 
+def _interrupted_quietly(kind, value, tb, plain=sys.excepthook) -> None:
+    """An uncaught Ctrl-C is one line (Python then ends the process by SIGINT, exit status 130); anything else goes
+    to the hook that was there. :func:`run_cli` covers a CLI's ``main``; this covers the second or so before it,
+    where a CLI imports torch (a 30-40-line traceback ending in KeyboardInterrupt)."""
+    if issubclass(kind, KeyboardInterrupt):
+        print("interrupted", file=sys.stderr)
+        return
+    plain(kind, value, tb)
+
+
+sys.excepthook = _interrupted_quietly  # core.cli is imported by command-line programs only (tools/, bench/)
+
+
 class UsageError(ValueError):
     """Bad command-line input; reported as one line on stderr with exit code 2."""
 

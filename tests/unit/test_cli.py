@@ -230,3 +230,14 @@ def test_an_empty_path_argument_is_a_usage_error(tmp_path, monkeypatch, capsys):
     assert main(["--data", "", "--tokenizer", "tok", "--out", str(tmp_path / "cache")]) == 2
     assert "--data: must not be empty" in capsys.readouterr().err
     assert not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize("module", ["core.cli", "tools.generate"])
+def test_ctrl_c_while_a_cli_imports_is_one_line(module):
+    """run_cli made an interrupt one line, but only once main ran: Ctrl-C in the second or so a CLI spends
+    importing torch printed a 30-40-line traceback ending in KeyboardInterrupt."""
+    import signal
+
+    done = subprocess.run([sys.executable, "-c", f"import {module}; raise KeyboardInterrupt"], capture_output=True,
+                          text=True, timeout=120, cwd=ROOT)  # fmt: skip
+    assert done.stderr == "interrupted\n" and done.returncode == -signal.SIGINT  # ended by the signal: status 130
