@@ -328,16 +328,15 @@ class FeatureStats:
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
     """Fréchet distance between the Gaussians N(mu1, sigma1) and N(mu2, sigma2), in float64.
 
-    d² = |mu1 - mu2|² + tr(S1) + tr(S2) - 2 tr((S1 S2)^½), with the last trace computed as
-    tr((A S2 A)^½), A = S1^½ (Dowson & Landau 1982). ``A S2 A`` is symmetric positive
-    semi-definite and has the same eigenvalues as ``S1 S2``, so the trace is the sum of the
-    square roots of its eigenvalues (``np.linalg.eigh``): no complex numbers appear, unlike
-    ``scipy.linalg.sqrtm(S1 @ S2)`` whose round-off imaginary parts FID code discards.
-    Eigenvalues below ``D * eps * max`` are round-off of true zeros (rank-deficient
-    covariances, e.g. fewer samples than feature dimensions) and are set to 0 before the
-    square root, which would otherwise blow 1e-16 noise up to 1e-8; this keeps the result
-    symmetric, exactly 0 for identical rank-deficient sets and within round-off (~1e-13) of 0 for identical
-    full-rank ones. A negative result (round-off) is clipped to 0.
+    d² = |mu1 - mu2|² + tr(S1) + tr(S2) - 2 tr((S1 S2)^½) (Dowson & Landau 1982). The last trace is
+    the sum of the singular values of S1^½ S2^½ (its nuclear norm: (S1^½ S2^½)(S1^½ S2^½)ᵀ = S1^½ S2 S1^½,
+    which has the eigenvalues of S1 S2), with each root from ``np.linalg.eigh``: no complex numbers appear,
+    unlike ``scipy.linalg.sqrtm(S1 @ S2)`` whose round-off imaginary parts FID code discards. Taking the
+    eigenvalues of S1^½ S2 S1^½ instead squares the condition number, and a spectrum over ~6.5 decades lost
+    real terms (0.56 too high on an FVD of 25,797). Eigenvalues of S1 and S2 below ``D * eps * max`` are
+    round-off of true zeros (rank-deficient covariances, e.g. fewer samples than feature dimensions) and are
+    set to 0 before the square root, which would otherwise blow 1e-16 noise up to 1e-8; identical sets give 0
+    within round-off. A negative result (round-off) is clipped to 0.
 
     Args:
         mu1, mu2: (D,) means.
@@ -357,10 +356,11 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     def floor(eig: np.ndarray) -> np.ndarray:  # round-off below D * eps * max is a true 0
         return np.where(eig > eig.max(initial=0.0) * D * np.finfo(np.float64).eps, eig, 0.0)
 
-    w, V = np.linalg.eigh(s1)
-    root1 = (V * np.sqrt(floor(w))) @ V.T  # S1^½
-    m = root1 @ s2 @ root1
-    tr_sqrt = np.sqrt(floor(np.linalg.eigvalsh((m + m.T) / 2))).sum()
+    def root(s: np.ndarray) -> np.ndarray:  # S^½ of a symmetric positive semi-definite S
+        w, V = np.linalg.eigh(s)
+        return (V * np.sqrt(floor(w))) @ V.T
+
+    tr_sqrt = np.linalg.svd(root(s1) @ root(s2), compute_uv=False).sum()  # tr((S1 S2)^½)
     diff = mu1 - mu2
     return max(float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * tr_sqrt), 0.0)
 

@@ -87,9 +87,11 @@ def ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     B, C, T, H, W = x.shape
     if H < SSIM_WINDOW or W < SSIM_WINDOW:
         raise ValueError(f"ssim needs frames of at least {SSIM_WINDOW}x{SSIM_WINDOW}, got {H}x{W}")
-    a = _unit(x).reshape(B * C * T, 1, H, W)  # (N, 1, H, W), one map per channel per frame
-    b = _unit(y).reshape(B * C * T, 1, H, W)
-    g = gaussian_window().to(device=x.device, dtype=torch.float32)
+    # float64: the variances are E[z²] - mu², whose float32 round-off (~1e-8) over C2 = 9e-4 moved a flat bright
+    # area's SSIM by up to 3e-4 (252 against 253 grey)
+    a = _unit(x).double().reshape(B * C * T, 1, H, W)  # (N, 1, H, W), one map per channel per frame
+    b = _unit(y).double().reshape(B * C * T, 1, H, W)
+    g = gaussian_window().to(device=x.device, dtype=torch.float64)
 
     def blur(z: torch.Tensor) -> torch.Tensor:  # separable 'valid' Gaussian filter
         z = F.conv2d(z, g.view(1, 1, -1, 1))  # (N, 1, H - 10, W)
@@ -101,7 +103,7 @@ def ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     cov = blur(a * b) - mu_a * mu_b
     c1, c2 = SSIM_K1**2, SSIM_K2**2
     ssim_map = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
-    return ssim_map.reshape(B, C * T, -1).mean(dim=(1, 2))  # (B,)
+    return ssim_map.reshape(B, C * T, -1).mean(dim=(1, 2)).float()  # (B,)
 
 
 class LPIPS(nn.Module):

@@ -70,6 +70,17 @@ def test_ssim_matches_scipy_reference():
     assert 0.0 < float(got.min()) < 0.99  # the noise is visible
 
 
+def test_ssim_of_flat_bright_frames_is_the_closed_form():
+    """float32 moments (E[z²] - mu², its round-off over C2 = 9e-4) put a flat 252-against-253 grey pair 3.3e-4
+    off its SSIM, the luminance term (2 mu_a mu_b + C1) / (mu_a² + mu_b² + C1)."""
+    shape = (1, 3, 2, 16, 16)
+    for grey_a, grey_b in ((252, 253), (128, 130), (250, 250)):
+        x, y = torch.full(shape, grey_a / 127.5 - 1.0), torch.full(shape, grey_b / 127.5 - 1.0)
+        mu_a, mu_b, c1 = (grey_a / 127.5 - 1.0 + 1) / 2, (grey_b / 127.5 - 1.0 + 1) / 2, 0.01**2
+        expected = (2 * mu_a * mu_b + c1) / (mu_a**2 + mu_b**2 + c1)
+        assert float(ssim(x, y)[0]) == pytest.approx(expected, abs=2e-7)  # float32 result: ~6e-8 round-off
+
+
 def test_ssim_of_identical_videos_is_one_and_noise_lowers_it():
     x, _ = videos()
     assert torch.allclose(ssim(x, x.clone()), torch.ones(2), atol=1e-6)
