@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
 
+from core.files import atomic_path
 from core.video_write import write_contact_sheet, write_video, written_by_tokvid
 from pipelines.video import VideoOutput
 
@@ -100,12 +102,17 @@ def save_output(output: VideoOutput, paths: list[Path], gif: bool = False) -> li
         for frames, path in zip(output.frames, paths):
             target = path  # an error making its folder names this video, not None or the one before
             path.parent.mkdir(parents=True, exist_ok=True)
-            for target in _files_of(path, gif):
-                if target.suffix.lower() == ".png":
-                    write_contact_sheet(target, [frames])
-                else:
-                    write_video(target, frames, output.fps)
-                written.append(target)
+            files = _files_of(path, gif)
+            # A video's files replace the old ones together, or none do: a Ctrl-C between its mp4 and its sheet
+            # left a new video beside an earlier run's sheet.
+            with contextlib.ExitStack() as together:
+                for target in files:
+                    tmp = together.enter_context(atomic_path(target))
+                    if target.suffix.lower() == ".png":
+                        write_contact_sheet(tmp, [frames])
+                    else:
+                        write_video(tmp, frames, output.fps)
+            written += files
     except OSError as err:
         raise OutputWriteError(target, str(err.strerror or err)) from None
     return written

@@ -124,4 +124,29 @@ def test_a_failing_write_names_the_users_path(tmp_path, monkeypatch):
     monkeypatch.setattr(pio, "write_contact_sheet", full_disk)
     with pytest.raises(ValueError, match=r"cannot write '.*v\.png': No space left on device"):
         pio.save_output(_output(), [tmp_path / "v.mp4"])
-    assert (tmp_path / "v.mp4").is_file()  # what was already written is kept
+    assert list(tmp_path.iterdir()) == []  # a video and its sheet are written together or not at all
+
+
+def test_an_interrupted_save_keeps_each_video_beside_its_own_sheet(tmp_path, monkeypatch):
+    """A Ctrl-C while video_001's sheet was written over an earlier run left the new video_001.mp4 beside the old
+    video_001.png, without a word. Earlier videos of the run are kept; the interrupted one keeps its old pair."""
+    paths = [tmp_path / f"video_{i:03d}.mp4" for i in range(3)]
+    pio.save_output(_output(3), paths)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    sheets, real = [], pio.write_contact_sheet
+
+    def interrupted_at_the_second(path, frames):
+        sheets.append(path)
+        if len(sheets) == 2:
+            raise KeyboardInterrupt
+        real(path, frames)
+
+    monkeypatch.setattr(pio, "write_contact_sheet", interrupted_at_the_second)
+    new = _output(3)
+    new.frames[:, :, 8:12, 8:12, 1] = 255  # another picture than the first run's
+    with pytest.raises(KeyboardInterrupt):
+        pio.save_output(new, paths)
+    after = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert sorted(after) == sorted(before)  # no temp file left
+    changed = {name for name in after if after[name] != before[name]}
+    assert changed == {"video_000.mp4", "video_000.png"}  # video_001 keeps its old pair, video_002 is untouched
