@@ -80,9 +80,13 @@ def assemble_pipeline(
         raise ValueError(f"unknown dtype {dtype!r}; choose from {sorted(DTYPES)}")
     config = build_config(PipelineConfig, list(configs), list(overrides))
     # a pipeline YAML is a template for every mode (configs/pipeline/shapes.yaml): the settings of modes not given go
+    # (its default_mode too, unless an override names it: a maskgit-only build from shapes.yaml failed on "ar")
+    chosen = {key for item in overrides for key in parse_override(item)}
+    keep_default = config.default_mode in generators or "default_mode" in chosen
     config = replace(
         config,
         generators={mode: f"generator_{mode}" for mode in generators},
+        default_mode=config.default_mode if keep_default else next(iter(generators)),
         default_orders={mode: order for mode, order in config.default_orders.items() if mode in generators},
         sampling={key: value for key, value in config.sampling.items() if key.split("/")[0] in generators},
     )

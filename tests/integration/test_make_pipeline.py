@@ -225,3 +225,22 @@ def test_one_mode_takes_a_template_yaml_that_also_sets_the_other_mode(tmp_path: 
     assert r.returncode == 0, r.stderr
     made = VideoPipeline.from_pretrained(out).config
     assert made.default_orders == {"maskgit": "frame"} and set(made.sampling) == {"maskgit", "maskgit/clip"}
+
+
+def test_the_templates_default_mode_goes_with_its_mode_unless_an_override_names_it(tmp_path: Path, capsys) -> None:
+    """The template's other per-mode settings went when their mode was not given, but its default_mode stayed:
+    a maskgit-only build from a YAML saying default_mode: ar failed, and the message said nothing of a fix."""
+    from tools.make_pipeline import main
+
+    src = make_tiny_pipeline(tmp_path / "src")
+    cfg = tmp_path / "pipe.yaml"
+    te = (src / "text_encoder").resolve()
+    cfg.write_text(f"num_frames: 9\nfps: 8\ndefault_mode: ar\ntext_encoder:\n  kind: t5\n  path: {te}\n"
+                   "  max_length: 48\n")  # fmt: skip
+    args = ["--config", str(cfg), "--tokenizer", str(src / "tokenizer"), "--generator",
+            f"maskgit={src / 'generator_maskgit'}"]  # fmt: skip
+    assert main([*args, "--out", str(tmp_path / "one")]) == 0
+    assert VideoPipeline.from_pretrained(tmp_path / "one").config.default_mode == "maskgit"
+    capsys.readouterr()
+    assert main([*args, "--out", str(tmp_path / "asked"), "default_mode=ar"]) == 2  # what the user asked for
+    assert "default_mode 'ar' is not one of this pipeline's modes ['maskgit']" in capsys.readouterr().err
