@@ -20,8 +20,6 @@ RENAMED: dict[str, str] = {
     "train.preview_every": "run.sample_every",
     "train": "run",
     "data.micro_batch": "run.micro_batch",
-    "optim.disc_lr": "disc_optim.lr",
-    "optim.disc_betas": "disc_optim.betas",
 }
 
 

@@ -36,7 +36,12 @@ class TokenizerTrainConfig:
     fixed codes, so the token space (and any token cache made with the earlier stage) stays valid.
     """
 
-    RENAMED: ClassVar[dict[str, str]] = RENAMED
+    # the discriminator's optimizer has a section of its own (a generator config has no discriminator)
+    RENAMED: ClassVar[dict[str, str]] = {
+        **RENAMED,
+        "optim.disc_lr": "disc_optim.lr",
+        "optim.disc_betas": "disc_optim.betas",
+    }
 
     model: TokenizerConfig = field(default_factory=TokenizerConfig)
     loss: LossConfig = field(default_factory=LossConfig)

@@ -187,6 +187,9 @@ def test_renamed_training_keys_are_refused_naming_the_new_key(tmp_path):
     with pytest.raises(ValueError, match="'train.preview_every' was renamed to 'run.sample_every'"):
         build_config(TokenizerTrainConfig, [old_yaml])
     assert build_config(TokenizerTrainConfig, overrides=["run.checkpoint_every=5"]).run.checkpoint_every == 5
+    # a generator config has no discriminator: "renamed to 'disc_optim.lr'" sent the user to a key that fails too
+    with pytest.raises(ValueError, match=r"config.optim: unknown key\(s\) \['disc_lr'\]"):
+        build_config(GeneratorTrainConfig, overrides=["optim.disc_lr=0.1"])
 
 
 def test_a_task_refuses_run_fields_it_cannot_honour():
