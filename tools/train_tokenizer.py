@@ -13,9 +13,9 @@ writes previews (originals over reconstructions) and saves the model with ``save
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 
 from core.cli import CliParser, add_config_args, run_cli, setup_logging
 from core.config import build_config
@@ -40,10 +40,9 @@ def _main(argv: Sequence[str] | None) -> int:
     add_config_args(parser, example="run.steps=100")
     args = parser.parse_intermixed_args(argv)  # overrides may come before or after options
     setup_logging()
-    overrides = list(args.overrides)
-    if args.data:
-        overrides.append("data.paths=" + json.dumps(args.data))
-    cfg = build_config(TokenizerTrainConfig, args.config, overrides)
+    cfg = build_config(TokenizerTrainConfig, args.config, args.overrides)
+    if args.data:  # set as they are: through a YAML override, json.dumps split an emoji into two lone surrogates
+        cfg = replace(cfg, data=replace(cfg.data, paths=tuple(args.data)))
     perceptual = None
     if args.perceptual and cfg.loss.perceptual_weight <= 0:  # it was loaded and never used
         raise ValueError("--perceptual is used only with loss.perceptual_weight > 0 (e.g. loss.perceptual_weight=0.1)")

@@ -190,3 +190,22 @@ def test_a_bare_process_binds_its_own_port_so_no_other_process_can_take_it_betwe
     word, world, port, total = done.stdout.split()[-4:]
     assert (word, world, total) == ("ok", "1", "1.0")
     assert int(port) > 0
+
+
+def test_train_tokenizer_data_paths_reach_the_config_as_given(tmp_path, monkeypatch):
+    """--data went through a YAML override made with json.dumps, which writes an emoji as a surrogate pair that
+    YAML reads as two lone surrogates: the folder "clips/😀" became a path that cannot even be opened."""
+    import tools.train_tokenizer as cli
+
+    seen = []
+
+    def capture(cfg, out, perceptual):
+        seen.append(cfg)
+        return type("T", (), {"dist": type("D", (), {"is_main": False})(), "exit_code": 0})()
+
+    monkeypatch.setattr(cli, "train_tokenizer", capture)
+    paths = [str(tmp_path / "clips" / "😀" / "a.mp4"), str(tmp_path / "vidéo, [1] #x.mp4"), "line\u2028sep.mp4"]
+    config = Path(__file__).resolve().parents[2] / "configs/tiny/train_tokenizer.yaml"
+    args = ["--config", str(config), "--out", str(tmp_path / "run")]
+    assert cli.main([*args, *(a for p in paths for a in ("--data", p)), "run.steps=1"]) == 0
+    assert list(seen[0].data.paths) == paths and seen[0].run.steps == 1
