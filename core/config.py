@@ -333,6 +333,19 @@ def _refuse_renamed(data: dict[str, Any], renamed: typing.Mapping[str, str]) -> 
             raise ValueError(f"config key {key!r} was renamed to {new!r}; update the YAML file or override")
 
 
+class _ConfigDumper(yaml.SafeDumper):
+    """``yaml.SafeDumper`` that quotes a string :class:`_UniqueKeyLoader` would read as a number: PyYAML's own
+    float pattern has no ``+.5``, so such a value was written plain and the saved config refused on load."""
+
+    def represent_str(self, data: str) -> yaml.ScalarNode:
+        if _DECIMAL_INT.match(data) or _DECIMAL_FLOAT.match(data):
+            return self.represent_scalar("tag:yaml.org,2002:str", data, style="'")  # as PyYAML quotes '7'
+        return super().represent_str(data)
+
+
+_ConfigDumper.add_representer(str, _ConfigDumper.represent_str)
+
+
 def save_config(cfg: Any, path: str | os.PathLike) -> None:
     """Writes the resolved config as YAML, atomically."""
-    atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    atomic_write_text(path, yaml.dump(to_dict(cfg), Dumper=_ConfigDumper, sort_keys=False))

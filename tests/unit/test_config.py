@@ -110,6 +110,19 @@ def test_round_trip_through_yaml(tmp_path):
     assert not list(tmp_path.glob("*.tmp"))
 
 
+def test_a_saved_string_that_reads_as_a_number_comes_back_a_string(tmp_path):
+    """PyYAML's float pattern has no sign-then-dot form, so "+.5e+3" was written plain, read back by the config
+    loader as 500.0 and refused ("expected a string"): a run's own train_config.yaml could not be reused."""
+    from dataclasses import replace
+
+    from videotrain.generator_task import GeneratorTrainConfig
+
+    for text in ("+.5e+3", "-.5", "+.5", "1.", "0x1f", "+3", "1_000", ".inf", "-.inf", ".nan", "7"):
+        cfg = replace(GeneratorTrainConfig(), data=replace(GeneratorTrainConfig().data, cache=text))
+        save_config(cfg, tmp_path / "train_config.yaml")
+        assert build_config(GeneratorTrainConfig, [tmp_path / "train_config.yaml"]).data.cache == text
+
+
 def test_missing_or_non_mapping_file(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
         build_config(Outer, [tmp_path / "missing.yaml"])
