@@ -63,14 +63,14 @@ def parse_label(text: str, class_names: Sequence[str]) -> int:
         if not is_int(text):
             raise ValueError(f"a label is a class id (an integer) or a class name, got {text!r}")
         return int(text)
-    try:
+    digits = text.strip().removeprefix("-")
+    if digits.isascii() and digits.isdigit():  # int() also read "1_0", "+7" and Arabic-Indic digits as class ids
         return int(text)
-    except ValueError:
-        names = [n.lower() for n in class_names]
-        if text.strip().lower() in names:
-            return names.index(text.strip().lower())
-        how = f"give a class id 0..{len(names) - 1} or an exact class name"
-        raise ValueError(f"unknown class {shown(text)}: {how}") from None
+    names = [n.lower() for n in class_names]
+    if text.strip().lower() in names:
+        return names.index(text.strip().lower())
+    how = f"give a class id 0..{len(names) - 1} or an exact class name"
+    raise ValueError(f"unknown class {shown(text)}: {how}")
 
 
 @dataclass(frozen=True)
@@ -109,6 +109,8 @@ class GenerationRequest:
     def __post_init__(self) -> None:
         if isinstance(self.prompts, str):  # "red" was a story of the prompts "r", "e" and "d"
             raise ValueError("prompts is a sequence of prompts: give (prompt,) for one")
+        if self.prompts and self.label is not None:  # refused only by the pipeline, after the model loaded
+            raise ValueError("give a prompt or a label, not both")
         if self.label is not None and not (isinstance(self.label, str) or is_int(self.label)):
             raise ValueError(f"a label is a class id (an integer) or a class name, got {self.label!r}")
         if any(not isinstance(p, str) or not p.strip() for p in self.prompts):
@@ -126,9 +128,10 @@ class GenerationRequest:
             raise ValueError("--segment-frames tells a story from prompts: it takes no --label or --num-frames")
         if self.image is not None and self.video is not None:
             raise ValueError("give an image or a video to continue, not both")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
+        if not is_int(self.seed) or not 0 <= self.seed <= MAX_SEED:  # np.int64 too, as every other integer field
             # torch.Generator's overflow came after the model loaded, without naming the flag
             raise ValueError(f"--seed must be an integer in [0, 2**63), got {self.seed!r}")
+        object.__setattr__(self, "seed", int(self.seed))
 
     def prompts_for(self, cond: str) -> list[str]:
         """The prompts used with a generator conditioned on ``cond``: the given ones, else :data:`DEFAULT_PROMPT`
@@ -259,7 +262,8 @@ def generate_to_files(
         (1, 17, 64, 64, 3)
     """
     request = GenerationRequest(
-        prompts=(prompt,) if isinstance(prompt, str) else tuple(prompt or ()), label=label, image=image, video=video,
+        prompts=(prompt,) if isinstance(prompt, str) else tuple(() if prompt is None else prompt), label=label,
+        image=image, video=video,
         context_frames=context_frames, segment_frames=segment_frames, num_videos=num_videos, mode=mode, order=order,
         num_frames=num_frames, sampling=dict(sampling or {}), seed=seed,
     )  # fmt: skip

@@ -376,7 +376,7 @@ class VideoPipeline:
             VideoOutput with (B, T, H, W, C) uint8 frames: T = 1 + S * (segment_frames - 1), plus
             N - 1 with N given context frames.
         """
-        if isinstance(prompts, str) or len(prompts) < 1:
+        if not isinstance(prompts, (list, tuple)) or len(prompts) < 1:  # None: a TypeError from len()
             raise ValueError("a story needs a list of at least one prompt")
         mode, order, gen, sampling, context = self._setup(
             mode, order, sampling, generator, image, video, context_frames

@@ -50,6 +50,8 @@ def _checked(body: dict, name: str) -> object:
         raise ValueError(f"{name} must be a finite number, got {value!r}")
     if name == "prompt" and isinstance(value, list) and not all(isinstance(p, str) for p in value):
         raise ValueError(f"prompt must be a string or a list of strings, got {value!r}")
+    if name == "prompt" and value == []:  # read as no prompt at all: the default prompt's video came back
+        raise ValueError('the prompt is empty; describe the video, e.g. "a red circle moving left"')
     return value
 
 

@@ -169,3 +169,27 @@ def test_any_sequence_of_labels_counts_and_a_0d_array_is_one_line():
     assert batch_size(("a", "b"), None, 1) == 2
     with pytest.raises(ValueError, match="is a 0-d array: give int"):
         batch_size(np.array(1), None, 1)
+
+
+def test_the_request_surfaces_agree_on_odd_values(no_sampling):
+    """Found comparing the CLI, the API and the server: a prompt with a label passed the checks made before the model
+    loads; seed alone refused np.int64; a label "1_0", "+7" or "٣" was read by int() as a class id; story(None) was a
+    TypeError; the server took "prompt": [] as no prompt and made the default prompt's video."""
+    import numpy as np
+
+    from pipelines.generate import GenerationRequest, parse_label
+    from videoserve.requests import parse_request
+
+    with pytest.raises(ValueError, match="give a prompt or a label, not both"):
+        GenerationRequest(prompts=("a red circle moving left",), label=3)
+    seed = GenerationRequest(seed=np.int64(3)).seed
+    assert seed == 3 and type(seed) is int
+    names = [f"class {i}" for i in range(72)]
+    for text in ("1_0", "+7", "\u0663", "1e1"):
+        with pytest.raises(ValueError, match="unknown class"):
+            parse_label(text, names)
+    assert [parse_label(t, names) for t in (" 5 ", "71", "-1", "CLASS 4")] == [5, 71, -1, 4]
+    with pytest.raises(ValueError, match="a story needs a list of at least one prompt"):
+        no_sampling.story(None, segment_frames=5)
+    with pytest.raises(ValueError, match="the prompt is empty"):
+        parse_request({"prompt": []}, lambda upload: None, max_frames=64, default_frames=17)
