@@ -261,6 +261,8 @@ def generate_to_files(
         >>> made.output.frames.shape  # doctest: +SKIP
         (1, 17, 64, 64, 3)
     """
+    if prompt is not None and not isinstance(prompt, str) and len(prompt) == 0:  # read as no prompt: the default's
+        raise ValueError('the prompt is empty; describe the video, e.g. "a red circle moving left"')
     request = GenerationRequest(
         prompts=(prompt,) if isinstance(prompt, str) else tuple(() if prompt is None else prompt), label=label,
         image=image, video=video,

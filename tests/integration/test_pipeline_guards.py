@@ -193,3 +193,7 @@ def test_the_request_surfaces_agree_on_odd_values(no_sampling):
         no_sampling.story(None, segment_frames=5)
     with pytest.raises(ValueError, match="the prompt is empty"):
         parse_request({"prompt": []}, lambda upload: None, max_frames=64, default_frames=17)
+    from pipelines.generate import generate_to_files
+
+    with pytest.raises(ValueError, match="the prompt is empty"):  # before anything loads or is written
+        generate_to_files([], out="/nonexistent/never/v.mp4")
