@@ -17,17 +17,17 @@ from __future__ import annotations
 import logging
 import os
 import re
-import struct
 import threading
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageSequence, UnidentifiedImageError
+from PIL import Image, ImageSequence
 
 from core.checks import first_line, is_int
 from core.frames import cover_size, decoded_size, resize_center_crop
+from core.pil_frames import PIL_DECODE_ERRORS, exif_turn, shrunk_rgb
 from core.video_display import ffmpeg_path, orientation, pixel_aspect, video_display
 
 try:  # decord has no wheels for some platforms; PyAV covers those.
@@ -124,20 +124,6 @@ class _Pick:
         return list(range(self.start, stop, self.stride))
 
 
-# What Pillow raises on a damaged file: its own errors, and from some decoders' parsers of a truncated or bit-flipped
-# GIF or WebP an IndexError, a struct.error or an EOFError; DecompressionBomb* are not OSError subclasses.
-PIL_DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, IndexError, EOFError, struct.error,
-                     Image.DecompressionBombError, Image.DecompressionBombWarning)  # fmt: skip
-
-
-_EXIF_ORIENTATION = 0x0112
-_EXIF_TRANSPOSE = {  # EXIF orientation -> the transpose that shows the image upright (as ImageOps.exif_transpose)
-    2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_90,
-}  # fmt: skip
-
-
 def _read_pil(path: Path, pick: _Pick, size: int | tuple[int, int] | None = None) -> tuple[list[np.ndarray], int]:
     """Decodes frames with Pillow; with ``size`` each is resized and cropped as it is decoded, so an animated GIF
     never holds all its frames at full size. Returns the wanted frames and the number of frames seen."""
@@ -147,59 +133,18 @@ def _read_pil(path: Path, pick: _Pick, size: int | tuple[int, int] | None = None
             # Pillow warns past MAX_IMAGE_PIXELS and raises past twice that: both are refused here
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as im:
-                turn = _EXIF_TRANSPOSE.get(im.getexif().get(_EXIF_ORIENTATION, 1))  # the file's, for every frame
+                turn = exif_turn(im)  # the file's, for every frame
                 for i, frame in enumerate(ImageSequence.Iterator(im)):
                     total = i + 1
                     if i in pick:
                         # Frame 0 alone was turned: an animated WebP mixed two orientations, or failed to stack.
-                        rgb = _frame_rgb(frame if turn is None else frame.transpose(turn), size)  # (H, W, 3)
+                        rgb = shrunk_rgb(frame if turn is None else frame.transpose(turn), size)  # (H, W, 3)
                         frames.append(rgb if size is None else resize_center_crop(rgb[None], size)[0])
                     if pick.last is not None and i >= pick.last:
                         break
     except PIL_DECODE_ERRORS as err:
         raise _DecodeError(f"Pillow: {err or type(err).__name__}") from None
     return frames, total
-
-
-def _frame_rgb(image: Image.Image, size: int | tuple[int, int] | None) -> np.ndarray:
-    """(H, W, 3) uint8 of a frame that is to be resized to ``size``: first shrunk by the largest integer box factor
-    that leaves at least twice that size, so the antialiased resize works on a small frame (a 9000x9000 PNG of
-    258 KB took 1.7 GB of copies to become 64x64). Grey and RGB frames are shrunk before their conversion; others
-    (alpha laid over black, palettes) after it. A frame under four times the target on a side is left whole."""
-    if size is None:
-        return _pil_rgb(image)
-    new_h, new_w = cover_size(image.height, image.width, size)
-    factor = min(image.height // (2 * new_h), image.width // (2 * new_w))
-    if factor < 2:
-        return _pil_rgb(image)
-    if image.mode in ("L", "RGB") and "transparency" not in image.info:
-        return _pil_rgb(image.reduce(factor))
-    return np.asarray(Image.fromarray(_pil_rgb(image)).reduce(factor))
-
-
-_ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})  # Pillow's modes with an alpha channel ("LAB" has none)
-
-
-def _pil_rgb(image: Image.Image) -> np.ndarray:
-    """(H, W, 3) uint8 of a Pillow frame.
-
-    16-bit grey (modes ``I;16*``: 16-bit PNG and TIFF) is scaled to 8 bits; Pillow's own ``convert("RGB")`` clips
-    it, so all but the darkest 1/256 of the range came back white. 32-bit integer and float images (modes ``I``
-    and ``F``) have no fixed range and are refused with a ValueError. A transparent image (an alpha channel, or a
-    transparent palette index or colour) is laid over black: ``convert("RGB")`` dropped the alpha and showed
-    whatever colour a fully transparent pixel happened to store.
-    """
-    if image.mode.startswith("I;16"):
-        grey = np.asarray(image).astype(np.uint32)  # (H, W) in 0..65535
-        grey = ((grey * 255 + 32767) // 65535).astype(np.uint8)
-        return np.repeat(grey[..., None], 3, axis=-1)
-    if image.mode in ("I", "F"):
-        kind = "32-bit integer" if image.mode == "I" else "floating-point"
-        raise ValueError(f"{kind} images have no fixed range; save the image with 8 or 16 bits per channel")
-    if image.mode in _ALPHA_MODES or "transparency" in image.info:  # an alpha channel, or a tRNS index or colour
-        rgba = np.asarray(image.convert("RGBA"), dtype=np.uint16)  # (H, W, 4)
-        return ((rgba[..., :3] * rgba[..., 3:] + 127) // 255).astype(np.uint8)  # over black, rounded
-    return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
 
 def _natural_key(path: Path) -> tuple[object, ...]:

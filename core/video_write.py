@@ -55,8 +55,8 @@ def _write_mp4(tmp: Path, frames: np.ndarray, fps: float, crf: int, target: Path
     ]  # fmt: skip
     # Its own session: a terminal's Ctrl-C meant for a server let the server finish its jobs but killed this encode
     # (a 500); in a CLI the KeyboardInterrupt makes subprocess.run kill it.
-    frames = np.ascontiguousarray(frames).tobytes()
-    proc = subprocess.run(cmd, input=frames, capture_output=True, check=False, start_new_session=True)
+    raw = np.ascontiguousarray(frames).tobytes()  # rgb24, frame after frame
+    proc = subprocess.run(cmd, input=raw, capture_output=True, check=False, start_new_session=True)
     if proc.returncode != 0:
         lines = proc.stderr.decode(errors="replace").strip().replace(ffmpeg_path(tmp), tmp.name).splitlines()
         last = lines[-1] if lines else f"exit {proc.returncode}"

@@ -27,6 +27,7 @@ from pipelines.video import DEFAULT_MODEL_DIR, VideoOutput, VideoPipeline
 
 DEFAULT_PROMPT = "a red circle moving left"
 MAX_NUM_VIDEOS = 256  # videos per call, sampled as one batch
+EMPTY_PROMPT = f'the prompt is empty; describe the video, e.g. "{DEFAULT_PROMPT}"'  # CLI, API and server alike
 MAX_SEED = 2**63 - 1  # seeds stay in a signed 64-bit range (manual_seed would take up to 2**64 - 1)
 
 
@@ -114,7 +115,7 @@ class GenerationRequest:
         if self.label is not None and not (isinstance(self.label, str) or is_int(self.label)):
             raise ValueError(f"a label is a class id (an integer) or a class name, got {self.label!r}")
         if any(not isinstance(p, str) or not p.strip() for p in self.prompts):
-            raise ValueError('the prompt is empty; describe the video, e.g. --prompt "a red circle moving left"')
+            raise ValueError(EMPTY_PROMPT)
         for prompt in self.prompts:
             check_text(prompt, "the prompt")
         if isinstance(self.label, str):
@@ -262,7 +263,7 @@ def generate_to_files(
         (1, 17, 64, 64, 3)
     """
     if prompt is not None and not isinstance(prompt, str) and len(prompt) == 0:  # read as no prompt: the default's
-        raise ValueError('the prompt is empty; describe the video, e.g. "a red circle moving left"')
+        raise ValueError(EMPTY_PROMPT)
     request = GenerationRequest(
         prompts=(prompt,) if isinstance(prompt, str) else tuple(() if prompt is None else prompt), label=label,
         image=image, video=video,

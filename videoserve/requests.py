@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from core.checks import shown
-from pipelines.generate import MAX_SEED, GenerationRequest
+from pipelines.generate import EMPTY_PROMPT, MAX_SEED, GenerationRequest
 
 MAX_STEPS = 64  # MaskGIT steps per unit: one request must not hold the only worker for hours
 # field -> (accepted types, what to call them in an error)
@@ -51,7 +51,7 @@ def _checked(body: dict, name: str) -> object:
     if name == "prompt" and isinstance(value, list) and not all(isinstance(p, str) for p in value):
         raise ValueError(f"prompt must be a string or a list of strings, got {value!r}")
     if name == "prompt" and value == []:  # read as no prompt at all: the default prompt's video came back
-        raise ValueError('the prompt is empty; describe the video, e.g. "a red circle moving left"')
+        raise ValueError(EMPTY_PROMPT)
     return value
 
 

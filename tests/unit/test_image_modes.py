@@ -1,4 +1,4 @@
-"""core/video_io.py reads the pixel formats Pillow opens beyond 8-bit RGB: right values, or one clear error."""
+"""core/video_io.py and core/pil_frames.py read Pillow's pixel formats beyond 8-bit RGB: right values, or one error."""
 
 import numpy as np
 import pytest
