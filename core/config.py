@@ -190,16 +190,34 @@ def _default_of(f: dataclasses.Field) -> Any:
 def to_dict(cfg: Any) -> dict[str, Any]:
     """Converts a (nested) config dataclass to plain YAML-safe Python data."""
 
-    def plain(v: Any) -> Any:
+    def plain(v: Any, tp: Any = Any) -> Any:
         if dataclasses.is_dataclass(v):
-            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+            hints = get_type_hints(type(v))
+            return {f.name: plain(getattr(v, f.name), hints.get(f.name, Any)) for f in dataclasses.fields(v)}
         if isinstance(v, (list, tuple)):
-            return [plain(x) for x in v]
+            args = get_args(tp) if get_origin(tp) is tuple else ()
+            arms = [args[0]] * len(v) if len(args) == 2 and args[1] is Ellipsis else list(args)
+            return [plain(x, arms[i] if i < len(arms) else Any) for i, x in enumerate(v)]
         if isinstance(v, dict):
             return {k: plain(x) for k, x in v.items()}
+        if type(v) is int and _takes_float(tp) and not _takes_int(tp):
+            # 1 in a float field was saved as "1": loaded back as 1.0, saved again as "1.0", other bytes
+            return float(v)
         return v
 
     return plain(cfg)
+
+
+def _arms(tp: Any) -> tuple[Any, ...]:
+    return get_args(tp) if get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
+
+
+def _takes_float(tp: Any) -> bool:
+    return float in _arms(tp)
+
+
+def _takes_int(tp: Any) -> bool:
+    return int in _arms(tp)
 
 
 def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:

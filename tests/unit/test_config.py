@@ -123,6 +123,29 @@ def test_a_saved_string_that_reads_as_a_number_comes_back_a_string(tmp_path):
         assert build_config(GeneratorTrainConfig, [tmp_path / "train_config.yaml"]).data.cache == text
 
 
+def test_an_int_in_a_float_field_is_saved_as_a_float(tmp_path):
+    """lr=1 given in Python was saved as "lr: 1", loaded back as 1.0 and saved again as "lr: 1.0": the same config
+    written twice had other bytes (and another folder fingerprint). Ints stay ints where the field takes them."""
+
+    @dataclass(frozen=True, kw_only=True)
+    class Mixed:
+        lr: float = 1
+        steps: int = 3
+        scale: float | None = 2
+        either: int | float = 5
+        betas: tuple[float, float] = (0, 1)
+        widths: tuple[float, ...] = (1, 2)
+
+    first, second = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    save_config(Mixed(), first)
+    save_config(build_config(Mixed, [first]), second)
+    assert first.read_bytes() == second.read_bytes()
+    assert yaml.safe_load(first.read_text()) == {
+        "lr": 1.0, "steps": 3, "scale": 2.0, "either": 5, "betas": [0.0, 1.0], "widths": [1.0, 2.0]
+    }  # fmt: skip
+    assert type(yaml.safe_load(first.read_text())["lr"]) is float
+
+
 def test_missing_or_non_mapping_file(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
         build_config(Outer, [tmp_path / "missing.yaml"])
