@@ -60,8 +60,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--top-p", type=float)
     p.add_argument("--temperature", type=float, help="softmax temperature (every call, unless --context-temperature)")
     p.add_argument("--context-temperature", type=float, help="temperature after --image/--video and in later windows")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--num-videos", type=int, default=1)
+    p.add_argument(
+        "--seed", type=int, default=0,
+        help="random seed: the same seed, settings and --num-videos give the same videos on one machine; the videos "
+        "of one call are drawn as one batch, so the first of --num-videos 4 is not the video of --num-videos 1",
+    )  # fmt: skip
+    p.add_argument("--num-videos", type=int, default=1, help="videos from one call, sampled as one batch (<= 256)")
     p.add_argument("--out", help="an .mp4/.gif file for one video, a directory for several (a name ending in / is "
                    "always a directory; default "
                    "outputs/video.mp4 for one, outputs/ for several); the "
