@@ -8,14 +8,21 @@ card, contact sheets) would be lost: such a folder is refused, naming what it ho
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
+from typing import TypeVar
 
 from core.weights import load_config
 from pipelines.config import PipelineConfig
 
 PIPELINE_CONFIG = "pipeline.yaml"
 HOLDOUT_FILE = "holdout.json"  # held-out attribute combinations of the training data, read by eval_shapes
+LOAD_TRIES = 3
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def load_pipeline_config(directory: str | os.PathLike) -> PipelineConfig:
@@ -70,3 +77,28 @@ def check_replaceable(out: str | os.PathLike, config: PipelineConfig | None = No
             f"{str(out)!r} also holds {shown}, which a pipeline does not write: replacing the folder would delete "
             "them; move them, or give another folder"
         )
+
+
+def _identity(directory: Path) -> tuple[int, int, int] | None:
+    """The folder's device, inode and modification time (a swapped-in folder is another inode), or None if gone."""
+    try:
+        st = os.stat(directory)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino, st.st_mtime_ns
+
+
+def load_unchanged(directory: Path, load: Callable[[Path], T]) -> T:
+    """``load(directory)``, run again while the folder changes under it.
+
+    A pipeline's parts are read one after another, so a folder replaced meanwhile (``make_pipeline --force`` swaps
+    in a whole new one) gave one build's tokenizer with another's generators, silently. A load that sees the folder
+    change starts over; after :data:`LOAD_TRIES` tries it is a ValueError.
+    """
+    for _ in range(LOAD_TRIES):
+        before = _identity(directory)
+        loaded = load(directory)
+        if before is not None and _identity(directory) == before:
+            return loaded
+        log.info("%s was replaced while it loaded; loading it again", directory)
+    raise ValueError(f"the pipeline folder {str(directory)!r} kept being replaced while it loaded; try again")

@@ -32,6 +32,7 @@ from pipelines.folder import (
     PIPELINE_CONFIG,
     check_replaceable,
     load_pipeline_config,
+    load_unchanged,
     relative_text_encoder,
 )
 from pipelines.rollout import Rollout, default_overlap, roll_out
@@ -85,8 +86,12 @@ class VideoPipeline:
     # ----------------------------------------------------------------- files
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike) -> VideoPipeline:
-        """Loads every part strictly from a pipeline directory (no unpickling, no downloads)."""
-        directory = Path(directory)
+        """Loads every part strictly from a pipeline directory (no unpickling, no downloads); again if the folder
+        was replaced while it loaded (:func:`pipelines.folder.load_unchanged`)."""
+        return load_unchanged(Path(directory), cls._load)
+
+    @classmethod
+    def _load(cls, directory: Path) -> VideoPipeline:
         config = load_pipeline_config(directory)
         tokenizer = VideoTokenizer.from_pretrained(directory / "tokenizer")
         generators = {mode: Generator.from_pretrained(directory / sub) for mode, sub in config.generators.items()}

@@ -50,7 +50,10 @@ def _main(argv: Sequence[str] | None) -> int:
     )
     p.add_argument("--shapes-dataset", default=None, help="a tools/make_shapes.py folder: class names and holdout.json")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="storage precision of the weights")
-    p.add_argument("--out", required=True, help="pipeline directory to create (replaced atomically with --force)")
+    p.add_argument(
+        "--out", required=True,
+        help="pipeline directory to create; --force swaps a whole new one in (a pipeline loading it then starts over)",
+    )  # fmt: skip
     p.add_argument("--force", action="store_true", help="replace an existing --out")
     p.add_argument("overrides", nargs="*", help="dotted overrides such as default_mode=ar")
     args = p.parse_args(argv)

@@ -111,3 +111,52 @@ def test_a_repeated_order_and_an_integer_dtype_are_refused(pipe):
         GeneratorConfig(style="maskgit", orders=("frame", "frame"), vocab_size=8, max_grid=(2, 2, 2))
     with pytest.raises(ValueError, match="must be a floating-point torch.dtype, got torch.int64"):
         pipe.to("cpu", torch.int64)
+
+
+def _first_weight(module: torch.nn.Module) -> torch.Tensor:
+    return next(module.parameters()).detach().clone()
+
+
+def _swap_during_tokenizer_load(monkeypatch, target, replacements):
+    """Replaces ``target`` with the next folder of ``replacements`` right after each tokenizer load, as
+    ``make_pipeline --force`` does (the old folder renamed away, the new one renamed in)."""
+    import pipelines.video as video
+
+    real = video.VideoTokenizer.from_pretrained
+    queue = list(replacements)
+
+    def load_then_swap(directory):
+        loaded = real(directory)
+        if queue:
+            old = target.with_name(f".old{len(queue)}")
+            target.rename(old)
+            queue.pop(0).rename(target)
+        return loaded
+
+    monkeypatch.setattr(video.VideoTokenizer, "from_pretrained", staticmethod(load_then_swap))
+
+
+def test_a_folder_replaced_while_it_loads_is_loaded_again_whole(model_dir, tmp_path, monkeypatch):
+    """make_pipeline --force swapped the folder between the tokenizer's load and the generators': the reader got
+    the old tokenizer with the new generators, a pipeline that never existed on disk, and no error."""
+    target, newer = tmp_path / "pipe", tmp_path / "newer"
+    shutil.copytree(model_dir, target)
+    pipe = VideoPipeline.from_pretrained(model_dir)
+    with torch.no_grad():
+        next(pipe.tokenizer.parameters()).add_(0.5)
+        next(pipe.generators["ar"].parameters()).add_(0.5)
+    pipe.save_pretrained(newer)
+    want_tokenizer, want_generator = _first_weight(pipe.tokenizer), _first_weight(pipe.generators["ar"])
+    _swap_during_tokenizer_load(monkeypatch, target, [newer])
+    loaded = VideoPipeline.from_pretrained(target)
+    assert torch.equal(_first_weight(loaded.generators["ar"]), want_generator)
+    assert torch.equal(_first_weight(loaded.tokenizer), want_tokenizer)  # the new folder's, not the old one's
+
+
+def test_a_folder_replaced_on_every_try_is_a_value_error(model_dir, tmp_path, monkeypatch):
+    target = tmp_path / "pipe"
+    shutil.copytree(model_dir, target)
+    copies = [shutil.copytree(model_dir, tmp_path / f"copy{i}") for i in range(3)]
+    _swap_during_tokenizer_load(monkeypatch, target, copies)
+    with pytest.raises(ValueError, match="kept being replaced while it loaded"):
+        VideoPipeline.from_pretrained(target)
