@@ -9,6 +9,7 @@ another keeps that one's mode.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -17,7 +18,7 @@ import shutil
 import stat
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 _CHUNK = 1 << 20
 
@@ -207,3 +208,32 @@ def read_json_object(path: str | os.PathLike, what: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError(f"{what} {str(Path(path))!r} must hold a JSON object, got {type(data).__name__}")
     return data
+
+
+def hold_lock(path: Path, busy: str) -> IO[bytes]:
+    """Opens and exclusively locks the file ``path`` (made if missing); ValueError(``busy``) when another process
+    holds it. Release it with :func:`release_lock`; a killed holder's lock ends with its process.
+
+    The holder removes the file before it lets go, so a lock taken on a file that is no longer the one at the path
+    is retried on the new one.
+    """
+    while True:
+        handle = open(path, "a+b")  # noqa: SIM115 - held until release_lock
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise ValueError(busy) from None
+        try:
+            if os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino:
+                return handle
+        except FileNotFoundError:
+            pass
+        handle.close()  # the holder removed it between our open and our lock: take the new one
+
+
+def release_lock(handle: IO[bytes]) -> None:
+    """Lets go of a :func:`hold_lock` lock (idempotent): the file goes first, then the lock."""
+    if not handle.closed:
+        Path(handle.name).unlink(missing_ok=True)  # first: whoever locks the file after this retries
+        handle.close()  # closing the file releases its flock

@@ -40,7 +40,8 @@ from videotrain.config import RENAMED, RunConfig
 from videotrain.generator_data import BatchStream, check_captions_encode, pick_caption, split_by_source
 from videotrain.optim import OptimConfig, build_adamw
 from videotrain.outputs import check_out_apart, export_generator, write_generator_samples
-from videotrain.trainer import Trainer, run_training
+from videotrain.run import run_training
+from videotrain.trainer import Trainer
 
 log = logging.getLogger(__name__)
 

@@ -9,12 +9,12 @@ import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 
 from core.config import save_config
-from core.files import atomic_path, atomic_write_json, overlapping
+from core.files import atomic_path, atomic_write_json, hold_lock, overlapping
 from core.frames import tensor_to_frames
 from core.video_write import write_contact_sheet, write_video
 from core.weights import CONFIG_NAME, WEIGHTS_NAME, save_state
@@ -32,12 +32,38 @@ def check_out_apart(out: Path, inputs: dict[str, Sequence[str | os.PathLike]]) -
                 raise ValueError(f"--out {str(out)!r} overlaps {name} {str(path)!r}: give the run a folder of its own")
 
 
+def hold_out(out: Path) -> IO[bytes]:
+    """Makes the run folder and holds this rank's lock on it (``.train-rank-RRR.lock``, :func:`core.files.hold_lock`)
+    until the run ends: the same command started twice used to take the first run, still training, for one killed
+    before its first checkpoint, set its records aside and export over its weights, both exiting 0."""
+    try:
+        rank = int(os.environ.get("RANK", "0"))
+    except ValueError:
+        raise ValueError(f"RANK must be an integer, got {os.environ['RANK']!r}") from None
+    out.mkdir(parents=True, exist_ok=True)
+    name = f".train-rank-{rank:03d}.lock"
+    busy = (f"another run is training in --out {str(out)!r} (it holds {name}): wait for it to end or stop it, "
+            "or give a new --out")  # fmt: skip
+    return hold_lock(out / name, busy)
+
+
 # What a finished run leaves in its folder besides checkpoints: a new run into such a folder, with no checkpoint to
 # resume, would replace them (the exported weights of a run with run.checkpoint_every=0, its metrics).
 EARLIER_RESULTS = ("export", "tokenizer", "metrics.jsonl")
 # What a run killed before its first checkpoint (and before its export) leaves: rerunning the same command starts
 # it over, after moving these into ``interrupted-<n>/`` (:func:`set_aside_interrupted_run`).
 INTERRUPTED_RUN = ("metrics.jsonl", "train_config.yaml", "loss_curve.png", "tensorboard", "previews", "samples")
+
+
+def killed_before_checkpoint(out: Path) -> bool:
+    """For a run folder with no checkpoint to resume: whether it holds a run killed before its first checkpoint
+    (its ``metrics.jsonl`` alone), which a new run sets aside and starts over. ValueError when it holds a finished
+    run's results (:data:`EARLIER_RESULTS`), which the new run's export would overwrite."""
+    earlier = [name for name in EARLIER_RESULTS if (out / name).exists()]
+    if earlier not in ([], ["metrics.jsonl"]):
+        raise ValueError(f"--out {str(out)!r} holds an earlier run's {', '.join(earlier)} and no checkpoint to "
+                         "resume: give a new --out, or remove that folder")  # fmt: skip
+    return earlier == ["metrics.jsonl"]
 
 
 def set_aside_interrupted_run(out: Path) -> Path:

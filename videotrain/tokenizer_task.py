@@ -38,8 +38,9 @@ from videotrain.engines import EngineGroup, average_buffers, persistent_buffers
 from videotrain.guards import NonFiniteGuard
 from videotrain.optim import build_adamw, lr_at
 from videotrain.outputs import check_out_apart
+from videotrain.run import run_training
 from videotrain.tokenizer_config import TokenizerTrainConfig, check_discriminator_input
-from videotrain.trainer import Trainer, run_training
+from videotrain.trainer import Trainer
 
 log = logging.getLogger(__name__)
 

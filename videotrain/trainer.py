@@ -12,30 +12,32 @@ build a trainer and call :meth:`Trainer.fit`; tests and benchmarks drive the sam
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import os
 import signal
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 from tqdm import tqdm
 
 from core.config import save_config
-from core.files import check_dir_target
+from core.files import check_dir_target, release_lock
 from videotrain import checkpoint, distributed
 from videotrain.config import RunConfig, check_supported
 from videotrain.ema import EMA
-from videotrain.engines import restored_env
 from videotrain.guards import GradientCheck, NonFiniteGuard, StopSignals
 from videotrain.optim import OptimConfig, lr_at
-from videotrain.outputs import EARLIER_RESULTS, MetricsLog, check_out_apart, set_aside_interrupted_run
+from videotrain.outputs import (
+    MetricsLog,
+    check_out_apart,
+    hold_out,
+    killed_before_checkpoint,
+    set_aside_interrupted_run,
+)
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T", bound="Trainer")
 
 
 class Trainer:
@@ -65,13 +67,18 @@ class Trainer:
         self.ckpt_dir = self.out / "checkpoints"
         check_supported(self.run, self.unsupported, self.task)
         check_out_apart(self.out, {"run.init_from": [self.run.init_from]})  # loaded, then overwritten by the export
-        earlier = []  # a finished run's results, with no checkpoint to resume: its export would be overwritten
-        if checkpoint.latest_complete(self.ckpt_dir) is None:
-            earlier = [name for name in EARLIER_RESULTS if (self.out / name).exists()]
-            if earlier not in ([], ["metrics.jsonl"]):  # metrics alone: a run killed before it could checkpoint
-                raise ValueError(f"--out {str(self.out)!r} holds an earlier run's {', '.join(earlier)} and no "
-                                 "checkpoint to resume: give a new --out, or remove that folder")  # fmt: skip
-        self.interrupted = earlier == ["metrics.jsonl"]  # fit() sets its files aside and starts over
+        made = not self.out.exists()
+        self._lock = hold_out(self.out)
+        self._made_out = made  # an empty folder this run made is removed again when it fails before writing
+        try:
+            self._setup()
+        except BaseException:
+            self.close()
+            raise
+
+    def _setup(self) -> None:
+        resumable = checkpoint.latest_complete(self.ckpt_dir) is not None
+        self.interrupted = not resumable and killed_before_checkpoint(self.out)  # fit() sets its files aside
         self.validate()  # before the process group, so bad input fails fast
         self.dist = distributed.init_distributed()
         if self.run.num_threads:
@@ -336,7 +343,20 @@ class Trainer:
 
     def fit(self) -> dict[str, float]:
         """Runs until ``run.steps``, ``run.max_minutes`` or a SIGTERM / SIGINT (:class:`StopSignals`; then
-        ``stopped_by`` is set), checkpoints, exports; returns the last logs."""
+        ``stopped_by`` is set), checkpoints, exports; returns the last logs. Lets go of ``--out`` at the end."""
+        try:
+            return self._fit()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Lets go of ``--out`` (idempotent): another run may then train there."""
+        release_lock(self._lock)
+        if self._made_out:
+            with contextlib.suppress(OSError):  # not empty: the run wrote there
+                self.out.rmdir()
+
+    def _fit(self) -> dict[str, float]:
         run, main = self.run, self.dist.is_main
         self.resume()  # first: a run resumed with another model must not overwrite train_config.yaml
         if main:
@@ -387,22 +407,3 @@ class Trainer:
             if self._due(run.checkpoint_every):
                 self.save()
         return logs
-
-
-def run_training(make_trainer: Callable[[], T]) -> T:
-    """Builds a trainer, runs :meth:`Trainer.fit` and returns the trainer.
-
-    An in-process call leaves no RANK / MASTER_PORT behind. A process started by a launcher
-    (torchrun, deepspeed) shuts its process group down at the end; a bare process keeps its
-    one-rank group, because DeepSpeed caches groups and a second in-process run (tests,
-    notebooks) could not initialise after a teardown.
-    """
-    launched = "RANK" in os.environ
-    with restored_env():
-        try:
-            trainer = make_trainer()
-            trainer.fit()
-        finally:
-            if launched:
-                distributed.shutdown()
-    return trainer

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from core.config import build_config
+from core.files import release_lock
 from generator import Generator
 from tests.helpers.faults import command, free_port, torchrun
 from tests.helpers.procs import run_group
@@ -190,6 +191,33 @@ def test_a_run_killed_before_its_first_checkpoint_starts_over(data, tmp_path, un
     shutil.rmtree(out / "checkpoints")
     proc = train(data, out, *RESUMABLE, check=False)
     assert proc.returncode == 2 and "holds an earlier run's export, metrics.jsonl and no checkpoint" in proc.stderr
+
+
+def test_a_second_run_on_a_folder_in_training_is_refused(data, tmp_path):
+    """The same command started twice (a requeued job whose first copy still runs): the second took the first run,
+    with metrics and no checkpoint yet, for one killed before its first checkpoint, moved its records into
+    interrupted-1/ and exported over its weights; both exited 0. The first run holds the folder now."""
+    from videotrain.outputs import hold_out
+
+    out = tmp_path / "b"
+    held = hold_out(out)  # a run in training (rank 0), before its first checkpoint
+    (out / "metrics.jsonl").write_text('{"step": 1, "loss": 9.0}\n')
+    try:
+        proc = train(data, out, *RESUMABLE, check=False)
+    finally:
+        release_lock(held)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "another run is training in --out" in proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.jsonl"]  # nothing moved aside, nothing written
+    train(data, out, "run.steps=2", "run.eval_every=0")  # let go: the folder can be trained in again
+    assert (out / "export").is_dir() and not list(out.glob(".train-rank-*"))
+
+
+def test_a_refused_run_leaves_no_folder_behind(data, tmp_path):
+    out = tmp_path / "new"
+    proc = train(data, out, "run.steps=2", "run.sample_every=2", "data.tokenizer=", check=False)
+    assert proc.returncode == 2 and "run.sample_every > 0 needs data.tokenizer" in proc.stderr
+    assert not out.exists()  # the folder made to hold the run's lock is gone again
 
 
 def test_sigterm_saves_the_step_reached_and_resumes_exactly(data, tmp_path, uninterrupted):

@@ -13,10 +13,8 @@ every entry is written exactly once however often a run is killed and resumed.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
-import os
 import re
 import time
 from datetime import datetime, timezone
@@ -25,6 +23,7 @@ from typing import IO, Any
 
 import numpy as np
 
+from core.files import hold_lock, release_lock
 from videodata.cache.format import (
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -132,9 +131,7 @@ class RankWriter:
 
     def close(self) -> None:
         """Releases the rank's lock (idempotent); :meth:`finish` calls it."""
-        if not self._lock.closed:
-            Path(self._lock.name).unlink(missing_ok=True)  # first: whoever locks the file after this retries
-            self._lock.close()  # closing the file releases its flock
+        release_lock(self._lock)
 
     # ----------------------------------------------------------------- resume
     def _scan(self) -> None:
@@ -267,28 +264,11 @@ class RankWriter:
 
 
 def _lock_rank(out: Path, rank: int) -> IO[bytes]:
-    """Opens and exclusively locks ``out/.rank-RRR.lock``; ValueError when another process holds it.
-
-    The holder removes the file before it lets go (:meth:`RankWriter.close`), so a lock taken on a file that is
-    no longer the one at the path is retried on the new one.
-    """
+    """Holds ``out/.rank-RRR.lock`` (:func:`core.files.hold_lock`); ValueError when another process holds it."""
     path = out / f".rank-{rank:03d}.lock"
-    while True:
-        handle = open(path, "a+b")  # noqa: SIM115 - held for the writer's life, closed by RankWriter.close
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.close()
-            raise ValueError(
-                f"another process is writing rank {rank} of the cache {str(out)!r} (it holds {path.name}): "
-                "wait for it to end or stop it, then run again"
-            ) from None
-        try:
-            if os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino:
-                return handle
-        except FileNotFoundError:
-            pass
-        handle.close()  # the holder removed it between our open and our lock: take the new one
+    busy = (f"another process is writing rank {rank} of the cache {str(out)!r} (it holds {path.name}): "
+            "wait for it to end or stop it, then run again")  # fmt: skip
+    return hold_lock(path, busy)
 
 
 def _shard_problem(out: Path, record: Any) -> str | None:
