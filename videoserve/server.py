@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -10,10 +11,11 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
 import torch
 
-from core.files import check_dir_target
+from core.files import check_dir_target, hold_lock, release_lock
 from pipelines import VideoPipeline
 from pipelines.generate import GenerationRequest, generate_with
 from videoserve.store import OutputStore
@@ -93,13 +95,31 @@ def serve(
     if max_upload_mb > max_output_mb:  # one such upload dropped every result and left the folder over its cap
         raise ValueError(f"--max-upload-mb ({max_upload_mb:g}) must not exceed --max-output-mb ({max_output_mb:g})")
     check_port(host, port)
-    worker = GenerationWorker(max_waiting)
-    pipe = load_for_serving(model, torch.device(device), worker)
-    store = OutputStore(out, int(max_output_mb * 1024 * 1024))  # made once the model has loaded
-    app = create_app(
-        pipe, store, max_frames=max_frames, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
-        model_name=Path(model).name, worker=worker, allowed_hosts=None if public else LOOPBACK_HOSTS,
-    )  # fmt: skip
-    if ready is not None:
-        ready()
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    made = not Path(out).exists()
+    lock = hold_output_folder(Path(out))
+    try:
+        worker = GenerationWorker(max_waiting)
+        pipe = load_for_serving(model, torch.device(device), worker)
+        store = OutputStore(out, int(max_output_mb * 1024 * 1024))
+        app = create_app(
+            pipe, store, max_frames=max_frames, max_upload_bytes=int(max_upload_mb * 1024 * 1024),
+            model_name=Path(model).name, worker=worker, allowed_hosts=None if public else LOOPBACK_HOSTS,
+        )  # fmt: skip
+        if ready is not None:
+            ready()
+        uvicorn.run(app, host=host, port=port, log_level="warning")
+    finally:
+        release_lock(lock)
+        if made:
+            with contextlib.suppress(OSError):  # a server that failed before writing leaves no empty folder
+                Path(out).rmdir()
+
+
+def hold_output_folder(out: Path) -> IO[bytes]:
+    """Makes ``out`` and holds its ``.serve.lock`` while the server runs: two servers on one folder (the default
+    ``outputs/serve``, a second model on another port) each capped the folder by their own in-memory view and
+    deleted the other's held uploads and half-written videos."""
+    out.mkdir(parents=True, exist_ok=True)
+    busy = (f"another tokvid server uses --out {str(out)!r} (it holds .serve.lock): give this one its own --out, "
+            "or stop the other")  # fmt: skip
+    return hold_lock(out / ".serve.lock", busy)

@@ -14,6 +14,7 @@ pytest.importorskip("fastapi")
 from starlette.testclient import TestClient  # noqa: E402
 
 import videoserve.store as store_module  # noqa: E402
+from core.files import hold_lock, release_lock  # noqa: E402
 from tests.unit.test_serve import LOCAL, pipe  # noqa: E402, F401 - the shipped model, loaded once per module
 from videoserve.app import create_app  # noqa: E402
 from videoserve.server import check_port  # noqa: E402
@@ -134,3 +135,25 @@ def _png_bytes(frame: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(frame).save(buf, format="PNG")
     return buf.getvalue()
+
+
+def test_a_second_server_on_one_output_folder_is_refused_before_its_model_loads(tmp_path, capsys):
+    """Two servers on one --out (the default outputs/serve, a second model on another port) each capped the folder
+    by their own in-memory view: one deleted the other's held uploads and its videos while they were written."""
+    from tests.helpers.faults import free_port
+    from tools.serve import main
+
+    out = tmp_path / "serve"
+    out.mkdir()
+    held = hold_lock(out / ".serve.lock", "held")  # a server running on it
+    try:
+        assert main(["--port", str(free_port()), "--model", "/nonexistent", "--out", str(out)]) == 2
+    finally:
+        release_lock(held)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "another tokvid server uses --out" in err[0]  # not the model's error: it never loaded
+    # let go, the folder serves again; a server that fails (here its model) leaves no folder it made
+    assert main(["--port", str(free_port()), "--model", "/nonexistent", "--out", str(tmp_path / "new")]) == 2
+    assert "another tokvid server" not in capsys.readouterr().err and not (tmp_path / "new").exists()
+    assert main(["--port", str(free_port()), "--model", "/nonexistent", "--out", str(out)]) == 2
+    assert "another tokvid server" not in capsys.readouterr().err and list(out.iterdir()) == []
