@@ -26,9 +26,26 @@ EXIF_TRANSPOSE = {  # EXIF orientation -> the transpose that shows the image upr
 }  # fmt: skip
 
 
+class FrameRefused(ValueError):
+    """A frame that decodes but that tokvid does not take (no fixed range, a shape too far from the crop): its own
+    message, not "cannot decode"."""
+
+
 def exif_turn(image: Image.Image) -> Image.Transpose | None:
-    """The transpose that shows ``image`` upright by its EXIF orientation tag (the file's, for every frame)."""
-    return EXIF_TRANSPOSE.get(image.getexif().get(EXIF_ORIENTATION, 1))
+    """The transpose that still shows ``image`` upright by its EXIF orientation tag (the file's, for every frame).
+
+    Pillow turns some formats itself as it loads them (TIFF, since Pillow 11) and then drops the tag: the frame is
+    loaded first, so that such a file is not turned a second time (a quarter turn off, portrait read as landscape).
+    """
+    before = EXIF_TRANSPOSE.get(image.getexif().get(EXIF_ORIENTATION, 1))
+    image.load()
+    return before if EXIF_TRANSPOSE.get(image.getexif().get(EXIF_ORIENTATION, 1)) == before else None
+
+
+def is_still(image: Image.Image) -> bool:
+    """Whether the file is one picture whatever its frame count says: an MPO (a camera's or phone's JPEG that
+    carries a second view or a preview after the photo) opens with two or more frames that are not time."""
+    return image.format == "MPO"
 
 
 def shrunk_rgb(image: Image.Image, size: int | tuple[int, int] | None) -> np.ndarray:
@@ -38,7 +55,10 @@ def shrunk_rgb(image: Image.Image, size: int | tuple[int, int] | None) -> np.nda
     (alpha laid over black, palettes) after it. A frame under four times the target on a side is left whole."""
     if size is None:
         return pil_rgb(image)
-    new_h, new_w = cover_size(image.height, image.width, size)
+    try:
+        new_h, new_w = cover_size(image.height, image.width, size)
+    except ValueError as err:
+        raise FrameRefused(str(err)) from None
     factor = min(image.height // (2 * new_h), image.width // (2 * new_w))
     if factor < 2:
         return pil_rgb(image)
@@ -65,7 +85,7 @@ def pil_rgb(image: Image.Image) -> np.ndarray:
         return np.repeat(grey[..., None], 3, axis=-1)
     if image.mode in ("I", "F"):
         kind = "32-bit integer" if image.mode == "I" else "floating-point"
-        raise ValueError(f"{kind} images have no fixed range; save the image with 8 or 16 bits per channel")
+        raise FrameRefused(f"{kind} images have no fixed range; save the image with 8 or 16 bits per channel")
     if image.mode in ALPHA_MODES or "transparency" in image.info:  # an alpha channel, or a tRNS index or colour
         rgba = np.asarray(image.convert("RGBA"), dtype=np.uint16)  # (H, W, 4)
         return ((rgba[..., :3] * rgba[..., 3:] + 127) // 255).astype(np.uint8)  # over black, rounded

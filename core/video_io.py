@@ -27,7 +27,7 @@ from PIL import Image, ImageSequence
 
 from core.checks import first_line, is_int
 from core.frames import cover_size, decoded_size, resize_center_crop
-from core.pil_frames import PIL_DECODE_ERRORS, exif_turn, shrunk_rgb
+from core.pil_frames import PIL_DECODE_ERRORS, FrameRefused, exif_turn, is_still, shrunk_rgb
 from core.video_display import ffmpeg_path, orientation, pixel_aspect, video_display
 
 try:  # decord has no wheels for some platforms; PyAV covers those.
@@ -133,8 +133,10 @@ def _read_pil(path: Path, pick: _Pick, size: int | tuple[int, int] | None = None
             # Pillow warns past MAX_IMAGE_PIXELS and raises past twice that: both are refused here
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as im:
-                turn = exif_turn(im)  # the file's, for every frame
+                turn, still = exif_turn(im), is_still(im)  # the file's, for every frame
                 for i, frame in enumerate(ImageSequence.Iterator(im)):
+                    if still and i > 0:  # an MPO's further pictures are not frames
+                        break
                     total = i + 1
                     if i in pick:
                         # Frame 0 alone was turned: an animated WebP mixed two orientations, or failed to stack.
@@ -142,6 +144,8 @@ def _read_pil(path: Path, pick: _Pick, size: int | tuple[int, int] | None = None
                         frames.append(rgb if size is None else resize_center_crop(rgb[None], size)[0])
                     if pick.last is not None and i >= pick.last:
                         break
+    except FrameRefused as err:
+        raise ValueError(f"{str(path)!r}: {err}") from None
     except PIL_DECODE_ERRORS as err:
         raise _DecodeError(f"Pillow: {err or type(err).__name__}") from None
     return frames, total

@@ -14,6 +14,7 @@ from pathlib import Path
 from PIL import Image, ImageSequence
 
 from core.checks import first_line
+from core.pil_frames import is_still
 from core.video_display import ffmpeg_path
 from core.video_io import PIL_DECODE_ERRORS, PIL_EXTS, PYAV_ONLY_EXTS, decord, decord_reader, frame_files
 
@@ -163,7 +164,7 @@ def image_frames_at_most(path: str | os.PathLike, limit: int) -> int:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as im:
                 count = 1
-                while count <= limit:
+                while count <= limit and not is_still(im):
                     try:
                         im.seek(count)
                     except EOFError:
@@ -194,7 +195,7 @@ def image_durations(path: str | os.PathLike) -> list[int]:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)  # refused, as core.video_io refuses it
             with Image.open(path) as im:
-                if getattr(im, "n_frames", 1) < 2:  # a still: nothing to decode for its timing
+                if getattr(im, "n_frames", 1) < 2 or is_still(im):  # a still: nothing to decode for its timing
                     return [im.info.get("duration") or 0]
                 return [_frame_duration(f) for f in ImageSequence.Iterator(im)]
     except PIL_DECODE_ERRORS as err:

@@ -28,6 +28,7 @@ from core.video_probe import (
     fps_from_durations,
     frame_count,
     image_durations,
+    image_frames_at_most,
     starts_from_durations,
     video_fps,
     video_frame_starts,
@@ -136,6 +137,19 @@ def probe_frames(source: FrameSource, what: str) -> None:
         video_fps(path)
     else:  # images and GIFs (a one-frame GIF, or one without delays, has no rate and is still a valid context)
         read_video(path, num_frames=1)
+    if what == "image":  # an animated or multi-page file was refused only after the model had loaded
+        check_one_frame(path)
+
+
+def check_one_frame(path: Path) -> None:
+    """ValueError unless the image file is one frame (counted without decoding: an animation's second frame is
+    enough to refuse it)."""
+    if path.is_file() and path.suffix.lower() in PIL_EXTS:
+        if image_frames_at_most(path, 1) > 1:
+            raise ValueError(f"image must be one frame, but {path.name!r} has several (an animation or a multi-page "
+                             "file): give it as --video, or save one frame of it")  # fmt: skip
+    elif (count := frame_count(path)) != 1:
+        raise ValueError(f"image must be one frame, got {count}")
 
 
 def resample_indices(num_frames: int, source_fps: float, target_fps: float) -> list[int]:
@@ -285,8 +299,8 @@ def _one_context(
 ) -> np.ndarray:
     """(N, H, W, 3) context frames of one image or video (see :func:`context_frames`, which checked the count)."""
     if image is not None:
-        if isinstance(image, (str, os.PathLike)) and (count := frame_count(image)) != 1:  # before decoding them
-            raise ValueError(f"image must be one frame, got {count}")
+        if isinstance(image, (str, os.PathLike)):
+            check_one_frame(Path(image))  # before decoding them
         frames = load_frames(image, "image", size=size)
         if frames.shape[0] != 1:
             raise ValueError(f"image must be one frame, got {frames.shape[0]}")

@@ -48,6 +48,54 @@ def test_exif_orientation_turns_every_frame_of_an_animated_file(tmp_path):
     assert (video[:, :4, :, 0] > 150).all() and (video[:, -4:, :, 0] < 50).all()  # the bright half on top in each
 
 
+def test_a_tiff_with_an_orientation_tag_is_turned_once(tmp_path):
+    """Pillow turns a TIFF upright itself as it loads it (since Pillow 11) and drops the tag; tokvid read the tag
+    before the load and turned the frame again: portrait came back landscape, no error."""
+    from PIL import ImageOps
+
+    base = np.zeros((16, 32, 3), np.uint8)
+    base[:, :16] = (200, 30, 40)  # red left, blue right
+    base[:, 16:] = (30, 40, 200)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / "photo.tif"
+    Image.fromarray(base).save(path, exif=exif)
+    upright = np.asarray(ImageOps.exif_transpose(Image.open(path)).convert("RGB"))  # (32, 16, 3): red on top
+    video = read_video(path)
+    assert video.shape == (1, *upright.shape) and np.array_equal(video[0], upright)
+    assert video[0, 0, 0, 0] > 150 and video[0, -1, 0, 2] > 150  # red on top, blue below, as any viewer shows it
+
+
+def test_a_jpeg_that_carries_a_preview_is_one_frame(tmp_path):
+    """A camera's or phone's JPEG with a second picture after the photo (MPO) opens with two frames: --image refused
+    the photo ("one frame, got 2"), and the demo page took it for a 2-frame video."""
+    from core.video_probe import frame_count, image_frames_at_most
+    from pipelines.context import context_frames
+
+    photo = np.zeros((48, 80, 3), np.uint8)
+    photo[:, :40] = (200, 30, 40)
+    im = Image.fromarray(photo)
+    path = tmp_path / "photo.jpg"
+    im.save(path, format="MPO", save_all=True, append_images=[im.resize((40, 24))], quality=95)
+    assert Image.open(path).n_frames == 2  # what Pillow says
+    assert frame_count(path) == 1 and image_frames_at_most(path, 4) == 1
+    video = read_video(path)
+    assert video.shape == (1, 48, 80, 3) and abs(int(video[0, 0, 0, 0]) - 200) < 8  # the photo, not the preview
+    assert context_frames(path, None, None, temporal_compression=4, size=(64, 64), fps=8.0).shape[1] == 1
+
+
+def test_an_animation_given_as_the_image_is_refused_before_the_model_loads(tmp_path):
+    """probe_frames read the first frame only, so an animated GIF passed it and was refused after the model had
+    loaded (a minute and a half on a busy machine), against the module's promise of a bad command failing fast."""
+    from pipelines.context import probe_frames
+
+    frames = [Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)) for i in range(3)]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:], duration=100)
+    with pytest.raises(ValueError, match="image must be one frame, but 'anim.gif' has several"):
+        probe_frames(tmp_path / "anim.gif", "image")
+    probe_frames(tmp_path / "anim.gif", "video")  # a video context may have many
+
+
 def test_a_full_disk_under_ffmpeg_is_one_cli_line(tmp_path, monkeypatch, capsys):
     """ffmpeg's "No space left on device" became an OSError without an errno, which run_cli passes on: a traceback.
     Its message also named the hidden temp file instead of the target."""

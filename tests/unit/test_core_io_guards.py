@@ -47,8 +47,9 @@ def test_a_truncated_video_read_to_its_end_is_a_value_error(tmp_path):
 
 def test_a_frame_far_thinner_than_its_crop_is_refused_before_it_is_resized(tmp_path):
     Image.new("RGB", (8000, 1), (200, 10, 10)).save(tmp_path / "strip.png")
-    with pytest.raises(ValueError, match="1x8000 frame is too far from the 64x64"):
+    with pytest.raises(ValueError, match="1x8000 frame is too far from the 64x64") as caught:
         read_video(tmp_path / "strip.png", size=64)
+    assert "cannot decode" not in str(caught.value) and "strip.png" in str(caught.value)  # it decodes: its shape
     assert cover_size(64, 64 * MAX_COVER_AREA, 64) == (64, 64 * MAX_COVER_AREA)  # the limit itself is taken
     assert cover_size(1080, 1920, 64) == (64, 114)
 
