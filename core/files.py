@@ -237,3 +237,21 @@ def release_lock(handle: IO[bytes]) -> None:
     if not handle.closed:
         Path(handle.name).unlink(missing_ok=True)  # first: whoever locks the file after this retries
         handle.close()  # closing the file releases its flock
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path) -> Iterator[None]:
+    """Holds an exclusive lock on ``folder`` itself (no lock file is left in a user's folder) while a group of files
+    is replaced there, so two writers of the same names take turns. Where the file system has no such locks
+    (some network mounts) it goes on unlocked."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        yield
+        return
+    try:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock

@@ -7,7 +7,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from core.files import atomic_path
+from core.files import atomic_path, folder_lock
 from core.video_write import write_contact_sheet, write_video, written_by_tokvid
 from pipelines.video import VideoOutput
 
@@ -104,8 +104,9 @@ def save_output(output: VideoOutput, paths: list[Path], gif: bool = False) -> li
             path.parent.mkdir(parents=True, exist_ok=True)
             files = _files_of(path, gif)
             # A video's files replace the old ones together, or none do: a Ctrl-C between its mp4 and its sheet
-            # left a new video beside an earlier run's sheet.
-            with contextlib.ExitStack() as together:
+            # left a new video beside an earlier run's sheet; and two runs writing the same names take turns (their
+            # renames interleaved: one run's video beside the other's sheet).
+            with folder_lock(path.parent), contextlib.ExitStack() as together:
                 for target in files:
                     tmp = together.enter_context(atomic_path(target))
                     if target.suffix.lower() == ".png":

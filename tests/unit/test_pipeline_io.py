@@ -150,3 +150,37 @@ def test_an_interrupted_save_keeps_each_video_beside_its_own_sheet(tmp_path, mon
     assert sorted(after) == sorted(before)  # no temp file left
     changed = {name for name in after if after[name] != before[name]}
     assert changed == {"video_000.mp4", "video_000.png"}  # video_001 keeps its old pair, video_002 is untouched
+
+
+def test_two_writers_of_one_video_leave_its_files_from_one_of_them(tmp_path, monkeypatch):
+    """Two generate.py runs on one --out: their renames interleaved (A's sheet, B's sheet, B's video, A's video),
+    which left run A's mp4 beside run B's contact sheet, both tokvid's, without a word. They now take turns."""
+    import threading
+    import time
+
+    from PIL import Image
+
+    import core.files as files
+    from core.video_io import read_video
+
+    target = tmp_path / "clip.mp4"
+    real_replace = files.os.replace
+
+    def slow_for_a(src, dst):  # run A pauses before it renames its video into place
+        if threading.current_thread().name == "A" and Path(dst) == target:
+            time.sleep(1.5)
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(files.os, "replace", slow_for_a)
+
+    def output(value: int) -> VideoOutput:
+        return VideoOutput(frames=np.full((1, 5, 16, 16, 3), value, np.uint8), fps=8.0, ids=None, timings={})
+
+    a = threading.Thread(target=pio.save_output, args=(output(20), [target]), name="A")
+    a.start()
+    time.sleep(0.5)  # A is in its pause
+    pio.save_output(output(230), [target])
+    a.join()
+    video = float(read_video(target).mean())
+    sheet = float(np.asarray(Image.open(target.with_suffix(".png")).convert("RGB")).mean())
+    assert (video < 125) == (sheet < 125), (video, sheet)  # both from run A, or both from run B
