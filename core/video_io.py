@@ -176,6 +176,16 @@ def _read_frame_folder(
     return frames, len(files)
 
 
+_DECORD_PREFIX = re.compile(r"^\[[\d:]+\]\s+\S+:\d+:\s+(Check failed: .*?\(-?\d+ vs\. -?\d+\)\s*)?(ERROR\s+)?")
+
+
+def decord_reason(err: BaseException) -> str:
+    """decord's error without its C++ log prefix (``[08:57:31] /github/.../video_reader.cc:151: Check failed: st_nb
+    >= 0 (-1381258232 vs. 0) ERROR``): what a user can read, e.g. "cannot find video stream with wanted index: -1"."""
+    line = first_line(err)
+    return _DECORD_PREFIX.sub("", line) or line
+
+
 _reader_slot = threading.local()  # per thread: decord readers are not safe to share between threads
 
 
@@ -228,7 +238,7 @@ def _read_decord(path: Path, pick: _Pick, size: int | tuple[int, int] | None = N
                 vr = decord_reader(path, width=new_w, height=new_h)
         batch = vr.get_batch(indices).asnumpy()  # (T, H, W, 3)
     except (RuntimeError, decord.DECORDError, UnicodeError) as err:  # DECORDError is not a RuntimeError; decord
-        raise _DecodeError(f"decord: {first_line(err)}") from None  # takes no file name that is not UTF-8 (caf\xe9)
+        raise _DecodeError(f"decord: {decord_reason(err)}") from None  # takes no file name that is not UTF-8 (caf\xe9)
     if batch.ndim != 4 or batch.shape[0] != len(indices) or batch.shape[-1] != 3:
         raise _DecodeError(f"decord: returned frames of shape {batch.shape}")
     return list(batch), total

@@ -13,10 +13,17 @@ from pathlib import Path
 
 from PIL import Image, ImageSequence
 
-from core.checks import first_line
 from core.pil_frames import is_still
 from core.video_display import ffmpeg_path
-from core.video_io import PIL_DECODE_ERRORS, PIL_EXTS, PYAV_ONLY_EXTS, decord, decord_reader, frame_files
+from core.video_io import (
+    PIL_DECODE_ERRORS,
+    PIL_EXTS,
+    PYAV_ONLY_EXTS,
+    decord,
+    decord_reader,
+    decord_reason,
+    frame_files,
+)
 
 
 def frame_count(path: str | os.PathLike) -> int:
@@ -43,7 +50,7 @@ def frame_count(path: str | os.PathLike) -> int:
         try:
             return len(decord_reader(path))
         except (RuntimeError, decord.DECORDError, UnicodeError) as err:  # a name that is not UTF-8: PyAV takes it
-            reasons.append("decord: " + first_line(err))
+            reasons.append("decord: " + decord_reason(err))
     import av
 
     try:

@@ -98,3 +98,34 @@ def test_a_file_that_is_not_a_video_is_named_once(tmp_path):
     with pytest.raises(ValueError) as err:
         read_video(path)
     assert str(err.value).count("cannot decode") == 1 and "decord: not tried" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        ("[08:57:31] /github/workspace/src/video/video_reader.cc:151: Check failed: st_nb >= 0 (-1381258232 vs. 0) "
+         "ERROR cannot find video stream with wanted index: -1", "cannot find video stream with wanted index: -1"),
+        ('[08:57:31] /github/workspace/src/video/ffmpeg/filter_graph.cc:61: Check failed: avfilter_graph_create_filter'
+         '(&buffersrc_ctx_, buffersrc, "in", args, __null, filter_graph_.get()) >= 0 (-22 vs. 0) Cannot create buffer '
+         "source", "Cannot create buffer source"),
+        ("some other message", "some other message"),
+    ],
+)  # fmt: skip
+def test_decords_log_prefix_is_left_out_of_the_error_line(raw, reason):
+    """An audio-only or cut mp4 was refused with decord's C++ log line: a time, a source path, a failed check."""
+    from core.video_io import decord_reason
+
+    assert decord_reason(RuntimeError(raw + "\nStack trace:\n  [bt] (0) ...")) == reason
+
+
+def test_an_audio_only_file_is_refused_in_words(tmp_path):
+    import subprocess
+
+    import imageio_ffmpeg
+
+    path = tmp_path / "audio.mp4"
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-loglevel", "error", "-f", "lavfi", "-i", "sine=d=0.3",
+                    str(path)], check=True)  # fmt: skip
+    with pytest.raises(ValueError, match="no video stream") as caught:
+        read_video(path)
+    assert ".cc:" not in str(caught.value) and "Check failed" not in str(caught.value)
