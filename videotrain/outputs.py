@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import os
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -14,7 +15,7 @@ from typing import IO, Any
 import torch
 
 from core.config import save_config
-from core.files import atomic_path, atomic_write_json, hold_lock, overlapping
+from core.files import atomic_path, atomic_write_json, hold_lock, overlapping, release_lock
 from core.frames import tensor_to_frames
 from core.video_write import write_contact_sheet, write_video
 from core.weights import CONFIG_NAME, WEIGHTS_NAME, save_state
@@ -32,19 +33,44 @@ def check_out_apart(out: Path, inputs: dict[str, Sequence[str | os.PathLike]]) -
                 raise ValueError(f"--out {str(out)!r} overlaps {name} {str(path)!r}: give the run a folder of its own")
 
 
-def hold_out(out: Path) -> IO[bytes]:
-    """Makes the run folder and holds this rank's lock on it (``.train-rank-RRR.lock``, :func:`core.files.hold_lock`)
-    until the run ends: the same command started twice used to take the first run, still training, for one killed
-    before its first checkpoint, set its records aside and export over its weights, both exiting 0."""
-    try:
-        rank = int(os.environ.get("RANK", "0"))
-    except ValueError:
-        raise ValueError(f"RANK must be an integer, got {os.environ['RANK']!r}") from None
-    out.mkdir(parents=True, exist_ok=True)
-    name = f".train-rank-{rank:03d}.lock"
-    busy = (f"another run is training in --out {str(out)!r} (it holds {name}): wait for it to end or stop it, "
-            "or give a new --out")  # fmt: skip
-    return hold_lock(out / name, busy)
+_HELD_HERE: set[str] = set()  # the run folders this process's trainers hold
+
+
+class RunFolderLock:
+    """This rank's hold on a run folder (``.train-rank-RRR.lock``, :func:`core.files.hold_lock`) while a trainer
+    lives: the same command started twice used to take the first run, still training, for one killed before its
+    first checkpoint, set its records aside and export over its weights, both exiting 0.
+
+    Made with the folder if it is missing. Let go by :meth:`release` (``Trainer.fit`` does at its end), or when the
+    trainer is garbage-collected or the process exits. A second trainer on the folder in the same process (a
+    notebook cell run again) is told that it is its own process that holds it.
+    """
+
+    def __init__(self, out: Path) -> None:
+        try:
+            rank = int(os.environ.get("RANK", "0"))
+        except ValueError:
+            raise ValueError(f"RANK must be an integer, got {os.environ['RANK']!r}") from None
+        key = f"{os.path.realpath(out)}#{rank}"
+        if key in _HELD_HERE:
+            raise ValueError(f"a trainer in this process already holds --out {str(out)!r}: call its close() (fit() "
+                             "does at its end) or drop it, or give a new --out")  # fmt: skip
+        out.mkdir(parents=True, exist_ok=True)
+        name = f".train-rank-{rank:03d}.lock"
+        busy = (f"another run is training in --out {str(out)!r} (it holds {name}): wait for it to end or stop it, "
+                "or give a new --out")  # fmt: skip
+        handle = hold_lock(out / name, busy)
+        _HELD_HERE.add(key)
+        self._release = weakref.finalize(self, _let_go, key, handle)
+
+    def release(self) -> None:
+        """Lets go (idempotent): the lock file is removed, then the lock."""
+        self._release()
+
+
+def _let_go(key: str, handle: IO[bytes]) -> None:
+    _HELD_HERE.discard(key)
+    release_lock(handle)
 
 
 # What a finished run leaves in its folder besides checkpoints: a new run into such a folder, with no checkpoint to

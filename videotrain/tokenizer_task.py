@@ -337,12 +337,10 @@ class TokenizerTrainer(Trainer):
             path.parent.mkdir(parents=True, exist_ok=True)
             write_contact_sheet(path, rows)
 
-    def fit(self) -> dict[str, float]:
-        """The shared loop, then a last preview of the final weights."""
-        logs = super().fit()
+    def after_export(self) -> None:
+        """A last preview of the final weights (written while the run still holds ``--out``)."""
         if self.run.sample_every:  # 0 = no previews
             self.write_samples()
-        return logs
 
 
 def train_tokenizer(

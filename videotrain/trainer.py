@@ -23,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 from core.config import save_config
-from core.files import check_dir_target, release_lock
+from core.files import check_dir_target
 from videotrain import checkpoint, distributed
 from videotrain.config import RunConfig, check_supported
 from videotrain.ema import EMA
@@ -31,8 +31,8 @@ from videotrain.guards import GradientCheck, NonFiniteGuard, StopSignals
 from videotrain.optim import OptimConfig, lr_at
 from videotrain.outputs import (
     MetricsLog,
+    RunFolderLock,
     check_out_apart,
-    hold_out,
     killed_before_checkpoint,
     set_aside_interrupted_run,
 )
@@ -68,7 +68,7 @@ class Trainer:
         check_supported(self.run, self.unsupported, self.task)
         check_out_apart(self.out, {"run.init_from": [self.run.init_from]})  # loaded, then overwritten by the export
         made = not self.out.exists()
-        self._lock = hold_out(self.out)
+        self._lock = RunFolderLock(self.out)
         self._made_out = made  # an empty folder this run made is removed again when it fails before writing
         try:
             self._setup()
@@ -351,7 +351,7 @@ class Trainer:
 
     def close(self) -> None:
         """Lets go of ``--out`` (idempotent): another run may then train there."""
-        release_lock(self._lock)
+        self._lock.release()
         if self._made_out:
             with contextlib.suppress(OSError):  # not empty: the run wrote there
                 self.out.rmdir()
@@ -379,7 +379,11 @@ class Trainer:
         folder = self.export()
         if main:
             log.info("exported %s at step %d (%.1f min)", folder, self.step, (time.time() - start) / 60)
+        self.after_export()
         return logs
+
+    def after_export(self) -> None:
+        """What a task writes once the run has exported, while it still holds ``--out``."""
 
     def train_mode(self) -> None:
         """Puts the model in training mode (a task extends it: parts it keeps fixed stay in eval mode)."""

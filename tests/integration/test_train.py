@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from core.config import build_config
-from core.files import release_lock
+from core.files import hold_lock, release_lock
 from generator import Generator
 from tests.helpers.faults import command, free_port, torchrun
 from tests.helpers.procs import run_group
@@ -197,10 +197,9 @@ def test_a_second_run_on_a_folder_in_training_is_refused(data, tmp_path):
     """The same command started twice (a requeued job whose first copy still runs): the second took the first run,
     with metrics and no checkpoint yet, for one killed before its first checkpoint, moved its records into
     interrupted-1/ and exported over its weights; both exited 0. The first run holds the folder now."""
-    from videotrain.outputs import hold_out
-
     out = tmp_path / "b"
-    held = hold_out(out)  # a run in training (rank 0), before its first checkpoint
+    out.mkdir()
+    held = hold_lock(out / ".train-rank-000.lock", "held")  # a run in training (rank 0), before its first checkpoint
     (out / "metrics.jsonl").write_text('{"step": 1, "loss": 9.0}\n')
     try:
         proc = train(data, out, *RESUMABLE, check=False)

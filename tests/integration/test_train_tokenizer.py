@@ -295,3 +295,41 @@ def test_a_resume_keeps_the_discriminators_shape_and_a_switch_on_takes_its_optim
     assert main([*common, "run.steps=3", *gan, "disc_optim.betas=[0.0,0.99]", "loss.discriminator_channels=16"]) == 2
     err = capsys.readouterr().err
     assert "loss.discriminator_channels: 32 -> 16" in err and "Traceback" not in err
+
+
+def test_a_trainer_rebuilt_in_one_process_is_told_so_and_a_dropped_one_lets_go(tmp_path, repo_root):
+    """Trainers are driven without fit() (tests, benchmarks, a notebook cell run again): the second build on the same
+    --out was refused as "another run is training", and a trainer dropped without close() left its lock file."""
+    import gc
+
+    cfg = gan_config(repo_root, "loss.adversarial_weight=0")
+    out = tmp_path / "run"
+    with restored_env():
+        first = TokenizerTrainer(cfg, out)
+        with pytest.raises(ValueError, match="a trainer in this process already holds --out"):
+            TokenizerTrainer(cfg, out)
+        del first
+        gc.collect()
+        assert not list(out.glob(".train-rank-*"))  # dropped: its lock and the lock's file are gone
+        second = TokenizerTrainer(cfg, out)
+        second.close()
+        TokenizerTrainer(cfg, out).close()
+
+
+def test_the_last_preview_is_written_while_the_run_holds_its_folder(tmp_path, repo_root, monkeypatch):
+    """TokenizerTrainer.fit wrote its final preview after Trainer.fit had let go of --out, so a second run could
+    take the folder, resume and export over tokenizer/ while the first still wrote into it."""
+    cfg = gan_config(repo_root, "loss.adversarial_weight=0", "run.steps=1", "run.sample_every=1")
+    out = tmp_path / "run"
+    held = []
+    real = TokenizerTrainer.write_samples
+
+    def spy(self):
+        held.append((out / ".train-rank-000.lock").exists())
+        real(self)
+
+    monkeypatch.setattr(TokenizerTrainer, "write_samples", spy)
+    with restored_env():
+        TokenizerTrainer(cfg, out).fit()
+    assert held == [True, True] and (out / "previews").is_dir()  # the step-1 preview, then the final one
+    assert not list(out.glob(".train-rank-*"))
