@@ -200,7 +200,7 @@ def to_dict(cfg: Any) -> dict[str, Any]:
             return [plain(x, arms[i] if i < len(arms) else Any) for i, x in enumerate(v)]
         if isinstance(v, dict):
             return {k: plain(x) for k, x in v.items()}
-        if type(v) is int and _takes_float(tp) and not _takes_int(tp):
+        if type(v) is int and _float_not_int(tp):
             # 1 in a float field was saved as "1": loaded back as 1.0, saved again as "1.0", other bytes
             return float(v)
         return v
@@ -208,16 +208,10 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return plain(cfg)
 
 
-def _arms(tp: Any) -> tuple[Any, ...]:
-    return get_args(tp) if get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
-
-
-def _takes_float(tp: Any) -> bool:
-    return float in _arms(tp)
-
-
-def _takes_int(tp: Any) -> bool:
-    return int in _arms(tp)
+def _float_not_int(tp: Any) -> bool:
+    """Whether the annotation takes a float and no int (``float``, ``float | None``; not ``int | float``)."""
+    arms = get_args(tp) if get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
+    return float in arms and int not in arms
 
 
 def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
