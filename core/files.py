@@ -136,6 +136,13 @@ def check_dir_target(path: str | os.PathLike, what: str) -> None:
         raise ValueError(f"{what} {str(path)!r} is a file or lies inside a file: give a folder")
 
 
+def remove_empty_folder(path: str | os.PathLike) -> None:
+    """Removes the folder ``path`` when it is empty, so that a run or server that made its output folder and failed
+    before writing there leaves none behind; a folder that holds anything, or a missing one, is left as it is."""
+    with contextlib.suppress(OSError):
+        Path(path).rmdir()
+
+
 def overlapping(a: str | os.PathLike, b: str | os.PathLike) -> bool:
     """Whether two paths are the same or one lies inside the other (resolved: links and ".." followed)."""
     pa, pb = Path(a).resolve(), Path(b).resolve()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
@@ -15,7 +14,7 @@ from typing import IO
 
 import torch
 
-from core.files import check_dir_target, hold_lock, release_lock
+from core.files import check_dir_target, hold_lock, release_lock, remove_empty_folder
 from pipelines import VideoPipeline
 from pipelines.generate import GenerationRequest, generate_with
 from videoserve.store import OutputStore
@@ -111,8 +110,7 @@ def serve(
     finally:
         release_lock(lock)
         if made:
-            with contextlib.suppress(OSError):  # a server that failed before writing leaves no empty folder
-                Path(out).rmdir()
+            remove_empty_folder(out)
 
 
 def hold_output_folder(out: Path) -> IO[bytes]:

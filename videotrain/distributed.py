@@ -36,6 +36,20 @@ class DistInfo:
         return self.rank == 0
 
 
+def env_int(name: str, default: int) -> int:
+    """The environment variable ``name`` as a non-negative integer, ``default`` when unset.
+
+    Raises:
+        ValueError: it is set to anything else, naming it ("invalid literal for int()" named none).
+    """
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    if not value.strip().isdigit():
+        raise ValueError(f"the environment variable {name}={value!r} must be a non-negative integer")
+    return int(value)
+
+
 def init_distributed() -> DistInfo:
     """Initialises torch.distributed through DeepSpeed (gloo on CPU, nccl on CUDA).
 
@@ -58,9 +72,7 @@ def init_distributed() -> DistInfo:
                          "MASTER_ADDR and MASTER_PORT (torchrun and deepspeed set them)")  # fmt: skip
     os.environ.setdefault("LOCAL_RANK", "0")
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT"):  # "invalid literal for int()" named none
-        value = os.environ.get(name)
-        if value is not None and not value.strip().isdigit():
-            raise ValueError(f"the environment variable {name}={value!r} must be a non-negative integer")
+        env_int(name, 0)
     if not int(os.environ["RANK"]) < int(os.environ["WORLD_SIZE"]):
         raise ValueError(f"RANK={os.environ['RANK']} must be below WORLD_SIZE={os.environ['WORLD_SIZE']}")
     cuda = torch.cuda.is_available()

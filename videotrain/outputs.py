@@ -20,6 +20,7 @@ from core.frames import tensor_to_frames
 from core.video_write import write_contact_sheet, write_video
 from core.weights import CONFIG_NAME, WEIGHTS_NAME, save_state
 from generator.provenance import TrainedOn, write_trained_on
+from videotrain.distributed import env_int
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +48,7 @@ class RunFolderLock:
     """
 
     def __init__(self, out: Path) -> None:
-        try:
-            rank = int(os.environ.get("RANK", "0"))
-        except ValueError:
-            raise ValueError(f"RANK must be an integer, got {os.environ['RANK']!r}") from None
+        rank = env_int("RANK", 0)  # this rank's lock is held before init_distributed() checks the rest
         key = f"{os.path.realpath(out)}#{rank}"
         if key in _HELD_HERE:
             raise ValueError(f"a trainer in this process already holds --out {str(out)!r}: call its close() (fit() "

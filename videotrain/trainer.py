@@ -12,7 +12,6 @@ build a trainer and call :meth:`Trainer.fit`; tests and benchmarks drive the sam
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import signal
 import time
@@ -23,7 +22,7 @@ import torch
 from tqdm import tqdm
 
 from core.config import save_config
-from core.files import check_dir_target
+from core.files import check_dir_target, remove_empty_folder
 from videotrain import checkpoint, distributed
 from videotrain.config import RunConfig, check_supported
 from videotrain.ema import EMA
@@ -353,8 +352,7 @@ class Trainer:
         """Lets go of ``--out`` (idempotent): another run may then train there."""
         self._lock.release()
         if self._made_out:
-            with contextlib.suppress(OSError):  # not empty: the run wrote there
-                self.out.rmdir()
+            remove_empty_folder(self.out)
 
     def _fit(self) -> dict[str, float]:
         run, main = self.run, self.dist.is_main

@@ -152,3 +152,16 @@ def test_read_json_object_refuses_other_values_and_a_missing_file_naming_them(tm
         files.read_json(tmp_path / "b.json", "manifest")
     (tmp_path / "c.json").write_text('{"a": [1, {"b": null}]}')
     assert files.read_json_object(tmp_path / "c.json", "x") == {"a": [1, {"b": None}]}
+
+
+def test_remove_empty_folder_removes_only_an_empty_folder(tmp_path):
+    """A trainer or server that made its --out and failed before writing leaves no folder; one that wrote (or a
+    folder the user made with files in it) keeps everything, and a folder already gone is no error."""
+    empty, full = tmp_path / "empty", tmp_path / "full"
+    empty.mkdir()
+    full.mkdir()
+    (full / "metrics.jsonl").write_text("{}\n")
+    files.remove_empty_folder(empty)
+    files.remove_empty_folder(full)
+    files.remove_empty_folder(tmp_path / "missing")
+    assert not empty.exists() and (full / "metrics.jsonl").read_text() == "{}\n"

@@ -575,3 +575,17 @@ def test_a_resumed_run_may_change_runtime_settings_but_not_the_model_or_the_spli
                            ("data.eval_fraction=0.1", "data.eval_fraction: 0.02 -> 0.1")):  # fmt: skip
         with pytest.raises(ValueError, match=re.escape(shown)):
             check_resumable(tmp_path, build_config(GeneratorTrainConfig, [], [changed]), keys)
+
+
+@pytest.mark.parametrize("rank", ["-1", "one", "1.0"])
+def test_a_run_folder_lock_refuses_a_rank_that_is_no_non_negative_integer_before_making_the_folder(
+    tmp_path, rank, monkeypatch
+):
+    """RANK=-1 was taken as rank -1 (a '.train-rank--01.lock' file in a folder made for it) before the launch
+    check refused it; the lock now reads RANK as init_distributed does, naming the variable."""
+    from videotrain.outputs import RunFolderLock
+
+    monkeypatch.setenv("RANK", rank)
+    with pytest.raises(ValueError, match=f"RANK={rank!r} must be a non-negative integer"):
+        RunFolderLock(tmp_path / "run")
+    assert not (tmp_path / "run").exists()
