@@ -71,10 +71,10 @@ def init_distributed() -> DistInfo:
         raise ValueError(f"RANK is set but not {', '.join(missing)}: a launched process needs RANK, WORLD_SIZE, "
                          "MASTER_ADDR and MASTER_PORT (torchrun and deepspeed set them)")  # fmt: skip
     os.environ.setdefault("LOCAL_RANK", "0")
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT"):  # "invalid literal for int()" named none
-        env_int(name, 0)
-    if not int(os.environ["RANK"]) < int(os.environ["WORLD_SIZE"]):
-        raise ValueError(f"RANK={os.environ['RANK']} must be below WORLD_SIZE={os.environ['WORLD_SIZE']}")
+    rank, world, local = (env_int(name, 0) for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
+    env_int("MASTER_PORT", 0)  # "invalid literal for int()" named none of them
+    if not rank < world:
+        raise ValueError(f"RANK={rank} must be below WORLD_SIZE={world}")
     cuda = torch.cuda.is_available()
     if not cuda:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -91,7 +91,6 @@ def init_distributed() -> DistInfo:
             torch.distributed.init_process_group(backend, store=store, rank=0, world_size=1)
         deepspeed.init_distributed(dist_backend=backend)  # takes over a process group that is already up
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
-    local = int(os.environ.get("LOCAL_RANK", "0"))
     device = torch.device("cuda", local) if cuda else torch.device("cpu")
     if cuda:
         torch.cuda.set_device(device)
