@@ -22,7 +22,10 @@ TOKENIZER_OVERLAYS = {
     "shapes_full_length.yaml": (["shapes.yaml"], []),
     "shapes_decoder.yaml": (["shapes.yaml", "shapes_full_length.yaml"], ["run.init_from=previous/tokenizer"]),
 }
-GENERATOR_OVERLAYS = {"shapes_captions.yaml": ["shapes_ar.yaml", "shapes_maskgit.yaml"]}
+GENERATOR_OVERLAYS = {
+    "shapes_captions.yaml": [["shapes_ar.yaml"], ["shapes_maskgit.yaml"]],
+    "shapes_finetune.yaml": [["shapes_ar.yaml", "shapes_captions.yaml"]],
+}
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs/tokenizer").glob("*.yaml")), ids=lambda p: p.name)
@@ -37,8 +40,8 @@ def test_tokenizer_configs(path):
 @pytest.mark.parametrize("path", sorted((ROOT / "configs/generator").glob("*.yaml")), ids=lambda p: p.name)
 def test_generator_configs(path):
     overrides = ["data.text_encoder.path=unused"] if "shapes" in path.name else []
-    for base in GENERATOR_OVERLAYS.get(path.name, [None]):
-        cfg = build_config(TrainConfig, ([path.parent / base] if base else []) + [path], overrides)
+    for bases in GENERATOR_OVERLAYS.get(path.name, [[]]):
+        cfg = build_config(TrainConfig, [path.parent / b for b in bases] + [path], overrides)
         with torch.device("meta"):
             model = Generator(cfg.model)
         assert model.num_params() > 0
