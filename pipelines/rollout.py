@@ -14,7 +14,7 @@ A later latent frame is never re-based into the first-frame slot.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,6 +50,14 @@ class Rollout:
 def default_overlap(max_latents: int) -> int:
     """Context latents of a continuation window: about half the window, at least 1, leaving at least 1 new."""
     return max(1, min(max_latents - 1, max_latents - max_latents // 2))
+
+
+def handoff_latents(prompts: Sequence[str], k: int, max_latents: int) -> int | None:
+    """Latents of the frames before segment ``k`` of a story that its first window reads: None (as many as fit)
+    for the first, 1 (the last frame) after a changed prompt, :func:`default_overlap` after the same prompt."""
+    if k == 0:
+        return None
+    return default_overlap(max_latents) if prompts[k] == prompts[k - 1] else 1
 
 
 def to_pixels(video: torch.Tensor) -> np.ndarray:

@@ -35,7 +35,7 @@ from pipelines.folder import (
     load_unchanged,
     relative_text_encoder,
 )
-from pipelines.rollout import Rollout, default_overlap, roll_out
+from pipelines.rollout import Rollout, handoff_latents, roll_out
 from pipelines.spec import MAX_NUM_FRAMES, PipelineSpec
 from tokenizer import VideoTokenizer
 
@@ -366,8 +366,11 @@ class VideoPipeline:
 
         The first segment has ``segment_frames`` frames (or adds ``segment_frames - 1`` after given
         context frames); each later segment follows its own prompt and adds ``segment_frames - 1``
-        frames, continuing from the last frames of the one before through the same re-encoding as
-        long videos.
+        frames through the same re-encoding as long videos. Where the prompt changes, the segment
+        starts from the last frame alone, as image-to-video does: the frames before it carry the old
+        motion, and a generator given them continued it whatever the new prompt said (on the shipped
+        model a changed direction was followed in 1 of 72 stories). A repeated prompt continues from
+        the last frames, as a long video does, so its motion carries on.
 
         Args:
             prompts: one prompt per segment, in order.
@@ -403,7 +406,7 @@ class VideoPipeline:
             total = segment_frames if frames is None else frames.shape[1] + segment_frames - 1
             out = self._roll(gen, cond, order=order, sampling=sampling, generator=generator, progress=progress,
                              num_frames=total, context=frames,
-                             first_context_latents=default_overlap(gen.config.max_grid[0]) if k else None)  # fmt: skip
+                             first_context_latents=handoff_latents(prompts, k, gen.config.max_grid[0]))  # fmt: skip
             frames, ids = out.frames, [*ids, out.ids[:, out.context_latents if k else 0 :]]  # later: new latents only
             timings = {key: timings.get(key, 0.0) + v for key, v in out.timings.items()}
         return VideoOutput(frames=frames, fps=self.config.fps, ids=torch.cat(ids, dim=1), timings=timings)
