@@ -6,7 +6,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from videodata.shapes.render import NUM_CLASSES, attributes_of, render_clip
+from videodata.shapes.render import NUM_CLASSES, attributes_of, render_clip, sample_spec
 from videoeval.conditioning import (
     EVAL_SEED,
     _extrapolation_error,
@@ -18,6 +18,7 @@ from videoeval.conditioning import (
     summarize_task,
     true_centroids,
 )
+from videoeval.long_windows import judge_windows, window_starts, world_videos
 from videoeval.shapes_analyzer import count_objects, track
 
 
@@ -88,11 +89,12 @@ def test_summaries_count_every_row():
     assert s["n"] == 2 and s["attributes_equal"] == 0.5 and s["center_missing"] == 1
     assert s["center_median_px"] == math.inf  # half the videos lost the object: the median is one of them
     assert s["context_bound_median_px"] == pytest.approx(0.6) and s["context_bound_missing"] == 0
-    long = [{"windows": 3, "visible": 2, "right": 1, "second_object": True},
-            {"windows": 3, "visible": 0, "right": 0, "second_object": False}]  # fmt: skip
+    long = [{"windows": 3, "visible": 2, "right": 1, "world_right": 3, "second_object": True},
+            {"windows": 3, "visible": 0, "right": 0, "world_right": 2, "second_object": False}]  # fmt: skip
     s = summarize_task("long/33", long)
     # over all 6 windows: the 4 where the object was lost count as wrong (they were left out: 1 of 2 visible, 50%)
     assert s["windows_right"] == pytest.approx(1 / 6) and s["visible_right"] == 0.5
+    assert s["world_windows_right"] == pytest.approx(5 / 6)
     assert s["second_object"] == 0.5 and s["visible_windows"] == 2
     story = [{"direction_right": [True, False], "kept": True}, {"direction_right": [True, True], "kept": True}]
     s = summarize_task("story/2", story)
@@ -177,3 +179,34 @@ def test_a_tokenizer_that_decodes_nan_is_an_error_not_a_black_reconstruction(cli
     ev = conditioning.ConditioningEval(pipe, "ar", "frame", batch=4, seed=0, sampling=None)
     with pytest.raises(ValueError, match="NaN"):
         ev.reconstruction(clips[:2])
+
+
+def test_a_clip_rendered_on_is_the_clip_then_its_object_leaves_the_frame():
+    """The world's long video: its first 17 frames are the clip's (noise too), then the object keeps its speed and
+    leaves; nothing of it is drawn clamped at the border."""
+    spec = sample_spec("red", "square", "right", np.random.default_rng(3))
+    long = render_clip(spec, 65)
+    assert long.shape == (65, 64, 64, 3) and np.array_equal(long[:17], render_clip(spec))
+    xy = track(long)
+    assert np.isnan(xy[-1]).all()  # 64 frames at >= 1 px a frame: gone
+    seen = ~np.isnan(xy).any(axis=1)
+    assert seen[:17].all() and np.all(np.diff(xy[seen, 0]) > 0.5)  # moving right for as long as it is seen
+    with pytest.raises(ValueError, match="num_frames must be an integer >= 1, got 0"):
+        render_clip(spec, 0)
+
+
+def test_the_worlds_long_videos_lose_windows_to_the_edge_and_judging_counts_them():
+    """The ceiling of the long-video rows: the world's continuation of 72 training-like clips, one per class. Every
+    17-frame window of a 17-frame clip is right; by 65 frames most objects have left, so a faithful model scores
+    well under the 90% of the visual-conditioning goal there (the bug: a ceiling of 100% assumed)."""
+    labels = list(range(NUM_CLASSES))
+    rng = np.random.default_rng(7)
+    short = world_videos(labels, 17, rng)
+    assert all(judge_windows(v, c) == (1, 1, 1) for v, c in zip(short, labels))
+    long = world_videos(labels, 65, rng)
+    judged = [judge_windows(v, c) for v, c in zip(long, labels)]
+    assert all(w == len(window_starts(65)) == 7 for w, _, _ in judged)
+    assert all(right <= visible for _, visible, right in judged)
+    assert sum(r for _, _, r in judged) / (7 * NUM_CLASSES) < 0.6
+    wrong = judge_windows(long[0], 1)  # another class's video: no visible window is right
+    assert wrong[2] == 0 and wrong[1] == judged[0][1]

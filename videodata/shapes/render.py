@@ -172,10 +172,10 @@ class ClipSpec:
         """Bounding-box (width, height) of the object in px."""
         return (self.size, self.size * _SQRT3_2) if self.shape == "triangle" else (self.size, self.size)
 
-    def centers(self) -> np.ndarray:
-        """(NUM_FRAMES, 2) bounding-box centers (x, y) of every frame."""
+    def centers(self, num_frames: int = NUM_FRAMES) -> np.ndarray:
+        """(num_frames, 2) bounding-box centers (x, y) of every frame; past ``NUM_FRAMES`` the motion goes on."""
         dx, dy = DIRECTIONS[self.motion]
-        t = np.arange(NUM_FRAMES, dtype=np.float64) * self.speed
+        t = np.arange(num_frames, dtype=np.float64) * self.speed
         return np.stack([self.x0 + dx * t, self.y0 + dy * t], axis=1)
 
 
@@ -248,16 +248,20 @@ def coverage(shape: str, size: float, centers: np.ndarray, frame_size: int = SIZ
     return out
 
 
-def render_clip(spec: ClipSpec) -> np.ndarray:
+def render_clip(spec: ClipSpec, num_frames: int = NUM_FRAMES) -> np.ndarray:
     """Renders a clip from its spec.
 
     The background is a dim vignette (brightest at the center) plus Gaussian noise; the
-    object is composited over it with its anti-aliased coverage.
+    object is composited over it with its anti-aliased coverage. Past ``NUM_FRAMES`` (the
+    world's own continuation of a clip, for judging long videos) the object keeps its speed and
+    may leave the frame; the first ``NUM_FRAMES`` frames are those of the clip.
 
     Returns:
-        (NUM_FRAMES, SIZE, SIZE, 3) uint8 RGB frames.
+        (num_frames, SIZE, SIZE, 3) uint8 RGB frames.
     """
-    cov = coverage(spec.shape, spec.size, spec.centers())[..., None]  # (T, H, W, 1)
+    if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1:
+        raise ValueError(f"num_frames must be an integer >= 1, got {num_frames!r}")
+    cov = coverage(spec.shape, spec.size, spec.centers(num_frames))[..., None]  # (T, H, W, 1)
     yy, xx = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32) + 0.5
     r2 = ((xx - SIZE / 2) ** 2 + (yy - SIZE / 2) ** 2) / (SIZE / 2) ** 2  # 0 at center, 2 in corners
     background = (spec.background * (1.0 - 0.3 * r2))[None, :, :, None]  # (1, H, W, 1)
