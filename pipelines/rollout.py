@@ -54,10 +54,16 @@ def default_overlap(max_latents: int) -> int:
 
 def handoff_latents(prompts: Sequence[str], k: int, max_latents: int) -> int | None:
     """Latents of the frames before segment ``k`` of a story that its first window reads: None (as many as fit)
-    for the first, 1 (the last frame) after a changed prompt, :func:`default_overlap` after the same prompt."""
+    for the first, 1 (the last frame) after a changed prompt, :func:`default_overlap` after the same prompt. Two
+    prompts are the same when their words are, whatever their case and spacing ("A red circle " repeats "a red
+    circle"): a repeated prompt re-typed differently was taken for a new one and lost its motion."""
     if k == 0:
         return None
-    return default_overlap(max_latents) if prompts[k] == prompts[k - 1] else 1
+    return default_overlap(max_latents) if _words(prompts[k]) == _words(prompts[k - 1]) else 1
+
+
+def _words(prompt: str) -> list[str]:
+    return prompt.casefold().split()
 
 
 def to_pixels(video: torch.Tensor) -> np.ndarray:

@@ -369,8 +369,8 @@ class VideoPipeline:
         frames through the same re-encoding as long videos. Where the prompt changes, the segment
         starts from the last frame alone, as image-to-video does: the frames before it carry the old
         motion, and a generator given them continued it whatever the new prompt said (on the shipped
-        model a changed direction was followed in 1 of 72 stories). A repeated prompt continues from
-        the last frames, as a long video does, so its motion carries on.
+        model a changed direction was followed in 1 of 72 stories). A repeated prompt (the same words, whatever
+        their case and spacing) continues from the last frames, as a long video does, so its motion carries on.
 
         Args:
             prompts: one prompt per segment, in order.

@@ -15,7 +15,7 @@ from core.frames import resize_center_crop
 from core.video_io import read_video
 from core.video_write import write_video
 from pipelines import VideoPipeline
-from pipelines.rollout import to_video
+from pipelines.rollout import handoff_latents, to_video
 from tools.generate import main
 
 PROMPT = "a red circle moving left"
@@ -120,6 +120,13 @@ def test_a_repeated_prompt_continues_the_motion_of_the_last_frames(pipe, monkeyp
     assert torch.equal(calls[1][1], pipe.tokenizer.encode(to_video(out.frames[:, 4:9], like)))
     assert torch.equal(calls[2][1], pipe.tokenizer.encode(to_video(out.frames[:, 8:13], like)))
     assert torch.equal(calls[3][1], pipe.tokenizer.encode(to_video(out.frames[:, 16:17], like)))
+
+
+def test_a_prompt_retyped_with_other_case_or_spacing_is_the_same_prompt():
+    """A repeated prompt typed as "A red circle  moving left " was taken for a new one: its segment restarted from
+    the last frame alone and lost the motion. Other words are still a new prompt."""
+    story = ["a red circle moving left", "A Red circle  moving left ", "a red circle moving right"]
+    assert [handoff_latents(story, k, 5) for k in range(3)] == [None, 3, 1]  # 3: default_overlap(5)
 
 
 def test_a_list_of_images_makes_one_video_each_and_numpy_integers_are_integers(pipe, clip):
