@@ -19,6 +19,8 @@ from types import MappingProxyType
 
 import numpy as np
 
+from core.checks import is_int
+
 NUM_FRAMES = 17
 SIZE = 64  # frame height = width, pixels
 FPS = 8
@@ -259,7 +261,7 @@ def render_clip(spec: ClipSpec, num_frames: int = NUM_FRAMES) -> np.ndarray:
     Returns:
         (num_frames, SIZE, SIZE, 3) uint8 RGB frames.
     """
-    if isinstance(num_frames, bool) or not isinstance(num_frames, int) or num_frames < 1:
+    if not is_int(num_frames) or num_frames < 1:
         raise ValueError(f"num_frames must be an integer >= 1, got {num_frames!r}")
     cov = coverage(spec.shape, spec.size, spec.centers(num_frames))[..., None]  # (T, H, W, 1)
     yy, xx = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32) + 0.5
