@@ -109,7 +109,8 @@ class PipelineSpec:
         ignored).
 
         A ``temperature`` given without a ``context_temperature`` applies to every call, those with an image or
-        a video too: the model's ``context_temperature`` is dropped.
+        a video too: the model's ``context_temperature`` is dropped. The same holds for ``choice_temperature``
+        and ``context_choice_temperature``.
 
         Raises:
             ValueError: an override that names no field of :class:`SamplingConfig`, or a value it refuses.
@@ -119,6 +120,7 @@ class PipelineSpec:
         unknown = sorted(set(changes) - {f.name for f in fields(sampling)})
         if unknown:
             raise ValueError(f"unknown sampling setting(s) {unknown}")
-        if "temperature" in changes:
-            changes.setdefault("context_temperature", None)
+        for name in ("temperature", "choice_temperature"):
+            if name in changes:
+                changes.setdefault(f"context_{name}", None)
         return replace(sampling, **changes)

@@ -28,6 +28,9 @@ class SamplingConfig:
         steps: MaskGIT decoding steps per unit.
         mask_schedule: MaskGIT schedule ("cosine", "linear", "square").
         choice_temperature: MaskGIT Gumbel noise on confidences, annealed to 0 over the steps.
+        context_choice_temperature: MaskGIT's choice temperature for grids that continue given context tokens;
+            None: ``choice_temperature``. After given frames the confident tokens are the ones the context
+            settles, so less noise lets them be committed first.
         corrector_rounds: MaskGIT predictor-corrector rounds after each unit is filled (0 = off). A round
             scores every token the unit generated with the model, a quarter of them masked at a time, re-masks
             the ``corrector_fraction`` it finds least likely and draws them again given all the others.
@@ -43,6 +46,7 @@ class SamplingConfig:
     mask_schedule: str = "cosine"
     choice_temperature: float = 4.5
     context_temperature: float | None = None
+    context_choice_temperature: float | None = None
     corrector_rounds: int = 0
     corrector_fraction: float = 0.05
 
@@ -55,6 +59,7 @@ class SamplingConfig:
                 raise ValueError(f"{name} must be a string, got {getattr(self, name)!r}")
         numbers = {"temperature": self.temperature, "top_p": self.top_p, "cfg_scale": self.cfg_scale,
                    "choice_temperature": self.choice_temperature, "context_temperature": self.context_temperature,
+                   "context_choice_temperature": self.context_choice_temperature,
                    "corrector_fraction": self.corrector_fraction}  # fmt: skip
         for name, value in numbers.items():  # NaN and inf pass `< 0`: NaN probabilities, or every token equal
             if value is not None and (not isinstance(value, Real) or isinstance(value, bool)):
@@ -87,12 +92,18 @@ class SamplingConfig:
             raise ValueError(f"corrector_fraction must be in (0, 1], got {self.corrector_fraction}")
         if self.choice_temperature < 0:
             raise ValueError(f"choice_temperature must be >= 0, got {self.choice_temperature}")
+        if self.context_choice_temperature is not None and self.context_choice_temperature < 0:
+            raise ValueError(f"context_choice_temperature must be >= 0, got {self.context_choice_temperature}")
 
     def for_context(self) -> SamplingConfig:
-        """The settings for a grid that continues context tokens: ``context_temperature`` as the temperature."""
-        if self.context_temperature is None:
-            return self
-        return replace(self, temperature=self.context_temperature, context_temperature=None)
+        """The settings for a grid that continues context tokens: ``context_temperature`` as the temperature and
+        ``context_choice_temperature`` as the choice temperature, where set."""
+        changes: dict[str, float | None] = {"context_temperature": None, "context_choice_temperature": None}
+        if self.context_temperature is not None:
+            changes["temperature"] = self.context_temperature
+        if self.context_choice_temperature is not None:
+            changes["choice_temperature"] = self.context_choice_temperature
+        return replace(self, **changes)
 
     def guidance(self, progress: float) -> float:
         """The CFG scale at ``progress`` in [0, 1]."""

@@ -273,6 +273,19 @@ def test_a_given_temperature_applies_after_context_too_unless_a_context_temperat
     assert pipe.spec.sampling_for("ar", "frame", {"cfg_scale": 3.0, "temperature": None}).context_temperature == 0.3
 
 
+def test_a_given_choice_temperature_applies_after_context_too_unless_a_context_one_is_given(model_dir):
+    """An evaluation's --choice-temperature alone must not be overridden after context by the model's
+    context_choice_temperature (a selection run would then measure the model's setting, not the one given)."""
+    pipe = VideoPipeline.from_pretrained(model_dir)
+    pipe.config.sampling["ar"] = SamplingConfig(choice_temperature=4.5, context_choice_temperature=1.0)
+    assert pipe.spec.sampling_for("ar", "frame").for_context().choice_temperature == 1.0
+    assert pipe.spec.sampling_for("ar", "frame", {"choice_temperature": 2.0}).for_context().choice_temperature == 2.0
+    both = pipe.spec.sampling_for("ar", "frame", {"choice_temperature": 2.0, "context_choice_temperature": 0.0})
+    assert (both.choice_temperature, both.for_context().choice_temperature) == (2.0, 0.0)
+    kept = pipe.spec.sampling_for("ar", "frame", {"temperature": 0.9}).for_context()
+    assert (kept.temperature, kept.choice_temperature) == (0.9, 1.0)  # a temperature leaves the choice setting
+
+
 def test_an_order_with_its_own_settings_samples_with_them_and_other_orders_keep_the_modes(model_dir, monkeypatch):
     """A "maskgit/clip" entry is what clip order samples with; frame order keeps the "maskgit" entry."""
     import pipelines.video as video

@@ -186,6 +186,40 @@ def test_context_temperature_applies_exactly_when_the_grid_continues_context(sty
     assert SamplingConfig(temperature=1.3).for_context().temperature == 1.3  # unset: the temperature itself
 
 
+@pytest.mark.parametrize("order", ["frame", "clip"])
+def test_context_choice_temperature_is_the_gumbel_scale_exactly_when_the_grid_continues_context(order, monkeypatch):
+    """MaskGIT fills every unit after given context tokens with ``context_choice_temperature`` as its choice
+    temperature (the scale of the Gumbel noise on confidences), and with ``choice_temperature`` without context."""
+    import generator.sampling.maskgit as maskgit_module
+
+    scales = []
+
+    def fill(ctx, cur, coords, sampling, generator, steps, progress, on_step):
+        scales.append(sampling.choice_temperature)
+        return real_fill(ctx, cur, coords, sampling, generator, steps, progress, on_step)
+
+    real_fill = maskgit_module._fill
+    monkeypatch.setattr(maskgit_module, "_fill", fill)
+    sc = SamplingConfig(temperature=1.0, choice_temperature=4.5, context_choice_temperature=0.5, steps=2)
+    for context, expected in ((None, 4.5), (context_ids(1), 0.5)):
+        scales.clear()
+        sample_maskgit(tiny("maskgit"), cond2(), GRID, order=order, context=context, sampling=sc,
+                       generator=torch.Generator().manual_seed(0))  # fmt: skip
+        assert scales and set(scales) == {expected}
+    assert SamplingConfig(choice_temperature=3.0).for_context().choice_temperature == 3.0  # unset: its own
+
+
+def test_context_choice_temperature_draws_what_that_choice_temperature_draws():
+    """Same seed: MaskGIT after context with context_choice_temperature C gives the ids of choice temperature C."""
+    m, ctx = tiny("maskgit"), context_ids(1)
+
+    def draw(**settings):
+        return sample_maskgit(m, cond2(), GRID, order="frame", context=ctx, generator=torch.Generator().manual_seed(4),
+                              sampling=SamplingConfig(temperature=1.0, steps=4, **settings))  # fmt: skip
+
+    assert torch.equal(draw(choice_temperature=9.0, context_choice_temperature=0.0), draw(choice_temperature=0.0))
+
+
 def test_context_temperature_draws_what_that_temperature_draws():
     """Same seed: sampling after context with context_temperature T gives the ids of temperature T."""
     m, ctx = tiny("ar"), context_ids(1)

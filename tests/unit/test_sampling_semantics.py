@@ -277,6 +277,7 @@ def test_sampling_config_bounds_are_inclusive_and_errors_say_which_setting():
     for ok in (dict(temperature=0.0), dict(top_k=0), dict(top_p=1.0), dict(top_p=1e-6), dict(cfg_scale=0.0),
                dict(cfg_scale=0.5), dict(steps=1), dict(cfg_schedule="linear"),
                dict(context_temperature=0.0), dict(mask_schedule="square"), dict(choice_temperature=0.0),
+               dict(context_choice_temperature=0.0),
                dict(corrector_rounds=0), dict(corrector_fraction=1.0)):  # fmt: skip
         SamplingConfig(**ok)
     bad = {
@@ -291,6 +292,8 @@ def test_sampling_config_bounds_are_inclusive_and_errors_say_which_setting():
         r"steps must be >= 1, got 0": dict(steps=0),
         r"mask_schedule must be one of \['cosine', 'linear', 'square'\], got 'cosin'": dict(mask_schedule="cosin"),
         r"choice_temperature must be >= 0, got -1.0": dict(choice_temperature=-1.0),
+        r"context_choice_temperature must be >= 0, got -2.0": dict(context_choice_temperature=-2.0),
+        r"context_choice_temperature must be a finite number, got nan": dict(context_choice_temperature=float("nan")),
         r"corrector_rounds must be >= 0, got -1": dict(corrector_rounds=-1),
         r"corrector_fraction must be in \(0, 1\], got 0.0": dict(corrector_fraction=0.0),
         r"corrector_fraction must be in \(0, 1\], got 1.5": dict(corrector_fraction=1.5),
