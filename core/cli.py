@@ -236,6 +236,10 @@ def add_config_args(parser: argparse.ArgumentParser, example: str) -> None:
     parser.add_argument("overrides", nargs="*", help=f"dotted overrides such as {example}")
 
 
+LOG_FORMAT = "%(asctime)s %(levelname).1s %(name)s: %(message)s"
+LOG_DATEFMT = "%H:%M:%S"
+
+
 def setup_logging(verbose: bool = False) -> None:
     """INFO-level logging to stderr in a compact format (DEBUG with ``verbose``).
 
@@ -244,7 +248,7 @@ def setup_logging(verbose: bool = False) -> None:
     main_rank = int(os.environ.get("RANK", "0")) == 0
     logging.basicConfig(
         level=(logging.DEBUG if verbose else logging.INFO) if main_rank else logging.WARNING,
-        format="%(asctime)s %(levelname).1s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
+        format=LOG_FORMAT,
+        datefmt=LOG_DATEFMT,
         stream=sys.stderr,
     )

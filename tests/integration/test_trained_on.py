@@ -8,7 +8,6 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from core.weights import folder_fingerprint
 from generator.provenance import TRAINED_ON_NAME, TrainedOn, read_trained_on, write_trained_on
 from generator.text_encoders import TextEncoderConfig, load_text_encoder
 from pipelines import VideoPipeline
+from tests.helpers.procs import run_main
 from tests.helpers.tiny_pipeline import make_tiny_pipeline
 from tests.helpers.tiny_text import make_tiny_t5
 from tokenizer.probe import probe_ids
@@ -42,10 +42,12 @@ def test_a_text_models_export_records_its_cache_tokenizer_and_encoder(tmp_path):
     assert made == TrainedOn(tokenizer=FINGERPRINT, text_encoder=encoder, num_frames=5, fps=None, stride=1)
 
 
-def _make_pipeline(src: Path, out: Path, *, config: Path) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, str(ROOT / "tools/make_pipeline.py"), "--config", str(config), "--tokenizer",
-           str(src / "tokenizer"), "--generator", f"ar={src / 'generator_ar'}", "--out", str(out)]  # fmt: skip
-    return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+def _make_pipeline(src: Path, out: Path, *, config: Path, extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """tools/make_pipeline.py in this process (``run_main``): what it assembles and refuses, not its start-up."""
+    from tools.make_pipeline import main
+
+    return run_main(main, ["--config", str(config), *extra, "--tokenizer", str(src / "tokenizer"), "--generator",
+                           f"ar={src / 'generator_ar'}", "--out", str(out)])  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -193,15 +195,11 @@ def test_the_same_token_space_in_another_precision_or_with_another_decoder_is_ac
 
     copy, config, truth = _clip_parts(parts, tmp_path)
     first = tmp_path / "first"
-    cmd = [sys.executable, str(ROOT / "tools/make_pipeline.py"), "--config", str(config), "--dtype", "float16"]
-    proc = subprocess.run([*cmd, "--tokenizer", str(copy / "tokenizer"), "--generator", f"ar={copy / 'generator_ar'}",
-                           "--out", str(first)], capture_output=True, text=True, cwd=ROOT)  # fmt: skip
+    proc = _make_pipeline(copy, first, config=config, extra=("--dtype", "float16"))
     assert proc.returncode == 0, proc.stderr
     assert read_trained_on(first / "generator_ar") == replace(truth, num_frames=9, fps=12.5)
     again = tmp_path / "again"  # from the fp16 pipeline's own folders
-    proc = subprocess.run([*cmd, "--tokenizer", str(first / "tokenizer"), "--generator",
-                           f"ar={first / 'generator_ar'}", "--out", str(again)], capture_output=True, text=True,
-                          cwd=ROOT)  # fmt: skip
+    proc = _make_pipeline(first, again, config=config, extra=("--dtype", "float16"))
     assert proc.returncode == 0, proc.stderr
     made = VideoPipeline.from_pretrained(again).config
     assert (made.num_frames, made.fps) == (9, 12.5) and "not checked" not in proc.stderr
