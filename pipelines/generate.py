@@ -19,7 +19,7 @@ import torch
 
 from core.checks import check_text, is_int, shown
 from core.video_write import MAX_GIF_FPS
-from generator.sampling import SamplingConfig
+from generator.sampling import MASKGIT_ONLY, SamplingConfig
 from pipelines.context import check_context_count, probe_frames
 from pipelines.io import check_writable, output_paths, save_output
 from pipelines.spec import PipelineSpec
@@ -167,7 +167,7 @@ def check_request(spec: PipelineSpec, request: GenerationRequest) -> None:
     mode, order = spec.resolve_mode_order(request.mode, request.order)
     if request.label is not None:
         spec.class_ids(spec.generators[mode], parse_label(request.label, spec.config.class_names))
-    spec.sampling_for(mode, order, request.sampling)
+    sampling_settings(spec, mode, order, request.sampling)
     ct = spec.tokenizer.temporal_compression
     check_context_count(request.image is not None, request.video is not None, request.context_frames, ct)
     if request.segment_frames is not None:
@@ -177,6 +177,22 @@ def check_request(spec: PipelineSpec, request: GenerationRequest) -> None:
         spec.latent_frames(num_frames)
         given = request.context_frames if request.video is not None else int(request.image is not None)
         spec.check_room(num_frames, given)
+
+
+def sampling_settings(spec: PipelineSpec, mode: str, order: str, changes: Mapping[str, object]) -> SamplingConfig:
+    """The model's sampling settings for ``mode`` in ``order`` with a request's ``changes``
+    (:meth:`PipelineSpec.sampling_for`).
+
+    Raises:
+        ValueError: a setting that only MaskGIT-style decoding reads, given for a GPT-style mode (taken and
+            ignored, it would give videos that no setting changed), or what ``sampling_for`` refuses.
+    """
+    settings = spec.sampling_for(mode, order, changes)
+    ignored = [name for name in MASKGIT_ONLY if changes.get(name) is not None]
+    if spec.generators[mode].style != "maskgit" and ignored:
+        raise ValueError(f"{', '.join(ignored)}: only MaskGIT-style decoding reads this, and mode {mode!r} is "
+                         "GPT-style: leave it out, or choose a MaskGIT-style mode")  # fmt: skip
+    return settings
 
 
 def _visual(request: GenerationRequest) -> dict:
@@ -198,7 +214,7 @@ def _run(
     class_id = parse_label(request.label, pipe.config.class_names) if request.label is not None else None
     mode, order = pipe.resolve_mode_order(request.mode, request.order)
     prompts = request.prompts_for(pipe.generators[mode].config.cond)
-    settings = pipe.spec.sampling_for(mode, order, request.sampling)
+    settings = sampling_settings(pipe.spec, mode, order, request.sampling)
     g = torch.Generator(device=pipe.device).manual_seed(request.seed)
     common = dict(
         mode=mode, order=order, num_videos=request.num_videos, sampling=settings, generator=g, progress=progress

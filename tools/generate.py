@@ -61,6 +61,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--temperature", type=float, help="softmax temperature (every call, unless --context-temperature)")
     p.add_argument("--context-temperature", type=float, help="temperature after --image/--video and in later windows")
     p.add_argument(
+        "--choice-temperature", type=float,
+        help="MaskGIT: Gumbel noise on the confidences that pick which tokens to keep (every call, unless "
+        "--context-choice-temperature)",
+    )  # fmt: skip
+    p.add_argument("--context-choice-temperature", type=float,
+                   help="MaskGIT: that noise after --image/--video and in later windows")  # fmt: skip
+    p.add_argument(
         "--seed", type=int, default=0,
         help="random seed: the same seed, settings and --num-videos give the same videos on one machine; the videos "
         "of one call are drawn as one batch, so the first of --num-videos 4 is not the video of --num-videos 1",
@@ -92,7 +99,9 @@ def _main(argv: Sequence[str] | None) -> int:
         dtype=DTYPES[args.dtype],
         progress=not args.quiet,
         sampling={"cfg_scale": args.cfg, "steps": args.steps, "top_k": args.top_k, "top_p": args.top_p,
-                  "temperature": args.temperature, "context_temperature": args.context_temperature},
+                  "temperature": args.temperature, "context_temperature": args.context_temperature,
+                  "choice_temperature": args.choice_temperature,
+                  "context_choice_temperature": args.context_choice_temperature},
     )  # fmt: skip
     total = time.perf_counter() - start
     frames, timings = made.output.frames, made.output.timings

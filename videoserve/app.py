@@ -51,7 +51,14 @@ MAX_IMAGE_FRAMES = 4096  # an animated upload's frames: Pillow walks them all, o
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 KNOBS = {  # shown per style
     "ar": ("cfg_scale", "temperature", "context_temperature"),
-    "maskgit": ("cfg_scale", "steps", "temperature", "context_temperature"),
+    "maskgit": (
+        "cfg_scale",
+        "steps",
+        "temperature",
+        "context_temperature",
+        "choice_temperature",
+        "context_choice_temperature",
+    ),
 }
 
 

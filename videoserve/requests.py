@@ -1,10 +1,11 @@
 """JSON bodies of ``POST /api/generate`` -> :class:`pipelines.generate.GenerationRequest`, refusing what is wrong.
 
 Field names follow ``generate.py``'s options (``prompt``, ``label``, ``mode``, ``order``, ``num_frames``, ``seed``,
-``cfg``, ``steps``, ``top_k``, ``top_p``, ``temperature``, ``context_temperature``, ``context_frames``,
-``segment_frames``); ``image`` and ``video`` name an earlier upload by its id. Every problem is a
-:class:`ValueError` with one line, which the server answers with 400; the checks the pipeline makes itself (an
-empty prompt, an order the mode lacks, a negative temperature) keep the CLI's wording.
+``cfg``, ``steps``, ``top_k``, ``top_p``, ``temperature``, ``context_temperature``, ``choice_temperature``,
+``context_choice_temperature``, ``context_frames``, ``segment_frames``); ``image`` and ``video`` name an earlier
+upload by its id. Every problem is a :class:`ValueError` with one line, which the server answers with 400; the checks
+the pipeline makes itself (an empty prompt, an order the mode lacks, a negative temperature, a MaskGIT-only setting
+for a GPT-style mode) keep the CLI's wording.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ _TYPES: dict[str, tuple[tuple[type, ...], str]] = {
     "top_p": ((int, float), "a number"),
     "temperature": ((int, float), "a number"),
     "context_temperature": ((int, float), "a number"),
+    "choice_temperature": ((int, float), "a number"),
+    "context_choice_temperature": ((int, float), "a number"),
     "image": ((str,), "an upload id"),
     "video": ((str,), "an upload id"),
     "context_frames": ((int,), "an integer"),
@@ -111,6 +114,8 @@ def parse_request(
             "top_p": v["top_p"],
             "temperature": v["temperature"],
             "context_temperature": v["context_temperature"],
+            "choice_temperature": v["choice_temperature"],
+            "context_choice_temperature": v["context_choice_temperature"],
         },
         seed=seed,
     )

@@ -10,6 +10,9 @@ from core.checks import is_int
 from generator.schedules import SCHEDULES
 
 MAX_CFG_SCALE = 100.0  # guidance weights in use are 1-10; far larger ones overflow the logits
+# The settings that only MaskGIT-style decoding reads: a GPT-style generator draws each token once, in order.
+MASKGIT_ONLY = ("steps", "mask_schedule", "choice_temperature", "context_choice_temperature", "corrector_rounds",
+                "corrector_fraction")  # fmt: skip
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -45,8 +45,7 @@ def test_cli_writes_a_readable_mp4(model_dir, tmp_path, mode, order):
             "--out",
             str(out),
             "--quiet",
-            "--steps",
-            "3",
+            *(["--steps", "3"] if mode == "maskgit" else []),
         ]
     )
     assert rc == 0
@@ -60,7 +59,7 @@ def test_bfloat16_runs_and_stays_close_to_float32(model_dir, tmp_path, mode):
     """--dtype bfloat16 runs the whole pipeline in bf16; its generator logits and decoded pixels stay within
     bf16's precision of fp32's on the same input (sampled tokens may differ: a random model's logits are flat)."""
     common = ["--model", str(model_dir), "--prompt", "a red circle moving left", "--mode", mode, "--quiet",
-              "--steps", "3"]  # fmt: skip
+              *(["--steps", "3"] if mode == "maskgit" else [])]  # fmt: skip
     assert main([*common, "--dtype", "bfloat16", "--out", str(tmp_path / "b.mp4")]) == 0
     assert read_video(tmp_path / "b.mp4").shape == (9, 32, 32, 3)
     pipe = VideoPipeline.from_pretrained(model_dir)
@@ -150,6 +149,10 @@ def test_bad_inputs_exit_2_with_one_line_and_no_file(model_dir, tmp_path, capsys
         ((*base, "--prompt", "a", "--prompt", "b"), "give --segment-frames"),
         ((*base, "--mode", "ar", "--order", "clip"), "supports orders"),
         ((*base, "--context-temperature", "-1"), "context_temperature must be >= 0, got -1.0"),
+        ((*base, "--context-choice-temperature", "-1"), "context_choice_temperature must be >= 0, got -1.0"),
+        # GPT-style decoding would take these and ignore them: videos that no setting changed
+        ((*base, "--mode", "ar", "--steps", "4"), "steps: only MaskGIT-style decoding reads this, and mode 'ar'"),
+        ((*base, "--mode", "ar", "--choice-temperature", "1"), "choice_temperature: only MaskGIT-style decoding"),
     ]
     for args, needle in cases:
         _refused(capsys, args, needle)
@@ -284,6 +287,36 @@ def test_a_given_choice_temperature_applies_after_context_too_unless_a_context_o
     assert (both.choice_temperature, both.for_context().choice_temperature) == (2.0, 0.0)
     kept = pipe.spec.sampling_for("ar", "frame", {"temperature": 0.9}).for_context()
     assert (kept.temperature, kept.choice_temperature) == (0.9, 1.0)  # a temperature leaves the choice setting
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        ((), (4.5, 1.0)),  # the model's: 1.0 after given frames
+        (("--choice-temperature", "2"), (2.0, 2.0)),  # given alone: after context too
+        (("--choice-temperature", "2", "--context-choice-temperature", "0.5"), (2.0, 0.5)),
+        (("--context-choice-temperature", "0"), (4.5, 0.0)),
+    ],
+)
+def test_the_choice_temperature_flags_are_what_maskgit_samples_with(model_dir, tmp_path, monkeypatch, flags, expected):
+    """generate.py had no option for MaskGIT's choice noise (the evaluation and pipeline.yaml set it): expected is
+    (the choice temperature, the one after given frames) of the settings the video was sampled with."""
+    import shutil
+
+    import tools.generate as cli
+
+    model = shutil.copytree(model_dir, tmp_path / "model")
+    config = yaml.safe_load((model / "pipeline.yaml").read_text())
+    config["sampling"]["maskgit"]["context_choice_temperature"] = 1.0
+    (model / "pipeline.yaml").write_text(yaml.safe_dump(config))
+    used = []
+    real = cli.generate_to_files
+    monkeypatch.setattr(cli, "generate_to_files", lambda *a, **k: used.append(real(*a, **k)) or used[-1])
+    args = ["--model", str(model), "--mode", "maskgit", "--order", "frame", "--steps", "2", "--quiet", "--out",
+            str(tmp_path / "v.mp4"), *flags]  # fmt: skip
+    assert main(args) == 0
+    sampling = used[0].sampling
+    assert (sampling.choice_temperature, sampling.for_context().choice_temperature) == expected
 
 
 def test_an_order_with_its_own_settings_samples_with_them_and_other_orders_keep_the_modes(model_dir, monkeypatch):

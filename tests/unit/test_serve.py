@@ -88,6 +88,11 @@ def test_generate_returns_the_record_and_playable_files(served, pipe):
         ({"prompt": "x", "num_frames": 1000}, "num_frames must be in [1, 33]"),
         ({"prompt": "x", "cfg": "high"}, "cfg must be a number"),
         ({"prompt": "x", "context_temperature": -1}, "context_temperature must be >= 0, got -1"),
+        ({"prompt": "x", "context_choice_temperature": -1}, "context_choice_temperature must be >= 0, got -1"),
+        ({"prompt": "x", "choice_temperature": "hot"}, "choice_temperature must be a number"),
+        # taken and ignored by GPT-style decoding: the video would not change
+        ({"prompt": "x", "mode": "ar", "steps": 4}, "steps: only MaskGIT-style decoding reads this"),
+        ({"prompt": "x", "mode": "ar", "choice_temperature": 1}, "choice_temperature: only MaskGIT-style decoding"),
         ({"prompt": "x", "image": "../../etc/passwd"}, "no upload with id"),
         ({"prompt": "x", "label": 3}, "not both"),
         ([1, 2], "must be a JSON object"),
@@ -149,6 +154,16 @@ def test_an_unfinished_or_foreign_file_is_not_served(tmp_path):
     assert store.served_file(video.name) == video
     (tmp_path / "secret.mp4").write_bytes(b"x")
     assert store.served_file("secret.mp4") is None
+
+
+def test_the_choice_temperatures_of_a_request_reach_its_sampling_settings(tmp_path):
+    """choice_temperature and context_choice_temperature are fields as generate.py's options are; a body with them
+    was refused as unknown fields, so a client could not set MaskGIT's choice noise at all."""
+    from videoserve.requests import parse_request
+
+    body = {"prompt": "x", "mode": "maskgit", "choice_temperature": 2.0, "context_choice_temperature": 0.5}
+    request = parse_request(body, lambda upload: tmp_path, max_frames=33, default_frames=17)
+    assert request.sampling["choice_temperature"] == 2.0 and request.sampling["context_choice_temperature"] == 0.5
 
 
 def test_health_lists_modes_and_orders(client, pipe):
