@@ -24,8 +24,8 @@ from pathlib import Path
 
 from core.cli import CliParser, parse_device, run_cli, setup_logging
 from videodata.cache.build import BuildConfig, BuildSummary, build_cache
+from videodata.cache.decode import ClipWindow
 from videodata.cache.format import MANIFEST_NAME, verify_cache
-from videodata.cache.sources import ClipWindow
 
 
 def _start_offsets(text: str) -> tuple[int, ...] | None:

@@ -21,7 +21,8 @@ import torch
 
 from core.frames import resize_center_crop
 from core.video_io import read_video
-from videodata.cache.sources import count_frames, discover_sources
+from videodata.cache.decode import count_frames
+from videodata.cache.sources import discover_sources
 
 if TYPE_CHECKING:
     from tokenizer import VideoTokenizer

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 # Decode workers import this module to unpickle faulty_decode: keep its imports light.
-from videodata.cache.sources import DecodedSource, DecodeTask, decode_source
+from videodata.cache.decode import DecodedSource, DecodeTask, decode_source
 
 if TYPE_CHECKING:
     import pytest

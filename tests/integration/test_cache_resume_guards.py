@@ -15,7 +15,8 @@ from tests.integration.test_cache_tokens import FAULTY_CLI, faulty_cli_env, mani
 from tokenizer import TokenizerConfig, VideoTokenizer
 from tools.cache_tokens import main
 from videodata.cache import build
-from videodata.cache.sources import SourceError, decode_source
+from videodata.cache.decode import decode_source
+from videodata.cache.sources import SourceError
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import torch
 
+from videodata.cache.decode import ClipWindow, plan_starts
 from videodata.cache.format import atomic_write_bytes, json_bytes, token_dtype
 from videodata.cache.reader import ShuffledSampler, TokenCache
-from videodata.cache.sources import ClipWindow, Source, discover_sources, plan_starts, rank_slice
+from videodata.cache.sources import Source, discover_sources, rank_slice
 from videodata.cache.writer import RankWriter, merge_manifest, prepare_cache_dir
 
 GRID = (2, 3, 3)
@@ -274,8 +275,9 @@ def test_several_captions_travel_through_the_cache_and_training_draws_each(tmp_p
 def test_a_folder_of_frames_is_decoded_like_a_video(tmp_path, monkeypatch):
     from PIL import Image
 
-    from videodata.cache import sources
-    from videodata.cache.sources import DecodeTask, SourceError, count_frames, decode_source
+    from videodata.cache import decode
+    from videodata.cache.decode import DecodeTask, count_frames, decode_source
+    from videodata.cache.sources import SourceError
 
     frames = np.random.default_rng(0).integers(0, 256, (9, 16, 16, 3), dtype=np.uint8)
     clip = tmp_path / "clip"
@@ -291,7 +293,7 @@ def test_a_folder_of_frames_is_decoded_like_a_video(tmp_path, monkeypatch):
         decode_source(DecodeTask(index=0, file=str(empty), window=ClipWindow(num_frames=5, size=16)))
     (tmp_path / "none.mp4").write_bytes(b"\0")  # a file whose decoder counts no frame was called a folder
     with monkeypatch.context() as patch:
-        patch.setattr(sources, "count_frames", lambda path: 0)
+        patch.setattr(decode, "count_frames", lambda path: 0)
         with pytest.raises(SourceError, match="none.mp4' is a file without frames"):
             decode_source(
                 DecodeTask(index=0, file=str(tmp_path / "none.mp4"), window=ClipWindow(num_frames=5, size=16))

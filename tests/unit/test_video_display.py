@@ -148,7 +148,8 @@ def test_an_unreadable_file_is_one_error_and_decord_is_not_tried(tmp_path, monke
         video_fps(bad)
     with pytest.raises(ValueError, match="cannot decode"):
         frame_count(bad)
-    from videodata.cache.sources import SourceError, count_frames
+    from videodata.cache.decode import count_frames
+    from videodata.cache.sources import SourceError
 
     with pytest.raises(SourceError):
         count_frames(bad)

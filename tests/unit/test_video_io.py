@@ -120,7 +120,7 @@ def test_read_frames_decodes_any_index_order_once(clips, monkeypatch):
 
 
 def test_a_video_is_opened_once_for_counting_and_reading_and_never_read_stale(tmp_path, monkeypatch):
-    from videodata.cache.sources import count_frames
+    from videodata.cache.decode import count_frames
 
     opened = []
     real = vio.decord.VideoReader

@@ -3,7 +3,7 @@
 :func:`build_cache` is the whole job for one rank; ``tools/cache_tokens.py`` is its command line.
 
 Work items: sources are sorted by path and each gives up to ``clips_per_video`` clips (see
-:class:`~videodata.cache.sources.ClipWindow`), so the items ``(source, clip)`` are fixed by the
+:class:`~videodata.cache.decode.ClipWindow`), so the items ``(source, clip)`` are fixed by the
 data and the window. The file format is described in :mod:`videodata.cache.format`.
 
 Distribution: RANK / WORLD_SIZE / LOCAL_RANK come from the environment (torchrun, the deepspeed
@@ -42,19 +42,15 @@ from core.config import to_dict
 from core.numerics import exact_numerics
 from core.video_io import PIL_EXTS
 from tokenizer import VideoTokenizer
+from videodata.cache.decode import ClipWindow, DecodedSource, DecodeTask, decode_source, worker_init
 from videodata.cache.decode_pool import DecodePool, Failure
 from videodata.cache.format import FORMAT_NAME, FORMAT_VERSION, MANIFEST_NAME, token_dtype, tokenizer_fingerprint
 from videodata.cache.sources import (
-    ClipWindow,
-    DecodedSource,
-    DecodeTask,
     Source,
-    decode_source,
     discover_sources,
     rank_slice,
     source_sizes_sha256,
     sources_sha256,
-    worker_init,
 )
 from videodata.cache.writer import RankWriter, merge_manifest, prepare_cache_dir
 from videodata.clips import check_clip_shape
@@ -298,7 +294,7 @@ def build_cache(cfg: BuildConfig) -> BuildSummary:
             num_workers = cfg.num_workers if cfg.num_workers is not None else default_num_workers(local_world)
             pool = DecodePool(
                 decode_source, num_workers=num_workers, timeout_s=cfg.decode_timeout_s,
-                initializer=worker_init, preload=["videodata.cache.sources", "av"],
+                initializer=worker_init, preload=["videodata.cache.decode", "av"],
             )  # fmt: skip
             with pool, _deterministic_torch(cfg.threads):
                 quarantined, steady = _encode_slice(
