@@ -15,7 +15,7 @@ from starlette.testclient import TestClient  # noqa: E402
 
 import videoserve.store as store_module  # noqa: E402
 from core.files import hold_lock, release_lock  # noqa: E402
-from tests.unit.test_serve import LOCAL, pipe  # noqa: E402, F401 - the shipped model, loaded once per module
+from tests.helpers.serving import LOCAL, pipe  # noqa: E402, F401 - the shipped model, loaded once per module
 from videoserve.app import create_app  # noqa: E402
 from videoserve.server import check_port  # noqa: E402
 from videoserve.store import UPLOADS, OutputStore  # noqa: E402
@@ -23,7 +23,7 @@ from videoserve.store import UPLOADS, OutputStore  # noqa: E402
 REQUEST = {"prompt": "a red circle moving left", "num_frames": 5}
 
 
-def test_removing_the_uploads_folder_while_serving_is_not_a_500(pipe, tmp_path):  # noqa: F811
+def test_removing_the_uploads_folder_while_serving_is_not_a_500(pipe, tmp_path):
     """The cap listed uploads/ after each result: once a user had removed it every request was a 500 that named
     the server's folder, though its result had been made and listed."""
     store = OutputStore(tmp_path / "out", max_bytes=10**9)
@@ -36,7 +36,7 @@ def test_removing_the_uploads_folder_while_serving_is_not_a_500(pipe, tmp_path):
         assert up.status_code == 200, up.text  # and an upload makes the folder again
 
 
-def test_a_record_that_cannot_be_written_leaves_no_files_the_cap_cannot_drop(pipe, tmp_path, monkeypatch):  # noqa: F811
+def test_a_record_that_cannot_be_written_leaves_no_files_the_cap_cannot_drop(pipe, tmp_path, monkeypatch):
     """A full disk while the record was written: the mp4 and png stayed, unlisted, and the id stayed busy, so the
     cap skipped them for the server's lifetime."""
     real, calls = store_module.atomic_write_json, []
@@ -56,7 +56,7 @@ def test_a_record_that_cannot_be_written_leaves_no_files_the_cap_cannot_drop(pip
         assert c.post("/api/generate", json=REQUEST).status_code == 200
 
 
-def test_a_result_whose_cap_check_fails_is_removed_with_its_record(pipe, tmp_path, monkeypatch):  # noqa: F811
+def test_a_result_whose_cap_check_fails_is_removed_with_its_record(pipe, tmp_path, monkeypatch):
     """The files of a failed result were removed but not its record, which then listed a video that was gone."""
     store = OutputStore(tmp_path / "out", max_bytes=10**9)
 
@@ -70,7 +70,7 @@ def test_a_result_whose_cap_check_fails_is_removed_with_its_record(pipe, tmp_pat
     assert not [p.name for p in (tmp_path / "out").iterdir() if p.is_file()]
 
 
-def test_an_upload_huge_in_pixels_is_shrunk_before_its_float_resize(pipe, tmp_path, monkeypatch):  # noqa: F811
+def test_an_upload_huge_in_pixels_is_shrunk_before_its_float_resize(pipe, tmp_path, monkeypatch):
     """A one-colour 6000x6000 PNG is a few KB, but its float copies for the resize to 64x64 took gigabytes (1.7 GB at
     9000x9000). It is box-reduced first, so the resize sees at most a few times the target; it runs on the worker
     thread, the one thread that runs torch (a second OpenMP team halves generation speed)."""

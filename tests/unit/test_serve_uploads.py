@@ -16,7 +16,7 @@ import core.video_probe  # noqa: E402
 import pipelines.context  # noqa: E402
 import pipelines.io  # noqa: E402
 from core.video_write import write_video  # noqa: E402
-from tests.unit.test_serve import LOCAL, pipe  # noqa: E402, F401 - the shipped model, loaded once per module
+from tests.helpers.serving import LOCAL, pipe  # noqa: E402, F401 - the shipped model, loaded once per module
 from videoserve.app import MAX_IMAGE_FRAMES, create_app  # noqa: E402
 from videoserve.store import OutputStore  # noqa: E402
 
@@ -43,7 +43,7 @@ def tiny_gif(num_frames: int, delay_cs: int) -> bytes:
 
 
 @pytest.fixture()
-def client(pipe, tmp_path):  # noqa: F811
+def client(pipe, tmp_path):
     store = OutputStore(tmp_path / "out", max_bytes=10**9)
     with TestClient(create_app(pipe, store, model_name="shapes"), base_url=LOCAL) as c:
         yield c
@@ -89,7 +89,7 @@ def test_the_reply_tells_a_still_from_a_short_clip(client, tmp_path):
     assert "if (file_frames > 1)" in page and "if (frames < want)" in page  # the page decides by the file's count
 
 
-def test_a_decode_error_with_a_relative_output_folder_does_not_name_the_servers_folder(pipe, tmp_path, monkeypatch):  # noqa: F811
+def test_a_decode_error_with_a_relative_output_folder_does_not_name_the_servers_folder(pipe, tmp_path, monkeypatch):
     """Decoders get absolute paths; the message was cleaned of the relative ``outputs/serve/uploads/`` only, so the
     working folder (and a mangled path) reached the client."""
     monkeypatch.chdir(tmp_path)
