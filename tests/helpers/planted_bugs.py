@@ -22,16 +22,32 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+TRAINING_TESTS = (
+    "tests/unit/test_training_semantics.py",
+    "tests/unit/test_training_semantics_ema.py",
+    "tests/unit/test_training_semantics_guards.py",
+    "tests/unit/test_training_semantics_run.py",
+)
 GENERATOR_TESTS = (
     "tests/unit/test_generator.py",
+    "tests/unit/test_generator_layouts.py",
+    "tests/unit/test_generator_schedules.py",
+    "tests/unit/test_generator_sampling.py",
+    "tests/unit/test_generator_kv_cache.py",
+    "tests/unit/test_generator_layers.py",
     "tests/unit/test_generator_text.py",
     "tests/unit/test_sampling_semantics.py",
     "tests/unit/test_sampling_context.py",
     "tests/unit/test_masks_leak_nothing.py",
-    "tests/unit/test_training_semantics.py",
+    *TRAINING_TESTS,
 )
-QUANTIZER_TESTS = ("tests/unit/test_quantizers.py",)
-TRAINING_TESTS = ("tests/unit/test_training_semantics.py",)
+QUANTIZER_TESTS = (
+    "tests/unit/test_quantizers.py",
+    "tests/unit/test_quantizers_vq.py",
+    "tests/unit/test_quantizers_fsq.py",
+    "tests/unit/test_quantizers_sign.py",
+    "tests/unit/test_quantizers_config.py",
+)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ import torch
 from generator import Condition, make_layout
 from generator.sampling import sample_ar, sample_maskgit
 from generator.units import causal_mask
-from tests.unit.test_generator import GRID, tiny
+from tests.helpers.tiny_generator import GRID, tiny
 
 
 @pytest.mark.parametrize("rows", [1, 3])

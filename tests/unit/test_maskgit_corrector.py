@@ -8,7 +8,7 @@ import torch
 
 from generator.sampling import SamplingConfig, sample_maskgit
 from generator.sampling.maskgit import CORRECTOR_GROUPS, _correct
-from tests.unit.test_generator import GRID, cond2, tiny
+from tests.helpers.tiny_generator import GRID, cond2, tiny
 
 V, MASK = 8, 8  # a vocabulary of 8 codes; the mask id is the next one
 

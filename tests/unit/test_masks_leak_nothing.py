@@ -8,7 +8,7 @@ from generator import make_layout
 from generator.sampling import SamplingConfig, sample_maskgit
 from generator.schedules import num_masked_after_step
 from generator.units import block_causal_mask, causal_mask, two_stream_mask
-from tests.unit.test_generator import GRID, cond2, tiny
+from tests.helpers.tiny_generator import GRID, cond2, tiny
 from tests.unit.test_sampling_semantics import _fixed_logits
 
 

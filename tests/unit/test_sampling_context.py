@@ -7,7 +7,7 @@ import torch
 from generator import Condition, make_layout
 from generator.sampling import SamplingConfig, sample_ar, sample_maskgit
 from generator.sampling.context import context_sequence
-from tests.unit.test_generator import GRID, cond2, sampler, tiny, tiny_all
+from tests.helpers.tiny_generator import GRID, cond2, sampler, tiny, tiny_all
 
 CASES = [("ar", "token"), ("ar", "frame"), ("ar", "cube"), ("maskgit", "frame"), ("maskgit", "cube"),
          ("maskgit", "token"), ("maskgit", "clip")]  # fmt: skip

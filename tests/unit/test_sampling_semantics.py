@@ -14,7 +14,7 @@ from generator.sampling import DecodeContext, SamplingConfig, sample_ar, sample_
 from generator.sampling.filtering import filter_logits, sample_logits
 from generator.schedules import gamma, num_masked_after_step
 from tests.helpers.refusals import refused_exactly
-from tests.unit.test_generator import GRID, cond2, tiny, tiny_all
+from tests.helpers.tiny_generator import GRID, cond2, tiny, tiny_all
 
 
 def kept(logits: torch.Tensor) -> set[int]:

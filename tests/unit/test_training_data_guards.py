@@ -109,8 +109,8 @@ def test_the_held_out_loss_is_the_negative_log_likelihood_without_label_smoothin
 def test_generator_loss_takes_any_integer_ids(dtype):
     """int32 or int16 ids passed the dtype check, then failed inside torch (cross_entropy, the embedding)."""
     from generator import Condition, generator_loss
-    from tests.unit.test_generator import GRID as GEN_GRID
-    from tests.unit.test_generator import tiny
+    from tests.helpers.tiny_generator import GRID as GEN_GRID
+    from tests.helpers.tiny_generator import tiny
 
     for style in ("ar", "maskgit"):
         m = tiny(style)

@@ -1,9 +1,7 @@
-"""Training pieces pinned by their maths: EMA, activation checkpointing, label smoothing, context_mask_ratio."""
+"""The training objectives pinned by their maths: GPT-style and MaskGIT losses, label smoothing,
+context_mask_ratio, training masks, condition dropout and activation checkpointing."""
 
 import dataclasses
-import os
-import re
-import signal
 
 import pytest
 import torch
@@ -15,32 +13,7 @@ from generator.sampling import DecodeContext, SamplingConfig
 from generator.sampling.ar import START_COORDS
 from generator.schedules import gamma, training_mask
 from generator.units import causal_mask
-from tests.unit.test_generator import GRID, cond2, tiny, tiny_all
-from videotrain.ema import EMA
-from videotrain.guards import GradientCheck, NonFiniteGuard, StopSignals
-
-
-def test_ema_is_an_exponential_moving_average_of_the_parameters():
-    model = torch.nn.Linear(3, 2)
-    p0 = {k: v.detach().clone() for k, v in model.named_parameters()}
-    ema = EMA(model, decay=0.9)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(1.0)
-    ema.update(model)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(2.0)
-    ema.update(model)
-    for k in p0:
-        first = 0.9 * p0[k] + 0.1 * (p0[k] + 1)
-        expected = 0.9 * first + 0.1 * (p0[k] + 3)
-        assert torch.allclose(ema.shadow[k], expected, atol=1e-6), k
-        assert torch.allclose(ema.weights(model)[k], expected, atol=1e-6)
-    state = ema.state_dict()
-    other = EMA(model, decay=0.9)
-    other.load_state_dict(state)
-    assert all(torch.equal(other.shadow[k], ema.shadow[k]) for k in ema.shadow)
+from tests.helpers.tiny_generator import GRID, cond2, tiny, tiny_all
 
 
 def test_activation_checkpointing_gives_the_same_loss_and_gradients():
@@ -94,33 +67,6 @@ def test_context_mask_ratio_masks_that_share_of_the_clean_stream_only(monkeypatc
         assert (noisy == mask_id).any() and ((noisy == mask_id) | (noisy == seq)).all()  # the masked stream
 
 
-def test_ema_refuses_decays_outside_the_open_unit_interval_and_checkpoints_without_ema_weights():
-    model = torch.nn.Linear(3, 2)
-    for bad in (0.0, 1.0, 1.5, -0.1):
-        with pytest.raises(ValueError, match=r"ema decay must be in \(0, 1\)"):
-            EMA(model, decay=bad)
-    ema = EMA(model, decay=0.5)
-    with pytest.raises(ValueError, match=r"^checkpoint lacks EMA weights for \['bias'\]$"):
-        ema.load_state_dict({"ema.weight": torch.zeros(2, 3)})  # no ema.bias
-    deep = EMA(torch.nn.Sequential(*[torch.nn.Linear(2, 2) for _ in range(4)]), decay=0.5)
-    with pytest.raises(ValueError, match=r"^checkpoint lacks EMA weights for \['0.weight', .*'2.weight'\]$") as err:
-        deep.load_state_dict({})  # eight missing: the message names the first five
-    assert str(err.value).count("'") == 10
-
-
-def test_ema_weights_are_exported_in_fp32_whatever_the_models_dtype():
-    """A bf16 / fp16 engine casts the module; the EMA export was cast back to it, unlike the export without EMA."""
-    model = torch.nn.Linear(3, 2).to(torch.bfloat16)
-    ema = EMA(model, decay=0.5)
-    with torch.no_grad():
-        model.weight.add_(1e-3)  # a step too small for bf16 to keep in the average's last digits
-    ema.update(model)
-    assert all(v.dtype == torch.float32 for v in ema.shadow.values())  # the shadow keeps fp32
-    weights = ema.weights(model)
-    assert all(v.dtype == torch.float32 for v in weights.values())
-    assert torch.equal(weights["weight"], ema.shadow["weight"])
-
-
 @pytest.mark.parametrize("target_positions", [False, True])
 @pytest.mark.parametrize("order", ["cube", "frame"])
 def test_ar_loss_is_the_cross_entropy_of_what_the_sampler_sees(order, target_positions, monkeypatch):
@@ -165,94 +111,6 @@ def test_ar_loss_accuracy_is_the_share_of_positions_whose_argmax_is_the_target(m
     monkeypatch.setattr(Generator, "forward", predicts_zero)
     acc = ar_loss(m, ids, cond2(), "frame", ObjectiveConfig(cond_dropout=0.0)).stats["acc"]
     assert abs(float(acc) - 1 / 3) < 1e-6
-
-
-def test_nonfinite_guard_skips_until_the_limit_in_a_row_and_a_good_step_resets_the_count(caplog):
-    guard = NonFiniteGuard("skip", max_in_a_row=3)
-    guard.record("gradient", 7)
-    guard.record("loss", 8)
-    assert [r.getMessage() for r in caplog.records] == [
-        "non-finite gradient at step 7: step skipped",
-        "non-finite loss at step 8: micro-batch dropped, the next one takes its place",
-    ]
-    guard.reset()  # a good step
-    guard.record("gradient", 9)
-    guard.record("gradient", 10)
-    with pytest.raises(FloatingPointError, match=r"non-finite gradient at step 11.*\(3 non-finite in a row\)"):
-        guard.record("gradient", 11)
-    with pytest.raises(FloatingPointError, match=r"non-finite loss at step 2.*\(run.nonfinite=stop\)"):
-        NonFiniteGuard("stop", max_in_a_row=100).record("loss", 2)
-
-
-def _grad_model() -> torch.nn.Module:
-    torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2), torch.nn.Linear(2, 2))
-
-
-@pytest.mark.parametrize("zero_stage, precision", [(0, "fp32"), (0, "bf16"), (2, "fp32")])
-def test_gradient_check_finds_a_nonfinite_gradient_not_only_a_nonfinite_loss(zero_stage, precision):
-    """A finite loss whose gradient is not (sqrt at 0): the step must be flagged, on every path that reads it."""
-    assert GradientCheck.reads_params(0, "fp32") and not GradientCheck.reads_params(0, "bf16")
-    assert not GradientCheck.reads_params(1, "fp32")
-    model = _grad_model()
-    check = GradientCheck(model, zero_stage, precision, torch.device("cpu"))
-    x = torch.randn(5, 3)
-    model[1](model[0](x)).sum().backward()  # model[2] gets no gradient
-    norm, bad = check.read()
-    assert not bad
-    if zero_stage == 0:
-        grads = [p.grad for p in model.parameters() if p.grad is not None]
-        assert torch.allclose(norm, torch.stack([g.norm() for g in grads]).norm())
-    if (zero_stage, precision) == (0, "fp32"):  # parameters without a gradient get a zero one, as an all-reduce gives
-        assert all(torch.equal(p.grad, torch.zeros_like(p)) for p in model[2].parameters())
-    model.zero_grad(set_to_none=True)
-    loss = model[0](x).sum() + _nonfinite_grad_loss(model[0].weight)  # finite: sqrt(0) = 0
-    assert torch.isfinite(loss)
-    loss.backward()  # d sqrt(u)/du at u = 0 is inf
-    norm, bad = check.read()
-    assert bad
-    check.clear()
-    model.zero_grad(set_to_none=True)
-    model[0](x).sum().backward()
-    assert not check.read()[1]
-
-
-def _nonfinite_grad_loss(p: torch.Tensor) -> torch.Tensor:
-    """A finite loss (0) whose gradient for ``p`` is NaN: sqrt at 0 times a zero inner derivative."""
-    return p.abs().sub(p.abs()).sqrt().sum()
-
-
-@pytest.mark.parametrize("bad", [0, 1])
-def test_gradient_check_hooks_keep_the_flag_whatever_gradients_come_after(bad):
-    """Under ZeRO-1+ each gradient is checked by a hook as it is made: a finite gradient made after a non-finite one
-    must not clear the flag, whichever of two parameters (made in either order) is the bad one."""
-    model = torch.nn.ParameterList([torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(3))])
-    check = GradientCheck(model, 2, "fp32", torch.device("cpu"))
-    good = 1 - bad
-    loss = (model[good] * 2).sum() + _nonfinite_grad_loss(model[bad])
-    assert torch.isfinite(loss)
-    loss.backward()
-    assert torch.isfinite(model[good].grad).all() and not torch.isfinite(model[bad].grad).all()
-    norm, flagged = check.read()
-    assert norm is None and flagged  # ZeRO-1+: the norm is DeepSpeed's own
-
-
-def test_gradient_check_tells_an_overflowing_norm_from_a_nonfinite_gradient():
-    """fp32 ZeRO-0 reads p.grad: finite gradients whose sum of squares overflows are not a non-finite step."""
-    model = _grad_model()
-    check = GradientCheck(model, 0, "fp32", torch.device("cpu"))
-    for p in model.parameters():
-        p.grad = torch.full_like(p, 1e30)
-    norm, flagged = check.read()
-    assert torch.isinf(norm) and not flagged
-    model[0].weight.grad[0, 0] = float("nan")
-    assert check.read()[1]
-
-
-def test_gradient_check_without_gradients_reads_no_norm():
-    """A mixed-precision ZeRO-0 step whose parameters got no gradient: no norm, nothing flagged (no error)."""
-    check = GradientCheck(_grad_model(), 0, "bf16", torch.device("cpu"))
-    assert check.read() == (None, False)
 
 
 def _expected_mask_share(schedule: str, n: int) -> float:
@@ -446,146 +304,3 @@ def test_maskgit_generator_loss_is_reproducible_from_its_generator():
         with torch.no_grad():
             out.append(generator_loss(m, ids, cond2(), ObjectiveConfig(), torch.Generator().manual_seed(3)).loss)
     assert torch.equal(out[0], out[1])
-
-
-def test_stop_signals_record_the_first_and_hand_the_second_to_the_previous_handler():
-    """The first SIGTERM/SIGINT only sets ``signum`` (the loop stops after its step); SIGINT's handler in force before
-    is back at once, so a second Ctrl-C interrupts, while a repeated SIGTERM is ignored (Slurm and systemd send it to
-    every process of a job, and train_shapes.sh passes it on too: the second one killed the stage before its save);
-    after the block nothing of ours is left installed."""
-    # The handler in force before is set here, Python's own (it raises KeyboardInterrupt): what an earlier test or
-    # library left installed for SIGINT (once it was SIG_IGN, and the second signal was silently ignored) is not this
-    # test's business.
-    saved = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        before = {s: signal.getsignal(s) for s in StopSignals.SIGNALS}
-        with StopSignals() as stop:
-            assert all(signal.getsignal(s) == stop._handle for s in StopSignals.SIGNALS)
-            os.kill(os.getpid(), signal.SIGTERM)
-            assert stop.signum == signal.SIGTERM  # Python runs the handler before the next bytecode
-            assert signal.getsignal(signal.SIGINT) == before[signal.SIGINT]
-            os.kill(os.getpid(), signal.SIGTERM)  # the same signal again, from the launcher: still here
-            assert stop.signum == signal.SIGTERM and signal.getsignal(signal.SIGTERM) == stop._handle
-            with pytest.raises(KeyboardInterrupt):
-                os.kill(os.getpid(), signal.SIGINT)  # the second one: the previous handler
-        assert {s: signal.getsignal(s) for s in StopSignals.SIGNALS} == before
-    finally:
-        signal.signal(signal.SIGINT, saved)
-
-
-def test_a_resumed_metrics_log_drops_the_killed_runs_unfinished_record(tmp_path):
-    """A kill mid-write leaves a record without its newline; the resumed run's first record was glued onto it and the
-    loss-curve plot at the end of every later run raised JSONDecodeError before the export."""
-    import json
-
-    from videotrain.outputs import MetricsLog
-
-    first = MetricsLog(tmp_path, enabled=True)
-    for step in (1, 2, 3):
-        first.write(step, {"loss": 1.0 / step})
-    first.file.write('{"step": 4, "lo')  # killed here
-    first.file.close()
-    resumed = MetricsLog(tmp_path, enabled=True, start_step=2)  # from the checkpoint of step 2
-    for step in (3, 4):
-        resumed.write(step, {"loss": 1.0 / step})
-    resumed.close()
-    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [1, 2, 3, 4]  # step 3 of the killed run is logged again, not twice
-    assert (tmp_path / "loss_curve.png").stat().st_size > 0
-
-
-def test_a_non_finite_logged_value_is_a_warning_not_only_a_nan_in_the_file(tmp_path, caplog):
-    """The training loss has its guard, but a held-out loss that overflowed went to metrics.jsonl as NaN and was left
-    out of loss_curve.png, with nothing in the log."""
-    from videotrain.outputs import MetricsLog
-
-    metrics = MetricsLog(tmp_path, enabled=True)
-    with caplog.at_level("WARNING", logger="videotrain.outputs"):
-        metrics.write(10, {"eval_loss": 0.5})
-        assert not caplog.records
-        metrics.write(20, {"eval_loss": float("nan"), "other": float("inf"), "fine": 1.0})
-    metrics.close()
-    [record] = caplog.records
-    assert record.getMessage().startswith("step 20: eval_loss, other not finite (written to metrics.jsonl as NaN")
-
-
-def test_weight_decay_applies_to_linear_and_convolution_weights_only():
-    """ "emb" in a parameter's path kept the linear text projections inside `cond_emb` from being decayed."""
-    from generator import Generator, GeneratorConfig
-    from videotrain.optim import OptimConfig, build_adamw
-
-    m = Generator(GeneratorConfig(cond="text", text_pooled=True, dim=32, depth=1, num_heads=2, target_positions=True))
-    opt = build_adamw(m, OptimConfig(weight_decay=0.05))
-    decay = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
-    decayed = sorted(n for n, p in m.named_parameters() if decay[id(p)] > 0)
-    assert "cond_emb.text_proj.0.weight" in decayed and "head.weight" in decayed
-    assert not [n for n in decayed if "null" in n or "pos" in n or "tok_emb" in n or "target_emb" in n]
-    assert not [n for n in decayed if n.endswith("bias") or "norm" in n] and len(decay) == len(list(m.parameters()))
-
-
-@pytest.mark.parametrize(
-    ("override", "message"),
-    [("objective.cond_dropout=1.5", "objective.cond_dropout must be in [0, 1]"),
-     ("objective.label_smoothing=-2", "objective.label_smoothing must be in [0, 1)"),
-     ("objective.context_mask_ratio=4", "objective.context_mask_ratio must be in [0, 1)"),
-     ("objective.mask_schedule=bogus", "objective.mask_schedule must be one of"),
-     ("objective.orders=[nope]", "objective.orders: unknown order(s) ['nope']"),
-     ("data.eval_fraction=7", "data.eval_fraction must be in [0, 1)")],
-)  # fmt: skip
-def test_generator_objective_and_data_settings_are_checked(override, message):
-    """Each was accepted: label_smoothing -2 trained to exit 0 on a nonsense loss, eval_fraction 7 left one clip."""
-    from core.config import build_config
-    from videotrain.generator_task import GeneratorTrainConfig
-
-    with pytest.raises(ValueError, match=re.escape(message)):
-        build_config(GeneratorTrainConfig, [], [override])
-
-
-def test_objective_orders_the_model_lacks_are_refused_before_the_engine(tmp_path):
-    from core.config import build_config
-    from videotrain.generator_task import GeneratorTrainConfig, GeneratorTrainer
-
-    cfg = build_config(GeneratorTrainConfig, [], ["data.cache=x", "model.orders=[token]", "objective.orders=[cube]"])
-    with pytest.raises(ValueError, match=re.escape("objective.orders ['cube'] are not among model.orders ['token']")):
-        GeneratorTrainer(cfg, tmp_path / "run")
-
-
-@pytest.mark.parametrize("text", ['{"zero_optimization": 2}', "[1, 2]"])
-def test_a_deepspeed_json_that_is_not_an_engine_config_is_one_line(tmp_path, text):
-    """An AttributeError / TypeError traceback inside the trainer before."""
-    from videotrain.distributed import deepspeed_config
-
-    (tmp_path / "ds.json").write_text(text)
-    with pytest.raises(ValueError, match="must be a JSON object whose 'zero_optimization' is an object"):
-        deepspeed_config(
-            str(tmp_path / "ds.json"), micro_batch=1, grad_accum=1, grad_clip=0.0, precision="fp32", zero_stage=None
-        )
-
-
-def test_a_resumed_run_may_change_runtime_settings_but_not_the_model_or_the_split(tmp_path):
-    from core.config import build_config, save_config
-    from videotrain.checkpoint import check_resumable
-    from videotrain.generator_task import GeneratorTrainConfig
-
-    save_config(build_config(GeneratorTrainConfig, [], []), tmp_path / "train_config.yaml")
-    keys = ("run.seed", "data.eval_fraction")
-    for runtime in ("model.attention_backend=xformers", "model.activation_checkpointing=true", "run.steps=5000"):
-        check_resumable(tmp_path, build_config(GeneratorTrainConfig, [], [runtime]), keys)  # another machine: fine
-    for changed, shown in (("model.depth=2", "model.depth: 8 -> 2"), ("run.seed=3", "run.seed: 0 -> 3"),
-                           ("data.eval_fraction=0.1", "data.eval_fraction: 0.02 -> 0.1")):  # fmt: skip
-        with pytest.raises(ValueError, match=re.escape(shown)):
-            check_resumable(tmp_path, build_config(GeneratorTrainConfig, [], [changed]), keys)
-
-
-@pytest.mark.parametrize("rank", ["-1", "one", "1.0"])
-def test_a_run_folder_lock_refuses_a_rank_that_is_no_non_negative_integer_before_making_the_folder(
-    tmp_path, rank, monkeypatch
-):
-    """RANK=-1 was taken as rank -1 (a '.train-rank--01.lock' file in a folder made for it) before the launch
-    check refused it; the lock now reads RANK as init_distributed does, naming the variable."""
-    from videotrain.outputs import RunFolderLock
-
-    monkeypatch.setenv("RANK", rank)
-    with pytest.raises(ValueError, match=f"RANK={rank!r} must be a non-negative integer"):
-        RunFolderLock(tmp_path / "run")
-    assert not (tmp_path / "run").exists()
