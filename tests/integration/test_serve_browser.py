@@ -65,11 +65,16 @@ def test_type_a_prompt_click_generate_and_a_playable_video_appears(browser, tmp_
         # an order with its own settings (pipeline.yaml's maskgit/clip) shows them once chosen
         Select(browser.find_element(By.ID, "mode")).select_by_value("maskgit")
         shown = {}
+        choice, after_choice = browser.find_element(By.ID, "choice"), browser.find_element(By.ID, "ctxchoice")
         for order in ("frame", "clip"):
             Select(browser.find_element(By.ID, "order")).select_by_value(order)
-            shown[order] = temperature.get_attribute("placeholder")
-        assert shown == {"frame": "0.8", "clip": "0.5"}
+            shown[order] = [box.get_attribute("placeholder") for box in (temperature, choice, after_choice)]
+        assert shown == {"frame": ["0.8", "4.5", "1"], "clip": ["0.5", "4.5", "4.5"]}
+        choice.send_keys("2")  # MaskGIT's choice noise, typed alone, applies after context too
+        assert after_choice.get_attribute("placeholder") == "2" and choice.is_displayed()
+        choice.send_keys(Keys.BACKSPACE)
         Select(browser.find_element(By.ID, "mode")).select_by_value("ar")
+        assert not choice.is_displayed()  # GPT-style decoding has no choice noise: the server would refuse it
         box = browser.find_element(By.ID, "prompt")
         box.clear()
         box.send_keys("a green square moving down")
@@ -157,3 +162,22 @@ def test_a_seed_beyond_two_to_the_53_reaches_the_server_and_the_page_exactly(bro
     (record,) = [json.loads(p.read_text()) for p in (tmp_path / "out").glob("*.json")]
     assert record["seed"] == seed
     assert f"seed {seed} ·" in details and f"seed {seed} ·" in again
+
+
+def test_the_choice_noise_typed_for_maskgit_reaches_the_server(browser, tmp_path):
+    """The page had no control for MaskGIT's choice noise, which the API takes as choice_temperature and
+    context_choice_temperature."""
+    import json
+
+    with demo_page(browser, tmp_path, 120) as wait:
+        Select(browser.find_element(By.ID, "mode")).select_by_value("maskgit")
+        browser.find_element(By.ID, "choice").send_keys("2")
+        browser.find_element(By.ID, "ctxchoice").send_keys("0.5")
+        browser.find_element(By.ID, "generate").click()
+        wait.until(lambda d: "done in" in d.find_element(By.ID, "status").text
+                   or "error" in (d.find_element(By.ID, "status").get_attribute("class") or ""))  # fmt: skip
+        status = browser.find_element(By.ID, "status").text
+    assert "done in" in status, status
+    (record,) = [json.loads(p.read_text()) for p in (tmp_path / "out").glob("*.json")]
+    assert record["mode"] == "maskgit"
+    assert (record["sampling"]["choice_temperature"], record["sampling"]["context_choice_temperature"]) == (2, 0.5)

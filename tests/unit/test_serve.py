@@ -166,7 +166,7 @@ def test_health_lists_modes_and_orders(client, pipe):
 
 def test_page_has_the_controls(client):
     page = client.get("/").text
-    for control in "prompt mode order seed cfg frames upload temperature ctxtemp".split():
+    for control in "prompt mode order seed cfg frames upload temperature ctxtemp choicerow choice ctxchoice".split():
         assert f'id="{control}"' in page
     assert "<video" in page and 'id="gallery"' in page
 
