@@ -190,8 +190,9 @@ def sampling_settings(spec: PipelineSpec, mode: str, order: str, changes: Mappin
     settings = spec.sampling_for(mode, order, changes)
     ignored = [name for name in MASKGIT_ONLY if changes.get(name) is not None]
     if spec.generators[mode].style != "maskgit" and ignored:
-        raise ValueError(f"{', '.join(ignored)}: only MaskGIT-style decoding reads this, and mode {mode!r} is "
-                         "GPT-style: leave it out, or choose a MaskGIT-style mode")  # fmt: skip
+        them = "it" if len(ignored) == 1 else "them"
+        raise ValueError(f"{', '.join(ignored)}: only MaskGIT-style decoding reads {them}, and mode {mode!r} is "
+                         f"GPT-style: leave {them} out, or choose a MaskGIT-style mode")  # fmt: skip
     return settings
 
 

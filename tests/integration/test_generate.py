@@ -151,7 +151,7 @@ def test_bad_inputs_exit_2_with_one_line_and_no_file(model_dir, tmp_path, capsys
         ((*base, "--context-temperature", "-1"), "context_temperature must be >= 0, got -1.0"),
         ((*base, "--context-choice-temperature", "-1"), "context_choice_temperature must be >= 0, got -1.0"),
         # GPT-style decoding would take these and ignore them: videos that no setting changed
-        ((*base, "--mode", "ar", "--steps", "4"), "steps: only MaskGIT-style decoding reads this, and mode 'ar'"),
+        ((*base, "--mode", "ar", "--steps", "4"), "steps: only MaskGIT-style decoding reads it, and mode 'ar'"),
         ((*base, "--mode", "ar", "--choice-temperature", "1"), "choice_temperature: only MaskGIT-style decoding"),
     ]
     for args, needle in cases:

@@ -74,8 +74,11 @@ def test_generate_returns_the_record_and_playable_files(served, pipe):
         ({"prompt": "x", "context_choice_temperature": -1}, "context_choice_temperature must be >= 0, got -1"),
         ({"prompt": "x", "choice_temperature": "hot"}, "choice_temperature must be a number"),
         # taken and ignored by GPT-style decoding: the video would not change
-        ({"prompt": "x", "mode": "ar", "steps": 4}, "steps: only MaskGIT-style decoding reads this"),
-        ({"prompt": "x", "mode": "ar", "choice_temperature": 1}, "choice_temperature: only MaskGIT-style decoding"),
+        ({"prompt": "x", "mode": "ar", "steps": 4}, "steps: only MaskGIT-style decoding reads it"),
+        (
+            {"prompt": "x", "mode": "ar", "choice_temperature": 1, "steps": 4},
+            "steps, choice_temperature: only MaskGIT-style decoding reads them",
+        ),
         ({"prompt": "x", "image": "../../etc/passwd"}, "no upload with id"),
         ({"prompt": "x", "label": 3}, "not both"),
         ([1, 2], "must be a JSON object"),
