@@ -36,9 +36,9 @@ def test_two_processes_follow_the_single_process_loss_curve(train_data, tmp_path
         assert state["world_size"] == 2 and state["step"] == 6
     # Resumed by one process, a sharded optimizer state failed inside DeepSpeed's loader (a traceback) before the
     # trainer's own world-size check was reached.
-    one = train_here(train_data, tmp_path / "two", *common, "run.steps=8", "run.micro_batch=2", f"run.deepspeed={zero}",
-                     check=False)  # fmt: skip
-    assert one.returncode == 2 and "was written by 2 processes, this run has 1" in one.stderr, one.stderr[-2000:]
+    alone = train_here(train_data, tmp_path / "two", *common, "run.steps=8", "run.micro_batch=2",
+                       f"run.deepspeed={zero}", check=False)  # fmt: skip
+    assert alone.returncode == 2 and "was written by 2 processes, this run has 1" in alone.stderr, alone.stderr[-2000:]
 
 
 def test_sigterm_on_one_rank_stops_every_rank_at_the_same_step(train_data, tmp_path):
