@@ -41,18 +41,15 @@ def make_train_data(root: Path) -> Path:
     return root
 
 
+def _args(data, out, overrides) -> list[str]:
+    """tools/train.py's arguments: the tiny config, ``out``, the cache and tokenizer of ``data``, then ``overrides``."""
+    return ["--config", CFG, "--out", str(out), f"data.cache={data / 'cache'}", f"data.tokenizer={data / 'tok'}",
+            *overrides]  # fmt: skip
+
+
 def train(data, out, *overrides, launcher=(), env=None, check=True, faults=()):
     """Runs tools/train.py; ``faults`` (see tests/helpers/faults.py) run it under injected faults."""
-    cmd = [
-        *command("train", faults, launcher),
-        "--config",
-        CFG,
-        "--out",
-        str(out),
-        f"data.cache={data / 'cache'}",
-        f"data.tokenizer={data / 'tok'}",
-        *overrides,
-    ]
+    cmd = [*command("train", faults, launcher), *_args(data, out, overrides)]
     proc = run_group(cmd, env={**ENV, **(env or {})}, timeout=600)  # with a launcher: its ranks too
     if check:
         assert proc.returncode == 0, proc.stderr[-3000:]
@@ -64,9 +61,7 @@ def train_here(data, out, *overrides, check=True):
     (a kill, a signal, a launcher's ranks, a lock that another process holds)."""
     from tools.train import main
 
-    args = ["--config", CFG, "--out", str(out), f"data.cache={data / 'cache'}", f"data.tokenizer={data / 'tok'}",
-            *overrides]  # fmt: skip
-    proc = run_main(main, args)
+    proc = run_main(main, _args(data, out, overrides))
     if check:
         assert proc.returncode == 0, proc.stderr[-3000:]
     return proc

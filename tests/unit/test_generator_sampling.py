@@ -132,18 +132,7 @@ def test_grid_larger_than_model_maximum():
 def test_unsupported_order_and_style():
     with pytest.raises(ValueError, match="supports orders"):
         sample_ar(tiny("ar"), cond2(), GRID, order="clip")
-    frame_only = Generator(
-        GeneratorConfig(
-            style="maskgit",
-            orders=("frame",),
-            vocab_size=64,
-            max_grid=GRID,
-            dim=32,
-            depth=2,
-            num_heads=2,
-            num_classes=5,
-        )
-    )
+    frame_only = tiny("maskgit", orders=("frame",))
     with pytest.raises(ValueError, match=r"this maskgit generator supports orders \['frame'\], not 'clip'"):
         sample_maskgit(frame_only, cond2(), GRID, order="clip")
     with pytest.raises(ValueError, match="needs style 'maskgit'"):
