@@ -2,9 +2,9 @@
 # Builds the default model (shipped in models/shapes) from nothing with this repository's tools:
 # render the shapes dataset -> train the tokenizer in five stages -> cache tokens -> train the GPT-style
 # generator (frame and cube orders in one model, augmented captions) -> train the MaskGIT-style one from
-# its weights -> fine-tune the GPT-style one at a higher condition dropout -> assemble the pipeline -> measure it
-# on fresh phrasings of all classes. Stage by stage wall times on 2 CPU cores are in models/shapes/MODEL_CARD.md
-# (about 7.3 hours).
+# its weights -> fine-tune each at a higher condition dropout -> assemble the pipeline -> measure it on fresh
+# phrasings of all classes. Stage by stage wall times on 2 CPU cores are in models/shapes/MODEL_CARD.md
+# (about 7.9 hours).
 #   RUN=runs/shapes OUT=runs/shapes/model bash scripts/train_shapes.sh
 # Each training resumes from its latest checkpoint when rerun (one killed before its first checkpoint starts
 # over, its records kept in interrupted-<n>/); finished stages are skipped. A training is
@@ -40,7 +40,7 @@ if [ -e "$OUT" ] && ! { [ -d "$OUT" ] && { [ -f "$OUT/pipeline.yaml" ] || [ -z "
     exit 2
 fi
 out_abs=$(realpath -m "$OUT")
-for keep in "$RUN" "$RUN"/{data,tok,tok1,tok2,tok3,tok4,cache,ar,maskgit,ar_ft,eval}; do
+for keep in "$RUN" "$RUN"/{data,tok,tok1,tok2,tok3,tok4,cache,ar,maskgit,ar_ft,mg_ft,eval}; do
     case "$(realpath -m "$keep")/" in "$out_abs"/*)
         echo "error: OUT=$OUT would replace $keep, which the build makes or reads: give another OUT" >&2
         exit 2 ;;
@@ -134,7 +134,7 @@ tok tok tok4 $DECODER optim.lr=0.0002 optim.min_lr_ratio=0.05 run.steps=1500 run
     --tokenizer "$RUN/tok/tokenizer" --out "$RUN/cache" --num-frames 17 --size 64 --shard-size 4096 --batch-size 16
 
 # 4. Generators (2 threads each, one at a time): GPT-style on augmented captions, then MaskGIT-style from
-#    its weights, also on augmented captions; then a fine-tune of the GPT-style one (shapes_finetune.yaml).
+#    its weights, also on augmented captions; then a fine-tune of each (shapes_finetune.yaml).
 gen() {  # gen OUT CONFIGS... OVERRIDES...
     local out=$1; shift
     [ -f "$RUN/$out/finished" ] && return 0
@@ -150,11 +150,15 @@ gen maskgit --config configs/generator/shapes_maskgit.yaml --config configs/gene
 # without a prompt keeps its source's attributes (the MaskGIT run above starts from the weights before this).
 gen ar_ft --config configs/generator/shapes_ar.yaml --config configs/generator/shapes_captions.yaml \
     --config configs/generator/shapes_finetune.yaml run.init_from="$(quoted "$RUN/ar/export")"
+# MaskGIT ships fine-tuned the same way, from its own run, so that a continuation without a prompt keeps the
+# source's shape: small objects lost their outline in the first generated frame.
+gen mg_ft --config configs/generator/shapes_maskgit.yaml --config configs/generator/shapes_captions.yaml \
+    --config configs/generator/shapes_finetune.yaml run.init_from="$(quoted "$RUN/maskgit/export")"
 
 # 5. The pipeline directory (fp16 storage) and its evaluation: fresh phrasings of all classes on the
 #    reporting seed, the tokenizer's ceiling, and the visual-conditioning tasks.
 run python tools/make_pipeline.py --config configs/pipeline/shapes.yaml --tokenizer "$RUN/tok/tokenizer" \
-    --generator ar="$RUN/ar_ft/export" --generator maskgit="$RUN/maskgit/export" --shapes-dataset "$RUN/data" \
+    --generator ar="$RUN/ar_ft/export" --generator maskgit="$RUN/mg_ft/export" --shapes-dataset "$RUN/data" \
     --dtype float16 --out "$OUT" --force
 # A finished evaluation is kept; an unfinished one is moved aside (eval_shapes refuses a folder that holds a report).
 if [ ! -f "$RUN/eval/finished" ]; then

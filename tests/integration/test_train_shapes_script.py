@@ -1,7 +1,7 @@
 """scripts/train_shapes.sh, every command at a tiny scale: it must build a pipeline with the shipped model's
 architecture and settings, evaluate it, and skip finished stages when run again.
 
-The full build takes about 7.3 hours on 2 cores (models/shapes/MODEL_CARD.md); this run takes minutes and checks
+The full build takes about 7.9 hours on 2 cores (models/shapes/MODEL_CARD.md); this run takes minutes and checks
 what can break in the script itself: a wrong path, config or flag, stages that do not chain, a config that no
 longer matches what ships.
 """
@@ -24,7 +24,7 @@ from tokenizer import TokenizerConfig
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "train_shapes.sh"
 TOKENIZER_STAGES = ("tok1", "tok2", "tok3", "tok4", "tok")
-TRAININGS = (*TOKENIZER_STAGES, "ar", "maskgit", "ar_ft")
+TRAININGS = (*TOKENIZER_STAGES, "ar", "maskgit", "ar_ft", "mg_ft")
 TINY = {
     "NUM_CLIPS": "144",  # two per class; three classes are held out
     "TOKENIZER_CLIPS": "64",
@@ -52,7 +52,7 @@ def test_train_shapes_script_builds_the_shipped_architecture_and_resumes(tmp_pat
     for stage in TOKENIZER_STAGES:
         assert (run / stage / "tokenizer" / "config.yaml").is_file(), stage
     assert (run / "cache" / "manifest.json").is_file()
-    for stage in ("ar", "maskgit", "ar_ft"):
+    for stage in ("ar", "maskgit", "ar_ft", "mg_ft"):
         assert (run / stage / "export" / "config.yaml").is_file(), stage
 
     # The script builds what ships: the same architectures and the same pipeline settings.

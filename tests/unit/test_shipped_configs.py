@@ -24,7 +24,10 @@ TOKENIZER_OVERLAYS = {
 }
 GENERATOR_OVERLAYS = {
     "shapes_captions.yaml": [["shapes_ar.yaml"], ["shapes_maskgit.yaml"]],
-    "shapes_finetune.yaml": [["shapes_ar.yaml", "shapes_captions.yaml"]],
+    "shapes_finetune.yaml": [
+        ["shapes_ar.yaml", "shapes_captions.yaml"],
+        ["shapes_maskgit.yaml", "shapes_captions.yaml"],
+    ],
 }
 
 

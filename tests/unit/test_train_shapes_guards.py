@@ -55,7 +55,7 @@ def test_a_clip_count_that_is_not_a_positive_integer_is_refused_before_it_is_rec
 
 
 def test_an_out_that_is_not_a_pipeline_folder_is_refused_before_any_stage(tmp_path):
-    """OUT=. or OUT=models passed the guard, and after ~7.3 hours make_pipeline --force replaced the folder whole."""
+    """OUT=. or OUT=models passed the guard, and after ~7.9 hours make_pipeline --force replaced the folder whole."""
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("keep me")
@@ -91,7 +91,7 @@ def test_run_paths_reach_the_trainers_as_the_same_strings(tmp_path, name):
         key, sep, value = line.partition("=")
         if sep and key in ("run.init_from", "data.cache", "data.tokenizer"):
             values.setdefault(key, []).append(yaml.safe_load(value))
-    assert values["data.cache"] == [str(run / "cache")] * 3  # ar, maskgit, ar_ft
+    assert values["data.cache"] == [str(run / "cache")] * 4  # ar, maskgit, ar_ft, mg_ft
     assert (
         values["run.init_from"][0] == str(run / "tok1" / "tokenizer")
         and str(run / "ar" / "export") in values["run.init_from"]

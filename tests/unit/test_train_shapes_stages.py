@@ -44,6 +44,7 @@ ALL = [
     "train.py ar",
     "train.py maskgit",
     "train.py ar_ft",
+    "train.py mg_ft",
     "make_pipeline.py model",
     "eval_shapes.py eval",
 ]
@@ -98,9 +99,10 @@ def test_a_stopped_generator_training_is_resumed_too(tmp_path):
     assert rc == 0 and calls == ALL[8:]
 
 
-def test_the_fine_tune_starts_from_the_gpt_style_run_and_its_weights_ship(tmp_path):
-    """Stage ar_ft fine-tunes the GPT-style export (not MaskGIT's, not a random init) with the fine-tune overlay
-    last, and the pipeline is assembled from its export: assembling from ar/export shipped the weights before it."""
+def test_each_fine_tune_starts_from_its_own_run_and_its_weights_ship(tmp_path):
+    """Stage ar_ft fine-tunes the GPT-style export and stage mg_ft the MaskGIT export (each its own, not the other's,
+    not a random init) with the fine-tune overlay last, and the pipeline is assembled from their exports:
+    assembling from ar/export or maskgit/export shipped the weights before them."""
     bin_dir, log, args = tmp_path / "bin", tmp_path / "calls.txt", tmp_path / "args.txt"
     bin_dir.mkdir()
     recording = FAKE_PYTHON.replace(
@@ -114,12 +116,14 @@ def test_the_fine_tune_starts_from_the_gpt_style_run_and_its_weights_ship(tmp_pa
     proc = subprocess.run(["bash", str(SCRIPT)], capture_output=True, text=True, timeout=60, env=env)
     assert proc.returncode == 0, proc.stderr
     lines = {line.split(" ", 1)[0]: line.split(" ", 1)[1] for line in args.read_text().splitlines()}
-    ft = lines["ar_ft"].split()
-    configs = [ft[i + 1] for i, a in enumerate(ft) if a == "--config"]
-    assert configs == [f"configs/generator/{n}.yaml" for n in ("shapes_ar", "shapes_captions", "shapes_finetune")]
-    assert f"run.init_from='{run}/ar/export'" in ft and f"data.cache='{run}/cache'" in ft
+    for stage, style in (("ar_ft", "ar"), ("mg_ft", "maskgit")):
+        ft = lines[stage].split()
+        configs = [ft[i + 1] for i, a in enumerate(ft) if a == "--config"]
+        names = (f"shapes_{style}", "shapes_captions", "shapes_finetune")
+        assert configs == [f"configs/generator/{n}.yaml" for n in names]
+        assert f"run.init_from='{run}/{style}/export'" in ft and f"data.cache='{run}/cache'" in ft
     pipe = lines["model"].split()
-    assert f"ar={run}/ar_ft/export" in pipe and f"maskgit={run}/maskgit/export" in pipe
+    assert f"ar={run}/ar_ft/export" in pipe and f"maskgit={run}/mg_ft/export" in pipe
     assert f"run.init_from='{run}/ar/export'" in lines["maskgit"].split()  # MaskGIT keeps the pre-fine-tune start
 
 
@@ -147,14 +151,14 @@ def test_a_relative_run_folder_is_read_from_where_the_script_is_started(tmp_path
 
 
 def test_an_out_that_would_replace_the_run_is_refused_before_any_stage(tmp_path):
-    """OUT=RUN (or OUT=RUN/tok) passed every stage and, after about 7.3 hours, make_pipeline --force replaced the run
+    """OUT=RUN (or OUT=RUN/tok) passed every stage and, after about 7.9 hours, make_pipeline --force replaced the run
     folder with the pipeline: the data, the cache and every checkpoint."""
     bin_dir, log = tmp_path / "bin", tmp_path / "calls.txt"
     bin_dir.mkdir()
     (bin_dir / "python").write_text(FAKE_PYTHON)
     (bin_dir / "python").chmod(0o755)
     run = tmp_path / "run"
-    for out in (run, tmp_path, run / "tok", run / "cache"):
+    for out in (run, tmp_path, run / "tok", run / "cache", run / "mg_ft"):
         log.write_text("")
         env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_LOG": str(log), "FAKE_STOP": "",
                "RUN": str(run), "OUT": str(out)}  # fmt: skip
