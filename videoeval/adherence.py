@@ -36,7 +36,7 @@ from pipelines.assemble import HOLDOUT_FILE
 from videodata.shapes.dataset import parse_holdout
 from videodata.shapes.render import NUM_CLASSES, attributes_of, caption_for, label_of
 from videoeval.conditioning import TASKS as CONDITIONING_TASKS
-from videoeval.conditioning import conditioning_report, evaluation_runs
+from videoeval.conditioning_report import conditioning_report, evaluation_runs
 from videoeval.phrasings import FRESH_TEMPLATES, MAX_SEED, REPORT_SEEDS, fresh_caption
 from videoeval.shapes_ceiling import ceiling_results
 from videoeval.shapes_scoring import ATTRIBUTES, coverage, score, split_label, summarize

