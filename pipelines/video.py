@@ -24,7 +24,8 @@ from generator import Condition, Generator
 from generator.provenance import TrainedOn, read_trained_on, write_trained_on
 from generator.sampling import SamplingConfig, sample_ar, sample_maskgit
 from generator.text_encoders import TextEncoder, load_text_encoder
-from pipelines.batching import batch_size, per_video, repeat_rows
+from pipelines.batching import batch_size, per_video
+from pipelines.condition import make_condition
 from pipelines.config import PipelineConfig, check_parts
 from pipelines.context import FrameSource, context_frames
 from pipelines.folder import (
@@ -196,35 +197,9 @@ class VideoPipeline:
     def condition(
         self, gen: Generator, prompt: str | list[str] | None, labels: int | list[int] | None, batch: int
     ) -> Condition:
-        """Builds the generator's condition from prompts or labels (repeated to ``batch`` rows).
-
-        With neither, every row gets the null condition that classifier-free guidance trained
-        (condition dropout): unconditional generation, as when only frames are given.
-        """
-        device = self.device
-        if prompt is not None and labels is not None:
-            raise ValueError("give a prompt or labels, not both")
-        if prompt is None and labels is None:
-            return Condition(drop=torch.ones(batch, dtype=torch.bool, device=device))
-        if gen.config.cond == "none":
-            raise ValueError(f"the {gen.config.style} generator is unconditional: it takes neither prompts nor labels")
-        if labels is not None:
-            labels = repeat_rows(self.spec.class_ids(gen.config, labels), batch)
-            if gen.config.cond == "class":
-                return Condition(labels=torch.tensor(labels, device=device))
-            if not self.config.class_names:
-                raise ValueError("this text-conditional model has no class_names to turn labels into prompts")
-            prompt = [self.config.class_names[lab] for lab in labels]
-        prompts = [prompt] if isinstance(prompt, str) else prompt
-        if not isinstance(prompts, (list, tuple)) or not all(isinstance(p, str) for p in prompts):
-            raise ValueError(f"prompt must be a string or a list of strings, got {prompt!r}")
-        prompts = list(prompts)
-        if gen.config.cond != "text":
-            raise ValueError(
-                f"the {gen.config.style} generator is {gen.config.cond}-conditional and takes labels, not prompts"
-            )
-        feats = self.text_encoder.encode(repeat_rows(prompts, batch))
-        return Condition(text=feats.features.to(device), text_mask=feats.mask.to(device))
+        """``gen``'s condition from prompts or labels, repeated to ``batch`` rows; the null condition with neither
+        (:func:`pipelines.condition.make_condition`)."""
+        return make_condition(self.spec, gen.config, self.text_encoder, prompt, labels, batch, self.device)
 
     # ----------------------------------------------------------------- generate
     def frame_size(self, gen: Generator) -> tuple[int, int]:
