@@ -54,6 +54,16 @@ class Condition:
                 return t.device
         return torch.device("cpu")
 
+    def repeat_interleave(self, k: int) -> Condition:
+        """Each row ``k`` times in a row: (B * k) rows, row ``b * k + j`` a copy of row ``b``."""
+
+        def rep(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.repeat_interleave(k, dim=0)
+
+        return Condition(
+            labels=rep(self.labels), text=rep(self.text), text_mask=rep(self.text_mask), drop=rep(self.drop)
+        )
+
     def with_null(self) -> Condition:
         """The same batch followed by its unconditional copy: 2B rows (for CFG)."""
         B = self.batch_size

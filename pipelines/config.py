@@ -134,6 +134,9 @@ def check_parts(
                 f"sampling settings {key!r} name no mode or mode/order of this pipeline "
                 f"(modes {sorted(generators)}; e.g. 'maskgit' or 'maskgit/clip')"
             )
+        if generators[mode].config.style != "ar" and config.sampling[key].first_frame_candidates > 1:
+            raise ValueError(f"sampling settings {key!r}: first_frame_candidates is GPT-style only, and the {mode} "
+                             "generator is MaskGIT-style")  # fmt: skip
     ct = tokenizer.config.temporal_compression
     if (config.num_frames - 1) % ct:  # the default length must be one the tokenizer can make
         raise ValueError(f"num_frames={config.num_frames} is not reachable: the tokenizer needs 1 + k*{ct} frames")

@@ -19,7 +19,7 @@ import torch
 
 from core.checks import check_text, is_int, shown
 from core.video_write import MAX_GIF_FPS
-from generator.sampling import MASKGIT_ONLY, SamplingConfig
+from generator.sampling import AR_ONLY, MASKGIT_ONLY, SamplingConfig
 from pipelines.context import check_context_count, probe_frames
 from pipelines.io import check_writable, output_paths, save_output
 from pipelines.spec import PipelineSpec
@@ -179,20 +179,26 @@ def check_request(spec: PipelineSpec, request: GenerationRequest) -> None:
         spec.check_room(num_frames, given)
 
 
+STYLE_NAMES = {"ar": "GPT-style", "maskgit": "MaskGIT-style"}
+
+
 def sampling_settings(spec: PipelineSpec, mode: str, order: str, changes: Mapping[str, object]) -> SamplingConfig:
     """The model's sampling settings for ``mode`` in ``order`` with a request's ``changes``
     (:meth:`PipelineSpec.sampling_for`).
 
     Raises:
         ValueError: a setting that only MaskGIT-style decoding reads, given for a GPT-style mode (taken and
-            ignored, it would give videos that no setting changed), or what ``sampling_for`` refuses.
+            ignored, it would give videos that no setting changed), or one only GPT-style decoding reads for a
+            MaskGIT-style mode, or what ``sampling_for`` refuses.
     """
     settings = spec.sampling_for(mode, order, changes)
-    ignored = [name for name in MASKGIT_ONLY if changes.get(name) is not None]
-    if spec.generators[mode].style != "maskgit" and ignored:
-        them = "it" if len(ignored) == 1 else "them"
-        raise ValueError(f"{', '.join(ignored)}: only MaskGIT-style decoding reads {them}, and mode {mode!r} is "
-                         f"GPT-style: leave {them} out, or choose a MaskGIT-style mode")  # fmt: skip
+    style = spec.generators[mode].style
+    for only, reader, other in ((MASKGIT_ONLY, "maskgit", "GPT-style"), (AR_ONLY, "ar", "MaskGIT-style")):
+        ignored = [name for name in only if changes.get(name) is not None]
+        if style != reader and ignored:
+            them, kind = "it" if len(ignored) == 1 else "them", STYLE_NAMES[reader]
+            raise ValueError(f"{', '.join(ignored)}: only {kind} decoding reads {them}, and mode {mode!r} is "
+                             f"{other}: leave {them} out, or choose a {kind} mode")  # fmt: skip
     return settings
 
 

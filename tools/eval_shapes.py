@@ -29,6 +29,7 @@ SAMPLING_FLAGS: dict[str, tuple[str, type, str]] = {
     "--mask-schedule": ("mask_schedule", str, "MaskGIT mask schedule"),
     "--corrector-rounds": ("corrector_rounds", int, "MaskGIT predictor-corrector rounds"),
     "--corrector-fraction": ("corrector_fraction", float, "share of a unit's tokens each corrector round draws again"),
+    "--first-frame-candidates": ("first_frame_candidates", int, "GPT-style first frames drawn per video, best kept"),
 }
 
 

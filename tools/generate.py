@@ -68,6 +68,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--context-choice-temperature", type=float,
                    help="MaskGIT: that noise after --image/--video and in later windows")  # fmt: skip
     p.add_argument(
+        "--first-frame-candidates", type=int,
+        help="GPT-style: first latent frames drawn per video, the one the prompt explains best kept",
+    )  # fmt: skip
+    p.add_argument(
         "--seed", type=int, default=0,
         help="random seed: the same seed, settings and --num-videos give the same videos on one machine; the videos "
         "of one call are drawn as one batch, so the first of --num-videos 4 is not the video of --num-videos 1",
@@ -101,7 +105,8 @@ def _main(argv: Sequence[str] | None) -> int:
         sampling={"cfg_scale": args.cfg, "steps": args.steps, "top_k": args.top_k, "top_p": args.top_p,
                   "temperature": args.temperature, "context_temperature": args.context_temperature,
                   "choice_temperature": args.choice_temperature,
-                  "context_choice_temperature": args.context_choice_temperature},
+                  "context_choice_temperature": args.context_choice_temperature,
+                  "first_frame_candidates": args.first_frame_candidates},
     )  # fmt: skip
     total = time.perf_counter() - start
     frames, timings = made.output.frames, made.output.timings

@@ -2,10 +2,10 @@
 
 Field names follow ``generate.py``'s options (``prompt``, ``label``, ``mode``, ``order``, ``num_frames``, ``seed``,
 ``cfg``, ``steps``, ``top_k``, ``top_p``, ``temperature``, ``context_temperature``, ``choice_temperature``,
-``context_choice_temperature``, ``context_frames``, ``segment_frames``); ``image`` and ``video`` name an earlier
-upload by its id. Every problem is a :class:`ValueError` with one line, which the server answers with 400; the checks
-the pipeline makes itself (an empty prompt, an order the mode lacks, a negative temperature, a MaskGIT-only setting
-for a GPT-style mode) keep the CLI's wording.
+``context_choice_temperature``, ``first_frame_candidates``, ``context_frames``, ``segment_frames``); ``image`` and
+``video`` name an earlier upload by its id. Every problem is a :class:`ValueError` with one line, which the server
+answers with 400; the checks the pipeline makes itself (an empty prompt, an order the mode lacks, a negative
+temperature, a setting the mode's style does not read) keep the CLI's wording.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ _TYPES: dict[str, tuple[tuple[type, ...], str]] = {
     "context_temperature": ((int, float), "a number"),
     "choice_temperature": ((int, float), "a number"),
     "context_choice_temperature": ((int, float), "a number"),
+    "first_frame_candidates": ((int,), "an integer"),
     "image": ((str,), "an upload id"),
     "video": ((str,), "an upload id"),
     "context_frames": ((int,), "an integer"),
@@ -116,6 +117,7 @@ def parse_request(
             "context_temperature": v["context_temperature"],
             "choice_temperature": v["choice_temperature"],
             "context_choice_temperature": v["context_choice_temperature"],
+            "first_frame_candidates": v["first_frame_candidates"],
         },
         seed=seed,
     )

@@ -7,13 +7,14 @@ package :mod:`generator` from this repository.
 """
 
 from generator.sampling.ar import sample_ar
-from generator.sampling.config import MASKGIT_ONLY, SamplingConfig
+from generator.sampling.config import AR_ONLY, MASKGIT_ONLY, SamplingConfig
 from generator.sampling.context import DecodeContext
 from generator.sampling.filtering import filter_logits, sample_logits
 from generator.sampling.maskgit import sample_maskgit
 from generator.schedules import SCHEDULES, gamma, num_masked_after_step, training_mask
 
 __all__ = [
+    "AR_ONLY",
     "MASKGIT_ONLY",
     "SCHEDULES",
     "DecodeContext",

@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from tqdm import tqdm
 
 from generator.conditioning import Condition
+from generator.sampling.candidates import condition_scores
 from generator.sampling.config import SamplingConfig
-from generator.sampling.context import DecodeContext, StepTables, context_sequence, prepare_sampling
+from generator.sampling.context import (
+    START_COORDS,
+    DecodeContext,
+    StepTables,
+    context_sequence,
+    prepare_sampling,
+)
 from generator.sampling.filtering import sample_logits
 from generator.transformer import Generator
+from generator.units import make_layout
 
-START_COORDS = (-1, -1, -1)  # the start token sits with the prefix: unrotated
+__all__ = ["START_COORDS", "sample_ar"]
 
 
 def sample_ar(
@@ -39,7 +49,10 @@ def sample_ar(
         context: (B, t_c, h, w) ids of the first ``t_c`` latent frames to continue from (kept as
             given in the result), or None; the order's units must not cross the context boundary.
         sampling: temperature, top-k/p and CFG settings (None: ``SamplingConfig()``); with ``context``,
-            its ``context_temperature`` when set.
+            its ``context_temperature`` when set. With ``first_frame_candidates`` > 1, no ``context`` and a
+            condition not all null, the first latent frame is drawn that many times per row and the best by
+            :func:`generator.sampling.candidates.condition_scores` is kept; the rest continues from it, at the
+            same temperature, as if it had been sampled once.
         generator: RNG for sampling.
         use_cache: use the static KV cache (False recomputes the context every step).
         progress: show a progress bar.
@@ -48,6 +61,13 @@ def sample_ar(
         ids: (B, t, h, w) long.
     """
     sampling, layout = prepare_sampling(model, grid, order, sampling, "ar", context)
+    if sampling.first_frame_candidates > 1 and context is None and not _all_null(cond):
+        first = _best_first_frame(model, cond, grid, order, sampling, generator, progress)  # (B, 1, h, w)
+        if grid[0] == 1:
+            return first
+        rest = replace(sampling, first_frame_candidates=1, context_temperature=None)  # not the after-context one
+        return sample_ar(model, cond, grid, order=order, context=first, sampling=rest, generator=generator,
+                         use_cache=use_cache, progress=progress)  # fmt: skip
     B, L = cond.batch_size, layout.num_tokens
     known, n_ctx = context_sequence(layout, context, B, whole_units=False)
     device = model.device
@@ -76,3 +96,29 @@ def sample_ar(
             seq[:, i] = sample_logits(logits, sampling, generator)
             prev, prev_coords = seq[:, i : i + 1], layout.coords[i : i + 1]
     return layout.to_grid(seq)
+
+
+def _all_null(cond: Condition) -> bool:
+    return cond.drop is not None and bool(cond.drop.all())
+
+
+def _best_first_frame(
+    model: Generator,
+    cond: Condition,
+    grid: tuple[int, int, int],
+    order: str,
+    sampling: SamplingConfig,
+    generator: torch.Generator | None,
+    progress: bool,
+) -> torch.Tensor:
+    """(B, 1, h, w): of ``sampling.first_frame_candidates`` first latent frames drawn per row, the one with the
+    highest condition score."""
+    k, (_, h, w) = sampling.first_frame_candidates, grid
+    B = cond.batch_size
+    one = replace(sampling, first_frame_candidates=1)
+    rows = cond.repeat_interleave(k)  # (B * k) rows: row b's candidates side by side
+    ids = sample_ar(model, rows, (1, h, w), order=order, sampling=one, generator=generator, progress=progress)
+    layout = make_layout((1, h, w), order, model.config.cube_size)
+    scores = condition_scores(model, rows, layout, layout.to_sequence(ids)).view(B, k)
+    best = scores.argmax(dim=1)  # (B,)
+    return ids.view(B, k, 1, h, w)[torch.arange(B, device=ids.device), best]

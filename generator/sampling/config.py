@@ -9,10 +9,13 @@ from numbers import Real
 from core.checks import is_int
 from generator.schedules import SCHEDULES
 
+MAX_FIRST_FRAME_CANDIDATES = 64  # each is sampled as a row of its own: the batch grows by this factor
 MAX_CFG_SCALE = 100.0  # guidance weights in use are 1-10; far larger ones overflow the logits
 # The settings that only MaskGIT-style decoding reads: a GPT-style generator draws each token once, in order.
 MASKGIT_ONLY = ("steps", "mask_schedule", "choice_temperature", "context_choice_temperature", "corrector_rounds",
                 "corrector_fraction")  # fmt: skip
+# The settings that only GPT-style decoding reads: MaskGIT has no exact likelihood of a frame to rank candidates by.
+AR_ONLY = ("first_frame_candidates",)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -38,6 +41,11 @@ class SamplingConfig:
             scores every token the unit generated with the model, a quarter of them masked at a time, re-masks
             the ``corrector_fraction`` it finds least likely and draws them again given all the others.
         corrector_fraction: share of a unit's generated tokens each corrector round draws again.
+        first_frame_candidates: GPT-style only: draw this many candidates of the first latent frame per video and
+            keep the one its condition explains best, the largest ``log p(x | c) - log p(x | null)`` under the
+            model itself (the implicit classifier of guidance); 1 = off. Plain likelihood prefers an empty frame
+            (background tokens are the easiest to predict); the contrast prefers the frame the prompt is about.
+            Used when the first frame is generated (no given frames) under a condition that is not null.
     """
 
     temperature: float = 1.0
@@ -52,9 +60,11 @@ class SamplingConfig:
     context_choice_temperature: float | None = None
     corrector_rounds: int = 0
     corrector_fraction: float = 0.05
+    first_frame_candidates: int = 1
 
     def __post_init__(self) -> None:
-        for name in ("top_k", "steps", "corrector_rounds"):  # a float reached torch.topk / range() as a TypeError
+        # a float reached torch.topk / range() as a TypeError
+        for name in ("top_k", "steps", "corrector_rounds", "first_frame_candidates"):
             if not is_int(getattr(self, name)):
                 raise ValueError(f"{name} must be an integer, got {getattr(self, name)!r}")
         for name in ("cfg_schedule", "mask_schedule"):
@@ -93,6 +103,14 @@ class SamplingConfig:
             raise ValueError(f"corrector_rounds must be >= 0, got {self.corrector_rounds}")
         if not 0.0 < self.corrector_fraction <= 1.0:
             raise ValueError(f"corrector_fraction must be in (0, 1], got {self.corrector_fraction}")
+        if not 1 <= self.first_frame_candidates <= MAX_FIRST_FRAME_CANDIDATES:
+            raise ValueError(f"first_frame_candidates must be in [1, {MAX_FIRST_FRAME_CANDIDATES}], got "
+                             f"{self.first_frame_candidates}")  # fmt: skip
+        if self.first_frame_candidates > 1 and self.cfg_schedule != "constant":  # the first frame is sampled alone
+            raise ValueError(
+                "first_frame_candidates needs the constant guidance schedule: the candidates are drawn as a grid of "
+                "their own, where a linear one would ramp over the first frame alone"
+            )
         if self.choice_temperature < 0:
             raise ValueError(f"choice_temperature must be >= 0, got {self.choice_temperature}")
         if self.context_choice_temperature is not None and self.context_choice_temperature < 0:

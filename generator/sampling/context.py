@@ -23,6 +23,8 @@ from generator.sampling.config import SamplingConfig
 from generator.transformer import Generator
 from generator.units import UnitLayout, block_causal_mask, causal_mask, check_order, make_layout
 
+START_COORDS = (-1, -1, -1)  # a GPT-style start token sits with the prefix: unrotated
+
 
 def prepare_sampling(
     model: Generator,
@@ -54,7 +56,27 @@ def prepare_sampling(
     model.check_grid(grid, order)
     if context is not None:
         check_context_ids(context, model.config.vocab_size)
-    return sampling, make_layout(grid, order, model.config.cube_size)
+    layout = make_layout(grid, order, model.config.cube_size)
+    if sampling.first_frame_candidates > 1:
+        check_first_frame_candidates(layout, style)
+    return sampling, layout
+
+
+def check_first_frame_candidates(layout: UnitLayout, style: str) -> None:
+    """``first_frame_candidates`` draws the first latent frame as a grid of its own: GPT-style only, and the
+    order's units must not reach past that frame.
+
+    Raises:
+        ValueError: a MaskGIT-style sampler, or units that span latent frames.
+    """
+    if style != "ar":
+        raise ValueError("first_frame_candidates is GPT-style only: a MaskGIT sample has no exact likelihood to "
+                         "rank candidates by; leave it at 1")  # fmt: skip
+    n = int((layout.coords[:, 0] == 0).sum())
+    first_frame_first = bool((layout.coords[:n, 0] == 0).all())
+    if not first_frame_first or (n < layout.num_tokens and int(layout.unit_of[n - 1]) == int(layout.unit_of[n])):
+        raise ValueError(f"first_frame_candidates needs units within one latent frame; order {layout.order!r} has "
+                         f"units of {layout.unit}")  # fmt: skip
 
 
 def check_context_ids(context: torch.Tensor, vocab_size: int) -> None:

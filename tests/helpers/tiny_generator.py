@@ -16,6 +16,7 @@ def tiny(style: str, **kw) -> Generator:
     ``orders`` says otherwise; :func:`tiny_all` gives one that serves every order."""
     default = AR_ORDERS if kw.get("target_positions") else ("token", "frame")
     orders = kw.pop("orders", default if style == "ar" else MG_ORDERS)
+    kw.setdefault("cube_size", (1, 2, 2))
     cfg = GeneratorConfig(
         style=style,
         orders=orders,
@@ -25,7 +26,6 @@ def tiny(style: str, **kw) -> Generator:
         depth=2,
         num_heads=2,
         num_classes=5,
-        cube_size=(1, 2, 2),
         **kw,
     )
     torch.manual_seed(0)

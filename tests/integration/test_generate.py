@@ -5,6 +5,7 @@ import re
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -153,6 +154,11 @@ def test_bad_inputs_exit_2_with_one_line_and_no_file(model_dir, tmp_path, capsys
         # GPT-style decoding would take these and ignore them: videos that no setting changed
         ((*base, "--mode", "ar", "--steps", "4"), "steps: only MaskGIT-style decoding reads it, and mode 'ar'"),
         ((*base, "--mode", "ar", "--choice-temperature", "1"), "choice_temperature: only MaskGIT-style decoding"),
+        (
+            (*base, "--mode", "maskgit", "--first-frame-candidates", "4"),
+            "first_frame_candidates: only GPT-style decoding reads it, and mode 'maskgit' is MaskGIT-style",
+        ),
+        ((*base, "--first-frame-candidates", "0"), "first_frame_candidates must be in [1, 64], got 0"),
     ]
     for args, needle in cases:
         _refused(capsys, args, needle)
@@ -339,6 +345,26 @@ def test_an_order_with_its_own_settings_samples_with_them_and_other_orders_keep_
         with pytest.raises(ValueError, match="name no mode or mode/order"):
             VideoPipeline(pipe.tokenizer, pipe.generators, pipe.text_encoder,
                           replace_sampling(config, {bad: SamplingConfig()}))  # fmt: skip
+
+
+def test_first_frame_candidates_act_on_a_drawn_first_frame_of_a_gpt_style_mode_only(model_dir):
+    """A pipeline.yaml entry with candidates changes what a prompt gives, not what continues given frames (the
+    first frame is given), and a MaskGIT-style entry with them is refused at load, as the CLI refuses the flag."""
+    pipe = VideoPipeline.from_pretrained(model_dir)
+    base = pipe.config.sampling_for("ar", "frame")
+    frame = {"mode": "ar", "order": "frame"}
+    clip = pipe("a red circle moving left", **frame, generator=torch.Generator().manual_seed(0))
+    runs = {}
+    for k in (1, 3):
+        pipe.config = replace_sampling(pipe.config, {"ar/frame": replace(base, first_frame_candidates=k)})
+        prompt = pipe("a red circle moving left", **frame, generator=torch.Generator().manual_seed(1))
+        video = pipe(video=clip.frames[0], context_frames=5, **frame, generator=torch.Generator().manual_seed(2))
+        runs[k] = (prompt, video)
+    assert not np.array_equal(runs[1][0].frames, runs[3][0].frames)
+    assert np.array_equal(runs[1][1].frames, runs[3][1].frames)
+    with pytest.raises(ValueError, match="'maskgit': first_frame_candidates is GPT-style only"):
+        VideoPipeline(pipe.tokenizer, pipe.generators, pipe.text_encoder,
+                      replace_sampling(pipe.config, {"maskgit": SamplingConfig(first_frame_candidates=2)}))  # fmt: skip
 
 
 def replace_sampling(config, extra):

@@ -79,6 +79,8 @@ def test_generate_returns_the_record_and_playable_files(served, pipe):
             {"prompt": "x", "mode": "ar", "choice_temperature": 1, "steps": 4},
             "steps, choice_temperature: only MaskGIT-style decoding reads them",
         ),
+        ({"prompt": "x", "mode": "maskgit", "first_frame_candidates": 2}, "first_frame_candidates: only GPT-style"),
+        ({"prompt": "x", "first_frame_candidates": 1.5}, "first_frame_candidates must be an integer, got 1.5"),
         ({"prompt": "x", "image": "../../etc/passwd"}, "no upload with id"),
         ({"prompt": "x", "label": 3}, "not both"),
         ([1, 2], "must be a JSON object"),

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from generator import Condition, Generator, ObjectiveConfig, generator_loss, make_layout
 from generator.objectives import ar_loss, maskgit_loss
 from generator.sampling import DecodeContext, SamplingConfig
-from generator.sampling.ar import START_COORDS
+from generator.sampling.context import START_COORDS
 from generator.schedules import gamma, training_mask
 from generator.units import causal_mask
 from tests.helpers.tiny_generator import GRID, cond2, tiny, tiny_all
