@@ -54,6 +54,16 @@ class Condition:
                 return t.device
         return torch.device("cpu")
 
+    def rows(self, start: int, stop: int) -> Condition:
+        """Rows ``start:stop`` of every tensor."""
+
+        def cut(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t[start:stop]
+
+        return Condition(
+            labels=cut(self.labels), text=cut(self.text), text_mask=cut(self.text_mask), drop=cut(self.drop)
+        )
+
     def repeat_interleave(self, k: int) -> Condition:
         """Each row ``k`` times in a row: (B * k) rows, row ``b * k + j`` a copy of row ``b``."""
 

@@ -193,12 +193,12 @@ def sampling_settings(spec: PipelineSpec, mode: str, order: str, changes: Mappin
     """
     settings = spec.sampling_for(mode, order, changes)
     style = spec.generators[mode].style
-    for only, reader, other in ((MASKGIT_ONLY, "maskgit", "GPT-style"), (AR_ONLY, "ar", "MaskGIT-style")):
+    for only, reader in ((MASKGIT_ONLY, "maskgit"), (AR_ONLY, "ar")):
         ignored = [name for name in only if changes.get(name) is not None]
         if style != reader and ignored:
             them, kind = "it" if len(ignored) == 1 else "them", STYLE_NAMES[reader]
             raise ValueError(f"{', '.join(ignored)}: only {kind} decoding reads {them}, and mode {mode!r} is "
-                             f"{other}: leave {them} out, or choose a {kind} mode")  # fmt: skip
+                             f"{STYLE_NAMES[style]}: leave {them} out, or choose a {kind} mode")  # fmt: skip
     return settings
 
 

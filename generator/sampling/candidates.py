@@ -18,6 +18,8 @@ from generator.sampling.context import START_COORDS, DecodeContext
 from generator.transformer import Generator
 from generator.units import UnitLayout
 
+SCORE_ROWS = 32  # sequences scored per forward pass: 64 rows of (L, vocabulary) logits, ~72 MB for the shapes model
+
 
 @torch.no_grad()
 def condition_scores(model: Generator, cond: Condition, layout: UnitLayout, seq: torch.Tensor) -> torch.Tensor:
@@ -35,12 +37,19 @@ def condition_scores(model: Generator, cond: Condition, layout: UnitLayout, seq:
     B, L = seq.shape
     if L != layout.num_tokens:
         raise ValueError(f"seq has {L} tokens, the layout {layout.num_tokens}")
-    both = cond.with_null()  # rows 0..B-1 conditioned, B..2B-1 null
-    ctx = DecodeContext(model, both, SamplingConfig(), max_tokens=L, use_cache=False)
-    start = torch.full((2 * B, 1), model.config.start_id, dtype=torch.long, device=seq.device)
-    ids = torch.cat([start, torch.cat([seq, seq])[:, :-1]], dim=1)  # (2B, L): the start token, then seq but its last
+    if cond.batch_size != B:
+        raise ValueError(f"the condition has {cond.batch_size} rows, seq {B}")
     coords = torch.cat([torch.tensor([START_COORDS]), layout.coords[:-1]])  # (L, 3)
     targets = layout.coords if model.config.target_positions else None  # each input predicts the next position
-    logp = ctx.logits(ids, coords, keep=False, progress=0.0, targets=targets).log_softmax(-1)  # (2B, L, V)
-    per_row = logp.gather(-1, torch.cat([seq, seq])[..., None])[..., 0].sum(1)  # (2B,)
-    return per_row[:B] - per_row[B:]
+    scores = []
+    for lo in range(0, B, SCORE_ROWS):  # the logits of 2 * SCORE_ROWS rows at a time: (rows, L, V) floats
+        part = seq[lo : lo + SCORE_ROWS]
+        n = part.shape[0]
+        both = cond.rows(lo, lo + n).with_null()  # rows 0..n-1 conditioned, n..2n-1 null
+        ctx = DecodeContext(model, both, SamplingConfig(), max_tokens=L, use_cache=False)
+        start = torch.full((2 * n, 1), model.config.start_id, dtype=torch.long, device=seq.device)
+        ids = torch.cat([start, torch.cat([part, part])[:, :-1]], dim=1)  # (2n, L): start, then part but its last
+        logp = ctx.logits(ids, coords, keep=False, progress=0.0, targets=targets).log_softmax(-1)  # (2n, L, V)
+        per_row = logp.gather(-1, torch.cat([part, part])[..., None])[..., 0].sum(1)  # (2n,)
+        scores.append(per_row[:n] - per_row[n:])
+    return torch.cat(scores)

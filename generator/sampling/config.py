@@ -9,7 +9,7 @@ from numbers import Real
 from core.checks import is_int
 from generator.schedules import SCHEDULES
 
-MAX_FIRST_FRAME_CANDIDATES = 64  # each is sampled as a row of its own: the batch grows by this factor
+MAX_FIRST_FRAME_CANDIDATES = 16  # each is sampled as a row of its own: the batch grows by this factor
 MAX_CFG_SCALE = 100.0  # guidance weights in use are 1-10; far larger ones overflow the logits
 # The settings that only MaskGIT-style decoding reads: a GPT-style generator draws each token once, in order.
 MASKGIT_ONLY = ("steps", "mask_schedule", "choice_temperature", "context_choice_temperature", "corrector_rounds",

@@ -158,7 +158,7 @@ def test_bad_inputs_exit_2_with_one_line_and_no_file(model_dir, tmp_path, capsys
             (*base, "--mode", "maskgit", "--first-frame-candidates", "4"),
             "first_frame_candidates: only GPT-style decoding reads it, and mode 'maskgit' is MaskGIT-style",
         ),
-        ((*base, "--first-frame-candidates", "0"), "first_frame_candidates must be in [1, 64], got 0"),
+        ((*base, "--first-frame-candidates", "0"), "first_frame_candidates must be in [1, 16], got 0"),
     ]
     for args, needle in cases:
         _refused(capsys, args, needle)

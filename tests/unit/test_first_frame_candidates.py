@@ -10,7 +10,7 @@ import torch
 
 from generator import Condition, Generator
 from generator.objectives import ObjectiveConfig, ar_loss, drop_condition
-from generator.sampling import DecodeContext, SamplingConfig, sample_ar, sample_maskgit
+from generator.sampling import DecodeContext, SamplingConfig, candidates, sample_ar, sample_maskgit
 from generator.sampling.candidates import condition_scores
 from generator.sampling.context import START_COORDS, StepTables
 from generator.units import make_layout
@@ -57,7 +57,7 @@ def stepwise_log_likelihood(model, cond: Condition, layout, seq: torch.Tensor) -
 
 
 @pytest.mark.parametrize("order", ["frame", "cube"])
-def test_condition_scores_are_the_log_likelihood_ratio_against_the_null_condition(model, order):
+def test_condition_scores_are_the_log_likelihood_ratio_against_the_null_condition(model, order, monkeypatch):
     layout = make_layout(ONE, order, model.config.cube_size)
     noise = torch.randint(0, BAND, (2, layout.num_tokens), generator=torch.Generator().manual_seed(3))
     seq = cond2().labels[:, None] * BAND + noise  # each row from its own class's band
@@ -68,6 +68,8 @@ def test_condition_scores_are_the_log_likelihood_ratio_against_the_null_conditio
     got = condition_scores(model, cond, layout, seq)
     assert want.min() > 0.3  # the class explains its own band (~0.8 nats): a zero or negated score fails
     torch.testing.assert_close(got, want, atol=1e-3, rtol=1e-4)
+    monkeypatch.setattr(candidates, "SCORE_ROWS", 1)  # one sequence per forward pass: the same scores, row by row
+    torch.testing.assert_close(condition_scores(model, cond, layout, seq), got, atol=1e-4, rtol=1e-5)
     dropped = Condition(labels=cond.labels, drop=torch.tensor([False, True]))
     assert condition_scores(model, dropped, layout, seq)[1] == 0  # a null row: nothing to explain
 
@@ -122,7 +124,7 @@ def test_candidates_change_nothing_without_a_first_frame_to_draw_or_a_condition_
 
 
 def test_bad_candidate_settings_are_refused_with_one_clear_line():
-    for bad, msg in ((0, r"must be in \[1, 64\], got 0"), (65, r"must be in \[1, 64\], got 65"),
+    for bad, msg in ((0, r"must be in \[1, 16\], got 0"), (17, r"must be in \[1, 16\], got 17"),
                      (True, "must be an integer, got True"), (2.0, "must be an integer, got 2.0")):  # fmt: skip
         with pytest.raises(ValueError, match=f"first_frame_candidates {msg}"):
             SamplingConfig(first_frame_candidates=bad)
