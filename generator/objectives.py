@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from generator.conditioning import Condition
 from generator.schedules import SCHEDULES, training_mask
 from generator.transformer import Generator
-from generator.units import ORDERS, causal_mask, make_layout, two_stream_mask
+from generator.units import ORDERS, UnitLayout, causal_mask, make_layout, two_stream_mask
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -75,15 +75,21 @@ def drop_condition(cond: Condition, p: float, generator: torch.Generator | None)
     return Condition(labels=cond.labels, text=cond.text, text_mask=cond.text_mask, drop=drop)
 
 
+def next_token_logits(model: Generator, seq: torch.Tensor, cond: Condition, layout: UnitLayout) -> torch.Tensor:
+    """(B, L, V) logits of a GPT-style model for every position of ``seq`` (B, L, in ``layout``'s order) given the
+    start token and the positions before it: teacher forcing, one causal pass."""
+    B, L = seq.shape
+    start = torch.full((B, 1), model.config.start_id, dtype=seq.dtype, device=seq.device)
+    inputs = torch.cat([start, seq[:, :-1]], dim=1)
+    coords = torch.cat([torch.full((1, 3), -1, dtype=torch.long), layout.coords[:-1]])  # the start token: unrotated
+    return model(inputs, cond, coords=coords, mask=causal_mask(L, seq.device), targets=layout.coords)
+
+
 def ar_loss(model: Generator, ids: torch.Tensor, cond: Condition, order: str, cfg: ObjectiveConfig) -> LossOutput:
     """Next-token cross-entropy for a (B, t, h, w) grid in ``order``."""
     layout = make_layout(tuple(ids.shape[1:]), order, model.config.cube_size)
     seq = layout.to_sequence(ids)  # (B, L)
-    B, L = seq.shape
-    start = torch.full((B, 1), model.config.start_id, dtype=seq.dtype, device=seq.device)
-    inputs = torch.cat([start, seq[:, :-1]], dim=1)
-    coords = torch.cat([torch.full((1, 3), -1, dtype=torch.long), layout.coords[:-1]])
-    logits = model(inputs, cond, coords=coords, mask=causal_mask(L, seq.device), targets=layout.coords)
+    logits = next_token_logits(model, seq, cond, layout)
     loss = F.cross_entropy(logits.flatten(0, 1).float(), seq.flatten(), label_smoothing=cfg.label_smoothing)
     acc = (logits.argmax(-1) == seq).float().mean()
     return LossOutput(loss, {"acc": acc.detach()})

@@ -1,7 +1,8 @@
 """Ranking sampled candidates by how well their condition explains them, under the generator itself.
 
 The score of a token sequence ``x`` under condition ``c`` is ``log p(x | c) - log p(x | null)``, both
-teacher-forced through the GPT-style model with no guidance and no temperature: the log-likelihood ratio that
+teacher-forced through the GPT-style model (:func:`generator.objectives.next_token_logits`, the pass training
+uses) with no guidance and no temperature: the log-likelihood ratio that
 classifier-free guidance sharpens token by token (its implicit classifier), summed over the whole sequence.
 Plain likelihood is no use here: for a prompt the model has never seen together (a held-out combination), the most
 likely first frame is an empty one, background tokens being the easiest to predict; the ratio of an empty frame is
@@ -13,8 +14,7 @@ from __future__ import annotations
 import torch
 
 from generator.conditioning import Condition
-from generator.sampling.config import SamplingConfig
-from generator.sampling.context import START_COORDS, DecodeContext
+from generator.objectives import next_token_logits
 from generator.transformer import Generator
 from generator.units import UnitLayout
 
@@ -39,17 +39,13 @@ def condition_scores(model: Generator, cond: Condition, layout: UnitLayout, seq:
         raise ValueError(f"seq has {L} tokens, the layout {layout.num_tokens}")
     if cond.batch_size != B:
         raise ValueError(f"the condition has {cond.batch_size} rows, seq {B}")
-    coords = torch.cat([torch.tensor([START_COORDS]), layout.coords[:-1]])  # (L, 3)
-    targets = layout.coords if model.config.target_positions else None  # each input predicts the next position
     scores = []
     for lo in range(0, B, SCORE_ROWS):  # the logits of 2 * SCORE_ROWS rows at a time: (rows, L, V) floats
         part = seq[lo : lo + SCORE_ROWS]
         n = part.shape[0]
         both = cond.rows(lo, lo + n).with_null()  # rows 0..n-1 conditioned, n..2n-1 null
-        ctx = DecodeContext(model, both, SamplingConfig(), max_tokens=L, use_cache=False)
-        start = torch.full((2 * n, 1), model.config.start_id, dtype=torch.long, device=seq.device)
-        ids = torch.cat([start, torch.cat([part, part])[:, :-1]], dim=1)  # (2n, L): start, then part but its last
-        logp = ctx.logits(ids, coords, keep=False, progress=0.0, targets=targets).log_softmax(-1)  # (2n, L, V)
-        per_row = logp.gather(-1, torch.cat([part, part])[..., None])[..., 0].sum(1)  # (2n,)
+        twice = torch.cat([part, part])  # (2n, L)
+        logp = next_token_logits(model, twice, both, layout).float().log_softmax(-1)  # (2n, L, V)
+        per_row = logp.gather(-1, twice[..., None])[..., 0].sum(1)  # (2n,)
         scores.append(per_row[:n] - per_row[n:])
     return torch.cat(scores)

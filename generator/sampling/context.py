@@ -63,8 +63,8 @@ def prepare_sampling(
 
 
 def check_first_frame_candidates(layout: UnitLayout, style: str) -> None:
-    """``first_frame_candidates`` draws the first latent frame as a grid of its own: GPT-style only, and the
-    order's units must not reach past that frame.
+    """``first_frame_candidates`` draws the first latent frame as a grid of its own and continues from it as given
+    context: GPT-style only, and the order must visit that frame's tokens first.
 
     Raises:
         ValueError: a MaskGIT-style sampler, or units that span latent frames.
@@ -72,11 +72,18 @@ def check_first_frame_candidates(layout: UnitLayout, style: str) -> None:
     if style != "ar":
         raise ValueError("first_frame_candidates is GPT-style only: a MaskGIT sample has no exact likelihood to "
                          "rank candidates by; leave it at 1")  # fmt: skip
-    n = int((layout.coords[:, 0] == 0).sum())
-    first_frame_first = bool((layout.coords[:n, 0] == 0).all())
-    if not first_frame_first or (n < layout.num_tokens and int(layout.unit_of[n - 1]) == int(layout.unit_of[n])):
+    if not frames_in_front(layout, 1)[1]:  # the sampler's context rule: the frame's tokens come first
         raise ValueError(f"first_frame_candidates needs units within one latent frame; order {layout.order!r} has "
                          f"units of {layout.unit}")  # fmt: skip
+
+
+def frames_in_front(layout: UnitLayout, t_c: int) -> tuple[int, bool, bool]:
+    """Where the first ``t_c`` latent frames sit in the layout's sequence: ``(n, in_front, at_boundary)``, their
+    token count, whether they are the first ``n`` positions, and whether a unit ends there."""
+    known = layout.coords[:, 0] < t_c  # (L,)
+    n = int(known.sum())
+    at_boundary = n == layout.num_tokens or int(layout.unit_of[n - 1]) != int(layout.unit_of[n])
+    return n, bool(known[:n].all()), at_boundary
 
 
 def check_context_ids(context: torch.Tensor, vocab_size: int) -> None:
@@ -127,12 +134,10 @@ def context_sequence(
     full = torch.full((batch, *layout.grid), -1, dtype=torch.long, device=context.device)
     full[:, :t_c] = context
     seq = layout.to_sequence(full)  # (B, L)
-    known = layout.coords[:, 0] < t_c  # (L,)
-    n = int(known.sum())
+    n, in_front, boundary = frames_in_front(layout, t_c)
     if layout.num_units == 1 and whole_units:
         return seq, n
-    boundary = n == layout.num_tokens or int(layout.unit_of[n - 1]) != int(layout.unit_of[n])
-    if not bool(known[:n].all()) or (whole_units and not boundary):
+    if not in_front or (whole_units and not boundary):
         raise ValueError(
             f"order {layout.order!r} with units of {layout.unit} tokens cannot continue from {t_c} latent "
             f"frames: its units cross the context boundary; use order 'frame'"

@@ -75,22 +75,26 @@ def test_condition_scores_are_the_log_likelihood_ratio_against_the_null_conditio
 
 
 def test_the_kept_first_frame_is_the_best_scoring_candidate_and_the_rest_continues_from_it(model):
+    """Exact on every draw; over 8 draws the winners must not all be the same candidate of each row, so that a mix-up
+    of rows (candidates of row b read as those of another) cannot pass by the winners' positions alone."""
     sc = SamplingConfig(temperature=1.0, cfg_scale=2.0, first_frame_candidates=4)
     cond = cond2()
+    winners = set()
     for order in ("frame", "cube"):
-        full = sample_ar(model, cond, GRID, order=order, sampling=sc, generator=torch.Generator().manual_seed(9))
-        g = torch.Generator().manual_seed(9)  # the same draws, by hand
-        cands = sample_ar(model, cond.repeat_interleave(4), ONE, order=order,
-                          sampling=replace(sc, first_frame_candidates=1), generator=g)  # fmt: skip
-        layout = make_layout(ONE, order, model.config.cube_size)
-        scores = condition_scores(model, cond.repeat_interleave(4), layout, layout.to_sequence(cands)).view(2, 4)
-        best = cands.view(2, 4, *ONE)[torch.arange(2), scores.argmax(1)]  # (2, 1, h, w)
-        assert scores.max(1).values.gt(scores.min(1).values).all()  # the candidates differ: a choice was made
-        assert scores.argmax(1).ne(0).all()  # not the first candidate of either row: a mix-up of rows would show
-        assert torch.equal(full[:, :1], best)
-        rest = sample_ar(model, cond, GRID, order=order, context=best, generator=g,
-                         sampling=replace(sc, first_frame_candidates=1))  # fmt: skip
-        assert torch.equal(full, rest)
+        for seed in range(4):
+            full = sample_ar(model, cond, GRID, order=order, sampling=sc, generator=torch.Generator().manual_seed(seed))
+            g = torch.Generator().manual_seed(seed)  # the same draws, by hand
+            cands = sample_ar(model, cond.repeat_interleave(4), ONE, order=order,
+                              sampling=replace(sc, first_frame_candidates=1), generator=g)  # fmt: skip
+            layout = make_layout(ONE, order, model.config.cube_size)
+            scores = condition_scores(model, cond.repeat_interleave(4), layout, layout.to_sequence(cands)).view(2, 4)
+            best = cands.view(2, 4, *ONE)[torch.arange(2), scores.argmax(1)]  # (2, 1, h, w)
+            assert torch.equal(full[:, :1], best)
+            rest = sample_ar(model, cond, GRID, order=order, context=best, generator=g,
+                             sampling=replace(sc, first_frame_candidates=1))  # fmt: skip
+            assert torch.equal(full, rest)
+            winners.add(tuple(scores.argmax(1).tolist()))
+    assert len(winners) > 1
 
 
 def test_after_the_chosen_first_frame_the_prompt_temperature_applies_not_the_after_context_one():
