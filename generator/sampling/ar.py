@@ -19,7 +19,7 @@ from generator.sampling.context import (
 )
 from generator.sampling.filtering import sample_logits
 from generator.transformer import Generator
-from generator.units import make_layout
+from generator.units import UnitLayout, make_layout
 
 __all__ = ["START_COORDS", "sample_ar"]
 
@@ -61,19 +61,38 @@ def sample_ar(
         ids: (B, t, h, w) long.
     """
     sampling, layout = prepare_sampling(model, grid, order, sampling, "ar", context)
-    if sampling.first_frame_candidates > 1 and context is None and not _all_null(cond):
-        first = _best_first_frame(model, cond, grid, order, sampling, generator, progress)  # (B, 1, h, w)
-        if grid[0] == 1:
-            return first
-        rest = replace(sampling, first_frame_candidates=1, context_temperature=None)  # not the after-context one
-        return sample_ar(model, cond, grid, order=order, context=first, sampling=rest, generator=generator,
-                         use_cache=use_cache, progress=progress)  # fmt: skip
+    known, n_ctx = context_sequence(layout, context, cond.batch_size, whole_units=False)
+    # One bar over the grid's tokens to generate: a step of the candidates' first frame counts one token, as does
+    # each later step.
+    with tqdm(total=layout.num_tokens - n_ctx, desc="sampling (ar)", disable=not progress, leave=False) as bar:
+        if sampling.first_frame_candidates > 1 and context is None and not _all_null(cond):
+            first = _best_first_frame(model, cond, layout, sampling, generator, use_cache, bar)  # (B, 1, h, w)
+            if grid[0] == 1:
+                return first
+            # the rest continues from it, at the prompt's temperature (not the after-context one)
+            sampling = replace(sampling, first_frame_candidates=1, context_temperature=None)
+            known, n_ctx = context_sequence(layout, first, cond.batch_size, whole_units=False)
+        seq = _decode(model, cond, layout, known, n_ctx, sampling, generator, use_cache, bar)  # (B, L)
+    return layout.to_grid(seq)
+
+
+def _decode(
+    model: Generator,
+    cond: Condition,
+    layout: UnitLayout,
+    known: torch.Tensor | None,
+    n_ctx: int,
+    sampling: SamplingConfig,
+    generator: torch.Generator | None,
+    use_cache: bool,
+    bar: tqdm,
+) -> torch.Tensor:
+    """(B, L) ids in sequence order: the first ``n_ctx`` from ``known``, the rest sampled one token a step."""
     B, L = cond.batch_size, layout.num_tokens
-    known, n_ctx = context_sequence(layout, context, B, whole_units=False)
     device = model.device
     ctx = DecodeContext(model, cond, sampling, max_tokens=1 + L, use_cache=use_cache)
     # inference_mode: no autograd bookkeeping in the ~L * depth * 20 small ops of the loop. The
-    # returned grid is built outside it, so it is an ordinary tensor.
+    # returned ids are copied outside it, so they are an ordinary tensor.
     with torch.inference_mode():
         seq = torch.empty(B, L, dtype=torch.long, device=device)
         start = torch.full((B, 1), model.config.start_id, dtype=torch.long, device=device)
@@ -87,7 +106,7 @@ def sample_ar(
         # The first step feeds the start token (and any context) through the model's forward pass, which fills
         # the cache; every later step feeds one token through the lean decode_step, looking its tables up.
         tables = StepTables.build(model, layout) if use_cache else None
-        for i in tqdm(range(n_ctx, L), desc="sampling (ar)", disable=not progress, leave=False):
+        for i in range(n_ctx, L):
             if use_cache and i > n_ctx:
                 logits = ctx.step_logits(prev, tables, i - 1, progress=i / L)
             else:
@@ -95,7 +114,8 @@ def sample_ar(
                 logits = ctx.logits(prev, prev_coords, keep=True, progress=i / L, targets=step_targets)[:, -1]
             seq[:, i] = sample_logits(logits, sampling, generator)
             prev, prev_coords = seq[:, i : i + 1], layout.coords[i : i + 1]
-    return layout.to_grid(seq)
+            bar.update()
+    return seq.clone()
 
 
 def _all_null(cond: Condition) -> bool:
@@ -105,20 +125,20 @@ def _all_null(cond: Condition) -> bool:
 def _best_first_frame(
     model: Generator,
     cond: Condition,
-    grid: tuple[int, int, int],
-    order: str,
+    layout: UnitLayout,
     sampling: SamplingConfig,
     generator: torch.Generator | None,
-    progress: bool,
+    use_cache: bool,
+    bar: tqdm,
 ) -> torch.Tensor:
     """(B, 1, h, w): of ``sampling.first_frame_candidates`` first latent frames drawn per row, the one with the
     highest condition score."""
-    k, (_, h, w) = sampling.first_frame_candidates, grid
+    k, (_, h, w) = sampling.first_frame_candidates, layout.grid
     B = cond.batch_size
-    one = replace(sampling, first_frame_candidates=1)
     rows = cond.repeat_interleave(k)  # (B * k) rows: row b's candidates side by side
-    ids = sample_ar(model, rows, (1, h, w), order=order, sampling=one, generator=generator, progress=progress)
-    layout = make_layout((1, h, w), order, model.config.cube_size)
-    scores = condition_scores(model, rows, layout, layout.to_sequence(ids)).view(B, k)
+    first = make_layout((1, h, w), layout.order, model.config.cube_size)  # the first frame as a grid of its own
+    seq = _decode(model, rows, first, None, 0, sampling, generator, use_cache, bar)  # (B * k, h * w)
+    scores = condition_scores(model, rows, first, seq).view(B, k)
     best = scores.argmax(dim=1)  # (B,)
+    ids = first.to_grid(seq)  # (B * k, 1, h, w)
     return ids.view(B, k, 1, h, w)[torch.arange(B, device=ids.device), best]

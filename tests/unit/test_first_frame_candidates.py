@@ -11,6 +11,7 @@ import torch
 from generator import Condition, Generator
 from generator.objectives import ObjectiveConfig, ar_loss, drop_condition
 from generator.sampling import DecodeContext, SamplingConfig, candidates, sample_ar, sample_maskgit
+from generator.sampling import ar as ar_sampling
 from generator.sampling.candidates import condition_scores
 from generator.sampling.context import START_COORDS, StepTables
 from generator.units import make_layout
@@ -146,3 +147,36 @@ def test_condition_rows_repeat_in_place():
     r = c.repeat_interleave(3)
     assert r.labels.tolist() == [1, 1, 1, 4, 4, 4] and r.drop.tolist() == [False] * 3 + [True] * 3
     assert r.text is None and r.text_mask is None
+
+
+def test_one_progress_bar_counts_every_token_to_generate_candidates_included(monkeypatch):
+    """The candidates' first frame and the rest of the grid advance one bar (it showed two, one after the other)."""
+    bars = []
+
+    class Recorder:
+        def __init__(self, iterable=None, *, total: int | None = None, **kwargs):
+            self.iterable, self.total, self.n = iterable, len(iterable) if total is None else total, 0
+            bars.append(self)
+
+        def __iter__(self):
+            for item in self.iterable:
+                yield item
+                self.n += 1
+
+        def update(self, n: int = 1) -> None:
+            self.n += n
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc) -> None:
+            return None
+
+    monkeypatch.setattr(ar_sampling, "tqdm", Recorder)
+    model, tokens = tiny_all("ar"), GRID[0] * GRID[1] * GRID[2]
+    ctx = torch.zeros(2, 1, *GRID[1:], dtype=torch.long)
+    for context, to_draw in ((None, tokens), (ctx, tokens - GRID[1] * GRID[2])):
+        bars.clear()
+        sc = SamplingConfig(first_frame_candidates=3)
+        sample_ar(model, cond2(), GRID, order="cube", context=context, sampling=sc, progress=True)
+        assert [(bar.total, bar.n) for bar in bars] == [(to_draw, to_draw)]
