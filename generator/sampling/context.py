@@ -58,21 +58,32 @@ def prepare_sampling(
         check_context_ids(context, model.config.vocab_size)
     layout = make_layout(grid, order, model.config.cube_size)
     if sampling.first_frame_candidates > 1:
-        check_first_frame_candidates(layout, style)
+        check_candidates_style(style)
+        if context is None:  # given frames are never drawn again, so the setting is not read with them
+            check_first_frame_layout(layout)
     return sampling, layout
 
 
-def check_first_frame_candidates(layout: UnitLayout, style: str) -> None:
-    """``first_frame_candidates`` draws the first latent frame as a grid of its own and continues from it as given
-    context: GPT-style only, and the order must visit that frame's tokens first.
+def check_candidates_style(style: str) -> None:
+    """``first_frame_candidates`` is GPT-style only.
 
     Raises:
-        ValueError: a MaskGIT-style sampler, or units that span latent frames.
+        ValueError: a MaskGIT-style sampler.
     """
     if style != "ar":
         raise ValueError("first_frame_candidates is GPT-style only: a MaskGIT sample has no exact likelihood to "
                          "rank candidates by; leave it at 1")  # fmt: skip
-    if not frames_in_front(layout, 1)[1]:  # the sampler's context rule: the frame's tokens come first
+
+
+def check_first_frame_layout(layout: UnitLayout) -> None:
+    """``first_frame_candidates`` draws the first latent frame as a grid of its own and continues from it as given
+    context: the order must visit that frame's tokens first and end a unit there.
+
+    Raises:
+        ValueError: units that span latent frames.
+    """
+    _, in_front, at_boundary = frames_in_front(layout, 1)
+    if not (in_front and at_boundary):
         raise ValueError(f"first_frame_candidates needs units within one latent frame; order {layout.order!r} has "
                          f"units of {layout.unit}")  # fmt: skip
 

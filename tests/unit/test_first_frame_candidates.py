@@ -137,9 +137,14 @@ def test_bad_candidate_settings_are_refused_with_one_clear_line():
         SamplingConfig(first_frame_candidates=2, cfg_schedule="linear", cfg_scale=2.0)
     with pytest.raises(ValueError, match="first_frame_candidates is GPT-style only"):
         sample_maskgit(tiny("maskgit"), cond2(), GRID, order="frame", sampling=SamplingConfig(first_frame_candidates=2))
-    deep = tiny("ar", target_positions=True, orders=("cube",), cube_size=(3, 2, 2))  # a cube spans every latent frame
-    with pytest.raises(ValueError, match=r"needs units within one latent frame; order 'cube' has units of \(3, 2, 2\)"):
-        sample_ar(deep, cond2(), GRID, order="cube", sampling=SamplingConfig(first_frame_candidates=2))
+    # cubes that span every latent frame: (3, 2, 2) interleaves frames; (3, 4, 4) visits the first frame's tokens
+    # first but holds the later frames in the same unit, so the first frame is no grid of its own
+    for cube in ((3, 2, 2), (3, 4, 4)):
+        deep = tiny("ar", target_positions=True, orders=("cube",), cube_size=cube)
+        with pytest.raises(
+            ValueError, match=rf"needs units within one latent frame; order 'cube' has units of \({cube[0]}, "
+        ):
+            sample_ar(deep, cond2(), GRID, order="cube", sampling=SamplingConfig(first_frame_candidates=2))
 
 
 def test_condition_rows_repeat_in_place():
@@ -180,3 +185,38 @@ def test_one_progress_bar_counts_every_token_to_generate_candidates_included(mon
         sc = SamplingConfig(first_frame_candidates=3)
         sample_ar(model, cond2(), GRID, order="cube", context=context, sampling=sc, progress=True)
         assert [(bar.total, bar.n) for bar in bars] == [(to_draw, to_draw)]
+
+
+def test_with_given_frames_the_candidates_are_not_read_so_an_order_they_cannot_use_still_continues():
+    """Cubes spanning 3 of 6 latent frames cannot draw a first frame on its own, but continuing 3 given frames never
+    draws one: four candidates must change nothing there, not refuse the continuation."""
+    cfg = tiny("ar", target_positions=True, orders=("cube",), cube_size=(3, 2, 2)).config
+    model = Generator(replace(cfg, max_grid=(6, 4, 4))).eval()
+    ctx = torch.randint(0, 64, (2, 3, 4, 4), generator=torch.Generator().manual_seed(0))
+    one, four = (sample_ar(model, cond2(), (6, 4, 4), order="cube", context=ctx,
+                           sampling=SamplingConfig(first_frame_candidates=k),
+                           generator=torch.Generator().manual_seed(1)) for k in (1, 4))  # fmt: skip
+    assert torch.equal(one, four) and torch.equal(one[:, :3], ctx)
+
+
+def test_candidates_draw_the_same_with_and_without_the_kv_cache(model):
+    """use_cache=False recomputes every step, for the candidates' first frame as for the rest: the same draws."""
+    sc = SamplingConfig(temperature=1.0, cfg_scale=2.0, first_frame_candidates=3)
+    calls = []
+    forward = Generator.forward
+
+    def spy(self, *args, **kwargs):
+        calls.append(1)
+        return forward(self, *args, **kwargs)
+
+    runs = {}
+    for use_cache in (True, False):
+        calls.clear()
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(Generator, "forward", spy)
+            runs[use_cache] = sample_ar(model, cond2(), GRID, order="cube", sampling=sc, use_cache=use_cache,
+                                        generator=torch.Generator().manual_seed(4))  # fmt: skip
+        runs[use_cache, "forwards"] = len(calls)
+    assert torch.equal(runs[True], runs[False])
+    # cached: one prefill for the candidates, one for the rest (plus the scoring); uncached: one pass a token
+    assert runs[True, "forwards"] <= 4 and runs[False, "forwards"] >= GRID[0] * GRID[1] * GRID[2]
