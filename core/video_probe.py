@@ -207,3 +207,52 @@ def image_durations(path: str | os.PathLike) -> list[int]:
                 return [_frame_duration(f) for f in ImageSequence.Iterator(im)]
     except PIL_DECODE_ERRORS as err:
         raise ValueError(f"cannot decode {str(path)!r}: Pillow: {err or type(err).__name__}") from None
+
+
+def image_canvas(path: str | os.PathLike) -> tuple[int, int]:
+    """(width, height) of an image file's canvas, from its header: an animated image composes every frame on it, so a
+    walk over its frames costs about frames x width x height whatever the frames' own sizes.
+
+    Raises:
+        ValueError: the file cannot be decoded, or its canvas is past Pillow's decompression-bomb limit.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                return im.size
+    except PIL_DECODE_ERRORS as err:
+        raise ValueError(f"cannot decode {str(path)!r}: Pillow: {err or type(err).__name__}") from None
+
+
+def video_pixels_to_decode(path: str | os.PathLike, index: int) -> int:
+    """Pixels a decoder produces to reach frame ``index`` of a video: every frame from the keyframe at or before it,
+    times the frame size, read from the headers and index alone (decord's keyframes, else PyAV's keyframe packets in
+    decode order). A 0.7 MB mp4 of 20,000 near-still 1080p frames after one keyframe costs 4 * 10^10 to reach its
+    last frame: 35 s here.
+
+    Raises:
+        ValueError: the file cannot be opened or has no video stream.
+    """
+    import av
+
+    path = Path(path)
+    keys = None
+    if decord is not None and path.suffix.lower() not in PYAV_ONLY_EXTS:
+        try:
+            keys = [int(k) for k in decord_reader(path).get_key_indices()]
+        except (RuntimeError, decord.DECORDError, UnicodeError):
+            keys = None
+    try:
+        with av.open(ffmpeg_path(path)) as container:
+            if not container.streams.video:
+                raise ValueError(f"cannot decode {str(path)!r}: PyAV: the file has no video stream")
+            stream = container.streams.video[0]
+            size = stream.codec_context.width * stream.codec_context.height
+            if keys is None:
+                packets = (packet for packet in container.demux(stream) if packet.size)
+                keys = [i for i, packet in enumerate(packets) if packet.is_keyframe]
+    except av.FFmpegError as err:
+        raise ValueError(f"cannot decode {str(path)!r}: PyAV: {err}") from None
+    start = max((k for k in keys if k <= index), default=0)
+    return (index - start + 1) * size

@@ -34,7 +34,7 @@ from starlette.exceptions import HTTPException
 
 from core.files import atomic_path
 from core.video_io import PIL_EXTS
-from core.video_probe import frame_count, image_frames_at_most
+from core.video_probe import frame_count, image_canvas, image_frames_at_most, video_pixels_to_decode
 from pipelines import VideoPipeline
 from pipelines.context import frame_indices, read_kept
 from pipelines.generate import GeneratedFiles, GenerationRequest, generate_with
@@ -48,6 +48,11 @@ log = logging.getLogger(__name__)
 
 MAX_JSON_BYTES = 64 * 1024
 MAX_IMAGE_FRAMES = 4096  # an animated upload's frames: Pillow walks them all, on the one worker, to count and time
+# Pixels an upload's check may decode, on the one worker: an animated image's frames x its canvas (a GIF on a 9000 x
+# 9000 canvas is refused after 26 frames, 8-10 s on 2 busy cores; 4,096 frames of 512 x 512 or less pass), or a
+# video's frames from the keyframe before the last frame it gives, x the frame size (1,035 1080p frames). A 94 KB GIF
+# of 4,096 frames on a 9000 x 9000 canvas would have held it about 50 minutes.
+MAX_DECODE_PIXELS = 2**31
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 KNOBS = {  # shown per style
     "ar": ("cfg_scale", "temperature", "context_temperature"),
@@ -80,12 +85,23 @@ def _check_upload(path: Path, fps: float, frame_size: tuple[int, int]) -> tuple[
     """(frames in the file, frames it gives at the model's rate), counted from the file's index, after decoding its
     last one as a request will: an upload of 10^5 frames is not decoded whole just to be counted (a continuation
     reads only its last frames, an image its one). An animated image has no index: one of more than
-    :data:`MAX_IMAGE_FRAMES` is refused after that many seeks (a 230 KB GIF of 10^4 frames held the worker 24 s)."""
+    :data:`MAX_IMAGE_FRAMES` frames, or of more than :data:`MAX_DECODE_PIXELS` over its canvas, is refused after that
+    many seeks (a 230 KB GIF of 10^4 frames held the worker 24 s); a video whose last frame needs more than
+    :data:`MAX_DECODE_PIXELS` decoded from its keyframe is refused from its index."""
     image = path.suffix.lower() in PIL_EXTS
-    file_frames = image_frames_at_most(path, MAX_IMAGE_FRAMES) if image else frame_count(path)
-    if file_frames > MAX_IMAGE_FRAMES and image:
-        raise ValueError(f"an animated image of more than {MAX_IMAGE_FRAMES} frames: upload it as an mp4")
+    if image:
+        width, height = image_canvas(path)
+        limit = max(1, min(MAX_IMAGE_FRAMES, MAX_DECODE_PIXELS // (width * height)))
+        file_frames = image_frames_at_most(path, limit)
+        if file_frames > limit:
+            raise ValueError(f"an animated image of more than {limit} frames on a {width}x{height} canvas: upload it "
+                             "as an mp4")  # fmt: skip
+    else:
+        file_frames = frame_count(path)
     keep = frame_indices(path, fps)  # an animated image's frames walked once more, for their delays
+    if not image and keep and video_pixels_to_decode(path, keep[-1]) > MAX_DECODE_PIXELS:
+        raise ValueError("the video's last frame lies too far after its keyframe to decode on this server: "
+                         "re-encode it with more keyframes (ffmpeg -g 30) or trim it")  # fmt: skip
     read_kept(path, keep[-1:], frame_size)  # decoded as a request will: the last frame it gives
     return file_frames, len(keep)
 

@@ -10,11 +10,13 @@ import numpy as np
 import pytest
 
 pytest.importorskip("fastapi")
+import imageio.v2 as imageio  # noqa: E402
 from starlette.testclient import TestClient  # noqa: E402
 
 import core.video_probe  # noqa: E402
 import pipelines.context  # noqa: E402
 import pipelines.io  # noqa: E402
+import videoserve.app  # noqa: E402
 from core.video_write import write_video  # noqa: E402
 from tests.helpers.serving import LOCAL, pipe  # noqa: E402, F401 - the shipped model, loaded once per module
 from videoserve.app import MAX_IMAGE_FRAMES, create_app  # noqa: E402
@@ -23,9 +25,10 @@ from videoserve.store import OutputStore  # noqa: E402
 REQUEST = {"prompt": "a red circle moving left", "num_frames": 5}
 
 
-def tiny_gif(num_frames: int, delay_cs: int) -> bytes:
-    """A GIF of ``num_frames`` 1x1 frames, each ``delay_cs`` centiseconds (Pillow's writer merges equal frames)."""
-    out = bytearray(b"GIF89a" + struct.pack("<HHBBB", 1, 1, 0x80, 0, 0) + b"\x00\x00\x00\xff\xff\xff")
+def tiny_gif(num_frames: int, delay_cs: int, canvas: tuple[int, int] = (1, 1)) -> bytes:
+    """A GIF of ``num_frames`` 1x1 frames on a ``canvas`` (width, height), each ``delay_cs`` centiseconds (Pillow's
+    writer merges equal frames)."""
+    out = bytearray(b"GIF89a" + struct.pack("<HHBBB", *canvas, 0x80, 0, 0) + b"\x00\x00\x00\xff\xff\xff")
     out += b"\x21\xff\x0bNETSCAPE2.0\x03\x01\x00\x00\x00"  # loop forever
     for i in range(num_frames):
         out += b"\x21\xf9\x04\x00" + struct.pack("<H", delay_cs) + b"\x00\x00"  # graphic control: the delay
@@ -56,7 +59,7 @@ def test_an_animated_image_of_too_many_frames_is_refused_before_it_is_walked(cli
     monkeypatch.setattr(core.video_probe, "image_durations", lambda path: walked.append(path) or [0])
     r = client.post("/api/uploads?name=many.gif", content=tiny_gif(MAX_IMAGE_FRAMES + 1, 1))
     assert r.status_code == 400 and r.json() == {
-        "error": f"an animated image of more than {MAX_IMAGE_FRAMES} frames: upload it as an mp4"
+        "error": f"an animated image of more than {MAX_IMAGE_FRAMES} frames on a 1x1 canvas: upload it as an mp4"
     }
     assert walked == []  # refused on the bounded count alone, before any full walk
     monkeypatch.undo()
@@ -155,3 +158,60 @@ def test_an_upload_whose_frames_span_hours_is_refused_before_its_frames_are_list
     assert r.status_code == 400 and "more than 65536" in r.json()["error"] and "frame delays" in r.json()["error"]
     r = client.post("/api/uploads?name=ok.gif", content=tiny_gif(8, 65535))  # 7 delays of 655 s: 4,587 s at 8 fps
     assert r.status_code == 200 and 36_000 < r.json()["frames"] <= 65_536
+
+
+def test_an_animated_image_on_a_large_canvas_is_refused_after_the_frames_its_canvas_allows(client, monkeypatch):
+    """Pillow composes each frame of a GIF on its whole canvas: a 4.6 KB GIF of 200 1x1 frames on a 9000 x 9000 canvas
+    held the one worker about 2 minutes, under the frame limit; 4,096 of them would have held it ~50 minutes."""
+    walked = []
+    monkeypatch.setattr(core.video_probe, "image_durations", lambda path: walked.append(path) or [0])
+    monkeypatch.setattr(videoserve.app, "MAX_DECODE_PIXELS", 100 * 80 * 30)  # 30 frames of a 100 x 80 canvas
+    r = client.post("/api/uploads?name=wide.gif", content=tiny_gif(31, 10, canvas=(100, 80)))
+    assert r.status_code == 400 and r.json() == {
+        "error": "an animated image of more than 30 frames on a 100x80 canvas: upload it as an mp4"
+    }
+    assert walked == []  # refused on the bounded count alone
+    monkeypatch.undo()
+    monkeypatch.setattr(videoserve.app, "MAX_DECODE_PIXELS", 100 * 80 * 30)
+    r = client.post("/api/uploads?name=wide.gif", content=tiny_gif(30, 10, canvas=(100, 80)))
+    assert r.status_code == 200 and r.json()["file_frames"] == 30, r.text
+
+
+def _clip(path, frames: int, keyframe_every: int) -> None:
+    """An H.264 clip of slowly brightening 64x48 frames with a keyframe every ``keyframe_every`` frames exactly (no
+    scene-cut keyframes, no B-frames, so decode order is display order)."""
+    params = ["-g", str(keyframe_every), "-sc_threshold", "0", "-bf", "0"]
+    with imageio.get_writer(path, fps=8, codec="libx264", ffmpeg_params=params, macro_block_size=1) as writer:
+        for i in range(frames):
+            writer.append_data(np.full((48, 64, 3), 40 + i, dtype=np.uint8))
+
+
+@pytest.mark.parametrize("backend", ["decord", "pyav"])
+def test_the_pixels_to_decode_run_from_the_keyframe_before_the_frame(tmp_path, monkeypatch, backend):
+    if backend == "pyav":
+        monkeypatch.setattr(core.video_probe, "decord", None)
+    _clip(tmp_path / "gop8.mp4", 40, 8)  # keyframes 0, 8, ..., 32
+    for index, decoded in ((39, 8), (32, 1), (31, 8), (5, 6)):
+        assert core.video_probe.video_pixels_to_decode(tmp_path / "gop8.mp4", index) == decoded * 64 * 48, index
+    _clip(tmp_path / "gop100.mp4", 40, 100)  # one keyframe
+    assert core.video_probe.video_pixels_to_decode(tmp_path / "gop100.mp4", 39) == 40 * 64 * 48
+
+
+def test_a_video_whose_last_frame_lies_far_after_its_keyframe_is_refused_from_its_index(client, tmp_path, monkeypatch):
+    """A 0.7 MB mp4 of 20,000 still 1080p frames after one keyframe held the one worker 35 s to decode its last frame
+    (the reply's check); at the 32 MB upload limit, about half an hour."""
+    _clip(tmp_path / "one_key.mp4", 40, 100)
+    _clip(tmp_path / "keys.mp4", 40, 8)
+    monkeypatch.setattr(videoserve.app, "MAX_DECODE_PIXELS", 20 * 64 * 48)
+    decoded = []
+    monkeypatch.setattr(pipelines.context, "read_frames", lambda *a, **k: decoded.append(a) or [])
+    r = client.post("/api/uploads?name=one_key.mp4", content=(tmp_path / "one_key.mp4").read_bytes())
+    assert r.status_code == 400 and r.json() == {
+        "error": "the video's last frame lies too far after its keyframe to decode on this server: re-encode it with "
+        "more keyframes (ffmpeg -g 30) or trim it"
+    }
+    assert decoded == []  # nothing decoded
+    monkeypatch.undo()
+    monkeypatch.setattr(videoserve.app, "MAX_DECODE_PIXELS", 20 * 64 * 48)
+    r = client.post("/api/uploads?name=keys.mp4", content=(tmp_path / "keys.mp4").read_bytes())
+    assert r.status_code == 200 and r.json()["file_frames"] == 40, r.text
