@@ -31,6 +31,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from core.files import atomic_path
 from core.video_io import PIL_EXTS
@@ -273,6 +274,8 @@ def create_app(
                     f.write(chunk)
         except _TooLarge:  # atomic_path removed the partial file
             return error_response(413, f"the upload is larger than this server's limit of {max_upload_bytes} bytes")
+        except ClientDisconnect:  # the same, and no traceback in the log; nobody reads the answer
+            return error_response(499, "the client disconnected while sending its upload")
         try:  # on the worker: its torch resize runs on the one torch thread, queued like a generation
             future = worker.submit(lambda: _check_upload(path, pipe.config.fps, frame_size))
         except Busy as err:
@@ -300,6 +303,8 @@ def create_app(
             body = json.loads(await _read_body(request, MAX_JSON_BYTES))
         except _TooLarge:
             return error_response(413, f"the request body is larger than {MAX_JSON_BYTES} bytes")
+        except ClientDisconnect:
+            return error_response(499, "the client disconnected while sending its request")
         except (ValueError, RecursionError):  # RecursionError: deeply nested arrays
             return error_response(400, 'the request body must be JSON, e.g. {"prompt": "a red circle moving left"}')
         held: list[str] = []  # uploads this request reads: the size cap must not drop them until it has run

@@ -17,10 +17,18 @@ def error_response(status: int, message: str) -> JSONResponse:
 
 
 def host_name(host: str) -> str:
-    """The name in a ``Host`` header, without its port: ``[::1]:8000`` -> ``::1``."""
+    """The name in a ``Host`` header, without its port: ``[::1]:8000`` -> ``::1``. One that is not a name, optionally
+    followed by ``:digits``, comes back whole, so it matches no allowed name (``[::1]evil.example`` read as ``::1``)."""
     if host.startswith("["):
-        return host[1 : host.find("]")] if "]" in host else host
-    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+        name, closed, port = host[1:].partition("]")
+        if not closed or (port and not port.startswith(":")):
+            return host
+        port = port[1:]
+    elif host.count(":") == 1:
+        name, _, port = host.partition(":")
+    else:  # a name without a port, or a bare IPv6 address
+        return host
+    return name if port.isascii() and (port.isdigit() or not port) else host
 
 
 class SameSiteOnly:

@@ -226,6 +226,9 @@ def test_requests_for_another_host_or_from_another_site_are_refused(pipe, tmp_pa
         assert r.status_code == 400 and "attacker.example" in r.json()["error"]
         assert c.get("/api/health", headers={"host": "localhost:8000"}).status_code == 200
         assert c.get("/api/health", headers={"host": "[::1]:8000"}).status_code == 200
+        for odd in ("[::1]evil.example", "[::1].evil.example:80", "localhost:80x", "[::1"):  # read as ::1 or localhost
+            r = c.get("/api/health", headers={"host": odd})
+            assert r.status_code == 400 and "not " + repr(odd) in r.json()["error"], odd
         body = b'{"prompt": "a red circle moving left", "num_frames": 5}'
         r = c.post(
             "/api/generate", content=body, headers={"content-type": "text/plain", "origin": "http://evil.example"}

@@ -1,6 +1,7 @@
 """The web demo under faults a user can cause: a removed output folder, a full disk while a record is written,
 an upload that is huge in pixels, a quick restart, and the thread that runs torch for an upload."""
 
+import asyncio
 import errno
 import shutil
 import socket
@@ -157,3 +158,30 @@ def test_a_second_server_on_one_output_folder_is_refused_before_its_model_loads(
     assert "another tokvid server" not in capsys.readouterr().err and not (tmp_path / "new").exists()
     assert main(["--port", str(free_port()), "--model", "/nonexistent", "--out", str(out)]) == 2
     assert "another tokvid server" not in capsys.readouterr().err and list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize("path", ["/api/uploads?name=a.png", "/api/generate"])
+def test_a_client_that_disconnects_while_sending_leaves_no_file_and_no_traceback(pipe, tmp_path, caplog, path):
+    """A client that hung up mid-body raised Starlette's ClientDisconnect out of the handler: a ~60-line "Exception
+    in ASGI application" traceback in the server's log for each one."""
+    store = OutputStore(tmp_path / "out", max_bytes=10**9)
+    app = create_app(pipe, store, model_name="shapes")
+    target, _, query = path.partition("?")
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": target, "raw_path": target.encode(), "query_string": query.encode(), "root_path": "",
+             "headers": [(b"host", b"localhost"), (b"content-length", b"1000")], "client": ("127.0.0.1", 5),
+             "server": ("127.0.0.1", 8000)}  # fmt: skip
+    messages = iter([{"type": "http.request", "body": b"{" * 10, "more_body": True}, {"type": "http.disconnect"}])
+    sent = []
+
+    async def receive():
+        return next(messages, {"type": "http.disconnect"})
+
+    async def send(message):
+        sent.append(message)
+
+    with caplog.at_level("ERROR"):
+        asyncio.run(app(scope, receive, send))
+    assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 499
+    assert not [r for r in caplog.records if r.exc_info] and "Traceback" not in caplog.text
+    assert not list(store.uploads.iterdir())  # the partial upload was removed
