@@ -69,6 +69,11 @@ class UnitLayout:
         return out.view(seq.shape[0], *self.grid)
 
 
+class LayoutError(ValueError):
+    """A grid, or a boundary of given frames in it, that an order's units do not tile: a windowed video plans its
+    windows around it (``pipelines.rollout.plan_windows``) where other refusals stop it."""
+
+
 def unit_extent(order: str, grid: tuple[int, int, int], cube: tuple[int, int, int]) -> tuple[int, int, int]:
     """The (ct, ch, cw) of one unit for an order; ValueError if a cube does not tile the grid."""
     t, h, w = grid
@@ -82,7 +87,7 @@ def unit_extent(order: str, grid: tuple[int, int, int], cube: tuple[int, int, in
         if len(cube) != 3 or any(c < 1 for c in cube):
             raise ValueError(f"cube size must be three positive ints, got {cube}")
         if t % cube[0] or h % cube[1] or w % cube[2]:
-            raise ValueError(f"cube size {tuple(cube)} does not divide the token grid {grid}")
+            raise LayoutError(f"cube size {tuple(cube)} does not divide the token grid {grid}")
         return tuple(cube)
     raise ValueError(f"unknown order {order!r}; choose from {list(ORDERS)}")
 

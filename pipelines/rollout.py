@@ -26,6 +26,8 @@ from tokenizer import VideoTokenizer
 
 # sample(grid (t, h, w), context ids (B, t_c, h, w) or None) -> ids (B, t, h, w)
 SampleFn = Callable[[tuple[int, int, int], torch.Tensor | None], torch.Tensor]
+# fits(t, t_c): whether the sampler draws a window of t latent frames after t_c given ones (0: none)
+WindowFits = Callable[[int, int], bool]
 
 
 @dataclass
@@ -62,6 +64,51 @@ def handoff_latents(prompts: Sequence[str], k: int, max_latents: int) -> int | N
     return default_overlap(max_latents) if _words(prompts[k]) == _words(prompts[k - 1]) else 1
 
 
+def plan_windows(
+    total: int,
+    given: int | None,
+    max_latents: int,
+    first_cap: int | None,
+    overlap: int,
+    fits: WindowFits | None = None,
+) -> list[tuple[int, int]]:
+    """(context latents, new latents) of each window that makes ``total`` latent frames, worked out before anything is
+    sampled: the first window of a video without context reads none; every other reads as many of the latents so far
+    as its cap allows (``first_cap``, default ``max_latents - 1``, for the first after ``given`` ones, ``overlap``
+    after that), then adds as many as fit. Where ``fits`` refuses a window (cubes spanning latent frames cannot split
+    at every latent frame), the next smaller context, then the next fewer new latents, is taken.
+
+    Raises:
+        ValueError: no window that ``fits`` allows continues the video (a sampler refused it only after the earlier
+            windows had been sampled).
+    """
+    fits = fits or (lambda t, t_c: True)
+    plan, done = [], given or 0
+    if not given:
+        first = next((t for t in range(min(total, max_latents), 0, -1) if fits(t, 0)), None)
+        if first is None:
+            raise _no_windows(total, max_latents, 0)
+        plan.append((0, first))
+        done = first
+    cap = (first_cap or max_latents - 1) if given else overlap
+    while done < total:
+        choice = next(((t_c, t_new) for t_c in range(min(done, cap, max_latents - 1), 0, -1)
+                       for t_new in range(min(max_latents - t_c, total - done), 0, -1) if fits(t_c + t_new, t_c)),
+                      None)  # fmt: skip
+        if choice is None:
+            raise _no_windows(total, max_latents, done)
+        plan.append(choice)
+        done, cap = done + choice[1], overlap
+    return plan
+
+
+def _no_windows(total: int, max_latents: int, done: int) -> ValueError:
+    return ValueError(
+        f"{total} latent frames cannot be made in windows of at most {max_latents} that this order's "
+        f"units tile (stuck after {done}): ask for another number of frames, or use order 'frame'"
+    )
+
+
 def _words(prompt: str) -> list[str]:
     return prompt.casefold().split()
 
@@ -89,6 +136,7 @@ def roll_out(
     context: np.ndarray | None = None,
     first_context_latents: int | None = None,
     overlap_latents: int | None = None,
+    fits: WindowFits | None = None,
 ) -> Rollout:
     """Generates ``num_frames`` frames, continuing ``context`` if given.
 
@@ -102,13 +150,15 @@ def roll_out(
         context: (B, N, H, W, 3) uint8 frames to continue (N = 1 + j * ct), or None.
         first_context_latents: most latents of ``context`` the first window reads (default: as many as
             fit, ``max_latents - 1``); later windows read ``overlap_latents`` (default :func:`default_overlap`).
+        fits: which windows the sampler can draw (None: every one); see :func:`plan_windows`.
 
     Returns:
         the :class:`Rollout`.
 
     Raises:
         ValueError: ``num_frames`` or the context's length is not 1 + k * ct (a last window of no new latents
-            appended re-decoded old frames as new ones), or the context is not shorter than ``num_frames``.
+            appended re-decoded old frames as new ones), the context is not shorter than ``num_frames``, or no
+            windows that ``fits`` make it (before anything is sampled).
     """
     ct = tokenizer.config.temporal_compression
     lengths = {"num_frames": num_frames, **({"the context's frames": context.shape[1]} if context is not None else {})}
@@ -141,22 +191,19 @@ def roll_out(
         windows += 1
         return frames
 
-    if context is None:
-        out = window(min(1 + (num_frames - 1) // ct, max_latents), None)
-        cap = overlap
-    else:
-        out = context
-        cap = first_context_latents or max_latents - 1
-    first_context = 0 if context is None else min(1 + (context.shape[1] - 1) // ct, cap, max_latents - 1)
-    while out.shape[1] < num_frames:
-        t_c = min(1 + (out.shape[1] - 1) // ct, cap, max_latents - 1)
-        t_new = min(max_latents - t_c, (num_frames - out.shape[1]) // ct)
+    given = None if context is None else 1 + (context.shape[1] - 1) // ct
+    plan = plan_windows(1 + (num_frames - 1) // ct, given, max_latents, first_context_latents, overlap, fits)
+    out = context
+    for t_c, t_new in plan:
+        if not t_c:  # the first window of a video without context
+            out = window(t_new, None)
+            continue
         t0 = time.perf_counter()
         clip = to_video(out[:, -(1 + (t_c - 1) * ct) :], like)  # the last frames, a fresh clip
         ctx = tokenizer.encode(clip)  # (B, t_c, h, w)
         timings["encoding"] += time.perf_counter() - t0
         frames = window(t_c + t_new, ctx)
         out = np.concatenate([out, frames[:, -t_new * ct :]], axis=1)
-        cap = overlap
+    first_context = 0 if context is None else plan[0][0]
     ids = torch.cat(pieces, dim=1).cpu()
     return Rollout(frames=out[:, :num_frames], ids=ids, timings=timings, windows=windows, context_latents=first_context)

@@ -8,6 +8,7 @@ folder, or an installed package that ships its weights.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 import os
@@ -22,8 +23,9 @@ from core.config import save_config
 from core.files import atomic_dir
 from generator import Condition, Generator
 from generator.provenance import TrainedOn, read_trained_on, write_trained_on
-from generator.sampling import SamplingConfig, sample_ar, sample_maskgit
+from generator.sampling import SamplingConfig, check_window, sample_ar, sample_maskgit
 from generator.text_encoders import TextEncoder, load_text_encoder
+from generator.units import LayoutError
 from pipelines.batching import batch_size, per_video
 from pipelines.condition import make_condition
 from pipelines.config import PipelineConfig, check_parts
@@ -223,15 +225,23 @@ class VideoPipeline:
     ) -> Rollout:
         """One condition's frames, window by window (see :mod:`pipelines.rollout`)."""
         fn = sample_ar if gen.config.style == "ar" else sample_maskgit
+        h, w = gen.config.max_grid[1:]
 
         def sample(grid: tuple[int, int, int], ctx: torch.Tensor | None) -> torch.Tensor:
             return fn(gen, cond, grid, order=order, context=ctx, sampling=sampling, generator=generator,
                       progress=progress)  # fmt: skip
 
+        @functools.cache
+        def fits(t: int, t_c: int) -> bool:  # the windows are planned with the sampler's own checks
+            try:
+                check_window(gen, (t, h, w), order, sampling, t_c)
+            except LayoutError:  # other refusals stop the video here, before anything is sampled
+                return False
+            return True
+
         return roll_out(
-            sample, self.tokenizer, num_frames=num_frames, max_latents=gen.config.max_grid[0],
-            latent_hw=tuple(gen.config.max_grid[1:]), batch=cond.batch_size, context=context,
-            first_context_latents=first_context_latents,
+            sample, self.tokenizer, num_frames=num_frames, max_latents=gen.config.max_grid[0], latent_hw=(h, w),
+            batch=cond.batch_size, context=context, first_context_latents=first_context_latents, fits=fits,
         )  # fmt: skip
 
     def _setup(

@@ -8,7 +8,7 @@ package :mod:`generator` from this repository.
 
 from generator.sampling.ar import sample_ar
 from generator.sampling.config import AR_ONLY, MASKGIT_ONLY, SamplingConfig
-from generator.sampling.context import DecodeContext
+from generator.sampling.context import DecodeContext, check_window
 from generator.sampling.filtering import filter_logits, sample_logits
 from generator.sampling.maskgit import sample_maskgit
 from generator.schedules import SCHEDULES, gamma, num_masked_after_step, training_mask
@@ -19,6 +19,7 @@ __all__ = [
     "SCHEDULES",
     "DecodeContext",
     "SamplingConfig",
+    "check_window",
     "filter_logits",
     "gamma",
     "num_masked_after_step",

@@ -21,7 +21,7 @@ import torch
 from generator.conditioning import Condition
 from generator.sampling.config import SamplingConfig
 from generator.transformer import Generator
-from generator.units import UnitLayout, block_causal_mask, causal_mask, check_order, make_layout
+from generator.units import LayoutError, UnitLayout, block_causal_mask, causal_mask, check_order, make_layout
 
 START_COORDS = (-1, -1, -1)  # a GPT-style start token sits with the prefix: unrotated
 
@@ -64,6 +64,23 @@ def prepare_sampling(
     return sampling, layout
 
 
+def check_window(
+    model: Generator, grid: tuple[int, int, int], order: str, sampling: SamplingConfig | None, context_latents: int
+) -> None:
+    """The checks the model's sampler makes before it draws anything, for ``grid`` after ``context_latents`` given
+    latent frames (0: none): a windowed video plans its windows with them before sampling the first.
+
+    Raises:
+        LayoutError: the order's units do not tile that window, or its context boundary.
+        ValueError: the sampler would refuse the window for another reason (an order the model lacks, settings).
+    """
+    style = model.config.style
+    h, w = grid[1:]
+    context = torch.zeros(1, context_latents, h, w, dtype=torch.long) if context_latents else None
+    _, layout = prepare_sampling(model, grid, order, sampling, style, context)
+    context_sequence(layout, context, 1, whole_units=style == "maskgit")
+
+
 def check_candidates_style(style: str) -> None:
     """``first_frame_candidates`` is GPT-style only.
 
@@ -83,7 +100,7 @@ def check_first_frame_layout(layout: UnitLayout) -> None:
         ValueError: units that span latent frames.
     """
     _, in_front, at_boundary = frames_in_front(layout, 1)
-    if not (in_front and at_boundary):
+    if not (in_front and at_boundary):  # no window plan helps: every video starts with the first frame
         raise ValueError(f"first_frame_candidates needs units within one latent frame; order {layout.order!r} has "
                          f"units of {layout.unit}")  # fmt: skip
 
@@ -149,7 +166,7 @@ def context_sequence(
     if layout.num_units == 1 and whole_units:
         return seq, n
     if not in_front or (whole_units and not boundary):
-        raise ValueError(
+        raise LayoutError(
             f"order {layout.order!r} with units of {layout.unit} tokens cannot continue from {t_c} latent "
             f"frames: its units cross the context boundary; use order 'frame'"
         )
