@@ -170,12 +170,14 @@ def check_request(spec: PipelineSpec, request: GenerationRequest) -> None:
     sampling_settings(spec, mode, order, request.sampling)
     ct = spec.tokenizer.temporal_compression
     check_context_count(request.image is not None, request.video is not None, request.context_frames, ct)
+    given = request.context_frames if request.video is not None else int(request.image is not None)
     if request.segment_frames is not None:
-        spec.check_segment_frames(request.segment_frames)
+        if not request.prompts_for(spec.generators[mode].cond):  # an image or video, and no prompt
+            raise ValueError("--segment-frames tells a story from prompts: give at least one --prompt")
+        spec.check_story(len(request.prompts_for(spec.generators[mode].cond)), request.segment_frames, given)
     else:
         num_frames = spec.config.num_frames if request.num_frames is None else request.num_frames
         spec.latent_frames(num_frames)
-        given = request.context_frames if request.video is not None else int(request.image is not None)
         spec.check_room(num_frames, given)
 
 

@@ -89,6 +89,16 @@ class PipelineSpec:
         if segment_frames < 1 + self.tokenizer.temporal_compression:
             raise ValueError(f"segment_frames={segment_frames} adds no frames after the first segment")
 
+    def check_story(self, num_prompts: int, segment_frames: int, given_frames: int) -> None:
+        """A story of ``num_prompts`` segments of ``segment_frames`` (:meth:`check_segment_frames`) after
+        ``given_frames`` context frames (0: none): at least one prompt, and at most :data:`MAX_NUM_FRAMES` in all."""
+        if num_prompts < 1:
+            raise ValueError("a story needs a list of at least one prompt")
+        self.check_segment_frames(segment_frames)
+        total = 1 + num_prompts * (segment_frames - 1) + max(given_frames - 1, 0)
+        if total > MAX_NUM_FRAMES:
+            raise ValueError(f"the story has {total} frames, more than the {MAX_NUM_FRAMES} one call makes")
+
     def class_ids(self, gen: GeneratorConfig, labels: int | list[int]) -> list[int]:
         """``labels`` as a list of class ids valid for the generator of config ``gen`` (one of :attr:`generators`).
 

@@ -39,7 +39,7 @@ from pipelines.folder import (
     relative_text_encoder,
 )
 from pipelines.rollout import Rollout, handoff_latents, roll_out
-from pipelines.spec import MAX_NUM_FRAMES, PipelineSpec
+from pipelines.spec import PipelineSpec
 from tokenizer import VideoTokenizer
 
 log = logging.getLogger(__name__)
@@ -375,10 +375,7 @@ class VideoPipeline:
             mode, order, sampling, generator, image, video, context_frames
         )
         num_videos = batch_size(None, num_videos, 1 if context is None else context.shape[0])
-        self.spec.check_segment_frames(segment_frames)
-        total = 1 + len(prompts) * (segment_frames - 1) + (0 if context is None else context.shape[1] - 1)
-        if total > MAX_NUM_FRAMES:
-            raise ValueError(f"the story has {total} frames, more than the {MAX_NUM_FRAMES} one call makes")
+        self.spec.check_story(len(prompts), segment_frames, 0 if context is None else context.shape[1])
         if gen.config.cond == "text" and self.text_encoder is not None:  # every prompt, before any sampling
             refused = self.text_encoder.refusals(list(prompts))
             if refused:

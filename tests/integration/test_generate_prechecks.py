@@ -18,6 +18,8 @@ CASES = [
     (dict(num_frames=MAX_NUM_FRAMES + 4), f"more than the {MAX_NUM_FRAMES} frames"),
     (dict(prompt=["a", "b"], segment_frames=18), "segment_frames=18 is not reachable"),  # it said num_frames=18
     (dict(prompt=["a", "b"], segment_frames=1), "segment_frames=1 adds no frames"),
+    (dict(prompt=["a", "b"], segment_frames=4097), "the story has 8193 frames, more than the 4097"),  # after the load
+    (dict(prompt=None, image="clip", segment_frames=17), "a story from prompts: give at least one --prompt"),  # ditto
     (dict(video="clip"), "continuing a video needs context_frames"),
     (dict(video="clip", context_frames=6), "context_frames=6 cannot be encoded on its own"),
     (dict(video="clip", context_frames=9, num_frames=9), "9 context frames leave nothing to generate"),

@@ -16,7 +16,7 @@ import yaml
 from pipelines import PipelineConfig, VideoPipeline
 from pipelines.folder import load_pipeline_config
 from pipelines.io import check_writable
-from pipelines.video import MAX_NUM_FRAMES
+from pipelines.spec import MAX_NUM_FRAMES
 from tools.generate import main
 
 
