@@ -16,9 +16,9 @@ The default protocol (:func:`evaluate_adherence`), for each mode (and its defaul
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,7 @@ from videodata.shapes.dataset import parse_holdout
 from videodata.shapes.render import NUM_CLASSES, attributes_of, caption_for, label_of
 from videoeval.conditioning import TASKS as CONDITIONING_TASKS
 from videoeval.conditioning_report import conditioning_report, evaluation_runs
-from videoeval.phrasings import FRESH_TEMPLATES, MAX_SEED, REPORT_SEEDS, fresh_caption
+from videoeval.phrasings import MAX_SEED, REPORT_SEEDS, fresh_caption
 from videoeval.shapes_ceiling import ceiling_results
 from videoeval.shapes_scoring import ATTRIBUTES, coverage, score, split_label, summarize
 
@@ -55,33 +55,25 @@ PHRASINGS: dict[str, Callable[[int, int, np.random.Generator], str]] = {
 }
 
 
-def template_stride(num_labels: int, num_templates: int = len(FRESH_TEMPLATES)) -> int:
-    """How far the phrasing index moves between two visits of the same class: the smallest stride from
-    ``num_labels + 1`` up that is coprime with the number of templates, so each class cycles through every
-    template (with 3 held-out classes a stride of 4 had each see 4 of the 16 and 4 never used)."""
-    stride = num_labels + 1
-    while math.gcd(stride, num_templates) != 1:
-        stride += 1
-    return stride
-
-
 def plan(num_videos: int, seed: int, phrasing: str = "fresh", labels: Sequence[int] | None = None) -> list[dict]:
     """(caption, attributes) requests cycling through ``labels`` (default: all classes), phrased by ``phrasing``.
 
-    Video ``i`` asks for ``labels[i % n]`` with phrasing index ``i % n + (i // n) * template_stride(n)``
-    (for the 72 classes this is ``i + i // 72``): consecutive videos of a class use different templates and
-    every template comes round.
+    Video ``i`` asks for ``labels[i % n]``. Its phrasing index counts the earlier videos of the same direction, so
+    each direction cycles through every template, and a class's consecutive videos use different ones. The index
+    used to follow the video's position (``i + i // 72``): with 16 templates and the direction at ``label % 4``,
+    each template met only 3 of the 4 directions in 216 videos, 2 in 144 ("climbs" never went left).
     """
     if phrasing not in PHRASINGS:
         raise ValueError(f"unknown phrasing {phrasing!r}; choose from {', '.join(PHRASINGS)}")
     labels = list(range(NUM_CLASSES)) if labels is None else list(labels)
-    stride = template_stride(len(labels))
     rng = np.random.default_rng(seed)
+    seen: Counter[str] = Counter()  # videos so far per direction
     rows = []
     for i in range(num_videos):
         label = labels[i % len(labels)]
         color, shape, motion = attributes_of(label)
-        caption = PHRASINGS[phrasing](label, i % len(labels) + (i // len(labels)) * stride, rng)
+        caption = PHRASINGS[phrasing](label, seen[motion], rng)
+        seen[motion] += 1
         rows.append({"caption": caption, "color": color, "shape": shape, "motion": motion})
     return rows
 
@@ -147,7 +139,8 @@ def report_markdown(summary: dict, model: str, seconds: float, phrasing: str, se
         hues = ", ".join(f"{k.removeprefix('hue_error_')} {v:.1f}°" for k, v in ceiling.items() if "hue_error_" in k)
         lines += [
             "",
-            f"Tokenizer reconstructions: PSNR {ceiling['psnr']:.2f} dB against the renders; median hue error per "
+            f"Tokenizer reconstructions: PSNR {ceiling['psnr']:.2f} dB against the renders (the decoder's output; "
+            f"{ceiling.get('psnr_mp4', float('nan')):.2f} dB read back from the mp4); median hue error per "
             f"color {hues}; squares keep {ceiling['square_corner']:.2f} of their squareness (median).",
         ]
     lines.append("")

@@ -4,22 +4,23 @@ Four tasks, each over clips rendered here from seeds never used in training and 
 72 classes (class ``i % 72`` for clip ``i``); every generated video is written to an mp4 and read
 back, so it is judged as a user receives it:
 
-- ``continuation``: the first 5 frames of a clip -> 17 frames, without a prompt and with the clip's
-  caption. Attributes of the 12 generated frames equal to the source's (the 5 context frames the pipeline
-  returns first are the source's own, and judging them too pulled a drifting colour back); the centroid in
-  the last frame against the true trajectory (px); PSNR of the 12 predicted frames beside the tokenizer's reconstruction
-  PSNR of the same frames. Beside the centre error, the tokenizer's bound on it: the straight-line
-  extrapolation, to the last frame, of the centroids in the tokenizer's reconstruction of the 5
-  context frames (what the context tokens say about the motion, read through the decoder).
-- ``image``: the first frame of a clip and its caption -> 17 frames. Attributes of the 16 generated frames
+- ``continuation``: the first 5 frames of a clip -> 17 frames, without a prompt and with a fresh phrasing of its
+  class (:mod:`videoeval.phrasings`, as every prompt of these tasks). Attributes of the 12 generated frames
+  equal to the source's (the 5 context frames the pipeline returns first are the source's own, and judging them
+  too pulled a drifting colour back); the centroid in the last frame against the true trajectory (px); PSNR of the
+  12 predicted frames beside the tokenizer's reconstruction PSNR of the same frames. Beside the centre error, the
+  tokenizer's bound on it: the straight-line extrapolation, to the last frame, of the centroids in the tokenizer's
+  reconstruction of the 5 context frames (what the context tokens say about the motion, read through the decoder).
+- ``image``: the first frame of a clip and a phrasing of its class -> 17 frames. Attributes of the 16 generated frames
   right; the start position (the generated centroids' straight-line fit at t = 0) against the image's object (px).
-- ``long``: a caption -> 33 and 65 frames. Every 17-frame window (stride 8) is judged against the prompt, a
+- ``long``: a phrasing -> 33 and 65 frames. Every 17-frame window (stride 8) is judged against the prompt, a
   window where the object is not visible counting as wrong (``windows_right``; ``visible_right`` is the share
   of the visible ones); videos with a second object in any frame are counted. Beside them, the world's own
   long videos judged the same way (``world_windows_right``, :mod:`videoeval.long_windows`): an object keeps
   its speed and leaves the frame, so a faithful model scores that, not 100%.
-- ``story``: two- and three-segment stories of 17-frame segments where only the direction changes.
-  Direction right per segment; colour and shape kept in every segment.
+- ``story``: two- and three-segment stories of 17-frame segments where only the direction changes, by 1, 2 or
+  3 directions on (all 12 changes in 72 stories). Direction right per segment; colour and shape kept in every
+  segment.
 """
 
 from __future__ import annotations
@@ -38,18 +39,20 @@ from core.video_write import write_video
 from generator.sampling import SamplingConfig
 from pipelines import VideoPipeline
 from videodata.shapes.render import (
+    COLORS,
     FPS,
     MOTIONS,
     NUM_CLASSES,
+    SHAPES,
     ClipSpec,
     attributes_of,
-    class_caption,
+    label_of,
     render_clip,
     sample_spec,
 )
 from videoeval.long_windows import WINDOW, judge_windows, world_videos
 from videoeval.metrics import psnr
-from videoeval.phrasings import MAX_SEED, REPORT_SEEDS
+from videoeval.phrasings import MAX_SEED, REPORT_SEEDS, fresh_captions
 from videoeval.shapes_analyzer import analyze, count_objects, track
 from videoeval.shapes_scoring import coverage
 
@@ -119,6 +122,15 @@ def _extrapolation_error(context: np.ndarray, spec: ClipSpec) -> float:
     return _line_error(context, 0, float(truth.shape[0] - 1), truth[-1])
 
 
+def story_directions(k: int, segments: int) -> tuple[str, str, list[str]]:
+    """Story ``k``'s colour, shape and direction per segment: class ``k % 72``'s, then ``turn`` directions on at each
+    segment, the turn (1, 2 or 3) varying with colour, shape and round so every direction meets every turn. It moved
+    with ``k // 72`` alone, so 72 stories told 4 of the 12 changes of direction."""
+    color, shape, first = attributes_of(k % NUM_CLASSES)
+    turn = 1 + (COLORS.index(color) + SHAPES.index(shape) + k // NUM_CLASSES) % (len(MOTIONS) - 1)
+    return color, shape, [MOTIONS[(MOTIONS.index(first) + j * turn) % len(MOTIONS)] for j in range(segments)]
+
+
 def _batches(items: Sequence, batch: int):
     for start in range(0, len(items), batch):
         yield start, items[start : start + batch]
@@ -136,6 +148,11 @@ class ConditioningEval:
 
     def _gen(self, offset: int) -> torch.Generator:
         return torch.Generator(self.pipe.device).manual_seed(self.seed + offset)
+
+    def _captions(self, labels: Sequence[int], task: int) -> list[str]:
+        """Fresh phrasings of ``labels`` (as the prompt rows use), drawn for the whole population of a task at once,
+        so they do not depend on the batch size; the clip's training caption was used before."""
+        return fresh_captions(labels, np.random.default_rng([self.seed, task]))
 
     def _call(self, prompts, offset: int, **kw) -> np.ndarray:
         out = self.pipe(prompts, mode=self.mode, order=self.order, sampling=self.sampling, generator=self._gen(offset),
@@ -162,8 +179,9 @@ class ConditioningEval:
     def continuation_rows(self, clips: list[tuple[ClipSpec, np.ndarray]], prompted: bool) -> list[dict]:
         recon = self.reconstruction(clips)
         rows = []
+        captions = self._captions([s.label for s, _ in clips], 1) if prompted else None
         for start, chunk in _batches(clips, self.batch):
-            prompts = [class_caption(s.label) for s, _ in chunk] if prompted else None
+            prompts = captions[start : start + len(chunk)] if captions else None
             frames = self._call(prompts, start, video=[f[:CONTEXT_FRAMES] for _, f in chunk],
                                 context_frames=CONTEXT_FRAMES, num_frames=17, num_videos=len(chunk))  # fmt: skip
             truth = np.stack([f for _, f in chunk])
@@ -180,8 +198,9 @@ class ConditioningEval:
 
     def image_rows(self, clips: list[tuple[ClipSpec, np.ndarray]]) -> list[dict]:
         rows = []
+        captions = self._captions([s.label for s, _ in clips], 2)
         for start, chunk in _batches(clips, self.batch):
-            prompts = [class_caption(s.label) for s, _ in chunk]
+            prompts = captions[start : start + len(chunk)]
             frames = self._call(prompts, 50_000 + start, image=[f[0] for _, f in chunk], num_frames=17)
             for i, (spec, _) in enumerate(chunk):
                 a = analyze(frames[i, 1:])  # the generated frames: frame 0 is the given image
@@ -193,9 +212,10 @@ class ConditioningEval:
     def long_rows(self, num_videos: int, num_frames: int) -> list[dict]:
         labels = [i % NUM_CLASSES for i in range(num_videos)]
         rng = np.random.default_rng([self.seed, num_frames])  # the world's videos: the same for every mode and order
+        captions = self._captions(labels, 3 + num_frames)
         rows = []
         for start, chunk in _batches(labels, self.batch):
-            frames = self._call([class_caption(c) for c in chunk], 100_000 + start, num_frames=num_frames)
+            frames = self._call(captions[start : start + len(chunk)], 100_000 + start, num_frames=num_frames)
             world = as_received(world_videos(chunk, num_frames, rng), FPS)  # (B, T, H, W, 3), judged as received
             for i, label in enumerate(chunk):
                 windows, visible, right = judge_windows(frames[i], label)
@@ -205,12 +225,12 @@ class ConditioningEval:
         return rows
 
     def story_rows(self, num_videos: int, segments: int) -> list[dict]:
+        stories = [story_directions(k, segments) for k in range(num_videos)]
+        captions = self._captions([label_of(c, s, d) for c, s, ds in stories for d in ds], 10 + segments)
         rows = []
-        for k in range(num_videos):
-            color, shape, first = attributes_of(k % NUM_CLASSES)
-            turn = 1 + (k // NUM_CLASSES) % (len(MOTIONS) - 1)  # the other directions, in turn
-            directions = [MOTIONS[(MOTIONS.index(first) + j * turn) % len(MOTIONS)] for j in range(segments)]
-            out = self.pipe.story([f"a {color} {shape} moving {d}" for d in directions], segment_frames=WINDOW,
+        for k, (color, shape, directions) in enumerate(stories):
+            prompts = captions[k * segments : (k + 1) * segments]
+            out = self.pipe.story(prompts, segment_frames=WINDOW,
                                   mode=self.mode, order=self.order, sampling=self.sampling,
                                   generator=self._gen(200_000 + k))  # fmt: skip
             frames = as_received(out.frames, out.fps)[0]

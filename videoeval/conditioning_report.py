@@ -13,8 +13,8 @@ import torch
 
 from generator.sampling import SamplingConfig
 from pipelines import VideoPipeline
-from videodata.shapes.render import class_caption
 from videoeval.conditioning import CONTEXT_FRAMES, EVAL_SEED, TASKS, as_received, evaluate_conditioning, fresh_clips
+from videoeval.phrasings import fresh_captions
 
 
 def mark_context(frames: np.ndarray, num_context: int) -> np.ndarray:
@@ -105,8 +105,9 @@ def conditioning_report(
         everything.update({f"{mode}/{order}/{k}": v for k, v in rows.items()})
         if "continuation" in tasks:  # 8 classes' continuations, context frames framed in yellow
             clips = fresh_clips(min(8, num_videos), seed)
-            got = pipe([class_caption(c.label) for c, _ in clips], video=[f[:CONTEXT_FRAMES] for _, f in clips],
-                       context_frames=CONTEXT_FRAMES, num_frames=17, mode=mode, order=order, sampling=settings,
+            captions = fresh_captions([c.label for c, _ in clips], np.random.default_rng([seed, 1]))
+            got = pipe(captions, video=[f[:CONTEXT_FRAMES] for _, f in clips], context_frames=CONTEXT_FRAMES,
+                       num_frames=17, mode=mode, order=order, sampling=settings,
                        generator=torch.Generator(pipe.device).manual_seed(seed))  # fmt: skip
             sheet = [mark_context(v, CONTEXT_FRAMES) for v in as_received(got.frames, got.fps)]
             write_contact_sheet(out / f"sheet_continuation_{mode}_{order}.png", sheet)

@@ -12,7 +12,8 @@ Seeds for evaluation are published in :data:`REPORT_SEEDS`; settings are chosen 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 
 import numpy as np
@@ -67,3 +68,15 @@ def fresh_caption(label: int, index: int, rng: np.random.Generator) -> str:
     phrases = FRESH_DIRECTIONS[motion]
     direction = phrases[int(rng.integers(len(phrases)))]
     return template.format(color=color, shape=shape, dir=direction, ward=_WARD[motion])
+
+
+def fresh_captions(labels: Sequence[int], rng: np.random.Generator) -> list[str]:
+    """A fresh phrasing of each class in ``labels``, in turn: each direction cycles through the templates (the index
+    counts the earlier labels of the same direction), and the direction phrases come from ``rng``."""
+    seen: Counter[str] = Counter()
+    captions = []
+    for label in labels:
+        motion = attributes_of(label)[2]
+        captions.append(fresh_caption(label, seen[motion], rng))
+        seen[motion] += 1
+    return captions

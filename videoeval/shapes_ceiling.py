@@ -7,7 +7,9 @@ written as an mp4 and read back, as a user would receive a generated video, and 
 Reported over all clips:
 
 - ``all``, ``color``, ``shape``, ``motion``: the analyzer reads the class's attributes on the reconstruction;
-- ``psnr``: mean PSNR (dB) of the decoder's uint8 output against the rendered clip (before the mp4);
+- ``psnr``: mean PSNR (dB) of the decoder's uint8 output against the rendered clip (before the mp4: the tokenizer's
+  own loss, as tokenizers are compared); ``psnr_mp4``: the same, read back from the mp4 a user receives (H.264 at crf
+  18, 4:2:0 chroma, adds its own loss);
 - ``hue_error``: per color, the median of |hue(reconstruction) - hue(original)|; the row keeps the worst color's;
 - ``square_corner``: median over squares of the analyzer's squareness of the reconstruction over the original's
   (1 = corners kept; a rounded square drifts toward 0, a disk's value);
@@ -59,7 +61,7 @@ def ceiling_results(
     """Reconstructs and judges fresh clips; returns per-clip rows, the extra summary numbers and a few videos.
 
     The rows have the fields of :func:`videoeval.adherence.score` (so :func:`videoeval.adherence.summarize`
-    applies) plus ``psnr``, ``hue_error`` and ``corner_ratio``.
+    applies) plus ``psnr``, ``psnr_mp4``, ``hue_error`` and ``corner_ratio``.
     """
     from videoeval.adherence import score  # adherence imports this module
 
@@ -75,10 +77,10 @@ def ceiling_results(
     rows = score(np.stack(received), [{"color": c, "shape": s, "motion": m} for c, s, m in attrs])
     for row, clip, recon, got in zip(rows, clips, recons, received):
         a, b = analyze(clip), analyze(got)
-        row["psnr"] = psnr(recon, clip)
+        row["psnr"], row["psnr_mp4"] = psnr(recon, clip), psnr(got, clip)
         row["hue_error"] = None if a.hue is None or b.hue is None else float(angle_diff(a.hue, b.hue))
         row["corner_ratio"] = None if not (a.corner and b.corner is not None) else b.corner / a.corner
-    extra = {"psnr": float(np.mean([r["psnr"] for r in rows]))}
+    extra = {key: float(np.mean([r[key] for r in rows])) for key in ("psnr", "psnr_mp4")}
     per_color = {}
     for color in COLORS:
         errors = [r["hue_error"] for r in rows if r["color"] == color and r["hue_error"] is not None]

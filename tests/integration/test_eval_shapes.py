@@ -116,6 +116,7 @@ def test_ceiling_scores_a_lossless_tokenizer_perfectly_and_a_blind_one_at_zero(t
     s = summarize(rows)
     assert (s["n"], s["all"], s["phantom"], s["hue_stable"]) == (12, 1.0, 0.0, 1.0)
     assert extra["psnr"] == float("inf") and extra["hue_error"] < 3.0 and extra["square_corner"] > 0.8
+    assert 30 < extra["psnr_mp4"] < 60  # the mp4 a user receives: H.264's own loss, the decoder's none
     assert len(list((tmp_path / "id").glob("*.mp4"))) == 12 and shown[0].shape == (17, 64, 64, 3)
 
     class Dark(Identity):  # loses everything: nothing can be detected

@@ -1,14 +1,15 @@
-"""The prompt-adherence protocol's plan: every class cycles through every fresh phrasing, rows say when they do not
-cover the classes evenly, and a results.json with non-finite numbers is refused by the report."""
+"""The prompt-adherence protocol's plan: every class and every direction cycles through every fresh phrasing, rows
+say when they do not cover the classes evenly, and a results.json with non-finite numbers is refused by the report."""
 
 import json
 from collections import Counter
 
+import numpy as np
 import pytest
 
 from videodata.shapes.render import NUM_CLASSES, label_of
-from videoeval.adherence import plan, template_stride
-from videoeval.phrasings import FRESH_TEMPLATES
+from videoeval.adherence import plan
+from videoeval.phrasings import FRESH_TEMPLATES, fresh_caption
 from videoeval.report import load_adherence
 from videoeval.shapes_scoring import coverage, split_label
 
@@ -27,18 +28,30 @@ def test_each_held_out_class_sees_every_fresh_phrasing():
     }  # fmt: skip
     for combination in {(r["color"], r["shape"], r["motion"]) for r in rows}:  # 16 templates: 16 distinct captions
         assert len({r["caption"] for r in rows if (r["color"], r["shape"], r["motion"]) == combination}) == 16
-    assert template_stride(3) == 5 and template_stride(1) == 3
-    for n in (1, 2, 3, 15, NUM_CLASSES):
-        stride = template_stride(n)
-        for j in range(n):  # class j's phrasing indices over 16 visits hit every template once
-            assert {(j + k * stride) % len(FRESH_TEMPLATES) for k in range(len(FRESH_TEMPLATES))} == set(range(16))
 
 
-def test_the_all_classes_plan_is_unchanged():
-    """For the 72 classes the stride is 73, the old i // 72 + i: the published all-classes rows stay reproducible."""
-    assert template_stride(NUM_CLASSES) == NUM_CLASSES + 1
-    rows = plan(216, seed=20_261_202)
-    assert Counter(r["caption"] for r in rows).most_common(1)[0][1] <= 3
+def template_of(caption: str) -> int:
+    """Which fresh template a caption came from (the one whose fixed words it contains, longest first)."""
+    fixed = [[w for w in t.replace(",", " ").split() if "{" not in w] for t in FRESH_TEMPLATES]
+    words = caption.replace(",", " ").split()
+    fits = [i for i, f in enumerate(fixed) if all(w in words for w in f)]
+    return max(fits, key=lambda i: len(fixed[i]))
+
+
+def test_every_template_meets_every_direction_and_every_class_varies_its_templates():
+    """The phrasing index followed the video's position (i + i // 72): with the direction at label % 4, each template
+    met 3 of the 4 directions in the 216 reporting videos ("climbs" never went left) and 2 in the 144 of a selection
+    run, whatever the seed."""
+    rng = np.random.default_rng(0)
+    assert all(template_of(fresh_caption(label, i, rng)) == i for i in range(16) for label in range(NUM_CLASSES))
+    for n, least in ((216, 3), (144, 2)):
+        rows = plan(n, seed=20_261_202)
+        pairs = Counter((template_of(r["caption"]), r["motion"]) for r in rows)
+        assert len(pairs) == len(FRESH_TEMPLATES) * 4 and min(pairs.values()) >= least  # 64 pairs, near-even
+        for label in range(NUM_CLASSES):  # a class's videos: each with another template
+            templates = [template_of(r["caption"]) for r in rows[label::NUM_CLASSES]]
+            assert len(set(templates)) == len(templates)
+    assert Counter(r["caption"] for r in plan(216, seed=20_261_202)).most_common(1)[0][1] <= 3
 
 
 def test_rows_that_do_not_cover_the_classes_evenly_say_so():

@@ -210,3 +210,56 @@ def test_the_worlds_long_videos_lose_windows_to_the_edge_and_judging_counts_them
     assert sum(r for _, _, r in judged) / (7 * NUM_CLASSES) < 0.6
     wrong = judge_windows(long[0], 1)  # another class's video: no visible window is right
     assert wrong[2] == 0 and wrong[1] == judged[0][1]
+
+
+def test_72_stories_tell_every_change_of_direction_for_every_colour_and_shape():
+    """The turn moved with k // 72 alone: 72 stories (the card's rows) told 4 of the 12 changes, 18 times each."""
+    from collections import Counter
+
+    from videoeval.conditioning import story_directions
+
+    stories = [story_directions(k, 3) for k in range(NUM_CLASSES)]
+    assert Counter((ds[0], ds[1]) for _, _, ds in stories) == {
+        (a, b): 6 for a in ("left", "right", "up", "down") for b in ("left", "right", "up", "down") if a != b
+    }
+    order = ("left", "right", "up", "down")
+    turns = [(color, shape, (order.index(ds[1]) - order.index(ds[0])) % 4) for color, shape, ds in stories]
+    for attribute in (0, 1):  # each colour and each shape meets all three turns
+        for value in {t[attribute] for t in turns}:
+            assert {t[2] for t in turns if t[attribute] == value} == {1, 2, 3}, value
+    for k, (_, _, ds) in enumerate(stories):  # the class's own direction first, and a change at each segment
+        assert ds[0] == attributes_of(k)[2] and ds[0] != ds[1] != ds[2]
+
+
+def test_the_conditioning_tasks_prompt_with_fresh_phrasings_not_training_captions(clips):
+    """The image, continuation, long and story tasks prompted with the class's training caption ("a red circle
+    moving left"), where the prompt rows use phrasings training never saw."""
+    from types import SimpleNamespace
+
+    from videodata.shapes.render import all_captions
+    from videoeval import conditioning
+
+    seen = []
+
+    class FakePipe:
+        tokenizer = None
+        config = SimpleNamespace(fps=8)
+        device = "cpu"
+
+        def __call__(self, prompts, num_frames=17, num_videos=None, **kw):
+            seen.extend(prompts or [])
+            return SimpleNamespace(frames=np.zeros((len(prompts), num_frames, 64, 64, 3), np.uint8), fps=8)
+
+        def story(self, prompts, segment_frames, **kw):
+            seen.extend(prompts)
+            return SimpleNamespace(frames=np.zeros((1, 1 + len(prompts) * 16, 64, 64, 3), np.uint8), fps=8)
+
+    ev = conditioning.ConditioningEval(FakePipe(), "ar", "frame", batch=4, seed=0, sampling=None)
+    ev.reconstruction = lambda clips: [(30.0, 0.5)] * len(clips)  # no tokenizer needed
+    ev.continuation_rows(clips[:4], prompted=True)
+    ev.image_rows(clips[:4])
+    ev.long_rows(4, 33)
+    ev.story_rows(2, 2)
+    assert len(seen) == 4 + 4 + 4 + 4
+    training = {c for label in range(NUM_CLASSES) for c in all_captions(*attributes_of(label))}
+    assert not training & set(seen)
