@@ -86,7 +86,9 @@ _ORIENTATIONS: dict[tuple[int, int, int, int], tuple[int, bool]] = {
 def orientation(frame: object) -> tuple[int, bool]:
     """(quarter turns counter-clockwise, then mirror left to right) that show a decoded PyAV frame as players do,
     from its display matrix; a matrix of another angle is turned to the nearest quarter, as before."""
-    for side in getattr(frame, "side_data", ()):
+    data = getattr(frame, "side_data", ())
+    for entry in data:
+        side = entry if hasattr(entry, "type") else data[entry]  # PyAV 18.1.1 iterates its keys, 18.1.0 its items
         if "DISPLAYMATRIX" in str(getattr(side, "type", "")).upper():
             m = struct.unpack("<9i", bytes(side))
             signs = tuple(int(v > 0) - int(v < 0) for v in (m[0], m[1], m[3], m[4]))
