@@ -172,9 +172,10 @@ def check_request(spec: PipelineSpec, request: GenerationRequest) -> None:
     check_context_count(request.image is not None, request.video is not None, request.context_frames, ct)
     given = request.context_frames if request.video is not None else int(request.image is not None)
     if request.segment_frames is not None:
-        if not request.prompts_for(spec.generators[mode].cond):  # an image or video, and no prompt
+        prompts = request.prompts_for(spec.generators[mode].cond)
+        if not prompts:  # an image or video, and no prompt
             raise ValueError("--segment-frames tells a story from prompts: give at least one --prompt")
-        spec.check_story(len(request.prompts_for(spec.generators[mode].cond)), request.segment_frames, given)
+        spec.check_story(len(prompts), request.segment_frames, given)
     else:
         num_frames = spec.config.num_frames if request.num_frames is None else request.num_frames
         spec.latent_frames(num_frames)
